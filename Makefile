@@ -1,0 +1,14 @@
+# Two commands for a fresh machine: `make demo` (the main job) and `make test` (the test suite).
+PY ?= python3
+
+.PHONY: install demo test lint
+
+install:
+	$(PY) -m pip install -q -e ".[test]"
+
+demo: install
+	opensapiens demo --out demo_out
+
+test: install
+	$(PY) -m ruff check opensapiens tests bench tools
+	$(PY) -m pytest -x -q tests

@@ -1,0 +1,8 @@
+"""OpenSapiens: Meta's Sapiens human-centric vision models in pure PyTorch."""
+
+from .checkpoints import convert_checkpoint, load_model, save_model
+from .models import build_model
+
+__version__ = "0.1.0"
+
+__all__ = ["build_model", "convert_checkpoint", "load_model", "save_model"]

@@ -1,0 +1,120 @@
+"""Official checkpoint names -> files on the Hugging Face Hub, downloaded once and then found offline.
+
+Names read ``sapiens-{task}[-{keypoints}]-{size}[-{format}]``:
+    sapiens-pose-308-1b (= sapiens-pose-1b), sapiens-pose-133-2b, sapiens-pose-17-0.3b,
+    sapiens-seg-1b, sapiens-depth-2b, sapiens-normal-0.3b, sapiens-pretrain-1b,
+and ``-torchscript`` / ``-bfloat16`` select the official "lite" exports of the same weights.
+The ``sapiens-`` prefix is optional ("pose-1b" works).
+
+Lookup order: an existing path; ``$OPENSAPIENS_CHECKPOINTS/<file>`` (default ``~/.cache/opensapiens``); the Hugging
+Face cache (offline); a Hub download (online).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SIZES = ("0.3b", "0.6b", "1b", "2b")
+
+# (task, keypoints) -> {size: file stem}; values from the official docs (see reference/sapiens_v1_*.md).
+_STEMS: dict[tuple[str, int | None], dict[str, str]] = {
+    ("pose", 308): {s: f"sapiens_{s}_goliath_best_goliath_AP_{n}" for s, n in
+                    (("0.3b", 573), ("0.6b", 609), ("1b", 639))},
+    ("pose", 133): {s: f"sapiens_{s}_coco_wholebody_best_coco_wholebody_AP_{n}" for s, n in
+                    zip(SIZES, (620, 695, 727, 745))},
+    ("pose", 17): {s: f"sapiens_{s}_coco_best_coco_AP_{n}" for s, n in zip(SIZES, (796, 812, 821, 822))},
+    ("seg", None): {s: f"sapiens_{s}_goliath_best_goliath_mIoU_{n}" for s, n in
+                    zip(SIZES, ("7673_epoch_194", "7777_epoch_178", "7994_epoch_151", "8179_epoch_181"))},
+    ("depth", None): {s: f"sapiens_{s}_render_people_epoch_{n}" for s, n in zip(SIZES, (100, 70, 88, 25))},
+    ("normal", None): {s: f"sapiens_{s}_normal_render_people_epoch_{n}" for s, n in zip(SIZES, (66, 200, 115, 70))},
+    ("pretrain", None): {s: f"sapiens_{s}_epoch_{n}" for s, n in zip(SIZES, (1600, 1600, 173, 660))},
+}
+
+
+@dataclass(frozen=True)
+class HubFile:
+    name: str  # canonical name, e.g. sapiens-pose-308-1b
+    task: str  # pose | seg | depth | normal | pretrain
+    size: str
+    repo_id: str
+    filename: str
+    subfolder: str | None = None
+
+    @property
+    def url(self) -> str:
+        sub = f"{self.subfolder}/" if self.subfolder else ""
+        return f"https://huggingface.co/{self.repo_id}/blob/main/{sub}{self.filename}"
+
+
+_NAME = re.compile(r"^(?:sapiens[-_])?(pose|seg|depth|normal|pretrain)(?:[-_](308|133|17))?[-_](0\.3b|0\.6b|1b|2b)"
+                   r"(?:[-_](torchscript|bfloat16))?$")
+
+
+def parse_name(name: str) -> HubFile | None:
+    """The Hub file behind an official model name, or None if ``name`` is not one."""
+    m = _NAME.match(name.strip().lower())
+    if not m:
+        return None
+    task, kp, size, fmt = m.group(1), m.group(2), m.group(3), m.group(4)
+    if task != "pose" and kp:
+        return None
+    kps = int(kp or 308) if task == "pose" else None
+    stems = _STEMS[(task, kps)]
+    if size not in stems:
+        raise FileNotFoundError(f"{name}: no official {task}{'-' + str(kps) if kps else ''} checkpoint exists for "
+                                f"size {size} (available: {', '.join(stems)})")
+    stem = stems[size]
+    canonical = f"sapiens-{task}{'-' + str(kps) if kps else ''}-{size}{'-' + fmt if fmt else ''}"
+    if task == "pose" and kps in (17, 133):  # hosted in the third-party repo the official docs link to
+        sub = f"sapiens_{'lite_' if fmt else ''}host/pose/checkpoints/sapiens_{size}"
+        filename = f"{stem}_{fmt}.pt2" if fmt else f"{stem}.pth"
+        return HubFile(canonical, task, size, "noahcao/sapiens-pose-coco", filename, sub)
+    if task == "pretrain" and not fmt:
+        stem += "_clean"
+    repo = f"facebook/sapiens-{task}-{size}" + (f"-{fmt}" if fmt else "")
+    filename = f"{stem}_{fmt}.pt2" if fmt else f"{stem}.pth"
+    return HubFile(canonical, task, size, repo, filename)
+
+
+def local_dir() -> Path:
+    return Path(os.environ.get("OPENSAPIENS_CHECKPOINTS", Path.home() / ".cache" / "opensapiens"))
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A local file for a path or an official model name; downloads through ``huggingface_hub`` when online."""
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return path
+    hub = parse_name(str(name_or_path))
+    if hub is None:
+        raise FileNotFoundError(f"{name_or_path}: no such file, and not an official model name (e.g. "
+                                "sapiens-pose-1b, sapiens-seg-0.3b, sapiens-depth-2b, sapiens-normal-1b, "
+                                "sapiens-pretrain-0.6b; see `opensapiens models`)")
+    local = local_dir() / hub.filename
+    if local.is_file():
+        return local
+    from huggingface_hub import hf_hub_download
+
+    try:  # the Hugging Face cache first, so offline machines work without a round trip
+        return Path(hf_hub_download(hub.repo_id, hub.filename, subfolder=hub.subfolder, local_files_only=True))
+    except Exception:  # noqa: BLE001 - any miss falls through to a download
+        pass
+    try:
+        return Path(hf_hub_download(hub.repo_id, hub.filename, subfolder=hub.subfolder))
+    except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
+        raise FileNotFoundError(
+            f"{hub.name}: could not find or download {hub.filename} ({type(e).__name__}: {e}).\n"
+            f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "
+            f"or pass the file's path instead of the name.") from e
+
+
+def official_names() -> list[HubFile]:
+    """Every official checkpoint we know, for ``opensapiens models`` and the README table."""
+    out = []
+    for (task, kps), stems in _STEMS.items():
+        for size in stems:
+            out.append(parse_name(f"sapiens-{task}{'-' + str(kps) if kps else ''}-{size}"))
+    return out

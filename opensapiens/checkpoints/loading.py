@@ -1,0 +1,111 @@
+"""``load_model``: any supported checkpoint file or official name -> a ready ``SapiensModel``."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..models.sapiens import ModelConfig, SapiensModel
+from .hub import resolve_checkpoint
+from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
+from .reader import CheckpointError, read_state_dict
+
+CONFIG_KEY = "opensapiens_config"
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_padding: int | None = None,
+               num_heads: int | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Read a checkpoint and return (config, state dict in our key layout, ready for ``load_state_dict``)."""
+    path = resolve_checkpoint(path_or_name)
+    sd, meta = read_state_dict(path)
+    if CONFIG_KEY in meta:
+        cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
+        if task is not None and task != cfg.task:
+            if task != "features":
+                raise CheckpointError(f"{path}: holds a {cfg.task} model, not {task}")
+            cfg = ModelConfig(task="features", arch=cfg.arch, patch_padding=cfg.patch_padding, pos_grid=cfg.pos_grid,
+                              with_cls_token=cfg.with_cls_token)
+        if patch_padding is not None:
+            cfg.patch_padding = patch_padding
+    else:
+        if is_official_layout(sd):
+            sd = official_to_ours(sd)
+        cfg = infer_config(sd, task=task, patch_padding=patch_padding, num_heads=num_heads, source=str(path))
+    return cfg, prepare_for_config(sd, cfg)
+
+
+def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None, task: str | None = None, patch_padding: int | None = None,
+               num_heads: int | None = None) -> SapiensModel:
+    """Load a Sapiens model in eval mode.
+
+    Args:
+        path_or_name: an official ``.pth`` (mmengine container or flat ``_clean.pth``), a TorchScript or bf16 lite
+            ``.pt2``, our ``.safetensors``, or an official name such as ``sapiens-pose-1b`` (see ``hub``).
+        device, dtype: where and in which precision the weights live ("fp32", "bf16", "fp16").
+        task: force a task; "features" loads only the backbone of any checkpoint.
+        patch_padding: override the per-task official patch-embed padding (0 or 2).
+        num_heads: override the head count for non-official widths.
+
+    Returns a ``SapiensModel`` whose ``forward`` maps a normalized (B, 3, H, W) batch to the raw head output.
+    """
+    cfg, sd = load_state(path_or_name, task=task, patch_padding=patch_padding, num_heads=num_heads)
+    model = SapiensModel(cfg)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path_or_name}: weights do not fit the inferred {cfg.task} model "
+                              f"({cfg.arch.name}): {e}") from e
+    return model.to(device=device, dtype=as_dtype(dtype)).eval()
+
+
+def save_model(model: SapiensModel, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write a portable safetensors checkpoint (our key layout + the model config as metadata), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), "format": "pt", **(metadata or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(sd, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path
+
+
+def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
+    """Write the weights in the official key layout (``{'state_dict': ...}`` .pth, or flat for a backbone)."""
+    path = Path(path)
+    sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)
+    obj = sd if model.task == "features" else {"state_dict": sd, "meta": {"source": "opensapiens"}}
+    tmp = path.with_name(path.name + ".tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    else:
+        torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, task: str | None = None,
+                       patch_padding: int | None = None) -> Path:
+    """Any supported checkpoint -> our portable safetensors (for ``opensapiens convert``)."""
+    model = load_model(src, task=task, patch_padding=patch_padding)
+    return save_model(model, dst, metadata={"converted_from": Path(str(src)).name})

@@ -1,0 +1,163 @@
+"""Map between the official Sapiens key layout and ours, and infer a model's configuration from its tensors.
+
+Official (mmpretrain/mmpose/mmseg)                ours
+    backbone.patch_embed.projection.*         ->  backbone.patch_embed.proj.*
+    backbone.layers.{i}.ln1 / ln2             ->  backbone.blocks.{i}.norm1 / norm2
+    backbone.layers.{i}.attn.{qkv,proj}       ->  backbone.blocks.{i}.attn.{qkv,proj}
+    backbone.layers.{i}.ffn.layers.0.0 / .1   ->  backbone.blocks.{i}.mlp.fc1 / fc2
+    backbone.ln1                              ->  backbone.norm
+    head.final_layer (pose)                   ->  head.final
+    decode_head.conv_seg (seg/depth/normal)   ->  head.final
+    decode_head.{deconv,conv}_layers.*        ->  head.{deconv,conv}_layers.*
+
+``_clean.pth`` pretrain files hold the backbone keys with no prefix.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..models.heads import HEAD_SPECS
+from ..models.sapiens import ModelConfig, official_patch_padding
+from ..models.vit import arch_from_width, infer_grid
+from .reader import CheckpointError
+
+_BACKBONE_RULES = [
+    (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
+    (re.compile(r"^layers\.(\d+)\.ln1\."), r"blocks.\1.norm1."),
+    (re.compile(r"^layers\.(\d+)\.ln2\."), r"blocks.\1.norm2."),
+    (re.compile(r"^layers\.(\d+)\.attn\."), r"blocks.\1.attn."),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.0\.0\."), r"blocks.\1.mlp.fc1."),
+    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.1\."), r"blocks.\1.mlp.fc2."),
+    (re.compile(r"^ln1\."), "norm."),
+]
+# Present in some official files but not part of the inference model (MAE decoder, preprocessor constants, ...).
+_IGNORED = re.compile(r"^(neck\.|data_preprocessor\.|mask_token|.*num_batches_tracked$|.*\.loss_decode\.|"
+                      r"decode_head\.conv_seg_aux|auxiliary_head\.)")
+
+
+def _map_backbone_key(k: str) -> str:
+    for pat, rep in _BACKBONE_RULES:
+        if pat.search(k):
+            return pat.sub(rep, k)
+    return k
+
+
+def is_official_layout(sd: dict[str, torch.Tensor]) -> bool:
+    return any("patch_embed.projection" in k for k in sd)
+
+
+def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename an official state dict (any of the container flavours) to our module names; drop unused keys."""
+    out: dict[str, torch.Tensor] = {}
+    flat = not any(k.startswith(("backbone.", "module.backbone.")) for k in sd)
+    for k, v in sd.items():
+        k = k.removeprefix("module.")
+        if flat:
+            k = "backbone." + k
+        if _IGNORED.match(k) or _IGNORED.match(k.split(".", 1)[-1]):
+            continue
+        if k.startswith("backbone."):
+            out["backbone." + _map_backbone_key(k[len("backbone."):])] = v
+        elif k.startswith(("head.", "decode_head.")):
+            rest = k.split(".", 1)[1]
+            rest = re.sub(r"^(final_layer|conv_seg)\.", "final.", rest)
+            out["head." + rest] = v
+        else:
+            out[k] = v
+    return out
+
+
+def ours_to_official(sd: dict[str, torch.Tensor], task: str) -> dict[str, torch.Tensor]:
+    """Inverse of ``official_to_ours``: the key layout the official code (and other ports) load.
+
+    Task models get ``backbone.`` + ``head.`` (pose) or ``decode_head.`` (seg/depth/normal) prefixes; a bare backbone
+    (task "features") is written flat, like the official ``_clean.pth`` files.
+    """
+    inverse = [
+        (re.compile(r"^patch_embed\.proj\."), "patch_embed.projection."),
+        (re.compile(r"^blocks\.(\d+)\.norm1\."), r"layers.\1.ln1."),
+        (re.compile(r"^blocks\.(\d+)\.norm2\."), r"layers.\1.ln2."),
+        (re.compile(r"^blocks\.(\d+)\.attn\."), r"layers.\1.attn."),
+        (re.compile(r"^blocks\.(\d+)\.mlp\.fc1\."), r"layers.\1.ffn.layers.0.0."),
+        (re.compile(r"^blocks\.(\d+)\.mlp\.fc2\."), r"layers.\1.ffn.layers.1."),
+        (re.compile(r"^norm\."), "ln1."),
+    ]
+    head_prefix, final_name = ("head.", "final_layer.") if task == "pose" else ("decode_head.", "conv_seg.")
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith("backbone."):
+            rest = k[len("backbone."):]
+            for pat, rep in inverse:
+                if pat.search(rest):
+                    rest = pat.sub(rep, rest)
+                    break
+            out[rest if task == "features" else "backbone." + rest] = v
+        elif k.startswith("head."):
+            rest = re.sub(r"^final\.", final_name, k[len("head."):])
+            out[head_prefix + rest] = v
+        else:
+            raise KeyError(f"unexpected key {k!r} in an OpenSapiens state dict")
+    return out
+
+
+def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_padding: int | None = None,
+                 num_heads: int | None = None, source: str = "checkpoint") -> ModelConfig:
+    """Build the ``ModelConfig`` of a state dict in our key layout (after ``official_to_ours``).
+
+    Task: no head -> "features"; 2 up-sampling layers -> pose; 4 -> depth; 3 -> normal if 3 outputs else seg.
+    Architecture: width and depth from the tensors (heads from the official table). Patch padding: the official
+    per-task value (pose/normal 2, seg/depth/features 0) unless given.
+    """
+    if "backbone.patch_embed.proj.weight" not in sd:
+        raise CheckpointError(f"{source}: no Sapiens backbone found (missing patch_embed.projection.weight)")
+    C = sd["backbone.patch_embed.proj.weight"].shape[0]
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
+    arch = arch_from_width(C, depth)
+    if num_heads is not None:
+        arch = type(arch)(arch.name, C, depth, num_heads, arch.mlp_ratio, arch.patch_size)
+    has_head = "head.final.weight" in sd
+    n_up = len([k for k in sd if re.match(r"head\.deconv_layers\.\d+\.weight$", k)])
+    out_channels = sd["head.final.weight"].shape[0] if has_head else None
+    if task is None:
+        if not has_head:
+            task = "features"
+        else:
+            task = {2: "pose", 4: "depth"}.get(n_up, "normal" if out_channels == 3 else "seg")
+    if task != "features":
+        if not has_head:
+            raise CheckpointError(f"{source}: task {task!r} requested but the checkpoint has no head")
+        if n_up != HEAD_SPECS[task].num_deconv:
+            raise CheckpointError(f"{source}: a {task} head has {HEAD_SPECS[task].num_deconv} up-sampling layers, "
+                                  f"this checkpoint has {n_up}")
+    with_cls = task == "features" and "backbone.cls_token" in sd
+    n_pos = sd["backbone.pos_embed"].shape[1] - int(with_cls)
+    if not with_cls and "backbone.cls_token" in sd and n_pos % 2 == 1:
+        n_pos -= 1  # a pretrain table (cls slot + square grid) used without its cls token
+    head_channels = sd["head.deconv_layers.0.weight"].shape[1] if has_head and task != "features" else None
+    if head_channels is not None and head_channels == HEAD_SPECS[task].channels:
+        head_channels = None
+    return ModelConfig(
+        task=task,
+        arch=arch,
+        out_channels=out_channels if task != "features" else None,
+        patch_padding=official_patch_padding(task, out_channels) if patch_padding is None else patch_padding,
+        pos_grid=infer_grid(n_pos),
+        with_cls_token=with_cls,
+        head_channels=None if head_channels is None else int(head_channels),
+    )
+
+
+def prepare_for_config(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Drop what the configured model does not use (head of a task file loaded as features, pretrain cls slot)."""
+    sd = dict(sd)
+    if cfg.task == "features":
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    if not cfg.with_cls_token and "backbone.cls_token" in sd:
+        sd.pop("backbone.cls_token")
+        pos = sd["backbone.pos_embed"]
+        if pos.shape[1] == cfg.pos_grid[0] * cfg.pos_grid[1] + 1:
+            sd["backbone.pos_embed"] = pos[:, 1:]
+    return sd

@@ -1,0 +1,215 @@
+"""The Sapiens v1 backbone: a plain pre-norm ViT at patch 16.
+
+    x (B, 3, H, W) -> patch conv -> (+cls) + pos_embed -> L x Block -> LayerNorm -> (B, C, H/16, W/16)
+
+Matches the official mmpretrain ``VisionTransformer`` as configured by Sapiens: LayerNorm eps 1e-6, fused qkv with
+bias, exact (erf) GELU, no layer scale, final norm after the last block, learned position embedding resized bicubic
+(align_corners=False, in fp32) when the token grid differs from the one it was trained at.
+
+References:
+    Khirodkar et al., "Sapiens: Foundation for Human Vision Models", ECCV 2024.
+    Dosovitskiy et al., "An Image is Worth 16x16 Words", ICLR 2021.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Every structural choice of one backbone size."""
+
+    name: str
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    patch_size: int = 16
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+
+ARCHS: dict[str, ViTArch] = {
+    a.name: a
+    for a in (
+        ViTArch("0.3b", 1024, 24, 16),  # ViT-L width/depth
+        ViTArch("0.6b", 1280, 32, 16),  # ViT-H
+        ViTArch("1b", 1536, 40, 24),  # ViT-g
+        ViTArch("2b", 1920, 48, 32),  # head dim 60
+        ViTArch("small", 384, 12, 6),  # ~21M, for single-GPU experiments
+        ViTArch("tiny", 192, 12, 3),  # ~5.5M, trains on a CPU
+        ViTArch("nano", 128, 6, 2),  # ~1.2M, unit tests and the bundled demo model
+    )
+}
+
+
+def get_arch(name: str | ViTArch) -> ViTArch:
+    """Look up an architecture by name ("0.3b", "sapiens_1b", "2B", "tiny", ...)."""
+    if isinstance(name, ViTArch):
+        return name
+    key = name.lower().removeprefix("sapiens_").removeprefix("sapiens-")
+    if key not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}")
+    return ARCHS[key]
+
+
+def arch_from_width(embed_dim: int, depth: int) -> ViTArch:
+    """Recover the architecture of a checkpoint from its width and depth (official sizes first)."""
+    for a in ARCHS.values():
+        if a.embed_dim == embed_dim and a.depth == depth:
+            return a
+    heads = next((a.num_heads for a in ARCHS.values() if a.embed_dim == embed_dim), max(embed_dim // 64, 1))
+    return ViTArch(f"custom-{embed_dim}x{depth}", embed_dim, depth, heads)
+
+
+class PatchEmbed(nn.Module):
+    """(B, 3, H, W) -> (B, h*w, C) with a 16x16/16 conv.
+
+    ``padding=0`` pads the bottom/right corner with zeros up to a multiple of the patch (mmcv "corner" padding);
+    ``padding=p > 0`` is a symmetric conv padding (Sapiens pose/normal checkpoints use 2: the grid shifts by 2 px).
+    """
+
+    def __init__(self, embed_dim: int, patch_size: int = 16, padding: int = 0):
+        super().__init__()
+        self.patch_size = patch_size
+        self.padding = padding
+        self.proj = nn.Conv2d(3, embed_dim, patch_size, stride=patch_size, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        if self.padding == 0:
+            ph, pw = (-x.shape[-2]) % self.patch_size, (-x.shape[-1]) % self.patch_size
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph))
+        x = self.proj(x)  # B C h w
+        grid = (x.shape[-2], x.shape[-1])
+        return x.flatten(2).transpose(1, 2), grid  # B N C
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection; (B, N, C) -> (B, N, C)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # B nh N hd
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf GELU, as the official FFN
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        x = x + self.mlp(self.norm2(x))
+        return x
+
+
+def resize_pos_embed(pos: torch.Tensor, src: tuple[int, int], dst: tuple[int, int], extra: int = 0) -> torch.Tensor:
+    """Resize a (1, extra + h*w, C) table from grid ``src`` to ``dst``: bicubic, align_corners=False, in fp32."""
+    if src == dst:
+        return pos
+    head, grid = pos[:, :extra], pos[:, extra:]
+    C = grid.shape[-1]
+    grid = grid.float().reshape(1, src[0], src[1], C).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=dst, mode="bicubic", align_corners=False)
+    grid = grid.flatten(2).transpose(1, 2).to(pos.dtype)
+    return torch.cat([head, grid], dim=1)
+
+
+def infer_grid(num_tokens: int) -> tuple[int, int]:
+    """Token grid of a stored position table: square if possible, else the 4:3 (H:W) fine-tune layout."""
+    side = math.isqrt(num_tokens)
+    if side * side == num_tokens:
+        return side, side
+    h = math.isqrt(num_tokens * 4 // 3)
+    for hh in (h - 1, h, h + 1):
+        if hh > 0 and num_tokens % hh == 0 and abs(hh / (num_tokens // hh) - 4 / 3) < 0.05:
+            return hh, num_tokens // hh
+    raise ValueError(f"cannot infer the token grid of a position table with {num_tokens} tokens")
+
+
+class SapiensViT(nn.Module):
+    """Sapiens v1 backbone. ``forward`` returns the final feature map (B, C, H/16, W/16).
+
+    Args:
+        arch: size (see ``ARCHS``).
+        pos_grid: token grid (h, w) of the learned position table, e.g. (64, 48) for 1024x768 fine-tunes.
+        patch_padding: 0 (seg, depth, pretrain) or 2 (pose, normal) for official checkpoints.
+        with_cls_token: pretrain checkpoints carry a cls token that takes part in attention.
+    """
+
+    def __init__(self, arch: str | ViTArch, pos_grid: tuple[int, int] = (64, 48), patch_padding: int = 0,
+                 with_cls_token: bool = False):
+        super().__init__()
+        self.arch = get_arch(arch)
+        C = self.arch.embed_dim
+        self.embed_dim = C
+        self.pos_grid = tuple(pos_grid)
+        self.num_extra_tokens = int(with_cls_token)
+        self.patch_embed = PatchEmbed(C, self.arch.patch_size, patch_padding)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if with_cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.num_extra_tokens + pos_grid[0] * pos_grid[1], C))
+        self.blocks = nn.ModuleList(Block(C, self.arch.num_heads, self.arch.mlp_ratio) for _ in range(self.arch.depth))
+        self.norm = nn.LayerNorm(C, eps=1e-6)
+        self.grad_checkpointing = False
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token"}
+
+    def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch tokens with position embedding (and cls token) added: (B, extra + h*w, C), grid (h, w)."""
+        x, grid = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return x + resize_pos_embed(self.pos_embed, self.pos_grid, grid, self.num_extra_tokens), grid
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return self.norm(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, (h, w) = self.tokens(x)
+        x = self.run_blocks(x)[:, self.num_extra_tokens:]  # B N C
+        return x.transpose(1, 2).reshape(x.shape[0], self.embed_dim, h, w)  # B C h w
