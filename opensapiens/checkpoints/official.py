@@ -65,8 +65,8 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             rest = k.split(".", 1)[1]
             rest = re.sub(r"^(final_layer|conv_seg)\.", "final.", rest)
             out["head." + rest] = v
-        else:
-            out[k] = v
+        # anything else (preprocessor constants, auxiliary modules) is not part of the model: strict loading of
+        # the model's own parameters still catches a missing or misnamed tensor.
     return out
 
 

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny models and checkpoints written in the official Sapiens key layouts."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+
+from opensapiens.checkpoints import ours_to_official
+from opensapiens.models import ViTArch, build_model
+
+# A tiny non-official architecture: 2 blocks, width 64, 4 heads (head dim 16).
+TINY = ViTArch("test-tiny", 64, 2, 4)
+TINY_HEAD = 32  # head width instead of the official 768/384
+
+
+def make_official_state(task: str, out_channels: int | None = None, seed: int = 0, pos_grid=(8, 6)):
+    """(model, official-layout state dict) with random weights, as an official task checkpoint would hold."""
+    torch.manual_seed(seed)
+    model = build_model(task, TINY, out_channels=out_channels, head_channels=TINY_HEAD, pos_grid=pos_grid)
+    for name, p in model.named_parameters():  # random weights with peaked attention so that every path matters
+        torch.nn.init.normal_(p, std=0.15 if "qkv" in name else 0.05)
+        if "norm" in name and name.endswith("weight"):
+            p.data += 1.0
+    return model.eval(), ours_to_official(model.state_dict(), task)
+
+
+class _MissingModuleClass:
+    """Pickled under a module name that will not exist when the file is read back."""
+
+    def __init__(self, payload):
+        self.payload = payload
+
+
+@pytest.fixture
+def mmengine_like_meta():
+    """An object whose class lives in a module that is importable only while this fixture sets it up."""
+    mod = types.ModuleType("mmengine_fake_for_tests")
+    _MissingModuleClass.__module__ = mod.__name__
+    _MissingModuleClass.__qualname__ = "ConfigDict"
+    mod.ConfigDict = _MissingModuleClass
+    sys.modules[mod.__name__] = mod
+    obj = _MissingModuleClass({"model": {"type": "TopdownPoseEstimator"}, "lr": 5e-4})
+    yield obj
+    sys.modules.pop(mod.__name__, None)
+
+
+def save_mmengine_checkpoint(path, state_dict, meta_obj) -> None:
+    """torch.save a {state_dict, meta} container like mmengine's, then make the meta class unimportable."""
+    torch.save({"state_dict": state_dict, "meta": {"cfg": meta_obj, "epoch": 3}, "message_hub": meta_obj}, path)
+    sys.modules.pop(type(meta_obj).__module__, None)

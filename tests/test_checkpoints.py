@@ -1,0 +1,179 @@
+"""Reading official checkpoint containers safely, the lite formats, our safetensors, names and offline errors."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TINY, make_official_state, save_mmengine_checkpoint
+from opensapiens.checkpoints import (
+    CheckpointError,
+    export_official,
+    load_model,
+    parse_name,
+    read_state_dict,
+    resolve_checkpoint,
+    save_model,
+)
+
+
+def _same_outputs(a: nn.Module, b: nn.Module, hw=(128, 96)) -> bool:
+    x = torch.randn(1, 3, *hw)
+    with torch.no_grad():
+        return torch.allclose(a(x), b(x), atol=1e-5, rtol=1e-5)
+
+
+def test_mmengine_container_with_unknown_meta_class(tmp_path, mmengine_like_meta):
+    model, official = make_official_state("pose", 17)
+    path = tmp_path / "sapiens_tiny_coco_best_coco_AP_1.pth"
+    save_mmengine_checkpoint(path, official, mmengine_like_meta)
+    # torch's own safe loader refuses this file: the class in `meta` is not importable / not allow-listed.
+    with pytest.raises(Exception):  # noqa: B017 - torch raises UnpicklingError or AttributeError depending on version
+        torch.load(path, weights_only=True)
+    sd, _ = read_state_dict(path)
+    assert sd.keys() == official.keys() and all(torch.equal(sd[k], official[k]) for k in sd)
+    assert _same_outputs(load_model(path, num_heads=TINY.num_heads), model)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + _Evil.marker,))
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    _Evil.marker = str(marker)
+    _, official = make_official_state("depth")
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": official, "meta": {"hook": _Evil()}}, path)
+    sd, _ = read_state_dict(path)
+    assert not marker.exists()
+    assert "backbone.pos_embed" in sd
+
+
+def _official_module_tree(state: dict[str, torch.Tensor]) -> nn.Module:
+    """An nn.Module whose attribute tree reproduces the official names (what the lite TorchScript files trace)."""
+    root = nn.Module()
+    for key, value in state.items():
+        *path, leaf = key.split(".")
+        mod = root
+        for part in path:
+            if not hasattr(mod, part):
+                mod.add_module(part, nn.Module())
+            mod = getattr(mod, part)
+        mod.register_parameter(leaf, nn.Parameter(value.clone()))
+
+    class Traced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = root.backbone
+            self.decode_head = root.decode_head
+            self.data_preprocessor = nn.Module()  # mmseg's preprocessor constants travel in the traced file
+            self.data_preprocessor.register_buffer("mean", torch.zeros(3), persistent=False)
+
+        def forward(self, x):
+            return x * self.backbone.ln1.weight.sum() + self.decode_head.conv_seg.bias.sum()
+
+    return Traced()
+
+
+def test_torchscript_lite_file(tmp_path):
+    model, official = make_official_state("seg", 28)
+    traced = torch.jit.trace(_official_module_tree(official).eval(), torch.randn(1, 3, 8, 8))
+    path = tmp_path / "sapiens_tiny_goliath_best_goliath_mIoU_1_torchscript.pt2"
+    traced.save(str(path))
+    assert _same_outputs(load_model(path, num_heads=TINY.num_heads), model)
+
+
+def test_torch_export_archive_with_nested_state_dict(tmp_path):
+    model, official = make_official_state("normal")
+    buf = io.BytesIO()
+    torch.save({k: v.to(torch.bfloat16) for k, v in official.items()}, buf)
+    path = tmp_path / "sapiens_tiny_normal_render_people_epoch_1_bfloat16.pt2"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/serialized_exported_program.json", "{}")
+        zf.writestr("archive/serialized_state_dict.pt", buf.getvalue())
+    loaded = load_model(path, num_heads=TINY.num_heads)
+    assert loaded.task == "normal" and loaded.config.patch_padding == 2
+    assert loaded.backbone.pos_embed.dtype == torch.float32  # stored bf16, loaded in the requested fp32
+
+
+def test_safetensors_roundtrip_and_official_export(tmp_path):
+    model, _ = make_official_state("pose", 308)
+    st = save_model(model, tmp_path / "m.safetensors")
+    again = load_model(st)  # architecture, head count and padding come from the metadata
+    assert again.config.arch == model.config.arch and again.config.patch_padding == 2
+    assert _same_outputs(again, model)
+    pth = export_official(again, tmp_path / "official.pth")
+    sd = torch.load(pth, weights_only=True)["state_dict"]
+    assert "head.final_layer.weight" in sd and "backbone.layers.1.ffn.layers.0.0.weight" in sd
+    assert _same_outputs(load_model(pth, num_heads=TINY.num_heads), model)
+    assert _same_outputs(load_model(st, task="features"), model.backbone)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        read_state_dict(tmp_path / "missing.pth")
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="junk.pth"):
+        read_state_dict(junk)
+    legacy = tmp_path / "legacy.pth"
+    legacy.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    with pytest.raises(CheckpointError, match="legacy"):
+        read_state_dict(legacy)
+    nohead = tmp_path / "nohead.pth"
+    torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, nohead)
+    with pytest.raises(CheckpointError, match="no Sapiens backbone"):
+        load_model(nohead)
+    _, official = make_official_state("seg", 4)
+    segfile = tmp_path / "seg.pth"
+    torch.save(official, segfile)
+    with pytest.raises(CheckpointError, match="up-sampling"):
+        load_model(segfile, task="pose", num_heads=TINY.num_heads)
+
+
+def test_official_names_resolve_offline(tmp_path, monkeypatch):
+    hub = parse_name("sapiens-seg-1b")
+    assert hub.repo_id == "facebook/sapiens-seg-1b"
+    assert hub.filename == "sapiens_1b_goliath_best_goliath_mIoU_7994_epoch_151.pth"
+    assert parse_name("pose-0.3b").filename == "sapiens_0.3b_goliath_best_goliath_AP_573.pth"
+    assert parse_name("sapiens-pretrain-2b").filename == "sapiens_2b_epoch_660_clean.pth"
+    assert parse_name("sapiens-depth-1b-torchscript").filename == "sapiens_1b_render_people_epoch_88_torchscript.pt2"
+    assert parse_name("sapiens-pose-17-1b").repo_id == "noahcao/sapiens-pose-coco"
+    with pytest.raises(FileNotFoundError, match="no official pose-308 checkpoint"):
+        parse_name("sapiens-pose-308-2b")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
+    with pytest.raises(FileNotFoundError) as err:
+        resolve_checkpoint("sapiens-normal-0.3b")
+    msg = str(err.value)
+    assert "sapiens_0.3b_normal_render_people_epoch_66.pth" in msg and "huggingface.co/facebook/sapiens-normal-0.3b" in msg
+    assert str(tmp_path / "local") in msg
+
+    # A file in the Hugging Face cache layout is found offline through huggingface_hub itself.
+    snap = tmp_path / "hf" / "models--facebook--sapiens-normal-0.3b" / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    model, official = make_official_state("normal")
+    torch.save({"state_dict": official}, snap / hub_normal_file())
+    (tmp_path / "hf" / "models--facebook--sapiens-normal-0.3b" / "refs").mkdir()
+    (tmp_path / "hf" / "models--facebook--sapiens-normal-0.3b" / "refs" / "main").write_text("a" * 40)
+    assert resolve_checkpoint("sapiens-normal-0.3b") == snap / hub_normal_file()
+    assert _same_outputs(load_model("sapiens-normal-0.3b", num_heads=TINY.num_heads), model)
+
+    # ... and a file dropped into $OPENSAPIENS_CHECKPOINTS takes precedence.
+    (tmp_path / "local").mkdir()
+    torch.save({"state_dict": official}, tmp_path / "local" / hub_normal_file())
+    assert resolve_checkpoint("normal-0.3b") == tmp_path / "local" / hub_normal_file()
+
+
+def hub_normal_file() -> str:
+    return "sapiens_0.3b_normal_render_people_epoch_66.pth"
