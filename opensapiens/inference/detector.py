@@ -1,0 +1,173 @@
+"""Person boxes for top-down pose: a torchvision COCO detector, or precomputed COCO-style detections.
+
+The official Sapiens demos use an mmdet RTMDet/Faster R-CNN; any good COCO person detector serves, and torchvision's
+ship with the dependencies we already have. Boxes are x1, y1, x2, y2 in image pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torchvision
+from torchvision.ops import nms
+
+
+def _categories(arch: str) -> list[str]:
+    """Class names of torchvision's COCO weights for ``arch`` (metadata ships with torchvision, no download)."""
+    try:
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+    except (ValueError, KeyError) as e:
+        detection = torchvision.models.list_models(module=torchvision.models.detection)
+        raise ValueError(f"unknown detector arch {arch!r}; torchvision detection models: {detection}") from e
+    return list(weights.meta["categories"])
+
+
+def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """State dict from a local .safetensors or torch.save file (tensors only; no pickled code is run)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detector weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):  # training checkpoints nest the weights
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ValueError(f"detector weights {path}: expected a state dict, got {type(state).__name__}")
+    return state
+
+
+def _download_weights(arch: str) -> dict[str, torch.Tensor]:
+    """torchvision's COCO weights for ``arch``, from its download cache or the internet."""
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(url).path).name
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True,
+                                                  weights_only=True)
+    except OSError as e:  # URLError, socket errors, read-only cache...
+        raise RuntimeError(
+            f"could not download the COCO weights of the {arch} person detector ({e}). Offline: download {url} "
+            f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
+
+
+def _check_image(image: np.ndarray, what: str) -> None:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        desc = (f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}").strip()
+        raise ValueError(f"{what} must be an RGB uint8 numpy array of shape (H, W, 3), got {desc}")
+
+
+class PersonDetector:
+    """COCO person detector on a torchvision detection model: score filter, then NMS, then the top ``max_people``.
+
+    Args:
+        weights: local .pth/.safetensors state dict for ``arch``; None downloads torchvision's COCO weights
+            (cached under ``torch.hub.get_dir()``).
+        arch: any torchvision detection model name trained on COCO, e.g. "fasterrcnn_resnet50_fpn_v2"
+            (default, 46.7 box AP) or "fasterrcnn_mobilenet_v3_large_fpn" (fast).
+        device: where the detector runs.
+        score_threshold: minimum person score.
+        nms_iou: IoU above which the lower-scoring of two person boxes is dropped.
+        max_people: at most this many boxes per image, highest scores first.
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, arch: str = "fasterrcnn_resnet50_fpn_v2",
+                 device: str | torch.device = "cpu", score_threshold: float = 0.5, nms_iou: float = 0.5,
+                 max_people: int = 100) -> None:
+        categories = _categories(arch)
+        if "person" not in categories:
+            raise ValueError(f"detector arch {arch!r} has no 'person' class")
+        self.person_label = categories.index("person")
+        self.score_threshold, self.nms_iou, self.max_people = float(score_threshold), float(nms_iou), int(max_people)
+        self.device = torch.device(device)
+
+        model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=len(categories))
+        state = _read_weights(weights) if weights is not None else _download_weights(arch)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"detector weights {weights or arch} do not fit torchvision's {arch}: {e}") from e
+        # The model's own per-class filtering must not be stricter than ours; keep room for people among classes.
+        heads = getattr(model, "roi_heads", model)
+        heads.score_thresh = min(heads.score_thresh, self.score_threshold)
+        heads.nms_thresh = max(heads.nms_thresh, self.nms_iou)
+        heads.detections_per_img = max(heads.detections_per_img, 3 * self.max_people)
+        self.model = model.eval().to(self.device)
+
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Person boxes of one RGB uint8 (H, W, 3) image: (boxes_xyxy (N, 4) float32, scores (N,) float32)."""
+        return self.detect_batch([image])[0]
+
+    @torch.inference_mode()
+    def detect_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time."""
+        for i, image in enumerate(images):
+            _check_image(image, f"image {i}")
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1).float() / 255
+                     for img in images[start:start + batch_size]]
+            results += [self.select(out["boxes"], out["scores"], out["labels"]) for out in self.model(chunk)]
+        return results
+
+    def select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Raw detections (M, 4), (M,), (M,) -> person boxes: class filter, score filter, NMS, top ``max_people``."""
+        keep = (labels == self.person_label) & (scores >= self.score_threshold)
+        boxes, scores = boxes[keep].float(), scores[keep].float()
+        keep = nms(boxes, scores, self.nms_iou)[: self.max_people]  # sorted by decreasing score
+        return boxes[keep].cpu().numpy(), scores[keep].cpu().numpy()
+
+
+def load_detections(path: str | os.PathLike, score_threshold: float = 0.0,
+                    category_id: int = 1) -> dict[int | str, dict[str, np.ndarray]]:
+    """Read COCO-style person boxes into ``{key: {"boxes": (N, 4) float32 xyxy, "scores": (N,) float32}}``.
+
+    Accepts a detections list ``[{image_id, bbox: [x, y, w, h], score, category_id, file_name?}, ...]`` (as
+    ``COCO_val2017_detections_AP_H_70_person.json``) or a COCO annotation file (``{"images", "annotations"}``; boxes
+    get score 1, crowd regions are skipped). Each image's boxes are keyed by its integer ``image_id`` and, when a
+    file name is known, by the file name, its base name and its stem. Boxes keep the file's order; images without
+    boxes are absent.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"detections file {path}: cannot read JSON ({e})") from e
+    names: dict[int, str] = {}
+    if isinstance(data, dict):
+        names = {im["id"]: im["file_name"] for im in data.get("images", []) if "file_name" in im}
+        data = [a for a in data.get("annotations", []) if not a.get("iscrowd", 0)]
+    if not isinstance(data, list):
+        raise ValueError(f"detections file {path}: expected a list of detections or a COCO annotation dict")
+
+    grouped: dict[int | str, list[tuple[list[float], float]]] = {}
+    for i, det in enumerate(data):
+        try:
+            image_id, (x, y, w, h) = det["image_id"], det["bbox"]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"detections file {path}: entry {i} lacks image_id or a 4-number bbox ({det!r})") from e
+        score = float(det.get("score", 1.0))
+        if det.get("category_id", category_id) != category_id or score < score_threshold:
+            continue
+        grouped.setdefault(image_id, []).append(([x, y, x + w, y + h], score))
+        if "file_name" in det:
+            names.setdefault(image_id, det["file_name"])
+
+    out: dict[int | str, dict[str, np.ndarray]] = {}
+    for image_id, dets in grouped.items():
+        value = {"boxes": np.asarray([b for b, _ in dets], dtype=np.float32).reshape(-1, 4),
+                 "scores": np.asarray([s for _, s in dets], dtype=np.float32)}
+        out[image_id] = value
+        if image_id in names:
+            name = names[image_id]
+            for key in (name, os.path.basename(name), Path(name).stem):
+                out[key] = value
+    return out

@@ -1,0 +1,164 @@
+"""Person detector wiring (random-weight torchvision model, no download) and COCO detections files."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from opensapiens.inference.detector import PersonDetector, load_detections
+
+ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
+
+
+def ref_person_filter(boxes, scores, labels, thr, iou, top):
+    """Class filter, score filter and greedy NMS in float64 numpy."""
+    keep = (labels == 1) & (scores >= thr)
+    boxes, scores = boxes[keep].astype(np.float64), scores[keep].astype(np.float64)
+    order = np.argsort(-scores, kind="stable")
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    chosen = []
+    for i in order:
+        ok = True
+        for j in chosen:
+            iw = max(0.0, min(boxes[i, 2], boxes[j, 2]) - max(boxes[i, 0], boxes[j, 0]))
+            ih = max(0.0, min(boxes[i, 3], boxes[j, 3]) - max(boxes[i, 1], boxes[j, 1]))
+            inter = iw * ih
+            if inter / (area[i] + area[j] - inter) > iou:
+                ok = False
+                break
+        if ok:
+            chosen.append(i)
+    chosen = chosen[:top]
+    return boxes[chosen], scores[chosen]
+
+
+@pytest.fixture(scope="module")
+def random_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(ARCH, weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():  # favour "person" (label 1) so that random weights give person boxes of varied scores
+        model.roi_heads.box_predictor.cls_score.bias[1] += 5.0
+    d = tmp_path_factory.mktemp("det")
+    state = model.state_dict()
+    torch.save({"model": state}, d / "det.pth")  # nested, as training checkpoints are
+    save_file({k: v.contiguous() for k, v in state.items()}, str(d / "det.safetensors"))
+    return state, d
+
+
+@pytest.mark.parametrize("name", ["det.pth", "det.safetensors"])
+def test_detector_loads_local_weights_and_filters_people(random_weights, name):
+    state, d = random_weights
+    det = PersonDetector(d / name, arch=ARCH, score_threshold=0.0, nms_iou=0.3, max_people=7)
+    for k, v in det.model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
+    results = det.detect_batch(images)
+    with torch.inference_mode():
+        raw = det.model([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images])
+    for (boxes, scores), out in zip(results, raw):
+        assert boxes.dtype == np.float32 and scores.dtype == np.float32 and boxes.shape == (len(scores), 4)
+        ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(),
+                                         0.0, 0.3, 7)
+        assert len(ref_s) > 0
+        np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
+        np.testing.assert_allclose(scores, ref_s, atol=1e-6)
+    boxes, scores = det(images[1])  # alone: no padding to the batch's common size
+    with torch.inference_mode():
+        out = det.model([torch.from_numpy(images[1]).permute(2, 0, 1).float() / 255])[0]
+    ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), 0.0, 0.3, 7)
+    np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
+
+
+def test_select_applies_class_score_and_nms(random_weights):
+    _, d = random_weights
+    det = PersonDetector(d / "det.pth", arch=ARCH, score_threshold=0.5, nms_iou=0.5, max_people=3)
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(0, 200, (60, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(20, 80, (60, 2))], axis=1).astype(np.float32)
+    scores = rng.uniform(0, 1, 60).astype(np.float32)
+    labels = rng.choice([1, 1, 1, 3, 18], 60)
+    got_b, got_s = det.select(torch.from_numpy(boxes), torch.from_numpy(scores), torch.from_numpy(labels))
+    ref_b, ref_s = ref_person_filter(boxes, scores, labels, 0.5, 0.5, 3)
+    assert len(got_s) == 3
+    np.testing.assert_allclose(got_b, ref_b)
+    np.testing.assert_allclose(got_s, ref_s)
+    empty_b, empty_s = det.select(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, dtype=torch.long))
+    assert empty_b.shape == (0, 4) and empty_s.shape == (0,)
+
+
+def test_detector_errors(random_weights, tmp_path, monkeypatch):
+    _, d = random_weights
+    det = PersonDetector(d / "det.pth", arch=ARCH)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        det(np.zeros((10, 10), np.uint8))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        det(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        PersonDetector(tmp_path / "missing.pth", arch=ARCH)
+    with pytest.raises(ValueError, match="unknown detector arch"):
+        PersonDetector(d / "det.pth", arch="resnet_not_a_detector")
+    with pytest.raises(ValueError, match="do not fit"):
+        PersonDetector(d / "det.pth", arch="ssdlite320_mobilenet_v3_large")
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    url = torchvision.models.get_model_weights(ARCH).DEFAULT.url
+    with pytest.raises(RuntimeError, match="download") as info:
+        PersonDetector(None, arch=ARCH)
+    assert url in str(info.value) and "checkpoints" in str(info.value)
+
+
+def test_load_detections_list(tmp_path):
+    dets = [
+        {"image_id": 7, "bbox": [10, 20, 30, 40], "score": 0.9, "category_id": 1, "file_name": "val/000007.jpg"},
+        {"image_id": 7, "bbox": [0.5, 1.5, 2, 3], "score": 0.3, "category_id": 1},
+        {"image_id": 7, "bbox": [5, 5, 5, 5], "score": 0.99, "category_id": 2},  # not a person
+        {"image_id": 8, "bbox": [1, 2, 3, 4], "score": 0.6, "category_id": 1},
+        {"image_id": 9, "bbox": [1, 2, 3, 4], "score": 0.1, "category_id": 1},
+    ]
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps(dets))
+    out = load_detections(path, score_threshold=0.2)
+    np.testing.assert_allclose(out[7]["boxes"], [[10, 20, 40, 60], [0.5, 1.5, 2.5, 4.5]])
+    np.testing.assert_allclose(out[7]["scores"], [0.9, 0.3], rtol=1e-6)
+    assert out[7]["boxes"].dtype == np.float32
+    for key in ("val/000007.jpg", "000007.jpg", "000007"):
+        assert out[key] is out[7]
+    np.testing.assert_allclose(out[8]["boxes"], [[1, 2, 4, 6]])
+    assert 9 not in out
+    assert 9 in load_detections(path)
+
+
+def test_load_detections_coco_annotations_and_errors(tmp_path):
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "b.png"}],
+        "annotations": [
+            {"image_id": 1, "bbox": [1, 1, 10, 20], "category_id": 1, "iscrowd": 0},
+            {"image_id": 1, "bbox": [0, 0, 50, 50], "category_id": 1, "iscrowd": 1},
+            {"image_id": 2, "bbox": [3, 4, 5, 6], "category_id": 1},
+        ],
+    }
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(coco))
+    out = load_detections(path)
+    np.testing.assert_allclose(out["a"]["boxes"], [[1, 1, 11, 21]])
+    np.testing.assert_allclose(out["a.png"]["scores"], [1.0])
+    np.testing.assert_allclose(out[2]["boxes"], [[3, 4, 8, 10]])
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 1, "bbox": [1, 2]}]))
+    with pytest.raises(ValueError, match="entry 0"):
+        load_detections(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_detections(bad)
