@@ -1,0 +1,188 @@
+"""Whole-image pre-processing to the model input contract, and mapping dense outputs back to each original image.
+
+Model input: (B, 3, H, W) float32 RGB, normalized with ``MEAN``/``STD`` (0-255 scale), default H x W = 1024 x 768.
+
+``resize="stretch"`` is the official protocol: bilinear resize to H x W ignoring the aspect ratio. ``"pad"``
+letterboxes: the image is resized to fit H x W with its aspect ratio kept, and the bottom/right remainder is filled
+with the mean colour (0 after normalization). Padding only at the bottom/right keeps the image origin fixed, so
+input and original pixel coordinates differ by a scale only.
+
+Resampling is bilinear with ``align_corners=False`` (pixel centres at integer coordinates, edges clamped), the
+convention of ``cv2.resize(INTER_LINEAR)`` and ``F.interpolate``; no anti-aliasing by default, like the official
+``cv2.resize``. It runs in float32 torch on the target device (uint8 pixels are uploaded, then converted), so CPU
+and GPU give the same numbers up to float rounding. Unlike the official pipeline, the resized image is not rounded
+back to uint8 before normalization (a difference of at most half a grey level).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+MEAN = (123.675, 116.28, 103.53)  # RGB, training configs of every Sapiens task
+STD = (58.395, 57.12, 57.375)
+LITE_MEAN = (123.5, 116.5, 103.5)  # rounded values of the official "lite" demos; for reproducing them only
+LITE_STD = (58.5, 57.0, 57.5)
+
+RESIZE_MODES = ("stretch", "pad")
+
+
+@dataclass(frozen=True)
+class ResizeMeta:
+    """How one image was placed into the model input."""
+
+    original_size: tuple[int, int]  # (H0, W0)
+    input_size: tuple[int, int]  # (H, W) of the model input
+    scale: tuple[float, float]  # (sy, sx): resized image size / original size
+    pad: tuple[int, int, int, int]  # (top, left, bottom, right) input pixels of fill
+    mode: str  # "stretch" | "pad"
+
+    @property
+    def content_size(self) -> tuple[int, int]:
+        """(h, w) of the resized image inside the input."""
+        top, left, bottom, right = self.pad
+        return self.input_size[0] - top - bottom, self.input_size[1] - left - right
+
+    def to_original(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Map (..., 2) xy points from model-input pixels to original-image pixels (pixel centres at integers)."""
+        offset, scale = self._xy()
+        if isinstance(points, torch.Tensor):
+            offset, scale = points.new_tensor(offset), points.new_tensor(scale)
+        return (points - offset + 0.5) / scale - 0.5
+
+    def to_input(self, points: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """Map (..., 2) xy points from original-image pixels to model-input pixels."""
+        offset, scale = self._xy()
+        if isinstance(points, torch.Tensor):
+            offset, scale = points.new_tensor(offset), points.new_tensor(scale)
+        return (points + 0.5) * scale - 0.5 + offset
+
+    def _xy(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.array([self.pad[1], self.pad[0]], float), np.array([self.scale[1], self.scale[0]], float)
+
+
+def _placement(original: tuple[int, int], input_size: tuple[int, int], mode: str) -> ResizeMeta:
+    (h0, w0), (h, w) = original, input_size
+    if mode == "stretch":
+        ch, cw = h, w
+    else:
+        s = min(h / h0, w / w0)
+        ch = min(h, max(1, math.floor(h0 * s + 0.5)))
+        cw = min(w, max(1, math.floor(w0 * s + 0.5)))
+    return ResizeMeta((h0, w0), (h, w), (ch / h0, cw / w0), (0, 0, h - ch, w - cw), mode)
+
+
+class Preprocessor:
+    """RGB uint8 images -> normalized model batch plus the ``ResizeMeta`` needed to map outputs back."""
+
+    def __init__(self, input_size: tuple[int, int] = (1024, 768), resize: str = "stretch",
+                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD, antialias: bool = False):
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if len(input_size) != 2 or min(input_size) < 1:
+            raise ValueError(f"input_size must be (H, W) with positive sides, got {input_size}")
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.resize = resize
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.antialias = antialias  # anti-aliased downscaling (not the official protocol)
+
+    def __call__(self, images: Sequence[np.ndarray | torch.Tensor], device: str | torch.device = "cpu"
+                 ) -> tuple[torch.Tensor, list[ResizeMeta]]:
+        """Images are (H, W, 3) uint8 RGB arrays (or tensors, on any device), sizes may differ.
+
+        Returns the (B, 3, H, W) float32 batch on ``device`` and one ``ResizeMeta`` per image.
+        """
+        if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3:
+            images = [images]
+        shapes = [_check_image(i, img) for i, img in enumerate(images)]
+        if not shapes:
+            raise ValueError("no images to preprocess")
+        device = torch.device(device)
+        h, w = self.input_size
+        metas = [_placement(s, self.input_size, self.resize) for s in shapes]
+        batch = torch.zeros(len(images), 3, h, w, dtype=torch.float32, device=device)  # 0 = mean colour
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        if len(set(shapes)) == 1:  # e.g. video frames: one upload and one resize for the whole batch
+            groups = [(list(range(len(images))), metas[0])]
+        else:
+            groups = [([i], m) for i, m in enumerate(metas)]
+        for ids, meta in groups:
+            x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
+            ch, cw = meta.content_size
+            if (ch, cw) != meta.original_size:
+                x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False, antialias=self.antialias)
+            batch[ids, :, :ch, :cw] = (x - mean) / std
+        return batch, metas
+
+    def restore(self, outputs: torch.Tensor, metas: Sequence[ResizeMeta], mode: str = "bilinear"
+                ) -> list[torch.Tensor]:
+        """See ``restore``."""
+        return restore(outputs, metas, mode)
+
+
+def _check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
+    shape, dtype = tuple(img.shape), img.dtype
+    if len(shape) != 3 or shape[2] != 3 or str(dtype) not in ("uint8", "torch.uint8") or 0 in shape:
+        raise ValueError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got shape {shape} dtype "
+                         f"{dtype}; read files with opensapiens.io.read_image")
+    return shape[0], shape[1]
+
+
+def _upload(images: list[np.ndarray | torch.Tensor], device: torch.device) -> torch.Tensor:
+    """uint8 (H, W, 3) images -> (b, 3, H, W) float32 on ``device``; the transfer is done in uint8 (4x smaller)."""
+    if all(isinstance(img, np.ndarray) for img in images):
+        x = torch.from_numpy(np.stack(images))
+    else:
+        x = torch.stack([(torch.from_numpy(np.ascontiguousarray(img)) if isinstance(img, np.ndarray) else img
+                          ).to(device) for img in images])
+    return x.to(device).permute(0, 3, 1, 2).float()
+
+
+def _span(start: float, length: float, size: int, what: str) -> tuple[int, int]:
+    """First and last output pixels whose centres lie in the content span [start, start + length) (edge coords)."""
+    if abs(start - round(start)) > 1e-6:
+        raise ValueError(f"content must start on an output pixel boundary, got {what} offset {start}")
+    lo = min(int(round(start)), size - 1)
+    hi = max(min(math.ceil(start + length - 0.5 - 1e-9) - 1, size - 1), lo)
+    return lo, hi
+
+
+def restore(outputs: torch.Tensor, metas: Sequence[ResizeMeta], mode: str = "bilinear") -> list[torch.Tensor]:
+    """Map dense outputs (B, C, h, w) of any stride (h/H = w/W = 1, 1/2, 1/4, ...) back to each original image.
+
+    Output pixel (i, j) of an original image samples the output map at the point its centre maps to, as one
+    ``F.interpolate(align_corners=False)`` from the content region to (H0, W0) would. When the stride does not
+    divide the content size, the content ends inside an output pixel: samples are clamped to the last output pixel
+    whose centre is in the content, so the fill never leaks in. ``mode`` is "bilinear" or "nearest" (nearest-exact,
+    for label maps). Returns one (C, H0, W0) tensor per image, on the outputs' device and in their dtype.
+    """
+    if outputs.ndim != 4 or outputs.shape[0] != len(metas):
+        raise ValueError(f"expected outputs (B, C, h, w) with B = {len(metas)} metas, got {tuple(outputs.shape)}")
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}")
+    kwargs = {"mode": "bilinear", "align_corners": False} if mode == "bilinear" else {"mode": "nearest-exact"}
+    h, w = outputs.shape[-2:]
+    restored = []
+    for i, meta in enumerate(metas):
+        (H, W), (h0, w0) = meta.input_size, meta.original_size
+        (ch, cw), (top, left) = meta.content_size, meta.pad[:2]
+        ry, rx = h / H, w / W  # output pixels per input pixel
+        (y0, y1), (x0, x1) = _span(top * ry, ch * ry, h, "top"), _span(left * rx, cw * rx, w, "left")
+        out = outputs[i : i + 1]
+        if (y0, y1 + 1, x0, x1 + 1) == (0, h, 0, w) and (ch * ry, cw * rx) == (h, w):  # no fill: plain resize
+            restored.append(F.interpolate(out, size=(h0, w0), **kwargs)[0])
+            continue
+        # Crop the content, repeat its last row/column once (the clamp), then resample with the exact scale:
+        # F.interpolate maps output i to crop coordinate (i + 0.5) / scale - 0.5 when given scale_factor.
+        crop = F.pad(out[:, :, y0 : y1 + 1, x0 : x1 + 1], (0, 1, 0, 1), mode="replicate")
+        scale = (h0 / (ch * ry), w0 / (cw * rx))
+        up = F.interpolate(crop, scale_factor=scale, recompute_scale_factor=False, **kwargs)
+        restored.append(up[0, :, :h0, :w0])
+    return restored

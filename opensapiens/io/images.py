@@ -1,0 +1,350 @@
+"""Image files in and out: reading any image a user has as RGB uint8, listing inputs, writing outputs atomically.
+
+``read_image`` conventions (the model contract is an (H, W, 3) uint8 RGB array):
+- EXIF orientation is applied, as a photo viewer (and ``cv2.imread``) would show the image.
+- Alpha is dropped, not composited: the colour channels are kept as stored. This is what ``cv2.imread`` gives the
+  official pipeline, and compositing on an arbitrary background would invent pixels.
+- Grayscale and bilevel images are replicated to three channels; palette, CMYK, YCbCr and LAB images are converted by
+  Pillow.
+- 16-bit samples (PNG/TIFF, gray or colour) are scaled with rounding, round(v * 255 / 65535), not truncated.
+- 32-bit integer images in [0, 65535] are treated as 16-bit; other integer ranges are min-max scaled.
+- Float images with all finite values in [0, 1] are scaled by 255, others are min-max scaled; NaN becomes 0.
+- Multi-frame files (TIFF pages, animated WebP) give their first frame.
+Anything that cannot be decoded raises ``ImageReadError`` naming the file and the reason.
+
+``list_inputs`` turns what a user types (files, folders, glob patterns, ``.txt`` lists) into an ordered, duplicate-free
+list of paths. The writers never leave a half-written file under the final name: they write a hidden temporary file
+in the destination folder and ``os.replace`` it into place, so an interrupted job can resume by skipping existing
+outputs. Each writer returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                              ".pbm", ".pnm"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".m4v", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv"})
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
+
+
+def is_image(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def is_video(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Listing inputs
+# ----------------------------------------------------------------------------------------------------------------
+
+def _natural_key(path: Path) -> list[str | int]:
+    """Sort key that orders ``frame_2`` before ``frame_10`` (text and number runs alternate, so keys compare)."""
+    parts = re.split(r"(\d+)", str(path))
+    return [int(p) if i % 2 else p for i, p in enumerate(parts)]
+
+
+def _media_files(paths: Iterable[Path], root: Path | None = None) -> list[Path]:
+    """Image/video files among ``paths``, natural order; hidden files (and, below ``root``, hidden folders) skipped."""
+    def hidden(p: Path) -> bool:
+        return any(part.startswith(".") for part in (p.relative_to(root).parts if root else (p.name,)))
+
+    files = [p for p in paths if p.suffix.lower() in MEDIA_EXTENSIONS and not hidden(p) and p.is_file()]
+    return sorted(files, key=_natural_key)
+
+
+def _expand(spec: str, recursive: bool, base: Path | None, open_lists: tuple[Path, ...]) -> list[Path]:
+    path = Path(spec).expanduser()
+    if base is not None and not path.is_absolute():
+        path = base / path
+    if path.is_file():
+        if path.suffix.lower() == ".txt":
+            return _read_list(path, recursive, open_lists)
+        return [path]  # named explicitly: kept whatever its extension; reading it reports a non-image clearly
+    if path.is_dir():
+        found = _media_files(path.rglob("*") if recursive else path.iterdir(), root=path)
+        if not found:
+            hint = "" if recursive else " (sub-folders are searched only with recursive=True)"
+            raise FileNotFoundError(f"folder {str(path)!r} contains no image or video files{hint}")
+        return found
+    if any(c in spec for c in "*?["):
+        found = _media_files(Path(p) for p in glob.glob(str(path), recursive=True))
+        if not found:
+            raise FileNotFoundError(f"pattern {spec!r} matches no image or video files")
+        return found
+    raise FileNotFoundError(f"input {str(path)!r} does not exist")
+
+
+def _read_list(list_file: Path, recursive: bool, open_lists: tuple[Path, ...]) -> list[Path]:
+    """One input spec per line; blank lines and ``#`` comments are skipped; relative entries are relative to the
+    list file's folder."""
+    key = list_file.resolve()
+    if key in open_lists:
+        raise ValueError(f"input list {str(list_file)!r} includes itself")
+    try:
+        lines = list_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read input list {str(list_file)!r}: {e}") from e
+    out: list[Path] = []
+    for lineno, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        try:
+            out += _expand(entry, recursive, list_file.parent, open_lists + (key,))
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{list_file}:{lineno}: {e}") from e
+    return out
+
+
+def list_inputs(specs: str | Path | Iterable[str | Path], recursive: bool = False) -> list[Path]:
+    """Expand input specs into media files, in order, without duplicates.
+
+    Each spec is a file (kept whatever its extension), a folder (its image and video files, natural sort order,
+    hidden files skipped; sub-folders only with ``recursive``), a glob pattern (``**`` allowed), or a ``.txt`` file
+    listing one spec per line. A spec that matches nothing raises ``FileNotFoundError`` naming it.
+    """
+    if isinstance(specs, (str, Path)):
+        specs = [specs]
+    specs = [str(s) for s in specs]
+    if not specs:
+        raise ValueError("no inputs given")
+    unique: dict[Path, Path] = {}
+    for spec in specs:
+        for path in _expand(spec, recursive, None, ()):
+            unique.setdefault(path.resolve(), path)
+    return list(unique.values())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading images
+# ----------------------------------------------------------------------------------------------------------------
+
+class ImageReadError(ValueError):
+    """An image or video file could not be decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"cannot read {str(path)!r}: {reason}")
+
+
+# EXIF orientation tag (0x0112) -> transform that displays the stored pixels upright.
+_ORIENTATIONS: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored horizontally
+    3: lambda a: a[::-1, ::-1],  # rotated 180
+    4: lambda a: a[::-1],  # mirrored vertically
+    5: lambda a: a.swapaxes(0, 1),  # transposed (mirror + rotate 270 clockwise)
+    6: lambda a: np.rot90(a, -1),  # rotate 90 clockwise to display
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),  # transversed (mirror + rotate 90 clockwise)
+    8: lambda a: np.rot90(a, 1),  # rotate 90 counter-clockwise to display
+}
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block must not make a readable image unreadable
+        return 1
+    return value if value in _ORIENTATIONS else 1
+
+
+def _from_uint16(a: np.ndarray) -> np.ndarray:
+    """round(v * 255 / 65535) in exact integer arithmetic (no ties can occur)."""
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _minmax(a: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = a[finite].min(), a[finite].max()
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return np.where(finite, np.floor(scaled + 0.5), 0).astype(np.uint8)
+
+
+def _gray_to_uint8(im: Image.Image) -> np.ndarray:
+    """(H, W) uint8 from a 16-bit, 32-bit integer or float single-channel image (see module docstring)."""
+    a = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        return _from_uint16(a)
+    if im.mode == "I":
+        return _from_uint16(a) if a.size and a.min() >= 0 and a.max() <= 65535 else _minmax(a)
+    finite = np.isfinite(a)
+    if a.size and finite.all() and a.min() >= 0.0 and a.max() <= 1.0:
+        return np.floor(a.astype(np.float64) * 255.0 + 0.5).astype(np.uint8)
+    return _minmax(a)
+
+
+def _has_16bit_samples(im: Image.Image) -> bool:
+    """Pillow decodes 16-bit colour PNG/TIFF as 8-bit RGB by keeping the high byte; its raw mode says so."""
+    return any(";16" in str(tile.args) for tile in getattr(im, "tile", ()))
+
+
+def _decode_16bit_color(path: Path) -> np.ndarray:
+    a = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)  # keeps 16 bits; ignores EXIF rotation
+    if a is None or a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ImageReadError(path, "cannot decode 16-bit colour samples")
+    rgb = a[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
+    return _from_uint16(rgb) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb)
+
+
+def _decode(im: Image.Image, path: Path) -> np.ndarray:
+    if im.mode in ("RGB", "RGBA") and _has_16bit_samples(im):
+        return _decode_16bit_color(path)
+    if im.mode.startswith("I") or im.mode == "F":
+        gray = _gray_to_uint8(im)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow's documented route for palettes with a transparent entry
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as an upright (H, W, 3) uint8 RGB array; raises ``ImageReadError`` if it can't."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(path, "no such file")
+    if path.is_dir():
+        raise ImageReadError(path, "is a folder, not an image file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            rgb = _decode(im, path)
+            orientation = _exif_orientation(im)  # after decoding: reading a PNG's EXIF may load the pixels
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image in a format Pillow can read") from e
+    except Exception as e:  # decoders raise many types on damaged data (OSError, SyntaxError, struct.error, ...)
+        raise ImageReadError(path, f"damaged or unsupported image data ({type(e).__name__}: {e})") from e
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
+        raise ImageReadError(path, f"decoded to an unusable array of shape {rgb.shape}")
+    return np.ascontiguousarray(_ORIENTATIONS[orientation](rgb))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writers
+# ----------------------------------------------------------------------------------------------------------------
+
+def temp_sibling(path: str | Path) -> Path:
+    """Create an empty hidden temporary file in ``path``'s folder (made if missing) and return its path.
+
+    The name keeps the suffix, so writers that pick a format from the extension work unchanged; the caller
+    ``os.replace``-s it onto ``path`` when done, or unlinks it on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
+    tmp = temp_sibling(path)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def _atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    with _atomic_open(path) as f:
+        f.write(data)
+    return Path(path)
+
+
+def save_npy(path: str | Path, array: Any) -> Path:
+    """Save an array as ``.npy`` (never pickled, so it reloads with ``np.load(path)`` safely)."""
+    with _atomic_open(path) as f:
+        np.save(f, np.asarray(array), allow_pickle=False)
+    return Path(path)
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/torch values, paths and dataclasses to plain JSON types; NaN and inf become ``None``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch
+        obj = obj.detach().cpu().numpy()
+    if isinstance(obj, (np.ndarray, np.generic)):
+        if obj.dtype.kind == "f" and not np.isfinite(obj).all():
+            return to_jsonable(obj.tolist())
+        return obj.tolist()
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
+    """Write JSON atomically; numpy scalars/arrays and tensors become numbers/lists, NaN/inf become ``null``."""
+    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
+    return atomic_write_bytes(path, text.encode())
+
+
+def _encode(path: str | Path, array: np.ndarray, ext: str, dtypes: tuple[type, ...], params: list[int]) -> bytes:
+    a = np.asarray(array)
+    if a.dtype not in dtypes or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
+        allowed = "/".join(np.dtype(d).name for d in dtypes)
+        raise ValueError(f"cannot save {str(path)!r} as {ext}: expected a {allowed} array of shape (H, W), "
+                         f"(H, W, 3) RGB or (H, W, 4) RGBA, got shape {a.shape} dtype {a.dtype}")
+    if a.ndim == 3 and a.shape[2] == 3:
+        a = a[..., ::-1]  # RGB -> BGR for OpenCV
+    elif a.ndim == 3 and a.shape[2] == 4:
+        a = a[..., [2, 1, 0, 3]]
+    ok, buf = cv2.imencode(ext, np.ascontiguousarray(a), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {str(path)!r} as {ext}")
+    return buf.tobytes()
+
+
+def save_png(path: str | Path, array: np.ndarray, compression: int = 1) -> Path:
+    """Save uint8 or uint16, (H, W) gray or (H, W, 3) RGB (or RGBA), as PNG, atomically."""
+    return atomic_write_bytes(path, _encode(path, array, ".png", (np.uint8, np.uint16),
+                                     [cv2.IMWRITE_PNG_COMPRESSION, compression]))
+
+
+def save_jpg(path: str | Path, array: np.ndarray, quality: int = 95) -> Path:
+    """Save uint8 (H, W) gray or (H, W, 3) RGB as JPEG, atomically."""
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 4:
+        raise ValueError(f"cannot save {str(path)!r} as JPEG: it has no alpha channel; drop it first")
+    return atomic_write_bytes(path, _encode(path, a, ".jpg", (np.uint8,), [cv2.IMWRITE_JPEG_QUALITY, quality]))

@@ -1,0 +1,277 @@
+"""Drawing results on RGB uint8 images with OpenCV: skeletons, part labels, depth and normal maps, panels.
+
+Every function returns a new (H, W, 3) uint8 RGB array and leaves its inputs untouched.
+
+Colours: body keypoints and links are green on the person's left, orange on the right and blue in the middle; each
+finger has its own colour; feet are yellow; face points are small and white. Depth is shown with the INFERNO
+colour map, near = bright; normals as RGB = (n + 1) / 2 * 255 (R = X right, G = Y up, B = Z toward the camera).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+import cv2
+import numpy as np
+
+from .metadata import KeypointSet, SegClasses, generic_palette, seg_classes
+from .metadata import keypoint_set as get_keypoint_set
+
+Color = tuple[int, int, int]
+
+LEFT: Color = (0, 210, 0)
+RIGHT: Color = (255, 128, 0)
+CENTER: Color = (51, 153, 255)
+FOOT: Color = (255, 220, 0)
+FACE: Color = (255, 255, 255)
+PALM: Color = (200, 200, 200)
+FINGERS: dict[str, Color] = {"thumb": (255, 60, 60), "forefinger": (255, 90, 255), "middle_finger": (90, 170, 255),
+                             "ring_finger": (255, 255, 90), "pinky_finger": (60, 255, 160)}
+BOX: Color = (0, 255, 255)
+BACKGROUND_GREY: Color = (100, 100, 100)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Pose
+# ----------------------------------------------------------------------------------------------------------------
+
+@cache
+def _pose_style(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(point colours (K, 3), link colours (L, 3), small-point flags (K,)) for a keypoint set."""
+    kps = get_keypoint_set(name)
+    face = set(kps.groups.get("face", ()))
+    feet = set(kps.groups.get("foot", ()))
+    hands = set(kps.groups.get("left_hand", ())) | set(kps.groups.get("right_hand", ()))
+
+    def finger(k: int) -> Color | None:
+        return next((c for f, c in FINGERS.items() if f in kps.names[k]), None) if k in hands else None
+
+    def side(k: int) -> Color:
+        n = kps.names[k]
+        return LEFT if n.startswith("left") else RIGHT if n.startswith("right") else CENTER
+
+    def point(k: int) -> Color:
+        if k in face:
+            return FACE
+        if k in feet:
+            return FOOT
+        if k in hands:
+            return finger(k) or PALM
+        return side(k)
+
+    def link(a: int, b: int) -> Color:
+        if a in hands or b in hands:
+            return finger(b) or finger(a) or PALM
+        if a in feet or b in feet:
+            return FOOT
+        if a in face or b in face:
+            return FACE
+        sa, sb = side(a), side(b)
+        return sa if sa == sb else CENTER
+
+    points = np.array([point(k) for k in range(kps.num_keypoints)], np.uint8).reshape(-1, 3)
+    links = np.array([link(a, b) for a, b in kps.skeleton], np.uint8).reshape(-1, 3)
+    small = np.array([k in face for k in range(kps.num_keypoints)], bool)
+    return points, links, small
+
+
+_SHIFT = 4  # cv2 fixed-point fractional bits: keypoints are drawn at sub-pixel positions
+_LIMIT = 1e5  # coordinates beyond this are not drawable in cv2's int32 fixed point; they are skipped
+
+
+def _fixed(xy: np.ndarray) -> tuple[int, int]:
+    return int(round(xy[0] * (1 << _SHIFT))), int(round(xy[1] * (1 << _SHIFT)))
+
+
+def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keypoint_set: KeypointSet | str | int,
+              threshold: float = 0.3, radius: int | None = None, thickness: int | None = None,
+              boxes: np.ndarray | None = None) -> np.ndarray:
+    """Draw people's skeletons.
+
+    Args:
+        image: (H, W, 3) uint8 RGB.
+        keypoints: (N, K, 2) xy image pixels (or (K, 2) for one person).
+        scores: (N, K); keypoints scoring at or below ``threshold`` (or non-finite) are not drawn, nor their links.
+        keypoint_set: the layout of the K keypoints (a ``KeypointSet``, or "goliath"/308, "wholebody"/133, "coco"/17).
+        radius, thickness: point radius and line width in pixels; default scales with the image size.
+        boxes: optional (N, 4) xyxy boxes drawn under the skeletons.
+    """
+    canvas = _rgb_copy(image, "image")
+    kps = keypoint_set if isinstance(keypoint_set, KeypointSet) else get_keypoint_set(keypoint_set)
+    kp, sc = np.asarray(keypoints, np.float64), np.asarray(scores, np.float64)
+    if kp.ndim == 2:  # one person
+        kp, sc = kp[None], sc[None]
+    if kp.ndim != 3 or kp.shape[1:] != (kps.num_keypoints, 2) or sc.shape != kp.shape[:2]:
+        raise ValueError(f"keypoints {np.shape(keypoints)} and scores {np.shape(scores)} do not match the {kps.name} "
+                         f"set: expected (N, {kps.num_keypoints}, 2) and (N, {kps.num_keypoints})")
+    h, w = canvas.shape[:2]
+    radius = radius if radius is not None else max(2, round(max(h, w) * 0.004))
+    thickness = thickness if thickness is not None else max(1, round(radius / 2))
+    small_radius = max(1, radius // 2)
+    point_colors, link_colors, small = _pose_style(kps.name)
+
+    if boxes is not None:
+        for box in np.asarray(boxes, np.float64).reshape(-1, 4):
+            if np.isfinite(box).all() and np.abs(box).max() < _LIMIT:
+                cv2.rectangle(canvas, _fixed(box[:2]), _fixed(box[2:]), BOX, thickness, cv2.LINE_AA, _SHIFT)
+
+    shown = (sc > threshold) & np.isfinite(kp).all(-1) & (np.abs(kp) < _LIMIT).all(-1)  # (N, K)
+    for person, visible in zip(kp, shown):
+        for (a, b), color in zip(kps.skeleton, link_colors):
+            if visible[a] and visible[b]:
+                cv2.line(canvas, _fixed(person[a]), _fixed(person[b]), color.tolist(), thickness, cv2.LINE_AA,
+                         _SHIFT)
+        for k in np.flatnonzero(visible):  # points on top of the links
+            r = small_radius if small[k] else radius
+            cv2.circle(canvas, _fixed(person[k]), r << _SHIFT, point_colors[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
+    return canvas
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Dense maps
+# ----------------------------------------------------------------------------------------------------------------
+
+def _rgb_copy(image: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"{what} must be an (H, W, 3) uint8 RGB array, got shape {a.shape} dtype {a.dtype}")
+    return np.ascontiguousarray(a).copy()
+
+
+def _palette(palette: Sequence[Sequence[int]] | np.ndarray | SegClasses | None, needed: int) -> np.ndarray:
+    """(n, 3) uint8 palette; None = the 28 Goliath part colours, extended with generic colours if labels need more."""
+    if palette is None:
+        base = seg_classes("goliath").palette
+        extra = generic_palette(needed)[len(base):] if needed > len(base) else []
+        palette = list(base) + list(extra)
+    elif isinstance(palette, SegClasses):
+        palette = palette.palette
+    pal = np.asarray(palette)
+    if pal.ndim != 2 or pal.shape[1] != 3:
+        raise ValueError(f"palette must be a list of RGB triples, got shape {pal.shape}")
+    return pal.astype(np.uint8)
+
+
+def colorize_seg(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarray | SegClasses | None = None
+                 ) -> np.ndarray:
+    """(H, W) integer class ids -> (H, W, 3) RGB; ids outside the palette (e.g. 255 = ignore) are black."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2 or lab.dtype.kind not in "iub":
+        raise ValueError(f"labels must be an (H, W) integer array, got shape {lab.shape} dtype {lab.dtype}")
+    if lab.dtype == bool:
+        lab = lab.astype(np.uint8)
+    pal = _palette(palette, int(lab.max()) + 1 if lab.size else 0)
+    lut = np.zeros((max(len(pal), 256), 3), np.uint8)
+    lut[: len(pal)] = pal
+    if lab.dtype == np.uint8:
+        return lut[lab]
+    inside = (lab >= 0) & (lab < len(pal))
+    return np.where(inside[..., None], lut[np.where(inside, lab, 0)], 0).astype(np.uint8)
+
+
+def seg_overlay(image: np.ndarray, labels: np.ndarray,
+                palette: Sequence[Sequence[int]] | np.ndarray | SegClasses | None = None, alpha: float = 0.5,
+                background: int | None = 0) -> np.ndarray:
+    """Blend class colours over the image with weight ``alpha``; pixels of class ``background`` (None: no class)
+    keep the image."""
+    out = _rgb_copy(image, "image")
+    lab = np.asarray(labels)
+    if lab.shape != out.shape[:2]:
+        raise ValueError(f"labels of shape {lab.shape} do not match the image size {out.shape[:2]}")
+    colors = colorize_seg(lab, palette)
+    blend = np.floor(out * (1.0 - alpha) + colors * alpha + 0.5).astype(np.uint8)
+    fg = np.ones(lab.shape, bool) if background is None else lab != background
+    out[fg] = blend[fg]
+    return out
+
+
+def _valid(values: np.ndarray, mask: np.ndarray | None, what: str) -> np.ndarray:
+    finite = np.isfinite(values) if values.ndim == 2 else np.isfinite(values).all(-1)
+    if mask is None:
+        return finite
+    m = np.asarray(mask)
+    if m.shape != finite.shape:
+        raise ValueError(f"mask of shape {m.shape} does not match the {what} size {finite.shape}")
+    return finite & m.astype(bool)
+
+
+def colorize_depth(depth: np.ndarray, mask: np.ndarray | None = None, vmin: float | None = None,
+                   vmax: float | None = None, background: Color = BACKGROUND_GREY) -> np.ndarray:
+    """(H, W) depth (larger = farther) -> INFERNO RGB with near = bright.
+
+    The range is the min/max over valid pixels (finite and inside ``mask``) unless ``vmin``/``vmax`` fix it (e.g.
+    to keep colours stable across video frames); invalid pixels get ``background``.
+    """
+    d = np.asarray(depth, np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"depth must be an (H, W) array, got shape {d.shape}")
+    valid = _valid(d, mask, "depth")
+    out = np.empty(d.shape + (3,), np.uint8)
+    out[:] = background
+    if not valid.any():
+        return out
+    lo = d[valid].min() if vmin is None else vmin
+    hi = d[valid].max() if vmax is None else vmax
+    near = (hi - d[valid]) / (hi - lo) if hi > lo else np.full(int(valid.sum()), 0.5)
+    u8 = np.floor(np.clip(near, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    out[valid] = cv2.applyColorMap(u8[:, None], cv2.COLORMAP_INFERNO)[:, 0, ::-1]  # BGR -> RGB
+    return out
+
+
+def colorize_normals(normals: np.ndarray, mask: np.ndarray | None = None, background: Color = (0, 0, 0)
+                     ) -> np.ndarray:
+    """(H, W, 3) camera-frame normals -> RGB = round((n + 1) / 2 * 255), so (0, 0, 1) -> (128, 128, 255).
+
+    Components are clipped to [-1, 1]; non-finite pixels and pixels outside ``mask`` get ``background``.
+    """
+    n = np.asarray(normals, np.float64)
+    if n.ndim != 3 or n.shape[2] != 3:
+        raise ValueError(f"normals must be an (H, W, 3) array, got shape {n.shape}")
+    valid = _valid(n, mask, "normal map")
+    rgb = np.floor((np.clip(np.nan_to_num(n), -1.0, 1.0) + 1.0) * 127.5 + 0.5).astype(np.uint8)
+    rgb[~valid] = background
+    return rgb
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Panels
+# ----------------------------------------------------------------------------------------------------------------
+
+def side_by_side(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, height: int | None = None
+                 ) -> np.ndarray:
+    """Concatenate images left to right at a common height (default: the tallest), with optional title bars.
+
+    Accepts (H, W, 3) RGB or (H, W) gray uint8 images.
+    """
+    if not images:
+        raise ValueError("no images to put side by side")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"got {len(titles)} titles for {len(images)} images")
+    panels = []
+    for i, img in enumerate(images):
+        a = np.asarray(img)
+        if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)) or 0 in a.shape[:2]:
+            raise ValueError(f"image {i} must be (H, W, 3) or (H, W) uint8, got shape {a.shape} dtype {a.dtype}")
+        panels.append(np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a)
+    target = height or max(p.shape[0] for p in panels)
+    resized = []
+    for p in panels:
+        h, w = p.shape[:2]
+        if h != target:
+            size = (max(1, int(w * target / h + 0.5)), target)
+            p = cv2.resize(p, size, interpolation=cv2.INTER_AREA if target < h else cv2.INTER_LINEAR)
+        resized.append(p)
+    if titles is not None:
+        resized = [_title_bar(p, t) for p, t in zip(resized, titles)]
+    return np.ascontiguousarray(np.concatenate(resized, axis=1))
+
+
+def _title_bar(panel: np.ndarray, title: str) -> np.ndarray:
+    """Put a black bar with white text above ``panel``; text height follows the panel height."""
+    bar_h = max(16, round(panel.shape[0] * 0.05))
+    bar = np.zeros((bar_h, panel.shape[1], 3), np.uint8)
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, bar_h // 24)
+    scale = cv2.getFontScaleFromHeight(font, max(1, int(bar_h * 0.6)), thick)
+    cv2.putText(bar, title, (max(2, bar_h // 4), int(bar_h * 0.8)), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
+    return np.concatenate([bar, panel], axis=0)

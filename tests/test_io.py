@@ -1,0 +1,306 @@
+"""Image reading of odd files, input listing, atomic writers and video round trips.
+
+Expected pixels come from the file-format definitions (EXIF orientation meanings, 16-bit scaling by 255/65535,
+CMYK -> RGB), never from the reader itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+
+from opensapiens.io import (
+    ImageReadError,
+    VideoWriter,
+    atomic_write_bytes,
+    iter_video_frames,
+    list_inputs,
+    read_image,
+    save_jpg,
+    save_json,
+    save_npy,
+    save_png,
+    video_info,
+)
+
+RNG = np.random.default_rng(0)
+RAW = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # non-square so that rotations change the shape
+
+
+def _with_orientation(path: Path, array: np.ndarray, orientation: int) -> Path:
+    im = Image.fromarray(array)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif.tobytes())
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------- reading
+
+def test_rgb_png_is_returned_unchanged(tmp_path):
+    Image.fromarray(RAW).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert out.dtype == np.uint8 and out.shape == (6, 10, 3) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, RAW)
+
+
+def test_exif_orientation_6_is_rotated_clockwise(tmp_path):
+    # EXIF 6 = "the 0th row is the visual right-hand side": the viewer rotates the stored pixels 90 degrees clockwise.
+    out = read_image(_with_orientation(tmp_path / "o6.png", RAW, 6))
+    np.testing.assert_array_equal(out, np.rot90(RAW, k=-1))
+    assert out[0, -1].tolist() == RAW[0, 0].tolist()  # stored top-left ends at the top-right
+
+
+def test_exif_orientation_6_jpeg(tmp_path):
+    smooth = np.zeros((32, 48, 3), np.uint8)
+    smooth[:16, :24] = (250, 20, 20)  # a red quadrant at the stored top-left
+    path = tmp_path / "o6.jpg"
+    im = Image.fromarray(smooth)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(path, exif=exif.tobytes(), quality=95)
+    out = read_image(path)
+    assert out.shape == (48, 32, 3)
+    assert out[4, -4].tolist() == pytest.approx([250, 20, 20], abs=12)  # now at the top-right
+    assert out[-4, 4].max() < 12
+
+
+@pytest.mark.parametrize("orientation, expected", [
+    (1, lambda a: a), (2, lambda a: a[:, ::-1]), (3, lambda a: a[::-1, ::-1]), (4, lambda a: a[::-1]),
+    (5, lambda a: np.transpose(a, (1, 0, 2))), (7, lambda a: np.rot90(a, 2).transpose(1, 0, 2)),
+    (8, lambda a: np.rot90(a, k=1)),
+])
+def test_all_exif_orientations(tmp_path, orientation, expected):
+    path = _with_orientation(tmp_path / f"o{orientation}.png", RAW, orientation)
+    out = read_image(path)
+    np.testing.assert_array_equal(out, expected(RAW))
+    np.testing.assert_array_equal(out, np.asarray(ImageOps.exif_transpose(Image.open(path))))
+
+
+def test_16bit_gray_png_is_scaled_with_rounding(tmp_path):
+    values = np.array([[0, 257, 32768, 65300, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.png")
+    out = read_image(tmp_path / "g16.png")
+    # round(v * 255 / 65535): 257 -> 1, 32768 -> 127.502 -> 128, 65300 -> 254.09 -> 254 (truncating v >> 8 gives 255)
+    assert out[0, :, 0].tolist() == [0, 1, 128, 254, 255]
+    assert (out == out[..., :1]).all()
+
+
+def test_16bit_rgb_png_is_scaled_with_rounding(tmp_path):
+    import cv2
+
+    rgb = np.array([[[65535, 0, 32768], [65300, 257, 0]]], np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb[..., ::-1])  # OpenCV writes BGR; Pillow cannot write 48-bit PNG
+    out = read_image(tmp_path / "c16.png")
+    assert out.tolist() == [[[255, 0, 128], [254, 1, 0]]]
+
+
+def test_16bit_tiff(tmp_path):
+    values = np.array([[0, 32768, 65535]], np.uint16)
+    Image.fromarray(values).save(tmp_path / "g16.tif")
+    assert read_image(tmp_path / "g16.tif")[0, :, 1].tolist() == [0, 128, 255]
+
+
+def test_float_tiff(tmp_path):
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], np.float32)).save(tmp_path / "f.tif")
+    assert read_image(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]
+    Image.fromarray(np.array([[-2.0, 0.0, 2.0]], np.float32)).save(tmp_path / "g.tif")  # out of [0, 1]: min-max
+    assert read_image(tmp_path / "g.tif")[0, :, 0].tolist() == [0, 128, 255]
+
+
+def test_grayscale_is_replicated(tmp_path):
+    gray = RAW[..., 0]
+    Image.fromarray(gray).save(tmp_path / "g.png")
+    out = read_image(tmp_path / "g.png")
+    np.testing.assert_array_equal(out, np.repeat(gray[..., None], 3, axis=2))
+
+
+def test_palette_image(tmp_path):
+    im = Image.new("P", (4, 2))
+    im.putpalette([10, 20, 30, 200, 100, 50] + [0] * 762)
+    im.putpixel((1, 0), 1)
+    im.save(tmp_path / "p.png")
+    out = read_image(tmp_path / "p.png")
+    assert out[0, 0].tolist() == [10, 20, 30] and out[0, 1].tolist() == [200, 100, 50]
+
+
+def test_alpha_is_dropped_not_composited(tmp_path):
+    rgba = np.zeros((2, 2, 4), np.uint8)
+    rgba[..., :3] = (200, 150, 100)
+    rgba[0, 0, 3] = 0  # fully transparent: colour kept as stored
+    rgba[1, 1, 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    out = read_image(tmp_path / "a.png")
+    assert (out == (200, 150, 100)).all()
+    la = np.stack([np.full((2, 2), 77, np.uint8), np.zeros((2, 2), np.uint8)], axis=-1)
+    Image.fromarray(la).save(tmp_path / "la.png")
+    assert (read_image(tmp_path / "la.png") == 77).all()
+
+
+def test_cmyk_jpeg(tmp_path):
+    # CMYK (0, 255, 255, 0) is red: R = 255 - C, G = 255 - M, B = 255 - Y at K = 0.
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)
+    out = read_image(tmp_path / "cmyk.jpg")
+    assert out.shape == (16, 16, 3)
+    np.testing.assert_allclose(out.reshape(-1, 3).mean(0), [255, 0, 0], atol=4)
+
+
+def test_bad_files_raise_image_read_error(tmp_path):
+    Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("this is not an image\n")
+    cases = {"truncated.jpg": "damaged", "empty.jpg": "empty", "text.jpg": "not an image", "missing.png": "no such"}
+    for name, reason in cases.items():
+        with pytest.raises(ImageReadError) as info:
+            read_image(tmp_path / name)
+        assert isinstance(info.value, ValueError)
+        assert name in str(info.value) and reason in str(info.value)
+    with pytest.raises(ImageReadError, match="folder"):
+        read_image(tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------- listing
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_list_folder_natural_order_and_filters(tmp_path):
+    for name in ["frame_10.jpg", "frame_2.PNG", "frame_1.jpg", "clip.mp4", "notes.txt", ".hidden.jpg", "a.json"]:
+        _touch(tmp_path / name)
+    _touch(tmp_path / "sub" / "deep.png")
+    _touch(tmp_path / ".cache" / "skipped.png")
+    got = [p.name for p in list_inputs([tmp_path])]
+    assert got == ["clip.mp4", "frame_1.jpg", "frame_2.PNG", "frame_10.jpg"]
+    got = [p.relative_to(tmp_path).as_posix() for p in list_inputs([tmp_path], recursive=True)]
+    assert got == ["clip.mp4", "frame_1.jpg", "frame_2.PNG", "frame_10.jpg", "sub/deep.png"]
+
+
+def test_list_globs_lists_files_and_duplicates(tmp_path):
+    a, b, c = (_touch(tmp_path / n) for n in ("a.jpg", "b.jpg", "c.png"))
+    _touch(tmp_path / "sub" / "d.jpg")
+    (tmp_path / "sub" / "list.txt").write_text(f"# comment\n\n../c.png\n{a}\nd.jpg\n")
+    got = list_inputs([str(tmp_path / "*.jpg"), tmp_path / "sub" / "list.txt", b, str(tmp_path / "**" / "d.jpg")])
+    assert [p.resolve() for p in got] == [a.resolve(), b.resolve(), c.resolve(), (tmp_path / "sub/d.jpg").resolve()]
+    # an explicitly named file is kept whatever its extension
+    odd = _touch(tmp_path / "scan.dat")
+    assert list_inputs(odd) == [odd]
+
+
+def test_list_specs_matching_nothing_raise(tmp_path):
+    _touch(tmp_path / "notes.md")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_inputs([tmp_path / "nope.jpg"])
+    with pytest.raises(FileNotFoundError, match="no image or video"):
+        list_inputs([tmp_path])
+    with pytest.raises(FileNotFoundError, match="matches no"):
+        list_inputs([str(tmp_path / "*.png")])
+    (tmp_path / "l.txt").write_text("missing.jpg\n")
+    with pytest.raises(FileNotFoundError, match=r"l\.txt:1"):
+        list_inputs([tmp_path / "l.txt"])
+    (tmp_path / "self.txt").write_text("self.txt\n")
+    with pytest.raises(ValueError, match="includes itself"):
+        list_inputs([tmp_path / "self.txt"])
+    with pytest.raises(ValueError, match="no inputs"):
+        list_inputs([])
+
+
+# ----------------------------------------------------------------------------------------------------------- writing
+
+def test_writers_round_trip_and_leave_no_temporaries(tmp_path):
+    rgb = RNG.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    deep = tmp_path / "x" / "y"
+    assert save_png(deep / "rgb.png", rgb) == deep / "rgb.png"
+    np.testing.assert_array_equal(np.asarray(Image.open(deep / "rgb.png")), rgb)  # RGB order kept on disk
+    labels = RNG.integers(0, 28, (5, 7), dtype=np.uint8)
+    save_png(deep / "labels.png", labels)
+    np.testing.assert_array_equal(np.asarray(Image.open(deep / "labels.png")), labels)
+    depth16 = np.array([[0, 1000, 65535]], np.uint16)
+    save_png(deep / "d16.png", depth16)
+    np.testing.assert_array_equal(np.asarray(Image.open(deep / "d16.png")), depth16)
+    save_jpg(deep / "rgb.jpg", np.full((8, 8, 3), (200, 30, 60), np.uint8))
+    np.testing.assert_allclose(np.asarray(Image.open(deep / "rgb.jpg")).mean((0, 1)), (200, 30, 60), atol=3)
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    save_npy(deep / "a.npy", arr)
+    np.testing.assert_array_equal(np.load(deep / "a.npy"), arr)
+    atomic_write_bytes(deep / "b.bin", b"abc")
+    assert (deep / "b.bin").read_bytes() == b"abc"
+    assert sorted(os.listdir(deep)) == ["a.npy", "b.bin", "d16.png", "labels.png", "rgb.jpg", "rgb.png"]
+
+
+def test_save_json_converts_numpy_and_non_finite(tmp_path):
+    obj = {"a": np.float32(1.5), "b": np.arange(3), "c": np.array([1.0, np.nan, np.inf]), 3: np.bool_(True),
+           "p": Path("x/y"), "n": [np.int64(7), None]}
+    save_json(tmp_path / "o.json", obj)
+    assert json.loads((tmp_path / "o.json").read_text()) == {
+        "a": 1.5, "b": [0, 1, 2], "c": [1.0, None, None], "3": True, "p": "x/y", "n": [7, None]}
+
+
+def test_failed_write_keeps_old_file_and_no_temporary(tmp_path):
+    save_png(tmp_path / "o.png", np.zeros((2, 2), np.uint8))
+    with pytest.raises(ValueError, match="o.png"):
+        save_png(tmp_path / "o.png", np.zeros((2, 2), np.float32))
+    with pytest.raises(TypeError):
+        save_json(tmp_path / "o.json", {"x": object()})
+    assert os.listdir(tmp_path) == ["o.png"]
+    assert np.asarray(Image.open(tmp_path / "o.png")).shape == (2, 2)
+
+
+# ----------------------------------------------------------------------------------------------------------- video
+
+def test_video_round_trip(tmp_path):
+    pytest.importorskip("av")
+    frames = [np.full((24, 32, 3), (10 * i, 200 - 10 * i, 128), np.uint8) for i in range(8)]
+    with VideoWriter(tmp_path / "v.mp4", fps=12) as writer:
+        for f in frames:
+            writer.write(f)
+    assert os.listdir(tmp_path) == ["v.mp4"]
+    info = video_info(tmp_path / "v.mp4")
+    assert info.fps == pytest.approx(12) and info.size == (24, 32) and info.num_frames in (8, None)
+    got = list(iter_video_frames(tmp_path / "v.mp4"))
+    assert [i for i, _ in got] == list(range(8))
+    for (_, g), f in zip(got, frames):
+        assert g.shape == (24, 32, 3) and g.dtype == np.uint8
+        np.testing.assert_allclose(g.reshape(-1, 3).mean(0), f[0, 0], atol=4)
+    assert [i for i, _ in iter_video_frames(tmp_path / "v.mp4", step=3)] == [0, 3, 6]
+
+
+def test_video_display_rotation_is_applied(tmp_path):
+    av = pytest.importorskip("av")
+    frame = np.zeros((16, 32, 3), np.uint8)
+    frame[:8, :8] = 255  # white block at the stored top-left
+    with av.open(str(tmp_path / "r.mp4"), "w") as c:
+        s = c.add_stream("mpeg4", rate=5)
+        s.width, s.height, s.pix_fmt = 32, 16, "yuv420p"
+        s.set_display_rotation(90)  # display = stored frame turned 90 degrees counter-clockwise
+        for _ in range(2):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        c.mux(s.encode())
+    _, out = next(iter(iter_video_frames(tmp_path / "r.mp4")))
+    assert out.shape == (32, 16, 3) and video_info(tmp_path / "r.mp4").size == (32, 16)
+    assert out[-4, 4].min() > 200 and out[4, 4].max() < 60  # the block moved to the bottom-left
+
+
+def test_video_writer_failures_leave_nothing(tmp_path):
+    pytest.importorskip("av")
+    with pytest.raises(KeyError), VideoWriter(tmp_path / "a.mp4") as w:
+        w.write(np.zeros((8, 8, 3), np.uint8))
+        raise KeyError("stop")
+    with pytest.raises(ValueError, match="size"), VideoWriter(tmp_path / "b.mp4") as w:
+        w.write(np.zeros((8, 8, 3), np.uint8))
+        w.write(np.zeros((8, 10, 3), np.uint8))
+    with pytest.raises(ValueError, match="no frames"), VideoWriter(tmp_path / "c.mp4"):
+        pass
+    assert os.listdir(tmp_path) == []
+    (tmp_path / "bad.mp4").write_text("not a video")
+    with pytest.raises(ImageReadError, match="bad.mp4"):
+        list(iter_video_frames(tmp_path / "bad.mp4"))

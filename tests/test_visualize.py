@@ -1,0 +1,172 @@
+"""Drawing: colours land where they should, nothing else changes, and dense maps follow their colour conventions."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from opensapiens.metadata import keypoint_set, seg_classes
+from opensapiens.visualize import (
+    CENTER,
+    FACE,
+    FINGERS,
+    LEFT,
+    RIGHT,
+    colorize_depth,
+    colorize_normals,
+    colorize_seg,
+    draw_pose,
+    seg_overlay,
+    side_by_side,
+)
+
+GREY = 40
+
+
+def _canvas(h: int = 200, w: int = 300) -> np.ndarray:
+    return np.full((h, w, 3), GREY, np.uint8)
+
+
+def _coco_person(points: dict[str, tuple[float, float]], score: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    ks = keypoint_set("coco")
+    kp = np.zeros((1, 17, 2))
+    sc = np.zeros((1, 17))
+    for name, xy in points.items():
+        kp[0, ks.index(name)] = xy
+        sc[0, ks.index(name)] = score
+    return kp, sc
+
+
+# ----------------------------------------------------------------------------------------------------------- pose
+
+def test_points_and_links_have_their_colours():
+    img = _canvas()
+    kp, sc = _coco_person({"left_shoulder": (200, 50), "left_elbow": (200, 150), "right_shoulder": (60, 50)})
+    out = draw_pose(img, kp, sc, "coco", radius=5, thickness=3)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (img == GREY).all()  # input untouched
+    assert out[50, 200].tolist() == list(LEFT)  # keypoint centres
+    assert out[50, 60].tolist() == list(RIGHT)
+    assert out[100, 200].tolist() == list(LEFT)  # middle of the left upper-arm link
+    assert out[50, 130].tolist() == list(CENTER)  # shoulder-to-shoulder link is central
+    assert (out[150:, :30] == GREY).all() and (out[100, 10:40] == GREY).all()  # far away: untouched
+
+
+def test_below_threshold_keypoints_and_their_links_are_not_drawn():
+    kp, sc = _coco_person({"left_shoulder": (200, 50), "left_elbow": (200, 150)})
+    sc[0, keypoint_set("coco").index("left_elbow")] = 0.3  # at the threshold: hidden
+    out = draw_pose(_canvas(), kp, sc, "coco", threshold=0.3, radius=5, thickness=3)
+    assert out[50, 200].tolist() == list(LEFT)
+    assert (out[100:, :] == GREY).all()  # no elbow, no link
+    kp[0, 0] = (np.nan, 10)  # non-finite coordinates are skipped even with a high score
+    sc[0, 0] = 1.0
+    draw_pose(_canvas(), kp, sc, "coco")
+
+
+def test_default_radius_scales_with_image_size():
+    kp, sc = _coco_person({"nose": (1000, 1000)})
+    small = draw_pose(_canvas(200, 200), kp * 0.1, sc, "coco")
+    large = draw_pose(_canvas(2000, 2000), kp, sc, "coco")
+    area = lambda im: int((im != GREY).any(-1).sum())  # noqa: E731
+    assert area(large) > 4 * area(small) > 0
+
+
+def test_goliath_hands_and_face():
+    ks = keypoint_set("goliath")
+    kp = np.zeros((1, ks.num_keypoints, 2))
+    sc = np.zeros((1, ks.num_keypoints))
+    face = ks.groups["face"][0]
+    thumb = ks.index("left_thumb4")
+    kp[0, face], sc[0, face] = (40, 40), 1.0
+    kp[0, thumb], sc[0, thumb] = (150, 100), 1.0
+    out = draw_pose(_canvas(), kp, sc, ks, radius=6)
+    assert out[40, 40].tolist() == list(FACE) and out[100, 150].tolist() == list(FINGERS["thumb"])
+    assert (out[40, 46] == GREY).all()  # face points are drawn smaller than the radius
+    assert (out[100, 154] != GREY).any()
+
+
+def test_boxes_and_bad_shapes():
+    kp, sc = _coco_person({"nose": (150, 100)})
+    out = draw_pose(_canvas(), kp, sc, 17, boxes=np.array([[20, 20, 280, 180]]), thickness=2)
+    assert (out[20, 100] != GREY).any() and (out[100, 100] == GREY).all()
+    with pytest.raises(ValueError, match="coco"):
+        draw_pose(_canvas(), np.zeros((1, 133, 2)), np.zeros((1, 133)), "coco")
+    empty = draw_pose(_canvas(), np.zeros((0, 17, 2)), np.zeros((0, 17)), "coco")
+    assert (empty == GREY).all()
+
+
+# ----------------------------------------------------------------------------------------------------------- seg
+
+def test_colorize_seg_uses_the_palette():
+    labels = np.array([[0, 1, 2], [255, 1, 0]], np.uint8)
+    palette = [(10, 20, 30), (200, 0, 0), (0, 0, 200)]
+    out = colorize_seg(labels, palette)
+    assert out.tolist() == [[[10, 20, 30], [200, 0, 0], [0, 0, 200]], [[0, 0, 0], [200, 0, 0], [10, 20, 30]]]
+    wide = colorize_seg(np.array([[-1, 2, 7]], np.int64), palette)  # out-of-palette ids are black
+    assert wide.tolist() == [[[0, 0, 0], [0, 0, 200], [0, 0, 0]]]
+    goliath = seg_classes("goliath").palette
+    assert colorize_seg(np.array([[5]], np.uint8))[0, 0].tolist() == list(goliath[5])  # default palette
+
+
+def test_seg_overlay_blends_foreground_only():
+    img = np.full((2, 2, 3), 100, np.uint8)
+    labels = np.array([[0, 1], [1, 0]], np.uint8)
+    out = seg_overlay(img, labels, [(0, 0, 0), (255, 0, 51)], alpha=0.5)
+    assert out[0, 0].tolist() == [100, 100, 100] and out[1, 1].tolist() == [100, 100, 100]
+    assert out[0, 1].tolist() == [178, 50, 76]  # round(0.5 * 100 + 0.5 * c): 177.5 -> 178, 50, 75.5 -> 76
+    with pytest.raises(ValueError, match="size"):
+        seg_overlay(img, np.zeros((3, 2), np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------------------- depth
+
+def _inferno(v: int) -> list[int]:
+    return cv2.applyColorMap(np.array([[v]], np.uint8), cv2.COLORMAP_INFERNO)[0, 0, ::-1].tolist()
+
+
+def test_depth_near_is_bright():
+    depth = np.array([[1.0, 2.0, 3.0, 5.0]])
+    out = colorize_depth(depth)
+    assert out[0, 0].tolist() == _inferno(255) and out[0, 3].tolist() == _inferno(0)
+    assert out[0, 1].tolist() == _inferno(191)  # (5 - 2) / 4 * 255 = 191.25
+    luma = out.astype(float) @ [0.299, 0.587, 0.114]
+    assert (np.diff(luma[0]) < 0).all()  # farther is darker
+
+
+def test_depth_background_nan_and_mask():
+    depth = np.array([[1.0, np.nan, 3.0], [2.0, np.inf, 100.0]])
+    mask = np.array([[1, 1, 1], [1, 1, 0]], bool)
+    out = colorize_depth(depth, mask)
+    grey = [100, 100, 100]
+    assert out[0, 1].tolist() == grey and out[1, 1].tolist() == grey and out[1, 2].tolist() == grey
+    assert out[0, 0].tolist() == _inferno(255) and out[0, 2].tolist() == _inferno(0)  # range from valid pixels only
+    assert (colorize_depth(np.full((2, 2), np.nan)) == 100).all()
+    assert colorize_depth(np.array([[1.0, 9.0]]), vmin=0.0, vmax=4.0)[0].tolist() == [_inferno(191), _inferno(0)]
+
+
+# ----------------------------------------------------------------------------------------------------------- normals
+
+def test_normal_colours():
+    n = np.array([[[0, 0, 1], [1, 0, 0], [-1, 0, 0]], [[0, 1, 0], [0, -1, 0], [np.nan, 0, 1]]], np.float64)
+    out = colorize_normals(n)
+    assert out.tolist() == [[[128, 128, 255], [255, 128, 128], [0, 128, 128]],
+                            [[128, 255, 128], [128, 0, 128], [0, 0, 0]]]
+    masked = colorize_normals(n, mask=np.array([[0, 1, 1], [1, 1, 1]]), background=(100, 100, 100))
+    assert masked[0, 0].tolist() == [100, 100, 100] and masked[1, 2].tolist() == [100, 100, 100]
+
+
+# ----------------------------------------------------------------------------------------------------------- panels
+
+def test_side_by_side():
+    a = np.zeros((10, 20, 3), np.uint8)
+    b = np.full((20, 10), 200, np.uint8)
+    out = side_by_side([a, b])
+    assert out.shape == (20, 50, 3) and (out[:, 40:] == 200).all()
+    assert side_by_side([a, b], height=5).shape == (5, 10 + 3, 3)
+    titled = side_by_side([a, b], titles=["left", "right"], height=200)
+    assert titled.shape[0] > 200 and titled.shape[1] == 500
+    bar = titled[: titled.shape[0] - 200]
+    assert (bar[:, :400] > 128).any() and (bar[:, 400:] > 128).any()  # text drawn in each title bar
+    with pytest.raises(ValueError, match="titles"):
+        side_by_side([a], titles=["x", "y"])
