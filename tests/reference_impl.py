@@ -42,9 +42,12 @@ def backbone(sd: dict, x: torch.Tensor, num_heads: int, padding: int, prefix: st
     extra = 1 if with_cls else 0
     grid = pos[:, extra:]
     n = grid.shape[1]
-    src = (int(round(math.sqrt(n))),) * 2 if int(round(math.sqrt(n))) ** 2 == n else (int(round(math.sqrt(n * 4 / 3))), 0)
-    if src[1] == 0:
-        src = (src[0], n // src[0])
+    side = int(round(math.sqrt(n)))
+    if side * side == n:  # square pretrain grid
+        src = (side, side)
+    else:  # the 4:3 fine-tune grid
+        rows = int(round(math.sqrt(n * 4 / 3)))
+        src = (rows, n // rows)
     if src != (h, w):
         grid = grid.float().reshape(1, src[0], src[1], C).permute(0, 3, 1, 2)
         grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False).double()

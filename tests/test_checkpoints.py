@@ -11,7 +11,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, make_official_state, save_mmengine_checkpoint
 from opensapiens.checkpoints import (
     CheckpointError,
     export_official,
@@ -21,6 +20,8 @@ from opensapiens.checkpoints import (
     resolve_checkpoint,
     save_model,
 )
+
+from conftest import TINY, make_official_state, save_mmengine_checkpoint
 
 
 def _same_outputs(a: nn.Module, b: nn.Module, hw=(128, 96)) -> bool:
@@ -156,7 +157,8 @@ def test_official_names_resolve_offline(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         resolve_checkpoint("sapiens-normal-0.3b")
     msg = str(err.value)
-    assert "sapiens_0.3b_normal_render_people_epoch_66.pth" in msg and "huggingface.co/facebook/sapiens-normal-0.3b" in msg
+    assert "sapiens_0.3b_normal_render_people_epoch_66.pth" in msg
+    assert "huggingface.co/facebook/sapiens-normal-0.3b" in msg
     assert str(tmp_path / "local") in msg
 
     # A file in the Hugging Face cache layout is found offline through huggingface_hub itself.

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import reference_impl as ref
-from conftest import TINY, make_official_state, save_mmengine_checkpoint
 from opensapiens.checkpoints import load_model, ours_to_official
 from opensapiens.models import ARCHS, build_model
+
+import reference_impl as ref
+from conftest import TINY, make_official_state, save_mmengine_checkpoint
 
 OFFICIAL_PADDING = {"pose": 2, "seg": 0, "depth": 0, "normal": 2}
 EXPECTED_STRIDE = {"pose": 4, "seg": 2, "depth": 1, "normal": 2}

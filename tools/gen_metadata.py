@@ -32,7 +32,7 @@ def parse(text: str) -> dict:
                 out["goliath"]["flip"].append(int(parts[2]))
                 out["goliath"]["sigmas"].append(float(parts[3]))
                 out["goliath"]["half_body"].append(parts[5])
-            elif len(parts) == 5 and parts[0].isdigit() and not parts[2] == "->":
+            elif len(parts) == 5 and parts[0].isdigit() and parts[2] != "->":
                 skel_links.append((int(parts[3]), int(parts[4])))
             elif len(parts) == 5 and parts[2] == "->":
                 wb_map.append((int(parts[0]), int(parts[3])))

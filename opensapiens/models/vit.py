@@ -95,19 +95,29 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection; (B, N, C) -> (B, N, C)."""
+    """Multi-head self-attention with one fused qkv projection; (B, N, C) -> (B, N, C).
+
+    ``padded_head_dim`` zero-pads q, k, v (e.g. 60 -> 64 for the 2B model) so that fused attention kernels apply;
+    the softmax scale stays 1/sqrt(head_dim) and the padded output columns are zero, so the result is unchanged.
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
+        self.padded_head_dim: int | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        hd = C // self.num_heads
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # B nh N hd
-        x = F.scaled_dot_product_attention(q, k, v)
+        if self.padded_head_dim and self.padded_head_dim > hd:
+            pad = (0, self.padded_head_dim - hd)
+            x = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), scale=hd**-0.5)[..., :hd]
+        else:
+            x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
 

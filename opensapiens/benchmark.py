@@ -1,0 +1,90 @@
+"""Measuring speed honestly: model FLOPs, a matmul peak measured in the same run, CUDA-event timing, MFU.
+
+Every benchmark in this project reports a ratio measured side by side in one process: the optimized path against
+the plain eager bf16 path, and achieved FLOP/s against the bf16 matmul peak of the card it runs on.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of one call of ``fn`` (matmuls, convolutions and attention; 2 FLOPs per multiply-add)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def cuda_time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
+    """Median milliseconds per call, timed with CUDA events around each call (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def cpu_time_ms(fn: Callable[[], object], warmup: int = 1, iters: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, iters: int = 10) -> float:
+    return cuda_time_ms(fn, warmup, iters) if device.type == "cuda" else cpu_time_ms(fn, min(warmup, 1), iters)
+
+
+def matmul_peak_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
+    """Achieved TFLOP/s of an n^3 matmul on random data (rotating 3 input pairs so L2 does not flatter it)."""
+    if device.type != "cuda":
+        n = 1024
+        dtype = torch.float32
+    pairs = [(torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype))
+             for _ in range(3)]
+    state = {"i": 0}
+
+    def run():
+        a, b = pairs[state["i"] % 3]
+        state["i"] += 1
+        return a @ b
+
+    ms = time_ms(run, device, warmup=5, iters=20)
+    return 2 * n**3 / (ms * 1e-3) / 1e12
+
+
+def peak_memory_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def software_versions() -> dict:
+    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None}
+    if torch.cuda.is_available():
+        info["cudnn"] = torch.backends.cudnn.version()
+    return info

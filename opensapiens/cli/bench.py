@@ -1,0 +1,171 @@
+"""``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
+
+    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR] [--out result.json]
+
+Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
+(torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
+same run, peak memory, compile time; accuracy against the eager fp32 model on the same input; the share of time
+spent in the task head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+from .predict import parse_size
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark inference: eager vs optimized (vs FP8), MFU, memory")
+    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
+    p.add_argument("--arch", default="0.3b", help="0.3b, 0.6b, 1b, 2b, or a small size")
+    p.add_argument("--checkpoint", default=None, help="benchmark these weights instead of random ones")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--input-size", type=parse_size, default=(1024, 768))
+    p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--fp8", action="store_true", help="also measure the FP8 linear mode")
+    p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
+                                                           "file -> result pipeline")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..benchmark import count_flops, device_name, matmul_peak_tflops, peak_memory_gib, software_versions, time_ms
+    from ..checkpoints import as_dtype, load_model
+    from ..inference.optimize import optimize_for_inference
+    from ..models import build_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = as_dtype(args.dtype)
+    H, W = args.input_size
+    torch.manual_seed(0)
+    if args.checkpoint:
+        base = load_model(args.checkpoint, device="cpu", task=args.task)
+    else:
+        out_ch = {"pose": 308, "seg": 28}.get(args.task)
+        base = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16))
+    base.eval()
+    peak = matmul_peak_tflops(device)
+    x = torch.randn(args.batch, 3, H, W, device=device)
+    flops = count_flops(lambda: base.to(device, dtype)(x[:1].to(dtype))) if device.type == "cuda" else None
+    if flops is None:
+        with torch.inference_mode():
+            flops = count_flops(lambda: base(x[:1].cpu()))
+    result = {"task": args.task, "arch": base.config.arch.name, "batch": args.batch, "input_size": [H, W],
+              "dtype": args.dtype, "device": device_name(device), "software": software_versions(),
+              "matmul_peak_tflops": round(peak, 1), "flops_per_image": flops, "variants": {}}
+
+    # Reference for accuracy: the eager model in fp32 on a small batch.
+    ref_model = copy.deepcopy(base).to(device, torch.float32)
+    x_acc = x[: min(2, args.batch)]
+    with torch.inference_mode():
+        ref_out = ref_model(x_acc.float())
+    del ref_model
+
+    def measure(name: str, model, cast=dtype, compile_model=None):
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        xb = x.to(cast)
+        compile_s = None
+        if compile_model is not None:
+            compile_s = compile_model.warmup(xb)
+        with torch.inference_mode():
+            ms = time_ms(lambda: model(xb), device, warmup=3, iters=args.iters)
+            out = model(x_acc.to(cast)).float()
+        tflops = flops * args.batch / (ms * 1e-3) / 1e12
+        row = {"ms_per_batch": round(ms, 3), "ms_per_image": round(ms / args.batch, 3),
+               "images_per_s": round(args.batch / (ms * 1e-3), 2), "tflops": round(tflops, 1),
+               "mfu": round(tflops / peak, 3), "peak_memory_gib": _r(peak_memory_gib(device)),
+               "compile_s": _r(compile_s), "rel_error_vs_fp32": _r(_rel(out, ref_out), 6)}
+        row.update(_task_agreement(args.task, out, ref_out, (H, W)))
+        result["variants"][name] = row
+        print(f"{name:>10}: {row['ms_per_image']:8.2f} ms/img  {row['images_per_s']:8.1f} img/s  "
+              f"MFU {row['mfu']:.3f}  mem {row['peak_memory_gib']} GiB  rel.err {row['rel_error_vs_fp32']}",
+              flush=True)
+        return out
+
+    eager = copy.deepcopy(base).to(device, dtype)
+    measure("eager", eager)
+    if device.type == "cuda":
+        fast = optimize_for_inference(copy.deepcopy(base).to(device, dtype), compile=not args.no_compile)
+        measure("optimized", fast, compile_model=fast if not args.no_compile else None)
+        if args.task != "features":
+            result["head_share"] = _head_share(eager, fast, x.to(dtype), device, args.iters)
+        if args.fp8:
+            f8 = optimize_for_inference(copy.deepcopy(base).to(device, torch.bfloat16), compile=not args.no_compile,
+                                        fp8=True)
+            measure("fp8", f8, cast=torch.bfloat16, compile_model=f8 if not args.no_compile else None)
+        base_ips = result["variants"]["eager"]["images_per_s"]
+        for _name, row in result["variants"].items():
+            row["speedup_vs_eager"] = round(row["images_per_s"] / base_ips, 3)
+        if args.e2e is not None:
+            import tempfile
+
+            from ..inference.pipeline import benchmark_end_to_end
+
+            with tempfile.TemporaryDirectory() as tmp:  # outputs are really written, asynchronously
+                result["end_to_end"] = benchmark_end_to_end(fast, args.task, args.e2e, batch_size=args.batch,
+                                                            input_size=(H, W), out_dir=Path(tmp))
+            model_ips = result["variants"]["optimized"]["images_per_s"]
+            result["end_to_end"]["fraction_of_model_only"] = round(result["end_to_end"]["images_per_s"] / model_ips, 3)
+            print(f"end-to-end: {result['end_to_end']}")
+    else:
+        print("CUDA not available: only the eager path is measured (the optimized path is CUDA-only).")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    json.dump(result, sys.stdout, indent=None)
+    print()
+    return 0
+
+
+def _r(v, nd: int = 2):
+    return None if v is None else round(float(v), nd)
+
+
+def _rel(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12))
+
+
+def _task_agreement(task: str, out, ref, input_size) -> dict:
+    """Task-level agreement with the fp32 reference: keypoint displacement (pose) or label agreement (seg)."""
+    if task == "pose":
+        from ..codecs.heatmap import decode_udp_heatmaps
+
+        kp, _ = decode_udp_heatmaps(out, input_size)
+        kp_ref, _ = decode_udp_heatmaps(ref, input_size)
+        d = (kp - kp_ref).norm(dim=-1)
+        return {"median_keypoint_px_vs_fp32": round(float(d.median()), 3)}
+    if task == "seg":
+        return {"label_agreement_vs_fp32": round(float((out.argmax(1) == ref.argmax(1)).float().mean()), 5)}
+    return {}
+
+
+def _head_share(eager, fast, x, device, iters: int) -> dict:
+    """Fraction of the full model's time spent after the backbone, eager and optimized."""
+    import contextlib
+
+    import torch
+
+    from ..benchmark import time_ms
+    from ..inference.optimize import fast_attention
+
+    out = {}
+    for name, model in (("eager", eager), ("optimized", getattr(fast, "model", fast))):
+        with torch.inference_mode(), (fast_attention() if name == "optimized" else contextlib.nullcontext()):
+            full = time_ms(lambda m=model: m(x), device, iters=iters)
+            bb = time_ms(lambda m=model: m.backbone(x), device, iters=iters)
+        out[name] = round(1 - bb / full, 3)
+    out["note"] = "optimized head share measured without torch.compile"
+    return out

@@ -1,0 +1,110 @@
+"""``opensapiens predict``: run a task over images, folders, globs or list files."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'1024x768' -> (1024, 768) as (height, width)."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must look like HxW, e.g. 1024x768") from None
+    if h <= 0 or w <= 0 or h % 16 or w % 16:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive and divisible by 16")
+    return h, w
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run pose / seg / depth / normal / features on images",
+                       description="Run a Sapiens model over images and write the documented outputs per input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs or .txt lists")
+    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
+    p.add_argument("--checkpoint", required=True, help="file (.pth/.pt2/.safetensors) or official name")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--input-size", type=parse_size, default=None, help="model input HxW (default 1024x768)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="background image-loading processes")
+    p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
+                   help="stretch (official) or aspect-preserving pad")
+    p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
+    p.add_argument("--no-vis", action="store_true", help="skip the visualization images")
+    p.add_argument("--resume", action="store_true", help="skip inputs whose outputs already exist")
+    g = p.add_argument_group("pose")
+    g.add_argument("--detections", type=Path, help="COCO-style detections JSON with person boxes")
+    g.add_argument("--detector", default=None,
+                   help="torchvision person detector: a weights file, or 'torchvision' to use its download")
+    g.add_argument("--det-threshold", type=float, default=0.5)
+    g.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
+    g = p.add_argument_group("depth / normal")
+    g.add_argument("--seg-checkpoint", help="segmentation model whose foreground masks depth/normal outputs")
+    g.add_argument("--masks", type=Path, help="folder of foreground masks STEM.png (non-zero = person)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..inference.batch import run_batch
+    from ..inference.predictors import load_predictor
+    from ..io.images import list_inputs, read_image
+
+    try:
+        paths = list_inputs(args.inputs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    kwargs: dict = {"batch_size": args.batch_size, "resize": args.resize}
+    if args.task == "pose":
+        kwargs.pop("resize")
+        kwargs["flip"] = args.flip
+        if args.detector and not args.detections:
+            from ..inference.detector import PersonDetector
+
+            weights = None if args.detector == "torchvision" else args.detector
+            kwargs["detector"] = PersonDetector(weights, device=args.device or _default_device(),
+                                                score_threshold=args.det_threshold)
+    if args.task in ("depth", "normal") and args.seg_checkpoint:
+        kwargs["seg"] = load_predictor("seg", args.seg_checkpoint, device=args.device, dtype=args.dtype,
+                                       batch_size=args.batch_size)
+    predictor = load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
+                               input_size=args.input_size, **kwargs)
+
+    per_batch = None
+    if args.task == "pose" and args.detections:
+        from ..inference.detector import load_detections
+
+        dets = load_detections(args.detections, score_threshold=args.det_threshold)
+
+        def per_batch(batch_paths, images):
+            boxes = []
+            for path in batch_paths:
+                entry = dets.get(path.name) or dets.get(path.stem)
+                boxes.append(np.zeros((0, 4), np.float32) if entry is None else entry["boxes"])
+            return {"boxes": boxes}
+    elif args.task in ("depth", "normal") and args.masks:
+        def per_batch(batch_paths, images):
+            masks = []
+            for path, _im in zip(batch_paths, images):
+                mask_file = args.masks / f"{path.stem}.png"
+                masks.append(read_image(mask_file)[..., 0] > 0 if mask_file.is_file() else None)
+            return {"masks": masks}
+
+    report = run_batch(predictor, paths, args.out, batch_size=args.batch_size, workers=args.workers,
+                       vis=not args.no_vis, raw=args.raw, resume=args.resume, predict_kwargs=per_batch)
+    print(f"{len(report.done)} done, {len(report.skipped)} skipped (already finished), {len(report.failed)} failed"
+          f" -> {args.out}")
+    for _path, err in report.failed:
+        print(f"  failed: {err}", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,199 @@
+"""Batch jobs over files, folders and globs: background loading, batched inference, asynchronous atomic writes.
+
+A file that cannot be read is reported and skipped; the others finish; the caller gets the list of failures and
+exits non-zero. Every output is written to a temporary name and renamed, so an interrupted job never leaves a
+half-written file, and ``resume=True`` skips inputs whose outputs all exist.
+
+Files written per input stem (``--raw`` adds the raw head output):
+
+| task     | files                                                                 | raw                     |
+|----------|-----------------------------------------------------------------------|-------------------------|
+| pose     | STEM.json (COCO-results style), STEM_pose.jpg                         | STEM_heatmaps.npy       |
+| seg      | STEM_seg.png (uint8 class ids), STEM_seg.jpg (overlay)                | STEM_seg_logits.npy     |
+| depth    | STEM_depth.npy (float32 HxW), STEM_depth.jpg                          | STEM_depth_raw.npy      |
+| normal   | STEM_normal.npy (float32 HxWx3), STEM_normal.jpg                      | STEM_normal_raw.npy     |
+| features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_npy, save_png
+from ..metadata import seg_classes
+from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
+from .predictors import DepthResult, FeatureResult, NormalResult, PoseResult, Predictor, SegResult
+
+OUTPUTS = {
+    "pose": (".json", "_pose.jpg"),
+    "seg": ("_seg.png", "_seg.jpg"),
+    "depth": ("_depth.npy", "_depth.jpg"),
+    "normal": ("_normal.npy", "_normal.jpg"),
+    "features": ("_features.npy",),
+}
+RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
+              "normal": "_normal_raw.npy"}
+
+
+def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> list[Path]:
+    suffixes = [s for s in OUTPUTS[task] if vis or not s.endswith(".jpg")]
+    if raw and task in RAW_SUFFIX:
+        suffixes.append(RAW_SUFFIX[task])
+    return [out_dir / f"{stem}{s}" for s in suffixes]
+
+
+def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result, vis: bool = True,
+                 raw: bool = False, image_id: int | str | None = None) -> list[Path]:
+    """Write the documented files for one input; returns their paths."""
+    p = {s: out_dir / f"{stem}{s}" for s in (*OUTPUTS[task], RAW_SUFFIX.get(task, ""))}
+    written: list[Path] = []
+    if isinstance(result, PoseResult):
+        doc = {"image": {"file_name": stem, "height": image.shape[0], "width": image.shape[1]},
+               "keypoint_set": result.keypoint_set,
+               "people": result.to_coco(image_id if image_id is not None else stem)}
+        written.append(save_json(p[".json"], doc))
+        if vis:
+            written.append(save_jpg(p["_pose.jpg"], draw_pose(image, result.keypoints, result.scores,
+                                                              result.keypoint_set, boxes=result.boxes)))
+        if raw and result.heatmaps is not None:
+            written.append(save_npy(p["_heatmaps.npy"], result.heatmaps.astype(np.float16)))
+    elif isinstance(result, SegResult):
+        written.append(save_png(p["_seg.png"], result.labels))
+        if vis:
+            palette = seg_classes("goliath").palette if len(result.class_names) == 28 else None
+            written.append(save_jpg(p["_seg.jpg"], side_by_side([image, seg_overlay(image, result.labels, palette)])))
+        if raw and result.logits is not None:
+            written.append(save_npy(p["_seg_logits.npy"], result.logits))
+    elif isinstance(result, DepthResult):
+        written.append(save_npy(p["_depth.npy"], result.depth.astype(np.float32)))
+        if vis:
+            written.append(save_jpg(p["_depth.jpg"], side_by_side([image, colorize_depth(result.depth, result.mask)])))
+        if raw and result.raw is not None:
+            written.append(save_npy(p["_depth_raw.npy"], result.raw))
+    elif isinstance(result, NormalResult):
+        written.append(save_npy(p["_normal.npy"], result.normals.astype(np.float32)))
+        if vis:
+            written.append(save_jpg(p["_normal.jpg"],
+                                    side_by_side([image, colorize_normals(result.normals, result.mask)])))
+        if raw and result.raw is not None:
+            written.append(save_npy(p["_normal_raw.npy"], result.raw))
+    elif isinstance(result, FeatureResult):
+        written.append(save_npy(p["_features.npy"], result.features.astype(np.float32)))
+    else:
+        raise TypeError(f"unknown result type {type(result).__name__}")
+    return written
+
+
+@dataclass
+class BatchReport:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)  # already finished (resume)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+
+class _ImageFiles(torch.utils.data.Dataset):
+    """Reads images in loader workers; a bad file yields its error message instead of raising."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        try:
+            return i, read_image(self.paths[i]), None
+        except ImageReadError as e:
+            return i, None, str(e)
+        except Exception as e:  # noqa: BLE001 - any failure on one file must not stop the job
+            return i, None, f"{self.paths[i]}: {type(e).__name__}: {e}"
+
+
+def _load(paths: Sequence[Path], batch_size: int, workers: int) -> Iterator[list[tuple[int, np.ndarray | None, str]]]:
+    loader = torch.utils.data.DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=workers,
+                                         collate_fn=list, prefetch_factor=2 if workers else None)
+    yield from loader
+
+
+def unique_stems(paths: Sequence[Path]) -> list[str]:
+    """Output names: the file stem, or parent_stem where two inputs share a stem."""
+    stems = [p.stem for p in paths]
+    dup = {s for s in stems if stems.count(s) > 1}
+    out = [f"{p.parent.name}_{p.stem}" if p.stem in dup else p.stem for p in paths]
+    if len(set(out)) != len(out):
+        clash = sorted({s for s in out if out.count(s) > 1})
+        raise ValueError(f"several inputs would write the same output names: {', '.join(clash[:5])}")
+    return out
+
+
+def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4, workers: int = 2,
+              vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
+              progress: bool = True) -> BatchReport:
+    """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
+
+    ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...).
+    """
+    from tqdm import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    task = predictor.task
+    stems = unique_stems(paths)
+    report = BatchReport()
+    todo = []
+    for p, s in zip(paths, stems):
+        if resume and all(f.is_file() for f in expected_outputs(task, out_dir, s, vis, raw)):
+            report.skipped.append(p)
+        else:
+            todo.append((p, s))
+    todo_paths = [p for p, _ in todo]
+    pending: list[tuple[Path, Future]] = []
+    bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
+    with ThreadPoolExecutor(max_workers=2) as writer:
+        for items in _load(todo_paths, batch_size, workers):
+            good = [(i, im) for i, im, err in items if err is None]
+            for i, _, err in items:
+                if err is not None:
+                    report.failed.append((todo_paths[i], err))
+                    bar.write(f"skipped: {err}")
+            if good:
+                images = [im for _, im in good]
+                kwargs = predict_kwargs([todo_paths[i] for i, _ in good], images) if predict_kwargs else {}
+                flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw",
+                        "normal": "return_raw"}.get(task)
+                if raw and flag:
+                    kwargs[flag] = True
+                try:
+                    results = predictor.predict_batch(images, **kwargs)
+                except Exception as e:  # noqa: BLE001 - report the batch, keep going
+                    for i, _ in good:
+                        report.failed.append((todo_paths[i], f"{todo_paths[i]}: inference failed: {e}"))
+                    bar.update(len(items))
+                    continue
+                for (i, im), res in zip(good, results):
+                    fut = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
+                    pending.append((todo_paths[i], fut))
+            bar.update(len(items))
+            pending = _collect(pending, report, block=False)
+        _collect(pending, report, block=True)
+    bar.close()
+    return report
+
+
+def _collect(pending: list[tuple[Path, Future]], report: BatchReport, block: bool) -> list[tuple[Path, Future]]:
+    left = []
+    for path, fut in pending:
+        if block or fut.done():
+            try:
+                fut.result()
+                report.done.append(path)
+            except Exception as e:  # noqa: BLE001 - a failed write is reported like a failed read
+                report.failed.append((path, f"{path}: writing outputs failed: {e}"))
+        else:
+            left.append((path, fut))
+    return left

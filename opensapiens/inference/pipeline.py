@@ -1,0 +1,185 @@
+"""End-to-end GPU pipeline: files -> GPU decode -> GPU resize/normalize -> batched model -> GPU post-processing ->
+asynchronous writing, with file reading and decoding of the next batch overlapped with the model on another stream.
+
+Used by ``opensapiens bench --e2e DIR`` to measure how close the whole pipeline comes to model-only throughput.
+Outputs per image: seg label maps at full resolution (argmax on the GPU) or pose keypoints (heatmap decode on the
+GPU, one whole-image person box per image unless boxes are given).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.io import decode_image, decode_jpeg
+
+from .transforms import MEAN, STD
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+
+def _read(path: Path) -> torch.Tensor:
+    return torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+
+
+def decode_on_device(data: list[torch.Tensor], paths: list[Path], device: torch.device) -> list[torch.Tensor]:
+    """Encoded bytes -> list of (3, H, W) uint8 RGB on ``device``; JPEGs through nvJPEG on CUDA, batched."""
+    jpeg = [i for i, p in enumerate(paths) if p.suffix.lower() in (".jpg", ".jpeg")]
+    out: list[torch.Tensor | None] = [None] * len(data)
+    if jpeg:
+        dev = device if device.type == "cuda" else "cpu"
+        decoded = decode_jpeg([data[i] for i in jpeg], device=dev, mode=_rgb())
+        for i, im in zip(jpeg, decoded):
+            out[i] = im
+    for i in range(len(data)):
+        if out[i] is None:
+            out[i] = decode_image(data[i], mode=_rgb()).to(device, non_blocking=True)
+    return out
+
+
+def _rgb():
+    from torchvision.io import ImageReadMode
+
+    return ImageReadMode.RGB
+
+
+def resize_normalize(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """(3, H_i, W_i) uint8 images -> (B, 3, H, W) float32 normalized (bilinear stretch, the official protocol)."""
+    mean = torch.tensor(MEAN, device=images[0].device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images[0].device).view(1, 3, 1, 1)
+    batch = torch.cat([F.interpolate(im[None].float(), size=size, mode="bilinear", align_corners=False)
+                       for im in images])
+    return (batch - mean) / std
+
+
+class Prefetcher:
+    """Reads and decodes batches in a background thread, on a side CUDA stream, two batches ahead."""
+
+    def __init__(self, paths: list[Path], batch_size: int, device: torch.device, input_size: tuple[int, int],
+                 io_threads: int = 8):
+        self.paths, self.batch_size, self.device, self.size = paths, batch_size, device, input_size
+        self.queue: queue.Queue = queue.Queue(maxsize=2)
+        self.pool = ThreadPoolExecutor(io_threads)
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.thread = threading.Thread(target=self._work, daemon=True)
+        self.thread.start()
+
+    def _work(self) -> None:
+        try:
+            for i in range(0, len(self.paths), self.batch_size):
+                paths = self.paths[i: i + self.batch_size]
+                data = list(self.pool.map(_read, paths))
+                ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+                with ctx:
+                    images = decode_on_device(data, paths, self.device)
+                    batch = resize_normalize(images, self.size)
+                    event = None
+                    if self.stream is not None:
+                        event = torch.cuda.Event()
+                        event.record(self.stream)
+                self.queue.put((paths, images, batch, event))
+        except Exception as e:  # noqa: BLE001 - surfaced in the consumer
+            self.queue.put(e)
+        self.queue.put(None)
+
+    def __iter__(self) -> Iterator[tuple]:
+        while (item := self.queue.get()) is not None:
+            if isinstance(item, Exception):
+                raise item
+            paths, images, batch, event = item
+            if event is not None:
+                torch.cuda.current_stream(self.device).wait_event(event)
+                for t in (batch, *images):
+                    t.record_stream(torch.cuda.current_stream(self.device))
+            yield paths, images, batch
+
+
+def _seg_post(logits: torch.Tensor, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per image: logits (N, h, w) -> bilinear to the image size -> argmax -> uint8 (H, W), on the GPU."""
+    out = []
+    for lg, im in zip(logits, images):
+        full = F.interpolate(lg[None].float(), size=im.shape[-2:], mode="bilinear", align_corners=False)
+        out.append(full[0].argmax(0).to(torch.uint8))
+    return out
+
+
+def _pose_post(model, images: list[torch.Tensor], input_size: tuple[int, int]) -> list[torch.Tensor]:
+    """Whole-image top-down crops of every image in one batch -> keypoints with scores (K, 3) per image."""
+    from ..codecs.heatmap import decode_udp_heatmaps
+    from .topdown import boxes_to_center_scale, crop_people, crop_to_image
+
+    dev = images[0].device
+    boxes = torch.tensor([[0, 0, im.shape[-1], im.shape[-2]] for im in images], dtype=torch.float32, device=dev)
+    center, scale = boxes_to_center_scale(boxes, padding=1.25, aspect=input_size[1] / input_size[0])
+    crops = crop_people(images, torch.arange(len(images), device=dev), center, scale, input_size)
+    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+    dtype = next(model.parameters()).dtype
+    heat = model(((crops - mean) / std).to(dtype)).float()
+    kp, sc = decode_udp_heatmaps(heat, input_size)
+    kp = crop_to_image(kp, center, scale, input_size)
+    return list(torch.cat([kp, sc[..., None]], dim=-1))
+
+
+def _write(out_dir: Path | None, task: str, path: Path, result: np.ndarray) -> None:
+    if out_dir is None:
+        return
+    from ..io.images import save_npy, save_png
+
+    if task == "seg":
+        save_png(out_dir / f"{path.stem}_seg.png", result)
+    else:
+        save_npy(out_dir / f"{path.stem}_keypoints.npy", result)
+
+
+def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_size: tuple[int, int],
+                 out_dir: Path | None = None, writer_threads: int = 8) -> int:
+    """Process ``paths`` end to end; returns the number of images done."""
+    if task not in ("seg", "pose"):
+        raise ValueError(f"the end-to-end pipeline covers seg and pose, not {task}")
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    done = 0
+    with ThreadPoolExecutor(writer_threads) as writer, torch.inference_mode():
+        futures = []
+        for batch_paths, images, batch in Prefetcher(paths, batch_size, device, input_size):
+            if task == "seg":
+                results = _seg_post(model(batch.to(dtype)), images)
+            else:
+                results = _pose_post(model, images, input_size)
+            host = [r.to("cpu", non_blocking=True) for r in results]
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()
+            futures += [writer.submit(_write, out_dir, task, p, h.numpy()) for p, h in zip(batch_paths, host)]
+            done += len(batch_paths)
+        for f in futures:
+            f.result()
+    return done
+
+
+def benchmark_end_to_end(model, task: str, folder: Path, batch_size: int, input_size: tuple[int, int],
+                         out_dir: Path | None = None) -> dict:
+    """Images/s of the whole pipeline over a folder (one warm-up pass over the first batches, then a timed pass)."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no JPEG/PNG images")
+    run_pipeline(model, task, paths[: batch_size * 2], batch_size, input_size)
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    n = run_pipeline(model, task, paths, batch_size, input_size, out_dir=out_dir)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    first = decode_image(_read(paths[0]))
+    return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
+            "image_size": list(first.shape[-2:]), "writes_outputs": out_dir is not None}

@@ -1,0 +1,404 @@
+"""Predictors: a model plus its transforms, from RGB images to results in image coordinates.
+
+    predictor = opensapiens.load("sapiens-seg-1b")          # or load_predictor("seg", path)
+    result = predictor(image)                                # image: (H, W, 3) uint8 RGB
+    results = predictor.predict_batch([img1, img2])         # batched; each result at its own image's size
+    raw = predictor.predict_torch(batch)                     # normalized (B, 3, H, W) -> raw head output
+
+Dense tasks resize the whole image to the model input (``resize="stretch"``, the official protocol, or ``"pad"``,
+aspect-preserving letterbox) and map outputs back to the original size with bilinear interpolation. Pose is
+top-down: person boxes (given, detected or the whole image) are cropped with the UDP affine at 1024x768 (box padding
+1.25, aspect 0.75), all crops of all images go through the model in batches, heatmaps are decoded on the device
+(UDP + DARK) and keypoints mapped back to image coordinates.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..checkpoints import as_dtype, load_model
+from ..codecs.heatmap import decode_udp_heatmaps
+from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
+from ..models import SapiensModel
+from .optimize import FastModel, optimize_for_inference
+from .topdown import boxes_to_center_scale, crop_people, crop_to_image, flip_test
+from .transforms import MEAN, STD, Preprocessor
+
+# ----------------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class PoseResult:
+    """Keypoints of every person in one image, in image pixel coordinates (x right, y down)."""
+
+    keypoints: np.ndarray  # (N, K, 2) float32
+    scores: np.ndarray  # (N, K) float32: heatmap maxima, ~0..1
+    boxes: np.ndarray  # (N, 4) float32 xyxy person boxes that were cropped
+    box_scores: np.ndarray  # (N,) float32 detector scores (1 for given or whole-image boxes)
+    keypoint_set: str = "goliath"
+    heatmaps: np.ndarray | None = None  # (N, K, h, w) raw heatmaps when requested
+
+    def convert(self, dst: str | int) -> PoseResult:
+        """The same people in another keypoint layout (308 -> 133/17, 133 -> 17); missing channels score 0."""
+        kp, sc = convert_keypoints(self.keypoints, self.scores, self.keypoint_set, dst)
+        return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name)
+
+    def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2) -> list[dict]:
+        """COCO results entries; the person score is the official ``bbox_keypoint`` mode:
+        box score x mean of the keypoint scores above ``score_threshold``."""
+        out = []
+        for kp, sc, box, bs in zip(self.keypoints, self.scores, self.boxes, self.box_scores):
+            good = sc[sc > score_threshold]
+            flat = np.concatenate([kp, sc[:, None]], axis=1).reshape(-1)
+            x0, y0, x1, y1 = (float(v) for v in box)
+            out.append({"image_id": image_id, "category_id": 1, "keypoints": [round(float(v), 3) for v in flat],
+                        "score": float(bs) * (float(good.mean()) if good.size else 0.0),
+                        "bbox": [x0, y0, x1 - x0, y1 - y0]})
+        return out
+
+
+@dataclass
+class SegResult:
+    labels: np.ndarray  # (H, W) uint8 class ids
+    class_names: tuple[str, ...] = ()
+    logits: np.ndarray | None = None  # (N, h, w) float32 raw logits at model resolution when requested
+
+    @property
+    def foreground(self) -> np.ndarray:
+        """(H, W) bool: every class but background (0)."""
+        return self.labels > 0
+
+
+@dataclass
+class DepthResult:
+    """Relative depth as the official models predict it: larger = farther, scale and shift unknown per image.
+
+    The models were trained on per-image foreground-normalized depth (0 = nearest person pixel, 1 = farthest), so
+    on foreground pixels ``depth`` is approximately that; values outside the foreground are not meaningful.
+    """
+
+    depth: np.ndarray  # (H, W) float32
+    mask: np.ndarray | None = None  # (H, W) bool foreground used for normalization/visualization, if any
+    raw: np.ndarray | None = None  # (1, h, w) raw model output when requested
+
+    def normalized(self) -> np.ndarray:
+        """Per-image min-max normalization over the foreground (NaN outside it), as the official demo shows."""
+        return normalize_depth(self.depth, self.mask)
+
+
+@dataclass
+class NormalResult:
+    """Unit surface normals in camera coordinates: X right, Y up, Z toward the camera."""
+
+    normals: np.ndarray  # (H, W, 3) float32, unit length
+    mask: np.ndarray | None = None
+    raw: np.ndarray | None = None  # (3, h, w) raw output when requested
+
+
+@dataclass
+class FeatureResult:
+    features: np.ndarray  # (C, H/16, W/16) float32 backbone features after the final norm
+
+
+def normalize_depth(depth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Min-max over ``mask`` (all pixels when None) to [0, 1]; NaN outside the mask."""
+    m = np.isfinite(depth) if mask is None else (mask & np.isfinite(depth))
+    out = np.full(depth.shape, np.nan, dtype=np.float32)
+    if m.any():
+        lo, hi = depth[m].min(), depth[m].max()
+        out[m] = (depth[m] - lo) / max(hi - lo, 1e-8)
+    return out
+
+
+def align_depth(pred: np.ndarray, metric_points: np.ndarray | dict, mask: np.ndarray | None = None,
+                inverse: bool = False) -> np.ndarray:
+    """Fit ``scale * pred + shift`` to a few known metric depths by least squares and apply it to the whole map.
+
+    Args:
+        pred: (H, W) relative depth from a ``DepthResult``.
+        metric_points: either an (M, 3) array of (x, y, depth_m) pixel samples, or an (H, W) metric map with
+            NaN/0 where unknown.
+        mask: optional (H, W) bool restricting which samples are used.
+        inverse: fit ``1 / depth = scale * pred + shift`` instead (the maintainers' recipe for disparity-like use).
+    Returns (H, W) float32 metric depth (or its inverse fit mapped back to depth).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    if isinstance(metric_points, dict):
+        raise TypeError("metric_points must be an (M, 3) array of (x, y, depth) or an (H, W) map")
+    pts = np.asarray(metric_points, dtype=np.float64)
+    if pts.ndim == 2 and pts.shape == pred.shape:
+        valid = np.isfinite(pts) & (pts > 0) & np.isfinite(pred)
+        if mask is not None:
+            valid &= mask
+        p, t = pred[valid], pts[valid]
+    elif pts.ndim == 2 and pts.shape[1] == 3:
+        xs, ys = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
+        inside = (xs >= 0) & (ys >= 0) & (xs < pred.shape[1]) & (ys < pred.shape[0])
+        if mask is not None:
+            inside[inside] &= mask[ys[inside], xs[inside]]
+        p, t = pred[ys[inside], xs[inside]], pts[inside, 2]
+    else:
+        raise ValueError(f"metric_points has shape {pts.shape}; expected (M, 3) or {pred.shape}")
+    if p.size < 2 or np.ptp(p) == 0:
+        raise ValueError(f"align_depth needs at least 2 samples with distinct predictions, got {p.size}")
+    target = 1.0 / t if inverse else t
+    A = np.stack([p, np.ones_like(p)], axis=1)
+    (scale, shift), *_ = np.linalg.lstsq(A, target, rcond=None)
+    fitted = scale * pred + shift
+    if inverse:
+        with np.errstate(divide="ignore"):
+            fitted = np.where(fitted > 0, 1.0 / fitted, np.nan)
+    return fitted.astype(np.float32)
+
+
+# -------------------------------------------------------------------------------------------------------- predictors
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _chunks(n: int, size: int):
+    for i in range(0, n, size):
+        yield slice(i, min(i + size, n))
+
+
+class Predictor:
+    """Holds a model, its input size and normalization; subclasses turn raw outputs into results."""
+
+    task = ""
+
+    def __init__(self, model: SapiensModel | FastModel, input_size: tuple[int, int] = (1024, 768), batch_size: int = 4,
+                 resize: str = "stretch"):
+        if model.task != self.task:
+            raise ValueError(f"{type(self).__name__} needs a {self.task} model, got a {model.task} model")
+        self.model = model.eval()
+        self.input_size = tuple(input_size)
+        if self.input_size[0] % 16 or self.input_size[1] % 16:
+            raise ValueError(f"input size {self.input_size} must be divisible by 16")
+        self.batch_size = batch_size
+        self.preprocess = Preprocessor(self.input_size, resize=resize)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.inference_mode()
+    def predict_torch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalized (B, 3, H, W) -> raw head output in float32, run in chunks of ``batch_size``."""
+        return torch.cat([self._forward(batch[sl]) for sl in _chunks(batch.shape[0], self.batch_size)])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """One chunk through the model. A compiled model always sees ``batch_size`` images (zero-padded), so a
+        short last chunk does not trigger a recompilation."""
+        n = x.shape[0]
+        x = x.to(self.device, self.dtype, non_blocking=True)
+        if isinstance(self.model, FastModel) and n < self.batch_size:
+            x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
+        return self.model(x)[:n].float()
+
+    def __call__(self, image: np.ndarray, **kwargs):
+        return self.predict_batch([image], **kwargs)[0]
+
+    def predict_batch(self, images: list[np.ndarray], **kwargs) -> list:
+        raise NotImplementedError
+
+    def _dense(self, images: list[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Run the model on whole images; return outputs restored to each original size and the raw outputs."""
+        batch, metas = self.preprocess(images, device=self.device)
+        raw = self.predict_torch(batch)
+        return self.preprocess.restore(raw, metas), raw
+
+
+class SegPredictor(Predictor):
+    task = "seg"
+
+    def __init__(self, model: SapiensModel, class_names: tuple[str, ...] | None = None, **kwargs):
+        super().__init__(model, **kwargs)
+        n = model.config.out_channels
+        self.class_names = class_names or (seg_classes("goliath").names if n == 28 else tuple(
+            f"class_{i}" for i in range(n)))
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray], return_logits: bool = False) -> list[SegResult]:
+        restored, raw = self._dense(images)
+        out = []
+        for i, logits in enumerate(restored):  # (N, H, W)
+            labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
+            out.append(SegResult(labels, self.class_names, raw[i].cpu().numpy() if return_logits else None))
+        return out
+
+
+class _MaskedDense(Predictor):
+    """Depth and normals optionally take a foreground mask: given per image, or from a segmentation predictor."""
+
+    def __init__(self, model: SapiensModel, seg: SegPredictor | None = None, **kwargs):
+        super().__init__(model, **kwargs)
+        self.seg = seg
+
+    def _masks(self, images: list[np.ndarray], masks) -> list[np.ndarray | None]:
+        if masks is not None:
+            masks = [masks] if isinstance(masks, np.ndarray) and len(images) == 1 and masks.ndim == 2 else masks
+            if len(masks) != len(images):
+                raise ValueError(f"got {len(masks)} masks for {len(images)} images")
+            return [None if m is None else np.asarray(m).astype(bool) for m in masks]
+        if self.seg is not None:
+            return [r.foreground for r in self.seg.predict_batch(images)]
+        return [None] * len(images)
+
+
+class DepthPredictor(_MaskedDense):
+    task = "depth"
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> list[DepthResult]:
+        masks = self._masks(images, masks)
+        restored, raw = self._dense(images)
+        return [DepthResult(d[0].cpu().numpy(), m, raw[i].cpu().numpy() if return_raw else None)
+                for i, (d, m) in enumerate(zip(restored, masks))]
+
+
+class NormalPredictor(_MaskedDense):
+    task = "normal"
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> list[NormalResult]:
+        masks = self._masks(images, masks)
+        restored, raw = self._dense(images)
+        out = []
+        for i, (n, m) in enumerate(zip(restored, masks)):
+            n = n / n.norm(dim=0, keepdim=True).clamp_min(1e-5)  # per-pixel L2 normalization, eps as official
+            normals = n.permute(1, 2, 0).cpu().numpy()
+            if m is not None:
+                normals[~m] = 0.0
+            out.append(NormalResult(normals, m, raw[i].cpu().numpy() if return_raw else None))
+        return out
+
+
+class FeaturePredictor(Predictor):
+    task = "features"
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray]) -> list[FeatureResult]:
+        batch, _ = self.preprocess(images, device=self.device)
+        feats = self.predict_torch(batch)
+        return [FeatureResult(f.cpu().numpy()) for f in feats]
+
+
+class PosePredictor(Predictor):
+    """Top-down pose. Boxes per image: given (xyxy), from ``detector``, or the whole image."""
+
+    task = "pose"
+
+    def __init__(self, model: SapiensModel, detector=None, flip: bool = False, keypoints: str | None = None,
+                 **kwargs):
+        super().__init__(model, **kwargs)
+        self.detector = detector
+        self.flip = flip
+        k = model.config.out_channels
+        self.keypoint_set: KeypointSet = keypoint_set(keypoints or (k if k in (17, 133, 308) else "goliath"))
+        if self.keypoint_set.num_keypoints != k:
+            raise ValueError(f"keypoint set {self.keypoint_set.name} has {self.keypoint_set.num_keypoints} points, "
+                             f"the model predicts {k}")
+        mean, std = torch.tensor(MEAN), torch.tensor(STD)
+        self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
+
+    def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        if boxes is not None:
+            boxes = [boxes] if len(images) == 1 and not isinstance(boxes, (list, tuple)) else boxes
+            if len(boxes) != len(images):
+                raise ValueError(f"got box lists for {len(boxes)} images, expected {len(images)}")
+            out_b, out_s = [], []
+            for b in boxes:
+                b = np.asarray(b, dtype=np.float32).reshape(-1, 5 if np.asarray(b).shape[-1:] == (5,) else 4)
+                out_b.append(b[:, :4])
+                out_s.append(b[:, 4] if b.shape[1] == 5 else np.ones(len(b), np.float32))
+            return out_b, out_s
+        if self.detector is not None:
+            dets = [self.detector(im) for im in images]
+            return [d[0] for d in dets], [d[1] for d in dets]
+        whole = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in images]
+        return whole, [np.ones(1, np.float32) for _ in images]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray], boxes=None, return_heatmaps: bool = False
+                      ) -> list[PoseResult]:
+        """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image."""
+        box_list, score_list = self._boxes(images, boxes)
+        counts = [len(b) for b in box_list]
+        K = self.keypoint_set.num_keypoints
+        if sum(counts) == 0:
+            return [PoseResult(np.zeros((0, K, 2), np.float32), np.zeros((0, K), np.float32),
+                               np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
+                    for _ in images]
+        dev = self.device
+        tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(dev).permute(2, 0, 1) for im in images]
+        all_boxes = torch.from_numpy(np.concatenate(box_list)).to(dev)
+        image_index = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(counts, device=dev))
+        center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])
+        mean, std = self._mean.to(dev), self._std.to(dev)
+        kps, scs, hms = [], [], []
+        for sl in _chunks(len(all_boxes), self.batch_size):
+            crops = crop_people(tensors, image_index[sl], center[sl], scale[sl], self.input_size)  # (n, 3, H, W)
+            crops = ((crops - mean) / std).to(self.dtype)
+            if self.flip:
+                heat = flip_test(self._forward, crops, self.keypoint_set.flip_indices)
+            else:
+                heat = self._forward(crops)
+            kp, sc = decode_udp_heatmaps(heat, self.input_size)
+            kps.append(crop_to_image(kp, center[sl], scale[sl], self.input_size))
+            scs.append(sc)
+            if return_heatmaps:
+                hms.append(heat.cpu().numpy())
+        kp_all = torch.cat(kps).cpu().numpy().astype(np.float32)
+        sc_all = torch.cat(scs).cpu().numpy().astype(np.float32)
+        hm_all = np.concatenate(hms) if return_heatmaps else None
+        out, start = [], 0
+        for b, s, n in zip(box_list, score_list, counts):
+            sl = slice(start, start + n)
+            out.append(PoseResult(kp_all[sl], sc_all[sl], b, s, self.keypoint_set.name,
+                                  None if hm_all is None else hm_all[sl]))
+            start += n
+        return out
+
+
+PREDICTORS: dict[str, type[Predictor]] = {
+    "pose": PosePredictor, "seg": SegPredictor, "depth": DepthPredictor, "normal": NormalPredictor,
+    "features": FeaturePredictor,
+}
+
+
+def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
+                   dtype: str | torch.dtype | None = None, input_size: tuple[int, int] | None = None,
+                   optimize: bool | None = None, fp8: bool = False, **kwargs) -> Predictor:
+    """Load ``checkpoint`` (path or official name) and wrap it in the predictor of its task.
+
+    ``device`` defaults to CUDA when available; ``dtype`` to bf16 on CUDA and fp32 on CPU. ``task=None`` takes the
+    task the checkpoint was trained for ("features" forces a bare backbone). ``optimize`` (default: on CUDA) runs the
+    fast path of ``optimize_for_inference``; ``fp8`` its FP8 linear mode. Extra keyword arguments go to the
+    predictor (``batch_size``, ``resize``, ``flip``, ``detector``, ``seg``...).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = load_model(checkpoint, device=device, dtype=as_dtype(dtype), task=task)
+    if input_size is None:
+        input_size = (1024, 1024) if model.task == "features" else (1024, 768)
+    if optimize is None:
+        optimize = device.type == "cuda"
+    if optimize or fp8:
+        model = optimize_for_inference(model, fp8=fp8)
+    return PREDICTORS[model.task](model, input_size=tuple(input_size), **kwargs)
+
+
+def load(name_or_path: str | os.PathLike, **kwargs) -> Predictor:
+    """One line from a name to results: ``opensapiens.load("sapiens-pose-1b")(image)``."""
+    return load_predictor(kwargs.pop("task", None), name_or_path, **kwargs)

@@ -1,0 +1,182 @@
+"""Predictors end to end with stand-in models whose outputs are known functions of the input image."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from opensapiens.inference.predictors import (
+    DepthPredictor,
+    NormalPredictor,
+    PosePredictor,
+    SegPredictor,
+    align_depth,
+)
+from opensapiens.inference.transforms import MEAN, STD
+
+INPUT = (128, 96)  # model input H, W
+
+
+class Stand_in(nn.Module):  # noqa: N801 - reads as a noun in the tests
+    def __init__(self, task: str, out_channels: int, fn):
+        super().__init__()
+        self.task = task
+        self.config = SimpleNamespace(out_channels=out_channels)
+        self.anchor = nn.Parameter(torch.zeros(1))
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def _unnormalize(x):
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+def _dot_heatmaps(x, K=17):
+    """Heatmap whose every channel peaks (UDP-consistent, sub-pixel) at the brightest red pixel of the crop."""
+    img = _unnormalize(x)[:, 0]  # (N, H, W) red channel
+    N, H, W = img.shape
+    h, w = H // 4, W // 4
+    flat = img.flatten(1).argmax(1)
+    ys, xs = (flat // W).float(), (flat % W).float()
+    # centre of mass around the peak, for sub-pixel accuracy of the blurred dot
+    yy, xx = torch.meshgrid(torch.arange(H).float(), torch.arange(W).float(), indexing="ij")
+    out = []
+    for n in range(N):
+        win = ((yy - ys[n]).abs() <= 3) & ((xx - xs[n]).abs() <= 3)
+        wgt = img[n] * win
+        cy, cx = (wgt * yy).sum() / wgt.sum(), (wgt * xx).sum() / wgt.sum()
+        hy, hx = cy * (h - 1) / (H - 1), cx * (w - 1) / (W - 1)  # UDP: input pixel -> heatmap pixel
+        gy, gx = torch.meshgrid(torch.arange(h).float(), torch.arange(w).float(), indexing="ij")
+        g = torch.exp(-((gx - hx) ** 2 + (gy - hy) ** 2) / (2 * 1.5**2))
+        out.append(g.expand(K, h, w))
+    return torch.stack(out)
+
+
+def _image_with_dots(h, w, dots):
+    img = np.full((h, w, 3), 20, np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    for (x, y) in dots:
+        img[..., 0] = np.maximum(img[..., 0], (235 * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2))).astype(
+            np.uint8))
+    return img
+
+
+def test_pose_keypoints_land_in_image_coordinates_across_images_and_people():
+    predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT, batch_size=3)
+    # two images, three people (boxes), each box around one bright dot at a known sub-pixel location
+    dots_a = [(60.3, 70.7), (200.5, 40.2)]
+    dots_b = [(33.0, 150.4)]
+    img_a, img_b = _image_with_dots(180, 260, dots_a), _image_with_dots(220, 90, dots_b)
+    boxes_a = np.array([[30, 30, 95, 120], [170, 5, 235, 80]], np.float32)
+    boxes_b = np.array([[5, 100, 70, 210, 0.9]], np.float32)  # with a score column
+    res_a, res_b = predictor.predict_batch([img_a, img_b], boxes=[boxes_a, boxes_b])
+    assert res_a.keypoints.shape == (2, 17, 2) and res_b.keypoints.shape == (1, 17, 2)
+    for res, dots in ((res_a, dots_a), (res_b, dots_b)):
+        for person, (x, y) in enumerate(dots):
+            err = np.abs(res.keypoints[person] - np.array([x, y])).max()
+            assert err < 0.6, (person, res.keypoints[person, 0], (x, y))
+    assert res_b.box_scores[0] == pytest.approx(0.9)
+    coco = res_b.to_coco(image_id=7)
+    assert coco[0]["image_id"] == 7 and len(coco[0]["keypoints"]) == 17 * 3
+
+
+def test_pose_flip_test_unflips_heatmaps_and_swaps_channels():
+    from opensapiens.metadata import keypoint_set
+
+    flip = keypoint_set("coco").flip_indices
+
+    def graded(x):
+        """Every channel peaks at the red dot; channel k has peak height (k + 1) / 17."""
+        return _dot_heatmaps(x) * (torch.arange(17).float() + 1).view(1, 17, 1, 1) / 17
+
+    img = _image_with_dots(160, 120, [(40.0, 80.0)])
+    plain = PosePredictor(Stand_in("pose", 17, graded), input_size=INPUT)(img)
+    flipped = PosePredictor(Stand_in("pose", 17, graded), input_size=INPUT, flip=True)(img)
+    # un-flipped correctly, the mirrored pass peaks at the same place (no UDP shift needed)
+    assert np.abs(plain.keypoints - flipped.keypoints).max() < 0.05
+    # channels swapped: keypoint k averages its own score with that of its mirror partner
+    expect = (plain.scores[0] + plain.scores[0][list(flip)]) / 2
+    assert np.allclose(flipped.scores[0], expect, atol=1e-4)
+    assert not np.allclose(flipped.scores[0], plain.scores[0], atol=1e-3)
+
+
+def test_pose_whole_image_when_no_boxes_and_empty_when_no_people():
+    predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT)
+    img = _image_with_dots(128, 96, [(50.0, 64.0)])
+    res = predictor(img)
+    assert res.boxes.tolist() == [[0, 0, 96, 128]]
+    assert np.abs(res.keypoints[0, 0] - [50.0, 64.0]).max() < 0.6
+    empty = predictor(img, boxes=np.zeros((0, 4)))
+    assert empty.keypoints.shape == (0, 17, 2)
+
+
+def _red_logits(x):
+    """Two-class logits at stride 2: class 1 where the red channel is bright."""
+    red = _unnormalize(x)[:, :1]
+    red = F.avg_pool2d(red, 2)
+    return torch.cat([torch.zeros_like(red), (red - 128) / 10], dim=1)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "pad"])
+def test_seg_labels_at_original_resolution(resize):
+    h, w = 200, 90
+    img = np.full((h, w, 3), 10, np.uint8)
+    img[40:120, 20:70, 0] = 250  # a red rectangle
+    res = SegPredictor(Stand_in("seg", 2, _red_logits), input_size=INPUT, resize=resize)(img)
+    assert res.labels.shape == (h, w) and res.labels.dtype == np.uint8
+    expect = img[..., 0] > 128
+    inner = np.zeros_like(expect)
+    inner[44:116, 24:66] = True
+    outer = np.ones_like(expect)
+    outer[34:126, 14:76] = False
+    assert (res.labels[inner] == 1).all() and (res.labels[outer] == 0).all()
+    assert res.foreground.sum() == pytest.approx(expect.sum(), rel=0.1)
+
+
+def test_normals_are_unit_and_masked():
+    def fixed(x):
+        n = torch.tensor([3.0, 0.0, 4.0]).view(1, 3, 1, 1)
+        return n.expand(x.shape[0], 3, x.shape[2] // 2, x.shape[3] // 2).clone()
+
+    img = np.zeros((50, 40, 3), np.uint8)
+    mask = np.zeros((50, 40), bool)
+    mask[10:30, 5:20] = True
+    res = NormalPredictor(Stand_in("normal", 3, fixed), input_size=INPUT)(img, masks=mask)
+    assert np.allclose(res.normals[mask], [0.6, 0.0, 0.8], atol=1e-5)
+    assert (res.normals[~mask] == 0).all()
+
+
+def test_depth_restored_and_aligned_to_metres():
+    def ramp(x):  # depth = column index / width at full input resolution
+        B, _, H, W = x.shape
+        return torch.linspace(0, 1, W).view(1, 1, 1, W).expand(B, 1, H, W).clone()
+
+    img = np.zeros((64, 300, 3), np.uint8)
+    res = DepthPredictor(Stand_in("depth", 1, ramp), input_size=INPUT)(img)
+    assert res.depth.shape == (64, 300)
+    assert np.all(np.diff(res.depth[10]) >= -1e-6)  # monotone left to right
+    metric = 2.5 * res.depth + 1.2  # the true map, known up to scale and shift
+    pts = np.array([[x, 20, metric[20, x]] for x in (10, 100, 250)])
+    assert np.allclose(align_depth(res.depth, pts), metric, atol=1e-4)
+    inv = align_depth(res.depth, 1.0 / (0.3 * res.depth + 0.5), inverse=True)
+    assert np.allclose(inv, 1.0 / (0.3 * res.depth + 0.5), rtol=1e-4)
+    with pytest.raises(ValueError, match="at least 2"):
+        align_depth(res.depth, pts[:1])
+
+
+def test_wrong_model_for_predictor_is_a_clear_error():
+    with pytest.raises(ValueError, match="needs a seg model"):
+        SegPredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT)
+    with pytest.raises(ValueError, match="divisible by 16"):
+        SegPredictor(Stand_in("seg", 2, _red_logits), input_size=(100, 96))
+    assert math.isfinite(1.0)
