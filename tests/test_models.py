@@ -104,3 +104,20 @@ def test_gradients_reach_every_parameter_and_checkpointing_is_exact():
     y1.square().mean().backward()
     assert torch.allclose(y0, y1)
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g0, model.parameters()))
+
+
+def test_head_dim_padding_is_exact():
+    """The fast path zero-pads head dims (2B: 60 -> 64); outputs must not change."""
+    from opensapiens.inference.optimize import pad_attention_heads
+    from opensapiens.models import ViTArch
+
+    torch.manual_seed(0)
+    arch = ViTArch("hd12", 48, 2, 4)  # head dim 12, padded to 16
+    model = build_model("features", arch, pos_grid=(4, 4)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(x)
+        assert pad_attention_heads(model) == 16
+        assert all(b.attn.padded_head_dim == 16 for b in model.backbone.blocks)
+        after = model(x)
+    assert torch.allclose(before, after, atol=1e-6)

@@ -105,7 +105,7 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
 
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, task: str | None = None,
-                       patch_padding: int | None = None) -> Path:
+                       patch_padding: int | None = None, num_heads: int | None = None) -> Path:
     """Any supported checkpoint -> our portable safetensors (for ``opensapiens convert``)."""
-    model = load_model(src, task=task, patch_padding=patch_padding)
+    model = load_model(src, task=task, patch_padding=patch_padding, num_heads=num_heads)
     return save_model(model, dst, metadata={"converted_from": Path(str(src)).name})

@@ -115,9 +115,7 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
         raise CheckpointError(f"{source}: no Sapiens backbone found (missing patch_embed.projection.weight)")
     C = sd["backbone.patch_embed.proj.weight"].shape[0]
     depth = len({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
-    arch = arch_from_width(C, depth)
-    if num_heads is not None:
-        arch = type(arch)(arch.name, C, depth, num_heads, arch.mlp_ratio, arch.patch_size)
+    arch = arch_from_width(C, depth, num_heads)
     has_head = "head.final.weight" in sd
     n_up = len([k for k in sd if re.match(r"head\.deconv_layers\.\d+\.weight$", k)])
     out_channels = sd["head.final.weight"].shape[0] if has_head else None

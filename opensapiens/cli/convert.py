@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dst", type=Path, help="output file (.safetensors, or .pth with --official)")
     p.add_argument("--task", choices=["pose", "seg", "depth", "normal", "features"], default=None)
     p.add_argument("--patch-padding", type=int, choices=[0, 2], default=None)
+    p.add_argument("--num-heads", type=int, default=None,
+                   help="attention heads, only for non-official widths (official sizes are known)")
     p.add_argument("--official", action="store_true", help="write the official key layout")
     p.set_defaults(func=run)
 
@@ -25,10 +27,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.official:
-            model = load_model(args.src, task=args.task, patch_padding=args.patch_padding)
+            model = load_model(args.src, task=args.task, patch_padding=args.patch_padding, num_heads=args.num_heads)
             out = export_official(model, args.dst)
         else:
-            out = convert_checkpoint(args.src, args.dst, task=args.task, patch_padding=args.patch_padding)
+            out = convert_checkpoint(args.src, args.dst, task=args.task, patch_padding=args.patch_padding,
+                                     num_heads=args.num_heads)
     except (CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

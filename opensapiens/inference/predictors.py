@@ -340,7 +340,8 @@ class PosePredictor(Predictor):
                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
                     for _ in images]
         dev = self.device
-        tensors = [torch.from_numpy(np.ascontiguousarray(im)).to(dev).permute(2, 0, 1) for im in images]
+        tensors = [torch.from_numpy(np.array(im, copy=not im.flags.writeable, order="C")).to(dev).permute(2, 0, 1)
+                   for im in images]
         all_boxes = torch.from_numpy(np.concatenate(box_list)).to(dev)
         image_index = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(counts, device=dev))
         center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])

@@ -14,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -62,12 +63,19 @@ def get_arch(name: str | ViTArch) -> ViTArch:
     return ARCHS[key]
 
 
-def arch_from_width(embed_dim: int, depth: int) -> ViTArch:
+def arch_from_width(embed_dim: int, depth: int, num_heads: int | None = None) -> ViTArch:
     """Recover the architecture of a checkpoint from its width and depth (official sizes first)."""
     for a in ARCHS.values():
-        if a.embed_dim == embed_dim and a.depth == depth:
+        if a.embed_dim == embed_dim and a.depth == depth and num_heads in (None, a.num_heads):
             return a
-    heads = next((a.num_heads for a in ARCHS.values() if a.embed_dim == embed_dim), max(embed_dim // 64, 1))
+    if num_heads is not None:
+        return ViTArch(f"custom-{embed_dim}x{depth}", embed_dim, depth, num_heads)
+    heads = next((a.num_heads for a in ARCHS.values() if a.embed_dim == embed_dim), None)
+    if heads is None:
+        heads = max(embed_dim // 64, 1)
+        warnings.warn(f"width {embed_dim} is not an official Sapiens size: assuming {heads} attention heads "
+                      "(head dim 64); pass num_heads= / --num-heads if the checkpoint used another count",
+                      stacklevel=2)
     return ViTArch(f"custom-{embed_dim}x{depth}", embed_dim, depth, heads)
 
 

@@ -1,0 +1,110 @@
+"""The command line end to end, as a user runs it: folders with a corrupt file, resume, conversions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from opensapiens.checkpoints import load_model, save_model
+from opensapiens.cli.main import main
+
+from conftest import TINY, make_official_state
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a", (90, 60)), ("b", (40, 130))):
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(folder / f"{name}.png")
+    Image.fromarray(rng.integers(0, 255, (50, 50), dtype=np.uint8)).save(folder / "gray.jpg")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder
+
+
+def _checkpoint(tmp_path, task, out=None):
+    model, _ = make_official_state(task, out)
+    return save_model(model, tmp_path / f"{task}.safetensors")
+
+
+def test_predict_seg_folder_with_corrupt_file_then_resume(tmp_path, photos, capsys):
+    ckpt = _checkpoint(tmp_path, "seg", 28)
+    out = tmp_path / "out"
+    argv = ["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+            str(photos), "--out", str(out), "--raw"]
+    assert main(argv) == 1  # the broken file fails the job at the end, after the others finished
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "3 done" in captured.out and "1 failed" in captured.out
+    for stem, shape in (("a", (90, 60)), ("b", (40, 130)), ("gray", (50, 50))):
+        labels = np.array(Image.open(out / f"{stem}_seg.png"))
+        assert labels.shape == shape and labels.dtype == np.uint8 and labels.max() < 28
+        assert (out / f"{stem}_seg.jpg").is_file()
+        assert np.load(out / f"{stem}_seg_logits.npy").shape == (28, 32, 24)
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    mtime = (out / "a_seg.png").stat().st_mtime_ns
+    assert main(argv + ["--resume"]) == 1
+    assert "0 done, 3 skipped" in capsys.readouterr().out
+    assert (out / "a_seg.png").stat().st_mtime_ns == mtime
+
+
+def test_predict_pose_with_detections_and_depth_with_masks(tmp_path, photos):
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    dets = [{"image_id": 1, "file_name": "a.png", "category_id": 1, "bbox": [5, 10, 30, 60], "score": 0.95},
+            {"image_id": 1, "file_name": "a.png", "category_id": 1, "bbox": [20, 5, 30, 40], "score": 0.8}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    out = tmp_path / "pose"
+    assert main(["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+                 "--detections", str(tmp_path / "dets.json"), "--flip", str(photos / "a.png"), "--out",
+                 str(out)]) == 0
+    doc = json.loads((out / "a.json").read_text())
+    assert doc["keypoint_set"] == "coco" and len(doc["people"]) == 2
+    assert doc["people"][0]["bbox"] == pytest.approx([5, 10, 30, 60])
+    kp = np.array(doc["people"][0]["keypoints"]).reshape(17, 3)
+    assert np.isfinite(kp).all()
+    assert (out / "a_pose.jpg").is_file()
+
+    depth_ckpt = _checkpoint(tmp_path, "depth")
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    m = np.zeros((90, 60), np.uint8)
+    m[20:70, 10:50] = 255
+    Image.fromarray(m).save(masks / "a.png")
+    out = tmp_path / "depth"
+    assert main(["predict", "--task", "depth", "--checkpoint", str(depth_ckpt), "--input-size", "64x48",
+                 "--workers", "0", "--masks", str(masks), str(photos / "a.png"), "--out", str(out)]) == 0
+    assert np.load(out / "a_depth.npy").shape == (90, 60)
+
+
+def test_convert_official_to_safetensors_and_back(tmp_path):
+    import torch
+
+    model, official = make_official_state("normal")
+    torch.save({"state_dict": official, "meta": {"epoch": 1}}, tmp_path / "n.pth")
+    st = tmp_path / "n.safetensors"
+    assert main(["convert", str(tmp_path / "n.pth"), str(st), "--num-heads", str(TINY.num_heads)]) == 0
+    converted = load_model(st)  # no hints needed: the config travels in the file
+    assert converted.config.arch.num_heads == TINY.num_heads and converted.config.patch_padding == 2
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.allclose(converted(x), model(x), atol=1e-5)
+    back = tmp_path / "back.pth"
+    assert main(["convert", str(st), str(back), "--official"]) == 0
+    sd = torch.load(back, weights_only=True)["state_dict"]
+    assert sd.keys() == official.keys() and all(torch.equal(sd[k], official[k]) for k in sd)
+
+
+def test_models_lists_official_names(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "sapiens-pose-308-1b" in out and "facebook/sapiens-seg-2b" in out
+
+
+def test_predict_reports_missing_inputs(tmp_path, capsys):
+    ckpt = _checkpoint(tmp_path, "seg", 28)
+    assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), str(tmp_path / "nothing_here"),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "nothing_here" in capsys.readouterr().err
