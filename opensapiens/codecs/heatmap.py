@@ -166,7 +166,7 @@ def _blur_at(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ksize: 
     wy = rows[..., None] + d  # (M, P, k)
     wx = cols[..., None] + d
     inside = ((wy >= 0) & (wy < h))[..., :, None] & ((wx >= 0) & (wx < w))[..., None, :]  # (M, P, k, k)
-    flat = (wy.clamp(0, h - 1)[..., :, None] * w + wx.clamp(0, w - 1)[..., None, :]).reshape(M, inside[0].numel())
+    flat = (wy.clamp(0, h - 1)[..., :, None] * w + wx.clamp(0, w - 1)[..., None, :]).reshape(M, -1)
     patches = maps.reshape(M, h * w).gather(1, flat).reshape(inside.shape) * inside
     return torch.einsum("mpij,i,j->mp", patches, k, k)
 
@@ -197,10 +197,10 @@ def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, blur
     and none exceeds the map maximum, which is <= 50 unless the heatmap itself is.
     """
     M, h, w = maps.shape
-    rows, cols = _sample_points(x, y, h, w)
-    v = _blur_at(maps, rows, cols, blur_kernel)  # (M, 7)
     if M == 0:
         return maps.new_zeros(0, 2)
+    rows, cols = _sample_points(x, y, h, w)
+    v = _blur_at(maps, rows, cols, blur_kernel)  # (M, 7)
     peak = maps.reshape(M, h * w).amax(dim=1)
     clipped = ((v < 1e-3).any(dim=1) | (peak > 50)).nonzero().flatten()
     for s in range(0, clipped.numel(), _CHUNK):  # rare: weak or huge maps need the whole-map maximum of the blur
