@@ -1,0 +1,125 @@
+"""``opensapiens train``: fine-tune pose / seg / depth / normal on your data (one GPU, torchrun DDP or FSDP2).
+
+    opensapiens train --task seg --data data/train --val-data data/val --arch 0.3b \\
+        --init sapiens-pretrain-0.3b --steps 20000 --batch-size 2 --out runs/seg
+    torchrun --nproc_per_node 8 -m opensapiens.cli.main train ... --fsdp
+    opensapiens train --out runs/seg --resume          # continue: the run's config.json supplies the rest
+
+Unset options take the official recipe of the task and size (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .predict import parse_size
+
+# Options that may change when a run is resumed; the others come from the run's config.json.
+RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
+                       "tensorboard", "val_data")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be comma-separated numbers") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune a task model on your data",
+                       description="Fine-tune Sapiens for pose, seg, depth or normals; writes checkpoints, "
+                                   "metrics.jsonl and best/final .safetensors under --out.")
+    p.add_argument("--task", choices=["pose", "seg", "depth", "normal"])
+    p.add_argument("--data", help="training data: a folder (see docs/training.md) or a COCO keypoint JSON")
+    p.add_argument("--val-data", help="validation data in the same layout")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--arch", help="0.3b, 0.6b, 1b, 2b, or small / tiny / nano for CPU experiments")
+    p.add_argument("--init", help="weights to start from: official name (sapiens-pretrain-1b) or file")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, help="images per GPU per micro-batch (official: pose 4, others 2)")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--input-size", type=parse_size, help="HxW, default 1024x768")
+    p.add_argument("--head-channels", type=int, help="head width (official 768, depth 384); smaller for small models")
+    g = p.add_argument_group("labels")
+    g.add_argument("--keypoints", help="pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON")
+    g.add_argument("--classes", help="seg: goliath/28, face/19 or a class-list JSON")
+    g.add_argument("--image-root", help="pose: image folder (default: images/ beside the annotation file)")
+    g = p.add_argument_group("optimization (default: the official recipe)")
+    g.add_argument("--lr", type=float)
+    g.add_argument("--layer-decay", type=float)
+    g.add_argument("--weight-decay", type=float)
+    g.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 1.0)")
+    g.add_argument("--warmup-steps", type=int)
+    g.add_argument("--schedule", choices=["step", "poly", "cosine", "constant"])
+    g.add_argument("--milestones", type=_floats, help="step schedule: fractions of the run, e.g. 0.81,0.95")
+    g.add_argument("--ohkm-topk", type=int, help="pose: hard keypoints per sample (0 = plain MSE)")
+    g.add_argument("--sigma", type=float, help="pose: heatmap Gaussian sigma in heatmap pixels")
+    g.add_argument("--seg-loss-resolution", choices=["labels", "logits"],
+                   help="seg: CE at label size (official) or at logits size (4x cheaper)")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const=False)
+    g.add_argument("--backgrounds", help="folder of people-free pictures for the random-background augmentation")
+    g = p.add_argument_group("speed and memory")
+    g.add_argument("--precision", choices=["bf16", "fp32"])
+    g.add_argument("--checkpointing", choices=["none", "blocks", "blocks+head"],
+                   help="activation checkpointing (recompute in backward)")
+    g.add_argument("--checkpoint-blocks", type=int, help="checkpoint only the first N blocks")
+    g.add_argument("--compile", action="store_const", const=True, help="torch.compile blocks and head")
+    g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
+    g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")
+    g.add_argument("--device")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--log-interval", type=int)
+    g.add_argument("--eval-interval", type=int, help="steps between evaluations (0: at the end only)")
+    g.add_argument("--ckpt-interval", type=int)
+    g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
+    g.add_argument("--best-metric", help="eval metric for best.safetensors (AP, mIoU, rmse, mean)")
+    g.add_argument("--best-mode", choices=["max", "min"])
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
+    p.set_defaults(func=run)
+
+
+def build_config(args: argparse.Namespace):
+    """TrainConfig from the given options; on --resume of an existing run, its config.json with the allowed
+    overrides (steps, workers, intervals, ...)."""
+    from ..training.config import TrainConfig
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
+    saved_path = Path(args.out) / "config.json"
+    if args.resume and saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+        ignored = sorted(k for k, v in given.items() if k not in (*RESUMABLE_OVERRIDES, "resume", "out")
+                         and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
+        if ignored:
+            print(f"note: resuming {args.out} with its saved settings; ignoring --{', --'.join(ignored)}",
+                  file=sys.stderr)
+        saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}, resume=True, out=args.out)
+        return TrainConfig.from_dict(saved)
+    missing = [f"--{k}" for k in ("task", "data") if k not in given]
+    if missing:
+        raise ValueError(f"{' and '.join(missing)} required (or --resume an existing run)")
+    return TrainConfig(**given)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoints import CheckpointError
+    from ..data import DataError
+    from ..training import train
+
+    try:
+        cfg = build_config(args)
+        summary = train(cfg)
+    except (ValueError, DataError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary.get("stopped"):
+        print(f"stopped at step {summary['step']}; continue with: opensapiens train --out {args.out} --resume")
+        return 0
+    print(json.dumps({k: v for k, v in summary.items() if k != "metrics"}, default=str))
+    return 0

@@ -1,0 +1,309 @@
+"""Training and validation datasets for the four tasks, on the layouts users have.
+
+    pose    COCO keypoint JSON (17 / COCO-WholeBody 133 / Goliath 308 / your own keypoint set) + an image folder
+    seg     images/NAME.{png,jpg} + seg/NAME.png (or labels/NAME.png) class-id maps; or flat NAME.png + NAME_seg.png
+    depth   images/ + masks/NAME.png (foreground > 0) + depths/NAME.npy (metres, 0 = none)
+    normal  images/ + masks/ + normals/NAME.npy (H, W, 3 camera-space unit vectors)
+The synthetic-data layout (``opensapiens synth``) is all of these at once: one folder trains every task.
+
+Items are ``SampleKey``s from ``opensapiens.data.sampler``; a sample is a dict of numpy arrays at the network input
+size: ``image`` (H, W, 3) uint8 RGB plus the task's targets. Unreadable files are reported once and replaced by the
+next sample, so one broken file does not end a long run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from torch.utils.data import Dataset
+
+from ..io.images import ImageReadError, read_image
+from ..metadata import SegClasses
+from .labels import DataError, PoseLayout
+from .sampler import SampleKey
+from .transforms import (
+    DenseAugment,
+    PoseAugment,
+    bbox_center_scale,
+    coarse_dropout,
+    dense_affine,
+    photometric_distortion,
+    pose_crop,
+    random_blur,
+    replace_background,
+    transform_normals,
+    warp,
+)
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+_WHOLEBODY_PARTS = ("foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts")  # after the 17 body keypoints
+
+
+def _key(item: SampleKey | int) -> SampleKey:
+    return item if isinstance(item, SampleKey) else SampleKey(int(item))
+
+
+class _Base(Dataset):
+    """Shared: bad-file replacement, augmentation RNG, background pictures, photometric steps."""
+
+    def __init__(self, input_size: tuple[int, int], backgrounds: list[Path] | None):
+        self.input_size = tuple(input_size)
+        self.backgrounds = backgrounds or []
+        self._reported: set[str] = set()
+
+    def load(self, index: int, rng: np.random.Generator | None) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, item: SampleKey | int) -> dict:
+        key = _key(item)
+        rng = np.random.default_rng(key.seed) if key.seed is not None else None
+        for attempt in range(len(self)):
+            index = (key.index + attempt) % len(self)
+            try:
+                sample = self.load(index, rng)
+                break
+            except (ImageReadError, OSError, DataError) as e:
+                if str(e) not in self._reported:
+                    self._reported.add(str(e))
+                    warnings.warn(f"skipping sample {index}: {e}", stacklevel=2)
+        else:
+            raise DataError("no readable sample in the dataset")
+        sample["valid"] = np.bool_(key.valid)
+        return sample
+
+    def photometric(self, image: np.ndarray, rng: np.random.Generator | None, enabled: bool) -> np.ndarray:
+        return photometric_distortion(image, rng) if (rng is not None and enabled) else image
+
+    def background(self, rng: np.random.Generator | None, prob: float) -> np.ndarray | None:
+        if rng is None or not self.backgrounds or rng.random() >= prob:
+            return None
+        return read_image(self.backgrounds[int(rng.integers(len(self.backgrounds)))])
+
+
+def list_backgrounds(folder: str | Path | None) -> list[Path]:
+    """Images of a background folder (searched recursively); [] for None."""
+    if folder is None:
+        return []
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"background folder {folder} does not exist")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+    if not files:
+        raise DataError(f"background folder {folder} holds no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
+# ------------------------------------------------------------------------------------------------------------- pose
+
+
+def _instance_keypoints(ann: dict, K: int) -> np.ndarray:
+    """(K, 3) x, y, v of one COCO annotation (COCO-WholeBody part arrays appended after the 17 body keypoints)."""
+    flat = list(ann.get("keypoints", []))
+    if len(flat) // 3 != K and all(p in ann for p in _WHOLEBODY_PARTS):
+        for p in _WHOLEBODY_PARTS:
+            flat += ann[p]
+    kp = np.asarray(flat, dtype=np.float32).reshape(-1, 3)
+    if len(kp) != K:
+        raise DataError(f"annotation {ann.get('id')} has {len(kp)} keypoints, the keypoint set has {K}")
+    return kp
+
+
+class KeypointDataset(_Base):
+    """Top-down person crops from a COCO-style keypoint file: one sample per annotated person.
+
+    Args:
+        ann_file: COCO JSON (``images`` with id/file_name, ``annotations`` with keypoints and bbox).
+        image_root: folder of the images (default: ``images/`` beside the JSON, else the JSON's folder).
+        layout: keypoint set and half-body ids (``load_keypoint_layout``).
+        input_size: (H, W) crop, 1024x768 officially.
+        augment: ``PoseAugment`` for training, None for validation crops.
+    """
+
+    def __init__(self, ann_file: str | Path, layout: PoseLayout, image_root: str | Path | None = None,
+                 input_size: tuple[int, int] = (1024, 768), augment: PoseAugment | None = None,
+                 padding: float = 1.25, backgrounds: list[Path] | None = None):
+        super().__init__(input_size, backgrounds)
+        self.ann_file = Path(ann_file)
+        try:
+            self.coco = json.loads(self.ann_file.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read keypoint annotations {self.ann_file}: {e}") from e
+        if image_root is None:
+            image_root = self.ann_file.parent / "images"
+            if not image_root.is_dir():
+                image_root = self.ann_file.parent
+        self.image_root = Path(image_root)
+        self.layout, self.augment, self.padding = layout, augment, padding
+        K = layout.keypoints.num_keypoints
+        images = {im["id"]: im for im in self.coco.get("images", [])}
+        self.instances: list[tuple[dict, np.ndarray, np.ndarray]] = []
+        for ann in self.coco.get("annotations", []):
+            if ann.get("iscrowd", 0) or ann["image_id"] not in images:
+                continue
+            kp = _instance_keypoints(ann, K)
+            x, y, w, h = ann["bbox"]
+            if (kp[:, 2] > 0).sum() == 0 or w <= 1 or h <= 1:
+                continue
+            self.instances.append((images[ann["image_id"]], kp, np.asarray(ann["bbox"], np.float32)))
+        if not self.instances:
+            raise DataError(f"{self.ann_file}: no usable person annotation (need labelled keypoints and a box)")
+        self.flip_indices = np.asarray(layout.keypoints.flip_indices)
+        self.half_body = (np.asarray(layout.upper_body, int), np.asarray(layout.lower_body, int)) \
+            if layout.upper_body and layout.lower_body else None
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def load(self, index: int, rng: np.random.Generator | None) -> dict:
+        info, kp, bbox = self.instances[index]
+        image = read_image(self.image_root / info["file_name"])
+        aug = self.augment if rng is not None else None
+        center, scale = bbox_center_scale(bbox, self.input_size[1] / self.input_size[0], self.padding)
+        A, keypoints, visible = pose_crop(image.shape[:2], kp[:, :2], (kp[:, 2] > 0).astype(np.float32), center,
+                                          scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
+        crop = warp(image, A, self.input_size, nearest=False)
+        if aug is not None:
+            crop = self.photometric(crop, rng, aug.photometric)
+            crop = random_blur(crop, rng, aug.blur_prob, aug.median_blur_prob)
+            if rng.random() < aug.dropout_prob:
+                crop = coarse_dropout(crop, rng, aug.dropout_range)
+        return {"image": crop, "keypoints": keypoints, "visible": visible, "affine": A.astype(np.float32),
+                "center": center.astype(np.float32), "scale": scale.astype(np.float32),
+                "image_id": np.int64(info["id"]), "bbox": bbox}
+
+
+# ------------------------------------------------------------------------------------------------------------ dense
+
+
+def _stems(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in exts} if folder.is_dir() else {}
+
+
+def _read_label_png(path: Path) -> np.ndarray:
+    """(H, W) uint8 ids from a single-channel PNG (a 3-channel grey PNG is accepted: its first channel)."""
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        raise ImageReadError(path, "not a readable PNG label map")
+    if a.ndim == 3:
+        a = a[..., 0]
+    if a.dtype != np.uint8:
+        if a.max() > 255:
+            raise DataError(f"{path}: label values above 255")
+        a = a.astype(np.uint8)
+    return a
+
+
+def _load_npy(path: Path, channels: int | None) -> np.ndarray:
+    try:
+        a = np.load(path, allow_pickle=False).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from e
+    want = 2 if channels is None else 3
+    if a.ndim != want or (channels is not None and a.shape[-1] != channels):
+        raise DataError(f"{path}: expected shape {'(H, W)' if channels is None else '(H, W, 3)'}, got {a.shape}")
+    return a
+
+
+class DenseDataset(_Base):
+    """Seg, depth or normal samples from a folder (see module docstring), resized / augmented to ``input_size``.
+
+    Args:
+        root: the dataset folder.
+        task: "seg", "depth" or "normal".
+        classes: seg vocabulary (flip swap pairs; label values must be < num_classes or 255).
+        augment: ``DenseAugment`` for training, None for validation (a stretch to the input size, the official
+            test resize).
+        backgrounds: pictures pasted behind the foreground (label > 0 or mask > 0) with ``augment.background_prob``.
+    """
+
+    TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",)}
+
+    def __init__(self, root: str | Path, task: str, input_size: tuple[int, int] = (1024, 768),
+                 augment: DenseAugment | None = None, classes: SegClasses | None = None,
+                 backgrounds: list[Path] | None = None):
+        super().__init__(input_size, backgrounds)
+        if task not in self.TARGET_DIRS:
+            raise ValueError(f"DenseDataset handles seg/depth/normal, not {task!r}")
+        self.root, self.task, self.augment, self.classes = Path(root), task, augment, classes
+        if not self.root.is_dir():
+            raise DataError(f"dataset folder {self.root} does not exist")
+        self.flip_lut = classes.flip_lut() if classes is not None else np.arange(256, dtype=np.uint8)
+        self.samples = self._pair_files()
+
+    def _pair_files(self) -> list[tuple[Path, Path, Path | None]]:
+        images = _stems(self.root / "images", IMAGE_EXTS)
+        target_dir = next((self.root / d for d in self.TARGET_DIRS[self.task] if (self.root / d).is_dir()), None)
+        masks = _stems(self.root / "masks", (".png",))
+        if self.task == "seg" and not images:  # flat FaceSynthetics style: NAME.png + NAME_seg.png
+            flat = _stems(self.root, IMAGE_EXTS)
+            pairs = [(p, flat[s + "_seg"], None) for s, p in flat.items() if not s.endswith("_seg") and
+                     s + "_seg" in flat]
+            if pairs:
+                return pairs
+        if not images or target_dir is None:
+            want = "/".join(self.TARGET_DIRS[self.task])
+            raise DataError(f"{self.root}: expected images/ and {want}/ folders (see docs/training.md)")
+        targets = _stems(target_dir, (".png",) if self.task == "seg" else (".npy",))
+        names = sorted(set(images) & set(targets))
+        if self.task != "seg" and not masks and names:
+            warnings.warn(f"{self.root}: no masks/ folder; the foreground is where the target is nonzero",
+                          stacklevel=2)
+        missing = len(images) - len(names)
+        if missing:
+            warnings.warn(f"{self.root}: {missing} image(s) without a {target_dir.name}/ file are left out",
+                          stacklevel=2)
+        if not names:
+            raise DataError(f"{self.root}: no image has a matching file in {target_dir.name}/")
+        return [(images[n], targets[n], masks.get(n)) for n in names]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int, rng: np.random.Generator | None) -> dict:
+        image_path, target_path, mask_path = self.samples[index]
+        image = read_image(image_path)
+        H, W = image.shape[:2]
+        out: dict[str, np.ndarray] = {}
+        if self.task == "seg":
+            target = _read_label_png(target_path)
+            fg = target > 0
+            n = self.classes.num_classes if self.classes is not None else 256
+            bad = (target >= n) & (target != 255)
+            if bad.any():
+                raise DataError(f"{target_path}: label(s) {np.unique(target[bad])[:5].tolist()} outside [0, {n}) "
+                                "and not 255 (ignore); pass the matching --classes")
+        else:
+            target = _load_npy(target_path, 3 if self.task == "normal" else None)
+            valid = np.isfinite(target).all(-1) if target.ndim == 3 else np.isfinite(target)
+            nonzero = np.abs(target).max(-1) > 0 if target.ndim == 3 else target > 0
+            fg = _read_label_png(mask_path) > 0 if mask_path is not None else nonzero
+            fg &= valid
+            target = np.where(valid[..., None] if target.ndim == 3 else valid, target, 0).astype(np.float32)
+        if target.shape[:2] != (H, W):
+            raise DataError(f"{target_path}: size {target.shape[:2]} differs from its image's {(H, W)}")
+
+        aug = self.augment if rng is not None else None
+        if aug is not None:
+            bg = self.background(rng, aug.background_prob)
+            if bg is not None:
+                image = replace_background(image, fg, bg)
+        M, angle, flip = dense_affine((H, W), self.input_size, rng, aug, target if self.task == "seg" else None)
+        out["image"] = warp(image, M, self.input_size, nearest=False)
+        if aug is not None:
+            out["image"] = self.photometric(out["image"], rng, aug.photometric)
+        if self.task == "seg":
+            labels = warp(target, M, self.input_size, nearest=True)  # outside the image: 0 = background
+            out["labels"] = self.flip_lut[labels] if flip else labels
+        else:
+            mask = warp(fg.astype(np.uint8), M, self.input_size, nearest=True)
+            out["mask"] = mask
+            if self.task == "depth":
+                out["depth"] = warp(target, M, self.input_size, nearest=True)
+            else:
+                normals = warp(target, M, self.input_size, nearest=True)
+                out["normals"] = transform_normals(normals, angle, flip) if (angle or flip) else normals
+        return out

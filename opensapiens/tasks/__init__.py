@@ -1,0 +1,49 @@
+"""Per-task training targets, losses and evaluators (kept apart from the models' ``forward``).
+
+    criterion = build_criterion("seg", class_weight=...)      # (output, device batch) -> scalar loss
+    evaluator = build_evaluator("seg", num_classes=28)         # update(output, batch) ... compute() -> metrics
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .depth import DepthCriterion, DepthEvaluator, relative_depth_target, silog_loss
+from .normal import NormalCriterion, NormalEvaluator, normal_loss
+from .pose import PoseCriterion, PoseEvaluator, keypoint_mse_loss, ohkm_mse_loss
+from .seg import SegCriterion, SegEvaluator, seg_ce_loss
+
+
+def build_criterion(task: str, *, sigma: float = 6.0, ohkm_topk: int | None = None,
+                    class_weight: tuple[float, ...] | None = None, seg_loss_resolution: str = "labels"):
+    """The official loss of ``task`` (see each module), with the given options."""
+    if task == "pose":
+        return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None)
+    if task == "seg":
+        weight = torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None
+        return SegCriterion(class_weight=weight, resolution=seg_loss_resolution)
+    if task == "depth":
+        return DepthCriterion()
+    if task == "normal":
+        return NormalCriterion()
+    raise ValueError(f"unknown task {task!r}")
+
+
+def build_evaluator(task: str, *, input_size: tuple[int, int] = (1024, 768), keypoint_gt: dict | None = None,
+                    keypoint_set=None, num_classes: int = 28, class_names=None):
+    """A fresh metric accumulator for ``task``: pose AP, seg mIoU, depth RMSE/AbsRel/delta, normal angular error."""
+    if task == "pose":
+        return PoseEvaluator(keypoint_gt, keypoint_set, input_size)
+    if task == "seg":
+        return SegEvaluator(num_classes, class_names)
+    if task == "depth":
+        return DepthEvaluator()
+    if task == "normal":
+        return NormalEvaluator()
+    raise ValueError(f"unknown task {task!r}")
+
+
+__all__ = ["DepthCriterion", "DepthEvaluator", "NormalCriterion", "NormalEvaluator", "PoseCriterion",
+           "PoseEvaluator", "SegCriterion", "SegEvaluator", "build_criterion", "build_evaluator",
+           "keypoint_mse_loss", "normal_loss", "ohkm_mse_loss", "relative_depth_target", "seg_ce_loss",
+           "silog_loss"]

@@ -1,0 +1,119 @@
+"""Fine-tuning configuration: one dataclass, with the official Sapiens recipe filled in for whatever is left unset.
+
+Official recipe (reference/sapiens_v1_tasks.md): AdamW betas (0.9, 0.999), weight decay 0.1, gradient clipping
+1.0, layer-wise LR decay;
+    pose    LR 5e-4 (COCO, COCO-WholeBody) / 5e-5 (Goliath 308); decay 0.85, except Goliath 1b 0.95 and
+            WholeBody 0.3b/0.6b 0.75; warm-up 500 iterations; steps x0.1 at 170/210 and 200/210 of training;
+            Goliath 0.3b/1b train with OHKM top-128, everything else with plain heatmap MSE; 4 images per GPU.
+    seg / depth / normal
+            LR 5e-4, decay 0.85, warm-up 400 iterations, poly decay (power 1) to 0; 2 images per GPU.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from ..models.heads import TASKS
+
+BEST_METRICS = {"pose": ("AP", "max"), "seg": ("mIoU", "max"), "depth": ("rmse", "min"), "normal": ("mean", "min")}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a fine-tuning run needs; ``None`` fields take the official value from ``resolve``."""
+
+    task: str
+    data: str  # training data folder / annotation file, or "synth" for the on-the-fly generator
+    out: str  # run folder: checkpoints, metrics.jsonl, best/final .safetensors
+    arch: str | None = None  # 0.3b / 0.6b / 1b / 2b / small / tiny / nano; default: from --init, else 0.3b
+    val_data: str | None = None
+    image_root: str | None = None  # pose: image folder when it is not images/ beside the annotation file
+    init: str | None = None  # pretrain / official task / our checkpoint to start from
+    resume: bool = False
+    steps: int = 1000
+    batch_size: int | None = None  # per GPU; official 4 (pose) / 2 (dense)
+    grad_accum: int = 1
+    input_size: tuple[int, int] = (1024, 768)  # (H, W)
+    head_channels: int | None = None  # narrower heads for small models (official 768, depth 384)
+    # labels
+    keypoints: str = "goliath"  # pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON
+    classes: str = "goliath"  # seg: goliath/28, face/19 or a class-list JSON
+    # optimization
+    lr: float | None = None
+    layer_decay: float | None = None
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    clip_grad: float = 1.0  # 0 disables clipping (the norm is still logged)
+    warmup_steps: int | None = None
+    schedule: str | None = None  # step | poly | cosine | constant
+    milestones: tuple[float, ...] = (170 / 210, 200 / 210)  # "step": fractions of the run
+    # losses
+    ohkm_topk: int | None = None  # pose: None = official choice (128 for Goliath 0.3b/1b, else plain MSE); 0 = MSE
+    sigma: float | None = None  # pose heatmap sigma; official 6 at 1024x768 (scaled with the input height)
+    seg_loss_resolution: str = "labels"  # "labels" (official) or "logits" (4x cheaper, not exact)
+    # augmentation
+    augment: bool = True
+    backgrounds: str | None = None  # folder of pictures without people for the random-background augmentation
+    # speed / memory
+    precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
+    checkpointing: str = "none"  # none | blocks | blocks+head
+    checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
+    compile: bool = False
+    fsdp: bool = False
+    workers: int = 4
+    device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
+    # run management
+    seed: int = 0
+    log_interval: int = 10
+    eval_interval: int = 0  # 0: evaluate only at the end (when val_data is given)
+    ckpt_interval: int = 1000
+    keep_last: int = 3
+    best_metric: str | None = None  # default per task: AP / mIoU / rmse / mean (angular error)
+    best_mode: str | None = None  # max | min
+    tensorboard: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("input_size", "betas", "milestones"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+def resolve(cfg: TrainConfig) -> TrainConfig:
+    """Fill the unset (None) fields with the official recipe for the task, architecture and keypoint set."""
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    d = asdict(cfg)
+    arch = (cfg.arch or "0.3b").lower().removeprefix("sapiens_")
+    kp = str(cfg.keypoints).lower()
+    goliath = kp in ("goliath", "308")
+    wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
+    if cfg.task == "pose":
+        lr = 5e-5 if goliath else 5e-4
+        decay = 0.95 if (goliath and arch == "1b") else 0.75 if (wholebody and arch in ("0.3b", "0.6b")) else 0.85
+        defaults = dict(lr=lr, layer_decay=decay, warmup_steps=500, schedule="step", batch_size=4,
+                        ohkm_topk=128 if (goliath and arch in ("0.3b", "1b")) else 0,
+                        sigma=6.0 * cfg.input_size[0] / 1024)
+    else:
+        defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
+    metric, mode = BEST_METRICS[cfg.task]
+    defaults.update(best_metric=metric, best_mode=mode)
+    for k, v in defaults.items():
+        if d.get(k) is None:
+            d[k] = v
+    if cfg.warmup_steps is None:  # a short run warms up for at most a tenth of its steps
+        d["warmup_steps"] = min(d["warmup_steps"], max(cfg.steps // 10, 1))
+    out = TrainConfig(**d)
+    if out.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
+    if out.checkpointing not in ("none", "blocks", "blocks+head"):
+        raise ValueError(f"checkpointing must be none, blocks or blocks+head, got {out.checkpointing!r}")
+    return out

@@ -1,0 +1,243 @@
+"""Fine-tune a Sapiens model on pose, seg, depth or normals: the training loop, top to bottom.
+
+    opensapiens train --task seg --data DIR --arch 0.3b --init sapiens-pretrain-0.3b --steps 20000 --out runs/seg
+    torchrun --nproc_per_node 8 -m opensapiens.cli.main train ... [--fsdp]        # DDP, or FSDP2 for 1b / 2b
+    opensapiens train --out runs/seg --resume                                     # continue after a crash / SIGTERM
+
+A run folder holds ``config.json``, ``checkpoints/step_*.pt`` (the last ``keep_last``, resumable),
+``metrics.jsonl``, ``best.safetensors`` / ``final.safetensors`` (portable weights for ``load_predictor``) and
+``tensorboard/``. Steps are optimizer steps of ``batch_size x grad_accum x world_size`` images; a step with a
+non-finite loss or gradient is skipped (parameters untouched), counted and logged, and still consumes its data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoints import save_model
+from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
+from ..io.images import save_json
+from ..models import build_model
+from ..models.sapiens import SapiensModel
+from ..tasks import build_criterion, build_evaluator
+from . import distributed as D
+from .config import TrainConfig, resolve
+from .evaluate import evaluate
+from .init import load_initial_weights
+from .logger import RunLogger
+from .optim import build_optimizer, set_lr
+from .schedule import Schedule
+from .signals import StopRequest
+from .speed import checkpoint_blocks, checkpoint_head, compile_blocks
+from .state import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from .step import train_step
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _out_channels(cfg: TrainConfig) -> tuple[int, dict]:
+    """Output channels of the head and what the saved model should remember about its labels."""
+    if cfg.task == "pose":
+        kps = load_keypoint_layout(cfg.keypoints).keypoints
+        return kps.num_keypoints, {"keypoint_set": kps.name, "keypoint_names": list(kps.names)}
+    if cfg.task == "seg":
+        classes = load_classes(cfg.classes)
+        return classes.num_classes, {"class_names": list(classes.names)}
+    return {"depth": 1, "normal": 3}[cfg.task], {}
+
+
+def export_weights(model: torch.nn.Module, config, path: Path, info: D.DistInfo, metadata: dict) -> None:
+    """Collective: write the (unsharded) weights as a portable safetensors model from rank 0."""
+    from .state import full_state
+
+    sd, _ = full_state(model)
+    if info.is_main:
+        with torch.device("meta"):
+            plain = SapiensModel(config)
+        plain.load_state_dict(sd, assign=True)
+        save_model(plain, path, metadata={k: json.dumps(v) for k, v in metadata.items()})
+    D.barrier()
+
+
+def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                      drop_last=drop_last, persistent_workers=False, generator=torch.Generator(),
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) a fine-tune; returns a summary (final step, last loss, skipped steps, last/best metrics)."""
+    cfg = resolve(cfg)
+    info = D.setup(cfg.device)
+    stop = StopRequest()
+    try:
+        return _train(cfg, info, stop)
+    finally:
+        stop.close()
+        D.cleanup()
+
+
+def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
+    run = Path(cfg.out)
+    ckpt_dir = run / "checkpoints"
+    device = info.device
+    resume_from = list_checkpoints(ckpt_dir)[-1] if cfg.resume and list_checkpoints(ckpt_dir) else None
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_json(run / "config.json", cfg.to_dict(), indent=2)
+
+    # ---- data ------------------------------------------------------------------------------------------------------
+    data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
+    train_set = build_dataset(cfg.task, cfg.data, train=True, augment=cfg.augment, backgrounds=cfg.backgrounds,
+                              **data_kw)
+    val_set = build_dataset(cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
+
+    # ---- model -----------------------------------------------------------------------------------------------------
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    out_channels, label_info = _out_channels(cfg)
+    H, W = cfg.input_size
+    if H % 16 or W % 16:
+        raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
+    model = build_model(cfg.task, cfg.arch or "0.3b", out_channels=out_channels, head_channels=cfg.head_channels,
+                        pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
+    model_config = model.config
+    init_report = None
+    if cfg.init and resume_from is None:
+        init_report = load_initial_weights(model, cfg.init)
+    model.to(device)
+    bf16 = cfg.precision == "bf16"
+    if cfg.checkpointing != "none":
+        checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
+        if cfg.checkpointing == "blocks+head":
+            checkpoint_head(model.head)
+    if cfg.compile:
+        compile_blocks(model.backbone.blocks, model.head)
+    if cfg.fsdp:
+        model = D.shard_fsdp(model, model.backbone.blocks, info, bf16)
+    else:
+        model = D.wrap_ddp(model, info)
+    autocast_dtype = torch.bfloat16 if (bf16 and not cfg.fsdp) else None
+    optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, cfg.betas,
+                                num_layers=model_config.arch.depth)
+    schedule = Schedule(cfg.steps, cfg.warmup_steps, kind=cfg.schedule, milestones=cfg.milestones)
+    criterion = build_criterion(cfg.task, sigma=cfg.sigma or 6.0, ohkm_topk=cfg.ohkm_topk,
+                                class_weight=load_classes(cfg.classes).class_weight if cfg.task == "seg" else None,
+                                seg_loss_resolution=cfg.seg_loss_resolution)
+
+    # ---- resume ----------------------------------------------------------------------------------------------------
+    step, position, skipped_total = 0, 0, 0
+    best = {"value": None, "step": None}
+    if resume_from is not None:
+        meta = load_checkpoint(resume_from, model, optimizer, info)
+        step, position, skipped_total = meta["step"], meta["data_position"], meta.get("skipped_steps", 0)
+        best = meta.get("best", best)
+    else:
+        seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank dropout streams
+    global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
+    logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    if resume_from is not None:
+        logger.write(f"resumed from {resume_from} at step {step}")
+    elif init_report is not None:
+        logger.log("init", 0, source=str(cfg.init), **init_report)
+
+    sampler = TrainSampler(len(train_set), cfg.seed, info.rank, info.world_size, start=position)
+    loader = make_loader(train_set, sampler, cfg.batch_size, cfg.workers, device.type == "cuda", drop_last=True)
+    batches = iter(loader)
+
+    def compute_loss(host: dict) -> torch.Tensor:
+        batch = to_device(host, device)
+        return criterion(model(batch["image"]), batch)
+
+    def run_eval() -> dict | None:
+        if val_set is None:
+            return None
+        evaluator = build_evaluator(cfg.task, input_size=cfg.input_size, **_evaluator_kw(cfg, val_set))
+        val_loader = make_loader(val_set, EvalSampler(len(val_set), info.rank, info.world_size), cfg.batch_size,
+                                 cfg.workers, device.type == "cuda", drop_last=False)
+        metrics = evaluate(model, val_loader, evaluator, device, autocast_dtype, info.is_main)
+        logger.log("eval", step, **metrics)
+        value = metrics.get(cfg.best_metric)
+        if value is not None and math.isfinite(value) and (
+                best["value"] is None or (value > best["value"] if cfg.best_mode == "max" else value < best["value"])):
+            best.update(value=value, step=step)
+            export_weights(model, model_config, run / "best.safetensors", info,
+                           {"step": step, cfg.best_metric: value})
+        return metrics
+
+    def save(reason: str) -> None:
+        meta = {"step": step, "data_position": position, "skipped_steps": skipped_total, "best": best,
+                "config": cfg.to_dict(), "world_size": info.world_size}
+        path = save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
+        if info.is_main:
+            prune_checkpoints(ckpt_dir, cfg.keep_last)
+            logger.log("checkpoint", step, path=str(path), reason=reason)
+
+    # ---- loop ------------------------------------------------------------------------------------------------------
+    model.train()
+    last_metrics, result = None, None
+    window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+    while step < cfg.steps:
+        lr = cfg.lr * schedule.factor(step)
+        set_lr(optimizer, lr)
+        micro = [next(batches) for _ in range(cfg.grad_accum)]
+        result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype, device.type)
+        step += 1
+        position += global_batch
+        window["steps"] += 1
+        if result.skipped:
+            skipped_total += 1
+            window["skipped"] += 1
+            logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_total)
+        else:
+            window["loss"] += result.loss
+            window["n"] += 1
+        logger.advance()
+
+        if step % cfg.log_interval == 0 or step == cfg.steps:
+            elapsed = time.perf_counter() - window["t0"]
+            extra = {"max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}
+            logger.log("train", step, loss=window["loss"] / window["n"] if window["n"] else None, lr=lr,
+                       grad_norm=result.grad_norm,
+                       images_per_s=window["steps"] * global_batch / max(elapsed, 1e-9),
+                       skipped=window["skipped"], **extra)
+            window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+        if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
+            last_metrics = run_eval()
+        stop_now = stop.requested
+        if info.distributed:  # every rank must stop at the same step
+            stop_now = bool(D.all_reduce_sum(torch.tensor([float(stop_now)], device=device)).item())
+        if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
+            save("signal" if stop_now else "interval" if step < cfg.steps else "final")
+        if stop_now:
+            logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
+                         f"resume with --resume")
+            logger.close()
+            return {"step": step, "stopped": True, "skipped_steps": skipped_total,
+                    "loss": result.loss if result else None}
+
+    last_metrics = run_eval() or last_metrics
+    export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
+    logger.close()
+    return {"step": step, "stopped": False, "skipped_steps": skipped_total, "loss": result.loss if result else None,
+            "metrics": last_metrics, "best": best}
+
+
+def _evaluator_kw(cfg: TrainConfig, val_set) -> dict:
+    if cfg.task == "pose":
+        return {"keypoint_gt": val_set.coco, "keypoint_set": val_set.layout.keypoints}
+    if cfg.task == "seg":
+        classes = load_classes(cfg.classes)
+        return {"num_classes": classes.num_classes, "class_names": classes.names}
+    return {}

@@ -1,0 +1,52 @@
+"""Start a fine-tune from existing weights: an official pre-training ``_clean.pth``, an official task checkpoint,
+or one of ours.
+
+Pre-training checkpoints carry a cls token and a 64x64 (+1 cls slot) position table for 1024x1024 inputs; the
+official fine-tunes drop the cls token and the cls row and resize the table bicubically to the fine-tune grid
+(64x48 at 1024x768). The head is loaded only when the checkpoint has one of the same task and shape (a 308-keypoint
+head cannot start a 17-keypoint model; the backbone still can).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..checkpoints import load_state
+from ..models.sapiens import SapiensModel
+from ..models.vit import resize_pos_embed
+
+
+def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
+    """Copy what fits from a checkpoint into ``model``; returns {"backbone": n_tensors, "head": n_tensors,
+    "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth)."""
+    src_cfg, sd = load_state(path_or_name)
+    ours = model.state_dict()
+    backbone = {k: v for k, v in sd.items() if k.startswith("backbone.") and k != "backbone.cls_token"}
+    pos = backbone.get("backbone.pos_embed")
+    if pos is not None:
+        if src_cfg.with_cls_token:
+            pos = pos[:, 1:]
+        elif pos.shape[1] == src_cfg.pos_grid[0] * src_cfg.pos_grid[1] + 1:
+            pos = pos[:, 1:]  # a pre-training table read without its cls token
+        dst_grid = model.backbone.pos_grid
+        backbone["backbone.pos_embed"] = resize_pos_embed(pos.float(), tuple(src_cfg.pos_grid), dst_grid)
+    missing = [k for k in ours if k.startswith("backbone.") and k not in backbone]
+    wrong = [k for k, v in backbone.items() if k in ours and ours[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(f"{path_or_name}: its backbone ({src_cfg.arch.name}) does not fit the model "
+                         f"({model.config.arch.name}); missing {missing[:3]}, mismatched {wrong[:3]}")
+    head = {k: v for k, v in sd.items() if k.startswith("head.")}
+    reason = ""
+    if not head:
+        reason = "checkpoint has no head"
+    elif src_cfg.task != model.task:
+        reason = f"checkpoint head is for {src_cfg.task}, not {model.task}"
+    elif any(k not in ours or ours[k].shape != v.shape for k, v in head.items()) or \
+            len(head) != sum(k.startswith("head.") for k in ours):
+        reason = "checkpoint head has other shapes (different keypoints/classes or head width)"
+    if reason:
+        head = {}
+    with torch.no_grad():
+        for k, v in {**backbone, **head}.items():
+            ours[k].copy_(v.to(ours[k].dtype))
+    return {"backbone": len(backbone), "head": len(head), "skipped_head": reason}

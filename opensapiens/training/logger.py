@@ -1,0 +1,97 @@
+"""Run logging on rank 0: ``RUN/metrics.jsonl`` (one JSON object per event), TensorBoard if installed, a progress bar.
+
+Each line has ``event`` ("train", "eval", "skip", "checkpoint", ...), ``step`` and the values by name, e.g.
+    {"event": "train", "step": 100, "loss": 0.0123, "lr": 4.9e-4, "grad_norm": 0.8, "images_per_s": 31.2}
+    {"event": "eval", "step": 1000, "mIoU": 0.61, "mAcc": 0.72, "aAcc": 0.93}
+On resume, lines after the resumed step (written by the interrupted run after its last checkpoint) are dropped, so
+the file reads as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _scalar(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/inf
+    return v
+
+
+class RunLogger:
+    def __init__(self, run_dir: str | Path, enabled: bool = True, total_steps: int = 0, start_step: int = 0,
+                 tensorboard: bool = True, progress: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self._tb = self._bar = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._truncate_after(start_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step or None)
+            except ImportError:  # tensorboard is optional
+                self._tb = None
+        if progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def _truncate_after(self, step: int) -> None:
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line cut by a crash
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def log(self, event: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"event": event, "step": step, "time": round(time.time(), 3)}
+        record.update({k: _scalar(v) for k, v in values.items() if not isinstance(v, (dict, list))})
+        with open(self.path, "a") as f:  # one line per event; nothing buffered is lost on a crash
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in record.items():
+                if k not in ("event", "step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self._tb.add_scalar(f"{event}/{k}", v, step)
+        if self._bar is not None and event == "train":
+            self._bar.set_postfix({k: f"{record[k]:.4g}" for k in ("loss", "lr") if isinstance(record.get(k), float)})
+
+    def advance(self, n: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def write(self, message: str) -> None:
+        """A human-readable line (through the progress bar when there is one)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.close()
+        if self._bar is not None:
+            self._bar.close()

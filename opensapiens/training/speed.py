@@ -1,0 +1,91 @@
+"""Activation checkpointing and torch.compile, applied in place (parameter names and state dicts are unchanged).
+
+Blocks: each checkpointed block keeps only its input (B, N, C) and recomputes the rest in backward; ``save_attention``
+keeps the attention output too (selective checkpointing), so flash attention is not run twice.
+
+Head: at 1024x768 the 768-channel head's activations dominate memory (each (B, 768, 512, 384) map is 300 MB per
+image in bf16, and every stage stores conv output, InstanceNorm output and SiLU output). ``checkpoint_head`` splits
+the head into regions [norm, act, next conv] and keeps only the convolution outputs: InstanceNorm and SiLU (cheap,
+memory-bound) are recomputed in backward, the convolutions are not. One map per stage instead of three.
+
+Both wrap ``module.forward`` so they compose with FSDP2 (whose hooks wrap ``__call__``) and with DDP.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+from ..models.heads import DeconvHead
+
+_CONV = {torch.ops.aten.convolution.default}
+_ATTENTION = {getattr(torch.ops.aten, name).default
+              for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+                           "_scaled_dot_product_cudnn_attention") if hasattr(torch.ops.aten, name)}
+
+
+def _saving(ops: set) -> Callable:
+    """A ``context_fn`` for selective checkpointing that stores the outputs of ``ops`` and recomputes the rest."""
+
+    def policy(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in ops else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return functools.partial(create_selective_checkpoint_contexts, policy)
+
+
+def _checkpointed(module: nn.Module, fn: Callable, context_fn: Callable | None = None) -> Callable:
+    def forward(*args, **kwargs):
+        if not (module.training and torch.is_grad_enabled()):
+            return fn(*args, **kwargs)
+        kw = {"context_fn": context_fn} if context_fn is not None else {}
+        return checkpoint(fn, *args, use_reentrant=False, **kw, **kwargs)
+
+    return forward
+
+
+def checkpoint_blocks(blocks: nn.ModuleList, num_blocks: int | None = None, save_attention: bool = False) -> int:
+    """Checkpoint the first ``num_blocks`` blocks (all if None); returns how many were wrapped."""
+    n = len(blocks) if num_blocks is None else max(0, min(num_blocks, len(blocks)))
+    ctx = _saving(_ATTENTION) if save_attention else None
+    for block in list(blocks)[:n]:
+        block.forward = _checkpointed(block, block.forward, ctx)
+    return n
+
+
+def checkpoint_head(head: DeconvHead) -> None:
+    """Keep one activation per head stage (the convolution output); see the module docstring."""
+    layers = [*head.deconv_layers, *head.conv_layers]
+    convs, norms, acts = layers[0::3], layers[1::3], layers[2::3]  # Sequential of (conv, InstanceNorm, SiLU) stages
+    plain_forward = head.forward
+    save_convs = _saving(_CONV)
+
+    def region(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(x: torch.Tensor) -> torch.Tensor:
+            x = acts[i](norms[i](x))
+            return convs[i + 1](x) if i + 1 < len(convs) else head.final(head.dropout(x))
+
+        return run
+
+    regions = [region(i) for i in range(len(convs))]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not (head.training and torch.is_grad_enabled()):
+            return plain_forward(x)
+        x = convs[0](x)
+        for run in regions:
+            x = checkpoint(run, x, use_reentrant=False, context_fn=save_convs)
+        return x
+
+    head.forward = forward
+
+
+def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None:
+    """torch.compile each block's forward (and the head's): fuses LayerNorm, GELU, residual adds, norm + SiLU."""
+    for block in blocks:
+        block.forward = torch.compile(block.forward)
+    if head is not None:
+        head.forward = torch.compile(head.forward)

@@ -1,0 +1,116 @@
+"""Training checkpoints that resume bit-exactly: weights, optimizer, step, data position and every RNG.
+
+A checkpoint is one ``torch.save`` file, ``RUN/checkpoints/step_00001000.pt``, written by rank 0 to a temporary
+name and renamed (a crash mid-write never leaves a truncated "latest"). It holds full (unsharded) state dicts keyed
+by parameter name, gathered through ``torch.distributed.checkpoint.state_dict``, so a run saved under FSDP on 8
+GPUs resumes under DDP on 2 or on one GPU. It loads with ``weights_only=True``: nothing in it executes code.
+
+RNG states (python, numpy, torch CPU, CUDA) are saved per rank. The data position needs no state of its own: the
+sample stream is a pure function of (seed, position), see ``opensapiens.data.sampler``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+
+from .distributed import DistInfo, barrier, gather_objects
+
+_NAME = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def rng_state() -> dict:
+    """This process's python, numpy, torch and CUDA generator states (tensors and plain containers only)."""
+    np_state = np.random.get_state(legacy=False)
+    state = {
+        "python": random.getstate(),
+        "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                  "pos": int(np_state["state"]["pos"]), "has_gauss": int(np_state["has_gauss"]),
+                  "gauss": float(np_state["gauss"])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state({"bit_generator": "MT19937", "has_gauss": n["has_gauss"], "gauss": n["gauss"],
+                         "state": {"key": n["key"].numpy().astype(np.uint32), "pos": n["pos"]}})
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Unsharded model (and optimizer) state dicts on CPU, keyed by parameter name (complete on rank 0)."""
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    if optimizer is None:
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        return get_model_state_dict(model, options=opts), {}
+    return get_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer, meta: dict[str, Any],
+                    info: DistInfo) -> Path | None:
+    """Collective: every rank calls it; rank 0 writes ``{model, optimizer, rng: [per rank], **meta}`` atomically."""
+    model_sd, optim_sd = full_state(model, optimizer)
+    rngs = gather_objects(rng_state())
+    path = Path(path)
+    if info.is_main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"model": model_sd, "optimizer": optim_sd, "rng": rngs, **meta}, tmp)
+        os.replace(tmp, path)
+    barrier()
+    return path if info.is_main else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    info: DistInfo) -> dict[str, Any]:
+    """Restore weights, optimizer and this rank's RNG; returns the remaining metadata (step, config, ...)."""
+    broadcast = info.distributed
+    ckpt = torch.load(path, map_location="cpu", weights_only=True) if (info.is_main or not broadcast) else {}
+    meta = gather_objects({k: v for k, v in ckpt.items() if k not in ("model", "optimizer")})[0]
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
+    if optimizer is not None:
+        set_state_dict(model, optimizer, model_state_dict=ckpt.get("model", {}),
+                       optim_state_dict=ckpt.get("optimizer", {}), options=opts)
+    else:
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        set_model_state_dict(model, ckpt.get("model", {}), options=opts)
+    rngs = meta.pop("rng")
+    set_rng_state(rngs[info.rank % len(rngs)])
+    return meta
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """``step_*.pt`` files in ``folder``, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    return Path(folder) / f"step_{step:08d}.pt"
+
+
+def prune_checkpoints(folder: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (0 keeps everything)."""
+    if keep_last > 0:
+        for p in list_checkpoints(folder)[:-keep_last]:
+            p.unlink(missing_ok=True)

@@ -1,0 +1,64 @@
+"""One optimizer step: gradient accumulation, clipping, and skipping a step whose loss or gradient is not finite.
+
+Shared by fine-tuning and MAE pre-training. Under DDP / FSDP every rank reaches the same skip decision: the loss is
+summed over ranks and the gradient norm is computed on the synchronized gradients, so a NaN anywhere is a NaN
+everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .distributed import all_reduce_sum, gradient_sync
+
+
+@dataclass
+class StepResult:
+    loss: float  # mean over micro-batches and ranks
+    grad_norm: float  # total L2 norm before clipping
+    skipped: bool  # True: non-finite loss or gradient, parameters untouched
+
+
+def _total_norm(norm: torch.Tensor) -> torch.Tensor:
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2 returns a DTensor
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable,
+               compute_loss: Callable[[object], torch.Tensor], clip_grad: float = 0.0,
+               autocast_dtype: torch.dtype | None = None, device_type: str = "cpu") -> StepResult:
+    """Forward/backward every micro-batch (loss averaged over them), then clip and step unless non-finite.
+
+    Args:
+        micro_batches: the ``grad_accum`` micro-batches of this step (an iterator is consumed lazily).
+        compute_loss: micro-batch -> scalar loss (forward and loss; runs under autocast when ``autocast_dtype``).
+        clip_grad: max total L2 norm (0: no clipping; the norm is still computed for logging).
+    """
+    batches = list(micro_batches) if not isinstance(micro_batches, list) else micro_batches
+    n = len(batches)
+    optimizer.zero_grad(set_to_none=True)
+    device = next(p.device for p in model.parameters())
+    loss_sum = torch.zeros((), device=device, dtype=torch.float32)
+    amp = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else \
+        contextlib.nullcontext()
+    for i, batch in enumerate(batches):
+        with gradient_sync(model, enabled=i == n - 1):
+            with amp:
+                loss = compute_loss(batch)
+            (loss / n).backward()
+        loss_sum += loss.detach().float()
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = _total_norm(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
+    stats = all_reduce_sum(torch.stack([loss_sum / n, torch.ones((), device=device)]))
+    loss_mean, grad_norm = (stats[0] / stats[1]).item(), float(norm)
+    skipped = not (math.isfinite(loss_mean) and math.isfinite(grad_norm))
+    if skipped:
+        optimizer.zero_grad(set_to_none=True)
+    else:
+        optimizer.step()
+    return StepResult(loss_mean, grad_norm, skipped)
