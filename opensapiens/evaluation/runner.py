@@ -1,0 +1,302 @@
+"""Dataset-level evaluation: score saved predictions against ground truth, or run a predictor over a dataset folder.
+
+Both stream: one file (or one chunk of images) at a time goes through the metric accumulators, so memory does not
+grow with the dataset. A sample that cannot be scored (missing prediction or GT, unreadable file, shape mismatch,
+label out of range) is skipped and listed under ``skipped`` with the reason; it is never silently counted.
+
+Dataset folder (the synthetic-data layout, see ``opensapiens.synth``): ``images/NAME.png``, ``seg/NAME.png`` (class
+ids), ``masks/NAME.png`` (instance ids, 0 = background), ``depths/NAME.npy`` (metres, 0 = background),
+``normals/NAME.npy`` (H x W x 3, 0 = background), ``annotations.json`` (COCO keypoints, GT person boxes).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..metadata import conversion_indices, keypoint_set, seg_classes
+from .depth import DepthAccumulator
+from .normals import NormalAccumulator
+from .pose import annotation_keypoints, evaluate_keypoints, read_coco_json
+from .segmentation import SegConfusion
+
+TASKS = ("pose", "seg", "depth", "normal")
+GT_DIRS = {"seg": ("seg", ".png"), "depth": ("depths", ".npy"), "normal": ("normals", ".npy")}
+
+
+# ------------------------------------------------------------------------------------------------------ file reading
+
+
+def read_label_png(path: Path) -> np.ndarray:
+    """(H, W) integer class ids from a single-channel (or palette) PNG."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode not in ("L", "P", "I", "I;16", "1"):
+            raise ValueError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")
+        return np.asarray(im).astype(np.int64 if im.mode == "I" else np.uint16 if im.mode == "I;16" else np.uint8)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """(H, W) bool foreground: nonzero pixels of a PNG (any channel) or ``.npy``."""
+    if path.suffix == ".npy":
+        m = np.load(path, allow_pickle=False)
+    else:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            m = np.asarray(im)
+    return (m != 0).any(-1) if m.ndim == 3 else m != 0
+
+
+def read_npy(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def resolve_classes(spec: str | int | Sequence[str] | None) -> tuple[str, ...]:
+    """Class names from "goliath" (28), "face" (19), a class count, a comma list or a text file (one per line)."""
+    if spec is None:
+        return seg_classes("goliath").names
+    if not isinstance(spec, (str, int)):
+        return tuple(spec)
+    if str(spec) in ("goliath", "28", "face", "19"):
+        return seg_classes(spec).names
+    if isinstance(spec, int) or spec.isdigit():
+        return tuple(f"class_{i}" for i in range(int(spec)))
+    if Path(spec).is_file():
+        return tuple(line.strip() for line in Path(spec).read_text().splitlines() if line.strip())
+    if "," in spec:
+        return tuple(s.strip() for s in spec.split(","))
+    raise ValueError(f"unknown class list {spec!r}: use goliath, face, a class count, a comma list or a text file")
+
+
+def _mask_file(masks: Path, name: str) -> Path | None:
+    for ext in (".png", ".npy"):
+        if (masks / f"{name}{ext}").is_file():
+            return masks / f"{name}{ext}"
+    return None
+
+
+def _progress(items, total: int, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, file=sys.stderr, leave=False)
+
+
+def _finish(task: str, metrics: dict, protocol: dict, skipped: list[dict]) -> dict:
+    return {"task": task, **metrics, "protocol": protocol, "skipped": skipped}
+
+
+def _dense_accumulator(task: str, classes, align: str, ignore_index: int):
+    if task == "seg":
+        names = resolve_classes(classes)
+        return SegConfusion(len(names), ignore_index, names)
+    return DepthAccumulator(align) if task == "depth" else NormalAccumulator()
+
+
+def _protocol(task: str, acc, align: str) -> dict:
+    if task == "seg":
+        return {"classes": list(acc.class_names), "ignore_index": acc.ignore_index}
+    if task == "depth":
+        return {"align": align, "average": "per image, then over images"}
+    return {"average": "pooled over all pixels", "median": f"histogram, {acc.bin_width} degree bins"}
+
+
+# --------------------------------------------------------------------------------------------- saved predictions
+
+
+def infer_keypoint_set(gt) -> str:
+    """The layout of a COCO keypoint GT from its first annotation (17, 133 or 308 keypoints)."""
+    anns = read_coco_json(gt, "ground truth").get("annotations") or []
+    if not anns:
+        raise ValueError("ground truth has no annotations to infer the keypoint layout from; pass --keypoints")
+    a = anns[0]
+    if "goliath_wholebody_kpts" in a:
+        return "goliath"
+    if "foot_kpts" in a:
+        return "wholebody"
+    n = len(a.get("keypoints", [])) // 3
+    if n not in (17, 133, 308):
+        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 (or pass --keypoints)")
+    return keypoint_set(n).name
+
+
+def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: str | None = None,
+                   masks: str | Path | None = None, classes=None, align: str = "lstsq", ignore_index: int = 255,
+                   limit: int | None = None, progress: bool = False) -> dict:
+    """Score saved predictions against ground truth.
+
+    pose: ``pred`` and ``gt`` are COCO keypoint JSON files. seg: folders of PNG label maps. depth / normal: folders
+    of ``.npy`` maps, foreground from ``masks`` (``NAME.png`` or ``NAME.npy``, nonzero = foreground) or, without it,
+    the GT's nonzero finite pixels. Files are paired by name; the GT folder decides which samples exist.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    if task == "pose":
+        gt_data = read_coco_json(gt, "ground truth")
+        name = keypoints or infer_keypoint_set(gt_data)
+        metrics = evaluate_keypoints(gt_data, pred, name)
+        return _finish(task, metrics, {"keypoints": keypoint_set(name).name, "source": "saved"}, [])
+    pred, gt = Path(pred), Path(gt)
+    for what, d in (("prediction", pred), ("ground truth", gt)) + ((("mask", Path(masks)),) if masks else ()):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{what} folder not found: {d}")
+    ext = GT_DIRS[task][1]
+    gt_files = sorted(gt.glob(f"*{ext}"))[:limit]
+    if not gt_files:
+        raise FileNotFoundError(f"no {ext} ground truth files in {gt}")
+    acc = _dense_accumulator(task, classes, align, ignore_index)
+    skipped: list[dict] = []
+    for g in _progress(gt_files, len(gt_files), progress, f"eval {task}"):
+        p = pred / g.name
+        m = _mask_file(Path(masks), g.stem) if masks else None
+        if not p.is_file():
+            skipped.append({"name": g.stem, "reason": f"no prediction {p.name} in {pred}"})
+            continue
+        if masks and m is None:
+            skipped.append({"name": g.stem, "reason": f"no mask {g.stem}.png/.npy in {masks}"})
+            continue
+        try:
+            if task == "seg":
+                acc.update(read_label_png(p), read_label_png(g))
+            else:
+                acc.update(read_npy(p), read_npy(g), None if m is None else read_mask(m))
+        except (OSError, ValueError, TypeError) as e:
+            skipped.append({"name": g.stem, "reason": str(e)})
+    protocol = {**_protocol(task, acc, align), "source": "saved", "masks": str(masks) if masks else "gt nonzero"}
+    return _finish(task, acc.compute(), protocol, skipped)
+
+
+# -------------------------------------------------------------------------------------------------- model on data
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _convert_gt(gt: dict, src: str, dst: str) -> dict:
+    """A copy of a COCO keypoint GT with every annotation's keypoints converted to another layout (flat)."""
+    if src == dst:
+        return gt
+    dst_ids, src_ids = conversion_indices(src, dst)
+    k_src, k_dst = keypoint_set(src).num_keypoints, keypoint_set(dst).num_keypoints
+    anns = []
+    for a in gt["annotations"]:
+        kp = annotation_keypoints(a, k_src, f"ground truth annotation {a.get('id', '?')}")
+        out = np.zeros((k_dst, 3))
+        out[dst_ids] = kp[src_ids]
+        anns.append({**a, "keypoints": out.ravel().tolist(), "num_keypoints": int((out[:, 2] > 0).sum())})
+    return {**gt, "annotations": anns}
+
+
+def _image_path(data: Path, file_name: str) -> Path:
+    for cand in (data / "images" / file_name, data / file_name, data / "images" / Path(file_name).name):
+        if cand.is_file():
+            return cand
+    return data / "images" / file_name
+
+
+def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: int | None, batch_images: int,
+                         progress: bool) -> dict:
+    from ..io import read_image
+
+    gt = read_coco_json(data / "annotations.json", "ground truth")
+    gt_name = infer_keypoint_set(gt)
+    k_gt = keypoint_set(gt_name).num_keypoints
+    by_image: dict = {}
+    for a in gt["annotations"]:  # top-down with GT boxes: every non-crowd person with a labelled keypoint
+        kp = annotation_keypoints(a, k_gt, f"ground truth annotation {a.get('id', '?')}")
+        if not a.get("iscrowd", 0) and (kp[:, 2] > 0).any():
+            x, y, w, h = a["bbox"]
+            by_image.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
+    images = [im for im in gt["images"] if im["id"] in by_image][:limit]
+    results, skipped, eval_name = [], [], keypoints
+    for chunk in _progress(list(_chunks(images, batch_images)), -(-len(images) // batch_images), progress,
+                           "eval pose"):
+        loaded = []
+        for im in chunk:
+            try:
+                loaded.append((im, read_image(_image_path(data, im["file_name"]))))
+            except (OSError, ValueError) as e:
+                skipped.append({"name": im["file_name"], "image_id": im["id"], "reason": str(e)})
+        if not loaded:
+            continue
+        boxes = [np.asarray(by_image[im["id"]], np.float32) for im, _ in loaded]
+        for (im, _), res in zip(loaded, predictor.predict_batch([x for _, x in loaded], boxes=boxes)):
+            model_name = keypoint_set(res.keypoint_set).name
+            if eval_name is None:  # score in the smaller of the two layouts (conversions go 308 -> 133 -> 17)
+                eval_name = min((gt_name, model_name), key=lambda n: keypoint_set(n).num_keypoints)
+            if model_name != eval_name:
+                res = res.convert(eval_name)
+            results += res.to_coco(im["id"])
+    eval_name = eval_name or gt_name
+    evaluated = {im["id"] for im in images} - {s["image_id"] for s in skipped}
+    gt_eval = _convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
+    gt_eval["annotations"] = [a for a in gt_eval["annotations"] if a["image_id"] in evaluated]
+    metrics = evaluate_keypoints(gt_eval, results, eval_name)
+    protocol = {"keypoints": eval_name, "boxes": "ground truth (top-down)", "instance_score": "bbox_keypoint, thr 0.2",
+                "num_images": len(evaluated)}
+    return _finish("pose", metrics, protocol, skipped)
+
+
+def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | None = None, classes=None,
+                   align: str = "lstsq", ignore_index: int = 255, limit: int | None = None, batch_images: int = 4,
+                   progress: bool = False) -> dict:
+    """Run ``predictor`` (see ``opensapiens.inference.predictors``) over a dataset folder and score it.
+
+    The predictor needs ``predict_batch(images, ...)`` returning ``PoseResult`` / ``SegResult`` / ``DepthResult`` /
+    ``NormalResult``. Pose is top-down with the GT boxes of ``annotations.json``; depth and normals are predicted
+    without a mask and scored on the GT foreground (``masks/``, else the GT's nonzero pixels).
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    data = Path(data)
+    if not (data / "images").is_dir():
+        raise FileNotFoundError(f"{data}: no images/ folder (expected the synthetic-data layout)")
+    if task == "pose":
+        if not (data / "annotations.json").is_file():
+            raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
+        return _evaluate_pose_model(predictor, data, keypoints, limit, batch_images, progress)
+    from ..io import read_image
+
+    gt_dir, ext = GT_DIRS[task]
+    if not (data / gt_dir).is_dir():
+        raise FileNotFoundError(f"{data}: no {gt_dir}/ folder with the {task} ground truth")
+    if classes is None and task == "seg" and getattr(predictor, "class_names", None):
+        classes = predictor.class_names
+    acc = _dense_accumulator(task, classes, align, ignore_index)
+    names = sorted(p.stem for p in (data / "images").glob("*.png"))[:limit]
+    skipped: list[dict] = []
+    for chunk in _progress(list(_chunks(names, batch_images)), -(-len(names) // batch_images), progress,
+                           f"eval {task}"):
+        loaded = []
+        for name in chunk:
+            g = data / gt_dir / f"{name}{ext}"
+            if not g.is_file():
+                skipped.append({"name": name, "reason": f"no ground truth {g}"})
+                continue
+            try:
+                m = _mask_file(data / "masks", name) if task != "seg" else None
+                gt_map = read_label_png(g) if task == "seg" else read_npy(g)
+                loaded.append((name, read_image(data / "images" / f"{name}.png"), gt_map,
+                               None if m is None else read_mask(m)))
+            except (OSError, ValueError) as e:
+                skipped.append({"name": name, "reason": str(e)})
+        if not loaded:
+            continue
+        for (name, _, gt_map, mask), res in zip(loaded, predictor.predict_batch([x[1] for x in loaded])):
+            try:
+                if task == "seg":
+                    acc.update(res.labels, gt_map)
+                else:
+                    acc.update(res.depth if task == "depth" else res.normals, gt_map, mask)
+            except (ValueError, TypeError) as e:
+                skipped.append({"name": name, "reason": str(e)})
+    protocol = {**_protocol(task, acc, align), "source": "model", "masks": "masks/ (else gt nonzero)"}
+    return _finish(task, acc.compute(), protocol, skipped)

@@ -1,0 +1,176 @@
+"""``opensapiens eval``: both modes end to end on tiny files, with answers known in closed form.
+
+Mode 2 (checkpoint on a dataset folder) runs through ``evaluate_model`` with fake predictors that return the real
+result dataclasses of ``opensapiens.inference.predictors``; the CLI's model loader is replaced by monkeypatching.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from opensapiens.cli import eval as eval_cli
+from opensapiens.cli.main import main
+from opensapiens.evaluation.runner import evaluate_model
+from opensapiens.inference.predictors import DepthResult, NormalResult, PoseResult, SegResult
+from opensapiens.metadata import keypoint_set
+
+H, W, N = 32, 24, 3
+GOLIATH = keypoint_set("goliath")
+
+
+def strict_json(path):
+    return json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def write_dataset(root, rng):
+    """The synthetic-data layout with N images; image i carries its index in pixel (0, 0) for the fakes."""
+    for d in ("images", "seg", "masks", "depths", "normals"):
+        (root / d).mkdir(parents=True)
+    images, anns, truth = [], [], []
+    for i in range(N):
+        name = f"s{i:03d}"
+        img = rng.integers(0, 255, (H, W, 3), dtype=np.uint8)
+        img[0, 0] = i
+        mask = np.zeros((H, W), np.uint8)
+        mask[4:28, 5:20] = 1
+        seg = (rng.integers(1, 28, (H, W)) * mask).astype(np.uint8)
+        depth = (rng.uniform(2.0, 3.0, (H, W)) * mask).astype(np.float32)
+        normals = rng.normal(size=(H, W, 3))
+        normals = (normals / np.linalg.norm(normals, axis=-1, keepdims=True) * mask[..., None]).astype(np.float32)
+        Image.fromarray(img).save(root / "images" / f"{name}.png")
+        Image.fromarray(seg).save(root / "seg" / f"{name}.png")
+        Image.fromarray(mask * 7).save(root / "masks" / f"{name}.png")
+        np.save(root / "depths" / f"{name}.npy", depth)
+        np.save(root / "normals" / f"{name}.npy", normals)
+        images.append({"id": i + 1, "file_name": f"{name}.png", "width": W, "height": H})
+        people = []
+        for j in range(2):
+            xy = rng.uniform([2 + 10 * j, 2], [12 + 10 * j, 30], (308, 2))
+            kp = np.concatenate([xy, np.full((308, 1), 2.0)], 1)
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "num_keypoints": 308,
+                         "bbox": [2.0 + 10 * j, 2.0, 10.0, 28.0], "area": 280.0, "keypoints": kp.ravel().tolist()})
+            people.append(xy)
+        truth.append({"seg": seg, "depth": depth, "normals": normals, "people": people})
+    (root / "annotations.json").write_text(json.dumps({"images": images, "annotations": anns,
+                                                       "categories": [{"id": 1, "name": "person"}]}))
+    return truth
+
+
+class FakePredictor:
+    """Answers from the ground truth (found through the index in pixel (0, 0)), with a documented distortion."""
+
+    def __init__(self, task, truth):
+        self.task, self.truth = task, truth
+        self.class_names = None
+
+    def predict_batch(self, images, boxes=None):
+        out = []
+        for b, im in enumerate(images):
+            t = self.truth[int(im[0, 0, 0])]
+            if self.task == "pose":  # GT keypoints, left hand moved 50 px away
+                kp = np.stack(t["people"]).astype(np.float32)
+                kp[:, list(GOLIATH.groups["left_hand"])] += 50.0
+                n = len(boxes[b])
+                out.append(PoseResult(kp[:n], np.full((n, 308), 0.9, np.float32), boxes[b], np.ones(n), "goliath"))
+            elif self.task == "seg":
+                out.append(SegResult(t["seg"]))
+            elif self.task == "depth":  # relative depth with another scale and shift
+                out.append(DepthResult((0.5 * t["depth"] + 3.0).astype(np.float32)))
+            else:
+                out.append(NormalResult(t["normals"]))
+        return out
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    return root, write_dataset(root, np.random.default_rng(0))
+
+
+def test_model_mode_pose_with_gt_boxes(dataset, tmp_path, monkeypatch):
+    root, truth = dataset
+    monkeypatch.setattr(eval_cli, "_load_predictor", lambda *a, **k: FakePredictor("pose", truth))
+    out = tmp_path / "pose.json"
+    assert main(["eval", "--task", "pose", "--checkpoint", "fake", "--data", str(root), "--out", str(out),
+                 "--quiet"]) == 0
+    r = strict_json(out)
+    # one group moved out of reach: its AP is 0, the others perfect; whole-body OKS = 288/308 = 0.935 -> AP 0.9
+    assert r["left_hand_AP"] == 0.0
+    assert all(r[f"{g}_AP"] == pytest.approx(1.0) for g in ("body", "foot", "face", "right_hand"))
+    assert r["AP"] == pytest.approx(0.9) and r["keypoint_set"] == "goliath" and r["num_gt"] == 2 * N
+    assert r["protocol"]["boxes"].startswith("ground truth") and r["protocol"]["flip_test"] is True
+
+    # scored in the 133 layout: GT and predictions converted by name; the 68 COCO-WB face points have no Goliath
+    # counterpart, so no GT person has a labelled face point and face AP is undefined (null)
+    r = evaluate_model("pose", FakePredictor("pose", truth), root, keypoints="wholebody")
+    assert r["left_hand_AP"] == 0.0 and r["body_AP"] == pytest.approx(1.0) and np.isnan(r["face_AP"])
+
+
+@pytest.mark.parametrize("task", ["seg", "depth", "normal"])
+def test_model_mode_dense(dataset, task):
+    root, truth = dataset
+    r = evaluate_model(task, FakePredictor(task, truth), root, batch_images=2)
+    assert r["skipped"] == [] and r["num_images"] == N
+    if task == "seg":
+        assert r["mIoU"] == 1.0 and r["num_classes_present"] == 28
+    elif task == "depth":  # an exact affine copy: least squares recovers it
+        assert r["rmse"] == pytest.approx(0.0, abs=1e-5) and r["delta1"] == 1.0
+    else:
+        assert r["mean"] == pytest.approx(0.0, abs=1e-3) and r["within_11.25"] == 1.0
+        assert r["num_pixels"] == N * 24 * 15
+
+
+def test_saved_mode_all_tasks(dataset, tmp_path, capsys):
+    root, truth = dataset
+    # seg: one prediction missing (reported as skipped), one pixel block wrong
+    (tmp_path / "seg").mkdir()
+    for i, t in enumerate(truth[:2]):
+        pred = t["seg"].copy()
+        if i == 1:
+            pred[0:4, :] = 5  # background pixels called class 5
+        Image.fromarray(pred).save(tmp_path / "seg" / f"s{i:03d}.png")
+    out = tmp_path / "seg.json"
+    assert main(["eval", "--task", "seg", "--pred", str(tmp_path / "seg"), "--gt", str(root / "seg"),
+                 "--out", str(out), "--quiet"]) == 0
+    r = strict_json(out)
+    gt_bg = sum(int((t["seg"] == 0).sum()) for t in truth[:2])
+    assert r["IoU"]["Background"] == pytest.approx((gt_bg - 4 * W) / gt_bg)
+    assert r["num_images"] == 2 and [s["name"] for s in r["skipped"]] == ["s002"]
+    assert "mIoU" in capsys.readouterr().out
+
+    # depth with explicit masks; normals with the GT's zero pixels as background
+    for task, key in (("depth", "depth"), ("normal", "normals")):
+        (tmp_path / task).mkdir()
+        for i, t in enumerate(truth):
+            np.save(tmp_path / task / f"s{i:03d}.npy", 2.0 * t[key] + 1.0 if task == "depth" else t[key])
+    out = tmp_path / "depth.json"
+    assert main(["eval", "--task", "depth", "--pred", str(tmp_path / "depth"), "--gt", str(root / "depths"),
+                 "--masks", str(root / "masks"), "--align", "minmax", "--out", str(out), "--quiet"]) == 0
+    r = strict_json(out)
+    assert r["rmse"] == pytest.approx(0.0, abs=1e-5) and r["delta1"] == 1.0 and r["protocol"]["align"] == "minmax"
+    out = tmp_path / "normal.json"
+    assert main(["eval", "--task", "normal", "--pred", str(tmp_path / "normal"), "--gt", str(root / "normals"),
+                 "--out", str(out), "--quiet"]) == 0
+    assert strict_json(out)["mean"] == pytest.approx(0.0, abs=1e-3)
+
+    # pose: results JSON of perfect predictions
+    gt = json.loads((root / "annotations.json").read_text())
+    res = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+           for a in gt["annotations"]]
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    out = tmp_path / "pose.json"
+    assert main(["eval", "--task", "pose", "--pred", str(tmp_path / "res.json"), "--gt",
+                 str(root / "annotations.json"), "--out", str(out)]) == 0
+    r = strict_json(out)
+    assert r["AP"] == pytest.approx(1.0) and r["face_AP"] == pytest.approx(1.0) and r["keypoint_set"] == "goliath"
+
+
+def test_bad_invocations(tmp_path, capsys):
+    assert main(["eval", "--task", "seg", "--pred", str(tmp_path)]) == 2
+    assert "either --pred and --gt" in capsys.readouterr().err
+    assert main(["eval", "--task", "depth", "--pred", str(tmp_path), "--gt", str(tmp_path / "nope")]) == 2
+    assert "not found" in capsys.readouterr().err
