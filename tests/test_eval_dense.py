@@ -188,14 +188,14 @@ def test_fit_scale_shift_and_align():
 
 def test_depth_accumulator_averages_per_image_and_skips_empty_images():
     rng = np.random.default_rng(4)
-    acc = DepthAccumulator("lstsq")
+    acc, other = DepthAccumulator("lstsq"), DepthAccumulator("lstsq")
     refs = []
     for i, (h, w) in enumerate([(24, 20), (30, 26), (16, 40)]):
         pred, gt, mask = depth_case(rng, h, w, nan_pixels=2 * i)
-        acc.update(pred, gt, mask)
+        (acc if i < 2 else other).update(pred, gt, mask)
         refs.append(depth_reference(pred, gt, mask, "lstsq"))
-    acc.update(np.ones((8, 8)), np.zeros((8, 8)))  # an all-background image
-    out = acc.compute()
+    other.update(np.ones((8, 8)), np.zeros((8, 8)))  # an all-background image
+    out = acc.merge(other).compute()
     for key in refs[0]:
         assert out[key] == pytest.approx(np.mean([r[key] for r in refs]), rel=1e-9), key
     assert out["num_images"] == 4 and out["empty_images"] == 1 and out["nonfinite_pred"] == 6
@@ -224,7 +224,7 @@ def normal_case(rng, h, w, spread=0.3):
 
 def test_normals_match_reference_pooled_over_images():
     rng = np.random.default_rng(5)
-    acc = NormalAccumulator()
+    parts = [NormalAccumulator(), NormalAccumulator()]  # two workers, merged below
     errors = []
     for i, (h, w) in enumerate([(21, 17), (33, 9), (15, 15)]):
         pred, gt, mask = normal_case(rng, h, w)
@@ -233,10 +233,10 @@ def test_normals_match_reference_pooled_over_images():
             pred[1, 1] = 0.0
             mask[:2, :2] = True
             gt[:2, :2] = (0.0, 0.0, 1.0)
-        acc.update(pred, gt, mask)
+        parts[i % 2].update(pred, gt, mask)
         errors.append(angle_reference(pred[mask].astype(np.float64), gt[mask].astype(np.float64)))
     err = np.concatenate(errors)
-    out = acc.compute()
+    out = parts[0].merge(parts[1]).compute()
     assert out["num_pixels"] == err.size and out["nonfinite_pred"] == 1 and out["zero_pred"] == 1
     assert out["mean"] == pytest.approx(err.mean(), rel=1e-6)  # float32 inputs; arccos vs atan2
     for t in (11.25, 22.5, 30.0):

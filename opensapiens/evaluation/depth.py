@@ -146,6 +146,17 @@ class DepthAccumulator:
                 self.counts[k] += 1
         return m
 
+    def merge(self, other: DepthAccumulator) -> DepthAccumulator:
+        """Add another accumulator's sums and counts (e.g. from another process)."""
+        if other.align != self.align:
+            raise ValueError(f"cannot merge {other.align!r}-aligned depth metrics into {self.align!r}-aligned ones")
+        for k in DEPTH_KEYS:
+            self.sums[k] += other.sums[k]
+            self.counts[k] += other.counts[k]
+        for k in ("num_images", "empty_images", "num_pixels", "nonfinite_pred"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
+
     def compute(self) -> dict:
         out = {k: self.sums[k] / self.counts[k] if self.counts[k] else float("nan") for k in DEPTH_KEYS}
         out.update(align=self.align, num_images=self.num_images, empty_images=self.empty_images,

@@ -12,8 +12,6 @@ bin that holds the ceil(N/2)-th smallest error, so it is within 0.01 degrees of 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .utils import as_mask, as_numpy
@@ -46,7 +44,6 @@ class NormalAccumulator:
         self.bin_width = bin_width
         self.hist = np.zeros(int(round(180.0 / bin_width)), dtype=np.int64)
         self.sum = 0.0
-        self.min, self.max = math.inf, -math.inf
         self.within = np.zeros(len(THRESHOLDS), dtype=np.int64)
         self.num_pixels = self.num_images = self.nonfinite_pred = self.zero_pred = 0
 
@@ -66,11 +63,20 @@ class NormalAccumulator:
         self.num_images += 1
         self.num_pixels += err.size
         self.sum += float(err.sum())
-        if err.size:
-            self.min, self.max = min(self.min, float(err.min())), max(self.max, float(err.max()))
         self.within += np.array([(err < t).sum() for t in THRESHOLDS], dtype=np.int64)
         bins = np.minimum((err / self.bin_width).astype(np.int64), self.hist.size - 1)
         self.hist += np.bincount(bins, minlength=self.hist.size)
+
+    def merge(self, other: NormalAccumulator) -> NormalAccumulator:
+        """Add another accumulator's state (e.g. from another process); all of it is sums and counts."""
+        if other.hist.size != self.hist.size:
+            raise ValueError("cannot merge accumulators with different histogram bins")
+        self.hist += other.hist
+        self.within += other.within
+        self.sum += other.sum
+        for k in ("num_pixels", "num_images", "nonfinite_pred", "zero_pred"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        return self
 
     def median(self) -> float:
         """The ceil(N/2)-th smallest error, from the histogram (error < one bin width)."""
@@ -81,8 +87,7 @@ class NormalAccumulator:
         cum = np.cumsum(self.hist)
         b = int(np.searchsorted(cum, rank))  # first bin with cum >= rank
         before = cum[b - 1] if b > 0 else 0
-        estimate = (b + (rank - before) / self.hist[b]) * self.bin_width
-        return float(min(max(estimate, self.min), self.max))  # exact when all errors are equal
+        return float((b + (rank - before) / self.hist[b]) * self.bin_width)
 
     def compute(self) -> dict:
         n = self.num_pixels
