@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.io import decode_image, decode_jpeg
@@ -129,15 +128,20 @@ def _pose_post(model, images: list[torch.Tensor], input_size: tuple[int, int]) -
     return list(torch.cat([kp, sc[..., None]], dim=-1))
 
 
-def _write(out_dir: Path | None, task: str, path: Path, result: np.ndarray) -> None:
+def _write(out_dir: Path | None, task: str, path: Path, result: torch.Tensor, ready: torch.cuda.Event | None
+           ) -> None:
+    """Writer thread: wait for this batch's device-to-host copy (not for the GPU's later work), then save."""
+    if ready is not None:
+        ready.synchronize()
     if out_dir is None:
         return
     from ..io.images import save_npy, save_png
 
+    array = result.numpy()
     if task == "seg":
-        save_png(out_dir / f"{path.stem}_seg.png", result)
+        save_png(out_dir / f"{path.stem}_seg.png", array)
     else:
-        save_npy(out_dir / f"{path.stem}_keypoints.npy", result)
+        save_npy(out_dir / f"{path.stem}_keypoints.npy", array)
 
 
 def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_size: tuple[int, int],
@@ -155,10 +159,16 @@ def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_siz
                 results = _seg_post(model(batch.to(dtype)), images)
             else:
                 results = _pose_post(model, images, input_size)
-            host = [r.to("cpu", non_blocking=True) for r in results]
-            if device.type == "cuda":
-                torch.cuda.current_stream(device).synchronize()
-            futures += [writer.submit(_write, out_dir, task, p, h.numpy()) for p, h in zip(batch_paths, host)]
+            ready = None
+            if device.type == "cuda":  # asynchronous copies into pinned memory; the GPU goes on to the next batch
+                host = [torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for r in results]
+                for h, r in zip(host, results):
+                    h.copy_(r, non_blocking=True)
+                ready = torch.cuda.Event()
+                ready.record()
+            else:
+                host = [r.cpu() for r in results]
+            futures += [writer.submit(_write, out_dir, task, p, h, ready) for p, h in zip(batch_paths, host)]
             done += len(batch_paths)
         for f in futures:
             f.result()
