@@ -6,6 +6,7 @@
   takes (the 2B model's 60) are zero-padded to the next multiple of 16, which is exact;
 * ``torch.compile`` (default mode: seconds, not minutes of autotuning) fuses LayerNorm, bias, GELU and residual
   adds around the cuBLAS GEMMs; Inductor's on-disk cache makes later processes start fast;
+* cuDNN autotuning (``cudnn.benchmark``) for the heads' high-resolution transposed convolutions;
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); heads stay in bf16.
 
@@ -130,6 +131,7 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     if device.type != "cuda":
         return model
     model.eval()
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its deconvolution algorithms once
     pad_attention_heads(model)
     if fp8:
         convert_to_fp8(model)
