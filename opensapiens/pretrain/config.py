@@ -1,0 +1,89 @@
+"""MAE pretraining configuration; the defaults are the official Sapiens ``humans_300m`` recipe.
+
+Official (reference/sapiens_v1_backbone_pretrain_lite.md §2): 1024x1024 inputs, mask ratio 0.75, decoder 512 x 8
+blocks x 16 heads, norm_pix loss, AdamW (0.9, 0.95) with weight decay 0.05 (none on norms, biases, position and
+cls/mask tokens), LR = 1.5e-4 x global batch / 256, linear warm-up from x1e-4 over 40/1600 of the run then cosine
+to 0, gradient clipping 1.0, RandomResizedCrop(scale 0.2-1.0, bicubic) + horizontal flip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+
+@dataclass
+class PretrainConfig:
+    data: str  # tar shards / image folder / glob / list (see opensapiens.data.shards.find_source)
+    out: str  # run folder
+    arch: str = "0.3b"
+    init: str | None = None  # continue from a pretrain checkpoint (official raw/clean .pth or ours)
+    resume: bool = False
+    steps: int = 1000
+    batch_size: int = 32  # per GPU per micro-batch
+    grad_accum: int = 1
+    input_size: tuple[int, int] = (1024, 1024)  # (H, W)
+    mask_ratio: float = 0.75
+    decoder_dim: int = 512
+    decoder_depth: int = 8
+    decoder_heads: int = 16
+    norm_pix: bool = True
+    # optimization
+    blr: float = 1.5e-4  # base LR per 256 images; LR = blr x global batch / 256 unless lr is given
+    lr: float | None = None
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float = 1.0
+    warmup_steps: int | None = None  # default: 40/1600 of the run, as the official schedule
+    warmup_start: float = 1e-4
+    # data
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    flip_prob: float = 0.5
+    shuffle_buffer: int = 256
+    gpu_jpeg: bool | None = None  # None: on when training on CUDA
+    workers: int = 4
+    # speed / memory
+    precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
+    checkpointing: str = "none"  # none | blocks (activation checkpointing of encoder and decoder blocks)
+    compile: bool = False
+    fsdp: bool = False
+    device: str | None = None
+    # run management
+    seed: int = 0
+    log_interval: int = 10
+    ckpt_interval: int = 1000
+    keep_last: int = 3
+    vis_interval: int = 0  # 0: reconstructions only at the end
+    export_official: bool = False  # also write backbone_clean.pth in the official key layout
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.checkpointing not in ("none", "blocks"):
+            raise ValueError(f"checkpointing must be none or blocks, got {self.checkpointing!r}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        H, W = self.input_size
+        if H % 16 or W % 16:
+            raise ValueError(f"input size {H}x{W} must be a multiple of 16 on both sides")
+
+    def global_lr(self, world_size: int) -> float:
+        if self.lr is not None:
+            return self.lr
+        return self.blr * self.batch_size * self.grad_accum * world_size / 256
+
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else round(self.steps * 40 / 1600)
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PretrainConfig:
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        for k in ("input_size", "betas", "crop_scale"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)

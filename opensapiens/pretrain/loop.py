@@ -1,0 +1,248 @@
+"""MAE pretraining of a Sapiens backbone, from a folder of images or tar shards to a backbone checkpoint.
+
+    opensapiens pretrain --data shards/ --arch 0.3b --steps 100000 --batch-size 32 --out runs/mae
+    torchrun --nproc_per_node 8 -m opensapiens.cli.main pretrain ... [--fsdp]     # DDP, or FSDP2 for 1b / 2b
+    opensapiens pretrain --out runs/mae --resume                                  # after a crash / SIGTERM
+
+The run folder is laid out as a fine-tune's (``opensapiens.training``, whose step, checkpoint, logging, signal and
+distributed machinery this loop shares): ``config.json``, ``checkpoints/step_*.pt`` (resumable: weights, optimizer,
+every rank's RNG and the data stream position of every loader worker), ``metrics.jsonl``, ``vis/step_*.png``
+reconstructions, and at the end ``backbone.safetensors`` (a "features" model for ``opensapiens train --init``),
+``mae.safetensors`` (encoder + decoder, for ``--init`` of a later pretraining) and, on request,
+``backbone_clean.pth`` in the official ``_clean.pth`` key layout.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoints import export_official, read_state_dict, resolve_checkpoint, save_model
+from ..data.shards import LoaderState, StreamingImages, find_source
+from ..io.images import save_json, save_png
+from ..models.mae import MAE, MAEConfig
+from ..models.vit import get_arch
+from ..training import distributed as D
+from ..training import state as ckpt
+from ..training.finetune import seed_everything
+from ..training.logger import RunLogger
+from ..training.optim import build_optimizer, set_lr
+from ..training.schedule import Schedule
+from ..training.signals import StopRequest
+from ..training.speed import checkpoint_blocks, compile_blocks
+from ..training.step import train_step
+from .config import PretrainConfig
+from .prefetch import DevicePrefetcher
+from .visualize import reconstruction_grid
+
+
+def lr_factor(step: int, total: int, warmup: int, warmup_start: float = 1e-4) -> float:
+    """Official MAE schedule: linear warm-up from ``warmup_start`` to 1 over ``warmup`` steps, THEN a cosine from 1
+    to 0 over the remaining steps (sequential, as mmengine's LinearLR followed by CosineAnnealingLR)."""
+    if step < warmup:
+        return Schedule(warmup, warmup, warmup_start, kind="constant").factor(step)
+    return Schedule(max(total - warmup, 1), kind="cosine").factor(step - warmup)
+
+
+def mae_config(cfg: PretrainConfig) -> MAEConfig:
+    return MAEConfig(get_arch(cfg.arch), tuple(cfg.input_size), cfg.decoder_dim, cfg.decoder_depth,
+                     cfg.decoder_heads, cfg.norm_pix)
+
+
+def pretrain(cfg: PretrainConfig) -> dict:
+    """Run (or resume) MAE pretraining; returns a summary (step, last loss, skipped steps and samples, outputs)."""
+    info = D.setup(cfg.device)
+    stop = StopRequest()
+    try:
+        return _pretrain(cfg, info, stop)
+    finally:
+        stop.close()
+        D.cleanup()
+
+
+def _loader_state(meta: dict | None, num_slots: int, logger: RunLogger) -> LoaderState | None:
+    if meta is None:
+        return None
+    state = LoaderState.from_dict(meta)
+    if state.num_slots == num_slots:
+        return state
+    epoch = max((e for e, _ in state.cursors.values()), default=0)
+    logger.write(f"warning: the run was saved with {state.num_slots} data slots (ranks x workers), this one has "
+                 f"{num_slots}: the data stream restarts epoch {epoch} (not an exact resume)")
+    return LoaderState(num_slots, 0, {s: (epoch, 0) for s in range(num_slots)})
+
+
+def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
+    run = Path(cfg.out)
+    ckpt_dir = run / "checkpoints"
+    device = info.device
+    checkpoints = ckpt.list_checkpoints(ckpt_dir)
+    resume_from = checkpoints[-1] if cfg.resume and checkpoints else None
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_json(run / "config.json", cfg.to_dict(), indent=2)
+    source = find_source(cfg.data)
+
+    # ---- model -----------------------------------------------------------------------------------------------------
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    mcfg = mae_config(cfg)
+    model = MAE(mcfg)
+    init_report = None
+    if cfg.init and resume_from is None:
+        sd, _ = read_state_dict(resolve_checkpoint(cfg.init))
+        loaded = model.load_pretrained(sd)
+        init_report = {"tensors": len(loaded), "decoder": any(k.startswith("decoder.") for k in loaded)}
+    model.to(device)
+    bf16 = cfg.precision == "bf16"
+    block_lists = [model.backbone.blocks, model.decoder.blocks]
+    for blocks in block_lists:
+        if cfg.checkpointing == "blocks":
+            checkpoint_blocks(blocks)
+        if cfg.compile:
+            compile_blocks(blocks)
+    if cfg.fsdp:
+        model = D.shard_fsdp(model, [b for blocks in block_lists for b in blocks], info, bf16)
+    else:
+        model = D.wrap_ddp(model, info)
+    bare: MAE = D.unwrap(model)
+    autocast_dtype = torch.bfloat16 if (bf16 and not cfg.fsdp) else None
+    lr = cfg.global_lr(info.world_size)
+    optimizer = build_optimizer(model, lr, cfg.weight_decay, 1.0, cfg.betas)
+    warmup = cfg.warmup()
+
+    # ---- resume ----------------------------------------------------------------------------------------------------
+    step, skipped_steps, skipped_samples = 0, 0, 0
+    loader_meta = None
+    if resume_from is not None:
+        meta = ckpt.load_checkpoint(resume_from, model, optimizer, info)
+        step, skipped_steps = meta["step"], meta.get("skipped_steps", 0)
+        skipped_samples, loader_meta = meta.get("skipped_samples", 0), meta["loader"]
+    else:
+        seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank masking streams
+    logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    if resume_from is not None:
+        logger.write(f"resumed from {resume_from} at step {step}")
+    elif init_report is not None:
+        logger.log("init", 0, source=str(cfg.init), **init_report)
+
+    # ---- data ------------------------------------------------------------------------------------------------------
+    gpu_jpeg = device.type == "cuda" if cfg.gpu_jpeg is None else cfg.gpu_jpeg
+    workers = max(cfg.workers, 0)
+    num_slots = info.world_size * max(workers, 1)
+    state = _loader_state(loader_meta, num_slots, logger) or LoaderState(num_slots)
+    dataset = StreamingImages(source, cfg.input_size, cfg.batch_size, cfg.seed, info.rank, info.world_size, workers,
+                              cfg.crop_scale, cfg.flip_prob, cfg.shuffle_buffer, gpu_jpeg, state)
+    # Its own generator: creating the loader must not draw from the global RNG (masking noise), or a resumed run
+    # would diverge from an uninterrupted one.
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers else None, generator=torch.Generator())
+    batches = DevicePrefetcher(iter(loader), device, cfg.input_size)
+    global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
+
+    def next_images() -> torch.Tensor:
+        nonlocal skipped_samples
+        b = next(batches)
+        state.update(b)
+        skipped_samples += b.skipped
+        return b.images
+
+    def compute_loss(images: torch.Tensor) -> torch.Tensor:
+        return model(images, cfg.mask_ratio)[0]
+
+    def save(reason: str) -> None:
+        slots = D.gather_objects(state.to_dict())
+        merged = LoaderState(num_slots, state.batches, {s: c for d in slots for s, c in
+                                                        LoaderState.from_dict(d).cursors.items()})
+        meta = {"step": step, "loader": merged.to_dict(), "skipped_steps": skipped_steps,
+                "skipped_samples": skipped_samples, "config": cfg.to_dict(), "world_size": info.world_size}
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
+        if info.is_main:
+            ckpt.prune_checkpoints(ckpt_dir, cfg.keep_last)
+            logger.log("checkpoint", step, path=str(path), reason=reason)
+
+    def visualize(images: torch.Tensor) -> None:
+        """Collective (every rank runs the forward, as FSDP needs); rank 0 writes ``vis/step_N.png``."""
+        imgs = images[:4]
+        g = torch.Generator(device=imgs.device).manual_seed(cfg.seed * 1_000_003 + step)  # not the training RNG
+        noise = torch.rand(imgs.shape[0], mcfg.grid[0] * mcfg.grid[1], device=imgs.device, generator=g)
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_dtype is not None):
+            loss, pred, mask = model(imgs, cfg.mask_ratio, noise)
+        model.train()
+        if info.is_main:
+            save_png(run / "vis" / f"step_{step:08d}.png",
+                     reconstruction_grid(imgs, *bare.reconstruct(imgs, pred, mask)))
+
+    # ---- loop ------------------------------------------------------------------------------------------------------
+    model.train()
+    result = None
+    images = None
+    window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+    try:
+        while step < cfg.steps:
+            cur_lr = lr * lr_factor(step, cfg.steps, warmup, cfg.warmup_start)
+            set_lr(optimizer, cur_lr)
+            micro = [next_images() for _ in range(cfg.grad_accum)]
+            images = micro[-1]
+            result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype, device.type)
+            step += 1
+            window["steps"] += 1
+            if result.skipped:
+                skipped_steps += 1
+                window["skipped"] += 1
+                logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_steps)
+            else:
+                window["loss"] += result.loss
+                window["n"] += 1
+            logger.advance()
+            if step % cfg.log_interval == 0 or step == cfg.steps:
+                elapsed = time.perf_counter() - window["t0"]
+                extra = {"max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} \
+                    if device.type == "cuda" else {}
+                logger.log("train", step, loss=window["loss"] / window["n"] if window["n"] else None, lr=cur_lr,
+                           grad_norm=result.grad_norm, images_per_s=window["steps"] * global_batch / max(elapsed, 1e-9),
+                           skipped=window["skipped"], skipped_samples=skipped_samples, **extra)
+                window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+            if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
+                visualize(images)
+            stop_now = stop.requested
+            if info.distributed:  # every rank must stop at the same step
+                stop_now = bool(D.all_reduce_sum(torch.tensor([float(stop_now)], device=device)).item())
+            if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
+                save("signal" if stop_now else "interval" if step < cfg.steps else "final")
+            if stop_now:
+                logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
+                             "resume with --resume")
+                logger.close()
+                return {"step": step, "stopped": True, "skipped_steps": skipped_steps,
+                        "loss": result.loss if result else None}
+    finally:
+        batches.close()
+
+    if images is not None:
+        visualize(images)
+    outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
+    logger.close()
+    return {"step": step, "stopped": False, "skipped_steps": skipped_steps, "skipped_samples": skipped_samples,
+            "loss": result.loss if result else None, "outputs": outputs}
+
+
+def export_backbone(model: torch.nn.Module, mcfg: MAEConfig, run: Path, info: D.DistInfo, official: bool,
+                    metadata: dict) -> list[str]:
+    """Collective: rank 0 writes ``backbone.safetensors``, ``mae.safetensors`` and optionally
+    ``backbone_clean.pth`` (official layout) from the unsharded weights."""
+    sd, _ = ckpt.full_state(model)
+    written: list[str] = []
+    if info.is_main:
+        plain = MAE.from_state_dict(mcfg, sd)
+        meta = {k: json.dumps(v) for k, v in metadata.items()}
+        written.append(str(save_model(plain.backbone_model(), run / "backbone.safetensors", metadata=meta)))
+        written.append(str(plain.save(run / "mae.safetensors", metadata=meta)))
+        if official:
+            written.append(str(export_official(plain.backbone_model(), run / "backbone_clean.pth")))
+    D.barrier()
+    return written

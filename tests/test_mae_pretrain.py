@@ -1,0 +1,115 @@
+"""End to end on CPU: ``opensapiens pretrain`` learns, resumes bit-exactly (weights and data stream), and writes a
+backbone that the fine-tuning engine and ``load_model`` take."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensapiens.checkpoints import load_model, read_state_dict
+from opensapiens.cli.main import main
+from opensapiens.data.shards import ShardWriter
+from opensapiens.models import build_model
+from opensapiens.training.init import load_initial_weights
+
+SMALL = ["--arch", "nano", "--input-size", "64x64", "--decoder-dim", "32", "--decoder-depth", "1",
+         "--decoder-heads", "2", "--no-tensorboard", "--log-interval", "1"]
+
+
+def smooth_image(rng: np.random.Generator, h: int = 96, w: int = 80) -> np.ndarray:
+    """Low-frequency colour blobs: learnable structure for a tiny MAE."""
+    coarse = torch.from_numpy(rng.uniform(0, 255, (1, 3, 4, 4))).float()
+    return torch.nn.functional.interpolate(coarse, (h, w), mode="bicubic").clamp(0, 255)[0].permute(
+        1, 2, 0).round().byte().numpy()
+
+
+def jpeg(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    rng = np.random.default_rng(0)
+    with ShardWriter(out, max_count=5) as w:
+        for i in range(24):
+            w.write(f"img{i:03d}", jpeg(smooth_image(rng)), ".jpg", {"i": i})
+    return out
+
+
+def losses(run) -> list[float]:
+    lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in lines if r["event"] == "train"]
+
+
+def test_loss_falls_and_backbone_feeds_finetuning(tmp_path):
+    # One picture, seen whole (crop scale 1) and flipped at random: a tiny MAE learns it within a few dozen steps.
+    data = tmp_path / "data"
+    picture = smooth_image(np.random.default_rng(0), 64, 64)
+    with ShardWriter(data, max_count=4) as w:
+        for i in range(8):
+            w.write(f"img{i}", jpeg(picture), ".jpg")
+    run = tmp_path / "run"
+    rc = main(["pretrain", "--data", str(data), "--out", str(run), "--steps", "60", "--batch-size", "8",
+               "--lr", "2e-3", "--warmup-steps", "3", "--crop-scale", "1,1", "--workers", "0", "--export-official",
+               *SMALL])
+    assert rc == 0
+    curve = losses(run)
+    assert len(curve) == 60 and np.mean(curve[-5:]) < 0.85 * np.mean(curve[:5])
+    assert (run / "vis" / "step_00000060.png").is_file()
+    shards = data
+
+    # Our safetensors backbone: a "features" model with the cls token and the (1, 1 + 16, C) sin-cos table.
+    feats = load_model(run / "backbone.safetensors")
+    assert feats.task == "features" and feats.config.with_cls_token and feats.backbone.pos_embed.shape == (1, 17, 128)
+    # The official _clean.pth layout: flat keys, cls_token and a (1, 1 + N, C) pos_embed, no decoder.
+    clean, _ = read_state_dict(run / "backbone_clean.pth")
+    assert "cls_token" in clean and clean["pos_embed"].shape == (1, 17, 128) and "layers.5.attn.qkv.weight" in clean
+    assert not any(k.startswith(("neck.", "backbone.")) for k in clean)
+    # Both start a fine-tune (--init): the table loses its cls row and is resized to the 4x3 grid of 64x48.
+    for path in (run / "backbone.safetensors", run / "backbone_clean.pth"):
+        pose = build_model("pose", "nano", out_channels=17, pos_grid=(4, 3), head_channels=32)
+        report = load_initial_weights(pose, str(path))
+        assert report["backbone"] > 0
+        assert torch.equal(pose.backbone.blocks[5].attn.qkv.weight, feats.backbone.blocks[5].attn.qkv.weight)
+    # The full MAE (encoder + decoder) restarts a later pretraining with --init.
+    run2 = tmp_path / "run2"
+    assert main(["pretrain", "--data", str(shards), "--out", str(run2), "--steps", "1", "--batch-size", "4",
+                 "--workers", "0", "--init", str(run / "mae.safetensors"), *SMALL]) == 0
+    init = [json.loads(s) for s in (run2 / "metrics.jsonl").read_text().splitlines()][0]
+    assert init["event"] == "init" and init["decoder"] is True
+
+
+@pytest.fixture
+def one_thread():
+    """Loader workers and a multi-threaded main process oversubscribe a 2-core test machine (OpenMP spin-waits)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resume_is_exact_with_two_workers(shards, tmp_path, one_thread):
+    common = ["--data", str(shards), "--steps", "10", "--batch-size", "4", "--workers", "2", "--shuffle-buffer", "4",
+              "--warmup-steps", "2", "--ckpt-interval", "4", "--keep-last", "0", *SMALL]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert main(["pretrain", "--out", str(straight), *common]) == 0
+    # A run that "crashed" after step 4: only its step-4 checkpoint survives (24 images, 4 per batch, 2 workers:
+    # the stream crosses epochs and the worker order must be rotated on resume).
+    assert main(["pretrain", "--out", str(crashed), *common]) == 0
+    for p in [*crashed.glob("checkpoints/step_0000000[!4].pt"), *crashed.glob("checkpoints/step_00000010.pt"),
+              crashed / "mae.safetensors"]:
+        p.unlink()
+    assert [p.name for p in (crashed / "checkpoints").iterdir()] == ["step_00000004.pt"]
+    assert main(["pretrain", "--out", str(crashed), "--resume", *common]) == 0
+    assert losses(crashed) == losses(straight)
+    a, _ = read_state_dict(straight / "mae.safetensors")
+    b, _ = read_state_dict(crashed / "mae.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

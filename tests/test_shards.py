@@ -1,0 +1,170 @@
+"""Streaming pretraining data: every sample once per epoch across ranks x workers, sequential shard reads, corrupt
+samples skipped and counted, exact resume, and the device-side (nvJPEG path) decode against Pillow."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from opensapiens.data import shards as S
+from opensapiens.data.shards import (
+    LoaderState,
+    ShardWriter,
+    StreamingImages,
+    decode_batch,
+    find_source,
+    random_resized_crop,
+)
+
+
+def encode(a: np.ndarray, fmt: str = "JPEG", exif_orientation: int | None = None) -> bytes:
+    buf = io.BytesIO()
+    kw = {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kw["exif"] = exif
+    Image.fromarray(a).save(buf, fmt, quality=95, **kw) if fmt == "JPEG" else Image.fromarray(a).save(buf, fmt)
+    return buf.getvalue()
+
+
+def write_shards(out, sizes: list[int], rng=None) -> list[str]:
+    """Shards holding sizes[i] images each; returns the expected sample keys."""
+    rng = rng or np.random.default_rng(0)
+    keys = []
+    for s, n in enumerate(sizes):
+        with ShardWriter(out, max_count=n, start_index=s) as w:
+            for j in range(n):
+                key = f"s{s}i{j}"
+                w.write(key, encode(rng.integers(0, 255, (24, 20, 3), dtype=np.uint8)), ".jpg", {"n": j})
+                keys.append(f"shard-{s:06d}/{key}")
+    return keys
+
+
+def epoch_keys(source, rank: int, world: int, workers: int, epochs: int = 2) -> list[tuple[str, int]]:
+    """(key, epoch) of every sample one rank's DataLoader delivers until all its workers have passed ``epochs``."""
+    ds = StreamingImages(source, (16, 16), 3, seed=7, rank=rank, world_size=world, num_workers=workers,
+                         shuffle_buffer=3)
+    out, done = [], set()
+    for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers):
+        out += [(k, e) for k, e in zip(batch.keys, batch.epochs) if e < epochs]
+        if min(batch.epochs) >= epochs:
+            done.add(batch.slot)
+        if len(done) == max(workers, 1):
+            return out
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("layout", ["many_shards", "few_shards", "folder"])
+def test_each_sample_once_per_epoch_over_2_ranks_x_2_workers(tmp_path, layout):
+    if layout == "folder":
+        rng = np.random.default_rng(1)
+        expected = []
+        for i in range(11):
+            (tmp_path / f"im{i}.png").write_bytes(encode(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8), "PNG"))
+            expected.append(str(tmp_path / f"im{i}.png"))
+    else:
+        # 7 shards >= 4 slots: whole shards per slot; 2 shards < 4 slots: members striped over the slots.
+        expected = write_shards(tmp_path, [3, 1, 4, 2, 3, 2, 2] if layout == "many_shards" else [6, 5])
+    source = find_source(tmp_path)
+    seen = epoch_keys(source, 0, 2, 2) + epoch_keys(source, 1, 2, 2)
+    for epoch in (0, 1):
+        counts = Counter(k for k, e in seen if e == epoch)
+        assert set(counts) == set(expected), "a gap"  # every sample ...
+        assert max(counts.values()) == 1, "a duplicate"  # ... exactly once
+
+
+def test_whole_shards_are_read_once_per_epoch_sequentially(tmp_path, monkeypatch):
+    write_shards(tmp_path, [2, 2, 2, 2, 2, 2])
+    source = find_source(tmp_path)
+    opened: list[str] = []
+    real_open = S.tarfile.open
+
+    def recording_open(path, mode="r", *a, **kw):
+        opened.append((str(path), mode))
+        return real_open(path, mode, *a, **kw)
+
+    monkeypatch.setattr(S.tarfile, "open", recording_open)
+    for slot in range(4):
+        list(S.slot_stream(source, slot, 4, epoch=0, seed=3))
+    assert sorted(p for p, _ in opened) == sorted(str(u) for u in source.units)  # each shard once
+    assert {m for _, m in opened} == {"r|*"}  # stream mode: no seeking
+
+
+def test_corrupt_samples_are_skipped_and_counted(tmp_path):
+    rng = np.random.default_rng(2)
+    good = encode(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8))
+    with ShardWriter(tmp_path, max_count=100) as w:
+        w.write("ok1", good, ".jpg")
+        w.write("truncated", good[: len(good) // 2], ".jpg")
+        w.write("garbage", b"\xff\xd8 definitely not a jpeg \xff\xd9", ".jpg")
+        w.write("ok2", encode(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8), "PNG"), ".png")
+        w.write("ok3", good, ".jpg")
+    source = find_source(tmp_path)
+    for gpu_jpeg in (False, True):  # the nvJPEG path runs on the CPU device here
+        ds = StreamingImages(source, (16, 16), 3, shuffle_buffer=1, gpu_jpeg=gpu_jpeg)
+        batch = next(iter(ds))
+        images, failed = decode_batch(batch, "cpu", (16, 16))
+        assert sorted(k.split("/")[1] for k in batch.keys) == ["ok1", "ok2", "ok3"]
+        assert batch.skipped + failed == 2 and images.shape == (3, 3, 16, 16)
+        assert sorted(k.split("/")[1] for k in batch.skipped_keys) == ["garbage", "truncated"]
+
+
+def test_resumed_stream_continues_exactly(tmp_path):
+    write_shards(tmp_path, [3, 2, 4, 3, 2])
+    source = find_source(tmp_path)
+
+    def run(state, n):
+        ds = StreamingImages(source, (16, 16), 2, seed=5, num_workers=2, shuffle_buffer=3, state=state)
+        out = []
+        for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2):
+            out.append(batch)
+            if len(out) == n:
+                return out
+
+    full = run(None, 12)  # 14 samples in 7-sample epochs per worker: crosses epochs
+    state = LoaderState(2)
+    for b in full[:5]:  # an odd count: the resumed loader must start with the other worker
+        state.update(b)
+    state = LoaderState.from_dict(state.to_dict())  # through the checkpoint format
+    resumed = run(state, 7)
+    for a, b in zip(full[5:], resumed):
+        assert a.keys == b.keys and torch.equal(a.pixels, b.pixels)
+
+
+@pytest.mark.parametrize("orientation", [1, 6, 8])
+def test_device_decode_matches_pillow(orientation):
+    """The nvJPEG path (EXIF orientation, crop, bicubic resize, flip in torch) against Pillow's on the same crop."""
+    y, x = np.mgrid[0:60, 0:90]
+    a = np.stack([x * 2.5, y * 4.0, (x + y) * 1.5], -1).clip(0, 255).astype(np.uint8)
+    data = encode(a, exif_orientation=orientation)
+    size, orient, fmt = S._header(data)
+    assert fmt == "JPEG" and orient == orientation and size == ((90, 60) if orientation >= 5 else (60, 90))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        crop = random_resized_crop(rng, size, (32, 32), flip_prob=0.5)
+        cpu = S.decode_crop_cpu(data, crop, (32, 32)).float()  # Pillow
+        batch = S.Batch(torch.empty(0, 3, 32, 32, dtype=torch.uint8), [], [(0, data, S.CropParams(
+            crop.top, crop.left, crop.height, crop.width, crop.flip, orient))], ["k"], [0], 0, (0, 1))
+        dev, failed = decode_batch(batch, "cpu", (32, 32))
+        dev = dev[0] * torch.tensor(S.STD).view(3, 1, 1) + torch.tensor(S.MEAN).view(3, 1, 1)
+        assert failed == 0 and (dev - cpu).abs().mean() < 3.0  # resampling filters differ slightly
+
+
+def test_random_resized_crop_stays_in_range():
+    rng = np.random.default_rng(0)
+    for size in [(100, 100), (60, 200), (300, 40)]:
+        for _ in range(200):
+            c = random_resized_crop(rng, size, (64, 64))
+            assert c.top >= 0 and c.top + c.height <= size[0] and c.left >= 0 and c.left + c.width <= size[1]
+            area = c.height * c.width / (size[0] * size[1])
+            ratio = c.width / c.height
+            fallback = c.height in (size[0],) or c.width in (size[1],)
+            assert fallback or (0.2 - 0.02 <= area <= 1.0 and math.log(3 / 4) - 0.05 <= math.log(ratio)
+                                <= math.log(4 / 3) + 0.05)
