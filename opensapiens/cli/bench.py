@@ -50,27 +50,24 @@ def run(args: argparse.Namespace) -> int:
     H, W = args.input_size
     torch.manual_seed(0)
     if args.checkpoint:
-        base = load_model(args.checkpoint, device="cpu", task=args.task)
+        base = load_model(args.checkpoint, device=device, task=args.task)
     else:
         out_ch = {"pose": 308, "seg": 28}.get(args.task)
-        base = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16))
+        with torch.device(device):  # initialise on the device: a 2B model's init on the host takes minutes
+            base = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16))
     base.eval()
     peak = matmul_peak_tflops(device)
     x = torch.randn(args.batch, 3, H, W, device=device)
-    flops = count_flops(lambda: base.to(device, dtype)(x[:1].to(dtype))) if device.type == "cuda" else None
-    if flops is None:
-        with torch.inference_mode():
-            flops = count_flops(lambda: base(x[:1].cpu()))
+    with torch.inference_mode():
+        flops = count_flops(lambda: base(x[:1]))
     result = {"task": args.task, "arch": base.config.arch.name, "batch": args.batch, "input_size": [H, W],
               "dtype": args.dtype, "device": device_name(device), "software": software_versions(),
               "matmul_peak_tflops": round(peak, 1), "flops_per_image": flops, "variants": {}}
 
     # Reference for accuracy: the eager model in fp32 on a small batch.
-    ref_model = copy.deepcopy(base).to(device, torch.float32)
     x_acc = x[: min(2, args.batch)]
     with torch.inference_mode():
-        ref_out = ref_model(x_acc.float())
-    del ref_model
+        ref_out = base(x_acc.float())  # base stays fp32; every variant below is a converted copy
 
     def measure(name: str, model, cast=dtype, compile_model=None):
         if device.type == "cuda":
@@ -95,16 +92,15 @@ def run(args: argparse.Namespace) -> int:
               flush=True)
         return out
 
-    eager = copy.deepcopy(base).to(device, dtype)
+    eager = copy.deepcopy(base).to(dtype)
     measure("eager", eager)
     if device.type == "cuda":
-        fast = optimize_for_inference(copy.deepcopy(base).to(device, dtype), compile=not args.no_compile)
+        fast = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile)
         measure("optimized", fast, compile_model=fast if not args.no_compile else None)
         if args.task != "features":
             result["head_share"] = _head_share(eager, fast, x.to(dtype), device, args.iters)
         if args.fp8:
-            f8 = optimize_for_inference(copy.deepcopy(base).to(device, torch.bfloat16), compile=not args.no_compile,
-                                        fp8=True)
+            f8 = optimize_for_inference(copy.deepcopy(base).to(torch.bfloat16), compile=not args.no_compile, fp8=True)
             measure("fp8", f8, cast=torch.bfloat16, compile_model=f8 if not args.no_compile else None)
         base_ips = result["variants"]["eager"]["images_per_s"]
         for _name, row in result["variants"].items():
