@@ -1,8 +1,17 @@
 from .hub import HubFile, official_names, parse_name, resolve_checkpoint
-from .loading import as_dtype, convert_checkpoint, export_official, load_model, load_state, save_model
+from .loading import (
+    as_dtype,
+    convert_checkpoint,
+    export_official,
+    is_multitask,
+    load_model,
+    load_multitask,
+    load_state,
+    save_model,
+)
 from .official import infer_config, official_to_ours, ours_to_official
 from .reader import CheckpointError, read_state_dict
 
 __all__ = ["CheckpointError", "HubFile", "as_dtype", "convert_checkpoint", "export_official", "infer_config",
-           "load_model", "load_state", "official_names", "official_to_ours", "ours_to_official", "parse_name",
-           "read_state_dict", "resolve_checkpoint", "save_model"]
+           "is_multitask", "load_model", "load_multitask", "load_state", "official_names", "official_to_ours",
+           "ours_to_official", "parse_name", "read_state_dict", "resolve_checkpoint", "save_model"]

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from ..models.multitask import MultiTaskConfig, SapiensMultiTask
 from ..models.sapiens import ModelConfig, SapiensModel
 from .hub import resolve_checkpoint
 from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
 from .reader import CheckpointError, read_state_dict
 
 CONFIG_KEY = "opensapiens_config"
+MULTITASK_KEY = "opensapiens_multitask"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 
@@ -33,6 +35,19 @@ def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_p
     """Read a checkpoint and return (config, state dict in our key layout, ready for ``load_state_dict``)."""
     path = resolve_checkpoint(path_or_name)
     sd, meta = read_state_dict(path)
+    if MULTITASK_KEY in meta:  # one task (or the bare backbone) of a multi-task checkpoint
+        mt = MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY]))
+        if task is None:
+            raise CheckpointError(f"{path}: a multi-task checkpoint ({', '.join(mt.outputs)}); name a task, or load "
+                                  "it whole with load_model(path)")
+        if task != "features" and task not in mt.outputs:
+            raise CheckpointError(f"{path}: has no {task} head (it has {', '.join(mt.outputs)})")
+        cfg = mt.task_config(task) if task != "features" else ModelConfig(
+            task="features", arch=mt.arch, patch_padding=mt.patch_padding, pos_grid=mt.pos_grid)
+        prefix = f"heads.{task}."
+        sd = {("head." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()
+              if k.startswith(("backbone.", prefix))}
+        return cfg, sd
     if CONFIG_KEY in meta:
         cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
         if task is not None and task != cfg.task:
@@ -64,6 +79,8 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
 
     Returns a ``SapiensModel`` whose ``forward`` maps a normalized (B, 3, H, W) batch to the raw head output.
     """
+    if task is None and is_multitask(path_or_name):
+        return load_multitask(path_or_name, device=device, dtype=dtype)
     cfg, sd = load_state(path_or_name, task=task, patch_padding=patch_padding, num_heads=num_heads)
     model = SapiensModel(cfg)
     try:
@@ -74,14 +91,43 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     return model.to(device=device, dtype=as_dtype(dtype)).eval()
 
 
-def save_model(model: SapiensModel, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write a portable safetensors checkpoint (our key layout + the model config as metadata), atomically."""
+def is_multitask(path_or_name: str | os.PathLike) -> bool:
+    path = resolve_checkpoint(path_or_name)
+    if path.suffix != ".safetensors":
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return MULTITASK_KEY in (f.metadata() or {})
+
+
+def load_multitask(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
+                   dtype: str | torch.dtype | None = None) -> SapiensMultiTask:
+    """Load a whole multi-task checkpoint (one backbone, several heads) in eval mode."""
+    path = resolve_checkpoint(path_or_name)
+    sd, meta = read_state_dict(path)
+    if MULTITASK_KEY not in meta:
+        raise CheckpointError(f"{path}: not a multi-task checkpoint")
+    model = SapiensMultiTask(MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY])))
+    model.load_state_dict(sd, strict=True)
+    return model.to(device=device, dtype=as_dtype(dtype)).eval()
+
+
+def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,
+               metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write a portable safetensors checkpoint (our key layout + the model config as metadata), atomically.
+
+    ``dtype`` stores floating-point weights in another precision (e.g. fp16 for a small shipped file).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    meta = {CONFIG_KEY: json.dumps(model.config.to_dict()), "format": "pt", **(metadata or {})}
+    if dtype is not None:
+        sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+    key = MULTITASK_KEY if isinstance(model, SapiensMultiTask) else CONFIG_KEY
+    meta = {key: json.dumps(model.config.to_dict()), "format": "pt", **(metadata or {})}
     tmp = path.with_name(path.name + ".tmp")
     save_file(sd, str(tmp), metadata=meta)
     os.replace(tmp, path)

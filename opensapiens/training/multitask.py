@@ -1,0 +1,210 @@
+"""Multi-task training on synthetic humans rendered on the fly: the recipe of the bundled ``sapiens-nano`` model.
+
+Every step renders a batch of scenes on the device (``opensapiens.synth``), cuts one random person-centred view per
+scene with the UDP affine (scale jitter, horizontal flip with left/right label, keypoint and normal-X swaps; a share
+of whole-frame views for the dense tasks), and trains one backbone with four heads on the sum of the official losses:
+
+    loss = w_pose * heatmap MSE + seg weighted CE + depth SiLog + normal (cosine + L1)
+
+    python -m opensapiens.training.multitask --arch nano --steps 6000 --batch-size 96 --out runs/nano
+
+Writes RUN/metrics.jsonl, RUN/last.safetensors (multi-task, fp32) at intervals and at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..codecs.heatmap import encode_udp_heatmaps
+from ..inference.topdown import boxes_to_center_scale, image_to_crop, udp_affine
+from ..inference.transforms import MEAN, STD
+from ..metadata import keypoint_set, seg_classes
+from ..models.multitask import SapiensMultiTask, build_multitask
+from ..tasks import keypoint_mse_loss, normal_loss, relative_depth_target, seg_ce_loss, silog_loss
+from .optim import build_optimizer, set_lr
+from .schedule import Schedule
+
+
+def warp_views(batch, out_size: tuple[int, int], generator: torch.Generator, whole_frame: float = 0.25,
+               scale_range: tuple[float, float] = (1.0, 1.6), flip_prob: float = 0.5) -> dict[str, torch.Tensor]:
+    """One augmented view per rendered scene, all labels warped with the image (labels/depth/normals nearest).
+
+    Returns image (B, 3, h, w) float 0-255, labels (B, h, w) long, depth (B, h, w), normals (B, 3, h, w),
+    mask (B, h, w) bool, keypoints (B, K, 2) crop pixels, visible (B, K) float, pose_weight (B,).
+    """
+    B, _, H, W = batch.image.shape
+    dev = batch.image.device
+    h, w = out_size
+    # a random valid person per scene
+    valid = batch.person_valid.float() + 1e-6
+    person = torch.multinomial(valid, 1, generator=generator).squeeze(1)  # (B,)
+    idx = torch.arange(B, device=dev)
+    box = batch.boxes[idx, person]  # (B, 4) xywh
+    xyxy = torch.cat([box[:, :2], box[:, :2] + box[:, 2:]], dim=1)
+    center, scale = boxes_to_center_scale(xyxy, padding=1.25, aspect=w / h)
+    u = torch.rand(B, 3, generator=generator, device=dev)
+    scale = scale * (scale_range[0] + (scale_range[1] - scale_range[0]) * u[:, :1])
+    whole = u[:, 1] < whole_frame  # dense tasks also see whole frames, as at inference
+    frame_c = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=dev).expand(B, 2)
+    frame_s = torch.tensor([max(W, H * w / h), max(H, W * h / w)], device=dev).expand(B, 2)
+    center = torch.where(whole[:, None], frame_c, center)
+    scale = torch.where(whole[:, None], frame_s, scale)
+    flip = u[:, 2] < flip_prob
+
+    inv = udp_affine(center, scale, out_size, inverse=True)  # (B, 2, 3) crop -> image pixels
+    ys, xs = torch.meshgrid(torch.arange(h, device=dev, dtype=torch.float32),
+                            torch.arange(w, device=dev, dtype=torch.float32), indexing="ij")
+    xs = torch.where(flip[:, None, None], (w - 1) - xs, xs)  # a flipped view samples mirrored columns
+    pix = torch.stack([xs.expand(B, h, w), ys.expand(B, h, w), torch.ones(B, h, w, device=dev)], dim=-1)
+    src = torch.einsum("bij,bhwj->bhwi", inv, pix)  # (B, h, w, 2) image pixel coordinates
+    grid = torch.stack([src[..., 0] / (W - 1) * 2 - 1, src[..., 1] / (H - 1) * 2 - 1], dim=-1)
+
+    def sample(t: torch.Tensor, mode: str) -> torch.Tensor:
+        return F.grid_sample(t, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+    image = sample(batch.image.float(), "bilinear")
+    dense = sample(torch.cat([batch.seg[:, None].float(), batch.depth[:, None], batch.normal], dim=1), "nearest")
+    labels, depth, normals = dense[:, 0].long(), dense[:, 1], dense[:, 2:5]
+    lut = torch.from_numpy(seg_classes("goliath").flip_lut()).to(dev).long()
+    labels = torch.where(flip[:, None, None], lut[labels], labels)
+    normals = torch.where(flip[:, None, None, None], normals * torch.tensor([-1.0, 1, 1], device=dev).view(1, 3, 1, 1),
+                          normals)
+
+    kps = batch.keypoints[idx, person]  # (B, K, 3)
+    crop_kp = image_to_crop(kps[..., :2], center, scale, out_size)
+    flip_ids = torch.tensor(keypoint_set("goliath").flip_indices, device=dev)
+    mirrored = torch.stack([(w - 1) - crop_kp[..., 0], crop_kp[..., 1]], dim=-1)[:, flip_ids]
+    crop_kp = torch.where(flip[:, None, None], mirrored, crop_kp)
+    visible = (kps[..., 2] > 0).float()
+    visible = torch.where(flip[:, None], visible[:, flip_ids], visible)
+    inside = (crop_kp[..., 0] >= 0) & (crop_kp[..., 0] <= w - 1) & (crop_kp[..., 1] >= 0) & (crop_kp[..., 1] <= h - 1)
+    return {"image": image, "labels": labels, "depth": depth, "normals": normals, "mask": depth > 0,
+            "keypoints": crop_kp, "visible": visible * inside, "pose_weight": (~whole).float()}
+
+
+def photometric(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Brightness, contrast and per-channel gain jitter on (B, 3, h, w) 0-255 images."""
+    B = image.shape[0]
+    r = torch.rand(B, 5, generator=generator, device=image.device)
+    bright = (r[:, 0] - 0.5) * 64
+    contrast = 0.6 + 0.8 * r[:, 1]
+    gain = 0.85 + 0.3 * r[:, 2:5]
+    mean = image.mean(dim=(1, 2, 3), keepdim=True)
+    out = (image - mean) * contrast.view(B, 1, 1, 1) + mean + bright.view(B, 1, 1, 1)
+    return (out * gain.view(B, 3, 1, 1)).clamp(0, 255)
+
+
+def normalize(image: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=image.device).view(1, 3, 1, 1)
+    return (image - mean) / std
+
+
+def multitask_loss(model: SapiensMultiTask, views: dict[str, torch.Tensor], pose_weight: float, sigma: float,
+                   class_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    out = model(normalize(views["image"]))
+    hm_size = tuple(out["pose"].shape[-2:])
+    target, weight = encode_udp_heatmaps(views["keypoints"], views["visible"], tuple(views["image"].shape[-2:]),
+                                         hm_size, sigma)
+    weight = weight * views["pose_weight"][:, None]
+    parts = {
+        "pose": pose_weight * keypoint_mse_loss(out["pose"], target, weight),
+        "seg": seg_ce_loss(out["seg"], views["labels"], class_weight),
+        "depth": silog_loss(out["depth"], relative_depth_target(views["depth"], views["mask"])),
+        "normal": normal_loss(out["normal"], views["normals"], views["mask"]),
+    }
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="nano")
+    ap.add_argument("--input-size", default="256x192")
+    ap.add_argument("--render-size", default="384x288", help="scenes are rendered at this size, then cropped")
+    ap.add_argument("--head-channels", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=6000)
+    ap.add_argument("--batch-size", type=int, default=96)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--weight-decay", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--pose-weight", type=float, default=1000.0)
+    ap.add_argument("--sigma", type=float, default=2.0, help="heatmap Gaussian sigma in heatmap pixels")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init", default=None, help="backbone weights (e.g. an MAE checkpoint) to start from")
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="train for this many seconds: the LR schedule then runs on elapsed time, not steps")
+    ap.add_argument("--save-dtype", choices=["fp32", "fp16"], default="fp32", help="precision of the saved weights")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+
+    from ..checkpoints import load_state, save_model
+    from ..synth import SyntheticHumans
+
+    size = tuple(int(v) for v in args.input_size.split("x"))
+    render = tuple(int(v) for v in args.render_size.split("x"))
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    model = build_multitask(args.arch, size, args.head_channels).to(device)
+    if args.init:
+        _, sd = load_state(args.init, task="features")
+        missing = model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()
+                                                  if k.startswith("backbone.")}, strict=False)
+        print(f"init from {args.init}: {missing}")
+    optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.999))
+    schedule = Schedule(args.steps, warmup_steps=args.warmup, kind="cosine", min_factor=0.01)
+    class_weight = torch.tensor(seg_classes("goliath").class_weight, device=device)
+    source = SyntheticHumans(render[0], render[1], batch_size=args.batch_size, seed=args.seed, device=device)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "metrics.jsonl").open("a")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    t0 = time.time()
+    step = 0
+    for step, batch in enumerate(source):
+        elapsed = time.time() - t0
+        if args.time_limit:  # a fixed time budget: progress through the schedule by the clock
+            if elapsed > args.time_limit:
+                break
+            progress = int(args.steps * elapsed / args.time_limit)
+        elif step >= args.steps:
+            break
+        else:
+            progress = step
+        views = warp_views(batch, size, generator)
+        views["image"] = photometric(views["image"], generator)
+        lr = args.lr * schedule.factor(progress)
+        set_lr(optimizer, lr)
+        with autocast:
+            loss, parts = multitask_loss(model, views, args.pose_weight, args.sigma, class_weight)
+        optimizer.zero_grad(set_to_none=True)
+        if not math.isfinite(loss.item()):
+            print(f"step {step}: non-finite loss, skipped")
+            continue
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 50 == 0:
+            rec = {"step": step, "loss": float(loss), **parts, "grad_norm": float(grad_norm),
+                   "lr": lr, "seconds": round(time.time() - t0, 1),
+                   "images": (step + 1) * args.batch_size}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            print(json.dumps(rec), flush=True)
+        if step and step % 1000 == 0:
+            save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
+    save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
+    print(f"done: {step} steps, {time.time() - t0:.0f} s -> {args.out / 'last.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
