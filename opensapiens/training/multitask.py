@@ -51,11 +51,12 @@ def warp_views(batch, out_size: tuple[int, int], generator: torch.Generator, who
     center, scale = boxes_to_center_scale(xyxy, padding=1.25, aspect=w / h)
     u = torch.rand(B, 3, generator=generator, device=dev)
     scale = scale * (scale_range[0] + (scale_range[1] - scale_range[0]) * u[:, :1])
-    whole = u[:, 1] < whole_frame  # dense tasks also see whole frames, as at inference
+    empty = (box[:, 2] < 2) | (box[:, 3] < 2)  # a scene whose people are all out of view
+    whole = (u[:, 1] < whole_frame) | empty  # dense tasks also see whole frames, as at inference
     frame_c = torch.tensor([(W - 1) / 2, (H - 1) / 2], device=dev).expand(B, 2)
     frame_s = torch.tensor([max(W, H * w / h), max(H, W * h / w)], device=dev).expand(B, 2)
     center = torch.where(whole[:, None], frame_c, center)
-    scale = torch.where(whole[:, None], frame_s, scale)
+    scale = torch.where(whole[:, None], frame_s, scale.clamp_min(1.0))
     flip = u[:, 2] < flip_prob
 
     inv = udp_affine(center, scale, out_size, inverse=True)  # (B, 2, 3) crop -> image pixels
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--pose-weight", type=float, default=1000.0)
     ap.add_argument("--sigma", type=float, default=2.0, help="heatmap Gaussian sigma in heatmap pixels")
+    ap.add_argument("--views", type=int, default=2, help="augmented views cut from each rendered scene")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init", default=None, help="backbone weights (e.g. an MAE checkpoint) to start from")
     ap.add_argument("--time-limit", type=float, default=None,
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             break
         else:
             progress = step
-        views = warp_views(batch, size, generator)
+        cuts = [warp_views(batch, size, generator) for _ in range(args.views)]  # rendering is the costly part
+        views = {k: torch.cat([c[k] for c in cuts]) for k in cuts[0]}
         views["image"] = photometric(views["image"], generator)
         lr = args.lr * schedule.factor(progress)
         set_lr(optimizer, lr)
@@ -195,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % 50 == 0:
             rec = {"step": step, "loss": float(loss), **parts, "grad_norm": float(grad_norm),
                    "lr": lr, "seconds": round(time.time() - t0, 1),
-                   "images": (step + 1) * args.batch_size}
+                   "scenes": (step + 1) * args.batch_size}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
