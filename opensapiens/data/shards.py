@@ -248,6 +248,11 @@ class Batch:
     skipped: int = 0  # unreadable samples passed over while filling this batch
     skipped_keys: list[str] = field(default_factory=list)
 
+    def pin_memory(self) -> Batch:
+        """Called by ``DataLoader(pin_memory=True)``: page-locked pixels copy to the GPU asynchronously."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
 
 @dataclass
 class LoaderState:

@@ -14,6 +14,7 @@ reconstructions, and at the end ``backbone.safetensors`` (a "features" model for
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints import export_official, read_state_dict, resolve_checkpoint, save_model
 from ..data.shards import LoaderState, StreamingImages, find_source
+from ..inference.optimize import fast_attention, pad_attention_heads
 from ..io.images import save_json, save_png
 from ..models.mae import MAE, MAEConfig
 from ..models.vit import get_arch
@@ -97,6 +99,8 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         loaded = model.load_pretrained(sd)
         init_report = {"tensors": len(loaded), "decoder": any(k.startswith("decoder.") for k in loaded)}
     model.to(device)
+    if device.type == "cuda":
+        pad_attention_heads(model)  # head dim 60 (2B) -> 64 so fused attention kernels apply; exact
     bf16 = cfg.precision == "bf16"
     block_lists = [model.backbone.blocks, model.decoder.blocks]
     for blocks in block_lists:
@@ -153,6 +157,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     def compute_loss(images: torch.Tensor) -> torch.Tensor:
         return model(images, cfg.mask_ratio)[0]
 
+    # On CUDA: cuDNN > flash > memory-efficient attention (the same fast path ``bench/bench_mae.py`` measures).
+    attention = fast_attention if device.type == "cuda" else contextlib.nullcontext
+
     def save(reason: str) -> None:
         slots = D.gather_objects(state.to_dict())
         merged = LoaderState(num_slots, state.batches, {s: c for d in slots for s, c in
@@ -188,7 +195,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             set_lr(optimizer, cur_lr)
             micro = [next_images() for _ in range(cfg.grad_accum)]
             images = micro[-1]
-            result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype, device.type)
+            with attention():
+                result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype,
+                                    device.type)
             step += 1
             window["steps"] += 1
             if result.skipped:

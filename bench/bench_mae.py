@@ -1,0 +1,223 @@
+"""MAE pretraining throughput: plain eager bf16 against the optimized path, and the data loader against in-memory input.
+
+    python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024              # H100 target: >= 0.55 MFU
+    python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory  # skip the loader check
+    python bench/bench_mae.py --arch nano --batch 2 --input-size 64x64 --steps 2         # CPU smoke run
+
+Every variant runs the real training step (``opensapiens.training.step.train_step``: autocast forward, backward,
+gradient clipping, AdamW) on the official MAE (75% masking, 512 x 8 decoder). Reported per variant: images/s,
+peak memory, and MFU = (FLOPs of one step, counted by ``torch.utils.flop_counter`` on the eager model: matmuls,
+convolutions and attention, forward + backward) x steps/s / (the bf16 matmul peak measured in this process).
+
+    eager      plain eager bf16 autocast, foreach AdamW, default SDPA backend choice
+    optimized  + fused AdamW, cuDNN > flash attention priority, torch.compile of every transformer block
+               (--compile model: the whole forward + loss), head dims padded to a multiple of 16 (2B)
+    loader     the optimized step fed by the real streaming loader (tar shards, nvJPEG decode on the GPU,
+               random-resized-crop + flip) instead of a resident batch; plus the loader alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
+from opensapiens.inference.optimize import fast_attention, pad_attention_heads
+from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
+from opensapiens.models.vit import get_arch
+from opensapiens.pretrain.prefetch import DevicePrefetcher
+from opensapiens.training.optim import build_optimizer
+from opensapiens.training.speed import checkpoint_blocks, compile_blocks
+from opensapiens.training.step import train_step
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    h, w = (int(v) for v in text.lower().split("x"))
+    return h, w
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int = 8192, iters: int = 30) -> float:
+    """Measured dense bf16 matmul FLOP/s (the MFU denominator)."""
+    if device.type != "cuda":
+        n, iters = 1024, 5
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    sync(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t0)
+
+
+def model_config(args) -> MAEConfig:
+    return MAEConfig(get_arch(args.arch), tuple(args.input_size), args.decoder_dim, args.decoder_depth,
+                     args.decoder_heads)
+
+
+def build(args, device: torch.device, optimized: bool):
+    torch.manual_seed(0)
+    model = MAE(model_config(args)).to(device)
+    if args.checkpointing:
+        for blocks in (model.backbone.blocks, model.decoder.blocks):
+            checkpoint_blocks(blocks)
+    step_model = model
+    if optimized:
+        pad_attention_heads(model)
+        if args.compile == "blocks":
+            for blocks in (model.backbone.blocks, model.decoder.blocks):
+                compile_blocks(blocks)
+        elif args.compile == "model":
+            step_model = torch.compile(model)
+    on_cuda = device.type == "cuda"
+    opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95), fused=optimized and on_cuda)
+    attention = fast_attention if (optimized and on_cuda) else contextlib.nullcontext
+
+    def step(images: torch.Tensor):
+        with attention():
+            return train_step(model, opt, [images], lambda x: step_model(x, 0.75)[0], clip_grad=1.0,
+                              autocast_dtype=torch.bfloat16, device_type=device.type)
+
+    return model, step
+
+
+def step_flops(args, device: torch.device, images: torch.Tensor) -> float:
+    """FLOPs of one training step (forward + backward), counted on the eager model."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _ = build(args, device, optimized=False)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(device.type, dtype=torch.bfloat16):
+        model(images, 0.75)[0].backward()
+    flops = counter.get_total_flops()
+    del model
+    return float(flops)
+
+
+def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, peak GiB) over ``steps`` after ``warmup`` steps; ``batches()`` gives each step's input."""
+    for _ in range(warmup):
+        step(batches())
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(batches())
+    sync(device)
+    sec = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return sec, peak
+
+
+def make_shards(out: Path, n: int, size: tuple[int, int]) -> Path:
+    """``n`` photo-like JPEGs (q95) in 16-image tar shards, if ``out`` has none yet."""
+    if list(out.glob("*.tar")):
+        return out
+    rng = np.random.default_rng(0)
+    h, w = size
+    with ShardWriter(out, max_count=16) as writer:
+        for i in range(n):
+            img = cv2.resize(rng.integers(0, 255, (h // 32, w // 32, 3), dtype=np.uint8), (w, h),
+                             interpolation=cv2.INTER_CUBIC)
+            img = cv2.add(img, rng.integers(0, 24, (h, w, 3), dtype=np.uint8))
+            writer.write(f"img{i:06d}", cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes(),
+                         ".jpg")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="0.3b")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--input-size", type=parse_size, default=(1024, 1024), help="HxW")
+    ap.add_argument("--decoder-dim", type=int, default=512)
+    ap.add_argument("--decoder-depth", type=int, default=8)
+    ap.add_argument("--decoder-heads", type=int, default=16)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
+    ap.add_argument("--compile", choices=["blocks", "model", "none"], default="blocks")
+    ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in every variant")
+    ap.add_argument("--variants", default="eager,optimized", help="comma-separated: eager, optimized")
+    ap.add_argument("--in-memory", action="store_true", help="skip the real-loader check")
+    ap.add_argument("--data", type=Path, help="tar shards for the loader check (default: generated JPEGs)")
+    ap.add_argument("--images", type=int, default=128, help="generated images for the loader check")
+    ap.add_argument("--image-size", type=parse_size, default=(1280, 1024), help="generated JPEG size HxW")
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    H, W = args.input_size
+    images = torch.randn(args.batch, 3, H, W, device=device)  # a resident, already normalized batch
+    result: dict = {"arch": args.arch, "batch": args.batch, "input_size": [H, W], "device":
+                    torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "torch": torch.__version__, "compile": args.compile, "checkpointing": args.checkpointing}
+    result["peak_matmul_tflops"] = matmul_peak(device) / 1e12
+    result["step_tflop"] = step_flops(args, device, images) / 1e12
+    analytic = 3 * args.batch * mae_flops_per_image(model_config(args)) / 1e12  # forward + 2x for backward
+    print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.0f} TFLOP/s; "
+          f"one step = {result['step_tflop']:.3g} TFLOP counted ({analytic:.3g} analytic, matmuls only), "
+          f"{result['step_tflop'] / args.batch * 1e3:.0f} GFLOP/image")
+
+    def report(name: str, sec: float, peak: float) -> dict:
+        r = {"images_per_s": args.batch / sec, "step_ms": sec * 1e3, "peak_memory_gb": peak,
+             "mfu": result["step_tflop"] * 1e12 / sec / (result["peak_matmul_tflops"] * 1e12)}
+        print(f"  {name:<22} {r['images_per_s']:8.1f} img/s  {r['step_ms']:8.1f} ms/step  "
+              f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}", flush=True)
+        return r
+
+    step = None
+    for variant in args.variants.split(","):
+        optimized = variant == "optimized"
+        model, step = build(args, device, optimized)
+        t0 = time.perf_counter()
+        sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
+        result[variant] = report(variant, sec, peak)
+        result[variant]["warmup_s"] = time.perf_counter() - t0 - sec * args.steps
+        if variant != args.variants.split(",")[-1]:
+            del model, step
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    if not args.in_memory and step is not None:
+        data = args.data or make_shards(Path(tempfile.gettempdir()) / "opensapiens_bench_mae", args.images,
+                                        args.image_size)
+        ds = StreamingImages(find_source(data), (H, W), args.batch, num_workers=args.workers,
+                             gpu_jpeg=device.type == "cuda")
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
+                                             pin_memory=device.type == "cuda", prefetch_factor=4)
+        feed = DevicePrefetcher(iter(loader), device, (H, W))
+        try:
+            sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
+            result["loader"] = report("optimized + loader", sec, peak)
+            sec, _ = timed(lambda b: None, lambda: next(feed).images, args.steps, 2, device)
+            result["loader_only_images_per_s"] = args.batch / sec
+            print(f"  {'loader alone':<22} {args.batch / sec:8.1f} img/s  ({args.workers} workers, "
+                  f"{'nvJPEG' if device.type == 'cuda' else 'CPU'} decode)")
+        finally:
+            feed.close()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
