@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -118,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, DataError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":
+        return 0
     if summary.get("stopped"):
         print(f"stopped at step {summary['step']}; continue with: opensapiens train --out {args.out} --resume")
         return 0

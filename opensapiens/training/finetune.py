@@ -12,6 +12,7 @@ non-finite loss or gradient is skipped (parameters untouched), counted and logge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -24,6 +25,8 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints import save_model
 from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
+from ..data.synth_stream import SynthStream
+from ..inference.optimize import fast_attention, pad_attention_heads
 from ..io.images import save_json
 from ..models import build_model
 from ..models.sapiens import SapiensModel
@@ -100,8 +103,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
 
     # ---- data ------------------------------------------------------------------------------------------------------
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
-    train_set = build_dataset(cfg.task, cfg.data, train=True, augment=cfg.augment, backgrounds=cfg.backgrounds,
-                              **data_kw)
+    on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
+    if on_the_fly and cfg.task == "pose" and load_keypoint_layout(cfg.keypoints).keypoints.name != "goliath":
+        raise ValueError("--data synth renders the 308 Goliath keypoints; use --keypoints goliath")
+    train_set = None if on_the_fly else build_dataset(cfg.task, cfg.data, train=True, augment=cfg.augment,
+                                                      backgrounds=cfg.backgrounds, **data_kw)
     val_set = build_dataset(cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
 
     # ---- model -----------------------------------------------------------------------------------------------------
@@ -117,6 +123,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if cfg.init and resume_from is None:
         init_report = load_initial_weights(model, cfg.init)
     model.to(device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        pad_attention_heads(model)  # 2B head dim 60 -> 64 so fused attention kernels apply (exact)
+        torch.backends.cudnn.benchmark = True  # fixed input size: autotune the heads' transposed convolutions
     bf16 = cfg.precision == "bf16"
     if cfg.checkpointing != "none":
         checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
@@ -152,21 +162,29 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     elif init_report is not None:
         logger.log("init", 0, source=str(cfg.init), **init_report)
 
-    sampler = TrainSampler(len(train_set), cfg.seed, info.rank, info.world_size, start=position)
-    loader = make_loader(train_set, sampler, cfg.batch_size, cfg.workers, device.type == "cuda", drop_last=True)
-    batches = iter(loader)
+    if on_the_fly:
+        batches = iter(SynthStream(cfg.task, cfg.input_size, cfg.batch_size, cfg.seed, device, cfg.backgrounds,
+                                   info.rank, info.world_size, start=position // (cfg.batch_size * info.world_size)))
+    else:
+        sampler = TrainSampler(len(train_set), cfg.seed, info.rank, info.world_size, start=position)
+        batches = iter(make_loader(train_set, sampler, cfg.batch_size, cfg.workers, on_cuda, drop_last=True))
+
+    attention = fast_attention if on_cuda else contextlib.nullcontext
 
     def compute_loss(host: dict) -> torch.Tensor:
         batch = to_device(host, device)
-        return criterion(model(batch["image"]), batch)
+        with attention():
+            output = model(batch["image"])
+        return criterion(output, batch)
 
     def run_eval() -> dict | None:
         if val_set is None:
             return None
         evaluator = build_evaluator(cfg.task, input_size=cfg.input_size, **_evaluator_kw(cfg, val_set))
         val_loader = make_loader(val_set, EvalSampler(len(val_set), info.rank, info.world_size), cfg.batch_size,
-                                 cfg.workers, device.type == "cuda", drop_last=False)
-        metrics = evaluate(model, val_loader, evaluator, device, autocast_dtype, info.is_main)
+                                 cfg.workers, on_cuda, drop_last=False)
+        with attention():
+            metrics = evaluate(model, val_loader, evaluator, device, autocast_dtype, info.is_main)
         logger.log("eval", step, **metrics)
         value = metrics.get(cfg.best_metric)
         if value is not None and math.isfinite(value) and (

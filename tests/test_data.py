@@ -1,0 +1,139 @@
+"""Datasets, augmentations and samplers: geometry checked against what the picture shows, not against our code."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+from test_data_toy import write_toy_dataset
+
+from opensapiens.data import (
+    DataError,
+    DenseAugment,
+    DenseDataset,
+    EvalSampler,
+    KeypointDataset,
+    PoseAugment,
+    SampleKey,
+    TrainSampler,
+    load_classes,
+    load_keypoint_layout,
+)
+from opensapiens.data.transforms import photometric_distortion
+
+SIZE = (128, 96)
+GREEN = np.array([60, 190, 70])  # arms
+SKIN = np.array([230, 190, 150])  # head
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), 12, SIZE, seed=3)
+
+
+def _colour_near(image: np.ndarray, where: np.ndarray, colour: np.ndarray) -> float:
+    """Fraction of the pixels in ``where`` whose colour is within 45 of ``colour`` (the toy noise is 10)."""
+    return float((np.abs(image[where].astype(int) - colour).max(1) < 45).mean())
+
+
+def test_seg_augmentation_keeps_image_and_labels_aligned_and_swaps_sides(toy):
+    aug = DenseAugment(ratio_range=(0.7, 1.3), cat_max_ratio=0.75, rotate_degree=30, photometric=False)
+    ds = DenseDataset(toy, "seg", SIZE, aug, load_classes(toy / "classes.json"))
+    flips = 0
+    for i in range(24):
+        s = ds[SampleKey(i % len(ds), seed=i)]
+        img, lab = s["image"], s["labels"]
+        assert img.shape == (*SIZE, 3) and img.dtype == np.uint8 and lab.shape == SIZE
+        core = lab.copy()
+        for c in (2, 3):  # interior pixels only: bilinear image edges blend with neighbours
+            m = lab == c
+            inner = m & np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1)
+            core[m & ~inner] = 0
+        left, right = np.nonzero(core == 2), np.nonzero(core == 3)
+        if len(left[0]) > 20 and len(right[0]) > 20:
+            assert _colour_near(img, core == 2, GREEN) > 0.9
+            assert _colour_near(img, core == 3, GREEN) > 0.9
+            # the person's left arm is on the image's right, flipped or not (rotation <= 30 degrees)
+            assert left[1].mean() > right[1].mean()
+        flips += int(np.abs(img.astype(int) - ds[SampleKey(i % len(ds), seed=i)]["image"]).max() == 0)
+    assert flips == 24  # the same key gives the same sample
+
+
+def test_normals_turn_with_the_flip(toy):
+    ds = DenseDataset(toy, "normal", SIZE, DenseAugment(ratio_range=(0.8, 1.2), rotate_degree=0, photometric=False))
+    for i in range(16):
+        s = ds[SampleKey(i % len(ds), seed=100 + i)]
+        n, m = s["normals"], s["mask"] > 0
+        xs = np.nonzero(m)[1]
+        pos, neg = m & (n[..., 0] > 0.3), m & (n[..., 0] < -0.3)
+        assert xs.size > 0 and np.allclose(np.linalg.norm(n[m], axis=1), 1, atol=1e-5)
+        # arms tilt outward (+X on the image right): a mirrored sample must negate X, not just move pixels
+        if pos.sum() > 10 and neg.sum() > 10:
+            assert np.nonzero(pos)[1].mean() > np.nonzero(neg)[1].mean()
+
+
+def test_pose_crop_puts_keypoints_on_the_body_and_swaps_hands(toy):
+    layout = load_keypoint_layout(toy / "keypoints.json")
+    aug = PoseAugment(photometric=False, blur_prob=0, median_blur_prob=0, dropout_prob=0)
+    ds = KeypointDataset(toy / "annotations.json", layout, input_size=SIZE, augment=aug)
+    val = KeypointDataset(toy / "annotations.json", layout, input_size=SIZE)
+    for i in range(24):
+        s = ds[SampleKey(i % len(ds), seed=7 * i)]
+        kp, img = s["keypoints"], s["image"]
+        x, y = np.round(kp[0]).astype(int)
+        if 2 <= x < SIZE[1] - 2 and 2 <= y < SIZE[0] - 2:  # head keypoint sits on skin
+            assert _colour_near(img, np.s_[y - 1:y + 2, x - 1:x + 2], SKIN) > 0.5
+        assert kp[1, 0] > kp[2, 0]  # left hand on the image right (rotations stay below 90 degrees)
+        # the stored matrix maps the image's keypoints to the crop's
+        raw = np.asarray(ds.instances[i % len(ds)][1])[:, :2]
+        mapped = raw @ s["affine"][:, :2].T + s["affine"][:, 2]
+        assert np.allclose(np.sort(mapped, axis=0), np.sort(kp, axis=0), atol=1e-3)
+    v = val[0]
+    assert np.allclose(v["image"], val[0]["image"]) and v["visible"].sum() == 5
+
+
+def test_samplers_shard_one_global_stream_and_resume():
+    one = TrainSampler(10, seed=5, start=0)
+    stream = [k for _, k in zip(range(30), one)]
+    assert sorted(k.index for k in stream[:10]) == list(range(10))  # an epoch visits every sample once
+    assert [k.index for k in stream[:10]] != [k.index for k in stream[10:20]]  # and reshuffles
+    ranks = [[k for _, k in zip(range(15), TrainSampler(10, seed=5, rank=r, world_size=2))] for r in (0, 1)]
+    assert [k for pair in zip(*ranks) for k in pair] == stream  # interleaved ranks = the one-process stream
+    resumed = [k for _, k in zip(range(12), TrainSampler(10, seed=5, start=18))]
+    assert resumed == stream[18:30]
+    shards = [list(EvalSampler(5, r, 2)) for r in (0, 1)]
+    assert [len(s) for s in shards] == [3, 3]
+    assert sorted(k.index for s in shards for k in s if k.valid) == list(range(5))
+
+
+def test_photometric_distortion_is_seeded_and_bounded():
+    img = np.random.default_rng(0).integers(0, 256, (16, 12, 3), dtype=np.uint8)
+    a = photometric_distortion(img, np.random.default_rng(1))
+    b = photometric_distortion(img, np.random.default_rng(1))
+    assert a.dtype == np.uint8 and np.array_equal(a, b)
+    changed = [not np.array_equal(photometric_distortion(img, np.random.default_rng(s)), img) for s in range(8)]
+    assert sum(changed) >= 6
+
+
+def test_bad_inputs_get_clear_errors_and_bad_files_are_skipped(toy, tmp_path):
+    bad = tmp_path / "kp.json"
+    bad.write_text(json.dumps({"names": ["a", "b"], "flip_pairs": [[0, 5]]}))
+    with pytest.raises(DataError, match="flip pair"):
+        load_keypoint_layout(bad)
+    with pytest.raises(DataError, match="expected images/"):
+        DenseDataset(tmp_path, "depth")
+    # a label map with ids beyond the class list is reported and replaced by the next sample
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(toy, root)
+    import cv2
+
+    cv2.imwrite(str(root / "seg" / "00000.png"), np.full(SIZE, 9, np.uint8))
+    ds = DenseDataset(root, "seg", SIZE, None, load_classes(root / "classes.json"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = ds[0]
+    assert s["labels"].max() < 5 and any("outside [0, 5)" in str(w.message) for w in caught)

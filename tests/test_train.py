@@ -1,0 +1,223 @@
+"""Fine-tuning machinery on CPU with a nano model: LR-decay groups, schedule, non-finite skip, learning, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+
+import numpy as np
+import pytest
+import torch
+from test_data_toy import write_toy_dataset
+
+from opensapiens.models import build_model
+from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
+from opensapiens.training import finetune as finetune_module
+
+SIZE = (128, 96)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two cores shared with other jobs: one intra-op thread is both faster and deterministic."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return write_toy_dataset(root / "train", 24, SIZE, seed=0), write_toy_dataset(root / "val", 8, SIZE, seed=1)
+
+
+def config(toy, out, task="seg", **kw) -> TrainConfig:
+    train_dir, val_dir = toy
+    base = dict(task=task, data=str(train_dir), out=str(out), arch="nano", head_channels=32, input_size=SIZE,
+                steps=6, batch_size=4, workers=0, precision="fp32", lr=2e-3, tensorboard=False,
+                classes=str(train_dir / "classes.json"), keypoints=str(train_dir / "keypoints.json"), log_interval=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def events(run, kind="train") -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == kind]
+
+
+# ------------------------------------------------------------------------------------------------ optimizer pieces
+
+
+def test_layer_decay_groups_match_hand_computed_table():
+    model = build_model("seg", "nano", out_channels=5, head_channels=32, pos_grid=(8, 6))  # L = 6 blocks
+    groups = param_groups(model.named_parameters(), weight_decay=0.1, layer_decay=0.85, num_layers=6)
+    by_name = {n: (g["lr_scale"], g["weight_decay"]) for g in groups for n in g["names"]}
+    table = {  # name: (0.85 ** (L + 1 - layer id), weight decay)
+        "backbone.patch_embed.proj.weight": (0.85 ** 7, 0.1),
+        "backbone.patch_embed.proj.bias": (0.85 ** 7, 0.0),
+        "backbone.pos_embed": (0.85 ** 7, 0.0),
+        "backbone.blocks.0.attn.qkv.weight": (0.85 ** 6, 0.1),
+        "backbone.blocks.0.norm1.weight": (0.85 ** 6, 0.0),
+        "backbone.blocks.3.mlp.fc2.bias": (0.85 ** 3, 0.0),
+        "backbone.blocks.5.mlp.fc1.weight": (0.85 ** 1, 0.1),
+        "backbone.norm.weight": (1.0, 0.0),
+        "head.deconv_layers.0.weight": (1.0, 0.1),
+        "head.conv_layers.0.bias": (1.0, 0.0),
+        "head.final.weight": (1.0, 0.1),
+    }
+    for name, (scale, wd) in table.items():
+        assert by_name[name][0] == pytest.approx(scale, rel=1e-12), name
+        assert by_name[name][1] == wd, name
+    assert len(by_name) == sum(1 for _ in model.parameters())  # every parameter in exactly one group
+    flat = param_groups(model.named_parameters(), weight_decay=0.05)  # no layer decay: decay / no-decay only
+    assert sorted((g["lr_scale"], g["weight_decay"]) for g in flat) == [(1.0, 0.0), (1.0, 0.05)]
+
+
+def test_schedule_values():
+    poly = Schedule(100, warmup_steps=10, warmup_start=1e-3, kind="poly")
+    assert poly.factor(0) == pytest.approx(1e-3)  # warm-up start x poly(0) = 1
+    assert poly.factor(5) == pytest.approx((1e-3 + (1 - 1e-3) * 0.5) * 0.95)
+    assert poly.factor(50) == pytest.approx(0.5)
+    step = Schedule(210, kind="step")  # official: x0.1 at epochs 170 and 200 of 210
+    assert [step.factor(s) for s in (169, 170, 199, 200)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    cos = Schedule(10, kind="cosine", min_factor=0.1)
+    assert cos.factor(5) == pytest.approx(0.1 + 0.9 * 0.5)
+
+
+def test_non_finite_loss_skips_the_step():
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum() * float("nan"))
+    assert r.skipped and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum())
+    assert not r.skipped and not torch.equal(before[0], model.weight)
+
+
+def test_non_finite_step_in_a_run_is_counted_and_logged(toy, tmp_path, monkeypatch):
+    real = finetune_module.build_criterion
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        criterion = real(*args, **kw)
+
+        def loss(output, batch):
+            calls["n"] += 1
+            value = criterion(output, batch)
+            return value * float("inf") if calls["n"] == 3 else value
+
+        return loss
+
+    monkeypatch.setattr(finetune_module, "build_criterion", flaky)
+    summary = train(config(toy, tmp_path / "run", task="depth", steps=4))
+    assert summary["skipped_steps"] == 1
+    skips = events(tmp_path / "run", "skip")
+    assert [e["step"] for e in skips] == [3]
+
+
+# ------------------------------------------------------------------------------------------------------- learning
+
+
+@pytest.mark.parametrize("task,steps", [("pose", 120), ("depth", 30), ("normal", 30)])
+def test_each_task_loss_decreases(toy, tmp_path, task, steps):
+    train(config(toy, tmp_path / task, task=task, steps=steps, batch_size=8, log_interval=steps // 6))
+    losses = [e["loss"] for e in events(tmp_path / task)]
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+def _miou(pred: np.ndarray, gt: np.ndarray, n: int) -> float:
+    ious = [((pred == c) & (gt == c)).sum() / ((pred == c) | (gt == c)).sum() for c in range(n)
+            if ((pred == c) | (gt == c)).any()]
+    return float(np.mean(ious))
+
+
+def test_trained_seg_model_beats_its_untrained_self(toy, tmp_path):
+    import cv2
+
+    from opensapiens.checkpoints import save_model
+    from opensapiens.inference.predictors import load_predictor
+
+    run = tmp_path / "seg"
+    summary = train(config(toy, run, steps=300, batch_size=8, lr=8e-3, log_interval=50))
+    assert summary["step"] == 300
+    torch.manual_seed(0)
+    untrained = build_model("seg", "nano", out_channels=5, head_channels=32, pos_grid=(8, 6))
+    save_model(untrained, tmp_path / "untrained.safetensors")
+    val = toy[1]
+    names = sorted(p.stem for p in (val / "images").iterdir())
+    gts = [cv2.imread(str(val / "seg" / f"{n}.png"), cv2.IMREAD_UNCHANGED) for n in names]
+    images = [cv2.imread(str(val / "images" / f"{n}.png"))[..., ::-1].copy() for n in names]
+    scores = {}
+    for tag, path in (("trained", run / "final.safetensors"), ("untrained", tmp_path / "untrained.safetensors")):
+        predictor = load_predictor("seg", path, device="cpu", input_size=SIZE)
+        preds = [predictor(im).labels for im in images]
+        scores[tag] = _miou(np.stack(preds), np.stack(gts), 5)
+    print(scores)
+    assert scores["trained"] > scores["untrained"] + 0.35 and scores["trained"] > 0.55, scores
+
+
+# --------------------------------------------------------------------------------------------------------- resume
+
+
+def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train(config(toy, full, steps=6, workers=2))
+    reference = {e["step"]: e["loss"] for e in events(full)}
+
+    part = tmp_path / "part"
+    real = finetune_module.train_step
+    count = {"n": 0}
+
+    def signalled_step(*args, **kw):  # SIGTERM arrives during step 3
+        count["n"] += 1
+        if count["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(finetune_module, "train_step", signalled_step)
+    stopped = train(config(toy, part, steps=6, workers=2))
+    monkeypatch.setattr(finetune_module, "train_step", real)
+    assert stopped["stopped"] and stopped["step"] == 3
+    resumed = train(config(toy, part, steps=6, workers=2, resume=True))
+    assert resumed["step"] == 6
+    got = {e["step"]: e["loss"] for e in events(part)}
+    assert got == reference  # every step's loss, before and after the interruption, to the last bit
+    a = torch.load(full / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
+    b = torch.load(part / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_crash_after_a_checkpoint_resumes_from_it_via_the_cli(toy, tmp_path):
+    from opensapiens.cli.main import main
+
+    full = tmp_path / "full"
+    args = ["train", "--task", "normal", "--data", str(toy[0]), "--out", str(full), "--arch", "nano",
+            "--head-channels", "32", "--input-size", "128x96", "--steps", "5", "--batch-size", "4", "--workers", "0",
+            "--precision", "fp32", "--ckpt-interval", "2", "--keep-last", "0", "--log-interval", "1",
+            "--no-tensorboard"]
+    assert main(args) == 0
+    crashed = tmp_path / "crashed"  # as if killed right after the step-2 checkpoint: later files never written
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copy(full / "config.json", crashed / "config.json")
+    shutil.copy(full / "checkpoints" / "step_00000002.pt", crashed / "checkpoints")
+    lines = (full / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n" + '{"event": "train", "step": 3, "loss": 1')
+    assert main(["train", "--out", str(crashed), "--resume"]) == 0
+    assert [(e["step"], e["loss"]) for e in events(crashed)] == [(e["step"], e["loss"]) for e in events(full)]
+    a = torch.load(full / "checkpoints" / "step_00000005.pt", weights_only=True)["model"]
+    b = torch.load(crashed / "checkpoints" / "step_00000005.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_on_the_fly_synthetic_data_trains_pose_and_resumes(tmp_path):
+    cfg = TrainConfig(task="pose", data="synth", out=str(tmp_path / "synth"), arch="nano", head_channels=32,
+                      input_size=SIZE, steps=2, batch_size=2, workers=0, precision="fp32", lr=1e-3, tensorboard=False,
+                      log_interval=1, ckpt_interval=1)
+    first = train(cfg)
+    cfg.resume, cfg.steps = True, 3
+    second = train(cfg)
+    assert first["step"] == 2 and second["step"] == 3 and np.isfinite(second["loss"])
+    assert [e["step"] for e in events(tmp_path / "synth")] == [1, 2, 3]
