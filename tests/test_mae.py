@@ -23,7 +23,7 @@ def make_mae(input_size=(64, 48), seed=0) -> MAE:
     model = MAE(MAEConfig(ARCH, input_size, decoder_dim=16, decoder_depth=2, decoder_heads=2))
     with torch.no_grad():  # random weights everywhere (the init leaves LayerNorms at identity and biases at 0)
         for name, p in model.named_parameters():
-            if name != "backbone.pos_embed":
+            if p.requires_grad:  # not the fixed sin-cos tables
                 p.add_(torch.randn_like(p) * (0.2 if "qkv" in name else 0.05))
     return model
 
@@ -135,7 +135,7 @@ def test_sincos_tables_follow_the_spec(grid):
     sd = model.official_state_dict()
     assert torch.allclose(sd["backbone.pos_embed"].double(), reference_sincos(*grid, ARCH.embed_dim), atol=1e-6)
     assert torch.allclose(sd["neck.decoder_pos_embed"].double(), reference_sincos(*grid, 16), atol=1e-6)
-    assert not model.backbone.pos_embed.requires_grad
+    assert not model.backbone.pos_embed.requires_grad and not model.decoder.pos_embed.requires_grad
 
 
 def test_loss_and_prediction_match_float64_reference():

@@ -153,8 +153,9 @@ class MAEDecoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pred = nn.Linear(dim, patch * patch * 3)
-        # Fixed, so a (non-persistent) buffer: rebuilt from the config rather than stored or trained.
-        self.register_buffer("pos_embed", sincos_pos_embed(self.grid, dim), persistent=False)
+        # Fixed: a frozen parameter, as in the official checkpoints (``neck.decoder_pos_embed``). Not a buffer, so
+        # DDP does not broadcast it every step.
+        self.pos_embed = nn.Parameter(sincos_pos_embed(self.grid, dim), requires_grad=False)
         self.grad_checkpointing = False
 
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -214,6 +215,7 @@ class MAE(nn.Module):
         nn.init.normal_(self.backbone.cls_token, std=0.02)
         nn.init.normal_(self.decoder.mask_token, std=0.02)
         self.backbone.pos_embed.copy_(sincos_pos_embed(self.config.grid, self.config.arch.embed_dim))
+        self.decoder.pos_embed.copy_(sincos_pos_embed(self.config.grid, self.config.decoder_dim))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
@@ -267,8 +269,6 @@ class MAE(nn.Module):
         with torch.device("meta"):
             model = cls(config)
         model.load_state_dict(sd, strict=True, assign=True)
-        model.decoder.register_buffer("pos_embed", sincos_pos_embed(config.grid, config.decoder_dim),
-                                      persistent=False)
         return model
 
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
@@ -310,7 +310,7 @@ class MAE(nn.Module):
             out[f"neck.{theirs}.weight"], out[f"neck.{theirs}.bias"] = sd[f"decoder.{ours}.weight"], \
                 sd[f"decoder.{ours}.bias"]
         out["neck.mask_token"] = sd["decoder.mask_token"]
-        out["neck.decoder_pos_embed"] = self.decoder.pos_embed.detach().cpu()
+        out["neck.decoder_pos_embed"] = sd["decoder.pos_embed"]
         return out
 
     def load_pretrained(self, sd: dict[str, torch.Tensor]) -> list[str]:
