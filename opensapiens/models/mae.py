@@ -170,7 +170,7 @@ class MAEDecoder(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
-        return self.pred(self.norm(x))[:, 1:]  # (B, N, p*p*3), cls dropped
+        return self.pred(self.norm(x[:, 1:]))  # (B, N, p*p*3); the cls token is dropped before the projection
 
 
 class MAE(nn.Module):
