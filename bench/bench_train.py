@@ -1,7 +1,7 @@
 """Fine-tuning throughput: the plain eager bf16 step against the optimized one, side by side in one process.
 
     python bench/bench_train.py --task normal --arch 2b --batch 16 --fsdp --compile --checkpointing --steps 10
-    python bench/bench_train.py --task seg --arch 0.3b --batch 16 --compile --checkpointing blocks+head \\
+    python bench/bench_train.py --task seg --arch 0.3b --batch 16 --fsdp --compile --checkpointing head \\
         --seg-loss-resolution logits --steps 10
     torchrun --nproc_per_node 8 bench/bench_train.py --task normal --arch 2b --batch 16 --fsdp --compile ...
     python bench/bench_train.py --task seg --arch nano --batch 2 --input-size 128x96 --steps 2     # CPU smoke run
@@ -14,7 +14,7 @@ loss, backward, gradient clipping, AdamW with layer-wise LR decay) on a resident
                On one GPU an out-of-memory batch is halved until it fits (all tried batches are reported).
     optimized  fused AdamW, cuDNN > flash attention priority, 2B head dim padded 60 -> 64, cuDNN autotuning, plus
                the flags: --fsdp (FSDP2 bf16 parameters and activations, fp32 master weights and reductions; on
-               one GPU too), --compile (each block and the head), --checkpointing none|blocks|blocks+head
+               one GPU too), --compile (each block and the head), --checkpointing none|blocks|head|blocks+head
                (blocks keep their input; the head keeps one conv output per stage and recomputes norm + SiLU),
                --checkpoint-blocks N (only the first N blocks), --save-attention, --seg-loss-resolution logits.
 
@@ -110,10 +110,10 @@ def build_step(args, variant: Variant, info: D.DistInfo):
     torch.manual_seed(0)
     model = build_model(args.task, args.arch, OUT_CHANNELS[args.task], head_channels=args.head_channels,
                         pos_grid=(H // 16, W // 16)).to(device)
-    if variant.checkpointing != "none":
+    if variant.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, variant.checkpoint_blocks, variant.save_attention)
-        if variant.checkpointing == "blocks+head":
-            checkpoint_head(model.head)
+    if variant.checkpointing in ("head", "blocks+head"):
+        checkpoint_head(model.head)
     on_cuda = device.type == "cuda"
     if variant.optimized and on_cuda:
         pad_attention_heads(model)
@@ -205,7 +205,7 @@ def main() -> None:
     p.add_argument("--fsdp", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--checkpointing", nargs="?", const="blocks+head", default="none",
-                   choices=["none", "blocks", "blocks+head"])
+                   choices=["none", "blocks", "head", "blocks+head"])
     p.add_argument("--checkpoint-blocks", type=int, default=None)
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")

@@ -118,6 +118,34 @@ def test_non_finite_step_in_a_run_is_counted_and_logged(toy, tmp_path, monkeypat
     assert [e["step"] for e in skips] == [3]
 
 
+def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutions():
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from opensapiens.training.speed import checkpoint_blocks, checkpoint_head
+
+    torch.manual_seed(0)
+    plain = build_model("normal", "nano", head_channels=16, pos_grid=(4, 3))
+    plain.head.dropout = torch.nn.Identity()
+    ckpt = copy.deepcopy(plain)
+    checkpoint_blocks(ckpt.backbone.blocks, num_blocks=4)
+    checkpoint_head(ckpt.head)
+    x = torch.randn(2, 3, 64, 48)
+    results = []
+    for model in (plain, ckpt):
+        out = model(x)
+        with FlopCounterMode(display=False) as counter:  # what the backward pass runs
+            out.square().mean().backward()
+        ops = {str(k) for k in counter.get_flop_counts()["Global"]}
+        results.append((out.detach(), [p.grad for p in model.parameters()], ops))
+    (o1, g1, ops1), (o2, g2, ops2) = results
+    assert torch.equal(o1, o2)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(g1, g2))
+    assert "aten.convolution" not in ops1 and "aten.convolution" not in ops2  # head convolutions: saved, not rerun
+    assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
+
+
 # ------------------------------------------------------------------------------------------------------- learning
 
 

@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--backgrounds", help="folder of people-free pictures for the random-background augmentation")
     g = p.add_argument_group("speed and memory")
     g.add_argument("--precision", choices=["bf16", "fp32"])
-    g.add_argument("--checkpointing", choices=["none", "blocks", "blocks+head"],
+    g.add_argument("--checkpointing", choices=["none", "blocks", "head", "blocks+head"],
                    help="activation checkpointing (recompute in backward)")
     g.add_argument("--checkpoint-blocks", type=int, help="checkpoint only the first N blocks")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile blocks and head")

@@ -57,7 +57,7 @@ class TrainConfig:
     backgrounds: str | None = None  # folder of pictures without people for the random-background augmentation
     # speed / memory
     precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
-    checkpointing: str = "none"  # none | blocks | blocks+head
+    checkpointing: str = "none"  # none | blocks | head | blocks+head
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
     compile: bool = False
     fsdp: bool = False
@@ -114,6 +114,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     out = TrainConfig(**d)
     if out.precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
-    if out.checkpointing not in ("none", "blocks", "blocks+head"):
-        raise ValueError(f"checkpointing must be none, blocks or blocks+head, got {out.checkpointing!r}")
+    if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
+        raise ValueError(f"checkpointing must be none, blocks, head or blocks+head, got {out.checkpointing!r}")
     return out

@@ -128,10 +128,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         pad_attention_heads(model)  # 2B head dim 60 -> 64 so fused attention kernels apply (exact)
         torch.backends.cudnn.benchmark = True  # fixed input size: autotune the heads' transposed convolutions
     bf16 = cfg.precision == "bf16"
-    if cfg.checkpointing != "none":
+    if cfg.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
-        if cfg.checkpointing == "blocks+head":
-            checkpoint_head(model.head)
+    if cfg.checkpointing in ("head", "blocks+head"):
+        checkpoint_head(model.head)
     if cfg.compile:
         compile_blocks(model.backbone.blocks, model.head)
     if cfg.fsdp:
