@@ -56,6 +56,7 @@ def test_loss_falls_and_backbone_feeds_finetuning(tmp_path):
     with ShardWriter(data, max_count=4) as w:
         for i in range(8):
             w.write(f"img{i}", jpeg(picture), ".jpg")
+        w.write("truncated", jpeg(picture)[:300], ".jpg")  # skipped and counted, every epoch
     run = tmp_path / "run"
     rc = main(["pretrain", "--data", str(data), "--out", str(run), "--steps", "60", "--batch-size", "8",
                "--lr", "2e-3", "--warmup-steps", "3", "--crop-scale", "1,1", "--workers", "0", "--export-official",
@@ -63,6 +64,8 @@ def test_loss_falls_and_backbone_feeds_finetuning(tmp_path):
     assert rc == 0
     curve = losses(run)
     assert len(curve) == 60 and np.mean(curve[-5:]) < 0.85 * np.mean(curve[:5])
+    last = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in s][-1]
+    assert last["skipped_samples"] >= 50  # 60 steps x 8 images = 60 epochs of 8 good images + 1 bad one
     assert (run / "vis" / "step_00000060.png").is_file()
     shards = data
 

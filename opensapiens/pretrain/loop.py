@@ -124,7 +124,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if resume_from is not None:
         meta = ckpt.load_checkpoint(resume_from, model, optimizer, info)
         step, skipped_steps = meta["step"], meta.get("skipped_steps", 0)
-        skipped_samples, loader_meta = meta.get("skipped_samples", 0), meta["loader"]
+        per_rank = meta.get("skipped_samples_per_rank", [])
+        skipped_samples = per_rank[info.rank] if info.rank < len(per_rank) else 0
+        loader_meta = meta["loader"]
     else:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank masking streams
     logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
@@ -160,12 +162,16 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     # On CUDA: cuDNN > flash > memory-efficient attention (the same fast path ``bench/bench_mae.py`` measures).
     attention = fast_attention if device.type == "cuda" else contextlib.nullcontext
 
+    def total_skipped_samples() -> int:
+        """Collective: unreadable samples skipped so far on all ranks."""
+        return int(D.all_reduce_sum(torch.tensor([float(skipped_samples)], device=device)).item())
+
     def save(reason: str) -> None:
-        slots = D.gather_objects(state.to_dict())
-        merged = LoaderState(num_slots, state.batches, {s: c for d in slots for s, c in
-                                                        LoaderState.from_dict(d).cursors.items()})
-        meta = {"step": step, "loader": merged.to_dict(), "skipped_steps": skipped_steps,
-                "skipped_samples": skipped_samples, "config": cfg.to_dict(), "world_size": info.world_size}
+        ranks = D.gather_objects((state.to_dict(), skipped_samples))
+        cursors = {s: c for d, _ in ranks for s, c in LoaderState.from_dict(d).cursors.items()}
+        meta = {"step": step, "loader": LoaderState(num_slots, state.batches, cursors).to_dict(),
+                "skipped_steps": skipped_steps, "skipped_samples_per_rank": [n for _, n in ranks],
+                "config": cfg.to_dict(), "world_size": info.world_size}
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
             ckpt.prune_checkpoints(ckpt_dir, cfg.keep_last)
@@ -214,7 +220,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                     if device.type == "cuda" else {}
                 logger.log("train", step, loss=window["loss"] / window["n"] if window["n"] else None, lr=cur_lr,
                            grad_norm=result.grad_norm, images_per_s=window["steps"] * global_batch / max(elapsed, 1e-9),
-                           skipped=window["skipped"], skipped_samples=skipped_samples, **extra)
+                           skipped=window["skipped"], skipped_samples=total_skipped_samples(), **extra)
                 window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
@@ -236,7 +242,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
     logger.close()
-    return {"step": step, "stopped": False, "skipped_steps": skipped_steps, "skipped_samples": skipped_samples,
+    return {"step": step, "stopped": False, "skipped_steps": skipped_steps, "skipped_samples": total_skipped_samples(),
             "loss": result.loss if result else None, "outputs": outputs}
 
 
