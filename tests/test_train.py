@@ -146,6 +146,28 @@ def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutio
     assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
 
 
+def test_init_from_an_official_pretrain_file_drops_cls_and_resizes_positions(tmp_path):
+    import torch.nn.functional as F
+
+    from opensapiens.checkpoints import ours_to_official
+    from opensapiens.models import SapiensViT
+    from opensapiens.training.init import load_initial_weights
+
+    torch.manual_seed(1)
+    pretrain = SapiensViT("nano", pos_grid=(8, 8), with_cls_token=True)  # 1 cls slot + 8x8 grid, as *_clean.pth
+    sd = ours_to_official({f"backbone.{k}": v for k, v in pretrain.state_dict().items()}, "features")
+    torch.save(sd, tmp_path / "sapiens_nano_clean.pth")
+    model = build_model("seg", "nano", out_channels=5, head_channels=32, pos_grid=(8, 6))
+    head_before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    report = load_initial_weights(model, str(tmp_path / "sapiens_nano_clean.pth"))
+    assert report["head"] == 0 and report["skipped_head"]
+    assert torch.equal(model.backbone.blocks[3].mlp.fc1.weight, pretrain.blocks[3].mlp.fc1.weight)
+    grid = pretrain.pos_embed[:, 1:].reshape(1, 8, 8, -1).permute(0, 3, 1, 2)  # cls row dropped
+    expected = F.interpolate(grid, size=(8, 6), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    assert torch.allclose(model.backbone.pos_embed, expected, atol=1e-6)
+    assert all(torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------------- learning
 
 

@@ -74,10 +74,19 @@ def export_weights(model: torch.nn.Module, config, path: Path, info: D.DistInfo,
     D.barrier()
 
 
+def _worker_init(_: int) -> None:
+    """One thread per loader process: the parallelism is the number of workers, not threads inside each."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+
+
 def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
+    """Background loading processes; a private generator so creating the loader never draws from the global RNG."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=False, generator=torch.Generator(),
-                      prefetch_factor=4 if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_worker_init)
 
 
 def train(cfg: TrainConfig) -> dict:
