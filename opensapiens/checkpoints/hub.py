@@ -6,6 +6,8 @@ Names read ``sapiens-{task}[-{keypoints}]-{size}[-{format}]``:
 and ``-torchscript`` / ``-bfloat16`` select the official "lite" exports of the same weights.
 The ``sapiens-`` prefix is optional ("pose-1b" works).
 
+``sapiens-nano`` is the small multi-task model shipped inside the package (docs/bundled_model.md).
+
 Lookup order: an existing path; ``$OPENSAPIENS_CHECKPOINTS/<file>`` (default ``~/.cache/opensapiens``); the Hugging
 Face cache (offline); a Hub download (online).
 """
@@ -79,6 +81,10 @@ def parse_name(name: str) -> HubFile | None:
     return HubFile(canonical, task, size, repo, filename)
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "sapiens-nano.safetensors"
+BUNDLED_NAMES = ("sapiens-nano", "nano", "bundled")
+
+
 def local_dir() -> Path:
     return Path(os.environ.get("OPENSAPIENS_CHECKPOINTS", Path.home() / ".cache" / "opensapiens"))
 
@@ -88,6 +94,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
+    if str(name_or_path).lower() in BUNDLED_NAMES:
+        if not BUNDLED.is_file():
+            raise FileNotFoundError(f"the bundled model is missing from this installation ({BUNDLED})")
+        return BUNDLED
     hub = parse_name(str(name_or_path))
     if hub is None:
         raise FileNotFoundError(f"{name_or_path}: no such file, and not an official model name (e.g. "

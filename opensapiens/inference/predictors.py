@@ -24,6 +24,7 @@ from ..checkpoints import as_dtype, load_model
 from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
 from ..models import SapiensModel
+from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference
 from .topdown import boxes_to_center_scale, crop_people, crop_to_image, flip_test
 from .transforms import MEAN, STD, Preprocessor
@@ -156,6 +157,11 @@ def align_depth(pred: np.ndarray, metric_points: np.ndarray | dict, mask: np.nda
 
 
 # -------------------------------------------------------------------------------------------------------- predictors
+
+
+def _writable(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous writable array (torch warns on read-only numpy memory); copies only when needed."""
+    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
 
 
 def default_device() -> torch.device:
@@ -340,8 +346,7 @@ class PosePredictor(Predictor):
                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
                     for _ in images]
         dev = self.device
-        tensors = [torch.from_numpy(np.array(im, copy=not im.flags.writeable, order="C")).to(dev).permute(2, 0, 1)
-                   for im in images]
+        tensors = [torch.from_numpy(_writable(im)).to(dev).permute(2, 0, 1) for im in images]
         all_boxes = torch.from_numpy(np.concatenate(box_list)).to(dev)
         image_index = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(counts, device=dev))
         center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])
@@ -371,6 +376,53 @@ class PosePredictor(Predictor):
         return out
 
 
+class MultiTaskPredictor:
+    """All four tasks of a multi-task model (the bundled ``sapiens-nano``): one backbone pass over the whole image
+    serves segmentation, depth and normals; pose runs top-down on person crops with the same weights."""
+
+    DENSE = ("seg", "depth", "normal")
+
+    def __init__(self, model: SapiensMultiTask, batch_size: int = 4, flip: bool = False, detector=None):
+        self.model = model.eval()
+        size = tuple(model.config.input_size)
+        self.input_size = size
+        self.pose = PosePredictor(model.task_model("pose"), input_size=size, batch_size=batch_size, flip=flip,
+                                  detector=detector) if "pose" in model.tasks else None
+        self.seg = SegPredictor(model.task_model("seg"), input_size=size, batch_size=batch_size)
+        self.preprocess = self.seg.preprocess
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def __call__(self, image: np.ndarray, boxes=None) -> dict:
+        return self.predict_batch([image], boxes=None if boxes is None else [boxes])[0]
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray], boxes=None) -> list[dict]:
+        """Per image {"pose": PoseResult, "seg": SegResult, "depth": DepthResult, "normal": NormalResult}."""
+        batch, metas = self.preprocess(images, device=self.device)
+        dtype = next(self.model.parameters()).dtype
+        tasks = tuple(t for t in self.DENSE if t in self.model.tasks)
+        outs = self.model(batch.to(dtype), tasks=tasks)
+        restored = {t: self.preprocess.restore(outs[t].float(), metas) for t in tasks}
+        poses = self.pose.predict_batch(images, boxes=boxes) if self.pose is not None else [None] * len(images)
+        results = []
+        for i in range(len(images)):
+            labels = restored["seg"][i].argmax(0).to(torch.uint8).cpu().numpy()
+            fg = labels > 0
+            n = restored["normal"][i]
+            normals = (n / n.norm(dim=0, keepdim=True).clamp_min(1e-5)).permute(1, 2, 0).cpu().numpy()
+            normals[~fg] = 0.0
+            results.append({
+                "pose": poses[i],
+                "seg": SegResult(labels, self.seg.class_names),
+                "depth": DepthResult(restored["depth"][i][0].cpu().numpy(), fg),
+                "normal": NormalResult(normals, fg),
+            })
+        return results
+
+
 PREDICTORS: dict[str, type[Predictor]] = {
     "pose": PosePredictor, "seg": SegPredictor, "depth": DepthPredictor, "normal": NormalPredictor,
     "features": FeaturePredictor,
@@ -379,7 +431,7 @@ PREDICTORS: dict[str, type[Predictor]] = {
 
 def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, input_size: tuple[int, int] | None = None,
-                   optimize: bool | None = None, fp8: bool = False, **kwargs) -> Predictor:
+                   optimize: bool | None = None, fp8: bool = False, **kwargs) -> Predictor | MultiTaskPredictor:
     """Load ``checkpoint`` (path or official name) and wrap it in the predictor of its task.
 
     ``device`` defaults to CUDA when available; ``dtype`` to bf16 on CUDA and fp32 on CPU. ``task=None`` takes the
@@ -391,6 +443,9 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(checkpoint, device=device, dtype=as_dtype(dtype), task=task)
+    if isinstance(model, SapiensMultiTask):
+        return MultiTaskPredictor(model, **{k: v for k, v in kwargs.items() if k in ("batch_size", "flip",
+                                                                                      "detector")})
     if input_size is None:
         input_size = (1024, 1024) if model.task == "features" else (1024, 768)
     if optimize is None:
@@ -400,6 +455,6 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     return PREDICTORS[model.task](model, input_size=tuple(input_size), **kwargs)
 
 
-def load(name_or_path: str | os.PathLike, **kwargs) -> Predictor:
+def load(name_or_path: str | os.PathLike, **kwargs) -> Predictor | MultiTaskPredictor:
     """One line from a name to results: ``opensapiens.load("sapiens-pose-1b")(image)``."""
     return load_predictor(kwargs.pop("task", None), name_or_path, **kwargs)

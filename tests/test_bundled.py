@@ -1,0 +1,55 @@
+"""The bundled multi-task model: it ships, loads, gives the documented outputs, and the demo runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+import opensapiens
+from opensapiens.checkpoints import load_model
+from opensapiens.checkpoints.hub import BUNDLED
+from opensapiens.cli.main import main
+from opensapiens.models.multitask import SapiensMultiTask
+
+
+def test_bundled_file_is_small_and_loads():
+    assert BUNDLED.is_file() and BUNDLED.stat().st_size <= 25 * 2**20
+    model = load_model("sapiens-nano")
+    assert isinstance(model, SapiensMultiTask) and set(model.tasks) == {"pose", "seg", "depth", "normal"}
+    H, W = model.config.input_size
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, H, W))
+    assert out["pose"].shape == (1, 308, H // 4, W // 4)
+    assert out["seg"].shape == (1, 28, H // 2, W // 2)
+    assert out["depth"].shape == (1, 1, H, W)
+    assert out["normal"].shape == (1, 3, H // 2, W // 2)
+    # one task of it loads as an ordinary single-task model sharing the same weights
+    seg = load_model("sapiens-nano", task="seg")
+    with torch.no_grad():
+        assert torch.allclose(seg(torch.ones(1, 3, H, W)), model(torch.ones(1, 3, H, W))["seg"], atol=1e-5)
+
+
+def test_bundled_predictor_results_have_image_shapes():
+    predictor = opensapiens.load("sapiens-nano", device="cpu")
+    image = np.random.default_rng(0).integers(0, 255, (150, 100, 3), dtype=np.uint8)
+    res = predictor(image, boxes=np.array([[10, 10, 90, 140]], np.float32))
+    assert res["pose"].keypoints.shape == (1, 308, 2) and res["pose"].scores.shape == (1, 308)
+    assert res["seg"].labels.shape == (150, 100) and res["seg"].labels.dtype == np.uint8
+    assert res["depth"].depth.shape == (150, 100)
+    n = res["normal"].normals
+    assert n.shape == (150, 100, 3)
+    fg = res["normal"].mask
+    if fg.any():
+        assert np.allclose(np.linalg.norm(n[fg], axis=-1), 1.0, atol=1e-4)
+
+
+def test_demo_command_writes_pictures_and_metrics(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--n", "1", "--size", "128x96"]) == 0
+    out = capsys.readouterr().out
+    assert "seg mIoU" in out and "normal mean error" in out
+    assert (tmp_path / "synthetic_00_demo.jpg").is_file()
+    doc = json.loads((tmp_path / "synthetic_00.json").read_text())
+    assert doc["keypoint_set"] == "goliath" and len(doc["people"][0]["keypoints"]) == 308 * 3
+    assert np.load(tmp_path / "synthetic_00_normal.npy").shape == (128, 96, 3)
