@@ -101,6 +101,16 @@ def is_multitask(path_or_name: str | os.PathLike) -> bool:
         return MULTITASK_KEY in (f.metadata() or {})
 
 
+def native_input_size(path_or_name: str | os.PathLike) -> tuple[int, int] | None:
+    """The input size a multi-task checkpoint was trained at (None for other checkpoints)."""
+    if not is_multitask(path_or_name):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(resolve_checkpoint(path_or_name)), framework="pt") as f:
+        return tuple(json.loads(f.metadata()[MULTITASK_KEY])["input_size"])
+
+
 def load_multitask(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
                    dtype: str | torch.dtype | None = None) -> SapiensMultiTask:
     """Load a whole multi-task checkpoint (one backbone, several heads) in eval mode."""

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import as_dtype, load_model
+from ..checkpoints.loading import native_input_size
 from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
 from ..models import SapiensModel
@@ -447,7 +448,7 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         return MultiTaskPredictor(model, **{k: v for k, v in kwargs.items() if k in ("batch_size", "flip",
                                                                                       "detector")})
     if input_size is None:
-        input_size = (1024, 1024) if model.task == "features" else (1024, 768)
+        input_size = native_input_size(checkpoint) or ((1024, 1024) if model.task == "features" else (1024, 768))
     if optimize is None:
         optimize = device.type == "cuda"
     if optimize or fp8:
