@@ -116,8 +116,10 @@ class _ImageFiles(torch.utils.data.Dataset):
 
 
 def _load(paths: Sequence[Path], batch_size: int, workers: int) -> Iterator[list[tuple[int, np.ndarray | None, str]]]:
+    # workers start from a fork server: forking a process with live OpenMP/OpenCV thread pools can deadlock
     loader = torch.utils.data.DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=workers,
-                                         collate_fn=list, prefetch_factor=2 if workers else None)
+                                         collate_fn=list, prefetch_factor=2 if workers else None,
+                                         multiprocessing_context="forkserver" if workers else None)
     yield from loader
 
 

@@ -83,10 +83,15 @@ def _worker_init(_: int) -> None:
 
 
 def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
-    """Background loading processes; a private generator so creating the loader never draws from the global RNG."""
+    """Background loading processes; a private generator so creating the loader never draws from the global RNG.
+
+    Workers start from a fork server, not a fork of this process: forking a process whose OpenMP / OpenCV thread
+    pools are running can deadlock the child (seen in ``cv2.setNumThreads`` inside the worker).
+    """
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=False, generator=torch.Generator(),
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_worker_init)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_worker_init,
+                      multiprocessing_context="forkserver" if workers > 0 else None)
 
 
 def train(cfg: TrainConfig) -> dict:
