@@ -7,7 +7,7 @@ install:
 	$(PY) -m pip install -q -e ".[test]"
 
 demo: install
-	opensapiens demo --out demo_out
+	$(PY) -m opensapiens demo --out demo_out
 
 test: install
 	$(PY) -m ruff check opensapiens tests bench tools
