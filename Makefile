@@ -1,7 +1,7 @@
 # Two commands for a fresh machine: `make demo` (the main job) and `make test` (the test suite).
 PY ?= python3
 
-.PHONY: install demo test lint
+.PHONY: install demo test
 
 install:
 	$(PY) -m pip install -q -e ".[test]"

@@ -108,3 +108,23 @@ def test_predict_reports_missing_inputs(tmp_path, capsys):
     assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), str(tmp_path / "nothing_here"),
                  "--out", str(tmp_path / "o")]) == 2
     assert "nothing_here" in capsys.readouterr().err
+
+
+def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
+    from opensapiens.io import VideoWriter, iter_video_frames
+
+    video = tmp_path / "clip.mp4"
+    rng = np.random.default_rng(1)
+    with VideoWriter(video, fps=10) as writer:
+        for _ in range(5):
+            writer.write(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    ckpt = _checkpoint(tmp_path, "seg", 28)
+    out = tmp_path / "out"
+    assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--batch-size", "2",
+                 str(video), "--out", str(out)]) == 0
+    assert "clip.mp4: 5 frames" in capsys.readouterr().out
+    frames = sorted((out / "clip").glob("frame_*_seg.png"))
+    assert [f.name for f in frames] == [f"frame_{i:06d}_seg.png" for i in range(5)]
+    assert np.array(Image.open(frames[0])).shape == (64, 48)
+    pictures = list(iter_video_frames(out / "clip_seg.mp4"))
+    assert len(pictures) == 5 and pictures[0][1].shape[0] == 64

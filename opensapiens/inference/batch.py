@@ -187,6 +187,64 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     return report
 
 
+def visualize_result(image: np.ndarray, result) -> np.ndarray:
+    """The picture of one result, as written for images (used for video frames)."""
+    if isinstance(result, PoseResult):
+        return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes)
+    if isinstance(result, SegResult):
+        palette = seg_classes("goliath").palette if len(result.class_names) == 28 else None
+        return seg_overlay(image, result.labels, palette)
+    if isinstance(result, DepthResult):
+        return colorize_depth(result.depth, result.mask)
+    if isinstance(result, NormalResult):
+        return colorize_normals(result.normals, result.mask)
+    raise TypeError(f"no picture for {type(result).__name__}")
+
+
+def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
+              raw: bool = False, step: int = 1, progress: bool = True) -> int:
+    """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
+    ``frame_000000...`` like images) and, with ``vis``, ``out_dir/STEM_<task>.mp4`` side by side with the input.
+    Returns the number of frames done. Frames whose outputs exist are recomputed only if the video picture is wanted.
+    """
+    from tqdm import tqdm
+
+    from ..io import VideoWriter, iter_video_frames, video_info
+
+    info = video_info(path)
+    frames_dir = out_dir / path.stem
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    total = info.num_frames // step if info.num_frames else None
+    bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
+    writer = VideoWriter(out_dir / f"{path.stem}_{predictor.task}.mp4", fps=info.fps / step) if vis else None
+    done = 0
+    chunk: list[tuple[int, np.ndarray]] = []
+
+    def flush() -> None:
+        nonlocal done
+        results = predictor.predict_batch([im for _, im in chunk])
+        for (index, image), res in zip(chunk, results):
+            write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, res, vis=False, raw=raw)
+            if writer is not None and predictor.task != "features":
+                writer.write(side_by_side([image, visualize_result(image, res)]))
+        done += len(chunk)
+        bar.update(len(chunk))
+        chunk.clear()
+
+    try:
+        for index, frame in iter_video_frames(path, step=step):
+            chunk.append((index, frame))
+            if len(chunk) == batch_size:
+                flush()
+        if chunk:
+            flush()
+    finally:
+        if writer is not None:
+            writer.close()
+        bar.close()
+    return done
+
+
 def _collect(pending: list[tuple[Path, Future]], report: BatchReport, block: bool) -> list[tuple[Path, Future]]:
     left = []
     for path, fut in pending:
