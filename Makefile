@@ -11,4 +11,4 @@ demo: install
 
 test: install
 	$(PY) -m ruff check opensapiens tests bench tools
-	$(PY) -m pytest -x -q tests
+	$(PY) -m pytest -x tests
