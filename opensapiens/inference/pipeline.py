@@ -17,10 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torchvision.io import decode_image, decode_jpeg
 
-from .transforms import MEAN, STD
+from .transforms import MEAN, STD, Preprocessor, restore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -50,21 +49,13 @@ def _rgb():
     return ImageReadMode.RGB
 
 
-def resize_normalize(images: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
-    """(3, H_i, W_i) uint8 images -> (B, 3, H, W) float32 normalized (bilinear stretch, the official protocol)."""
-    mean = torch.tensor(MEAN, device=images[0].device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images[0].device).view(1, 3, 1, 1)
-    batch = torch.cat([F.interpolate(im[None].float(), size=size, mode="bilinear", align_corners=False)
-                       for im in images])
-    return (batch - mean) / std
-
-
 class Prefetcher:
     """Reads and decodes batches in a background thread, on a side CUDA stream, two batches ahead."""
 
     def __init__(self, paths: list[Path], batch_size: int, device: torch.device, input_size: tuple[int, int],
                  io_threads: int = 8):
-        self.paths, self.batch_size, self.device, self.size = paths, batch_size, device, input_size
+        self.paths, self.batch_size, self.device = paths, batch_size, device
+        self.preprocess = Preprocessor(input_size)  # the predictors' own stretch resize + normalization
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.pool = ThreadPoolExecutor(io_threads)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -79,12 +70,12 @@ class Prefetcher:
                 ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
                 with ctx:
                     images = decode_on_device(data, paths, self.device)
-                    batch = resize_normalize(images, self.size)
+                    batch, metas = self.preprocess([im.permute(1, 2, 0) for im in images], self.device)
                     event = None
                     if self.stream is not None:
                         event = torch.cuda.Event()
                         event.record(self.stream)
-                self.queue.put((paths, images, batch, event))
+                self.queue.put((paths, images, batch, metas, event))
         except Exception as e:  # noqa: BLE001 - surfaced in the consumer
             self.queue.put(e)
         self.queue.put(None)
@@ -93,21 +84,17 @@ class Prefetcher:
         while (item := self.queue.get()) is not None:
             if isinstance(item, Exception):
                 raise item
-            paths, images, batch, event = item
+            paths, images, batch, metas, event = item
             if event is not None:
                 torch.cuda.current_stream(self.device).wait_event(event)
                 for t in (batch, *images):
                     t.record_stream(torch.cuda.current_stream(self.device))
-            yield paths, images, batch
+            yield paths, images, batch, metas
 
 
-def _seg_post(logits: torch.Tensor, images: list[torch.Tensor]) -> list[torch.Tensor]:
+def _seg_post(logits: torch.Tensor, metas) -> list[torch.Tensor]:
     """Per image: logits (N, h, w) -> bilinear to the image size -> argmax -> uint8 (H, W), on the GPU."""
-    out = []
-    for lg, im in zip(logits, images):
-        full = F.interpolate(lg[None].float(), size=im.shape[-2:], mode="bilinear", align_corners=False)
-        out.append(full[0].argmax(0).to(torch.uint8))
-    return out
+    return [full.argmax(0).to(torch.uint8) for full in restore(logits.float(), metas)]
 
 
 def _pose_post(model, images: list[torch.Tensor], input_size: tuple[int, int]) -> list[torch.Tensor]:
@@ -154,9 +141,9 @@ def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_siz
     done = 0
     with ThreadPoolExecutor(writer_threads) as writer, torch.inference_mode():
         futures = []
-        for batch_paths, images, batch in Prefetcher(paths, batch_size, device, input_size):
+        for batch_paths, images, batch, metas in Prefetcher(paths, batch_size, device, input_size):
             if task == "seg":
-                results = _seg_post(model(batch.to(dtype)), images)
+                results = _seg_post(model(batch.to(dtype)), metas)
             else:
                 results = _pose_post(model, images, input_size)
             ready = None
