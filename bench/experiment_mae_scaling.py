@@ -107,8 +107,10 @@ def main() -> None:
     ap.add_argument("--finetune-steps", type=int, default=1000)
     ap.add_argument("--finetune-batch", type=int, default=16)
     ap.add_argument("--tasks", default="seg,pose")
+    ap.add_argument("--probe", default="seg", help="tasks also fine-tuned with the backbone frozen ('' for none)")
     ap.add_argument("--pose-sigma", type=float, default=2.0, help="heatmap Gaussian sigma in heatmap pixels")
     ap.add_argument("--pose-lr", type=float, default=2e-3, help="pose LR (the engine's 5e-4 is slow for short runs)")
+    ap.add_argument("--workers", type=int, default=0, help="loader workers (0 suits a small CPU machine)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: checks the pipeline, not the claim")
     args = ap.parse_args()
     if args.quick:
@@ -124,7 +126,7 @@ def main() -> None:
     labeled = render(out / "data" / "labeled", args.labeled, (H, W), 2000, log, logfile)
     val = render(out / "data" / "val", args.val, (H, W), 3000, log, logfile)
 
-    small = ["--arch", args.arch, "--input-size", f"{H}x{W}", "--no-tensorboard", "--workers", "0"]
+    small = ["--arch", args.arch, "--input-size", f"{H}x{W}", "--no-tensorboard", "--workers", str(args.workers)]
     inits: dict[str, str | None] = {"random init": None}
     pretrain_loss = {}
     for n in sizes:
@@ -145,10 +147,15 @@ def main() -> None:
                                                coco17(val, out / "data" / "val_coco17"), pose_extra)}
     metric = {"seg": "mIoU", "pose": "AP"}
     results: dict[str, dict[str, float]] = {}
-    for task in args.tasks.split(","):
+    # "probe": the backbone frozen (layer decay 0 gives it LR 0; the head trains at the full LR), which isolates
+    # what the pretrained features alone are worth.
+    columns = [(t, False) for t in args.tasks.split(",")] + [(t, True) for t in args.probe.split(",") if t]
+    for task, probe in columns:
         train_dir, val_dir, extra = data[task]
+        if probe:
+            extra = [*extra, "--layer-decay", "0"]
         for name, init in inits.items():
-            run = out / f"{task}_{name.replace(' ', '_')}"
+            run = out / f"{task}{'_probe' if probe else ''}_{name.replace(' ', '_')}"
             if not (run / "final.safetensors").is_file():
                 cmd = [*CLI, "train", "--task", task, "--data", str(train_dir), "--val-data", str(val_dir),
                        "--out", str(run), "--steps", str(args.finetune_steps), "--batch-size",
@@ -156,13 +163,14 @@ def main() -> None:
                        str(max(args.finetune_steps // 10, 1)), "--ckpt-interval", str(args.finetune_steps),
                        "--log-interval", "50", *extra, *small]
                 sh(cmd + (["--init", init] if init else []), log, logfile)
-            results.setdefault(name, {})[task] = last_eval(run).get(metric[task])
+            results.setdefault(name, {})[task + (" probe" if probe else "")] = last_eval(run).get(metric[task])
 
-    rows = ["| initialisation | " + " | ".join(f"{t} val {metric[t]}" for t in args.tasks.split(",")) + " |",
-            "|---|" + "---|" * len(args.tasks.split(","))]
+    keys = [t + (" probe" if p else "") for t, p in columns]
+    header = [f"{t} val {metric[t]} (%)" + (", frozen backbone" if p else "") for t, p in columns]
+    rows = ["| initialisation | " + " | ".join(header) + " |", "|---|" + "---|" * len(columns)]
     for name, r in results.items():
-        rows.append(f"| {name} | " + " | ".join(f"{100 * r[t]:.1f}" if r.get(t) is not None else "n/a"
-                                                for t in args.tasks.split(",")) + " |")
+        rows.append(f"| {name} | " + " | ".join(f"{100 * r[k]:.2f}" if r.get(k) is not None else "n/a"
+                                                for k in keys) + " |")
     table = "\n".join(rows)
     print(table)
     (out / "results.md").write_text(table + "\n")
