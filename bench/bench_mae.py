@@ -70,7 +70,8 @@ def model_config(args) -> MAEConfig:
                      args.decoder_heads)
 
 
-def build(args, device: torch.device, optimized: bool):
+def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None):
+    compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
     if args.checkpointing:
@@ -79,10 +80,10 @@ def build(args, device: torch.device, optimized: bool):
     step_model = model
     if optimized:
         pad_attention_heads(model)
-        if args.compile == "blocks":
+        if compile_mode == "blocks":
             for blocks in (model.backbone.blocks, model.decoder.blocks):
                 compile_blocks(blocks)
-        elif args.compile == "model":
+        elif compile_mode == "model":
             step_model = torch.compile(model)
     on_cuda = device.type == "cuda"
     opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95), fused=optimized and on_cuda)
@@ -125,6 +126,56 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
     return sec, peak
 
 
+# name -> (optimized, compile mode; None = --compile)
+VARIANTS = {"eager": (False, "none"), "optimized": (True, None), "optimized-model": (True, "model")}
+
+
+def attention_backends_table(args, device: torch.device) -> dict:
+    """Forward + backward TFLOP/s of each SDPA backend on the encoder (visible tokens) and decoder (all tokens)
+    attention shapes: where the decoder's head dim 32 costs its efficiency."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = model_config(args)
+    N = cfg.grid[0] * cfg.grid[1]
+    shapes = {"encoder": (int(N * 0.25) + 1, cfg.arch.num_heads, cfg.arch.head_dim),
+              "decoder": (N + 1, cfg.decoder_heads, cfg.decoder_dim // cfg.decoder_heads)}
+    out: dict = {}
+    for name, (tokens, heads, hd) in shapes.items():
+        q, k, v = (torch.randn(args.batch, heads, tokens, hd, device=device, dtype=torch.bfloat16,
+                               requires_grad=True) for _ in range(3))
+        flops = 3.5 * 4 * args.batch * heads * tokens * tokens * hd  # forward 2 matmuls, backward 2.5x
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            try:
+                with sdpa_kernel([backend]):
+                    sec, _ = timed(lambda qkv: F.scaled_dot_product_attention(*qkv).sum().backward(),
+                                   lambda q=q, k=k, v=v: (q, k, v), 5, 2, device)
+                out[f"{name}/{backend.name}"] = flops / sec / 1e12
+            except RuntimeError as e:
+                out[f"{name}/{backend.name}"] = f"unsupported: {str(e).splitlines()[0][:80]}"
+            value = out[f"{name}/{backend.name}"]
+            shown = f"{value:6.0f} TFLOP/s" if isinstance(value, float) else value
+            print(f"  attention {name} (B={args.batch}, {heads} heads, {tokens} tokens, hd {hd}) "
+                  f"{backend.name:<20} {shown}")
+    return out
+
+
+def profile(step, images: torch.Tensor, device: torch.device, out: Path | None) -> None:
+    """Top kernels by device time over 2 steps (after the variant's warm-up)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(2):
+            step(images)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70))
+    if out is not None:
+        prof.export_chrome_trace(str(out.with_suffix(".trace.json")))
+
+
 def make_shards(out: Path, n: int, size: tuple[int, int]) -> Path:
     """``n`` photo-like JPEGs (q95) in 16-image tar shards, if ``out`` has none yet."""
     if list(out.glob("*.tar")):
@@ -153,7 +204,13 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation happens here)")
     ap.add_argument("--compile", choices=["blocks", "model", "none"], default="blocks")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing in every variant")
-    ap.add_argument("--variants", default="eager,optimized", help="comma-separated: eager, optimized")
+    ap.add_argument("--variants", default="eager,optimized",
+                    help="comma-separated: eager, optimized (compiled as --compile says), optimized-model "
+                         "(whole-model compile)")
+    ap.add_argument("--profile", action="store_true",
+                    help="profile 2 steps of the last variant: top CUDA kernels (+ trace.json beside --out)")
+    ap.add_argument("--attention", action="store_true",
+                    help="time fused attention backends on the encoder and decoder shapes (forward + backward)")
     ap.add_argument("--in-memory", action="store_true", help="skip the real-loader check")
     ap.add_argument("--data", type=Path, help="tar shards for the loader check (default: generated JPEGs)")
     ap.add_argument("--images", type=int, default=128, help="generated images for the loader check")
@@ -184,10 +241,14 @@ def main() -> None:
               f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}", flush=True)
         return r
 
+    if args.attention and device.type == "cuda":
+        result["attention"] = attention_backends_table(args, device)
     step = None
     for variant in args.variants.split(","):
-        optimized = variant == "optimized"
-        model, step = build(args, device, optimized)
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        optimized, compile_mode = VARIANTS[variant]
+        model, step = build(args, device, optimized, compile_mode)
         t0 = time.perf_counter()
         sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
         result[variant] = report(variant, sec, peak)
@@ -197,6 +258,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+    if args.profile and step is not None:
+        profile(step, images, device, args.out)
     if not args.in_memory and step is not None:
         data = args.data or make_shards(Path(tempfile.gettempdir()) / "opensapiens_bench_mae", args.images,
                                         args.image_size)
