@@ -52,7 +52,8 @@ def epoch_keys(source, rank: int, world: int, workers: int, epochs: int = 2) -> 
     ds = StreamingImages(source, (16, 16), 3, seed=7, rank=rank, world_size=world, num_workers=workers,
                          shuffle_buffer=3)
     out, done = [], set()
-    for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers):
+    for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                             multiprocessing_context="forkserver"):
         out += [(k, e) for k, e in zip(batch.keys, batch.epochs) if e < epochs]
         if min(batch.epochs) >= epochs:
             done.add(batch.slot)
@@ -123,7 +124,8 @@ def test_resumed_stream_continues_exactly(tmp_path):
     def run(state, n):
         ds = StreamingImages(source, (16, 16), 2, seed=5, num_workers=2, shuffle_buffer=3, state=state)
         out = []
-        for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2):
+        for batch in torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2,
+                                                 multiprocessing_context="forkserver"):
             out.append(batch)
             if len(out) == n:
                 return out

@@ -182,8 +182,10 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if log and done:
         log(f"resuming: {len(done)} images already in the manifest, {len(todo)} to go")
 
+    # Workers start from a fork server: a forked child of a process with live OpenCV/OpenMP pools can deadlock.
     loader = torch.utils.data.DataLoader(_Reader(todo, cfg.detect_max_side), batch_size=None, shuffle=False,
-                                         num_workers=cfg.workers, collate_fn=_identity)
+                                         num_workers=cfg.workers, collate_fn=_identity,
+                                         multiprocessing_context="forkserver" if cfg.workers else None)
     writer = ShardWriter(out, "shard", cfg.shard_max_count, cfg.shard_max_bytes, start_index=next_shard)
     pending: list[dict] = []  # records of images in the open shard
     with open(out / "manifest.jsonl", "a") as manifest:

@@ -143,9 +143,11 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     dataset = StreamingImages(source, cfg.input_size, cfg.batch_size, cfg.seed, info.rank, info.world_size, workers,
                               cfg.crop_scale, cfg.flip_prob, cfg.shuffle_buffer, gpu_jpeg, state)
     # Its own generator: creating the loader must not draw from the global RNG (masking noise), or a resumed run
-    # would diverge from an uninterrupted one.
+    # would diverge from an uninterrupted one. Workers start from a fork server: forking a process with live
+    # OpenMP / OpenCV thread pools can deadlock the child.
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if workers else None, generator=torch.Generator())
+                        prefetch_factor=4 if workers else None, generator=torch.Generator(),
+                        multiprocessing_context="forkserver" if workers else None)
     batches = DevicePrefetcher(iter(loader), device, cfg.input_size)
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
 
