@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -31,7 +30,7 @@ from ..models.vit import get_arch
 from ..training import distributed as D
 from ..training import state as ckpt
 from ..training.finetune import seed_everything
-from ..training.logger import RunLogger
+from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
 from ..training.schedule import Schedule
 from ..training.signals import StopRequest
@@ -196,7 +195,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     model.train()
     result = None
     images = None
-    window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+    window = StepWindow()
     try:
         while step < cfg.steps:
             cur_lr = lr * lr_factor(step, cfg.steps, warmup, cfg.warmup_start)
@@ -207,28 +206,17 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                 result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype,
                                     device.type)
             step += 1
-            window["steps"] += 1
+            window.add(result)
             if result.skipped:
                 skipped_steps += 1
-                window["skipped"] += 1
                 logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_steps)
-            else:
-                window["loss"] += result.loss
-                window["n"] += 1
             logger.advance()
             if step % cfg.log_interval == 0 or step == cfg.steps:
-                elapsed = time.perf_counter() - window["t0"]
-                extra = {"max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} \
-                    if device.type == "cuda" else {}
-                logger.log("train", step, loss=window["loss"] / window["n"] if window["n"] else None, lr=cur_lr,
-                           grad_norm=result.grad_norm, images_per_s=window["steps"] * global_batch / max(elapsed, 1e-9),
-                           skipped=window["skipped"], skipped_samples=total_skipped_samples(), **extra)
-                window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+                logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
+                           skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
-            stop_now = stop.requested
-            if info.distributed:  # every rank must stop at the same step
-                stop_now = bool(D.all_reduce_sum(torch.tensor([float(stop_now)], device=device)).item())
+            stop_now = D.agree_to_stop(stop.requested, info, device)
             if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
                 save("signal" if stop_now else "interval" if step < cfg.steps else "final")
             if stop_now:

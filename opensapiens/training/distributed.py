@@ -108,6 +108,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def agree_to_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank if any rank was asked to stop (SIGTERM), so all ranks stop at the same step."""
+    if not info.distributed:
+        return requested
+    return bool(all_reduce_sum(torch.tensor([float(requested)], device=device)).item())
+
+
 def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` on every rank (rank order); [obj] without a process group."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

@@ -16,7 +16,6 @@ import contextlib
 import json
 import math
 import random
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ from . import distributed as D
 from .config import TrainConfig, resolve
 from .evaluate import evaluate
 from .init import load_initial_weights
-from .logger import RunLogger
+from .logger import RunLogger, StepWindow
 from .optim import build_optimizer, set_lr
 from .schedule import Schedule
 from .signals import StopRequest
@@ -219,7 +218,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     # ---- loop ------------------------------------------------------------------------------------------------------
     model.train()
     last_metrics, result = None, None
-    window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+    window = StepWindow()
     while step < cfg.steps:
         lr = cfg.lr * schedule.factor(step)
         set_lr(optimizer, lr)
@@ -227,29 +226,17 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype, device.type)
         step += 1
         position += global_batch
-        window["steps"] += 1
+        window.add(result)
         if result.skipped:
             skipped_total += 1
-            window["skipped"] += 1
             logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_total)
-        else:
-            window["loss"] += result.loss
-            window["n"] += 1
         logger.advance()
 
         if step % cfg.log_interval == 0 or step == cfg.steps:
-            elapsed = time.perf_counter() - window["t0"]
-            extra = {"max_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}
-            logger.log("train", step, loss=window["loss"] / window["n"] if window["n"] else None, lr=lr,
-                       grad_norm=result.grad_norm,
-                       images_per_s=window["steps"] * global_batch / max(elapsed, 1e-9),
-                       skipped=window["skipped"], **extra)
-            window = {"loss": 0.0, "n": 0, "skipped": 0, "t0": time.perf_counter(), "steps": 0}
+            logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
             last_metrics = run_eval()
-        stop_now = stop.requested
-        if info.distributed:  # every rank must stop at the same step
-            stop_now = bool(D.all_reduce_sum(torch.tensor([float(stop_now)], device=device)).item())
+        stop_now = D.agree_to_stop(stop.requested, info, device)
         if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
             save("signal" if stop_now else "interval" if step < cfg.steps else "final")
         if stop_now:

@@ -25,6 +25,38 @@ def _scalar(v: Any) -> Any:
     return v
 
 
+class StepWindow:
+    """Loss, skipped steps and throughput over the steps since the last "train" record (shared by every loop)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.n, self.skipped, self.steps, self.t0 = 0.0, 0, 0, 0, time.perf_counter()
+
+    def add(self, result) -> None:
+        """Count one optimizer step's ``StepResult``."""
+        self.steps += 1
+        if result.skipped:
+            self.skipped += 1
+        else:
+            self.loss += result.loss
+            self.n += 1
+
+    def record(self, global_batch: int, device) -> dict[str, Any]:
+        """The window's fields of a "train" record (mean loss, images/s, skipped, peak memory); starts a new one."""
+        import torch
+
+        elapsed = time.perf_counter() - self.t0
+        rec: dict[str, Any] = {"loss": self.loss / self.n if self.n else None,
+                               "images_per_s": self.steps * global_batch / max(elapsed, 1e-9),
+                               "skipped": self.skipped}
+        if device.type == "cuda":
+            rec["max_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+        self.reset()
+        return rec
+
+
 class RunLogger:
     def __init__(self, run_dir: str | Path, enabled: bool = True, total_steps: int = 0, start_step: int = 0,
                  tensorboard: bool = True, progress: bool = True):
