@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 from .predict import parse_size
 
@@ -84,17 +83,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def build_config(args: argparse.Namespace):
     """PretrainConfig from the options; on --resume of an existing run, its config.json with allowed overrides."""
     from ..pretrain import PretrainConfig
+    from .train import given_options, resumed_settings
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
-    saved_path = Path(args.out) / "config.json"
-    if args.resume and saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
-        ignored = sorted(k for k, v in given.items() if k not in (*RESUMABLE_OVERRIDES, "resume", "out")
-                         and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
-        if ignored:
-            print(f"note: resuming {args.out} with its saved settings; ignoring --{', --'.join(ignored)}",
-                  file=sys.stderr)
-        saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}, resume=True, out=args.out)
+    given = given_options(args)
+    saved = resumed_settings(args, given, RESUMABLE_OVERRIDES)
+    if saved is not None:
         return PretrainConfig.from_dict(saved)
     if "data" not in given:
         raise ValueError("--data required (or --resume an existing run)")

@@ -86,21 +86,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def given_options(args: argparse.Namespace) -> dict:
+    """The options the user set (argparse defaults are None, so the config's defaults stay the official ones)."""
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
+
+
+def resumed_settings(args: argparse.Namespace, given: dict, overrides: tuple[str, ...]) -> dict | None:
+    """On ``--resume`` of a run that has ``config.json``: its saved settings plus the allowed ``overrides`` given now
+    (other options are reported and ignored). None when this is not such a resume. Shared by train and pretrain."""
+    saved_path = Path(args.out) / "config.json"
+    if not (args.resume and saved_path.is_file()):
+        return None
+    saved = json.loads(saved_path.read_text())
+    ignored = sorted(k for k, v in given.items() if k not in (*overrides, "resume", "out")
+                     and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
+    if ignored:
+        print(f"note: resuming {args.out} with its saved settings; ignoring --{', --'.join(ignored)}", file=sys.stderr)
+    saved.update({k: v for k, v in given.items() if k in overrides}, resume=True, out=args.out)
+    return saved
+
+
 def build_config(args: argparse.Namespace):
     """TrainConfig from the given options; on --resume of an existing run, its config.json with the allowed
     overrides (steps, workers, intervals, ...)."""
     from ..training.config import TrainConfig
 
-    given = {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
-    saved_path = Path(args.out) / "config.json"
-    if args.resume and saved_path.is_file():
-        saved = json.loads(saved_path.read_text())
-        ignored = sorted(k for k, v in given.items() if k not in (*RESUMABLE_OVERRIDES, "resume", "out")
-                         and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
-        if ignored:
-            print(f"note: resuming {args.out} with its saved settings; ignoring --{', --'.join(ignored)}",
-                  file=sys.stderr)
-        saved.update({k: v for k, v in given.items() if k in RESUMABLE_OVERRIDES}, resume=True, out=args.out)
+    given = given_options(args)
+    saved = resumed_settings(args, given, RESUMABLE_OVERRIDES)
+    if saved is not None:
         return TrainConfig.from_dict(saved)
     missing = [f"--{k}" for k in ("task", "data") if k not in given]
     if missing:
