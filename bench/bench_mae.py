@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 import torch
 
+from opensapiens.benchmark import H100_80GB_GIB, cap_memory
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
@@ -216,17 +217,21 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=128, help="generated images for the loader check")
     ap.add_argument("--image-size", type=parse_size, default=(1280, 1024), help="generated JPEG size HxW")
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--memory-limit-gib", type=float, default=None,
+                    help=f"cap the CUDA allocator (an 80 GB H100 offers {H100_80GB_GIB:.2f}) to test what fits there")
     ap.add_argument("--out", type=Path, help="also write the results as JSON")
     args = ap.parse_args()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    cap_memory(device, args.memory_limit_gib)
     H, W = args.input_size
     images = torch.randn(args.batch, 3, H, W, device=device)  # a resident, already normalized batch
     result: dict = {"arch": args.arch, "batch": args.batch, "input_size": [H, W], "device":
                     torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "torch": torch.__version__, "compile": args.compile, "checkpointing": args.checkpointing}
+                    "torch": torch.__version__, "memory_limit_gib": args.memory_limit_gib,
+                    "compile": args.compile, "checkpointing": args.checkpointing}
     result["peak_matmul_tflops"] = matmul_peak(device) / 1e12
     result["step_tflop"] = step_flops(args, device, images) / 1e12
     analytic = 3 * args.batch * mae_flops_per_image(model_config(args)) / 1e12  # forward + 2x for backward

@@ -36,7 +36,14 @@ from pathlib import Path
 
 import torch
 
-from opensapiens.benchmark import count_flops, device_name, matmul_peak_tflops, software_versions
+from opensapiens.benchmark import (
+    H100_80GB_GIB,
+    cap_memory,
+    count_flops,
+    device_name,
+    matmul_peak_tflops,
+    software_versions,
+)
 from opensapiens.data import to_device
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.metadata import seg_classes
@@ -212,11 +219,14 @@ def main() -> None:
     p.add_argument("--baseline-batch", type=int, default=None, help="default: --batch (halved until it fits)")
     p.add_argument("--baseline-checkpointing", choices=["none", "blocks"], default=None)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--memory-limit-gib", type=float, default=None,
+                   help=f"cap the CUDA allocator (an 80 GB H100 offers {H100_80GB_GIB:.2f}) to test what fits there")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/train_T_A.json)")
     args = p.parse_args()
 
     info = D.setup()
     device = info.device
+    cap_memory(device, args.memory_limit_gib)
     peak = matmul_peak_tflops(device)
     flops = model_flops_per_image(args)
     big = args.arch.lower().removeprefix("sapiens_") in ("1b", "2b")
@@ -229,7 +239,8 @@ def main() -> None:
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution))
     rows = [measure(args, v, info, flops, peak) for v in variants]
-    report = {"device": device_name(device), "world_size": info.world_size, "software": software_versions(),
+    report = {"device": device_name(device), "memory_limit_gib": args.memory_limit_gib,
+              "world_size": info.world_size, "software": software_versions(),
               "task": args.task, "arch": args.arch, "input_size": list(args.input_size),
               "matmul_peak_tflops": peak, "model_tflops_per_image": flops / 1e12, "variants": rows}
     if info.is_main:

@@ -71,6 +71,20 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype =
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
+# What an "80 GB" H100 offers to CUDA allocations (81,559 MiB): a larger card is capped to this to test what fits.
+H100_80GB_GIB = 81559 / 1024
+
+
+def cap_memory(device: torch.device, gib: float | None) -> None:
+    """Limit this process's CUDA caching allocator to ``gib`` (e.g. an 80 GB card's capacity on a 141 GB H200)."""
+    if gib is None or device.type != "cuda":
+        return
+    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if gib > total:
+        raise ValueError(f"--memory-limit-gib {gib}: the card has only {total:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gib / total, device)
+
+
 def peak_memory_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 

@@ -1,14 +1,18 @@
 """Multi-task training on synthetic humans rendered on the fly: the recipe of the bundled ``sapiens-nano`` model.
 
-Every step renders a batch of scenes on the device (``opensapiens.synth``), cuts one random person-centred view per
-scene with the UDP affine (scale jitter, horizontal flip with left/right label, keypoint and normal-X swaps; a share
-of whole-frame views for the dense tasks), and trains one backbone with four heads on the sum of the official losses:
+Scenes are rendered in batches on the device (``opensapiens.synth``) into a pool that a fresh batch refreshes every
+few steps (rendering costs more than a step of a small model, so each scene serves several steps). Every step cuts
+one random person-centred view from each of a random draw of pooled scenes with the UDP affine (scale jitter,
+horizontal flip with left/right label, keypoint and normal-X swaps; a share of whole-frame views for the dense
+tasks), and trains one backbone with four heads on the sum of the official losses:
 
     loss = w_pose * heatmap MSE + seg weighted CE + depth SiLog + normal (cosine + L1)
 
     python -m opensapiens.training.multitask --arch nano --steps 6000 --batch-size 96 --out runs/nano
 
 Writes RUN/metrics.jsonl, RUN/last.safetensors (multi-task, fp32) at intervals and at the end.
+``--continue-from CKPT`` starts from a whole multi-task checkpoint (backbone and heads), e.g. to train the bundled
+model further.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -90,6 +96,41 @@ def warp_views(batch, out_size: tuple[int, int], generator: torch.Generator, who
             "keypoints": crop_kp, "visible": visible * inside, "pose_weight": (~whole).float()}
 
 
+class ScenePool:
+    """Rendered scenes kept on the device: a fresh batch replaces the oldest every ``render_every`` steps.
+
+    ``sample(n)`` draws ``n`` pooled scenes uniformly, so consecutive steps see different mixtures of scenes and
+    each scene is cut into about ``n * render_every / batch`` views over its life instead of ``views``.
+    """
+
+    FIELDS = ("image", "seg", "depth", "normal", "keypoints", "boxes", "person_valid")
+
+    def __init__(self, source: Iterable, batches: int):
+        self.source = iter(source)
+        first = [self._render() for _ in range(batches)]
+        self.batch_size = first[0]["image"].shape[0]
+        self.data = {k: torch.cat([b[k] for b in first]) for k in self.FIELDS}
+        self.oldest = 0  # the slot (of batch_size scenes) the next refresh overwrites
+
+    def _render(self) -> dict[str, torch.Tensor]:
+        batch = next(self.source)
+        return {k: getattr(batch, k) for k in self.FIELDS}
+
+    def refresh(self) -> None:
+        fresh = self._render()
+        rows = slice(self.oldest * self.batch_size, (self.oldest + 1) * self.batch_size)
+        for k in self.FIELDS:
+            self.data[k][rows] = fresh[k]
+        self.oldest = (self.oldest + 1) % (len(self) // self.batch_size)
+
+    def sample(self, n: int, generator: torch.Generator) -> SimpleNamespace:
+        idx = torch.randint(len(self), (n,), generator=generator, device=generator.device)
+        return SimpleNamespace(**{k: v[idx] for k, v in self.data.items()})
+
+    def __len__(self) -> int:
+        return self.data["image"].shape[0]
+
+
 def photometric(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Brightness, contrast and per-channel gain jitter on (B, 3, h, w) 0-255 images."""
     B = image.shape[0]
@@ -138,9 +179,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=300)
     ap.add_argument("--pose-weight", type=float, default=1000.0)
     ap.add_argument("--sigma", type=float, default=2.0, help="heatmap Gaussian sigma in heatmap pixels")
-    ap.add_argument("--views", type=int, default=2, help="augmented views cut from each rendered scene")
+    ap.add_argument("--views", type=int, default=2, help="views per step = batch-size x views")
+    ap.add_argument("--pool", type=int, default=1, help="rendered batches kept on the device (1: no reuse)")
+    ap.add_argument("--render-every", type=int, default=1, help="steps between two rendered batches")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init", default=None, help="backbone weights (e.g. an MAE checkpoint) to start from")
+    ap.add_argument("--continue-from", default=None, help="a whole multi-task checkpoint (backbone and heads)")
     ap.add_argument("--time-limit", type=float, default=None,
                     help="train for this many seconds: the LR schedule then runs on elapsed time, not steps")
     ap.add_argument("--save-dtype", choices=["fp32", "fp16"], default="fp32", help="precision of the saved weights")
@@ -148,14 +192,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
 
-    from ..checkpoints import load_state, save_model
+    from ..checkpoints import load_multitask, load_state, save_model
     from ..synth import SyntheticHumans
 
     size = tuple(int(v) for v in args.input_size.split("x"))
     render = tuple(int(v) for v in args.render_size.split("x"))
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = build_multitask(args.arch, size, args.head_channels).to(device)
+    if args.continue_from:
+        model = load_multitask(args.continue_from).float().to(device).train()
+        if tuple(model.config.input_size) != size:
+            raise ValueError(f"--continue-from {args.continue_from}: trained at {model.config.input_size}, "
+                             f"not --input-size {args.input_size}")
+        print(f"continuing from {args.continue_from}")
+    else:
+        model = build_multitask(args.arch, size, args.head_channels).to(device)
     if args.init:
         _, sd = load_state(args.init, task="features")
         missing = model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()
@@ -164,14 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.999))
     schedule = Schedule(args.steps, warmup_steps=args.warmup, kind="cosine", min_factor=0.01)
     class_weight = torch.tensor(seg_classes("goliath").class_weight, device=device)
+    t0 = time.time()  # the time limit counts the initial rendering of the pool
     source = SyntheticHumans(render[0], render[1], batch_size=args.batch_size, seed=args.seed, device=device)
+    pool = ScenePool(source, args.pool)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "metrics.jsonl").open("a")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    t0 = time.time()
     step = 0
-    for step, batch in enumerate(source):
+    while True:
         elapsed = time.time() - t0
         if args.time_limit:  # a fixed time budget: progress through the schedule by the clock
             if elapsed > args.time_limit:
@@ -181,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
             break
         else:
             progress = step
-        cuts = [warp_views(batch, size, generator) for _ in range(args.views)]  # rendering is the costly part
-        views = {k: torch.cat([c[k] for c in cuts]) for k in cuts[0]}
+        if step and step % args.render_every == 0:
+            pool.refresh()
+        views = warp_views(pool.sample(args.batch_size * args.views, generator), size, generator)
         views["image"] = photometric(views["image"], generator)
         lr = args.lr * schedule.factor(progress)
         set_lr(optimizer, lr)
@@ -191,19 +244,21 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss.item()):
             print(f"step {step}: non-finite loss, skipped")
+            step += 1
             continue
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if step % 50 == 0:
-            rec = {"step": step, "loss": float(loss), **parts, "grad_norm": float(grad_norm),
+            rec = {"step": step, "loss": float(loss.detach()), **parts, "grad_norm": float(grad_norm),
                    "lr": lr, "seconds": round(time.time() - t0, 1),
-                   "scenes": (step + 1) * args.batch_size}
+                   "scenes": (args.pool + step // args.render_every) * args.batch_size}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             print(json.dumps(rec), flush=True)
         if step and step % 1000 == 0:
             save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
+        step += 1
     save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
     print(f"done: {step} steps, {time.time() - t0:.0f} s -> {args.out / 'last.safetensors'}")
     return 0

@@ -1,0 +1,69 @@
+"""The bundled model's training recipe: the scene pool and continuing from a multi-task checkpoint."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import torch
+
+from opensapiens.checkpoints import load_multitask
+from opensapiens.checkpoints.hub import BUNDLED
+from opensapiens.training.multitask import ScenePool, main
+
+
+def fake_source(batch: int = 4):
+    """Endless batches whose every field holds the global scene index, so pooled rows can be traced."""
+    k = 0
+    while True:
+        ids = torch.arange(k * batch, (k + 1) * batch, dtype=torch.float32)
+        yield SimpleNamespace(
+            image=ids.view(-1, 1, 1, 1).expand(batch, 3, 2, 2).to(torch.uint8),
+            seg=ids.view(-1, 1, 1).expand(batch, 2, 2).to(torch.uint8),
+            depth=ids.view(-1, 1, 1).expand(batch, 2, 2).clone(),
+            normal=ids.view(-1, 1, 1, 1).expand(batch, 3, 2, 2).clone(),
+            keypoints=ids.view(-1, 1, 1, 1).expand(batch, 2, 308, 3).clone(),
+            boxes=ids.view(-1, 1, 1).expand(batch, 2, 4).clone(),
+            person_valid=torch.ones(batch, 2, dtype=torch.bool),
+        )
+        k += 1
+
+
+def scene_ids(pool: ScenePool) -> list[int]:
+    return pool.data["depth"][:, 0, 0].long().tolist()
+
+
+def test_pool_refresh_replaces_the_oldest_batch_in_turn():
+    pool = ScenePool(fake_source(4), batches=3)
+    assert len(pool) == 12 and scene_ids(pool) == list(range(12))
+    pool.refresh()  # scenes 12..15 replace the oldest slot, 0..3
+    assert scene_ids(pool) == [12, 13, 14, 15, *range(4, 12)]
+    pool.refresh()
+    pool.refresh()
+    pool.refresh()  # wrapped around: slot 0 again
+    assert scene_ids(pool) == [24, 25, 26, 27, *range(16, 24)]
+
+
+def test_pool_sample_keeps_every_field_of_a_scene_together():
+    pool = ScenePool(fake_source(4), batches=2)
+    g = torch.Generator().manual_seed(0)
+    drawn = pool.sample(200, g)
+    ids = drawn.depth[:, 0, 0]
+    for field in ("image", "seg", "normal", "keypoints", "boxes"):
+        values = getattr(drawn, field).float().flatten(1)
+        assert torch.equal(values, ids[:, None].expand_as(values)), field
+    assert set(ids.long().tolist()) == set(range(8))  # 200 draws from 8 scenes reach them all
+
+
+def test_continue_from_the_bundled_model_trains_and_saves(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["--continue-from", str(BUNDLED), "--input-size", "256x192", "--render-size", "128x96",
+               "--batch-size", "2", "--views", "1", "--pool", "2", "--render-every", "1", "--steps", "2",
+               "--warmup", "1", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert all(torch.isfinite(torch.tensor(record[k])) for k in ("loss", "pose", "seg", "depth", "normal"))
+    before, after = load_multitask(BUNDLED), load_multitask(out / "last.safetensors")
+    assert before.config == after.config
+    moved = [k for k, v in before.state_dict().items() if not torch.equal(v, after.state_dict()[k])]
+    assert moved, "two optimizer steps changed no weight"
