@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 
-from opensapiens.benchmark import H100_80GB_GIB, cap_memory
+from opensapiens.benchmark import H100_80GB_GIB, cap_memory, top_kernels
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
@@ -163,18 +163,8 @@ def attention_backends_table(args, device: torch.device) -> dict:
 
 def profile(step, images: torch.Tensor, device: torch.device, out: Path | None) -> None:
     """Top kernels by device time over 2 steps (after the variant's warm-up)."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch_profile(activities=activities) as prof:
-        for _ in range(2):
-            step(images)
-        sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=25, max_name_column_width=70))
-    if out is not None:
-        prof.export_chrome_trace(str(out.with_suffix(".trace.json")))
+    trace = str(out.with_suffix(".trace.json")) if out is not None else None
+    print(top_kernels(lambda: step(images), device, calls=2, trace=trace))
 
 
 def make_shards(out: Path, n: int, size: tuple[int, int]) -> Path:

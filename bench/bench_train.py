@@ -43,6 +43,7 @@ from opensapiens.benchmark import (
     device_name,
     matmul_peak_tflops,
     software_versions,
+    top_kernels,
 )
 from opensapiens.data import to_device
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
@@ -160,7 +161,8 @@ def free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, peak_tflops: float) -> dict:
+def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, peak_tflops: float,
+            profile: bool = False) -> dict:
     """Time ``variant`` (halving its batch on OOM when allowed); returns its row of the report."""
     device = info.device
     tried = []
@@ -190,11 +192,12 @@ def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, pe
                 return {**asdict(variant), "oom": True, "tried": tried}
             variant = Variant(**{**asdict(variant), "batch": variant.batch // 2})
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    kernels = top_kernels(step, device, calls=1) if profile else None
     achieved = flops_per_image * variant.batch / dt  # per GPU
     row = {**asdict(variant), "oom": False, "tried": tried, "step_ms": dt * 1e3,
            "images_per_s": variant.batch * info.world_size / dt, "peak_memory_gib": peak_mem,
            "tflops_per_gpu": achieved / 1e12, "mfu": achieved / (peak_tflops * 1e12), "warmup_s": warmup_s,
-           "loss_finite": all(math.isfinite(v) for v in losses)}
+           "loss_finite": all(math.isfinite(v) for v in losses), "profile": kernels}
     del model, optimizer, step
     free(device)
     return row
@@ -219,6 +222,7 @@ def main() -> None:
     p.add_argument("--baseline-batch", type=int, default=None, help="default: --batch (halved until it fits)")
     p.add_argument("--baseline-checkpointing", choices=["none", "blocks"], default=None)
     p.add_argument("--skip-baseline", action="store_true")
+    p.add_argument("--profile", action="store_true", help="print the top kernels of one optimized step")
     p.add_argument("--memory-limit-gib", type=float, default=None,
                    help=f"cap the CUDA allocator (an 80 GB H100 offers {H100_80GB_GIB:.2f}) to test what fits there")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/train_T_A.json)")
@@ -238,13 +242,15 @@ def main() -> None:
     variants.append(Variant("optimized", args.batch, optimized=True, fsdp=args.fsdp, compile=args.compile,
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution))
-    rows = [measure(args, v, info, flops, peak) for v in variants]
+    rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]
     report = {"device": device_name(device), "memory_limit_gib": args.memory_limit_gib,
               "world_size": info.world_size, "software": software_versions(),
               "task": args.task, "arch": args.arch, "input_size": list(args.input_size),
               "matmul_peak_tflops": peak, "model_tflops_per_image": flops / 1e12, "variants": rows}
     if info.is_main:
         for r in rows:
+            if r.get("profile"):
+                print(f"{r['name']} step, top kernels:\n{r['profile']}")
             if r["oom"]:
                 print(f"{r['name']:>10}: out of memory at batch {r['batch']}")
                 continue

@@ -6,7 +6,7 @@
 # The fp16 file (~19 MB) is split into 15 MB parts, since a device call returns files of at most 16 MB:
 #   cat OUT/bundled2/part_* > opensapiens/assets/sapiens-nano.safetensors
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "${STAGE:-1}" = 2 ]; then

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Inference benchmarks on one GPU (see docs/performance.md). Usage: bash bench/gpu_inference.sh pose|dense
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 B="python -m opensapiens.cli.main bench"
 if [ "$1" = pose ]; then

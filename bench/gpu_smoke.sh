@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # First GPU call: check the fast path end to end on one size, and how long compilation takes.
 set -uo pipefail
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/smoke_gpu.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" | tee -a "$OUT/smoke_gpu.txt"

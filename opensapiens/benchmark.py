@@ -102,3 +102,20 @@ def software_versions() -> dict:
     if torch.cuda.is_available():
         info["cudnn"] = torch.backends.cudnn.version()
     return info
+
+
+def top_kernels(fn: Callable[[], object], device: torch.device, calls: int = 2, rows: int = 25,
+                trace: str | None = None) -> str:
+    """A table of the operators and kernels of ``calls`` calls of ``fn``, by self device time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    if trace is not None:
+        prof.export_chrome_trace(trace)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
