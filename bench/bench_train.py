@@ -46,7 +46,7 @@ from opensapiens.benchmark import (
     top_kernels,
 )
 from opensapiens.data import to_device
-from opensapiens.inference.optimize import fast_attention, pad_attention_heads
+from opensapiens.inference.optimize import channels_last_head, fast_attention, pad_attention_heads
 from opensapiens.metadata import seg_classes
 from opensapiens.models import build_model
 from opensapiens.tasks import build_criterion
@@ -69,6 +69,7 @@ class Variant:
     checkpoint_blocks: int | None = None
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
+    channels_last: bool = False
     shrink_on_oom: bool = False
 
 
@@ -126,6 +127,8 @@ def build_step(args, variant: Variant, info: D.DistInfo):
     if variant.optimized and on_cuda:
         pad_attention_heads(model)
         torch.backends.cudnn.benchmark = True
+    if variant.channels_last:
+        channels_last_head(model.head)
     if variant.compile:
         compile_blocks(model.backbone.blocks, model.head)
     depth = model.config.arch.depth
@@ -219,6 +222,7 @@ def main() -> None:
     p.add_argument("--checkpoint-blocks", type=int, default=None)
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
+    p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
     p.add_argument("--baseline-batch", type=int, default=None, help="default: --batch (halved until it fits)")
     p.add_argument("--baseline-checkpointing", choices=["none", "blocks"], default=None)
     p.add_argument("--skip-baseline", action="store_true")
@@ -241,7 +245,8 @@ def main() -> None:
                                 shrink_on_oom=True))
     variants.append(Variant("optimized", args.batch, optimized=True, fsdp=args.fsdp, compile=args.compile,
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
-                            save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution))
+                            save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
+                            channels_last=args.channels_last))
     rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]
     report = {"device": device_name(device), "memory_limit_gib": args.memory_limit_gib,
               "world_size": info.world_size, "software": software_versions(),

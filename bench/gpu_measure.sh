@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -8,7 +8,16 @@ CAP=79.65
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
-if [ "$1" = train ]; then
+if [ "$1" = extra ]; then
+  # the MAE loader check (rerun), NHWC heads for seg inference and fine-tuning
+  timeout 140 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
+    --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6
+  timeout 100 python -m opensapiens.cli.main bench --task seg --arch 0.3b --batch 8 --iters 8 --channels-last \
+    --out "$OUT/infer_seg_0.3b.json" | grep -v '^{'
+  timeout 120 python bench/bench_train.py --task seg --arch 0.3b --batch 16 --baseline-batch 8 --fsdp --compile \
+    --checkpointing blocks+head --checkpoint-blocks 12 --seg-loss-resolution logits --channels-last --steps 4 \
+    --warmup 2 --memory-limit-gib $CAP --out "$OUT/train_seg_0.3b_nhwc.json" 2>&1 | grep -v Warning | tail -3
+elif [ "$1" = train ]; then
   # Sapiens-2B normals at 1024x768: plain bf16 + block checkpointing at batch 8 vs the optimized step at batch 16
   timeout 300 python bench/bench_train.py --task normal --arch 2b --batch 16 --baseline-batch 8 --fsdp --compile \
     --checkpointing blocks+head --steps 3 --warmup 2 --memory-limit-gib $CAP --out "$OUT/train_normal_2b.json" 2>&1 \
@@ -21,13 +30,17 @@ if [ "$1" = train ]; then
   timeout 220 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
     --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6
 else
+  # results land in one tar (a device call returns at most 8 files), re-packed after every step
+  RES=/tmp/infer_results; mkdir -p $RES; cp "$OUT/gpu_$1.txt" $RES/
+  pack() { tar cf "$OUT/infer_results.tar" -C $RES .; }
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   B="timeout 150 python -m opensapiens.cli.main bench --iters 8"
-  $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e --out "$OUT/infer_pose_0.3b_e2e.json" | grep -v '^{'
-  $B --task seg --arch 1b --batch 8 --e2e /tmp/e2e --out "$OUT/infer_seg_1b.json" | grep -v '^{'
   # FP8 against bf16 on trained weights (the bundled model) on synth-val
-  timeout 120 python bench/fp8_agreement.py --out "$OUT/fp8_agreement_nano.json" | tail -4
+  timeout 120 python bench/fp8_agreement.py --checkpoint "${FP8_CHECKPOINT:-sapiens-nano}" \
+    --out $RES/fp8_agreement_nano.json | tail -4; pack
+  $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e --out $RES/infer_pose_0.3b_e2e.json | grep -v '^{'; pack
+  $B --task seg --arch 1b --batch 8 --e2e /tmp/e2e --out $RES/infer_seg_1b.json | grep -v '^{'; pack
   for t in seg depth normal; do
-    $B --task $t --arch 0.3b --batch 8 --out "$OUT/infer_${t}_0.3b.json" | grep -v '^{'
+    $B --task $t --arch 0.3b --batch 8 --out $RES/infer_${t}_0.3b.json | grep -v '^{'; pack
   done
 fi

@@ -79,10 +79,11 @@ def cap_memory(device: torch.device, gib: float | None) -> None:
     """Limit this process's CUDA caching allocator to ``gib`` (e.g. an 80 GB card's capacity on a 141 GB H200)."""
     if gib is None or device.type != "cuda":
         return
-    total = torch.cuda.get_device_properties(device).total_memory / 2**30
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory / 2**30
     if gib > total:
         raise ValueError(f"--memory-limit-gib {gib}: the card has only {total:.1f} GiB")
-    torch.cuda.set_per_process_memory_fraction(gib / total, device)
+    torch.cuda.set_per_process_memory_fraction(gib / total, index)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:

@@ -235,6 +235,10 @@ def test_writers_round_trip_and_leave_no_temporaries(tmp_path):
     atomic_write_bytes(deep / "b.bin", b"abc")
     assert (deep / "b.bin").read_bytes() == b"abc"
     assert sorted(os.listdir(deep)) == ["a.npy", "b.bin", "d16.png", "labels.png", "rgb.jpg", "rgb.png"]
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"x")  # what open() gives under this umask; the atomic writers must match it, not mkstemp's 0600
+    for name in os.listdir(deep):
+        assert (deep / name).stat().st_mode & 0o777 == plain.stat().st_mode & 0o777, name
 
 
 def test_save_json_converts_numpy_and_non_finite(tmp_path):

@@ -146,6 +146,34 @@ def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutio
     assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
 
 
+def test_channels_last_head_keeps_results_and_runs_every_convolution_on_nhwc_maps():
+    import copy
+
+    from opensapiens.inference.optimize import channels_last_head
+    from opensapiens.training.speed import checkpoint_head
+
+    torch.manual_seed(0)
+    plain = build_model("seg", "nano", out_channels=5, head_channels=16, pos_grid=(4, 3))
+    plain.head.dropout = torch.nn.Identity()
+    nhwc = copy.deepcopy(plain)
+    channels_last_head(nhwc.head)
+    checkpoint_head(nhwc.head)  # the hooks survive the checkpointed forward
+    layouts = []
+    for m in nhwc.head.modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+            m.register_forward_hook(lambda m, a, out: layouts.append(
+                a[0].is_contiguous(memory_format=torch.channels_last)))
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    plain, nhwc = plain.double(), nhwc.double()
+    out_plain, out_nhwc = plain(x), nhwc(x)
+    torch.testing.assert_close(out_nhwc, out_plain, rtol=1e-10, atol=1e-12)
+    out_plain.square().sum().backward()
+    out_nhwc.square().sum().backward()
+    for (name, a), b in zip(plain.named_parameters(), nhwc.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12, msg=name)
+    assert layouts and all(layouts)
+
+
 def test_init_from_an_official_pretrain_file_drops_cls_and_resizes_positions(tmp_path):
     import torch.nn.functional as F
 

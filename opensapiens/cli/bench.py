@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--fp8", action="store_true", help="also measure the FP8 linear mode")
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
+    p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
                                                            "file -> result pipeline")
@@ -97,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         fast = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile)
         measure("optimized", fast, compile_model=fast if not args.no_compile else None)
+        if args.channels_last and args.task != "features":
+            nhwc = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile,
+                                          channels_last=True)
+            measure("nhwc-head", nhwc, compile_model=nhwc if not args.no_compile else None)
         if args.task != "features":
             result["head_share"] = _head_share(eager, fast, x.to(dtype), device, args.iters)
         if args.fp8:

@@ -6,7 +6,8 @@
   takes (the 2B model's 60) are zero-padded to the next multiple of 16, which is exact;
 * ``torch.compile`` (default mode: seconds, not minutes of autotuning) fuses LayerNorm, bias, GELU and residual
   adds around the cuBLAS GEMMs; Inductor's on-disk cache makes later processes start fast;
-* cuDNN autotuning (``cudnn.benchmark``) for the heads' high-resolution transposed convolutions;
+* cuDNN autotuning (``cudnn.benchmark``) for the heads' high-resolution transposed convolutions; with
+  ``channels_last=True`` the heads run on NHWC maps (``channels_last_head``);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); heads stay in bf16.
 
@@ -71,6 +72,22 @@ def pad_attention_heads(model: nn.Module, multiple: int = 16) -> int:
     return padded
 
 
+def channels_last_head(head: nn.Module) -> None:
+    """Run the head's convolutions on NHWC maps, cuDNN's native layout on tensor cores.
+
+    Each convolution's input is made channels-last by a pre-hook (a no-op for the backbone's feature map, which is
+    an NHWC view of the token sequence); cuDNN then keeps its output NHWC too and stops transposing every
+    high-resolution map. Hooks rather than ``head.to(memory_format=...)``, so the layout survives FSDP, whose
+    gathered parameters are plain contiguous tensors.
+    """
+    def to_nhwc(module: nn.Module, args: tuple) -> tuple:
+        return (args[0].contiguous(memory_format=torch.channels_last), *args[1:])
+
+    for m in head.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            m.register_forward_pre_hook(to_nhwc)
+
+
 def attention_backends():
     from torch.nn.attention import SDPBackend
 
@@ -125,7 +142,7 @@ class FastModel(nn.Module):
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
-                           cuda_graphs: bool = False) -> nn.Module:
+                           cuda_graphs: bool = False, channels_last: bool = False) -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU."""
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -133,6 +150,8 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     model.eval()
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its deconvolution algorithms once
     pad_attention_heads(model)
+    if channels_last and hasattr(model, "head"):
+        channels_last_head(model.head)
     if fp8:
         convert_to_fp8(model)
     compiled = None

@@ -246,6 +246,15 @@ def read_image(path: str | Path) -> np.ndarray:
 # Atomic writers
 # ----------------------------------------------------------------------------------------------------------------
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import, before any writer thread exists
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def temp_sibling(path: str | Path) -> Path:
     """Create an empty hidden temporary file in ``path``'s folder (made if missing) and return its path.
 
@@ -255,6 +264,7 @@ def temp_sibling(path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions a plain open() would give
     os.close(fd)
     return Path(tmp)
 
