@@ -48,7 +48,7 @@ def test_bundled_predictor_results_have_image_shapes():
 def test_demo_command_writes_pictures_and_metrics(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--n", "1", "--size", "128x96"]) == 0
     out = capsys.readouterr().out
-    assert "seg mIoU" in out and "normal mean error" in out
+    assert "seg mIoU" in out and "normal mean error" in out and "pose AP (body 17, OKS)" in out
     assert (tmp_path / "synthetic_00_demo.jpg").is_file()
     doc = json.loads((tmp_path / "synthetic_00.json").read_text())
     assert doc["keypoint_set"] == "goliath" and len(doc["people"][0]["keypoints"]) == 308 * 3

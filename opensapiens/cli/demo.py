@@ -131,8 +131,9 @@ def _metrics(truth, results) -> dict:
                             "keypoints": np.stack([kp[:, 0], kp[:, 1], vis], 1).reshape(-1).tolist()})
         preds += res["pose"].to_coco(image_id=b + 1)
     gt = {"images": images, "annotations": gt_anns, "categories": [{"id": 1, "name": "person"}]}
-    pose = evaluate_keypoints(gt, preds, "goliath", groups=False)
+    pose = evaluate_keypoints(gt, preds, "goliath", groups=True)  # body: the 17 COCO-body points of the 308
     s, d, n = seg.compute(), depth.compute(), normal.compute()
-    return {"pose AP (308, OKS)": float(pose["AP"]), "seg mIoU (28 classes)": float(s["mIoU"]),
+    return {"pose AP (body 17, OKS)": float(pose["body_AP"]), "pose AP (all 308, OKS)": float(pose["AP"]),
+            "seg mIoU (28 classes)": float(s["mIoU"]),
             "depth AbsRel (aligned)": float(d["absrel"]), "normal mean error (deg)": float(n["mean"]),
             "normal within 30 deg": float(n["within_30"])}

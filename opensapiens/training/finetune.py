@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from ..checkpoints import save_model
 from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
 from ..data.synth_stream import SynthStream
-from ..inference.optimize import fast_attention, pad_attention_heads
+from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
 from ..io.images import save_json
 from ..models import build_model
 from ..models.sapiens import SapiensModel
@@ -140,6 +140,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if on_cuda:
         pad_attention_heads(model)  # 2B head dim 60 -> 64 so fused attention kernels apply (exact)
         torch.backends.cudnn.benchmark = True  # fixed input size: autotune the heads' transposed convolutions
+        channels_last_head(model.head)  # NHWC head maps: 0.3B seg step 1.13x faster, 4 GiB less (H200, perf docs)
     bf16 = cfg.precision == "bf16"
     if cfg.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
