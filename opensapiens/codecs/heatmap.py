@@ -23,6 +23,8 @@ References:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -153,6 +155,12 @@ def _sample_points(x: torch.Tensor, y: torch.Tensor, h: int, w: int) -> tuple[to
     return rows, cols
 
 
+@functools.cache
+def _kernel_on(ksize: int, device: torch.device) -> torch.Tensor:
+    """The float32 DARK kernel, uploaded once per device (a per-call upload would stall the host on the GPU)."""
+    return gaussian_kernel1d(ksize, dtype=torch.float32, device=device)
+
+
 def _blur_at(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ksize: int) -> torch.Tensor:
     """The zero-bordered Gaussian blur of (M, h, w) maps evaluated only at (M, P) points: (M, P).
 
@@ -160,7 +168,7 @@ def _blur_at(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ksize: 
     than a pass over 256 x 192 pixels, which is what makes decoding cheap next to the model.
     """
     M, h, w = maps.shape
-    k = gaussian_kernel1d(ksize, dtype=torch.float32, device=maps.device)
+    k = _kernel_on(ksize, maps.device)
     r = ksize // 2
     d = torch.arange(-r, r + 1, device=maps.device)
     wy = rows[..., None] + d  # (M, P, k)
@@ -241,5 +249,5 @@ def decode_udp_heatmaps(
     loc += _dark_udp_offsets(maps, x, y, blur_kernel)
     loc = torch.where((scores > 0)[:, None], loc, torch.full_like(loc, -1.0))
 
-    keypoints = loc * torch.tensor([sx, sy], device=loc.device)
+    keypoints = torch.stack([loc[:, 0] * sx, loc[:, 1] * sy], dim=1)  # scalars: no host -> device copy
     return keypoints.reshape(N, K, 2), scores.reshape(N, K)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.io import decode_image, decode_jpeg
 
-from .transforms import MEAN, STD, Preprocessor, restore
+from .transforms import MEAN, STD, Preprocessor, normalization_tensors, restore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -53,9 +53,10 @@ class Prefetcher:
     """Reads and decodes batches in a background thread, on a side CUDA stream, two batches ahead."""
 
     def __init__(self, paths: list[Path], batch_size: int, device: torch.device, input_size: tuple[int, int],
-                 io_threads: int = 8):
+                 io_threads: int = 8, resize: bool = True):
         self.paths, self.batch_size, self.device = paths, batch_size, device
-        self.preprocess = Preprocessor(input_size)  # the predictors' own stretch resize + normalization
+        # the predictors' own stretch resize + normalization; top-down pose crops the decoded images instead
+        self.preprocess = Preprocessor(input_size) if resize else None
         self.queue: queue.Queue = queue.Queue(maxsize=2)
         self.pool = ThreadPoolExecutor(io_threads)
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -70,7 +71,8 @@ class Prefetcher:
                 ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
                 with ctx:
                     images = decode_on_device(data, paths, self.device)
-                    batch, metas = self.preprocess([im.permute(1, 2, 0) for im in images], self.device)
+                    batch, metas = (self.preprocess([im.permute(1, 2, 0) for im in images], self.device)
+                                    if self.preprocess is not None else (None, None))
                     event = None
                     if self.stream is not None:
                         event = torch.cuda.Event()
@@ -87,7 +89,7 @@ class Prefetcher:
             paths, images, batch, metas, event = item
             if event is not None:
                 torch.cuda.current_stream(self.device).wait_event(event)
-                for t in (batch, *images):
+                for t in (*images, *([batch] if batch is not None else [])):
                     t.record_stream(torch.cuda.current_stream(self.device))
             yield paths, images, batch, metas
 
@@ -97,20 +99,27 @@ def _seg_post(logits: torch.Tensor, metas) -> list[torch.Tensor]:
     return [full.argmax(0).to(torch.uint8) for full in restore(logits.float(), metas)]
 
 
-def _pose_post(model, images: list[torch.Tensor], input_size: tuple[int, int]) -> list[torch.Tensor]:
-    """Whole-image top-down crops of every image in one batch -> keypoints with scores (K, 3) per image."""
-    from ..codecs.heatmap import decode_udp_heatmaps
-    from .topdown import boxes_to_center_scale, crop_people, crop_to_image
+def _pose_forward(model, images: list[torch.Tensor], input_size: tuple[int, int]
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Whole-image top-down crops of every image in one batch -> heatmaps; boxes stay on the host."""
+    from .topdown import boxes_to_center_scale, crop_people
 
     dev = images[0].device
-    boxes = torch.tensor([[0, 0, im.shape[-1], im.shape[-2]] for im in images], dtype=torch.float32, device=dev)
+    boxes = torch.tensor([[0, 0, im.shape[-1], im.shape[-2]] for im in images], dtype=torch.float32)
     center, scale = boxes_to_center_scale(boxes, padding=1.25, aspect=input_size[1] / input_size[0])
-    crops = crop_people(images, torch.arange(len(images), device=dev), center, scale, input_size)
-    mean = torch.tensor(MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=dev).view(1, 3, 1, 1)
+    crops = crop_people(images, torch.arange(len(images)), center, scale, input_size)
+    mean, std = normalization_tensors(MEAN, STD, dev)
     dtype = next(model.parameters()).dtype
-    heat = model(((crops - mean) / std).to(dtype)).float()
-    kp, sc = decode_udp_heatmaps(heat, input_size)
+    return model(((crops - mean) / std).to(dtype)), center, scale
+
+
+def _pose_post(heat: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, input_size: tuple[int, int]
+               ) -> list[torch.Tensor]:
+    """Heatmaps -> keypoints with scores (K, 3) per image, in image pixels."""
+    from ..codecs.heatmap import decode_udp_heatmaps
+    from .topdown import crop_to_image
+
+    kp, sc = decode_udp_heatmaps(heat.float(), input_size)
     kp = crop_to_image(kp, center, scale, input_size)
     return list(torch.cat([kp, sc[..., None]], dim=-1))
 
@@ -133,30 +142,59 @@ def _write(out_dir: Path | None, task: str, path: Path, result: torch.Tensor, re
 
 def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_size: tuple[int, int],
                  out_dir: Path | None = None, writer_threads: int = 8) -> int:
-    """Process ``paths`` end to end; returns the number of images done."""
+    """Process ``paths`` end to end; returns the number of images done.
+
+    Batch i's model is queued before batch i-1 is post-processed, and post-processing runs on its own CUDA stream:
+    a host wait inside it (the heatmap decode's data-dependent refinement reads a count) then waits for batch
+    i-1 alone, while batch i keeps the GPU busy.
+    """
     if task not in ("seg", "pose"):
         raise ValueError(f"the end-to-end pipeline covers seg and pose, not {task}")
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    cuda = device.type == "cuda"
+    post_stream = torch.cuda.Stream(device) if cuda else None
     done = 0
     with ThreadPoolExecutor(writer_threads) as writer, torch.inference_mode():
         futures = []
-        for batch_paths, images, batch, metas in Prefetcher(paths, batch_size, device, input_size):
+
+        def finish(item: tuple) -> None:
+            batch_paths, out, extra, model_done = item
+            ctx = torch.cuda.stream(post_stream) if cuda else contextlib.nullcontext()
+            with ctx:
+                if cuda:
+                    post_stream.wait_event(model_done)
+                    out.record_stream(post_stream)  # made on the main stream, read here
+                results = _seg_post(out, extra) if task == "seg" else _pose_post(out, *extra, input_size)
+                ready = None
+                if cuda:  # asynchronous copies into pinned memory; the writers wait for them, not the host
+                    host = [torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for r in results]
+                    for h, r in zip(host, results):
+                        h.copy_(r, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record(post_stream)
+                else:
+                    host = [r.cpu() for r in results]
+            futures.extend(writer.submit(_write, out_dir, task, p, h, ready) for p, h in zip(batch_paths, host))
+
+        pending = None
+        prefetch = Prefetcher(paths, batch_size, device, input_size, resize=task == "seg")
+        for batch_paths, images, batch, metas in prefetch:
             if task == "seg":
-                results = _seg_post(model(batch.to(dtype)), metas)
+                out, extra = model(batch.to(dtype)), metas
             else:
-                results = _pose_post(model, images, input_size)
-            ready = None
-            if device.type == "cuda":  # asynchronous copies into pinned memory; the GPU goes on to the next batch
-                host = [torch.empty(r.shape, dtype=r.dtype, pin_memory=True) for r in results]
-                for h, r in zip(host, results):
-                    h.copy_(r, non_blocking=True)
-                ready = torch.cuda.Event()
-                ready.record()
-            else:
-                host = [r.cpu() for r in results]
-            futures += [writer.submit(_write, out_dir, task, p, h, ready) for p, h in zip(batch_paths, host)]
+                heat, center, scale = _pose_forward(model, images, input_size)
+                out, extra = heat, (center, scale)
+            model_done = None
+            if cuda:
+                model_done = torch.cuda.Event()
+                model_done.record()
+            if pending is not None:
+                finish(pending)
+            pending = (batch_paths, out, extra, model_done)
             done += len(batch_paths)
+        if pending is not None:
+            finish(pending)
         for f in futures:
             f.result()
     return done

@@ -28,7 +28,7 @@ from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference
 from .topdown import boxes_to_center_scale, crop_people, crop_to_image, flip_test
-from .transforms import MEAN, STD, Preprocessor
+from .transforms import MEAN, STD, Preprocessor, normalization_tensors
 
 # ----------------------------------------------------------------------------------------------------------- results
 
@@ -315,8 +315,6 @@ class PosePredictor(Predictor):
         if self.keypoint_set.num_keypoints != k:
             raise ValueError(f"keypoint set {self.keypoint_set.name} has {self.keypoint_set.num_keypoints} points, "
                              f"the model predicts {k}")
-        mean, std = torch.tensor(MEAN), torch.tensor(STD)
-        self._mean, self._std = mean.view(1, 3, 1, 1), std.view(1, 3, 1, 1)
 
     def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
@@ -348,10 +346,11 @@ class PosePredictor(Predictor):
                     for _ in images]
         dev = self.device
         tensors = [torch.from_numpy(_writable(im)).to(dev).permute(2, 0, 1) for im in images]
-        all_boxes = torch.from_numpy(np.concatenate(box_list)).to(dev)
-        image_index = torch.repeat_interleave(torch.arange(len(images), device=dev), torch.tensor(counts, device=dev))
+        # boxes, crop geometry and image ids stay on the host: the device gets them with the crops, asynchronously
+        all_boxes = torch.from_numpy(np.concatenate(box_list))
+        image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
         center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])
-        mean, std = self._mean.to(dev), self._std.to(dev)
+        mean, std = normalization_tensors(MEAN, STD, dev)
         kps, scs, hms = [], [], []
         for sl in _chunks(len(all_boxes), self.batch_size):
             crops = crop_people(tensors, image_index[sl], center[sl], scale[sl], self.input_size)  # (n, 3, H, W)

@@ -19,6 +19,17 @@ import torch
 import torch.nn.functional as F
 
 
+def to_device_async(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a small host tensor to ``device`` without blocking the host.
+
+    A plain ``.to("cuda")`` of pageable memory synchronizes the stream: the host would wait for all queued GPU work
+    (the previous batch's model) before queueing more. A pinned copy is asynchronous and ordered on the stream.
+    """
+    if t.device == device or device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _as_float(x: torch.Tensor | Sequence, name: str, last_dim: int) -> torch.Tensor:
     t = torch.as_tensor(x)
     if not t.is_floating_point():
@@ -62,7 +73,7 @@ def udp_affine(
     """
     center = _as_float(center, "center", 2)
     scale = _as_float(scale, "scale", 2).to(center)
-    if (scale <= 0).any():
+    if scale.device.type == "cpu" and (scale <= 0).any():  # on a GPU this test would stall the host: callers check
         raise ValueError("scale must be positive (boxes with zero width or height cannot be cropped)")
     H, W = output_size
     N = center.shape[0]
@@ -71,14 +82,15 @@ def udp_affine(
         rot = rot + torch.as_tensor(rotation_deg, dtype=center.dtype, device=center.device)
     cos, sin = torch.cos(rot * (math.pi / 180)), torch.sin(rot * (math.pi / 180))
     s = torch.stack([(W - 1) / scale[:, 0], (H - 1) / scale[:, 1]], dim=1)  # (N, 2) crop px per image px
-    half_out = torch.tensor([(W - 1) / 2, (H - 1) / 2], dtype=center.dtype, device=center.device)
+    half_w, half_h = (W - 1) / 2, (H - 1) / 2  # Python floats: no host -> device copy
 
     if not inverse:  # u = diag(s) R (x - c) + (out - 1) / 2,  R = [[cos, -sin], [sin, cos]]
         lin = torch.stack([torch.stack([cos, -sin], 1) * s[:, :1], torch.stack([sin, cos], 1) * s[:, 1:]], dim=1)
-        trans = half_out - (lin @ center[:, :, None])[..., 0]
+        lc = (lin @ center[:, :, None])[..., 0]  # (N, 2)
+        trans = torch.stack([half_w - lc[:, 0], half_h - lc[:, 1]], dim=1)
     else:  # x = R^T diag(1 / s) (u - (out - 1) / 2) + c
         lin = torch.stack([cos, sin, -sin, cos], dim=1).view(N, 2, 2) / s[:, None, :]
-        trans = center - lin @ half_out
+        trans = center - (lin[:, :, 0] * half_w + lin[:, :, 1] * half_h)
     return torch.cat([lin, trans[:, :, None]], dim=2)  # (N, 2, 3)
 
 
@@ -90,31 +102,27 @@ def _apply(mats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return (p @ lin.transpose(1, 2) + trans[:, None, :]).reshape(shape)
 
 
-def crop_to_image(
-    points: torch.Tensor,
-    center: torch.Tensor,
-    scale: torch.Tensor,
-    output_size: tuple[int, int] = (1024, 768),
-    rotation_deg: torch.Tensor | float | None = None,
-) -> torch.Tensor:
+def _warp_points(points: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, output_size: tuple[int, int],
+                 rotation_deg: torch.Tensor | float | None, inverse: bool) -> torch.Tensor:
+    """(N, K, 2) points through each box's UDP affine (image -> crop), or its inverse."""
+    if points.ndim != 3 or points.shape[-1] != 2:
+        raise ValueError(f"points must have shape (N, K, 2), got {tuple(points.shape)}")
+    mats = udp_affine(center, scale, output_size, rotation_deg, inverse=inverse)
+    return _apply(to_device_async(mats, points.device).to(points.dtype), points)
+
+
+def crop_to_image(points: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
+                  output_size: tuple[int, int] = (1024, 768),
+                  rotation_deg: torch.Tensor | float | None = None) -> torch.Tensor:
     """(N, K, 2) crop-pixel points -> image pixels (inverse of the crop made with the same arguments)."""
-    if points.ndim != 3 or points.shape[-1] != 2:
-        raise ValueError(f"points must have shape (N, K, 2), got {tuple(points.shape)}")
-    mats = udp_affine(center, scale, output_size, rotation_deg, inverse=True).to(points)
-    return _apply(mats, points)
+    return _warp_points(points, center, scale, output_size, rotation_deg, inverse=True)
 
 
-def image_to_crop(
-    points: torch.Tensor,
-    center: torch.Tensor,
-    scale: torch.Tensor,
-    output_size: tuple[int, int] = (1024, 768),
-    rotation_deg: torch.Tensor | float | None = None,
-) -> torch.Tensor:
+def image_to_crop(points: torch.Tensor, center: torch.Tensor, scale: torch.Tensor,
+                  output_size: tuple[int, int] = (1024, 768),
+                  rotation_deg: torch.Tensor | float | None = None) -> torch.Tensor:
     """(N, K, 2) image-pixel points -> crop pixels (e.g. ground-truth keypoints for training targets)."""
-    if points.ndim != 3 or points.shape[-1] != 2:
-        raise ValueError(f"points must have shape (N, K, 2), got {tuple(points.shape)}")
-    return _apply(udp_affine(center, scale, output_size, rotation_deg).to(points), points)
+    return _warp_points(points, center, scale, output_size, rotation_deg, inverse=False)
 
 
 def crop_people(
@@ -148,12 +156,12 @@ def crop_people(
             raise ValueError(f"images[{b}] must have shape (3, H, W), got {tuple(img.shape)}")
         if img.device != device:
             raise ValueError(f"images[{b}] is on {img.device}, images[0] on {device}; put all images on one device")
-    index = torch.as_tensor(image_index, dtype=torch.long).cpu()
+    index = torch.as_tensor(image_index, dtype=torch.long).cpu()  # give it on the host: no device round trip
     N = index.shape[0]
     if index.ndim != 1 or (N and (index.min() < 0 or index.max() >= len(images))):
         raise ValueError(f"image_index must be (N,) ids in [0, {len(images)}), got {index.tolist()}")
     H, W = output_size
-    inv = udp_affine(center, scale, output_size, rotation_deg, inverse=True).to(device=device, dtype=torch.float32)
+    inv = to_device_async(udp_affine(center, scale, output_size, rotation_deg, inverse=True).float(), device)
     if inv.shape[0] != N:
         raise ValueError(f"got {N} image indices but {inv.shape[0]} boxes")
 
@@ -161,18 +169,29 @@ def crop_people(
                           torch.arange(W, device=device, dtype=torch.float32), indexing="ij")
     src = _apply(inv, torch.stack([u, v], dim=-1).expand(N, H, W, 2))  # (N, H, W, 2) image pixels
 
-    crops = torch.zeros(N, 3, H, W, device=device, dtype=torch.float32)
-    for b in index.unique().tolist():
-        sel = (index == b).nonzero()[:, 0].to(device)
+    order = torch.argsort(index, stable=True)  # people grouped by image, on the host
+    counts = torch.bincount(index, minlength=len(images)).tolist()
+    pieces, start = [], 0
+    for b, n in enumerate(counts):  # one grid_sample per image, over its people
+        if n == 0:
+            continue
+        rows = order[start:start + n]
+        start += n
+        first = int(rows[0])
+        if torch.equal(rows, torch.arange(first, first + n)):  # the usual case: a contiguous run, a view
+            src_b = src[first:first + n]
+        else:
+            src_b = src[to_device_async(rows, device)]
         img = images[b].float()[None]  # (1, 3, Hb, Wb)
         Hb, Wb = img.shape[-2:]
         # align_corners=False: normalized -1 / +1 are the outer pixel edges, so pixel x sits at (2x + 1) / W - 1.
-        size = torch.tensor([Wb, Hb], device=device, dtype=torch.float32)
-        grid = (2 * src[sel] + 1) / size - 1  # (n, H, W, 2)
-        n = grid.shape[0]
+        grid = torch.stack([(2 * src_b[..., 0] + 1) / Wb - 1, (2 * src_b[..., 1] + 1) / Hb - 1], dim=-1)
         out = F.grid_sample(img, grid.reshape(1, n * H, W, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=False)  # (1, 3, n * H, W)
-        crops[sel] = out.view(3, n, H, W).transpose(0, 1)
+        pieces.append(out.view(3, n, H, W).transpose(0, 1))
+    crops = torch.cat(pieces) if pieces else torch.zeros(0, 3, H, W, device=device)
+    if not torch.equal(order, torch.arange(N)):  # back to the callers' order (one pinned copy)
+        crops = crops[to_device_async(torch.argsort(order), device)]
     return crops
 
 
@@ -193,8 +212,8 @@ def flip_test(
         flip_indices: (K,) channel of each keypoint's mirror partner.
     """
     heatmaps = forward(crops)  # (N, K, h, w)
-    flip = torch.as_tensor(flip_indices, dtype=torch.long, device=heatmaps.device)
+    flip = torch.as_tensor(flip_indices, dtype=torch.long)
     if flip.shape != (heatmaps.shape[1],):
         raise ValueError(f"flip_indices has {flip.numel()} entries but the model outputs {heatmaps.shape[1]} channels")
-    mirrored = forward(crops.flip(-1)).flip(-1)[:, flip]  # (N, K, h, w)
+    mirrored = forward(crops.flip(-1)).flip(-1)[:, to_device_async(flip, heatmaps.device)]  # (N, K, h, w)
     return (heatmaps + mirrored) * 0.5

@@ -16,6 +16,7 @@ back to uint8 before normalization (a difference of at most half a grey level).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -107,8 +108,7 @@ class Preprocessor:
         h, w = self.input_size
         metas = [_placement(s, self.input_size, self.resize) for s in shapes]
         batch = torch.zeros(len(images), 3, h, w, dtype=torch.float32, device=device)  # 0 = mean colour
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = normalization_tensors(self.mean, self.std, device)
         if len(set(shapes)) == 1:  # e.g. video frames: one upload and one resize for the whole batch
             groups = [(list(range(len(images))), metas[0])]
         else:
@@ -133,6 +133,13 @@ def _check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
         raise ValueError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got shape {shape} dtype "
                          f"{dtype}; read files with opensapiens.io.read_image")
     return shape[0], shape[1]
+
+
+@functools.cache
+def normalization_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, 3, 1, 1) normalization constants, uploaded once per device (each upload would stall the host)."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
 def _upload(images: list[np.ndarray | torch.Tensor], device: torch.device) -> torch.Tensor:
