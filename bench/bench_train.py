@@ -67,6 +67,7 @@ class Variant:
     compile: bool = False
     checkpointing: str = "none"
     checkpoint_blocks: int | None = None
+    head_chunk: int | None = None
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
@@ -122,7 +123,7 @@ def build_step(args, variant: Variant, info: D.DistInfo):
     if variant.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, variant.checkpoint_blocks, variant.save_attention)
     if variant.checkpointing in ("head", "blocks+head"):
-        checkpoint_head(model.head)
+        checkpoint_head(model.head, variant.head_chunk)
     on_cuda = device.type == "cuda"
     if variant.optimized and on_cuda:
         pad_attention_heads(model)
@@ -220,6 +221,7 @@ def main() -> None:
     p.add_argument("--checkpointing", nargs="?", const="blocks+head", default="none",
                    choices=["none", "blocks", "head", "blocks+head"])
     p.add_argument("--checkpoint-blocks", type=int, default=None)
+    p.add_argument("--head-chunk", type=int, default=None, help="head checkpointing by slices of N images")
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
@@ -245,6 +247,7 @@ def main() -> None:
                                 shrink_on_oom=True))
     variants.append(Variant("optimized", args.batch, optimized=True, fsdp=args.fsdp, compile=args.compile,
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
+                            head_chunk=args.head_chunk,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
                             channels_last=args.channels_last))
     rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]

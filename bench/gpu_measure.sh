@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|next
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -8,7 +8,21 @@ CAP=79.65
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
-if [ "$1" = extra ]; then
+if [ "$1" = next ]; then
+  # what this project changed after its last GPU call, not yet measured (see docs/performance.md):
+  # pose end to end without host stalls (was 0.73 of model-only)
+  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
+  timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
+    --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+  # 2B normals at batch 16 with the head checkpointed by slices of 4 images (predicted peak ~64 GiB of 79.65)
+  timeout 300 python bench/bench_train.py --task normal --arch 2b --batch 16 --baseline-batch 8 --fsdp --compile \
+    --checkpointing blocks+head --head-chunk 4 --channels-last --steps 3 --warmup 2 --memory-limit-gib $CAP \
+    --out "$OUT/train_normal_2b_chunk.json" 2>&1 | grep -v Warning | tail -3
+  # 0.3B seg at batch 16 without block recomputation, the head by slices of 4 images
+  timeout 200 python bench/bench_train.py --task seg --arch 0.3b --batch 16 --baseline-batch 8 --fsdp --compile \
+    --checkpointing head --head-chunk 4 --channels-last --seg-loss-resolution logits --steps 4 --warmup 2 \
+    --memory-limit-gib $CAP --out "$OUT/train_seg_0.3b_chunk.json" 2>&1 | grep -v Warning | tail -3
+elif [ "$1" = extra ]; then
   # the MAE loader check (rerun), NHWC heads for seg inference and fine-tuning
   timeout 140 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
     --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6

@@ -146,6 +146,60 @@ def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutio
     assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
 
 
+def test_head_checkpointed_by_batch_slices_is_exact_and_keeps_only_slice_inputs():
+    import copy
+
+    from opensapiens.training.speed import checkpoint_head
+
+    torch.manual_seed(0)
+    plain = build_model("normal", "nano", head_channels=16, pos_grid=(4, 3)).double()
+    plain.head.dropout = torch.nn.Identity()
+    sliced = copy.deepcopy(plain)
+    checkpoint_head(sliced.head, batch_chunk=2)
+    feats = torch.randn(5, plain.config.arch.embed_dim, 4, 3, dtype=torch.float64)  # 5 = slices of 2, 2, 1
+    results = []
+    for model in (plain, sliced):
+        x = feats.clone().requires_grad_(True)
+        saved = []
+
+        def pack(t: torch.Tensor, saved=saved) -> torch.Tensor:
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model.head(x)
+        out.square().sum().backward()
+        results.append((out.detach(), x.grad, [p.grad for p in model.head.parameters()], sum(saved)))
+    (o1, gx1, g1, saved_plain), (o2, gx2, g2, saved_sliced) = results
+    torch.testing.assert_close(o2, o1, rtol=1e-12, atol=1e-12)  # InstanceNorm is per image: slicing is exact
+    torch.testing.assert_close(gx2, gx1, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
+    assert saved_sliced <= feats.numel() * 8 * 1.01  # the slice inputs, nothing of the high-resolution maps
+    assert saved_sliced < saved_plain / 20
+
+    # backward recomputes and differentiates one slice at a time, the last slice first
+    events = []
+
+    def first_stage(module, args, out):
+        events.append(("forward", out.shape[0]))
+        if out.requires_grad:
+            out.register_hook(lambda g: events.append(("backward", g.shape[0])))
+
+    sliced.head.deconv_layers[0].register_forward_hook(first_stage)
+    sliced.head(feats.clone().requires_grad_(True)).square().sum().backward()
+    assert events == [("forward", 2), ("forward", 2), ("forward", 1),
+                      ("forward", 1), ("backward", 1), ("forward", 2), ("backward", 2), ("forward", 2), ("backward", 2)]
+
+
+def test_head_chunk_needs_head_checkpointing():
+    from opensapiens.training.config import TrainConfig, resolve
+
+    with pytest.raises(ValueError, match="head_chunk=4 slices the checkpointed head"):
+        resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="blocks", head_chunk=4))
+    assert resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="head", head_chunk=4)).head_chunk == 4
+
+
 def test_channels_last_head_keeps_results_and_runs_every_convolution_on_nhwc_maps():
     import copy
 

@@ -59,6 +59,7 @@ class TrainConfig:
     precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
     checkpointing: str = "none"  # none | blocks | head | blocks+head
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
+    head_chunk: int | None = None  # with head checkpointing: run the head on slices of N images, keeping only inputs
     compile: bool = False
     fsdp: bool = False
     workers: int = 4
@@ -116,4 +117,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
     if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
         raise ValueError(f"checkpointing must be none, blocks, head or blocks+head, got {out.checkpointing!r}")
+    if out.head_chunk is not None and "head" not in out.checkpointing:
+        raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
+                         f"blocks+head, got {out.checkpointing!r}")
     return out

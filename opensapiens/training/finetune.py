@@ -145,7 +145,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if cfg.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
     if cfg.checkpointing in ("head", "blocks+head"):
-        checkpoint_head(model.head)
+        checkpoint_head(model.head, cfg.head_chunk)
     if cfg.compile:
         compile_blocks(model.backbone.blocks, model.head)
     if cfg.fsdp:

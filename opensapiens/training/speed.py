@@ -8,7 +8,13 @@ image in bf16, and every stage stores conv output, InstanceNorm output and SiLU 
 the head into regions [norm, act, next conv] and keeps only the convolution outputs: InstanceNorm and SiLU (cheap,
 memory-bound) are recomputed in backward, the convolutions are not. One map per stage instead of three.
 
-Both wrap ``module.forward`` so they compose with FSDP2 (whose hooks wrap ``__call__``) and with DDP.
+``checkpoint_head(head, batch_chunk=n)`` goes further where the batch is what runs out of memory: the head runs on
+slices of n images, each slice checkpointed whole, so only the slice inputs (the small backbone feature maps) are
+kept, and backward recomputes and differentiates one slice at a time. The head's activation memory is then that of
+n images whatever the batch, for one extra head forward (4 % of a 2B normal step's FLOPs, 14 % of a 0.3B seg step's).
+Exact, because the head treats every image alone (InstanceNorm normalizes per image and channel).
+
+All wrap ``module.forward`` so they compose with FSDP2 (whose hooks wrap ``__call__``) and with DDP.
 """
 
 from __future__ import annotations
@@ -56,11 +62,25 @@ def checkpoint_blocks(blocks: nn.ModuleList, num_blocks: int | None = None, save
     return n
 
 
-def checkpoint_head(head: DeconvHead) -> None:
-    """Keep one activation per head stage (the convolution output); see the module docstring."""
+def checkpoint_head(head: DeconvHead, batch_chunk: int | None = None) -> None:
+    """Keep one activation per head stage (the convolution output), or with ``batch_chunk`` only the inputs of
+    slices of that many images (see the module docstring)."""
+    plain_forward = head.forward
+    if batch_chunk is not None:
+        if batch_chunk < 1:
+            raise ValueError(f"batch_chunk must be >= 1, got {batch_chunk}")
+
+        def sliced(x: torch.Tensor) -> torch.Tensor:
+            if not (head.training and torch.is_grad_enabled()):
+                return plain_forward(x)
+            # autograd runs the later slice's graph to the end before the earlier one (higher sequence numbers
+            # first), so one slice's recomputed maps and their gradients are alive at a time
+            return torch.cat([checkpoint(plain_forward, part, use_reentrant=False) for part in x.split(batch_chunk)])
+
+        head.forward = sliced
+        return
     layers = [*head.deconv_layers, *head.conv_layers]
     convs, norms, acts = layers[0::3], layers[1::3], layers[2::3]  # Sequential of (conv, InstanceNorm, SiLU) stages
-    plain_forward = head.forward
     save_convs = _saving(_CONV)
 
     def region(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
