@@ -128,3 +128,17 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert np.array(Image.open(frames[0])).shape == (64, 48)
     pictures = list(iter_video_frames(out / "clip_seg.mp4"))
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["synth", "--n", "1", "--size", "64x48", "--seed", "3", "--out", str(tmp_path / "s"),
+                     "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit, match="--threads must be >= 1"):
+            main(["synth", "--n", "1", "--out", str(tmp_path / "t"), "--threads", "0"])
+    finally:
+        torch.set_num_threads(before)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .main import add_threads_option
 from .predict import parse_size
 
 DEMO_SEED = 7  # fresh scenes: not the synth-val seed, not the bundled model's training seed
@@ -27,6 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--checkpoint", default="sapiens-nano", help="a multi-task checkpoint (default: bundled)")
     p.add_argument("--device", default="cpu")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -13,6 +13,8 @@ import math
 import sys
 from pathlib import Path
 
+from .main import add_threads_option
+
 TASKS = ("pose", "seg", "depth", "normal")
 
 
@@ -47,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ignore-index", type=int, default=255, help="seg GT label that is not scored")
     g.add_argument("--align", default="lstsq", choices=["lstsq", "minmax", "none"],
                    help="depth alignment per image: least-squares scale+shift, official min-max, or none (metric)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .main import add_threads_option
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """'1024x768' -> (1024, 768) as (height, width)."""
@@ -44,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("depth / normal")
     g.add_argument("--seg-checkpoint", help="segmentation model whose foreground masks depth/normal outputs")
     g.add_argument("--masks", type=Path, help="folder of foreground masks STEM.png (non-zero = person)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .main import add_threads_option
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -29,6 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--backgrounds", help="folder of background photos (used for 80%% of the images)")
     p.add_argument("--batch-size", type=int, default=8, help="images rendered together (default 8)")
     p.add_argument("--workers", type=int, default=4, help="file-writing threads (default 4)")
+    add_threads_option(p)
     p.set_defaults(func=run)
 
 
