@@ -73,7 +73,7 @@ def udp_affine(
     """
     center = _as_float(center, "center", 2)
     scale = _as_float(scale, "scale", 2).to(center)
-    if scale.device.type == "cpu" and (scale <= 0).any():  # on a GPU this test would stall the host: callers check
+    if (scale <= 0).any():  # reads the device: the inference paths keep boxes on the host, where this is free
         raise ValueError("scale must be positive (boxes with zero width or height cannot be cropped)")
     H, W = output_size
     N = center.shape[0]
@@ -170,18 +170,15 @@ def crop_people(
     src = _apply(inv, torch.stack([u, v], dim=-1).expand(N, H, W, 2))  # (N, H, W, 2) image pixels
 
     order = torch.argsort(index, stable=True)  # people grouped by image, on the host
-    counts = torch.bincount(index, minlength=len(images)).tolist()
+    in_order = torch.equal(order, torch.arange(N))  # the usual case: callers list people image by image
+    if not in_order:
+        src = src[to_device_async(order, device)]
     pieces, start = [], 0
-    for b, n in enumerate(counts):  # one grid_sample per image, over its people
+    for b, n in enumerate(torch.bincount(index, minlength=len(images)).tolist()):  # one grid_sample per image
         if n == 0:
             continue
-        rows = order[start:start + n]
+        src_b = src[start:start + n]
         start += n
-        first = int(rows[0])
-        if torch.equal(rows, torch.arange(first, first + n)):  # the usual case: a contiguous run, a view
-            src_b = src[first:first + n]
-        else:
-            src_b = src[to_device_async(rows, device)]
         img = images[b].float()[None]  # (1, 3, Hb, Wb)
         Hb, Wb = img.shape[-2:]
         # align_corners=False: normalized -1 / +1 are the outer pixel edges, so pixel x sits at (2x + 1) / W - 1.
@@ -190,7 +187,7 @@ def crop_people(
                             align_corners=False)  # (1, 3, n * H, W)
         pieces.append(out.view(3, n, H, W).transpose(0, 1))
     crops = torch.cat(pieces) if pieces else torch.zeros(0, 3, H, W, device=device)
-    if not torch.equal(order, torch.arange(N)):  # back to the callers' order (one pinned copy)
+    if not in_order:  # back to the callers' order
         crops = crops[to_device_async(torch.argsort(order), device)]
     return crops
 

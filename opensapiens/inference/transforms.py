@@ -136,8 +136,8 @@ def _check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
 
 
 @functools.cache
-def normalization_tensors(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+def normalization_tensors(mean: tuple[float, ...], std: tuple[float, ...],
+                          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, 3, 1, 1) normalization constants, uploaded once per device (each upload would stall the host)."""
     return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 

@@ -18,6 +18,7 @@ model further.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import time
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from ..codecs.heatmap import encode_udp_heatmaps
 from ..inference.topdown import boxes_to_center_scale, image_to_crop, udp_affine
-from ..inference.transforms import MEAN, STD
+from ..inference.transforms import MEAN, STD, normalization_tensors
 from ..metadata import keypoint_set, seg_classes
 from ..models.multitask import SapiensMultiTask, build_multitask
 from ..tasks import keypoint_mse_loss, normal_loss, relative_depth_target, seg_ce_loss, silog_loss
@@ -144,8 +145,7 @@ def photometric(image: torch.Tensor, generator: torch.Generator) -> torch.Tensor
 
 
 def normalize(image: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=image.device).view(1, 3, 1, 1)
+    mean, std = normalization_tensors(MEAN, STD, image.device)
     return (image - mean) / std
 
 
@@ -222,8 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "metrics.jsonl").open("a")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    step = 0
-    while True:
+    for step in itertools.count():
         elapsed = time.time() - t0
         if args.time_limit:  # a fixed time budget: progress through the schedule by the clock
             if elapsed > args.time_limit:
@@ -244,7 +243,6 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.zero_grad(set_to_none=True)
         if not math.isfinite(loss.item()):
             print(f"step {step}: non-finite loss, skipped")
-            step += 1
             continue
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -258,7 +256,6 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rec), flush=True)
         if step and step % 1000 == 0:
             save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
-        step += 1
     save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
     print(f"done: {step} steps, {time.time() - t0:.0f} s -> {args.out / 'last.safetensors'}")
     return 0
