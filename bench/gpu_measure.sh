@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|next
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -8,12 +8,18 @@ CAP=79.65
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
-if [ "$1" = next ]; then
-  # what this project changed after its last GPU call, not yet measured (see docs/performance.md):
+if [ "$1" = mae ]; then
+  # where the MAE step's time goes: fused attention backends on the encoder/decoder shapes (decoder head dim 32,
+  # also zero-padded to 64), head dims padded to 64 in the step, whole-model compile, top kernels of `optimized`
+  timeout 330 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --attention \
+    --variants optimized-pad64,optimized,optimized-model --profile --steps 4 --warmup 2 --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_diag.json" 2>&1 | grep -v Warning | tee "$OUT/mae_0.3b_diag.log" | tail -60
   # pose end to end without host stalls (was 0.73 of model-only)
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = next ]; then
+  # what this project changed after its last GPU call, not yet measured (see docs/performance.md):
   # 2B normals at batch 16 with the head checkpointed by slices of 4 images (predicted peak ~64 GiB of 79.65)
   timeout 300 python bench/bench_train.py --task normal --arch 2b --batch 16 --baseline-batch 8 --fsdp --compile \
     --checkpointing blocks+head --head-chunk 4 --channels-last --steps 3 --warmup 2 --memory-limit-gib $CAP \
