@@ -121,3 +121,27 @@ def test_head_dim_padding_is_exact():
         assert all(b.attn.padded_head_dim == 16 for b in model.backbone.blocks)
         after = model(x)
     assert torch.allclose(before, after, atol=1e-6)
+
+
+@pytest.mark.parametrize("padding", [0, 2])
+@pytest.mark.parametrize("hw", [(64, 48), (70, 53), (33, 17)])
+def test_patch_embed_gemm_equals_the_strided_conv(padding, hw):
+    """The patch embedding runs as one GEMM; it must be the official conv (corner or symmetric padding, sizes that
+    are not multiples of 16), values and gradients, against F.conv2d in float64."""
+    import torch.nn.functional as F
+
+    from opensapiens.models.vit import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(8, 16, padding).double()
+    x = torch.randn(2, 3, *hw, dtype=torch.float64)
+    tokens, grid = embed(x)
+    H, W = hw
+    padded = x if padding else F.pad(x, (0, -W % 16, 0, -H % 16))
+    ref = F.conv2d(padded, embed.proj.weight, embed.proj.bias, stride=16, padding=padding)  # (2, 8, h, w)
+    assert grid == tuple(ref.shape[-2:])
+    torch.testing.assert_close(tokens, ref.flatten(2).transpose(1, 2), rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(tokens)
+    w_grad, = torch.autograd.grad((tokens * g).sum(), embed.proj.weight)
+    w_ref, = torch.autograd.grad((ref.flatten(2).transpose(1, 2) * g).sum(), embed.proj.weight)
+    torch.testing.assert_close(w_grad, w_ref, rtol=1e-12, atol=1e-12)

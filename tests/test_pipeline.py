@@ -1,8 +1,9 @@
-"""The end-to-end file pipeline (GPU decode path, run here on the CPU) agrees with the predictors."""
+"""The end-to-end file pipeline (GPU and host decode paths, run here on the CPU) agrees with the predictors."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from opensapiens.inference.pipeline import run_pipeline
@@ -24,11 +25,12 @@ def _photos(tmp_path):
     return paths
 
 
-def test_seg_pipeline_writes_the_predictor_labels(tmp_path):
+@pytest.mark.parametrize("decode", ["gpu", "cpu"])
+def test_seg_pipeline_writes_the_predictor_labels(tmp_path, decode):
     model, _ = make_official_state("seg", 5)
     paths = _photos(tmp_path)
     out = tmp_path / "out"
-    assert run_pipeline(model, "seg", paths, batch_size=2, input_size=(64, 48), out_dir=out) == 3
+    assert run_pipeline(model, "seg", paths, batch_size=2, input_size=(64, 48), out_dir=out, decode=decode) == 3
     predictor = SegPredictor(model, input_size=(64, 48))
     for path in paths:
         expect = predictor(read_image(path)).labels
@@ -36,11 +38,12 @@ def test_seg_pipeline_writes_the_predictor_labels(tmp_path):
         assert got.shape == expect.shape and (got == expect).mean() > 0.999
 
 
-def test_pose_pipeline_matches_whole_image_top_down(tmp_path):
+@pytest.mark.parametrize("decode", ["gpu", "cpu"])
+def test_pose_pipeline_matches_whole_image_top_down(tmp_path, decode):
     model, _ = make_official_state("pose", 17)
     paths = _photos(tmp_path)
     out = tmp_path / "out"
-    assert run_pipeline(model, "pose", paths, batch_size=2, input_size=(64, 48), out_dir=out) == 3
+    assert run_pipeline(model, "pose", paths, batch_size=2, input_size=(64, 48), out_dir=out, decode=decode) == 3
     predictor = PosePredictor(model, input_size=(64, 48))
     for path in paths:
         res = predictor(read_image(path))
@@ -49,3 +52,9 @@ def test_pose_pipeline_matches_whole_image_top_down(tmp_path):
         close = np.linalg.norm(got[:, :2] - res.keypoints[0], axis=1) < 1e-2
         assert close.mean() > 0.9
         assert np.allclose(got[:, 2], res.scores[0], atol=1e-4)
+
+
+def test_unknown_decode_mode_is_refused(tmp_path):
+    model, _ = make_official_state("seg", 5)
+    with pytest.raises(ValueError, match="decode must be 'gpu' or 'cpu'"):
+        run_pipeline(model, "seg", _photos(tmp_path), batch_size=2, input_size=(64, 48), decode="tpu")
