@@ -142,6 +142,9 @@ def attention_backends_table(args, device: torch.device) -> dict:
     N = cfg.grid[0] * cfg.grid[1]
     shapes = {"encoder": (int(N * 0.25) + 1, cfg.arch.num_heads, cfg.arch.head_dim),
               "decoder": (N + 1, cfg.decoder_heads, cfg.decoder_dim // cfg.decoder_heads)}
+    from torch.nn.attention.flex_attention import flex_attention
+
+    flex = torch.compile(flex_attention)
     out: dict = {}
     for name, (tokens, heads, hd) in shapes.items():
         q, k, v = (torch.randn(args.batch, heads, tokens, hd, device=device, dtype=torch.bfloat16,
@@ -167,6 +170,15 @@ def attention_backends_table(args, device: torch.device) -> dict:
                 shown = f"{value:6.0f} TFLOP/s" if isinstance(value, float) else value
                 print(f"  attention {name} (B={args.batch}, {heads} heads, {tokens} tokens, hd {hd}"
                       f"{f' padded to {width}' if width != hd else ''}) {backend.name:<20} {shown}")
+        # FlexAttention: Triton kernels generated for this head dim (no mask, no score modification)
+        try:
+            sec, _ = timed(lambda qkv: flex(*qkv).sum().backward(), lambda q=q, k=k, v=v: (q, k, v), 5, 2, device)
+            out[f"{name}/FLEX_ATTENTION"] = flops / sec / 1e12
+            print(f"  attention {name} (B={args.batch}, {heads} heads, {tokens} tokens, hd {hd}) FLEX_ATTENTION"
+                  f"       {out[f'{name}/FLEX_ATTENTION']:6.0f} TFLOP/s")
+        except Exception as e:  # noqa: BLE001 - a diagnostic row; compile failures are reported, not fatal
+            out[f"{name}/FLEX_ATTENTION"] = f"failed: {str(e).splitlines()[0][:80]}"
+            print(f"  attention {name} FLEX_ATTENTION failed: {out[f'{name}/FLEX_ATTENTION']}")
     return out
 
 

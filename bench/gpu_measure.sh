@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -18,6 +18,29 @@ if [ "$1" = mae ]; then
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = final ]; then
+  # after the patch-embedding GEMM and host decode: pose end to end over 512 images, decoded by nvJPEG and on the host
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null
+  timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
+    --e2e-decode gpu,cpu --out "$OUT/infer_pose_0.3b_e2e_decode.json" | grep -v '^{'
+  # 2B normals at batch 16: + attention outputs kept (no attention recompute), head by slices of 2 images
+  timeout 200 python bench/bench_train.py --task normal --arch 2b --batch 16 --baseline-batch 8 --fsdp --compile \
+    --checkpointing blocks+head --head-chunk 2 --save-attention --channels-last --steps 3 --warmup 2 \
+    --memory-limit-gib $CAP --out "$OUT/train_normal_2b_saveattn.json" 2>&1 | grep -v Warning | tail -3
+  # the dense heads' share of inference time (depth and normal were never measured)
+  for t in depth normal; do
+    timeout 80 python -m opensapiens.cli.main bench --task $t --arch 0.3b --batch 8 --iters 8 \
+      --out "$OUT/infer_${t}_0.3b.json" | grep -v '^{'
+  done
+  # MAE with the GEMM patch embedding
+  timeout 150 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --attention \
+    --variants optimized --steps 4 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_gemm_embed.json" 2>&1 \
+    | grep -v Warning | grep "attention\|optimized\|peak"
+  # 0.3B seg: 12 of 24 blocks recomputed, attention outputs kept, NHWC head
+  timeout 100 python bench/bench_train.py --task seg --arch 0.3b --batch 16 --baseline-batch 8 --fsdp --compile \
+    --checkpointing blocks+head --checkpoint-blocks 12 --save-attention --seg-loss-resolution logits \
+    --channels-last --steps 4 --warmup 2 --memory-limit-gib $CAP --out "$OUT/train_seg_0.3b_saveattn.json" 2>&1 \
+    | grep -v Warning | tail -3
 elif [ "$1" = next ]; then
   # what this project changed after its last GPU call, not yet measured (see docs/performance.md):
   # 2B normals at batch 16 with the head checkpointed by slices of 4 images (predicted peak ~64 GiB of 79.65)
