@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torchvision.io import decode_image, decode_jpeg
 
-from .transforms import MEAN, STD, Preprocessor, normalization_tensors, restore
+from .transforms import Preprocessor, restore
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -129,15 +129,13 @@ def _seg_post(logits: torch.Tensor, metas) -> list[torch.Tensor]:
 def _pose_forward(model, images: list[torch.Tensor], input_size: tuple[int, int]
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Whole-image top-down crops of every image in one batch -> heatmaps; boxes stay on the host."""
-    from .topdown import boxes_to_center_scale, crop_people
+    from .topdown import boxes_to_center_scale, person_inputs
 
-    dev = images[0].device
     boxes = torch.tensor([[0, 0, im.shape[-1], im.shape[-2]] for im in images], dtype=torch.float32)
     center, scale = boxes_to_center_scale(boxes, padding=1.25, aspect=input_size[1] / input_size[0])
-    crops = crop_people(images, torch.arange(len(images)), center, scale, input_size)
-    mean, std = normalization_tensors(MEAN, STD, dev)
-    dtype = next(model.parameters()).dtype
-    return model(((crops - mean) / std).to(dtype)), center, scale
+    crops = person_inputs(images, torch.arange(len(images)), center, scale, input_size,
+                          next(model.parameters()).dtype)
+    return model(crops), center, scale
 
 
 def _pose_post(heat: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, input_size: tuple[int, int]

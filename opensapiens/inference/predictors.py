@@ -27,8 +27,8 @@ from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference
-from .topdown import boxes_to_center_scale, crop_people, crop_to_image, flip_test
-from .transforms import MEAN, STD, Preprocessor, normalization_tensors
+from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
+from .transforms import Preprocessor
 
 # ----------------------------------------------------------------------------------------------------------- results
 
@@ -350,11 +350,9 @@ class PosePredictor(Predictor):
         all_boxes = torch.from_numpy(np.concatenate(box_list))
         image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
         center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])
-        mean, std = normalization_tensors(MEAN, STD, dev)
         kps, scs, hms = [], [], []
         for sl in _chunks(len(all_boxes), self.batch_size):
-            crops = crop_people(tensors, image_index[sl], center[sl], scale[sl], self.input_size)  # (n, 3, H, W)
-            crops = ((crops - mean) / std).to(self.dtype)
+            crops = person_inputs(tensors, image_index[sl], center[sl], scale[sl], self.input_size, self.dtype)
             if self.flip:
                 heat = flip_test(self._forward, crops, self.keypoint_set.flip_indices)
             else:

@@ -192,6 +192,23 @@ def crop_people(
     return crops
 
 
+def person_inputs(
+    images: Sequence[torch.Tensor],
+    image_index: torch.Tensor | Sequence[int],
+    center: torch.Tensor,
+    scale: torch.Tensor,
+    input_size: tuple[int, int],
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """The pose model's input for each person: the UDP crop (``crop_people``), normalized with the Sapiens mean and
+    std, in the model's ``dtype``; (N, 3, H, W)."""
+    from .transforms import MEAN, STD, normalization_tensors
+
+    crops = crop_people(images, image_index, center, scale, input_size)
+    mean, std = normalization_tensors(MEAN, STD, crops.device)
+    return ((crops - mean) / std).to(dtype)
+
+
 def flip_test(
     forward: Callable[[torch.Tensor], torch.Tensor],
     crops: torch.Tensor,
