@@ -1,0 +1,50 @@
+"""How fast this host decodes a folder of images on N threads: the ceiling of ``--e2e-decode cpu``.
+
+    python bench/host_decode.py /tmp/e2e --threads 8 --n 128
+
+Times three readers over the same files (page cache warmed first): Pillow (``read_image``, the predictors' reader),
+OpenCV into pageable memory, and the pipeline's host decode (OpenCV into pinned memory, as it is uploaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from opensapiens.inference.pipeline import IMAGE_SUFFIXES, _read_decoded
+from opensapiens.io import read_image
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--threads", type=int, default=8)
+    ap.add_argument("--n", type=int, default=128, help="images to decode")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.n]
+    for p in paths:
+        p.read_bytes()  # page cache
+    pin = torch.cuda.is_available()
+    readers = {"pillow read_image": read_image, "opencv": partial(_read_decoded, pin=False),
+               f"opencv {'pinned' if pin else 'pageable'} (the pipeline's)": partial(_read_decoded, pin=pin)}
+    result = {"images": len(paths), "threads": args.threads}
+    with ThreadPoolExecutor(args.threads) as pool:
+        for name, read in readers.items():
+            list(pool.map(read, paths[: args.threads]))  # warm-up (pinned blocks, thread start)
+            t0 = time.perf_counter()
+            list(pool.map(read, paths))
+            result[name] = round(len(paths) / (time.perf_counter() - t0), 1)
+            print(f"  host decode, {name:<36} {result[name]:8.1f} img/s on {args.threads} threads", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
