@@ -146,6 +146,52 @@ def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutio
     assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
 
 
+def test_saved_attention_is_not_recomputed_and_gradients_are_exact():
+    """checkpoint_blocks(save_attention=True): backward reruns each block's GEMMs but not its fused attention."""
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from opensapiens.training.speed import _ATTENTION, checkpoint_blocks
+
+    class AttentionCalls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func in _ATTENTION
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    plain = build_model("normal", "nano", head_channels=16, pos_grid=(4, 3))
+    plain.head.dropout = torch.nn.Identity()
+    x = torch.randn(2, 3, 64, 48)
+    grads, backward_calls = [], []
+    for save in (None, False, True):
+        model = copy.deepcopy(plain)
+        if save is not None:
+            checkpoint_blocks(model.backbone.blocks, save_attention=save)
+        out = model(x)
+        with AttentionCalls() as calls:
+            out.square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+        backward_calls.append(calls.count)
+    depth = len(plain.backbone.blocks)
+    assert backward_calls == [0, depth, 0]  # plain: none; recomputed blocks: one per block; saved: none
+    for g in grads[1:]:
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0], g))
+
+
+def test_save_attention_needs_block_checkpointing():
+    from opensapiens.training.config import TrainConfig, resolve
+
+    with pytest.raises(ValueError, match="save_attention keeps the attention output of checkpointed blocks"):
+        resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="head", save_attention=True))
+    assert resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="blocks+head",
+                               save_attention=True)).save_attention
+
+
 def test_head_checkpointed_by_batch_slices_is_exact_and_keeps_only_slice_inputs():
     import copy
 

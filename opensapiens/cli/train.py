@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--checkpoint-blocks", type=int, help="checkpoint only the first N blocks")
     g.add_argument("--head-chunk", type=int, help="with head checkpointing: keep only the inputs of slices of N "
                    "images and recompute the head slice by slice (head memory of N images, whatever the batch)")
+    g.add_argument("--save-attention", action="store_const", const=True,
+                   help="with block checkpointing: keep each block's attention output (B x N x C), so backward "
+                   "does not run fused attention a second time")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile blocks and head")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")

@@ -60,6 +60,7 @@ class TrainConfig:
     checkpointing: str = "none"  # none | blocks | head | blocks+head
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
     head_chunk: int | None = None  # with head checkpointing: run the head on slices of N images, keeping only inputs
+    save_attention: bool = False  # checkpointed blocks keep their attention output: fused attention runs once
     compile: bool = False
     fsdp: bool = False
     workers: int = 4
@@ -120,4 +121,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")
+    if out.save_attention and "blocks" not in out.checkpointing:
+        raise ValueError("save_attention keeps the attention output of checkpointed blocks: it needs checkpointing "
+                         f"blocks or blocks+head, got {out.checkpointing!r}")
     return out

@@ -143,7 +143,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         channels_last_head(model.head)  # NHWC head maps: 0.3B seg step 1.13x faster, 4 GiB less (H200, perf docs)
     bf16 = cfg.precision == "bf16"
     if cfg.checkpointing in ("blocks", "blocks+head"):
-        checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks)
+        checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks, cfg.save_attention)
     if cfg.checkpointing in ("head", "blocks+head"):
         checkpoint_head(model.head, cfg.head_chunk)
     if cfg.compile:

@@ -31,7 +31,8 @@ from ..models.heads import DeconvHead
 _CONV = {torch.ops.aten.convolution.default}
 _ATTENTION = {getattr(torch.ops.aten, name).default
               for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
-                           "_scaled_dot_product_cudnn_attention") if hasattr(torch.ops.aten, name)}
+                           "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
+              if hasattr(torch.ops.aten, name)}
 
 
 def _saving(ops: set) -> Callable:
