@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -18,6 +18,13 @@ if [ "$1" = mae ]; then
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = closing ]; then
+  # pose end to end with the heatmaps decoded in bf16 in place (no float32 copy), then pose 1b with FP8
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null
+  timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
+    --e2e-decode cpu,gpu --out "$OUT/infer_pose_0.3b_e2e_bf16decode.json" | grep -v '^{'
+  timeout 280 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 8 --fp8 \
+    --out "$OUT/infer_pose_1b_gemm_embed.json" | grep -v '^{'
 elif [ "$1" = last ]; then
   # host decode ceiling, then pose end to end with OpenCV host decode; pose 1b (+FP8) and 2b with the GEMM patch embed
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null

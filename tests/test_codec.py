@@ -199,9 +199,10 @@ def test_encode_decode_round_trip():
     assert scores.min() > 0.99
 
 
-@pytest.mark.parametrize("chunk", [5, 2048])
-def test_decode_matches_numpy_dark_udp(chunk, monkeypatch):
-    """Random blurry multi-peak maps, peaks anywhere (borders included), non-positive maps, other sizes."""
+@pytest.mark.parametrize("chunk,dtype", [(5, torch.float32), (2048, torch.float32), (5, torch.bfloat16)])
+def test_decode_matches_numpy_dark_udp(chunk, dtype, monkeypatch):
+    """Random blurry multi-peak maps, peaks anywhere (borders included), non-positive maps, other sizes; bf16 maps
+    (read in place, never copied to float32) against the reference on their exact values."""
     monkeypatch.setattr(heatmap_codec, "_CHUNK", chunk)
     rng = np.random.default_rng(3)
     size, input_size = (64, 48), (256, 192)
@@ -215,11 +216,11 @@ def test_decode_matches_numpy_dark_udp(chunk, monkeypatch):
         if i % 16 == 5:
             m -= m.max() + 0.1  # max <= 0 -> location -1
         maps.append(m)
-    maps = np.stack(maps)
-    kp, scores = decode_udp_heatmaps(torch.from_numpy(maps).float().view(4, 12, *size), input_size)
+    heat = torch.from_numpy(np.stack(maps)).to(dtype)
+    kp, scores = decode_udp_heatmaps(heat.view(4, 12, *size), input_size)
     kp, scores = kp.reshape(-1, 2).numpy(), scores.reshape(-1).numpy()
     scale = np.array([(input_size[1] - 1) / (size[1] - 1), (input_size[0] - 1) / (size[0] - 1)])
-    for i, m in enumerate(maps.astype(np.float32).astype(np.float64)):
+    for i, m in enumerate(heat.double().numpy()):
         ref_kp, ref_score = ref_dark_udp(m)
         assert scores[i] == pytest.approx(ref_score, abs=1e-6)
         np.testing.assert_allclose(kp[i] / scale, ref_kp, atol=2e-3, err_msg=f"map {i}")

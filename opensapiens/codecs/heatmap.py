@@ -168,14 +168,14 @@ def _blur_at(maps: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ksize: 
     than a pass over 256 x 192 pixels, which is what makes decoding cheap next to the model.
     """
     M, h, w = maps.shape
-    k = _kernel_on(ksize, maps.device)
+    k = _kernel_on(ksize, maps.device)  # float32
     r = ksize // 2
     d = torch.arange(-r, r + 1, device=maps.device)
     wy = rows[..., None] + d  # (M, P, k)
     wx = cols[..., None] + d
     inside = ((wy >= 0) & (wy < h))[..., :, None] & ((wx >= 0) & (wx < w))[..., None, :]  # (M, P, k, k)
     flat = (wy.clamp(0, h - 1)[..., :, None] * w + wx.clamp(0, w - 1)[..., None, :]).reshape(M, -1)
-    patches = maps.reshape(M, h * w).gather(1, flat).reshape(inside.shape) * inside
+    patches = maps.reshape(M, h * w).gather(1, flat).reshape(inside.shape).float() * inside  # exact upcast
     return torch.einsum("mpij,i,j->mp", patches, k, k)
 
 
@@ -192,8 +192,9 @@ def _newton_offsets(v: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, -step, torch.zeros_like(step))
 
 
-def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, blur_kernel: int) -> torch.Tensor:
-    """Official DARK-UDP refinement at integer maxima (x, y): (M, h, w) -> (M, 2) offsets.
+def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, peak: torch.Tensor,
+                      blur_kernel: int) -> torch.Tensor:
+    """Official DARK-UDP refinement at integer maxima (x, y) with values ``peak``: (M, h, w) -> (M, 2) offsets.
 
     Heatmaps are blurred, rescaled to their original maximum, clipped to [1e-3, 50] and logged; gradient and Hessian
     come from finite differences on the edge-padded map, and the step is -(Hessian + eps I)^-1 gradient.
@@ -203,17 +204,18 @@ def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, blur
     (whose maximum the rescale needs) is computed only for maps with a sample under the clip: ratio >= 1 (a
     normalized blur never exceeds the map's positive maximum), so samples >= 1e-3 stay unclipped after rescaling,
     and none exceeds the map maximum, which is <= 50 unless the heatmap itself is.
+
+    ``maps`` may be bf16/fp16: only the gathered samples are upcast (exactly), never the whole maps.
     """
     M, h, w = maps.shape
     if M == 0:
-        return maps.new_zeros(0, 2)
+        return peak.new_zeros(0, 2)
     rows, cols = _sample_points(x, y, h, w)
-    v = _blur_at(maps, rows, cols, blur_kernel)  # (M, 7)
-    peak = maps.reshape(M, h * w).amax(dim=1)
+    v = _blur_at(maps, rows, cols, blur_kernel)  # (M, 7) float32
     clipped = ((v < 1e-3).any(dim=1) | (peak > 50)).nonzero().flatten()
     for s in range(0, clipped.numel(), _CHUNK):  # rare: weak or huge maps need the whole-map maximum of the blur
         ids = clipped[s:s + _CHUNK]
-        ratio = peak[ids] / (gaussian_blur(maps[ids], blur_kernel).amax(dim=(1, 2)) + 1e-12)
+        ratio = peak[ids] / (gaussian_blur(maps[ids].float(), blur_kernel).amax(dim=(1, 2)) + 1e-12)
         v[ids] = v[ids] * ratio[:, None]
     return _newton_offsets(v)
 
@@ -226,7 +228,8 @@ def decode_udp_heatmaps(
     """Keypoints from heatmaps: argmax, DARK-UDP sub-pixel refinement, then heatmap -> input pixels.
 
     Args:
-        heatmaps: (N, K, h, w) raw head outputs (any float dtype; computed in float32 on their device).
+        heatmaps: (N, K, h, w) raw head outputs (any float dtype, read in place: maxima and the DARK samples are
+            taken in that dtype and upcast exactly, so bf16 maps give the float32 result without a float32 copy).
         input_size: (H, W) of the network input the heatmaps belong to.
         blur_kernel: odd Gaussian kernel size of the DARK modulation (11 in every Sapiens config).
 
@@ -240,13 +243,13 @@ def decode_udp_heatmaps(
         raise ValueError(f"heatmaps must have shape (N, K, h, w), got {tuple(heatmaps.shape)}")
     N, K, h, w = heatmaps.shape
     sx, sy = udp_scale(input_size, (h, w))
-    maps = heatmaps.detach().float().reshape(N * K, h, w)
+    maps = heatmaps.detach().reshape(N * K, h, w)
 
-    flat = maps.reshape(N * K, h * w)
-    scores, idx = flat.amax(dim=1), flat.argmax(dim=1)  # first maximum on ties, as numpy
+    scores, idx = maps.reshape(N * K, h * w).max(dim=1)  # one pass; first maximum on ties, as numpy's argmax
+    scores = scores.float()
     x, y = idx % w, idx // w
     loc = torch.stack([x, y], dim=1).float()  # (M, 2) heatmap pixels
-    loc += _dark_udp_offsets(maps, x, y, blur_kernel)
+    loc += _dark_udp_offsets(maps, x, y, scores, blur_kernel)
     loc = torch.where((scores > 0)[:, None], loc, torch.full_like(loc, -1.0))
 
     keypoints = torch.stack([loc[:, 0] * sx, loc[:, 1] * sy], dim=1)  # scalars: no host -> device copy

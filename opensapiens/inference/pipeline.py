@@ -158,7 +158,7 @@ def _pose_post(heat: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, in
     from ..codecs.heatmap import decode_udp_heatmaps
     from .topdown import crop_to_image
 
-    kp, sc = decode_udp_heatmaps(heat.float(), input_size)
+    kp, sc = decode_udp_heatmaps(heat, input_size)  # bf16 maps read in place
     kp = crop_to_image(kp, center, scale, input_size)
     return list(torch.cat([kp, sc[..., None]], dim=-1))
 
