@@ -14,6 +14,10 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
                (--compile model: the whole forward + loss), head dims padded to a multiple of 16 (2B)
     loader     the optimized step fed by the real streaming loader (tar shards, nvJPEG decode on the GPU,
                random-resized-crop + flip) instead of a resident batch; plus the loader alone
+
+Diagnostics: --variants optimized-pad64 (every head dim zero-padded to 64) and optimized-model (whole-model
+compile); --attention (each SDPA backend and FlexAttention on the encoder and decoder attention shapes); --profile
+(top kernels of the optimized step).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
 
-    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR] [--out result.json]
+    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode gpu,cpu]]
+        [--out result.json]
 
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
 (torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
