@@ -142,6 +142,25 @@ def test_alpha_is_dropped_not_composited(tmp_path):
     assert (read_image(tmp_path / "la.png") == 77).all()
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_jpegs_decoded_by_opencv_match_pillow_with_exif_orientation(tmp_path, mode):
+    """RGB and gray JPEGs take the OpenCV decoder; the pixels must be Pillow's, turned by Pillow's own
+    ``exif_transpose`` (an independent statement of the orientation table)."""
+    from PIL import ImageOps
+
+    small = Image.fromarray(RNG.integers(0, 256, (10, 13, 3), dtype=np.uint8)).resize((130, 100), Image.BICUBIC)
+    small = small.convert(mode)
+    for orientation in (1, 3, 6, 8):
+        exif = small.getexif()
+        exif[0x0112] = orientation
+        path = tmp_path / f"{mode}{orientation}.jpg"
+        small.save(path, exif=exif, quality=90)
+        with Image.open(path) as im:
+            expect = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        got = read_image(path)
+        assert got.shape == expect.shape and np.array_equal(got, expect), (mode, orientation)
+
+
 def test_cmyk_jpeg(tmp_path):
     # CMYK (0, 255, 255, 0) is red: R = 255 - C, G = 255 - M, B = 255 - Y at K = 0.
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)

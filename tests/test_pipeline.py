@@ -59,22 +59,3 @@ def test_unknown_decode_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="decode must be 'gpu' or 'cpu'"):
         run_pipeline(model, "seg", _photos(tmp_path), batch_size=2, input_size=(64, 48), decode="tpu")
 
-
-def test_host_decode_gives_read_image_pixels_for_jpegs_with_exif_rotation(tmp_path):
-    """decode='cpu' reads JPEGs with OpenCV: the pixels (orientation included) must be those of ``read_image``."""
-    from opensapiens.inference.pipeline import _read_decoded
-
-    rng = np.random.default_rng(1)
-    small = Image.fromarray(rng.integers(0, 255, (10, 13, 3), dtype=np.uint8)).resize((130, 100), Image.BICUBIC)
-    for orientation in (1, 6, 3):
-        exif = small.getexif()
-        exif[0x0112] = orientation
-        path = tmp_path / f"o{orientation}.jpg"
-        small.save(path, exif=exif, quality=90)
-        expect = read_image(path)
-        got = _read_decoded(path, pin=False).numpy()
-        assert got.shape == expect.shape and np.array_equal(got, expect)
-    broken = tmp_path / "broken.jpg"
-    broken.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(Exception, match="broken.jpg"):  # read_image's error, naming the file
-        _read_decoded(broken, pin=False)

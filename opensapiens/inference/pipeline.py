@@ -1,10 +1,10 @@
 """End-to-end GPU pipeline: files -> GPU decode -> GPU resize/normalize -> batched model -> GPU post-processing ->
 asynchronous writing, with file reading and decoding of the next batch overlapped with the model on another stream.
 
-``decode="cpu"`` decodes on host threads instead (OpenCV for JPEGs, ``read_image`` otherwise: the predictors'
-pixels) and uploads them from pinned memory: nvJPEG's decode kernels share the SMs with the model (about 1 ms of
-GPU time per 1080p JPEG, a seventh of pose-0.3B's model time), while a machine with a few free cores decodes the
-same stream without touching the GPU.
+``decode="cpu"`` decodes on host threads instead (``read_image``, the predictors' pixels) and uploads them from
+pinned memory: nvJPEG's decode kernels share the SMs with the model (about 1 ms of GPU time per 1080p JPEG, a
+seventh of pose-0.3B's model time), while a machine with a few free cores decodes the same stream without
+touching the GPU.
 
 Used by ``opensapiens bench --e2e DIR`` to measure how close the whole pipeline comes to model-only throughput.
 Outputs per image: seg label maps at full resolution (argmax on the GPU) or pose keypoints (heatmap decode on the
@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from torchvision.io import decode_image, decode_jpeg
 
@@ -58,24 +56,13 @@ def _rgb():
 
 
 def _read_decoded(path: Path, pin: bool) -> torch.Tensor:
-    """Host decode: (H, W, 3) uint8 RGB, upright, in pinned memory when it will be copied to a GPU.
+    """Host decode (``read_image``: upright RGB; JPEGs through OpenCV without the GIL) into a (H, W, 3) uint8
+    tensor, in pinned memory when it will be copied to a GPU."""
+    from ..io.images import read_image
 
-    JPEGs go through OpenCV (libjpeg-turbo, EXIF orientation applied: the same pixels as ``read_image``), which
-    releases the GIL for the whole decode, and the BGR -> RGB swap writes straight into the pinned buffer. Anything
-    else, or a JPEG OpenCV cannot read, goes through ``read_image`` (which names what is wrong with a bad file).
-    """
-    bgr = None
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        bgr = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
-        from ..io.images import read_image
-
-        rgb = read_image(path)  # read-only: Pillow's buffer
-        pixels = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=pin)
-        pixels.numpy()[...] = rgb
-        return pixels
-    pixels = torch.empty(bgr.shape, dtype=torch.uint8, pin_memory=pin)
-    cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=pixels.numpy())
+    rgb = read_image(path)
+    pixels = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=pin)
+    pixels.numpy()[...] = rgb
     return pixels
 
 

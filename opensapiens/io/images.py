@@ -10,6 +10,8 @@
 - 32-bit integer images in [0, 65535] are treated as 16-bit; other integer ranges are min-max scaled.
 - Float images with all finite values in [0, 1] are scaled by 255, others are min-max scaled; NaN becomes 0.
 - Multi-frame files (TIFF pages, animated WebP) give their first frame.
+- Complete RGB and gray JPEGs are decoded by OpenCV (same libjpeg-turbo pixels as Pillow, without holding the GIL:
+  loader threads scale); everything else, and any JPEG OpenCV refuses or that ends early, by Pillow.
 Anything that cannot be decoded raises ``ImageReadError`` naming the file and the reason.
 
 ``list_inputs`` turns what a user types (files, folders, glob patterns, ``.txt`` lists) into an ordered, duplicate-free
@@ -207,7 +209,27 @@ def _decode_16bit_color(path: Path) -> np.ndarray:
     return _from_uint16(rgb) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb)
 
 
+def _decode_jpeg(path: Path) -> np.ndarray | None:
+    """A complete RGB or gray JPEG through OpenCV; None when the file ends early (so Pillow reports the damage)
+    or OpenCV cannot decode it.
+
+    The same libjpeg-turbo decode as Pillow's (integer IDCT, fancy up-sampling: identical pixels), but OpenCV
+    releases the GIL for the whole decode and skips Pillow's chunked copy out of its image buffer: about 2.5x the
+    images/s on 8 loader threads (365 vs 148 img/s for 1080p JPEGs, ``bench/host_decode.py``). Orientation is left
+    to the caller, as for every other format.
+    """
+    data = np.fromfile(path, np.uint8)
+    if b"\xff\xd9" not in data[-4096:].tobytes():  # no end-of-image marker: truncated
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def _decode(im: Image.Image, path: Path) -> np.ndarray:
+    if im.format == "JPEG" and im.mode in ("RGB", "L"):  # CMYK, YCCK, ...: Pillow's conversions, as documented
+        rgb = _decode_jpeg(path)
+        if rgb is not None:
+            return rgb
     if im.mode in ("RGB", "RGBA") and _has_16bit_samples(im):
         return _decode_16bit_color(path)
     if im.mode.startswith("I") or im.mode == "F":
