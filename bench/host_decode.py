@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from opensapiens.inference.pipeline import IMAGE_SUFFIXES, _read_decoded
+from opensapiens.inference.pipeline import IMAGE_SUFFIXES, decode_on_host
 from opensapiens.io import read_image
 
 
@@ -37,7 +37,7 @@ def main() -> None:
         p.read_bytes()  # page cache
     pin = torch.cuda.is_available()
     readers = {"pillow": lambda path: np.asarray(Image.open(path).convert("RGB")), "read_image": read_image,
-               f"read_image into {'pinned' if pin else 'pageable'} memory": partial(_read_decoded, pin=pin)}
+               f"read_image into {'pinned' if pin else 'pageable'} memory": partial(decode_on_host, pin=pin)}
     result = {"images": len(paths), "threads": args.threads}
     with ThreadPoolExecutor(args.threads) as pool:
         for name, read in readers.items():

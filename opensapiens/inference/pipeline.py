@@ -55,7 +55,7 @@ def _rgb():
     return ImageReadMode.RGB
 
 
-def _read_decoded(path: Path, pin: bool) -> torch.Tensor:
+def decode_on_host(path: Path, pin: bool) -> torch.Tensor:
     """Host decode (``read_image``: upright RGB; JPEGs through OpenCV without the GIL) into a (H, W, 3) uint8
     tensor, in pinned memory when it will be copied to a GPU."""
     from ..io.images import read_image
@@ -90,7 +90,7 @@ class Prefetcher:
             for i in range(0, len(self.paths), self.batch_size):
                 paths = self.paths[i: i + self.batch_size]
                 if self.decode == "cpu":
-                    data = list(self.pool.map(functools.partial(_read_decoded, pin=self.stream is not None), paths))
+                    data = list(self.pool.map(functools.partial(decode_on_host, pin=self.stream is not None), paths))
                 else:
                     data = list(self.pool.map(_read, paths))
                 ctx = torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
