@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 import torch
 
-from opensapiens.benchmark import H100_80GB_GIB, cap_memory, top_kernels
+from opensapiens.benchmark import H100_80GB_GIB, cap_memory, time_by_kind, top_kernels
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
@@ -187,9 +187,10 @@ def attention_backends_table(args, device: torch.device) -> dict:
 
 
 def profile(step, images: torch.Tensor, device: torch.device, out: Path | None) -> None:
-    """Top kernels by device time over 2 steps (after the variant's warm-up)."""
+    """Top kernels by device time over 2 steps (after the variant's warm-up), then the step by kernel kind."""
     trace = str(out.with_suffix(".trace.json")) if out is not None else None
     print(top_kernels(lambda: step(images), device, calls=2, trace=trace))
+    print("  ms per step by kernel kind:", time_by_kind(lambda: step(images), device, calls=2))
 
 
 def make_shards(out: Path, n: int, size: tuple[int, int]) -> Path:

@@ -43,6 +43,7 @@ from opensapiens.benchmark import (
     device_name,
     matmul_peak_tflops,
     software_versions,
+    time_by_kind,
     top_kernels,
 )
 from opensapiens.data import to_device
@@ -197,11 +198,12 @@ def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, pe
             variant = Variant(**{**asdict(variant), "batch": variant.batch // 2})
     peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     kernels = top_kernels(step, device, calls=1) if profile else None
+    by_kind = time_by_kind(step, device, calls=1) if profile else None
     achieved = flops_per_image * variant.batch / dt  # per GPU
     row = {**asdict(variant), "oom": False, "tried": tried, "step_ms": dt * 1e3,
            "images_per_s": variant.batch * info.world_size / dt, "peak_memory_gib": peak_mem,
            "tflops_per_gpu": achieved / 1e12, "mfu": achieved / (peak_tflops * 1e12), "warmup_s": warmup_s,
-           "loss_finite": all(math.isfinite(v) for v in losses), "profile": kernels}
+           "loss_finite": all(math.isfinite(v) for v in losses), "profile": kernels, "ms_per_step_by_kind": by_kind}
     del model, optimizer, step
     free(device)
     return row
@@ -259,6 +261,7 @@ def main() -> None:
         for r in rows:
             if r.get("profile"):
                 print(f"{r['name']} step, top kernels:\n{r['profile']}")
+                print(f"{r['name']} step by kernel kind (ms): {r['ms_per_step_by_kind']}")
             if r["oom"]:
                 print(f"{r['name']:>10}: out of memory at batch {r['batch']}")
                 continue

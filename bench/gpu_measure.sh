@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -18,6 +18,17 @@ if [ "$1" = mae ]; then
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = profile ]; then
+  # not yet run: where the remaining inference and fine-tuning time goes, by kernel kind (GEMM / attention /
+  # convolution / fused elementwise / other), for the next round of work on the MFU targets
+  B="timeout 150 python -m opensapiens.cli.main bench --iters 8 --profile"
+  $B --task pose --arch 1b --batch 8 --out "$OUT/profile_pose_1b.json" | grep -v '^{'
+  $B --task pose --arch 0.3b --batch 16 --out "$OUT/profile_pose_0.3b.json" | grep -v '^{'
+  $B --task seg --arch 0.3b --batch 8 --channels-last --out "$OUT/profile_seg_0.3b.json" | grep -v '^{'
+  timeout 150 python bench/bench_train.py --task seg --arch 0.3b --batch 16 --fsdp --compile --skip-baseline \
+    --checkpointing blocks+head --checkpoint-blocks 12 --save-attention --seg-loss-resolution logits \
+    --channels-last --steps 3 --warmup 2 --profile --memory-limit-gib $CAP --out "$OUT/profile_train_seg_0.3b.json" \
+    2>&1 | grep -v Warning | grep "kind"
 elif [ "$1" = closing ]; then
   # pose end to end with the heatmaps decoded in bf16 in place (no float32 copy), then pose 1b with FP8
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null

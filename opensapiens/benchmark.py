@@ -120,3 +120,49 @@ def top_kernels(fn: Callable[[], object], device: torch.device, calls: int = 2, 
         prof.export_chrome_trace(trace)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+
+
+# name fragments of each kind, checked in this order (cuDNN attention kernels contain "gemm" too, so attention first)
+_KINDS = (
+    ("attention", ("attention", "sdpa", "fmha", "flash")),
+    ("convolution", ("conv", "implicit_gemm", "dgrad", "wgrad", "nchwtonhwc", "nhwctonchw")),
+    ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm", "aten::bmm", "_scaled_mm")),
+    ("fused elementwise/norm (compiled)", ("triton",)),
+)
+
+
+def kernel_kind(name: str) -> str:
+    """Coarse kind of a CUDA kernel or (on CPU) an aten operator, from its name."""
+    low = name.lower()
+    for kind, parts in _KINDS:
+        if any(p in low for p in parts):
+            return kind
+    return "other (eager elementwise, copies, reductions, optimizer)"
+
+
+def time_by_kind(fn: Callable[[], object], device: torch.device, calls: int = 2) -> dict[str, float]:
+    """Milliseconds per call of ``fn`` by kernel kind (see ``kernel_kind``), largest first, plus "total".
+
+    On CUDA only kernels count (an operator's time is the time of its kernels, so summing both would count twice);
+    on CPU the operators' self times.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    totals: dict[str, float] = {}
+    for evt in prof.key_averages():
+        if cuda and evt.device_type != DeviceType.CUDA:
+            continue
+        us = evt.self_device_time_total if cuda else evt.self_cpu_time_total
+        kind = kernel_kind(evt.key)
+        totals[kind] = totals.get(kind, 0.0) + us / 1e3 / calls
+    out = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
+    out["total"] = sum(totals.values())
+    return {k: round(v, 3) for k, v in out.items()}

@@ -1,7 +1,7 @@
 """``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
 
     opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode gpu,cpu]]
-        [--out result.json]
+        [--profile] [--out result.json]
 
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
 (torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
                                                            "file -> result pipeline")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile each variant: time per batch by kernel kind (GEMM, attention, convolution, "
+                   "fused elementwise, other)")
     p.add_argument("--e2e-decode", default="gpu", type=_decode_modes,
                    help="where --e2e decodes: gpu (nvJPEG), cpu (host threads), or gpu,cpu (both, in turn)")
     p.add_argument("--device", default=None)
@@ -52,7 +55,15 @@ def _decode_modes(text: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import count_flops, device_name, matmul_peak_tflops, peak_memory_gib, software_versions, time_ms
+    from ..benchmark import (
+        count_flops,
+        device_name,
+        matmul_peak_tflops,
+        peak_memory_gib,
+        software_versions,
+        time_by_kind,
+        time_ms,
+    )
     from ..checkpoints import as_dtype, load_model
     from ..inference.optimize import optimize_for_inference
     from ..models import build_model
@@ -102,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:>10}: {row['ms_per_image']:8.2f} ms/img  {row['images_per_s']:8.1f} img/s  "
               f"MFU {row['mfu']:.3f}  mem {row['peak_memory_gib']} GiB  rel.err {row['rel_error_vs_fp32']}",
               flush=True)
+        if args.profile:
+            with torch.inference_mode():
+                row["ms_per_batch_by_kind"] = time_by_kind(lambda: model(xb), device)
+            print("            " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms_per_batch_by_kind"].items()))
         return out
 
     eager = copy.deepcopy(base).to(dtype)

@@ -1,0 +1,53 @@
+"""The benchmark helpers: kernel kinds from real kernel names, and a profile split by kind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from opensapiens.benchmark import kernel_kind, time_by_kind
+
+# kernel names from H200 profiles of this project (bench/results/mae_0.3b_diag.log and the seg training profile)
+H200_KERNELS = {
+    "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64x64x64_1x4x1_cga1x1x1_kernel0_0":
+        "attention",
+    "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x128x64_4x1x1_cga1x1x1_kernel0_0":
+        "attention",
+    "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4>>": "attention",
+    "nvjet_sm90_tst_128x288_64x4_2x1_v_bz_coopA_bias_TNT": "GEMM",
+    "void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16>": "other (eager elementwise, copies, "
+                                                                              "reductions, optimizer)",
+    "void precomputed_convolve_sgemm<__nv_bfloat16, 128, 6, 7, 3, 3, 5, 0, false>": "convolution",
+    "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
+    "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "convolution",
+    "triton_per_fused__to_copy_add_native_layer_norm_native_layer_norm_backward_9": "fused elementwise/norm "
+                                                                                   "(compiled)",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other (eager "
+                                                                                         "elementwise, copies, "
+                                                                                         "reductions, optimizer)",
+}
+
+
+@pytest.mark.parametrize("name,kind", list(H200_KERNELS.items()))
+def test_kernel_kinds_of_real_kernel_names(name, kind):
+    assert kernel_kind(name) == kind
+
+
+def test_time_by_kind_splits_a_cpu_profile_and_sums_to_the_total():
+    torch.manual_seed(0)
+    a, b = torch.randn(256, 256), torch.randn(256, 256)
+    img, w = torch.randn(1, 16, 64, 64), torch.randn(16, 16, 3, 3)
+    q = torch.randn(1, 2, 128, 32)
+
+    def work():
+        a @ b
+        F.conv2d(img, w, padding=1)
+        F.scaled_dot_product_attention(q, q, q)
+
+    kinds = time_by_kind(work, torch.device("cpu"), calls=2)
+    assert {"GEMM", "convolution", "attention"} <= set(kinds)
+    assert all(v > 0 for v in kinds.values())
+    parts = sum(v for k, v in kinds.items() if k != "total")
+    assert kinds["total"] == pytest.approx(parts, abs=1e-2)  # each value rounded to the microsecond
+    assert list(kinds)[:-1] == sorted((k for k in kinds if k != "total"), key=lambda k: -kinds[k])
