@@ -25,6 +25,8 @@ elif [ "$1" = profile ]; then
   $B --task pose --arch 1b --batch 8 --out "$OUT/profile_pose_1b.json" | grep -v '^{'
   $B --task pose --arch 0.3b --batch 16 --out "$OUT/profile_pose_0.3b.json" | grep -v '^{'
   $B --task seg --arch 0.3b --batch 8 --channels-last --out "$OUT/profile_seg_0.3b.json" | grep -v '^{'
+  # single-image latency: does replaying the forward as CUDA graphs pay once launches are not hidden by big batches?
+  $B --task pose --arch 0.3b --batch 1 --cuda-graphs --out "$OUT/latency_pose_0.3b_b1.json" | grep -v '^{'
   timeout 150 python bench/bench_train.py --task seg --arch 0.3b --batch 16 --fsdp --compile --skip-baseline \
     --checkpointing blocks+head --checkpoint-blocks 12 --save-attention --seg-loss-resolution logits \
     --channels-last --steps 3 --warmup 2 --profile --memory-limit-gib $CAP --out "$OUT/profile_train_seg_0.3b.json" \

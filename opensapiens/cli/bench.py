@@ -1,7 +1,7 @@
 """``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
 
     opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode gpu,cpu]]
-        [--profile] [--out result.json]
+        [--cuda-graphs] [--profile] [--out result.json]
 
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
 (torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
                                                            "file -> result pipeline")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="also measure the optimized path replayed as CUDA graphs (compile mode reduce-overhead): "
+                   "what launch overhead costs, mostly at small batches")
     p.add_argument("--profile", action="store_true",
                    help="also profile each variant: time per batch by kernel kind (GEMM, attention, convolution, "
                    "fused elementwise, other)")
@@ -128,6 +131,14 @@ def run(args: argparse.Namespace) -> int:
             nhwc = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile,
                                           channels_last=True)
             measure("nhwc-head", nhwc, compile_model=nhwc if not args.no_compile else None)
+        if args.cuda_graphs and not args.no_compile:
+            graphs = optimize_for_inference(copy.deepcopy(base).to(dtype), cuda_graphs=True)
+            try:
+                measure("cuda-graphs", graphs, compile_model=graphs)
+            except RuntimeError as e:  # a variant that cannot run is reported, not fatal
+                result["variants"]["cuda-graphs"] = {"error": str(e).splitlines()[0][:200]}
+                print(f"cuda-graphs: failed: {result['variants']['cuda-graphs']['error']}")
+            del graphs
         if args.task != "features":
             result["head_share"] = _head_share(eager, fast, x.to(dtype), device, args.iters)
         if args.fp8:
@@ -135,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
             measure("fp8", f8, cast=torch.bfloat16, compile_model=f8 if not args.no_compile else None)
         base_ips = result["variants"]["eager"]["images_per_s"]
         for _name, row in result["variants"].items():
-            row["speedup_vs_eager"] = round(row["images_per_s"] / base_ips, 3)
+            if "images_per_s" in row:
+                row["speedup_vs_eager"] = round(row["images_per_s"] / base_ips, 3)
         if args.e2e is not None:
             import tempfile
 

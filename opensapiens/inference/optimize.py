@@ -109,12 +109,18 @@ def fast_attention():
 
 
 class FastModel(nn.Module):
-    """Wraps a (possibly compiled) model so every call runs with the preferred attention backends."""
+    """Wraps a (possibly compiled) model so every call runs with the preferred attention backends.
 
-    def __init__(self, model: nn.Module, compiled: nn.Module | None = None):
+    ``clone_outputs``: with CUDA graphs the compiled call returns tensors in the graph's static memory, which the
+    next call overwrites; the wrapper hands out copies, so a caller may keep results across calls (the pipeline
+    post-processes batch i after queueing batch i+1).
+    """
+
+    def __init__(self, model: nn.Module, compiled: nn.Module | None = None, clone_outputs: bool = False):
         super().__init__()
         self.model = model
         self._compiled = compiled
+        self._clone_outputs = clone_outputs
         self.compile_seconds: float | None = None
 
     @property
@@ -128,7 +134,8 @@ class FastModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fn = self._compiled if self._compiled is not None else self.model
         with fast_attention():
-            return fn(x)
+            out = fn(x)
+        return out.clone() if self._clone_outputs else out
 
     def warmup(self, batch: torch.Tensor) -> float:
         """Run once to trigger compilation outside the timed/user path; returns the seconds it took."""
@@ -155,6 +162,6 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     if fp8:
         convert_to_fp8(model)
     compiled = None
-    if compile:
+    if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
         compiled = torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
-    return FastModel(model, compiled)
+    return FastModel(model, compiled, clone_outputs=compile and cuda_graphs)
