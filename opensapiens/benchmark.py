@@ -105,17 +105,23 @@ def software_versions() -> dict:
     return info
 
 
+def _profiled(fn: Callable[[], object], device: torch.device, calls: int):
+    """The torch profiler's record of ``calls`` calls of ``fn`` (CPU operators, and CUDA kernels on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(calls):
+            fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+    return prof
+
+
 def top_kernels(fn: Callable[[], object], device: torch.device, calls: int = 2, rows: int = 25,
                 trace: str | None = None) -> str:
     """A table of the operators and kernels of ``calls`` calls of ``fn``, by self device time (CPU time on CPU)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(calls):
-            fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    prof = _profiled(fn, device, calls)
     if trace is not None:
         prof.export_chrome_trace(trace)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
@@ -147,17 +153,10 @@ def time_by_kind(fn: Callable[[], object], device: torch.device, calls: int = 2)
     on CPU the operators' self times.
     """
     from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
 
     cuda = device.type == "cuda"
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
-        for _ in range(calls):
-            fn()
-        if cuda:
-            torch.cuda.synchronize(device)
     totals: dict[str, float] = {}
-    for evt in prof.key_averages():
+    for evt in _profiled(fn, device, calls).key_averages():
         if cuda and evt.device_type != DeviceType.CUDA:
             continue
         us = evt.self_device_time_total if cuda else evt.self_cpu_time_total

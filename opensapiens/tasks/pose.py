@@ -63,7 +63,7 @@ class PoseEvaluator:
         self.results: list[dict] = []
 
     def update(self, output: torch.Tensor, batch: dict) -> None:
-        kp, scores = decode_udp_heatmaps(output.float(), self.input_size)
+        kp, scores = decode_udp_heatmaps(output, self.input_size)  # bf16 maps read in place, float32 out
         kp = crop_to_image(kp, batch["center"].to(kp), batch["scale"].to(kp), self.input_size)
         for i in range(len(kp)):
             s = scores[i].clamp(min=0)

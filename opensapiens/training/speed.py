@@ -110,4 +110,3 @@ def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None
         block.forward = torch.compile(block.forward)
     if head is not None:
         head.forward = torch.compile(head.forward)
-
