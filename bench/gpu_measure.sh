@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -18,6 +18,17 @@ if [ "$1" = mae ]; then
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = roofline ]; then
+  # the parts of one block (GEMMs bf16/FP8, attention per backend, elementwise passes) against the whole block;
+  # then the whole pose models by kernel kind, and Inductor's max-autotune (Triton GEMMs with fused epilogues)
+  R="timeout 120 python bench/roofline.py"
+  $R --arch 1b --batch 8 --profile --out "$OUT/roofline_1b.json" 2>&1 | grep -v Warn
+  $R --arch 0.3b --batch 16 --out "$OUT/roofline_0.3b.json" 2>&1 | grep -v Warn
+  $R --arch 2b --batch 4 --out "$OUT/roofline_2b.json" 2>&1 | grep -v Warn
+  B="timeout 170 python -m opensapiens.cli.main bench --iters 8 --profile"
+  $B --task pose --arch 1b --batch 8 --out "$OUT/profile_pose_1b.json" | grep -v '^{'
+  timeout 330 python -m opensapiens.cli.main bench --iters 8 --profile --task pose --arch 0.3b --batch 16 \
+    --compile-mode max-autotune-no-cudagraphs --out "$OUT/profile_pose_0.3b.json" | grep -v '^{'
 elif [ "$1" = profile ]; then
   # not yet run: where the remaining inference and fine-tuning time goes, by kernel kind (GEMM / attention /
   # convolution / fused elementwise / other), for the next round of work on the MFU targets

@@ -149,8 +149,13 @@ class FastModel(nn.Module):
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
-                           cuda_graphs: bool = False, channels_last: bool = False) -> nn.Module:
-    """The optimized inference module for ``model`` (see the module docstring); identity on CPU."""
+                           cuda_graphs: bool = False, channels_last: bool = False,
+                           compile_mode: str | None = None) -> nn.Module:
+    """The optimized inference module for ``model`` (see the module docstring); identity on CPU.
+
+    ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates
+    timed against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning per shape).
+    """
     device = next(model.parameters()).device
     if device.type != "cuda":
         return model
@@ -163,5 +168,6 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
         convert_to_fp8(model)
     compiled = None
     if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
-        compiled = torch.compile(model, mode="reduce-overhead" if cuda_graphs else None, dynamic=False)
+        mode = "reduce-overhead" if cuda_graphs else compile_mode
+        compiled = torch.compile(model, mode=mode, dynamic=False)
     return FastModel(model, compiled, clone_outputs=compile and cuda_graphs)
