@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -18,6 +18,14 @@ if [ "$1" = mae ]; then
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/e2e > /dev/null
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
+elif [ "$1" = fused ]; then
+  # the fused-block path (biases folded out of the residual stream, GEMMs accumulating into it in place, fc1 with
+  # cuBLASLt's GELU epilogue) beside eager and compiled, for the three pose sizes; its GPU test first
+  python -m pytest -q tests/test_fused.py 2>&1 | tail -3
+  B="timeout 170 python -m opensapiens.cli.main bench --iters 10 --fused"
+  $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fused_pose_1b.json" | grep -v '^{'
+  $B --task pose --arch 0.3b --batch 16 --profile --out "$OUT/fused_pose_0.3b.json" | grep -v '^{'
+  $B --task pose --arch 2b --batch 4 --out "$OUT/fused_pose_2b.json" | grep -v '^{'
 elif [ "$1" = roofline ]; then
   # the parts of one block (GEMMs bf16/FP8, attention per backend, elementwise passes) against the whole block;
   # then the whole pose models by kernel kind, and Inductor's max-autotune (Triton GEMMs with fused epilogues)

@@ -8,6 +8,9 @@
   adds around the cuBLAS GEMMs; Inductor's on-disk cache makes later processes start fast;
 * cuDNN autotuning (``cudnn.benchmark``) for the heads' high-resolution transposed convolutions; with
   ``channels_last=True`` the heads run on NHWC maps (``channels_last_head``);
+* ``fused=True`` instead keeps the transformer blocks eager but rewritten (``fused.py``): biases folded out of the
+  residual stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one
+  compiled kernel per LayerNorm; only the head is compiled;
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); heads stay in bf16.
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from ..models.vit import Attention
+from .fused import fuse_blocks
 
 E4M3_MAX = 448.0
 
@@ -150,7 +154,7 @@ class FastModel(nn.Module):
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
                            cuda_graphs: bool = False, channels_last: bool = False,
-                           compile_mode: str | None = None) -> nn.Module:
+                           compile_mode: str | None = None, fused: bool = False) -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU.
 
     ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates
@@ -166,6 +170,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
         channels_last_head(model.head)
     if fp8:
         convert_to_fp8(model)
+    elif fused:
+        fuse_blocks(model.backbone if hasattr(model, "backbone") else model)
+        if compile and getattr(model, "head", None) is not None:
+            model.head.compile()  # the head's norms and activations; the blocks stay eager
+        return FastModel(model)
     compiled = None
     if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
         mode = "reduce-overhead" if cuda_graphs else compile_mode

@@ -126,7 +126,8 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.padded_head_dim: int | None = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def attend(self, x: torch.Tensor) -> torch.Tensor:
+        """The heads' outputs before the output projection: (B, N, C) -> (B, N, C)."""
         B, N, C = x.shape
         hd = C // self.num_heads
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
@@ -136,7 +137,10 @@ class Attention(nn.Module):
             x = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), scale=hd**-0.5)[..., :hd]
         else:
             x = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return x.transpose(1, 2).reshape(B, N, C)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.attend(x))
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,110 @@
+"""Transformer blocks rewritten for inference so that the residual stream needs no elementwise pass of its own.
+
+On an H100/H200 the GEMMs of a Sapiens block run at ~95 % of the matmul peak and attention is cuDNN's; what else
+costs time is memory passes: residual add + LayerNorm twice per block, GELU over the 4C-wide hidden, the biases (13 %
+of the compiled pose-1B forward, `bench/results/profile_pose_1b.json`). Three exact rewrites remove most of them:
+
+* Biases are per-channel constants, so the stream can be carried without the proj and fc2 biases: x = x~ + s, where
+  s, a (C,) vector fixed at load time, is the sum of those biases so far. Each LayerNorm reads x~ + s (the add is
+  free inside the norm's kernel), the final norm too.
+* The proj and fc2 GEMMs then accumulate straight into the stream, x~ += a W^T (cuBLAS with beta = 1, in place):
+  the residual add becomes the GEMM epilogue's read of x~.
+* fc1 runs with cuBLASLt's fused bias + GELU epilogue. It computes GELU's tanh form, which is within 5e-4 of the
+  exact erf form everywhere (at |x| ~ 2.7, where bf16's spacing is 0.016).
+
+A block is then two norm passes (read x~, write its normalized copy), the GEMMs and attention. Inference only: the
+stream is updated in place, so these blocks refuse to run while autograd records.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.vit import Block, SapiensViT
+
+
+def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        eps: float) -> torch.Tensor:
+    """LayerNorm(x + shift) over the last dim, computed in float32 (or x's wider dtype), returned in x's dtype."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
+    return y.to(x.dtype)
+
+
+_compiled_norm = None
+
+
+def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                       eps: float) -> torch.Tensor:
+    """``_shifted_layer_norm`` as one fused kernel on CUDA (compiled once, shared by every norm of the model)."""
+    global _compiled_norm
+    if not x.is_cuda:
+        return _shifted_layer_norm(x, shift, weight, bias, eps)
+    if _compiled_norm is None:
+        _compiled_norm = torch.compile(_shifted_layer_norm)
+    return _compiled_norm(x, shift, weight, bias, eps)
+
+
+class ShiftedLayerNorm(nn.Module):
+    """LayerNorm(x~ + shift) for a stream carried without its folded biases; shares the wrapped norm's parameters."""
+
+    def __init__(self, norm: nn.LayerNorm, shift: torch.Tensor):
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shifted_layer_norm(x, self.shift, self.norm.weight, self.norm.bias, self.norm.eps)
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:
+    if linear.bias is not None:
+        return linear.bias
+    return linear.weight.new_zeros(linear.out_features)
+
+
+class FusedBlock(nn.Module):
+    """A ``Block`` on the bias-folded stream: x~ (B, N, C) in, the same tensor updated in place out.
+
+    ``shift`` is the sum of the biases folded before this block; ``shift_out`` the sum after it.
+    """
+
+    def __init__(self, block: Block, shift: torch.Tensor):
+        super().__init__()
+        self.attn, self.mlp = block.attn, block.mlp
+        after_attn = shift + _bias(block.attn.proj).to(shift.dtype)
+        self.norm1 = ShiftedLayerNorm(block.norm1, shift)
+        self.norm2 = ShiftedLayerNorm(block.norm2, after_attn)
+        self.register_buffer("shift_out", after_attn + _bias(block.mlp.fc2).to(shift.dtype))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            raise RuntimeError("FusedBlock updates its input in place and is inference-only: call the model under "
+                               "torch.inference_mode() or torch.no_grad()")
+        C = x.shape[-1]
+        stream = x.view(-1, C)  # (B*N, C), shares x's memory
+        attended = self.attn.attend(self.norm1(x)).reshape(-1, C)
+        stream.addmm_(attended, self.attn.proj.weight.t())  # x~ += attn proj, bias folded into the shift
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        hidden = torch._addmm_activation(_bias(fc1), self.norm2(x).reshape(-1, C), fc1.weight.t(), use_gelu=True)
+        stream.addmm_(hidden, fc2.weight.t())  # x~ += mlp, bias folded into shift_out
+        return x
+
+
+def fuse_blocks(backbone: SapiensViT) -> SapiensViT:
+    """Swap the backbone's blocks for ``FusedBlock``s and its final norm for the matching ``ShiftedLayerNorm``.
+
+    In place; parameters are shared, not copied. The backbone's ``forward`` is unchanged: its token tensor (patch
+    embedding + position, a fresh tensor every call) becomes the stream the blocks update.
+    """
+    dtype = torch.promote_types(backbone.pos_embed.dtype, torch.float32)  # biases summed in float32 at least
+    shift = torch.zeros(backbone.embed_dim, device=backbone.pos_embed.device, dtype=dtype)
+    fused = []
+    for block in backbone.blocks:
+        fused.append(FusedBlock(block, shift))
+        shift = fused[-1].shift_out
+    backbone.blocks = nn.ModuleList(fused)
+    backbone.norm = ShiftedLayerNorm(backbone.norm, shift)
+    return backbone
