@@ -21,14 +21,14 @@ import torch
 
 from opensapiens.checkpoints import load_model
 from opensapiens.checkpoints.loading import native_input_size
-from opensapiens.inference.optimize import convert_to_fp8, pad_attention_heads
+from opensapiens.inference.optimize import convert_to_fp8, pad_attention_weights
 from opensapiens.inference.predictors import PosePredictor, SegPredictor
 from opensapiens.synth.dataset import SYNTH_VAL, render_indices
 
 
 def variants(checkpoint: str, task: str, device: torch.device) -> dict[str, torch.nn.Module]:
     base = load_model(checkpoint, device=device, dtype=torch.bfloat16, task=task)
-    pad_attention_heads(base)
+    pad_attention_weights(base)
     return {"bf16": base, "fp8": convert_to_fp8(copy.deepcopy(base))}
 
 

@@ -19,13 +19,18 @@ if [ "$1" = mae ]; then
   timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 8 --e2e /tmp/e2e \
     --out "$OUT/infer_pose_0.3b_e2e_nostall.json" | grep -v '^{'
 elif [ "$1" = fused ]; then
-  # the fused-block path (biases folded out of the residual stream, GEMMs accumulating into it in place, fc1 with
-  # cuBLASLt's GELU epilogue) beside eager and compiled, for the three pose sizes; its GPU test first
+  # the default path now: fused blocks (biases folded out of the residual stream, GEMMs accumulating into it in
+  # place, fc1 with cuBLASLt's GELU epilogue, Triton LayerNorm; head dims padded in the weights) beside eager and
+  # the whole-model compile; its GPU tests first. (Its first version, before the Triton norm and the weight
+  # padding, ran as commit d24ff5c: fused_v1_*.json, device_call7_output.txt.)
   python -m pytest -q tests/test_fused.py 2>&1 | tail -3
-  B="timeout 170 python -m opensapiens.cli.main bench --iters 10 --fused"
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null
+  B="timeout 170 python -m opensapiens.cli.main bench --iters 10 --compiled"
   $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fused_pose_1b.json" | grep -v '^{'
-  $B --task pose --arch 0.3b --batch 16 --profile --out "$OUT/fused_pose_0.3b.json" | grep -v '^{'
+  $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e --e2e-decode cpu,gpu --out "$OUT/fused_pose_0.3b.json" \
+    | grep -v '^{'
   $B --task pose --arch 2b --batch 4 --out "$OUT/fused_pose_2b.json" | grep -v '^{'
+  $B --task seg --arch 1b --batch 8 --e2e /tmp/e2e --out "$OUT/fused_seg_1b.json" | grep -v '^{'
 elif [ "$1" = roofline ]; then
   # the parts of one block (GEMMs bf16/FP8, attention per backend, elementwise passes) against the whole block;
   # then the whole pose models by kernel kind, and Inductor's max-autotune (Triton GEMMs with fused epilogues)

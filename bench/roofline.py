@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from opensapiens.benchmark import device_name, matmul_peak_tflops, software_versions, time_ms, top_kernels
-from opensapiens.inference.optimize import fast_attention, pad_attention_heads
+from opensapiens.inference.optimize import fast_attention, pad_attention_weights
 from opensapiens.models.vit import Block, get_arch
 
 
@@ -146,7 +146,7 @@ def main() -> None:
         result["elementwise"] = elementwise_rows(M, C, device, dtype, args.iters)
 
         block = Block(C, arch.num_heads, arch.mlp_ratio).to(device, dtype).eval()
-        pad_attention_heads(block)
+        pad_attention_weights(block)
         x = torch.randn(B, N, C, device=device, dtype=dtype)
         with fast_attention():
             result["block_eager_ms"] = time_ms(lambda: block(x), device, iters=args.iters)

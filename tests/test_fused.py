@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from opensapiens.inference.fused import FusedBlock, ShiftedLayerNorm, fuse_blocks
-from opensapiens.inference.optimize import pad_attention_heads
+from opensapiens.inference.optimize import pad_attention_heads, pad_attention_weights
 from opensapiens.models import build_model
 from opensapiens.models.vit import ViTArch
 
@@ -38,7 +38,8 @@ def test_fused_model_equals_plain_model_in_float64(task):
     assert (out - ref).abs().max() <= 1e-10 * ref.abs().max()
 
 
-def test_fused_blocks_with_padded_head_dim_and_cls_token():
+@pytest.mark.parametrize("pad", [pad_attention_heads, pad_attention_weights])
+def test_fused_blocks_with_padded_head_dim_and_cls_token(pad):
     # head dim 60 zero-padded to 64 (as the 2B model on CUDA) and a cls token carried in the stream
     arch = ViTArch("hd60", 120, 3, 2)
     model = perturbed_model("features", arch)
@@ -46,7 +47,7 @@ def test_fused_blocks_with_padded_head_dim_and_cls_token():
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(torch.randn_like(p) * 0.1)
-    assert pad_attention_heads(model, 64) == 64
+    assert pad(model, 64) == 64
     fused = copy.deepcopy(model)
     fuse_blocks(fused.backbone)
     x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
@@ -99,3 +100,32 @@ def test_fused_bf16_on_cuda_is_as_close_to_float32_as_the_plain_bf16_path():
     assert err_fused <= 1.5 * err_plain + 1e-3, (err_fused, err_plain)
     gelu_gap = (F.gelu(torch.linspace(-8, 8, 10001)) - F.gelu(torch.linspace(-8, 8, 10001), approximate="tanh"))
     assert gelu_gap.abs().max() < 5e-4  # the epilogue's tanh GELU, the only approximation of the fused path
+
+
+KERNEL_CHECK = """
+import torch
+from opensapiens.inference.kernels import shifted_layer_norm
+torch.manual_seed(0)
+for C, dtype in ((1536, torch.bfloat16), (120, torch.float32), (1920, torch.float16)):
+    x = torch.randn(3, 5, C, dtype=dtype) * 3
+    shift, w, b = torch.randn(C), torch.randn(C, dtype=dtype), torch.randn(C, dtype=dtype)
+    y = shifted_layer_norm(x, shift, w, b, 1e-6)
+    ref = torch.nn.functional.layer_norm(x.double() + shift.double(), (C,), w.double(), b.double(), 1e-6)
+    # one unit in the last place of the output dtype, or float32 arithmetic's own error inside the kernel
+    ulp = max(torch.finfo(dtype).eps, 2**-18) * ref.abs().clamp_min(1.0)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert ((y.double() - ref).abs() <= ulp).all(), (C, dtype, (y.double() - ref).abs().max())
+print("ok")
+"""
+
+
+def test_triton_shifted_layer_norm_kernel_against_float64(tmp_path):
+    """The CUDA kernel's code, run by Triton's interpreter on the CPU, against float64: within one output ulp."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when the kernel is decorated: a fresh process
+    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -123,6 +123,27 @@ def test_head_dim_padding_is_exact():
     assert torch.allclose(before, after, atol=1e-6)
 
 
+def test_head_dim_padding_in_the_weights_is_exact():
+    """Inference pads head dims in the qkv/proj weights instead: q, k, v come out of the GEMM already padded."""
+    from opensapiens.inference.optimize import pad_attention_weights
+    from opensapiens.models import ViTArch
+
+    torch.manual_seed(0)
+    arch = ViTArch("hd12", 48, 2, 4)  # head dim 12, padded to 16
+    model = build_model("features", arch, pos_grid=(4, 4)).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # biases too
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    with torch.no_grad():
+        before = model(x)
+        assert pad_attention_weights(model) == 16
+        attn = model.backbone.blocks[0].attn
+        assert attn.qkv.weight.shape == (3 * 4 * 16, 48) and attn.proj.weight.shape == (48, 4 * 16)
+        after = model(x)
+    assert (before - after).abs().max() <= 1e-12 * before.abs().max()
+
+
 @pytest.mark.parametrize("padding", [0, 2])
 @pytest.mark.parametrize("hw", [(64, 48), (70, 53), (33, 17)])
 def test_patch_embed_gemm_equals_the_strided_conv(padding, hw):

@@ -6,7 +6,7 @@ of the compiled pose-1B forward, `bench/results/profile_pose_1b.json`). Three ex
 
 * Biases are per-channel constants, so the stream can be carried without the proj and fc2 biases: x = x~ + s, where
   s, a (C,) vector fixed at load time, is the sum of those biases so far. Each LayerNorm reads x~ + s (the add is
-  free inside the norm's kernel), the final norm too.
+  free inside the norm's kernel, a hand-written Triton one on CUDA), the final norm too.
 * The proj and fc2 GEMMs then accumulate straight into the stream, x~ += a W^T (cuBLAS with beta = 1, in place):
   the residual add becomes the GEMM epilogue's read of x~.
 * fc1 runs with cuBLASLt's fused bias + GELU epilogue. It computes GELU's tanh form, which is within 5e-4 of the
@@ -33,18 +33,14 @@ def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tens
     return y.to(x.dtype)
 
 
-_compiled_norm = None
-
-
 def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        eps: float) -> torch.Tensor:
-    """``_shifted_layer_norm`` as one fused kernel on CUDA (compiled once, shared by every norm of the model)."""
-    global _compiled_norm
+    """``_shifted_layer_norm`` as one Triton kernel on CUDA (``kernels.py``: one read and one write per row)."""
     if not x.is_cuda:
         return _shifted_layer_norm(x, shift, weight, bias, eps)
-    if _compiled_norm is None:
-        _compiled_norm = torch.compile(_shifted_layer_norm)
-    return _compiled_norm(x, shift, weight, bias, eps)
+    from .kernels import shifted_layer_norm as triton_shifted_layer_norm
+
+    return triton_shifted_layer_norm(x, shift, weight, bias, eps)
 
 
 class ShiftedLayerNorm(nn.Module):
@@ -85,7 +81,8 @@ class FusedBlock(nn.Module):
                                "torch.inference_mode() or torch.no_grad()")
         C = x.shape[-1]
         stream = x.view(-1, C)  # (B*N, C), shares x's memory
-        attended = self.attn.attend(self.norm1(x)).reshape(-1, C)
+        attended = self.attn.attend(self.norm1(x))
+        attended = attended.reshape(-1, attended.shape[-1])  # (B*N, heads * head dim), head dim maybe padded
         stream.addmm_(attended, self.attn.proj.weight.t())  # x~ += attn proj, bias folded into the shift
         fc1, fc2 = self.mlp.fc1, self.mlp.fc2
         hidden = torch._addmm_activation(_bias(fc1), self.norm2(x).reshape(-1, C), fc1.weight.t(), use_gelu=True)

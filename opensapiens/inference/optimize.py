@@ -3,14 +3,15 @@
 ``optimize_for_inference(model)`` returns a module with the same ``forward`` contract. What it does on CUDA:
 
 * attention: cuDNN first, then flash, then memory-efficient (SDPA priority order); head dims that no fused kernel
-  takes (the 2B model's 60) are zero-padded to the next multiple of 16, which is exact;
-* ``torch.compile`` (default mode: seconds, not minutes of autotuning) fuses LayerNorm, bias, GELU and residual
-  adds around the cuBLAS GEMMs; Inductor's on-disk cache makes later processes start fast;
+  takes (the 2B model's 60) are zero-padded to the next multiple of 16 in the qkv/proj weights, which is exact;
+* ``torch.compile`` (default mode: seconds, not minutes of autotuning) fuses the heads' InstanceNorm + SiLU (and,
+  on the whole-model path, LayerNorm, bias, GELU and residual adds around the cuBLAS GEMMs); Inductor's on-disk
+  cache makes later processes start fast;
 * cuDNN autotuning (``cudnn.benchmark``) for the heads' high-resolution transposed convolutions; with
   ``channels_last=True`` the heads run on NHWC maps (``channels_last_head``);
-* ``fused=True`` instead keeps the transformer blocks eager but rewritten (``fused.py``): biases folded out of the
-  residual stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one
-  compiled kernel per LayerNorm; only the head is compiled;
+* by default the transformer blocks run eager but rewritten (``fused.py``): biases folded out of the residual
+  stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
+  kernel per LayerNorm; only the head goes through ``torch.compile`` (``fused=False``: the whole model does);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); heads stay in bf16.
 
@@ -25,7 +26,7 @@ import time
 import torch
 from torch import nn
 
-from ..models.vit import Attention
+from ..models.vit import Attention, pad_head_weights
 from .fused import fuse_blocks
 
 E4M3_MAX = 448.0
@@ -65,14 +66,30 @@ def convert_to_fp8(model: nn.Module) -> nn.Module:
     return model
 
 
+def _padded(head_dim: int, multiple: int) -> int:
+    return (head_dim + multiple - 1) // multiple * multiple
+
+
 def pad_attention_heads(model: nn.Module, multiple: int = 16) -> int:
-    """Zero-pad head dims that are not a multiple of ``multiple``; returns the padded size (0 if none needed)."""
+    """Training: zero-pad head dims that are not a multiple of ``multiple`` at run time (parameters unchanged);
+    returns the padded size (0 if none needed)."""
     padded = 0
     for m in model.modules():
         if isinstance(m, Attention):
             hd = m.qkv.in_features // m.num_heads
             if hd % multiple:
-                m.padded_head_dim = padded = (hd + multiple - 1) // multiple * multiple
+                m.padded_head_dim = padded = _padded(hd, multiple)
+    return padded
+
+
+def pad_attention_weights(model: nn.Module, multiple: int = 16) -> int:
+    """Inference: zero-pad head dims in the qkv/proj weights (``vit.pad_head_weights``); returns the padded size."""
+    padded = 0
+    for m in model.modules():
+        if isinstance(m, Attention):
+            hd = m.qkv.out_features // (3 * m.num_heads)
+            if hd % multiple:
+                pad_head_weights(m, padded := _padded(hd, multiple))
     return padded
 
 
@@ -154,18 +171,25 @@ class FastModel(nn.Module):
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
                            cuda_graphs: bool = False, channels_last: bool = False,
-                           compile_mode: str | None = None, fused: bool = False) -> nn.Module:
+                           compile_mode: str | None = None, fused: bool | None = None) -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU.
 
-    ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates
-    timed against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning per shape).
+    The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
+    default) or the whole model through ``torch.compile``, which FP8, CUDA graphs and ``compile_mode`` need and
+    ``fused=None`` then picks. ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs":
+    Triton GEMM templates timed against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning).
     """
+    whole_model_compile = fp8 or cuda_graphs or compile_mode is not None
+    if fused and whole_model_compile:
+        raise ValueError("fused=True keeps the blocks out of torch.compile; FP8, CUDA graphs and compile_mode "
+                         "need the whole-model compile (fused=False)")
+    fused = not whole_model_compile if fused is None else fused
     device = next(model.parameters()).device
     if device.type != "cuda":
         return model
     model.eval()
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its deconvolution algorithms once
-    pad_attention_heads(model)
+    pad_attention_weights(model)
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
     if fp8:

@@ -115,8 +115,11 @@ class PatchEmbed(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention with one fused qkv projection; (B, N, C) -> (B, N, C).
 
-    ``padded_head_dim`` zero-pads q, k, v (e.g. 60 -> 64 for the 2B model) so that fused attention kernels apply;
-    the softmax scale stays 1/sqrt(head_dim) and the padded output columns are zero, so the result is unchanged.
+    Two exact ways to give fused attention kernels a head dim they take (the 2B model's 60 -> 64), both keeping the
+    softmax scale at 1/sqrt(60) and the padded output columns at zero:
+    ``padded_head_dim`` zero-pads q, k, v at run time (training: parameters keep their shapes);
+    ``pad_head_weights`` (inference) zero-pads the qkv weight rows and proj weight columns once, so the padded q, k, v
+    come straight out of the qkv GEMM and the attention output goes straight into proj, without copies.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -125,22 +128,42 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3)
         self.proj = nn.Linear(dim, dim)
         self.padded_head_dim: int | None = None
+        self.scale: float | None = None  # softmax scale; None = 1/sqrt(the qkv layout's head dim)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
-        """The heads' outputs before the output projection: (B, N, C) -> (B, N, C)."""
-        B, N, C = x.shape
-        hd = C // self.num_heads
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # B nh N hd
+        """The heads' outputs before the output projection: (B, N, C) -> (B, N, heads * head dim)."""
+        B, N, _ = x.shape
+        qkv = self.qkv(x)
+        hd = qkv.shape[-1] // (3 * self.num_heads)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # B nh N hd
         if self.padded_head_dim and self.padded_head_dim > hd:
             pad = (0, self.padded_head_dim - hd)
             x = F.scaled_dot_product_attention(F.pad(q, pad), F.pad(k, pad), F.pad(v, pad), scale=hd**-0.5)[..., :hd]
         else:
-            x = F.scaled_dot_product_attention(q, k, v)
-        return x.transpose(1, 2).reshape(B, N, C)
+            x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        return x.transpose(1, 2).reshape(B, N, self.num_heads * hd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.attend(x))
+
+
+@torch.no_grad()
+def pad_head_weights(attn: Attention, head_dim: int) -> None:
+    """Zero-pad every head of ``attn`` to ``head_dim`` in its weights (inference; see ``Attention``). In place."""
+    nh, hd = attn.num_heads, attn.qkv.out_features // (3 * attn.num_heads)
+    if head_dim <= hd:
+        return
+    pad = head_dim - hd
+    qkv, proj = attn.qkv, attn.proj
+    new_qkv = nn.Linear(qkv.in_features, 3 * nh * head_dim, bias=qkv.bias is not None).to(qkv.weight)
+    new_qkv.weight.copy_(F.pad(qkv.weight.view(3, nh, hd, -1), (0, 0, 0, pad)).reshape(3 * nh * head_dim, -1))
+    if qkv.bias is not None:
+        new_qkv.bias.copy_(F.pad(qkv.bias.view(3, nh, hd), (0, pad)).reshape(-1))
+    new_proj = nn.Linear(nh * head_dim, proj.out_features, bias=proj.bias is not None).to(proj.weight)
+    new_proj.weight.copy_(F.pad(proj.weight.view(-1, nh, hd), (0, pad)).reshape(proj.out_features, -1))
+    if proj.bias is not None:
+        new_proj.bias.copy_(proj.bias)
+    attn.qkv, attn.proj, attn.scale = new_qkv, new_proj, (attn.scale or hd**-0.5)
 
 
 class Mlp(nn.Module):
