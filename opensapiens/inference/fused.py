@@ -35,12 +35,16 @@ def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tens
 
 def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                        eps: float) -> torch.Tensor:
-    """``_shifted_layer_norm`` as one Triton kernel on CUDA (``kernels.py``: one read and one write per row)."""
-    if not x.is_cuda:
-        return _shifted_layer_norm(x, shift, weight, bias, eps)
-    from .kernels import shifted_layer_norm as triton_shifted_layer_norm
-
-    return triton_shifted_layer_norm(x, shift, weight, bias, eps)
+    """``_shifted_layer_norm`` as one Triton kernel on CUDA (``kernels.py``: one read and one write per row);
+    where Triton is missing (PyTorch builds without it), the plain PyTorch ops."""
+    if x.is_cuda:
+        try:
+            from .kernels import shifted_layer_norm as triton_shifted_layer_norm
+        except ImportError:
+            pass
+        else:
+            return triton_shifted_layer_norm(x, shift, weight, bias, eps)
+    return _shifted_layer_norm(x, shift, weight, bias, eps)
 
 
 class ShiftedLayerNorm(nn.Module):
