@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -31,6 +31,14 @@ elif [ "$1" = fused ]; then
     | grep -v '^{'
   $B --task pose --arch 2b --batch 4 --out "$OUT/fused_pose_2b.json" | grep -v '^{'
   $B --task seg --arch 1b --batch 8 --e2e /tmp/e2e --out "$OUT/fused_seg_1b.json" | grep -v '^{'
+elif [ "$1" = steady ]; then
+  # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
+  # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  timeout 240 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 \
+    --e2e /tmp/e2e2048 --e2e-decode cpu,gpu --out "$OUT/fused_pose_0.3b_e2e2048.json" | grep -v '^{'
 elif [ "$1" = roofline ]; then
   # the parts of one block (GEMMs bf16/FP8, attention per backend, elementwise passes) against the whole block;
   # then the whole pose models by kernel kind, and Inductor's max-autotune (Triton GEMMs with fused epilogues)
