@@ -22,7 +22,8 @@ H200_KERNELS = {
     "sm90_xmma_dgrad_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
     "void cudnn::engines_precompiled::nchwToNhwcKernel<__nv_bfloat16>": "convolution",
     "triton_per_fused__to_copy_add_native_layer_norm_native_layer_norm_backward_9": "fused elementwise/norm "
-                                                                                   "(compiled)",
+                                                                                   "(Triton)",
+    "_shifted_layer_norm_kernel": "fused elementwise/norm (Triton)",  # ours, opensapiens/inference/kernels.py
     "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other (eager "
                                                                                          "elementwise, copies, "
                                                                                          "reductions, optimizer)",
