@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -39,6 +39,11 @@ elif [ "$1" = steady ]; then
   for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
   timeout 240 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 \
     --e2e /tmp/e2e2048 --e2e-decode cpu,gpu --out "$OUT/fused_pose_0.3b_e2e2048.json" | grep -v '^{'
+elif [ "$1" = latency ]; then
+  # single-image latency: eager, the default fused path, and the whole-model compile replayed as CUDA graphs
+  B="timeout 95 python -m opensapiens.cli.main bench --iters 20 --batch 1 --cuda-graphs"
+  $B --task pose --arch 0.3b --out "$OUT/latency_pose_0.3b_b1.json" | grep -v '^{'
+  $B --task pose --arch 1b --out "$OUT/latency_pose_1b_b1.json" | grep -v '^{'
 elif [ "$1" = roofline ]; then
   # the parts of one block (GEMMs bf16/FP8, attention per backend, elementwise passes) against the whole block;
   # then the whole pose models by kernel kind, and Inductor's max-autotune (Triton GEMMs with fused epilogues)
