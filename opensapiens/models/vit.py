@@ -155,11 +155,12 @@ def pad_head_weights(attn: Attention, head_dim: int) -> None:
         return
     pad = head_dim - hd
     qkv, proj = attn.qkv, attn.proj
-    new_qkv = nn.Linear(qkv.in_features, 3 * nh * head_dim, bias=qkv.bias is not None).to(qkv.weight)
+    like = {"device": qkv.weight.device, "dtype": qkv.weight.dtype}
+    new_qkv = nn.Linear(qkv.in_features, 3 * nh * head_dim, bias=qkv.bias is not None, **like)
     new_qkv.weight.copy_(F.pad(qkv.weight.view(3, nh, hd, -1), (0, 0, 0, pad)).reshape(3 * nh * head_dim, -1))
     if qkv.bias is not None:
         new_qkv.bias.copy_(F.pad(qkv.bias.view(3, nh, hd), (0, pad)).reshape(-1))
-    new_proj = nn.Linear(nh * head_dim, proj.out_features, bias=proj.bias is not None).to(proj.weight)
+    new_proj = nn.Linear(nh * head_dim, proj.out_features, bias=proj.bias is not None, **like)
     new_proj.weight.copy_(F.pad(proj.weight.view(-1, nh, hd), (0, pad)).reshape(proj.out_features, -1))
     if proj.bias is not None:
         new_proj.bias.copy_(proj.bias)
