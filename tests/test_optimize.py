@@ -33,3 +33,16 @@ def test_cuda_graph_outputs_are_copied_so_earlier_results_survive_later_calls():
     first = shared(x1)
     shared(x2)
     assert torch.equal(first, x2 * 2)  # without the copy the replay overwrites it: why the copy is needed
+
+
+def test_fused_blocks_and_whole_model_compile_are_exclusive():
+    import pytest
+
+    from opensapiens.inference.optimize import optimize_for_inference
+    from opensapiens.models import build_model
+
+    model = build_model("pose", "nano", out_channels=17, pos_grid=(4, 3))
+    for kw in ({"fp8": True}, {"cuda_graphs": True}, {"compile_mode": "max-autotune"}):
+        with pytest.raises(ValueError, match="whole-model compile"):
+            optimize_for_inference(model, fused=True, **kw)
+    assert optimize_for_inference(model) is model  # on the CPU: the model itself, unchanged
