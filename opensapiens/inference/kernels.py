@@ -1,8 +1,8 @@
 """Hand-written Triton kernels for the fused inference path (imported only on CUDA; Triton ships with PyTorch there).
 
-``shifted_layer_norm``: LayerNorm(x + shift) over rows of C <= 8192 channels in one pass, a whole row per program.
-Inductor compiles the same function into a looped reduction once C exceeds 1024 (the 1B and 2B widths 1536 and
-1920), which reads every row twice from memory; held in registers, each row is read once and written once.
+``shifted_layer_norm``: LayerNorm(x + shift) over rows of C <= 8192 channels in one pass, a whole row per program,
+held in registers: each row is read once and written once. Inductor's compile of the same function ran 2.5x slower
+per byte at the 1B width (1536 channels) than at 0.3B's 1024 (`docs/performance.md`); this kernel replaced it.
 """
 
 from __future__ import annotations
