@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
                                                            "file -> result pipeline")
     p.add_argument("--cuda-graphs", action="store_true",
-                   help="also measure the optimized path replayed as CUDA graphs (compile mode reduce-overhead): "
-                   "what launch overhead costs, mostly at small batches")
+                   help="also measure the whole-model compile replayed as CUDA graphs (compile mode "
+                   "reduce-overhead): what launch overhead costs, mostly at small batches")
     p.add_argument("--compiled", action="store_true",
                    help="also measure the whole model through torch.compile (the path FP8 and CUDA graphs take) "
                    "beside the default fused-block path")
