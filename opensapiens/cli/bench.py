@@ -128,36 +128,32 @@ def run(args: argparse.Namespace) -> int:
             print("            " + ", ".join(f"{k} {v:.2f} ms" for k, v in row["ms_per_batch_by_kind"].items()))
         return out
 
+    def optimized(name: str, cast=dtype, **options):
+        """Measure ``optimize_for_inference(..., **options)`` of a fresh copy of the model; returns it."""
+        model = optimize_for_inference(copy.deepcopy(base).to(cast), compile=not args.no_compile, **options)
+        measure(name, model, cast=cast, compile_model=None if args.no_compile else model)
+        return model
+
     eager = copy.deepcopy(base).to(dtype)
     measure("eager", eager)
     if device.type == "cuda":
-        fast = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile)
-        measure("optimized", fast, compile_model=fast if not args.no_compile else None)
+        fast = optimized("optimized")
         if args.channels_last and args.task != "features":
-            nhwc = optimize_for_inference(copy.deepcopy(base).to(dtype), compile=not args.no_compile,
-                                          channels_last=True)
-            measure("nhwc-head", nhwc, compile_model=nhwc if not args.no_compile else None)
+            optimized("nhwc-head", channels_last=True)
         if args.cuda_graphs and not args.no_compile:
-            graphs = optimize_for_inference(copy.deepcopy(base).to(dtype), cuda_graphs=True)
             try:
-                measure("cuda-graphs", graphs, compile_model=graphs)
+                optimized("cuda-graphs", cuda_graphs=True)
             except RuntimeError as e:  # a variant that cannot run is reported, not fatal
                 result["variants"]["cuda-graphs"] = {"error": str(e).splitlines()[0][:200]}
                 print(f"cuda-graphs: failed: {result['variants']['cuda-graphs']['error']}")
-            del graphs
         if args.compiled and not args.no_compile:
-            compiled = optimize_for_inference(copy.deepcopy(base).to(dtype), fused=False)
-            measure("compiled", compiled, compile_model=compiled)
-            del compiled
+            optimized("compiled", fused=False)
         if args.compile_mode and not args.no_compile:
-            tuned = optimize_for_inference(copy.deepcopy(base).to(dtype), compile_mode=args.compile_mode)
-            measure(args.compile_mode.removesuffix("-no-cudagraphs"), tuned, compile_model=tuned)
-            del tuned
+            optimized(args.compile_mode.removesuffix("-no-cudagraphs"), compile_mode=args.compile_mode)
         if args.task != "features":
             result["head_share"] = _head_share(eager, fast, x.to(dtype), device, args.iters)
         if args.fp8:
-            f8 = optimize_for_inference(copy.deepcopy(base).to(torch.bfloat16), compile=not args.no_compile, fp8=True)
-            measure("fp8", f8, cast=torch.bfloat16, compile_model=f8 if not args.no_compile else None)
+            optimized("fp8", cast=torch.bfloat16, fp8=True)
         base_ips = result["variants"]["eager"]["images_per_s"]
         for _name, row in result["variants"].items():
             if "images_per_s" in row:
