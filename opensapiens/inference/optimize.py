@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -66,30 +67,30 @@ def convert_to_fp8(model: nn.Module) -> nn.Module:
     return model
 
 
-def _padded(head_dim: int, multiple: int) -> int:
-    return (head_dim + multiple - 1) // multiple * multiple
+def _heads_to_pad(model: nn.Module, multiple: int) -> Iterator[tuple[Attention, int]]:
+    """Each attention layer whose head dim (in its qkv layout) is not a multiple of ``multiple``, with the padded
+    head dim."""
+    for m in model.modules():
+        if isinstance(m, Attention):
+            hd = m.qkv.out_features // (3 * m.num_heads)
+            if hd % multiple:
+                yield m, (hd + multiple - 1) // multiple * multiple
 
 
 def pad_attention_heads(model: nn.Module, multiple: int = 16) -> int:
     """Training: zero-pad head dims that are not a multiple of ``multiple`` at run time (parameters unchanged);
     returns the padded size (0 if none needed)."""
     padded = 0
-    for m in model.modules():
-        if isinstance(m, Attention):
-            hd = m.qkv.in_features // m.num_heads
-            if hd % multiple:
-                m.padded_head_dim = padded = _padded(hd, multiple)
+    for m, padded in _heads_to_pad(model, multiple):
+        m.padded_head_dim = padded
     return padded
 
 
 def pad_attention_weights(model: nn.Module, multiple: int = 16) -> int:
     """Inference: zero-pad head dims in the qkv/proj weights (``vit.pad_head_weights``); returns the padded size."""
     padded = 0
-    for m in model.modules():
-        if isinstance(m, Attention):
-            hd = m.qkv.out_features // (3 * m.num_heads)
-            if hd % multiple:
-                pad_head_weights(m, padded := _padded(hd, multiple))
+    for m, padded in _heads_to_pad(model, multiple):
+        pad_head_weights(m, padded)
     return padded
 
 
