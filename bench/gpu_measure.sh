@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -31,6 +31,15 @@ elif [ "$1" = fused ]; then
     | grep -v '^{'
   $B --task pose --arch 2b --batch 4 --out "$OUT/fused_pose_2b.json" | grep -v '^{'
   $B --task seg --arch 1b --batch 8 --e2e /tmp/e2e --out "$OUT/fused_seg_1b.json" | grep -v '^{'
+elif [ "$1" = attention ]; then
+  # our Triton attention kernel (bf16, FP8) against SDPA's backends, its GPU tests first; then the dense-head
+  # models on the default fused path (depth, normal and seg 0.3B had only been measured on the compiled path)
+  python -m pytest -q tests/test_attention_kernel.py tests/test_fused.py 2>&1 | tail -3
+  timeout 240 python bench/attention.py --out "$OUT/attention_h200.json" 2>&1 | grep -v Warn
+  for t in depth normal seg; do
+    timeout 100 python -m opensapiens.cli.main bench --task $t --arch 0.3b --batch 8 --iters 8 --compiled \
+      --out "$OUT/fused_${t}_0.3b.json" | grep -v '^{'
+  done
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512
