@@ -2,9 +2,8 @@
 
 On the CPU the kernels run in Triton's interpreter (a fresh process with TRITON_INTERPRET=1). Two of the
 interpreter's emulations are wrong, not our kernels: its bf16 ``dot`` multiplies the raw bit patterns (so the
-16-bit path is checked in fp16), and its float32 -> e4m3 cast does not carry a rounded-up mantissa into the exponent
-(125.9 becomes 64). The check swaps that cast for PyTorch's (round to nearest even), which is what the GPU's
-``cvt.rn.satfinite.e4m3`` does for in-range values. On a GPU the same checks run in bf16 against SDPA.
+16-bit path is checked in fp16), and its float32 -> e4m3 cast mis-rounds (``interpreter_casts.py`` swaps in
+PyTorch's). On a GPU the same checks run in bf16 against SDPA.
 """
 
 from __future__ import annotations
@@ -70,23 +69,7 @@ def fp8_attention(qkv, scale, block_n=64):
 '''
 
 INTERPRETER_CHECK = REFERENCES + '''
-import numpy as np
-import triton.language as tl
-import triton.runtime.interpreter as interpreter
-
-_convert = interpreter._convert_float
-
-
-def _exact_e4m3(data, src, dst, rounding_mode):  # see the test module's docstring
-    if dst == tl.float8e4nv and src in (tl.float32, tl.float16):
-        x = np.frombuffer(data.tobytes(), dtype=np.float32 if src == tl.float32 else np.float16)
-        x = torch.from_numpy(x.copy())
-        return x.float().to(E4M3).view(torch.uint8).numpy().reshape(data.shape)
-    return _convert(data, src, dst, rounding_mode)
-
-
-interpreter._convert_float = _exact_e4m3
-
+import interpreter_casts  # noqa: F401 - see its docstring
 from opensapiens.inference.kernels import attention, quantize_heads
 
 torch.manual_seed(0)
@@ -113,11 +96,17 @@ print("ok")
 '''
 
 
+def interpreter_env() -> dict:
+    """TRITON_INTERPRET is read when a kernel is decorated (so: a fresh process); tests/ on the path for the shim."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+
+
 def test_attention_kernels_in_the_interpreter_against_float64():
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when the kernels are decorated: a fresh process
-    done = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", INTERPRETER_CHECK], env=interpreter_env(), capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
 
 

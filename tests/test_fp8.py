@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from opensapiens.inference.optimize import E4M3_MAX, Fp8Linear, convert_to_fp8
+from opensapiens.inference.fp8 import E4M3_MAX, Fp8Linear, convert_to_fp8
 from opensapiens.models import build_model
 
 

@@ -22,19 +22,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.vit import Block, SapiensViT
+from ..models.vit import Attention, Block, SapiensViT
+from .fp8 import Fp8Linear, _quantize_rows, quantize_rows
 
 
 def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                        eps: float) -> torch.Tensor:
-    """LayerNorm(x + shift) over the last dim, computed in float32 (or x's wider dtype), returned in x's dtype."""
+                        eps: float, delta: torch.Tensor | None = None, fp8: bool = False):
+    """LayerNorm(x + shift) over the last dim, computed in float32 (or x's wider dtype), returned in x's dtype.
+
+    ``delta``: x += delta first, in place. ``fp8``: e4m3 values and float32 row scales instead (``quantize_rows``).
+    """
+    if delta is not None:
+        x.add_(delta)
     dtype = torch.promote_types(x.dtype, torch.float32)
     y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
+    if fp8:
+        return _quantize_rows(y.reshape(-1, y.shape[-1]))
     return y.to(x.dtype)
 
 
 def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       eps: float) -> torch.Tensor:
+                       eps: float, delta: torch.Tensor | None = None, fp8: bool = False):
     """``_shifted_layer_norm`` as one Triton kernel on CUDA (``kernels.py``: one read and one write per row);
     where Triton is missing (PyTorch builds without it), the plain PyTorch ops."""
     if x.is_cuda:
@@ -43,8 +51,8 @@ def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tenso
         except ImportError:
             pass
         else:
-            return triton_shifted_layer_norm(x, shift, weight, bias, eps)
-    return _shifted_layer_norm(x, shift, weight, bias, eps)
+            return triton_shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8)
+    return _shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8)
 
 
 class ShiftedLayerNorm(nn.Module):
@@ -55,8 +63,8 @@ class ShiftedLayerNorm(nn.Module):
         self.norm = norm
         self.register_buffer("shift", shift.detach().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return shifted_layer_norm(x, self.shift, self.norm.weight, self.norm.bias, self.norm.eps)
+    def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None, fp8: bool = False):
+        return shifted_layer_norm(x, self.shift, self.norm.weight, self.norm.bias, self.norm.eps, delta, fp8)
 
 
 def _bias(linear: nn.Linear) -> torch.Tensor:
@@ -65,24 +73,53 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
     return linear.weight.new_zeros(linear.out_features)
 
 
+def _fp8_attention(attn: Attention, qkv: torch.Tensor, B: int, N: int) -> torch.Tensor:
+    """(B*N, 3*H*D) qkv GEMM output -> (B*N, H*D): our Triton kernel in FP8 on CUDA (head dims that are powers of
+    two), SDPA in qkv's dtype elsewhere."""
+    H = attn.num_heads
+    D = qkv.shape[-1] // (3 * H)
+    qkv = qkv.view(B, N, 3, H, D)
+    scale = attn.scale or D**-0.5
+    if qkv.is_cuda and D & (D - 1) == 0 and 16 <= D <= 256:
+        try:
+            from .kernels import attention
+        except ImportError:
+            pass
+        else:
+            return attention(qkv, scale, fp8=True).view(B * N, H * D)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # B H N D
+    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).reshape(B * N, H * D)
+
+
 class FusedBlock(nn.Module):
     """A ``Block`` on the bias-folded stream: x~ (B, N, C) in, the same tensor updated in place out.
 
     ``shift`` is the sum of the biases folded before this block; ``shift_out`` the sum after it.
+
+    ``fp8``: the four GEMMs in e4m3 (``Fp8Linear``, swapped into the block's modules in place) and attention in
+    FP8 (``kernels.attention``). Each GEMM's input is quantized by the pass that makes it: the LayerNorm kernel
+    (which also adds the pending proj output into the stream), a row quantization of the attention output, and a
+    GELU + quantization pass over the fc1 output; the fc2 output is added into the stream.
     """
 
-    def __init__(self, block: Block, shift: torch.Tensor):
+    def __init__(self, block: Block, shift: torch.Tensor, fp8: bool = False):
         super().__init__()
-        self.attn, self.mlp = block.attn, block.mlp
+        self.attn, self.mlp, self.fp8 = block.attn, block.mlp, fp8
         after_attn = shift + _bias(block.attn.proj).to(shift.dtype)
         self.norm1 = ShiftedLayerNorm(block.norm1, shift)
         self.norm2 = ShiftedLayerNorm(block.norm2, after_attn)
         self.register_buffer("shift_out", after_attn + _bias(block.mlp.fc2).to(shift.dtype))
+        if fp8:  # the proj and fc2 biases live in the shifts
+            attn, mlp = self.attn, self.mlp
+            attn.qkv, attn.proj = Fp8Linear(attn.qkv), Fp8Linear(attn.proj, bias=False)
+            mlp.fc1, mlp.fc2 = Fp8Linear(mlp.fc1), Fp8Linear(mlp.fc2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             raise RuntimeError("FusedBlock updates its input in place and is inference-only: call the model under "
                                "torch.inference_mode() or torch.no_grad()")
+        if self.fp8:
+            return self._forward_fp8(x)
         C = x.shape[-1]
         stream = x.view(-1, C)  # (B*N, C), shares x's memory
         attended = self.attn.attend(self.norm1(x))
@@ -93,18 +130,28 @@ class FusedBlock(nn.Module):
         stream.addmm_(hidden, fc2.weight.t())  # x~ += mlp, bias folded into shift_out
         return x
 
+    def _forward_fp8(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        attn, mlp = self.attn, self.mlp
+        qkv = attn.qkv.matmul(*self.norm1(x, fp8=True))  # (B*N, 3 * heads * head dim) bf16
+        delta = attn.proj.matmul(*quantize_rows(_fp8_attention(attn, qkv, B, N)))  # bias folded into the shift
+        hidden = mlp.fc1.matmul(*self.norm2(x, delta=delta.view(x.shape), fp8=True))  # x~ += delta, then norm
+        x.view(-1, C).add_(mlp.fc2.matmul(*quantize_rows(hidden, gelu=True)))  # x~ += mlp, bias in shift_out
+        return x
 
-def fuse_blocks(backbone: SapiensViT) -> SapiensViT:
+
+def fuse_blocks(backbone: SapiensViT, fp8: bool = False) -> SapiensViT:
     """Swap the backbone's blocks for ``FusedBlock``s and its final norm for the matching ``ShiftedLayerNorm``.
 
-    In place; parameters are shared, not copied. The backbone's ``forward`` is unchanged: its token tensor (patch
-    embedding + position, a fresh tensor every call) becomes the stream the blocks update.
+    In place; parameters are shared, not copied (``fp8``: the blocks' Linears become e4m3 copies). The backbone's
+    ``forward`` is unchanged: its token tensor (patch embedding + position, a fresh tensor every call) becomes the
+    stream the blocks update.
     """
     dtype = torch.promote_types(backbone.pos_embed.dtype, torch.float32)  # biases summed in float32 at least
     shift = torch.zeros(backbone.embed_dim, device=backbone.pos_embed.device, dtype=dtype)
     fused = []
     for block in backbone.blocks:
-        fused.append(FusedBlock(block, shift))
+        fused.append(FusedBlock(block, shift, fp8))
         shift = fused[-1].shift_out
     backbone.blocks = nn.ModuleList(fused)
     backbone.norm = ShiftedLayerNorm(backbone.norm, shift)

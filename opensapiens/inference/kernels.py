@@ -13,32 +13,85 @@ import triton.language as tl
 
 
 @triton.jit
-def _shifted_layer_norm_kernel(x_ptr, shift_ptr, w_ptr, b_ptr, y_ptr, C, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _shifted_layer_norm_kernel(x_ptr, delta_ptr, shift_ptr, w_ptr, b_ptr, y_ptr, scale_ptr, M, C, eps,
+                               BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DELTA: tl.constexpr, FP8: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
-    mask = cols < C
-    x = tl.load(x_ptr + row * C + cols, mask=mask, other=0.0).to(tl.float32)
-    x += tl.load(shift_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / C
-    centered = tl.where(mask, x - mean, 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=0) / C + eps)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    b = tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * C + cols, (centered * rstd * w + b).to(y_ptr.dtype.element_ty), mask=mask)
+    mask = (rows[:, None] < M) & (cols[None, :] < C)
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    if HAS_DELTA:  # the stream takes a pending GEMM output first: x~ += delta, stored in x's dtype
+        x = (x.to(tl.float32) + tl.load(delta_ptr + offs, mask=mask, other=0.0).to(tl.float32)).to(x.dtype)
+        tl.store(x_ptr + offs, x, mask=mask)
+    x = x.to(tl.float32) + tl.load(shift_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
+    mean = tl.sum(x, axis=1) / C
+    centered = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / C + eps)
+    w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+    y = centered * rstd[:, None] * w[None, :] + b[None, :]
+    if FP8:  # e4m3 with one scale per row, amax / 448: the input of the next row-scaled FP8 GEMM
+        scale = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1), 1e-30) / 448.0
+        y = y / scale[:, None]
+        tl.store(scale_ptr + rows, scale, mask=rows < M)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       eps: float) -> torch.Tensor:
-    """LayerNorm(x + shift) over the last dim of a contiguous CUDA tensor, float32 inside, x's dtype out."""
-    C = x.shape[-1]
-    if not x.is_contiguous() or C > 8192:
-        raise ValueError(f"shifted_layer_norm: needs a contiguous input with at most 8192 channels, got shape "
-                         f"{tuple(x.shape)} (contiguous: {x.is_contiguous()})")
-    y = torch.empty_like(x)
+def _row_launch(C: int) -> tuple[int, int, int]:
+    """Block width, rows per program and warps for a row-wise kernel over C channels: ~4096 elements a program."""
     block = triton.next_power_of_2(C)
-    _shifted_layer_norm_kernel[(x.numel() // C,)](x, shift, weight, bias, y, C, eps, BLOCK=block,
-                                                  num_warps=min(max(block // 256, 4), 16))
-    return y
+    rows = max(1, 4096 // block)
+    return block, rows, min(max(rows * block // 256, 4), 16)
+
+
+def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+                       delta: torch.Tensor | None = None, fp8: bool = False):
+    """LayerNorm(x + shift) over the last dim of a contiguous CUDA tensor, float32 inside, x's dtype out.
+
+    ``delta``: first x += delta in place (x's dtype), then normalize. ``fp8``: return (e4m3 values, float32 row
+    scales (rows, 1)) instead, ready for ``torch._scaled_mm``.
+    """
+    C = x.shape[-1]
+    if not x.is_contiguous() or C > 8192 or (delta is not None and (delta.shape != x.shape
+                                                                    or not delta.is_contiguous())):
+        raise ValueError(f"shifted_layer_norm: needs a contiguous input with at most 8192 channels (and a delta of "
+                         f"its shape), got shape {tuple(x.shape)} (contiguous: {x.is_contiguous()})")
+    M = x.numel() // C
+    y = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn if fp8 else x.dtype)
+    scale = torch.empty(M, 1, device=x.device, dtype=torch.float32) if fp8 else y
+    block, rows, warps = _row_launch(C)
+    _shifted_layer_norm_kernel[(triton.cdiv(M, rows),)](
+        x, x if delta is None else delta, shift, weight, bias, y, scale, M, C, eps, BLOCK=block, ROWS=rows,
+        HAS_DELTA=delta is not None, FP8=fp8, num_warps=warps)
+    return (y.view(M, C), scale) if fp8 else y
+
+
+@triton.jit
+def _rows_to_e4m3_kernel(x_ptr, y_ptr, scale_ptr, M, C, BLOCK: tl.constexpr, ROWS: tl.constexpr,
+                         GELU: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    cols = tl.arange(0, BLOCK)
+    mask = (rows[:, None] < M) & (cols[None, :] < C)
+    offs = rows[:, None].to(tl.int64) * C + cols[None, :]
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if GELU:  # exact (erf) GELU, as the model's MLP
+        x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30) / 448.0
+    tl.store(y_ptr + offs, (x / scale[:, None]).to(tl.float8e4nv), mask=mask)
+    tl.store(scale_ptr + rows, scale, mask=rows < M)
+
+
+def rows_to_e4m3(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) contiguous -> e4m3 (M, C) and float32 row scales (M, 1), amax / 448; ``gelu``: of GELU(x)."""
+    M, C = x.shape
+    if not x.is_contiguous() or C > 8192:
+        raise ValueError(f"rows_to_e4m3: needs a contiguous (M, C <= 8192) input, got {tuple(x.shape)}")
+    y = torch.empty(M, C, device=x.device, dtype=torch.float8_e4m3fn)
+    scale = torch.empty(M, 1, device=x.device, dtype=torch.float32)
+    block, rows, warps = _row_launch(C)
+    _rows_to_e4m3_kernel[(triton.cdiv(M, rows),)](x, y, scale, M, C, BLOCK=block, ROWS=rows, GELU=gelu,
+                                                  num_warps=warps)
+    return y, scale
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
   stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
   kernel per LayerNorm; only the head goes through ``torch.compile`` (``fused=False``: the whole model does);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
-  per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); heads stay in bf16.
+  per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer) and, on the fused path, runs attention
+  in FP8 too (our Triton kernel, one scale per 64-token tile of each head); heads stay in bf16.
 
 On CPU it returns the model unchanged.
 """
@@ -28,43 +29,8 @@ import torch
 from torch import nn
 
 from ..models.vit import Attention, pad_head_weights
+from .fp8 import convert_to_fp8
 from .fused import fuse_blocks
-
-E4M3_MAX = 448.0
-
-
-class Fp8Linear(nn.Module):
-    """y = x W^T + b with x and W in float8 e4m3: rows of x and rows of W scaled to the e4m3 range."""
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        w = linear.weight.detach().float()  # (out, in)
-        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # (out, 1)
-        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))  # (out, in) row-major
-        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out) float32
-        bias = linear.bias.detach().to(torch.bfloat16) if linear.bias is not None else None
-        self.register_buffer("bias", bias)
-        self.out_features = linear.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1])
-        x_scale = x2.abs().amax(dim=1, keepdim=True).float().clamp_min(1e-12) / E4M3_MAX  # (M, 1)
-        xq = (x2.float() / x_scale).to(torch.float8_e4m3fn)
-        y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale, bias=self.bias,
-                             out_dtype=torch.bfloat16)
-        return y.reshape(*shape[:-1], self.out_features)
-
-
-def convert_to_fp8(model: nn.Module) -> nn.Module:
-    """Replace the Linear layers inside transformer blocks (qkv, proj, fc1, fc2) by ``Fp8Linear``, in place."""
-    blocks = model.backbone.blocks if hasattr(model, "backbone") else model.blocks
-    for block in blocks:
-        for _name, child in list(block.named_modules()):
-            for attr, sub in list(child.named_children()):
-                if isinstance(sub, nn.Linear) and sub.in_features % 16 == 0 and sub.out_features % 16 == 0:
-                    setattr(child, attr, Fp8Linear(sub))
-    return model
 
 
 def _heads_to_pad(model: nn.Module, multiple: int) -> Iterator[tuple[Attention, int]]:
@@ -176,14 +142,15 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU.
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
-    default) or the whole model through ``torch.compile``, which FP8, CUDA graphs and ``compile_mode`` need and
-    ``fused=None`` then picks. ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs":
-    Triton GEMM templates timed against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning).
+    default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
+    ``fused=None`` then picks (FP8 takes either: fused, its attention in FP8 too; compiled, only its GEMMs).
+    ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
+    against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning).
     """
-    whole_model_compile = fp8 or cuda_graphs or compile_mode is not None
+    whole_model_compile = cuda_graphs or compile_mode is not None
     if fused and whole_model_compile:
-        raise ValueError("fused=True keeps the blocks out of torch.compile; FP8, CUDA graphs and compile_mode "
-                         "need the whole-model compile (fused=False)")
+        raise ValueError("fused=True keeps the blocks out of torch.compile; CUDA graphs and compile_mode need the "
+                         "whole-model compile (fused=False)")
     fused = not whole_model_compile if fused is None else fused
     device = next(model.parameters()).device
     if device.type != "cuda":
@@ -193,13 +160,13 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     pad_attention_weights(model)
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
-    if fp8:
-        convert_to_fp8(model)
-    elif fused:
-        fuse_blocks(model.backbone if hasattr(model, "backbone") else model)
+    if fused:
+        fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
         if compile and getattr(model, "head", None) is not None:
             model.head.compile()  # the head's norms and activations; the blocks stay eager
         return FastModel(model)
+    if fp8:
+        convert_to_fp8(model)
     compiled = None
     if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
         mode = "reduce-overhead" if cuda_graphs else compile_mode

@@ -1,0 +1,71 @@
+"""FP8 (e4m3) inference: row-scaled activations and channel-scaled weights for ``torch._scaled_mm``.
+
+``Fp8Linear`` holds a Linear's weight in e4m3, each output channel scaled to the e4m3 range (amax / 448). Its
+``forward`` quantizes the activation rows itself (the whole-model compile path, ``convert_to_fp8``); the fused
+blocks (``fused.py``) hand ``matmul`` activations that the LayerNorm or GELU kernel already quantized on its way out.
+``quantize_rows`` is that quantization: on CUDA one Triton pass (``kernels.rows_to_e4m3``), elsewhere PyTorch ops.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+E4M3_MAX = 448.0
+
+
+def _quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.float()
+    if gelu:
+        x = F.gelu(x)
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / E4M3_MAX  # (M, 1)
+    return (x / scale).to(torch.float8_e4m3fn), scale
+
+
+def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) -> e4m3 values (M, C) and float32 row scales (M, 1) with x ~= values * scales; ``gelu``: of GELU(x)
+    (exact erf form)."""
+    if x.is_cuda:
+        try:
+            from .kernels import rows_to_e4m3
+        except ImportError:
+            pass
+        else:
+            return rows_to_e4m3(x.contiguous(), gelu)
+    return _quantize_rows(x, gelu)
+
+
+class Fp8Linear(nn.Module):
+    """y = x W^T + b with x and W in float8 e4m3: rows of x and rows of W scaled to the e4m3 range."""
+
+    def __init__(self, linear: nn.Linear, bias: bool = True):
+        super().__init__()
+        w = linear.weight.detach().float()  # (out, in)
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / E4M3_MAX  # (out, 1)
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn))  # (out, in) row-major
+        self.register_buffer("weight_scale", scale.t().contiguous())  # (1, out) float32
+        keep = bias and linear.bias is not None
+        self.register_buffer("bias", linear.bias.detach().to(torch.bfloat16) if keep else None)
+        self.out_features = linear.out_features
+
+    def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+        """(M, in) e4m3 rows with their (M, 1) float32 scales -> (M, out) bf16."""
+        return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
+                                bias=self.bias, out_dtype=torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        xq, x_scale = _quantize_rows(x.reshape(-1, shape[-1]))
+        return self.matmul(xq, x_scale).reshape(*shape[:-1], self.out_features)
+
+
+def convert_to_fp8(model: nn.Module) -> nn.Module:
+    """Replace the Linear layers inside transformer blocks (qkv, proj, fc1, fc2) by ``Fp8Linear``, in place."""
+    blocks = model.backbone.blocks if hasattr(model, "backbone") else model.blocks
+    for block in blocks:
+        for _name, child in list(block.named_modules()):
+            for attr, sub in list(child.named_children()):
+                if isinstance(sub, nn.Linear) and sub.in_features % 16 == 0 and sub.out_features % 16 == 0:
+                    setattr(child, attr, Fp8Linear(sub))
+    return model
