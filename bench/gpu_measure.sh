@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -40,6 +40,16 @@ elif [ "$1" = attention ]; then
     timeout 100 python -m opensapiens.cli.main bench --task $t --arch 0.3b --batch 8 --iters 8 --compiled \
       --out "$OUT/fused_${t}_0.3b.json" | grep -v '^{'
   done
+elif [ "$1" = fp8 ]; then
+  # FP8 on the fused blocks (norm/GELU kernels quantize the GEMM inputs) against bf16 and the compiled FP8 path;
+  # cuDNN's FP8 attention through the cudnn frontend (a wheel in .whl/, see the script); our Triton attention again
+  python -m pytest -q --tb=short tests/test_attention_kernel.py tests/test_fused.py 2>&1 | tail -40
+  timeout 90 python bench/cudnn_fp8_attention.py --out "$OUT/cudnn_fp8_attention.json" 2>&1 | grep -v Warn
+  timeout 90 python bench/attention.py --shapes 1b --out "$OUT/attention_1b_h200.json" 2>&1 | grep -v Warn
+  timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_fused_nano.json" \
+    | tail -6
+  timeout 260 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fp8 --compiled \
+    --profile --out "$OUT/fp8_pose_1b.json" | grep -v '^{'
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512

@@ -105,7 +105,7 @@ def test_fused_bf16_on_cuda_is_as_close_to_float32_as_the_plain_bf16_path():
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="FP8 GEMMs need Hopper or newer")
 def test_fp8_fused_on_cuda_is_as_close_to_float32_as_fp8_linears():
-    """The whole FP8 fused path on the GPU (Triton norms and quantization, FP8 attention) against the plain model
+    """The whole FP8 fused path on the GPU (Triton norms and quantization kernels) against the plain model
     with ``Fp8Linear``s and bf16 attention: no farther from float32 than 1.5x that one's distance."""
     from opensapiens.inference.fp8 import convert_to_fp8
 

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--input-size", type=parse_size, default=(1024, 768))
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--fp8", action="store_true", help="also measure the FP8 mode (e4m3 GEMMs and attention)")
+    p.add_argument("--fp8", action="store_true", help="also measure the FP8 mode (e4m3 GEMMs)")
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=int, default=10)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.vit import Attention, Block, SapiensViT
+from ..models.vit import Block, SapiensViT
 from .fp8 import Fp8Linear, _quantize_rows, quantize_rows
 
 
@@ -73,33 +73,15 @@ def _bias(linear: nn.Linear) -> torch.Tensor:
     return linear.weight.new_zeros(linear.out_features)
 
 
-def _fp8_attention(attn: Attention, qkv: torch.Tensor, B: int, N: int) -> torch.Tensor:
-    """(B*N, 3*H*D) qkv GEMM output -> (B*N, H*D): our Triton kernel in FP8 on CUDA (head dims that are powers of
-    two), SDPA in qkv's dtype elsewhere."""
-    H = attn.num_heads
-    D = qkv.shape[-1] // (3 * H)
-    qkv = qkv.view(B, N, 3, H, D)
-    scale = attn.scale or D**-0.5
-    if qkv.is_cuda and D & (D - 1) == 0 and 16 <= D <= 256:
-        try:
-            from .kernels import attention
-        except ImportError:
-            pass
-        else:
-            return attention(qkv, scale, fp8=True).view(B * N, H * D)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # B H N D
-    return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2).reshape(B * N, H * D)
-
-
 class FusedBlock(nn.Module):
     """A ``Block`` on the bias-folded stream: x~ (B, N, C) in, the same tensor updated in place out.
 
     ``shift`` is the sum of the biases folded before this block; ``shift_out`` the sum after it.
 
-    ``fp8``: the four GEMMs in e4m3 (``Fp8Linear``, swapped into the block's modules in place) and attention in
-    FP8 (``kernels.attention``). Each GEMM's input is quantized by the pass that makes it: the LayerNorm kernel
-    (which also adds the pending proj output into the stream), a row quantization of the attention output, and a
-    GELU + quantization pass over the fc1 output; the fc2 output is added into the stream.
+    ``fp8``: the four GEMMs in e4m3 (``Fp8Linear``, swapped into the block's modules in place); attention stays
+    bf16 (cuDNN's). Each GEMM's input is quantized by the pass that makes it: the LayerNorm kernel (which also adds
+    the pending proj output into the stream), a row quantization of the attention output, and a GELU +
+    quantization pass over the fc1 output; the fc2 output is added into the stream.
     """
 
     def __init__(self, block: Block, shift: torch.Tensor, fp8: bool = False):
@@ -134,7 +116,8 @@ class FusedBlock(nn.Module):
         B, N, C = x.shape
         attn, mlp = self.attn, self.mlp
         qkv = attn.qkv.matmul(*self.norm1(x, fp8=True))  # (B*N, 3 * heads * head dim) bf16
-        delta = attn.proj.matmul(*quantize_rows(_fp8_attention(attn, qkv, B, N)))  # bias folded into the shift
+        attended = attn.attend_qkv(qkv.view(B, N, -1)).reshape(B * N, -1)
+        delta = attn.proj.matmul(*quantize_rows(attended))  # bias folded into the shift
         hidden = mlp.fc1.matmul(*self.norm2(x, delta=delta.view(x.shape), fp8=True))  # x~ += delta, then norm
         x.view(-1, C).add_(mlp.fc2.matmul(*quantize_rows(hidden, gelu=True)))  # x~ += mlp, bias in shift_out
         return x

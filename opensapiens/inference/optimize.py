@@ -13,8 +13,8 @@
   stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
   kernel per LayerNorm; only the head goes through ``torch.compile`` (``fused=False``: the whole model does);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
-  per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer) and, on the fused path, runs attention
-  in FP8 too (our Triton kernel, one scale per 64-token tile of each head); heads stay in bf16.
+  per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); on the fused path their inputs are
+  quantized by the norm and GELU kernels; attention and the heads stay in bf16.
 
 On CPU it returns the model unchanged.
 """
@@ -143,7 +143,7 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
     default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
-    ``fused=None`` then picks (FP8 takes either: fused, its attention in FP8 too; compiled, only its GEMMs).
+    ``fused=None`` then picks (FP8 takes either).
     ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
     against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning).
     """

@@ -132,8 +132,11 @@ class Attention(nn.Module):
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The heads' outputs before the output projection: (B, N, C) -> (B, N, heads * head dim)."""
-        B, N, _ = x.shape
-        qkv = self.qkv(x)
+        return self.attend_qkv(self.qkv(x))
+
+    def attend_qkv(self, qkv: torch.Tensor) -> torch.Tensor:
+        """``attend`` from the qkv projection's output: (B, N, 3 * heads * head dim) -> (B, N, heads * head dim)."""
+        B, N, _ = qkv.shape
         hd = qkv.shape[-1] // (3 * self.num_heads)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # B nh N hd
         if self.padded_head_dim and self.padded_head_dim > hd:
