@@ -1,11 +1,11 @@
-"""Our Triton attention kernel (bf16 and FP8) against PyTorch's SDPA backends, on Sapiens' attention shapes.
+"""The Triton attention experiment (``triton_attention.py``, bf16 and FP8) against PyTorch's SDPA backends.
 
     python bench/attention.py --out bench/results/attention_h200.json          # CUDA: sweeps kernel configs
     TRITON_INTERPRET=1 python bench/attention.py --smoke                       # CPU: one tiny shape, one config
 
 For each shape (the pose models' blocks at 1024x768, the MAE decoder at 1024x1024) it times SDPA's cuDNN and flash
-backends on q/k/v sliced from the fused qkv output (as the model does), then ``kernels.attention`` for every
-config of a small grid, bf16 and FP8 (with and without its quantization pass), and reports each one's TFLOP/s
+backends on q/k/v sliced from the fused qkv output (as the model does), then ``triton_attention.attention`` for
+every config of a small grid, bf16 and FP8 (its quantization pass timed apart), and reports each one's TFLOP/s
 (4 N^2 D per head) and its largest difference from SDPA's output.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from triton_attention import FP8_TILE, attention, quantize_heads
 
 from opensapiens.benchmark import device_name, software_versions, time_ms
-from opensapiens.inference.kernels import FP8_TILE, attention, quantize_heads
 
 SHAPES = {  # name -> batch, tokens, heads, head dim
     "0.3b": (16, 3072, 16, 64),

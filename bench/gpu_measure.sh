@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -34,7 +34,7 @@ elif [ "$1" = fused ]; then
 elif [ "$1" = attention ]; then
   # our Triton attention kernel (bf16, FP8) against SDPA's backends, its GPU tests first; then the dense-head
   # models on the default fused path (depth, normal and seg 0.3B had only been measured on the compiled path)
-  python -m pytest -q tests/test_attention_kernel.py tests/test_fused.py 2>&1 | tail -3
+  python -m pytest -q tests/test_fused.py 2>&1 | tail -3  # (its attention tests then lived in the package)
   timeout 240 python bench/attention.py --out "$OUT/attention_h200.json" 2>&1 | grep -v Warn
   for t in depth normal seg; do
     timeout 100 python -m opensapiens.cli.main bench --task $t --arch 0.3b --batch 8 --iters 8 --compiled \
@@ -43,13 +43,22 @@ elif [ "$1" = attention ]; then
 elif [ "$1" = fp8 ]; then
   # FP8 on the fused blocks (norm/GELU kernels quantize the GEMM inputs) against bf16 and the compiled FP8 path;
   # cuDNN's FP8 attention through the cudnn frontend (a wheel in .whl/, see the script); our Triton attention again
-  python -m pytest -q --tb=short tests/test_attention_kernel.py tests/test_fused.py 2>&1 | tail -40
+  python -m pytest -q --tb=short tests/test_fused.py tests/test_fp8.py 2>&1 | tail -40
   timeout 90 python bench/cudnn_fp8_attention.py --out "$OUT/cudnn_fp8_attention.json" 2>&1 | grep -v Warn
   timeout 90 python bench/attention.py --shapes 1b --out "$OUT/attention_1b_h200.json" 2>&1 | grep -v Warn
   timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_fused_nano.json" \
     | tail -6
   timeout 260 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fp8 --compiled \
     --profile --out "$OUT/fp8_pose_1b.json" | grep -v '^{'
+elif [ "$1" = fp8sizes ]; then
+  # the FP8 fused path at every size beside bf16 (one row per program in the norms again), seg 1b in FP8 too
+  python -m pytest -q tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
+  B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8"
+  $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fp8_pose_1b_rows1.json" | grep -v '^{'
+  $B --task pose --arch 0.3b --batch 16 --out "$OUT/fp8_pose_0.3b.json" | grep -v '^{'
+  $B --task pose --arch 0.6b --batch 8 --out "$OUT/fp8_pose_0.6b.json" | grep -v '^{'
+  $B --task pose --arch 2b --batch 4 --out "$OUT/fp8_pose_2b.json" | grep -v '^{'
+  $B --task seg --arch 1b --batch 8 --out "$OUT/fp8_seg_1b.json" | grep -v '^{'
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512

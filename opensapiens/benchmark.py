@@ -133,7 +133,7 @@ _KINDS = (
     ("attention", ("attention", "sdpa", "fmha", "flash")),
     ("convolution", ("conv", "implicit_gemm", "dgrad", "wgrad", "nchwtonhwc", "nhwctonchw")),
     ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm", "aten::bmm", "_scaled_mm")),
-    ("fused elementwise/norm (Triton)", ("triton", "_shifted_layer_norm")),  # compiled ones, and ours (fused.py)
+    ("fused elementwise/norm (Triton)", ("triton", "_shifted_layer_norm", "_rows_to_e4m3")),  # compiled; ours
 )
 
 

@@ -1,7 +1,7 @@
-"""Imported by the Triton-interpreter checks before any kernel runs: swaps the interpreter's float32/float16 ->
-e4m3 and -> bf16 casts for PyTorch's (round to nearest even), which is what the GPU's ``cvt.rn`` instructions do
-for in-range values. The interpreter's own casts mis-round: e4m3 does not carry a rounded-up mantissa into the
-exponent (125.9 becomes 64), and a third of bf16 results land one unit off."""
+"""Imported by the Triton-interpreter check (test_fused.py) before any kernel runs: swaps the interpreter's
+float32/float16 -> e4m3 and -> bf16 casts for PyTorch's (round to nearest even), which is what the GPU's ``cvt.rn``
+instructions do for in-range values. The interpreter's own casts mis-round: e4m3 does not carry a rounded-up
+mantissa into the exponent (125.9 becomes 64), and a third of bf16 results land one unit off."""
 
 import numpy as np
 import torch

@@ -24,6 +24,7 @@ H200_KERNELS = {
     "triton_per_fused__to_copy_add_native_layer_norm_native_layer_norm_backward_9": "fused elementwise/norm "
                                                                                    "(Triton)",
     "_shifted_layer_norm_kernel": "fused elementwise/norm (Triton)",  # ours, opensapiens/inference/kernels.py
+    "_rows_to_e4m3_kernel": "fused elementwise/norm (Triton)",
     "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other (eager "
                                                                                          "elementwise, copies, "
                                                                                          "reductions, optimizer)",

@@ -51,6 +51,9 @@ class Fp8Linear(nn.Module):
 
     def matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """(M, in) e4m3 rows with their (M, 1) float32 scales -> (M, out) bf16."""
+        if not xq.is_cuda:  # the same arithmetic in float32 (CPU _scaled_mm takes no row scales before torch 2.14)
+            y = (xq.float() * x_scale) @ (self.weight_fp8.float() * self.weight_scale.t()).t()
+            return (y if self.bias is None else y + self.bias.float()).bfloat16()
         return torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=x_scale, scale_b=self.weight_scale,
                                 bias=self.bias, out_dtype=torch.bfloat16)
 
