@@ -142,3 +142,11 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(tmp_path):
             main(["synth", "--n", "1", "--out", str(tmp_path / "t"), "--threads", "0"])
     finally:
         torch.set_num_threads(before)
+
+
+def test_predict_fp8_without_fp8_hardware_is_a_clear_error(tmp_path, photos, capsys):
+    ckpt = _checkpoint(tmp_path, "seg", 28)
+    assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), str(photos / "a.png"), "--device", "cpu",
+                 "--fp8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "fp8" in err and "FP8 tensor cores" in err and "cpu" in err

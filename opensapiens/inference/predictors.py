@@ -434,10 +434,14 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
 
     ``device`` defaults to CUDA when available; ``dtype`` to bf16 on CUDA and fp32 on CPU. ``task=None`` takes the
     task the checkpoint was trained for ("features" forces a bare backbone). ``optimize`` (default: on CUDA) runs the
-    fast path of ``optimize_for_inference``; ``fp8`` its FP8 linear mode. Extra keyword arguments go to the
-    predictor (``batch_size``, ``resize``, ``flip``, ``detector``, ``seg``...).
+    fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3 GEMMs in the transformer blocks; needs FP8
+    tensor cores). Extra keyword arguments go to the predictor (``batch_size``, ``resize``, ``flip``, ``detector``,
+    ``seg``...).
     """
     device = torch.device(device) if device is not None else default_device()
+    if fp8 and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+        raise ValueError(f"fp8=True needs a CUDA GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, "
+                         f"Hopper, Blackwell); device {device} has none")
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(checkpoint, device=device, dtype=as_dtype(dtype), task=task)
