@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -59,6 +59,15 @@ elif [ "$1" = fp8sizes ]; then
   $B --task pose --arch 0.6b --batch 8 --out "$OUT/fp8_pose_0.6b.json" | grep -v '^{'
   $B --task pose --arch 2b --batch 4 --out "$OUT/fp8_pose_2b.json" | grep -v '^{'
   $B --task seg --arch 1b --batch 8 --out "$OUT/fp8_seg_1b.json" | grep -v '^{'
+elif [ "$1" = quant ]; then
+  # the FP8 blocks' quantization passes per launch configuration (GELU erf vs tanh), then pose 1b/2b in FP8
+  python -m pytest -q tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
+  timeout 120 python bench/quantize_kernels.py --out "$OUT/quantize_kernels_1b.json" 2>&1 | grep -v Warn
+  B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8"
+  $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fp8_pose_1b_tanh.json" | grep -v '^{'
+  $B --task pose --arch 2b --batch 4 --out "$OUT/fp8_pose_2b_tanh.json" | grep -v '^{'
+  timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_tanh_nano.json" \
+    | tail -4
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512

@@ -15,17 +15,17 @@ from torch import nn
 E4M3_MAX = 448.0
 
 
-def _quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize_rows(x: torch.Tensor, gelu: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     x = x.float()
     if gelu:
-        x = F.gelu(x)
+        x = F.gelu(x, approximate="tanh" if gelu == "tanh" else "none")
     scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30) / E4M3_MAX  # (M, 1)
     return (x / scale).to(torch.float8_e4m3fn), scale
 
 
-def quantize_rows(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, C) -> e4m3 values (M, C) and float32 row scales (M, 1) with x ~= values * scales; ``gelu``: of GELU(x)
-    (exact erf form)."""
+def quantize_rows(x: torch.Tensor, gelu: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) -> e4m3 values (M, C) and float32 row scales (M, 1) with x ~= values * scales; ``gelu``: of GELU(x),
+    its "erf" (exact) or "tanh" form."""
     if x.is_cuda:
         try:
             from .kernels import rows_to_e4m3

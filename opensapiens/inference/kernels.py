@@ -6,6 +6,7 @@ per byte at the 1B width (1536 channels) than at 0.3B's 1024 (`docs/performance.
 the FP8 blocks it can first add a pending GEMM output into the stream and write e4m3 rows with their scales.
 
 ``rows_to_e4m3``: rows (optionally through GELU) to e4m3 with one scale per row, the input of a row-scaled FP8 GEMM.
+Both scale by a per-row reciprocal, not a division per element (IEEE division costs many instructions).
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def _shifted_layer_norm_kernel(x_ptr, delta_ptr, shift_ptr, w_ptr, b_ptr, y_ptr,
     b = tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
     y = centered * rstd[:, None] * w[None, :] + b[None, :]
     if FP8:  # e4m3 with one scale per row, amax / 448: the input of the next row-scaled FP8 GEMM
-        scale = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1), 1e-30) / 448.0
-        y = y / scale[:, None]
-        tl.store(scale_ptr + rows, scale, mask=rows < M)
+        amax = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1), 1e-30)
+        y = y * (448.0 / amax)[:, None]
+        tl.store(scale_ptr + rows, amax / 448.0, mask=rows < M)
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -77,21 +78,28 @@ def _rows_to_e4m3_kernel(x_ptr, y_ptr, scale_ptr, M, C, BLOCK: tl.constexpr, ROW
     mask = (rows[:, None] < M) & (cols[None, :] < C)
     offs = rows[:, None].to(tl.int64) * C + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if GELU:  # exact (erf) GELU, as the model's MLP
+    if GELU == "erf":  # exact GELU, as the model's MLP
         x = 0.5 * x * (1.0 + tl.erf(x * 0.7071067811865476))
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30) / 448.0
-    tl.store(y_ptr + offs, (x / scale[:, None]).to(tl.float8e4nv), mask=mask)
-    tl.store(scale_ptr + rows, scale, mask=rows < M)
+    elif GELU == "tanh":  # 0.5 x (1 + tanh(u)) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): one exp2
+        u2 = -2.302208198 * (x + 0.044715 * x * x * x)  # -2u * log2(e)
+        x = tl.fdiv(x, 1.0 + tl.exp2(u2), ieee_rounding=False)
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-30)
+    tl.store(y_ptr + offs, (x * (448.0 / amax)[:, None]).to(tl.float8e4nv), mask=mask)
+    tl.store(scale_ptr + rows, amax / 448.0, mask=rows < M)
 
 
-def rows_to_e4m3(x: torch.Tensor, gelu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, C) contiguous -> e4m3 (M, C) and float32 row scales (M, 1), amax / 448; ``gelu``: of GELU(x)."""
+def rows_to_e4m3(x: torch.Tensor, gelu: str | None = None,
+                 config: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, C) contiguous -> e4m3 (M, C) and float32 row scales (M, 1), amax / 448; ``gelu`` ("erf" or "tanh"): of
+    GELU(x). ``config``: (rows per program, warps) instead of the default."""
     M, C = x.shape
-    if not x.is_contiguous() or C > 8192:
-        raise ValueError(f"rows_to_e4m3: needs a contiguous (M, C <= 8192) input, got {tuple(x.shape)}")
+    if not x.is_contiguous() or C > 8192 or gelu not in (None, "erf", "tanh"):
+        raise ValueError(f"rows_to_e4m3: needs a contiguous (M, C <= 8192) input and gelu None, 'erf' or 'tanh', "
+                         f"got {tuple(x.shape)}, gelu={gelu!r}")
     y = torch.empty(M, C, device=x.device, dtype=torch.float8_e4m3fn)
     scale = torch.empty(M, 1, device=x.device, dtype=torch.float32)
     block, rows, warps = _row_launch(C)
-    _rows_to_e4m3_kernel[(triton.cdiv(M, rows),)](x, y, scale, M, C, BLOCK=block, ROWS=rows, GELU=gelu,
+    rows, warps = config or (rows, warps)
+    _rows_to_e4m3_kernel[(triton.cdiv(M, rows),)](x, y, scale, M, C, BLOCK=block, ROWS=rows, GELU=gelu or "",
                                                   num_warps=warps)
     return y, scale
