@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8
 set -uo pipefail
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
@@ -68,6 +68,13 @@ elif [ "$1" = quant ]; then
   $B --task pose --arch 2b --batch 4 --out "$OUT/fp8_pose_2b_tanh.json" | grep -v '^{'
   timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_tanh_nano.json" \
     | tail -4
+elif [ "$1" = final-fp8 ]; then
+  # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
+  timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4
+  B="timeout 100 python -m opensapiens.cli.main bench --iters 10 --fp8"
+  $B --task pose --arch 0.3b --batch 16 --out "$OUT/fp8_pose_0.3b_tanh.json" | grep -v '^{'
+  $B --task pose --arch 0.6b --batch 8 --out "$OUT/fp8_pose_0.6b_tanh.json" | grep -v '^{'
+  $B --task seg --arch 1b --batch 8 --out "$OUT/fp8_seg_1b_tanh.json" | grep -v '^{'
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512
