@@ -111,6 +111,7 @@ def test_predict_reports_missing_inputs(tmp_path, capsys):
 
 
 def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
+    pytest.importorskip("av")  # the optional video extra (installed with [test]; absent on the GPU image)
     from opensapiens.io import VideoWriter, iter_video_frames
 
     video = tmp_path / "clip.mp4"
