@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.vit import Block, SapiensViT
-from .fp8 import Fp8Linear, _quantize_rows, quantize_rows
+from .fp8 import Fp8Linear, quantize_rows
 
 
 def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -37,7 +37,7 @@ def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tens
     dtype = torch.promote_types(x.dtype, torch.float32)
     y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
     if fp8:
-        return _quantize_rows(y.reshape(-1, y.shape[-1]))
+        return quantize_rows(y.reshape(-1, y.shape[-1]))
     return y.to(x.dtype)
 
 

@@ -43,7 +43,7 @@ def _shifted_layer_norm_kernel(x_ptr, delta_ptr, shift_ptr, w_ptr, b_ptr, y_ptr,
 
 def _row_launch(C: int) -> tuple[int, int, int]:
     """Block width, rows per program and warps for a row-wise kernel over C channels. One row a program: two rows
-    (4096 elements) measured slower for the 1B norms (6.3 against 5.6 ms per pose-1B batch of 8, two runs)."""
+    (4096 elements) made the 1B norms slower (6.3 against 5.1-5.6 ms per pose-1B batch of 8, separate runs)."""
     block = triton.next_power_of_2(C)
     return block, 1, min(max(block // 256, 4), 16)
 
