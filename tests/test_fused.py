@@ -102,6 +102,12 @@ def test_fused_bf16_on_cuda_is_as_close_to_float32_as_the_plain_bf16_path():
     assert gelu_gap.abs().max() < 5e-4  # the epilogue's tanh GELU, the only approximation of the fused path
 
 
+def test_fp8_blocks_refuse_gemm_sizes_that_fp8_tensor_cores_do_not_take():
+    model = perturbed_model("features", ViTArch("w120", 120, 2, 2))  # width 120: not a multiple of 16
+    with pytest.raises(ValueError, match="multiples of 16"):
+        fuse_blocks(model.backbone, fp8=True)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9),
                     reason="FP8 GEMMs need Hopper or newer")
 def test_fp8_fused_on_cuda_is_as_close_to_float32_as_fp8_linears():

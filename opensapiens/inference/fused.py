@@ -98,6 +98,10 @@ class FusedBlock(nn.Module):
         self.register_buffer("shift_out", after_attn + _bias(block.mlp.fc2).to(shift.dtype))
         if fp8:  # the proj and fc2 biases live in the shifts
             attn, mlp = self.attn, self.mlp
+            dims = [d for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2) for d in (m.in_features, m.out_features)]
+            if any(d % 16 for d in dims):
+                raise ValueError(f"FP8 blocks need GEMM sizes that are multiples of 16 (FP8 tensor cores); this "
+                                 f"block's Linears have {sorted(set(dims))}")
             attn.qkv, attn.proj = Fp8Linear(attn.qkv), Fp8Linear(attn.proj, bias=False)
             mlp.fc1, mlp.fc2 = Fp8Linear(mlp.fc1), Fp8Linear(mlp.fc2, bias=False)
 
