@@ -143,9 +143,9 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
     default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
-    ``fused=None`` then picks (FP8 takes either).
-    ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
-    against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning).
+    ``fused=None`` then picks; FP8 takes either. ``compile_mode`` is handed to ``torch.compile`` (e.g.
+    "max-autotune-no-cudagraphs": Triton GEMM templates timed against cuBLAS, with elementwise epilogues fused into
+    them; minutes of autotuning).
     """
     whole_model_compile = cuda_graphs or compile_mode is not None
     if fused and whole_model_compile:
