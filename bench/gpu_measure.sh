@@ -2,6 +2,8 @@
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
 # H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8
 set -uo pipefail
+failed=0
+trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 CAP=79.65
@@ -197,4 +199,8 @@ else
   for t in seg depth normal; do
     $B --task $t --arch 0.3b --batch 8 --out $RES/infer_${t}_0.3b.json | grep -v '^{'; pack
   done
+fi
+if [ "$failed" != 0 ]; then
+  echo "gpu_measure.sh $1: $failed step(s) failed, see above"
+  exit 1
 fi
