@@ -33,7 +33,8 @@ import cv2
 import numpy as np
 import torch
 
-from opensapiens.benchmark import H100_80GB_GIB, cap_memory, time_by_kind, top_kernels
+from opensapiens.benchmark import H100_80GB_GIB, cap_memory, sync, time_by_kind, top_kernels
+from opensapiens.cli.predict import parse_size
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
@@ -42,16 +43,6 @@ from opensapiens.pretrain.prefetch import DevicePrefetcher
 from opensapiens.training.optim import build_optimizer
 from opensapiens.training.speed import checkpoint_blocks, compile_blocks
 from opensapiens.training.step import train_step
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def matmul_peak(device: torch.device, n: int = 8192, iters: int = 30) -> float:

@@ -20,18 +20,10 @@ from pathlib import Path
 
 import torch
 
+from opensapiens.benchmark import sync
+from opensapiens.cli.predict import parse_size
 from opensapiens.synth.dataset import MAX_PEOPLE, render_indices, write_dataset
 from opensapiens.synth.scene import sample_scenes
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -43,9 +43,11 @@ from opensapiens.benchmark import (
     device_name,
     matmul_peak_tflops,
     software_versions,
+    sync,
     time_by_kind,
     top_kernels,
 )
+from opensapiens.cli.predict import parse_size
 from opensapiens.data import to_device
 from opensapiens.inference.optimize import channels_last_head, fast_attention, pad_attention_heads
 from opensapiens.metadata import seg_classes
@@ -74,10 +76,6 @@ class Variant:
     channels_last: bool = False
     shrink_on_oom: bool = False
 
-
-def parse_size(text: str) -> tuple[int, int]:
-    h, w = (int(v) for v in text.lower().split("x"))
-    return h, w
 
 
 def synthetic_batch(task: str, batch: int, size: tuple[int, int], device: torch.device) -> dict:
@@ -153,10 +151,6 @@ def build_step(args, variant: Variant, info: D.DistInfo):
 
     return model, optimizer, step
 
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def free(device: torch.device) -> None:

@@ -105,6 +105,12 @@ def software_versions() -> dict:
     return info
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU): before reading a host clock."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _profiled(fn: Callable[[], object], device: torch.device, calls: int):
     """The torch profiler's record of ``calls`` calls of ``fn`` (CPU operators, and CUDA kernels on a GPU)."""
     from torch.profiler import ProfilerActivity, profile
@@ -113,8 +119,7 @@ def _profiled(fn: Callable[[], object], device: torch.device, calls: int):
     with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
         for _ in range(calls):
             fn()
-        if cuda:
-            torch.cuda.synchronize(device)
+        sync(device)
     return prof
 
 
