@@ -24,22 +24,35 @@ from ..models.sapiens import ModelConfig, official_patch_padding
 from ..models.vit import arch_from_width, infer_grid
 from .reader import CheckpointError
 
-_BACKBONE_RULES = [
-    (re.compile(r"^patch_embed\.projection\."), "patch_embed.proj."),
-    (re.compile(r"^layers\.(\d+)\.ln1\."), r"blocks.\1.norm1."),
-    (re.compile(r"^layers\.(\d+)\.ln2\."), r"blocks.\1.norm2."),
-    (re.compile(r"^layers\.(\d+)\.attn\."), r"blocks.\1.attn."),
-    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.0\.0\."), r"blocks.\1.mlp.fc1."),
-    (re.compile(r"^layers\.(\d+)\.ffn\.layers\.1\."), r"blocks.\1.mlp.fc2."),
-    (re.compile(r"^ln1\."), "norm."),
+# Backbone key prefixes, official (mmpretrain) and ours; "{i}" is a block index. Both directions are built from it.
+_BACKBONE_PREFIXES = [
+    ("patch_embed.projection.", "patch_embed.proj."),
+    ("layers.{i}.ln1.", "blocks.{i}.norm1."),
+    ("layers.{i}.ln2.", "blocks.{i}.norm2."),
+    ("layers.{i}.attn.", "blocks.{i}.attn."),
+    ("layers.{i}.ffn.layers.0.0.", "blocks.{i}.mlp.fc1."),
+    ("layers.{i}.ffn.layers.1.", "blocks.{i}.mlp.fc2."),
+    ("ln1.", "norm."),
 ]
+
+
+def _prefix_rules(to_ours: bool) -> list[tuple[re.Pattern, str]]:
+    rules = []
+    for official, ours in _BACKBONE_PREFIXES:
+        src, dst = (official, ours) if to_ours else (ours, official)
+        rules.append((re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)")), dst.replace("{i}", r"\1")))
+    return rules
+
+
+_TO_OURS, _TO_OFFICIAL = _prefix_rules(True), _prefix_rules(False)
+
 # Present in some official files but not part of the inference model (MAE decoder, preprocessor constants, ...).
 _IGNORED = re.compile(r"^(neck\.|data_preprocessor\.|mask_token|.*num_batches_tracked$|.*\.loss_decode\.|"
                       r"decode_head\.conv_seg_aux|auxiliary_head\.)")
 
 
-def _map_backbone_key(k: str) -> str:
-    for pat, rep in _BACKBONE_RULES:
+def _map_backbone_key(k: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pat, rep in rules:
         if pat.search(k):
             return pat.sub(rep, k)
     return k
@@ -60,7 +73,7 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if _IGNORED.match(k) or _IGNORED.match(k.split(".", 1)[-1]):
             continue
         if k.startswith("backbone."):
-            out["backbone." + _map_backbone_key(k[len("backbone."):])] = v
+            out["backbone." + _map_backbone_key(k[len("backbone."):], _TO_OURS)] = v
         elif k.startswith(("head.", "decode_head.")):
             rest = k.split(".", 1)[1]
             rest = re.sub(r"^(final_layer|conv_seg)\.", "final.", rest)
@@ -76,24 +89,11 @@ def ours_to_official(sd: dict[str, torch.Tensor], task: str) -> dict[str, torch.
     Task models get ``backbone.`` + ``head.`` (pose) or ``decode_head.`` (seg/depth/normal) prefixes; a bare backbone
     (task "features") is written flat, like the official ``_clean.pth`` files.
     """
-    inverse = [
-        (re.compile(r"^patch_embed\.proj\."), "patch_embed.projection."),
-        (re.compile(r"^blocks\.(\d+)\.norm1\."), r"layers.\1.ln1."),
-        (re.compile(r"^blocks\.(\d+)\.norm2\."), r"layers.\1.ln2."),
-        (re.compile(r"^blocks\.(\d+)\.attn\."), r"layers.\1.attn."),
-        (re.compile(r"^blocks\.(\d+)\.mlp\.fc1\."), r"layers.\1.ffn.layers.0.0."),
-        (re.compile(r"^blocks\.(\d+)\.mlp\.fc2\."), r"layers.\1.ffn.layers.1."),
-        (re.compile(r"^norm\."), "ln1."),
-    ]
     head_prefix, final_name = ("head.", "final_layer.") if task == "pose" else ("decode_head.", "conv_seg.")
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k.startswith("backbone."):
-            rest = k[len("backbone."):]
-            for pat, rep in inverse:
-                if pat.search(rest):
-                    rest = pat.sub(rep, rest)
-                    break
+            rest = _map_backbone_key(k[len("backbone."):], _TO_OFFICIAL)
             out[rest if task == "features" else "backbone." + rest] = v
         elif k.startswith("head."):
             rest = re.sub(r"^final\.", final_name, k[len("head."):])
