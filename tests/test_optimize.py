@@ -46,3 +46,5 @@ def test_fused_blocks_and_whole_model_compile_are_exclusive():
         with pytest.raises(ValueError, match="whole-model compile"):
             optimize_for_inference(model, fused=True, **kw)
     assert optimize_for_inference(model) is model  # on the CPU: the model itself, unchanged
+    with pytest.raises(ValueError, match="FP8 tensor cores"):  # not a silent no-op
+        optimize_for_inference(model, fp8=True)

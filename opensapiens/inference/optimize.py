@@ -136,10 +136,18 @@ class FastModel(nn.Module):
         return self.compile_seconds
 
 
+def require_fp8_device(device: torch.device) -> None:
+    """Raise ``ValueError`` unless ``device`` has FP8 tensor cores (CUDA compute capability 8.9 or newer)."""
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        raise ValueError(f"fp8=True needs a CUDA GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, "
+                         f"Hopper, Blackwell); device {device} has none")
+
+
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
                            cuda_graphs: bool = False, channels_last: bool = False,
                            compile_mode: str | None = None, fused: bool | None = None) -> nn.Module:
-    """The optimized inference module for ``model`` (see the module docstring); identity on CPU.
+    """The optimized inference module for ``model`` (see the module docstring); identity on CPU (``fp8`` there, or on
+    a GPU without FP8 tensor cores, raises ``ValueError``).
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
     default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
@@ -153,6 +161,8 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
                          "whole-model compile (fused=False)")
     fused = not whole_model_compile if fused is None else fused
     device = next(model.parameters()).device
+    if fp8:
+        require_fp8_device(device)
     if device.type != "cuda":
         return model
     model.eval()

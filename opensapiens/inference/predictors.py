@@ -26,7 +26,7 @@ from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
-from .optimize import FastModel, optimize_for_inference
+from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
 from .transforms import Preprocessor
 
@@ -439,9 +439,8 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     ``seg``...).
     """
     device = torch.device(device) if device is not None else default_device()
-    if fp8 and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
-        raise ValueError(f"fp8=True needs a CUDA GPU with FP8 tensor cores (compute capability 8.9 or newer: Ada, "
-                         f"Hopper, Blackwell); device {device} has none")
+    if fp8:
+        require_fp8_device(device)  # before loading (perhaps downloading) the weights
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(checkpoint, device=device, dtype=as_dtype(dtype), task=task)
