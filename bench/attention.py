@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from roofline import tflops
 from triton_attention import FP8_TILE, attention, quantize_heads
 
 from opensapiens.benchmark import device_name, software_versions, time_ms
@@ -32,10 +33,6 @@ BF16_CONFIGS = [(m, n, w, s) for m, n, w, s in itertools.product((64, 128), (64,
                 if not (m == 64 and w == 8)]
 FP8_CONFIGS = [(m, FP8_TILE, w, s) for m, w, s in itertools.product((64, 128, 256), (4, 8), (2, 3, 4))
                if not (m == 64 and w == 8)]
-
-
-def tflops(flop: float, ms: float) -> float:
-    return round(flop / (ms * 1e-3) / 1e12, 1)
 
 
 def sdpa_rows(qkv: torch.Tensor, scale: float, flop: float, iters: int) -> tuple[dict, torch.Tensor]:

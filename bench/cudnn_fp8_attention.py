@@ -17,14 +17,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from roofline import tflops
 
 from opensapiens.benchmark import device_name, software_versions, time_ms
 
 SHAPES = {"0.3b": (16, 3072, 16, 64), "1b": (8, 3072, 24, 64)}
-
-
-def tflops(flop: float, ms: float) -> float:
-    return round(flop / (ms * 1e-3) / 1e12, 1)
 
 
 def fp8_graph(cudnn, handle, B: int, N: int, H: int, D: int, out_dtype):

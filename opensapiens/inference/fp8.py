@@ -36,6 +36,11 @@ def quantize_rows(x: torch.Tensor, gelu: str | None = None) -> tuple[torch.Tenso
     return _quantize_rows(x, gelu)
 
 
+def takes_fp8(linear: nn.Linear) -> bool:
+    """Whether FP8 tensor cores take this Linear's GEMM (both sizes multiples of 16)."""
+    return linear.in_features % 16 == 0 and linear.out_features % 16 == 0
+
+
 class Fp8Linear(nn.Module):
     """y = x W^T + b with x and W in float8 e4m3: rows of x and rows of W scaled to the e4m3 range."""
 
@@ -69,6 +74,6 @@ def convert_to_fp8(model: nn.Module) -> nn.Module:
     for block in blocks:
         for _name, child in list(block.named_modules()):
             for attr, sub in list(child.named_children()):
-                if isinstance(sub, nn.Linear) and sub.in_features % 16 == 0 and sub.out_features % 16 == 0:
+                if isinstance(sub, nn.Linear) and takes_fp8(sub):
                     setattr(child, attr, Fp8Linear(sub))
     return model
