@@ -161,6 +161,65 @@ def test_jpegs_decoded_by_opencv_match_pillow_with_exif_orientation(tmp_path, mo
         assert got.shape == expect.shape and np.array_equal(got, expect), (mode, orientation)
 
 
+def test_jpeg_fast_path_decodes_the_file_bytes_to_pillows_pixels(tmp_path, monkeypatch):
+    """The OpenCV path is really taken, on the very bytes of the file, and gives Pillow's upright pixels (odd size,
+    4:2:0 chroma, transposing orientations)."""
+    import cv2
+
+    from opensapiens.io import images
+
+    calls: list[bytes] = []
+    imdecode = cv2.imdecode
+
+    def spy(buf, flags):
+        calls.append(bytes(buf))
+        return imdecode(buf, flags)
+
+    monkeypatch.setattr(images.cv2, "imdecode", spy)
+    image = Image.fromarray(RNG.integers(0, 256, (9, 11, 3), dtype=np.uint8)).resize((101, 67), Image.BICUBIC)
+    for orientation in (5, 6):
+        path = tmp_path / f"o{orientation}.jpg"
+        exif = image.getexif()
+        exif[0x0112] = orientation
+        image.save(path, exif=exif, quality=85, subsampling=2)
+        with Image.open(path) as im:
+            expect = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+        calls.clear()
+        got = read_image(path)
+        assert calls == [path.read_bytes()]
+        assert got.shape == expect.shape == (101, 67, 3) and np.array_equal(got, expect), orientation
+
+
+def _bytes_read() -> int:
+    """Bytes this process has received from read() system calls (Linux; page-cache hits count too)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f.read().splitlines() if line.startswith("rchar:")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux /proc/self/io")
+@pytest.mark.parametrize("name", ["noise.jpg", "c16.png"])
+def test_read_image_reads_the_file_once(tmp_path, name):
+    """JPEGs and 16-bit colour PNGs (both decoded by OpenCV after Pillow read the header) cost one read of the file:
+    a second open for the header or for OpenCV would read at least a few more KB (Pillow buffers 8 KB)."""
+    import cv2
+
+    path = tmp_path / name
+    noise = RNG.integers(0, 256, (240, 320, 3), dtype=np.uint8)  # incompressible: ~100+ KB either way
+    if name.endswith(".jpg"):
+        Image.fromarray(noise).save(path, quality=90)
+    else:
+        cv2.imwrite(str(path), noise.astype(np.uint16) * 257)
+    size = path.stat().st_size
+    expect = read_image(path)  # warm up any lazy imports
+    deltas = []
+    for _ in range(3):  # the least of three: another thread's reads can only add
+        before = _bytes_read()
+        out = read_image(path)
+        deltas.append(_bytes_read() - before)
+        np.testing.assert_array_equal(out, expect)
+    assert size <= min(deltas) < size + 1024, (size, deltas)
+
+
 def test_cmyk_jpeg(tmp_path):
     # CMYK (0, 255, 255, 0) is red: R = 255 - C, G = 255 - M, B = 255 - Y at K = 0.
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg", quality=95)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import io
 import json
 import math
 import os
@@ -201,15 +202,15 @@ def _has_16bit_samples(im: Image.Image) -> bool:
     return any(";16" in str(tile.args) for tile in getattr(im, "tile", ()))
 
 
-def _decode_16bit_color(path: Path) -> np.ndarray:
-    a = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)  # keeps 16 bits; ignores EXIF rotation
+def _decode_16bit_color(data: bytes, path: Path) -> np.ndarray:
+    a = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # keeps 16 bits; ignores EXIF rotation
     if a is None or a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ImageReadError(path, "cannot decode 16-bit colour samples")
     rgb = a[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
     return _from_uint16(rgb) if rgb.dtype == np.uint16 else np.ascontiguousarray(rgb)
 
 
-def _decode_jpeg(path: Path) -> np.ndarray | None:
+def _decode_jpeg(data: bytes) -> np.ndarray | None:
     """A complete RGB or gray JPEG through OpenCV; None when the file ends early (so Pillow reports the damage)
     or OpenCV cannot decode it.
 
@@ -218,20 +219,20 @@ def _decode_jpeg(path: Path) -> np.ndarray | None:
     images/s on 8 loader threads (365 vs 148 img/s for 1080p JPEGs, ``bench/host_decode.py``). Orientation is left
     to the caller, as for every other format.
     """
-    data = np.fromfile(path, np.uint8)
-    if b"\xff\xd9" not in data[-4096:].tobytes():  # no end-of-image marker: truncated
+    if b"\xff\xd9" not in data[-4096:]:  # no end-of-image marker: truncated
         return None
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def _decode(im: Image.Image, path: Path) -> np.ndarray:
+def _decode(im: Image.Image, data: bytes, path: Path) -> np.ndarray:
+    """``im`` is Pillow opened on ``data``, the file's bytes: OpenCV decodes the same bytes, never the file again."""
     if im.format == "JPEG" and im.mode in ("RGB", "L"):  # CMYK, YCCK, ...: Pillow's conversions, as documented
-        rgb = _decode_jpeg(path)
+        rgb = _decode_jpeg(data)
         if rgb is not None:
             return rgb
     if im.mode in ("RGB", "RGBA") and _has_16bit_samples(im):
-        return _decode_16bit_color(path)
+        return _decode_16bit_color(data, path)
     if im.mode.startswith("I") or im.mode == "F":
         gray = _gray_to_uint8(im)
         return np.repeat(gray[..., None], 3, axis=2)
@@ -241,7 +242,11 @@ def _decode(im: Image.Image, path: Path) -> np.ndarray:
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as an upright (H, W, 3) uint8 RGB array; raises ``ImageReadError`` if it can't."""
+    """Read an image file as an upright (H, W, 3) uint8 RGB array; raises ``ImageReadError`` if it can't.
+
+    The file is read once, whole, into memory: Pillow parses the header and EXIF from those bytes and OpenCV (for
+    JPEGs) decodes the same bytes, instead of opening and reading the file a second time.
+    """
     path = Path(path)
     if not path.exists():
         raise ImageReadError(path, "no such file")
@@ -250,8 +255,9 @@ def read_image(path: str | Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(path, "empty file (0 bytes)")
     try:
-        with Image.open(path) as im:
-            rgb = _decode(im, path)
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = _decode(im, data, path)
             orientation = _exif_orientation(im)  # after decoding: reading a PNG's EXIF may load the pixels
     except ImageReadError:
         raise
