@@ -11,13 +11,15 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
 
     eager      plain eager bf16 autocast, foreach AdamW, default SDPA backend choice
     optimized  + fused AdamW, cuDNN > flash attention priority, torch.compile of every transformer block
-               (--compile model: the whole forward + loss), head dims padded to a multiple of 16 (2B)
+               (--compile model: the whole forward + loss), head dims padded to a multiple of 16 (2B), the
+               decoder's head dim 32 on our Triton FlashAttention kernels (``models/flash_attention.py``)
     loader     the optimized step fed by the real streaming loader (tar shards, nvJPEG decode on the GPU,
                random-resized-crop + flip) instead of a resident batch; plus the loader alone
 
-Diagnostics: --variants optimized-pad64 (every head dim zero-padded to 64) and optimized-model (whole-model
-compile); --attention (each SDPA backend and FlexAttention on the encoder and decoder attention shapes); --profile
-(top kernels of the optimized step).
+Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-pad64 (every head dim
+zero-padded to 64, SDPA) and optimized-model (whole-model compile); --flash-config (our kernels' launch configs from
+``bench/flash_attention_train.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder and
+decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
 """
 
 from __future__ import annotations
@@ -33,32 +35,17 @@ import cv2
 import numpy as np
 import torch
 
-from opensapiens.benchmark import H100_80GB_GIB, cap_memory, sync, time_by_kind, top_kernels
+from opensapiens.benchmark import H100_80GB_GIB, cap_memory, matmul_peak_tflops, sync, time_by_kind, top_kernels
 from opensapiens.cli.predict import parse_size
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
+from opensapiens.models import flash_attention
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
 from opensapiens.models.vit import get_arch
 from opensapiens.pretrain.prefetch import DevicePrefetcher
 from opensapiens.training.optim import build_optimizer
-from opensapiens.training.speed import checkpoint_blocks, compile_blocks
+from opensapiens.training.speed import checkpoint_blocks, compile_blocks, use_flash_attention
 from opensapiens.training.step import train_step
-
-
-def matmul_peak(device: torch.device, n: int = 8192, iters: int = 30) -> float:
-    """Measured dense bf16 matmul FLOP/s (the MFU denominator)."""
-    if device.type != "cuda":
-        n, iters = 1024, 5
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t0)
 
 
 def model_config(args) -> MAEConfig:
@@ -66,7 +53,8 @@ def model_config(args) -> MAEConfig:
                      args.decoder_heads)
 
 
-def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16):
+def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
+          flash: bool = False):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -76,6 +64,8 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
     step_model = model
     if optimized:
         pad_attention_heads(model, head_multiple)
+        if flash:
+            use_flash_attention(model)
         if compile_mode == "blocks":
             for blocks in (model.backbone.blocks, model.decoder.blocks):
                 compile_blocks(blocks)
@@ -122,9 +112,11 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
     return sec, peak
 
 
-# name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of)
-VARIANTS = {"eager": (False, "none", 16), "optimized": (True, None, 16), "optimized-model": (True, "model", 16),
-            "optimized-pad64": (True, None, 64)}
+# name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of, our Triton attention at
+# head dim 32)
+VARIANTS = {"eager": (False, "none", 16, False), "optimized": (True, None, 16, True),
+            "optimized-sdpa": (True, None, 16, False), "optimized-model": (True, "model", 16, True),
+            "optimized-pad64": (True, None, 64, False)}
 
 
 def attention_backends_table(args, device: torch.device) -> dict:
@@ -215,7 +207,9 @@ def main() -> None:
     ap.add_argument("--variants", default="eager,optimized",
                     help="comma-separated: eager, optimized (compiled as --compile says), optimized-model "
                          "(whole-model compile), optimized-pad64 (every head dim zero-padded to 64, e.g. the "
-                         "decoder's 32)")
+                         "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels)")
+    ap.add_argument("--flash-config", type=Path,
+                    help="our attention kernels' launch configs: the JSON of bench/flash_attention_train.py")
     ap.add_argument("--profile", action="store_true",
                     help="profile 2 steps of `optimized` (else the last variant): top CUDA kernels "
                          "(+ trace.json beside --out)")
@@ -234,6 +228,12 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.flash_config:  # the swept launch configs of our attention kernels
+        best = json.loads(args.flash_config.read_text())["shapes"].get("mae-decoder", {}).get("best_config")
+        if best:  # (absent when the sweep was cut short: the defaults then)
+            flash_attention.DEFAULT_CONFIG = flash_attention.FlashConfig(
+                tuple(best["forward"]), tuple(best["dkdv"]), tuple(best["dq"]))
+        print(f"flash attention config: {flash_attention.DEFAULT_CONFIG}")
     cap_memory(device, args.memory_limit_gib)
     H, W = args.input_size
     images = torch.randn(args.batch, 3, H, W, device=device)  # a resident, already normalized batch
@@ -241,7 +241,7 @@ def main() -> None:
                     torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "memory_limit_gib": args.memory_limit_gib,
                     "compile": args.compile, "checkpointing": args.checkpointing}
-    result["peak_matmul_tflops"] = matmul_peak(device) / 1e12
+    result["peak_matmul_tflops"] = matmul_peak_tflops(device)
     result["step_tflop"] = step_flops(args, device, images) / 1e12
     analytic = 3 * args.batch * mae_flops_per_image(model_config(args)) / 1e12  # forward + 2x for backward
     print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.0f} TFLOP/s; "
@@ -263,8 +263,7 @@ def main() -> None:
     for variant in variants:
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
-        optimized, compile_mode, head_multiple = VARIANTS[variant]
-        model, step = build(args, device, optimized, compile_mode, head_multiple)
+        model, step = build(args, device, *VARIANTS[variant])
         t0 = time.perf_counter()
         try:
             sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -70,6 +70,19 @@ elif [ "$1" = quant ]; then
   $B --task pose --arch 2b --batch 4 --out "$OUT/fp8_pose_2b_tanh.json" | grep -v '^{'
   timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_tanh_nano.json" \
     | tail -4
+elif [ "$1" = flash ]; then
+  # our Triton FlashAttention forward + backward at the MAE decoder's head dim 32: its tests, the launch-config sweep
+  # against SDPA's backends (dQ in a second kernel or by atomic adds), the MAE-0.3B step with the decoder on it
+  # (configs from the sweep) against SDPA, profiled; then the encoder's shape (head dim 64)
+  python -m pytest -q --tb=short tests/test_flash_attention.py 2>&1 | tail -30
+  timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_train.json" \
+    2>&1 | grep -v Warn
+  FC=""; [ -f "$OUT/flash_attention_train.json" ] && FC="--flash-config $OUT/flash_attention_train.json"
+  timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 4 \
+    --warmup 2 --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP --profile \
+    --out "$OUT/mae_0.3b_flash.json" 2>&1 | grep -v Warn | tail -40
+  timeout 110 python bench/flash_attention_train.py --shapes mae-encoder --out "$OUT/flash_attention_encoder.json" \
+    2>&1 | grep -v Warn
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4

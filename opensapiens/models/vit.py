@@ -120,6 +120,9 @@ class Attention(nn.Module):
     ``padded_head_dim`` zero-pads q, k, v at run time (training: parameters keep their shapes);
     ``pad_head_weights`` (inference) zero-pads the qkv weight rows and proj weight columns once, so the padded q, k, v
     come straight out of the qkv GEMM and the attention output goes straight into proj, without copies.
+
+    ``kernel = "triton"`` runs our FlashAttention kernels (``flash_attention.py``) instead of SDPA on CUDA: faster
+    than every SDPA backend at head dim 32 (the MAE decoder), forward and backward.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -129,6 +132,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.padded_head_dim: int | None = None
         self.scale: float | None = None  # softmax scale; None = 1/sqrt(the qkv layout's head dim)
+        self.kernel = "sdpa"  # or "triton" (CUDA)
 
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The heads' outputs before the output projection: (B, N, C) -> (B, N, heads * head dim)."""
@@ -138,6 +142,11 @@ class Attention(nn.Module):
         """``attend`` from the qkv projection's output: (B, N, 3 * heads * head dim) -> (B, N, heads * head dim)."""
         B, N, _ = qkv.shape
         hd = qkv.shape[-1] // (3 * self.num_heads)
+        if self.kernel == "triton" and qkv.is_cuda and not self.padded_head_dim:
+            from .flash_attention import flash_attention  # imports Triton: only where it runs
+
+            x = flash_attention(qkv.view(B, N, 3, self.num_heads, hd), self.scale or hd**-0.5)  # B N nh hd
+            return x.reshape(B, N, self.num_heads * hd)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # B nh N hd
         if self.padded_head_dim and self.padded_head_dim > hd:
             pad = (0, self.padded_head_dim - hd)

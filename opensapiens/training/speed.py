@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..models.heads import DeconvHead
+from ..models.vit import Attention
 
 _CONV = {torch.ops.aten.convolution.default}
 _ATTENTION = {getattr(torch.ops.aten, name).default
@@ -110,3 +111,15 @@ def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None
         block.forward = torch.compile(block.forward)
     if head is not None:
         head.forward = torch.compile(head.forward)
+
+
+def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) -> int:
+    """Run attention layers of these head dims on our Triton FlashAttention kernels (CUDA; ``models.flash_attention``)
+    instead of SDPA; returns how many layers switched. Head dim 32 only by default: the one size where they beat
+    cuDNN (the MAE decoder; `docs/performance.md`)."""
+    switched = 0
+    for m in model.modules():
+        if isinstance(m, Attention) and m.qkv.out_features // (3 * m.num_heads) in head_dims:
+            m.kernel = "triton"
+            switched += 1
+    return switched
