@@ -208,8 +208,8 @@ def main() -> None:
                     help="comma-separated: eager, optimized (compiled as --compile says), optimized-model "
                          "(whole-model compile), optimized-pad64 (every head dim zero-padded to 64, e.g. the "
                          "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels)")
-    ap.add_argument("--flash-config", type=Path,
-                    help="our attention kernels' launch configs: the JSON of bench/flash_attention_train.py")
+    ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
+                    help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
     ap.add_argument("--profile", action="store_true",
                     help="profile 2 steps of `optimized` (else the last variant): top CUDA kernels "
                          "(+ trace.json beside --out)")
@@ -228,12 +228,13 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if args.flash_config:  # the swept launch configs of our attention kernels
-        best = json.loads(args.flash_config.read_text())["shapes"].get("mae-decoder", {}).get("best_config")
-        if best:  # (absent when the sweep was cut short: the defaults then)
-            flash_attention.DEFAULT_CONFIG = flash_attention.FlashConfig(
-                tuple(best["forward"]), tuple(best["dkdv"]), tuple(best["dq"]))
-        print(f"flash attention config: {flash_attention.DEFAULT_CONFIG}")
+    for path in args.flash_config:  # the swept launch configs of our attention kernels, per head dim
+        for shape in json.loads(path.read_text())["shapes"].values():
+            if "best_config" in shape:  # (absent when a sweep was cut short: the defaults then)
+                best = shape["best_config"]
+                flash_attention.CONFIGS[shape["head_dim"]] = flash_attention.FlashConfig(
+                    tuple(best["forward"]), tuple(best["dkdv"]), tuple(best["dq"]))
+    print(f"flash attention configs: {flash_attention.CONFIGS}")
     cap_memory(device, args.memory_limit_gib)
     H, W = args.input_size
     images = torch.randn(args.batch, 3, H, W, device=device)  # a resident, already normalized batch

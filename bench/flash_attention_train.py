@@ -6,8 +6,7 @@
 For each shape (the MAE-0.3B decoder at 1024x1024, head dim 32, and its encoder, head dim 64) it times SDPA's cuDNN
 and flash backends forward and forward + backward, on q/k/v sliced from one qkv tensor as the model does; then our
 kernels: the forward over a grid of launch configs; the backward's dK/dV kernel over a grid with the dQ kernel fixed,
-then the dQ kernel with the best dK/dV config, and the dK/dV kernel accumulating dQ by atomic adds instead (one pass
-over the scores, not two); the best backward's time by kernel. Accuracy: output and qkv gradient of
+then the dQ kernel with the best dK/dV config; the best backward's time by kernel. Accuracy: output and qkv gradient of
 SDPA cuDNN and of ours against float32 math on two images of the batch. The best configs are written under
 "best" and can be handed to ``bench_mae.py --flash-config``.
 """
@@ -29,7 +28,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from opensapiens.benchmark import device_name, software_versions, time_ms, top_kernels
 from opensapiens.models.flash_attention import FlashConfig, flash_attention, flash_attention_backward
 
-SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64)}  # batch, tokens, heads, head dim
+SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64),  # batch, tokens, heads, head dim
+          "finetune-0.3b": (8, 3072, 16, 64)}  # fine-tuning 0.3B at 1024x768
 # (BLOCK_M queries, BLOCK_N keys, warps, stages)
 FORWARD = [(128, 64, 4, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 3), (128, 32, 4, 4), (128, 128, 4, 3),
            (64, 128, 4, 4), (256, 32, 8, 3), (256, 64, 8, 2), (256, 64, 8, 3)]  # near the forward-only sweep's best
@@ -97,7 +97,7 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
         row["sdpa"][backend.name.lower()] = {"forward": fwd, "forward_backward": both}
         if "ms" in both:
             both["tflops"] = tflops(3.5 * flop, both["ms"])
-    row["forward"], row["dkdv"], row["dq"], row["dkdv_atomic_dq"] = [], [], [], []
+    row["forward"], row["dkdv"], row["dq"] = [], [], []
     fwd = sweep(row["forward"], lambda c: lambda: flash_attention(qkv, scale, FlashConfig(forward=c)), grids[0],
                 device, iters, flop)
     out, lse = torch.ops.opensapiens.flash_attention_forward(qkv, scale, fwd["config"], [], [])
@@ -105,12 +105,9 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
     def backward(dkdv_config, dq_config):
         return lambda: flash_attention_backward(grad, qkv, out, lse, scale, list(dkdv_config), list(dq_config))
 
-    # two kernels (dK/dV, then dQ): the dK/dV grid with the default dQ config, then the dQ grid; one kernel with
-    # dQ by atomic adds: the dK/dV grid
+    # the dK/dV grid with the default dQ config, then the dQ grid with the best dK/dV config
     dkdv = sweep(row["dkdv"], lambda c: backward(c, FlashConfig().dq), grids[1], device, iters, 2.5 * flop)
     dq = sweep(row["dq"], lambda c: backward(dkdv["config"], c), grids[2], device, iters, 2.5 * flop)
-    atomic = sweep(row["dkdv_atomic_dq"], lambda c: backward(c, ()), grids[1], device, iters, 2.5 * flop)
-    dkdv, dq = (atomic, {"config": []}) if atomic["ms"] < dq["ms"] else (dkdv, dq)
     config = FlashConfig(forward=tuple(fwd["config"]), dkdv=tuple(dkdv["config"]), dq=tuple(dq["config"]))
     row["best_config"] = {"forward": list(config.forward), "dkdv": list(config.dkdv), "dq": list(config.dq)}
     row["ours"] = {"forward": try_time(lambda: flash_attention(qkv, scale, config), device, iters),

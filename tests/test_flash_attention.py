@@ -12,9 +12,26 @@ from opensapiens.models.vit import get_arch
 from opensapiens.training.speed import use_flash_attention
 
 KERNEL_CHECK = """
+import sys
+
 import torch
+import triton
+import triton.language as tl
+
 from opensapiens.models.flash_attention import FlashConfig, flash_attention
 
+
+@triton.jit
+def _loop(x_ptr, n):
+    for i in range(0, n, 1):  # a loop bound that is a kernel argument, as in the attention kernels
+        tl.store(x_ptr + i, i)
+
+
+try:
+    _loop[(1,)](torch.zeros(2), 2)
+except Exception as e:  # Triton 3.6's interpreter fails here (int() of a 1-element array), not the kernels
+    print(f"skip: this Triton's interpreter cannot run a loop with a runtime bound ({e})")
+    sys.exit(0)
 torch.manual_seed(0)
 
 
@@ -26,13 +43,11 @@ def reference(qkv, grad, scale):
     return out.detach(), x.grad
 
 
-# (B, N, H, D, dtype, config): token counts that are and are not multiples of the blocks, small blocks, dQ in a
-# kernel of its own and by atomic adds; a qkv view with a row stride wider than its data (strides are honoured)
+# (B, N, H, D, dtype, config): token counts that are and are not multiples of the blocks, small blocks; a qkv view
+# with a row stride wider than its data (strides are honoured)
 cases = [(2, 70, 2, 32, torch.float32, FlashConfig((32, 32, 4, 1), (32, 32, 4, 1), (32, 32, 4, 1))),
          (1, 64, 3, 16, torch.float32, FlashConfig((32, 16, 4, 1), (16, 32, 4, 1), (32, 16, 4, 1))),
-         (2, 45, 1, 64, torch.float16, FlashConfig((16, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1))),
-         (2, 70, 2, 32, torch.float32, FlashConfig((32, 32, 4, 1), (32, 32, 4, 1), ())),  # dQ by atomic adds
-         (1, 45, 2, 16, torch.float16, FlashConfig((16, 16, 4, 1), (16, 32, 4, 1), ()))]
+         (2, 45, 1, 64, torch.float16, FlashConfig((16, 32, 4, 1), (32, 16, 4, 1), (16, 16, 4, 1)))]
 for B, N, H, D, dtype, config in cases:
     wide = torch.randn(B, N, 3 * H * D + 8, dtype=torch.float64) * 2  # larger scores: a peaked softmax
     qkv = wide[..., : 3 * H * D].view(B, N, 3, H, D)
@@ -77,14 +92,18 @@ def test_flash_attention_kernels_against_float64():
     pytest.importorskip("triton")
     env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when a kernel is decorated: a fresh process
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    if done.stdout.startswith("skip:"):
+        pytest.skip(done.stdout.strip())
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
 
 
-def test_use_flash_attention_switches_head_dim_32_only():
+def test_use_flash_attention_switches_the_given_head_dims():
     model = MAE(MAEConfig(get_arch("nano"), (64, 48)))  # encoder head dim 64, decoder 512 / 16 = 32
-    assert use_flash_attention(model) == len(model.decoder.blocks)
+    assert use_flash_attention(model, head_dims=(32,)) == len(model.decoder.blocks)
     assert all(b.attn.kernel == "triton" for b in model.decoder.blocks)
     assert all(b.attn.kernel == "sdpa" for b in model.backbone.blocks)
+    assert use_flash_attention(model) == len(model.decoder.blocks) + len(model.backbone.blocks)
+    assert all(b.attn.kernel == "triton" for b in model.backbone.blocks)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")

@@ -75,9 +75,9 @@ def _attention_delta_kernel(o_ptr, do_ptr, delta_ptr, o_b, o_n, o_h, do_b, do_n,
 
 
 @triton.jit
-def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, dq_ptr, s_b, s_n, s_3, s_h, do_b, do_n,
-                           do_h, g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ATOMIC_DQ: tl.constexpr):
+def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
+                           g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
+                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # this program's keys
@@ -101,18 +101,14 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, dq_ptr
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), dk)
-        if ATOMIC_DQ:  # dQ += dS K into a float32 (B*H, N, D) buffer: no second pass recomputing P
-            dq = tl.dot(tl.trans(ds_t.to(k.dtype)), k) * scale  # (BLOCK_M, D)
-            tl.atomic_add(dq_ptr + bh * N * D + rows[:, None] * D + offs_d[None, :], dq, mask=rows[:, None] < N,
-                          sem="relaxed")
     g = dqkv_ptr + b * g_b + h * g_h + cols[:, None] * g_n + offs_d[None, :]
     tl.store(g + g_3, (dk * scale).to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
     tl.store(g + 2 * g_3, dv.to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
 
 
 @triton.jit
-def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, dq_ptr, s_b, s_n, s_3, s_h, do_b, do_n,
-                         do_h, g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
+def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
+                         g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
@@ -173,8 +169,7 @@ def _(qkv, scale, forward_config, dkdv_config, dq_config):
 @torch.library.custom_op("opensapiens::flash_attention_backward", mutates_args=())
 def flash_attention_backward(grad_out: torch.Tensor, qkv: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                              scale: float, dkdv_config: list[int], dq_config: list[int]) -> torch.Tensor:
-    """The gradient of ``flash_attention_forward``'s output with respect to qkv, in qkv's (B, N, 3, H, D) layout.
-    An empty ``dq_config``: dQ accumulated by atomic adds in the dK/dV kernel instead of a kernel of its own."""
+    """The gradient of ``flash_attention_forward``'s output with respect to qkv, in qkv's (B, N, 3, H, D) layout."""
     B, N, _, H, D = qkv.shape
     if grad_out.stride(-1) != 1:
         grad_out = grad_out.contiguous()
@@ -183,20 +178,15 @@ def flash_attention_backward(grad_out: torch.Tensor, qkv: torch.Tensor, out: tor
         out, grad_out, delta, out.stride(0), out.stride(1), out.stride(2), grad_out.stride(0), grad_out.stride(1),
         grad_out.stride(2), H, N, D=D, BLOCK=128, num_warps=4)
     dqkv = torch.empty(B, N, 3, H, D, device=qkv.device, dtype=qkv.dtype)
-    atomic = not dq_config
-    dq = torch.zeros(B, H, N, D, device=qkv.device, dtype=torch.float32) if atomic else delta  # (unused then)
-    args = (qkv, grad_out, lse, delta, dqkv, dq, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3),
+    args = (qkv, grad_out, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3),
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), dqkv.stride(0), dqkv.stride(1),
             dqkv.stride(2), dqkv.stride(3), H, N, scale * LOG2E, scale)
     block_m, block_n, warps, stages = dkdv_config
     _attention_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                             ATOMIC_DQ=atomic, num_warps=warps, num_stages=stages)
-    if atomic:
-        dqkv[:, :, 0] = dq.transpose(1, 2)
-    else:
-        block_m, block_n, warps, stages = dq_config
-        _attention_dq_kernel[(triton.cdiv(N, block_m), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                               num_warps=warps, num_stages=stages)
+                                                             num_warps=warps, num_stages=stages)
+    block_m, block_n, warps, stages = dq_config
+    _attention_dq_kernel[(triton.cdiv(N, block_m), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
+                                                           num_warps=warps, num_stages=stages)
     return dqkv
 
 
@@ -222,15 +212,17 @@ flash_attention_forward.register_autograd(_backward, setup_context=_setup_contex
 
 @dataclass(frozen=True)
 class FlashConfig:
-    """Launch configs, (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages), of each kernel; ``dq=()``
-    accumulates dQ by atomic adds in the dK/dV kernel."""
+    """Launch configs, (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages), of each kernel."""
 
-    forward: tuple[int, ...] = (128, 64, 4, 4)
-    dkdv: tuple[int, ...] = (64, 64, 4, 1)
-    dq: tuple[int, ...] = (128, 32, 4, 2)
+    forward: tuple[int, int, int, int] = (128, 64, 4, 4)
+    dkdv: tuple[int, int, int, int] = (64, 64, 4, 1)
+    dq: tuple[int, int, int, int] = (64, 64, 4, 2)
 
 
-DEFAULT_CONFIG = FlashConfig()  # swept on an H200 on the MAE decoder's shape: bench/flash_attention_train.py
+# per head dim, swept on an H200 (bench/flash_attention_train.py): the MAE decoder (4097 tokens, head dim 32) and
+# encoder (1025 tokens, head dim 64) at 1024x1024; other head dims take the head-dim-32 configs
+CONFIGS = {32: FlashConfig((128, 64, 4, 4), (64, 64, 4, 1), (64, 64, 4, 2)),
+           64: FlashConfig((128, 128, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2))}
 
 
 def flash_attention(qkv: torch.Tensor, scale: float, config: FlashConfig | None = None) -> torch.Tensor:
@@ -238,5 +230,5 @@ def flash_attention(qkv: torch.Tensor, scale: float, config: FlashConfig | None 
 
     Differentiable (custom backward kernels); CUDA tensors, or any device under ``TRITON_INTERPRET=1``.
     """
-    c = config or DEFAULT_CONFIG
+    c = config or CONFIGS.get(qkv.shape[-1], CONFIGS[32])
     return flash_attention_forward(qkv, scale, list(c.forward), list(c.dkdv), list(c.dq))[0]
