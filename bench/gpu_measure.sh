@@ -71,20 +71,19 @@ elif [ "$1" = quant ]; then
   timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_tanh_nano.json" \
     | tail -4
 elif [ "$1" = flash ]; then
-  # our Triton FlashAttention (forward + backward) for MAE pretraining: its tests; the MAE-0.3B step with encoder and
-  # decoder on it (the package's launch configs) against SDPA, profiled; the launch-config sweeps against SDPA's
-  # backends on the decoder (head dim 32), encoder (64) and fine-tuning (0.3B, 3072 tokens) shapes; MAE-1B
+  # our Triton FlashAttention (forward + backward) at the MAE decoder's head dim 32: its tests; the launch-config sweep
+  # (with and without TF32 products) against SDPA's backends; the MAE-0.3B and -1B steps with the decoder on it (the
+  # sweep's configs) against SDPA (cuDNN), 0.3B profiled
   python -m pytest -q --tb=short tests/test_flash_attention.py 2>&1 | tail -4
+  timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_mae-decoder.json" \
+    2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
+  FC=""; [ -f "$OUT/flash_attention_mae-decoder.json" ] && FC="--flash-config $OUT/flash_attention_mae-decoder.json"
   timeout 200 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 4 \
-    --warmup 2 --variants optimized-sdpa,optimized --memory-limit-gib $CAP --profile \
+    --warmup 2 --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP --profile \
     --out "$OUT/mae_0.3b_flash.json" 2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *void\|^ *triton_\|^---\|^ *cuda"
-  for s in mae-decoder mae-encoder finetune-0.3b; do
-    timeout 90 python bench/flash_attention_train.py --shapes $s --out "$OUT/flash_attention_$s.json" 2>&1 \
-      | grep -v Warn
-  done
   timeout 150 python bench/bench_mae.py --arch 1b --batch 16 --input-size 1024x1024 --in-memory --steps 3 \
-    --warmup 2 --checkpointing --variants optimized-sdpa,optimized --memory-limit-gib $CAP \
-    --out "$OUT/mae_1b_flash.json" 2>&1 | grep -v Warn | tail -4
+    --warmup 2 --checkpointing --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP \
+    --out "$OUT/mae_1b_flash.json" 2>&1 | grep -v Warn | tail -3
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4

@@ -113,11 +113,11 @@ def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None
         head.forward = torch.compile(head.forward)
 
 
-def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32, 64)) -> int:
+def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) -> int:
     """Run attention layers of these head dims on our Triton FlashAttention kernels (CUDA; ``models.flash_attention``)
-    instead of SDPA; returns how many layers switched. Measured faster than every SDPA backend, forward + backward,
-    on MAE pretraining's shapes: the decoder (4097 tokens, head dim 32) and the encoder's visible tokens (1025, head
-    dim 64) at 1024x1024 (`docs/performance.md`)."""
+    instead of SDPA; returns how many layers switched. Head dim 32 by default: the MAE decoder's (4097 tokens), where
+    they beat every SDPA backend, forward + backward; at head dim 64 cuDNN's kernels are faster inside the MAE step
+    and on fine-tuning's shape (`docs/performance.md`)."""
     switched = 0
     for m in model.modules():
         if isinstance(m, Attention) and m.qkv.out_features // (3 * m.num_heads) in head_dims:
