@@ -261,22 +261,24 @@ def main() -> None:
     step = None
     variants = args.variants.split(",")
     profiled = "optimized" if "optimized" in variants else variants[-1]
-    for variant in variants:
+    for i, variant in enumerate(variants):  # a variant named twice (A,B,A: order effects) reports as NAME-2
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        repeat = variants[:i].count(variant)
+        key = f"{variant}-{repeat + 1}" if repeat else variant
         model, step = build(args, device, *VARIANTS[variant])
         t0 = time.perf_counter()
         try:
             sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
         except (RuntimeError, torch.OutOfMemoryError) as e:  # one failing variant must not lose the others
-            result[variant] = {"error": str(e).splitlines()[0][:200]}
-            print(f"  {variant:<22} failed: {result[variant]['error']}", flush=True)
+            result[key] = {"error": str(e).splitlines()[0][:200]}
+            print(f"  {key:<22} failed: {result[key]['error']}", flush=True)
             continue
-        result[variant] = report(variant, sec, peak)
-        result[variant]["warmup_s"] = time.perf_counter() - t0 - sec * args.steps
-        if args.profile and variant == profiled:
+        result[key] = report(key, sec, peak)
+        result[key]["warmup_s"] = time.perf_counter() - t0 - sec * args.steps
+        if args.profile and key == profiled:
             profile(step, images, device, args.out)
-        if variant != variants[-1]:
+        if i < len(variants) - 1:
             del model, step
             if device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -6,8 +6,7 @@
 For each shape (the MAE-0.3B decoder at 1024x1024, head dim 32, and its encoder, head dim 64) it times SDPA's cuDNN
 and flash backends forward and forward + backward, on q/k/v sliced from one qkv tensor as the model does; then our
 kernels: the forward over a grid of launch configs; the backward's dK/dV kernel over a grid with the dQ kernel fixed,
-then the dQ kernel with the best dK/dV config; each grid's fastest also with TF32 products (``FlashConfig``); the best
-backward's time by kernel. Accuracy: output and qkv gradient of
+then the dQ kernel with the best dK/dV config; the best backward's time by kernel. Accuracy: output and qkv gradient of
 SDPA cuDNN and of ours against float32 math on two images of the batch. The best configs are written under
 "best" and can be handed to ``bench_mae.py --flash-config``.
 """
@@ -31,8 +30,7 @@ from opensapiens.models.flash_attention import FlashConfig, flash_attention, fla
 
 SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64),  # batch, tokens, heads, head dim
           "finetune-0.3b": (8, 3072, 16, 64)}  # fine-tuning 0.3B at 1024x768
-# (BLOCK_M queries, BLOCK_N keys, warps, stages); the TOP fastest of each are then tried with TF32 products
-TOP = 4
+# (BLOCK_M queries, BLOCK_N keys, warps, stages)
 FORWARD = [(128, 64, 4, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 3), (128, 32, 4, 4), (128, 128, 4, 3),
            (64, 128, 4, 4), (256, 32, 8, 3), (256, 64, 8, 2), (256, 64, 8, 3)]  # near the forward-only sweep's best
 DKDV = [(m, n, w, s) for m, n, w, s in itertools.product((32, 64, 128), (64, 128), (4, 8), (1, 2))
@@ -67,22 +65,16 @@ def try_time(fn, device, iters: int) -> dict:
 
 
 def sweep(rows: list[dict], make, configs, device, iters: int, flop: float) -> dict:
-    """Time ``make(config)()`` for every config, then the TOP fastest again with TF32 products (a fifth element 1);
-    returns the fastest row."""
-    def run(config):
-        row = {"config": list(config), **try_time(make(tuple(config)), device, iters)}
+    """Time ``make(config)()`` for every config; returns the fastest row."""
+    for config in configs:
+        row = {"config": list(config), **try_time(make(config), device, iters)}
         rows.append(row)
         if "ms" in row:
             row["tflops"] = tflops(flop, row["ms"])
-
-    for config in configs:
-        run(config)
-    timed = sorted((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    timed = [r for r in rows if "ms" in r]
     if not timed:
         raise RuntimeError(f"no config ran: {rows[:3]}")
-    for row in timed[:TOP]:
-        run([*row["config"][:4], 1])
-    return min((r for r in rows if "ms" in r), key=lambda r: r["ms"])
+    return min(timed, key=lambda r: r["ms"])
 
 
 def errors(out: torch.Tensor, grad_qkv: torch.Tensor, ref_out: torch.Tensor, ref_grad: torch.Tensor) -> dict:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -84,6 +84,14 @@ elif [ "$1" = flash ]; then
   timeout 150 python bench/bench_mae.py --arch 1b --batch 16 --input-size 1024x1024 --in-memory --steps 3 \
     --warmup 2 --checkpointing --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP \
     --out "$OUT/mae_1b_flash.json" 2>&1 | grep -v Warn | tail -3
+elif [ "$1" = flash-ab ]; then
+  # the package's launch configs (the `flash` sweep's best): the MAE tests on the GPU (the pretraining loop runs the
+  # decoder on our kernels there), then the MAE-0.3B step A/B/A against SDPA (cuDNN), 10 steps each
+  timeout 150 python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_mae.py tests/test_mae_pretrain.py \
+    2>&1 | tail -4
+  timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized,optimized-sdpa,optimized --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_flash_ab.json" 2>&1 | grep -v Warn | tail -5
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4

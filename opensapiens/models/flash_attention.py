@@ -30,8 +30,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, o_n, o_h, H, N, qk_scale,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr,
-                    TF32: tl.constexpr):
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -52,10 +51,7 @@ def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, 
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
-        if TF32:  # P stays float32 (no conversion per score); V, one tile per block of keys, is converted instead
-            acc = tl.dot(p, v.to(tl.float32), acc * alpha[:, None], input_precision="tf32")
-        else:
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         m_i = m_new
     out = acc / l_i[:, None]
@@ -81,7 +77,7 @@ def _attention_delta_kernel(o_ptr, do_ptr, delta_ptr, o_b, o_n, o_h, do_b, do_n,
 @triton.jit
 def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
                            g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr):
+                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # this program's keys
@@ -101,14 +97,10 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s
         lse = tl.load(lse_ptr + bh * N + rows, mask=rows < N, other=float("inf"))
         delta = tl.load(delta_ptr + bh * N + rows, mask=rows < N, other=0.0)
         p_t = tl.exp2(tl.dot(k, q_t) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M) = P^T
+        dv = tl.dot(p_t.to(do.dtype), do, dv)
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         ds_t = p_t * (dp_t - delta[None, :])
-        if TF32:
-            dv = tl.dot(p_t, do.to(tl.float32), dv, input_precision="tf32")
-            dk = tl.dot(ds_t, tl.trans(q_t).to(tl.float32), dk, input_precision="tf32")
-        else:
-            dv = tl.dot(p_t.to(do.dtype), do, dv)
-            dk = tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), dk)
+        dk = tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), dk)
     g = dqkv_ptr + b * g_b + h * g_h + cols[:, None] * g_n + offs_d[None, :]
     tl.store(g + g_3, (dk * scale).to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
     tl.store(g + 2 * g_3, dv.to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
@@ -117,7 +109,7 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s
 @triton.jit
 def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
                          g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TF32: tl.constexpr):
+               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # this program's queries
@@ -137,10 +129,7 @@ def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n
         v_t = tl.load(base + 2 * s_3 + cols[None, :] * s_n + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
         p = tl.exp2(tl.dot(q, k_t) * qk_scale - lse[:, None])
         ds = p * (tl.dot(do, v_t) - delta[:, None])
-        if TF32:
-            dq = tl.dot(ds, tl.trans(k_t).to(tl.float32), dq, input_precision="tf32")
-        else:
-            dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq)
+        dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq)
     tl.store(dqkv_ptr + b * g_b + h * g_h + rows[:, None] * g_n + offs_d[None, :],
              (dq * scale).to(dqkv_ptr.dtype.element_ty), mask=rows[:, None] < N)
 
@@ -163,11 +152,11 @@ def flash_attention_forward(qkv: torch.Tensor, scale: float, forward_config: lis
     B, N, _, H, D = qkv.shape
     out = torch.empty(B, N, H, D, device=qkv.device, dtype=qkv.dtype)
     lse = torch.empty(B, H, N, device=qkv.device, dtype=torch.float32)
-    block_m, block_n, warps, stages, tf32 = (*forward_config, 0)[:5]
+    block_m, block_n, warps, stages = forward_config
     _attention_forward_kernel[(triton.cdiv(N, block_m), B * H)](
         qkv, out, lse, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), out.stride(0), out.stride(1),
         out.stride(2), H, N, scale * LOG2E, D=D, BLOCK_M=block_m, BLOCK_N=block_n, EVEN_N=N % block_n == 0,
-        TF32=bool(tf32), num_warps=warps, num_stages=stages)
+        num_warps=warps, num_stages=stages)
     return out, lse
 
 
@@ -192,12 +181,12 @@ def flash_attention_backward(grad_out: torch.Tensor, qkv: torch.Tensor, out: tor
     args = (qkv, grad_out, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3),
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), dqkv.stride(0), dqkv.stride(1),
             dqkv.stride(2), dqkv.stride(3), H, N, scale * LOG2E, scale)
-    block_m, block_n, warps, stages, tf32 = (*dkdv_config, 0)[:5]
+    block_m, block_n, warps, stages = dkdv_config
     _attention_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                             TF32=bool(tf32), num_warps=warps, num_stages=stages)
-    block_m, block_n, warps, stages, tf32 = (*dq_config, 0)[:5]
+                                                             num_warps=warps, num_stages=stages)
+    block_m, block_n, warps, stages = dq_config
     _attention_dq_kernel[(triton.cdiv(N, block_m), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                           TF32=bool(tf32), num_warps=warps, num_stages=stages)
+                                                           num_warps=warps, num_stages=stages)
     return dqkv
 
 
@@ -223,19 +212,16 @@ flash_attention_forward.register_autograd(_backward, setup_context=_setup_contex
 
 @dataclass(frozen=True)
 class FlashConfig:
-    """Launch configs of each kernel: (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages[, tf32]). With tf32 = 1
-    the products that take probabilities (P V, P^T dO) or their gradients (dS K, dS^T Q) run as TF32 GEMMs on the
-    float32 values instead of converting each of them to bf16 first (at head dim 32 the conversions cost as much as
-    the exponentials; the GEMMs are small)."""
+    """Launch configs of each kernel: (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages)."""
 
-    forward: tuple[int, ...] = (128, 64, 4, 4)
-    dkdv: tuple[int, ...] = (64, 64, 4, 1)
-    dq: tuple[int, ...] = (64, 64, 4, 2)
+    forward: tuple[int, int, int, int] = (128, 64, 4, 4)
+    dkdv: tuple[int, int, int, int] = (128, 64, 4, 2)
+    dq: tuple[int, int, int, int] = (128, 32, 4, 2)
 
 
 # per head dim, swept on an H200 (bench/flash_attention_train.py): the MAE decoder (4097 tokens, head dim 32) and
 # encoder (1025 tokens, head dim 64) at 1024x1024; other head dims take the head-dim-32 configs
-CONFIGS = {32: FlashConfig((128, 64, 4, 4), (64, 64, 4, 1), (64, 64, 4, 2)),
+CONFIGS = {32: FlashConfig(),
            64: FlashConfig((128, 128, 4, 3), (64, 64, 4, 1), (64, 64, 4, 2))}
 
 
