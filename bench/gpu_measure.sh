@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -92,6 +92,11 @@ elif [ "$1" = flash-ab ]; then
   timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
     --warmup 3 --variants optimized,optimized-sdpa,optimized --memory-limit-gib $CAP \
     --out "$OUT/mae_0.3b_flash_ab.json" 2>&1 | grep -v Warn | tail -5
+elif [ "$1" = flash-ba ]; then
+  # the same A/B/A in the other order: SDPA first and last (the middle variant of a run measured slow twice)
+  timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized-sdpa,optimized,optimized-sdpa --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_flash_ba.json" 2>&1 | grep -v Warn | tail -5
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4
