@@ -121,8 +121,9 @@ class Attention(nn.Module):
     ``pad_head_weights`` (inference) zero-pads the qkv weight rows and proj weight columns once, so the padded q, k, v
     come straight out of the qkv GEMM and the attention output goes straight into proj, without copies.
 
-    ``kernel = "triton"`` runs our FlashAttention kernels (``flash_attention.py``) instead of SDPA on CUDA: faster
-    than every SDPA backend at head dim 32 (the MAE decoder), forward and backward.
+    ``kernel = "triton"`` runs our FlashAttention kernels (``flash_attention.py``) instead of SDPA on CUDA in bf16 or
+    fp16: faster than every SDPA backend at head dim 32 (the MAE decoder), forward and backward. (In float32 SDPA
+    keeps it: Triton's float32 products would round to TF32.)
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -142,7 +143,7 @@ class Attention(nn.Module):
         """``attend`` from the qkv projection's output: (B, N, 3 * heads * head dim) -> (B, N, heads * head dim)."""
         B, N, _ = qkv.shape
         hd = qkv.shape[-1] // (3 * self.num_heads)
-        if self.kernel == "triton" and qkv.is_cuda and not self.padded_head_dim:
+        if self.kernel == "triton" and qkv.is_cuda and qkv.dtype != torch.float32 and not self.padded_head_dim:
             from .flash_attention import flash_attention  # imports Triton: only where it runs
 
             x = flash_attention(qkv.view(B, N, 3, self.num_heads, hd), self.scale or hd**-0.5)  # B N nh hd

@@ -20,6 +20,7 @@ All wrap ``module.forward`` so they compose with FSDP2 (whose hooks wrap ``__cal
 from __future__ import annotations
 
 import functools
+import importlib.util
 from collections.abc import Callable
 
 import torch
@@ -118,6 +119,8 @@ def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) ->
     instead of SDPA; returns how many layers switched. Head dim 32 by default: the MAE decoder's (4097 tokens), where
     they beat every SDPA backend, forward + backward; at head dim 64 cuDNN's kernels are faster inside the MAE step
     and on fine-tuning's shape (`docs/performance.md`)."""
+    if importlib.util.find_spec("triton") is None:  # e.g. a CUDA build without Triton: SDPA stays
+        return 0
     switched = 0
     for m in model.modules():
         if isinstance(m, Attention) and m.qkv.out_features // (3 * m.num_heads) in head_dims:
