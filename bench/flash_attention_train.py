@@ -3,12 +3,12 @@
     python bench/flash_attention_train.py --out bench/results/flash_attention_train.json   # CUDA: sweeps configs
     TRITON_INTERPRET=1 python bench/flash_attention_train.py --smoke                       # CPU: tiny shape
 
-For each shape (the MAE-0.3B decoder at 1024x1024, head dim 32, and its encoder, head dim 64) it times SDPA's cuDNN
-and flash backends forward and forward + backward, on q/k/v sliced from one qkv tensor as the model does; then our
-kernels: the forward over a grid of launch configs; the backward's dK/dV kernel over a grid with the dQ kernel fixed,
-then the dQ kernel with the best dK/dV config; the best backward's time by kernel. Accuracy: output and qkv gradient of
-SDPA cuDNN and of ours against float32 math on two images of the batch. The best configs are written under
-"best" and can be handed to ``bench_mae.py --flash-config``.
+For each shape (the MAE-0.3B decoder at 1024x1024, head dim 32; its encoder, head dim 64; fine-tuning 0.3B at
+1024x768) it times SDPA's cuDNN and flash backends forward and forward + backward, on q/k/v sliced from one qkv
+tensor as the model does; then our kernels: the forward over a grid of launch configs; the backward's dK/dV kernel
+over a grid with the dQ kernel fixed, then the dQ kernel with the best dK/dV config; the best backward's time by
+kernel. Accuracy: output and qkv gradient of SDPA's backends and of ours against float32 math on two images of the
+batch. The best configs are written under "best_config" and can be handed to ``bench_mae.py --flash-config``.
 """
 
 from __future__ import annotations
@@ -39,10 +39,8 @@ DQ = [(m, n, w, s) for m, n, w, s in itertools.product((64, 128), (32, 64, 128),
       if 4096 <= m * n <= 8192]
 
 
-def sdpa(qkv: torch.Tensor, scale: float, backend=None) -> torch.Tensor:
+def sdpa(qkv: torch.Tensor, scale: float, backend: SDPBackend) -> torch.Tensor:
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # B H N D views
-    if backend is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)
     with sdpa_kernel([backend]):
         return F.scaled_dot_product_attention(q, k, v, scale=scale).transpose(1, 2)  # B N H D
 

@@ -30,7 +30,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, o_n, o_h, H, N, qk_scale,
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
+                              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -62,7 +62,7 @@ def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, 
 
 @triton.jit
 def _attention_delta_kernel(o_ptr, do_ptr, delta_ptr, o_b, o_n, o_h, do_b, do_n, do_h, H, N,
-                  D: tl.constexpr, BLOCK: tl.constexpr):
+                            D: tl.constexpr, BLOCK: tl.constexpr):
     """delta_i = sum_d dO_id O_id: the row term of dS = P * (dP - delta)."""
     pid, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
@@ -109,7 +109,7 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s
 @triton.jit
 def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
                          g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # this program's queries
@@ -199,6 +199,7 @@ def _setup_context(ctx, inputs, output) -> None:
     qkv, scale, _, dkdv_config, dq_config = inputs
     out, lse = output
     ctx.save_for_backward(qkv, out, lse)
+    ctx.mark_non_differentiable(lse)  # an output for the backward, not for the caller to differentiate
     ctx.args = scale, dkdv_config, dq_config
 
 
