@@ -38,7 +38,7 @@ def _heads_to_pad(model: nn.Module, multiple: int) -> Iterator[tuple[Attention, 
     head dim."""
     for m in model.modules():
         if isinstance(m, Attention):
-            hd = m.qkv.out_features // (3 * m.num_heads)
+            hd = m.head_dim
             if hd % multiple:
                 yield m, (hd + multiple - 1) // multiple * multiple
 

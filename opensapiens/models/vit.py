@@ -135,6 +135,11 @@ class Attention(nn.Module):
         self.scale: float | None = None  # softmax scale; None = 1/sqrt(the qkv layout's head dim)
         self.kernel = "sdpa"  # or "triton" (CUDA)
 
+    @property
+    def head_dim(self) -> int:
+        """The head dim of the qkv layout (the padded one after ``pad_head_weights``)."""
+        return self.qkv.out_features // (3 * self.num_heads)
+
     def attend(self, x: torch.Tensor) -> torch.Tensor:
         """The heads' outputs before the output projection: (B, N, C) -> (B, N, heads * head dim)."""
         return self.attend_qkv(self.qkv(x))
@@ -163,7 +168,7 @@ class Attention(nn.Module):
 @torch.no_grad()
 def pad_head_weights(attn: Attention, head_dim: int) -> None:
     """Zero-pad every head of ``attn`` to ``head_dim`` in its weights (inference; see ``Attention``). In place."""
-    nh, hd = attn.num_heads, attn.qkv.out_features // (3 * attn.num_heads)
+    nh, hd = attn.num_heads, attn.head_dim
     if head_dim <= hd:
         return
     pad = head_dim - hd

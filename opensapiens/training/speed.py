@@ -123,7 +123,7 @@ def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) ->
         return 0
     switched = 0
     for m in model.modules():
-        if isinstance(m, Attention) and m.qkv.out_features // (3 * m.num_heads) in head_dims:
+        if isinstance(m, Attention) and m.head_dim in head_dims:
             m.kernel = "triton"
             switched += 1
     return switched
