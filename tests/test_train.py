@@ -87,14 +87,25 @@ def test_schedule_values():
     assert cos.factor(5) == pytest.approx(0.1 + 0.9 * 0.5)
 
 
-def test_non_finite_loss_skips_the_step():
+@pytest.mark.parametrize("fused", [False, True])  # fused: the skip is decided on the device (found_inf)
+def test_non_finite_loss_skips_the_step(fused):
     model = torch.nn.Linear(3, 1)
-    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
     before = [p.detach().clone() for p in model.parameters()]
     r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum() * float("nan"))
     assert r.skipped and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum())
     assert not r.skipped and not torch.equal(before[0], model.weight)
+    # after a real step: a skipped one leaves the parameters and every optimizer state (step count, moments) as is
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: {n: v.clone() for n, v in s.items()} for k, s in opt.state_dict()["state"].items()}
+    r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum() * float("inf"))
+    assert r.skipped and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after = opt.state_dict()["state"]
+    assert all(torch.equal(state[k][n], after[k][n]) for k in state for n in state[k]) and after[0]["step"] == 1
+    assert not hasattr(opt, "found_inf")
+    r = train_step(model, opt, [torch.ones(2, 3)], lambda x: model(x).sum())
+    assert not r.skipped and opt.state_dict()["state"][0]["step"] == 2 and not torch.equal(before[0], model.weight)
 
 
 def test_non_finite_step_in_a_run_is_counted_and_logged(toy, tmp_path, monkeypatch):

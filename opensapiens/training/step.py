@@ -55,10 +55,21 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     params = [p for p in model.parameters() if p.grad is not None]
     norm = _total_norm(torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else float("inf")))
     stats = all_reduce_sum(torch.stack([loss_sum / n, torch.ones((), device=device)]))
-    loss_mean, grad_norm = (stats[0] / stats[1]).item(), float(norm)
+    loss = stats[0] / stats[1]
+    # Fused optimizers (``_step_supports_amp_scaling``, the flag GradScaler reads) skip their update on the device
+    # when ``found_inf`` is 1, their step counts included. The step is then queued before the host reads the loss
+    # back, so the GPU does not idle while Python prepares the optimizer (~3 % of an MAE-0.3B step on an H200).
+    on_device = getattr(optimizer, "_step_supports_amp_scaling", False)
+    if on_device:
+        optimizer.found_inf = (~(loss.isfinite() & norm.isfinite())).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    loss_mean, grad_norm = loss.item(), float(norm)
     skipped = not (math.isfinite(loss_mean) and math.isfinite(grad_norm))
     if skipped:
         optimizer.zero_grad(set_to_none=True)
-    else:
+    elif not on_device:
         optimizer.step()
     return StepResult(loss_mean, grad_norm, skipped)
