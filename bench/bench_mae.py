@@ -12,12 +12,14 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
     eager      plain eager bf16 autocast, foreach AdamW, default SDPA backend choice
     optimized  + fused AdamW, cuDNN > flash attention priority, torch.compile of every transformer block
                (--compile model: the whole forward + loss), head dims padded to a multiple of 16 (2B), the
-               decoder's head dim 32 on our Triton FlashAttention kernels (``models/flash_attention.py``)
+               decoder's head dim 32 on our Triton FlashAttention kernels (``models/flash_attention.py``), fc1's
+               bias + GELU on our Triton op (``models/gelu.py``)
     loader     the optimized step fed by the real streaming loader (tar shards, nvJPEG decode on the GPU,
                random-resized-crop + flip) instead of a resident batch; plus the loader alone
 
-Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-pad64 (every head dim
-zero-padded to 64, SDPA) and optimized-model (whole-model compile); --flash-config (our kernels' launch configs from
+Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-inductor-gelu (the
+MLPs' bias + GELU compiled by Inductor instead of our op), optimized-pad64 (every head dim zero-padded to 64, SDPA)
+and optimized-model (whole-model compile); --flash-config (our kernels' launch configs from
 ``bench/flash_attention_train.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder and
 decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
 """
@@ -44,7 +46,7 @@ from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
 from opensapiens.models.vit import get_arch
 from opensapiens.pretrain.prefetch import DevicePrefetcher
 from opensapiens.training.optim import build_optimizer
-from opensapiens.training.speed import checkpoint_blocks, compile_blocks, use_flash_attention
+from opensapiens.training.speed import checkpoint_blocks, compile_blocks, use_flash_attention, use_fused_gelu
 from opensapiens.training.step import train_step
 
 
@@ -54,7 +56,7 @@ def model_config(args) -> MAEConfig:
 
 
 def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
-          flash: bool = False):
+          flash: bool = False, gelu: bool = False):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -66,6 +68,8 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
         pad_attention_heads(model, head_multiple)
         if flash:
             use_flash_attention(model)
+        if gelu:
+            use_fused_gelu(model)
         if compile_mode == "blocks":
             for blocks in (model.backbone.blocks, model.decoder.blocks):
                 compile_blocks(blocks)
@@ -113,10 +117,13 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
 
 
 # name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of, our Triton attention at
-# head dim 32)
-VARIANTS = {"eager": (False, "none", 16, False), "optimized": (True, None, 16, True),
-            "optimized-sdpa": (True, None, 16, False), "optimized-model": (True, "model", 16, True),
-            "optimized-pad64": (True, None, 64, False)}
+# head dim 32, our Triton bias + GELU op in the MLPs)
+VARIANTS = {"eager": (False, "none", 16, False, False),
+            "optimized": (True, None, 16, True, True),
+            "optimized-sdpa": (True, None, 16, False, True),
+            "optimized-inductor-gelu": (True, None, 16, True, False),
+            "optimized-model": (True, "model", 16, True, True),
+            "optimized-pad64": (True, None, 64, False, True)}
 
 
 def attention_backends_table(args, device: torch.device) -> dict:
@@ -207,7 +214,8 @@ def main() -> None:
     ap.add_argument("--variants", default="eager,optimized",
                     help="comma-separated: eager, optimized (compiled as --compile says), optimized-model "
                          "(whole-model compile), optimized-pad64 (every head dim zero-padded to 64, e.g. the "
-                         "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels)")
+                         "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels), "
+                         "optimized-inductor-gelu (Inductor's GELU instead of our bias + GELU op)")
     ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
                     help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
     ap.add_argument("--profile", action="store_true",

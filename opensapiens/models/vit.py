@@ -186,13 +186,27 @@ def pad_head_weights(attn: Attention, head_dim: int) -> None:
 
 
 class Mlp(nn.Module):
+    """fc1 -> exact GELU -> fc2; (B, N, C) -> (B, N, C).
+
+    ``fused_gelu = True`` runs fc1's GEMM without its bias and the bias add + GELU as one Triton op (``gelu.py``:
+    forward and backward, the bias gradient fused into the backward) where fc1's output is bf16 or fp16 on CUDA.
+    """
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()  # exact erf GELU, as the official FFN
         self.fc2 = nn.Linear(hidden, dim)
+        self.fused_gelu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_gelu and x.is_cuda:
+            h = F.linear(x, self.fc1.weight)  # (B, N, hidden), bias added by the GELU op
+            if h.dtype in (torch.bfloat16, torch.float16):
+                from .gelu import bias_gelu  # imports Triton: only where it runs
+
+                return self.fc2(bias_gelu(h, self.fc1.bias))
+            return self.fc2(self.act(h + self.fc1.bias))  # float32: Inductor's GELU
         return self.fc2(self.act(self.fc1(x)))
 
 

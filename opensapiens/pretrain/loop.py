@@ -34,7 +34,7 @@ from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
 from ..training.schedule import Schedule
 from ..training.signals import StopRequest
-from ..training.speed import checkpoint_blocks, compile_blocks, use_flash_attention
+from ..training.speed import checkpoint_blocks, compile_blocks, use_flash_attention, use_fused_gelu
 from ..training.step import train_step
 from .config import PretrainConfig
 from .prefetch import DevicePrefetcher
@@ -101,6 +101,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if device.type == "cuda":
         pad_attention_heads(model)  # head dim 60 (2B) -> 64 so fused attention kernels apply; exact
         use_flash_attention(model)  # the decoder's head dim 32: our kernels, faster than cuDNN's there
+        use_fused_gelu(model)  # fc1 bias + GELU: one memory-bound Triton kernel each way
     bf16 = cfg.precision == "bf16"
     block_lists = [model.backbone.blocks, model.decoder.blocks]
     for blocks in block_lists:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from ..models.heads import DeconvHead
-from ..models.vit import Attention
+from ..models.vit import Attention, Mlp
 
 _CONV = {torch.ops.aten.convolution.default}
 _ATTENTION = {getattr(torch.ops.aten, name).default
@@ -125,5 +125,18 @@ def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) ->
     for m in model.modules():
         if isinstance(m, Attention) and m.head_dim in head_dims:
             m.kernel = "triton"
+            switched += 1
+    return switched
+
+
+def use_fused_gelu(model: nn.Module) -> int:
+    """Run every MLP's fc1 bias + GELU as our Triton op (CUDA, bf16/fp16; ``models.gelu``): one memory-bound kernel
+    each way, the bias gradient fused into the backward; returns how many MLPs switched (0 without Triton)."""
+    if importlib.util.find_spec("triton") is None:
+        return 0
+    switched = 0
+    for m in model.modules():
+        if isinstance(m, Mlp):
+            m.fused_gelu = True
             switched += 1
     return switched
