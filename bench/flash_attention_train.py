@@ -29,17 +29,11 @@ from opensapiens.models.flash_attention import FlashConfig, flash_attention, fla
 
 SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64),  # batch, tokens, heads, head dim
           "finetune-0.3b": (8, 3072, 16, 64)}  # fine-tuning 0.3B at 1024x768
-# (BLOCK_M queries, BLOCK_N keys, warps, stages[, pipeline]): near the best of the earlier sweeps (mae-decoder,
-# bench/results/flash_attention_mae-decoder_call20.json), each also software-pipelined (products one block ahead)
-FORWARD = [(128, 64, 4, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 4), (128, 128, 4, 3), (256, 64, 8, 3),
-           (128, 64, 4, 3, 1), (128, 64, 4, 4, 1), (64, 64, 4, 4, 1), (128, 32, 4, 4, 1), (64, 32, 4, 4, 1),
-           (256, 64, 8, 3, 1)]
-DKDV = [(128, 64, 4, 2), (32, 128, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (64, 128, 4, 2),
-        (128, 64, 4, 2, 1), (32, 128, 4, 1, 1), (64, 64, 4, 1, 1), (64, 128, 4, 1, 1), (64, 128, 4, 2, 1),
-        (128, 32, 4, 2, 1)]
-DQ = [(128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1),
-      (128, 32, 4, 2, 1), (64, 64, 4, 2, 1), (128, 32, 4, 1, 1), (64, 32, 4, 2, 1), (128, 64, 8, 1, 1),
-      (128, 16, 4, 2, 1)]
+# (BLOCK_M queries, BLOCK_N keys, warps, stages): near the best of the earlier sweeps (mae-decoder,
+# bench/results/flash_attention_mae-decoder_call20.json and flash_attention_pipeline.json)
+FORWARD = [(128, 64, 4, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 4), (128, 128, 4, 3), (256, 64, 8, 3)]
+DKDV = [(128, 64, 4, 2), (32, 128, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (64, 128, 4, 2)]
+DQ = [(128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1)]
 
 
 def sdpa(qkv: torch.Tensor, scale: float, backend: SDPBackend) -> torch.Tensor:

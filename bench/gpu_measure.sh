@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -101,7 +101,7 @@ elif [ "$1" = pipeline ]; then
   # one FMA per score and software-pipelined variants of our attention kernels, the fused bias + GELU op, the
   # device-side skip of train_step: their GPU tests; the attention sweep on the decoder's shape; the GELU kernels
   # against Inductor's; MAE-0.3B with everything / with Inductor's GELU / with everything again, the first profiled
-  python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py tests/test_train.py \
+  python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
     -k "flash or gelu or non_finite" 2>&1 | tail -4
   timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_pipeline.json" \
     2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
@@ -111,6 +111,23 @@ elif [ "$1" = pipeline ]; then
     --warmup 3 --variants optimized,optimized-inductor-gelu,optimized --profile $FC --memory-limit-gib $CAP \
     --out "$OUT/mae_0.3b_pipeline.json" 2>&1 | grep -v Warn | grep -v "^ *aten::\|^---\|^ *Name "
   [ -f "$OUT/mae_0.3b_pipeline.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_pipeline.trace.json" --top 40
+elif [ "$1" = mae-final ]; then
+  # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
+  # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;
+  # MAE-0.3B with everything / Inductor's GELU / SDPA in the decoder / everything again; MAE-1B SDPA / ours
+  python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
+    tests/test_mae.py tests/test_mae_pretrain.py tests/test_train.py::test_non_finite_loss_skips_the_step 2>&1 | tail -4
+  timeout 150 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_final.json" \
+    2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
+  timeout 80 python bench/gelu_kernels.py --out "$OUT/gelu_kernels_final.json" 2>&1 | grep -v Warn | tail -20
+  FC=""; [ -f "$OUT/flash_attention_final.json" ] && FC="--flash-config $OUT/flash_attention_final.json"
+  timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized,optimized-inductor-gelu,optimized-sdpa,optimized --profile $FC \
+    --memory-limit-gib $CAP --out "$OUT/mae_0.3b_final.json" 2>&1 | grep -v Warn | grep "img/s\|kind\|peak"
+  [ -f "$OUT/mae_0.3b_final.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_final.trace.json" --top 25
+  timeout 170 python bench/bench_mae.py --arch 1b --batch 16 --input-size 1024x1024 --in-memory --checkpointing \
+    --steps 6 --warmup 2 --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP \
+    --out "$OUT/mae_1b_final.json" 2>&1 | grep -v Warn | grep "img/s\|peak"
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4

@@ -138,7 +138,8 @@ _KINDS = (
     ("attention", ("attention", "sdpa", "fmha", "flash")),
     ("convolution", ("conv", "implicit_gemm", "dgrad", "wgrad", "nchwtonhwc", "nhwctonchw")),
     ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm", "aten::bmm", "_scaled_mm")),
-    ("fused elementwise/norm (Triton)", ("triton", "_shifted_layer_norm", "_rows_to_e4m3")),  # compiled; ours
+    # compiled by Inductor; ours
+    ("fused elementwise/norm (Triton)", ("triton", "_shifted_layer_norm", "_rows_to_e4m3", "_bias_gelu")),
 )
 
 

@@ -41,8 +41,7 @@ def _online_softmax_block(s, v, acc, m_i, l_i, qk_scale):
 
 @triton.jit
 def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, o_n, o_h, H, N, qk_scale,
-                              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                              PIPELINE: tl.constexpr):
+                              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -56,20 +55,9 @@ def _attention_forward_kernel(qkv_ptr, o_ptr, lse_ptr, s_b, s_n, s_3, s_h, o_b, 
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, D), tl.float32)
     n_full = N // BLOCK_N * BLOCK_N  # whole key blocks: no masks; the partial last block after the loop
-    if PIPELINE:  # the next block's scores are issued before this block's softmax (overlap MMA and exp2)
-        if n_full > 0:
-            s = tl.dot(q, tl.load(k_ptrs))
-            for start in range(BLOCK_N, n_full, BLOCK_N):
-                s_next = tl.dot(q, tl.load(k_ptrs + start * s_n))
-                acc, m_i, l_i = _online_softmax_block(s, tl.load(v_ptrs + (start - BLOCK_N) * s_n), acc, m_i,
-                                                      l_i, qk_scale)
-                s = s_next
-            acc, m_i, l_i = _online_softmax_block(s, tl.load(v_ptrs + (n_full - BLOCK_N) * s_n), acc, m_i, l_i,
-                                                  qk_scale)
-    else:
-        for start in range(0, n_full, BLOCK_N):
-            s = tl.dot(q, tl.load(k_ptrs + start * s_n))
-            acc, m_i, l_i = _online_softmax_block(s, tl.load(v_ptrs + start * s_n), acc, m_i, l_i, qk_scale)
+    for start in range(0, n_full, BLOCK_N):
+        s = tl.dot(q, tl.load(k_ptrs + start * s_n))
+        acc, m_i, l_i = _online_softmax_block(s, tl.load(v_ptrs + start * s_n), acc, m_i, l_i, qk_scale)
     if n_full < N:
         cols = n_full + offs_n
         k_t = tl.load(k_ptrs + n_full * s_n, mask=cols[None, :] < N, other=0.0)
@@ -99,7 +87,7 @@ def _attention_delta_kernel(o_ptr, do_ptr, delta_ptr, o_b, o_n, o_h, do_b, do_n,
 @triton.jit
 def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
                            g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPELINE: tl.constexpr):
+                           D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # this program's keys
@@ -110,30 +98,19 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s
     v = tl.load(base + 2 * s_3 + cols[:, None] * s_n + offs_d[None, :], mask=cols[:, None] < N, other=0.0)
     dk = tl.zeros((BLOCK_N, D), tl.float32)
     dv = tl.zeros((BLOCK_N, D), tl.float32)
-    if PIPELINE:  # each query block's scores are issued one iteration ahead, before the exp2 of the block before
-        q_t = tl.load(base + offs_m[None, :] * s_n + offs_d[:, None], mask=offs_m[None, :] < N, other=0.0)
-        s_t = tl.dot(k, q_t)
     for start in range(0, N, BLOCK_M):
         rows = start + offs_m
-        if not PIPELINE:
-            q_t = tl.load(base + rows[None, :] * s_n + offs_d[:, None], mask=rows[None, :] < N, other=0.0)  # (D, M)
-            s_t = tl.dot(k, q_t)  # (BLOCK_N, BLOCK_M) = S^T
+        q_t = tl.load(base + rows[None, :] * s_n + offs_d[:, None], mask=rows[None, :] < N, other=0.0)  # (D, M)
         do = tl.load(do_ptr + b * do_b + h * do_h + rows[:, None] * do_n + offs_d[None, :], mask=rows[:, None] < N,
                      other=0.0)
         # rows past N: lse = +inf makes their probabilities 0 (their q and dO are 0 as well)
         lse = tl.load(lse_ptr + bh * N + rows, mask=rows < N, other=float("inf"))
         delta = tl.load(delta_ptr + bh * N + rows, mask=rows < N, other=0.0)
-        if PIPELINE:  # (past N: zeros, unused)
-            q_next = tl.load(base + (rows[None, :] + BLOCK_M) * s_n + offs_d[:, None],
-                             mask=rows[None, :] + BLOCK_M < N, other=0.0)
-            s_next = tl.dot(k, q_next)
-        p_t = tl.exp2(s_t * qk_scale - lse[None, :])  # P^T
+        p_t = tl.exp2(tl.dot(k, q_t) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M) = P^T
         dv = tl.dot(p_t.to(do.dtype), do, dv)
         dp_t = tl.dot(v, tl.trans(do))  # (BLOCK_N, BLOCK_M) = (dO V^T)^T
         ds_t = p_t * (dp_t - delta[None, :])
         dk = tl.dot(ds_t.to(q_t.dtype), tl.trans(q_t), dk)
-        if PIPELINE:
-            q_t, s_t = q_next, s_next
     g = dqkv_ptr + b * g_b + h * g_h + cols[:, None] * g_n + offs_d[None, :]
     tl.store(g + g_3, (dk * scale).to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
     tl.store(g + 2 * g_3, dv.to(dqkv_ptr.dtype.element_ty), mask=cols[:, None] < N)
@@ -142,7 +119,7 @@ def _attention_dkdv_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s
 @triton.jit
 def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n, s_3, s_h, do_b, do_n, do_h,
                          g_b, g_n, g_3, g_h, H, N, qk_scale, scale,
-                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PIPELINE: tl.constexpr):
+                         D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b, h = (bh // H).to(tl.int64), (bh % H).to(tl.int64)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # this program's queries
@@ -155,35 +132,16 @@ def _attention_dq_kernel(qkv_ptr, do_ptr, lse_ptr, delta_ptr, dqkv_ptr, s_b, s_n
     lse = tl.load(lse_ptr + bh * N + rows, mask=rows < N, other=float("inf"))
     delta = tl.load(delta_ptr + bh * N + rows, mask=rows < N, other=0.0)
     dq = tl.zeros((BLOCK_M, D), tl.float32)
-    # keys past N load as 0: their dS * K terms vanish, no mask on the scores needed
-    if PIPELINE:  # each key block's products are issued one iteration ahead, before the exp2 of the block before
-        k_t = tl.load(base + s_3 + offs_n[None, :] * s_n + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
-        v_t = tl.load(base + 2 * s_3 + offs_n[None, :] * s_n + offs_d[:, None], mask=offs_n[None, :] < N, other=0.0)
-        s, dp = tl.dot(q, k_t), tl.dot(do, v_t)
     for start in range(0, N, BLOCK_N):
         cols = start + offs_n
-        if not PIPELINE:
-            k_t = tl.load(base + s_3 + cols[None, :] * s_n + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
-            v_t = tl.load(base + 2 * s_3 + cols[None, :] * s_n + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
-            s, dp = tl.dot(q, k_t), tl.dot(do, v_t)
-        if PIPELINE:  # (past N: zeros, unused)
-            nxt = cols + BLOCK_N
-            k_next = tl.load(base + s_3 + nxt[None, :] * s_n + offs_d[:, None], mask=nxt[None, :] < N, other=0.0)
-            v_next = tl.load(base + 2 * s_3 + nxt[None, :] * s_n + offs_d[:, None], mask=nxt[None, :] < N,
-                             other=0.0)
-            s_next, dp_next = tl.dot(q, k_next), tl.dot(do, v_next)
-        ds = tl.exp2(s * qk_scale - lse[:, None]) * (dp - delta[:, None])
+        # keys past N load as 0: their dS * K terms vanish, no mask on the scores needed
+        k_t = tl.load(base + s_3 + cols[None, :] * s_n + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
+        v_t = tl.load(base + 2 * s_3 + cols[None, :] * s_n + offs_d[:, None], mask=cols[None, :] < N, other=0.0)
+        p = tl.exp2(tl.dot(q, k_t) * qk_scale - lse[:, None])
+        ds = p * (tl.dot(do, v_t) - delta[:, None])
         dq = tl.dot(ds.to(k_t.dtype), tl.trans(k_t), dq)
-        if PIPELINE:
-            k_t, s, dp = k_next, s_next, dp_next
     tl.store(dqkv_ptr + b * g_b + h * g_h + rows[:, None] * g_n + offs_d[None, :],
              (dq * scale).to(dqkv_ptr.dtype.element_ty), mask=rows[:, None] < N)
-
-
-def _launch(config: list[int]) -> tuple[int, int, int, int, bool]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages[, pipeline]) -> all five (see ``FlashConfig``)."""
-    block_m, block_n, warps, stages, *pipeline = config
-    return block_m, block_n, warps, stages, bool(pipeline and pipeline[0])
 
 
 def _check(qkv: torch.Tensor) -> None:
@@ -204,11 +162,11 @@ def flash_attention_forward(qkv: torch.Tensor, scale: float, forward_config: lis
     B, N, _, H, D = qkv.shape
     out = torch.empty(B, N, H, D, device=qkv.device, dtype=qkv.dtype)
     lse = torch.empty(B, H, N, device=qkv.device, dtype=torch.float32)
-    block_m, block_n, warps, stages, pipeline = _launch(forward_config)
+    block_m, block_n, warps, stages = forward_config
     _attention_forward_kernel[(triton.cdiv(N, block_m), B * H)](
         qkv, out, lse, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3), out.stride(0), out.stride(1),
-        out.stride(2), H, N, scale * LOG2E, D=D, BLOCK_M=block_m, BLOCK_N=block_n, PIPELINE=pipeline,
-        num_warps=warps, num_stages=stages)
+        out.stride(2), H, N, scale * LOG2E, D=D, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        num_stages=stages)
     return out, lse
 
 
@@ -233,12 +191,12 @@ def flash_attention_backward(grad_out: torch.Tensor, qkv: torch.Tensor, out: tor
     args = (qkv, grad_out, lse, delta, dqkv, qkv.stride(0), qkv.stride(1), qkv.stride(2), qkv.stride(3),
             grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), dqkv.stride(0), dqkv.stride(1),
             dqkv.stride(2), dqkv.stride(3), H, N, scale * LOG2E, scale)
-    block_m, block_n, warps, stages, pipeline = _launch(dkdv_config)
+    block_m, block_n, warps, stages = dkdv_config
     _attention_dkdv_kernel[(triton.cdiv(N, block_n), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                             PIPELINE=pipeline, num_warps=warps, num_stages=stages)
-    block_m, block_n, warps, stages, pipeline = _launch(dq_config)
+                                                             num_warps=warps, num_stages=stages)
+    block_m, block_n, warps, stages = dq_config
     _attention_dq_kernel[(triton.cdiv(N, block_m), B * H)](*args, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                                                           PIPELINE=pipeline, num_warps=warps, num_stages=stages)
+                                                           num_warps=warps, num_stages=stages)
     return dqkv
 
 
@@ -265,12 +223,11 @@ flash_attention_forward.register_autograd(_backward, setup_context=_setup_contex
 
 @dataclass(frozen=True)
 class FlashConfig:
-    """Launch configs of each kernel: (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages[, pipeline]); pipeline 1
-    issues the next block's products before this block's exponentials (software pipelining by hand)."""
+    """Launch configs of each kernel: (BLOCK_M queries, BLOCK_N keys, num_warps, num_stages)."""
 
-    forward: tuple[int, ...] = (128, 64, 4, 4)
-    dkdv: tuple[int, ...] = (128, 64, 4, 2)
-    dq: tuple[int, ...] = (128, 32, 4, 2)
+    forward: tuple[int, int, int, int] = (128, 64, 4, 4)
+    dkdv: tuple[int, int, int, int] = (128, 64, 4, 2)
+    dq: tuple[int, int, int, int] = (64, 64, 4, 2)
 
 
 # per head dim, swept on an H200 (bench/flash_attention_train.py): the MAE decoder (4097 tokens, head dim 32) and

@@ -47,7 +47,8 @@ def _phi(x):
 
 
 @triton.jit
-def _forward_kernel(h_ptr, b_ptr, y_ptr, M, C, h_stride, y_stride, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bias_gelu_forward_kernel(h_ptr, b_ptr, y_ptr, M, C, h_stride, y_stride,
+                              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = (rows[:, None] < M) & (cols[None, :] < C)
@@ -59,8 +60,8 @@ def _forward_kernel(h_ptr, b_ptr, y_ptr, M, C, h_stride, y_stride, BLOCK_M: tl.c
 
 
 @triton.jit
-def _backward_kernel(dy_ptr, h_ptr, b_ptr, dh_ptr, part_ptr, M, C, dy_stride, h_stride, dh_stride, rows_per_program,
-                     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _bias_gelu_backward_kernel(dy_ptr, h_ptr, b_ptr, dh_ptr, part_ptr, M, C, dy_stride, h_stride, dh_stride,
+                               rows_per_program, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """One program: ``rows_per_program`` rows (a multiple of BLOCK_M) of one column block; its column sums of dh go
     to row ``program_id(0)`` of the (row programs, C) fp32 buffer ``part``."""
     pid_m = tl.program_id(0)
@@ -125,7 +126,7 @@ def bias_gelu_forward(h: torch.Tensor, bias: torch.Tensor, forward_config: list[
     y = torch.empty(M, C, device=h.device, dtype=h.dtype)
     block_m, block_c, warps = forward_config
     if M:
-        _forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
+        _bias_gelu_forward_kernel[(triton.cdiv(M, block_m), triton.cdiv(C, block_c))](
             h2, bias, y, M, C, h2.stride(0), y.stride(0), BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
     return y.view(h.shape)
 
@@ -151,7 +152,7 @@ def bias_gelu_backward(grad: torch.Tensor, h: torch.Tensor, bias: torch.Tensor,
     rows_per_program = triton.cdiv(row_blocks, row_programs) * block_m
     row_programs = triton.cdiv(M, rows_per_program)
     part = torch.empty(row_programs, C, device=h.device, dtype=torch.float32)  # (row programs, C)
-    _backward_kernel[(row_programs, col_blocks)](
+    _bias_gelu_backward_kernel[(row_programs, col_blocks)](
         dy, h2, bias, dh, part, M, C, dy.stride(0), h2.stride(0), dh.stride(0), rows_per_program,
         BLOCK_M=block_m, BLOCK_C=block_c, num_warps=warps)
     return dh.view(h.shape), part.sum(0).to(bias.dtype)
