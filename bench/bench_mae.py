@@ -17,11 +17,12 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
     loader     the optimized step fed by the real streaming loader (tar shards, nvJPEG decode on the GPU,
                random-resized-crop + flip) instead of a resident batch; plus the loader alone
 
-Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-inductor-gelu (the
-MLPs' bias + GELU compiled by Inductor instead of our op), optimized-pad64 (every head dim zero-padded to 64, SDPA)
-and optimized-model (whole-model compile); --flash-config (our kernels' launch configs from
-``bench/flash_attention_train.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder and
-decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
+Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-flash64 (the encoder's
+attention on our kernels too), optimized-inductor-gelu (the MLPs' bias + GELU compiled by Inductor instead of our
+op), optimized-pad64 (every head dim zero-padded to 64, SDPA) and optimized-model (whole-model compile);
+--flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --attention (each SDPA
+backend and FlexAttention on the encoder and decoder attention shapes); --profile (top kernels of the optimized step,
+else of the last variant).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def model_config(args) -> MAEConfig:
 
 
 def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
-          flash: bool = False, gelu: bool = False):
+          flash: tuple[int, ...] = (), gelu: bool = False):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -67,7 +68,7 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
     if optimized:
         pad_attention_heads(model, head_multiple)
         if flash:
-            use_flash_attention(model)
+            use_flash_attention(model, head_dims=flash)
         if gelu:
             use_fused_gelu(model)
         if compile_mode == "blocks":
@@ -116,14 +117,15 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
     return sec, peak
 
 
-# name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of, our Triton attention at
-# head dim 32, our Triton bias + GELU op in the MLPs)
-VARIANTS = {"eager": (False, "none", 16, False, False),
-            "optimized": (True, None, 16, True, True),
-            "optimized-sdpa": (True, None, 16, False, True),
-            "optimized-inductor-gelu": (True, None, 16, True, False),
-            "optimized-model": (True, "model", 16, True, True),
-            "optimized-pad64": (True, None, 64, False, True)}
+# name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of, head dims on our Triton
+# attention kernels (32: the decoder, 64: the 0.3B-1B encoders), our Triton bias + GELU op in the MLPs)
+VARIANTS = {"eager": (False, "none", 16, (), False),
+            "optimized": (True, None, 16, (32,), True),
+            "optimized-sdpa": (True, None, 16, (), True),
+            "optimized-flash64": (True, None, 16, (32, 64), True),
+            "optimized-inductor-gelu": (True, None, 16, (32,), False),
+            "optimized-model": (True, "model", 16, (32,), True),
+            "optimized-pad64": (True, None, 64, (), True)}
 
 
 def attention_backends_table(args, device: torch.device) -> dict:
@@ -215,7 +217,8 @@ def main() -> None:
                     help="comma-separated: eager, optimized (compiled as --compile says), optimized-model "
                          "(whole-model compile), optimized-pad64 (every head dim zero-padded to 64, e.g. the "
                          "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels), "
-                         "optimized-inductor-gelu (Inductor's GELU instead of our bias + GELU op)")
+                         "optimized-inductor-gelu (Inductor's GELU instead of our bias + GELU op), "
+                         "optimized-flash64 (the encoder's head dim 64 on our attention kernels too)")
     ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
                     help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
     ap.add_argument("--profile", action="store_true",

@@ -32,8 +32,10 @@ SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64), 
 # (BLOCK_M queries, BLOCK_N keys, warps, stages): near the best of the earlier sweeps (mae-decoder,
 # bench/results/flash_attention_mae-decoder_call20.json and flash_attention_pipeline.json)
 FORWARD = [(128, 64, 4, 3), (128, 64, 4, 4), (64, 64, 4, 4), (128, 32, 4, 4), (128, 128, 4, 3), (256, 64, 8, 3)]
-DKDV = [(128, 64, 4, 2), (32, 128, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (64, 128, 4, 2)]
-DQ = [(128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1)]
+DKDV = [(128, 64, 4, 2), (32, 128, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (64, 128, 4, 2), (128, 64, 4, 3),
+        (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 4, 2), (128, 32, 4, 3), (256, 32, 8, 2)]
+DQ = [(128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1), (128, 32, 4, 3),
+      (64, 64, 4, 3), (64, 32, 4, 2), (128, 64, 4, 2)]
 
 
 def sdpa(qkv: torch.Tensor, scale: float, backend: SDPBackend) -> torch.Tensor:

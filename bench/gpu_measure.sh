@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -128,6 +128,22 @@ elif [ "$1" = mae-final ]; then
   timeout 170 python bench/bench_mae.py --arch 1b --batch 16 --input-size 1024x1024 --in-memory --checkpointing \
     --steps 6 --warmup 2 --variants optimized-sdpa,optimized $FC --memory-limit-gib $CAP \
     --out "$OUT/mae_1b_final.json" 2>&1 | grep -v Warn | grep "img/s\|peak"
+elif [ "$1" = mae-encoder ]; then
+  # the training tests on the GPU (fine-tuning and pretraining loops: the device-side skip with fused AdamW); the
+  # attention sweep with more pipelining stages for the backward; the encoder's shape (head dim 64) swept; MAE-0.3B
+  # with the decoder on our kernels / the encoder too / the decoder alone again
+  python -m pytest -q --tb=short tests/test_train.py tests/test_flash_attention.py tests/test_mae_pretrain.py \
+    2>&1 | tail -3
+  timeout 130 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_stages.json" \
+    2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
+  timeout 110 python bench/flash_attention_train.py --shapes mae-encoder --out "$OUT/flash_attention_encoder.json" \
+    2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
+  FC=""; for f in flash_attention_stages flash_attention_encoder; do
+    [ -f "$OUT/$f.json" ] && FC="$FC $OUT/$f.json"; done
+  [ -n "$FC" ] && FC="--flash-config$FC"
+  timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized,optimized-flash64,optimized $FC --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_encoder.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|configs"
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
   timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4
