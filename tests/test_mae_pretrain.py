@@ -101,7 +101,7 @@ def one_thread():
 
 def test_resume_is_exact_with_two_workers(shards, tmp_path, one_thread):
     common = ["--data", str(shards), "--steps", "10", "--batch-size", "4", "--workers", "2", "--shuffle-buffer", "4",
-              "--warmup-steps", "2", "--ckpt-interval", "4", "--keep-last", "0", *SMALL]
+              "--warmup-steps", "2", "--ckpt-interval", "4", "--keep-last", "0", "--deterministic", *SMALL]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     assert main(["pretrain", "--out", str(straight), *common]) == 0
     # A run that "crashed" after step 4: only its step-4 checkpoint survives (24 images, 4 per batch, 2 workers:

@@ -15,6 +15,7 @@ from test_data_toy import write_toy_dataset
 from opensapiens.models import build_model
 from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
 from opensapiens.training import finetune as finetune_module
+from opensapiens.training.reproducibility import deterministic_kernels
 
 SIZE = (128, 96)
 
@@ -352,8 +353,9 @@ def test_trained_seg_model_beats_its_untrained_self(toy, tmp_path):
 
 
 def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
+    # deterministic kernels: the claim holds on GPUs too (without them cuDNN's autotuning and atomics drift by 1e-7)
     full = tmp_path / "full"
-    train(config(toy, full, steps=6, workers=2))
+    train(config(toy, full, steps=6, workers=2, deterministic=True))
     reference = {e["step"]: e["loss"] for e in events(full)}
 
     part = tmp_path / "part"
@@ -367,16 +369,30 @@ def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(finetune_module, "train_step", signalled_step)
-    stopped = train(config(toy, part, steps=6, workers=2))
+    stopped = train(config(toy, part, steps=6, workers=2, deterministic=True))
     monkeypatch.setattr(finetune_module, "train_step", real)
     assert stopped["stopped"] and stopped["step"] == 3
-    resumed = train(config(toy, part, steps=6, workers=2, resume=True))
+    resumed = train(config(toy, part, steps=6, workers=2, deterministic=True, resume=True))
     assert resumed["step"] == 6
     got = {e["step"]: e["loss"] for e in events(part)}
     assert got == reference  # every step's loss, before and after the interruption, to the last bit
     a = torch.load(full / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
     b = torch.load(part / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_deterministic_kernels_are_set_inside_and_restored_after():
+    cudnn = torch.backends.cudnn
+    before = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark,
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    with deterministic_kernels(False):
+        assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark,
+                os.environ.get("CUBLAS_WORKSPACE_CONFIG")) == before
+    with deterministic_kernels():
+        assert torch.are_deterministic_algorithms_enabled() and cudnn.deterministic and not cudnn.benchmark
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] in (":4096:8", before[3])
+    assert (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG")) == before
 
 
 def test_crash_after_a_checkpoint_resumes_from_it_via_the_cli(toy, tmp_path):
@@ -386,7 +402,7 @@ def test_crash_after_a_checkpoint_resumes_from_it_via_the_cli(toy, tmp_path):
     args = ["train", "--task", "normal", "--data", str(toy[0]), "--out", str(full), "--arch", "nano",
             "--head-channels", "32", "--input-size", "128x96", "--steps", "5", "--batch-size", "4", "--workers", "0",
             "--precision", "fp32", "--ckpt-interval", "2", "--keep-last", "0", "--log-interval", "1",
-            "--no-tensorboard"]
+            "--no-tensorboard", "--deterministic"]
     assert main(args) == 0
     crashed = tmp_path / "crashed"  # as if killed right after the step-2 checkpoint: later files never written
     (crashed / "checkpoints").mkdir(parents=True)

@@ -18,7 +18,7 @@ from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
-                       "tensorboard", "export_official")
+                       "tensorboard", "export_official", "deterministic")
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the transformer blocks")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--device")
+    g.add_argument("--deterministic", action="store_const", const=True,
+                   help="deterministic kernels: a bit-identical --resume on GPUs too; slower")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
     g.add_argument("--log-interval", type=int)

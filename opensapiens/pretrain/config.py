@@ -48,6 +48,7 @@ class PretrainConfig:
     compile: bool = False
     fsdp: bool = False
     device: str | None = None
+    deterministic: bool = False  # deterministic kernels: a bit-identical resume on GPUs too (slower)
     # run management
     seed: int = 0
     log_interval: int = 10

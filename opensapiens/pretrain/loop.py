@@ -29,9 +29,9 @@ from ..models.mae import MAE, MAEConfig
 from ..models.vit import get_arch
 from ..training import distributed as D
 from ..training import state as ckpt
-from ..training.finetune import seed_everything
 from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
+from ..training.reproducibility import deterministic_kernels, seed_everything
 from ..training.schedule import Schedule
 from ..training.signals import StopRequest
 from ..training.speed import checkpoint_blocks, compile_blocks, use_flash_attention, use_fused_gelu
@@ -59,7 +59,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
     info = D.setup(cfg.device)
     stop = StopRequest()
     try:
-        return _pretrain(cfg, info, stop)
+        with deterministic_kernels(cfg.deterministic):
+            return _pretrain(cfg, info, stop)
     finally:
         stop.close()
         D.cleanup()

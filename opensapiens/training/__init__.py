@@ -5,7 +5,8 @@
     step         accumulation, clipping, non-finite skip (``train_step``)
     state        atomic, resumable checkpoints with RNG states (``save_checkpoint``, ``load_checkpoint``)
     distributed  torchrun setup, DDP / FSDP2 wrapping, collectives
-    speed        activation checkpointing (blocks, head) and torch.compile, in place
+    speed        activation checkpointing (blocks, head), torch.compile and our Triton kernels, in place
+    reproducibility  seeds; deterministic kernels for a bit-identical resume on GPUs (``deterministic_kernels``)
     logger       metrics.jsonl, TensorBoard, progress bar;   signals   SIGTERM / Ctrl-C -> save and exit
 """
 

@@ -65,6 +65,7 @@ class TrainConfig:
     fsdp: bool = False
     workers: int = 4
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
+    deterministic: bool = False  # deterministic kernels: a bit-identical resume on GPUs too (slower)
     # run management
     seed: int = 0
     log_interval: int = 10
