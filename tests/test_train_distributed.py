@@ -40,7 +40,7 @@ def test_two_processes_match_one(tmp_path, mode):
     common = ["-m", "opensapiens.cli.main", "train", "--task", "pose", "--data", str(data), "--arch", "nano",
               "--head-channels", "32", "--input-size", "128x96", "--steps", "3", "--workers", "0", "--precision",
               "fp32", "--log-interval", "1", "--no-tensorboard", "--keypoints", str(data / "keypoints.json"),
-              "--lr", "1e-3", "--ohkm-topk", "0"]
+              "--lr", "1e-3", "--ohkm-topk", "0", "--device", "cpu"]  # gloo, also on a machine with one GPU
     _run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch-size", "4"], tmp_path)
     two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            *common, "--out", str(tmp_path / "two"), "--batch-size", "2"]
@@ -53,3 +53,13 @@ def test_two_processes_match_one(tmp_path, mode):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-2 * 1e-3, worst  # under 1% of one step's AdamW update (lr 1e-3)
+
+
+def test_a_rank_without_a_gpu_gets_a_clear_error(monkeypatch):
+    from opensapiens.training import distributed as D
+
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(D.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(D.torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU: this machine has 1"):
+        D.setup()
