@@ -1,37 +1,18 @@
 """Our Triton FlashAttention (forward + backward) against float64 attention; its switch in the MAE model."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from triton_interpreter import run_under_interpreter
 
 from opensapiens.models.mae import MAE, MAEConfig
 from opensapiens.models.vit import get_arch
 from opensapiens.training.speed import use_flash_attention
 
 KERNEL_CHECK = """
-import sys
-
 import torch
-import triton
-import triton.language as tl
 
 from opensapiens.models.flash_attention import FlashConfig, flash_attention
 
-
-@triton.jit
-def _loop(x_ptr, n):
-    for i in range(0, n, 1):  # a loop bound that is a kernel argument, as in the attention kernels
-        tl.store(x_ptr + i, i)
-
-
-try:
-    _loop[(1,)](torch.zeros(2), 2)
-except Exception as e:  # Triton 3.6's interpreter fails here (int() of a 1-element array), not the kernels
-    print(f"skip: this Triton's interpreter cannot run a loop with a runtime bound ({e})")
-    sys.exit(0)
 torch.manual_seed(0)
 
 
@@ -90,12 +71,7 @@ print("ok")
 def test_flash_attention_kernels_against_float64():
     """Forward and backward (dq, dk, dv written into the qkv layout) run by Triton's interpreter on the CPU, against
     float64 autograd; and the custom op under torch.compile."""
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}  # read when a kernel is decorated: a fresh process
-    done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    if done.stdout.startswith("skip:"):
-        pytest.skip(done.stdout.strip())
-    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+    run_under_interpreter(KERNEL_CHECK)
 
 
 def test_use_flash_attention_switches_the_given_head_dims():
