@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from roofline import tflops
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from opensapiens.benchmark import device_name, software_versions, time_ms, top_kernels
+from opensapiens.benchmark import device_name, software_versions, time_ms_or_error, top_kernels
 from opensapiens.models.flash_attention import FlashConfig, flash_attention, flash_attention_backward
 
 SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64),  # batch, tokens, heads, head dim
@@ -53,18 +53,10 @@ def fwd_bwd(fn, qkv: torch.Tensor, grad: torch.Tensor):
     return run
 
 
-def try_time(fn, device, iters: int) -> dict:
-    try:
-        fn()
-        return {"ms": round(time_ms(fn, device, iters=iters), 4)}
-    except Exception as e:  # a config that does not compile (shared memory) or launch: recorded, not fatal
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
-
-
 def sweep(rows: list[dict], make, configs, device, iters: int, flop: float) -> dict:
     """Time ``make(config)()`` for every config; returns the fastest row."""
     for config in configs:
-        row = {"config": list(config), **try_time(make(config), device, iters)}
+        row = {"config": list(config), **time_ms_or_error(make(config), device, iters)}
         rows.append(row)
         if "ms" in row:
             row["tflops"] = tflops(flop, row["ms"])
@@ -89,8 +81,8 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
     scale, flop = D**-0.5, 4 * B * H * N * N * D  # forward; the backward does 2.5x that
     row.update({"batch": B, "tokens": N, "heads": H, "head_dim": D, "forward_flop": flop, "sdpa": {}})
     for backend in backends:
-        fwd = try_time(lambda b=backend: sdpa(qkv, scale, b), device, iters)
-        both = try_time(fwd_bwd(lambda x, b=backend: sdpa(x, scale, b), qkv, grad), device, iters)
+        fwd = time_ms_or_error(lambda b=backend: sdpa(qkv, scale, b), device, iters)
+        both = time_ms_or_error(fwd_bwd(lambda x, b=backend: sdpa(x, scale, b), qkv, grad), device, iters)
         row["sdpa"][backend.name.lower()] = {"forward": fwd, "forward_backward": both}
         if "ms" in both:
             both["tflops"] = tflops(3.5 * flop, both["ms"])
@@ -107,8 +99,8 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
     dq = sweep(row["dq"], lambda c: backward(dkdv["config"], c), grids[2], device, iters, 2.5 * flop)
     config = FlashConfig(forward=tuple(fwd["config"]), dkdv=tuple(dkdv["config"]), dq=tuple(dq["config"]))
     row["best_config"] = {"forward": list(config.forward), "dkdv": list(config.dkdv), "dq": list(config.dq)}
-    row["ours"] = {"forward": try_time(lambda: flash_attention(qkv, scale, config), device, iters),
-                   "forward_backward": try_time(fwd_bwd(lambda x: flash_attention(x, scale, config), qkv, grad),
+    row["ours"] = {"forward": time_ms_or_error(lambda: flash_attention(qkv, scale, config), device, iters),
+                   "forward_backward": time_ms_or_error(fwd_bwd(lambda x: flash_attention(x, scale, config), qkv, grad),
                                                 device, iters)}
     if "ms" in row["ours"]["forward_backward"]:
         row["ours"]["forward_backward"]["tflops"] = tflops(3.5 * flop, row["ours"]["forward_backward"]["ms"])

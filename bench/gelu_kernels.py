@@ -22,6 +22,7 @@ Our launch configs are swept (forward, then backward) and the best written under
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from opensapiens.benchmark import device_name, software_versions, time_ms
+from opensapiens.benchmark import device_name, software_versions, time_ms_or_error
 
 SHAPES = {"mae-encoder": (32 * 1025, 4096), "mae-decoder": (32 * 4097, 2048)}  # rows, columns
 FORWARD = [(16, 256, 4), (8, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4), (32, 128, 4),
@@ -37,14 +38,6 @@ FORWARD = [(16, 256, 4), (8, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (
 BACKWARD = [(16, 256, 4, 8), (8, 256, 4, 8), (32, 256, 8, 4), (16, 128, 4, 8), (16, 512, 8, 4), (16, 256, 4, 4),
             (16, 256, 4, 16), (8, 512, 4, 8), (32, 128, 4, 8), (16, 256, 4, 64),
             (32, 256, 8, 64)]  # (BLOCK_M, BLOCK_C, warps, programs per SM)
-
-
-def try_time(fn, device, iters: int) -> dict:
-    try:
-        fn()
-        return {"ms": round(time_ms(fn, device, iters=iters), 4)}
-    except Exception as e:  # a config that does not compile or launch: recorded, not fatal
-        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
 
 
 def with_rate(r: dict, nbytes: int) -> dict:
@@ -89,8 +82,8 @@ def measure(row: dict, M: int, C: int, dtype, device, grids, iters: int) -> None
         y = fn(hr, br)
         grads = torch.autograd.grad(y, (hr, br), dy, retain_graph=True)
         row["accuracy"][name] = errors(y, *grads, ref)
-        r = {"forward": with_rate(try_time(lambda fn=fn: fn(h, b), device, iters), fwd_bytes),
-             "backward": with_rate(try_time(lambda y=y, hr=hr, br=br: torch.autograd.grad(
+        r = {"forward": with_rate(time_ms_or_error(lambda fn=fn: fn(h, b), device, iters), fwd_bytes),
+             "backward": with_rate(time_ms_or_error(lambda y=y, hr=hr, br=br: torch.autograd.grad(
                  y, (hr, br), dy, retain_graph=True), device, iters), bwd_bytes)}
         row["baselines"][name] = r
         del y, grads
@@ -98,13 +91,11 @@ def measure(row: dict, M: int, C: int, dtype, device, grids, iters: int) -> None
     # ours: the forward grid, then the backward grid (the ops called directly)
     row["forward"], row["backward"] = [], []
     for config in grids[0]:
-        r = {"config": list(config), **try_time(lambda c=config: gelu.bias_gelu_forward(h, b, list(c), []), device,
-                                                iters)}
-        row["forward"].append(with_rate(r, fwd_bytes))
+        run = functools.partial(gelu.bias_gelu_forward, h, b, list(config), [])
+        row["forward"].append(with_rate({"config": list(config), **time_ms_or_error(run, device, iters)}, fwd_bytes))
     for config in grids[1]:
-        r = {"config": list(config), **try_time(lambda c=config: gelu.bias_gelu_backward(dy, h, b, list(c)), device,
-                                                iters)}
-        row["backward"].append(with_rate(r, bwd_bytes))
+        run = functools.partial(gelu.bias_gelu_backward, dy, h, b, list(config))
+        row["backward"].append(with_rate({"config": list(config), **time_ms_or_error(run, device, iters)}, bwd_bytes))
     best = [min((r for r in rows if "ms" in r), key=lambda r: r["ms"]) for rows in (row["forward"], row["backward"])]
     config = gelu.GeluConfig(tuple(best[0]["config"]), tuple(best[1]["config"]))
     row["best_config"] = {"forward": list(config.forward), "backward": list(config.backward)}
@@ -112,7 +103,7 @@ def measure(row: dict, M: int, C: int, dtype, device, grids, iters: int) -> None
     y = gelu.bias_gelu(hr, br, config)
     grads = torch.autograd.grad(y, (hr, br), dy, retain_graph=True)
     row["accuracy"]["ours"] = errors(y, *grads, ref)
-    row["ours"] = {"forward": best[0], "backward": with_rate(try_time(lambda: torch.autograd.grad(
+    row["ours"] = {"forward": best[0], "backward": with_rate(time_ms_or_error(lambda: torch.autograd.grad(
         y, (hr, br), dy, retain_graph=True), device, iters), bwd_bytes)}  # through autograd, as the baselines
 
     print(f"{M} x {C} {dtype}: bytes forward {fwd_bytes / 1e9:.2f} GB, backward {bwd_bytes / 1e9:.2f} GB", flush=True)

@@ -53,6 +53,16 @@ def time_ms(fn: Callable[[], object], device: torch.device, warmup: int = 3, ite
     return cuda_time_ms(fn, warmup, iters) if device.type == "cuda" else cpu_time_ms(fn, min(warmup, 1), iters)
 
 
+def time_ms_or_error(fn: Callable[[], object], device: torch.device, iters: int = 10) -> dict:
+    """{"ms": ...}, or {"error": ...} where ``fn`` fails (a launch config that does not compile or fit): a sweep
+    records it and goes on."""
+    try:
+        fn()
+        return {"ms": round(time_ms(fn, device, iters=iters), 4)}
+    except Exception as e:  # noqa: BLE001 - any failure of one candidate is a result, not the end of the sweep
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+
+
 def matmul_peak_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16) -> float:
     """Achieved TFLOP/s of an n^3 matmul on random data (rotating 3 input pairs so L2 does not flatter it)."""
     if device.type != "cuda":

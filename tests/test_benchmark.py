@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opensapiens.benchmark import kernel_kind, time_by_kind
+from opensapiens.benchmark import kernel_kind, time_by_kind, time_ms_or_error
 
 # kernel names from H200 profiles of this project (bench/results/mae_0.3b_diag.log and the seg training profile)
 H200_KERNELS = {
@@ -53,3 +53,13 @@ def test_time_by_kind_splits_a_cpu_profile_and_sums_to_the_total():
     parts = sum(v for k, v in kinds.items() if k != "total")
     assert kinds["total"] == pytest.approx(parts, abs=1e-2)  # each value rounded to the microsecond
     assert list(kinds)[:-1] == sorted((k for k in kinds if k != "total"), key=lambda k: -kinds[k])
+
+
+def test_time_ms_or_error_records_a_failing_candidate_and_times_the_others():
+    def fails():
+        raise RuntimeError("out of resource: shared memory\nmore detail")
+
+    assert time_ms_or_error(fails, torch.device("cpu")) == {"error": "RuntimeError: out of resource: shared memory"}
+    calls = []
+    r = time_ms_or_error(lambda: calls.append(1), torch.device("cpu"), iters=3)
+    assert set(r) == {"ms"} and r["ms"] >= 0 and len(calls) >= 1 + 3  # one trial call, then the timed ones
