@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from triton_interpreter import run_under_interpreter
+from kernel_checks import assert_mae_step_matches, run_under_interpreter
 
 from opensapiens.models.mae import MAE, MAEConfig
 from opensapiens.models.vit import get_arch
@@ -86,20 +86,4 @@ def test_use_flash_attention_switches_the_given_head_dims():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")
 def test_mae_step_with_flash_attention_matches_sdpa_on_cuda():
     """The MAE loss and every parameter gradient with the decoder on our kernels, against SDPA, bf16 autocast."""
-    torch.manual_seed(0)
-    ref = MAE(MAEConfig(get_arch("nano"), (128, 96))).cuda()
-    flash = MAE(MAEConfig(get_arch("nano"), (128, 96))).cuda()
-    flash.load_state_dict(ref.state_dict())
-    use_flash_attention(flash)
-    images = torch.randn(4, 3, 128, 96, device="cuda")
-    losses = []
-    for model in (ref, flash):
-        torch.manual_seed(1)  # the same random mask
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(images, 0.75)[0]
-        loss.backward()
-        losses.append(loss.float())
-    assert torch.allclose(losses[0], losses[1], rtol=2e-3)
-    for (name, a), b in zip(ref.named_parameters(), flash.parameters(), strict=True):
-        if a.grad is not None:
-            assert (a.grad - b.grad).norm() <= 0.03 * a.grad.norm() + 1e-6, name
+    assert_mae_step_matches(use_flash_attention)
