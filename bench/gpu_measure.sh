@@ -101,6 +101,8 @@ elif [ "$1" = pipeline ]; then
   # one FMA per score and software-pipelined variants of our attention kernels, the fused bias + GELU op, the
   # device-side skip of train_step: their GPU tests; the attention sweep on the decoder's shape; the GELU kernels
   # against Inductor's; MAE-0.3B with everything / with Inductor's GELU / with everything again, the first profiled
+  # (call 25 ran commit f747c93; the pipelined kernel variants and their sweep rows were removed after it, so this
+  # mode now sweeps the kept kernels only: `git checkout f747c93` reproduces the pipelined rows)
   python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
     -k "flash or gelu or non_finite" 2>&1 | tail -4
   timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_pipeline.json" \
