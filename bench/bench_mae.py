@@ -19,7 +19,9 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
 
 Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-flash64 (the encoder's
 attention on our kernels too), optimized-inductor-gelu (the MLPs' bias + GELU compiled by Inductor instead of our
-op), optimized-pad64 (every head dim zero-padded to 64, SDPA) and optimized-model (whole-model compile);
+op), optimized-pad64 (every head dim zero-padded to 64, SDPA), optimized-model (whole-model compile), optimized-fa4
+(the decoder's attention on FlashAttention-4, the optional flash-attn-4 package) and optimized-fa4-all (the encoder's
+too);
 --flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --attention (each SDPA
 backend and FlexAttention on the encoder and decoder attention shapes); --profile (top kernels of the optimized step,
 else of the last variant).
@@ -33,6 +35,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -57,7 +60,7 @@ def model_config(args) -> MAEConfig:
 
 
 def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
-          flash: tuple[int, ...] = (), gelu: bool = False):
+          flash: tuple[int, ...] = (), gelu: bool = False, kernel: str = "triton"):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -68,7 +71,7 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
     if optimized:
         pad_attention_heads(model, head_multiple)
         if flash:
-            use_flash_attention(model, head_dims=flash)
+            use_flash_attention(model, head_dims=flash, kernel=kernel)
         if gelu:
             use_fused_gelu(model)
         if compile_mode == "blocks":
@@ -117,15 +120,24 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
     return sec, peak
 
 
-# name -> (optimized, compile mode (None = --compile), head dims padded to a multiple of, head dims on our Triton
-# attention kernels (32: the decoder, 64: the 0.3B-1B encoders), our Triton bias + GELU op in the MLPs)
-VARIANTS = {"eager": (False, "none", 16, (), False),
-            "optimized": (True, None, 16, (32,), True),
-            "optimized-sdpa": (True, None, 16, (), True),
-            "optimized-flash64": (True, None, 16, (32, 64), True),
-            "optimized-inductor-gelu": (True, None, 16, (32,), False),
-            "optimized-model": (True, "model", 16, (32,), True),
-            "optimized-pad64": (True, None, 64, (), True)}
+class Variant(NamedTuple):
+    optimized: bool
+    compile_mode: str | None = None  # None: --compile
+    head_multiple: int = 16  # head dims padded to a multiple of this
+    flash: tuple[int, ...] = (32,)  # head dims on ``kernel`` (32: the decoder, 64: the 0.3B-1B encoders)
+    gelu: bool = True  # our Triton bias + GELU op in the MLPs
+    kernel: str = "triton"  # our Triton FlashAttention, or "fa4" (FlashAttention-4, the flash-attn-4 package)
+
+
+VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
+            "optimized": Variant(True),
+            "optimized-sdpa": Variant(True, flash=()),
+            "optimized-flash64": Variant(True, flash=(32, 64)),
+            "optimized-fa4": Variant(True, kernel="fa4"),
+            "optimized-fa4-all": Variant(True, flash=(32, 64), kernel="fa4"),
+            "optimized-inductor-gelu": Variant(True, gelu=False),
+            "optimized-model": Variant(True, "model"),
+            "optimized-pad64": Variant(True, head_multiple=64, flash=())}
 
 
 def attention_backends_table(args, device: torch.device) -> dict:
@@ -218,7 +230,8 @@ def main() -> None:
                          "(whole-model compile), optimized-pad64 (every head dim zero-padded to 64, e.g. the "
                          "decoder's 32; SDPA), optimized-sdpa (SDPA at head dim 32 instead of our kernels), "
                          "optimized-inductor-gelu (Inductor's GELU instead of our bias + GELU op), "
-                         "optimized-flash64 (the encoder's head dim 64 on our attention kernels too)")
+                         "optimized-flash64 (the encoder's head dim 64 on our attention kernels too), "
+                         "optimized-fa4 / optimized-fa4-all (the decoder's / all attention on FlashAttention-4)")
     ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
                     help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
     ap.add_argument("--profile", action="store_true",
@@ -277,11 +290,11 @@ def main() -> None:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         repeat = variants[:i].count(variant)
         key = f"{variant}-{repeat + 1}" if repeat else variant
-        model, step = build(args, device, *VARIANTS[variant])
         t0 = time.perf_counter()
         try:
+            model, step = build(args, device, *VARIANTS[variant])
             sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
-        except (RuntimeError, torch.OutOfMemoryError) as e:  # one failing variant must not lose the others
+        except (RuntimeError, ImportError, torch.OutOfMemoryError) as e:  # one failing variant must not lose the others
             result[key] = {"error": str(e).splitlines()[0][:200]}
             print(f"  {key:<22} failed: {result[key]['error']}", flush=True)
             continue

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -113,6 +113,17 @@ elif [ "$1" = pipeline ]; then
     --warmup 3 --variants optimized,optimized-inductor-gelu,optimized --profile $FC --memory-limit-gib $CAP \
     --out "$OUT/mae_0.3b_pipeline.json" 2>&1 | grep -v Warn | grep -v "^ *aten::\|^---\|^ *Name "
   [ -f "$OUT/mae_0.3b_pipeline.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_pipeline.trace.json" --top 40
+elif [ "$1" = fa4 ]; then
+  # FlashAttention-4 (flash-attn-4 4.0.0b36 with its CuTe DSL, carried as a split archive; see docs/performance.md):
+  # its GPU test; the kernels against cuDNN and ours on the MAE, fine-tuning and inference shapes; the MAE-0.3B step
+  # with the decoder / all attention on FA4; pose-1B inference with attention on FA4
+  timeout 100 python -m pytest -q --tb=short tests/test_fa4_attention.py 2>&1 | tail -4
+  timeout 150 python bench/fa4_attention.py --out "$OUT/fa4_attention.json" 2>&1 | grep -v Warn
+  timeout 210 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 8 \
+    --warmup 3 --variants optimized,optimized-fa4,optimized-fa4-all --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_fa4.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
+  timeout 120 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fa4 \
+    --out "$OUT/fa4_pose_1b.json" | grep -v '^{'
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;

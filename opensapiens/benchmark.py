@@ -6,6 +6,7 @@ the plain eager bf16 path, and achieved FLOP/s against the bf16 matmul peak of t
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from collections.abc import Callable
@@ -109,9 +110,14 @@ def device_name(device: torch.device) -> str:
 
 
 def software_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     info = {"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": None}
     if torch.cuda.is_available():
         info["cudnn"] = torch.backends.cudnn.version()
+    for package in ("triton", "flash-attn-4", "nvidia-cutlass-dsl"):
+        with contextlib.suppress(PackageNotFoundError):
+            info[package] = version(package)
     return info
 
 

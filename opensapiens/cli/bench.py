@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=parse_size, default=(1024, 768))
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--fp8", action="store_true", help="also measure the FP8 mode (e4m3 GEMMs)")
+    p.add_argument("--fa4", action="store_true", help="also measure the optimized path (and FP8 with --fp8) with "
+                   "attention on FlashAttention-4's kernels (needs the flash-attn-4 package)")
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=int, default=10)
@@ -156,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
             optimized("fp8", cast=torch.bfloat16, fp8=True)
             if args.compiled and not args.no_compile:  # FP8 GEMMs only, the rest compiled (the earlier FP8 path)
                 optimized("fp8-compiled", cast=torch.bfloat16, fp8=True, fused=False)
+        if args.fa4:
+            optimized("fa4", attention="fa4")
+            if args.fp8:
+                optimized("fa4-fp8", cast=torch.bfloat16, fp8=True, attention="fa4")
         base_ips = result["variants"]["eager"]["images_per_s"]
         for _name, row in result["variants"].items():
             if "images_per_s" in row:

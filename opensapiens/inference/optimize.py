@@ -145,7 +145,8 @@ def require_fp8_device(device: torch.device) -> None:
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
                            cuda_graphs: bool = False, channels_last: bool = False,
-                           compile_mode: str | None = None, fused: bool | None = None) -> nn.Module:
+                           compile_mode: str | None = None, fused: bool | None = None,
+                           attention: str = "sdpa") -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU (``fp8`` there, or on
     a GPU without FP8 tensor cores, raises ``ValueError``).
 
@@ -153,8 +154,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
     ``fused=None`` then picks; FP8 takes either. ``compile_mode`` is handed to ``torch.compile`` (e.g.
     "max-autotune-no-cudagraphs": Triton GEMM templates timed against cuBLAS, with elementwise epilogues fused into
-    them; minutes of autotuning).
+    them; minutes of autotuning). ``attention="fa4"`` runs attention on FlashAttention-4's kernels
+    (``models.fa4_attention``, the optional ``flash-attn-4`` package) instead of SDPA's.
     """
+    if attention not in ("sdpa", "fa4"):
+        raise ValueError(f"attention must be 'sdpa' or 'fa4', got {attention!r}")
     whole_model_compile = cuda_graphs or compile_mode is not None
     if fused and whole_model_compile:
         raise ValueError("fused=True keeps the blocks out of torch.compile; CUDA graphs and compile_mode need the "
@@ -168,6 +172,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     model.eval()
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its deconvolution algorithms once
     pad_attention_weights(model)
+    if attention == "fa4":
+        from ..training.speed import use_flash_attention  # (training imports this module)
+
+        use_flash_attention(model, head_dims=tuple(m.head_dim for m in model.modules() if isinstance(m, Attention)),
+                            kernel="fa4")
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
     if fused:

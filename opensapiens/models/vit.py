@@ -123,7 +123,8 @@ class Attention(nn.Module):
 
     ``kernel = "triton"`` runs our FlashAttention kernels (``flash_attention.py``) instead of SDPA on CUDA in bf16 or
     fp16: faster than every SDPA backend at head dim 32 (the MAE decoder), forward and backward. (In float32 SDPA
-    keeps it: Triton's float32 products would round to TF32.)
+    keeps it: Triton's float32 products would round to TF32.) ``kernel = "fa4"`` runs FlashAttention-4's kernels
+    (``fa4_attention.py``, the optional ``flash-attn-4`` package) the same way.
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -133,7 +134,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.padded_head_dim: int | None = None
         self.scale: float | None = None  # softmax scale; None = 1/sqrt(the qkv layout's head dim)
-        self.kernel = "sdpa"  # or "triton" (CUDA)
+        self.kernel = "sdpa"  # or "triton" / "fa4" (CUDA, bf16/fp16)
 
     @property
     def head_dim(self) -> int:
@@ -148,10 +149,12 @@ class Attention(nn.Module):
         """``attend`` from the qkv projection's output: (B, N, 3 * heads * head dim) -> (B, N, heads * head dim)."""
         B, N, _ = qkv.shape
         hd = qkv.shape[-1] // (3 * self.num_heads)
-        if self.kernel == "triton" and qkv.is_cuda and qkv.dtype != torch.float32 and not self.padded_head_dim:
-            from .flash_attention import flash_attention  # imports Triton: only where it runs
-
-            x = flash_attention(qkv.view(B, N, 3, self.num_heads, hd), self.scale or hd**-0.5)  # B N nh hd
+        if self.kernel != "sdpa" and qkv.is_cuda and qkv.dtype != torch.float32 and not self.padded_head_dim:
+            if self.kernel == "fa4":
+                from .fa4_attention import fa4_attention as attention
+            else:
+                from .flash_attention import flash_attention as attention  # imports Triton: only where it runs
+            x = attention(qkv.view(B, N, 3, self.num_heads, hd), self.scale or hd**-0.5)  # B N nh hd
             return x.reshape(B, N, self.num_heads * hd)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # B nh N hd
         if self.padded_head_dim and self.padded_head_dim > hd:

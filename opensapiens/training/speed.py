@@ -114,17 +114,25 @@ def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None
         head.forward = torch.compile(head.forward)
 
 
-def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,)) -> int:
+def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,), kernel: str = "triton") -> int:
     """Run attention layers of these head dims on our Triton FlashAttention kernels (CUDA; ``models.flash_attention``)
     instead of SDPA; returns how many layers switched. Head dim 32 by default: the MAE decoder's (4097 tokens), where
     they beat every SDPA backend, forward + backward; at head dim 64 cuDNN's kernels are faster inside the MAE step
-    and on fine-tuning's shape (`docs/performance.md`)."""
-    if importlib.util.find_spec("triton") is None:  # e.g. a CUDA build without Triton: SDPA stays
+    and on fine-tuning's shape (`docs/performance.md`). ``kernel="fa4"``: FlashAttention-4's kernels instead
+    (``models.fa4_attention``; the optional ``flash-attn-4`` package, which must be installed)."""
+    if kernel == "fa4":
+        from ..models import fa4_attention
+
+        if not fa4_attention.available():
+            fa4_attention._interface()  # raises the error that says what to install
+    elif kernel != "triton":
+        raise ValueError(f"attention kernel must be 'triton' or 'fa4', got {kernel!r}")
+    elif importlib.util.find_spec("triton") is None:  # e.g. a CUDA build without Triton: SDPA stays
         return 0
     switched = 0
     for m in model.modules():
         if isinstance(m, Attention) and m.head_dim in head_dims:
-            m.kernel = "triton"
+            m.kernel = kernel
             switched += 1
     return switched
 
