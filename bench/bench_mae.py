@@ -20,8 +20,9 @@ convolutions and attention, forward + backward) x steps/s / (the bf16 matmul pea
 Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN), optimized-flash64 (the encoder's
 attention on our kernels too), optimized-inductor-gelu (the MLPs' bias + GELU compiled by Inductor instead of our
 op), optimized-pad64 (every head dim zero-padded to 64, SDPA), optimized-model (whole-model compile), optimized-fa4
-(the decoder's attention on FlashAttention-4, the optional flash-attn-4 package) and optimized-fa4-all (the encoder's
-too);
+(the decoder's attention on FlashAttention-4, the optional flash-attn-4 package), optimized-fa4-all (the encoder's
+too) and optimized-fa4-untuned (all on FA4 with its own tiles instead of ours); --fa4-config (FA4 tiles per head dim
+from ``bench/fa4_configs.py``'s JSON);
 --flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --attention (each SDPA
 backend and FlexAttention on the encoder and decoder attention shapes); --profile (top kernels of the optimized step,
 else of the last variant).
@@ -45,7 +46,7 @@ from opensapiens.benchmark import H100_80GB_GIB, cap_memory, matmul_peak_tflops,
 from opensapiens.cli.predict import parse_size
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
-from opensapiens.models import flash_attention
+from opensapiens.models import fa4_attention, flash_attention
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
 from opensapiens.models.vit import get_arch
 from opensapiens.pretrain.prefetch import DevicePrefetcher
@@ -60,7 +61,7 @@ def model_config(args) -> MAEConfig:
 
 
 def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
-          flash: tuple[int, ...] = (), gelu: bool = False, kernel: str = "triton"):
+          flash: tuple[int, ...] = (), gelu: bool = False, kernel: str = "triton", fa4_tiles: bool = True):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -72,6 +73,10 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
         pad_attention_heads(model, head_multiple)
         if flash:
             use_flash_attention(model, head_dims=flash, kernel=kernel)
+        if kernel == "fa4":  # the tables are read at each call: they hold for this variant's steps
+            for table, tuned in zip((fa4_attention.FORWARD_TILES, fa4_attention.BACKWARD_TILES), FA4_TILES):
+                table.clear()
+                table.update(tuned if fa4_tiles else {})
         if gelu:
             use_fused_gelu(model)
         if compile_mode == "blocks":
@@ -120,6 +125,9 @@ def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple
     return sec, peak
 
 
+FA4_TILES = (dict(fa4_attention.FORWARD_TILES), dict(fa4_attention.BACKWARD_TILES))  # + --fa4-config
+
+
 class Variant(NamedTuple):
     optimized: bool
     compile_mode: str | None = None  # None: --compile
@@ -127,6 +135,7 @@ class Variant(NamedTuple):
     flash: tuple[int, ...] = (32,)  # head dims on ``kernel`` (32: the decoder, 64: the 0.3B-1B encoders)
     gelu: bool = True  # our Triton bias + GELU op in the MLPs
     kernel: str = "triton"  # our Triton FlashAttention, or "fa4" (FlashAttention-4, the flash-attn-4 package)
+    fa4_tiles: bool = True  # FA4 with our Hopper tile tables (models/fa4_attention.py, --fa4-config); else its own
 
 
 VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
@@ -135,6 +144,7 @@ VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
             "optimized-flash64": Variant(True, flash=(32, 64)),
             "optimized-fa4": Variant(True, kernel="fa4"),
             "optimized-fa4-all": Variant(True, flash=(32, 64), kernel="fa4"),
+            "optimized-fa4-untuned": Variant(True, flash=(32, 64), kernel="fa4", fa4_tiles=False),
             "optimized-inductor-gelu": Variant(True, gelu=False),
             "optimized-model": Variant(True, "model"),
             "optimized-pad64": Variant(True, head_multiple=64, flash=())}
@@ -234,6 +244,8 @@ def main() -> None:
                          "optimized-fa4 / optimized-fa4-all (the decoder's / all attention on FlashAttention-4)")
     ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
                     help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
+    ap.add_argument("--fa4-config", type=Path, default=None,
+                    help="FlashAttention-4 tiles per head dim: the JSON of bench/fa4_configs.py (its 'best')")
     ap.add_argument("--profile", action="store_true",
                     help="profile 2 steps of `optimized` (else the last variant): top CUDA kernels "
                          "(+ trace.json beside --out)")
@@ -259,6 +271,14 @@ def main() -> None:
                 flash_attention.CONFIGS[shape["head_dim"]] = flash_attention.FlashConfig(
                     tuple(best["forward"]), tuple(best["dkdv"]), tuple(best["dq"]))
     print(f"flash attention configs: {flash_attention.CONFIGS}")
+    if args.fa4_config:
+        for shape in json.loads(args.fa4_config.read_text())["shapes"].values():
+            best = shape.get("best", {})
+            if best.get("forward"):
+                FA4_TILES[0][shape["head_dim"]] = tuple(best["forward"])
+            if best.get("backward"):
+                FA4_TILES[1][shape["head_dim"]] = best["backward"]
+    print(f"FlashAttention-4 tiles (forward, backward): {FA4_TILES}")
     cap_memory(device, args.memory_limit_gib)
     H, W = args.input_size
     images = torch.randn(args.batch, 3, H, W, device=device)  # a resident, already normalized batch

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -124,6 +124,15 @@ elif [ "$1" = fa4 ]; then
     --out "$OUT/mae_0.3b_fa4.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
   timeout 120 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fa4 \
     --out "$OUT/fa4_pose_1b.json" | grep -v '^{'
+elif [ "$1" = fa4-tiles ]; then
+  # FA4's Hopper tiles swept on the MAE shapes (head dims 32, 64); the MAE-0.3B step with all attention on FA4,
+  # our tiles / FA4's own / ours again
+  timeout 100 python -m pytest -q --tb=short tests/test_fa4_attention.py 2>&1 | tail -4
+  timeout 200 python bench/fa4_configs.py --out "$OUT/fa4_configs.json" 2>&1 | grep -v Warn
+  FC=""; [ -f "$OUT/fa4_configs.json" ] && FC="--fa4-config $OUT/fa4_configs.json"
+  timeout 260 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized-fa4-all,optimized-fa4-untuned,optimized-fa4-all $FC --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_fa4_tiles.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed\|tiles"
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;

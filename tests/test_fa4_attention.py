@@ -137,3 +137,31 @@ def test_fa4_kernels_match_float32_math_on_gpu(head_dim):
     ref.backward(grad.float())
     assert (out.float() - ref).norm() / ref.norm() < 1e-2  # bf16 inputs and output
     assert (x.grad.float() - y.grad).norm() / y.grad.norm() < 2e-2
+
+
+def test_backward_tile_table_overrides_fa4s_choice_only_where_set(monkeypatch):
+    """Our BACKWARD_TILES answer FA4's Hopper tile question for the head dims they list; FA4 answers the rest."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class BwdConfig:
+        m_block_size: int
+        n_block_size: int
+
+    def fa4_choice(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
+        return BwdConfig(128, 128)
+
+    interface = types.SimpleNamespace(BwdConfig=BwdConfig, _tile_size_bwd_sm90=fa4_choice)
+    cute = types.ModuleType("flash_attn.cute")
+    cute.interface = interface
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", interface)
+    monkeypatch.setattr(fa4, "BACKWARD_TILES", {32: {"m_block_size": 64, "n_block_size": 256}})
+    fa4._interface()
+    fa4._interface()  # installed once, not wrapped twice
+    choose = interface._tile_size_bwd_sm90
+    assert choose(32, 32, False, False) == BwdConfig(64, 256)
+    assert choose(64, 64, False, False) == BwdConfig(128, 128)  # not in the table
+    assert choose(32, 32, True, False) == BwdConfig(128, 128)  # causal: FA4's
+    assert choose(32, 32, False, False, sparse_block_size_q=128) == BwdConfig(128, 128)

@@ -31,13 +31,38 @@ def available() -> bool:
         return False
 
 
+# Hopper tile choices per head dim where ours beat FA4's own (swept on an H200 by bench/fa4_configs.py; other head
+# dims and GPUs keep FA4's). Forward: (tile_m, tile_n, P V from registers, intra-warpgroup overlap); backward: the
+# fields of FA4's ``BwdConfig``.
+FORWARD_TILES: dict[int, tuple[int, int, bool, bool]] = {}
+BACKWARD_TILES: dict[int, dict] = {}
+
+
 def _interface():
     try:
         from flash_attn.cute import interface
     except ImportError as e:
         raise ImportError("attention kernel 'fa4' needs FlashAttention-4: pip install flash-attn-4 "
                           f"(CUDA, Hopper or Blackwell GPU); importing flash_attn.cute failed: {e}") from e
+    original = getattr(interface, "_tile_size_bwd_sm90", None)
+    if original is not None and not getattr(original, "from_opensapiens", False):
+        def backward_tiles(head_dim, head_dim_v, causal, local, *args, **kwargs):
+            fields = BACKWARD_TILES.get(head_dim)
+            if fields is None or head_dim_v != head_dim or causal or local or args or kwargs.get(
+                    "sparse_block_size_q") is not None:
+                return original(head_dim, head_dim_v, causal, local, *args, **kwargs)
+            return interface.BwdConfig(**fields)
+
+        backward_tiles.from_opensapiens = True
+        interface._tile_size_bwd_sm90 = backward_tiles  # FA4 picks backward tiles only through this function
     return interface
+
+
+def _forward_tiles(qkv: torch.Tensor) -> dict:
+    tiles = FORWARD_TILES.get(qkv.shape[-1])
+    if tiles is None or not qkv.is_cuda or torch.cuda.get_device_capability(qkv.device)[0] != 9:
+        return {}
+    return {"tile_mn": tiles[:2], "mma_pv_is_rs": tiles[2], "intra_wg_overlap": tiles[3]}
 
 
 def _check(qkv: torch.Tensor) -> None:
@@ -54,7 +79,7 @@ def fa4_attention_forward(qkv: torch.Tensor, scale: float) -> tuple[torch.Tensor
     """(B, N, 3, H, D) -> output (B, N, H, D) in qkv's dtype and FA4's log-sum-exp (B, H, N) for the backward."""
     _check(qkv)
     q, k, v = qkv.unbind(2)  # B N H D views, no copies
-    out, lse = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True)[:2]
+    out, lse = _interface()._flash_attn_fwd(q, k, v, softmax_scale=scale, return_lse=True, **_forward_tiles(qkv))[:2]
     return out, lse
 
 
