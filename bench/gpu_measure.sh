@@ -117,7 +117,7 @@ elif [ "$1" = fa4 ]; then
   # FlashAttention-4 (flash-attn-4 4.0.0b36 with its CuTe DSL, carried as a split archive; see docs/performance.md):
   # its GPU test; the kernels against cuDNN and ours on the MAE, fine-tuning and inference shapes; the MAE-0.3B step
   # with the decoder / all attention on FA4; pose-1B inference with attention on FA4
-  timeout 100 python -m pytest -q --tb=short tests/test_fa4_attention.py 2>&1 | tail -4
+  timeout 100 python -m pytest -rA --tb=short tests/test_fa4_attention.py 2>&1 | grep -i "passed\|failed\|error\|skipped" | tail -12
   timeout 150 python bench/fa4_attention.py --out "$OUT/fa4_attention.json" 2>&1 | grep -v Warn
   timeout 210 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 8 \
     --warmup 3 --variants optimized,optimized-fa4,optimized-fa4-all --memory-limit-gib $CAP \
@@ -127,7 +127,7 @@ elif [ "$1" = fa4 ]; then
 elif [ "$1" = fa4-tiles ]; then
   # FA4's Hopper tiles swept on the MAE shapes (head dims 32, 64); the MAE-0.3B step with all attention on FA4,
   # our tiles / FA4's own / ours again
-  timeout 100 python -m pytest -q --tb=short tests/test_fa4_attention.py 2>&1 | tail -4
+  timeout 100 python -m pytest -rA --tb=short tests/test_fa4_attention.py 2>&1 | grep -i "passed\|failed\|error\|skipped" | tail -12
   timeout 200 python bench/fa4_configs.py --out "$OUT/fa4_configs.json" 2>&1 | grep -v Warn
   FC=""; [ -f "$OUT/fa4_configs.json" ] && FC="--fa4-config $OUT/fa4_configs.json"
   timeout 260 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
