@@ -165,3 +165,35 @@ def test_backward_tile_table_overrides_fa4s_choice_only_where_set(monkeypatch):
     assert choose(64, 64, False, False) == BwdConfig(128, 128)  # not in the table
     assert choose(32, 32, True, False) == BwdConfig(128, 128)  # causal: FA4's
     assert choose(32, 32, False, False, sparse_block_size_q=128) == BwdConfig(128, 128)
+
+
+@pytest.mark.parametrize("capability, installed, expected", [((9, 0), True, "fa4"), ((10, 0), True, "fa4"),
+                                                             ((8, 0), True, "triton"), ((9, 0), False, "triton")])
+def test_auto_attention_takes_fa4_on_hopper_and_blackwell_where_installed(monkeypatch, capability, installed, expected):
+    from opensapiens.training.speed import use_fast_attention
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(fa4, "available", lambda: installed)
+    model = MAE(MAEConfig(get_arch("nano"), (32, 32), decoder_dim=64, decoder_depth=2, decoder_heads=2))
+    assert use_fast_attention(model, torch.device("cuda"), "auto") == expected
+    kernels = {(m.head_dim, m.kernel) for m in model.modules() if isinstance(m, Attention)}
+    if expected == "fa4":  # every head dim FA4 takes
+        assert kernels == {(64, "fa4"), (32, "fa4")}
+    else:  # our Triton kernels at head dim 32 only
+        assert kernels == {(64, "sdpa"), (32, "triton")}
+
+
+def test_attention_choice_is_validated_and_cpu_keeps_sdpa():
+    from opensapiens.pretrain.config import PretrainConfig
+    from opensapiens.training.config import TrainConfig, resolve
+    from opensapiens.training.speed import use_fast_attention
+
+    model = MAE(MAEConfig(get_arch("nano"), (32, 32), decoder_dim=64, decoder_depth=2, decoder_heads=2))
+    assert use_fast_attention(model, torch.device("cpu"), "fa4") == "sdpa"
+    assert {m.kernel for m in model.modules() if isinstance(m, Attention)} == {"sdpa"}
+    with pytest.raises(ValueError, match="attention must be one of auto, sdpa, triton, fa4"):
+        use_fast_attention(model, torch.device("cpu"), "xformers")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        PretrainConfig(data="x", out="y", attention="xformers")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        resolve(TrainConfig(task="seg", data="synth", out="y", attention="xformers"))

@@ -18,7 +18,7 @@ from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
-                       "tensorboard", "export_official", "deterministic")
+                       "tensorboard", "export_official", "deterministic", "attention")
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile the transformer blocks")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--device")
+    g.add_argument("--attention", choices=["auto", "sdpa", "triton", "fa4"],
+                   help="attention kernels (default auto: FlashAttention-4 on Hopper/Blackwell where flash-attn-4 is "
+                   "installed, else our Triton kernels at head dim 32 and SDPA elsewhere)")
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels: a bit-identical --resume on GPUs too; slower")
     g = p.add_argument_group("run")

@@ -49,6 +49,7 @@ class PretrainConfig:
     fsdp: bool = False
     device: str | None = None
     deterministic: bool = False  # deterministic kernels: a bit-identical resume on GPUs too (slower)
+    attention: str = "auto"  # auto | sdpa | triton | fa4 (training.speed.use_fast_attention)
     # run management
     seed: int = 0
     log_interval: int = 10
@@ -63,6 +64,10 @@ class PretrainConfig:
             raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
         if self.checkpointing not in ("none", "blocks"):
             raise ValueError(f"checkpointing must be none or blocks, got {self.checkpointing!r}")
+        from ..training.speed import ATTENTION_CHOICES
+
+        if self.attention not in ATTENTION_CHOICES:
+            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         H, W = self.input_size

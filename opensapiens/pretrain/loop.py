@@ -34,7 +34,7 @@ from ..training.optim import build_optimizer, set_lr
 from ..training.reproducibility import deterministic_kernels, seed_everything
 from ..training.schedule import Schedule
 from ..training.signals import StopRequest
-from ..training.speed import checkpoint_blocks, compile_blocks, use_flash_attention, use_fused_gelu
+from ..training.speed import checkpoint_blocks, compile_blocks, use_fast_attention, use_fused_gelu
 from ..training.step import train_step
 from .config import PretrainConfig
 from .prefetch import DevicePrefetcher
@@ -99,9 +99,10 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         loaded = model.load_pretrained(sd)
         init_report = {"tensors": len(loaded), "decoder": any(k.startswith("decoder.") for k in loaded)}
     model.to(device)
+    attention_kernel = "sdpa"
     if device.type == "cuda":
         pad_attention_heads(model)  # head dim 60 (2B) -> 64 so fused attention kernels apply; exact
-        use_flash_attention(model)  # the decoder's head dim 32: our kernels, faster than cuDNN's there
+        attention_kernel = use_fast_attention(model, device, cfg.attention)  # FA4, or ours at head dim 32
         use_fused_gelu(model)  # fc1 bias + GELU: one memory-bound Triton kernel each way
     bf16 = cfg.precision == "bf16"
     block_lists = [model.backbone.blocks, model.decoder.blocks]
@@ -132,6 +133,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     else:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank masking streams
     logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
     elif init_report is not None:

@@ -66,6 +66,7 @@ class TrainConfig:
     workers: int = 4
     device: str | None = None  # default: cuda:LOCAL_RANK if available, else cpu
     deterministic: bool = False  # deterministic kernels: a bit-identical resume on GPUs too (slower)
+    attention: str = "auto"  # auto | sdpa | triton | fa4 (speed.use_fast_attention)
     # run management
     seed: int = 0
     log_interval: int = 10
@@ -119,6 +120,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
     if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
         raise ValueError(f"checkpointing must be none, blocks, head or blocks+head, got {out.checkpointing!r}")
+    from .speed import ATTENTION_CHOICES
+
+    if out.attention not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {out.attention!r}")
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")

@@ -37,7 +37,7 @@ from .optim import build_optimizer, set_lr
 from .reproducibility import deterministic_kernels, seed_everything
 from .schedule import Schedule
 from .signals import StopRequest
-from .speed import checkpoint_blocks, checkpoint_head, compile_blocks
+from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from .state import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
 from .step import train_step
 
@@ -131,6 +131,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         init_report = load_initial_weights(model, cfg.init)
     model.to(device)
     on_cuda = device.type == "cuda"
+    attention_kernel = use_fast_attention(model, device, cfg.attention)  # FA4 where installed (Hopper, Blackwell)
     if on_cuda:
         pad_attention_heads(model)  # 2B head dim 60 -> 64 so fused attention kernels apply (exact)
         if not cfg.deterministic:  # fixed input size: autotune the heads' transposed convolutions
@@ -166,6 +167,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank dropout streams
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
     logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
     elif init_report is not None:
