@@ -21,11 +21,11 @@ Diagnostics: --variants optimized-sdpa (the decoder's attention on SDPA: cuDNN),
 attention on our kernels too), optimized-inductor-gelu (the MLPs' bias + GELU compiled by Inductor instead of our
 op), optimized-pad64 (every head dim zero-padded to 64, SDPA), optimized-model (whole-model compile), optimized-fa4
 (the decoder's attention on FlashAttention-4, the optional flash-attn-4 package), optimized-fa4-all (the encoder's
-too) and optimized-fa4-untuned (all on FA4 with its own tiles instead of ours); --fa4-config (FA4 tiles per head dim
-from ``bench/fa4_configs.py``'s JSON);
---flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --attention (each SDPA
-backend and FlexAttention on the encoder and decoder attention shapes); --profile (top kernels of the optimized step,
-else of the last variant).
+too), optimized-fa4-untuned (all on FA4 with its own tiles instead of ours), optimized-fa4-model (all on FA4,
+whole-model compile) and optimized-fa4-graphs (all on FA4, each compiled block replayed as CUDA graphs);
+--flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --fa4-config (FA4 tiles
+per head dim from ``bench/fa4_configs.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder
+and decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
                 table.update(tuned if fa4_tiles else {})
         if gelu:
             use_fused_gelu(model)
-        if compile_mode == "blocks":
+        if compile_mode in ("blocks", "blocks-graphs"):
             for blocks in (model.backbone.blocks, model.decoder.blocks):
-                compile_blocks(blocks)
+                compile_blocks(blocks, mode="reduce-overhead" if compile_mode == "blocks-graphs" else None)
         elif compile_mode == "model":
             step_model = torch.compile(model)
     on_cuda = device.type == "cuda"
@@ -145,6 +145,8 @@ VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
             "optimized-fa4": Variant(True, kernel="fa4"),
             "optimized-fa4-all": Variant(True, flash=(32, 64), kernel="fa4"),
             "optimized-fa4-untuned": Variant(True, flash=(32, 64), kernel="fa4", fa4_tiles=False),
+            "optimized-fa4-model": Variant(True, "model", flash=(32, 64), kernel="fa4"),
+            "optimized-fa4-graphs": Variant(True, "blocks-graphs", flash=(32, 64), kernel="fa4"),
             "optimized-inductor-gelu": Variant(True, gelu=False),
             "optimized-model": Variant(True, "model"),
             "optimized-pad64": Variant(True, head_multiple=64, flash=())}

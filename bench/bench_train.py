@@ -55,7 +55,7 @@ from opensapiens.models import build_model
 from opensapiens.tasks import build_criterion
 from opensapiens.training import distributed as D
 from opensapiens.training.optim import build_optimizer
-from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks
+from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from opensapiens.training.step import train_step
 
 OUT_CHANNELS = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}
@@ -74,6 +74,7 @@ class Variant:
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
+    attention: str = "sdpa"  # training.speed.use_fast_attention's choice (optimized variants on CUDA)
     shrink_on_oom: bool = False
 
 
@@ -125,6 +126,7 @@ def build_step(args, variant: Variant, info: D.DistInfo):
         checkpoint_head(model.head, variant.head_chunk)
     on_cuda = device.type == "cuda"
     if variant.optimized and on_cuda:
+        use_fast_attention(model, device, variant.attention)
         pad_attention_heads(model)
         torch.backends.cudnn.benchmark = True
     if variant.channels_last:
@@ -221,6 +223,10 @@ def main() -> None:
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
+    p.add_argument("--attention", type=lambda t: t.split(","), default=["sdpa"],
+                   help="the optimized variant's attention kernels (auto, sdpa, triton, fa4, as `opensapiens train "
+                   "--attention`); a comma-separated list times the optimized variant once per choice, e.g. "
+                   "fa4,sdpa,fa4")
     p.add_argument("--baseline-batch", type=int, default=None, help="default: --batch (halved until it fits)")
     p.add_argument("--baseline-checkpointing", choices=["none", "blocks"], default=None)
     p.add_argument("--skip-baseline", action="store_true")
@@ -245,7 +251,9 @@ def main() -> None:
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             head_chunk=args.head_chunk,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
-                            channels_last=args.channels_last))
+                            channels_last=args.channels_last, attention=args.attention[0]))
+    for name, kernel in zip(("optimized-2", "optimized-3"), args.attention[1:]):  # A/B in one process
+        variants.append(Variant(**{**asdict(variants[-1]), "name": f"{name}-{kernel}", "attention": kernel}))
     rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]
     report = {"device": device_name(device), "memory_limit_gib": args.memory_limit_gib,
               "world_size": info.world_size, "software": software_versions(),

@@ -108,10 +108,11 @@ def checkpoint_head(head: DeconvHead, batch_chunk: int | None = None) -> None:
     head.forward = forward
 
 
-def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None) -> None:
-    """torch.compile each block's forward (and the head's): fuses LayerNorm, GELU, residual adds, norm + SiLU."""
+def compile_blocks(blocks: nn.ModuleList, head: nn.Module | None = None, mode: str | None = None) -> None:
+    """torch.compile each block's forward (and the head's): fuses LayerNorm, GELU, residual adds, norm + SiLU.
+    ``mode`` goes to the blocks' ``torch.compile`` (e.g. "reduce-overhead": each block replayed as CUDA graphs)."""
     for block in blocks:
-        block.forward = torch.compile(block.forward)
+        block.forward = torch.compile(block.forward, mode=mode)
     if head is not None:
         head.forward = torch.compile(head.forward)
 
