@@ -22,7 +22,9 @@ attention on our kernels too), optimized-inductor-gelu (the MLPs' bias + GELU co
 op), optimized-pad64 (every head dim zero-padded to 64, SDPA), optimized-model (whole-model compile), optimized-fa4
 (the decoder's attention on FlashAttention-4, the optional flash-attn-4 package), optimized-fa4-all (the encoder's
 too), optimized-fa4-untuned (all on FA4 with its own tiles instead of ours), optimized-fa4-model (all on FA4,
-whole-model compile) and optimized-fa4-graphs (all on FA4, each compiled block replayed as CUDA graphs);
+whole-model compile), optimized-fa4-graphs (all on FA4, each compiled block replayed as CUDA graphs) and
+optimized-fa4-model-graphs (the whole model's forward and backward as CUDA graphs; CUDA-graph variants keep their
+memory pools: run them last);
 --flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --fa4-config (FA4 tiles
 per head dim from ``bench/fa4_configs.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder
 and decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
@@ -82,8 +84,8 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
         if compile_mode in ("blocks", "blocks-graphs"):
             for blocks in (model.backbone.blocks, model.decoder.blocks):
                 compile_blocks(blocks, mode="reduce-overhead" if compile_mode == "blocks-graphs" else None)
-        elif compile_mode == "model":
-            step_model = torch.compile(model)
+        elif compile_mode in ("model", "model-graphs"):  # model-graphs: forward and backward replayed as CUDA graphs
+            step_model = torch.compile(model, mode="reduce-overhead" if compile_mode == "model-graphs" else None)
     on_cuda = device.type == "cuda"
     opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95), fused=optimized and on_cuda)
     attention = fast_attention if (optimized and on_cuda) else contextlib.nullcontext
@@ -147,6 +149,7 @@ VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
             "optimized-fa4-untuned": Variant(True, flash=(32, 64), kernel="fa4", fa4_tiles=False),
             "optimized-fa4-model": Variant(True, "model", flash=(32, 64), kernel="fa4"),
             "optimized-fa4-graphs": Variant(True, "blocks-graphs", flash=(32, 64), kernel="fa4"),
+            "optimized-fa4-model-graphs": Variant(True, "model-graphs", flash=(32, 64), kernel="fa4"),
             "optimized-inductor-gelu": Variant(True, gelu=False),
             "optimized-model": Variant(True, "model"),
             "optimized-pad64": Variant(True, head_multiple=64, flash=())}
@@ -251,6 +254,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help="profile 2 steps of `optimized` (else the last variant): top CUDA kernels "
                          "(+ trace.json beside --out)")
+    ap.add_argument("--profile-variant", default=None, help="the variant --profile profiles (default: as it says)")
     ap.add_argument("--attention", action="store_true",
                     help="time fused attention backends on the encoder and decoder shapes (forward + backward)")
     ap.add_argument("--in-memory", action="store_true", help="skip the real-loader check")
@@ -306,7 +310,7 @@ def main() -> None:
         result["attention"] = attention_backends_table(args, device)
     step = None
     variants = args.variants.split(",")
-    profiled = "optimized" if "optimized" in variants else variants[-1]
+    profiled = args.profile_variant or ("optimized" if "optimized" in variants else variants[-1])
     for i, variant in enumerate(variants):  # a variant named twice (A,B,A: order effects) reports as NAME-2
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")

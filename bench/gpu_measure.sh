@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles|fa4-step
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles|fa4-step|fa4-final
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -143,6 +143,15 @@ elif [ "$1" = fa4-step ]; then
     --checkpointing blocks+head --checkpoint-blocks 12 --save-attention --seg-loss-resolution logits \
     --channels-last --steps 4 --warmup 2 --attention fa4,sdpa --memory-limit-gib $CAP \
     --out "$OUT/train_seg_0.3b_fa4.json" 2>&1 | grep -v Warn | grep "img/s\|memory"
+elif [ "$1" = fa4-final ]; then
+  # MAE-0.3B: our Triton decoder (the step before FA4) / all attention on FA4 with the whole-model compile / with
+  # compiled blocks / whole-model again (profiled) / whole-model as CUDA graphs (last: its memory pool stays)
+  timeout 480 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --memory-limit-gib $CAP --profile --profile-variant optimized-fa4-model \
+    --variants optimized,optimized-fa4-model,optimized-fa4-all,optimized-fa4-model,optimized-fa4-model-graphs \
+    --out "$OUT/mae_0.3b_fa4_final.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed\|kind"
+  [ -f "$OUT/mae_0.3b_fa4_final.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_fa4_final.trace.json" \
+    --top 12 && rm "$OUT/mae_0.3b_fa4_final.trace.json"
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;
