@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles|fa4-step|fa4-final
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles|fa4-step|fa4-final|fa4-cli
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -152,6 +152,21 @@ elif [ "$1" = fa4-final ]; then
     --out "$OUT/mae_0.3b_fa4_final.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed\|kind"
   [ -f "$OUT/mae_0.3b_fa4_final.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_fa4_final.trace.json" \
     --top 12 && rm "$OUT/mae_0.3b_fa4_final.trace.json"
+elif [ "$1" = fa4-cli ]; then
+  # the user-facing paths with flash-attn-4 installed (attention auto -> FA4): `opensapiens pretrain --compile`
+  # (whole model) and `opensapiens train --compile` on the real 0.3B, a few steps each; then the FA4, pretraining
+  # and fine-tuning tests on the GPU (exact resume with --deterministic included)
+  python bench/make_images.py --n 48 --size 720x960 --out /tmp/pre > /dev/null
+  timeout 150 python -m opensapiens.cli.main pretrain --data /tmp/pre --arch 0.3b --input-size 512x512 \
+    --batch-size 8 --steps 12 --log-interval 4 --compile --workers 4 --no-tensorboard --out /tmp/pre_run 2>&1 \
+    | grep -v Warn | grep -i "attention\|error" | tail -4
+  grep '"train"' /tmp/pre_run/metrics.jsonl | tail -2
+  timeout 120 python -m opensapiens.cli.main train --task seg --data synth --arch 0.3b --input-size 512x384 \
+    --batch-size 4 --steps 8 --log-interval 4 --eval-interval 0 --compile --no-tensorboard --out /tmp/ft_run 2>&1 \
+    | grep -v Warn | grep -i "attention\|error" | tail -4
+  grep '"train"' /tmp/ft_run/metrics.jsonl | tail -2
+  timeout 200 python -m pytest -rA --tb=short tests/test_fa4_attention.py tests/test_mae_pretrain.py \
+    tests/test_train.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;

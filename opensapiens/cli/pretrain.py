@@ -65,7 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("speed and memory")
     g.add_argument("--precision", choices=["bf16", "fp32"])
     g.add_argument("--checkpointing", choices=["none", "blocks"], help="activation checkpointing")
-    g.add_argument("--compile", action="store_const", const=True, help="torch.compile the transformer blocks")
+    g.add_argument("--compile", nargs="?", const="auto", choices=["none", "auto", "blocks", "model"],
+                   help="torch.compile: the whole model (forward + loss, fastest measured), each transformer block, "
+                   "or (--compile alone: auto) the whole model except under FSDP or block checkpointing (blocks)")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--device")
     g.add_argument("--attention", choices=["auto", "sdpa", "triton", "fa4"],

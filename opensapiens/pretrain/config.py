@@ -45,7 +45,7 @@ class PretrainConfig:
     # speed / memory
     precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
     checkpointing: str = "none"  # none | blocks (activation checkpointing of encoder and decoder blocks)
-    compile: bool = False
+    compile: str = "none"  # none | auto (model, or blocks with FSDP or checkpointing) | blocks | model
     fsdp: bool = False
     device: str | None = None
     deterministic: bool = False  # deterministic kernels: a bit-identical resume on GPUs too (slower)
@@ -62,6 +62,13 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if isinstance(self.compile, bool):  # configs written before the compile scopes: True compiled the blocks
+            self.compile = "auto" if self.compile else "none"
+        if self.compile not in ("none", "auto", "blocks", "model"):
+            raise ValueError(f"compile must be none, auto, blocks or model, got {self.compile!r}")
+        if self.compile == "model" and self.fsdp:
+            raise ValueError("compile=model (the whole model in one graph) is not combined with FSDP here: use "
+                             "compile=blocks (or auto)")
         if self.checkpointing not in ("none", "blocks"):
             raise ValueError(f"checkpointing must be none or blocks, got {self.checkpointing!r}")
         from ..training.speed import ATTENTION_CHOICES
@@ -81,6 +88,15 @@ class PretrainConfig:
 
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else round(self.steps * 40 / 1600)
+
+    @property
+    def compile_scope(self) -> str:
+        """What ``torch.compile`` wraps: "none", "blocks" (each transformer block) or "model" (forward + loss as one
+        graph: on an H200 the MAE-0.3B step 296 -> 290 ms, ``docs/performance.md``). ``auto`` takes the whole model
+        where that was measured, blocks under FSDP or block checkpointing."""
+        if self.compile == "auto":
+            return "blocks" if self.fsdp or self.checkpointing == "blocks" else "model"
+        return self.compile
 
     def to_dict(self) -> dict:
         return json.loads(json.dumps(asdict(self)))

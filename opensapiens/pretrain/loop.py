@@ -109,7 +109,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     for blocks in block_lists:
         if cfg.checkpointing == "blocks":
             checkpoint_blocks(blocks)
-        if cfg.compile:
+        if cfg.compile_scope == "blocks":
             compile_blocks(blocks)
     if cfg.fsdp:
         model = D.shard_fsdp(model, [b for blocks in block_lists for b in blocks], info, bf16)
@@ -162,8 +162,10 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         skipped_samples += b.skipped
         return b.images
 
+    forward = torch.compile(model) if cfg.compile_scope == "model" else model  # forward + loss as one graph
+
     def compute_loss(images: torch.Tensor) -> torch.Tensor:
-        return model(images, cfg.mask_ratio)[0]
+        return forward(images, cfg.mask_ratio)[0]
 
     # On CUDA: cuDNN > flash > memory-efficient attention (the same fast path ``bench/bench_mae.py`` measures).
     attention = fast_attention if device.type == "cuda" else contextlib.nullcontext
