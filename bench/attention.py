@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from roofline import tflops
 from triton_attention import FP8_TILE, attention, quantize_heads
 
-from opensapiens.benchmark import device_name, software_versions, time_ms
+from opensapiens.benchmark import device_name, software_versions, time_ms, write_json
 
 SHAPES = {  # name -> batch, tokens, heads, head dim
     "0.3b": (16, 3072, 16, 64),
@@ -108,9 +107,7 @@ def main() -> None:
                 f"{k} {v.get('tflops', v.get('error'))}" for k, v in sdpa.items()) + "; ours " + ", ".join(
                 f"{k} {r['tflops']} TFLOP/s {r['config']} (max diff {r['max_abs_diff_vs_sdpa']:.4f})"
                 for k, r in best.items() if r) + f"; fp8 quantize {row['fp8_quantize_ms']} ms", flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ whole-model compile), optimized-fa4-graphs (all on FA4, each compiled block repl
 optimized-fa4-model-graphs (the whole model's forward and backward as CUDA graphs; CUDA-graph variants keep their
 memory pools: run them last);
 --flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --fa4-config (FA4 tiles
-per head dim from ``bench/fa4_configs.py``'s JSON); --attention (each SDPA backend and FlexAttention on the encoder
-and decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
+per head dim from ``bench/fa4_attention.py --tiles``'s JSON); --attention (each SDPA backend and FlexAttention on the
+encoder and decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ import cv2
 import numpy as np
 import torch
 
-from opensapiens.benchmark import H100_80GB_GIB, cap_memory, matmul_peak_tflops, sync, time_by_kind, top_kernels
+from opensapiens.benchmark import (
+    H100_80GB_GIB,
+    cap_memory,
+    matmul_peak_tflops,
+    sync,
+    time_by_kind,
+    top_kernels,
+    write_json,
+)
 from opensapiens.cli.predict import parse_size
 from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
@@ -250,7 +258,7 @@ def main() -> None:
     ap.add_argument("--flash-config", type=Path, nargs="*", default=[],
                     help="our attention kernels' launch configs: JSON files of bench/flash_attention_train.py")
     ap.add_argument("--fa4-config", type=Path, default=None,
-                    help="FlashAttention-4 tiles per head dim: the JSON of bench/fa4_configs.py (its 'best')")
+                    help="FlashAttention-4 tiles per head dim: the JSON of bench/fa4_attention.py --tiles (its 'best')")
     ap.add_argument("--profile", action="store_true",
                     help="profile 2 steps of `optimized` (else the last variant): top CUDA kernels "
                          "(+ trace.json beside --out)")
@@ -351,9 +359,7 @@ def main() -> None:
                   f"{'nvJPEG' if device.type == 'cuda' else 'CPU'} decode)")
         finally:
             feed.close()
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from roofline import tflops
 
-from opensapiens.benchmark import device_name, software_versions, time_ms
+from opensapiens.benchmark import device_name, software_versions, time_ms, write_json
 
 SHAPES = {"0.3b": (16, 3072, 16, 64), "1b": (8, 3072, 24, 64)}
 
@@ -114,9 +114,7 @@ def main() -> None:
                     row[label] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
         result["shapes"][name] = row
         print(name, json.dumps(row), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

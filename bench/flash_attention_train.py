@@ -14,7 +14,6 @@ batch. The best configs are written under "best_config" and can be handed to ``b
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch.nn.functional as F
 from roofline import tflops
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from opensapiens.benchmark import device_name, software_versions, time_ms_or_error, top_kernels
+from opensapiens.benchmark import device_name, software_versions, time_ms_or_error, top_kernels, write_json
 from opensapiens.models.flash_attention import FlashConfig, flash_attention, flash_attention_backward
 
 SHAPES = {"mae-decoder": (32, 4097, 16, 32), "mae-encoder": (32, 1025, 16, 64),  # batch, tokens, heads, head dim
@@ -153,9 +152,7 @@ def main() -> None:
             result["shapes"][name] = {}
             measure(result["shapes"][name], name, B, N, H, D, dtype, device, grids, backends, args.iters)
     finally:
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from opensapiens.benchmark import write_json
 from opensapiens.checkpoints import load_model
 from opensapiens.checkpoints.loading import native_input_size
 from opensapiens.inference.fp8 import convert_to_fp8
@@ -83,9 +84,7 @@ def main() -> None:
               "median_keypoint_px": float(np.median(d)), "p90_keypoint_px": float(np.percentile(d, 90)),
               "seg_label_agreement": agree / pixels}
     print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

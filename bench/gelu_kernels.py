@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from opensapiens.benchmark import device_name, software_versions, time_ms_or_error
+from opensapiens.benchmark import device_name, software_versions, time_ms_or_error, write_json
 
 SHAPES = {"mae-encoder": (32 * 1025, 4096), "mae-decoder": (32 * 4097, 2048)}  # rows, columns
 FORWARD = [(16, 256, 4), (8, 256, 4), (32, 256, 8), (8, 512, 4), (16, 512, 8), (4, 1024, 4), (32, 128, 4),
@@ -136,9 +135,7 @@ def main() -> None:
             result["shapes"][name] = {}
             measure(result["shapes"][name], M, C, torch.bfloat16, device, grids, args.iters)
     finally:
-        if args.out:
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(result, indent=2))
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -128,7 +128,8 @@ elif [ "$1" = fa4-tiles ]; then
   # FA4's Hopper tiles swept on the MAE shapes (head dims 32, 64); the MAE-0.3B step with all attention on FA4,
   # our tiles / FA4's own / ours again
   timeout 100 python -m pytest -rA --tb=short tests/test_fa4_attention.py 2>&1 | grep -i "passed\|failed\|error\|skipped" | tail -12
-  timeout 200 python bench/fa4_configs.py --out "$OUT/fa4_configs.json" 2>&1 | grep -v Warn
+  timeout 200 python bench/fa4_attention.py --tiles --shapes mae-decoder,mae-encoder --out "$OUT/fa4_configs.json" \
+    2>&1 | grep -v Warn  # (call 36 ran it as bench/fa4_configs.py, commit b470652)
   FC=""; [ -f "$OUT/fa4_configs.json" ] && FC="--fa4-config $OUT/fa4_configs.json"
   timeout 260 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
     --warmup 3 --variants optimized-fa4-all,optimized-fa4-untuned,optimized-fa4-all $FC --memory-limit-gib $CAP \

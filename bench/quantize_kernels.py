@@ -10,12 +10,11 @@ of (rows per program, warps); bandwidth counts the bytes each pass must move (re
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 
-from opensapiens.benchmark import device_name, software_versions, time_ms
+from opensapiens.benchmark import device_name, software_versions, time_ms, write_json
 from opensapiens.inference.kernels import rows_to_e4m3, shifted_layer_norm
 
 CONFIGS = [(1, 4), (1, 8), (1, 16), (2, 8), (2, 16), (4, 16)]
@@ -54,9 +53,7 @@ def main() -> None:
     ms = time_ms(lambda: shifted_layer_norm(stream, shift, w, b, 1e-6), device, iters=args.iters)
     result["passes"]["norm_bf16"] = {"ms": round(ms, 4), "gbps": round(moved / ms / 1e6, 1)}
     print("norms:", result["passes"]["norm_delta_fp8"], result["passes"]["norm_bf16"])
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ gap between that and the measured block is what fusing or removing passes can st
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from opensapiens.benchmark import device_name, matmul_peak_tflops, software_versions, time_ms, top_kernels
+from opensapiens.benchmark import device_name, matmul_peak_tflops, software_versions, time_ms, top_kernels, write_json
 from opensapiens.inference.optimize import fast_attention, pad_attention_weights
 from opensapiens.models.vit import Block, get_arch
 
@@ -170,9 +169,7 @@ def main() -> None:
     print("  summary: " + ", ".join(f"{k}={v:.3f}" for k, v in parts.items())
           + f"; block eager {result['block_eager_ms']:.3f} ms"
           + (f", compiled {result['block_compiled_ms']:.3f} ms" if "block_compiled_ms" in result else ""), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2))
+    write_json(args.out, result)
 
 
 if __name__ == "__main__":

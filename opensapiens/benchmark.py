@@ -7,9 +7,11 @@ the plain eager bf16 path, and achieved FLOP/s against the bf16 matmul peak of t
 from __future__ import annotations
 
 import contextlib
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -119,6 +121,13 @@ def software_versions() -> dict:
         with contextlib.suppress(PackageNotFoundError):
             info[package] = version(package)
     return info
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    """A benchmark's results as indented JSON at ``path`` (its folder made), or nothing when ``path`` is None."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
 
 
 def sync(device: torch.device) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -63,3 +65,14 @@ def test_time_ms_or_error_records_a_failing_candidate_and_times_the_others():
     calls = []
     r = time_ms_or_error(lambda: calls.append(1), torch.device("cpu"), iters=3)
     assert set(r) == {"ms"} and r["ms"] >= 0 and len(calls) >= 1 + 3  # one trial call, then the timed ones
+
+
+def test_write_json_makes_the_folder_and_skips_without_a_path(tmp_path):
+    from opensapiens.benchmark import write_json
+
+    result = {"device": "cpu", "rows": [{"ms": 1.5}]}
+    path = tmp_path / "a" / "b" / "r.json"
+    write_json(path, result)
+    assert json.loads(path.read_text()) == result
+    write_json(None, result)  # no --out: nothing written, nothing raised
+    assert [p.name for p in tmp_path.rglob("*.json")] == ["r.json"]

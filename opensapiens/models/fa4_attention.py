@@ -31,9 +31,9 @@ def available() -> bool:
         return False
 
 
-# Hopper tile choices per head dim where ours beat FA4's own (swept on an H200 by bench/fa4_configs.py; other head
-# dims and GPUs keep FA4's). Forward: (tile_m, tile_n, P V from registers, intra-warpgroup overlap); backward: the
-# fields of FA4's ``BwdConfig``.
+# Hopper tile choices per head dim where ours beat FA4's own (swept on an H200 by ``bench/fa4_attention.py --tiles``;
+# other head dims and GPUs keep FA4's). Forward: (tile_m, tile_n, P V from registers, intra-warpgroup overlap);
+# backward: the fields of FA4's ``BwdConfig``. Empty: the sweep found FA4's own as fast as any (docs/performance.md).
 FORWARD_TILES: dict[int, tuple[int, int, bool, bool]] = {}
 BACKWARD_TILES: dict[int, dict] = {}
 
