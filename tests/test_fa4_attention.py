@@ -197,3 +197,12 @@ def test_attention_choice_is_validated_and_cpu_keeps_sdpa():
         PretrainConfig(data="x", out="y", attention="xformers")
     with pytest.raises(ValueError, match="attention must be one of"):
         resolve(TrainConfig(task="seg", data="synth", out="y", attention="xformers"))
+
+
+def test_inference_attention_choice_is_validated():
+    from opensapiens.inference.optimize import optimize_for_inference
+    from opensapiens.models import build_model
+
+    model = build_model("features", "nano")
+    with pytest.raises(ValueError, match="attention must be 'sdpa' or 'fa4'"):
+        optimize_for_inference(model, attention="xformers")
