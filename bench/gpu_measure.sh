@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-tiles|fa4-step|fa4-final|fa4-cli
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -124,6 +124,25 @@ elif [ "$1" = fa4 ]; then
     --out "$OUT/mae_0.3b_fa4.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
   timeout 120 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fa4 \
     --out "$OUT/fa4_pose_1b.json" | grep -v '^{'
+elif [ "$1" = fa4-more ]; then
+  # (call 34, run by hand on the machine call 33 left warm) MAE-0.3B FA4 everywhere / ours / FA4 again; MAE-1B ours /
+  # FA4; pose-2B and pose-1B (+FP8) inference with attention on FA4
+  timeout 230 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized-fa4-all,optimized,optimized-fa4-all --profile --memory-limit-gib $CAP \
+    --out "$OUT/mae_0.3b_fa4_aba.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed\|kind"
+  timeout 170 python bench/bench_mae.py --arch 1b --batch 16 --input-size 1024x1024 --in-memory --checkpointing \
+    --steps 6 --warmup 2 --variants optimized,optimized-fa4-all --memory-limit-gib $CAP \
+    --out "$OUT/mae_1b_fa4.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
+  B="timeout 90 python -m opensapiens.cli.main bench --iters 10 --fa4"
+  $B --task pose --arch 2b --batch 4 --out "$OUT/fa4_pose_2b.json" | grep -v '^{'
+  $B --task pose --arch 1b --batch 8 --fp8 --out "$OUT/fa4_fp8_pose_1b.json" | grep -v '^{'
+  rm -f "$OUT"/*.trace.json
+elif [ "$1" = fa4-profile ]; then
+  # (call 35) the MAE-0.3B step with all attention on FA4 (compiled blocks), profiled; GPU idle from its trace
+  timeout 150 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 6 \
+    --warmup 3 --variants optimized-fa4-all --profile --memory-limit-gib $CAP --out "$OUT/mae_0.3b_fa4_profile.json" \
+    2>&1 | grep -v Warn | grep -v "^ *aten::\|^---\|^ *Name " | tail -45
+  python bench/trace_summary.py "$OUT/mae_0.3b_fa4_profile.trace.json" --top 30 && rm "$OUT"/*.trace.json
 elif [ "$1" = fa4-tiles ]; then
   # FA4's Hopper tiles swept on the MAE shapes (head dims 32, 64); the MAE-0.3B step with all attention on FA4,
   # our tiles / FA4's own / ours again
