@@ -151,7 +151,8 @@ def test_backward_tile_table_overrides_fa4s_choice_only_where_set(monkeypatch):
     def fa4_choice(head_dim, head_dim_v, causal, local, sparse_block_size_q=None):
         return BwdConfig(128, 128)
 
-    interface = types.SimpleNamespace(BwdConfig=BwdConfig, _tile_size_bwd_sm90=fa4_choice)
+    interface = types.SimpleNamespace(BwdConfig=BwdConfig, _tile_size_bwd_sm90=fa4_choice,
+                                      _flash_attn_fwd=_stand_in_forward, _flash_attn_bwd=_stand_in_backward)
     cute = types.ModuleType("flash_attn.cute")
     cute.interface = interface
     monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
@@ -169,7 +170,8 @@ def test_backward_tile_table_overrides_fa4s_choice_only_where_set(monkeypatch):
 
 @pytest.mark.parametrize("capability, installed, expected", [((9, 0), True, "fa4"), ((10, 0), True, "fa4"),
                                                              ((8, 0), True, "triton"), ((9, 0), False, "triton")])
-def test_auto_attention_takes_fa4_on_hopper_and_blackwell_where_installed(monkeypatch, capability, installed, expected):
+def test_auto_attention_takes_fa4_on_hopper_and_blackwell_where_installed(stand_in, monkeypatch, capability,
+                                                                           installed, expected):
     from opensapiens.training.speed import use_fast_attention
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
@@ -206,3 +208,23 @@ def test_inference_attention_choice_is_validated():
     model = build_model("features", "nano")
     with pytest.raises(ValueError, match="attention must be 'sdpa' or 'fa4'"):
         optimize_for_inference(model, attention="xformers")
+
+
+def test_auto_attention_falls_back_when_fa4_does_not_import_or_lacks_its_entry_points(monkeypatch):
+    from opensapiens.training.speed import use_fast_attention
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(fa4, "available", lambda: True)
+    model = MAE(MAEConfig(get_arch("nano"), (32, 32), decoder_dim=64, decoder_depth=2, decoder_heads=2))
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # found by pip, broken at import
+    with pytest.warns(UserWarning, match="installed but unusable"):
+        assert use_fast_attention(model, torch.device("cuda"), "auto") == "triton"
+    cute = types.ModuleType("flash_attn.cute")
+    cute.interface = types.SimpleNamespace(_flash_attn_fwd=_stand_in_forward)  # a version without the backward
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", cute.interface)
+    with pytest.raises(ImportError, match="no _flash_attn_bwd .*4.0.0b36"):
+        fa4._interface()
+    with pytest.warns(UserWarning, match="no _flash_attn_bwd"):
+        assert use_fast_attention(model, torch.device("cuda"), "auto") == "triton"

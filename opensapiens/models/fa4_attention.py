@@ -44,6 +44,10 @@ def _interface():
     except ImportError as e:
         raise ImportError("attention kernel 'fa4' needs FlashAttention-4: pip install flash-attn-4 "
                           f"(CUDA, Hopper or Blackwell GPU); importing flash_attn.cute failed: {e}") from e
+    missing = [name for name in ("_flash_attn_fwd", "_flash_attn_bwd") if not hasattr(interface, name)]
+    if missing:
+        raise ImportError(f"this flash-attn-4 has no {', '.join(missing)} (opensapiens was checked with 4.0.0b36): "
+                          "install that version or choose another attention kernel (--attention sdpa)")
     original = getattr(interface, "_tile_size_bwd_sm90", None)
     if original is not None and not getattr(original, "from_opensapiens", False):
         def backward_tiles(head_dim, head_dim_v, causal, local, *args, **kwargs):

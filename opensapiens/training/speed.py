@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -147,7 +148,8 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
     ``auto``: on a Hopper or Blackwell GPU with FlashAttention-4 installed (``pip install flash-attn-4``), FA4 for every
     head dim it takes (on an H200: the MAE-0.3B step 337 -> 297-301 ms, fine-tuning 0.3B's attention forward +
     backward 3.12 -> 2.43 ms a layer; `docs/performance.md`); else our Triton kernels at head dim 32 (the MAE
-    decoder) and SDPA elsewhere; SDPA on a CPU. ``fa4`` insists on FA4 (an error says what to install), ``triton``
+    decoder) and SDPA elsewhere (also, with a warning, where an installed FA4 does not import or lacks the entry points
+    we use); SDPA on a CPU. ``fa4`` insists on FA4 (an error says what to install), ``triton``
     is the head-dim-32 choice without FA4, ``sdpa`` leaves every layer on SDPA.
     """
     if choice not in ATTENTION_CHOICES:
@@ -155,8 +157,14 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
     if device.type != "cuda" or choice == "sdpa":
         return "sdpa"
     if choice == "auto":
-        hopper_or_blackwell = torch.cuda.get_device_capability(device)[0] in (9, 10)
-        choice = "fa4" if hopper_or_blackwell and fa4_attention.available() else "triton"
+        choice = "triton"
+        if torch.cuda.get_device_capability(device)[0] in (9, 10) and fa4_attention.available():
+            try:
+                fa4_attention._interface()  # imports it now: a broken install falls back instead of failing later
+                choice = "fa4"
+            except ImportError as e:
+                warnings.warn(f"FlashAttention-4 is installed but unusable, attention stays on our kernels and "
+                              f"SDPA: {e}", stacklevel=2)
     if choice == "fa4":
         head_dims = {m.head_dim for m in model.modules() if isinstance(m, Attention) and m.head_dim % 8 == 0}
         use_flash_attention(model, tuple(head_dims), kernel="fa4")
