@@ -172,11 +172,9 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     model.eval()
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its deconvolution algorithms once
     pad_attention_weights(model)
-    if attention == "fa4":
-        from ..training.speed import use_flash_attention  # (training imports this module)
+    from ..training.speed import use_fast_attention  # (training imports this module)
 
-        use_flash_attention(model, head_dims=tuple(m.head_dim for m in model.modules() if isinstance(m, Attention)),
-                            kernel="fa4")
+    use_fast_attention(model, device, attention)  # "fa4": every head dim, all padded to multiples of 16 by now
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
     if fused:

@@ -99,10 +99,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         loaded = model.load_pretrained(sd)
         init_report = {"tensors": len(loaded), "decoder": any(k.startswith("decoder.") for k in loaded)}
     model.to(device)
-    attention_kernel = "sdpa"
+    attention_kernel = use_fast_attention(model, device, cfg.attention)  # FA4, or ours at head dim 32; CPU: SDPA
     if device.type == "cuda":
         pad_attention_heads(model)  # head dim 60 (2B) -> 64 so fused attention kernels apply; exact
-        attention_kernel = use_fast_attention(model, device, cfg.attention)  # FA4, or ours at head dim 32
         use_fused_gelu(model)  # fc1 bias + GELU: one memory-bound Triton kernel each way
     bf16 = cfg.precision == "bf16"
     block_lists = [model.backbone.blocks, model.decoder.blocks]
