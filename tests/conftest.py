@@ -51,3 +51,32 @@ def save_mmengine_checkpoint(path, state_dict, meta_obj) -> None:
     """torch.save a {state_dict, meta} container like mmengine's, then make the meta class unimportable."""
     torch.save({"state_dict": state_dict, "meta": {"cfg": meta_obj, "epoch": 3}, "message_hub": meta_obj}, path)
     sys.modules.pop(type(meta_obj).__module__, None)
+
+
+@pytest.fixture
+def step_reads(monkeypatch):
+    """``watch(module)`` wraps ``module.train_step`` so that each step's result notes when the loop reads it.
+
+    Returns (queued, reads): the real ``StepResult``s in order, and (step read, steps queued by then) per read.
+    """
+    queued, reads = [], []
+
+    class Watched:
+        def __init__(self, result, step):
+            self.result, self.step = result, step
+
+        def __getattr__(self, name):
+            reads.append((self.step, len(queued)))
+            return getattr(self.result, name)
+
+    def watch(module):
+        real = module.train_step
+
+        def watched_step(*args, **kw):
+            queued.append(real(*args, **kw))
+            return Watched(queued[-1], len(queued))
+
+        monkeypatch.setattr(module, "train_step", watched_step)
+        return queued, reads
+
+    return watch

@@ -119,6 +119,20 @@ def test_resume_is_exact_with_two_workers(shards, tmp_path, one_thread):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_step_results_are_read_only_when_the_loop_logs_or_saves(shards, tmp_path, step_reads):
+    from opensapiens.pretrain import loop
+
+    queued, reads = step_reads(loop)
+    assert main(["pretrain", "--data", str(shards), "--out", str(tmp_path / "run"), "--steps", "5", "--batch-size",
+                 "4", "--workers", "0", *SMALL, "--log-interval", "2", "--ckpt-interval", "100"]) == 0
+    assert {at for _, at in reads} == {2, 4, 5} and {step for step, _ in reads} == set(range(1, 6))
+    logged = [e for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+              if e["event"] == "train"]
+    assert [e["step"] for e in logged] == [2, 4, 5]
+    means = [sum(r.loss for r in queued[a:b]) / (b - a) for a, b in ((0, 2), (2, 4), (4, 5))]
+    assert [e["loss"] for e in logged] == pytest.approx(means, rel=1e-6)
+
+
 def test_whole_model_compile_matches_eager(shards, tmp_path, monkeypatch):
     """--compile model: the forward and the loss compiled as one graph train the same steps as eager. (Inductor draws
     the masking noise with its own generator; ``fallback_random`` makes it take eager's, so the masks agree.)"""

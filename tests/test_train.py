@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ from test_data_toy import write_toy_dataset
 from opensapiens.models import build_model
 from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
 from opensapiens.training import finetune as finetune_module
+from opensapiens.training.logger import StepWindow
 from opensapiens.training.reproducibility import deterministic_kernels
 
 SIZE = (128, 96)
@@ -128,6 +130,55 @@ def test_non_finite_step_in_a_run_is_counted_and_logged(toy, tmp_path, monkeypat
     assert summary["skipped_steps"] == 1
     skips = events(tmp_path / "run", "skip")
     assert [e["step"] for e in skips] == [3]
+
+
+def test_step_results_are_read_only_when_the_loop_logs_or_saves(toy, tmp_path, step_reads):
+    # reading a step's loss waits for the GPU; between logs the host must queue the next steps instead
+    queued, reads = step_reads(finetune_module)
+    summary = train(config(toy, tmp_path / "run", steps=7, log_interval=3, ckpt_interval=100))
+    assert {at for _, at in reads} == {3, 6, 7}  # logs at 3 and 6; the final log and save at 7
+    assert {step for step, _ in reads} == set(range(1, 8))  # every step counted
+    logged = events(tmp_path / "run")
+    assert [e["step"] for e in logged] == [3, 6, 7]
+    means = [sum(r.loss for r in queued[a:b]) / (b - a) for a, b in ((0, 3), (3, 6), (6, 7))]
+    assert [e["loss"] for e in logged] == pytest.approx(means, rel=1e-6)
+    assert summary["skipped_steps"] == 0 and summary["loss"] == pytest.approx(queued[-1].loss)
+
+
+def test_step_window_reads_late_and_logs_each_skip_at_its_step():
+    class Result:  # a step's values, as train_step's StepResult presents them
+        def __init__(self, loss, grad_norm=1.0):
+            self.loss, self.grad_norm = loss, grad_norm
+            self.skipped = not (math.isfinite(loss) and math.isfinite(grad_norm))
+
+    class Logger:
+        def __init__(self):
+            self.records = []
+
+        def log(self, event, step, **values):
+            self.records.append((event, step, values))
+
+    logger = Logger()
+    window = StepWindow(logger, skipped_steps=2)  # two skips before a resume
+    for step, loss in enumerate([0.5, float("nan"), 0.25, 0.75], start=11):
+        window.add(step, Result(loss, grad_norm=float("inf") if step == 14 else 1.0))
+    assert logger.records == [] and window.skipped_steps == 2  # nothing read yet
+    rec = window.record(global_batch=8, device=torch.device("cpu"))
+    assert [(e, s, v["skipped_steps"]) for e, s, v in logger.records] == [("skip", 12, 3), ("skip", 14, 4)]
+    assert rec["loss"] == pytest.approx((0.5 + 0.25) / 2) and rec["skipped"] == 2 and window.skipped_steps == 4
+    assert window.record(8, torch.device("cpu"))["loss"] is None  # a new, empty window
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA")
+def test_step_result_on_cuda_arrives_behind_its_step():
+    model = torch.nn.Linear(64, 1).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, fused=True)
+    x = torch.randn(128, 64, device="cuda")
+    expected = (model(x) ** 2).mean().double().item()
+    r = train_step(model, opt, [x], lambda b: (model(b) ** 2).mean())
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).double().norm().item()
+    assert r.loss == pytest.approx(expected, rel=1e-5) and r.grad_norm == pytest.approx(norm, rel=1e-5)
+    assert not r.skipped
 
 
 def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutions():

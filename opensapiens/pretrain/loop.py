@@ -174,10 +174,11 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         return int(D.all_reduce_sum(torch.tensor([float(skipped_samples)], device=device)).item())
 
     def save(reason: str) -> None:
+        window.settle()
         ranks = D.gather_objects((state.to_dict(), skipped_samples))
         cursors = {s: c for d, _ in ranks for s, c in LoaderState.from_dict(d).cursors.items()}
         meta = {"step": step, "loader": LoaderState(num_slots, state.batches, cursors).to_dict(),
-                "skipped_steps": skipped_steps, "skipped_samples_per_rank": [n for _, n in ranks],
+                "skipped_steps": window.skipped_steps, "skipped_samples_per_rank": [n for _, n in ranks],
                 "config": cfg.to_dict(), "world_size": info.world_size}
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
@@ -201,7 +202,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     model.train()
     result = None
     images = None
-    window = StepWindow()
+    window = StepWindow(logger, skipped_steps)  # reads the steps' losses back only when it logs or saves
     try:
         while step < cfg.steps:
             cur_lr = lr * lr_factor(step, cfg.steps, warmup, cfg.warmup_start)
@@ -212,10 +213,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                 result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype,
                                     device.type)
             step += 1
-            window.add(result)
-            if result.skipped:
-                skipped_steps += 1
-                logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_steps)
+            window.add(step, result)
             logger.advance()
             if step % cfg.log_interval == 0 or step == cfg.steps:
                 logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
@@ -229,17 +227,18 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                              "resume with --resume")
                 logger.close()
-                return {"step": step, "stopped": True, "skipped_steps": skipped_steps,
+                return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                         "loss": result.loss if result else None}
     finally:
         batches.close()
 
+    window.settle()
     if images is not None:
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
     logger.close()
-    return {"step": step, "stopped": False, "skipped_steps": skipped_steps, "skipped_samples": total_skipped_samples(),
-            "loss": result.loss if result else None, "outputs": outputs}
+    return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
+            "skipped_samples": total_skipped_samples(), "loss": result.loss if result else None, "outputs": outputs}
 
 
 def export_backbone(model: torch.nn.Module, mcfg: MAEConfig, run: Path, info: D.DistInfo, official: bool,

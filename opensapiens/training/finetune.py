@@ -206,7 +206,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         return metrics
 
     def save(reason: str) -> None:
-        meta = {"step": step, "data_position": position, "skipped_steps": skipped_total, "best": best,
+        window.settle()
+        meta = {"step": step, "data_position": position, "skipped_steps": window.skipped_steps, "best": best,
                 "config": cfg.to_dict(), "world_size": info.world_size}
         path = save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
@@ -216,7 +217,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     # ---- loop ------------------------------------------------------------------------------------------------------
     model.train()
     last_metrics, result = None, None
-    window = StepWindow()
+    window = StepWindow(logger, skipped_total)  # reads the steps' losses back only when it logs or saves
     while step < cfg.steps:
         lr = cfg.lr * schedule.factor(step)
         set_lr(optimizer, lr)
@@ -224,10 +225,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         result = train_step(model, optimizer, micro, compute_loss, cfg.clip_grad, autocast_dtype, device.type)
         step += 1
         position += global_batch
-        window.add(result)
-        if result.skipped:
-            skipped_total += 1
-            logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm, skipped_steps=skipped_total)
+        window.add(step, result)
         logger.advance()
 
         if step % cfg.log_interval == 0 or step == cfg.steps:
@@ -241,14 +239,15 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                          f"resume with --resume")
             logger.close()
-            return {"step": step, "stopped": True, "skipped_steps": skipped_total,
+            return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
 
+    window.settle()
     last_metrics = run_eval() or last_metrics
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
     logger.close()
-    return {"step": step, "stopped": False, "skipped_steps": skipped_total, "loss": result.loss if result else None,
-            "metrics": last_metrics, "best": best}
+    return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
+            "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 
 
 def _evaluator_kw(cfg: TrainConfig, val_set) -> dict:

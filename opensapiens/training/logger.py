@@ -26,27 +26,44 @@ def _scalar(v: Any) -> Any:
 
 
 class StepWindow:
-    """Loss, skipped steps and throughput over the steps since the last "train" record (shared by every loop)."""
+    """Loss, skipped steps and throughput over the steps since the last "train" record (shared by every loop).
 
-    def __init__(self) -> None:
+    Steps come in unread (a ``StepResult`` waits for its step when read) and are read at ``settle``: at a log, a
+    checkpoint, a stop or the end, so between those the host never waits for the GPU. ``settle`` writes a "skip"
+    record for each skipped step and keeps the run's count of them, ``skipped_steps``.
+    """
+
+    def __init__(self, logger: RunLogger, skipped_steps: int = 0) -> None:
+        self.logger, self.skipped_steps = logger, skipped_steps
+        self.pending: list[tuple[int, Any]] = []  # (step, StepResult) not read yet
         self.reset()
 
     def reset(self) -> None:
         self.loss, self.n, self.skipped, self.steps, self.t0 = 0.0, 0, 0, 0, time.perf_counter()
 
-    def add(self, result) -> None:
-        """Count one optimizer step's ``StepResult``."""
+    def add(self, step: int, result) -> None:
+        """Count optimizer step ``step`` (its ``StepResult`` is read at the next ``settle``)."""
+        self.pending.append((step, result))
         self.steps += 1
-        if result.skipped:
-            self.skipped += 1
-        else:
-            self.loss += result.loss
-            self.n += 1
+
+    def settle(self) -> None:
+        """Read every pending step: waits for the last one queued."""
+        for step, result in self.pending:
+            if result.skipped:
+                self.skipped += 1
+                self.skipped_steps += 1
+                self.logger.log("skip", step, loss=result.loss, grad_norm=result.grad_norm,
+                                skipped_steps=self.skipped_steps)
+            else:
+                self.loss += result.loss
+                self.n += 1
+        self.pending.clear()
 
     def record(self, global_batch: int, device) -> dict[str, Any]:
         """The window's fields of a "train" record (mean loss, images/s, skipped, peak memory); starts a new one."""
         import torch
 
+        self.settle()
         elapsed = time.perf_counter() - self.t0
         rec: dict[str, Any] = {"loss": self.loss / self.n if self.n else None,
                                "images_per_s": self.steps * global_batch / max(elapsed, 1e-9),

@@ -3,14 +3,17 @@
 Shared by fine-tuning and MAE pre-training. Under DDP / FSDP every rank reaches the same skip decision: the loss is
 summed over ranks and the gradient norm is computed on the synchronized gradients, so a NaN anywhere is a NaN
 everywhere.
+
+With a fused optimizer the skip happens on the device and the step's loss and gradient norm stay there until read:
+a loop that reads them only when it logs lets the host queue the next step while the GPU still runs this one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,11 +21,41 @@ from torch import nn
 from .distributed import all_reduce_sum, gradient_sync
 
 
-@dataclass
 class StepResult:
-    loss: float  # mean over micro-batches and ranks
-    grad_norm: float  # total L2 norm before clipping
-    skipped: bool  # True: non-finite loss or gradient, parameters untouched
+    """One step's loss (mean over micro-batches and ranks) and total gradient L2 norm before clipping.
+
+    On CUDA the two values travel to pinned host memory behind the step's kernels; the first read of a field waits
+    for this step only, so reading step k after queuing step k + 1 keeps the GPU busy.
+    """
+
+    def __init__(self, values: torch.Tensor) -> None:  # (2,) float32 on the step's device: loss, grad_norm
+        self._ready = None
+        if values.is_cuda:
+            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
+            values = host.copy_(values, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+        self._values = values
+
+    @functools.cached_property
+    def _host(self) -> tuple[float, float]:
+        if self._ready is not None:
+            self._ready.synchronize()
+        loss, grad_norm = self._values.tolist()
+        return loss, grad_norm
+
+    @property
+    def loss(self) -> float:
+        return self._host[0]
+
+    @property
+    def grad_norm(self) -> float:
+        return self._host[1]
+
+    @property
+    def skipped(self) -> bool:
+        """True: non-finite loss or gradient, parameters untouched."""
+        return not (math.isfinite(self.loss) and math.isfinite(self.grad_norm))
 
 
 def _total_norm(norm: torch.Tensor) -> torch.Tensor:
@@ -66,10 +99,11 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             optimizer.step()
         finally:
             del optimizer.found_inf
-    loss_mean, grad_norm = loss.item(), float(norm)
-    skipped = not (math.isfinite(loss_mean) and math.isfinite(grad_norm))
-    if skipped:
+    result = StepResult(torch.stack([loss.float(), norm.float()]).detach())
+    if on_device:
+        return result  # read when the loop logs; the next step's zero_grad drops a skipped step's gradients
+    if result.skipped:  # waits for the step: the host decides whether to update
         optimizer.zero_grad(set_to_none=True)
-    elif not on_device:
+    else:
         optimizer.step()
-    return StepResult(loss_mean, grad_norm, skipped)
+    return result
