@@ -59,6 +59,7 @@ from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models import fa4_attention, flash_attention
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image
 from opensapiens.models.vit import get_arch
+from opensapiens.pretrain.loop import masked_loss
 from opensapiens.pretrain.prefetch import DevicePrefetcher
 from opensapiens.training.optim import build_optimizer
 from opensapiens.training.speed import checkpoint_blocks, compile_blocks, use_flash_attention, use_fused_gelu
@@ -98,10 +99,10 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
     opt = build_optimizer(model, 1e-4, 0.05, betas=(0.9, 0.95), fused=optimized and on_cuda)
     attention = fast_attention if (optimized and on_cuda) else contextlib.nullcontext
 
-    def step(images: torch.Tensor):
+    def step(images: torch.Tensor):  # the loss as ``opensapiens pretrain`` computes it (noise drawn eagerly)
         with attention():
-            return train_step(model, opt, [images], lambda x: step_model(x, 0.75)[0], clip_grad=1.0,
-                              autocast_dtype=torch.bfloat16, device_type=device.type)
+            return train_step(model, opt, [images], lambda x: masked_loss(step_model, x, 0.75, model.config.grid),
+                              clip_grad=1.0, autocast_dtype=torch.bfloat16, device_type=device.type)
 
     return model, step
 

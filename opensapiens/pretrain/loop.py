@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -47,6 +48,17 @@ def lr_factor(step: int, total: int, warmup: int, warmup_start: float = 1e-4) ->
     if step < warmup:
         return Schedule(warmup, warmup, warmup_start, kind="constant").factor(step)
     return Schedule(max(total - warmup, 1), kind="cosine").factor(step - warmup)
+
+
+def masked_loss(forward: Callable[..., tuple], images: torch.Tensor, mask_ratio: float,
+                grid: tuple[int, int]) -> torch.Tensor:
+    """The MAE loss of ``images`` (B, 3, H, W) through ``forward`` (an ``MAE``, wrapped or compiled).
+
+    The masking noise is drawn here, eagerly, from the global RNG that checkpoints save, not inside a compiled graph
+    (Inductor has its own generator): compiled and eager runs mask the same patches, and a resume is exact either way.
+    """
+    noise = torch.rand(images.shape[0], grid[0] * grid[1], device=images.device)  # (B, N)
+    return forward(images, mask_ratio, noise)[0]
 
 
 def mae_config(cfg: PretrainConfig) -> MAEConfig:
@@ -164,7 +176,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     forward = torch.compile(model) if cfg.compile_scope == "model" else model  # forward + loss as one graph
 
     def compute_loss(images: torch.Tensor) -> torch.Tensor:
-        return forward(images, cfg.mask_ratio)[0]
+        return masked_loss(forward, images, cfg.mask_ratio, mcfg.grid)
 
     # On CUDA: cuDNN > flash > memory-efficient attention (the same fast path ``bench/bench_mae.py`` measures).
     attention = fast_attention if device.type == "cuda" else contextlib.nullcontext
