@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from .distributed import DistInfo, barrier, gather_objects
 
@@ -57,8 +63,6 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer | None = None)
     """Unsharded model (and optimizer) state dicts on CPU, keyed by parameter name (complete on rank 0)."""
     opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
     if optimizer is None:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
         return get_model_state_dict(model, options=opts), {}
     return get_state_dict(model, optimizer, options=opts)
 
@@ -85,13 +89,11 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     ckpt = torch.load(path, map_location="cpu", weights_only=True) if (info.is_main or not broadcast) else {}
     meta = gather_objects({k: v for k, v in ckpt.items() if k not in ("model", "optimizer")})[0]
     opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
+    # Two calls, not ``set_state_dict``: given the empty model dict that ranks > 0 pass with broadcast_from_rank0, it
+    # loads only the optimizer there and skips the model's broadcast that rank 0 waits in (PyTorch 2.11; a hang).
+    set_model_state_dict(model, ckpt.get("model", {}), options=opts)
     if optimizer is not None:
-        set_state_dict(model, optimizer, model_state_dict=ckpt.get("model", {}),
-                       optim_state_dict=ckpt.get("optimizer", {}), options=opts)
-    else:
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict
-
-        set_model_state_dict(model, ckpt.get("model", {}), options=opts)
+        set_optimizer_state_dict(model, optimizer, ckpt.get("optimizer", {}), options=opts)
     rngs = meta.pop("rng")
     set_rng_state(rngs[info.rank % len(rngs)])
     return meta
