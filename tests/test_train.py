@@ -432,6 +432,16 @@ def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_ranks_agree_to_stop_at_the_step_after_any_rank_is_signalled(monkeypatch):
+    from opensapiens.training import distributed as D
+
+    other_rank = iter([0.0, 0.0, 1.0, 1.0, 1.0])  # the other rank is signalled during step 3
+    monkeypatch.setattr(D, "all_reduce_sum", lambda t: t + next(other_rank))
+    vote = D.StopVote(D.DistInfo(rank=0, world_size=2), torch.device("cpu"))
+    assert [vote(False) for _ in range(5)] == [False, False, False, True, True]  # read one step late, same on all
+    assert [D.StopVote(D.DistInfo(), torch.device("cpu"))(r) for r in (False, True)] == [False, True]  # one process
+
+
 def test_deterministic_kernels_are_set_inside_and_restored_after():
     cudnn = torch.backends.cudnn
     before = (torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark,

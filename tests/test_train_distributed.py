@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -53,6 +54,46 @@ def test_two_processes_match_one(tmp_path, mode):
     assert a.keys() == b.keys()
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-2 * 1e-3, worst  # under 1% of one step's AdamW update (lr 1e-3)
+
+
+def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path):
+    """SIGTERM reaches one worker only (as when a scheduler signals one process): both ranks agree on the step, save
+    one checkpoint and exit cleanly; the resumed run ends with the weights of an uninterrupted one."""
+    import time
+
+    data = write_toy_dataset(tmp_path / "toy", 12, SIZE, seed=0)
+    steps = "200"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "opensapiens.cli.main", "train", "--task", "pose", "--data", str(data), "--arch", "nano",
+           "--head-channels", "32", "--input-size", "128x96", "--steps", steps, "--workers", "0", "--precision",
+           "fp32", "--log-interval", "1", "--no-tensorboard", "--keypoints", str(data / "keypoints.json"),
+           "--lr", "1e-3", "--ohkm-topk", "0", "--device", "cpu", "--batch-size", "2", "--ckpt-interval", "1000"]
+    _run(cmd + ["--out", str(tmp_path / "straight")], tmp_path)
+
+    part = tmp_path / "part"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    agent = subprocess.Popen(cmd + ["--out", str(part)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        log = part / "metrics.jsonl"
+        while not log.exists() or log.read_text().count('"event": "train"') < 3:  # a few steps in
+            assert time.monotonic() < deadline and agent.poll() is None, "the run ended before the signal"
+            time.sleep(0.05)
+        workers = Path(f"/proc/{agent.pid}/task/{agent.pid}/children").read_text().split()
+        assert len(workers) == 2
+        os.kill(int(workers[1]), signal.SIGTERM)
+        _, err = agent.communicate(timeout=120)
+    except BaseException:
+        os.killpg(agent.pid, signal.SIGKILL)
+        raise
+    assert agent.returncode == 0, err[-3000:]
+    saved = sorted(p.name for p in (part / "checkpoints").iterdir())
+    assert len(saved) == 1 and saved[0] != f"step_{int(steps):08d}.pt", saved  # one stop step, before the end
+    _run(cmd + ["--out", str(part), "--resume"], tmp_path)
+    assert _trace(part) == _trace(tmp_path / "straight")  # every step's loss and gradient norm
+    a, b = load_file(tmp_path / "straight" / "final.safetensors"), load_file(part / "final.safetensors")
+    assert all(a[k].equal(b[k]) for k in a)
 
 
 def test_a_rank_without_a_gpu_gets_a_clear_error(monkeypatch):

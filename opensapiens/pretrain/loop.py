@@ -214,6 +214,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     model.train()
     result = None
     images = None
+    stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
     window = StepWindow(logger, skipped_steps)  # reads the steps' losses back only when it logs or saves
     try:
         while step < cfg.steps:
@@ -232,7 +233,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
-            stop_now = D.agree_to_stop(stop.requested, info, device)
+            stop_now = stop_vote(stop.requested)
             if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
                 save("signal" if stop_now else "interval" if step < cfg.steps else "final")
             if stop_now:

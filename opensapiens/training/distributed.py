@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .readback import Readback
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -111,11 +113,23 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def agree_to_stop(requested: bool, info: DistInfo, device: torch.device) -> bool:
-    """True on every rank if any rank was asked to stop (SIGTERM), so all ranks stop at the same step."""
-    if not info.distributed:
-        return requested
-    return bool(all_reduce_sum(torch.tensor([float(requested)], device=device)).item())
+class StopVote:
+    """Whether any rank was asked to stop (SIGTERM), agreed by all ranks without the host waiting for the GPU.
+
+    Each step's votes are summed by an all-reduce queued behind the step and read at the next step, so every rank
+    stops at the same step: the one after the signal (one process: at once).
+    """
+
+    def __init__(self, info: DistInfo, device: torch.device) -> None:
+        self.info, self.device = info, device
+        self._last: Readback | None = None  # the previous step's summed votes
+
+    def __call__(self, requested: bool) -> bool:
+        if not self.info.distributed:
+            return requested
+        agreed = self._last is not None and self._last.tolist()[0] > 0
+        self._last = Readback(all_reduce_sum(torch.full((1,), float(requested), device=self.device)))
+        return agreed
 
 
 def gather_objects(obj: Any) -> list[Any]:

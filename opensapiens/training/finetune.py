@@ -217,6 +217,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     # ---- loop ------------------------------------------------------------------------------------------------------
     model.train()
     last_metrics, result = None, None
+    stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
     window = StepWindow(logger, skipped_total)  # reads the steps' losses back only when it logs or saves
     while step < cfg.steps:
         lr = cfg.lr * schedule.factor(step)
@@ -232,7 +233,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
         if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
             last_metrics = run_eval()
-        stop_now = D.agree_to_stop(stop.requested, info, device)
+        stop_now = stop_vote(stop.requested)
         if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
             save("signal" if stop_now else "interval" if step < cfg.steps else "final")
         if stop_now:

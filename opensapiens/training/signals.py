@@ -1,5 +1,6 @@
 """Graceful stop: SIGTERM (cluster pre-emption, ``kill``) or Ctrl-C sets a flag; the loop saves a checkpoint at the
-end of the current step and exits. A second Ctrl-C interrupts immediately."""
+end of the current step (under torchrun: of the next one, which every rank agrees on) and exits. A second Ctrl-C
+interrupts immediately."""
 
 from __future__ import annotations
 

@@ -19,28 +19,21 @@ import torch
 from torch import nn
 
 from .distributed import all_reduce_sum, gradient_sync
+from .readback import Readback
 
 
 class StepResult:
     """One step's loss (mean over micro-batches and ranks) and total gradient L2 norm before clipping.
 
-    On CUDA the two values travel to pinned host memory behind the step's kernels; the first read of a field waits
-    for this step only, so reading step k after queuing step k + 1 keeps the GPU busy.
+    The values travel to the host behind the step's kernels (``Readback``); the first read of a field waits for this
+    step only, so reading step k after queuing step k + 1 keeps the GPU busy.
     """
 
     def __init__(self, values: torch.Tensor) -> None:  # (2,) float32 on the step's device: loss, grad_norm
-        self._ready = None
-        if values.is_cuda:
-            host = torch.empty(2, dtype=torch.float32, pin_memory=True)
-            values = host.copy_(values, non_blocking=True)
-            self._ready = torch.cuda.Event()
-            self._ready.record()
-        self._values = values
+        self._values = Readback(values)
 
     @functools.cached_property
     def _host(self) -> tuple[float, float]:
-        if self._ready is not None:
-            self._ready.synchronize()
         loss, grad_norm = self._values.tolist()
         return loss, grad_norm
 
