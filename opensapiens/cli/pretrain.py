@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .predict import parse_size
@@ -111,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, rank 0's (the others list no outputs)
+        return 0
     if summary.get("stopped"):
         print(f"stopped at step {summary['step']}; continue with: opensapiens pretrain --out {args.out} --resume")
         return 0
