@@ -24,7 +24,8 @@ op), optimized-pad64 (every head dim zero-padded to 64, SDPA), optimized-model (
 too), optimized-fa4-untuned (all on FA4 with its own tiles instead of ours), optimized-fa4-model (all on FA4,
 whole-model compile), optimized-fa4-graphs (all on FA4, each compiled block replayed as CUDA graphs) and
 optimized-fa4-model-graphs (the whole model's forward and backward as CUDA graphs; CUDA-graph variants keep their
-memory pools: run them last);
+memory pools: run them last), optimized-fa4-model-read (optimized-fa4-model reading each step's loss back at once,
+as the loop did before 1 December 2026; eager does too, as a plain loop that logs every loss);
 --flash-config (our kernels' launch configs from ``bench/flash_attention_train.py``'s JSON); --fa4-config (FA4 tiles
 per head dim from ``bench/fa4_attention.py --tiles``'s JSON); --attention (each SDPA backend and FlexAttention on the
 encoder and decoder attention shapes); --profile (top kernels of the optimized step, else of the last variant).
@@ -72,7 +73,8 @@ def model_config(args) -> MAEConfig:
 
 
 def build(args, device: torch.device, optimized: bool, compile_mode: str | None = None, head_multiple: int = 16,
-          flash: tuple[int, ...] = (), gelu: bool = False, kernel: str = "triton", fa4_tiles: bool = True):
+          flash: tuple[int, ...] = (), gelu: bool = False, kernel: str = "triton", fa4_tiles: bool = True,
+          read_loss: bool = False):
     compile_mode = args.compile if compile_mode is None else compile_mode
     torch.manual_seed(0)
     model = MAE(model_config(args)).to(device)
@@ -101,8 +103,11 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
 
     def step(images: torch.Tensor):  # the loss as ``opensapiens pretrain`` computes it (noise drawn eagerly)
         with attention():
-            return train_step(model, opt, [images], lambda x: masked_loss(step_model, x, 0.75, model.config.grid),
-                              clip_grad=1.0, autocast_dtype=torch.bfloat16, device_type=device.type)
+            result = train_step(model, opt, [images], lambda x: masked_loss(step_model, x, 0.75, model.config.grid),
+                                clip_grad=1.0, autocast_dtype=torch.bfloat16, device_type=device.type)
+        if read_loss:  # the host waits for every step, as a loop that logs each loss does
+            _ = result.loss
+        return result
 
     return model, step
 
@@ -147,9 +152,10 @@ class Variant(NamedTuple):
     gelu: bool = True  # our Triton bias + GELU op in the MLPs
     kernel: str = "triton"  # our Triton FlashAttention, or "fa4" (FlashAttention-4, the flash-attn-4 package)
     fa4_tiles: bool = True  # FA4 with our Hopper tile tables (models/fa4_attention.py, --fa4-config); else its own
+    read_loss: bool = False  # read each step's loss back at once (the host waits); pretrain reads when it logs
 
 
-VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
+VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False, read_loss=True),
             "optimized": Variant(True),
             "optimized-sdpa": Variant(True, flash=()),
             "optimized-flash64": Variant(True, flash=(32, 64)),
@@ -157,6 +163,7 @@ VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False),
             "optimized-fa4-all": Variant(True, flash=(32, 64), kernel="fa4"),
             "optimized-fa4-untuned": Variant(True, flash=(32, 64), kernel="fa4", fa4_tiles=False),
             "optimized-fa4-model": Variant(True, "model", flash=(32, 64), kernel="fa4"),
+            "optimized-fa4-model-read": Variant(True, "model", flash=(32, 64), kernel="fa4", read_loss=True),
             "optimized-fa4-graphs": Variant(True, "blocks-graphs", flash=(32, 64), kernel="fa4"),
             "optimized-fa4-model-graphs": Variant(True, "model-graphs", flash=(32, 64), kernel="fa4"),
             "optimized-inductor-gelu": Variant(True, gelu=False),
@@ -353,7 +360,7 @@ def main() -> None:
         feed = DevicePrefetcher(iter(loader), device, (H, W))
         try:
             sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
-            result["loader"] = report("optimized + loader", sec, peak)
+            result["loader"] = report(f"{key} + loader", sec, peak)  # the last variant's step
             sec, _ = timed(lambda b: None, lambda: next(feed).images, args.steps, 2, device)
             result["loader_only_images_per_s"] = args.batch / sec
             print(f"  {'loader alone':<22} {args.batch / sec:8.1f} img/s  ({args.workers} workers, "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -187,6 +187,21 @@ elif [ "$1" = fa4-cli ]; then
   grep '"train"' /tmp/ft_run/metrics.jsonl | tail -2
   timeout 200 python -m pytest -rA --tb=short tests/test_fa4_attention.py tests/test_mae_pretrain.py \
     tests/test_train.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
+elif [ "$1" = readback ]; then
+  # (after the ninth session, which had no GPU) the MAE-0.3B step with FA4 and the whole-model compile, reading each
+  # step's loss back at once (the loop before) / reading when the loop logs (now) / A / B again; then the last one fed
+  # by the real streaming loader (1280x1024 JPEGs, nvJPEG, 8 workers) beside it; pose-1B inference with FA4 (the
+  # opt-in path, refactored since its last GPU run)
+  timeout 420 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \
+    --variants optimized-fa4-model-read,optimized-fa4-model,optimized-fa4-model-read,optimized-fa4-model \
+    --memory-limit-gib $CAP --out "$OUT/mae_0.3b_readback.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
+  timeout 150 python -m opensapiens.cli.main bench --task pose --arch 1b --batch 8 --iters 10 --fa4 \
+    --out "$OUT/fa4_pose_1b_rerun.json" | grep -v '^{'
+elif [ "$1" = readback-tests ]; then
+  # the ninth session's changes under CUDA: the step results' pinned copy, the loops' late reads, the masking noise
+  # drawn outside the compiled graph; with FA4 installed, the FA4 and inference-optimization tests too
+  timeout 400 python -m pytest -rA --tb=short tests/test_train.py tests/test_mae_pretrain.py \
+    tests/test_fa4_attention.py tests/test_optimize.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;
