@@ -355,8 +355,9 @@ def main() -> None:
         ds = StreamingImages(find_source(data), (H, W), args.batch, num_workers=args.workers,
                              gpu_jpeg=device.type == "cuda")
         loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=args.workers,
-                                             pin_memory=device.type == "cuda", prefetch_factor=4,
-                                             multiprocessing_context="forkserver")
+                                             pin_memory=device.type == "cuda",
+                                             prefetch_factor=4 if args.workers else None,
+                                             multiprocessing_context="forkserver" if args.workers else None)
         feed = DevicePrefetcher(iter(loader), device, (H, W))
         try:
             sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
