@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,36 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path)
     assert _trace(part) == _trace(tmp_path / "straight")  # every step's loss and gradient norm
     a, b = load_file(tmp_path / "straight" / "final.safetensors"), load_file(part / "final.safetensors")
     assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_pretraining_on_two_ranks_resumes_exactly(tmp_path):
+    """MAE pretraining under torchrun (2 gloo ranks x 2 loader workers): a run that lost everything after its step-4
+    checkpoint resumes to the uninterrupted run's losses and weights (data stream, masking RNG and optimizer)."""
+    import numpy as np
+    from test_mae_pretrain import jpeg, smooth_image
+
+    from opensapiens.data.shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "shards", max_count=5) as w:
+        for i in range(20):
+            w.write(f"img{i:03d}", jpeg(smooth_image(rng)), ".jpg")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "opensapiens.cli.main", "pretrain", "--data", str(tmp_path / "shards"), "--steps", "8", "--batch-size", "2",
+           "--workers", "2", "--shuffle-buffer", "4", "--ckpt-interval", "4", "--keep-last", "0", "--arch", "nano",
+           "--input-size", "64x64", "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2",
+           "--no-tensorboard", "--log-interval", "1", "--device", "cpu", "--deterministic"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    _run(cmd + ["--out", str(straight)], tmp_path)
+    shutil.copytree(straight, crashed)
+    for p in [crashed / "checkpoints" / "step_00000008.pt", crashed / "mae.safetensors"]:
+        p.unlink()
+    _run(cmd + ["--out", str(crashed), "--resume"], tmp_path)
+    losses = [[e["loss"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+               if e["event"] == "train"] for run in (straight, crashed)]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    a, b = load_file(straight / "mae.safetensors"), load_file(crashed / "mae.safetensors")
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
 
 def test_a_rank_without_a_gpu_gets_a_clear_error(monkeypatch):
