@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|targets-mae|targets-infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -187,6 +187,29 @@ elif [ "$1" = fa4-cli ]; then
   grep '"train"' /tmp/ft_run/metrics.jsonl | tail -2
   timeout 200 python -m pytest -rA --tb=short tests/test_fa4_attention.py tests/test_mae_pretrain.py \
     tests/test_train.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
+elif [ "$1" = targets-mae ]; then
+  # issue #6's done-when on the card that is lent (made for an H100; FA4 installed as bench/pack_fa4.sh says):
+  # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by
+  # the real streaming loader (1280x1024 JPEGs in tar shards, nvJPEG, 8 workers) beside its resident-batch run
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  timeout 560 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \
+    --variants eager,optimized,optimized-fa4-model --memory-limit-gib $CAP --out "$OUT/targets_mae_0.3b_$C.json" \
+    2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
+elif [ "$1" = targets-infer ]; then
+  # issue #7's done-when on the card that is lent: pose 0.3b/1b/2b eager / fused (+ FA4) / FP8, seg 1b, and pose-0.3b
+  # and seg-1b end to end over 2048 1080p JPEGs (host decode and nvJPEG)
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  FA=""; python -c "import flash_attn.cute" 2>/dev/null && FA="--fa4"
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8 $FA"
+  $B --task pose --arch 1b --batch 8 --out "$OUT/targets_pose_1b_$C.json" | grep -v '^{'
+  $B --task pose --arch 2b --batch 4 --out "$OUT/targets_pose_2b_$C.json" | grep -v '^{'
+  E="python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048"  # the default path, model-only beside
+  timeout 190 $E --task pose --arch 0.3b --batch 16 --e2e-decode cpu,gpu --out "$OUT/targets_pose_0.3b_$C.json" \
+    | grep -v '^{'
+  timeout 150 $E --task seg --arch 1b --batch 8 --out "$OUT/targets_seg_1b_$C.json" | grep -v '^{'
 elif [ "$1" = readback ]; then
   # (after the ninth session, which had no GPU) the MAE-0.3B step with FA4 and the whole-model compile, reading each
   # step's loss back at once (the loop before) / reading when the loop logs (now) / A / B again; then the last one fed
