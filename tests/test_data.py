@@ -18,6 +18,7 @@ from opensapiens.data import (
     PoseAugment,
     SampleKey,
     TrainSampler,
+    build_dataset,
     load_classes,
     load_keypoint_layout,
 )
@@ -124,6 +125,9 @@ def test_bad_inputs_get_clear_errors_and_bad_files_are_skipped(toy, tmp_path):
         load_keypoint_layout(bad)
     with pytest.raises(DataError, match="expected images/"):
         DenseDataset(tmp_path, "depth")
+    for task in ("pose", "seg"):  # a mistyped --data names itself, whichever the task
+        with pytest.raises(DataError, match=f"{tmp_path / 'missing'} does not exist"):
+            build_dataset(task, tmp_path / "missing", train=True)
     # a label map with ids beyond the class list is reported and replaced by the next sample
     import shutil
 

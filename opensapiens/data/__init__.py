@@ -23,6 +23,8 @@ DENSE_AUGMENT = {
 def pose_annotation_file(path: str | Path) -> Path:
     """The COCO JSON of a pose dataset: the file itself, or ``annotations.json`` in the folder."""
     path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset {path} does not exist")
     if path.is_file():
         return path
     for name in ("annotations.json", "keypoints.json"):
