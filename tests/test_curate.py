@@ -157,6 +157,17 @@ def test_cli_with_two_workers(collection, tmp_path, monkeypatch, capsys):
     assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
 
 
+def test_cli_names_a_missing_source_before_loading_the_detector(tmp_path, monkeypatch, capsys):
+    import opensapiens.inference.detector as det
+
+    def no_detector(*a, **k):
+        raise AssertionError("the detector (a download on first use) was built for a source that does not exist")
+
+    monkeypatch.setattr(det, "PersonDetector", no_detector)
+    assert main(["curate", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert f"{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------------------------------------- pHash
 
 

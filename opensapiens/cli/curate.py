@@ -41,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..curation import CurationConfig, curate
     from ..inference.detector import PersonDetector
+    from ..io.images import list_inputs
 
     try:
+        sources = list_inputs(args.src, recursive=True)  # a mistyped SRC fails here, before the detector loads
         cfg = CurationConfig(min_score=args.min_score, min_box_side=args.min_box_side, box_side=args.box_side,
                              phash_radius=args.phash_radius, shard_max_count=args.shard_size,
                              batch_size=args.batch_size, workers=args.workers)
@@ -50,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
         # The detector's own threshold only trims what is recorded; the keep rule uses --min-score.
         detector = PersonDetector(args.detector_weights, arch=args.detector, device=device,
                                   score_threshold=min(0.3, args.min_score))
-        report = curate(args.src, args.out, detector, cfg, log=lambda m: print(m, file=sys.stderr))
+        report = curate(sources, args.out, detector, cfg, log=lambda m: print(m, file=sys.stderr))
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
