@@ -169,8 +169,18 @@ def test_saved_mode_all_tasks(dataset, tmp_path, capsys):
     assert r["AP"] == pytest.approx(1.0) and r["face_AP"] == pytest.approx(1.0) and r["keypoint_set"] == "goliath"
 
 
-def test_bad_invocations(tmp_path, capsys):
+def test_bad_invocations(tmp_path, capsys, monkeypatch):
     assert main(["eval", "--task", "seg", "--pred", str(tmp_path)]) == 2
     assert "either --pred and --gt" in capsys.readouterr().err
     assert main(["eval", "--task", "depth", "--pred", str(tmp_path), "--gt", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+
+    def no_model(*a, **k):
+        raise AssertionError("the model (maybe a download) was loaded for a dataset that is not there")
+
+    monkeypatch.setattr(eval_cli, "_load_predictor", no_model)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    for task, missing in (("pose", "no images/"), ("depth", "no depths/")):
+        data = tmp_path / ("data" if task == "depth" else "nope")
+        assert main(["eval", "--task", task, "--checkpoint", "sapiens-pose-308-0.3b", "--data", str(data)]) == 2
+        assert missing in capsys.readouterr().err

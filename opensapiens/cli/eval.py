@@ -61,7 +61,7 @@ def _load_predictor(task: str, checkpoint: str, device: str | None, dtype: str |
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation.runner import evaluate_model, evaluate_saved
+    from ..evaluation.runner import check_dataset, evaluate_model, evaluate_saved
     from ..io import save_json
 
     saved, model = args.pred is not None or args.gt is not None, args.checkpoint is not None or args.data is not None
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
             kwargs = {"batch_size": args.batch_size}
             if args.task == "pose":
                 kwargs["flip"] = args.flip
+            check_dataset(args.task, args.data)  # before the model loads (maybe a download)
             predictor = _load_predictor(args.task, args.checkpoint, args.device, args.dtype, **kwargs)
             result = evaluate_model(args.task, predictor, args.data, batch_images=args.batch_size, **common)
             result["protocol"]["checkpoint"] = str(args.checkpoint)

@@ -245,6 +245,22 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     return _finish("pose", metrics, protocol, skipped)
 
 
+def check_dataset(task: str, data: str | Path) -> Path:
+    """``data`` as a Path if it has the layout ``evaluate_model`` reads for ``task``; else a clear error (cheap: check
+    it before loading a model)."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    data = Path(data)
+    if not (data / "images").is_dir():
+        raise FileNotFoundError(f"{data}: no images/ folder (expected the synthetic-data layout)")
+    if task == "pose":
+        if not (data / "annotations.json").is_file():
+            raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
+    elif not (data / GT_DIRS[task][0]).is_dir():
+        raise FileNotFoundError(f"{data}: no {GT_DIRS[task][0]}/ folder with the {task} ground truth")
+    return data
+
+
 def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | None = None, classes=None,
                    align: str = "lstsq", ignore_index: int = 255, limit: int | None = None, batch_images: int = 4,
                    progress: bool = False) -> dict:
@@ -254,20 +270,12 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     ``NormalResult``. Pose is top-down with the GT boxes of ``annotations.json``; depth and normals are predicted
     without a mask and scored on the GT foreground (``masks/``, else the GT's nonzero pixels).
     """
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    data = Path(data)
-    if not (data / "images").is_dir():
-        raise FileNotFoundError(f"{data}: no images/ folder (expected the synthetic-data layout)")
+    data = check_dataset(task, data)
     if task == "pose":
-        if not (data / "annotations.json").is_file():
-            raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
         return _evaluate_pose_model(predictor, data, keypoints, limit, batch_images, progress)
     from ..io import read_image
 
     gt_dir, ext = GT_DIRS[task]
-    if not (data / gt_dir).is_dir():
-        raise FileNotFoundError(f"{data}: no {gt_dir}/ folder with the {task} ground truth")
     if classes is None and task == "seg" and getattr(predictor, "class_names", None):
         classes = predictor.class_names
     acc = _dense_accumulator(task, classes, align, ignore_index)
