@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|targets-mae|targets-infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|targets-mae|targets-infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -187,6 +187,13 @@ elif [ "$1" = fa4-cli ]; then
   grep '"train"' /tmp/ft_run/metrics.jsonl | tail -2
   timeout 200 python -m pytest -rA --tb=short tests/test_fa4_attention.py tests/test_mae_pretrain.py \
     tests/test_train.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
+elif [ "$1" = fa4-2b ]; then
+  # fine-tuning 2B normals at the docs' recipe with attention on FA4 (head dim 60 zero-padded to 64 at run time, new
+  # since the ninth session) / on SDPA (cuDNN, padded the same way), same process
+  timeout 560 python bench/bench_train.py --task normal --arch 2b --batch 16 --fsdp --compile --skip-baseline \
+    --checkpointing blocks+head --head-chunk 2 --save-attention --channels-last --steps 4 --warmup 2 \
+    --attention fa4,sdpa --memory-limit-gib $CAP --out "$OUT/train_normal_2b_fa4.json" 2>&1 | grep -v Warn \
+    | grep "img/s\|memory\|failed"
 elif [ "$1" = targets-mae ]; then
   # issue #6's done-when on the card that is lent (made for an H100; FA4 installed as bench/pack_fa4.sh says):
   # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by

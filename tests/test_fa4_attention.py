@@ -98,6 +98,32 @@ def test_attention_module_on_fa4_matches_sdpa(stand_in, monkeypatch):
     torch.testing.assert_close(attn(x), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_padded_heads_run_on_fa4_and_match_unpadded_sdpa(stand_in, monkeypatch):
+    """A head dim FA4 does not take (here 12; the 2B model's 60) runs on it zero-padded (16; 64) when training pads
+    heads at run time; output and every parameter gradient equal plain SDPA's at the true head dim."""
+    torch.manual_seed(0)
+    attn = Attention(24, 2).double()  # head dim 12
+    x = torch.randn(2, 9, 24, dtype=torch.float64)
+    grad = torch.randn(2, 9, 24, dtype=torch.float64)
+    attn(x).backward(grad)
+    expected = {n: p.grad.clone() for n, p in attn.named_parameters()}
+    out_sdpa = attn(x).detach()
+    attn.zero_grad()
+    calls = []
+    real = fa4.fa4_attention
+    monkeypatch.setattr(fa4, "fa4_attention", lambda qkv, scale: calls.append(qkv.shape) or real(qkv, scale))
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))  # the CUDA gate, on the CPU
+    attn.kernel = "fa4"
+    assert torch.equal(attn(x).detach(), out_sdpa) and calls == []  # head dim 12 unpadded: SDPA, no error
+    attn.padded_head_dim = 16  # what pad_attention_heads sets
+    out = attn(x)
+    out.backward(grad)
+    assert calls[-1] == (2, 9, 3, 2, 16)  # FA4 saw the padded heads
+    torch.testing.assert_close(out, out_sdpa, rtol=1e-12, atol=1e-12)
+    for n, p in attn.named_parameters():
+        torch.testing.assert_close(p.grad, expected[n], rtol=1e-5, atol=1e-6)  # float32 log-sum-exp, as FA4
+
+
 def test_use_flash_attention_switches_the_chosen_head_dims(stand_in):
     model = MAE(MAEConfig(get_arch("nano"), (32, 32), decoder_dim=64, decoder_depth=2, decoder_heads=2))
     # nano: 2 heads of 64 in the encoder; the decoder here: 2 heads of 32

@@ -124,7 +124,8 @@ class Attention(nn.Module):
     ``kernel = "triton"`` runs our FlashAttention kernels (``flash_attention.py``) instead of SDPA on CUDA in bf16 or
     fp16: faster than every SDPA backend at head dim 32 (the MAE decoder), forward and backward. (In float32 SDPA
     keeps it: Triton's float32 products would round to TF32.) ``kernel = "fa4"`` runs FlashAttention-4's kernels
-    (``fa4_attention.py``, the optional ``flash-attn-4`` package) the same way.
+    (``fa4_attention.py``, the optional ``flash-attn-4`` package) the same way. Both take head dims that are
+    multiples of 8, after ``padded_head_dim``'s padding (else SDPA runs).
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -149,13 +150,17 @@ class Attention(nn.Module):
         """``attend`` from the qkv projection's output: (B, N, 3 * heads * head dim) -> (B, N, heads * head dim)."""
         B, N, _ = qkv.shape
         hd = qkv.shape[-1] // (3 * self.num_heads)
-        if self.kernel != "sdpa" and qkv.is_cuda and qkv.dtype != torch.float32 and not self.padded_head_dim:
+        kernel_hd = max(self.padded_head_dim or hd, hd)
+        if self.kernel != "sdpa" and qkv.is_cuda and qkv.dtype != torch.float32 and kernel_hd % 8 == 0:
             if self.kernel == "fa4":
                 from .fa4_attention import fa4_attention as attention
             else:
                 from .flash_attention import flash_attention as attention  # imports Triton: only where it runs
-            x = attention(qkv.view(B, N, 3, self.num_heads, hd), self.scale or hd**-0.5)  # B N nh hd
-            return x.reshape(B, N, self.num_heads * hd)
+            qkv = qkv.view(B, N, 3, self.num_heads, hd)
+            if kernel_hd > hd:  # one copy of q, k, v together (the SDPA path below pads them one by one)
+                qkv = F.pad(qkv, (0, kernel_hd - hd))
+            x = attention(qkv, self.scale or hd**-0.5)  # B N nh kernel_hd
+            return x[..., :hd].reshape(B, N, self.num_heads * hd)
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # B nh N hd
         if self.padded_head_dim and self.padded_head_dim > hd:
             pad = (0, self.padded_head_dim - hd)

@@ -146,11 +146,12 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
     ("sdpa", "triton" or "fa4").
 
     ``auto``: on a Hopper or Blackwell GPU with FlashAttention-4 installed (``pip install flash-attn-4``), FA4 for every
-    head dim it takes (on an H200: the MAE-0.3B step 337 -> 297-301 ms, fine-tuning 0.3B's attention forward +
-    backward 3.12 -> 2.43 ms a layer; `docs/performance.md`); else our Triton kernels at head dim 32 (the MAE
-    decoder) and SDPA elsewhere (also, with a warning, where an installed FA4 does not import or lacks the entry points
-    we use); SDPA on a CPU. ``fa4`` insists on FA4 (an error says what to install), ``triton``
-    is the head-dim-32 choice without FA4, ``sdpa`` leaves every layer on SDPA.
+    layer (a head dim it does not take, the 2B model's 60, once ``pad_attention_heads`` pads it to 64). On an H200:
+    the MAE-0.3B step 337 -> 297-301 ms, fine-tuning 0.3B's attention forward + backward 3.12 -> 2.43 ms a layer
+    (`docs/performance.md`). Else our Triton kernels at head dim 32 (the MAE decoder) and SDPA elsewhere (also, with a
+    warning, where an installed FA4 does not import or lacks the entry points we use); SDPA on a CPU. ``fa4`` insists
+    on FA4 (an error says what to install), ``triton`` is the head-dim-32 choice without FA4, ``sdpa`` leaves every
+    layer on SDPA.
     """
     if choice not in ATTENTION_CHOICES:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {choice!r}")
@@ -165,8 +166,8 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
             except ImportError as e:
                 warnings.warn(f"FlashAttention-4 is installed but unusable, attention stays on our kernels and "
                               f"SDPA: {e}", stacklevel=2)
-    if choice == "fa4":
-        head_dims = {m.head_dim for m in model.modules() if isinstance(m, Attention) and m.head_dim % 8 == 0}
+    if choice == "fa4":  # every layer: head dims FA4 does not take (2B: 60) run on it once padded (64)
+        head_dims = {m.head_dim for m in model.modules() if isinstance(m, Attention)}
         use_flash_attention(model, tuple(head_dims), kernel="fa4")
         return "fa4"
     return "triton" if use_flash_attention(model) else "sdpa"
