@@ -152,7 +152,7 @@ class Variant(NamedTuple):
     gelu: bool = True  # our Triton bias + GELU op in the MLPs
     kernel: str = "triton"  # our Triton FlashAttention, or "fa4" (FlashAttention-4, the flash-attn-4 package)
     fa4_tiles: bool = True  # FA4 with our Hopper tile tables (models/fa4_attention.py, --fa4-config); else its own
-    read_loss: bool = False  # read each step's loss back at once (the host waits); pretrain reads when it logs
+    read_loss: bool = False  # read each step's loss back at once (the host waits); pretrain reads 2 steps late
 
 
 VARIANTS = {"eager": Variant(False, "none", flash=(), gelu=False, read_loss=True),

@@ -219,7 +219,7 @@ elif [ "$1" = targets-infer ]; then
   timeout 150 $E --task seg --arch 1b --batch 8 --out "$OUT/targets_seg_1b_$C.json" | grep -v '^{'
 elif [ "$1" = readback ]; then
   # (after the ninth session, which had no GPU) the MAE-0.3B step with FA4 and the whole-model compile, reading each
-  # step's loss back at once (the loop before) / reading when the loop logs (now) / A / B again; then the last one fed
+  # step's loss back at once (the loop before) / reading two steps late (now) / A / B again; then the last one fed
   # by the real streaming loader (1280x1024 JPEGs, nvJPEG, 8 workers) beside it; pose-1B inference with FA4 (the
   # opt-in path, refactored since its last GPU run)
   timeout 420 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \

@@ -119,13 +119,14 @@ def test_resume_is_exact_with_two_workers(shards, tmp_path, one_thread):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_step_results_are_read_only_when_the_loop_logs_or_saves(shards, tmp_path, step_reads):
+def test_step_results_are_read_two_steps_late_or_when_the_loop_logs(shards, tmp_path, step_reads):
     from opensapiens.pretrain import loop
 
     queued, reads = step_reads(loop)
     assert main(["pretrain", "--data", str(shards), "--out", str(tmp_path / "run"), "--steps", "5", "--batch-size",
                  "4", "--workers", "0", *SMALL, "--log-interval", "2", "--ckpt-interval", "100"]) == 0
-    assert {at for _, at in reads} == {2, 4, 5} and {step for step, _ in reads} == set(range(1, 6))
+    assert all(at >= step + 2 or at in (2, 4, 5) for step, at in reads), reads  # logs at 2 and 4, the end at 5
+    assert {step for step, _ in reads} == set(range(1, 6))
     logged = [e for e in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
               if e["event"] == "train"]
     assert [e["step"] for e in logged] == [2, 4, 5]

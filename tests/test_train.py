@@ -132,11 +132,12 @@ def test_non_finite_step_in_a_run_is_counted_and_logged(toy, tmp_path, monkeypat
     assert [e["step"] for e in skips] == [3]
 
 
-def test_step_results_are_read_only_when_the_loop_logs_or_saves(toy, tmp_path, step_reads):
-    # reading a step's loss waits for the GPU; between logs the host must queue the next steps instead
+def test_step_results_are_read_two_steps_late_or_when_the_loop_logs(toy, tmp_path, step_reads):
+    # reading a step's loss waits for the GPU; between logs the host must have queued later steps first
     queued, reads = step_reads(finetune_module)
     summary = train(config(toy, tmp_path / "run", steps=7, log_interval=3, ckpt_interval=100))
-    assert {at for _, at in reads} == {3, 6, 7}  # logs at 3 and 6; the final log and save at 7
+    logs = {3, 6, 7}  # logs at 3 and 6; the final log and save at 7
+    assert all(at >= step + 2 or at in logs for step, at in reads), reads
     assert {step for step, _ in reads} == set(range(1, 8))  # every step counted
     logged = events(tmp_path / "run")
     assert [e["step"] for e in logged] == [3, 6, 7]
@@ -159,10 +160,12 @@ def test_step_window_reads_late_and_logs_each_skip_at_its_step():
             self.records.append((event, step, values))
 
     logger = Logger()
-    window = StepWindow(logger, skipped_steps=2)  # two skips before a resume
+    window = StepWindow(logger, skipped_steps=2, lag=2)  # two skips before a resume
     for step, loss in enumerate([0.5, float("nan"), 0.25, 0.75], start=11):
         window.add(step, Result(loss, grad_norm=float("inf") if step == 14 else 1.0))
-    assert logger.records == [] and window.skipped_steps == 2  # nothing read yet
+    # steps 11 and 12 read once two later ones were queued; 13 and 14 not yet
+    assert [(e, s, v["skipped_steps"]) for e, s, v in logger.records] == [("skip", 12, 3)]
+    assert window.skipped_steps == 3
     rec = window.record(global_batch=8, device=torch.device("cpu"))
     assert [(e, s, v["skipped_steps"]) for e, s, v in logger.records] == [("skip", 12, 3), ("skip", 14, 4)]
     assert rec["loss"] == pytest.approx((0.5 + 0.25) / 2) and rec["skipped"] == 2 and window.skipped_steps == 4

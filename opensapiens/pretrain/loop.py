@@ -215,7 +215,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     result = None
     images = None
     stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
-    window = StepWindow(logger, skipped_steps)  # reads the steps' losses back only when it logs or saves
+    window = StepWindow(logger, skipped_steps)  # reads each step's loss two steps late: the GPU never waits
     try:
         while step < cfg.steps:
             cur_lr = lr * lr_factor(step, cfg.steps, warmup, cfg.warmup_start)

@@ -218,7 +218,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     model.train()
     last_metrics, result = None, None
     stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
-    window = StepWindow(logger, skipped_total)  # reads the steps' losses back only when it logs or saves
+    window = StepWindow(logger, skipped_total)  # reads each step's loss two steps late: the GPU never waits
     while step < cfg.steps:
         lr = cfg.lr * schedule.factor(step)
         set_lr(optimizer, lr)

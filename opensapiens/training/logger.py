@@ -28,27 +28,32 @@ def _scalar(v: Any) -> Any:
 class StepWindow:
     """Loss, skipped steps and throughput over the steps since the last "train" record (shared by every loop).
 
-    Steps come in unread (a ``StepResult`` waits for its step when read) and are read at ``settle``: at a log, a
-    checkpoint, a stop or the end, so between those the host never waits for the GPU. ``settle`` writes a "skip"
-    record for each skipped step and keeps the run's count of them, ``skipped_steps``.
+    Steps come in unread (a ``StepResult`` waits for its step when read). A step is read once ``lag`` later ones are
+    queued, which waits for it while the GPU still has those to run, or at ``settle``: at a log, a checkpoint, a stop
+    or the end. So the host never idles the GPU between logs, and runs at most ``lag`` steps ahead of it. Reading
+    writes a "skip" record for each skipped step and keeps the run's count of them, ``skipped_steps``.
     """
 
-    def __init__(self, logger: RunLogger, skipped_steps: int = 0) -> None:
-        self.logger, self.skipped_steps = logger, skipped_steps
-        self.pending: list[tuple[int, Any]] = []  # (step, StepResult) not read yet
+    def __init__(self, logger: RunLogger, skipped_steps: int = 0, lag: int = 2) -> None:
+        self.logger, self.skipped_steps, self.lag = logger, skipped_steps, lag
+        self.pending: list[tuple[int, Any]] = []  # (step, StepResult) not read yet, oldest first
         self.reset()
 
     def reset(self) -> None:
         self.loss, self.n, self.skipped, self.steps, self.t0 = 0.0, 0, 0, 0, time.perf_counter()
 
     def add(self, step: int, result) -> None:
-        """Count optimizer step ``step`` (its ``StepResult`` is read at the next ``settle``)."""
+        """Count optimizer step ``step``; read the steps queued more than ``lag`` steps before it."""
         self.pending.append((step, result))
         self.steps += 1
+        self._read(len(self.pending) - self.lag)
 
     def settle(self) -> None:
         """Read every pending step: waits for the last one queued."""
-        for step, result in self.pending:
+        self._read(len(self.pending))
+
+    def _read(self, count: int) -> None:
+        for step, result in self.pending[:max(count, 0)]:
             if result.skipped:
                 self.skipped += 1
                 self.skipped_steps += 1
@@ -57,7 +62,7 @@ class StepWindow:
             else:
                 self.loss += result.loss
                 self.n += 1
-        self.pending.clear()
+        del self.pending[:max(count, 0)]
 
     def record(self, global_batch: int, device) -> dict[str, Any]:
         """The window's fields of a "train" record (mean loss, images/s, skipped, peak memory); starts a new one."""

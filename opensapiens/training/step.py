@@ -5,7 +5,7 @@ summed over ranks and the gradient norm is computed on the synchronized gradient
 everywhere.
 
 With a fused optimizer the skip happens on the device and the step's loss and gradient norm stay there until read:
-a loop that reads them only when it logs lets the host queue the next step while the GPU still runs this one.
+a loop that reads them a step or two later lets the host queue the next step while the GPU still runs this one.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
             del optimizer.found_inf
     result = StepResult(torch.stack([loss.float(), norm.float()]).detach())
     if on_device:
-        return result  # read when the loop logs; the next step's zero_grad drops a skipped step's gradients
+        return result  # read later by the loop; the next step's zero_grad drops a skipped step's gradients
     if result.skipped:  # waits for the step: the host decides whether to update
         optimizer.zero_grad(set_to_none=True)
     else:
