@@ -230,8 +230,16 @@ elif [ "$1" = readback ]; then
 elif [ "$1" = readback-tests ]; then
   # the ninth session's changes under CUDA: the step results' pinned copy, the loops' late reads, the masking noise
   # drawn outside the compiled graph; with FA4 installed, the FA4 and inference-optimization tests too
-  timeout 400 python -m pytest -rA --tb=short tests/test_train.py tests/test_mae_pretrain.py \
-    tests/test_fa4_attention.py tests/test_optimize.py 2>&1 | grep -i "passed\|failed\|error" | tail -40
+  timeout 500 python -m pytest -rA --tb=short tests/test_train.py tests/test_mae_pretrain.py \
+    tests/test_fa4_attention.py tests/test_optimize.py tests/test_background_compile.py tests/test_fused.py \
+    2>&1 | grep -i "passed\|failed\|error" | tail -50
+  # the first result without the compile: one image through `opensapiens predict` (the head eager, its compile in
+  # the background), timed from the shell, twice (the second with Inductor's on-disk cache warm)
+  python bench/make_images.py --n 1 --size 1080x1920 --out /tmp/one > /dev/null
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
+  for k in 1 2; do /usr/bin/time -f "predict one image, run $k: %e s" timeout 120 python -m opensapiens.cli.main \
+    predict --task seg --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2; done
 elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;

@@ -11,7 +11,8 @@
   ``channels_last=True`` the heads run on NHWC maps (``channels_last_head``);
 * by default the transformer blocks run eager but rewritten (``fused.py``): biases folded out of the residual
   stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
-  kernel per LayerNorm; only the head goes through ``torch.compile`` (``fused=False``: the whole model does);
+  kernel per LayerNorm; only the head goes through ``torch.compile``, in a background thread while the first
+  batches run it eagerly (``background_compile.py``; ``fused=False``: the whole model is compiled, up front);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); on the fused path their inputs are
   quantized by the norm and GELU kernels; attention and the heads stay in bf16.
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from ..models.vit import Attention, pad_head_weights
+from .background_compile import BackgroundCompile
 from .fp8 import convert_to_fp8
 from .fused import fuse_blocks
 
@@ -104,11 +106,13 @@ class FastModel(nn.Module):
     post-processes batch i after queueing batch i+1).
     """
 
-    def __init__(self, model: nn.Module, compiled: nn.Module | None = None, clone_outputs: bool = False):
+    def __init__(self, model: nn.Module, compiled: nn.Module | None = None, clone_outputs: bool = False,
+                 background: BackgroundCompile | None = None):
         super().__init__()
         self.model = model
         self._compiled = compiled
         self._clone_outputs = clone_outputs
+        self.background = background  # a part compiled in the background (the fused path's head)
         self.compile_seconds: float | None = None
 
     @property
@@ -126,12 +130,16 @@ class FastModel(nn.Module):
         return out.clone() if self._clone_outputs else out
 
     def warmup(self, batch: torch.Tensor) -> float:
-        """Run once to trigger compilation outside the timed/user path; returns the seconds it took."""
-        torch.cuda.synchronize()
+        """Run until ``batch``'s shape runs compiled (a background compile included); returns the seconds it took."""
+        sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
+        sync()
         t0 = time.perf_counter()
         with torch.inference_mode():
             self(batch)
-        torch.cuda.synchronize()
+            if self.background is not None:
+                self.background.wait()
+                self(batch)
+        sync()
         self.compile_seconds = time.perf_counter() - t0
         return self.compile_seconds
 
@@ -179,9 +187,10 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
         channels_last_head(model.head)
     if fused:
         fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
-        if compile and getattr(model, "head", None) is not None:
-            model.head.compile()  # the head's norms and activations; the blocks stay eager
-        return FastModel(model)
+        background = None
+        if compile and getattr(model, "head", None) is not None:  # the head's norms and activations
+            background = model.head.forward = BackgroundCompile(model.head.forward)  # eager until compiled
+        return FastModel(model, background=background)
     if fp8:
         convert_to_fp8(model)
     compiled = None

@@ -1,0 +1,103 @@
+"""torch.compile off the user's path: run eagerly while a background thread compiles, then switch.
+
+Compiling a Sapiens head takes 8-10 s on an H200 the first time (less once Inductor's on-disk cache is warm), which
+used to come before the first result: a user with a few images waited longer for the compile than for the model.
+``BackgroundCompile`` answers every call eagerly until a worker thread has compiled the function for the call's
+input kind, then calls the compiled code. Input kinds are batch size 1 (compiled for that size) and batch size 2 or
+more (compiled once with a dynamic batch dimension, so a smaller last batch or a varying number of person crops does
+not recompile); another resolution, dtype, device or layout is another kind. The outputs are the same function
+either way.
+
+The worker compiles on a copy of (at most two images of) the first input of each kind, under the caller's grad and
+inference modes, so the compiled code's guards match the calls that follow. If compiling fails the function stays
+eager, with a warning.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+import warnings
+from collections.abc import Callable, Hashable
+
+import torch
+
+
+class BackgroundCompile:
+    """``fn`` (a module's forward) compiled by ``torch.compile(fn, **compile_kwargs)`` in a background thread.
+
+    The worker thread lives while it has compiles to do, so an idle one does not keep the module (and its GPU
+    memory) alive. A process that ends while a compile runs waits for that one compile (which also fills Inductor's
+    on-disk cache for the next run) and drops the queued ones.
+    """
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], **compile_kwargs) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, **compile_kwargs)
+        self.ready: set[Hashable] = set()  # input kinds the compiled code serves
+        self.compile_seconds: dict[Hashable, float] = {}
+        self.error: BaseException | None = None
+        self._requested: set[Hashable] = set()
+        self._jobs: collections.deque = collections.deque()
+        self._lock = threading.Condition()  # guards the fields above; notified when a compile ends
+        self._worker: threading.Thread | None = None
+
+    @staticmethod
+    def kind(x: torch.Tensor) -> Hashable:
+        """What the compiled code's guards check beyond a dynamic batch size."""
+        return (x.shape[0] == 1, tuple(x.shape[1:]), x.dtype, x.device, x.is_contiguous(), x.is_inference(),
+                x.requires_grad)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        key = self.kind(x)
+        if key in self.ready:
+            return self.compiled(x)
+        if key not in self._requested and self.error is None:
+            self._request(key, x)
+        return self.fn(x)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every requested compile has finished (or one failed); False on timeout."""
+        with self._lock:
+            return self._lock.wait_for(lambda: self._requested <= self.ready or self.error is not None, timeout)
+
+    def _request(self, key: Hashable, x: torch.Tensor) -> None:
+        with torch.inference_mode(x.is_inference()):  # an inference tensor or not, as x (a guard checks it)
+            example = x[:2].detach().clone().requires_grad_(x.requires_grad)  # batch 1, or 2 marked dynamic
+        if example.shape[0] > 1:
+            torch._dynamo.mark_dynamic(example, 0)
+        with self._lock:
+            self._requested.add(key)
+            self._jobs.append((key, example, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
+            if self._worker is None:
+                # not a daemon: the interpreter must not exit under a compile running C++ code (it aborts)
+                self._worker = threading.Thread(target=self._work, name="opensapiens-compile")
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._jobs or self.error is not None or not threading.main_thread().is_alive():
+                    self._worker = None  # (at exit: the compile under way finishes, queued ones are dropped)
+                    return
+                key, example, grad, inference = self._jobs.popleft()
+            t0 = time.perf_counter()
+            try:
+                with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                    if example.is_cuda:
+                        with torch.cuda.device(example.device):
+                            self.compiled(example)
+                            torch.cuda.synchronize(example.device)
+                    else:
+                        self.compiled(example)
+            except Exception as e:  # noqa: BLE001 — any failure leaves the eager function in place
+                warnings.warn(f"torch.compile failed in the background; staying eager: {e}", stacklevel=1)
+                with self._lock:
+                    self.error = e
+                    self._lock.notify_all()
+                continue
+            with self._lock:
+                self.compile_seconds[key] = time.perf_counter() - t0
+                self.ready.add(key)
+                self._lock.notify_all()

@@ -1,0 +1,146 @@
+"""``BackgroundCompile``: calls are answered eagerly until a worker thread has compiled their input kind, then by the
+compiled code, without recompiling in the caller's thread. A counting backend stands in for Inductor (what is ours is
+the switching, not the compiler); it records each graph it is given and each call of a compiled graph."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.optimize import FastModel
+
+
+class Head(nn.Module):  # the shape of a Sapiens head stage: conv, InstanceNorm, SiLU
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.norm = nn.InstanceNorm2d(6, affine=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(self.norm(self.conv(x)))
+
+
+class CountingBackend:
+    def __init__(self, fail: bool = False):
+        self.graphs, self.calls, self.fail = 0, 0, fail
+        self.gate = threading.Event()  # cleared: compiling blocks until the test sets it
+        self.gate.set()
+
+    def __call__(self, gm: torch.fx.GraphModule, example_inputs):
+        if self.fail:
+            raise RuntimeError("no compiler here")
+        assert self.gate.wait(timeout=120)
+        self.graphs += 1
+
+        def run(*args):
+            self.calls += 1
+            return gm.forward(*args)
+
+        return run
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_eager_until_compiled_then_compiled_for_every_batch_size_of_the_kind():
+    torch.manual_seed(0)
+    head, backend = Head(), CountingBackend()
+    eager = Head()
+    eager.load_state_dict(head.state_dict())
+    background = head.forward = BackgroundCompile(head.forward, backend=backend)  # as optimize_for_inference does
+    x3, x5, x1 = torch.randn(3, 4, 8, 6), torch.randn(5, 4, 8, 6), torch.randn(1, 4, 8, 6)
+    with torch.inference_mode():
+        first = head(x3)  # answered eagerly; the compile starts behind it
+        assert torch.equal(first, eager(x3))
+        assert background.wait(timeout=120) and backend.graphs == 1
+        calls = backend.calls
+        torch.testing.assert_close(head(x3), eager(x3))
+        torch.testing.assert_close(head(x5), eager(x5))  # another batch size: the same (dynamic) graph
+        assert backend.calls == calls + 2 and backend.graphs == 1
+        backend.gate.clear()  # hold the next compile
+        assert torch.equal(head(x1), eager(x1))  # batch 1 is its own kind: eager while it compiles
+        assert backend.calls == calls + 2 and not background.wait(timeout=0.2)
+        backend.gate.set()
+        assert background.wait(timeout=120) and backend.graphs == 2
+        calls = backend.calls
+        torch.testing.assert_close(head(x1), eager(x1))
+        assert backend.calls == calls + 1 and backend.graphs == 2  # compiled, no recompile in this thread
+    assert set(background.compile_seconds) == background.ready and len(background.ready) == 2
+
+
+def test_a_failed_compile_warns_and_stays_eager():
+    head = Head()
+    reference = head.forward
+    background = head.forward = BackgroundCompile(head.forward, backend=CountingBackend(fail=True))
+    x = torch.randn(2, 4, 8, 6)
+    with torch.inference_mode(), pytest.warns(UserWarning, match="staying eager"):
+        head(x)
+        assert background.wait(timeout=120)
+    assert background.error is not None and not background.ready
+    with torch.inference_mode():
+        torch.testing.assert_close(head(x), reference(x))  # no new attempt, same function
+    assert background.wait(timeout=0)
+
+
+def test_warmup_returns_once_the_batch_runs_compiled():
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = Head()
+
+        def forward(self, x):
+            return self.head(x)
+
+    model, backend = Model(), CountingBackend()
+    background = model.head.forward = BackgroundCompile(model.head.forward, backend=backend)
+    fast = FastModel(model, background=background)
+    seconds = fast.warmup(torch.randn(4, 4, 8, 6))
+    assert seconds > 0 and backend.graphs == 1 and backend.calls == 2  # the compile's own run, then the warm-up's
+    assert fast.compile_seconds == seconds
+
+
+def test_an_idle_worker_ends_and_lets_the_model_go():
+    import gc
+    import weakref
+
+    head = Head()
+    background = head.forward = BackgroundCompile(head.forward, backend=CountingBackend())
+    with torch.inference_mode():
+        head(torch.randn(2, 4, 8, 6))
+    assert background.wait(timeout=120)
+    worker = background._worker
+    if worker is not None:
+        worker.join(timeout=120)
+    assert background._worker is None  # no thread waits on an empty queue holding the module
+    alive = weakref.ref(head)
+    del head, background
+    torch._dynamo.reset()
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the optimized path is CUDA's")
+def test_optimized_seg_model_answers_before_and_after_its_head_compiles():
+    from opensapiens.inference.optimize import optimize_for_inference
+    from opensapiens.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("seg", "nano", out_channels=5, head_channels=32, pos_grid=(8, 6)).cuda().bfloat16()
+    fast = optimize_for_inference(model)  # fused blocks; the head compiles in the background (Inductor)
+    assert isinstance(fast.background, BackgroundCompile)
+    x = torch.randn(3, 3, 128, 96, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        first = fast(x).float()  # the head eager
+        assert fast.background.wait(timeout=300) and fast.background.error is None and fast.background.ready
+        later = fast(x).float()  # the head compiled
+        also = fast(x[:2]).float()  # another batch size, the same compiled graph
+    assert (later - first).norm() / first.norm() < 2e-2  # the same function in bf16 (Inductor fuses norm + SiLU)
+    assert (also - later[:2]).norm() / later[:2].norm() < 2e-2
