@@ -5,8 +5,9 @@ used to come before the first result: a user with a few images waited longer for
 ``BackgroundCompile`` answers every call eagerly until a worker thread has compiled the function for the call's
 input kind, then calls the compiled code. Input kinds are batch size 1 (compiled for that size) and batch size 2 or
 more (compiled once with a dynamic batch dimension, so a smaller last batch or a varying number of person crops does
-not recompile); another resolution, dtype, device or layout is another kind. The outputs are the same function
-either way.
+not recompile; a guard on a range of batch sizes, as the CPU convolution's choice of backend at 16 makes, can still
+cost one compile in the caller's thread); another resolution, dtype, device or layout is another kind. The outputs
+are the same function either way.
 
 The worker compiles on a copy of (at most two images of) the first input of each kind, under the caller's grad and
 inference modes, so the compiled code's guards match the calls that follow. If compiling fails the function stays
