@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|targets-mae|targets-infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|targets-mae|targets-infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -194,6 +194,15 @@ elif [ "$1" = fa4-2b ]; then
     --checkpointing blocks+head --head-chunk 2 --save-attention --channels-last --steps 4 --warmup 2 \
     --attention fa4,sdpa --memory-limit-gib $CAP --out "$OUT/train_normal_2b_fa4.json" 2>&1 | grep -v Warn \
     | grep "img/s\|memory\|failed"
+elif [ "$1" = e2e-profile ]; then
+  # where pose-0.3B end to end loses its last tenth of model-only throughput: the pipeline over 512 1080p JPEGs
+  # (host decode, then nvJPEG), each pass once more under the profiler; GPU idle gaps and kernels per batch of 16
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  timeout 400 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 --e2e /tmp/src \
+    --e2e-decode cpu,gpu --e2e-trace "$OUT/e2e_pose_0.3b.trace.json" --out "$OUT/e2e_profile_pose_0.3b.json" \
+    | grep -v '^{'
+  for d in cpu gpu; do python bench/trace_summary.py "$OUT/e2e_pose_0.3b_$d.trace.json" --steps 32 --top 20; done
+  rm -f "$OUT"/*.trace.json
 elif [ "$1" = targets-mae ]; then
   # issue #6's done-when on the card that is lent (made for an H100; FA4 installed as bench/pack_fa4.sh says):
   # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by

@@ -59,3 +59,19 @@ def test_unknown_decode_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="decode must be 'gpu' or 'cpu'"):
         run_pipeline(model, "seg", _photos(tmp_path), batch_size=2, input_size=(64, 48), decode="tpu")
 
+
+
+def test_end_to_end_benchmark_can_write_a_profile_of_its_timed_pass(tmp_path):
+    import json
+
+    from opensapiens.inference.pipeline import benchmark_end_to_end
+
+    model, _ = make_official_state("seg", 5)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _photos(folder)
+    trace = tmp_path / "traces" / "e2e.json"
+    result = benchmark_end_to_end(model, "seg", folder, batch_size=2, input_size=(64, 48), decode="cpu", trace=trace)
+    assert result["images"] == 3 and result["profiled"]
+    names = {e.get("name") for e in json.loads(trace.read_text())["traceEvents"]}
+    assert "aten::argmax" in names and "aten::convolution" in names  # the seg post-processing and the model ran

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "fused elementwise, other)")
     p.add_argument("--e2e-decode", default="gpu", type=_decode_modes,
                    help="where --e2e decodes: gpu (nvJPEG), cpu (host threads), or gpu,cpu (both, in turn)")
+    p.add_argument("--e2e-trace", type=Path, default=None,
+                   help="also run each --e2e pass once more under the profiler and write its Chrome trace here "
+                        "(DECODE is put before the suffix; summarize with bench/trace_summary.py)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
     p.set_defaults(func=run)
@@ -181,6 +184,11 @@ def run(args: argparse.Namespace) -> int:
                 result.setdefault("end_to_end", e2e)
                 result[f"end_to_end_{decode}_decode"] = e2e
                 print(f"end-to-end ({decode} decode): {e2e}")
+                if args.e2e_trace is not None:  # a separate pass: the profiler slows what it watches
+                    trace = args.e2e_trace.with_name(f"{args.e2e_trace.stem}_{decode}{args.e2e_trace.suffix}")
+                    benchmark_end_to_end(fast, args.task, args.e2e, batch_size=args.batch, input_size=(H, W),
+                                         decode=decode, trace=trace)
+                    print(f"end-to-end ({decode} decode) trace: {trace}")
     else:
         print("CUDA not available: only the eager path is measured (the optimized path is CUDA-only).")
     if args.out:

@@ -227,8 +227,12 @@ def run_pipeline(model, task: str, paths: list[Path], batch_size: int, input_siz
 
 
 def benchmark_end_to_end(model, task: str, folder: Path, batch_size: int, input_size: tuple[int, int],
-                         out_dir: Path | None = None, decode: str = "gpu") -> dict:
-    """Images/s of the whole pipeline over a folder (one warm-up pass over the first batches, then a timed pass)."""
+                         out_dir: Path | None = None, decode: str = "gpu", trace: Path | None = None) -> dict:
+    """Images/s of the whole pipeline over a folder (one warm-up pass over the first batches, then a timed pass).
+
+    ``trace``: profile the timed pass (host and GPU activity) into this Chrome trace, for ``bench/trace_summary.py``:
+    where the GPU idles between the model's batches. The profiler's own overhead lowers the throughput of that pass.
+    """
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
         raise FileNotFoundError(f"{folder}: no JPEG/PNG images")
@@ -236,11 +240,22 @@ def benchmark_end_to_end(model, task: str, folder: Path, batch_size: int, input_
     device = next(model.parameters()).device
     if device.type == "cuda":
         torch.cuda.synchronize()
+    profiler = contextlib.nullcontext()
+    if trace is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiler = profile(activities=activities)
     t0 = time.perf_counter()
-    n = run_pipeline(model, task, paths, batch_size, input_size, out_dir=out_dir, decode=decode)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    with profiler:
+        n = run_pipeline(model, task, paths, batch_size, input_size, out_dir=out_dir, decode=decode)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if trace is not None:
+        Path(trace).parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(trace))
     first = decode_image(_read(paths[0]))
     return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
-            "image_size": list(first.shape[-2:]), "writes_outputs": out_dir is not None, "decode": decode}
+            "image_size": list(first.shape[-2:]), "writes_outputs": out_dir is not None, "decode": decode,
+            "profiled": trace is not None}
