@@ -67,3 +67,21 @@ def test_continue_from_the_bundled_model_trains_and_saves(tmp_path):
     assert before.config == after.config
     moved = [k for k, v in before.state_dict().items() if not torch.equal(v, after.state_dict()[k])]
     assert moved, "two optimizer steps changed no weight"
+
+
+def test_a_non_finite_step_is_skipped_reported_and_counted(tmp_path, monkeypatch, capsys):
+    from opensapiens.training import multitask
+
+    real, calls = multitask.multitask_loss, {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        loss, parts = real(*args, **kw)
+        return (loss * float("nan"), parts) if calls["n"] == 2 else (loss, parts)
+
+    monkeypatch.setattr(multitask, "multitask_loss", flaky)
+    rc = main(["--continue-from", str(BUNDLED), "--input-size", "256x192", "--render-size", "128x96",
+               "--batch-size", "2", "--views", "1", "--steps", "3", "--warmup", "1", "--device", "cpu",
+               "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert rc == 0 and "step 1: non-finite loss or gradient" in out and "3 steps (1 skipped)" in out

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -35,8 +34,10 @@ from ..inference.transforms import MEAN, STD, normalization_tensors
 from ..metadata import keypoint_set, seg_classes
 from ..models.multitask import SapiensMultiTask, build_multitask
 from ..tasks import keypoint_mse_loss, normal_loss, relative_depth_target, seg_ce_loss, silog_loss
+from .logger import StepWindow
 from .optim import build_optimizer, set_lr
 from .schedule import Schedule
+from .step import train_step
 
 
 def warp_views(batch, out_size: tuple[int, int], generator: torch.Generator, whole_frame: float = 0.25,
@@ -150,7 +151,8 @@ def normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 def multitask_loss(model: SapiensMultiTask, views: dict[str, torch.Tensor], pose_weight: float, sigma: float,
-                   class_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+                   class_weight: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The summed loss and its four parts (detached, still on the device: read them when logging)."""
     out = model(normalize(views["image"]))
     hm_size = tuple(out["pose"].shape[-2:])
     target, weight = encode_udp_heatmaps(views["keypoints"], views["visible"], tuple(views["image"].shape[-2:]),
@@ -163,7 +165,14 @@ def multitask_loss(model: SapiensMultiTask, views: dict[str, torch.Tensor], pose
         "normal": normal_loss(out["normal"], views["normals"], views["mask"]),
     }
     total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}
+
+
+class _PrintSkips:
+    """``StepWindow``'s logger here: the recipe writes its own records; a skipped step is printed."""
+
+    def log(self, event: str, step: int, **values) -> None:
+        print(f"step {step}: non-finite loss or gradient ({values}), skipped", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +230,15 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "metrics.jsonl").open("a")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+    parts: dict[str, torch.Tensor] = {}  # the last step's loss parts, on the device
+
+    def compute_loss(views: dict[str, torch.Tensor]) -> torch.Tensor:
+        loss, found = multitask_loss(model, views, args.pose_weight, args.sigma, class_weight)
+        parts.update(found)
+        return loss
+
+    skips = StepWindow(_PrintSkips())
     for step in itertools.count():
         elapsed = time.time() - t0
         if args.time_limit:  # a fixed time budget: progress through the schedule by the clock
@@ -238,18 +255,13 @@ def main(argv: list[str] | None = None) -> int:
         views["image"] = photometric(views["image"], generator)
         lr = args.lr * schedule.factor(progress)
         set_lr(optimizer, lr)
-        with autocast:
-            loss, parts = multitask_loss(model, views, args.pose_weight, args.sigma, class_weight)
-        optimizer.zero_grad(set_to_none=True)
-        if not math.isfinite(loss.item()):
-            print(f"step {step}: non-finite loss, skipped")
-            continue
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        # the fine-tuning engine's step: clipping at 1.0, a non-finite loss or gradient skips the update
+        result = train_step(model, optimizer, [views], compute_loss, clip_grad=1.0, autocast_dtype=amp_dtype,
+                            device_type=device.type)
+        skips.add(step, result)  # read two steps late: the host does not wait for the GPU between steps
         if step % 50 == 0:
-            rec = {"step": step, "loss": float(loss.detach()), **parts, "grad_norm": float(grad_norm),
-                   "lr": lr, "seconds": round(time.time() - t0, 1),
+            rec = {"step": step, "loss": result.loss, **{k: v.item() for k, v in parts.items()},
+                   "grad_norm": result.grad_norm, "lr": lr, "seconds": round(time.time() - t0, 1),
                    "scenes": (args.pool + step // args.render_every) * args.batch_size}
             log.write(json.dumps(rec) + "\n")
             log.flush()
@@ -257,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         if step and step % 1000 == 0:
             save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
     save_model(model, args.out / "last.safetensors", dtype=torch.float16 if args.save_dtype == "fp16" else None)
-    print(f"done: {step} steps, {time.time() - t0:.0f} s -> {args.out / 'last.safetensors'}")
+    skips.settle()
+    print(f"done: {step} steps ({skips.skipped_steps} skipped), {time.time() - t0:.0f} s -> "
+          f"{args.out / 'last.safetensors'}")
     return 0
 
 
