@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|targets-mae|targets-infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -203,6 +203,18 @@ elif [ "$1" = e2e-profile ]; then
     | grep -v '^{'
   for d in cpu gpu; do python bench/trace_summary.py "$OUT/e2e_pose_0.3b_$d.trace.json" --steps 32 --top 20; done
   rm -f "$OUT"/*.trace.json
+elif [ "$1" = fused-graphs ]; then
+  # the default fused path captured as CUDA graphs (new, opt-in) beside itself and the whole-model graphs: pose-1B at
+  # batch 8, pose-0.3B at batch 1 (latency) and at batch 16 end to end over 2048 1080p JPEGs (host decode)
+  python -m pytest -rA --tb=short tests/test_optimize.py 2>&1 | grep -i "passed\|failed\|error" | tail -8
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  B="python -m opensapiens.cli.main bench --iters 10 --cuda-graphs"
+  timeout 150 $B --task pose --arch 1b --batch 8 --out "$OUT/graphs_pose_1b.json" | grep -v '^{'
+  timeout 100 $B --task pose --arch 0.3b --batch 1 --iters 20 --out "$OUT/graphs_pose_0.3b_b1.json" | grep -v '^{'
+  timeout 300 $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e2048 --e2e-decode cpu \
+    --out "$OUT/graphs_pose_0.3b_e2e.json" | grep -v '^{'
 elif [ "$1" = targets-mae ]; then
   # issue #6's done-when on the card that is lent (made for an H100; FA4 installed as bench/pack_fa4.sh says):
   # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -38,7 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                            "file -> result pipeline")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also measure the whole-model compile replayed as CUDA graphs (compile mode "
-                   "reduce-overhead): what launch overhead costs, mostly at small batches")
+                   "reduce-overhead) and the default fused path captured as CUDA graphs (also end to end with --e2e): "
+                   "what launch overhead costs")
     p.add_argument("--compiled", action="store_true",
                    help="also measure the whole model through torch.compile (the path CUDA graphs take) beside the "
                    "default fused-block path; with --fp8 also FP8 GEMMs on that path")
@@ -145,12 +147,17 @@ def run(args: argparse.Namespace) -> int:
         fast = optimized("optimized")
         if args.channels_last and args.task != "features":
             optimized("nhwc-head", channels_last=True)
+        e2e_models = {"": fast}  # the default path, and with --cuda-graphs the fused path replayed as graphs
         if args.cuda_graphs and not args.no_compile:
-            try:
-                optimized("cuda-graphs", cuda_graphs=True)
-            except RuntimeError as e:  # a variant that cannot run is reported, not fatal
-                result["variants"]["cuda-graphs"] = {"error": str(e).splitlines()[0][:200]}
-                print(f"cuda-graphs: failed: {result['variants']['cuda-graphs']['error']}")
+            for name, fused in (("cuda-graphs", None), ("fused-graphs", True)):  # whole-model compile / fused path
+                try:
+                    graphed = optimized(name, cuda_graphs=True, fused=fused)
+                except RuntimeError as e:  # a variant that cannot run is reported, not fatal
+                    result["variants"][name] = {"error": str(e).splitlines()[0][:200]}
+                    print(f"{name}: failed: {result['variants'][name]['error']}")
+                    continue
+                if fused:
+                    e2e_models["_fused_graphs"] = graphed
         if args.compiled and not args.no_compile:
             optimized("compiled", fused=False)
         if args.compile_mode and not args.no_compile:
@@ -174,17 +181,18 @@ def run(args: argparse.Namespace) -> int:
 
             from ..inference.pipeline import benchmark_end_to_end
 
-            model_ips = result["variants"]["optimized"]["images_per_s"]
-            for decode in args.e2e_decode:
+            model_ips = result["variants"]["optimized"]["images_per_s"]  # the default path's, for every row
+            for (suffix, e2e_model), decode in itertools.product(e2e_models.items(), args.e2e_decode):
                 with tempfile.TemporaryDirectory() as tmp:  # outputs are really written, asynchronously
-                    e2e = benchmark_end_to_end(fast, args.task, args.e2e, batch_size=args.batch, input_size=(H, W),
-                                               out_dir=Path(tmp), decode=decode)
+                    e2e = benchmark_end_to_end(e2e_model, args.task, args.e2e, batch_size=args.batch,
+                                               input_size=(H, W), out_dir=Path(tmp), decode=decode)
                 e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / model_ips, 3)
-                # the first decode mode under the historic key, every mode under its own
-                result.setdefault("end_to_end", e2e)
-                result[f"end_to_end_{decode}_decode"] = e2e
-                print(f"end-to-end ({decode} decode): {e2e}")
-                if args.e2e_trace is not None:  # a separate pass: the profiler slows what it watches
+                # the default path's first decode mode under the historic key, every run under its own
+                if not suffix:
+                    result.setdefault("end_to_end", e2e)
+                result[f"end_to_end_{decode}_decode{suffix}"] = e2e
+                print(f"end-to-end ({decode} decode{suffix.replace('_', ' ')}): {e2e}")
+                if args.e2e_trace is not None and not suffix:  # a separate pass: the profiler slows what it watches
                     trace = args.e2e_trace.with_name(f"{args.e2e_trace.stem}_{decode}{args.e2e_trace.suffix}")
                     benchmark_end_to_end(fast, args.task, args.e2e, batch_size=args.batch, input_size=(H, W),
                                          decode=decode, trace=trace)

@@ -33,6 +33,7 @@ from ..models.vit import Attention, pad_head_weights
 from .background_compile import BackgroundCompile
 from .fp8 import convert_to_fp8
 from .fused import fuse_blocks
+from .graphs import CapturedShapes
 
 
 def _heads_to_pad(model: nn.Module, multiple: int) -> Iterator[tuple[Attention, int]]:
@@ -107,12 +108,14 @@ class FastModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, compiled: nn.Module | None = None, clone_outputs: bool = False,
-                 background: BackgroundCompile | None = None):
+                 background: BackgroundCompile | None = None, graphs: bool = False):
         super().__init__()
         self.model = model
         self._compiled = compiled
         self._clone_outputs = clone_outputs
         self.background = background  # a part compiled in the background (the fused path's head)
+        # graphs: each input shape captured as a CUDA graph (after the background compile) and replayed
+        self.graphs = CapturedShapes(self._run, background.wait if background else None) if graphs else None
         self.compile_seconds: float | None = None
 
     @property
@@ -123,10 +126,15 @@ class FastModel(nn.Module):
     def task(self) -> str:
         return self.model.task
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         fn = self._compiled if self._compiled is not None else self.model
         with fast_attention():
-            out = fn(x)
+            return fn(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.graphs is not None:
+            return self.graphs(x)  # a copy of the graph's static output
+        out = self._run(x)
         return out.clone() if self._clone_outputs else out
 
     def warmup(self, batch: torch.Tensor) -> float:
@@ -159,19 +167,20 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     a GPU without FP8 tensor cores, raises ``ValueError``).
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
-    default) or the whole model through ``torch.compile``, which CUDA graphs and ``compile_mode`` need and
-    ``fused=None`` then picks; FP8 takes either. ``compile_mode`` is handed to ``torch.compile`` (e.g.
-    "max-autotune-no-cudagraphs": Triton GEMM templates timed against cuBLAS, with elementwise epilogues fused into
-    them; minutes of autotuning). ``attention="fa4"`` runs attention on FlashAttention-4's kernels
-    (``models.fa4_attention``, the optional ``flash-attn-4`` package) instead of SDPA's.
+    default) or the whole model through ``torch.compile``, which ``compile_mode`` needs and ``fused=None`` picks
+    for it and for ``cuda_graphs`` (``torch.compile``'s "reduce-overhead"); ``fused=True, cuda_graphs=True``
+    captures the fused path itself as one CUDA graph per input shape (``graphs.py``). FP8 takes either.
+    ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
+    against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning). ``attention="fa4"`` runs
+    attention on FlashAttention-4's kernels (``models.fa4_attention``, the optional ``flash-attn-4`` package)
+    instead of SDPA's.
     """
     if attention not in ("sdpa", "fa4"):
         raise ValueError(f"attention must be 'sdpa' or 'fa4', got {attention!r}")
-    whole_model_compile = cuda_graphs or compile_mode is not None
-    if fused and whole_model_compile:
-        raise ValueError("fused=True keeps the blocks out of torch.compile; CUDA graphs and compile_mode need the "
-                         "whole-model compile (fused=False)")
-    fused = not whole_model_compile if fused is None else fused
+    if fused and compile_mode is not None:
+        raise ValueError("fused=True keeps the blocks out of torch.compile; compile_mode needs the whole-model "
+                         "compile (fused=False)")
+    fused = not (cuda_graphs or compile_mode is not None) if fused is None else fused
     device = next(model.parameters()).device
     if fp8:
         require_fp8_device(device)
@@ -190,7 +199,7 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
         background = None
         if compile and getattr(model, "head", None) is not None:  # the head's norms and activations
             background = model.head.forward = BackgroundCompile(model.head.forward)  # eager until compiled
-        return FastModel(model, background=background)
+        return FastModel(model, background=background, graphs=cuda_graphs)
     if fp8:
         convert_to_fp8(model)
     compiled = None
