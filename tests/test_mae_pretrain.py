@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -134,14 +135,21 @@ def test_step_results_are_read_two_steps_late_or_when_the_loop_logs(shards, tmp_
     assert [e["loss"] for e in logged] == pytest.approx(means, rel=1e-6)
 
 
-def test_whole_model_compile_matches_eager(shards, tmp_path):
+def test_whole_model_compile_matches_eager_and_resumes_exactly(shards, tmp_path):
     """--compile model: the forward and the loss compiled as one graph train the same steps as eager (the loop draws
-    the masking noise outside the graph, so both mask the same patches)."""
-    common = ["--data", str(shards), "--steps", "2", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
-              *SMALL]
+    the masking noise outside the graph, so both mask the same patches), and a compiled run resumed from its step-2
+    checkpoint repeats the uninterrupted compiled run to the bit."""
+    common = ["--data", str(shards), "--steps", "4", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
+              "--ckpt-interval", "2", "--keep-last", "0", *SMALL]
+    compiled, crashed = tmp_path / "compiled", tmp_path / "crashed"
     assert main(["pretrain", "--out", str(tmp_path / "eager"), *common]) == 0
-    assert main(["pretrain", "--out", str(tmp_path / "compiled"), "--compile", "model", *common]) == 0
-    assert np.allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+    assert main(["pretrain", "--out", str(compiled), "--compile", "model", *common]) == 0
+    assert np.allclose(losses(compiled), losses(tmp_path / "eager"), rtol=1e-4)
+    shutil.copytree(compiled, crashed)
+    for p in [crashed / "checkpoints" / "step_00000004.pt", crashed / "mae.safetensors"]:
+        p.unlink()
+    assert main(["pretrain", "--out", str(crashed), "--resume", *common]) == 0  # --compile model from config.json
+    assert losses(crashed) == losses(compiled)
 
 
 def test_compile_choices():
