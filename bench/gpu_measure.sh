@@ -199,10 +199,10 @@ elif [ "$1" = e2e-profile ]; then
   # (host decode, then nvJPEG), each pass once more under the profiler; GPU idle gaps and kernels per batch of 16
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
   timeout 400 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 --e2e /tmp/src \
-    --e2e-decode cpu,gpu --e2e-trace "$OUT/e2e_pose_0.3b.trace.json" --out "$OUT/e2e_profile_pose_0.3b.json" \
+    --e2e-decode cpu,gpu --e2e-trace "$OUT/e2e_pose_0.3b_trace.json" --out "$OUT/e2e_profile_pose_0.3b.json" \
     | grep -v '^{'
-  for d in cpu gpu; do python bench/trace_summary.py "$OUT/e2e_pose_0.3b_$d.trace.json" --steps 32 --top 20; done
-  rm -f "$OUT"/*.trace.json
+  for d in cpu gpu; do python bench/trace_summary.py "$OUT/e2e_pose_0.3b_trace_$d.json" --steps 32 --top 20; done
+  rm -f "$OUT"/e2e_pose_0.3b_trace_*.json  # (large; never committed)
 elif [ "$1" = fused-graphs ]; then
   # the default fused path captured as CUDA graphs (new, opt-in) beside itself and the whole-model graphs: pose-1B at
   # batch 8, pose-0.3B at batch 1 (latency) and at batch 16 end to end over 2048 1080p JPEGs (host decode)
