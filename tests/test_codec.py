@@ -227,6 +227,27 @@ def test_decode_matches_numpy_dark_udp(chunk, dtype, monkeypatch):
     np.testing.assert_allclose(kp[5], -scale, rtol=1e-6)  # a non-positive map
 
 
+def test_maps_under_the_clip_skip_the_whole_map_blur_and_match_the_reference(monkeypatch):
+    """Peaks under 1e-3 (weak maps, e.g. keypoints outside the image) or not positive: every DARK sample is clipped
+    whatever the rescale, so the whole-map blur is skipped; the result is still the official decode's."""
+    rng = np.random.default_rng(7)
+    size, input_size = (32, 24), (128, 96)
+    maps = [scale * gaussian_map(size, (rng.uniform(0, 23), rng.uniform(0, 31)), 2.0) + noise
+            for scale, noise in ((5e-4, 0.0), (2e-4, 1e-6 * rng.standard_normal(size)), (-1.0, 0.0))]
+    maps.append(2e-3 * gaussian_map(size, (12.3, 16.6), 0.5))  # peak over the clip, blurred samples under: the blur
+    calls = []
+    real = heatmap_codec.gaussian_blur
+    monkeypatch.setattr(heatmap_codec, "gaussian_blur", lambda m, k: calls.append(m.shape[0]) or real(m, k))
+    heat = torch.from_numpy(np.stack(maps)).float()
+    kp, scores = decode_udp_heatmaps(heat.view(1, 4, *size), input_size)
+    scale = np.array([(input_size[1] - 1) / (size[1] - 1), (input_size[0] - 1) / (size[0] - 1)])
+    for i in (0, 1, 3):
+        ref_kp, _ = ref_dark_udp(heat[i].double().numpy())
+        np.testing.assert_allclose(kp[0, i].numpy() / scale, ref_kp, atol=2e-3, err_msg=f"map {i}")
+    np.testing.assert_allclose(kp[0, 2].numpy(), -scale, rtol=1e-6)  # not positive: location -1
+    assert calls == [1]  # the blur ran for the one map whose rescale matters
+
+
 def test_decode_handles_empty_and_half_precision():
     kp, sc = decode_udp_heatmaps(torch.zeros(0, 17, 64, 48), (256, 192))
     assert kp.shape == (0, 17, 2) and sc.shape == (0, 17)
