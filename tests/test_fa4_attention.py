@@ -221,6 +221,14 @@ def test_attention_choice_is_validated_and_cpu_keeps_sdpa():
     assert {m.kernel for m in model.modules() if isinstance(m, Attention)} == {"sdpa"}
     with pytest.raises(ValueError, match="attention must be one of auto, sdpa, triton, fa4"):
         use_fast_attention(model, torch.device("cpu"), "xformers")
+    import argparse
+
+    from opensapiens.cli.train import add_attention_option
+    from opensapiens.training.speed import ATTENTION_CHOICES
+
+    parser = argparse.ArgumentParser()
+    add_attention_option(parser.add_argument_group())
+    assert tuple(parser._option_string_actions["--attention"].choices) == ATTENTION_CHOICES  # the CLIs' spelling
     with pytest.raises(ValueError, match="attention must be one of"):
         PretrainConfig(data="x", out="y", attention="xformers")
     with pytest.raises(ValueError, match="attention must be one of"):

@@ -16,6 +16,7 @@ import os
 import sys
 
 from .predict import parse_size
+from .train import add_attention_option
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
@@ -71,9 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "or (--compile alone: auto) the whole model except under FSDP or block checkpointing (blocks)")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--device")
-    g.add_argument("--attention", choices=["auto", "sdpa", "triton", "fa4"],
-                   help="attention kernels (default auto: FlashAttention-4 on Hopper/Blackwell where flash-attn-4 is "
-                   "installed, else our Triton kernels at head dim 32 and SDPA elsewhere)")
+    add_attention_option(g)
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels: a bit-identical --resume on GPUs too; slower")
     g = p.add_argument_group("run")

@@ -79,9 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")
     g.add_argument("--device")
-    g.add_argument("--attention", choices=["auto", "sdpa", "triton", "fa4"],
-                   help="attention kernels (default auto: FlashAttention-4 on Hopper/Blackwell where flash-attn-4 is "
-                   "installed, else our Triton kernels at head dim 32 and SDPA elsewhere)")
+    add_attention_option(g)
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels (no cuDNN autotuning): a bit-identical --resume on GPUs too; slower")
     g = p.add_argument_group("run")
@@ -94,6 +92,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--best-mode", choices=["max", "min"])
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
     p.set_defaults(func=run)
+
+
+def add_attention_option(group: argparse._ArgumentGroup) -> None:
+    """``--attention``, shared by ``train`` and ``pretrain`` (the choices of ``training.speed.ATTENTION_CHOICES``,
+    spelled out so that building the parser does not import torch)."""
+    group.add_argument("--attention", choices=["auto", "sdpa", "triton", "fa4"],
+                       help="attention kernels (default auto: FlashAttention-4 on Hopper/Blackwell where flash-attn-4 "
+                       "is installed, else our Triton kernels at head dim 32 and SDPA elsewhere)")
 
 
 def given_options(args: argparse.Namespace) -> dict:

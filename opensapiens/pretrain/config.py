@@ -71,10 +71,9 @@ class PretrainConfig:
                              "compile=blocks (or auto)")
         if self.checkpointing not in ("none", "blocks"):
             raise ValueError(f"checkpointing must be none or blocks, got {self.checkpointing!r}")
-        from ..training.speed import ATTENTION_CHOICES
+        from ..training.speed import check_attention_choice
 
-        if self.attention not in ATTENTION_CHOICES:
-            raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {self.attention!r}")
+        check_attention_choice(self.attention)
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         H, W = self.input_size

@@ -245,7 +245,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     finally:
         batches.close()
 
-    window.settle()
+    # every step's loss was read by the final save
     if images is not None:
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})

@@ -120,10 +120,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
     if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
         raise ValueError(f"checkpointing must be none, blocks, head or blocks+head, got {out.checkpointing!r}")
-    from .speed import ATTENTION_CHOICES
+    from .speed import check_attention_choice
 
-    if out.attention not in ATTENTION_CHOICES:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {out.attention!r}")
+    check_attention_choice(out.attention)
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")

@@ -243,7 +243,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
 
-    window.settle()
+    # every step's loss was read by the final save
     last_metrics = run_eval() or last_metrics
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
     logger.close()

@@ -40,6 +40,13 @@ _ATTENTION = {getattr(torch.ops.aten, name).default
 ATTENTION_CHOICES = ("auto", "sdpa", "triton", "fa4")
 
 
+def check_attention_choice(choice: str) -> str:
+    """``choice`` if it is one of ``ATTENTION_CHOICES``, else a ``ValueError`` naming them."""
+    if choice not in ATTENTION_CHOICES:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {choice!r}")
+    return choice
+
+
 def _saving(ops: set) -> Callable:
     """A ``context_fn`` for selective checkpointing that stores the outputs of ``ops`` and recomputes the rest."""
 
@@ -125,8 +132,6 @@ def use_flash_attention(model: nn.Module, head_dims: tuple[int, ...] = (32,), ke
     and on fine-tuning's shape (`docs/performance.md`). ``kernel="fa4"``: FlashAttention-4's kernels instead
     (``models.fa4_attention``; the optional ``flash-attn-4`` package, which must be installed)."""
     if kernel == "fa4":
-        from ..models import fa4_attention
-
         if not fa4_attention.available():
             fa4_attention._interface()  # raises the error that says what to install
     elif kernel != "triton":
@@ -153,8 +158,7 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
     on FA4 (an error says what to install), ``triton`` is the head-dim-32 choice without FA4, ``sdpa`` leaves every
     layer on SDPA.
     """
-    if choice not in ATTENTION_CHOICES:
-        raise ValueError(f"attention must be one of {', '.join(ATTENTION_CHOICES)}, got {choice!r}")
+    check_attention_choice(choice)
     if device.type != "cuda" or choice == "sdpa":
         return "sdpa"
     if choice == "auto":
