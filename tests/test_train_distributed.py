@@ -31,6 +31,17 @@ def _run(cmd: list[str], cwd) -> None:
     assert proc.returncode == 0, err[-3000:]
 
 
+TORCHRUN_2 = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def _pose_train_args(data, steps: int) -> list[str]:
+    """``opensapiens train`` on the toy pose set: nano, 128x96, fp32, gloo on CPU (also on a machine with one GPU)."""
+    return ["-m", "opensapiens.cli.main", "train", "--task", "pose", "--data", str(data), "--arch", "nano",
+            "--head-channels", "32", "--input-size", "128x96", "--steps", str(steps), "--workers", "0", "--precision",
+            "fp32", "--log-interval", "1", "--no-tensorboard", "--keypoints", str(data / "keypoints.json"),
+            "--lr", "1e-3", "--ohkm-topk", "0", "--device", "cpu"]
+
+
 def _trace(run) -> list[tuple[float, float]]:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     return [(e["loss"], e["grad_norm"]) for e in map(json.loads, lines) if e["event"] == "train"]
@@ -39,13 +50,9 @@ def _trace(run) -> list[tuple[float, float]]:
 @pytest.mark.parametrize("mode", ["ddp", "fsdp"])
 def test_two_processes_match_one(tmp_path, mode):
     data = write_toy_dataset(tmp_path / "toy", 12, SIZE, seed=0)
-    common = ["-m", "opensapiens.cli.main", "train", "--task", "pose", "--data", str(data), "--arch", "nano",
-              "--head-channels", "32", "--input-size", "128x96", "--steps", "3", "--workers", "0", "--precision",
-              "fp32", "--log-interval", "1", "--no-tensorboard", "--keypoints", str(data / "keypoints.json"),
-              "--lr", "1e-3", "--ohkm-topk", "0", "--device", "cpu"]  # gloo, also on a machine with one GPU
+    common = _pose_train_args(data, steps=3)
     _run([sys.executable, *common, "--out", str(tmp_path / "one"), "--batch-size", "4"], tmp_path)
-    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           *common, "--out", str(tmp_path / "two"), "--batch-size", "2"]
+    two = [*TORCHRUN_2, *common, "--out", str(tmp_path / "two"), "--batch-size", "2"]
     _run(two + (["--fsdp"] if mode == "fsdp" else []), tmp_path)
     one, two_ = _trace(tmp_path / "one"), _trace(tmp_path / "two")
     assert len(one) == len(two_) == 3
@@ -63,12 +70,8 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path)
     import time
 
     data = write_toy_dataset(tmp_path / "toy", 12, SIZE, seed=0)
-    steps = "200"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "opensapiens.cli.main", "train", "--task", "pose", "--data", str(data), "--arch", "nano",
-           "--head-channels", "32", "--input-size", "128x96", "--steps", steps, "--workers", "0", "--precision",
-           "fp32", "--log-interval", "1", "--no-tensorboard", "--keypoints", str(data / "keypoints.json"),
-           "--lr", "1e-3", "--ohkm-topk", "0", "--device", "cpu", "--batch-size", "2", "--ckpt-interval", "1000"]
+    steps = 200
+    cmd = [*TORCHRUN_2, *_pose_train_args(data, steps), "--batch-size", "2", "--ckpt-interval", "1000"]
     _run(cmd + ["--out", str(tmp_path / "straight")], tmp_path)
 
     part = tmp_path / "part"
@@ -90,7 +93,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path)
         raise
     assert agent.returncode == 0, err[-3000:]
     saved = sorted(p.name for p in (part / "checkpoints").iterdir())
-    assert len(saved) == 1 and saved[0] != f"step_{int(steps):08d}.pt", saved  # one stop step, before the end
+    assert len(saved) == 1 and saved[0] != f"step_{steps:08d}.pt", saved  # one stop step, before the end
     _run(cmd + ["--out", str(part), "--resume"], tmp_path)
     assert _trace(part) == _trace(tmp_path / "straight")  # every step's loss and gradient norm
     a, b = load_file(tmp_path / "straight" / "final.safetensors"), load_file(part / "final.safetensors")
@@ -101,7 +104,7 @@ def test_pretraining_on_two_ranks_resumes_exactly(tmp_path):
     """MAE pretraining under torchrun (2 gloo ranks x 2 loader workers): a run that lost everything after its step-4
     checkpoint resumes to the uninterrupted run's losses and weights (data stream, masking RNG and optimizer)."""
     import numpy as np
-    from test_mae_pretrain import jpeg, smooth_image
+    from test_mae_pretrain import SMALL, jpeg, losses, smooth_image
 
     from opensapiens.data.shards import ShardWriter
 
@@ -109,20 +112,16 @@ def test_pretraining_on_two_ranks_resumes_exactly(tmp_path):
     with ShardWriter(tmp_path / "shards", max_count=5) as w:
         for i in range(20):
             w.write(f"img{i:03d}", jpeg(smooth_image(rng)), ".jpg")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "opensapiens.cli.main", "pretrain", "--data", str(tmp_path / "shards"), "--steps", "8", "--batch-size", "2",
-           "--workers", "2", "--shuffle-buffer", "4", "--ckpt-interval", "4", "--keep-last", "0", "--arch", "nano",
-           "--input-size", "64x64", "--decoder-dim", "32", "--decoder-depth", "1", "--decoder-heads", "2",
-           "--no-tensorboard", "--log-interval", "1", "--device", "cpu", "--deterministic"]
+    cmd = [*TORCHRUN_2, "-m", "opensapiens.cli.main", "pretrain", "--data", str(tmp_path / "shards"), "--steps", "8",
+           "--batch-size", "2", "--workers", "2", "--shuffle-buffer", "4", "--ckpt-interval", "4", "--keep-last", "0",
+           "--device", "cpu", "--deterministic", *SMALL]
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     _run(cmd + ["--out", str(straight)], tmp_path)
     shutil.copytree(straight, crashed)
     for p in [crashed / "checkpoints" / "step_00000008.pt", crashed / "mae.safetensors"]:
         p.unlink()
     _run(cmd + ["--out", str(crashed), "--resume"], tmp_path)
-    losses = [[e["loss"] for e in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
-               if e["event"] == "train"] for run in (straight, crashed)]
-    assert len(losses[0]) == 8 and losses[0] == losses[1]
+    assert len(losses(straight)) == 8 and losses(crashed) == losses(straight)
     a, b = load_file(straight / "mae.safetensors"), load_file(crashed / "mae.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
 
