@@ -118,6 +118,30 @@ def test_safetensors_roundtrip_and_official_export(tmp_path):
     assert _same_outputs(load_model(st, task="features"), model.backbone)
 
 
+def test_loading_takes_the_weights_without_a_random_init(tmp_path):
+    """Loading builds the model without initializing it (seconds of CPU for 1B, overwritten anyway): the global RNG
+    is untouched, the weights equal the file's bit for bit in the requested dtype, and the result is an ordinary
+    trainable model (every tensor real, on the CPU, parameters requiring grad). The multi-task file too."""
+    from opensapiens.checkpoints import load_multitask
+    from opensapiens.checkpoints.hub import BUNDLED
+
+    model, _ = make_official_state("seg", 28)
+    st = save_model(model, tmp_path / "m.safetensors", dtype=torch.bfloat16)
+    for load, path in ((load_model, st), (load_multitask, BUNDLED)):
+        for dtype in (None, "bf16"):
+            torch.manual_seed(0)
+            rng = torch.get_rng_state()
+            loaded = load(path, dtype=dtype)
+            assert torch.equal(torch.get_rng_state(), rng)
+            stored, _ = read_state_dict(path)
+            state = loaded.state_dict()
+            assert state.keys() == stored.keys()
+            want = torch.float32 if dtype is None else torch.bfloat16
+            assert all(torch.equal(state[k], v.to(want)) and state[k].dtype == want for k, v in stored.items())
+            assert all(t.device.type == "cpu" for t in [*loaded.parameters(), *loaded.buffers()])
+            assert all(p.requires_grad for p in loaded.parameters()) and not loaded.training
+
+
 def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         read_state_dict(tmp_path / "missing.pth")

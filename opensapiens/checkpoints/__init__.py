@@ -8,10 +8,12 @@ from .loading import (
     load_multitask,
     load_state,
     save_model,
+    with_weights,
 )
 from .official import infer_config, official_to_ours, ours_to_official
 from .reader import CheckpointError, read_state_dict
 
 __all__ = ["CheckpointError", "HubFile", "as_dtype", "convert_checkpoint", "export_official", "infer_config",
            "is_multitask", "load_model", "load_multitask", "load_state", "official_names", "official_to_ours",
-           "ours_to_official", "parse_name", "read_state_dict", "resolve_checkpoint", "save_model"]
+           "ours_to_official", "parse_name", "read_state_dict", "resolve_checkpoint", "save_model",
+           "with_weights"]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
+from torch import nn
 
 from ..models.multitask import MultiTaskConfig, SapiensMultiTask
 from ..models.sapiens import ModelConfig, SapiensModel
@@ -18,6 +21,7 @@ CONFIG_KEY = "opensapiens_config"
 MULTITASK_KEY = "opensapiens_multitask"
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
+M = TypeVar("M", bound=nn.Module)
 
 
 def as_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -82,9 +86,8 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     if task is None and is_multitask(path_or_name):
         return load_multitask(path_or_name, device=device, dtype=dtype)
     cfg, sd = load_state(path_or_name, task=task, patch_padding=patch_padding, num_heads=num_heads)
-    model = SapiensModel(cfg)
     try:
-        model.load_state_dict(sd, strict=True)
+        model = with_weights(lambda: SapiensModel(cfg), sd)
     except RuntimeError as e:
         raise CheckpointError(f"{path_or_name}: weights do not fit the inferred {cfg.task} model "
                               f"({cfg.arch.name}): {e}") from e
@@ -118,9 +121,21 @@ def load_multitask(path_or_name: str | os.PathLike, device: str | torch.device =
     sd, meta = read_state_dict(path)
     if MULTITASK_KEY not in meta:
         raise CheckpointError(f"{path}: not a multi-task checkpoint")
-    model = SapiensMultiTask(MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY])))
-    model.load_state_dict(sd, strict=True)
+    cfg = MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY]))
+    model = with_weights(lambda: SapiensMultiTask(cfg), sd)
     return model.to(device=device, dtype=as_dtype(dtype)).eval()
+
+
+def with_weights(build: Callable[[], M], state_dict: dict[str, torch.Tensor]) -> M:
+    """``build()`` on the meta device, its parameters then taken from ``state_dict`` (strict).
+
+    Skips the random initialization that loading overwrites: building a 1B model initializes ~1.2e9 values on
+    the CPU (10-30 s on two cores), and draws them from the global RNG, which loading a checkpoint should not touch.
+    """
+    with torch.device("meta"):
+        model = build()
+    model.load_state_dict({k: v.contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
+    return model
 
 
 def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoints import save_model
+from ..checkpoints import save_model, with_weights
 from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
 from ..data.synth_stream import SynthStream
 from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
@@ -59,9 +59,7 @@ def export_weights(model: torch.nn.Module, config, path: Path, info: D.DistInfo,
 
     sd, _ = full_state(model)
     if info.is_main:
-        with torch.device("meta"):
-            plain = SapiensModel(config)
-        plain.load_state_dict(sd, assign=True)
+        plain = with_weights(lambda: SapiensModel(config), sd)
         save_model(plain, path, metadata={k: json.dumps(v) for k, v in metadata.items()})
     D.barrier()
 
