@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|e2e-targets
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -238,6 +238,37 @@ elif [ "$1" = targets-infer ]; then
   timeout 190 $E --task pose --arch 0.3b --batch 16 --e2e-decode cpu,gpu --out "$OUT/targets_pose_0.3b_$C.json" \
     | grep -v '^{'
   timeout 150 $E --task seg --arch 1b --batch 8 --out "$OUT/targets_seg_1b_$C.json" | grep -v '^{'
+elif [ "$1" = dark-kernel ]; then
+  # (tenth session) DARK's rescale as one Triton pass (codecs/dark_kernel.py) and loading without a random init: the
+  # affected tests on CUDA (pycocotools from .whlcoco/ where carried); the maxima alone, then pose-0.3B end to end over
+  # 2048 1080p JPEGs with the Triton pass / the PyTorch blur / the blur skipped; where one-image predict's time goes
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  python -c "import pycocotools; print('pycocotools', pycocotools.__version__)"
+  timeout 240 python -m pytest -rA --tb=short tests/test_codec.py tests/test_topdown.py tests/test_pipeline.py \
+    tests/test_predictors.py tests/test_eval_pose.py tests/test_checkpoints.py 2>&1 | grep -i "passed\|failed\|error" \
+    | grep -v "^PASSED" | tail -20
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  timeout 200 python bench/diag_e2e_blur.py /tmp/e2e2048 2>&1 | grep -v Warn
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
+  for k in 1 2; do /usr/bin/time -f "diag process, run $k: %e s" timeout 120 python bench/diag_predict_one.py seg \
+    /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn; done
+  mkdir -p /tmp/one && cp /tmp/src/$(ls /tmp/src | head -1) /tmp/one/
+  /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
+    --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
+elif [ "$1" = e2e-targets ]; then
+  # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
+  # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  E="python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048"  # the default path, model-only beside
+  timeout 250 $E --task pose --arch 0.3b --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" \
+    | grep -v '^{'
+  timeout 200 $E --task seg --arch 1b --batch 8 --out "$OUT/e2e_seg_1b_$C.json" | grep -v '^{'
 elif [ "$1" = readback ]; then
   # (after the ninth session, which had no GPU) the MAE-0.3B step with FA4 and the whole-model compile, reading each
   # step's loss back at once (the loop before) / reading two steps late (now) / A / B again; then the last one fed

@@ -248,6 +248,56 @@ def test_maps_under_the_clip_skip_the_whole_map_blur_and_match_the_reference(mon
     assert calls == [1]  # the blur ran for the one map whose rescale matters
 
 
+DARK_KERNEL_CHECK = """
+import cv2
+import numpy as np
+import torch
+
+from opensapiens.codecs import gaussian_kernel1d
+from opensapiens.codecs.dark_kernel import blurred_maxima
+
+rng = np.random.default_rng(0)
+taps = gaussian_kernel1d(11)
+for (h, w), dtype in (((70, 50), torch.float32), ((37, 129), torch.bfloat16)):  # 3 x 1 and 2 x 3 tiles
+    maps = torch.from_numpy(rng.standard_normal((4, h, w))).to(dtype)
+    maps[1] -= 5.0  # all negative: the zero border and the tiles' padding must not win the maximum
+    maps[2, -1, -1] = 40.0  # the maximum in the last, partial tile, at the map's corner
+    ids = torch.tensor([3, 0, 2, 2, 1])
+    out = blurred_maxima(maps, ids, taps)
+    for i, m in zip(ids.tolist(), out.tolist()):
+        padded = np.pad(maps[i].double().numpy(), 5)
+        ref = cv2.GaussianBlur(padded, (11, 11), 0)[5:-5, 5:-5].max()
+        assert abs(m - ref) < 1e-5 * max(1.0, abs(ref)), (h, w, i, m, ref)
+assert blurred_maxima(maps, torch.tensor([], dtype=torch.long), taps).shape == (0,)
+print("ok")
+"""
+
+
+def test_triton_blurred_maxima_against_opencv():
+    """The CUDA kernel of DARK's rescale (one pass, per-tile maxima), run by Triton's interpreter on the CPU, against
+    OpenCV's blur of the zero-padded float64 map: partial tiles, negative maps, a corner maximum, repeated and
+    unordered ids, bf16 maps."""
+    from kernel_checks import run_under_interpreter
+
+    run_under_interpreter(DARK_KERNEL_CHECK)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_decode_on_cuda_matches_the_cpu_decode():
+    """On CUDA the whole-map blur is the Triton kernel: noise-like maps (most of them take it) decode as on the CPU,
+    in float32 and bf16, and the kernel's maxima equal the CPU blur's."""
+    torch.manual_seed(0)
+    heat = torch.rand(4, 308, 64, 48) * 0.01  # peaks over the clip, samples under it
+    ids = torch.arange(0, 4 * 308, 3)
+    maxima = heatmap_codec._blurred_maxima(heat.view(-1, 64, 48).cuda(), ids.cuda(), 11)
+    torch.testing.assert_close(maxima.cpu(), gaussian_blur(heat.view(-1, 64, 48)[ids], 11).amax(dim=(1, 2)))
+    for dtype in (torch.float32, torch.bfloat16):
+        kp_gpu, sc_gpu = decode_udp_heatmaps(heat.to(dtype).cuda(), (256, 192))
+        kp_cpu, sc_cpu = decode_udp_heatmaps(heat.to(dtype), (256, 192))
+        torch.testing.assert_close(kp_gpu.cpu(), kp_cpu, atol=1e-3, rtol=0)
+        torch.testing.assert_close(sc_gpu.cpu(), sc_cpu)
+
+
 def test_decode_handles_empty_and_half_precision():
     kp, sc = decode_udp_heatmaps(torch.zeros(0, 17, 64, 48), (256, 192))
     assert kp.shape == (0, 17, 2) and sc.shape == (0, 17)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 _EPS32 = float(torch.finfo(torch.float32).eps)  # regularizes the 2x2 Hessian as the official refinement does
-_CHUNK = 2048  # heatmaps refined at a time (2048 x 256 x 192 float32 = 400 MB per temporary)
+_CHUNK = 2048  # maps blurred at a time off CUDA (2048 x 256 x 192 float32 = 400 MB per temporary)
 
 # OpenCV's getGaussianKernel uses these fixed kernels for small odd sizes when sigma <= 0.
 _CV_SMALL_KERNELS = {
@@ -215,11 +215,30 @@ def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, peak
     # A map whose peak is under the clip (or not positive: its location becomes -1) has every sample clipped whatever
     # the rescale (samples <= blur maximum <= peak), so its step is 0 without the whole-map blur.
     clipped = (((v < 1e-3).any(dim=1) & (peak >= 1e-3)) | (peak > 50)).nonzero().flatten()
-    for s in range(0, clipped.numel(), _CHUNK):  # rare: weak or huge maps need the whole-map maximum of the blur
-        ids = clipped[s:s + _CHUNK]
-        ratio = peak[ids] / (gaussian_blur(maps[ids].float(), blur_kernel).amax(dim=(1, 2)) + 1e-12)
-        v[ids] = v[ids] * ratio[:, None]
+    if clipped.numel():  # weak or huge maps need the whole-map maximum of the blur
+        ratio = peak[clipped] / (_blurred_maxima(maps, clipped, blur_kernel) + 1e-12)
+        v[clipped] = v[clipped] * ratio[:, None]
     return _newton_offsets(v)
+
+
+def _blurred_maxima(maps: torch.Tensor, ids: torch.Tensor, ksize: int) -> torch.Tensor:
+    """max of ``gaussian_blur(maps[ids].float(), ksize)`` per map: (n,) float32.
+
+    On CUDA one Triton pass that writes nothing map-sized (``dark_kernel``); elsewhere the whole-map blur, chunked.
+    """
+    if maps.is_cuda and _triton_kernel() is not None:
+        return _triton_kernel()(maps.contiguous(), ids, _kernel_on(ksize, maps.device))
+    return torch.cat([gaussian_blur(maps[chunk].float(), ksize).amax(dim=(1, 2)) for chunk in ids.split(_CHUNK)])
+
+
+@functools.cache
+def _triton_kernel():
+    """``dark_kernel.blurred_maxima``, or None where Triton is not installed (the whole-map blur then runs)."""
+    try:
+        from .dark_kernel import blurred_maxima
+    except ImportError:
+        return None
+    return blurred_maxima
 
 
 def decode_udp_heatmaps(
