@@ -1,9 +1,10 @@
 """Diagnostic: where one image's `opensapiens predict` spends its process time (call 46 timed 28.8-31.6 s from the
 shell, not broken down). The predictor's steps in order, each timed from the last, in one process; the shell times
 the whole process around it (Python start and exit included: a process that ends while the head's background
-compile runs waits for that compile).
+compile runs waits for that compile); exit handlers are timed too.
 Usage: python bench/diag_predict_one.py TASK CHECKPOINT IMAGE
 """
+import atexit
 import sys
 import time
 
@@ -18,6 +19,7 @@ def mark(label: str) -> None:
     last = now
 
 
+atexit.register(lambda: mark("other exit handlers (LIFO: runs last)"))  # the rest: teardown, seen from the shell
 import torch  # noqa: E402
 
 mark("import torch")
@@ -44,3 +46,5 @@ if background is not None:
     predictor(image)
     torch.cuda.synchronize()
     mark("result with the compiled head")
+atexit.register(lambda: mark("script end to exit handlers (threads joined)"))  # runs first
+mark("script end")

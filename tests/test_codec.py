@@ -258,7 +258,7 @@ from opensapiens.codecs.dark_kernel import blurred_maxima
 
 rng = np.random.default_rng(0)
 taps = gaussian_kernel1d(11)
-for (h, w), dtype in (((70, 50), torch.float32), ((37, 129), torch.bfloat16)):  # 3 x 1 and 2 x 3 tiles
+for (h, w), dtype in (((70, 50), torch.float32), ((37, 129), torch.bfloat16), ((20, 300), torch.float32)):
     maps = torch.from_numpy(rng.standard_normal((4, h, w))).to(dtype)
     maps[1] -= 5.0  # all negative: the zero border and the tiles' padding must not win the maximum
     maps[2, -1, -1] = 40.0  # the maximum in the last, partial tile, at the map's corner
@@ -275,8 +275,8 @@ print("ok")
 
 def test_triton_blurred_maxima_against_opencv():
     """The CUDA kernel of DARK's rescale (one pass, per-tile maxima), run by Triton's interpreter on the CPU, against
-    OpenCV's blur of the zero-padded float64 map: partial tiles, negative maps, a corner maximum, repeated and
-    unordered ids, bf16 maps."""
+    OpenCV's blur of the zero-padded float64 map: two row tiles, two column tiles, maps shorter than a tile, negative
+    maps, a corner maximum, repeated and unordered ids, bf16 maps."""
     from kernel_checks import run_under_interpreter
 
     run_under_interpreter(DARK_KERNEL_CHECK)
@@ -284,10 +284,12 @@ def test_triton_blurred_maxima_against_opencv():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_decode_on_cuda_matches_the_cpu_decode():
-    """On CUDA the whole-map blur is the Triton kernel: noise-like maps (most of them take it) decode as on the CPU,
+    """On CUDA the whole-map blur is the Triton kernel: noise-like maps (all of them take it) decode as on the CPU,
     in float32 and bf16, and the kernel's maxima equal the CPU blur's."""
     torch.manual_seed(0)
-    heat = torch.rand(4, 308, 64, 48) * 0.01  # peaks over the clip, samples under it
+    heat = torch.rand(4, 308, 64 * 48) * 1e-3  # blurred samples under the clip
+    heat.scatter_(2, torch.randint(0, 64 * 48, (4, 308, 1)), 0.01)  # one peak per map: no argmax ties in bf16
+    heat = heat.view(4, 308, 64, 48)
     ids = torch.arange(0, 4 * 308, 3)
     maxima = heatmap_codec._blurred_maxima(heat.view(-1, 64, 48).cuda(), ids.cuda(), 11)
     torch.testing.assert_close(maxima.cpu(), gaussian_blur(heat.view(-1, 64, 48)[ids], 11).amax(dim=(1, 2)))
