@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -272,8 +272,31 @@ elif [ "$1" = dark-ring ]; then
     | sort -t'|' -k2 -n | tail -30
   python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
 save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
-  /usr/bin/time -f "diag process: %e s" timeout 120 python bench/diag_predict_one.py seg /tmp/seg_0.3b.safetensors \
-    /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn
+  for threads in "" 1; do  # Inductor's default compile-worker pool (a sidecar process), then compiling in-process
+    /usr/bin/time -f "diag process (TORCHINDUCTOR_COMPILE_THREADS=$threads): %e s" env \
+      ${threads:+TORCHINDUCTOR_COMPILE_THREADS=$threads} timeout 120 python bench/diag_predict_one.py seg \
+      /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn
+  done
+elif [ "$1" = predict-e2e ]; then
+  # (after call 54) the head compiled in-process (no Inductor worker pool to wait for at exit), torch.compile and
+  # torchvision imported off the predict path: the CUDA tests of the background compile and the optimized paths;
+  # one-image predict's steps twice (cold, then warm Inductor cache) and the CLI; then pose-0.3B end to end with the
+  # DARK kernel through the documented command (2048 1080p JPEGs, host decode and nvJPEG, model-only beside)
+  timeout 240 python -m pytest -rA --tb=short tests/test_background_compile.py tests/test_optimize.py 2>&1 \
+    | grep -i "passed\|failed\|error\|^E " | grep -v "^PASSED" | tail -20
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
+  for k in 1 2; do /usr/bin/time -f "diag process, run $k: %e s" timeout 120 python bench/diag_predict_one.py seg \
+    /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn; done
+  mkdir -p /tmp/one && cp /tmp/src/$(ls /tmp/src | head -1) /tmp/one/
+  /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
+    --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  timeout 250 python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048 --task pose --arch 0.3b \
+    --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" | grep -v '^{'
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each

@@ -129,9 +129,12 @@ def test_an_idle_worker_ends_and_lets_the_model_go():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the optimized path is CUDA's")
 def test_optimized_seg_model_answers_before_and_after_its_head_compiles():
+    from torch._inductor import async_compile
+
     from opensapiens.inference.optimize import optimize_for_inference
     from opensapiens.models import build_model
 
+    async_compile.shutdown_compile_workers()  # (a pool an earlier test's compile started)
     torch.manual_seed(0)
     model = build_model("seg", "nano", out_channels=5, head_channels=32, pos_grid=(8, 6)).cuda().bfloat16()
     fast = optimize_for_inference(model)  # fused blocks; the head compiles in the background (Inductor)
@@ -144,3 +147,29 @@ def test_optimized_seg_model_answers_before_and_after_its_head_compiles():
         also = fast(x[:2]).float()  # another batch size, the same compiled graph
     assert (later - first).norm() / first.norm() < 2e-2  # the same function in bf16 (Inductor fuses norm + SiLU)
     assert (also - later[:2]).norm() / later[:2].norm() < 2e-2
+    assert not async_compile._pool_set  # compiled in-process: no worker pool for the process to wait for at exit
+
+
+def test_the_predict_path_imports_no_compiler_until_the_worker_compiles():
+    """torch.compile's machinery (torch._dynamo, ~5 s to import on the GPU host) and torchvision (which imports it) are
+    off the caller's path: importing the predictors and the CLI and making a ``BackgroundCompile`` import neither; its
+    worker does. A fresh process, as a user's."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+import torch
+import opensapiens.cli.main, opensapiens.cli.predict
+from opensapiens.inference import crop_people
+from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.predictors import load_predictor
+f = BackgroundCompile(torch.nn.functional.silu, backend=lambda gm, example_inputs: gm.forward)
+assert "torch._dynamo" not in sys.modules and "torchvision" not in sys.modules, "imported on the predict path"
+f(torch.randn(2, 3))
+assert f.wait(timeout=120) and f.error is None and "torch._dynamo" in sys.modules  # imported by the worker
+from opensapiens.inference import PersonDetector  # the detector on first use
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

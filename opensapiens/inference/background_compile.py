@@ -35,7 +35,9 @@ class BackgroundCompile:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], **compile_kwargs) -> None:
         self.fn = fn
-        self.compiled = torch.compile(fn, **compile_kwargs)
+        self.compile_kwargs = compile_kwargs
+        self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # made by the worker (torch.compile's
+        # import of its machinery, ~5 s on the GPU host in call 54, is off the caller's path too)
         self.ready: set[Hashable] = set()  # input kinds the compiled code serves
         self.compile_seconds: dict[Hashable, float] = {}
         self.error: BaseException | None = None
@@ -66,8 +68,6 @@ class BackgroundCompile:
     def _request(self, key: Hashable, x: torch.Tensor) -> None:
         with torch.inference_mode(x.is_inference()):  # an inference tensor or not, as x (a guard checks it)
             example = x[:2].detach().clone().requires_grad_(x.requires_grad)  # batch 1, or 2 marked dynamic
-        if example.shape[0] > 1:
-            torch._dynamo.mark_dynamic(example, 0)
         with self._lock:
             self._requested.add(key)
             self._jobs.append((key, example, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
@@ -85,6 +85,10 @@ class BackgroundCompile:
                 key, example, grad, inference = self._jobs.popleft()
             t0 = time.perf_counter()
             try:
+                if self.compiled is None:
+                    self.compiled = torch.compile(self.fn, **self.compile_kwargs)
+                if example.shape[0] > 1:
+                    torch._dynamo.mark_dynamic(example, 0)
                 with torch.inference_mode(inference), torch.set_grad_enabled(grad):
                     if example.is_cuda:
                         with torch.cuda.device(example.device):
