@@ -173,7 +173,8 @@ def test_optimized_seg_model_answers_before_and_after_its_head_compiles():
 def test_the_predict_path_imports_no_compiler_until_the_worker_compiles():
     """torch.compile's machinery (torch._dynamo, ~5 s to import on the GPU host) and torchvision (which imports it) are
     off the caller's path: importing the predictors and the CLI and making a ``BackgroundCompile`` import neither; its
-    worker does. A fresh process, as a user's."""
+    worker does. Nor does the training loop's checkpointing come with the attention-backend choice. A fresh process,
+    as a user's."""
     import subprocess
     import sys
 
@@ -184,8 +185,10 @@ import opensapiens.cli.main, opensapiens.cli.predict
 from opensapiens.inference import crop_people
 from opensapiens.inference.background_compile import BackgroundCompile
 from opensapiens.inference.predictors import load_predictor
+from opensapiens.training.speed import use_fast_attention  # (what optimize_for_inference imports on CUDA)
 f = BackgroundCompile(torch.nn.functional.silu, backend=lambda gm, example_inputs: gm.forward)
 assert "torch._dynamo" not in sys.modules and "torchvision" not in sys.modules, "imported on the predict path"
+assert "torch.distributed.checkpoint" not in sys.modules, "the training loop imported on the predict path"
 f(torch.randn(2, 3))
 assert f.wait(timeout=120) and f.error is None and "torch._dynamo" in sys.modules  # imported by the worker
 from opensapiens.inference import PersonDetector  # the detector on first use

@@ -10,12 +10,17 @@
     logger       metrics.jsonl, TensorBoard, progress bar;   signals   SIGTERM / Ctrl-C -> save and exit
 """
 
-from .config import TrainConfig, resolve
-from .finetune import train
-from .optim import build_optimizer, layer_id, param_groups, set_lr
-from .schedule import Schedule
-from .state import load_checkpoint, save_checkpoint
-from .step import StepResult, train_step
+import importlib
 
-__all__ = ["Schedule", "StepResult", "TrainConfig", "build_optimizer", "layer_id", "load_checkpoint",
-           "param_groups", "resolve", "save_checkpoint", "set_lr", "train", "train_step"]
+_EXPORTS = {"TrainConfig": "config", "resolve": "config", "train": "finetune", "build_optimizer": "optim",
+            "layer_id": "optim", "param_groups": "optim", "set_lr": "optim", "Schedule": "schedule",
+            "load_checkpoint": "state", "save_checkpoint": "state", "StepResult": "step", "train_step": "step"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """Exports load on first use: inference imports ``training.speed`` (attention backends), which should not pull in
+    the loop and its distributed checkpointing (``torch.distributed.checkpoint``: ~0.5 s of a predictor's start)."""
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
