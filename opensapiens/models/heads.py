@@ -89,6 +89,8 @@ def build_head(task: str, in_channels: int, out_channels: int | None = None, cha
 
 def init_head(head: DeconvHead, task: str) -> None:
     """Official initialisation: pose convs N(0, 0.001); the seg/depth/normal classifier N(0, 0.01)."""
+    if head.final.weight.is_meta:  # built to take a checkpoint's weights: the first normal_ on meta costs ~1 s
+        return
     if task == "pose":
         for m in head.modules():
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
