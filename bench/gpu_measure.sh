@@ -7,6 +7,22 @@ trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 CAP=79.65
+e2e_images() {  # 512 1080p JPEGs in /tmp/src, and the same four times over in /tmp/e2e2048
+  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/e2e2048
+  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+}
+random_seg_checkpoint() {  # /tmp/seg_0.3b.safetensors, random weights
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"
+}
+predict_one_timed() {  # one image of /tmp/src through the seg checkpoint: the steps timed twice, then the CLI
+  for k in 1 2; do /usr/bin/time -f "diag process, run $k: %e s" timeout 120 python bench/diag_predict_one.py seg \
+    /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn; done
+  mkdir -p /tmp/one && cp /tmp/src/$(ls /tmp/src | head -1) /tmp/one/
+  /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
+    --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
@@ -207,9 +223,7 @@ elif [ "$1" = fused-graphs ]; then
   # the default fused path captured as CUDA graphs (new, opt-in) beside itself and the whole-model graphs: pose-1B at
   # batch 8, pose-0.3B at batch 1 (latency) and at batch 16 end to end over 2048 1080p JPEGs (host decode)
   python -m pytest -rA --tb=short tests/test_optimize.py 2>&1 | grep -i "passed\|failed\|error" | tail -8
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   B="python -m opensapiens.cli.main bench --iters 10 --cuda-graphs"
   timeout 150 $B --task pose --arch 1b --batch 8 --out "$OUT/graphs_pose_1b.json" | grep -v '^{'
   timeout 100 $B --task pose --arch 0.3b --batch 1 --iters 20 --out "$OUT/graphs_pose_0.3b_b1.json" | grep -v '^{'
@@ -228,9 +242,7 @@ elif [ "$1" = targets-infer ]; then
   # and seg-1b end to end over 2048 1080p JPEGs (host decode and nvJPEG)
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   FA=""; python -c "import flash_attn.cute" 2>/dev/null && FA="--fa4"
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8 $FA"
   $B --task pose --arch 1b --batch 8 --out "$OUT/targets_pose_1b_$C.json" | grep -v '^{'
   $B --task pose --arch 2b --batch 4 --out "$OUT/targets_pose_2b_$C.json" | grep -v '^{'
@@ -247,31 +259,21 @@ elif [ "$1" = dark-kernel ]; then
   timeout 240 python -m pytest -rA --tb=short tests/test_codec.py tests/test_topdown.py tests/test_pipeline.py \
     tests/test_predictors.py tests/test_eval_pose.py tests/test_checkpoints.py 2>&1 | grep -i "passed\|failed\|error" \
     | grep -v "^PASSED" | tail -20
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   timeout 200 python bench/diag_e2e_blur.py /tmp/e2e2048 2>&1 | grep -v Warn
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
-  for k in 1 2; do /usr/bin/time -f "diag process, run $k: %e s" timeout 120 python bench/diag_predict_one.py seg \
-    /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn; done
-  mkdir -p /tmp/one && cp /tmp/src/$(ls /tmp/src | head -1) /tmp/one/
-  /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
-    --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
+  random_seg_checkpoint
+  predict_one_timed
 elif [ "$1" = dark-ring ]; then
   # (after call 53, whose first kernel, 121 loads per pixel, ran 4.6x slower than PyTorch) the row-ring kernel: the
   # codec tests on CUDA, the maxima alone and pose-0.3B end to end (as in dark-kernel); then the imports of the
   # predictor (call 53: 5.7 s) and one-image predict's steps with its exit handlers timed
   timeout 120 python -m pytest -rA --tb=short tests/test_codec.py 2>&1 | grep -i "passed\|failed\|error\|^E " \
     | grep -v "^PASSED" | tail -20
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   timeout 200 python bench/diag_e2e_blur.py /tmp/e2e2048 2>&1 | grep -v Warn
   python -X importtime -c "from opensapiens.inference.predictors import load_predictor" 2>&1 \
     | sort -t'|' -k2 -n | tail -30
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
+  random_seg_checkpoint
   for threads in "" 1; do  # Inductor's default compile-worker pool (a sidecar process), then compiling in-process
     /usr/bin/time -f "diag process (TORCHINDUCTOR_COMPILE_THREADS=$threads): %e s" env \
       ${threads:+TORCHINDUCTOR_COMPILE_THREADS=$threads} timeout 120 python bench/diag_predict_one.py seg \
@@ -284,26 +286,17 @@ elif [ "$1" = predict-e2e ]; then
   # DARK kernel through the documented command (2048 1080p JPEGs, host decode and nvJPEG, model-only beside)
   timeout 240 python -m pytest -rA --tb=short tests/test_background_compile.py tests/test_optimize.py 2>&1 \
     | grep -i "passed\|failed\|error\|^E " | grep -v "^PASSED" | tail -20
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
-  for k in 1 2; do /usr/bin/time -f "diag process, run $k: %e s" timeout 120 python bench/diag_predict_one.py seg \
-    /tmp/seg_0.3b.safetensors /tmp/src/$(ls /tmp/src | head -1) 2>&1 | grep -v Warn; done
-  mkdir -p /tmp/one && cp /tmp/src/$(ls /tmp/src | head -1) /tmp/one/
-  /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
-    --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
+  e2e_images
+  random_seg_checkpoint
+  predict_one_timed
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
   timeout 250 python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048 --task pose --arch 0.3b \
     --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" | grep -v '^{'
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   E="python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048"  # the default path, model-only beside
   timeout 250 $E --task pose --arch 0.3b --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" \
     | grep -v '^{'
@@ -327,8 +320,7 @@ elif [ "$1" = readback-tests ]; then
   # the first result without the compile: one image through `opensapiens predict` (the head eager, its compile in
   # the background), timed from the shell, twice (the second with Inductor's on-disk cache warm)
   python bench/make_images.py --n 1 --size 1080x1920 --out /tmp/one > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"  # random weights
+  random_seg_checkpoint
   for k in 1 2; do /usr/bin/time -f "predict one image, run $k: %e s" timeout 120 python -m opensapiens.cli.main \
     predict --task seg --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2; done
 elif [ "$1" = mae-final ]; then
@@ -374,9 +366,7 @@ elif [ "$1" = final-fp8 ]; then
 elif [ "$1" = steady ]; then
   # pose-0.3b end to end over 2048 JPEGs (the 512 of make_images, each 4 times): a pipeline's fill and drain
   # (~0.1 s: the first batch's reads and decodes, the last batch's writes) weigh a quarter as much as over 512
-  python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/e2e2048
-  for k in 0 1 2 3; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/e2e2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  e2e_images
   timeout 240 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 \
     --e2e /tmp/e2e2048 --e2e-decode cpu,gpu --out "$OUT/fused_pose_0.3b_e2e2048.json" | grep -v '^{'
 elif [ "$1" = latency ]; then
