@@ -2,7 +2,7 @@
 
 DARK rescales a blurred map to the raw map's maximum, which needs the whole blurred map's maximum. In PyTorch that
 is 2 x ksize shifted float32 passes over each map plus a reduction (22 passes for the 11-tap kernel), which cost
-pose-0.3B ~7 % of its end-to-end throughput on random-weight maps (`docs/performance.md`). Here each program walks
+pose-0.3B ~9 % of its end-to-end throughput on random-weight maps (`docs/performance.md`). Here each program walks
 down a strip of one map, blurring each row along x and a ring of the last rows along y in registers, and writes
 only the strip's maximum: the map is read once from memory, in its own dtype (bf16 included), and nothing map-sized
 is written. (A first version summed the 11 x 11 window of every output pixel straight from memory: 121 loads per
