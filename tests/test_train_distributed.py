@@ -18,10 +18,19 @@ from test_data_toy import write_toy_dataset
 SIZE = (128, 96)
 
 
+def _env() -> dict[str, str]:
+    """One thread per worker; the package under test importable in torchrun's workers, installed or not (the GPU
+    image runs the tests from a checkout, and the workers start in a temporary folder)."""
+    import opensapiens
+
+    root = str(Path(opensapiens.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+
+
 def _run(cmd: list[str], cwd) -> None:
     """Run in a new session so a hang can be ended with every worker torchrun started."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         _, err = proc.communicate(timeout=300)
@@ -75,8 +84,7 @@ def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path)
     _run(cmd + ["--out", str(tmp_path / "straight")], tmp_path)
 
     part = tmp_path / "part"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    agent = subprocess.Popen(cmd + ["--out", str(part)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+    agent = subprocess.Popen(cmd + ["--out", str(part)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
