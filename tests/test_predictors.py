@@ -180,3 +180,35 @@ def test_wrong_model_for_predictor_is_a_clear_error():
     with pytest.raises(ValueError, match="divisible by 16"):
         SegPredictor(Stand_in("seg", 2, _red_logits), input_size=(100, 96))
     assert math.isfinite(1.0)
+
+
+def _red_logits_recording(sizes: list[int]):
+    def fn(x):
+        sizes.append(x.shape[0])
+        return _red_logits(x)
+
+    return fn
+
+
+def test_optimized_model_pads_short_batches_only_where_a_size_would_compile_again():
+    """The fused path compiles batch 1 on its own: a caller sending single images runs them alone (not padded to
+    batch_size, 4x the work), and once larger batches have run a short chunk is padded to reuse their compiled code.
+    The whole-model compile is static: always padded. Results equal the unoptimized model's either way."""
+    from opensapiens.inference.optimize import FastModel
+
+    img = np.full((200, 90, 3), 10, np.uint8)
+    img[40:120, 20:70, 0] = 250
+    plain = SegPredictor(Stand_in("seg", 2, _red_logits), input_size=INPUT)(img).labels
+    sizes: list[int] = []
+    fused = SegPredictor(FastModel(Stand_in("seg", 2, _red_logits_recording(sizes))), input_size=INPUT, batch_size=4)
+    for _ in range(2):
+        assert np.array_equal(fused(img).labels, plain)
+    assert sizes == [1, 1]
+    out = fused.predict_batch([img] * 5)  # a chunk of 4, then a lone image: padded to the compiled batch
+    assert sizes == [1, 1, 4, 4] and all(np.array_equal(r.labels, plain) for r in out)
+    assert np.array_equal(fused(img).labels, plain) and sizes[-1] == 4
+
+    sizes.clear()
+    stand_in = Stand_in("seg", 2, _red_logits_recording(sizes))
+    static = SegPredictor(FastModel(stand_in, compiled=stand_in), input_size=INPUT, batch_size=4)
+    assert np.array_equal(static(img).labels, plain) and sizes == [4]

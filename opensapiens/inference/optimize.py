@@ -117,6 +117,7 @@ class FastModel(nn.Module):
         # graphs: each input shape captured as a CUDA graph (after the background compile) and replayed
         self.graphs = CapturedShapes(self._run, background.wait if background else None) if graphs else None
         self.compile_seconds: float | None = None
+        self._largest_batch = 0
 
     @property
     def config(self):
@@ -131,7 +132,19 @@ class FastModel(nn.Module):
         with fast_attention():
             return fn(x)
 
+    def run_size(self, n: int, size: int) -> int:
+        """The batch size to run ``n`` images at when callers batch by ``size``: short batches are zero-padded to
+        ``size`` so that they do not compile (or capture) again. The whole-model compile and CUDA graphs are static
+        in shape: always padded. The fused path compiles its head for batch 1 apart from batches >= 2, so a lone
+        image runs alone (a quarter of the work at size 4) unless larger batches have run, whose compiled code a
+        job's short last chunk then reuses."""
+        static = self._compiled is not None or self.graphs is not None
+        if n >= size or (n == 1 and not static and self._largest_batch <= 1):
+            return n
+        return size
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._largest_batch = max(self._largest_batch, x.shape[0])
         if self.graphs is not None:
             return self.graphs(x)  # a copy of the graph's static output
         out = self._run(x)

@@ -204,12 +204,12 @@ class Predictor:
         return torch.cat([self._forward(batch[sl]) for sl in _chunks(batch.shape[0], self.batch_size)])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """One chunk through the model. A compiled model always sees ``batch_size`` images (zero-padded), so a
-        short last chunk does not trigger a recompilation."""
+        """One chunk through the model. An optimized model sees short chunks zero-padded to ``batch_size`` where a
+        new batch size would compile again (``FastModel.run_size``)."""
         n = x.shape[0]
         x = x.to(self.device, self.dtype, non_blocking=True)
-        if isinstance(self.model, FastModel) and n < self.batch_size:
-            x = torch.cat([x, x.new_zeros(self.batch_size - n, *x.shape[1:])])
+        if isinstance(self.model, FastModel) and (size := self.model.run_size(n, self.batch_size)) > n:
+            x = torch.cat([x, x.new_zeros(size - n, *x.shape[1:])])
         return self.model(x)[:n].float()
 
     def __call__(self, image: np.ndarray, **kwargs):
