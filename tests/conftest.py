@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,13 @@ from opensapiens.models import ViTArch, build_model
 # A tiny non-official architecture: 2 blocks, width 64, 4 heads (head dim 16).
 TINY = ViTArch("test-tiny", 64, 2, 4)
 TINY_HEAD = 32  # head width instead of the official 768/384
+TESTS = Path(__file__).resolve().parent
+
+
+def subprocess_env(*paths: str | Path, **variables: str) -> dict[str, str]:
+    """``os.environ`` for a fresh Python process: ``paths`` first on its PYTHONPATH, ``variables`` set."""
+    path = os.pathsep.join(str(p) for p in (*paths, os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **variables, "PYTHONPATH": path}
 
 
 def make_official_state(task: str, out_channels: int | None = None, seed: int = 0, pos_grid=(8, 6)):

@@ -13,6 +13,8 @@ from torch import nn
 from opensapiens.inference.background_compile import BackgroundCompile
 from opensapiens.inference.optimize import FastModel
 
+from conftest import TESTS, subprocess_env
+
 
 class Head(nn.Module):  # the shape of a Sapiens head stage: conv, InstanceNorm, SiLU
     def __init__(self):
@@ -137,13 +139,11 @@ print("ok")
 def test_an_idle_worker_ends_and_lets_the_model_go():
     """In a fresh process, as a user's: under pytest, PyTorch 2.11 (the GPU image) kept a module compiled alone in the
     session alive, with this code and with the code before it; the same steps in a plain process freed it there."""
-    import os
     import subprocess
     import sys
 
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)}
-    done = subprocess.run([sys.executable, "-c", IDLE_WORKER], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", IDLE_WORKER], env=subprocess_env(TESTS), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 

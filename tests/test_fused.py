@@ -14,6 +14,8 @@ from opensapiens.inference.optimize import pad_attention_heads, pad_attention_we
 from opensapiens.models import build_model
 from opensapiens.models.vit import ViTArch
 
+from conftest import TESTS, subprocess_env
+
 
 def perturbed_model(task: str, arch, dtype=torch.float64, seed: int = 0):
     """A small model whose every parameter, biases included, is far from its zero/one initialisation."""
@@ -176,15 +178,12 @@ def test_triton_shifted_layer_norm_kernel_against_float64(tmp_path):
     with and without GELU), run by Triton's interpreter on the CPU, against float64. Two of the interpreter's own
     emulations are wrong, not the kernels: its float32 -> e4m3 and -> bf16 casts mis-round (``interpreter_casts.py``
     swaps in PyTorch's)."""
-    import os
     import subprocess
     import sys
 
     pytest.importorskip("triton")
     # TRITON_INTERPRET is read when a kernel is decorated (so: a fresh process); tests/ on the path for the shim
-    tests = os.path.dirname(os.path.abspath(__file__))
-    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    env = subprocess_env(TESTS, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", KERNEL_CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 

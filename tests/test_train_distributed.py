@@ -15,6 +15,8 @@ import pytest
 from safetensors.torch import load_file
 from test_data_toy import write_toy_dataset
 
+from conftest import subprocess_env
+
 SIZE = (128, 96)
 
 
@@ -23,9 +25,7 @@ def _env() -> dict[str, str]:
     image runs the tests from a checkout, and the workers start in a temporary folder)."""
     import opensapiens
 
-    root = str(Path(opensapiens.__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    return subprocess_env(Path(opensapiens.__file__).resolve().parents[1], OMP_NUM_THREADS="1")
 
 
 def _run(cmd: list[str], cwd) -> None:
