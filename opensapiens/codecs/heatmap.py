@@ -226,8 +226,9 @@ def _blurred_maxima(maps: torch.Tensor, ids: torch.Tensor, ksize: int) -> torch.
 
     On CUDA one Triton pass that writes nothing map-sized (``dark_kernel``); elsewhere the whole-map blur, chunked.
     """
-    if maps.is_cuda and _triton_kernel() is not None:
-        return _triton_kernel()(maps.contiguous(), ids, _kernel_on(ksize, maps.device))
+    kernel = _triton_kernel() if maps.is_cuda else None
+    if kernel is not None:
+        return kernel(maps.contiguous(), ids, _kernel_on(ksize, maps.device))
     return torch.cat([gaussian_blur(maps[chunk].float(), ksize).amax(dim=(1, 2)) for chunk in ids.split(_CHUNK)])
 
 
