@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -301,6 +301,42 @@ elif [ "$1" = tenth-verify ]; then
   e2e_images
   random_seg_checkpoint
   predict_one_timed
+elif [ "$1" = eleventh-diag ]; then
+  # call 63's suite stopped at its 420 s limit in the torchrun MAE test (318th); that run alone, outside pytest, every
+  # process dumping its Python stacks (faulthandler) if it is still running after 100 s; the pytest test alone if
+  # the run finishes. Then the eager calls beside the head's background compile (1.52 s for one image in call 63)
+  # at Python's 5 ms switch interval and at 0.2 ms, each in a fresh process with empty compile caches; then one
+  # image through the CLI (a compile outliving the main thread failed in call 63)
+  df -h /dev/shm | tail -1; nproc; python --version
+  SMALL=$(python -c "
+import sys; sys.path.insert(0, 'tests')
+import numpy as np
+from test_mae_pretrain import SMALL, jpeg, smooth_image
+from opensapiens.data.shards import ShardWriter
+rng = np.random.default_rng(0)
+with ShardWriter('/tmp/pt/shards', max_count=5) as w:
+    [w.write(f'img{i:03d}', jpeg(smooth_image(rng)), '.jpg') for i in range(20)]
+print(' '.join(SMALL))")
+  (sleep 100; pkill -ABRT -f "cli.main pretrain"; pkill -ABRT -f forkserver) > /dev/null 2>&1 &
+  WATCH=$!
+  (cd /tmp/pt && OMP_NUM_THREADS=1 PYTHONFAULTHANDLER=1 /usr/bin/time -f "torchrun pretrain: %e s, rc %x" \
+    python -m torch.distributed.run --standalone --nproc_per_node 2 -m opensapiens.cli.main pretrain --data \
+    /tmp/pt/shards --steps 8 --batch-size 2 --workers 2 --shuffle-buffer 4 --ckpt-interval 4 --keep-last 0 \
+    --device cpu --deterministic $SMALL --out /tmp/pt/straight > "$OUT/pretrain_torchrun.log" 2>&1)
+  kill $WATCH 2> /dev/null
+  tail -5 "$OUT/pretrain_torchrun.log"
+  if grep -q "rc 0" "$OUT/pretrain_torchrun.log"; then
+    timeout 200 python -m pytest -q -rfE --tb=short -p no:cacheprovider --durations=3 \
+      tests/test_train_distributed.py tests/test_background_compile.py 2>&1 | tail -25
+  fi
+  random_seg_checkpoint
+  for s in default 0.0002; do
+    A=$([ $s = default ] || echo "--switch-interval $s")
+    timeout 120 python bench/diag_compile_overlap.py seg /tmp/seg_0.3b.safetensors $A 2>&1 | grep -v Warn | tail -3
+  done
+  python bench/make_images.py --n 2 --size 1080x1920 --out /tmp/src > /dev/null
+  predict_one_timed
+  predict_one_timed 2>&1 | tail -1
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each

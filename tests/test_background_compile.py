@@ -147,6 +147,29 @@ def test_an_idle_worker_ends_and_lets_the_model_go():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+EXIT_DURING_COMPILE = """
+import atexit
+import torch
+from opensapiens.inference.background_compile import BackgroundCompile
+f = BackgroundCompile(lambda x: torch.nn.functional.silu(2 * x + 1), options={"compile_threads": 1})
+atexit.register(lambda: print("compiled" if f.ready and f.error is None else f"not compiled: {f.error}"))
+f(torch.randn(2, 3))  # the main thread ends here, seconds before Inductor's compile does
+"""
+
+
+def test_a_process_that_ends_during_the_compile_waits_for_it_to_finish(tmp_path):
+    """As a one-image ``predict``: the caller is done before the worker. The compile runs on during the interpreter's
+    shutdown and finishes (Inductor, with an empty cache of its own; atexit handlers run after the worker is joined)."""
+    import subprocess
+    import sys
+
+    env = subprocess_env(TESTS, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    done = subprocess.run([sys.executable, "-c", EXIT_DURING_COMPILE], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "compiled", (done.stdout, done.stderr[-2000:])
+    assert "failed" not in done.stderr, done.stderr[-2000:]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the optimized path is CUDA's")
 def test_optimized_seg_model_answers_before_and_after_its_head_compiles():
     from torch._inductor import async_compile

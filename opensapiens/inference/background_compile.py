@@ -12,11 +12,18 @@ are the same function either way.
 The worker compiles on a copy of (at most two images of) the first input of each kind, under the caller's grad and
 inference modes, so the compiled code's guards match the calls that follow. If compiling fails the function stays
 eager, with a warning.
+
+A compile that outlives the main thread runs during the interpreter's shutdown, when a module that registers a
+threading exit hook can no longer be imported: Inductor imports ``concurrent.futures.process`` (such a module) on its
+first compile, so the compile failed whenever the caller ended first, as a one-image ``predict`` does. Both of the
+standard library's such modules are imported here, with this module (~1 ms).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures.process  # noqa: F401 (see the module docstring)
+import concurrent.futures.thread  # noqa: F401
 import threading
 import time
 import warnings
