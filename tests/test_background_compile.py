@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
 from opensapiens.inference.optimize import FastModel
 
 from conftest import TESTS, subprocess_env
@@ -116,7 +116,7 @@ import weakref
 import torch
 from test_background_compile import CountingBackend, Head
 
-from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
 
 head = Head()
 background = head.forward = BackgroundCompile(head.forward, backend=CountingBackend())
@@ -147,10 +147,38 @@ def test_an_idle_worker_ends_and_lets_the_model_go():
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_a_module_run_while_another_thread_fx_traces_runs_as_plain_eager():
+    """torch.fx patches nn.Module.__call__ for every thread while it traces (Inductor does, in the worker); a module
+    the caller runs in that window raised NameError (call 64). The trace is held open here; the caller's module
+    must give its eager result, and tracing in the tracing thread must still record modules."""
+    isolate_fx_tracing()
+    inside, release, traced = threading.Event(), threading.Event(), []
+
+    def held_open(x):
+        inside.set()
+        assert release.wait(60)
+        return x + 1
+
+    tracer = threading.Thread(target=lambda: traced.append(torch.fx.symbolic_trace(held_open)))
+    tracer.start()
+    assert inside.wait(60)
+    linear, x = nn.Linear(3, 2), torch.randn(4, 3)
+    try:
+        y = linear(x)  # inside the other thread's trace window
+    finally:
+        release.set()
+        tracer.join()
+    assert torch.allclose(y, x @ linear.weight.detach().T + linear.bias.detach())
+    assert traced[0](torch.ones(2)).tolist() == [2.0, 2.0]
+    model = nn.Sequential(nn.Linear(3, 5), nn.ReLU())
+    graph = torch.fx.symbolic_trace(model).graph
+    assert [n.target for n in graph.nodes if n.op == "call_module"] == ["0", "1"]  # this thread's trace records them
+
+
 EXIT_DURING_COMPILE = """
 import atexit
 import torch
-from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
 f = BackgroundCompile(lambda x: torch.nn.functional.silu(2 * x + 1), options={"compile_threads": 1})
 atexit.register(lambda: print("compiled" if f.ready and f.error is None else f"not compiled: {f.error}"))
 f(torch.randn(2, 3))  # the main thread ends here, seconds before Inductor's compile does
@@ -206,7 +234,7 @@ import sys
 import torch
 import opensapiens.cli.main, opensapiens.cli.predict
 from opensapiens.inference import crop_people
-from opensapiens.inference.background_compile import BackgroundCompile
+from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
 from opensapiens.inference.predictors import load_predictor
 from opensapiens.training.speed import use_fast_attention  # (what optimize_for_inference imports on CUDA)
 f = BackgroundCompile(torch.nn.functional.silu, backend=lambda gm, example_inputs: gm.forward)

@@ -17,6 +17,10 @@ A compile that outlives the main thread runs during the interpreter's shutdown, 
 threading exit hook can no longer be imported: Inductor imports ``concurrent.futures.process`` (such a module) on its
 first compile, so the compile failed whenever the caller ended first, as a one-image ``predict`` does. Both of the
 standard library's such modules are imported here, with this module (~1 ms).
+
+While it traces, torch.fx patches ``nn.Module.__call__`` for every thread (PyTorch issue #126024), and Inductor traces
+with it on its first lowering in a process: a module the caller ran in that window raised NameError (call 64).
+``isolate_fx_tracing`` keeps those patches to the tracing thread; the worker installs it before it compiles.
 """
 
 from __future__ import annotations
@@ -24,12 +28,55 @@ from __future__ import annotations
 import collections
 import concurrent.futures.process  # noqa: F401 (see the module docstring)
 import concurrent.futures.thread  # noqa: F401
+import functools
 import threading
 import time
 import warnings
 from collections.abc import Callable, Hashable
 
 import torch
+
+_fx_tracing = threading.local()  # .depth: torch.fx traces running in this thread
+_fx_isolated = threading.Lock()  # held while installing
+
+
+def isolate_fx_tracing() -> None:
+    """Make torch.fx's tracing patches act only in the thread that traces (once per process; idempotent).
+
+    ``Tracer.trace`` replaces ``nn.Module.__call__`` and ``__getattr__`` process-wide, so a module another thread
+    runs meanwhile enters the tracer, whose ``call_module`` raises NameError for a module outside its root, or records
+    it. With this, ``Tracer.trace`` counts its thread's traces, and ``call_module`` / ``getattr`` reached from a
+    thread that is not tracing run the module / return the attribute as if there were no tracer.
+    """
+    from torch.fx import Tracer
+
+    with _fx_isolated:
+        if getattr(Tracer, "_isolated_to_its_thread", False):
+            return
+        trace, call_module, getattr_ = Tracer.trace, Tracer.call_module, Tracer.getattr
+
+        @functools.wraps(trace)
+        def counted_trace(self, *args, **kwargs):
+            _fx_tracing.depth = getattr(_fx_tracing, "depth", 0) + 1
+            try:
+                return trace(self, *args, **kwargs)
+            finally:
+                _fx_tracing.depth -= 1
+
+        @functools.wraps(call_module)
+        def call_module_if_tracing(self, m, forward, args, kwargs):
+            if not getattr(_fx_tracing, "depth", 0):
+                return forward(*args, **kwargs)  # another thread's module: plain Module.__call__
+            return call_module(self, m, forward, args, kwargs)
+
+        @functools.wraps(getattr_)
+        def getattr_if_tracing(self, attr, attr_val, parameter_proxy_cache):
+            if not getattr(_fx_tracing, "depth", 0):
+                return attr_val
+            return getattr_(self, attr, attr_val, parameter_proxy_cache)
+
+        Tracer.trace, Tracer.call_module, Tracer.getattr = counted_trace, call_module_if_tracing, getattr_if_tracing
+        Tracer._isolated_to_its_thread = True
 
 
 class BackgroundCompile:
@@ -92,6 +139,7 @@ class BackgroundCompile:
                 key, example, grad, inference = self._jobs.popleft()
             t0 = time.perf_counter()
             try:
+                isolate_fx_tracing()
                 if self.compiled is None:
                     self.compiled = torch.compile(self.fn, **self.compile_kwargs)
                 if example.shape[0] > 1:
