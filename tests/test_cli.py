@@ -51,6 +51,37 @@ def test_predict_seg_folder_with_corrupt_file_then_resume(tmp_path, photos, caps
     assert (out / "a_seg.png").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("workers", [0, 4])
+def test_batches_are_read_in_order_with_bad_files_reported(tmp_path, workers):
+    """``run_batch``'s reader (threads since call 64): every file once, in input order, in batches of the asked size,
+    each image as ``read_image`` reads it and each bad file as its message; a job that stops early leaves no reader."""
+    import threading
+
+    from opensapiens.inference.batch import _load
+    from opensapiens.io.images import ImageReadError, read_image
+
+    rng = np.random.default_rng(3)
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"{i:02d}.png"
+        if i in (4, 9):
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 255, (20 + i, 30, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    batches = list(_load(paths, 3, workers))
+    assert [[i for i, _, _ in b] for b in batches] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10]]
+    for i, image, error in (item for b in batches for item in b):
+        if i in (4, 9):
+            assert image is None and error == str(pytest.raises(ImageReadError, read_image, paths[i]).value)
+        else:
+            assert error is None and np.array_equal(image, read_image(paths[i]))
+    reader = _load(paths, 2, workers)
+    next(reader)
+    reader.close()  # the job stopped after its first batch
+    assert not [t for t in threading.enumerate() if t.name.startswith("opensapiens-read")]
+
+
 def test_predict_pose_with_detections_and_depth_with_masks(tmp_path, photos):
     ckpt = _checkpoint(tmp_path, "pose", 17)
     dets = [{"image_id": 1, "file_name": "a.png", "category_id": 1, "bbox": [5, 10, 30, 60], "score": 0.95},

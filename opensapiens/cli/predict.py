@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true",
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
-    p.add_argument("--workers", type=int, default=2, help="background image-loading processes")
+    p.add_argument("--workers", type=int, default=4, help="image-reading threads (0: read in the main thread)")
     p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
                    help="stretch (official) or aspect-preserving pad")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
