@@ -23,6 +23,17 @@ predict_one_timed() {  # one image of /tmp/src through the seg checkpoint: the s
   /usr/bin/time -f "predict one image (CLI): %e s" timeout 120 python -m opensapiens.cli.main predict --task seg \
     --checkpoint /tmp/seg_0.3b.safetensors /tmp/one --out /tmp/one_out 2>&1 | tail -2
 }
+overlap_then_predict_one() {  # eager calls beside the seg-0.3b head's compile at each switch interval given
+  # (seconds, or "default"; each a fresh process), then one image through predict twice (predict_one_timed)
+  random_seg_checkpoint
+  for s in "$@"; do
+    A=$([ $s = default ] || echo "--switch-interval $s")
+    timeout 120 python bench/diag_compile_overlap.py seg /tmp/seg_0.3b.safetensors $A 2>&1 | grep -v Warn | tail -3
+  done
+  python bench/make_images.py --n 2 --size 1080x1920 --out /tmp/src > /dev/null
+  predict_one_timed
+  predict_one_timed 2>&1 | tail -1
+}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
@@ -329,14 +340,7 @@ print(' '.join(SMALL))")
     timeout 200 python -m pytest -q -rfE --tb=short -p no:cacheprovider --durations=3 \
       tests/test_train_distributed.py tests/test_background_compile.py 2>&1 | tail -25
   fi
-  random_seg_checkpoint
-  for s in default 0.0002; do
-    A=$([ $s = default ] || echo "--switch-interval $s")
-    timeout 120 python bench/diag_compile_overlap.py seg /tmp/seg_0.3b.safetensors $A 2>&1 | grep -v Warn | tail -3
-  done
-  python bench/make_images.py --n 2 --size 1080x1920 --out /tmp/src > /dev/null
-  predict_one_timed
-  predict_one_timed 2>&1 | tail -1
+  overlap_then_predict_one default 0.0002
 elif [ "$1" = eleventh-verify ]; then
   # the eleventh session's fixes on the GPU: the CUDA tests of the inference path (the full suite outgrew call 63's
   # 420 s on this host; its torchrun tests are CPU-only and ran here); the eager calls beside the head's compile at a
@@ -346,14 +350,7 @@ elif [ "$1" = eleventh-verify ]; then
   timeout 240 python -m pytest -q -rfE --tb=short -p no:cacheprovider --durations=5 tests/test_background_compile.py \
     tests/test_cli.py tests/test_fused.py tests/test_predictors.py tests/test_optimize.py tests/test_pipeline.py \
     tests/test_codec.py tests/test_topdown.py tests/test_fp8.py 2>&1 | tail -15
-  random_seg_checkpoint
-  for s in 0.0002 0.0002 default; do
-    A=$([ $s = default ] || echo "--switch-interval $s")
-    timeout 120 python bench/diag_compile_overlap.py seg /tmp/seg_0.3b.safetensors $A 2>&1 | grep -v Warn | tail -3
-  done
-  python bench/make_images.py --n 2 --size 1080x1920 --out /tmp/src > /dev/null
-  predict_one_timed
-  predict_one_timed 2>&1 | tail -1
+  overlap_then_predict_one 0.0002 0.0002 default
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each
