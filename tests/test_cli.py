@@ -176,6 +176,19 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_predict_with_an_unknown_model_or_a_missing_file_is_a_clear_error(tmp_path, photos, capsys):
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    cases = [  # (options, what the message must name)
+        (["--task", "seg", "--checkpoint", "sapiens-seg-1bb"], "sapiens-seg-1bb: no such file, and not an official"),
+        (["--task", "depth", "--checkpoint", str(ckpt), "--seg-checkpoint", str(tmp_path / "nope.pth")], "nope.pth"),
+        (["--task", "pose", "--checkpoint", str(ckpt), "--detections", str(tmp_path / "dets.json")], "dets.json"),
+    ]
+    for options, named in cases:
+        assert main(["predict", *options, str(photos / "a.png"), "--device", "cpu", "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err and "Traceback" not in err, err
+
+
 def test_predict_fp8_without_fp8_hardware_is_a_clear_error(tmp_path, photos, capsys):
     ckpt = _checkpoint(tmp_path, "seg", 28)
     assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), str(photos / "a.png"), "--device", "cpu",

@@ -53,18 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..inference.batch import run_batch, run_video
+def _load(args: argparse.Namespace):
+    """The task's predictor, with the detector or the masking seg model its options ask for."""
     from ..inference.predictors import load_predictor
-    from ..io.images import list_inputs, read_image
 
-    try:
-        paths = list_inputs(args.inputs)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     kwargs: dict = {"batch_size": args.batch_size, "resize": args.resize}
     if args.task == "pose":
         kwargs.pop("resize")
@@ -78,19 +70,30 @@ def run(args: argparse.Namespace) -> int:
     if args.task in ("depth", "normal") and args.seg_checkpoint:
         kwargs["seg"] = load_predictor("seg", args.seg_checkpoint, device=args.device, dtype=args.dtype,
                                        batch_size=args.batch_size)
-    try:
-        predictor = load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
-                                   input_size=args.input_size, fp8=args.fp8, **kwargs)
-    except ValueError as e:  # an unknown model name, a checkpoint that does not fit, --fp8 without FP8 hardware
+    return load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
+                          input_size=args.input_size, fp8=args.fp8, **kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..inference.batch import run_batch, run_video
+    from ..io.images import list_inputs, read_image
+
+    try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
+        paths = list_inputs(args.inputs)
+        dets = None
+        if args.task == "pose" and args.detections:
+            from ..inference.detector import load_detections  # (torchvision: only when asked for)
+
+            dets = load_detections(args.detections, score_threshold=args.det_threshold)
+        predictor = _load(args)
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     per_batch = None
-    if args.task == "pose" and args.detections:
-        from ..inference.detector import load_detections
-
-        dets = load_detections(args.detections, score_threshold=args.det_threshold)
-
+    if dets is not None:
         def per_batch(batch_paths, images):
             boxes = []
             for path in batch_paths:
