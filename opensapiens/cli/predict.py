@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .main import add_threads_option
@@ -112,8 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
+    t0 = time.perf_counter()
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
                        vis=not args.no_vis, raw=args.raw, resume=args.resume, predict_kwargs=per_batch)
+    seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw)
@@ -121,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image
             report.failed.append((video, f"{video}: {type(e).__name__}: {e}"))
+    rate = f" (images: {images_done / seconds:.1f}/s over {seconds:.1f} s)" if images_done else ""
     print(f"{len(report.done)} done, {len(report.skipped)} skipped (already finished), {len(report.failed)} failed"
-          f" -> {args.out}")
+          f"{rate} -> {args.out}")
     for _path, err in report.failed:
         print(f"  failed: {err}", file=sys.stderr)
     return 1 if report.failed else 0
