@@ -189,6 +189,25 @@ def test_predict_with_an_unknown_model_or_a_missing_file_is_a_clear_error(tmp_pa
         assert err.startswith("error: ") and named in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("compiling", [True, False])
+def test_predict_says_when_it_ends_only_after_the_models_compile(tmp_path, photos, capsys, monkeypatch, compiling):
+    """On CUDA the head compiles in the background and a process waits for that compile at exit (it caches it): the
+    CLI says so once every output is written, and its summary is out before the wait."""
+    from types import SimpleNamespace
+
+    from opensapiens.cli import predict
+    from opensapiens.inference.predictors import load_predictor
+
+    seg = load_predictor("seg", _checkpoint(tmp_path, "seg", 28), device="cpu", input_size=(64, 48))
+    seg.model.background = SimpleNamespace(wait=lambda timeout=None: not compiling)  # as BackgroundCompile.wait
+    monkeypatch.setattr(predict, "_load", lambda args: seg)
+    assert main(["predict", "--task", "seg", "--checkpoint", "unused", str(photos / "a.png"), "--out",
+                 str(tmp_path / "o")]) == 0
+    captured = capsys.readouterr()
+    assert "1 done" in captured.out and (tmp_path / "o" / "a_seg.png").is_file()
+    assert ("the model's compile is still running" in captured.err) == compiling
+
+
 def test_predict_fp8_without_fp8_hardware_is_a_clear_error(tmp_path, photos, capsys):
     ckpt = _checkpoint(tmp_path, "seg", 28)
     assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), str(photos / "a.png"), "--device", "cpu",

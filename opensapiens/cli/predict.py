@@ -126,9 +126,13 @@ def run(args: argparse.Namespace) -> int:
             report.failed.append((video, f"{video}: {type(e).__name__}: {e}"))
     rate = f" (images: {images_done / seconds:.1f}/s over {seconds:.1f} s)" if images_done else ""
     print(f"{len(report.done)} done, {len(report.skipped)} skipped (already finished), {len(report.failed)} failed"
-          f"{rate} -> {args.out}")
+          f"{rate} -> {args.out}", flush=True)
     for _path, err in report.failed:
         print(f"  failed: {err}", file=sys.stderr)
+    background = getattr(predictor.model, "background", None)  # the head's compile (CUDA)
+    if background is not None and not background.wait(timeout=0):
+        print("every output is written; the model's compile is still running and the process ends when it does "
+              "(the next run finds it cached)", file=sys.stderr, flush=True)
     return 1 if report.failed else 0
 
 
