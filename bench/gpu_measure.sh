@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -33,6 +33,13 @@ overlap_then_predict_one() {  # eager calls beside the seg-0.3b head's compile a
   python bench/make_images.py --n 2 --size 1080x1920 --out /tmp/src > /dev/null
   predict_one_timed
   predict_one_timed 2>&1 | tail -1
+}
+folder512_and_checkpoints() {  # 512 1080p JPEGs in /tmp/f512; random pose and seg 0.3b checkpoints in /tmp
+  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
+  mkdir -p /tmp/f512 && for k in 0 1; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/f512/$(basename "$f" .jpg)_$k.jpg"; done; done
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+  random_seg_checkpoint
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
@@ -355,17 +362,27 @@ elif [ "$1" = predict-folder ]; then
   # opensapiens predict over a folder of 512 1080p JPEGs as a user runs it (every documented output written, with and
   # without the pictures), random weights; its images/s line (the run after loading, warm-up and the head's
   # background compile included). Model-only rates for comparison: `opensapiens bench` (not in this call)
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  mkdir -p /tmp/f512 && for k in 0 1; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/f512/$(basename "$f" .jpg)_$k.jpg"; done; done
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
-  random_seg_checkpoint
+  folder512_and_checkpoints
   P="python -m opensapiens.cli.main predict"
   for t in pose seg; do for v in "" --no-vis; do
     B=$([ $t = pose ] && echo 16 || echo 8)
-    /usr/bin/time -f "  process: %e s" timeout 80 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f512 \
+    /usr/bin/time -f "  process: %e s" timeout 150 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f512 \
       --out /tmp/out_$t$v --batch-size $B $v 2>&1 | grep -v Warn | tail -2 | sed "s/^/$t $v: /"
   done; done
+elif [ "$1" = predict-exit ]; then
+  # call 66: seg predict over 512 JPEGs wrote every output in 30 s and had not exited at 80 s (killed). Again, with
+  # every thread's Python stack dumped (faulthandler, SIGABRT) if the process is still running after 100 s; the CLI
+  # now says when it waits for the head's compile at exit. Then the pose and seg rows of predict-folder again
+  folder512_and_checkpoints
+  P="python -m opensapiens.cli.main predict"
+  PYTHONFAULTHANDLER=1 /usr/bin/time -f "  process: %e s, rc %x" timeout -s ABRT 100 $P --task seg --checkpoint \
+    /tmp/seg_0.3b.safetensors /tmp/f512 --out /tmp/out_seg --batch-size 8 2>&1 | grep -v Warn | tr '\r' '\n' \
+    | grep -v "img/s\]$" | tail -80
+  for t in pose seg; do
+    B=$([ $t = pose ] && echo 16 || echo 8)
+    /usr/bin/time -f "  process: %e s" timeout 150 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f512 \
+      --out /tmp/out2_$t --batch-size $B --no-vis 2>&1 | grep -v Warn | tr '\r' '\n' | tail -3 | sed "s/^/$t: /"
+  done
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each
