@@ -119,6 +119,26 @@ def test_seg_overlay_blends_foreground_only():
         seg_overlay(img, np.zeros((3, 2), np.uint8))
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.3, 0.77, 0.0, 1.0])
+@pytest.mark.parametrize("background", [0, None, 3])
+def test_seg_overlay_equals_the_float64_blend_of_every_pixel(alpha, background):
+    """The overlay blends through a table of all (image, colour) value pairs and OpenCV lookups (6x faster at 1080p);
+    it must equal round(v (1 - alpha) + c alpha) in float64 per pixel, ids outside the palette black, for uint8,
+    int32 and non-contiguous label maps."""
+    rng = np.random.default_rng(7)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    labels = rng.integers(0, 31, (37, 106), dtype=np.uint8)[:, ::2]  # a strided view; 28-30 outside the palette
+    labels[0, :4] = 255
+    palette = seg_classes("goliath").palette
+    table = np.zeros((256, 3), np.float64)
+    table[: len(palette)] = palette
+    expected = np.floor(img * (1.0 - alpha) + table[labels] * alpha + 0.5).astype(np.uint8)
+    if background is not None:
+        expected[labels == background] = img[labels == background]
+    for lab in (labels, labels.astype(np.int32)):
+        assert np.array_equal(seg_overlay(img, lab, palette, alpha=alpha, background=background), expected)
+
+
 # ----------------------------------------------------------------------------------------------------------- depth
 
 def _inferno(v: int) -> list[int]:
