@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -80,6 +81,46 @@ def test_batches_are_read_in_order_with_bad_files_reported(tmp_path, workers):
     next(reader)
     reader.close()  # the job stopped after its first batch
     assert not [t for t in threading.enumerate() if t.name.startswith("opensapiens-read")]
+
+
+def test_a_job_whose_writing_falls_behind_waits_instead_of_queueing_every_image(tmp_path, monkeypatch):
+    """Each pending write holds its image and result; with writing stalled, ``run_batch`` must stop predicting once
+    2 x batch_size + writers are pending (it queued every image before: a 10k-image job held them all in memory)."""
+    import threading
+    import time
+
+    from opensapiens.inference import batch
+    from opensapiens.inference.predictors import SegResult
+
+    paths = []
+    for i in range(60):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(np.full((8, 6, 3), i, np.uint8)).save(paths[-1])
+    predicted, stalled = [], threading.Event()
+
+    class Seg:
+        task = "seg"
+
+        def predict_batch(self, images):
+            predicted.extend(images)
+            return [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",), None) for im in images]
+
+    monkeypatch.setattr(batch, "write_result", lambda *args, **kwargs: stalled.wait(60) and [])
+    reports = []
+    job = threading.Thread(target=lambda: reports.append(
+        batch.run_batch(Seg(), paths, tmp_path / "out", batch_size=2, workers=0, progress=False)))
+    job.start()
+    seen = -1
+    while seen != len(predicted):  # until predicting stops (it stops only when it waits for the writers)
+        seen = len(predicted)
+        time.sleep(0.5)
+    writers = min(8, os.cpu_count() or 2)
+    try:
+        assert len(predicted) <= 2 * 2 + writers + 2, len(predicted)  # the pending bound + the batch just submitted
+    finally:
+        stalled.set()
+        job.join(60)
+    assert len(reports[0].done) == 60 and not reports[0].failed
 
 
 def test_predict_pose_with_detections_and_depth_with_masks(tmp_path, photos):

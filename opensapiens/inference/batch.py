@@ -18,6 +18,7 @@ Files written per input stem (``--raw`` adds the raw head output):
 from __future__ import annotations
 
 import collections
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -165,7 +166,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     todo_paths = [p for p, _ in todo]
     pending: list[tuple[Path, Future]] = []
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
-    with ThreadPoolExecutor(max_workers=2) as writer:
+    writers = min(8, os.cpu_count() or 2)  # the encoders (OpenCV) and lookups release the GIL
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
         for items in _load(todo_paths, batch_size, workers):
             good = [(i, im) for i, im, err in items if err is None]
             for i, _, err in items:
@@ -190,8 +192,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
                     fut = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
                     pending.append((todo_paths[i], fut))
             bar.update(len(items))
-            pending = _collect(pending, report, block=False)
-        _collect(pending, report, block=True)
+            pending = _collect(pending, report, keep=2 * batch_size + writers)
+        _collect(pending, report)
     bar.close()
     return report
 
@@ -254,15 +256,22 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     return done
 
 
-def _collect(pending: list[tuple[Path, Future]], report: BatchReport, block: bool) -> list[tuple[Path, Future]]:
+def _collect(pending: list[tuple[Path, Future]], report: BatchReport, keep: int = 0) -> list[tuple[Path, Future]]:
+    """Record the finished writes, then wait for the oldest until at most ``keep`` are pending: each pending write
+    holds its image and result, so a job whose writing is slower than its inference must wait, not queue them all."""
+    def record(path: Path, fut: Future) -> None:
+        try:
+            fut.result()
+            report.done.append(path)
+        except Exception as e:  # noqa: BLE001 - a failed write is reported like a failed read
+            report.failed.append((path, f"{path}: writing outputs failed: {e}"))
+
     left = []
     for path, fut in pending:
-        if block or fut.done():
-            try:
-                fut.result()
-                report.done.append(path)
-            except Exception as e:  # noqa: BLE001 - a failed write is reported like a failed read
-                report.failed.append((path, f"{path}: writing outputs failed: {e}"))
+        if fut.done():
+            record(path, fut)
         else:
             left.append((path, fut))
+    while len(left) > keep:
+        record(*left.pop(0))
     return left
