@@ -372,17 +372,21 @@ elif [ "$1" = predict-folder ]; then
 elif [ "$1" = predict-exit ]; then
   # call 66: seg predict over 512 JPEGs wrote every output in 30 s and had not exited at 80 s (killed). Again, with
   # every thread's Python stack dumped (faulthandler, SIGABRT) if the process is still running after 100 s; the CLI
-  # now says when it waits for the head's compile at exit. Then the pose and seg rows of predict-folder again
+  # now says when it waits for the head's compile at exit. Then predict's steady rate on 2048 images (the compile
+  # cached by the runs before), pose and seg 0.3b with and without pictures, and model-only beside (bench, fused)
   folder512_and_checkpoints
   P="python -m opensapiens.cli.main predict"
   PYTHONFAULTHANDLER=1 /usr/bin/time -f "  process: %e s, rc %x" timeout -s ABRT 100 $P --task seg --checkpoint \
     /tmp/seg_0.3b.safetensors /tmp/f512 --out /tmp/out_seg --batch-size 8 2>&1 | grep -v Warn | tr '\r' '\n' \
     | grep -v "img/s\]$" | tail -80
-  for t in pose seg; do
+  mkdir -p /tmp/f2048 && for k in 0 1 2 3; do for f in /tmp/f512/*.jpg; do cp "$f" "/tmp/f2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  for t in pose seg; do for v in --no-vis ""; do
     B=$([ $t = pose ] && echo 16 || echo 8)
-    /usr/bin/time -f "  process: %e s" timeout 150 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f512 \
-      --out /tmp/out2_$t --batch-size $B --no-vis 2>&1 | grep -v Warn | tr '\r' '\n' | tail -3 | sed "s/^/$t: /"
-  done
+    /usr/bin/time -f "  process: %e s" timeout 150 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f2048 \
+      --out /tmp/out2_$t$v --batch-size $B $v 2>&1 | grep -v Warn | tr '\r' '\n' | tail -3 | sed "s/^/$t $v: /"
+  done; done
+  timeout 150 python -m opensapiens.cli.main bench --task pose --arch 0.3b --batch 16 --iters 10 | grep -v '^{'
+  timeout 150 python -m opensapiens.cli.main bench --task seg --arch 0.3b --batch 8 --iters 10 | grep -v '^{'
 elif [ "$1" = e2e-targets ]; then
   # issue #7's end-to-end rows on the card that is lent (targets-infer's last two lines): pose-0.3b over 2048 1080p
   # JPEGs (host decode and nvJPEG) and seg-1b, model-only beside each
