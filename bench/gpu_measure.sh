@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -310,6 +310,11 @@ elif [ "$1" = predict-e2e ]; then
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   timeout 250 python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048 --task pose --arch 0.3b \
     --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" | grep -v '^{'
+elif [ "$1" = suite ]; then
+  # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
+  # processes that import torch in 3-5 s), so it gets a call of its own
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 570 python -m pytest -q -rfE --tb=line -p no:cacheprovider --durations=10 2>&1 | tail -25
 elif [ "$1" = tenth-verify ]; then
   # what the tenth session changed after its last device call: the whole suite on the GPU (torchrun's workers now
   # find the package; pycocotools from .whlcoco/ where carried), then one-image predict (a lone image no longer padded
