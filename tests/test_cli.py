@@ -217,9 +217,16 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(tmp_path):
         torch.set_num_threads(before)
 
 
-def test_predict_with_an_unknown_model_or_a_missing_file_is_a_clear_error(tmp_path, photos, capsys):
+def test_predict_with_an_unknown_model_or_a_missing_file_is_a_clear_error(tmp_path, photos, capsys, monkeypatch):
+    import torch
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     ckpt = _checkpoint(tmp_path, "pose", 17)
     cases = [  # (options, what the message must name)
+        (["--task", "pose", "--checkpoint", str(ckpt), "--detector", "torchvision"], "could not download the COCO"),
         (["--task", "seg", "--checkpoint", "sapiens-seg-1bb"], "sapiens-seg-1bb: no such file, and not an official"),
         (["--task", "depth", "--checkpoint", str(ckpt), "--seg-checkpoint", str(tmp_path / "nope.pth")], "nope.pth"),
         (["--task", "pose", "--checkpoint", str(ckpt), "--detections", str(tmp_path / "dets.json")], "dets.json"),

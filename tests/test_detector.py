@@ -113,7 +113,7 @@ def test_detector_errors(random_weights, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     url = torchvision.models.get_model_weights(ARCH).DEFAULT.url
-    with pytest.raises(RuntimeError, match="download") as info:
+    with pytest.raises(ConnectionError, match="download") as info:
         PersonDetector(None, arch=ARCH)
     assert url in str(info.value) and "checkpoints" in str(info.value)
 

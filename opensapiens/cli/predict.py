@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 
             dets = load_detections(args.detections, score_threshold=args.det_threshold)
         predictor = _load(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:  # OSError: missing files, a detector download that failed
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -54,7 +54,7 @@ def _download_weights(arch: str) -> dict[str, torch.Tensor]:
         return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=True, check_hash=True,
                                                   weights_only=True)
     except OSError as e:  # URLError, socket errors, read-only cache...
-        raise RuntimeError(
+        raise ConnectionError(
             f"could not download the COCO weights of the {arch} person detector ({e}). Offline: download {url} "
             f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
 
