@@ -92,6 +92,12 @@ def test_cli(tmp_path, capsys):
         main(["synth", "--preset", "synth-val", "--n", "5", "--out", str(out)])
     with pytest.raises(SystemExit):
         main(["synth", "--size", "64by48", "--out", str(out)])
+    capsys.readouterr()
+    for args, named in ((["--n", "0"], "need n >= 1"), (["--size", "8x8"], "at least 16x16"),
+                        (["--backgrounds", str(tmp_path / "none")], "does not exist")):  # error lines, no traceback
+        assert main(["synth", *args, "--out", str(tmp_path / "bad")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and named in err, err
 
 
 def test_training_source_batches():

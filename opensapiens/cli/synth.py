@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .main import add_threads_option
 
@@ -49,7 +50,11 @@ def run(args: argparse.Namespace) -> int:
     n = 100 if n is None else n
     size = (1024, 768) if size is None else size
     seed = 0 if seed is None else seed
-    path = write_dataset(args.out, n, size[0], size[1], seed, device=args.device, backgrounds=args.backgrounds,
-                         batch_size=args.batch_size, workers=args.workers)
+    try:
+        path = write_dataset(args.out, n, size[0], size[1], seed, device=args.device, backgrounds=args.backgrounds,
+                             batch_size=args.batch_size, workers=args.workers)
+    except (ValueError, FileNotFoundError) as e:  # bad sizes or counts, a backgrounds folder that is not there
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {n} images and {path}")
     return 0
