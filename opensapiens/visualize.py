@@ -10,7 +10,7 @@ colour map, near = bright; normals as RGB = (n + 1) / 2 * 255 (R = X right, G = 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, lru_cache
 
 import cv2
 import numpy as np
@@ -190,7 +190,7 @@ def seg_overlay(image: np.ndarray, labels: np.ndarray,
     return out
 
 
-@cache
+@lru_cache(maxsize=8)  # one table per alpha in use
 def _blend_table(alpha: float) -> np.ndarray:
     """(65536,) uint8: round(v (1 - alpha) + c alpha) at index v * 256 + c, the overlay's blend for every pair of
     values, computed once in float64 (the whole-image float64 blend took 137 ms per 1080p overlay; the lookup ~14)."""
