@@ -177,11 +177,15 @@ def test_a_module_run_while_another_thread_fx_traces_runs_as_plain_eager():
 
 EXIT_DURING_COMPILE = """
 import atexit
+import time
 import torch
-from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
+from opensapiens.inference.background_compile import BackgroundCompile
 f = BackgroundCompile(lambda x: torch.nn.functional.silu(2 * x + 1), options={"compile_threads": 1})
 atexit.register(lambda: print("compiled" if f.ready and f.error is None else f"not compiled: {f.error}"))
-f(torch.randn(2, 3))  # the main thread ends here, seconds before Inductor's compile does
+f(torch.randn(2, 3))
+while f._jobs:  # until the worker has taken the job: a compile not yet started when the process ends is dropped
+    time.sleep(0.01)
+# the main thread ends here, seconds before Inductor's compile does
 """
 
 
