@@ -176,6 +176,22 @@ def test_normal_colours():
     assert masked[0, 0].tolist() == [100, 100, 100] and masked[1, 2].tolist() == [100, 100, 100]
 
 
+def test_colorize_normals_equals_the_float64_formula_of_every_pixel():
+    """The block-wise colouring (cache-sized float64 blocks) against the formula on the whole map at once: random
+    normals with NaN, inf and out-of-range components, a mask, widths that leave a short last block."""
+    rng = np.random.default_rng(5)
+    for shape in ((31, 4096, 3), (7, 5, 3)):
+        n = rng.normal(scale=0.7, size=shape).astype(np.float32)
+        n.reshape(-1)[rng.choice(n.size, 40)] = [np.nan, np.inf, -np.inf, 3.0, -2.0] * 8
+        mask = rng.random(shape[:2]) < 0.7
+        for m, bg in ((None, (0, 0, 0)), (mask, (10, 20, 30))):
+            x = np.asarray(n, np.float64)
+            expected = np.floor((np.clip(np.nan_to_num(x), -1.0, 1.0) + 1.0) * 127.5 + 0.5).astype(np.uint8)
+            invalid = ~np.isfinite(x).all(-1) | (False if m is None else ~m)
+            expected[invalid] = bg
+            assert np.array_equal(colorize_normals(n, mask=m, background=bg), expected)
+
+
 # ----------------------------------------------------------------------------------------------------------- panels
 
 def test_side_by_side():
