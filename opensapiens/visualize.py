@@ -215,7 +215,7 @@ def colorize_depth(depth: np.ndarray, mask: np.ndarray | None = None, vmin: floa
     The range is the min/max over valid pixels (finite and inside ``mask``) unless ``vmin``/``vmax`` fix it (e.g.
     to keep colours stable across video frames); invalid pixels get ``background``.
     """
-    d = np.asarray(depth, np.float64)
+    d = np.asarray(depth)
     if d.ndim != 2:
         raise ValueError(f"depth must be an (H, W) array, got shape {d.shape}")
     valid = _valid(d, mask, "depth")
@@ -223,11 +223,22 @@ def colorize_depth(depth: np.ndarray, mask: np.ndarray | None = None, vmin: floa
     out[:] = background
     if not valid.any():
         return out
-    lo = d[valid].min() if vmin is None else vmin
-    hi = d[valid].max() if vmax is None else vmax
-    near = (hi - d[valid]) / (hi - lo) if hi > lo else np.full(int(valid.sum()), 0.5)
-    u8 = np.floor(np.clip(near, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    out[valid] = cv2.applyColorMap(u8[:, None], cv2.COLORMAP_INFERNO)[:, 0, ::-1]  # BGR -> RGB
+    lo = float(d[valid].min() if vmin is None else vmin)
+    hi = float(d[valid].max() if vmax is None else vmax)
+    # the whole map in float64 (invalid pixels are coloured too, then not copied): 2x faster than gathering the
+    # valid ones when most are valid
+    near = np.subtract(hi, d, dtype=np.float64)
+    if hi > lo:
+        near /= hi - lo
+    else:
+        near[:] = 0.5
+    with np.errstate(invalid="ignore"):  # NaN / inf pixels, left out below
+        np.clip(near, 0.0, 1.0, out=near)
+        near *= 255.0
+        near += 0.5
+        u8 = np.floor(near, out=near).astype(np.uint8)
+    colored = cv2.applyColorMap(u8, cv2.COLORMAP_INFERNO)[..., ::-1]  # BGR -> RGB
+    np.copyto(out, colored, where=valid[..., None])
     return out
 
 

@@ -176,6 +176,28 @@ def test_normal_colours():
     assert masked[0, 0].tolist() == [100, 100, 100] and masked[1, 2].tolist() == [100, 100, 100]
 
 
+def test_colorize_depth_equals_the_float64_formula_of_every_pixel():
+    """The whole-map colouring against the formula on the valid pixels alone: NaN / inf pixels, a mask, a fixed
+    range, a constant map."""
+    rng = np.random.default_rng(6)
+    depth = (rng.random((23, 41)) * 5 + 1).astype(np.float32)
+    depth.reshape(-1)[rng.choice(depth.size, 12)] = [np.nan, np.inf, -np.inf] * 4
+    mask = rng.random(depth.shape) < 0.6
+    cases = [(depth, None, None, None), (depth, mask, None, None), (depth, mask, 2.0, 4.5),
+             (np.full((5, 6), 3.0, np.float32), None, None, None)]
+    for d, m, vmin, vmax in cases:
+        x = np.asarray(d, np.float64)
+        valid = np.isfinite(x) & (True if m is None else m)
+        lo = x[valid].min() if vmin is None else vmin
+        hi = x[valid].max() if vmax is None else vmax
+        near = (hi - x[valid]) / (hi - lo) if hi > lo else np.full(int(valid.sum()), 0.5)
+        u8 = np.floor(np.clip(near, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+        expected = np.empty(x.shape + (3,), np.uint8)
+        expected[:] = (7, 8, 9)
+        expected[valid] = cv2.applyColorMap(u8[:, None], cv2.COLORMAP_INFERNO)[:, 0, ::-1]
+        assert np.array_equal(colorize_depth(d, m, vmin, vmax, background=(7, 8, 9)), expected)
+
+
 def test_colorize_normals_equals_the_float64_formula_of_every_pixel():
     """The block-wise colouring (cache-sized float64 blocks) against the formula on the whole map at once: random
     normals with NaN, inf and out-of-range components, a mask, widths that leave a short last block."""
