@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -114,9 +113,9 @@ def test_a_job_whose_writing_falls_behind_waits_instead_of_queueing_every_image(
     while seen != len(predicted):  # until predicting stops (it stops only when it waits for the writers)
         seen = len(predicted)
         time.sleep(0.5)
-    writers = min(8, os.cpu_count() or 2)
     try:
-        assert len(predicted) <= 2 * 2 + writers + 2, len(predicted)  # the pending bound + the batch just submitted
+        bound = 2 * 2 + batch.WRITER_THREADS + 2  # the pending bound + the batch just submitted
+        assert len(predicted) <= bound, len(predicted)
     finally:
         stalled.set()
         job.join(60)

@@ -40,6 +40,7 @@ OUTPUTS = {
 }
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
+WRITER_THREADS = min(8, os.cpu_count() or 2)  # run_batch's: the encoders (OpenCV) and lookups release the GIL
 
 
 def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> list[Path]:
@@ -166,8 +167,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     todo_paths = [p for p, _ in todo]
     pending: list[tuple[Path, Future]] = []
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
-    writers = min(8, os.cpu_count() or 2)  # the encoders (OpenCV) and lookups release the GIL
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
+    with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="opensapiens-write") as writer:
         for items in _load(todo_paths, batch_size, workers):
             good = [(i, im) for i, im, err in items if err is None]
             for i, _, err in items:
@@ -192,7 +192,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
                     fut = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
                     pending.append((todo_paths[i], fut))
             bar.update(len(items))
-            pending = _collect(pending, report, keep=2 * batch_size + writers)
+            pending = _collect(pending, report, keep=2 * batch_size + WRITER_THREADS)
         _collect(pending, report)
     bar.close()
     return report
