@@ -4,6 +4,8 @@ the switching, not the compiler); it records each graph it is given and each cal
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -43,6 +45,12 @@ class CountingBackend:
             return gm.forward(*args)
 
         return run
+
+
+def _in_a_fresh_process(script: str, **variables: str) -> subprocess.CompletedProcess:
+    """``script`` run by a new interpreter, as a user's process (the package under test on its path)."""
+    return subprocess.run([sys.executable, "-c", script], env=subprocess_env(TESTS, **variables), capture_output=True,
+                          text=True, timeout=300)
 
 
 @pytest.fixture(autouse=True)
@@ -116,7 +124,7 @@ import weakref
 import torch
 from test_background_compile import CountingBackend, Head
 
-from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
+from opensapiens.inference.background_compile import BackgroundCompile
 
 head = Head()
 background = head.forward = BackgroundCompile(head.forward, backend=CountingBackend())
@@ -139,11 +147,7 @@ print("ok")
 def test_an_idle_worker_ends_and_lets_the_model_go():
     """In a fresh process, as a user's: under pytest, PyTorch 2.11 (the GPU image) kept a module compiled alone in the
     session alive, with this code and with the code before it; the same steps in a plain process freed it there."""
-    import subprocess
-    import sys
-
-    done = subprocess.run([sys.executable, "-c", IDLE_WORKER], env=subprocess_env(TESTS), capture_output=True,
-                          text=True, timeout=300)
+    done = _in_a_fresh_process(IDLE_WORKER)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
@@ -192,12 +196,7 @@ while f._jobs:  # until the worker has taken the job: a compile not yet started 
 def test_a_process_that_ends_during_the_compile_waits_for_it_to_finish(tmp_path):
     """As a one-image ``predict``: the caller is done before the worker. The compile runs on during the interpreter's
     shutdown and finishes (Inductor, with an empty cache of its own; atexit handlers run after the worker is joined)."""
-    import subprocess
-    import sys
-
-    env = subprocess_env(TESTS, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-    done = subprocess.run([sys.executable, "-c", EXIT_DURING_COMPILE], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = _in_a_fresh_process(EXIT_DURING_COMPILE, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
     assert done.returncode == 0 and done.stdout.strip() == "compiled", (done.stdout, done.stderr[-2000:])
     assert "failed" not in done.stderr, done.stderr[-2000:]
 
@@ -230,15 +229,12 @@ def test_the_predict_path_imports_no_compiler_until_the_worker_compiles():
     off the caller's path: importing the predictors and the CLI and making a ``BackgroundCompile`` import neither; its
     worker does. Nor does the training loop's checkpointing come with the attention-backend choice. A fresh process,
     as a user's."""
-    import subprocess
-    import sys
-
     script = """
 import sys
 import torch
 import opensapiens.cli.main, opensapiens.cli.predict
 from opensapiens.inference import crop_people
-from opensapiens.inference.background_compile import BackgroundCompile, isolate_fx_tracing
+from opensapiens.inference.background_compile import BackgroundCompile
 from opensapiens.inference.predictors import load_predictor
 from opensapiens.training.speed import use_fast_attention  # (what optimize_for_inference imports on CUDA)
 f = BackgroundCompile(torch.nn.functional.silu, backend=lambda gm, example_inputs: gm.forward)
@@ -249,5 +245,5 @@ assert f.wait(timeout=120) and f.error is None and "torch._dynamo" in sys.module
 from opensapiens.inference import PersonDetector  # the detector on first use
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    done = _in_a_fresh_process(script)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
