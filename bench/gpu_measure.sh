@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-overlap
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -310,16 +310,19 @@ elif [ "$1" = predict-e2e ]; then
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   timeout 250 python -m opensapiens.cli.main bench --iters 10 --e2e /tmp/e2e2048 --task pose --arch 0.3b \
     --batch 16 --e2e-decode cpu,gpu --out "$OUT/e2e_pose_0.3b_$C.json" | grep -v '^{'
-elif [ "$1" = predict-overlap ]; then
-  # whether two inference threads on two CUDA streams keep predict's GPU busier (bench/diag_predict_overlap.py):
-  # run_batch, 1 and 2 threads, run_batch again, side by side after the compile, 1024 images per variant, outputs
-  # compared; pose 0.3b (batch 16) and seg 0.3b (batch 8), without and with pictures
+elif [ "$1" = predict-pipeline ]; then
+  # predict over a folder with each batch submitted before the one before it is read back (Predictor.submit, uploads
+  # from pinned memory on a side stream, post-processing on another): the predictor/CLI tests under CUDA, then
+  # bench/predict_pipeline.py (pipelined vs one batch at a time vs the model alone, one process, outputs compared),
+  # pose-0.3b (batch 16) and seg-0.3b (batch 8), 1024 images without pictures, 512 with
+  timeout 150 python -m pytest -q -rs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
+    2>&1 | grep -v Warn | tail -5
   folder512_and_checkpoints
   for t in pose seg; do for v in --no-vis ""; do
     B=$([ $t = pose ] && echo 16 || echo 8)
-    echo "== $t $v"
-    timeout 200 python bench/diag_predict_overlap.py $t /tmp/${t}_0.3b.safetensors /tmp/f512 --batch $B --repeat 2 $v \
-      2>&1 | grep -v Warn | tail -8
+    R=$([ -n "$v" ] && echo 2 || echo 1)
+    timeout 130 python bench/predict_pipeline.py $t /tmp/${t}_0.3b.safetensors /tmp/f512 --batch $B --repeat $R $v \
+      --out "$OUT/predict_pipeline_$t${v:+_novis}.json" 2>&1 | grep -v Warn | tail -6
   done; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts

@@ -30,6 +30,7 @@ from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_np
 from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import DepthResult, FeatureResult, NormalResult, PoseResult, Predictor, SegResult
+from .streams import Pending
 
 OUTPUTS = {
     "pose": (".json", "_pose.jpg"),
@@ -151,6 +152,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
     ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...).
+    Each batch is submitted before the previous one's results are read back, so the model's stream always has
+    a batch queued while the host converts and hands results to the writers (``Predictor.submit``).
     """
     from tqdm import tqdm
 
@@ -165,35 +168,50 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         else:
             todo.append((p, s))
     todo_paths = [p for p, _ in todo]
-    pending: list[tuple[Path, Future]] = []
+    flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}.get(task)
+    writes: list[tuple[Path, Future]] = []
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
     with ThreadPoolExecutor(max_workers=WRITER_THREADS, thread_name_prefix="opensapiens-write") as writer:
+
+        def failed(good: list[tuple[int, np.ndarray]], e: Exception) -> None:  # report the batch, keep going
+            for i, _ in good:
+                report.failed.append((todo_paths[i], f"{todo_paths[i]}: inference failed: {e}"))
+
+        def finish(submitted: tuple[list[tuple[int, np.ndarray]], Pending]) -> None:
+            """Batch i's results read back (batch i + 1 is queued on the GPU by now) and handed to the writers."""
+            good, pending = submitted
+            try:
+                results = pending.result()
+            except Exception as e:  # noqa: BLE001
+                return failed(good, e)
+            for (i, im), res in zip(good, results):
+                future = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
+                writes.append((todo_paths[i], future))
+
+        submitted = None
         for items in _load(todo_paths, batch_size, workers):
             good = [(i, im) for i, im, err in items if err is None]
             for i, _, err in items:
                 if err is not None:
                     report.failed.append((todo_paths[i], err))
                     bar.write(f"skipped: {err}")
+            previous, submitted = submitted, None
             if good:
                 images = [im for _, im in good]
                 kwargs = predict_kwargs([todo_paths[i] for i, _ in good], images) if predict_kwargs else {}
-                flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw",
-                        "normal": "return_raw"}.get(task)
                 if raw and flag:
                     kwargs[flag] = True
                 try:
-                    results = predictor.predict_batch(images, **kwargs)
-                except Exception as e:  # noqa: BLE001 - report the batch, keep going
-                    for i, _ in good:
-                        report.failed.append((todo_paths[i], f"{todo_paths[i]}: inference failed: {e}"))
-                    bar.update(len(items))
-                    continue
-                for (i, im), res in zip(good, results):
-                    fut = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
-                    pending.append((todo_paths[i], fut))
+                    submitted = good, predictor.submit(images, **kwargs)
+                except Exception as e:  # noqa: BLE001
+                    failed(good, e)
+            if previous is not None:
+                finish(previous)
             bar.update(len(items))
-            pending = _collect(pending, report, keep=2 * batch_size + WRITER_THREADS)
-        _collect(pending, report)
+            _collect(writes, report, keep=2 * batch_size + WRITER_THREADS)
+        if submitted is not None:
+            finish(submitted)
+        _collect(writes, report)
     bar.close()
     return report
 
@@ -230,17 +248,23 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     writer = VideoWriter(out_dir / f"{path.stem}_{predictor.task}.mp4", fps=info.fps / step) if vis else None
     done = 0
     chunk: list[tuple[int, np.ndarray]] = []
+    submitted = None  # the chunk before, its model queued
 
-    def flush() -> None:
+    def finish(frames: list[tuple[int, np.ndarray]], pending: Pending) -> None:
         nonlocal done
-        results = predictor.predict_batch([im for _, im in chunk])
-        for (index, image), res in zip(chunk, results):
+        for (index, image), res in zip(frames, pending.result()):
             write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, res, vis=False, raw=raw)
             if writer is not None and predictor.task != "features":
                 writer.write(side_by_side([image, visualize_result(image, res)]))
-        done += len(chunk)
-        bar.update(len(chunk))
+        done += len(frames)
+        bar.update(len(frames))
+
+    def flush() -> None:
+        nonlocal submitted
+        previous, submitted = submitted, (list(chunk), predictor.submit([im for _, im in chunk]))
         chunk.clear()
+        if previous is not None:
+            finish(*previous)
 
     try:
         for index, frame in iter_video_frames(path, step=step):
@@ -249,6 +273,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
                 flush()
         if chunk:
             flush()
+        if submitted is not None:
+            finish(*submitted)
     finally:
         if writer is not None:
             writer.close()
@@ -256,9 +282,10 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     return done
 
 
-def _collect(pending: list[tuple[Path, Future]], report: BatchReport, keep: int = 0) -> list[tuple[Path, Future]]:
-    """Record the finished writes, then wait for the oldest until at most ``keep`` are pending: each pending write
-    holds its image and result, so a job whose writing is slower than its inference must wait, not queue them all."""
+def _collect(pending: list[tuple[Path, Future]], report: BatchReport, keep: int = 0) -> None:
+    """Record the finished writes, then wait for the oldest until at most ``keep`` are pending (``pending`` is
+    updated in place): each pending write holds its image and result, so a job whose writing is slower than its
+    inference must wait, not queue them all."""
     def record(path: Path, fut: Future) -> None:
         try:
             fut.result()
@@ -274,4 +301,4 @@ def _collect(pending: list[tuple[Path, Future]], report: BatchReport, keep: int 
             left.append((path, fut))
     while len(left) > keep:
         record(*left.pop(0))
-    return left
+    pending[:] = left

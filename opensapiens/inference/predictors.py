@@ -3,6 +3,8 @@
     predictor = opensapiens.load("sapiens-seg-1b")          # or load_predictor("seg", path)
     result = predictor(image)                                # image: (H, W, 3) uint8 RGB
     results = predictor.predict_batch([img1, img2])         # batched; each result at its own image's size
+    pending = predictor.submit(images)                       # the model queued on the device, results later:
+    results = pending.result()                               #   submit the next batch first to keep the GPU busy
     raw = predictor.predict_torch(batch)                     # normalized (B, 3, H, W) -> raw head output
 
 Dense tasks resize the whole image to the model input (``resize="stretch"``, the official protocol, or ``"pad"``,
@@ -14,6 +16,7 @@ top-down: person boxes (given, detected or the whole image) are cropped with the
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -27,6 +30,7 @@ from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
+from .streams import Pending, upload_images
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
 from .transforms import Preprocessor
 
@@ -160,11 +164,6 @@ def align_depth(pred: np.ndarray, metric_points: np.ndarray | dict, mask: np.nda
 # -------------------------------------------------------------------------------------------------------- predictors
 
 
-def _writable(image: np.ndarray) -> np.ndarray:
-    """A C-contiguous writable array (torch warns on read-only numpy memory); copies only when needed."""
-    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -216,13 +215,23 @@ class Predictor:
         return self.predict_batch([image], **kwargs)[0]
 
     def predict_batch(self, images: list[np.ndarray], **kwargs) -> list:
+        """One result per (H, W, 3) uint8 RGB image; keyword arguments as ``submit``'s."""
+        return self.submit(images, **kwargs).result()
+
+    def submit(self, images: list[np.ndarray], **kwargs) -> Pending:
+        """Queue the images' upload and model on the device and return at once (on CUDA); ``.result()`` of the
+        returned ``Pending`` post-processes and gives what ``predict_batch`` returns. A job that submits the next
+        batch before asking for this one's results keeps the GPU busy while the host reads results back."""
         raise NotImplementedError
 
-    def _dense(self, images: list[np.ndarray]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Run the model on whole images; return outputs restored to each original size and the raw outputs."""
-        batch, metas = self.preprocess(images, device=self.device)
-        raw = self.predict_torch(batch)
-        return self.preprocess.restore(raw, metas), raw
+    def _dense(self, images: list[np.ndarray]) -> tuple[torch.Tensor, list]:
+        """Queue the model on whole images: raw float32 outputs (B, C, h, w) and how each image was resized."""
+        batch, metas = self.preprocess(upload_images(images, self.device), device=self.device)
+        return self.predict_torch(batch), metas
+
+    def _restored(self, raw: torch.Tensor, metas: list, i: int) -> torch.Tensor:
+        """Image ``i``'s output at its original size (one image at a time: 28 channels at 4K are 0.9 GiB)."""
+        return self.preprocess.restore(raw[i : i + 1], metas[i : i + 1])[0]
 
 
 class SegPredictor(Predictor):
@@ -235,13 +244,14 @@ class SegPredictor(Predictor):
             f"class_{i}" for i in range(n)))
 
     @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray], return_logits: bool = False) -> list[SegResult]:
-        restored, raw = self._dense(images)
-        out = []
-        for i, logits in enumerate(restored):  # (N, H, W)
-            labels = logits.argmax(0).to(torch.uint8).cpu().numpy()
-            out.append(SegResult(labels, self.class_names, raw[i].cpu().numpy() if return_logits else None))
-        return out
+    def submit(self, images: list[np.ndarray], return_logits: bool = False) -> Pending:
+        raw, metas = self._dense(images)
+
+        def finish() -> list[SegResult]:
+            return [SegResult(self._restored(raw, metas, i).argmax(0).to(torch.uint8).cpu().numpy(), self.class_names,
+                              raw[i].cpu().numpy() if return_logits else None) for i in range(len(metas))]
+
+        return Pending(self.device, finish)
 
 
 class _MaskedDense(Predictor):
@@ -251,53 +261,60 @@ class _MaskedDense(Predictor):
         super().__init__(model, **kwargs)
         self.seg = seg
 
-    def _masks(self, images: list[np.ndarray], masks) -> list[np.ndarray | None]:
+    @torch.inference_mode()
+    def submit(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> Pending:
+        """``masks``: per image an (H, W) foreground or None; None = from the seg predictor, if any."""
+        masks = self._masks(images, masks)
+        raw, metas = self._dense(images)
+
+        def finish() -> list:
+            foreground = masks.result() if isinstance(masks, Pending) else masks
+            return [self._result(self._restored(raw, metas, i), None if foreground is None else foreground[i],
+                                 raw[i].cpu().numpy() if return_raw else None) for i in range(len(metas))]
+
+        return Pending(self.device, finish)
+
+    def _masks(self, images: list[np.ndarray], masks) -> list[np.ndarray | None] | Pending | None:
+        """The given masks checked, the seg predictor's submitted (its results are masks), or None."""
         if masks is not None:
             masks = [masks] if isinstance(masks, np.ndarray) and len(images) == 1 and masks.ndim == 2 else masks
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             return [None if m is None else np.asarray(m).astype(bool) for m in masks]
         if self.seg is not None:
-            return [r.foreground for r in self.seg.predict_batch(images)]
-        return [None] * len(images)
+            seg = self.seg.submit(images)
+            return Pending(self.device, lambda: [r.foreground for r in seg.result()])
+        return None
+
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None):
+        raise NotImplementedError
 
 
 class DepthPredictor(_MaskedDense):
     task = "depth"
 
-    @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> list[DepthResult]:
-        masks = self._masks(images, masks)
-        restored, raw = self._dense(images)
-        return [DepthResult(d[0].cpu().numpy(), m, raw[i].cpu().numpy() if return_raw else None)
-                for i, (d, m) in enumerate(zip(restored, masks))]
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None) -> DepthResult:
+        return DepthResult(output[0].cpu().numpy(), mask, raw)
 
 
 class NormalPredictor(_MaskedDense):
     task = "normal"
 
-    @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> list[NormalResult]:
-        masks = self._masks(images, masks)
-        restored, raw = self._dense(images)
-        out = []
-        for i, (n, m) in enumerate(zip(restored, masks)):
-            n = n / n.norm(dim=0, keepdim=True).clamp_min(1e-5)  # per-pixel L2 normalization, eps as official
-            normals = n.permute(1, 2, 0).cpu().numpy()
-            if m is not None:
-                normals[~m] = 0.0
-            out.append(NormalResult(normals, m, raw[i].cpu().numpy() if return_raw else None))
-        return out
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None) -> NormalResult:
+        n = output / output.norm(dim=0, keepdim=True).clamp_min(1e-5)  # per-pixel L2 normalization, eps as official
+        normals = n.permute(1, 2, 0).cpu().numpy()
+        if mask is not None:
+            normals[~mask] = 0.0
+        return NormalResult(normals, mask, raw)
 
 
 class FeaturePredictor(Predictor):
     task = "features"
 
     @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray]) -> list[FeatureResult]:
-        batch, _ = self.preprocess(images, device=self.device)
-        feats = self.predict_torch(batch)
-        return [FeatureResult(f.cpu().numpy()) for f in feats]
+    def submit(self, images: list[np.ndarray]) -> Pending:
+        features, _ = self._dense(images)
+        return Pending(self.device, lambda: [FeatureResult(f) for f in features.cpu().numpy()])
 
 
 class PosePredictor(Predictor):
@@ -334,44 +351,58 @@ class PosePredictor(Predictor):
         return whole, [np.ones(1, np.float32) for _ in images]
 
     @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray], boxes=None, return_heatmaps: bool = False
-                      ) -> list[PoseResult]:
-        """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image."""
+    def submit(self, images: list[np.ndarray], boxes=None, return_heatmaps: bool = False) -> Pending:
+        """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image.
+
+        All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
+        while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
+        """
         box_list, score_list = self._boxes(images, boxes)
         counts = [len(b) for b in box_list]
-        K = self.keypoint_set.num_keypoints
         if sum(counts) == 0:
-            return [PoseResult(np.zeros((0, K, 2), np.float32), np.zeros((0, K), np.float32),
-                               np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
-                    for _ in images]
-        dev = self.device
-        tensors = [torch.from_numpy(_writable(im)).to(dev).permute(2, 0, 1) for im in images]
+            K = self.keypoint_set.num_keypoints
+            empty = [PoseResult(np.zeros((0, K, 2), np.float32), np.zeros((0, K), np.float32),
+                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
+                     for _ in images]
+            return Pending(None, lambda: empty)
+        tensors = [t.permute(2, 0, 1) for t in upload_images(images, self.device)]  # (3, H, W) uint8 each
         # boxes, crop geometry and image ids stay on the host: the device gets them with the crops, asynchronously
         all_boxes = torch.from_numpy(np.concatenate(box_list))
         image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
         center, scale = boxes_to_center_scale(all_boxes, padding=1.25, aspect=self.input_size[1] / self.input_size[0])
-        kps, scs, hms = [], [], []
+        chunks: list[Pending] = []
         for sl in _chunks(len(all_boxes), self.batch_size):
             crops = person_inputs(tensors, image_index[sl], center[sl], scale[sl], self.input_size, self.dtype)
             if self.flip:
                 heat = flip_test(self._forward, crops, self.keypoint_set.flip_indices)
             else:
                 heat = self._forward(crops)
-            kp, sc = decode_udp_heatmaps(heat, self.input_size)
-            kps.append(crop_to_image(kp, center[sl], scale[sl], self.input_size))
-            scs.append(sc)
-            if return_heatmaps:
-                hms.append(heat.cpu().numpy())
-        kp_all = torch.cat(kps).cpu().numpy().astype(np.float32)
-        sc_all = torch.cat(scs).cpu().numpy().astype(np.float32)
-        hm_all = np.concatenate(hms) if return_heatmaps else None
-        out, start = [], 0
-        for b, s, n in zip(box_list, score_list, counts):
-            sl = slice(start, start + n)
-            out.append(PoseResult(kp_all[sl], sc_all[sl], b, s, self.keypoint_set.name,
-                                  None if hm_all is None else hm_all[sl]))
-            start += n
-        return out
+            chunks.append(Pending(self.device, functools.partial(self._decode, heat, center[sl], scale[sl],
+                                                                 return_heatmaps)))
+            if len(chunks) > 1:
+                chunks[-2].result()  # the previous chunk decoded while this one runs
+
+        def finish() -> list[PoseResult]:
+            decoded = [c.result() for c in chunks]  # (keypoints, scores, heatmaps or None) per chunk
+            kp_all, sc_all = (np.concatenate([d[k] for d in decoded]) for k in (0, 1))
+            hm_all = np.concatenate([d[2] for d in decoded]) if return_heatmaps else None
+            out, start = [], 0
+            for b, s, n in zip(box_list, score_list, counts):
+                sl = slice(start, start + n)
+                out.append(PoseResult(kp_all[sl], sc_all[sl], b, s, self.keypoint_set.name,
+                                      None if hm_all is None else hm_all[sl]))
+                start += n
+            return out
+
+        return Pending(self.device, finish)
+
+    def _decode(self, heat: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, return_heatmaps: bool
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """One chunk's heatmaps (n, K, h, w) -> keypoints (n, K, 2) in image pixels, scores (n, K), the heatmaps."""
+        kp, sc = decode_udp_heatmaps(heat, self.input_size)
+        kp = crop_to_image(kp, center, scale, self.input_size)
+        return (kp.cpu().numpy().astype(np.float32), sc.cpu().numpy().astype(np.float32),
+                heat.cpu().numpy() if return_heatmaps else None)
 
 
 class MultiTaskPredictor:

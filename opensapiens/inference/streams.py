@@ -1,0 +1,89 @@
+"""Keeping the GPU busy across batches: uploads and post-processing on side CUDA streams, results read back late.
+
+A predictor's ``submit`` queues a batch's upload and model on the device and returns a ``Pending`` at once; its
+``result()`` post-processes on a side stream that waits only for that batch's model, then reads the results back.
+A job that submits batch i + 1 before asking for batch i's results keeps the model's stream fed while the host
+converts, reads back and writes batch i (``run_batch``). On the CPU the same calls run in order.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+
+@functools.cache
+def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
+    """One stream per (CUDA device, role): "upload" for host-to-device copies, "post" for post-processing."""
+    return torch.cuda.Stream(device)
+
+
+def _cuda_device(device: torch.device) -> torch.device:
+    return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+
+
+def _writable(image: np.ndarray) -> np.ndarray:
+    """A C-contiguous writable array (torch warns on read-only numpy memory); copies only when needed."""
+    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
+
+
+def upload_images(images: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
+    """(H, W, 3) uint8 host images -> the same on ``device``.
+
+    On CUDA through pinned memory on the upload stream: the call returns without waiting (a copy from pageable
+    memory blocks the host) and the copy overlaps the model work queued before it; the current stream waits for
+    it. The pinned buffers are not reused before their copies end (PyTorch's host allocator records the stream).
+    """
+    if device.type != "cuda":
+        return [torch.from_numpy(_writable(im)).to(device) for im in images]
+    device = _cuda_device(device)
+    staged = []
+    for im in images:
+        buffer = torch.empty(im.shape, dtype=torch.uint8, pin_memory=True)
+        buffer.numpy()[...] = im
+        staged.append(buffer)
+    stream = side_stream(device, "upload")
+    with torch.cuda.stream(stream):
+        out = [buffer.to(device, non_blocking=True) for buffer in staged]
+        copied = torch.cuda.Event()
+        copied.record(stream)
+    current = torch.cuda.current_stream(device)
+    current.wait_event(copied)
+    for t in out:
+        t.record_stream(current)  # made on the upload stream, read on this one
+    return out
+
+
+class Pending:
+    """A submitted batch: its model work is queued; ``result()`` finishes it and returns the results.
+
+    ``finish`` runs on ``device``'s post stream after the work queued before this object was made (an event
+    recorded now, not at ``result()``: by then the next batch's model is queued too, and must not be waited for).
+    The tensors it reads stay referenced until the post stream has finished with them.
+    """
+
+    def __init__(self, device: torch.device | None, finish: Callable[[], list]):
+        self._finish: Callable[[], list] | None = finish
+        self._results: list | None = None
+        self._stream = self._ready = None
+        if device is not None and device.type == "cuda":
+            device = _cuda_device(device)
+            self._stream = side_stream(device, "post")
+            self._ready = torch.cuda.Event()
+            self._ready.record(torch.cuda.current_stream(device))
+
+    @torch.inference_mode()
+    def result(self) -> list:
+        if self._finish is not None:
+            if self._stream is None:
+                self._results = self._finish()
+            else:
+                with torch.cuda.stream(self._stream):
+                    self._stream.wait_event(self._ready)
+                    self._results = self._finish()
+                self._stream.synchronize()  # before the tensors made on other streams are let go
+            self._finish = None
+        return self._results

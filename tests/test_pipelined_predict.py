@@ -1,0 +1,122 @@
+"""Submitting batches ahead of their results (``Predictor.submit``, ``run_batch``): same results, right order, right
+files blamed, and on CUDA no read of an output before the model that writes it has finished."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_predictors import INPUT, Stand_in, _dot_heatmaps, _image_with_dots, _red_logits
+
+from opensapiens.inference import batch
+from opensapiens.inference.predictors import DepthPredictor, NormalPredictor, PosePredictor, SegPredictor, SegResult
+from opensapiens.inference.streams import Pending
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3])
+def test_pose_people_in_several_chunks_come_back_in_order(chunk):
+    """Three people over two images in chunks of 1, 2 and 3 crops (each chunk decoded while the next runs, the last
+    one in ``result()``): every person's keypoints at its own dot, heatmaps in the same order."""
+    predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT, batch_size=chunk)
+    dots_a, dots_b = [(60.3, 70.7), (200.5, 40.2)], [(33.0, 150.4)]
+    img_a, img_b = _image_with_dots(180, 260, dots_a), _image_with_dots(220, 90, dots_b)
+    boxes = [np.array([[30, 30, 95, 120], [170, 5, 235, 80]], np.float32), np.array([[5, 100, 70, 210]], np.float32)]
+    res_a, res_b = predictor.submit([img_a, img_b], boxes=boxes, return_heatmaps=True).result()
+    for res, dots in ((res_a, dots_a), (res_b, dots_b)):
+        assert res.heatmaps.shape == (len(dots), 17, INPUT[0] // 4, INPUT[1] // 4)
+        for person, (x, y) in enumerate(dots):
+            assert np.abs(res.keypoints[person] - np.array([x, y])).max() < 0.6, (chunk, person)
+            peak = np.unravel_index(res.heatmaps[person, 0].argmax(), res.heatmaps.shape[-2:])
+            assert res.scores[person, 0] == pytest.approx(res.heatmaps[person, 0][peak], abs=1e-6)
+
+
+def test_depth_and_normals_masked_by_the_seg_predictors_submitted_batch():
+    """Without given masks the seg predictor's batch is submitted beside the model's and its foreground, read in
+    ``result()``, masks the normals: the same mask as the seg predictor's own result."""
+    img = np.full((90, 70, 3), 10, np.uint8)
+    img[20:60, 15:50, 0] = 250
+    seg = SegPredictor(Stand_in("seg", 2, _red_logits), input_size=INPUT)
+    fixed = Stand_in("normal", 3, lambda x: torch.tensor([0.0, 3.0, 4.0]).view(1, 3, 1, 1).expand(
+        x.shape[0], 3, x.shape[2], x.shape[3]).clone())
+    normals = NormalPredictor(fixed, seg=seg, input_size=INPUT).submit([img, img[::-1].copy()]).result()
+    for res, image in zip(normals, (img, img[::-1])):
+        fg = seg(np.ascontiguousarray(image)).foreground
+        assert fg.sum() > 500 and (res.mask == fg).all()
+        assert np.allclose(res.normals[fg], [0.0, 0.6, 0.8], atol=1e-5) and (res.normals[~fg] == 0).all()
+    depth = DepthPredictor(Stand_in("depth", 1, lambda x: x[:, :1] * 0 + 1), seg=seg, input_size=INPUT)(img)
+    assert (depth.mask == seg(img).foreground).all()
+
+
+def _pngs(folder, n):
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(np.full((8, 6, 3), i, np.uint8)).save(paths[-1])
+    return paths
+
+
+def test_run_batch_submits_the_next_batch_before_reading_results_and_blames_the_right_files(tmp_path):
+    """Each batch is submitted before the one before it is read back; a batch whose submit raises and one whose
+    result raises are reported as failed, file by file, and every other image is written."""
+    paths = _pngs(tmp_path, 10)
+    events = []
+
+    class Seg:
+        task = "seg"
+
+        def submit(self, images):
+            k = int(images[0][0, 0, 0]) // 2  # batch number: pixel value = image index, batches of 2
+            events.append(f"submit {k}")
+            if k == 1:
+                raise RuntimeError("out of memory")
+
+            def finish():
+                events.append(f"result {k}")
+                if k == 3:
+                    raise RuntimeError("device lost")
+                return [SegResult(np.full(im.shape[:2], k, np.uint8), ("a",) * 5) for im in images]
+
+            return Pending(None, finish)
+
+    out = tmp_path / "out"
+    report = batch.run_batch(Seg(), paths, out, batch_size=2, workers=0, progress=False)
+    assert events == ["submit 0", "submit 1", "result 0", "submit 2", "submit 3", "result 2", "submit 4",
+                      "result 3", "result 4"]
+    assert sorted(p.name for p, _ in report.failed) == ["02.png", "03.png", "06.png", "07.png"]
+    assert all("out of memory" in e for p, e in report.failed if p.name in ("02.png", "03.png"))
+    assert all("device lost" in e for p, e in report.failed if p.name in ("06.png", "07.png"))
+    assert sorted(p.name for p in report.done) == ["00.png", "01.png", "04.png", "05.png", "08.png", "09.png"]
+    for name, k in (("00", 0), ("05", 2), ("08", 4)):
+        assert (np.array(Image.open(out / f"{name}_seg.png")) == k).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side streams are CUDA's")
+def test_on_cuda_results_wait_for_their_own_model_and_not_the_next():
+    """A stand-in model that writes its output only after a long GPU sleep: results read on the post stream must
+    wait for it (an event missed reads zeros), batches submitted three ahead must match one-at-a-time results,
+    and uploads on the side stream must land before the model reads them."""
+    def slow(fn):
+        def forward(x):  # the stand-ins compute on the host; the output is written after ~10 ms of GPU time
+            result = fn(x.cpu()).to(x.device)
+            out = torch.zeros_like(result)
+            torch.cuda._sleep(20_000_000)
+            return out.copy_(result)
+        return forward
+
+    rng = np.random.default_rng(0)
+    images = [_image_with_dots(400 + 10 * k, 300, [(30.0 + 40 * k, 200.0)]) for k in range(6)]
+    for im in images:
+        im[..., 1] = rng.integers(0, 40, im.shape[:2])
+    seg = SegPredictor(Stand_in("seg", 2, slow(_red_logits)).cuda(), input_size=INPUT, batch_size=2)
+    pose = PosePredictor(Stand_in("pose", 17, slow(_dot_heatmaps)).cuda(), input_size=INPUT, batch_size=1)
+    for predictor in (seg, pose):
+        alone = [predictor.predict_batch(images[k : k + 2]) for k in range(0, 6, 2)]
+        submitted = [predictor.submit(images[k : k + 2]) for k in range(0, 6, 2)]
+        ahead = [p.result() for p in submitted]
+        for a, b in zip(alone, ahead):
+            for x, y in zip(a, b):
+                if isinstance(x, SegResult):
+                    assert x.labels.any() and (x.labels == y.labels).all()
+                else:
+                    assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and x.scores.max() > 0.5
