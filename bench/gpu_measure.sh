@@ -313,16 +313,21 @@ elif [ "$1" = predict-e2e ]; then
 elif [ "$1" = predict-pipeline ]; then
   # predict over a folder with each batch submitted before the one before it is read back (Predictor.submit, uploads
   # from pinned memory on a side stream, post-processing on another): the predictor/CLI tests under CUDA, then
-  # bench/predict_pipeline.py (pipelined vs one batch at a time vs the model alone, one process, outputs compared),
-  # pose-0.3b (batch 16) and seg-0.3b (batch 8), 1024 images without pictures, 512 with
-  timeout 150 python -m pytest -q -rs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
-    2>&1 | grep -v Warn | tail -5
+  # bench/predict_pipeline.py (pipelined vs one batch at a time vs the model alone, one process, outputs compared,
+  # the main thread's time by stage, one batch's submit and result() alone), seg-0.3b (batch 8; its pipelined pass
+  # profiled without pictures) and pose-0.3b (batch 16), 1024 images without pictures, 512 with
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 150 python -m pytest -q -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
+    2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
   folder512_and_checkpoints
-  for t in pose seg; do for v in --no-vis ""; do
+  mkdir -p /tmp/f1024 && for k in a b; do for f in /tmp/f512/*.jpg; do cp "$f" "/tmp/f1024/$(basename "$f" .jpg)$k.jpg"; done; done
+  for t in seg pose; do for v in --no-vis ""; do
     B=$([ $t = pose ] && echo 16 || echo 8)
-    R=$([ -n "$v" ] && echo 2 || echo 1)
-    timeout 130 python bench/predict_pipeline.py $t /tmp/${t}_0.3b.safetensors /tmp/f512 --batch $B --repeat $R $v \
-      --out "$OUT/predict_pipeline_$t${v:+_novis}.json" 2>&1 | grep -v Warn | tail -6
+    F=$([ -n "$v" ] && echo /tmp/f1024 || echo /tmp/f512)
+    T=$([ $t$v = seg--no-vis ] && echo "--trace /tmp/seg.trace.json")
+    timeout 130 python bench/predict_pipeline.py $t /tmp/${t}_0.3b.safetensors $F --batch $B $v $T \
+      --out "$OUT/predict_pipeline_$t${v:+_novis}.json" 2>&1 | grep -v Warn | tail -8
+    [ -n "$T" ] && python bench/trace_summary.py /tmp/seg.trace.json --steps 16 --top 15 2>&1 | tail -40
   done; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts

@@ -5,11 +5,16 @@ Variants, each timed over the same images after a warm-up (the head's background
 - ``one at a time``: the same reader and writers, each batch's results read back before the next is submitted (the
   loop before ``Predictor.submit``);
 - ``model only``: the model on a device-resident batch of the same size, no reading, post-processing or writing.
-Prints images/s of each, their ratio to the model's, and whether the two loops wrote identical files (pictures aside).
-Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--repeat N] [--input-size H W]
-       [--out JSON]
+Prints images/s of each, their ratio to the model's, whether the two loops wrote identical files (pictures aside), and
+where the main thread's time went (waiting for the readers, submitting, reading results back, waiting for the
+writers; one at a time: ``submit`` includes its ``result()``), and one batch's ``submit`` and ``result()`` timed alone.
+``--trace T``: one more pipelined pass profiled into T, for ``trace_summary.py`` (GPU idle gaps, kernels by time).
+Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W]
+       [--out JSON] [--trace T]
 """
 import argparse
+import collections
+import contextlib
 import json
 import tempfile
 import time
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from opensapiens.inference import batch
 from opensapiens.inference.batch import run_batch
 from opensapiens.inference.predictors import load_predictor
 from opensapiens.inference.streams import Pending
@@ -25,6 +31,58 @@ from opensapiens.inference.streams import Pending
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+
+
+class MainThreadClock:
+    """Seconds the main thread spends in run_batch's stages: the reader, ``submit``, ``result()``, the writers."""
+
+    def __init__(self):
+        self.seconds = collections.Counter()
+        self._load, self._collect, self._result = batch._load, batch._collect, Pending.result
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - t0
+
+    def install(self) -> None:
+        clock = self
+
+        def load(*args, **kwargs):
+            batches = clock._load(*args, **kwargs)
+            while True:
+                with clock.stage("waiting for images"):
+                    items = next(batches, None)
+                if items is None:
+                    return
+                yield items
+
+        def collect(*args, **kwargs):
+            with clock.stage("waiting for writers"):
+                return clock._collect(*args, **kwargs)
+
+        def result(pending):
+            with clock.stage("result()"):
+                return clock._result(pending)
+
+        batch._load, batch._collect, Pending.result = load, collect, result
+
+    def uninstall(self) -> None:
+        batch._load, batch._collect, Pending.result = self._load, self._collect, self._result
+
+
+class Timed:
+    """A predictor whose ``submit`` is timed by ``clock``."""
+
+    def __init__(self, predictor, clock: MainThreadClock):
+        self.predictor, self.task, self.clock = predictor, predictor.task, clock
+
+    def submit(self, images, **kwargs) -> Pending:
+        with self.clock.stage("submit"):
+            return self.predictor.submit(images, **kwargs)
 
 
 class OneAtATime:
@@ -52,6 +110,24 @@ def model_only(predictor, batch: int, iters: int = 20) -> float:
     return batch * iters / (time.perf_counter() - t0)
 
 
+def isolated(predictor, paths: list[Path], batch: int, reps: int = 5) -> dict:
+    """Milliseconds per batch of ``submit`` (upload and model, waited for) and of ``result()`` on a quiet GPU."""
+    from opensapiens.io.images import read_image
+
+    images = [read_image(q) for q in paths[:batch]]
+    ms = collections.defaultdict(list)
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        pending = predictor.submit(images)
+        sync()
+        t1 = time.perf_counter()
+        pending.result()
+        ms["submit"].append(1e3 * (t1 - t0))
+        ms["result()"].append(1e3 * (time.perf_counter() - t1))
+    return {k: round(sorted(v)[len(v) // 2], 2) for k, v in ms.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("task")
@@ -59,29 +135,37 @@ def main() -> None:
     p.add_argument("folder", type=Path)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-vis", action="store_true")
-    p.add_argument("--repeat", type=int, default=1, help="passes over the folder per variant")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the checkpoint's")
     p.add_argument("--out", type=Path)
+    p.add_argument("--trace", type=Path)
     args = p.parse_args()
-    paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png")) * args.repeat
+    paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
     predictor = load_predictor(args.task, args.checkpoint, batch_size=args.batch, input_size=args.input_size)
     run_batch(predictor, paths[: 2 * args.batch], Path(tempfile.mkdtemp()), batch_size=args.batch, progress=False)
     background = getattr(predictor.model, "background", None)
     if background is not None:
         background.wait()
-    rates, outs = {}, {}
+    rates, outs, stages = {}, {}, {}
     for name in ("pipelined", "one at a time", "pipelined again", "one at a time again"):
         out = outs[name] = Path(tempfile.mkdtemp(prefix="pipeline_"))
-        runner = OneAtATime(predictor) if name.startswith("one") else predictor
+        clock = MainThreadClock()
+        runner = Timed(OneAtATime(predictor) if name.startswith("one") else predictor, clock)
         sync()
+        clock.install()
         t0 = time.perf_counter()
         report = run_batch(runner, paths, out, batch_size=args.batch, vis=not args.no_vis, progress=False)
-        rates[name] = len(report.done) / (time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        clock.uninstall()
+        rates[name] = len(report.done) / seconds
+        stages[name] = {k: round(v, 2) for k, v in clock.seconds.items()} | {"total": round(seconds, 2)}
         assert not report.failed, report.failed[:3]
     rates["model only"] = model_only(predictor, args.batch)
+    alone = isolated(predictor, paths, args.batch)
+    print(f"{args.task}: one batch of {args.batch} on a quiet GPU, median ms: {alone}; the model alone "
+          f"{1e3 * args.batch / rates['model only']:.2f}")
     for name, rate in rates.items():
         print(f"{args.task} {'no pictures' if args.no_vis else 'pictures':<11} {name:<20} {rate:7.1f} img/s  "
-              f"{rate / rates['model only']:.3f} of model-only", flush=True)
+              f"{rate / rates['model only']:.3f} of model-only  {stages.get(name, '')}", flush=True)
     ref = outs["pipelined"]
     files = sorted(f.name for f in ref.iterdir() if f.suffix != ".jpg")
     other = outs["one at a time"]
@@ -91,8 +175,18 @@ def main() -> None:
     if args.out:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         args.out.write_text(json.dumps({"task": args.task, "batch": args.batch, "pictures": not args.no_vis,
-                                        "images": len(paths), "images_per_s": rates, "identical": same, "gpu": gpu},
-                                       indent=1))
+                                        "images": len(paths), "images_per_s": rates, "main_thread_s": stages,
+                                        "isolated_ms": alone, "identical": same, "gpu": gpu}, indent=1))
+    if args.trace:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        with profile(activities=activities) as prof:
+            run_batch(predictor, paths[: 16 * args.batch], Path(tempfile.mkdtemp()), batch_size=args.batch,
+                      vis=not args.no_vis, progress=False)
+            sync()
+        args.trace.parent.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(args.trace))
 
 
 if __name__ == "__main__":
