@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -327,7 +327,25 @@ elif [ "$1" = predict-pipeline ]; then
     T=$([ $t$v = seg--no-vis ] && echo "--trace /tmp/seg.trace.json")
     timeout 130 python bench/predict_pipeline.py $t /tmp/${t}_0.3b.safetensors $F --batch $B $v $T \
       --out "$OUT/predict_pipeline_$t${v:+_novis}.json" 2>&1 | grep -v Warn | tail -8
-    [ -n "$T" ] && python bench/trace_summary.py /tmp/seg.trace.json --steps 16 --top 15 2>&1 | tail -40
+    if [ -n "$T" ]; then python bench/trace_summary.py /tmp/seg.trace.json --steps 16 --top 15 2>&1 | tail -40; fi
+  done; done
+elif [ "$1" = predict-final ]; then
+  # after call 69: the pipelined-predict tests under CUDA (the race test's images fixed: call 69's seg images had no
+  # foreground); how run_batch's writing scales with threads on this host's CPU (seg pictures bound predict at 0.45 of
+  # model-only), with OpenCV's own pool as is and at 1; then `opensapiens predict` over 2048 1080p JPEGs as users run
+  # it (process start and compile included), pose and seg 0.3b with and without pictures, as in call 67
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 150 python -m pytest -q -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
+    2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
+  timeout 100 python bench/writer_scaling.py --out "$OUT/writer_scaling_seg.json"
+  timeout 100 python bench/writer_scaling.py --cv2-threads 1 --out "$OUT/writer_scaling_seg_cv1.json"
+  folder512_and_checkpoints
+  mkdir -p /tmp/f2048 && for k in 0 1 2 3; do for f in /tmp/f512/*.jpg; do cp "$f" "/tmp/f2048/$(basename "$f" .jpg)_$k.jpg"; done; done
+  P="python -m opensapiens.cli.main predict"
+  for t in pose seg; do for v in --no-vis ""; do
+    B=$([ $t = pose ] && echo 16 || echo 8)
+    /usr/bin/time -f "  process: %e s" timeout 120 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f2048 \
+      --out /tmp/out3_$t$v --batch-size $B $v 2>&1 | grep -v Warn | tr '\r' '\n' | tail -2 | sed "s/^/$t $v: /"
   done; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts

@@ -91,32 +91,46 @@ def test_run_batch_submits_the_next_batch_before_reading_results_and_blames_the_
         assert (np.array(Image.open(out / f"{name}_seg.png")) == k).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side streams are CUDA's")
-def test_on_cuda_results_wait_for_their_own_model_and_not_the_next():
-    """A stand-in model that writes its output only after a long GPU sleep: results read on the post stream must
-    wait for it (an event missed reads zeros), batches submitted three ahead must match one-at-a-time results,
-    and uploads on the side stream must land before the model reads them."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the side streams are CUDA's"))])
+def test_results_of_batches_submitted_ahead_match_one_at_a_time(device):
+    """On CUDA the stand-in models write their outputs only after a long GPU sleep: results read on the post stream
+    must wait for them (a missed event reads zeros), batches submitted three ahead must match one-at-a-time results,
+    and uploads on the side stream must land before the model reads them. (On the CPU: the same checks, in order.)"""
     def slow(fn):
         def forward(x):  # the stand-ins compute on the host; the output is written after ~10 ms of GPU time
             result = fn(x.cpu()).to(x.device)
             out = torch.zeros_like(result)
-            torch.cuda._sleep(20_000_000)
+            if x.is_cuda:
+                torch.cuda._sleep(20_000_000)
             return out.copy_(result)
         return forward
 
     rng = np.random.default_rng(0)
-    images = [_image_with_dots(400 + 10 * k, 300, [(30.0 + 40 * k, 200.0)]) for k in range(6)]
-    for im in images:
+    rects, dots, boxes = [], [], []
+    for k in range(6):
+        im = np.full((400 + 10 * k, 300, 3), 10, np.uint8)
         im[..., 1] = rng.integers(0, 40, im.shape[:2])
-    seg = SegPredictor(Stand_in("seg", 2, slow(_red_logits)).cuda(), input_size=INPUT, batch_size=2)
-    pose = PosePredictor(Stand_in("pose", 17, slow(_dot_heatmaps)).cuda(), input_size=INPUT, batch_size=1)
-    for predictor in (seg, pose):
-        alone = [predictor.predict_batch(images[k : k + 2]) for k in range(0, 6, 2)]
-        submitted = [predictor.submit(images[k : k + 2]) for k in range(0, 6, 2)]
+        rect = im.copy()
+        rect[40 + 30 * k : 220 + 20 * k, 30 + 10 * k : 200, 0] = 250
+        rects.append(rect)
+        dot = (60.0 + 20 * k, 100.0 + 15 * k)
+        dots.append(dot)
+        boxes.append(np.array([[dot[0] - 40, dot[1] - 55, dot[0] + 35, dot[1] + 50]], np.float32))
+    with_dots = [_image_with_dots(im.shape[0], im.shape[1], [d]) for im, d in zip(rects, dots)]
+    seg = SegPredictor(Stand_in("seg", 2, slow(_red_logits)).to(device), input_size=INPUT, batch_size=2)
+    pose = PosePredictor(Stand_in("pose", 17, slow(_dot_heatmaps)).to(device), input_size=INPUT, batch_size=1)
+    runs = {"seg": (seg, rects, [{}] * 3),
+            "pose": (pose, with_dots, [{"boxes": boxes[k : k + 2]} for k in range(0, 6, 2)])}
+    for task, (predictor, images, kwargs) in runs.items():
+        batches = [images[k : k + 2] for k in range(0, 6, 2)]
+        alone = [predictor.predict_batch(b, **kw) for b, kw in zip(batches, kwargs)]
+        submitted = [predictor.submit(b, **kw) for b, kw in zip(batches, kwargs)]
         ahead = [p.result() for p in submitted]
-        for a, b in zip(alone, ahead):
-            for x, y in zip(a, b):
-                if isinstance(x, SegResult):
-                    assert x.labels.any() and (x.labels == y.labels).all()
-                else:
-                    assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and x.scores.max() > 0.5
+        for k, (x, y) in enumerate(zip(sum(alone, []), sum(ahead, []))):
+            if task == "seg":
+                assert (x.labels == (rects[k][..., 0] > 128)).mean() > 0.97, k  # the rectangle, not zeros
+                assert (x.labels == y.labels).all(), k
+            else:
+                assert np.abs(x.keypoints[0] - np.array(dots[k])).max() < 0.6, k  # the dot, not zeros
+                assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.scores, y.scores), k
