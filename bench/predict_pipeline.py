@@ -9,7 +9,7 @@ Prints images/s of each, their ratio to the model's, whether the two loops wrote
 where the main thread's time went (waiting for the readers, submitting, reading results back, waiting for the
 writers; one at a time: ``submit`` includes its ``result()``), and one batch's ``submit`` and ``result()`` timed alone.
 ``--trace T``: one more pipelined pass profiled into T, for ``trace_summary.py`` (GPU idle gaps, kernels by time).
-Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W]
+Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W] [--writers N]
        [--out JSON] [--trace T]
 """
 import argparse
@@ -136,6 +136,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--no-vis", action="store_true")
     p.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the checkpoint's")
+    p.add_argument("--writers", type=int, default=batch.WRITER_THREADS)
     p.add_argument("--out", type=Path)
     p.add_argument("--trace", type=Path)
     args = p.parse_args()
@@ -153,7 +154,8 @@ def main() -> None:
         sync()
         clock.install()
         t0 = time.perf_counter()
-        report = run_batch(runner, paths, out, batch_size=args.batch, vis=not args.no_vis, progress=False)
+        report = run_batch(runner, paths, out, batch_size=args.batch, vis=not args.no_vis, progress=False,
+                           writers=args.writers)
         seconds = time.perf_counter() - t0
         clock.uninstall()
         rates[name] = len(report.done) / seconds
@@ -164,7 +166,8 @@ def main() -> None:
     print(f"{args.task}: one batch of {args.batch} on a quiet GPU, median ms: {alone}; the model alone "
           f"{1e3 * args.batch / rates['model only']:.2f}")
     for name, rate in rates.items():
-        print(f"{args.task} {'no pictures' if args.no_vis else 'pictures':<11} {name:<20} {rate:7.1f} img/s  "
+        what = f"{args.task} {'no pictures' if args.no_vis else 'pictures':<11} {args.writers:2d} writers"
+        print(f"{what} {name:<20} {rate:7.1f} img/s  "
               f"{rate / rates['model only']:.3f} of model-only  {stages.get(name, '')}", flush=True)
     ref = outs["pipelined"]
     files = sorted(f.name for f in ref.iterdir() if f.suffix != ".jpg")
@@ -176,7 +179,8 @@ def main() -> None:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         args.out.write_text(json.dumps({"task": args.task, "batch": args.batch, "pictures": not args.no_vis,
                                         "images": len(paths), "images_per_s": rates, "main_thread_s": stages,
-                                        "isolated_ms": alone, "identical": same, "gpu": gpu}, indent=1))
+                                        "isolated_ms": alone, "identical": same, "gpu": gpu,
+                                        "writers": args.writers}, indent=1))
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
 

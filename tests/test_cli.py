@@ -109,7 +109,7 @@ def test_a_job_whose_writing_falls_behind_waits_instead_of_queueing_every_image(
     monkeypatch.setattr(batch, "write_result", lambda *args, **kwargs: stalled.wait(60) and [])
     reports = []
     job = threading.Thread(target=lambda: reports.append(
-        batch.run_batch(Seg(), paths, tmp_path / "out", batch_size=2, workers=0, progress=False)))
+        batch.run_batch(Seg(), paths, tmp_path / "out", batch_size=2, workers=0, progress=False, writers=3)))
     job.start()
     seen = -1
     while seen != len(predicted):  # until predicting stops (it stops only when it waits for the writers)
@@ -117,7 +117,7 @@ def test_a_job_whose_writing_falls_behind_waits_instead_of_queueing_every_image(
         time.sleep(0.5)
     try:
         # the pending bound + the batch handed to the writers since + the batch submitted before that hand-over
-        bound = 2 * 2 + batch.WRITER_THREADS + 2 + 2
+        bound = 2 * 2 + 3 + 2 + 2
         assert len(predicted) <= bound, len(predicted)
     finally:
         stalled.set()

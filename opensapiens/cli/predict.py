@@ -21,6 +21,16 @@ def parse_size(text: str) -> tuple[int, int]:
     return h, w
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run pose / seg / depth / normal / features on images",
                        description="Run a Sapiens model over images and write the documented outputs per input.")
@@ -36,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
     p.add_argument("--workers", type=int, default=4, help="image-reading threads (0: read in the main thread)")
+    p.add_argument("--writers", type=positive_int, default=None,
+                   help="output-writing threads (default: one per core; pictures cost 20-90 ms each on one core)")
     p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
                    help="stretch (official) or aspect-preserving pad")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
@@ -78,7 +90,7 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.batch import run_batch, run_video
+    from ..inference.batch import WRITER_THREADS, run_batch, run_video
     from ..io.images import list_inputs, read_image
 
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
@@ -115,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     images = [p for p in paths if not is_video(p)]
     t0 = time.perf_counter()
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
-                       vis=not args.no_vis, raw=args.raw, resume=args.resume, predict_kwargs=per_batch)
+                       writers=args.writers or WRITER_THREADS, vis=not args.no_vis, raw=args.raw,
+                       resume=args.resume, predict_kwargs=per_batch)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:
