@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -41,6 +41,9 @@ folder512_and_checkpoints() {  # 512 1080p JPEGs in /tmp/f512; random pose and s
 save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
   random_seg_checkpoint
 }
+# a mode this script does not have stops here (call 71 ran the old catch-all branch for a mode never added)
+grep -q "^elif \[ \"\$1\" = ${1:-none} \]\|^if \[ \"\$1\" = ${1:-none} \]" "$0" \
+  || { echo "gpu_measure.sh: unknown mode '${1:-}' (see the usage line at the top)"; exit 2; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu_$1.txt"
 python -c "import torch; print(torch.__version__, torch.version.cuda, torch.backends.cudnn.version())" \
   | tee -a "$OUT/gpu_$1.txt"
@@ -347,6 +350,17 @@ elif [ "$1" = predict-final ]; then
     /usr/bin/time -f "  process: %e s" timeout 120 $P --task $t --checkpoint /tmp/${t}_0.3b.safetensors /tmp/f2048 \
       --out /tmp/out3_$t$v --batch-size $B $v 2>&1 | grep -v Warn | tr '\r' '\n' | tail -2 | sed "s/^/$t $v: /"
   done; done
+elif [ "$1" = predict-writers ]; then
+  # call 70: writing seg pictures scales with threads on this host (67 img/s with 8, 104 with 16); run_batch now
+  # defaults to one writer per core (was 8). predict over a folder side by side (bench/predict_pipeline.py) with
+  # 8 and 16 writers: seg-0.3b and pose-0.3b with pictures
+  folder512_and_checkpoints
+  for w in 8 16; do
+    timeout 110 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 --writers $w \
+      --out "$OUT/predict_pipeline_seg_w$w.json" 2>&1 | grep -v Warn | tail -7
+  done
+  timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --writers 16 \
+    --out "$OUT/predict_pipeline_pose_w16.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
@@ -606,7 +620,7 @@ elif [ "$1" = train ]; then
   # MAE-0.3B at 1024^2: the optimized step fed by the streaming loader against the resident batch
   timeout 220 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
     --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6
-else
+elif [ "$1" = infer ]; then
   # results land in one tar (a device call returns at most 8 files), re-packed after every step
   RES=/tmp/infer_results; mkdir -p $RES; cp "$OUT/gpu_$1.txt" $RES/
   pack() { tar cf "$OUT/infer_results.tar" -C $RES .; }
