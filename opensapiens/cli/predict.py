@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "within ~0.14 px of bf16 (docs/performance.md)")
     p.add_argument("--workers", type=int, default=4, help="image-reading threads (0: read in the main thread)")
     p.add_argument("--writers", type=positive_int, default=None,
-                   help="output-writing threads (default: one per core; pictures cost 20-90 ms each on one core)")
+                   help="output-writing threads (default: one per core, at most 16; a picture takes 20-90 ms)")
     p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
                    help="stretch (official) or aspect-preserving pad")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")

@@ -42,8 +42,9 @@ OUTPUTS = {
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
 # run_batch's default writers: the encoders (OpenCV) and lookups release the GIL, and writing scales with threads up to
-# the cores (seg pictures on a 16-core H200 host: 11.5 img/s with 1, 67 with 8, 104 with 16; bench/writer_scaling.py)
-WRITER_THREADS = os.cpu_count() or 2
+# the cores (seg pictures on a 16-core H200 host: 11.5 img/s with 1, 67 with 8, 104 with 16; bench/writer_scaling.py).
+# At most 16: each pending write holds an image and its result (run_batch's bound grows with the writers).
+WRITER_THREADS = min(16, os.cpu_count() or 2)
 
 
 def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> list[Path]:
