@@ -268,22 +268,21 @@ class _MaskedDense(Predictor):
         raw, metas = self._dense(images)
 
         def finish() -> list:
-            foreground = masks.result() if isinstance(masks, Pending) else masks
+            foreground = [r.foreground for r in masks.result()] if isinstance(masks, Pending) else masks
             return [self._result(self._restored(raw, metas, i), None if foreground is None else foreground[i],
                                  raw[i].cpu().numpy() if return_raw else None) for i in range(len(metas))]
 
         return Pending(self.device, finish)
 
     def _masks(self, images: list[np.ndarray], masks) -> list[np.ndarray | None] | Pending | None:
-        """The given masks checked, the seg predictor's submitted (its results are masks), or None."""
+        """The given masks checked, the seg predictor's batch submitted (its results' foregrounds), or None."""
         if masks is not None:
             masks = [masks] if isinstance(masks, np.ndarray) and len(images) == 1 and masks.ndim == 2 else masks
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             return [None if m is None else np.asarray(m).astype(bool) for m in masks]
         if self.seg is not None:
-            seg = self.seg.submit(images)
-            return Pending(self.device, lambda: [r.foreground for r in seg.result()])
+            return self.seg.submit(images)
         return None
 
     def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None):

@@ -83,7 +83,9 @@ class Pending:
             else:
                 with torch.cuda.stream(self._stream):
                     self._stream.wait_event(self._ready)
-                    self._results = self._finish()
-                self._stream.synchronize()  # before the tensors made on other streams are let go
+                    try:
+                        self._results = self._finish()
+                    finally:  # before the tensors made on other streams are let go, even after an error
+                        self._stream.synchronize()
             self._finish = None
         return self._results
