@@ -204,6 +204,7 @@ def _image_path(data: Path, file_name: str) -> Path:
 
 def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: int | None, batch_images: int,
                          progress: bool) -> dict:
+    from ..inference.streams import submit_ahead
     from ..io import read_image
 
     gt = read_coco_json(data / "annotations.json", "ground truth")
@@ -217,18 +218,24 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
             by_image.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
     images = [im for im in gt["images"] if im["id"] in by_image][:limit]
     results, skipped, eval_name = [], [], keypoints
-    for chunk in _progress(list(_chunks(images, batch_images)), -(-len(images) // batch_images), progress,
-                           "eval pose"):
-        loaded = []
-        for im in chunk:
-            try:
-                loaded.append((im, read_image(_image_path(data, im["file_name"]))))
-            except (OSError, ValueError) as e:
-                skipped.append({"name": im["file_name"], "image_id": im["id"], "reason": str(e)})
-        if not loaded:
-            continue
-        boxes = [np.asarray(by_image[im["id"]], np.float32) for im, _ in loaded]
-        for (im, _), res in zip(loaded, predictor.predict_batch([x for _, x in loaded], boxes=boxes)):
+
+    def batches():  # (image records, images, boxes) per chunk read; read while the previous chunk runs
+        for chunk in _progress(list(_chunks(images, batch_images)), -(-len(images) // batch_images), progress,
+                               "eval pose"):
+            loaded = []
+            for im in chunk:
+                try:
+                    loaded.append((im, read_image(_image_path(data, im["file_name"]))))
+                except (OSError, ValueError) as e:
+                    skipped.append({"name": im["file_name"], "image_id": im["id"], "reason": str(e)})
+            if loaded:
+                boxes = [np.asarray(by_image[im["id"]], np.float32) for im, _ in loaded]
+                yield [im for im, _ in loaded], [x for _, x in loaded], {"boxes": boxes}
+
+    for records, predictions, error in submit_ahead(predictor, batches()):
+        if error is not None:
+            raise error
+        for im, res in zip(records, predictions):
             model_name = keypoint_set(res.keypoint_set).name
             if eval_name is None:  # score in the smaller of the two layouts (conversions go 308 -> 133 -> 17)
                 eval_name = min((gt_name, model_name), key=lambda n: keypoint_set(n).num_keypoints)
@@ -267,12 +274,14 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     """Run ``predictor`` (see ``opensapiens.inference.predictors``) over a dataset folder and score it.
 
     The predictor needs ``predict_batch(images, ...)`` returning ``PoseResult`` / ``SegResult`` / ``DepthResult`` /
-    ``NormalResult``. Pose is top-down with the GT boxes of ``annotations.json``; depth and normals are predicted
-    without a mask and scored on the GT foreground (``masks/``, else the GT's nonzero pixels).
+    ``NormalResult``, or ``submit`` as ours have (each chunk is then read while the one before runs). Pose is
+    top-down with the GT boxes of ``annotations.json``; depth and normals are predicted without a mask and scored on
+    the GT foreground (``masks/``, else the GT's nonzero pixels).
     """
     data = check_dataset(task, data)
     if task == "pose":
         return _evaluate_pose_model(predictor, data, keypoints, limit, batch_images, progress)
+    from ..inference.streams import submit_ahead
     from ..io import read_image
 
     gt_dir, ext = GT_DIRS[task]
@@ -281,24 +290,30 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     acc = _dense_accumulator(task, classes, align, ignore_index)
     names = sorted(p.stem for p in (data / "images").glob("*.png"))[:limit]
     skipped: list[dict] = []
-    for chunk in _progress(list(_chunks(names, batch_images)), -(-len(names) // batch_images), progress,
-                           f"eval {task}"):
-        loaded = []
-        for name in chunk:
-            g = data / gt_dir / f"{name}{ext}"
-            if not g.is_file():
-                skipped.append({"name": name, "reason": f"no ground truth {g}"})
-                continue
-            try:
-                m = _mask_file(data / "masks", name) if task != "seg" else None
-                gt_map = read_label_png(g) if task == "seg" else read_npy(g)
-                loaded.append((name, read_image(data / "images" / f"{name}.png"), gt_map,
-                               None if m is None else read_mask(m)))
-            except (OSError, ValueError) as e:
-                skipped.append({"name": name, "reason": str(e)})
-        if not loaded:
-            continue
-        for (name, _, gt_map, mask), res in zip(loaded, predictor.predict_batch([x[1] for x in loaded])):
+
+    def batches():  # ((name, gt, mask) records, images, {}) per chunk read; read while the previous chunk runs
+        for chunk in _progress(list(_chunks(names, batch_images)), -(-len(names) // batch_images), progress,
+                               f"eval {task}"):
+            loaded = []
+            for name in chunk:
+                g = data / gt_dir / f"{name}{ext}"
+                if not g.is_file():
+                    skipped.append({"name": name, "reason": f"no ground truth {g}"})
+                    continue
+                try:
+                    m = _mask_file(data / "masks", name) if task != "seg" else None
+                    gt_map = read_label_png(g) if task == "seg" else read_npy(g)
+                    loaded.append((name, read_image(data / "images" / f"{name}.png"), gt_map,
+                                   None if m is None else read_mask(m)))
+                except (OSError, ValueError) as e:
+                    skipped.append({"name": name, "reason": str(e)})
+            if loaded:
+                yield [(name, gt_map, mask) for name, _, gt_map, mask in loaded], [x[1] for x in loaded], {}
+
+    for records, predictions, error in submit_ahead(predictor, batches()):
+        if error is not None:
+            raise error
+        for (name, gt_map, mask), res in zip(records, predictions):
             try:
                 if task == "seg":
                     acc.update(res.labels, gt_map)

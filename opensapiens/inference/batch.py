@@ -30,7 +30,7 @@ from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_np
 from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import DepthResult, FeatureResult, NormalResult, PoseResult, Predictor, SegResult
-from .streams import Pending
+from .streams import submit_ahead
 
 OUTPUTS = {
     "pose": (".json", "_pose.jpg"),
@@ -173,50 +173,36 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
             todo.append((p, s))
     todo_paths = [p for p, _ in todo]
     flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}.get(task)
-    writes: list[tuple[Path, Future]] = []
-    bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
     if writers < 1:
         raise ValueError(f"writers must be at least 1, got {writers}")
-    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
+    bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
-        def failed(good: list[tuple[int, np.ndarray]], e: Exception) -> None:  # report the batch, keep going
-            for i, _ in good:
-                report.failed.append((todo_paths[i], f"{todo_paths[i]}: inference failed: {e}"))
-
-        def finish(submitted: tuple[list[tuple[int, np.ndarray]], Pending]) -> None:
-            """Batch i's results read back (batch i + 1 is queued on the GPU by now) and handed to the writers."""
-            good, pending = submitted
-            try:
-                results = pending.result()
-            except Exception as e:  # noqa: BLE001
-                return failed(good, e)
-            for (i, im), res in zip(good, results):
-                future = writer.submit(write_result, task, out_dir, todo[i][1], im, res, vis, raw)
-                writes.append((todo_paths[i], future))
-
-        submitted = None
+    def batches() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
+        """((input indices, images), images, predict keyword arguments) per batch read; unreadable files reported."""
         for items in _load(todo_paths, batch_size, workers):
-            good = [(i, im) for i, im, err in items if err is None]
             for i, _, err in items:
                 if err is not None:
                     report.failed.append((todo_paths[i], err))
                     bar.write(f"skipped: {err}")
-            previous, submitted = submitted, None
+            bar.update(len(items))
+            good = [(i, im) for i, im, err in items if err is None]
             if good:
-                images = [im for _, im in good]
-                kwargs = predict_kwargs([todo_paths[i] for i, _ in good], images) if predict_kwargs else {}
+                ids, images = [i for i, _ in good], [im for _, im in good]
+                kwargs = predict_kwargs([todo_paths[i] for i in ids], images) if predict_kwargs else {}
                 if raw and flag:
                     kwargs[flag] = True
-                try:
-                    submitted = good, predictor.submit(images, **kwargs)
-                except Exception as e:  # noqa: BLE001
-                    failed(good, e)
-            if previous is not None:
-                finish(previous)
-            bar.update(len(items))
+                yield (ids, images), images, kwargs
+
+    writes: list[tuple[Path, Future]] = []
+    with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
+        for (ids, images), results, error in submit_ahead(predictor, batches()):
+            if error is not None:  # report the batch, keep going
+                report.failed += [(todo_paths[i], f"{todo_paths[i]}: inference failed: {error}") for i in ids]
+            else:
+                for i, image, res in zip(ids, images, results):
+                    future = writer.submit(write_result, task, out_dir, todo[i][1], image, res, vis, raw)
+                    writes.append((todo_paths[i], future))
             _collect(writes, report, keep=2 * batch_size + writers)
-        if submitted is not None:
-            finish(submitted)
         _collect(writes, report)
     bar.close()
     return report
@@ -253,34 +239,29 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     writer = VideoWriter(out_dir / f"{path.stem}_{predictor.task}.mp4", fps=info.fps / step) if vis else None
     done = 0
-    chunk: list[tuple[int, np.ndarray]] = []
-    submitted = None  # the chunk before, its model queued
 
-    def finish(frames: list[tuple[int, np.ndarray]], pending: Pending) -> None:
-        nonlocal done
-        for (index, image), res in zip(frames, pending.result()):
-            write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, res, vis=False, raw=raw)
-            if writer is not None and predictor.task != "features":
-                writer.write(side_by_side([image, visualize_result(image, res)]))
-        done += len(frames)
-        bar.update(len(frames))
-
-    def flush() -> None:
-        nonlocal submitted
-        previous, submitted = submitted, (list(chunk), predictor.submit([im for _, im in chunk]))
-        chunk.clear()
-        if previous is not None:
-            finish(*previous)
+    def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
+        """((frame indices, frames), frames, {}) per chunk of ``batch_size`` frames."""
+        indices, frames = [], []
+        for index, frame in iter_video_frames(path, step=step):
+            indices.append(index)
+            frames.append(frame)
+            if len(frames) == batch_size:
+                yield (indices, frames), frames, {}
+                indices, frames = [], []
+        if frames:
+            yield (indices, frames), frames, {}
 
     try:
-        for index, frame in iter_video_frames(path, step=step):
-            chunk.append((index, frame))
-            if len(chunk) == batch_size:
-                flush()
-        if chunk:
-            flush()
-        if submitted is not None:
-            finish(*submitted)
+        for (indices, frames), results, error in submit_ahead(predictor, chunks()):
+            if error is not None:
+                raise error
+            for index, image, res in zip(indices, frames, results):
+                write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, res, vis=False, raw=raw)
+                if writer is not None and predictor.task != "features":
+                    writer.write(side_by_side([image, visualize_result(image, res)]))
+            done += len(frames)
+            bar.update(len(frames))
     finally:
         if writer is not None:
             writer.close()

@@ -9,7 +9,8 @@ converts, reads back and writes batch i (``run_batch``). On the CPU the same cal
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -89,3 +90,37 @@ class Pending:
                         self._stream.synchronize()
             self._finish = None
         return self._results
+
+
+def submit_ahead(predictor, batches: Iterable[tuple[Any, list[np.ndarray], dict]]
+                 ) -> Iterator[tuple[Any, list | None, Exception | None]]:
+    """``(context, images, kwargs)`` batches -> ``(context, results, error)``, each batch submitted before the one
+    before it is read back, so the device has the next batch while the caller handles this one's results (and the
+    generator reads the next batch). An exception from submitting or finishing a batch comes back as its ``error``
+    (results None): one bad batch must not end a job. A predictor with only ``predict_batch`` runs in order."""
+
+    def submit(images: list[np.ndarray], kwargs: dict) -> Pending:
+        if hasattr(predictor, "submit"):
+            return predictor.submit(images, **kwargs)
+        results = predictor.predict_batch(images, **kwargs)
+        return Pending(None, lambda: results)
+
+    def finish(context: Any, pending: Pending | None, error: Exception | None):
+        if error is None:
+            try:
+                return context, pending.result(), None
+            except Exception as e:  # noqa: BLE001 - handed to the caller
+                error = e
+        return context, None, error
+
+    previous = None
+    for context, images, kwargs in batches:
+        try:
+            current = context, submit(images, kwargs), None
+        except Exception as e:  # noqa: BLE001
+            current = context, None, e
+        if previous is not None:
+            yield finish(*previous)
+        previous = current
+    if previous is not None:
+        yield finish(*previous)
