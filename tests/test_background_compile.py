@@ -119,6 +119,7 @@ def test_warmup_returns_once_the_batch_runs_compiled():
 
 IDLE_WORKER = """
 import gc
+import threading
 import weakref
 
 import torch
@@ -130,11 +131,13 @@ head = Head()
 background = head.forward = BackgroundCompile(head.forward, backend=CountingBackend())
 with torch.inference_mode():
     head(torch.randn(2, 4, 8, 6))
+# the compile takes longer than this line: the worker is alive here. Join the thread itself, not the _worker field: it
+# clears the field just before its frame (holding the module) ends, so a loaded machine could see None too early
+workers = [t for t in threading.enumerate() if t.name == "opensapiens-compile"]
+assert len(workers) == 1, workers
 assert background.wait(timeout=120)
-worker = background._worker
-if worker is not None:
-    worker.join(timeout=120)
-assert background._worker is None, "a thread waits on an empty queue holding the module"
+workers[0].join(timeout=120)
+assert not workers[0].is_alive() and background._worker is None, "a thread waits on an empty queue holding the module"
 alive = weakref.ref(head)
 del head, background
 torch._dynamo.reset()
