@@ -3,7 +3,8 @@
 A predictor's ``submit`` queues a batch's upload and model on the device and returns a ``Pending`` at once; its
 ``result()`` post-processes on a side stream that waits only for that batch's model, then reads the results back.
 A job that submits batch i + 1 before asking for batch i's results keeps the model's stream fed while the host
-converts, reads back and writes batch i (``run_batch``). On the CPU the same calls run in order.
+converts, reads back and writes batch i: ``submit_ahead``, under ``run_batch``, ``run_video`` and the evaluation
+runner. On the CPU the same calls run in order.
 """
 
 from __future__ import annotations
