@@ -139,6 +139,19 @@ def test_seg_overlay_equals_the_float64_blend_of_every_pixel(alpha, background):
         assert np.array_equal(seg_overlay(img, lab, palette, alpha=alpha, background=background), expected)
 
 
+@pytest.mark.parametrize("alpha", [0.5, 0.3])
+def test_seg_overlay_blends_every_pair_of_values_as_the_float64_formula(alpha):
+    """All 65536 (image value, colour value) pairs: pixel (v, c) has value v in every channel and a class coloured
+    (c, c, c); alpha 0.5 takes an integer shortcut, the others the table."""
+    v = np.arange(256)
+    img = np.repeat(np.repeat(v[:, None, None], 256, axis=1), 3, axis=2).astype(np.uint8)
+    labels = np.repeat(v[None, :], 256, axis=0).astype(np.uint8)
+    palette = [(c, c, c) for c in range(256)]
+    expected = np.floor(v[:, None] * (1.0 - alpha) + v[None, :] * alpha + 0.5).astype(np.uint8)
+    out = seg_overlay(img, labels, palette, alpha=alpha, background=None)
+    assert np.array_equal(out, np.repeat(expected[..., None], 3, axis=2))
+
+
 # ----------------------------------------------------------------------------------------------------------- depth
 
 def _inferno(v: int) -> list[int]:
