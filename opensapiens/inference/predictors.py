@@ -300,11 +300,16 @@ class NormalPredictor(_MaskedDense):
     task = "normal"
 
     def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None) -> NormalResult:
-        n = output / output.norm(dim=0, keepdim=True).clamp_min(1e-5)  # per-pixel L2 normalization, eps as official
-        normals = n.permute(1, 2, 0).cpu().numpy()
-        if mask is not None:
-            normals[~mask] = 0.0
-        return NormalResult(normals, mask, raw)
+        return NormalResult(_unit_normals(output, mask), mask, raw)
+
+
+def _unit_normals(output: torch.Tensor, mask: np.ndarray | None) -> np.ndarray:
+    """(3, H, W) raw normals -> (H, W, 3) unit vectors (per-pixel L2 normalization, eps as official), 0 off ``mask``."""
+    n = output / output.norm(dim=0, keepdim=True).clamp_min(1e-5)
+    normals = n.permute(1, 2, 0).cpu().numpy()
+    if mask is not None:
+        normals[~mask] = 0.0
+    return normals
 
 
 class FeaturePredictor(Predictor):
@@ -426,29 +431,35 @@ class MultiTaskPredictor:
     def __call__(self, image: np.ndarray, boxes=None) -> dict:
         return self.predict_batch([image], boxes=None if boxes is None else [boxes])[0]
 
-    @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray], boxes=None) -> list[dict]:
         """Per image {"pose": PoseResult, "seg": SegResult, "depth": DepthResult, "normal": NormalResult}."""
-        batch, metas = self.preprocess(images, device=self.device)
+        return self.submit(images, boxes=boxes).result()
+
+    @torch.inference_mode()
+    def submit(self, images: list[np.ndarray], boxes=None) -> Pending:
+        """As ``Predictor.submit``: the backbone with the dense heads, then the pose crops, queued; results later."""
+        batch, metas = self.preprocess(upload_images(images, self.device), device=self.device)
         dtype = next(self.model.parameters()).dtype
         tasks = tuple(t for t in self.DENSE if t in self.model.tasks)
         outs = self.model(batch.to(dtype), tasks=tasks)
-        restored = {t: self.preprocess.restore(outs[t].float(), metas) for t in tasks}
-        poses = self.pose.predict_batch(images, boxes=boxes) if self.pose is not None else [None] * len(images)
-        results = []
-        for i in range(len(images)):
-            labels = restored["seg"][i].argmax(0).to(torch.uint8).cpu().numpy()
-            fg = labels > 0
-            n = restored["normal"][i]
-            normals = (n / n.norm(dim=0, keepdim=True).clamp_min(1e-5)).permute(1, 2, 0).cpu().numpy()
-            normals[~fg] = 0.0
-            results.append({
-                "pose": poses[i],
-                "seg": SegResult(labels, self.seg.class_names),
-                "depth": DepthResult(restored["depth"][i][0].cpu().numpy(), fg),
-                "normal": NormalResult(normals, fg),
-            })
-        return results
+        poses = self.pose.submit(images, boxes=boxes) if self.pose is not None else None
+
+        def finish() -> list[dict]:
+            pose_results = poses.result() if poses is not None else [None] * len(metas)
+            results = []
+            for i, meta in enumerate(metas):  # one image at a time at full resolution
+                restored = {t: self.preprocess.restore(outs[t][i : i + 1].float(), [meta])[0] for t in tasks}
+                labels = restored["seg"].argmax(0).to(torch.uint8).cpu().numpy()
+                fg = labels > 0
+                results.append({
+                    "pose": pose_results[i],
+                    "seg": SegResult(labels, self.seg.class_names),
+                    "depth": DepthResult(restored["depth"][0].cpu().numpy(), fg),
+                    "normal": NormalResult(_unit_normals(restored["normal"], fg), fg),
+                })
+            return results
+
+        return Pending(self.device, finish)
 
 
 PREDICTORS: dict[str, type[Predictor]] = {
