@@ -353,7 +353,7 @@ elif [ "$1" = predict-final ]; then
 elif [ "$1" = predict-writers ]; then
   # call 70: writing seg pictures scales with threads on this host (67 img/s with 8, 104 with 16); run_batch now
   # defaults to one writer per core (was 8). predict over a folder side by side (bench/predict_pipeline.py) with
-  # 8 and 16 writers: seg-0.3b and pose-0.3b with pictures
+  # 8 and 16 writers: seg-0.3b and pose-0.3b with pictures; then seg-1b without pictures
   folder512_and_checkpoints
   for w in 8 16; do
     timeout 110 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 --writers $w \
@@ -361,6 +361,11 @@ elif [ "$1" = predict-writers ]; then
   done
   timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --writers 16 \
     --out "$OUT/predict_pipeline_pose_w16.json" 2>&1 | grep -v Warn | tail -7
+  # seg-1B (issue #7's end-to-end model) through predict, without pictures, beside the model alone
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('seg', '1b', out_channels=28), '/tmp/seg_1b.safetensors')"
+  timeout 150 python bench/predict_pipeline.py seg /tmp/seg_1b.safetensors /tmp/f512 --batch 8 --no-vis \
+    --out "$OUT/predict_pipeline_seg_1b_novis.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
