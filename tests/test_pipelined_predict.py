@@ -134,3 +134,44 @@ def test_results_of_batches_submitted_ahead_match_one_at_a_time(device):
             else:
                 assert np.abs(x.keypoints[0] - np.array(dots[k])).max() < 0.6, k  # the dot, not zeros
                 assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.scores, y.scores), k
+
+
+def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, monkeypatch):
+    """``run_video`` writes frames' outputs and draws their pictures on writer threads; the early frames finish last
+    here, and the video must still get its pictures in frame order, every frame once."""
+    import time
+    from types import SimpleNamespace
+
+    import opensapiens.io as io
+
+    frames = [np.full((8, 6, 3), k, np.uint8) for k in range(12)]
+    monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=10.0))
+    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
+    encoded = []
+
+    class Writer:
+        def __init__(self, path, fps):
+            pass
+
+        def write(self, picture):
+            encoded.append(int(picture[0, 0, 0]))  # the left panel is the frame itself
+
+        def close(self):
+            pass
+
+    def slow_for_early_frames(task, folder, stem, image, result, **kwargs):
+        time.sleep(0.01 * (len(frames) - int(image[0, 0, 0])))
+        return []
+
+    monkeypatch.setattr(io, "VideoWriter", Writer)
+    monkeypatch.setattr(batch, "write_result", slow_for_early_frames)
+
+    class Seg:
+        task = "seg"
+
+        def submit(self, images):
+            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
+            return Pending(None, lambda: results)
+
+    done = batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
+    assert done == len(frames) and encoded == list(range(len(frames)))

@@ -223,10 +223,12 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
-              raw: bool = False, step: int = 1, progress: bool = True) -> int:
+              raw: bool = False, step: int = 1, progress: bool = True, writers: int = WRITER_THREADS) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
     ``frame_000000...`` like images) and, with ``vis``, ``out_dir/STEM_<task>.mp4`` side by side with the input.
-    Returns the number of frames done. Frames whose outputs exist are recomputed only if the video picture is wanted.
+    Returns the number of frames done.
+
+    ``writers`` threads write each frame's outputs and draw its picture; the pictures are encoded in frame order.
     """
     from tqdm import tqdm
 
@@ -252,16 +254,32 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         if frames:
             yield (indices, frames), frames, {}
 
+    def frame_outputs(index: int, image: np.ndarray, result) -> np.ndarray | None:
+        """Writer thread: the frame's files, and its picture for the video (None without one)."""
+        write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw)
+        if writer is None or predictor.task == "features":
+            return None
+        return side_by_side([image, visualize_result(image, result)])
+
+    def encode(queued: collections.deque, keep: int) -> None:
+        """Encode finished pictures in frame order; wait for the oldest while more than ``keep`` are queued."""
+        nonlocal done
+        while queued and (len(queued) > keep or queued[0].done()):
+            picture = queued.popleft().result()
+            if picture is not None:
+                writer.write(picture)
+            done += 1
+            bar.update(1)
+
+    queued: collections.deque[Future] = collections.deque()
     try:
-        for (indices, frames), results, error in submit_ahead(predictor, chunks()):
-            if error is not None:
-                raise error
-            for index, image, res in zip(indices, frames, results):
-                write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, res, vis=False, raw=raw)
-                if writer is not None and predictor.task != "features":
-                    writer.write(side_by_side([image, visualize_result(image, res)]))
-            done += len(frames)
-            bar.update(len(frames))
+        with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as pool:
+            for (indices, frames), results, error in submit_ahead(predictor, chunks()):
+                if error is not None:
+                    raise error
+                queued.extend(pool.submit(frame_outputs, *item) for item in zip(indices, frames, results))
+                encode(queued, keep=2 * batch_size + writers)
+            encode(queued, keep=0)
     finally:
         if writer is not None:
             writer.close()
