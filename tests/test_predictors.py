@@ -120,6 +120,35 @@ def test_pose_whole_image_when_no_boxes_and_empty_when_no_people():
     assert empty.keypoints.shape == (0, 17, 2)
 
 
+def test_pose_boxes_from_a_detector_batched_or_per_image():
+    """A detector with ``detect_batch`` (ours) gets the whole batch in one call; a plain callable one image at a
+    time; either way each person is cropped from its box and lands at its dot."""
+    dots = [[(60.3, 70.7), (200.5, 40.2)], [(33.0, 150.4)]]
+    images = [_image_with_dots(180, 260, dots[0]), _image_with_dots(220, 90, dots[1])]
+    boxes = [np.array([[30, 30, 95, 120], [170, 5, 235, 80]], np.float32), np.array([[5, 100, 70, 210]], np.float32)]
+    calls = []
+
+    class Detector:
+        def __call__(self, image):
+            calls.append("one")
+            k = next(i for i, im in enumerate(images) if im is image)
+            return boxes[k], np.ones(len(boxes[k]), np.float32)
+
+        def detect_batch(self, batch):
+            calls.append(f"batch of {len(batch)}")
+            return [(b, np.full(len(b), 0.9, np.float32)) for b in boxes]
+
+    for detector, expected_calls, score in ((Detector(), ["batch of 2"], 0.9), (Detector().__call__, ["one"] * 2, 1)):
+        calls.clear()
+        predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT, detector=detector)
+        results = predictor.predict_batch(images)
+        assert calls == expected_calls
+        for res, image_dots in zip(results, dots):
+            assert res.box_scores.tolist() == pytest.approx([score] * len(image_dots))
+            for person, (x, y) in enumerate(image_dots):
+                assert np.abs(res.keypoints[person] - np.array([x, y])).max() < 0.6
+
+
 def _red_logits(x):
     """Two-class logits at stride 2: class 1 where the red channel is bright."""
     red = _unnormalize(x)[:, :1]

@@ -348,8 +348,9 @@ class PosePredictor(Predictor):
                 out_b.append(b[:, :4])
                 out_s.append(b[:, 4] if b.shape[1] == 5 else np.ones(len(b), np.float32))
             return out_b, out_s
-        if self.detector is not None:
-            dets = [self.detector(im) for im in images]
+        if self.detector is not None:  # ours detects in batches; any callable image -> (boxes, scores) serves
+            detect_batch = getattr(self.detector, "detect_batch", None)
+            dets = detect_batch(images) if detect_batch is not None else [self.detector(im) for im in images]
             return [d[0] for d in dets], [d[1] for d in dets]
         whole = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in images]
         return whole, [np.ones(1, np.float32) for _ in images]
