@@ -125,15 +125,16 @@ def run(args: argparse.Namespace) -> int:
 
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
+    writers = args.writers or WRITER_THREADS
     t0 = time.perf_counter()
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
-                       writers=args.writers or WRITER_THREADS, vis=not args.no_vis, raw=args.raw,
+                       writers=writers, vis=not args.no_vis, raw=args.raw,
                        resume=args.resume, predict_kwargs=per_batch)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=args.writers or WRITER_THREADS)
+                          writers=writers)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

@@ -65,28 +65,25 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
                "people": result.to_coco(image_id if image_id is not None else stem)}
         written.append(save_json(p[".json"], doc))
         if vis:
-            written.append(save_jpg(p["_pose.jpg"], draw_pose(image, result.keypoints, result.scores,
-                                                              result.keypoint_set, boxes=result.boxes)))
+            written.append(save_jpg(p["_pose.jpg"], visualize_result(image, result)))
         if raw and result.heatmaps is not None:
             written.append(save_npy(p["_heatmaps.npy"], result.heatmaps.astype(np.float16)))
     elif isinstance(result, SegResult):
         written.append(save_png(p["_seg.png"], result.labels))
         if vis:
-            palette = seg_classes("goliath").palette if len(result.class_names) == 28 else None
-            written.append(save_jpg(p["_seg.jpg"], side_by_side([image, seg_overlay(image, result.labels, palette)])))
+            written.append(save_jpg(p["_seg.jpg"], side_by_side([image, visualize_result(image, result)])))
         if raw and result.logits is not None:
             written.append(save_npy(p["_seg_logits.npy"], result.logits))
     elif isinstance(result, DepthResult):
         written.append(save_npy(p["_depth.npy"], result.depth.astype(np.float32)))
         if vis:
-            written.append(save_jpg(p["_depth.jpg"], side_by_side([image, colorize_depth(result.depth, result.mask)])))
+            written.append(save_jpg(p["_depth.jpg"], side_by_side([image, visualize_result(image, result)])))
         if raw and result.raw is not None:
             written.append(save_npy(p["_depth_raw.npy"], result.raw))
     elif isinstance(result, NormalResult):
         written.append(save_npy(p["_normal.npy"], result.normals.astype(np.float32)))
         if vis:
-            written.append(save_jpg(p["_normal.jpg"],
-                                    side_by_side([image, colorize_normals(result.normals, result.mask)])))
+            written.append(save_jpg(p["_normal.jpg"], side_by_side([image, visualize_result(image, result)])))
         if raw and result.raw is not None:
             written.append(save_npy(p["_normal_raw.npy"], result.raw))
     elif isinstance(result, FeatureResult):
@@ -209,7 +206,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
 
 
 def visualize_result(image: np.ndarray, result) -> np.ndarray:
-    """The picture of one result, as written for images (used for video frames)."""
+    """The picture of one result: the pose drawn on the image, or the dense map's colours (which image and video
+    outputs show beside the input)."""
     if isinstance(result, PoseResult):
         return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes)
     if isinstance(result, SegResult):
