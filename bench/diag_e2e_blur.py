@@ -7,15 +7,14 @@ bf16 heatmaps of 256 x 192, 40 % of them), then end to end with the Triton pass 
 Usage: python bench/diag_e2e_blur.py FOLDER_OF_JPEGS
 """
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
-from opensapiens.benchmark import time_ms
+from opensapiens.benchmark import end_to_end, time_ms
 from opensapiens.codecs import heatmap
 from opensapiens.inference.optimize import optimize_for_inference
-from opensapiens.inference.pipeline import benchmark_end_to_end
+from opensapiens.inference.predictors import PosePredictor
 from opensapiens.models import build_model
 
 cuda = torch.device("cuda")
@@ -52,6 +51,5 @@ with torch.inference_mode():
 print(f"model only: {16 / ms * 1e3:.1f} img/s")
 for label, kernel in [*variants.items(), ("Triton pass, again", triton_kernel)]:
     heatmap._triton_kernel = kernel
-    with tempfile.TemporaryDirectory() as tmp:
-        r = benchmark_end_to_end(model, "pose", folder, 16, (1024, 768), out_dir=Path(tmp), decode="cpu")
+    r = end_to_end(PosePredictor(model, batch_size=16), folder)
     print(f"{label}: {r['images_per_s']} img/s = {r['images_per_s'] / (16 / ms * 1e3):.3f} of model-only", flush=True)

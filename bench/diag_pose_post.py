@@ -6,8 +6,8 @@ heatmap decode on random (16, 308, 256, 192) bf16 maps, and the whole-image top-
 import torch
 
 from opensapiens.benchmark import top_kernels
-from opensapiens.inference.pipeline import _pose_post
-from opensapiens.inference.topdown import boxes_to_center_scale, person_inputs
+from opensapiens.codecs.heatmap import decode_udp_heatmaps
+from opensapiens.inference.topdown import boxes_to_center_scale, crop_to_image, person_inputs
 
 dev = torch.device("cuda")
 heat = torch.randn(16, 308, 256, 192, device=dev, dtype=torch.bfloat16)
@@ -16,8 +16,9 @@ center, scale = boxes_to_center_scale(boxes, padding=1.25, aspect=768 / 1024)
 images = [torch.randint(0, 255, (3, 1080, 1920), device=dev, dtype=torch.uint8) for _ in range(16)]
 
 
-def post():
-    return _pose_post(heat, center, scale, (1024, 768))
+def post():  # what PosePredictor does with a chunk's heatmaps on the device
+    kp, sc = decode_udp_heatmaps(heat, (1024, 768))
+    return crop_to_image(kp, center, scale, (1024, 768)), sc
 
 
 def crops():

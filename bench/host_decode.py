@@ -1,11 +1,10 @@
-"""How fast this host decodes a folder of images on N threads: the ceiling of ``--e2e-decode cpu``.
+"""How fast this host decodes a folder of images on N threads: the ceiling of ``predict``'s default host decode.
 
     python bench/host_decode.py /tmp/e2e --threads 8 --n 128
 
 Times three readers over the same files (page cache warmed first): Pillow alone, ``read_image`` (what the predictors,
-data loaders and ``--e2e-decode cpu`` use: OpenCV for JPEGs), and the pipeline's host decode (``read_image`` copied
-into pinned memory, as it is uploaded; every result is kept here, so each image gets fresh pinned memory, which
-the pipeline instead reuses).
+data loaders and ``predict`` use: OpenCV for JPEGs), and ``read_image`` copied into pinned memory as ``upload_images``
+stages it (every result is kept here, so each image gets fresh pinned memory, which the predictors instead reuse).
 """
 
 from __future__ import annotations
@@ -21,8 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from opensapiens.inference.pipeline import IMAGE_SUFFIXES, decode_on_host
-from opensapiens.io import read_image
+from opensapiens.io import list_inputs, read_image
+
+
+def into_pinned(path: Path, pin: bool) -> torch.Tensor:
+    rgb = read_image(path)
+    pixels = torch.empty(rgb.shape, dtype=torch.uint8, pin_memory=pin)
+    pixels.numpy()[...] = rgb
+    return pixels
 
 
 def main() -> None:
@@ -32,12 +37,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=128, help="images to decode")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[: args.n]
+    paths = list_inputs(args.folder)[: args.n]
     for p in paths:
         p.read_bytes()  # page cache
     pin = torch.cuda.is_available()
     readers = {"pillow": lambda path: np.asarray(Image.open(path).convert("RGB")), "read_image": read_image,
-               f"read_image into {'pinned' if pin else 'pageable'} memory": partial(decode_on_host, pin=pin)}
+               f"read_image into {'pinned' if pin else 'pageable'} memory": partial(into_pinned, pin=pin)}
     result = {"images": len(paths), "threads": args.threads}
     with ThreadPoolExecutor(args.threads) as pool:
         for name, read in readers.items():

@@ -196,3 +196,48 @@ def time_by_kind(fn: Callable[[], object], device: torch.device, calls: int = 2)
     out = dict(sorted(totals.items(), key=lambda kv: -kv[1]))
     out["total"] = sum(totals.values())
     return {k: round(v, 3) for k, v in out.items()}
+
+
+def end_to_end(predictor, folder: Path, decode: str = "host", trace: Path | None = None) -> dict:
+    """Images/s of ``run_batch`` over every image in ``folder``: what ``opensapiens predict --no-vis`` does (read,
+    decode, batched model, post-processing, every documented output written, to a temporary folder).
+
+    One warm-up pass over the first two batches, then the timed pass. ``trace``: profile the timed pass (host and GPU
+    activity) into this Chrome trace, for ``bench/trace_summary.py``: where the GPU idles between the model's
+    batches. The profiler's own overhead lowers that pass's throughput.
+    """
+    import tempfile
+
+    from .inference.batch import run_batch
+    from .io.images import list_inputs, read_image
+
+    paths = list_inputs(folder)
+    if not paths:
+        raise FileNotFoundError(f"{folder}: no images")
+    device, size = predictor.device, predictor.batch_size
+    profiler = contextlib.nullcontext()
+    if trace is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        profiler = profile(activities=activities)
+
+    def run(paths: list[Path], out: Path):
+        report = run_batch(predictor, paths, out, batch_size=size, vis=False, progress=False, decode=decode)
+        sync(device)
+        if report.failed:
+            raise RuntimeError(f"end-to-end pass failed on {len(report.failed)} files: {report.failed[0][1]}")
+        return len(report.done)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run(paths[: 2 * size], Path(tmp) / "warm-up")
+        t0 = time.perf_counter()
+        with profiler:
+            n = run(paths, Path(tmp) / "timed")
+        seconds = time.perf_counter() - t0
+    if trace is not None:
+        trace.parent.mkdir(parents=True, exist_ok=True)
+        profiler.export_chrome_trace(str(trace))
+    return {"images": n, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 2),
+            "image_size": list(read_image(paths[0]).shape[:2]), "decode": decode, "profiled": trace is not None,
+            "path": "run_batch (opensapiens predict --no-vis)"}

@@ -1,6 +1,6 @@
 """``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
 
-    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode gpu,cpu]]
+    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode host,device]]
         [--cuda-graphs] [--compiled] [--compile-mode MODE] [--profile] [--out result.json]
 
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=int, default=10)
-    p.add_argument("--e2e", type=Path, default=None, help="folder of JPEG/PNG images: also measure the end-to-end "
-                                                           "file -> result pipeline")
+    p.add_argument("--e2e", type=Path, default=None, help="folder of images: also measure predict's file -> outputs "
+                   "loop over it (run_batch, outputs written, no pictures) against the model alone")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also measure the whole-model compile replayed as CUDA graphs (compile mode "
                    "reduce-overhead) and the default fused path captured as CUDA graphs (also end to end with --e2e): "
@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", action="store_true",
                    help="also profile each variant: time per batch by kernel kind (GEMM, attention, convolution, "
                    "fused elementwise, other)")
-    p.add_argument("--e2e-decode", default="gpu", type=_decode_modes,
-                   help="where --e2e decodes: gpu (nvJPEG), cpu (host threads), or gpu,cpu (both, in turn)")
+    p.add_argument("--e2e-decode", default="host", type=_decode_modes,
+                   help="where --e2e decodes JPEGs: host (threads, as predict does by default), device (nvJPEG, "
+                   "predict --decode device), or host,device (both, in turn); cpu and gpu are accepted for them")
     p.add_argument("--e2e-trace", type=Path, default=None,
                    help="also run each --e2e pass once more under the profiler and write its Chrome trace here "
                         "(DECODE is put before the suffix; summarize with bench/trace_summary.py)")
@@ -61,10 +62,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _decode_modes(text: str) -> list[str]:
-    modes = text.split(",")
-    bad = [m for m in modes if m not in ("gpu", "cpu")]
+    """'host,device' -> run_batch's decode modes; 'cpu' and 'gpu' (this flag's older names) mean host and device."""
+    modes = [{"cpu": "host", "gpu": "device"}.get(m, m) for m in text.split(",")]
+    bad = [m for m in modes if m not in ("host", "device")]
     if bad:
-        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} is not gpu or cpu")
+        raise argparse.ArgumentTypeError(f"{', '.join(map(repr, bad))} is not host or device")
     return modes
 
 
@@ -177,15 +179,13 @@ def run(args: argparse.Namespace) -> int:
             if "images_per_s" in row:
                 row["speedup_vs_eager"] = round(row["images_per_s"] / base_ips, 3)
         if args.e2e is not None:
-            import tempfile
-
-            from ..inference.pipeline import benchmark_end_to_end
+            from ..benchmark import end_to_end
+            from ..inference.predictors import PREDICTORS
 
             model_ips = result["variants"]["optimized"]["images_per_s"]  # the default path's, for every row
             for (suffix, e2e_model), decode in itertools.product(e2e_models.items(), args.e2e_decode):
-                with tempfile.TemporaryDirectory() as tmp:  # outputs are really written, asynchronously
-                    e2e = benchmark_end_to_end(e2e_model, args.task, args.e2e, batch_size=args.batch,
-                                               input_size=(H, W), out_dir=Path(tmp), decode=decode)
+                predictor = PREDICTORS[args.task](e2e_model, input_size=(H, W), batch_size=args.batch)
+                e2e = end_to_end(predictor, args.e2e, decode=decode)
                 e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / model_ips, 3)
                 # the default path's first decode mode under the historic key, every run under its own
                 if not suffix:
@@ -194,8 +194,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"end-to-end ({decode} decode{suffix.replace('_', ' ')}): {e2e}")
                 if args.e2e_trace is not None and not suffix:  # a separate pass: the profiler slows what it watches
                     trace = args.e2e_trace.with_name(f"{args.e2e_trace.stem}_{decode}{args.e2e_trace.suffix}")
-                    benchmark_end_to_end(fast, args.task, args.e2e, batch_size=args.batch, input_size=(H, W),
-                                         decode=decode, trace=trace)
+                    end_to_end(predictor, args.e2e, decode=decode, trace=trace)
                     print(f"end-to-end ({decode} decode) trace: {trace}")
     else:
         print("CUDA not available: only the eager path is measured (the optimized path is CUDA-only).")

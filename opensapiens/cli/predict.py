@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
     p.add_argument("--workers", type=int, default=4, help="image-reading threads (0: read in the main thread)")
+    p.add_argument("--decode", default="host", choices=["host", "device"],
+                   help="where JPEGs are decoded: host (OpenCV on the --workers threads) or device (nvJPEG on the "
+                   "GPU, for machines with few cores per GPU; it takes GPU time from the model)")
     p.add_argument("--writers", type=positive_int, default=None,
                    help="output-writing threads (default: one per core, at most 16; a picture takes 20-90 ms)")
     p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
@@ -128,8 +131,8 @@ def run(args: argparse.Namespace) -> int:
     writers = args.writers or WRITER_THREADS
     t0 = time.perf_counter()
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
-                       writers=writers, vis=not args.no_vis, raw=args.raw,
-                       resume=args.resume, predict_kwargs=per_batch)
+                       writers=writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
+                       predict_kwargs=per_batch, decode=args.decode)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ..io.images import IMAGE_EXTENSIONS, list_inputs
+from ..io.images import IMAGE_EXTENSIONS, decode_jpegs, list_inputs, upright
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -212,25 +212,6 @@ def decode_crop_cpu(data: bytes, crop: CropParams, out: tuple[int, int]) -> torc
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
-def _orient(t: torch.Tensor, orientation: int) -> torch.Tensor:
-    """EXIF orientation on a (C, H, W) tensor, as ``opensapiens.io.images`` applies it to (H, W, C) arrays."""
-    if orientation == 2:
-        return t.flip(2)
-    if orientation == 3:
-        return t.flip(1, 2)
-    if orientation == 4:
-        return t.flip(1)
-    if orientation == 5:
-        return t.transpose(1, 2)
-    if orientation == 6:
-        return torch.rot90(t, -1, (1, 2))
-    if orientation == 7:
-        return t.flip(1, 2).transpose(1, 2)
-    if orientation == 8:
-        return torch.rot90(t, 1, (1, 2))
-    return t
-
-
 # ------------------------------------------------------------------------------------------------------ batches
 
 
@@ -386,7 +367,7 @@ def decode_batch(batch: Batch, device: torch.device | str, input_size: tuple[int
         out[idx] = normalize(batch.pixels.to(device, non_blocking=True))
     failed: list[int] = []
     if batch.jpegs:
-        decoded = _decode_jpegs([d for _, d, _ in batch.jpegs], device)
+        decoded = decode_jpegs([d for _, d, _ in batch.jpegs], device)
         for (pos, data, crop), img in zip(batch.jpegs, decoded):
             if img is None:
                 try:
@@ -394,7 +375,8 @@ def decode_batch(batch: Batch, device: torch.device | str, input_size: tuple[int
                 except Exception:
                     failed.append(pos)
                 continue
-            img = _orient(img, crop.orientation)[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
+            img = upright(img.permute(1, 2, 0), crop.orientation).permute(2, 0, 1)  # (3, H, W) as displayed
+            img = img[:, crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
             img = F.interpolate(img[None].float(), size=(H, W), mode="bicubic", antialias=True, align_corners=False)
             img = img.clamp_(0, 255)
             out[pos] = normalize(img.flip(-1) if crop.flip else img)[0]
@@ -402,23 +384,6 @@ def decode_batch(batch: Batch, device: torch.device | str, input_size: tuple[int
         keep = torch.tensor(sorted(set(range(n)) - set(failed)), device=device)
         out = out[keep]
     return out, len(failed)
-
-
-def _decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Batched decode on ``device``; on failure, one by one so that a single bad file costs only itself."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        out: list[torch.Tensor | None] = []
-        for t in tensors:
-            try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                out.append(None)
-        return out
 
 
 # ------------------------------------------------------------------------------------------------------ writing

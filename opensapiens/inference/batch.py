@@ -18,6 +18,7 @@ Files written per input stem (``--raw`` adds the raw head output):
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +57,10 @@ def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw:
 
 def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result, vis: bool = True,
                  raw: bool = False, image_id: int | str | None = None) -> list[Path]:
-    """Write the documented files for one input; returns their paths."""
+    """Write the documented files for one input; returns their paths. ``image``: the input, (H, W, 3) uint8 (a
+    tensor where it was decoded on the device)."""
+    if vis and not isinstance(image, np.ndarray):  # the pictures are drawn on host pixels
+        image = image.cpu().numpy()
     p = {s: out_dir / f"{stem}{s}" for s in (*OUTPUTS[task], RAW_SUFFIX.get(task, ""))}
     written: list[Path] = []
     if isinstance(result, PoseResult):
@@ -100,18 +104,20 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _read(path: Path) -> tuple[np.ndarray | None, str | None]:
+def _read(path: Path, reader: Callable = read_image) -> tuple[np.ndarray | None, str | None]:
     """(image, None), or (None, the error message) for a file that cannot be read: it must not stop the job."""
     try:
-        return read_image(path), None
+        return reader(path), None
     except ImageReadError as e:
         return None, str(e)
     except Exception as e:  # noqa: BLE001 - any failure on one file
         return None, f"{path}: {type(e).__name__}: {e}"
 
 
-def _load(paths: Sequence[Path], batch_size: int, workers: int) -> Iterator[list[tuple[int, np.ndarray | None, str]]]:
-    """Batches of (index, image or None, error), in order; ``workers`` threads read up to two batches ahead.
+def _load(paths: Sequence[Path], batch_size: int, workers: int, reader: Callable = read_image
+          ) -> Iterator[list[tuple[int, np.ndarray | None, str]]]:
+    """Batches of (index, image or None, error), in order; ``workers`` threads read (``reader``) up to two batches
+    ahead.
 
     Threads, not processes: the decoders (OpenCV, Pillow) release the GIL, and a loader process starts by importing
     torch, seconds on the path to a job's first batch for what takes milliseconds per image (a one-image predict on
@@ -120,13 +126,13 @@ def _load(paths: Sequence[Path], batch_size: int, workers: int) -> Iterator[list
     batches = [range(start, min(start + batch_size, len(paths))) for start in range(0, len(paths), batch_size)]
     if workers <= 0:
         for batch in batches:
-            yield [(i, *_read(paths[i])) for i in batch]
+            yield [(i, *_read(paths[i], reader)) for i in batch]
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="opensapiens-read")
     try:
         queued = collections.deque()
         for batch in batches:
-            queued.append([(i, pool.submit(_read, paths[i])) for i in batch])
+            queued.append([(i, pool.submit(_read, paths[i], reader)) for i in batch])
             if len(queued) == 3:  # the batch the caller gets now and two read ahead
                 yield [(i, *f.result()) for i, f in queued.popleft()]
         while queued:
@@ -148,11 +154,12 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4, workers: int = 4,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
-              progress: bool = True, writers: int = WRITER_THREADS) -> BatchReport:
+              progress: bool = True, writers: int = WRITER_THREADS, decode: str = "host") -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
     ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...).
-    ``workers`` threads read the images, ``writers`` threads write the outputs.
+    ``workers`` threads read the images, ``writers`` threads write the outputs. ``decode="device"`` decodes JPEGs on
+    the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the reading threads.
     Each batch is submitted before the previous one's results are read back, so the model's stream always has
     a batch queued while the host converts and hands results to the writers (``Predictor.submit``).
     """
@@ -172,11 +179,18 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}.get(task)
     if writers < 1:
         raise ValueError(f"writers must be at least 1, got {writers}")
+    if decode not in ("host", "device"):
+        raise ValueError(f"decode must be 'host' or 'device', got {decode!r}")
+    reader = read_image
+    if decode == "device":
+        from .device_decode import read_image_on_device
+
+        reader = functools.partial(read_image_on_device, device=predictor.device)
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
     def batches() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
         """((input indices, images), images, predict keyword arguments) per batch read; unreadable files reported."""
-        for items in _load(todo_paths, batch_size, workers):
+        for items in _load(todo_paths, batch_size, workers, reader):
             for i, _, err in items:
                 if err is not None:
                     report.failed.append((todo_paths[i], err))

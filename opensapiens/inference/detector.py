@@ -59,10 +59,15 @@ def _download_weights(arch: str) -> dict[str, torch.Tensor]:
             f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
 
 
-def _check_image(image: np.ndarray, what: str) -> None:
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+def _check_image(image: np.ndarray | torch.Tensor, what: str) -> None:
+    if (not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim != 3 or image.shape[2] != 3
+            or image.dtype not in (np.uint8, torch.uint8)):
         desc = (f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}").strip()
-        raise ValueError(f"{what} must be an RGB uint8 numpy array of shape (H, W, 3), got {desc}")
+        raise ValueError(f"{what} must be an RGB uint8 array or tensor of shape (H, W, 3), got {desc}")
+
+
+def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
 
 
 class PersonDetector:
@@ -102,18 +107,19 @@ class PersonDetector:
         heads.detections_per_img = max(heads.detections_per_img, 3 * self.max_people)
         self.model = model.eval().to(self.device)
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Person boxes of one RGB uint8 (H, W, 3) image: (boxes_xyxy (N, 4) float32, scores (N,) float32)."""
         return self.detect_batch([image])[0]
 
     @torch.inference_mode()
-    def detect_batch(self, images: Sequence[np.ndarray], batch_size: int = 4) -> list[tuple[np.ndarray, np.ndarray]]:
+    def detect_batch(self, images: Sequence[np.ndarray | torch.Tensor], batch_size: int = 4
+                     ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time."""
         for i, image in enumerate(images):
             _check_image(image, f"image {i}")
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = [torch.from_numpy(np.ascontiguousarray(img)).to(self.device).permute(2, 0, 1).float() / 255
+            chunk = [_as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255
                      for img in images[start:start + batch_size]]
             results += [self.select(out["boxes"], out["scores"], out["labels"]) for out in self.model(chunk)]
         return results

@@ -32,30 +32,39 @@ def _writable(image: np.ndarray) -> np.ndarray:
     return image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
 
 
-def upload_images(images: Sequence[np.ndarray], device: torch.device) -> list[torch.Tensor]:
-    """(H, W, 3) uint8 host images -> the same on ``device``.
+def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """(H, W, 3) uint8 images (arrays, or tensors on any device) -> the same on ``device``.
 
-    On CUDA through pinned memory on the upload stream: the call returns without waiting (a copy from pageable
-    memory blocks the host) and the copy overlaps the model work queued before it; the current stream waits for
-    it. The pinned buffers are not reused before their copies end (PyTorch's host allocator records the stream).
+    On CUDA host images go through pinned memory on the upload stream: the call returns without waiting (a copy from
+    pageable memory blocks the host) and the copy overlaps the model work queued before it; the current stream waits
+    for it. The pinned buffers are not reused before their copies end (PyTorch's host allocator records the stream).
+    Images already on the device (``read_image_on_device``) are used as they are.
     """
     if device.type != "cuda":
-        return [torch.from_numpy(_writable(im)).to(device) for im in images]
+        return [(im if isinstance(im, torch.Tensor) else torch.from_numpy(_writable(im))).to(device) for im in images]
     device = _cuda_device(device)
-    staged = []
-    for im in images:
-        buffer = torch.empty(im.shape, dtype=torch.uint8, pin_memory=True)
-        buffer.numpy()[...] = im
-        staged.append(buffer)
-    stream = side_stream(device, "upload")
-    with torch.cuda.stream(stream):
-        out = [buffer.to(device, non_blocking=True) for buffer in staged]
-        copied = torch.cuda.Event()
-        copied.record(stream)
     current = torch.cuda.current_stream(device)
-    current.wait_event(copied)
-    for t in out:
-        t.record_stream(current)  # made on the upload stream, read on this one
+    out: list[torch.Tensor | None] = [None] * len(images)
+    staged = []
+    for i, im in enumerate(images):
+        if isinstance(im, torch.Tensor) and im.device == device:
+            im.record_stream(current)  # made on another stream (a decoder's), read on this one
+            out[i] = im
+            continue
+        host = im.cpu().numpy() if isinstance(im, torch.Tensor) else im  # e.g. a PNG the device decoder left
+        buffer = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
+        buffer.numpy()[...] = host
+        staged.append((i, buffer))
+    if staged:
+        stream = side_stream(device, "upload")
+        with torch.cuda.stream(stream):
+            for i, buffer in staged:
+                out[i] = buffer.to(device, non_blocking=True)
+            copied = torch.cuda.Event()
+            copied.record(stream)
+        current.wait_event(copied)
+        for i, _ in staged:
+            out[i].record_stream(current)  # made on the upload stream, read on this one
     return out
 
 
