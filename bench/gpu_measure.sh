@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -366,6 +366,20 @@ elif [ "$1" = predict-writers ]; then
 save_model(build_model('seg', '1b', out_channels=28), '/tmp/seg_1b.safetensors')"
   timeout 150 python bench/predict_pipeline.py seg /tmp/seg_1b.safetensors /tmp/f512 --batch 8 --no-vis \
     --out "$OUT/predict_pipeline_seg_1b_novis.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = e2e-run-batch ]; then
+  # bench --e2e now measures run_batch, predict's own loop (inference/pipeline.py is gone), with host decode and
+  # predict --decode device (nvJPEG on the loader threads): first the tests that touch it under CUDA, then pose-0.3b
+  # over 2048 1080p JPEGs and seg-1b over 1024, model-only beside each
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  timeout 200 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py \
+    tests/test_pipelined_predict.py tests/test_shards.py tests/test_detector.py 2>&1 | tail -8
+  e2e_images
+  mkdir -p /tmp/e2e1024 && cp /tmp/e2e2048/*_[01].jpg /tmp/e2e1024/
+  E="python -m opensapiens.cli.main bench --iters 10 --e2e-decode host,device"
+  timeout 170 $E --e2e /tmp/e2e2048 --task pose --arch 0.3b --batch 16 --out "$OUT/e2e_run_batch_pose_0.3b_$C.json" \
+    | grep -v '^{'
+  timeout 200 $E --e2e /tmp/e2e1024 --task seg --arch 1b --batch 8 --out "$OUT/e2e_run_batch_seg_1b_$C.json" \
+    | grep -v '^{'
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
