@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -397,6 +397,15 @@ elif [ "$1" = decode-rest ]; then
   timeout 330 python -m pytest -rA --tb=short -p no:cacheprovider --durations=5 tests/test_train_distributed.py \
     tests/test_transforms.py tests/test_visualize.py 2>&1 | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|s call" \
     | tail -40
+elif [ "$1" = writers16 ]; then
+  # run_batch's default writers are now one per core, at most 16 (was 8; call 70: seg pictures 67 img/s with 8
+  # threads, 104 with 16): predict's loop over 512 1080p JPEGs with pictures at the default, seg-0.3b and pose-0.3b,
+  # beside the model alone (bench/predict_pipeline.py)
+  folder512_and_checkpoints
+  timeout 130 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 \
+    --out "$OUT/predict_pipeline_seg_w16.json" 2>&1 | grep -v Warn | tail -7
+  timeout 110 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
+    --out "$OUT/predict_pipeline_pose_w16.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
