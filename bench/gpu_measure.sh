@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -406,6 +406,14 @@ elif [ "$1" = writers16 ]; then
     --out "$OUT/predict_pipeline_seg_w16.json" 2>&1 | grep -v Warn | tail -7
   timeout 110 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
     --out "$OUT/predict_pipeline_pose_w16.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = pose-writers ]; then
+  # call 75: with 16 writers pose with pictures fell to 0.68 of model-only (call 69, 8 writers: 0.87-0.90) while seg
+  # with pictures rose to 0.62-0.64 (0.44-0.47): pose with 8 and 16 writers in one call, side by side
+  folder512_and_checkpoints
+  for w in 8 16; do
+    timeout 75 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --writers $w \
+      --out "$OUT/predict_pipeline_pose_pictures_w$w.json" 2>&1 | grep -v Warn | grep "pipelined\|one at a time\|model only"
+  done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
