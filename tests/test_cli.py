@@ -264,3 +264,35 @@ def test_predict_fp8_without_fp8_hardware_is_a_clear_error(tmp_path, photos, cap
                  "--fp8", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "fp8" in err and "FP8 tensor cores" in err and "cpu" in err
+
+
+@pytest.mark.parametrize("task, vis, expected", [("seg", True, 16), ("seg", False, 8), ("pose", True, 8),
+                                                 ("depth", True, 16)])
+def test_jobs_write_dense_pictures_on_up_to_16_threads_and_the_rest_on_up_to_8(tmp_path, monkeypatch, task, vis,
+                                                                                expected):
+    """Measured on a 16-core H200 host (``default_writers``): dense pictures are big GIL-free encodes that scale to
+    16 threads; pose pictures are many small drawing calls that slow the thread feeding the GPU beyond 8."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from opensapiens.inference import batch
+    from opensapiens.inference.predictors import DepthPredictor, PosePredictor, SegPredictor
+
+    sizes = []
+
+    class Recording(ThreadPoolExecutor):
+        def __init__(self, max_workers=None, thread_name_prefix=""):
+            if thread_name_prefix == "opensapiens-write":
+                sizes.append(max_workers)
+            super().__init__(max_workers, thread_name_prefix=thread_name_prefix)
+
+    monkeypatch.setattr(batch, "ThreadPoolExecutor", Recording)
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 32)
+    Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(tmp_path / "a.png")
+    kind = {"seg": (SegPredictor, 5), "depth": (DepthPredictor, 1), "pose": (PosePredictor, 17)}[task]
+    model, _ = make_official_state(task, kind[1])
+    batch.run_batch(kind[0](model, input_size=(64, 48)), [tmp_path / "a.png"], tmp_path / "out", vis=vis,
+                    progress=False)
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 4)
+    batch.run_batch(kind[0](model, input_size=(64, 48)), [tmp_path / "a.png"], tmp_path / "out2", vis=vis,
+                    progress=False)
+    assert sizes == [expected, 4]  # never more than the cores

@@ -93,7 +93,7 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.batch import WRITER_THREADS, run_batch, run_video
+    from ..inference.batch import run_batch, run_video
     from ..io.images import list_inputs, read_image
 
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
@@ -128,16 +128,15 @@ def run(args: argparse.Namespace) -> int:
 
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
-    writers = args.writers or WRITER_THREADS
     t0 = time.perf_counter()
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
-                       writers=writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
+                       writers=args.writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
                        predict_kwargs=per_batch, decode=args.decode)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=writers)
+                          writers=args.writers)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

@@ -42,10 +42,17 @@ OUTPUTS = {
 }
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
-# run_batch's default writers: the encoders (OpenCV) and lookups release the GIL, and writing scales with threads up to
-# the cores (seg pictures on a 16-core H200 host: 11.5 img/s with 1, 67 with 8, 104 with 16; bench/writer_scaling.py).
-# At most 16: each pending write holds an image and its result (run_batch's bound grows with the writers).
-WRITER_THREADS = min(16, os.cpu_count() or 2)
+def default_writers(task: str, vis: bool) -> int:
+    """Writer threads for a job, at most one per core.
+
+    Up to 16 where the writing is big encodes that release the GIL: the dense tasks' pictures (seg pictures on a
+    16-core H200 host: 11.5 img/s with 1 thread, 67 with 8, 104 with 16, ``bench/writer_scaling.py``; predict with
+    pictures 0.62-0.64 of model-only with 16, 0.44-0.47 with 8). Up to 8 otherwise: a pose picture is hundreds of small
+    drawing calls, each taking the GIL from the thread that feeds the GPU (pose-0.3B with pictures, side by side:
+    0.755-0.776 of model-only with 8 writers, 0.710-0.737 with 16). Each pending write holds an image and its
+    result: run_batch's bound on them grows with the writers.
+    """
+    return min(16 if vis and task in ("seg", "depth", "normal") else 8, os.cpu_count() or 2)
 
 
 def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> list[Path]:
@@ -154,12 +161,13 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 
 def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4, workers: int = 4,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
-              progress: bool = True, writers: int = WRITER_THREADS, decode: str = "host") -> BatchReport:
+              progress: bool = True, writers: int | None = None, decode: str = "host") -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
     ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...).
-    ``workers`` threads read the images, ``writers`` threads write the outputs. ``decode="device"`` decodes JPEGs on
-    the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the reading threads.
+    ``workers`` threads read the images, ``writers`` threads (default ``default_writers``) write the outputs.
+    ``decode="device"`` decodes JPEGs on the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the
+    reading threads.
     Each batch is submitted before the previous one's results are read back, so the model's stream always has
     a batch queued while the host converts and hands results to the writers (``Predictor.submit``).
     """
@@ -177,6 +185,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
             todo.append((p, s))
     todo_paths = [p for p, _ in todo]
     flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}.get(task)
+    writers = default_writers(task, vis) if writers is None else writers
     if writers < 1:
         raise ValueError(f"writers must be at least 1, got {writers}")
     if decode not in ("host", "device"):
@@ -235,12 +244,13 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
-              raw: bool = False, step: int = 1, progress: bool = True, writers: int = WRITER_THREADS) -> int:
+              raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
     ``frame_000000...`` like images) and, with ``vis``, ``out_dir/STEM_<task>.mp4`` side by side with the input.
     Returns the number of frames done.
 
-    ``writers`` threads write each frame's outputs and draw its picture; the pictures are encoded in frame order.
+    ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; the pictures
+    are encoded in frame order.
     """
     from tqdm import tqdm
 
@@ -248,6 +258,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
 
     info = video_info(path)
     frames_dir = out_dir / path.stem
+    writers = default_writers(predictor.task, vis) if writers is None else writers
     frames_dir.mkdir(parents=True, exist_ok=True)
     total = info.num_frames // step if info.num_frames else None
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
