@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where JPEGs are decoded: host (OpenCV on the --workers threads) or device (nvJPEG on the "
                    "GPU, for machines with few cores per GPU; it takes GPU time from the model)")
     p.add_argument("--writers", type=positive_int, default=None,
-                   help="output-writing threads (default: one per core, at most 16; a picture takes 20-90 ms)")
+                   help="output-writing threads (default: up to 16 for seg/depth/normal pictures, up to 8 "
+                   "otherwise, at most one per core; a picture takes 20-90 ms)")
     p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
                    help="stretch (official) or aspect-preserving pad")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")

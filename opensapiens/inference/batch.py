@@ -42,6 +42,8 @@ OUTPUTS = {
 }
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
+
+
 def default_writers(task: str, vis: bool) -> int:
     """Writer threads for a job, at most one per core.
 

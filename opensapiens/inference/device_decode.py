@@ -38,7 +38,7 @@ def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor
         (chw,) = decode_jpegs([data], device)
         if chw is None:  # data the decoder refuses: the host reader decodes it or names the damage
             return torch.from_numpy(_writable(read_image(path)))
-        pixels = upright(chw.permute(1, 2, 0), orientation).contiguous().to(device)  # (H, W, 3)
+        pixels = upright(chw.permute(1, 2, 0), orientation).contiguous()  # (H, W, 3) on the device
         if cuda:
             stream.synchronize()  # this thread waits for its image, the model's stream does not
     return pixels
