@@ -48,6 +48,32 @@ def test_depth_and_normals_masked_by_the_seg_predictors_submitted_batch():
     assert (depth.mask == seg(img).foreground).all()
 
 
+def test_depth_uploads_the_images_once_for_itself_and_its_seg_predictor(monkeypatch):
+    """The seg predictor that masks depth gets the images already on the device (each upload stages a 1080p image in
+    pinned memory on the host: twice per image before)."""
+    from opensapiens.inference import predictors, streams
+
+    staged = []
+    real = streams.upload_images
+    monkeypatch.setattr(predictors, "upload_images", lambda images, device: staged.append(
+        [isinstance(im, np.ndarray) for im in images]) or real(images, device))
+    img = np.full((90, 70, 3), 10, np.uint8)
+    img[20:60, 15:50, 0] = 250
+    seg = SegPredictor(Stand_in("seg", 2, _red_logits), input_size=INPUT)
+    depth = DepthPredictor(Stand_in("depth", 1, lambda x: x[:, :1] * 0 + 1), seg=seg, input_size=INPUT)
+    result = depth.predict_batch([img, img])
+    assert [sum(s) for s in staged] == [2, 0, 0]  # host arrays once; the seg and depth models get tensors
+    assert (result[0].mask == seg(img).foreground).all() and result[0].mask.sum() > 500
+
+
+def test_images_that_are_not_rgb_uint8_are_refused_before_they_are_staged():
+    from opensapiens.inference.streams import upload_images
+
+    for bad, what in ((np.zeros((8, 6, 3), np.float32), "float32"), (np.zeros((8, 6), np.uint8), r"\(8, 6\)")):
+        with pytest.raises(ValueError, match=f"image 1: expected an RGB uint8 array.*{what}"):
+            upload_images([np.zeros((8, 6, 3), np.uint8), bad], torch.device("cpu"))
+
+
 def _pngs(folder, n):
     paths = []
     for i in range(n):

@@ -264,6 +264,7 @@ class _MaskedDense(Predictor):
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> Pending:
         """``masks``: per image an (H, W) foreground or None; None = from the seg predictor, if any."""
+        images = upload_images(images, self.device)  # once: the seg predictor takes them as they are
         masks = self._masks(images, masks)
         raw, metas = self._dense(images)
 

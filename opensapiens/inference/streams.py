@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .transforms import check_image
+
 
 @functools.cache
 def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
@@ -40,6 +42,8 @@ def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.dev
     for it. The pinned buffers are not reused before their copies end (PyTorch's host allocator records the stream).
     Images already on the device (``read_image_on_device``) are used as they are.
     """
+    for i, im in enumerate(images):
+        check_image(i, im)  # before the pinned staging below would cast, say, a float image to uint8 unasked
     if device.type != "cuda":
         return [(im if isinstance(im, torch.Tensor) else torch.from_numpy(_writable(im))).to(device) for im in images]
     device = _cuda_device(device)

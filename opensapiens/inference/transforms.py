@@ -101,7 +101,7 @@ class Preprocessor:
         """
         if isinstance(images, (np.ndarray, torch.Tensor)) and images.ndim == 3:
             images = [images]
-        shapes = [_check_image(i, img) for i, img in enumerate(images)]
+        shapes = [check_image(i, img) for i, img in enumerate(images)]
         if not shapes:
             raise ValueError("no images to preprocess")
         device = torch.device(device)
@@ -127,7 +127,7 @@ class Preprocessor:
         return restore(outputs, metas, mode)
 
 
-def _check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
+def check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
     shape, dtype = tuple(img.shape), img.dtype
     if len(shape) != 3 or shape[2] != 3 or str(dtype) not in ("uint8", "torch.uint8") or 0 in shape:
         raise ValueError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got shape {shape} dtype "
