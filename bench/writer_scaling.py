@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from opensapiens.inference.batch import write_result
-from opensapiens.inference.predictors import DepthResult, NormalResult, SegResult
+from opensapiens.inference.results import DepthResult, NormalResult, SegResult
 from opensapiens.metadata import seg_classes
 
 

@@ -89,7 +89,7 @@ def test_a_job_whose_writing_falls_behind_waits_instead_of_queueing_every_image(
     import time
 
     from opensapiens.inference import batch
-    from opensapiens.inference.predictors import SegResult
+    from opensapiens.inference.results import SegResult
     from opensapiens.inference.streams import Pending
 
     paths = []

@@ -15,7 +15,7 @@ from PIL import Image
 from opensapiens.cli import eval as eval_cli
 from opensapiens.cli.main import main
 from opensapiens.evaluation.runner import evaluate_model
-from opensapiens.inference.predictors import DepthResult, NormalResult, PoseResult, SegResult
+from opensapiens.inference.results import DepthResult, NormalResult, PoseResult, SegResult
 from opensapiens.metadata import keypoint_set
 
 H, W, N = 32, 24, 3

@@ -10,7 +10,8 @@ from PIL import Image
 from test_predictors import INPUT, Stand_in, _dot_heatmaps, _image_with_dots, _red_logits
 
 from opensapiens.inference import batch
-from opensapiens.inference.predictors import DepthPredictor, NormalPredictor, PosePredictor, SegPredictor, SegResult
+from opensapiens.inference.predictors import DepthPredictor, NormalPredictor, PosePredictor, SegPredictor
+from opensapiens.inference.results import SegResult
 from opensapiens.inference.streams import Pending
 
 

@@ -16,8 +16,8 @@ from opensapiens.inference.predictors import (
     NormalPredictor,
     PosePredictor,
     SegPredictor,
-    align_depth,
 )
+from opensapiens.inference.results import metric_depth
 from opensapiens.inference.transforms import MEAN, STD
 
 INPUT = (128, 96)  # model input H, W
@@ -196,11 +196,11 @@ def test_depth_restored_and_aligned_to_metres():
     assert np.all(np.diff(res.depth[10]) >= -1e-6)  # monotone left to right
     metric = 2.5 * res.depth + 1.2  # the true map, known up to scale and shift
     pts = np.array([[x, 20, metric[20, x]] for x in (10, 100, 250)])
-    assert np.allclose(align_depth(res.depth, pts), metric, atol=1e-4)
-    inv = align_depth(res.depth, 1.0 / (0.3 * res.depth + 0.5), inverse=True)
+    assert np.allclose(metric_depth(res.depth, pts), metric, atol=1e-4)
+    inv = metric_depth(res.depth, 1.0 / (0.3 * res.depth + 0.5), inverse=True)
     assert np.allclose(inv, 1.0 / (0.3 * res.depth + 0.5), rtol=1e-4)
     with pytest.raises(ValueError, match="at least 2"):
-        align_depth(res.depth, pts[:1])
+        metric_depth(res.depth, pts[:1])
 
 
 def test_wrong_model_for_predictor_is_a_clear_error():

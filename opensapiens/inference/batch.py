@@ -30,7 +30,8 @@ import numpy as np
 from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_npy, save_png
 from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
-from .predictors import DepthResult, FeatureResult, NormalResult, PoseResult, Predictor, SegResult
+from .predictors import Predictor
+from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import submit_ahead
 
 OUTPUTS = {

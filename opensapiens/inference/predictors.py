@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,140 +25,14 @@ import torch
 from ..checkpoints import as_dtype, load_model
 from ..checkpoints.loading import native_input_size
 from ..codecs.heatmap import decode_udp_heatmaps
-from ..metadata import KeypointSet, convert_keypoints, keypoint_set, seg_classes
+from ..metadata import KeypointSet, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
+from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import Pending, upload_images
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
 from .transforms import Preprocessor
-
-# ----------------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class PoseResult:
-    """Keypoints of every person in one image, in image pixel coordinates (x right, y down)."""
-
-    keypoints: np.ndarray  # (N, K, 2) float32
-    scores: np.ndarray  # (N, K) float32: heatmap maxima, ~0..1
-    boxes: np.ndarray  # (N, 4) float32 xyxy person boxes that were cropped
-    box_scores: np.ndarray  # (N,) float32 detector scores (1 for given or whole-image boxes)
-    keypoint_set: str = "goliath"
-    heatmaps: np.ndarray | None = None  # (N, K, h, w) raw heatmaps when requested
-
-    def convert(self, dst: str | int) -> PoseResult:
-        """The same people in another keypoint layout (308 -> 133/17, 133 -> 17); missing channels score 0."""
-        kp, sc = convert_keypoints(self.keypoints, self.scores, self.keypoint_set, dst)
-        return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name)
-
-    def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2) -> list[dict]:
-        """COCO results entries; the person score is the official ``bbox_keypoint`` mode:
-        box score x mean of the keypoint scores above ``score_threshold``."""
-        out = []
-        for kp, sc, box, bs in zip(self.keypoints, self.scores, self.boxes, self.box_scores):
-            good = sc[sc > score_threshold]
-            flat = np.concatenate([kp, sc[:, None]], axis=1).reshape(-1)
-            x0, y0, x1, y1 = (float(v) for v in box)
-            out.append({"image_id": image_id, "category_id": 1, "keypoints": [round(float(v), 3) for v in flat],
-                        "score": float(bs) * (float(good.mean()) if good.size else 0.0),
-                        "bbox": [x0, y0, x1 - x0, y1 - y0]})
-        return out
-
-
-@dataclass
-class SegResult:
-    labels: np.ndarray  # (H, W) uint8 class ids
-    class_names: tuple[str, ...] = ()
-    logits: np.ndarray | None = None  # (N, h, w) float32 raw logits at model resolution when requested
-
-    @property
-    def foreground(self) -> np.ndarray:
-        """(H, W) bool: every class but background (0)."""
-        return self.labels > 0
-
-
-@dataclass
-class DepthResult:
-    """Relative depth as the official models predict it: larger = farther, scale and shift unknown per image.
-
-    The models were trained on per-image foreground-normalized depth (0 = nearest person pixel, 1 = farthest), so
-    on foreground pixels ``depth`` is approximately that; values outside the foreground are not meaningful.
-    """
-
-    depth: np.ndarray  # (H, W) float32
-    mask: np.ndarray | None = None  # (H, W) bool foreground used for normalization/visualization, if any
-    raw: np.ndarray | None = None  # (1, h, w) raw model output when requested
-
-    def normalized(self) -> np.ndarray:
-        """Per-image min-max normalization over the foreground (NaN outside it), as the official demo shows."""
-        return normalize_depth(self.depth, self.mask)
-
-
-@dataclass
-class NormalResult:
-    """Unit surface normals in camera coordinates: X right, Y up, Z toward the camera."""
-
-    normals: np.ndarray  # (H, W, 3) float32, unit length
-    mask: np.ndarray | None = None
-    raw: np.ndarray | None = None  # (3, h, w) raw output when requested
-
-
-@dataclass
-class FeatureResult:
-    features: np.ndarray  # (C, H/16, W/16) float32 backbone features after the final norm
-
-
-def normalize_depth(depth: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-    """Min-max over ``mask`` (all pixels when None) to [0, 1]; NaN outside the mask."""
-    m = np.isfinite(depth) if mask is None else (mask & np.isfinite(depth))
-    out = np.full(depth.shape, np.nan, dtype=np.float32)
-    if m.any():
-        lo, hi = depth[m].min(), depth[m].max()
-        out[m] = (depth[m] - lo) / max(hi - lo, 1e-8)
-    return out
-
-
-def align_depth(pred: np.ndarray, metric_points: np.ndarray | dict, mask: np.ndarray | None = None,
-                inverse: bool = False) -> np.ndarray:
-    """Fit ``scale * pred + shift`` to a few known metric depths by least squares and apply it to the whole map.
-
-    Args:
-        pred: (H, W) relative depth from a ``DepthResult``.
-        metric_points: either an (M, 3) array of (x, y, depth_m) pixel samples, or an (H, W) metric map with
-            NaN/0 where unknown.
-        mask: optional (H, W) bool restricting which samples are used.
-        inverse: fit ``1 / depth = scale * pred + shift`` instead (the maintainers' recipe for disparity-like use).
-    Returns (H, W) float32 metric depth (or its inverse fit mapped back to depth).
-    """
-    pred = np.asarray(pred, dtype=np.float64)
-    if isinstance(metric_points, dict):
-        raise TypeError("metric_points must be an (M, 3) array of (x, y, depth) or an (H, W) map")
-    pts = np.asarray(metric_points, dtype=np.float64)
-    if pts.ndim == 2 and pts.shape == pred.shape:
-        valid = np.isfinite(pts) & (pts > 0) & np.isfinite(pred)
-        if mask is not None:
-            valid &= mask
-        p, t = pred[valid], pts[valid]
-    elif pts.ndim == 2 and pts.shape[1] == 3:
-        xs, ys = np.round(pts[:, 0]).astype(int), np.round(pts[:, 1]).astype(int)
-        inside = (xs >= 0) & (ys >= 0) & (xs < pred.shape[1]) & (ys < pred.shape[0])
-        if mask is not None:
-            inside[inside] &= mask[ys[inside], xs[inside]]
-        p, t = pred[ys[inside], xs[inside]], pts[inside, 2]
-    else:
-        raise ValueError(f"metric_points has shape {pts.shape}; expected (M, 3) or {pred.shape}")
-    if p.size < 2 or np.ptp(p) == 0:
-        raise ValueError(f"align_depth needs at least 2 samples with distinct predictions, got {p.size}")
-    target = 1.0 / t if inverse else t
-    A = np.stack([p, np.ones_like(p)], axis=1)
-    (scale, shift), *_ = np.linalg.lstsq(A, target, rcond=None)
-    fitted = scale * pred + shift
-    if inverse:
-        with np.errstate(divide="ignore"):
-            fitted = np.where(fitted > 0, 1.0 / fitted, np.nan)
-    return fitted.astype(np.float32)
-
 
 # -------------------------------------------------------------------------------------------------------- predictors
 
