@@ -75,6 +75,10 @@ def test_detector_loads_local_weights_and_filters_people(random_weights, name):
         out = det.model([torch.from_numpy(images[1]).permute(2, 0, 1).float() / 255])[0]
     ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), 0.0, 0.3, 7)
     np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
+    # images decoded on the device (predict --decode device) come as tensors: the same boxes
+    for (boxes, scores), (ref_b, ref_s) in zip(det.detect_batch([torch.from_numpy(im) for im in images]), results):
+        np.testing.assert_array_equal(boxes, ref_b)
+        np.testing.assert_array_equal(scores, ref_s)
 
 
 def test_select_applies_class_score_and_nms(random_weights):
@@ -101,6 +105,8 @@ def test_detector_errors(random_weights, tmp_path, monkeypatch):
         det(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="RGB uint8"):
         det(np.zeros((10, 10, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB uint8"):
+        det(torch.zeros(10, 10, 3))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         PersonDetector(tmp_path / "missing.pth", arch=ARCH)
     with pytest.raises(ValueError, match="unknown detector arch"):

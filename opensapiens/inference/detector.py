@@ -17,6 +17,8 @@ import torch
 import torchvision
 from torchvision.ops import nms
 
+from .transforms import check_image
+
 
 def _categories(arch: str) -> list[str]:
     """Class names of torchvision's COCO weights for ``arch`` (metadata ships with torchvision, no download)."""
@@ -57,13 +59,6 @@ def _download_weights(arch: str) -> dict[str, torch.Tensor]:
         raise ConnectionError(
             f"could not download the COCO weights of the {arch} person detector ({e}). Offline: download {url} "
             f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
-
-
-def _check_image(image: np.ndarray | torch.Tensor, what: str) -> None:
-    if (not isinstance(image, (np.ndarray, torch.Tensor)) or image.ndim != 3 or image.shape[2] != 3
-            or image.dtype not in (np.uint8, torch.uint8)):
-        desc = (f"{type(image).__name__} {getattr(image, 'shape', '')} {getattr(image, 'dtype', '')}").strip()
-        raise ValueError(f"{what} must be an RGB uint8 array or tensor of shape (H, W, 3), got {desc}")
 
 
 def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -116,7 +111,7 @@ class PersonDetector:
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
         """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time."""
         for i, image in enumerate(images):
-            _check_image(image, f"image {i}")
+            check_image(i, image)
         results = []
         for start in range(0, len(images), batch_size):
             chunk = [_as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255

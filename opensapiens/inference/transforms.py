@@ -128,7 +128,8 @@ class Preprocessor:
 
 
 def check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
-    shape, dtype = tuple(img.shape), img.dtype
+    """(H, W) of image ``i`` when it is an (H, W, 3) uint8 array or tensor (on any device); else a clear error."""
+    shape, dtype = tuple(getattr(img, "shape", ())), getattr(img, "dtype", type(img).__name__)
     if len(shape) != 3 or shape[2] != 3 or str(dtype) not in ("uint8", "torch.uint8") or 0 in shape:
         raise ValueError(f"image {i}: expected an RGB uint8 array of shape (H, W, 3), got shape {shape} dtype "
                          f"{dtype}; read files with opensapiens.io.read_image")
