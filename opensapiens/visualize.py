@@ -117,14 +117,19 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
                 cv2.rectangle(canvas, _fixed(box[:2]), _fixed(box[2:]), BOX, thickness, cv2.LINE_AA, _SHIFT)
 
     shown = (sc > threshold) & np.isfinite(kp).all(-1) & (np.abs(kp) < _LIMIT).all(-1)  # (N, K)
-    for person, visible in zip(kp, shown):
-        for (a, b), color in zip(kps.skeleton, link_colors):
+    # Python values for the cv2 calls, made in a few array operations: per-point conversions in Python held the GIL
+    # for most of a picture's drawing time, time taken from the thread that feeds the GPU
+    fixed = np.rint(np.where(shown[..., None], kp, 0) * (1 << _SHIFT)).astype(np.int64)  # (N, K, 2) cv2 fixed point
+    points = [[tuple(xy) for xy in person] for person in fixed.tolist()]
+    links, link_rgb = kps.skeleton, link_colors.tolist()
+    point_rgb, point_radius = point_colors.tolist(), (np.where(small, small_radius, radius) << _SHIFT).tolist()
+    for xy, visible in zip(points, shown.tolist()):
+        for (a, b), color in zip(links, link_rgb):
             if visible[a] and visible[b]:
-                cv2.line(canvas, _fixed(person[a]), _fixed(person[b]), color.tolist(), thickness, cv2.LINE_AA,
-                         _SHIFT)
-        for k in np.flatnonzero(visible):  # points on top of the links
-            r = small_radius if small[k] else radius
-            cv2.circle(canvas, _fixed(person[k]), r << _SHIFT, point_colors[k].tolist(), -1, cv2.LINE_AA, _SHIFT)
+                cv2.line(canvas, xy[a], xy[b], color, thickness, cv2.LINE_AA, _SHIFT)
+        for k, v in enumerate(visible):  # points on top of the links
+            if v:
+                cv2.circle(canvas, xy[k], point_radius[k], point_rgb[k], -1, cv2.LINE_AA, _SHIFT)
     return canvas
 
 
