@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true",
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
-    p.add_argument("--workers", type=int, default=4, help="image-reading threads (0: read in the main thread)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="image-reading threads (default: up to 8, at most one per core; 0: read in the main thread)")
     p.add_argument("--decode", default="host", choices=["host", "device"],
                    help="where JPEGs are decoded: host (OpenCV on the --workers threads) or device (nvJPEG on the "
                    "GPU, for machines with few cores per GPU; it takes GPU time from the model)")
@@ -94,7 +95,7 @@ def _load(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.batch import run_batch, run_video
+    from ..inference.batch import READER_THREADS, run_batch, run_video
     from ..io.images import list_inputs, read_image
 
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
@@ -130,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
     t0 = time.perf_counter()
-    report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=args.workers,
+    workers = READER_THREADS if args.workers is None else args.workers
+    report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=workers,
                        writers=args.writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
                        predict_kwargs=per_batch, decode=args.decode)
     seconds, images_done = time.perf_counter() - t0, len(report.done)

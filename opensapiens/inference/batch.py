@@ -45,6 +45,12 @@ RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_dept
               "normal": "_normal_raw.npy"}
 
 
+# run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
+# bench/host_decode.py), so 4 threads held predict's loop near 152-154 img/s with pose-0.3B's model alone at 156-163
+# (calls 69 and 72); 8 decode faster than pose-0.3B runs. Never more than the cores.
+READER_THREADS = min(8, os.cpu_count() or 2)
+
+
 def default_writers(task: str, vis: bool) -> int:
     """Writer threads for a job, at most one per core.
 
@@ -162,7 +168,8 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4, workers: int = 4,
+def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4,
+              workers: int = READER_THREADS,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
               progress: bool = True, writers: int | None = None, decode: str = "host") -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
