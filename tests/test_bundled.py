@@ -70,3 +70,24 @@ def test_demo_command_writes_pictures_and_metrics(tmp_path, capsys):
     doc = json.loads((tmp_path / "synthetic_00.json").read_text())
     assert doc["keypoint_set"] == "goliath" and len(doc["people"][0]["keypoints"]) == 308 * 3
     assert np.load(tmp_path / "synthetic_00_normal.npy").shape == (128, 96, 3)
+
+
+def test_bundled_predictor_uploads_each_image_once_unless_a_detector_must_see_it(monkeypatch):
+    """The pose crops come from the dense pass's upload (each upload stages the whole image in pinned memory on CUDA);
+    a detector still gets the caller's arrays, the type a user's own detector was written for."""
+    from opensapiens.inference import predictors, streams
+
+    host_arrays = []
+    real = streams.upload_images
+    monkeypatch.setattr(predictors, "upload_images", lambda images, device: host_arrays.append(
+        sum(isinstance(im, np.ndarray) for im in images)) or real(images, device))
+    image = np.random.default_rng(0).integers(0, 255, (150, 100, 3), dtype=np.uint8)
+    predictor = opensapiens.load("sapiens-nano", device="cpu")
+    res = predictor(image)
+    assert host_arrays == [1, 0] and res["pose"].keypoints.shape == (1, 308, 2)
+    seen = []
+    predictor.pose.detector = lambda im: seen.append(type(im)) or (np.array([[10, 10, 90, 140]], np.float32),
+                                                                   np.ones(1, np.float32))
+    host_arrays.clear()
+    res = predictor(image)
+    assert seen == [np.ndarray] and host_arrays == [1, 1] and res["pose"].boxes.tolist() == [[10, 10, 90, 140]]

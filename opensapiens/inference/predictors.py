@@ -313,11 +313,14 @@ class MultiTaskPredictor:
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], boxes=None) -> Pending:
         """As ``Predictor.submit``: the backbone with the dense heads, then the pose crops, queued; results later."""
-        batch, metas = self.preprocess(upload_images(images, self.device), device=self.device)
+        uploaded = upload_images(images, self.device)
+        batch, metas = self.preprocess(uploaded, device=self.device)
         dtype = next(self.model.parameters()).dtype
         tasks = tuple(t for t in self.DENSE if t in self.model.tasks)
         outs = self.model(batch.to(dtype), tasks=tasks)
-        poses = self.pose.submit(images, boxes=boxes) if self.pose is not None else None
+        poses = None
+        if self.pose is not None:  # crops from the same upload, unless a detector is to see the caller's images
+            poses = self.pose.submit(images if boxes is None and self.pose.detector else uploaded, boxes=boxes)
 
         def finish() -> list[dict]:
             pose_results = poses.result() if poses is not None else [None] * len(metas)
