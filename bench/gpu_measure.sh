@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -414,6 +414,21 @@ elif [ "$1" = pose-writers ]; then
     timeout 75 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --writers $w \
       --out "$OUT/predict_pipeline_pose_pictures_w$w.json" 2>&1 | grep -v Warn | grep "pipelined\|one at a time\|model only"
   done
+elif [ "$1" = after-calls-76 ]; then
+  # what changed after call 76, unmeasured on a GPU: the tests it touches under CUDA; bench --e2e pose-0.3b with the
+  # readers' new default (8, was 4: call 72 measured 0.934 host decode with 4); predict's loop with pictures at the
+  # new default writers (pose 8, seg 16) and the faster pose drawing (call 76: pose 0.755-0.776 with 8 writers)
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
+    tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -6
+  e2e_images
+  timeout 170 python -m opensapiens.cli.main bench --iters 10 --e2e-decode host,device --e2e /tmp/e2e2048 --task pose \
+    --arch 0.3b --batch 16 --out "$OUT/e2e_run_batch_readers8_pose_0.3b_$C.json" | grep -v '^{'
+  folder512_and_checkpoints
+  timeout 80 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
+    --out "$OUT/predict_pipeline_pose_pictures_default.json" 2>&1 | grep -v Warn | tail -7
+  timeout 120 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 \
+    --out "$OUT/predict_pipeline_seg_pictures_default.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
