@@ -17,28 +17,26 @@ from pathlib import Path
 
 import torch
 
-from ..io.images import decode_jpegs, read_image, read_jpeg_bytes, upright
+from ..io.images import decode_jpegs, read_image
 from .streams import _cuda_device, _writable, side_stream
 
 
 def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor:
-    """An image file as an upright (H, W, 3) uint8 RGB tensor: JPEGs decoded on ``device``; other files read on the
-    host (a host tensor, uploaded with the batch). Raises ``ImageReadError`` like ``read_image``.
+    """An image file as an upright (H, W, 3) uint8 RGB tensor: ``read_image`` with JPEGs decoded on ``device``
+    (other files, and JPEGs the decoder refuses, decoded on the host: a host tensor, uploaded with the batch).
+    Raises ``ImageReadError`` like ``read_image``.
 
     Meant for loader threads: on CUDA the decode runs on a side stream and the calling thread waits for it, so the
     tensor is ready when returned (its consumer's stream must still ``record_stream`` it, as ``upload_images`` does).
     """
-    jpeg = read_jpeg_bytes(path)
-    if jpeg is None:
-        return torch.from_numpy(_writable(read_image(path)))
-    data, orientation = jpeg
+    def decode(data: bytes) -> torch.Tensor | None:
+        (chw,) = decode_jpegs([data], device)
+        return None if chw is None else chw.permute(1, 2, 0)
+
     cuda = device.type == "cuda"
     stream = side_stream(_cuda_device(device), "decode") if cuda else None
     with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-        (chw,) = decode_jpegs([data], device)
-        if chw is None:  # data the decoder refuses: the host reader decodes it or names the damage
-            return torch.from_numpy(_writable(read_image(path)))
-        pixels = upright(chw.permute(1, 2, 0), orientation).contiguous()  # (H, W, 3) on the device
+        pixels = read_image(path, jpeg_decoder=decode)  # the EXIF turn applied on the device too
         if cuda:
             stream.synchronize()  # this thread waits for its image, the model's stream does not
-    return pixels
+    return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(_writable(pixels))

@@ -31,7 +31,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -224,16 +224,13 @@ def _decode_16bit_color(data: bytes, path: Path) -> np.ndarray:
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray | None:
-    """A complete RGB or gray JPEG through OpenCV; None when the file ends early (so Pillow reports the damage)
-    or OpenCV cannot decode it.
+    """A complete RGB or gray JPEG through OpenCV; None when OpenCV cannot decode it.
 
     The same libjpeg-turbo decode as Pillow's (integer IDCT, fancy up-sampling: identical pixels), but OpenCV
     releases the GIL for the whole decode and skips Pillow's chunked copy out of its image buffer: about 2.5x the
     images/s on 8 loader threads (365 vs 148 img/s for 1080p JPEGs, ``bench/host_decode.py``). Orientation is left
     to the caller, as for every other format.
     """
-    if not _complete_jpeg(data):
-        return None
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
@@ -242,24 +239,14 @@ def _complete_jpeg(data: bytes) -> bool:
     return b"\xff\xd9" in data[-4096:]  # without an end-of-image marker the file was cut short
 
 
-def read_jpeg_bytes(path: str | Path) -> tuple[bytes, int] | None:
-    """A complete RGB or gray JPEG's bytes and EXIF orientation, for a decoder elsewhere (nvJPEG on the GPU); None for
-    anything else, unreadable files included: ``read_image`` reads those, with its conversions and its errors."""
-    try:
-        data = Path(path).read_bytes()
-        with Image.open(io.BytesIO(data)) as im:  # parses the header, decodes nothing
-            if im.format == "JPEG" and im.mode in ("RGB", "L") and _complete_jpeg(data):
-                return data, _exif_orientation(im)
-    except Exception:  # noqa: BLE001 - read_image names the problem
-        pass
-    return None
+JpegDecoder = Callable[[bytes], "np.ndarray | torch.Tensor | None"]
 
 
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
     """JPEG bytes -> (3, H, W) uint8 RGB tensors decoded on ``device`` (nvJPEG on CUDA, in one batch), as stored
     (``upright`` applies the EXIF orientation); None for data the decoder refuses, so one bad file costs only itself.
 
-    torchvision's decoders (deprecated since its 0.29 for TorchCodec's); ``read_image`` does not use them.
+    torchvision's decoders (deprecated since its 0.29 for TorchCodec's); ``read_image`` uses them only when told to.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -277,10 +264,11 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
         return out
 
 
-def _decode(im: Image.Image, data: bytes, path: Path) -> np.ndarray:
+def _decode(im: Image.Image, data: bytes, path: Path, jpeg_decoder: JpegDecoder) -> np.ndarray | torch.Tensor:
     """``im`` is Pillow opened on ``data``, the file's bytes: OpenCV decodes the same bytes, never the file again."""
-    if im.format == "JPEG" and im.mode in ("RGB", "L"):  # CMYK, YCCK, ...: Pillow's conversions, as documented
-        rgb = _decode_jpeg(data)
+    # CMYK, YCCK, ...: Pillow's conversions, as documented; a file that ends early: Pillow reports the damage
+    if im.format == "JPEG" and im.mode in ("RGB", "L") and _complete_jpeg(data):
+        rgb = jpeg_decoder(data)
         if rgb is not None:
             return rgb
     if im.mode in ("RGB", "RGBA") and _has_16bit_samples(im):
@@ -293,11 +281,13 @@ def _decode(im: Image.Image, data: bytes, path: Path) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, jpeg_decoder: JpegDecoder = _decode_jpeg) -> np.ndarray | torch.Tensor:
     """Read an image file as an upright (H, W, 3) uint8 RGB array; raises ``ImageReadError`` if it can't.
 
     The file is read once, whole, into memory: Pillow parses the header and EXIF from those bytes and OpenCV (for
-    JPEGs) decodes the same bytes, instead of opening and reading the file a second time.
+    JPEGs) decodes the same bytes, instead of opening and reading the file a second time. ``jpeg_decoder`` replaces
+    OpenCV for complete RGB and gray JPEGs: bytes -> (H, W, 3) uint8 pixels (an array, or a tensor, which is then
+    what comes back: ``read_image_on_device``), or None to leave the file to Pillow.
     """
     path = Path(path)
     if not path.exists():
@@ -309,7 +299,7 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as im:
-            rgb = _decode(im, data, path)
+            rgb = _decode(im, data, path, jpeg_decoder)
             orientation = _exif_orientation(im)  # after decoding: reading a PNG's EXIF may load the pixels
     except ImageReadError:
         raise
@@ -319,7 +309,8 @@ def read_image(path: str | Path) -> np.ndarray:
         raise ImageReadError(path, f"damaged or unsupported image data ({type(e).__name__}: {e})") from e
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] == 0 or rgb.shape[1] == 0:
         raise ImageReadError(path, f"decoded to an unusable array of shape {rgb.shape}")
-    return np.ascontiguousarray(upright(rgb, orientation))
+    rgb = upright(rgb, orientation)
+    return np.ascontiguousarray(rgb) if isinstance(rgb, np.ndarray) else rgb.contiguous()
 
 
 # ----------------------------------------------------------------------------------------------------------------
