@@ -417,8 +417,10 @@ elif [ "$1" = pose-writers ]; then
 elif [ "$1" = after-calls-76 ]; then
   # what changed after call 76, unmeasured on a GPU: the tests it touches under CUDA; bench --e2e pose-0.3b with the
   # readers' new default (8, was 4: call 72 measured 0.934 host decode with 4); predict's loop with pictures at the
-  # new default writers (pose 8, seg 16) and the faster pose drawing (call 76: pose 0.755-0.776 with 8 writers)
+  # new default writers (pose 8, seg 16) and the faster pose drawing (call 76: pose 0.755-0.776 with 8 writers).
+  # pycocotools from .whlcoco/ (carried): `import opensapiens` needs it since the results moved (call 77 failed on it)
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
     tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -6
   e2e_images
