@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..io.images import decode_jpegs, read_image
-from .streams import _cuda_device, _writable, side_stream
+from .streams import cuda_device, host_tensor, side_stream
 
 
 def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor:
@@ -34,9 +34,9 @@ def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor
         return None if chw is None else chw.permute(1, 2, 0)
 
     cuda = device.type == "cuda"
-    stream = side_stream(_cuda_device(device), "decode") if cuda else None
+    stream = side_stream(cuda_device(device), "decode") if cuda else None
     with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
         pixels = read_image(path, jpeg_decoder=decode)  # the EXIF turn applied on the device too
         if cuda:
             stream.synchronize()  # this thread waits for its image, the model's stream does not
-    return pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(_writable(pixels))
+    return pixels if isinstance(pixels, torch.Tensor) else host_tensor(pixels)

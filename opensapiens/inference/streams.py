@@ -25,13 +25,14 @@ def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
     return torch.cuda.Stream(device)
 
 
-def _cuda_device(device: torch.device) -> torch.device:
+def cuda_device(device: torch.device) -> torch.device:
+    """``device`` with its index ("cuda" -> "cuda:N", the current one), so per-device streams key on one name."""
     return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
 
 
-def _writable(image: np.ndarray) -> np.ndarray:
-    """A C-contiguous writable array (torch warns on read-only numpy memory); copies only when needed."""
-    return image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C")
+def host_tensor(image: np.ndarray) -> torch.Tensor:
+    """A tensor over ``image``'s memory; copied only when read-only or not C-contiguous (torch warns on the first)."""
+    return torch.from_numpy(image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C"))
 
 
 def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -45,8 +46,8 @@ def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.dev
     for i, im in enumerate(images):
         check_image(i, im)  # before the pinned staging below would cast, say, a float image to uint8 unasked
     if device.type != "cuda":
-        return [(im if isinstance(im, torch.Tensor) else torch.from_numpy(_writable(im))).to(device) for im in images]
-    device = _cuda_device(device)
+        return [(im if isinstance(im, torch.Tensor) else host_tensor(im)).to(device) for im in images]
+    device = cuda_device(device)
     current = torch.cuda.current_stream(device)
     out: list[torch.Tensor | None] = [None] * len(images)
     staged = []
@@ -85,7 +86,7 @@ class Pending:
         self._results: list | None = None
         self._stream = self._ready = None
         if device is not None and device.type == "cuda":
-            device = _cuda_device(device)
+            device = cuda_device(device)
             self._stream = side_stream(device, "post")
             self._ready = torch.cuda.Event()
             self._ready.record(torch.cuda.current_stream(device))
