@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -422,7 +422,7 @@ elif [ "$1" = after-calls-76 ]; then
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
-    tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -6
+    tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -40  # call 78's tail -6 lost a failure's text
   e2e_images
   timeout 170 python -m opensapiens.cli.main bench --iters 10 --e2e-decode host,device --e2e /tmp/e2e2048 --task pose \
     --arch 0.3b --batch 16 --out "$OUT/e2e_run_batch_readers8_pose_0.3b_$C.json" | grep -v '^{'
@@ -431,6 +431,19 @@ elif [ "$1" = after-calls-76 ]; then
     --out "$OUT/predict_pipeline_pose_pictures_default.json" 2>&1 | grep -v Warn | tail -7
   timeout 120 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 \
     --out "$OUT/predict_pipeline_seg_pictures_default.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = nvjpeg-test-graphs ]; then
+  # call 78 failed test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels (passed in call 74; its
+  # text was cut off): the test three times with the whole traceback; then bench --e2e pose-0.3b through the graphed
+  # models (--cuda-graphs: a Predictor over the fused path replayed as graphs, short chunks padded), host decode
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  for k in 1 2 3; do timeout 60 python -m pytest -q -rfE --tb=long -p no:cacheprovider \
+    "tests/test_device_decode.py::test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels" 2>&1 \
+    | grep -v Warn | tail -60; done
+  timeout 60 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -15
+  e2e_images
+  timeout 300 python -m opensapiens.cli.main bench --iters 10 --cuda-graphs --e2e-decode host --e2e /tmp/e2e2048 \
+    --task pose --arch 0.3b --batch 16 --out "$OUT/e2e_cuda_graphs_pose_0.3b_$C.json" | grep -v '^{'
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
