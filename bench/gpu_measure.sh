@@ -433,8 +433,10 @@ elif [ "$1" = after-calls-76 ]; then
     --out "$OUT/predict_pipeline_seg_pictures_default.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = nvjpeg-test-graphs ]; then
   # call 78 failed test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels (passed in call 74; its
-  # text was cut off): the test three times with the whole traceback; then bench --e2e pose-0.3b through the graphed
-  # models (--cuda-graphs: a Predictor over the fused path replayed as graphs, short chunks padded), host decode
+  # text was cut off; likely cause: torchvision's nvJPEG wrote into a block the decode stream still read, fixed in
+  # decode_jpegs): the test three times with the whole traceback, the whole file (with the new race test); then
+  # bench --e2e pose-0.3b through the graphed models (--cuda-graphs: a Predictor over the fused path replayed as
+  # graphs, short chunks padded), host decode
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   for k in 1 2 3; do timeout 60 python -m pytest -q -rfE --tb=long -p no:cacheprovider \

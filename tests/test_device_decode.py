@@ -19,7 +19,7 @@ from opensapiens.inference.batch import run_batch
 from opensapiens.inference.device_decode import read_image_on_device
 from opensapiens.inference.predictors import PosePredictor, SegPredictor
 from opensapiens.io import read_image
-from opensapiens.io.images import ImageReadError, upright
+from opensapiens.io.images import ImageReadError, decode_jpegs, upright
 
 from conftest import make_official_state
 
@@ -151,6 +151,25 @@ def test_end_to_end_reports_a_file_it_could_not_process(tmp_path):
     model, _ = make_official_state("seg", 5)
     with pytest.raises(RuntimeError, match="broken.jpg"):
         end_to_end(SegPredictor(model, input_size=(64, 48), batch_size=2), _folder(tmp_path))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs CUDA")
+def test_nvjpeg_does_not_write_memory_the_current_stream_still_reads(tmp_path):
+    """torchvision's decoder writes from its own stream into memory taken on the current one: a block freed while a
+    queued copy still reads it must not receive the decoded pixels before that copy runs (call 78's failure)."""
+    cuda = torch.device("cuda")
+    h, w = 96, 128
+    data = _jpeg(tmp_path / "a.jpg", _smooth(h, w)).read_bytes()
+    for _ in range(3):
+        freed = torch.full((3, h, w), 7, dtype=torch.uint8, device=cuda)  # the decoded image's size: its block
+        torch.cuda._sleep(200_000_000)  # ~0.1 s of GPU time queued before the read below
+        copy = freed.clone()  # queued on the current stream, behind the sleep
+        del freed  # free for the allocator, still to be read by the clone
+        (decoded,) = decode_jpegs([data], cuda)
+        torch.cuda.synchronize()
+        assert (copy == 7).all(), "the decode overwrote memory a queued copy was still to read"
+        np.testing.assert_array_equal(decoded.permute(1, 2, 0).cpu().numpy(),
+                                      read_image_on_device(tmp_path / "a.jpg", cuda).cpu().numpy())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="nvJPEG needs CUDA")

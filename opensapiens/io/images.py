@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -245,23 +246,48 @@ JpegDecoder = Callable[[bytes], "np.ndarray | torch.Tensor | None"]
 def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
     """JPEG bytes -> (3, H, W) uint8 RGB tensors decoded on ``device`` (nvJPEG on CUDA, in one batch), as stored
     (``upright`` applies the EXIF orientation); None for data the decoder refuses, so one bad file costs only itself.
+    On CUDA the tensors are ready for the current stream's later work, like any tensor made on it.
 
     torchvision's decoders (deprecated since its 0.29 for TorchCodec's); ``read_image`` uses them only when told to.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    try:
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # which one? each alone
-        out: list[torch.Tensor | None] = []
-        for t in tensors:
-            try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
-            except RuntimeError:
-                out.append(None)
-        return out
+    def decode() -> list[torch.Tensor | None]:
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+        try:
+            return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:  # which one? each alone
+            out: list[torch.Tensor | None] = []
+            for t in tensors:
+                try:
+                    out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                except RuntimeError:
+                    out.append(None)
+            return out
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        return decode()
+    # torchvision allocates the outputs on the current stream but writes them from its own stream without waiting
+    # for the current one: a block freed with reads still queued on the current stream (the previous image's resize,
+    # the last training step) would be overwritten under them. So the outputs come from a stream that queues nothing
+    # but these decodes, and the current stream is told it uses them.
+    current = torch.cuda.current_stream(device)
+    with torch.cuda.stream(_nvjpeg_stream(current.device)):
+        out = decode()
+    current.wait_stream(_nvjpeg_stream(current.device))
+    for t in out:
+        if t is not None:
+            t.record_stream(current)  # not reused by the next decode before the current stream is done with it
+    return out
+
+
+@functools.cache
+def _nvjpeg_stream(device: torch.device) -> torch.cuda.Stream:
+    import torch
+
+    return torch.cuda.Stream(device)
 
 
 def _decode(im: Image.Image, data: bytes, path: Path, jpeg_decoder: JpegDecoder) -> np.ndarray | torch.Tensor:
