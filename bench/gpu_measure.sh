@@ -439,6 +439,21 @@ elif [ "$1" = nvjpeg-test-graphs ]; then
   # graphs, short chunks padded), host decode
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  # the hazard itself, with torchvision called directly (what decode_jpegs did before): a clone queued behind a GPU
+  # sleep reads a freed block of the decoded image's size while nvJPEG decodes
+  timeout 60 python -c "
+import io, numpy as np, torch
+from PIL import Image
+from torchvision.io import decode_jpeg
+b = io.BytesIO(); Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(b, 'JPEG')
+data = torch.frombuffer(bytearray(b.getvalue()), dtype=torch.uint8)
+bad = 0
+for _ in range(5):
+    freed = torch.full((3, 96, 128), 7, dtype=torch.uint8, device='cuda'); torch.cuda._sleep(200_000_000)
+    copy = freed.clone(); del freed
+    out = decode_jpeg(data, device='cuda'); torch.cuda.synchronize(); bad += int((copy != 7).any())
+print(f'torchvision decode_jpeg called directly: the queued copy read decoded pixels in {bad} of 5 tries')
+" 2>&1 | grep -v Warn | tail -3
   for k in 1 2 3; do timeout 60 python -m pytest -q -rfE --tb=long -p no:cacheprovider \
     "tests/test_device_decode.py::test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels" 2>&1 \
     | grep -v Warn | tail -60; done
