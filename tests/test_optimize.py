@@ -48,11 +48,19 @@ def test_fused_blocks_and_whole_model_compile_are_exclusive():
         optimize_for_inference(model, fp8=True)
 
 
+def _pretend_cuda(monkeypatch, graphed, captures: list):
+    """CapturedShapes' policy on the CPU: the CUDA gate passed, a "capture" that records its shape and a "replay"
+    that runs fn."""
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    monkeypatch.setattr(graphed, "_capture", lambda x: captures.append(tuple(x.shape)) or ("graph", x.shape))
+    monkeypatch.setattr(graphed, "_replay", lambda captured, x: graphed.fn(x) + 100)  # tells replays apart
+
+
 def test_captured_shapes_fall_back_to_eager_when_a_capture_fails(monkeypatch):
     from opensapiens.inference.graphs import CapturedShapes
 
     calls = []
-    graphed = CapturedShapes(lambda x: calls.append(x.shape) or x * 2)
+    graphed = CapturedShapes(lambda x: calls.append(x.shape) or x * 2, capture_after=1)
     x = torch.ones(2, 3)
     assert torch.equal(graphed(x), x * 2) and not graphed.graphs  # a CPU input: no graph, fn itself
 
@@ -66,25 +74,66 @@ def test_captured_shapes_fall_back_to_eager_when_a_capture_fails(monkeypatch):
     assert torch.equal(graphed(x), x * 2) and len(calls) == 3  # no second attempt: eager from then on
 
 
+def test_a_shape_is_captured_at_its_second_call_once_ready(monkeypatch):
+    """A one-off call runs eagerly (no capture to pay for one image); nothing is captured while the head's compile
+    is pending (the graph would hold the eager head, and the first results would wait); then each shape once."""
+    from opensapiens.inference.graphs import CapturedShapes
+
+    ready, captures = [False], []
+    graphed = CapturedShapes(lambda x: x * 2, ready=lambda: ready[0])
+    _pretend_cuda(monkeypatch, graphed, captures)
+    a, b = torch.ones(4, 3), torch.ones(2, 3)
+    assert [graphed(a)[0, 0].item() for _ in range(3)] == [2, 2, 2] and not captures  # compile pending: fn
+    ready[0] = True
+    assert graphed(a)[0, 0].item() == 102 and captures == [(4, 3)]  # seen before: captured, then replayed
+    assert graphed(b)[0, 0].item() == 2 and captures == [(4, 3)]  # a new shape's first call: fn
+    assert [graphed(b)[0, 0].item() for _ in range(2)] == [102, 102] and captures == [(4, 3), (2, 3)]
+    assert graphed(a)[0, 0].item() == 102 and len(captures) == 2  # each shape captured once
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs")
 def test_fused_path_replayed_as_cuda_graphs_matches_it_and_keeps_earlier_results():
     import copy
+    import threading
 
     from opensapiens.inference.optimize import optimize_for_inference
     from opensapiens.models import build_model
 
     torch.manual_seed(0)
     model = build_model("pose", "nano", out_channels=17, head_channels=32, pos_grid=(8, 6)).cuda().bfloat16()
-    plain = optimize_for_inference(copy.deepcopy(model))
-    graphed = optimize_for_inference(model, fused=True, cuda_graphs=True)
+    plain = optimize_for_inference(copy.deepcopy(model), cuda_graphs=False)
+    graphed = optimize_for_inference(model)  # the default: the fused path as CUDA graphs
     x4, x2 = (torch.randn(n, 3, 128, 96, device="cuda", dtype=torch.bfloat16) for n in (4, 2))
     with torch.inference_mode():
         plain.warmup(x4)
         expect4, expect2 = plain(x4), plain(x2)
-        got4 = graphed(x4)  # captured (after the head's background compile), then replayed
-        got2 = graphed(x2)  # another shape, another graph
+        graphed.warmup(x4)  # eager, the head's compile waited for, then captured
+        assert len(graphed.graphs.graphs) == 1
+        got4 = graphed(x4)  # replayed
+        first2 = graphed(x2)  # another shape's first call: eager
+        got2 = graphed(x2)  # captured, replayed
         again = graphed(x4)  # replayed; got4 must survive it
     assert len(graphed.graphs.graphs) == 2 and graphed.graphs.error is None
-    for got, expect in ((got4, expect4), (got2, expect2), (again, expect4)):
+    for got, expect in ((got4, expect4), (first2, expect2), (got2, expect2), (again, expect4)):
         assert (got.float() - expect.float()).norm() / expect.float().norm() < 1e-2
     assert torch.equal(got4, again)
+
+    # threads sharing the model, one on its own stream: every result is its own input's replay
+    results: dict[str, list] = {"a": [], "b": []}
+    with torch.inference_mode():
+        expect_b = graphed(x4.flip(0))
+
+    def work(name: str, x: torch.Tensor, stream: torch.cuda.Stream | None) -> None:
+        with torch.inference_mode(), torch.cuda.stream(stream):
+            for _ in range(20):
+                results[name].append(graphed(x))
+            torch.cuda.current_stream().synchronize()
+
+    threads = [threading.Thread(target=work, args=("a", x4, None)),
+               threading.Thread(target=work, args=("b", x4.flip(0), torch.cuda.Stream()))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, got4) for r in results["a"])
+    assert all(torch.equal(r, expect_b) for r in results["b"])

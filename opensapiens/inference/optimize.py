@@ -13,6 +13,9 @@
   stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
   kernel per LayerNorm; only the head goes through ``torch.compile``, in a background thread while the first
   batches run it eagerly (``background_compile.py``; ``fused=False``: the whole model is compiled, up front);
+* the fused path is replayed as one CUDA graph per batch shape (``graphs.py``), captured at a shape's second call
+  once the head's compile has finished: one launch per batch instead of hundreds from Python, so threads reading,
+  drawing and writing beside it no longer delay the GPU (``cuda_graphs=False``: launched eagerly);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); on the fused path their inputs are
   quantized by the norm and GELU kernels; attention and the heads stay in bf16.
@@ -114,8 +117,9 @@ class FastModel(nn.Module):
         self._compiled = compiled
         self._clone_outputs = clone_outputs
         self.background = background  # a part compiled in the background (the fused path's head)
-        # graphs: each input shape captured as a CUDA graph (after the background compile) and replayed
-        self.graphs = CapturedShapes(self._run, background.wait if background else None) if graphs else None
+        # graphs: each input shape captured as a CUDA graph (once the background compile is done) and replayed
+        ready = (lambda: background.wait(timeout=0)) if background else None
+        self.graphs = CapturedShapes(self._run, ready) if graphs else None
         self.compile_seconds: float | None = None
         self._largest_batch = 0
 
@@ -134,12 +138,11 @@ class FastModel(nn.Module):
 
     def run_size(self, n: int, size: int) -> int:
         """The batch size to run ``n`` images at when callers batch by ``size``: short batches are zero-padded to
-        ``size`` so that they do not compile (or capture) again. The whole-model compile and CUDA graphs are static
-        in shape: always padded. The fused path compiles its head for batch 1 apart from batches >= 2, so a lone
-        image runs alone (a quarter of the work at size 4) unless larger batches have run, whose compiled code a
+        ``size`` so that they do not compile (or capture) again. The whole-model compile is static in shape: always
+        padded. The fused path compiles its head for batch 1 apart from batches >= 2, so a lone image runs alone (a
+        quarter of the work at size 4) unless larger batches have run, whose compiled code (and captured graph) a
         job's short last chunk then reuses."""
-        static = self._compiled is not None or self.graphs is not None
-        if n >= size or (n == 1 and not static and self._largest_batch <= 1):
+        if n >= size or (n == 1 and self._compiled is None and self._largest_batch <= 1):
             return n
         return size
 
@@ -151,7 +154,8 @@ class FastModel(nn.Module):
         return out.clone() if self._clone_outputs else out
 
     def warmup(self, batch: torch.Tensor) -> float:
-        """Run until ``batch``'s shape runs compiled (a background compile included); returns the seconds it took."""
+        """Run until ``batch``'s shape runs compiled (a background compile included) and, on the graphed path,
+        replayed from its captured graph; returns the seconds it took."""
         sync = torch.cuda.synchronize if batch.is_cuda else (lambda: None)
         sync()
         t0 = time.perf_counter()
@@ -173,7 +177,7 @@ def require_fp8_device(device: torch.device) -> None:
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
-                           cuda_graphs: bool = False, channels_last: bool = False,
+                           cuda_graphs: bool | None = None, channels_last: bool = False,
                            compile_mode: str | None = None, fused: bool | None = None,
                            attention: str = "sdpa") -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU (``fp8`` there, or on
@@ -181,8 +185,8 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
     default) or the whole model through ``torch.compile``, which ``compile_mode`` needs and ``fused=None`` picks
-    for it and for ``cuda_graphs`` (``torch.compile``'s "reduce-overhead"); ``fused=True, cuda_graphs=True``
-    captures the fused path itself as one CUDA graph per input shape (``graphs.py``). FP8 takes either.
+    for it and for ``cuda_graphs=True`` (``torch.compile``'s "reduce-overhead"). The fused path is captured as one
+    CUDA graph per input shape (``graphs.py``) unless ``cuda_graphs=False``. FP8 takes either path.
     ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
     against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning). ``attention="fa4"`` runs
     attention on FlashAttention-4's kernels (``models.fa4_attention``, the optional ``flash-attn-4`` package)
@@ -215,11 +219,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
             # imports torch) that a head's few kernels do not need, and that the process waits for at exit: 7.0 s
             # of a one-image predict's 29.8 s on the H200 (call 54)
             background = model.head.forward = BackgroundCompile(model.head.forward, options={"compile_threads": 1})
-        return FastModel(model, background=background, graphs=cuda_graphs)
+        return FastModel(model, background=background, graphs=cuda_graphs is not False)
     if fp8:
         convert_to_fp8(model)
     compiled = None
     if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
         mode = "reduce-overhead" if cuda_graphs else compile_mode
         compiled = torch.compile(model, mode=mode, dynamic=False)
-    return FastModel(model, compiled, clone_outputs=compile and cuda_graphs)
+    return FastModel(model, compiled, clone_outputs=compile and bool(cuda_graphs))
