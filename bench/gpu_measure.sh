@@ -470,14 +470,14 @@ print(f'torchvision decode_jpeg called directly: the queued copy read decoded pi
 elif [ "$1" = graphs-default ]; then
   # call 80: the fused path replayed as CUDA graphs by default (a shape captured at its second call, once the head's
   # compile is done): the tests that touch it under CUDA; pose-1B model-only with and without graphs side by side
-  # (call 42: 17.87 -> 18.28 ms/img with graphs); pose-0.3B predict with pictures on the default path (call 79:
+  # (call 42: 17.87 -> 18.28 ms/img with graphs), FP8 graphed too; pose-0.3B predict with pictures on the default path (call 79:
   # 0.651-0.789 without graphs, 0.895-0.941 with)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   timeout 210 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 4 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_fp8.py tests/test_predictors.py tests/test_pipelined_predict.py \
     tests/test_bundled.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -30
-  timeout 170 python -m opensapiens.cli.main bench --iters 10 --fused-launches --task pose --arch 1b --batch 8 \
+  timeout 190 python -m opensapiens.cli.main bench --iters 10 --fused-launches --fp8 --task pose --arch 1b --batch 8 \
     --out "$OUT/graphs_default_pose_1b_$C.json" | grep -v '^{'
   folder512_and_checkpoints
   timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
