@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -461,15 +461,15 @@ print(f'torchvision decode_jpeg called directly: the queued copy read decoded pi
   # GIL contention in predict with pictures: the default path launches hundreds of kernels per batch from the main
   # thread while 8 writers draw; graphs launch one per batch. Side by side: default, then graphed
   folder512_and_checkpoints
-  # (call 79 ran "" and --cuda-graphs when graphs were opt-in; since call 80 they are the default: --no-graphs and "")
-  for G in --no-graphs ""; do timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
-    --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures$([ -z "$G" ] && echo _graphs).json" 2>&1 | grep -v Warn | tail -7; done
-  e2e_images  # (call 79: --cuda-graphs, which then also ran the fused path as graphs, end to end too)
-  timeout 220 python -m opensapiens.cli.main bench --iters 10 --cuda-graphs --fused-launches --e2e-decode host --e2e /tmp/e2e2048 \
+  for G in "" --cuda-graphs; do timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
+    --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
+  e2e_images  # (call 79's bench --cuda-graphs also ran the fused graphs, which --fused-graphs asks for now)
+  timeout 220 python -m opensapiens.cli.main bench --iters 10 --cuda-graphs --fused-graphs --e2e-decode host --e2e /tmp/e2e2048 \
     --task pose --arch 0.3b --batch 16 --out "$OUT/e2e_cuda_graphs_pose_0.3b_$C.json" | grep -v '^{'
 elif [ "$1" = graphs-default ]; then
   # call 80: the fused path replayed as CUDA graphs by default (a shape captured at its second call, once the head's
-  # compile is done): the tests that touch it under CUDA; pose-1B model-only with and without graphs side by side
+  # compile is done; commit 12fac8d, reverted after this call: launching is the default again, and the flags below
+  # ask for the graphed path): the tests that touch it under CUDA; pose-1B model-only with and without graphs side by side
   # (call 42: 17.87 -> 18.28 ms/img with graphs), FP8 graphed too; pose-0.3B predict with pictures on the default path (call 79:
   # 0.651-0.789 without graphs, 0.895-0.941 with)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
@@ -477,11 +477,21 @@ elif [ "$1" = graphs-default ]; then
   timeout 210 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 4 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_fp8.py tests/test_predictors.py tests/test_pipelined_predict.py \
     tests/test_bundled.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -30
-  timeout 190 python -m opensapiens.cli.main bench --iters 10 --fused-launches --fp8 --task pose --arch 1b --batch 8 \
+  timeout 190 python -m opensapiens.cli.main bench --iters 10 --fused-graphs --fp8 --task pose --arch 1b --batch 8 \
     --out "$OUT/graphs_default_pose_1b_$C.json" | grep -v '^{'
   folder512_and_checkpoints
-  timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
+  timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --cuda-graphs \
     --out "$OUT/predict_pipeline_pose_pictures_graphs_default.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = graphs-optin ]; then
+  # call 81: graphs opt-in again (reverted after call 80); under CUDA the tests of the graphed path (its capture
+  # policy, threads sharing a graphed model) and of device decoding (the keypoint tolerance call 80 outgrew); then
+  # pose-0.3B predict with pictures launched and graphed, a third pair (calls 79 and 80 disagreed)
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 3 tests/test_optimize.py \
+    tests/test_background_compile.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -25
+  folder512_and_checkpoints
+  for G in "" --cuda-graphs; do timeout 90 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
+    --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures_call81${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

@@ -10,7 +10,7 @@ where the main thread's time went (waiting for the readers, submitting, reading 
 writers; one at a time: ``submit`` includes its ``result()``), and one batch's ``submit`` and ``result()`` timed alone.
 ``--trace T``: one more pipelined pass profiled into T, for ``trace_summary.py`` (GPU idle gaps, kernels by time).
 Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W] [--writers N]
-       [--out JSON] [--trace T] [--no-graphs]
+       [--out JSON] [--trace T] [--cuda-graphs]
 """
 import argparse
 import collections
@@ -140,16 +140,16 @@ def main() -> None:
     p.add_argument("--writers", type=int, default=None, help="default: run_batch's (default_writers)")
     p.add_argument("--out", type=Path)
     p.add_argument("--trace", type=Path)
-    p.add_argument("--no-graphs", action="store_true",
-                   help="the fused path launched from Python, not replayed as CUDA graphs (the default before call 80)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="the fused path replayed as CUDA graphs (one launch per batch instead of hundreds)")
     args = p.parse_args()
     args.writers = args.writers or batch.default_writers(args.task, not args.no_vis)
     paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
     predictor = load_predictor(args.task, args.checkpoint, batch_size=args.batch, input_size=args.input_size,
-                               optimize=not args.no_graphs)
-    if args.no_graphs:
-        launched = optimize_for_inference(predictor.model, cuda_graphs=False)
-        predictor = type(predictor)(launched, input_size=predictor.input_size, batch_size=args.batch)
+                               optimize=not args.cuda_graphs)
+    if args.cuda_graphs:
+        graphed = optimize_for_inference(predictor.model, fused=True, cuda_graphs=True)
+        predictor = type(predictor)(graphed, input_size=predictor.input_size, batch_size=args.batch)
     run_batch(predictor, paths[: 2 * args.batch], Path(tempfile.mkdtemp()), batch_size=args.batch, progress=False)
     background = getattr(predictor.model, "background", None)
     if background is not None:
@@ -171,7 +171,7 @@ def main() -> None:
         assert not report.failed, report.failed[:3]
     rates["model only"] = model_only(predictor, args.batch)
     alone = isolated(predictor, paths, args.batch)
-    label = f"{args.task}{' (no CUDA graphs)' if args.no_graphs else ''}"
+    label = f"{args.task}{' (CUDA graphs)' if args.cuda_graphs else ''}"
     print(f"{label}: one batch of {args.batch} on a quiet GPU, median ms: {alone}; the model alone "
           f"{1e3 * args.batch / rates['model only']:.2f}")
     for name, rate in rates.items():
@@ -189,7 +189,7 @@ def main() -> None:
         args.out.write_text(json.dumps({"task": args.task, "batch": args.batch, "pictures": not args.no_vis,
                                         "images": len(paths), "images_per_s": rates, "main_thread_s": stages,
                                         "isolated_ms": alone, "identical": same, "gpu": gpu,
-                                        "writers": args.writers, "cuda_graphs": not args.no_graphs}, indent=1))
+                                        "writers": args.writers, "cuda_graphs": args.cuda_graphs}, indent=1))
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
 

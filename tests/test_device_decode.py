@@ -217,4 +217,7 @@ def test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels(t
         device, host = (json.loads((tmp_path / d / f"{path.stem}.json").read_text()) for d in ("device", "host"))
         assert device["image"]["height"] == host["image"]["height"]
         kp_device, kp_host = (np.array(r["people"][0]["keypoints"]).reshape(-1, 3) for r in (device, host))
-        np.testing.assert_allclose(kp_device, kp_host, atol=1e-3)
+        # the same pixels through the same model, up to the GPU's run-to-run rounding (cuDNN's algorithm choice: up
+        # to 0.016 px seen in call 80, on points far outside the image); a wrong or torn image moves them by pixels
+        np.testing.assert_allclose(kp_device[:, :2], kp_host[:, :2], atol=0.05)
+        np.testing.assert_allclose(kp_device[:, 2], kp_host[:, 2], atol=2e-3)

@@ -101,8 +101,8 @@ def test_fused_path_replayed_as_cuda_graphs_matches_it_and_keeps_earlier_results
 
     torch.manual_seed(0)
     model = build_model("pose", "nano", out_channels=17, head_channels=32, pos_grid=(8, 6)).cuda().bfloat16()
-    plain = optimize_for_inference(copy.deepcopy(model), cuda_graphs=False)
-    graphed = optimize_for_inference(model)  # the default: the fused path as CUDA graphs
+    plain = optimize_for_inference(copy.deepcopy(model))
+    graphed = optimize_for_inference(model, fused=True, cuda_graphs=True)
     x4, x2 = (torch.randn(n, 3, 128, 96, device="cuda", dtype=torch.bfloat16) for n in (4, 2))
     with torch.inference_mode():
         plain.warmup(x4)

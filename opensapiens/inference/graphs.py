@@ -2,8 +2,9 @@
 
 The fused blocks launch a few hundred kernels per forward from Python. Replaying them as one CUDA graph takes that
 host work, and any wait for the GIL behind other threads (file reading, decoding, drawing, writing), off the GPU's
-path: ``predict`` with pictures on pose-0.3B went from 0.65-0.79 to 0.90-0.94 of the model's own speed (call 79).
-Unlike ``torch.compile(mode="reduce-overhead")`` this keeps the fused blocks' kernels as they are.
+path. Unlike ``torch.compile(mode="reduce-overhead")`` this keeps the fused blocks' kernels as they are. Opt-in
+(``optimize_for_inference(model, fused=True, cuda_graphs=True)``): measured 2 % slower than launching on pose-1B,
+and its gain in ``predict`` with pictures did not hold from one run to the next (docs/performance.md, calls 79-80).
 """
 
 from __future__ import annotations

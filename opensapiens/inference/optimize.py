@@ -13,9 +13,9 @@
   stream, proj/fc2 GEMMs accumulating into it in place, fc1 with cuBLASLt's bias + GELU epilogue, one Triton
   kernel per LayerNorm; only the head goes through ``torch.compile``, in a background thread while the first
   batches run it eagerly (``background_compile.py``; ``fused=False``: the whole model is compiled, up front);
-* the fused path is replayed as one CUDA graph per batch shape (``graphs.py``), captured at a shape's second call
-  once the head's compile has finished: one launch per batch instead of hundreds from Python, so threads reading,
-  drawing and writing beside it no longer delay the GPU (``cuda_graphs=False``: launched eagerly);
+* ``fused=True, cuda_graphs=True`` replays the fused path as one CUDA graph per batch shape (``graphs.py``): one
+  launch per batch instead of hundreds from Python. Not the default: 2 % slower on pose-1B (calls 42 and 80) and no
+  steady gain end to end (docs/performance.md);
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); on the fused path their inputs are
   quantized by the norm and GELU kernels; attention and the heads stay in bf16.
@@ -177,7 +177,7 @@ def require_fp8_device(device: torch.device) -> None:
 
 
 def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = False,
-                           cuda_graphs: bool | None = None, channels_last: bool = False,
+                           cuda_graphs: bool = False, channels_last: bool = False,
                            compile_mode: str | None = None, fused: bool | None = None,
                            attention: str = "sdpa") -> nn.Module:
     """The optimized inference module for ``model`` (see the module docstring); identity on CPU (``fp8`` there, or on
@@ -185,8 +185,8 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
 
     The transformer blocks take one of two paths: ``fused`` (eager ``FusedBlock``s, only the head compiled; the
     default) or the whole model through ``torch.compile``, which ``compile_mode`` needs and ``fused=None`` picks
-    for it and for ``cuda_graphs=True`` (``torch.compile``'s "reduce-overhead"). The fused path is captured as one
-    CUDA graph per input shape (``graphs.py``) unless ``cuda_graphs=False``. FP8 takes either path.
+    for it and for ``cuda_graphs`` (``torch.compile``'s "reduce-overhead"); ``fused=True, cuda_graphs=True``
+    captures the fused path itself as one CUDA graph per input shape (``graphs.py``). FP8 takes either.
     ``compile_mode`` is handed to ``torch.compile`` (e.g. "max-autotune-no-cudagraphs": Triton GEMM templates timed
     against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning). ``attention="fa4"`` runs
     attention on FlashAttention-4's kernels (``models.fa4_attention``, the optional ``flash-attn-4`` package)
@@ -219,11 +219,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
             # imports torch) that a head's few kernels do not need, and that the process waits for at exit: 7.0 s
             # of a one-image predict's 29.8 s on the H200 (call 54)
             background = model.head.forward = BackgroundCompile(model.head.forward, options={"compile_threads": 1})
-        return FastModel(model, background=background, graphs=cuda_graphs is not False)
+        return FastModel(model, background=background, graphs=cuda_graphs)
     if fp8:
         convert_to_fp8(model)
     compiled = None
     if compile:  # CUDA graphs ("reduce-overhead") replay the whole forward with one launch per fixed batch shape
         mode = "reduce-overhead" if cuda_graphs else compile_mode
         compiled = torch.compile(model, mode=mode, dynamic=False)
-    return FastModel(model, compiled, clone_outputs=compile and bool(cuda_graphs))
+    return FastModel(model, compiled, clone_outputs=compile and cuda_graphs)
