@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -492,6 +492,17 @@ elif [ "$1" = graphs-optin ]; then
   folder512_and_checkpoints
   for G in "" --cuda-graphs; do timeout 90 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
     --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures_call81${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
+elif [ "$1" = after-calls-81 ]; then
+  # what changed after call 81, unmeasured on a GPU: draw_pose draws one OpenCV call per colour (~20 per Goliath
+  # skeleton instead of ~370; on the 2-core development machine the thread feeding the GPU kept 0.82-0.87 of its
+  # speed beside two drawing writers instead of 0.58-0.64). The same contention on this host's cores with 8 writers;
+  # then pose-0.3B predict with pictures, launched and graphed (calls 79-81: 0.65-0.81 launched)
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 60 python bench/draw_contention.py --writers 8 --pictures-per-s 160 --rounds 2 \
+    --out "$OUT/draw_contention_h200_host.json" 2>&1 | tail -5
+  folder512_and_checkpoints
+  for G in "" --cuda-graphs; do timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
+    --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures_draw${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

@@ -37,8 +37,9 @@ BACKGROUND_GREY: Color = (100, 100, 100)
 # ----------------------------------------------------------------------------------------------------------------
 
 @cache
-def _pose_style(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(point colours (K, 3), link colours (L, 3), small-point flags (K,)) for a keypoint set."""
+def _pose_style(name: str) -> tuple[list[tuple[Color, np.ndarray, np.ndarray]], list[tuple[Color, bool, np.ndarray]]]:
+    """A keypoint set's drawing groups: links by colour [(colour, start indices, end indices)], and points by colour
+    and size [(colour, small, keypoint indices)], each group in the order its first member appears."""
     kps = get_keypoint_set(name)
     face = set(kps.groups.get("face", ()))
     feet = set(kps.groups.get("foot", ()))
@@ -70,10 +71,14 @@ def _pose_style(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sa, sb = side(a), side(b)
         return sa if sa == sb else CENTER
 
-    points = np.array([point(k) for k in range(kps.num_keypoints)], np.uint8).reshape(-1, 3)
-    links = np.array([link(a, b) for a, b in kps.skeleton], np.uint8).reshape(-1, 3)
-    small = np.array([k in face for k in range(kps.num_keypoints)], bool)
-    return points, links, small
+    links: dict[Color, list[tuple[int, int]]] = {}
+    for a, b in kps.skeleton:
+        links.setdefault(link(a, b), []).append((a, b))
+    points: dict[tuple[Color, bool], list[int]] = {}
+    for k in range(kps.num_keypoints):
+        points.setdefault((point(k), k in face), []).append(k)
+    return ([(color, *np.array(ab, np.intp).reshape(-1, 2).T) for color, ab in links.items()],
+            [(color, small, np.array(ks, np.intp)) for (color, small), ks in points.items()])
 
 
 _SHIFT = 4  # cv2 fixed-point fractional bits: keypoints are drawn at sub-pixel positions
@@ -96,6 +101,9 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
         keypoint_set: the layout of the K keypoints (a ``KeypointSet``, or "goliath"/308, "wholebody"/133, "coco"/17).
         radius, thickness: point radius and line width in pixels; default scales with the image size.
         boxes: optional (N, 4) xyxy boxes drawn under the skeletons.
+
+    Per person the links are drawn first, then the points, one OpenCV call per colour (and point size): where
+    elements of different colours overlap, the colour drawn later is on top.
     """
     canvas = _rgb_copy(image, "image")
     kps = keypoint_set if isinstance(keypoint_set, KeypointSet) else get_keypoint_set(keypoint_set)
@@ -108,8 +116,10 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
     h, w = canvas.shape[:2]
     radius = radius if radius is not None else max(2, round(max(h, w) * 0.004))
     thickness = thickness if thickness is not None else max(1, round(radius / 2))
+    if radius < 1 or thickness < 1:
+        raise ValueError(f"radius and thickness must be at least 1 pixel, got {radius} and {thickness}")
     small_radius = max(1, radius // 2)
-    point_colors, link_colors, small = _pose_style(kps.name)
+    link_groups, point_groups = _pose_style(kps.name)
 
     if boxes is not None:
         for box in np.asarray(boxes, np.float64).reshape(-1, 4):
@@ -117,19 +127,21 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
                 cv2.rectangle(canvas, _fixed(box[:2]), _fixed(box[2:]), BOX, thickness, cv2.LINE_AA, _SHIFT)
 
     shown = (sc > threshold) & np.isfinite(kp).all(-1) & (np.abs(kp) < _LIMIT).all(-1)  # (N, K)
-    # Python values for the cv2 calls, made in a few array operations: per-point conversions in Python held the GIL
-    # for most of a picture's drawing time, time taken from the thread that feeds the GPU
-    fixed = np.rint(np.where(shown[..., None], kp, 0) * (1 << _SHIFT)).astype(np.int64)  # (N, K, 2) cv2 fixed point
-    points = [[tuple(xy) for xy in person] for person in fixed.tolist()]
-    links, link_rgb = kps.skeleton, link_colors.tolist()
-    point_rgb, point_radius = point_colors.tolist(), (np.where(small, small_radius, radius) << _SHIFT).tolist()
-    for xy, visible in zip(points, shown.tolist()):
-        for (a, b), color in zip(links, link_rgb):
-            if visible[a] and visible[b]:
-                cv2.line(canvas, xy[a], xy[b], color, thickness, cv2.LINE_AA, _SHIFT)
-        for k, v in enumerate(visible):  # points on top of the links
-            if v:
-                cv2.circle(canvas, xy[k], point_radius[k], point_rgb[k], -1, cv2.LINE_AA, _SHIFT)
+    fixed = np.rint(np.where(shown[..., None], kp, 0) * (1 << _SHIFT)).astype(np.int32)  # (N, K, 2) cv2 fixed point
+    # One OpenCV call per colour, not per link and point (a Goliath skeleton: ~20 calls instead of ~370, each taking
+    # and dropping the GIL the thread feeding the GPU needs). The same pixels: a 2-point open polyline is cv2.line, a
+    # 1-point closed polyline of thickness 2r is cv2.circle's filled disc of radius r (OpenCV draws both the same way)
+    for xy, visible in zip(fixed, shown):
+        for color, a, b in link_groups:
+            keep = visible[a] & visible[b]
+            if keep.any():
+                segments = np.stack([xy[a[keep]], xy[b[keep]]], axis=1)  # (L, 2, 2)
+                cv2.polylines(canvas, segments, False, color, thickness, cv2.LINE_AA, _SHIFT)
+        for color, small, ks in point_groups:  # points on top of the links
+            ks = ks[visible[ks]]
+            if len(ks):
+                diameter = 2 * (small_radius if small else radius)
+                cv2.polylines(canvas, xy[ks][:, None], True, color, diameter, cv2.LINE_AA, _SHIFT)
     return canvas
 
 

@@ -94,9 +94,71 @@ def test_boxes_and_bad_shapes():
         draw_pose(_canvas(), np.zeros((1, 133, 2)), np.zeros((1, 133)), "coco")
     empty = draw_pose(_canvas(), np.zeros((0, 17, 2)), np.zeros((0, 17)), "coco")
     assert (empty == GREY).all()
+    with pytest.raises(ValueError, match="at least 1 pixel"):
+        draw_pose(_canvas(), kp, sc, "coco", radius=0)
 
 
 # ----------------------------------------------------------------------------------------------------------- seg
+
+def _drawn_one_by_one(image, kp, sc, ks, colors, radius, thickness, threshold=0.3):
+    """The reference: cv2.line per link, then cv2.circle per point (face points at half radius), one person."""
+    out = image.copy()
+    shown = sc > threshold
+    fixed = [(int(round(x * 16)), int(round(y * 16))) for x, y in kp]
+    for a, b in ks.skeleton:
+        if shown[a] and shown[b]:
+            cv2.line(out, fixed[a], fixed[b], colors["link"][(a, b)], thickness, cv2.LINE_AA, 4)
+    face = set(ks.groups.get("face", ()))
+    for k in range(ks.num_keypoints):
+        if shown[k]:
+            r = max(1, radius // 2) if k in face else radius
+            cv2.circle(out, fixed[k], r << 4, colors["point"][k], -1, cv2.LINE_AA, 4)
+    return out
+
+
+def _colors_of(ks) -> dict:
+    """Each link's and point's colour as draw_pose shows it: drawn alone on black."""
+    colors = {"link": {}, "point": {}}
+    for k in range(ks.num_keypoints):
+        kp, sc = np.zeros((ks.num_keypoints, 2)), np.zeros(ks.num_keypoints)
+        kp[k], sc[k] = (10, 10), 1
+        colors["point"][k] = tuple(int(v) for v in draw_pose(np.zeros((20, 20, 3), np.uint8), kp, sc, ks,
+                                                             radius=4)[10, 10])
+    for a, b in ks.skeleton:
+        kp, sc = np.zeros((ks.num_keypoints, 2)), np.zeros(ks.num_keypoints)
+        kp[a], kp[b], sc[a], sc[b] = (10, 10), (50, 10), 1, 1
+        colors["link"][(a, b)] = tuple(int(v) for v in draw_pose(np.zeros((20, 60, 3), np.uint8), kp, sc, ks,
+                                                                 radius=1, thickness=5)[10, 30])
+    return colors
+
+
+@pytest.mark.parametrize("name", ["coco", "goliath"])
+def test_skeletons_are_the_pixels_of_drawing_each_link_and_point_alone(name):
+    """draw_pose draws all links or points of one colour in one OpenCV call; where elements of different colours do
+    not overlap, the pixels must be those of one cv2.line / cv2.circle per element."""
+    ks = keypoint_set(name)
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 255, (600, 900, 3), dtype=np.uint8)
+    if name == "coco":  # a standing person: links meet only under the points drawn over them
+        kp, sc = _coco_person({"nose": (450, 60), "left_eye": (465, 45), "right_eye": (435, 45), "left_ear": (480, 55),
+                               "right_ear": (420, 55), "left_shoulder": (520, 150), "right_shoulder": (380, 150),
+                               "left_elbow": (560, 250), "right_elbow": (340, 250), "left_wrist": (580, 340),
+                               "right_wrist": (320, 340), "left_hip": (500, 330), "right_hip": (400, 330),
+                               "left_knee": (505, 450), "right_knee": (395, 450), "left_ankle": (510, 560),
+                               "right_ankle": (390, 560)})
+        kp, sc = kp[0] + rng.uniform(-0.5, 0.5, (17, 2)), sc[0]
+    else:  # every point on its own cell of a grid, apart; links hidden by scores below the threshold on one end
+        cells = rng.permutation(20 * 16)[: ks.num_keypoints]
+        kp = np.stack([40 + 40 * (cells % 20), 30 + 35 * (cells // 20)], 1) + rng.uniform(-3, 3, (ks.num_keypoints, 2))
+        sc = np.ones(ks.num_keypoints)
+        for a, b in ks.skeleton:
+            if sc[a] > 0.3 and sc[b] > 0.3:
+                sc[b] = 0.1
+    out = draw_pose(img, kp, sc, ks, radius=6, thickness=2)
+    expected = _drawn_one_by_one(img, kp, sc, ks, _colors_of(ks), radius=6, thickness=2)
+    assert (sc > 0.3).sum() > 10
+    np.testing.assert_array_equal(out, expected)
+
 
 def test_colorize_seg_uses_the_palette():
     labels = np.array([[0, 1, 2], [255, 1, 0]], np.uint8)
