@@ -164,6 +164,8 @@ class FastModel(nn.Module):
             if self.background is not None:
                 self.background.wait()
                 self(batch)
+            elif self.graphs is not None:  # no compile to wait for: this second call captures the shape
+                self(batch)
         sync()
         self.compile_seconds = time.perf_counter() - t0
         return self.compile_seconds
