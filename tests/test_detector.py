@@ -124,6 +124,39 @@ def test_detector_errors(random_weights, tmp_path, monkeypatch):
     assert url in str(info.value) and "checkpoints" in str(info.value)
 
 
+def test_pose_predictor_detects_on_the_upload_its_crops_use(random_weights, monkeypatch):
+    """Our detector runs on the device copy the pose crops are cut from (one upload, one pinned staging per image on
+    CUDA, and no blocking pageable copy); a user's detector callable gets the caller's array, as written for."""
+    from opensapiens.inference import predictors, streams
+    from opensapiens.inference.predictors import PosePredictor
+
+    from conftest import make_official_state
+
+    _, d = random_weights
+    det = PersonDetector(d / "det.safetensors", arch=ARCH, score_threshold=0.0, max_people=2)
+    seen, uploads = [], []
+    real_detect, real_upload = det.detect_batch, streams.upload_images
+    monkeypatch.setattr(det, "detect_batch", lambda images, **kw: seen.extend(type(im) for im in images)
+                        or real_detect(images, **kw))
+    monkeypatch.setattr(predictors, "upload_images", lambda images, device: uploads.append(
+        [type(im) for im in images]) or real_upload(images, device))
+    model, _ = make_official_state("pose", 17)
+    predictor = PosePredictor(model, input_size=(64, 48), detector=det)
+    image = np.random.default_rng(0).integers(0, 255, (120, 90, 3), dtype=np.uint8)
+    res = predictor(image)
+    assert seen == [torch.Tensor] and uploads == [[np.ndarray]]
+    boxes, scores = real_detect([image])[0]  # the boxes it finds on the array itself
+    assert len(boxes) > 0
+    np.testing.assert_allclose(res.boxes, boxes, atol=1e-4)
+    np.testing.assert_allclose(res.box_scores, scores, atol=1e-6)
+
+    seen.clear(), uploads.clear()
+    predictor.detector = lambda im: seen.append(type(im)) or (np.array([[5, 5, 80, 110]], np.float32),
+                                                              np.ones(1, np.float32))
+    assert predictor(image).boxes.tolist() == [[5, 5, 80, 110]]
+    assert seen == [np.ndarray] and uploads == [[np.ndarray]]
+
+
 def test_load_detections_list(tmp_path):
     dets = [
         {"image_id": 7, "bbox": [10, 20, 30, 40], "score": 0.9, "category_id": 1, "file_name": "val/000007.jpg"},

@@ -28,6 +28,7 @@ from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
+from .detector import PersonDetector
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import Pending, upload_images
@@ -211,6 +212,11 @@ class PosePredictor(Predictor):
             raise ValueError(f"keypoint set {self.keypoint_set.name} has {self.keypoint_set.num_keypoints} points, "
                              f"the model predicts {k}")
 
+    def detector_sees_caller_images(self, boxes) -> bool:
+        """Whether a detector is to run on the caller's images as given: a user's callable gets the array type it
+        was written for; ours takes the device copy the crops are cut from (one upload per image)."""
+        return boxes is None and self.detector is not None and not isinstance(self.detector, PersonDetector)
+
     def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
             boxes = [boxes] if len(images) == 1 and not isinstance(boxes, (list, tuple)) else boxes
@@ -236,7 +242,9 @@ class PosePredictor(Predictor):
         All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
-        box_list, score_list = self._boxes(images, boxes)
+        ours_detects = boxes is None and isinstance(self.detector, PersonDetector)  # on the upload the crops use
+        uploaded = upload_images(images, self.device) if ours_detects else None
+        box_list, score_list = self._boxes(images if uploaded is None else uploaded, boxes)
         counts = [len(b) for b in box_list]
         if sum(counts) == 0:
             K = self.keypoint_set.num_keypoints
@@ -244,7 +252,9 @@ class PosePredictor(Predictor):
                                 np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
                      for _ in images]
             return Pending(None, lambda: empty)
-        tensors = [t.permute(2, 0, 1) for t in upload_images(images, self.device)]  # (3, H, W) uint8 each
+        if uploaded is None:
+            uploaded = upload_images(images, self.device)
+        tensors = [t.permute(2, 0, 1) for t in uploaded]  # (3, H, W) uint8 each
         # boxes, crop geometry and image ids stay on the host: the device gets them with the crops, asynchronously
         all_boxes = torch.from_numpy(np.concatenate(box_list))
         image_index = torch.repeat_interleave(torch.arange(len(images)), torch.tensor(counts))
@@ -319,8 +329,8 @@ class MultiTaskPredictor:
         tasks = tuple(t for t in self.DENSE if t in self.model.tasks)
         outs = self.model(batch.to(dtype), tasks=tasks)
         poses = None
-        if self.pose is not None:  # crops from the same upload, unless a detector is to see the caller's images
-            poses = self.pose.submit(images if boxes is None and self.pose.detector else uploaded, boxes=boxes)
+        if self.pose is not None:  # crops from the same upload, unless a user's detector is to see the caller's images
+            poses = self.pose.submit(images if self.pose.detector_sees_caller_images(boxes) else uploaded, boxes=boxes)
 
         def finish() -> list[dict]:
             pose_results = poses.result() if poses is not None else [None] * len(metas)
