@@ -497,7 +497,10 @@ elif [ "$1" = after-calls-81 ]; then
   # skeleton instead of ~370; on the 2-core development machine the thread feeding the GPU kept 0.82-0.87 of its
   # speed beside two drawing writers instead of 0.58-0.64). The same contention on this host's cores with 8 writers;
   # then pose-0.3B predict with pictures, launched and graphed (calls 79-81: 0.65-0.81 launched)
+  # Also since call 81: pose with our detector detects on the crops' upload (tests under CUDA first)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 3 tests/test_detector.py \
+    tests/test_visualize.py tests/test_bundled.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -25
   timeout 60 python bench/draw_contention.py --writers 8 --pictures-per-s 160 --rounds 2 \
     --out "$OUT/draw_contention_h200_host.json" 2>&1 | tail -5
   folder512_and_checkpoints
