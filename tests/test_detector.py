@@ -149,6 +149,9 @@ def test_pose_predictor_detects_on_the_upload_its_crops_use(random_weights, monk
     assert len(boxes) > 0
     np.testing.assert_allclose(res.boxes, boxes, atol=1e-4)
     np.testing.assert_allclose(res.box_scores, scores, atol=1e-6)
+    det.device = torch.device("cuda")  # a detector on another device than the pose model's: the caller's images
+    assert not predictor.detector_takes_upload(None) and predictor.detector_sees_caller_images(None)
+    det.device = torch.device("cpu")
 
     seen.clear(), uploads.clear()
     predictor.detector = lambda im: seen.append(type(im)) or (np.array([[5, 5, 80, 110]], np.float32),

@@ -79,6 +79,8 @@ class PersonDetector:
         max_people: at most this many boxes per image, highest scores first.
     """
 
+    takes_device_images = True  # images may be tensors on ``device``: a pose predictor there passes its own upload
+
     def __init__(self, weights: str | os.PathLike | None = None, arch: str = "fasterrcnn_resnet50_fpn_v2",
                  device: str | torch.device = "cpu", score_threshold: float = 0.5, nms_iou: float = 0.5,
                  max_people: int = 100) -> None:

@@ -28,7 +28,6 @@ from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
-from .detector import PersonDetector
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import Pending, upload_images
@@ -212,10 +211,16 @@ class PosePredictor(Predictor):
             raise ValueError(f"keypoint set {self.keypoint_set.name} has {self.keypoint_set.num_keypoints} points, "
                              f"the model predicts {k}")
 
+    def detector_takes_upload(self, boxes) -> bool:
+        """Whether the detector is to run on the device copy the crops are cut from (one upload per image): ours
+        (``PersonDetector``), on this device. A user's callable gets the caller's images, as it was written for."""
+        takes = getattr(self.detector, "takes_device_images", False)
+        device = getattr(self.detector, "device", None) if takes else None
+        return (boxes is None and device is not None and device.type == self.device.type
+                and (device.index or 0) == (self.device.index or 0))
+
     def detector_sees_caller_images(self, boxes) -> bool:
-        """Whether a detector is to run on the caller's images as given: a user's callable gets the array type it
-        was written for; ours takes the device copy the crops are cut from (one upload per image)."""
-        return boxes is None and self.detector is not None and not isinstance(self.detector, PersonDetector)
+        return boxes is None and self.detector is not None and not self.detector_takes_upload(boxes)
 
     def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
@@ -242,8 +247,7 @@ class PosePredictor(Predictor):
         All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
-        ours_detects = boxes is None and isinstance(self.detector, PersonDetector)  # on the upload the crops use
-        uploaded = upload_images(images, self.device) if ours_detects else None
+        uploaded = upload_images(images, self.device) if self.detector_takes_upload(boxes) else None
         box_list, score_list = self._boxes(images if uploaded is None else uploaded, boxes)
         counts = [len(b) for b in box_list]
         if sum(counts) == 0:
