@@ -17,6 +17,7 @@ import torch
 import torchvision
 from torchvision.ops import nms
 
+from .streams import as_tensor
 from .transforms import check_image
 
 
@@ -59,10 +60,6 @@ def _download_weights(arch: str) -> dict[str, torch.Tensor]:
         raise ConnectionError(
             f"could not download the COCO weights of the {arch} person detector ({e}). Offline: download {url} "
             f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
-
-
-def _as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return image if isinstance(image, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(image))
 
 
 class PersonDetector:
@@ -116,7 +113,7 @@ class PersonDetector:
             check_image(i, image)
         results = []
         for start in range(0, len(images), batch_size):
-            chunk = [_as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255
+            chunk = [as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255
                      for img in images[start:start + batch_size]]
             results += [self.select(out["boxes"], out["scores"], out["labels"]) for out in self.model(chunk)]
         return results

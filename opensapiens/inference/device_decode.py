@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..io.images import decode_jpegs, read_image
-from .streams import cuda_device, host_tensor, side_stream
+from .streams import as_tensor, cuda_device, side_stream
 
 
 def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor:
@@ -39,4 +39,4 @@ def read_image_on_device(path: str | Path, device: torch.device) -> torch.Tensor
         pixels = read_image(path, jpeg_decoder=decode)  # the EXIF turn applied on the device too
         if cuda:
             stream.synchronize()  # this thread waits for its image, the model's stream does not
-    return pixels if isinstance(pixels, torch.Tensor) else host_tensor(pixels)
+    return as_tensor(pixels)

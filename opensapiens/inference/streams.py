@@ -30,8 +30,11 @@ def cuda_device(device: torch.device) -> torch.device:
     return torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
 
 
-def host_tensor(image: np.ndarray) -> torch.Tensor:
-    """A tensor over ``image``'s memory; copied only when read-only or not C-contiguous (torch warns on the first)."""
+def as_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A tensor as it is; an array as a tensor over its memory, copied only when read-only or not C-contiguous (torch
+    warns on the first)."""
+    if isinstance(image, torch.Tensor):
+        return image
     return torch.from_numpy(image if image.flags.writeable and image.flags.c_contiguous else np.array(image, order="C"))
 
 
@@ -46,7 +49,7 @@ def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.dev
     for i, im in enumerate(images):
         check_image(i, im)  # before the pinned staging below would cast, say, a float image to uint8 unasked
     if device.type != "cuda":
-        return [(im if isinstance(im, torch.Tensor) else host_tensor(im)).to(device) for im in images]
+        return [as_tensor(im).to(device) for im in images]
     device = cuda_device(device)
     current = torch.cuda.current_stream(device)
     out: list[torch.Tensor | None] = [None] * len(images)
