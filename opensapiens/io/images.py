@@ -274,9 +274,10 @@ def decode_jpegs(datas: list[bytes], device: torch.device) -> list[torch.Tensor 
     # the last training step) would be overwritten under them. So the outputs come from a stream that queues nothing
     # but these decodes, and the current stream is told it uses them.
     current = torch.cuda.current_stream(device)
-    with torch.cuda.stream(_nvjpeg_stream(current.device)):
+    nvjpeg = _nvjpeg_stream(current.device)
+    with torch.cuda.stream(nvjpeg):
         out = decode()
-    current.wait_stream(_nvjpeg_stream(current.device))
+    current.wait_stream(nvjpeg)
     for t in out:
         if t is not None:
             t.record_stream(current)  # not reused by the next decode before the current stream is done with it
