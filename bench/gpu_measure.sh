@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -506,6 +506,25 @@ elif [ "$1" = after-calls-81 ]; then
   folder512_and_checkpoints
   for G in "" --cuda-graphs; do timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
     --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures_draw${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
+elif [ "$1" = pose-detector ]; then
+  # pose with our person detector, never measured on a GPU: since call 82 the detection runs on a side stream beside
+  # the previous batch's pose model (its read-backs waited for that model on the model's stream). The new CUDA test,
+  # then the same test against the code before (bench/old_predictors_py.txt, when present: it must fail), then
+  # bench/pose_detector.py: side stream vs the model's stream vs each part alone, 3 and 1 people per image
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  T=tests/test_pipelined_predict.py::test_pose_with_our_detector_detects_the_next_batch_while_the_model_runs
+  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -8
+  if [ -f bench/old_predictors_py.txt ]; then
+    cp opensapiens/inference/predictors.py /tmp/new_predictors.py && cp bench/old_predictors_py.txt opensapiens/inference/predictors.py
+    echo "the same test on the code before (expected to fail):"
+    timeout 120 python -m pytest -q -rfE --tb=line -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -4 || true
+    cp /tmp/new_predictors.py opensapiens/inference/predictors.py
+  fi
+  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+  for P in 3 1; do timeout 240 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people $P \
+    --out "$OUT/pose_detector_people$P.json" 2>&1 | grep -v Warn | tail -9; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

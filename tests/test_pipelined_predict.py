@@ -163,6 +163,60 @@ def test_results_of_batches_submitted_ahead_match_one_at_a_time(device):
                 assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.scores, y.scores), k
 
 
+class _RedPeakDetector:
+    """A stand-in for our PersonDetector (takes device images): one box around each image's reddest pixel, read back
+    to the host; notes, at that read-back, which of the pose model's calls so far have finished on the GPU."""
+
+    takes_device_images = True
+
+    def __init__(self, device: str, model_done: list):
+        self.device, self.model_done, self.saw_done = torch.device(device), model_done, []
+
+    def detect_batch(self, images: list[torch.Tensor]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for im in images:
+            y, x = divmod(int(im[..., 0].argmax()), im.shape[1])  # a read-back, as torchvision's detectors do
+            out.append((np.array([[x - 40, y - 55, x + 35, y + 50]], np.float32), np.ones(1, np.float32)))
+        self.saw_done.append([event.query() for event in self.model_done])
+        return out
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="the detect stream is CUDA's"))])
+def test_pose_with_our_detector_detects_the_next_batch_while_the_model_runs(device):
+    """Pose with our detector, batches submitted ahead: on CUDA the next batch's detection reads its boxes back while
+    the previous batch's pose model is still running (~0.2 s of GPU sleep), and the crops still see the uploaded
+    pixels: every keypoint at its dot, as one batch at a time."""
+    model_done = []
+
+    def slow_dots(x):
+        result = _dot_heatmaps(x.cpu()).to(x.device)
+        out = torch.zeros_like(result)
+        if x.is_cuda:
+            torch.cuda._sleep(400_000_000)
+            out.copy_(result)
+            model_done.append(torch.cuda.Event())
+            model_done[-1].record()
+            return out
+        return out.copy_(result)
+
+    dots = [(60.0 + 20 * k, 100.0 + 15 * k) for k in range(6)]
+    images = [_image_with_dots(300 + 10 * k, 260, [d]) for k, d in enumerate(dots)]
+    detector = _RedPeakDetector(device, model_done)
+    predictor = PosePredictor(Stand_in("pose", 17, slow_dots).to(device), input_size=INPUT, batch_size=4,
+                              detector=detector)
+    batches = [images[k : k + 2] for k in range(0, 6, 2)]
+    alone = sum((predictor.predict_batch(b) for b in batches), [])
+    model_done.clear(), detector.saw_done.clear()
+    submitted = [predictor.submit(b) for b in batches]
+    ahead = sum((p.result() for p in submitted), [])
+    if device == "cuda":
+        assert detector.saw_done[1] == [False], detector.saw_done  # detected beside batch 0's model, not after it
+    for k, (x, y) in enumerate(zip(alone, ahead)):
+        assert np.abs(x.keypoints[0] - np.array(dots[k])).max() < 0.6, k  # the dot, not zeros
+        assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.boxes, y.boxes), k
+
+
 def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, monkeypatch):
     """``run_video`` writes frames' outputs and draws their pictures on writer threads; the early frames finish last
     here, and the video must still get its pictures in frame order, every frame once."""

@@ -21,7 +21,8 @@ from .transforms import check_image
 
 @functools.cache
 def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
-    """One stream per (CUDA device, role): "upload" for host-to-device copies, "post" for post-processing."""
+    """One stream per (CUDA device, role): "upload" for host-to-device copies, "post" for post-processing, "decode"
+    for GPU JPEG decoding, "detect" for the person detector beside the pose model."""
     return torch.cuda.Stream(device)
 
 

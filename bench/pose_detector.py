@@ -1,0 +1,132 @@
+"""Pose with our person detector over a folder (``opensapiens predict --task pose --detector W``'s loop), against
+each part alone, side by side in one process.
+
+The detector has random weights (nothing downloads on the GPU host) biased towards "person", a score threshold of 0
+and ``--people`` boxes kept per image, so every image brings that many crops. Variants, timed A B A B over the same
+images after a warm-up, every output written (``run_batch``, no pictures):
+- ``detect on a side stream``: the default; the next batch's detection runs beside the previous batch's pose model;
+- ``detect on the model's stream``: as before 3 December 2026; the detection's read-back waits for that model;
+- ``detector alone``: ``detect_batch`` on device-resident images (fp32, and under bf16 autocast for comparison);
+- ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection.
+``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
+Usage: python bench/pose_detector.py CHECKPOINT FOLDER [--batch B] [--people P] [--detector-arch A] [--out JSON]
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+from safetensors.torch import save_file
+
+from opensapiens.inference import predictors
+from opensapiens.inference.batch import run_batch
+from opensapiens.inference.detector import PersonDetector
+from opensapiens.inference.predictors import load_predictor
+from opensapiens.inference.streams import upload_images
+from opensapiens.io.images import read_image
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def random_detector(arch: str, people: int, device: torch.device) -> PersonDetector:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():  # "person" (label 1) wins most proposals, so every image has people to crop
+        model.roi_heads.box_predictor.cls_score.bias[1] += 5.0
+    path = Path(tempfile.mkdtemp()) / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return PersonDetector(path, arch=arch, device=device, score_threshold=0.0, max_people=people)
+
+
+def detector_alone(detector: PersonDetector, images: list, batch: int, autocast: bool, reps: int = 3) -> float:
+    """Images/s of ``detect_batch`` on images already on the device."""
+    uploaded = upload_images(images, detector.device)
+    dtype = torch.bfloat16 if autocast else torch.float32
+    with torch.autocast(detector.device.type, dtype=dtype, enabled=autocast):
+        detector.detect_batch(uploaded[:batch], batch_size=batch)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for k in range(0, len(uploaded), batch):
+                detector.detect_batch(uploaded[k : k + batch], batch_size=batch)
+        sync()
+    return reps * len(uploaded) / (time.perf_counter() - t0)
+
+
+def on_the_models_stream(role_stream):
+    """``side_stream`` with the "detect" role mapped to the current stream: the detection as it ran before."""
+    def stream(device, role):
+        return torch.cuda.current_stream(device) if role == "detect" else role_stream(device, role)
+    return stream
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("checkpoint")
+    p.add_argument("folder", type=Path)
+    p.add_argument("--batch", type=int, default=16, help="images per batch (the pose model's batch too)")
+    p.add_argument("--people", type=int, default=3, help="boxes kept per image")
+    p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn_v2")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    device = predictors.default_device()
+    detector = random_detector(args.detector_arch, args.people, device)
+    predictor = load_predictor("pose", args.checkpoint, batch_size=args.batch, detector=detector)
+    plain = load_predictor("pose", args.checkpoint, batch_size=args.batch)  # the same weights, boxes given
+    run_batch(predictor, paths[: 2 * args.batch], Path(tempfile.mkdtemp()), batch_size=args.batch, vis=False,
+              progress=False)
+    for model in (predictor.model, plain.model):
+        background = getattr(model, "background", None)
+        if background is not None:
+            background.wait()
+
+    images = [read_image(q) for q in paths[: 4 * args.batch]]
+    rates = {"detector alone": detector_alone(detector, images, args.batch, autocast=False)}
+    if device.type == "cuda":
+        rates["detector alone, bf16 autocast"] = detector_alone(detector, images, args.batch, autocast=True)
+    boxes = {}
+    for k in range(0, len(paths), args.batch):
+        chunk = paths[k : k + args.batch]
+        found = detector.detect_batch([read_image(q) for q in chunk], batch_size=args.batch)
+        boxes.update({q: b for q, (b, _) in zip(chunk, found)})
+    crops = sum(len(b) for b in boxes.values())
+
+    def given_boxes(batch_paths, batch_images):
+        return {"boxes": [boxes[q] for q in batch_paths]}
+
+    real_side_stream = predictors.side_stream
+    for name in ("detect on a side stream", "detect on the model's stream", "pose alone (boxes given)") * 2:
+        predictors.side_stream = on_the_models_stream(real_side_stream) if "model's" in name else real_side_stream
+        runner, kwargs = (plain, given_boxes) if name.startswith("pose alone") else (predictor, None)
+        sync()
+        t0 = time.perf_counter()
+        report = run_batch(runner, paths, Path(tempfile.mkdtemp()), batch_size=args.batch, vis=False,
+                           predict_kwargs=kwargs, progress=False)
+        rate = len(report.done) / (time.perf_counter() - t0)
+        assert not report.failed, report.failed[:3]
+        rates[name] = rates.get(name, []) + [rate]
+    predictors.side_stream = real_side_stream
+
+    pose_alone = max(rates["pose alone (boxes given)"])
+    rates["serial sum"] = 1 / (1 / rates["detector alone"] + 1 / pose_alone)
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{len(paths)} images, {crops} person crops ({crops / len(paths):.2f} per image), batch {args.batch}, "
+          f"detector {args.detector_arch} (random weights), {gpu}")
+    for name, rate in rates.items():
+        shown = " / ".join(f"{r:6.1f}" for r in (rate if isinstance(rate, list) else [rate]))
+        print(f"{name:<32} {shown} img/s")
+    if args.out:
+        args.out.write_text(json.dumps({"images": len(paths), "crops": crops, "batch": args.batch,
+                                        "people": args.people, "detector_arch": args.detector_arch,
+                                        "images_per_s": rates, "gpu": gpu}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
