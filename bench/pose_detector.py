@@ -1,15 +1,18 @@
 """Pose with our person detector over a folder (``opensapiens predict --task pose --detector W``'s loop), against
 each part alone, side by side in one process.
 
-The detector has random weights (nothing downloads on the GPU host) biased towards "person", a score threshold of 0
-and ``--people`` boxes kept per image, so every image brings that many crops. Variants, timed A B A B over the same
+The detector has random weights (nothing downloads on the GPU host) whose classifier calls every one of its 1000
+proposals per image a person (score 0.996: all of them pass the default threshold and NMS), and keeps ``--people``
+boxes per image, so every image brings that many crops. Variants, timed A B A B over the same
 images after a warm-up, every output written (``run_batch``, no pictures):
 - ``detect on a side stream``: the default; the next batch's detection runs beside the previous batch's pose model;
 - ``detect on the model's stream``: as before 3 December 2026; the detection's read-back waits for that model;
 - ``detector alone``: ``detect_batch`` on device-resident images (fp32, and under bf16 autocast for comparison);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection.
 ``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
+``--profile``: the detector alone in batches of 4 and B, and one batch profiled (host ops, GPU kernels), nothing else.
 Usage: python bench/pose_detector.py CHECKPOINT FOLDER [--batch B] [--people P] [--detector-arch A] [--out JSON]
+       [--profile]
 """
 import argparse
 import json
@@ -37,11 +40,13 @@ def sync() -> None:
 def random_detector(arch: str, people: int, device: torch.device) -> PersonDetector:
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
-    with torch.no_grad():  # "person" (label 1) wins most proposals, so every image has people to crop
-        model.roi_heads.box_predictor.cls_score.bias[1] += 5.0
+    with torch.no_grad():  # "person" (label 1) wins every proposal, so every image has people to crop
+        model.roi_heads.box_predictor.cls_score.weight.zero_()
+        model.roi_heads.box_predictor.cls_score.bias.zero_()
+        model.roi_heads.box_predictor.cls_score.bias[1] = 10.0
     path = Path(tempfile.mkdtemp()) / "detector.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return PersonDetector(path, arch=arch, device=device, score_threshold=0.0, max_people=people)
+    return PersonDetector(path, arch=arch, device=device, max_people=people)
 
 
 def detector_alone(detector: PersonDetector, images: list, batch: int, autocast: bool, reps: int = 3) -> float:
@@ -59,6 +64,27 @@ def detector_alone(detector: PersonDetector, images: list, batch: int, autocast:
     return reps * len(uploaded) / (time.perf_counter() - t0)
 
 
+def profile_detector(detector: PersonDetector, images: list, batch: int) -> None:
+    """Where one ``detect_batch`` of ``batch`` device images spends its time: host ops by self time, GPU kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    uploaded = upload_images(images[:batch], detector.device)
+    detector.detect_batch(uploaded, batch_size=batch)
+    sync()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        detector.detect_batch(uploaded, batch_size=batch)
+        sync()
+    wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    print(f"detect_batch of {batch}: {1e3 * wall:.1f} ms profiled, GPU kernels {gpu_us / 1e3:.1f} ms")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=48))
+    if torch.cuda.is_available():
+        print(events.table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=48))
+
+
 def on_the_models_stream(role_stream):
     """``side_stream`` with the "detect" role mapped to the current stream: the detection as it ran before."""
     def stream(device, role):
@@ -74,10 +100,17 @@ def main() -> None:
     p.add_argument("--people", type=int, default=3, help="boxes kept per image")
     p.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn_v2")
     p.add_argument("--out", type=Path)
+    p.add_argument("--profile", action="store_true", help="profile the detector on one batch, then stop")
     args = p.parse_args()
     paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
     device = predictors.default_device()
     detector = random_detector(args.detector_arch, args.people, device)
+    if args.profile:
+        images = [read_image(q) for q in paths[: args.batch]]
+        for k in (4, args.batch):
+            print(f"detector alone, batches of {k}: {detector_alone(detector, images, k, autocast=False):.1f} img/s")
+        profile_detector(detector, images, args.batch)
+        return
     predictor = load_predictor("pose", args.checkpoint, batch_size=args.batch, detector=detector)
     plain = load_predictor("pose", args.checkpoint, batch_size=args.batch)  # the same weights, boxes given
     run_batch(predictor, paths[: 2 * args.batch], Path(tempfile.mkdtemp()), batch_size=args.batch, vis=False,

@@ -81,6 +81,44 @@ def test_detector_loads_local_weights_and_filters_people(random_weights, name):
         np.testing.assert_array_equal(scores, ref_s)
 
 
+class _VariedScores(torch.nn.Module):
+    """Class logits that differ from proposal to proposal (random weights give every proposal the same scores)."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.linear = linear
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        row, label = torch.arange(len(x), dtype=x.dtype)[:, None], torch.arange(self.linear.out_features, dtype=x.dtype)
+        return self.linear(x) + 3 * torch.sin(1.7 * row + 0.3 * label)
+
+
+def test_the_models_own_score_filter_drops_only_what_ours_would(random_weights):
+    """The detector's model keeps only scores at or above our threshold (fewer boxes through its class-wise NMS): the
+    people found equal our filter applied to the stock model, which keeps every score above 0.05."""
+    state, d = random_weights
+    det = PersonDetector(d / "det.safetensors", arch=ARCH, score_threshold=0.2, nms_iou=0.4, max_people=50)
+    stock = torchvision.models.get_model(ARCH, weights=None, weights_backbone=None, num_classes=91).eval()
+    stock.load_state_dict(state)
+    stock.roi_heads.detections_per_img = 100_000  # nothing cut by its top-k
+    for model in (det.model, stock):
+        model.roi_heads.box_predictor.cls_score = _VariedScores(model.roi_heads.box_predictor.cls_score)
+    assert stock.roi_heads.score_thresh == 0.05 and 0.2 - 1e-6 < det.model.roi_heads.score_thresh < 0.2
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 256, (150, 130, 3), dtype=np.uint8) for _ in range(3)]
+    with torch.inference_mode():
+        raw = stock([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images])
+    found = 0
+    for (boxes, scores), out in zip(det.detect_batch(images), raw):
+        labels = out["labels"].numpy()
+        assert ((out["scores"].numpy() < 0.2) & (labels == 1)).any()  # the stock model kept people ours drops
+        ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), labels, 0.2, 0.4, 50)
+        np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
+        np.testing.assert_allclose(scores, ref_s, atol=1e-6)
+        found += len(ref_s)
+    assert found > 0
+
+
 def test_select_applies_class_score_and_nms(random_weights):
     _, d = random_weights
     det = PersonDetector(d / "det.pth", arch=ARCH, score_threshold=0.5, nms_iou=0.5, max_people=3)

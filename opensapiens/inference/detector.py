@@ -7,6 +7,7 @@ ship with the dependencies we already have. Boxes are x1, y1, x2, y2 in image pi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -94,9 +95,11 @@ class PersonDetector:
             model.load_state_dict(state)
         except RuntimeError as e:
             raise ValueError(f"detector weights {weights or arch} do not fit torchvision's {arch}: {e}") from e
-        # The model's own per-class filtering must not be stricter than ours; keep room for people among classes.
+        # The model's own filter keeps exactly the scores ours does (it keeps > its threshold, we >= ours): a box it
+        # kept below ours went through its class-wise NMS (a loop over classes past 20000 boxes) only to be dropped.
+        # Keep room for people among the classes in its top detections_per_img.
         heads = getattr(model, "roi_heads", model)
-        heads.score_thresh = min(heads.score_thresh, self.score_threshold)
+        heads.score_thresh = math.nextafter(self.score_threshold, -math.inf)
         heads.nms_thresh = max(heads.nms_thresh, self.nms_iou)
         heads.detections_per_img = max(heads.detections_per_img, 3 * self.max_people)
         self.model = model.eval().to(self.device)
