@@ -7,7 +7,8 @@ boxes per image, so every image brings that many crops. Variants, timed A B A B 
 images after a warm-up, every output written (``run_batch``, no pictures):
 - ``detect on a side stream``: the default; the next batch's detection runs beside the previous batch's pose model;
 - ``detect on the model's stream``: as before 3 December 2026; the detection's read-back waits for that model;
-- ``detector alone``: ``detect_batch`` on device-resident images (fp32, and under bf16 autocast for comparison);
+- ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
+  convolutions, as before 3 December 2026; under bf16 autocast for comparison);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection.
 ``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
 ``--profile``: the detector alone in batches of 4 and B, and one batch profiled (host ops, GPU kernels), nothing else.
@@ -19,11 +20,13 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torchvision
 from safetensors.torch import save_file
 
+from opensapiens.inference import detector as detector_module
 from opensapiens.inference import predictors
 from opensapiens.inference.batch import run_batch
 from opensapiens.inference.detector import PersonDetector
@@ -37,7 +40,7 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def random_detector(arch: str, people: int, device: torch.device) -> PersonDetector:
+def random_detector(arch: str, people: int, device: torch.device, fold: bool = True) -> PersonDetector:
     torch.manual_seed(0)
     model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
     with torch.no_grad():  # "person" (label 1) wins every proposal, so every image has people to crop
@@ -46,7 +49,10 @@ def random_detector(arch: str, people: int, device: torch.device) -> PersonDetec
         model.roi_heads.box_predictor.cls_score.bias[1] = 10.0
     path = Path(tempfile.mkdtemp()) / "detector.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return PersonDetector(path, arch=arch, device=device, max_people=people)
+    if fold:
+        return PersonDetector(path, arch=arch, device=device, max_people=people)
+    with mock.patch.object(detector_module, "fold_batch_norms", lambda model: model):  # as before 3 December 2026
+        return PersonDetector(path, arch=arch, device=device, max_people=people)
 
 
 def detector_alone(detector: PersonDetector, images: list, batch: int, autocast: bool, reps: int = 3) -> float:
@@ -122,6 +128,9 @@ def main() -> None:
 
     images = [read_image(q) for q in paths[: 4 * args.batch]]
     rates = {"detector alone": detector_alone(detector, images, args.batch, autocast=False)}
+    unfolded = random_detector(args.detector_arch, args.people, device, fold=False)
+    rates["detector alone, BatchNorm not folded"] = detector_alone(unfolded, images, args.batch, autocast=False)
+    del unfolded
     if device.type == "cuda":
         rates["detector alone, bf16 autocast"] = detector_alone(detector, images, args.batch, autocast=True)
     boxes = {}

@@ -11,7 +11,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from opensapiens.inference.detector import PersonDetector, load_detections
+from opensapiens.inference.detector import PersonDetector, fold_batch_norms, load_detections
 
 ARCH = "fasterrcnn_mobilenet_v3_large_320_fpn"  # the smallest torchvision COCO detector
 
@@ -55,8 +55,11 @@ def random_weights(tmp_path_factory):
 def test_detector_loads_local_weights_and_filters_people(random_weights, name):
     state, d = random_weights
     det = PersonDetector(d / name, arch=ARCH, score_threshold=0.0, nms_iou=0.3, max_people=7)
-    for k, v in det.model.state_dict().items():
-        assert torch.equal(v, state[k]), k
+    stock = torchvision.models.get_model(ARCH, weights=None, weights_backbone=None, num_classes=91).eval()
+    stock.load_state_dict(state)
+    loaded = det.model.state_dict()  # the weights, with its BatchNorms folded into their convolutions
+    for k, v in fold_batch_norms(stock).state_dict().items():
+        assert torch.equal(v, loaded[k]), k
 
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
@@ -117,6 +120,37 @@ def test_the_models_own_score_filter_drops_only_what_ours_would(random_weights):
         np.testing.assert_allclose(scores, ref_s, atol=1e-6)
         found += len(ref_s)
     assert found > 0
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_resnet50_fpn_v2", ARCH])
+def test_folding_batch_norms_keeps_every_stage_of_the_detector(arch):
+    """BatchNorm folded into the convolutions (the detector does it at load) leaves the backbone's features, the
+    proposal head's and the box head's outputs as they were, in float64, with BatchNorms that change their input."""
+    import copy
+
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91).double().eval()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    with torch.no_grad():
+        for m in norms:  # fresh ones are identities
+            m.running_mean.normal_(0, 0.1), m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(0.5, 1.5), m.bias.normal_(0, 0.1)
+    folded = fold_batch_norms(copy.deepcopy(model))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(1, 3, 128, 160, dtype=torch.float64)
+    rois = torch.rand(12, 256, 7, 7, dtype=torch.float64)
+    with torch.no_grad():
+        f_ref, f_got = model.backbone(x), folded.backbone(x)
+        outs = [(f_ref[k], f_got[k]) for k in f_ref]
+        levels = list(f_ref.values())
+        (logits_ref, deltas_ref), (logits_got, deltas_got) = model.rpn.head(levels), folded.rpn.head(levels)
+        outs += list(zip(logits_ref + deltas_ref, logits_got + deltas_got))
+        box_in = rois if arch.endswith("_v2") else rois.flatten(1)[:, : model.roi_heads.box_head.fc6.in_features]
+        outs.append((model.roi_heads.box_head(box_in), folded.roi_heads.box_head(box_in)))
+    for a, b in outs:
+        assert a.abs().max() > 0
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * a.abs().max().item())
 
 
 def test_select_applies_class_score_and_nms(random_weights):
