@@ -5,8 +5,10 @@ The detector has random weights (nothing downloads on the GPU host) whose classi
 proposals per image a person (score 0.996: all of them pass the default threshold and NMS), and keeps ``--people``
 boxes per image, so every image brings that many crops. Variants, timed A B A B over the same
 images after a warm-up, every output written (``run_batch``, no pictures):
-- ``detect on a side stream``: the default; the next batch's detection runs beside the previous batch's pose model;
-- ``detect on the model's stream``: as before 3 December 2026; the detection's read-back waits for that model;
+- ``detect ahead on a thread``: the default (``streams.detect_ahead``): a worker thread detects batch i + 1 on a side
+  stream while the main thread submits batch i's crops;
+- ``detect in submit, side stream``: the detection inside ``submit``, on a side stream (call 83-85's code);
+- ``detect in submit, model's stream``: as before call 83; the detection's read-back waits for the queued model;
 - ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
   convolutions, as before 3 December 2026; under bf16 autocast for comparison);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection.
@@ -26,6 +28,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from opensapiens.inference import batch as batch_module
 from opensapiens.inference import detector as detector_module
 from opensapiens.inference import predictors
 from opensapiens.inference.batch import run_batch
@@ -143,9 +146,12 @@ def main() -> None:
     def given_boxes(batch_paths, batch_images):
         return {"boxes": [boxes[q] for q in batch_paths]}
 
-    real_side_stream = predictors.side_stream
-    for name in ("detect on a side stream", "detect on the model's stream", "pose alone (boxes given)") * 2:
+    real_side_stream, real_detects_ahead = predictors.side_stream, batch_module._detects_ahead
+    variants = ("detect ahead on a thread", "detect in submit, side stream", "detect in submit, model's stream",
+                "pose alone (boxes given)")
+    for name in variants * 2:
         predictors.side_stream = on_the_models_stream(real_side_stream) if "model's" in name else real_side_stream
+        batch_module._detects_ahead = real_detects_ahead if "ahead" in name else (lambda predictor: False)
         runner, kwargs = (plain, given_boxes) if name.startswith("pose alone") else (predictor, None)
         sync()
         t0 = time.perf_counter()
@@ -154,7 +160,7 @@ def main() -> None:
         rate = len(report.done) / (time.perf_counter() - t0)
         assert not report.failed, report.failed[:3]
         rates[name] = rates.get(name, []) + [rate]
-    predictors.side_stream = real_side_stream
+    predictors.side_stream, batch_module._detects_ahead = real_side_stream, real_detects_ahead
 
     pose_alone = max(rates["pose alone (boxes given)"])
     rates["serial sum"] = 1 / (1 / rates["detector alone"] + 1 / pose_alone)

@@ -217,6 +217,72 @@ def test_pose_with_our_detector_detects_the_next_batch_while_the_model_runs(devi
         assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.boxes, y.boxes), k
 
 
+def test_detect_ahead_finds_the_next_batchs_people_before_handing_out_this_one():
+    """``detect_ahead`` takes batch i + 1 from its source (and starts detecting it) before it hands out batch i, hands
+    batches out in order with the detector's images and (N, 5) boxes, passes given boxes through, and hands a batch
+    whose detection failed out as it came."""
+    from opensapiens.inference.streams import detect_ahead
+
+    events = []
+
+    class Detecting:
+        def detect(self, images):
+            if images == ["bad"]:
+                raise ValueError("not an image")
+            return ([f"dev-{im}" for im in images], [np.full((1, 4), k, np.float32) for k in images],
+                    [np.full(1, 0.5, np.float32) for _ in images])
+
+    def source():
+        for k, (images, kwargs) in enumerate([([1, 2], {}), (["bad"], {}), ([3], {"boxes": "given"}), ([4], {})]):
+            events.append(f"read {k}")
+            yield k, images, kwargs
+
+    out = []
+    for context, images, kwargs in detect_ahead(Detecting(), source()):
+        events.append(f"out {context}")
+        out.append((context, images, kwargs))
+    assert events == ["read 0", "read 1", "out 0", "read 2", "out 1", "read 3", "out 2", "out 3"]
+    assert [c for c, _, _ in out] == [0, 1, 2, 3]
+    assert out[0][1] == ["dev-1", "dev-2"]
+    np.testing.assert_array_equal(out[0][2]["boxes"][1], [[2, 2, 2, 2, 0.5]])
+    assert out[1][1:] == (["bad"], {}) and out[2][1:] == ([3], {"boxes": "given"})
+    assert out[3][1] == ["dev-4"] and out[3][2]["boxes"][0].shape == (1, 5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="detect_ahead runs for pose on a GPU")
+def test_run_batch_with_a_detector_detects_ahead_and_writes_what_one_batch_at_a_time_writes(tmp_path, monkeypatch):
+    """``run_batch`` for pose with our detector on CUDA detects on a thread, a batch ahead (the pose model sleeps
+    ~0.2 s of GPU time per batch): every output file as without detecting ahead, every keypoint at its dot."""
+    import json
+
+    from opensapiens.inference import streams
+
+    model_done, calls = [], []
+
+    def slow_dots(x):
+        result = _dot_heatmaps(x.cpu()).to(x.device)
+        torch.cuda._sleep(400_000_000)
+        return torch.zeros_like(result).copy_(result)
+
+    dots = [(60.0 + 20 * k, 100.0 + 15 * k) for k in range(6)]
+    paths = []
+    for k, d in enumerate(dots):
+        paths.append(tmp_path / f"{k:02d}.png")
+        Image.fromarray(_image_with_dots(300 + 10 * k, 260, [d])).save(paths[-1])
+    predictor = PosePredictor(Stand_in("pose", 17, slow_dots).to("cuda"), input_size=INPUT, batch_size=4,
+                              detector=_RedPeakDetector("cuda", model_done))
+    real = streams.detect_ahead
+    monkeypatch.setattr(batch, "detect_ahead", lambda *a: calls.append(1) or real(*a))
+    batch.run_batch(predictor, paths, tmp_path / "ahead", batch_size=2, vis=False, progress=False)
+    assert calls == [1]
+    monkeypatch.setattr(batch, "_detects_ahead", lambda predictor: False)
+    batch.run_batch(predictor, paths, tmp_path / "in_order", batch_size=2, vis=False, progress=False)
+    for k, d in enumerate(dots):
+        ahead = json.loads((tmp_path / "ahead" / f"{k:02d}.json").read_text())
+        assert ahead == json.loads((tmp_path / "in_order" / f"{k:02d}.json").read_text()), k
+        assert np.abs(np.array(ahead["people"][0]["keypoints"]).reshape(-1, 3)[0, :2] - d).max() < 0.6, k
+
+
 def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, monkeypatch):
     """``run_video`` writes frames' outputs and draws their pictures on writer threads; the early frames finish last
     here, and the video must still get its pictures in frame order, every frame once."""

@@ -240,12 +240,14 @@ class PosePredictor(Predictor):
         whole = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in images]
         return whole, [np.ones(1, np.float32) for _ in images]
 
-    def _upload_and_detect(self, images: list) -> tuple[list[torch.Tensor], list[np.ndarray], list[np.ndarray]]:
-        """Our detector on the device copy the crops will be cut from: (uploads, boxes, scores) per image.
+    @torch.inference_mode()
+    def detect(self, images: list) -> tuple[list[torch.Tensor], list[np.ndarray], list[np.ndarray]]:
+        """Our detector on the device copy the crops will be cut from: (uploads, boxes, scores) per image. ``submit``
+        takes the uploads as its images and the boxes (with scores) as its ``boxes``: ``detect_ahead``.
 
         On CUDA the upload and the detection run on a side stream. The detector reads its boxes back to the host;
-        on the model's stream that read would wait for the previous batch's pose model, which instead runs beside
-        this detection (whose many small kernels and read-backs leave most of the GPU idle).
+        on the model's stream that read would wait for the pose model queued there, which instead runs beside
+        this detection (another thread may detect while this one submits).
         """
         if self.device.type != "cuda":
             uploaded = upload_images(images, self.device)
@@ -270,7 +272,7 @@ class PosePredictor(Predictor):
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
         if self.detector_takes_upload(boxes):
-            uploaded, box_list, score_list = self._upload_and_detect(images)
+            uploaded, box_list, score_list = self.detect(images)
         else:
             uploaded, (box_list, score_list) = None, self._boxes(images, boxes)
         counts = [len(b) for b in box_list]
