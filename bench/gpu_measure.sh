@@ -507,6 +507,8 @@ elif [ "$1" = after-calls-81 ]; then
   for G in "" --cuda-graphs; do timeout 100 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
     --batch 16 $G --out "$OUT/predict_pipeline_pose_pictures_draw${G:+_graphs}.json" 2>&1 | grep -v Warn | tail -7; done
 elif [ "$1" = pose-detector ]; then
+  # (calls 83-86. The detect stream and detect-ahead were reverted after call 86, no gain: this mode as measured
+  # runs at commit 9b044b0; since then it tests and times what is left)
   # pose with our person detector, never measured on a GPU: since call 82 the detection runs on a side stream beside
   # the previous batch's pose model (its read-backs waited for that model on the model's stream). The new CUDA test,
   # then the same test against the code before (bench/old_predictors_py.txt, when present: it must fail), then
@@ -526,6 +528,8 @@ save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safete
   for P in 3 1; do timeout 240 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people $P \
     --out "$OUT/pose_detector_people$P.json" 2>&1 | grep -v Warn | tail -9; done
 elif [ "$1" = detector-profile ]; then
+  # (calls 83-86. The detect stream and detect-ahead were reverted after call 86, no gain: this mode as measured
+  # runs at commit 9b044b0; since then it tests and times what is left)
   # call 83: the detector alone ran 21 img/s on 1080p images, as fast under bf16 autocast, and set the pace of pose
   # with detection (its random classifier kept no person, and the score filter then was 0.05 whatever ours was).
   # Where its time goes (batches of 4 and 16, one batch profiled), then pose with it at 3 people per image
@@ -539,6 +543,8 @@ save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safete
   timeout 240 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
     --out "$OUT/pose_detector_people3.json" 2>&1 | grep -v Warn | tail -9
 elif [ "$1" = detector-fold ]; then
+  # (calls 83-86. The detect stream and detect-ahead were reverted after call 86, no gain: this mode as measured
+  # runs at commit 9b044b0; since then it tests and times what is left)
   # call 84: the default detector is GPU-bound (~8 ms/img, a sixth of it BatchNorm) and pose with it ran at the serial
   # sum of the parts, the side stream or not. Now its BatchNorms are folded into the convolutions. Tests under CUDA;
   # the fold measured; then a light detector (mobilenet), where the side stream has host time to hide
@@ -552,6 +558,8 @@ save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safete
     timeout 200 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
       --detector-arch $A --out "$OUT/pose_detector_people3_$A.json" 2>&1 | grep -v Warn | tail -10; done
 elif [ "$1" = detect-ahead ]; then
+  # (calls 83-86. The detect stream and detect-ahead were reverted after call 86, no gain: this mode as measured
+  # runs at commit 9b044b0; since then it tests and times what is left)
   # call 85: pose with a detector ran at or below the serial sum of the parts, the detection in submit on a side
   # stream or not (the host waits for its read-backs either way). Now run_batch detects a batch ahead on a thread
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1

@@ -3,15 +3,12 @@ each part alone, side by side in one process.
 
 The detector has random weights (nothing downloads on the GPU host) whose classifier calls every one of its 1000
 proposals per image a person (score 0.996: all of them pass the default threshold and NMS), and keeps ``--people``
-boxes per image, so every image brings that many crops. Variants, timed A B A B over the same
-images after a warm-up, every output written (``run_batch``, no pictures):
-- ``detect ahead on a thread``: the default (``streams.detect_ahead``): a worker thread detects batch i + 1 on a side
-  stream while the main thread submits batch i's crops;
-- ``detect in submit, side stream``: the detection inside ``submit``, on a side stream (call 83-85's code);
-- ``detect in submit, model's stream``: as before call 83; the detection's read-back waits for the queued model;
+boxes per image, so every image brings that many crops. Timed A B A B over the same images after a warm-up, every
+output written (``run_batch``, no pictures):
+- ``pose with the detector``: as ``predict`` runs it (the detection inside each batch's ``submit``);
+- ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection;
 - ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
-  convolutions, as before 3 December 2026; under bf16 autocast for comparison);
-- ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection.
+  convolutions, as before call 85; under bf16 autocast for comparison).
 ``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
 ``--profile``: the detector alone in batches of 4 and B, and one batch profiled (host ops, GPU kernels), nothing else.
 Usage: python bench/pose_detector.py CHECKPOINT FOLDER [--batch B] [--people P] [--detector-arch A] [--out JSON]
@@ -28,7 +25,6 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from opensapiens.inference import batch as batch_module
 from opensapiens.inference import detector as detector_module
 from opensapiens.inference import predictors
 from opensapiens.inference.batch import run_batch
@@ -54,7 +50,7 @@ def random_detector(arch: str, people: int, device: torch.device, fold: bool = T
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     if fold:
         return PersonDetector(path, arch=arch, device=device, max_people=people)
-    with mock.patch.object(detector_module, "fold_batch_norms", lambda model: model):  # as before 3 December 2026
+    with mock.patch.object(detector_module, "fold_batch_norms", lambda model: model):  # as before call 85
         return PersonDetector(path, arch=arch, device=device, max_people=people)
 
 
@@ -92,13 +88,6 @@ def profile_detector(detector: PersonDetector, images: list, batch: int) -> None
     print(events.table(sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=48))
     if torch.cuda.is_available():
         print(events.table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=48))
-
-
-def on_the_models_stream(role_stream):
-    """``side_stream`` with the "detect" role mapped to the current stream: the detection as it ran before."""
-    def stream(device, role):
-        return torch.cuda.current_stream(device) if role == "detect" else role_stream(device, role)
-    return stream
 
 
 def main() -> None:
@@ -146,12 +135,7 @@ def main() -> None:
     def given_boxes(batch_paths, batch_images):
         return {"boxes": [boxes[q] for q in batch_paths]}
 
-    real_side_stream, real_detects_ahead = predictors.side_stream, batch_module._detects_ahead
-    variants = ("detect ahead on a thread", "detect in submit, side stream", "detect in submit, model's stream",
-                "pose alone (boxes given)")
-    for name in variants * 2:
-        predictors.side_stream = on_the_models_stream(real_side_stream) if "model's" in name else real_side_stream
-        batch_module._detects_ahead = real_detects_ahead if "ahead" in name else (lambda predictor: False)
+    for name in ("pose with the detector", "pose alone (boxes given)") * 2:
         runner, kwargs = (plain, given_boxes) if name.startswith("pose alone") else (predictor, None)
         sync()
         t0 = time.perf_counter()
@@ -160,7 +144,6 @@ def main() -> None:
         rate = len(report.done) / (time.perf_counter() - t0)
         assert not report.failed, report.failed[:3]
         rates[name] = rates.get(name, []) + [rate]
-    predictors.side_stream, batch_module._detects_ahead = real_side_stream, real_detects_ahead
 
     pose_alone = max(rates["pose alone (boxes given)"])
     rates["serial sum"] = 1 / (1 / rates["detector alone"] + 1 / pose_alone)

@@ -32,7 +32,7 @@ from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
-from .streams import detect_ahead, submit_ahead
+from .streams import submit_ahead
 
 OUTPUTS = {
     "pose": (".json", "_pose.jpg"),
@@ -168,13 +168,6 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def _detects_ahead(predictor) -> bool:
-    """Pose with our detector on a GPU: its detection gets a thread of its own, one batch ahead (``detect_ahead``).
-    (On the CPU the detector and the pose model would share the same cores.)"""
-    takes_upload = getattr(predictor, "detector_takes_upload", None)
-    return takes_upload is not None and predictor.device.type == "cuda" and takes_upload(None)
-
-
 def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4,
               workers: int = READER_THREADS,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
@@ -232,8 +225,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
 
     writes: list[tuple[Path, Future]] = []
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
-        for (ids, images), results, error in submit_ahead(predictor, detect_ahead(predictor, batches())
-                                                          if _detects_ahead(predictor) else batches()):
+        for (ids, images), results, error in submit_ahead(predictor, batches()):
             if error is not None:  # report the batch, keep going
                 report.failed += [(todo_paths[i], f"{todo_paths[i]}: inference failed: {error}") for i in ids]
             else:

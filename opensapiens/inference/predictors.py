@@ -30,7 +30,7 @@ from ..models import SapiensModel
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
-from .streams import Pending, cuda_device, side_stream, upload_images
+from .streams import Pending, upload_images
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
 from .transforms import Preprocessor
 
@@ -241,40 +241,14 @@ class PosePredictor(Predictor):
         return whole, [np.ones(1, np.float32) for _ in images]
 
     @torch.inference_mode()
-    def detect(self, images: list) -> tuple[list[torch.Tensor], list[np.ndarray], list[np.ndarray]]:
-        """Our detector on the device copy the crops will be cut from: (uploads, boxes, scores) per image. ``submit``
-        takes the uploads as its images and the boxes (with scores) as its ``boxes``: ``detect_ahead``.
-
-        On CUDA the upload and the detection run on a side stream. The detector reads its boxes back to the host;
-        on the model's stream that read would wait for the pose model queued there, which instead runs beside
-        this detection (another thread may detect while this one submits).
-        """
-        if self.device.type != "cuda":
-            uploaded = upload_images(images, self.device)
-            return uploaded, *self._boxes(uploaded, None)
-        current = torch.cuda.current_stream(self.device)
-        detect = side_stream(cuda_device(self.device), "detect")
-        if any(isinstance(im, torch.Tensor) and im.is_cuda for im in images):
-            detect.wait_stream(current)  # made on the model's stream (a multi-task upload, a GPU decode)
-        with torch.cuda.stream(detect):
-            uploaded = upload_images(images, self.device)
-            box_list, score_list = self._boxes(uploaded, None)
-        current.wait_stream(detect)
-        for t in uploaded:
-            t.record_stream(current)  # the crops read them on the model's stream
-        return uploaded, box_list, score_list
-
-    @torch.inference_mode()
     def submit(self, images: list[np.ndarray], boxes=None, return_heatmaps: bool = False) -> Pending:
         """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image.
 
         All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
-        if self.detector_takes_upload(boxes):
-            uploaded, box_list, score_list = self.detect(images)
-        else:
-            uploaded, (box_list, score_list) = None, self._boxes(images, boxes)
+        uploaded = upload_images(images, self.device) if self.detector_takes_upload(boxes) else None
+        box_list, score_list = self._boxes(images if uploaded is None else uploaded, boxes)
         counts = [len(b) for b in box_list]
         if sum(counts) == 0:
             K = self.keypoint_set.num_keypoints

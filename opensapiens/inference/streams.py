@@ -9,10 +9,8 @@ runner. On the CPU the same calls run in order.
 
 from __future__ import annotations
 
-import collections
 import functools
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,8 +21,7 @@ from .transforms import check_image
 
 @functools.cache
 def side_stream(device: torch.device, role: str) -> torch.cuda.Stream:
-    """One stream per (CUDA device, role): "upload" for host-to-device copies, "post" for post-processing, "decode"
-    for GPU JPEG decoding, "detect" for the person detector beside the pose model."""
+    """One stream per (CUDA device, role): "upload" for host-to-device copies, "post" for post-processing."""
     return torch.cuda.Stream(device)
 
 
@@ -145,29 +142,3 @@ def submit_ahead(predictor, batches: Iterable[tuple[Any, list[np.ndarray], dict]
         previous = current
     if previous is not None:
         yield finish(*previous)
-
-
-def detect_ahead(predictor, batches: Iterable[tuple[Any, list[np.ndarray], dict]]
-                 ) -> Iterator[tuple[Any, list, dict]]:
-    """``submit_ahead``'s batches with their people found one batch ahead, on a worker thread: the pose predictor's
-    own detector (``detect``) runs on batch i + 1 while the caller submits batch i's crops, so the pose model and the
-    detector's host work overlap. Each batch comes out with the detector's device copy of its images and ``boxes``
-    (with scores); a batch whose detection failed comes out as it went in, for ``submit`` to detect and report it. A
-    batch that has its boxes already passes through."""
-
-    def detected(context: Any, images: list, kwargs: dict, found: Future | None) -> tuple[Any, list, dict]:
-        if found is None or found.exception() is not None:
-            return context, images, kwargs
-        uploaded, boxes, scores = found.result()
-        with_scores = [np.concatenate([b, s[:, None]], axis=1) for b, s in zip(boxes, scores)]  # (N, 5) each
-        return context, uploaded, kwargs | {"boxes": with_scores}
-
-    with ThreadPoolExecutor(1, thread_name_prefix="opensapiens-detect") as pool:
-        queued: collections.deque = collections.deque()
-        for context, images, kwargs in batches:
-            found = None if kwargs.get("boxes") is not None else pool.submit(predictor.detect, images)
-            queued.append((context, images, kwargs, found))
-            if len(queued) == 2:  # the batch the caller gets now and the one being detected
-                yield detected(*queued.popleft())
-        while queued:
-            yield detected(*queued.popleft())
