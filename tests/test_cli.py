@@ -205,6 +205,36 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
 
 
+def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys):
+    """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the
+    boxes that detector finds (COCO xywh); the same weights under the default architecture are a clear error."""
+    import torch
+    import torchvision
+
+    from opensapiens.inference.detector import PersonDetector
+    from opensapiens.io.images import read_image
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    detector = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] += 5.0  # people, so that there are boxes to check
+    torch.save(detector.state_dict(), tmp_path / "det.pth")
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    argv = ["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+            "--device", "cpu", "--detector", str(tmp_path / "det.pth"), "--det-threshold", "0.3", "--no-vis",
+            str(photos / "a.png"), "--out", str(tmp_path / "out")]
+    assert main([*argv, "--detector-arch", arch]) == 0
+    boxes, _ = PersonDetector(tmp_path / "det.pth", arch=arch, score_threshold=0.3)(read_image(photos / "a.png"))
+    people = json.loads((tmp_path / "out" / "a.json").read_text())["people"]
+    assert len(people) == len(boxes) > 0
+    for person, box in zip(people, boxes):
+        assert person["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-3)
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "do not fit torchvision's fasterrcnn_resnet50_fpn_v2" in capsys.readouterr().err
+
+
 def test_threads_option_sets_torch_threads_and_rejects_zero(tmp_path):
     import torch
 
