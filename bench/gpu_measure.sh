@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -571,6 +571,18 @@ save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safete
   for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
     timeout 170 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
       --detector-arch $A --out "$OUT/pose_detector_ahead_$A.json" 2>&1 | grep -v Warn | tail -10; done
+elif [ "$1" = detector-ab ]; then
+  # after call 86: the detectors alone with BatchNorm folded or not, now A B A B (call 86 timed the folded one first
+  # only, and the light detector was slower folded), pose with each, and the CLI's --detector-arch under CUDA
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
+    tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
+  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+  for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
+    timeout 170 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
+      --detector-arch $A --out "$OUT/pose_detector_ab_$A.json" 2>&1 | grep -v Warn | tail -8; done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
