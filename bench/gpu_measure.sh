@@ -34,6 +34,17 @@ overlap_then_predict_one() {  # eager calls beside the seg-0.3b head's compile a
   predict_one_timed
   predict_one_timed 2>&1 | tail -1
 }
+src256_and_pose_checkpoint() {  # 256 1080p JPEGs in /tmp/src; a random pose-0.3B checkpoint (308 keypoints)
+  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+}
+pose_with_both_detectors() {  # bench/pose_detector.py, 3 people per image, the default and the light detector;
+  # JSON $OUT/pose_detector_$1ARCH.json, each run under a timeout of $2 s
+  for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
+    timeout "$2" python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
+      --detector-arch $A --out "$OUT/pose_detector_$1$A.json" 2>&1 | grep -v Warn | tail -10; done
+}
 folder512_and_checkpoints() {  # 512 1080p JPEGs in /tmp/f512; random pose and seg 0.3b checkpoints in /tmp
   python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
   mkdir -p /tmp/f512 && for k in 0 1; do for f in /tmp/src/*.jpg; do cp "$f" "/tmp/f512/$(basename "$f" .jpg)_$k.jpg"; done; done
@@ -522,9 +533,7 @@ elif [ "$1" = pose-detector ]; then
     timeout 120 python -m pytest -q -rfE --tb=line -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -4 || true
     cp /tmp/new_predictors.py opensapiens/inference/predictors.py
   fi
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+  src256_and_pose_checkpoint
   for P in 3 1; do timeout 240 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people $P \
     --out "$OUT/pose_detector_people$P.json" 2>&1 | grep -v Warn | tail -9; done
 elif [ "$1" = detector-profile ]; then
@@ -535,9 +544,7 @@ elif [ "$1" = detector-profile ]; then
   # Where its time goes (batches of 4 and 16, one batch profiled), then pose with it at 3 people per image
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py 2>&1 | grep -v Warn | tail -4
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
+  src256_and_pose_checkpoint
   timeout 150 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --profile 2>&1 \
     | grep -v Warn | tee "$OUT/detector_profile.txt" | head -70
   timeout 240 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
@@ -551,12 +558,8 @@ elif [ "$1" = detector-fold ]; then
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_pipelined_predict.py 2>&1 | grep -v Warn | tail -4
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
-  for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
-    timeout 200 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
-      --detector-arch $A --out "$OUT/pose_detector_people3_$A.json" 2>&1 | grep -v Warn | tail -10; done
+  src256_and_pose_checkpoint
+  pose_with_both_detectors people3_ 200
 elif [ "$1" = detect-ahead ]; then
   # (calls 83-86. The detect stream and detect-ahead were reverted after call 86, no gain: this mode as measured
   # runs at commit 9b044b0; since then it tests and times what is left)
@@ -565,24 +568,16 @@ elif [ "$1" = detect-ahead ]; then
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_detector.py 2>&1 | grep -v Warn | tail -4
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
-  for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
-    timeout 170 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
-      --detector-arch $A --out "$OUT/pose_detector_ahead_$A.json" 2>&1 | grep -v Warn | tail -10; done
+  src256_and_pose_checkpoint
+  pose_with_both_detectors ahead_ 170
 elif [ "$1" = detector-ab ]; then
   # after call 86: the detectors alone with BatchNorm folded or not, now A B A B (call 86 timed the folded one first
   # only, and the light detector was slower folded), pose with each, and the CLI's --detector-arch under CUDA
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
-  python bench/make_images.py --n 256 --size 1080x1920 --out /tmp/src > /dev/null
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
-  for A in fasterrcnn_resnet50_fpn_v2 fasterrcnn_mobilenet_v3_large_fpn; do
-    timeout 170 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --people 3 \
-      --detector-arch $A --out "$OUT/pose_detector_ab_$A.json" 2>&1 | grep -v Warn | tail -8; done
+  src256_and_pose_checkpoint
+  pose_with_both_detectors ab_ 170
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
