@@ -153,6 +153,29 @@ def test_folding_batch_norms_keeps_every_stage_of_the_detector(arch):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * a.abs().max().item())
 
 
+def test_detect_batch_runs_the_callers_batch_at_once_unless_asked_otherwise(random_weights, monkeypatch):
+    """By default one model call per ``detect_batch`` (the caller sized the batch); ``batch_size`` splits it, with
+    the same boxes for images of one size (torchvision pads a call's images to a common size)."""
+    _, d = random_weights
+    det = PersonDetector(d / "det.safetensors", arch=ARCH, score_threshold=0.0, max_people=5)
+    calls = []
+    forward = det.model.forward
+    monkeypatch.setattr(det.model, "forward", lambda images: calls.append(len(images)) or forward(images))
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (100, 140, 3), dtype=np.uint8) for _ in range(5)]
+    together = det.detect_batch(images)
+    assert calls == [5]
+    calls.clear()
+    split = det.detect_batch(images, batch_size=2)
+    assert calls == [2, 2, 1]
+    for (b1, s1), (b2, s2) in zip(together, split):
+        np.testing.assert_allclose(b1, b2, atol=1e-3)
+        np.testing.assert_allclose(s1, s2, atol=1e-5)
+    assert det.detect_batch([]) == []
+    with pytest.raises(ValueError, match="batch_size"):
+        det.detect_batch(images, batch_size=0)
+
+
 def test_select_applies_class_score_and_nms(random_weights):
     _, d = random_weights
     det = PersonDetector(d / "det.pth", arch=ARCH, score_threshold=0.5, nms_iou=0.5, max_people=3)

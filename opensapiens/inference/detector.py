@@ -129,11 +129,17 @@ class PersonDetector:
         return self.detect_batch([image])[0]
 
     @torch.inference_mode()
-    def detect_batch(self, images: Sequence[np.ndarray | torch.Tensor], batch_size: int = 4
+    def detect_batch(self, images: Sequence[np.ndarray | torch.Tensor], batch_size: int | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time."""
+        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time, by default all at
+        once: the caller's batch (pose's, curate's ``--batch-size``). On the H200 the default detector ran 16 1080p
+        images at once at 98 images/s, 4 at a time at 89 (call 84). Torchvision pads the images of one call to a
+        common size, so an image among larger ones may get slightly different boxes than alone."""
         for i, image in enumerate(images):
             check_image(i, image)
+        batch_size = max(len(images), 1) if batch_size is None else batch_size
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results = []
         for start in range(0, len(images), batch_size):
             chunk = [as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255
