@@ -154,8 +154,9 @@ def test_folding_batch_norms_keeps_every_stage_of_the_detector(arch):
 
 
 def test_detect_batch_runs_the_callers_batch_at_once_unless_asked_otherwise(random_weights, monkeypatch):
-    """By default one model call per ``detect_batch`` (the caller sized the batch); ``batch_size`` splits it, with
-    the same boxes for images of one size (torchvision pads a call's images to a common size)."""
+    """By default one model call per ``detect_batch`` (the caller sized the batch) up to MAX_BATCH images;
+    ``batch_size`` splits it, with the same boxes for images of one size (torchvision pads a call's images to a common
+    size)."""
     _, d = random_weights
     det = PersonDetector(d / "det.safetensors", arch=ARCH, score_threshold=0.0, max_people=5)
     calls = []
@@ -172,6 +173,10 @@ def test_detect_batch_runs_the_callers_batch_at_once_unless_asked_otherwise(rand
         np.testing.assert_allclose(b1, b2, atol=1e-3)
         np.testing.assert_allclose(s1, s2, atol=1e-5)
     assert det.detect_batch([]) == []
+    calls.clear()
+    det.MAX_BATCH = 3  # a long list is still split, at MAX_BATCH
+    det.detect_batch(images)
+    assert calls == [3, 2]
     with pytest.raises(ValueError, match="batch_size"):
         det.detect_batch(images, batch_size=0)
 

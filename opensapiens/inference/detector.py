@@ -97,6 +97,7 @@ class PersonDetector:
         max_people: at most this many boxes per image, highest scores first.
     """
 
+    MAX_BATCH = 16  # images per model call unless asked otherwise
     takes_device_images = True  # images may be tensors on ``device``: a pose predictor there passes its own upload
 
     def __init__(self, weights: str | os.PathLike | None = None, arch: str = "fasterrcnn_resnet50_fpn_v2",
@@ -131,13 +132,14 @@ class PersonDetector:
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray | torch.Tensor], batch_size: int | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time, by default all at
-        once: the caller's batch (pose's, curate's ``--batch-size``). On the H200 the default detector ran 16 1080p
-        images at once at 98 images/s, 4 at a time at 89 (call 84). Torchvision pads the images of one call to a
-        common size, so an image among larger ones may get slightly different boxes than alone."""
+        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time, by default the
+        caller's batch (pose's, curate's ``--batch-size``) up to ``MAX_BATCH``. On the H200 the default detector ran
+        16 1080p images at once at 98 images/s, 4 at a time at 89 (call 84); beyond 16 it would mostly add memory.
+        Torchvision pads the images of one call to a common size, so an image among larger ones may get slightly
+        different boxes than alone."""
         for i, image in enumerate(images):
             check_image(i, image)
-        batch_size = max(len(images), 1) if batch_size is None else batch_size
+        batch_size = min(max(len(images), 1), self.MAX_BATCH) if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         results = []
