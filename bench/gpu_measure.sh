@@ -572,7 +572,7 @@ elif [ "$1" = detect-ahead ]; then
   pose_with_both_detectors ahead_ 170
 elif [ "$1" = detector-ab ]; then
   # after call 86: the detectors alone with BatchNorm folded or not, now A B A B (call 86 timed the folded one first
-  # only, and the light detector was slower folded), and with cudnn.benchmark and in channels_last (candidates for
+  # only, and the light detector was slower folded), with cudnn.benchmark flipped and in channels_last (candidates for
   # the detector, exact but for rounding); pose with each; the CLI's --detector-arch under CUDA
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \

@@ -8,7 +8,8 @@ output written (``run_batch``, no pictures):
 - ``pose with the detector``: as ``predict`` runs it (the detection inside each batch's ``submit``);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection;
 - ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
-  convolutions, as before call 85; under bf16 autocast, with cudnn.benchmark, in channels_last: candidates).
+  convolutions, as before call 85; candidates: under bf16 autocast, with cudnn.benchmark flipped (the pose model's
+  optimization turns it on for the process), in channels_last).
 ``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
 ``--profile``: the detector alone in batches of 4 and B, and one batch profiled (host ops, GPU kernels), nothing else.
 Usage: python bench/pose_detector.py CHECKPOINT FOLDER [--batch B] [--people P] [--detector-arch A] [--out JSON]
@@ -128,9 +129,13 @@ def main() -> None:
     del unfolded
     if device.type == "cuda":  # candidates for the next step, timed after the default
         rates["detector alone, bf16 autocast"] = detector_alone(detector, images, args.batch, autocast=True)
-        torch.backends.cudnn.benchmark = True  # every image of the folder is one size: one autotune per shape
-        rates["detector alone, cudnn.benchmark"] = detector_alone(detector, images, args.batch, autocast=False)
-        torch.backends.cudnn.benchmark = False
+        # "detector alone" ran with cudnn.benchmark as the pose model's optimize_for_inference left it: on, for the
+        # whole process (every image of this folder is one size: one autotune per shape)
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = not benchmark
+        rates[f"detector alone, cudnn.benchmark {'off' if benchmark else 'on'}"] = detector_alone(
+            detector, images, args.batch, autocast=False)
+        torch.backends.cudnn.benchmark = benchmark
         nhwc = copy.deepcopy(detector)
         nhwc.model.to(memory_format=torch.channels_last)
         rates["detector alone, channels_last"] = detector_alone(nhwc, images, args.batch, autocast=False)
