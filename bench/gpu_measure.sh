@@ -573,12 +573,19 @@ elif [ "$1" = detect-ahead ]; then
 elif [ "$1" = detector-ab ]; then
   # after call 86: the detectors alone with BatchNorm folded or not, now A B A B (call 86 timed the folded one first
   # only, and the light detector was slower folded), with cudnn.benchmark flipped and in channels_last (candidates for
-  # the detector, exact but for rounding); pose with each; the CLI's --detector-arch under CUDA
+  # the detector, exact but for rounding); pose with each; the CLI's --detector-arch under CUDA; then a folder of
+  # mixed sizes (cudnn.benchmark, which the pose model turns on, autotunes the detector for each)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   pose_with_both_detectors ab_ 170
+  # photos of four sizes, as a phone folder has them: the detector autotunes each new size under cudnn.benchmark
+  mkdir -p /tmp/mixed && for S in 1080x1920 1920x1080 720x1280 1536x2048; do
+    python bench/make_images.py --n 64 --size $S --seed ${S%%x*} --out /tmp/mixed_$S > /dev/null
+    for f in /tmp/mixed_$S/*.jpg; do cp "$f" "/tmp/mixed/$(basename "$f" .jpg)_$S.jpg"; done; done
+  timeout 200 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/mixed --batch 16 --people 3 \
+    --out "$OUT/pose_detector_ab_mixed_sizes.json" 2>&1 | grep -v Warn | tail -10
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

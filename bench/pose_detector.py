@@ -6,6 +6,7 @@ proposals per image a person (score 0.996: all of them pass the default threshol
 boxes per image, so every image brings that many crops. Timed A B A B over the same images after a warm-up, every
 output written (``run_batch``, no pictures):
 - ``pose with the detector``: as ``predict`` runs it (the detection inside each batch's ``submit``);
+- the same with the detector's cudnn.benchmark flipped (only around its calls);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection;
 - ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
   convolutions, as before call 85; candidates: under bf16 autocast, with cudnn.benchmark flipped (the pose model's
@@ -92,6 +93,17 @@ def profile_detector(detector: PersonDetector, images: list, batch: int) -> None
         print(events.table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=48))
 
 
+def with_benchmark_flipped(detect_batch):
+    """``detect_batch`` run with cudnn.benchmark the other way than the process has it (the pose model's convolutions
+    keep theirs): a folder of many image sizes autotunes the detector's convolutions for each new size."""
+    def run(*args, **kwargs):
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(enabled=cudnn.enabled, benchmark=not cudnn.benchmark, deterministic=cudnn.deterministic,
+                         allow_tf32=cudnn.allow_tf32):
+            return detect_batch(*args, **kwargs)
+    return run
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("checkpoint")
@@ -150,8 +162,13 @@ def main() -> None:
     def given_boxes(batch_paths, batch_images):
         return {"boxes": [boxes[q] for q in batch_paths]}
 
-    for name in ("pose with the detector", "pose alone (boxes given)") * 2:
+    flipped = f"pose with the detector, its cudnn.benchmark {'off' if torch.backends.cudnn.benchmark else 'on'}"
+    for name in ("pose with the detector", flipped, "pose alone (boxes given)") * 2:
         runner, kwargs = (plain, given_boxes) if name.startswith("pose alone") else (predictor, None)
+        if name == flipped:
+            detector.detect_batch = with_benchmark_flipped(type(detector).detect_batch.__get__(detector))
+        else:
+            vars(detector).pop("detect_batch", None)
         sync()
         t0 = time.perf_counter()
         report = run_batch(runner, paths, Path(tempfile.mkdtemp()), batch_size=args.batch, vis=False,
@@ -167,7 +184,7 @@ def main() -> None:
           f"detector {args.detector_arch} (random weights), {gpu}")
     for name, rate in rates.items():
         shown = " / ".join(f"{r:6.1f}" for r in (rate if isinstance(rate, list) else [rate]))
-        print(f"{name:<32} {shown} img/s")
+        print(f"{name:<52} {shown} img/s")
     if args.out:
         args.out.write_text(json.dumps({"images": len(paths), "crops": crops, "batch": args.batch,
                                         "people": args.people, "detector_arch": args.detector_arch,
