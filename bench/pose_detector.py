@@ -8,9 +8,9 @@ output written (``run_batch``, no pictures):
 - ``pose with the detector``: as ``predict`` runs it (the detection inside each batch's ``submit``);
 - the same with the detector's cudnn.benchmark flipped (only around its calls);
 - ``pose alone``: ``run_batch`` with the boxes the detector found given, no detection;
-- ``detector alone``: ``detect_batch`` on device-resident images (fp32; with its BatchNorms not folded into the
-  convolutions, as before call 85; candidates: under bf16 autocast, with cudnn.benchmark flipped (the pose model's
-  optimization turns it on for the process), in channels_last).
+- ``detector alone``: ``detect_batch`` on device-resident images, fp32. Before: its BatchNorms not folded into the
+  convolutions (until call 85); each batch in one call padded to its largest image (until call 87). Candidates: bf16
+  autocast; cudnn.benchmark flipped (the pose model's optimization turns it on for the process); channels_last.
 ``serial sum`` is the rate if detection and pose took turns on the GPU with no gap: 1 / (1/detector + 1/pose).
 ``--profile``: the detector alone in batches of 4 and B, and one batch profiled (host ops, GPU kernels), nothing else.
 Usage: python bench/pose_detector.py CHECKPOINT FOLDER [--batch B] [--people P] [--detector-arch A] [--out JSON]
@@ -22,6 +22,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import torch
@@ -33,7 +34,7 @@ from opensapiens.inference import predictors
 from opensapiens.inference.batch import run_batch
 from opensapiens.inference.detector import PersonDetector
 from opensapiens.inference.predictors import load_predictor
-from opensapiens.inference.streams import upload_images
+from opensapiens.inference.streams import as_tensor, upload_images
 from opensapiens.io.images import read_image
 
 
@@ -93,6 +94,20 @@ def profile_detector(detector: PersonDetector, images: list, batch: int) -> None
         print(events.table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=48))
 
 
+def padded_detector(detector: PersonDetector) -> SimpleNamespace:
+    """``detector`` as it ran before call 87: each chunk of images in one model call, padded to its largest image
+    (now images of one size run together)."""
+    @torch.inference_mode()
+    def detect_batch(images: list, batch_size: int) -> list:
+        results = []
+        for start in range(0, len(images), batch_size):
+            chunk = [as_tensor(im).to(detector.device).permute(2, 0, 1).float() / 255
+                     for im in images[start : start + batch_size]]
+            results += [detector.select(o["boxes"], o["scores"], o["labels"]) for o in detector.model(chunk)]
+        return results
+    return SimpleNamespace(device=detector.device, detect_batch=detect_batch)
+
+
 def with_benchmark_flipped(detect_batch):
     """``detect_batch`` run with cudnn.benchmark the other way than the process has it (the pose model's convolutions
     keep theirs): a folder of many image sizes autotunes the detector's convolutions for each new size."""
@@ -135,9 +150,12 @@ def main() -> None:
     images = [read_image(q) for q in paths[: 4 * args.batch]]
     unfolded = random_detector(args.detector_arch, args.people, device, fold=False)
     rates: dict = {"detector alone": [], "detector alone, BatchNorm not folded": []}
+    rates["detector alone, one padded call per batch (before call 87)"] = []
     for _ in range(2):  # A B A B: call 86 measured the folded one first only, and the light detector slower folded
         rates["detector alone"].append(detector_alone(detector, images, args.batch, autocast=False))
         rates["detector alone, BatchNorm not folded"].append(detector_alone(unfolded, images, args.batch, False))
+        rates["detector alone, one padded call per batch (before call 87)"].append(
+            detector_alone(padded_detector(detector), images, args.batch, False))
     del unfolded
     if device.type == "cuda":  # candidates for the next step, timed after the default
         rates["detector alone, bf16 autocast"] = detector_alone(detector, images, args.batch, autocast=True)

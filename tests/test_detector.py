@@ -64,8 +64,8 @@ def test_detector_loads_local_weights_and_filters_people(random_weights, name):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (120, 160, 3), dtype=np.uint8), rng.integers(0, 256, (90, 70, 3), dtype=np.uint8)]
     results = det.detect_batch(images)
-    with torch.inference_mode():
-        raw = det.model([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im in images])
+    with torch.inference_mode():  # each image alone: two sizes are never padded to a common one
+        raw = [det.model([torch.from_numpy(im).permute(2, 0, 1).float() / 255])[0] for im in images]
     for (boxes, scores), out in zip(results, raw):
         assert boxes.dtype == np.float32 and scores.dtype == np.float32 and boxes.shape == (len(scores), 4)
         ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(),
@@ -73,11 +73,6 @@ def test_detector_loads_local_weights_and_filters_people(random_weights, name):
         assert len(ref_s) > 0
         np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
         np.testing.assert_allclose(scores, ref_s, atol=1e-6)
-    boxes, scores = det(images[1])  # alone: no padding to the batch's common size
-    with torch.inference_mode():
-        out = det.model([torch.from_numpy(images[1]).permute(2, 0, 1).float() / 255])[0]
-    ref_b, ref_s = ref_person_filter(out["boxes"].numpy(), out["scores"].numpy(), out["labels"].numpy(), 0.0, 0.3, 7)
-    np.testing.assert_allclose(boxes, ref_b, atol=1e-4)
     # images decoded on the device (predict --decode device) come as tensors: the same boxes
     for (boxes, scores), (ref_b, ref_s) in zip(det.detect_batch([torch.from_numpy(im) for im in images]), results):
         np.testing.assert_array_equal(boxes, ref_b)
@@ -153,30 +148,34 @@ def test_folding_batch_norms_keeps_every_stage_of_the_detector(arch):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9 * a.abs().max().item())
 
 
-def test_detect_batch_runs_the_callers_batch_at_once_unless_asked_otherwise(random_weights, monkeypatch):
-    """By default one model call per ``detect_batch`` (the caller sized the batch) up to MAX_BATCH images;
-    ``batch_size`` splits it, with the same boxes for images of one size (torchvision pads a call's images to a common
-    size)."""
+def test_detect_batch_runs_images_of_one_size_together_and_each_as_alone(random_weights, monkeypatch):
+    """One model call per image size (up to MAX_BATCH images, or ``batch_size``), so no image is padded to another's
+    size: every image gets exactly the boxes it gets alone, whatever the rest of the batch."""
     _, d = random_weights
     det = PersonDetector(d / "det.safetensors", arch=ARCH, score_threshold=0.0, max_people=5)
     calls = []
     forward = det.model.forward
-    monkeypatch.setattr(det.model, "forward", lambda images: calls.append(len(images)) or forward(images))
+    monkeypatch.setattr(det.model, "forward", lambda images: calls.append([tuple(im.shape) for im in images])
+                        or forward(images))
     rng = np.random.default_rng(3)
-    images = [rng.integers(0, 256, (100, 140, 3), dtype=np.uint8) for _ in range(5)]
+    sizes = [(100, 140), (150, 90), (100, 140), (150, 90), (100, 140)]
+    images = [rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for hw in sizes]
     together = det.detect_batch(images)
-    assert calls == [5]
+    assert calls == [[(3, 100, 140)] * 3, [(3, 150, 90)] * 2]
     calls.clear()
-    split = det.detect_batch(images, batch_size=2)
-    assert calls == [2, 2, 1]
-    for (b1, s1), (b2, s2) in zip(together, split):
-        np.testing.assert_allclose(b1, b2, atol=1e-3)
-        np.testing.assert_allclose(s1, s2, atol=1e-5)
-    assert det.detect_batch([]) == []
+    alone = [det(im) for im in images]
+    for k, ((b1, s1), (b2, s2)) in enumerate(zip(together, alone)):
+        assert len(b1) > 0
+        np.testing.assert_array_equal(b1, b2, err_msg=str(k))
+        np.testing.assert_array_equal(s1, s2, err_msg=str(k))
     calls.clear()
-    det.MAX_BATCH = 3  # a long list is still split, at MAX_BATCH
+    det.detect_batch(images, batch_size=2)
+    assert [len(c) for c in calls] == [2, 1, 2]
+    calls.clear()
+    det.MAX_BATCH = 2  # a long list is still split, at MAX_BATCH
     det.detect_batch(images)
-    assert calls == [3, 2]
+    assert [len(c) for c in calls] == [2, 1, 2]
+    assert det.detect_batch([]) == []
     with pytest.raises(ValueError, match="batch_size"):
         det.detect_batch(images, batch_size=0)
 

@@ -132,21 +132,26 @@ class PersonDetector:
     @torch.inference_mode()
     def detect_batch(self, images: Sequence[np.ndarray | torch.Tensor], batch_size: int | None = None
                      ) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Person boxes of each image, as ``__call__``; images are run ``batch_size`` at a time, by default the
-        caller's batch (pose's, curate's ``--batch-size``) up to ``MAX_BATCH``. On the H200 the default detector ran
-        16 1080p images at once at 98 images/s, 4 at a time at 89 (call 84); beyond 16 it would mostly add memory.
-        Torchvision pads the images of one call to a common size, so an image among larger ones may get slightly
-        different boxes than alone."""
+        """Person boxes of each image, as ``__call__``. Images of one size run together, ``batch_size`` at a time
+        (by default the caller's batch, pose's or curate's ``--batch-size``, up to ``MAX_BATCH``): torchvision pads
+        the images of one call to a common size, which would give an image among larger ones other boxes than it
+        gets alone, and spend the GPU on padding. On the H200 the default detector ran 16 1080p images at once at
+        98 images/s, 4 at a time at 89 (call 84)."""
         for i, image in enumerate(images):
             check_image(i, image)
         batch_size = min(max(len(images), 1), self.MAX_BATCH) if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        results = []
-        for start in range(0, len(images), batch_size):
-            chunk = [as_tensor(img).to(self.device).permute(2, 0, 1).float() / 255
-                     for img in images[start:start + batch_size]]
-            results += [self.select(out["boxes"], out["scores"], out["labels"]) for out in self.model(chunk)]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape[:2]), []).append(i)
+        results: list = [None] * len(images)
+        for indices in by_size.values():
+            for start in range(0, len(indices), batch_size):
+                chunk = indices[start : start + batch_size]
+                inputs = [as_tensor(images[i]).to(self.device).permute(2, 0, 1).float() / 255 for i in chunk]
+                for i, out in zip(chunk, self.model(inputs)):
+                    results[i] = self.select(out["boxes"], out["scores"], out["labels"])
         return results
 
     def select(self, boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
