@@ -580,7 +580,8 @@ elif [ "$1" = detector-ab ]; then
     tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   pose_with_both_detectors ab_ 170
-  # photos of four sizes, as a phone folder has them: the detector autotunes each new size under cudnn.benchmark
+  # photos of four sizes interleaved, as a phone folder has them: the detector autotunes each new size under
+  # cudnn.benchmark, and now runs one call per size (was one call per batch, padded to its largest image)
   mkdir -p /tmp/mixed && for S in 1080x1920 1920x1080 720x1280 1536x2048; do
     python bench/make_images.py --n 64 --size $S --seed ${S%%x*} --out /tmp/mixed_$S > /dev/null
     for f in /tmp/mixed_$S/*.jpg; do cp "$f" "/tmp/mixed/$(basename "$f" .jpg)_$S.jpg"; done; done
