@@ -212,6 +212,9 @@ def test_detector_errors(random_weights, tmp_path, monkeypatch):
         PersonDetector(d / "det.pth", arch="resnet_not_a_detector")
     with pytest.raises(ValueError, match="do not fit"):
         PersonDetector(d / "det.pth", arch="ssdlite320_mobilenet_v3_large")
+    for bad in ({"score_threshold": 1.5}, {"score_threshold": -0.1}, {"nms_iou": 0.0}, {"max_people": 0}):
+        with pytest.raises(ValueError, match=f"out of range: .*{next(iter(bad))} {next(iter(bad.values()))}"):
+            PersonDetector(d / "det.pth", arch=ARCH, **bad)
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
