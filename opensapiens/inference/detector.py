@@ -140,14 +140,13 @@ class PersonDetector:
         the images of one call to a common size, which would give an image among larger ones other boxes than it
         gets alone, and spend the GPU on padding. On the H200 the default detector ran 16 1080p images at once at
         98 images/s, 4 at a time at 89 (call 84)."""
-        for i, image in enumerate(images):
-            check_image(i, image)
+        sizes = [check_image(i, image) for i, image in enumerate(images)]  # (H, W) each
         batch_size = min(max(len(images), 1), self.MAX_BATCH) if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         by_size: dict[tuple[int, int], list[int]] = {}
-        for i, image in enumerate(images):
-            by_size.setdefault(tuple(image.shape[:2]), []).append(i)
+        for i, size in enumerate(sizes):
+            by_size.setdefault(size, []).append(i)
         results: list = [None] * len(images)
         for indices in by_size.values():
             for start in range(0, len(indices), batch_size):
