@@ -181,10 +181,11 @@ def main() -> None:
         return {"boxes": [boxes[q] for q in batch_paths]}
 
     flipped = f"pose with the detector, its cudnn.benchmark {'off' if torch.backends.cudnn.benchmark else 'on'}"
+    detect_flipped = with_benchmark_flipped(detector.detect_batch)
     for name in ("pose with the detector", flipped, "pose alone (boxes given)") * 2:
         runner, kwargs = (plain, given_boxes) if name.startswith("pose alone") else (predictor, None)
         if name == flipped:
-            detector.detect_batch = with_benchmark_flipped(type(detector).detect_batch.__get__(detector))
+            detector.detect_batch = detect_flipped  # the instance attribute shadows the method for this run
         else:
             vars(detector).pop("detect_batch", None)
         sync()
