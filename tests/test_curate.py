@@ -157,6 +157,18 @@ def test_cli_with_two_workers(collection, tmp_path, monkeypatch, capsys):
     assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
 
 
+@pytest.mark.parametrize("flag", ["--detector-arch", "--detector"])
+def test_cli_passes_the_detector_arch_under_both_names(collection, tmp_path, monkeypatch, capsys, flag):
+    import opensapiens.inference.detector as det
+
+    built = []
+    monkeypatch.setattr(det, "PersonDetector", lambda *a, **k: built.append((a, k)) or FakeDetector())
+    args = ["curate", str(collection), "--out", str(tmp_path / "o"), "--workers", "0", "--device", "cpu"]
+    assert main([*args, flag, "fasterrcnn_mobilenet_v3_large_fpn", "--detector-weights", "w.pth"]) == 0
+    (weights,), kwargs = built[0]
+    assert weights == "w.pth" and kwargs["arch"] == "fasterrcnn_mobilenet_v3_large_fpn"
+
+
 def test_cli_names_a_missing_source_before_loading_the_detector(tmp_path, monkeypatch, capsys):
     import opensapiens.inference.detector as det
 
