@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -587,6 +587,18 @@ elif [ "$1" = detector-ab ]; then
     for f in /tmp/mixed_$S/*.jpg; do cp "$f" "/tmp/mixed/$(basename "$f" .jpg)_$S.jpg"; done; done
   timeout 200 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/mixed --batch 16 --people 3 \
     --out "$OUT/pose_detector_ab_mixed_sizes.json" 2>&1 | grep -v Warn | tail -10
+elif [ "$1" = gil-switch ]; then
+  # after call 87: predict with pictures stays at 0.80-0.82 of model-only while its main thread spends 3.2 of 4.0 s in
+  # submit. A thread that releases the GIL (each torch op does) waits up to Python's switch interval (5 ms) to get it
+  # back from a writer running Python: the pipelined loop at 5, 1 and 0.2 ms, A B A B, with the upload's share of
+  # submit; pose and seg with pictures, pose without (the targets' path) at 5 and 0.5 ms
+  folder512_and_checkpoints
+  timeout 150 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
+    --switch-intervals 5 1 0.2 --out "$OUT/predict_pipeline_pose_pictures_switch.json" 2>&1 | grep -v Warn | tail -9
+  timeout 150 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 --writers 16 \
+    --switch-intervals 5 1 0.2 --out "$OUT/predict_pipeline_seg_pictures_switch.json" 2>&1 | grep -v Warn | tail -9
+  timeout 150 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --no-vis \
+    --switch-intervals 5 0.5 --out "$OUT/predict_pipeline_pose_switch.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

@@ -9,20 +9,24 @@ Prints images/s of each, their ratio to the model's, whether the two loops wrote
 where the main thread's time went (waiting for the readers, submitting, reading results back, waiting for the
 writers; one at a time: ``submit`` includes its ``result()``), and one batch's ``submit`` and ``result()`` timed alone.
 ``--trace T``: one more pipelined pass profiled into T, for ``trace_summary.py`` (GPU idle gaps, kernels by time).
+``--switch-intervals MS ...``: instead of the two loops, the pipelined loop at each of Python's thread switch intervals
+given (``sys.setswitchinterval``; Python's default 5 ms), in two rounds (A B A B): the thread feeding the GPU waits up
+to one interval for the GIL each time it wants it back from a writer running Python.
 Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W] [--writers N]
-       [--out JSON] [--trace T] [--cuda-graphs]
+       [--out JSON] [--trace T] [--cuda-graphs] [--switch-intervals MS ...]
 """
 import argparse
 import collections
 import contextlib
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from opensapiens.inference import batch
+from opensapiens.inference import batch, predictors
 from opensapiens.inference.batch import run_batch
 from opensapiens.inference.optimize import optimize_for_inference
 from opensapiens.inference.predictors import load_predictor
@@ -35,11 +39,13 @@ def sync() -> None:
 
 
 class MainThreadClock:
-    """Seconds the main thread spends in run_batch's stages: the reader, ``submit``, ``result()``, the writers."""
+    """Seconds the main thread spends in run_batch's stages: the reader, ``submit`` (and within it the images' upload:
+    staged through pinned memory and copied), ``result()``, the writers."""
 
     def __init__(self):
         self.seconds = collections.Counter()
         self._load, self._collect, self._result = batch._load, batch._collect, Pending.result
+        self._upload = predictors.upload_images
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -69,10 +75,15 @@ class MainThreadClock:
             with clock.stage("result()"):
                 return clock._result(pending)
 
-        batch._load, batch._collect, Pending.result = load, collect, result
+        def upload(*args, **kwargs):
+            with clock.stage("submit: upload"):
+                return clock._upload(*args, **kwargs)
+
+        batch._load, batch._collect, Pending.result, predictors.upload_images = load, collect, result, upload
 
     def uninstall(self) -> None:
         batch._load, batch._collect, Pending.result = self._load, self._collect, self._result
+        predictors.upload_images = self._upload
 
 
 class Timed:
@@ -142,6 +153,8 @@ def main() -> None:
     p.add_argument("--trace", type=Path)
     p.add_argument("--cuda-graphs", action="store_true",
                    help="the fused path replayed as CUDA graphs (one launch per batch instead of hundreds)")
+    p.add_argument("--switch-intervals", type=float, nargs="+", metavar="MS",
+                   help="time the pipelined loop at each of these switch intervals (ms), A B A B")
     args = p.parse_args()
     args.writers = args.writers or batch.default_writers(args.task, not args.no_vis)
     paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -155,16 +168,22 @@ def main() -> None:
     if background is not None:
         background.wait()
     rates, outs, stages = {}, {}, {}
-    for name in ("pipelined", "one at a time", "pipelined again", "one at a time again"):
+    variants = {name: None for name in ("pipelined", "one at a time", "pipelined again", "one at a time again")}
+    if args.switch_intervals:
+        variants = {f"pipelined, switch {ms:g} ms{' again' * r}": ms for r in range(2) for ms in args.switch_intervals}
+    default_interval = sys.getswitchinterval()
+    for name, ms in variants.items():
         out = outs[name] = Path(tempfile.mkdtemp(prefix="pipeline_"))
         clock = MainThreadClock()
         runner = Timed(OneAtATime(predictor) if name.startswith("one") else predictor, clock)
         sync()
         clock.install()
+        sys.setswitchinterval(default_interval if ms is None else ms / 1e3)
         t0 = time.perf_counter()
         report = run_batch(runner, paths, out, batch_size=args.batch, vis=not args.no_vis, progress=False,
                            writers=args.writers)
         seconds = time.perf_counter() - t0
+        sys.setswitchinterval(default_interval)
         clock.uninstall()
         rates[name] = len(report.done) / seconds
         stages[name] = {k: round(v, 2) for k, v in clock.seconds.items()} | {"total": round(seconds, 2)}
@@ -176,20 +195,20 @@ def main() -> None:
           f"{1e3 * args.batch / rates['model only']:.2f}")
     for name, rate in rates.items():
         what = f"{args.task} {'no pictures' if args.no_vis else 'pictures':<11} {args.writers:2d} writers"
-        print(f"{what} {name:<20} {rate:7.1f} img/s  "
+        print(f"{what} {name:<26} {rate:7.1f} img/s  "
               f"{rate / rates['model only']:.3f} of model-only  {stages.get(name, '')}", flush=True)
-    ref = outs["pipelined"]
+    ref, other = (outs[name] for name in list(variants)[:2])
     files = sorted(f.name for f in ref.iterdir() if f.suffix != ".jpg")
-    other = outs["one at a time"]
     same = files == sorted(f.name for f in other.iterdir() if f.suffix != ".jpg") and all(
         (ref / f).read_bytes() == (other / f).read_bytes() for f in files)
-    print(f"pipelined and one-at-a-time outputs identical (pictures aside, {len(files)} files): {same}")
+    print(f"{' and '.join(list(variants)[:2])}: outputs identical (pictures aside, {len(files)} files): {same}")
     if args.out:
         gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
         args.out.write_text(json.dumps({"task": args.task, "batch": args.batch, "pictures": not args.no_vis,
                                         "images": len(paths), "images_per_s": rates, "main_thread_s": stages,
                                         "isolated_ms": alone, "identical": same, "gpu": gpu,
-                                        "writers": args.writers, "cuda_graphs": args.cuda_graphs}, indent=1))
+                                        "writers": args.writers, "cuda_graphs": args.cuda_graphs,
+                                        "switch_intervals_ms": args.switch_intervals}, indent=1))
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
 
