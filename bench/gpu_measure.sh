@@ -592,6 +592,7 @@ elif [ "$1" = gil-switch ]; then
   # submit. A thread that releases the GIL (each torch op does) waits up to Python's switch interval (5 ms) to get it
   # back from a writer running Python: the pipelined loop at 5, 1 and 0.2 ms, A B A B, with the upload's share of
   # submit; pose and seg with pictures, pose without (the targets' path) at 5 and 0.5 ms
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   folder512_and_checkpoints
   timeout 150 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
     --switch-intervals 5 1 0.2 --out "$OUT/predict_pipeline_pose_pictures_switch.json" 2>&1 | grep -v Warn | tail -9
