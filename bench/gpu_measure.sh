@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -600,6 +600,20 @@ elif [ "$1" = gil-switch ]; then
     --switch-intervals 5 1 0.2 --out "$OUT/predict_pipeline_seg_pictures_switch.json" 2>&1 | grep -v Warn | tail -9
   timeout 150 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --no-vis \
     --switch-intervals 5 0.5 --out "$OUT/predict_pipeline_pose_switch.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = pin-readers ]; then
+  # after call 89: the upload took 35-45 % of predict's main thread with pictures (staging each image into pinned
+  # memory, then the copy); the reader threads now pin each image (streams.pin) and submit copies it from there. The
+  # CUDA tests of it, then A B A B against staging in submit: pose and seg with pictures, pose without
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
+    tests/test_device_decode.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -6
+  folder512_and_checkpoints
+  timeout 120 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --pin-ab \
+    --out "$OUT/predict_pipeline_pose_pictures_pin.json" 2>&1 | grep -v Warn | tail -7
+  timeout 120 python bench/predict_pipeline.py seg /tmp/seg_0.3b.safetensors /tmp/f512 --batch 8 --writers 16 \
+    --pin-ab --out "$OUT/predict_pipeline_seg_pictures_pin.json" 2>&1 | grep -v Warn | tail -7
+  timeout 120 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --no-vis \
+    --pin-ab --out "$OUT/predict_pipeline_pose_pin.json" 2>&1 | grep -v Warn | tail -7
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

@@ -12,8 +12,10 @@ writers; one at a time: ``submit`` includes its ``result()``), and one batch's `
 ``--switch-intervals MS ...``: instead of the two loops, the pipelined loop at each of Python's thread switch intervals
 given (``sys.setswitchinterval``; Python's default 5 ms), in two rounds (A B A B): the thread feeding the GPU waits up
 to one interval for the GIL each time it wants it back from a writer running Python.
+``--pin-ab``: instead, the pipelined loop with the images pinned on the reader threads (``streams.pin``, the default
+on CUDA) and staged on the main thread in ``submit`` (before call 90), A B A B.
 Usage: python bench/predict_pipeline.py TASK CHECKPOINT FOLDER [--batch B] [--no-vis] [--input-size H W] [--writers N]
-       [--out JSON] [--trace T] [--cuda-graphs] [--switch-intervals MS ...]
+       [--out JSON] [--trace T] [--cuda-graphs] [--switch-intervals MS ... | --pin-ab]
 """
 import argparse
 import collections
@@ -90,7 +92,7 @@ class Timed:
     """A predictor whose ``submit`` is timed by ``clock``."""
 
     def __init__(self, predictor, clock: MainThreadClock):
-        self.predictor, self.task, self.clock = predictor, predictor.task, clock
+        self.predictor, self.task, self.device, self.clock = predictor, predictor.task, predictor.device, clock
 
     def submit(self, images, **kwargs) -> Pending:
         with self.clock.stage("submit"):
@@ -101,7 +103,7 @@ class OneAtATime:
     """A predictor whose ``submit`` finishes the batch before returning: ``run_batch`` without the overlap."""
 
     def __init__(self, predictor):
-        self.predictor, self.task = predictor, predictor.task
+        self.predictor, self.task, self.device = predictor, predictor.task, predictor.device
 
     def submit(self, images, **kwargs) -> Pending:
         results = self.predictor.submit(images, **kwargs).result()
@@ -155,6 +157,8 @@ def main() -> None:
                    help="the fused path replayed as CUDA graphs (one launch per batch instead of hundreds)")
     p.add_argument("--switch-intervals", type=float, nargs="+", metavar="MS",
                    help="time the pipelined loop at each of these switch intervals (ms), A B A B")
+    p.add_argument("--pin-ab", action="store_true",
+                   help="time the pipelined loop with the images pinned on the readers and on the main thread")
     args = p.parse_args()
     args.writers = args.writers or batch.default_writers(args.task, not args.no_vis)
     paths = sorted(q for q in args.folder.iterdir() if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -168,22 +172,29 @@ def main() -> None:
     if background is not None:
         background.wait()
     rates, outs, stages = {}, {}, {}
-    variants = {name: None for name in ("pipelined", "one at a time", "pipelined again", "one at a time again")}
+    # name -> (switch interval in ms or None for Python's, whether the reader threads pin the images)
+    variants = {name: (None, True) for name in ("pipelined", "one at a time", "pipelined again", "one at a time again")}
     if args.switch_intervals:
-        variants = {f"pipelined, switch {ms:g} ms{' again' * r}": ms for r in range(2) for ms in args.switch_intervals}
-    default_interval = sys.getswitchinterval()
-    for name, ms in variants.items():
+        variants = {f"pipelined, switch {ms:g} ms{' again' * r}": (ms, True)
+                    for r in range(2) for ms in args.switch_intervals}
+    elif args.pin_ab:
+        variants = {f"pipelined, {where}{' again' * r}": (None, where == "pinned on readers")
+                    for r in range(2) for where in ("pinned on readers", "staged in submit")}
+    default_interval, pin = sys.getswitchinterval(), batch.pin
+    for name, (ms, pinned) in variants.items():
         out = outs[name] = Path(tempfile.mkdtemp(prefix="pipeline_"))
         clock = MainThreadClock()
         runner = Timed(OneAtATime(predictor) if name.startswith("one") else predictor, clock)
         sync()
         clock.install()
         sys.setswitchinterval(default_interval if ms is None else ms / 1e3)
+        batch.pin = pin if pinned else (lambda image: image)
         t0 = time.perf_counter()
         report = run_batch(runner, paths, out, batch_size=args.batch, vis=not args.no_vis, progress=False,
                            writers=args.writers)
         seconds = time.perf_counter() - t0
         sys.setswitchinterval(default_interval)
+        batch.pin = pin
         clock.uninstall()
         rates[name] = len(report.done) / seconds
         stages[name] = {k: round(v, 2) for k, v in clock.seconds.items()} | {"total": round(seconds, 2)}
@@ -208,7 +219,8 @@ def main() -> None:
                                         "images": len(paths), "images_per_s": rates, "main_thread_s": stages,
                                         "isolated_ms": alone, "identical": same, "gpu": gpu,
                                         "writers": args.writers, "cuda_graphs": args.cuda_graphs,
-                                        "switch_intervals_ms": args.switch_intervals}, indent=1))
+                                        "switch_intervals_ms": args.switch_intervals, "pin_ab": args.pin_ab},
+                                       indent=1))
     if args.trace:
         from torch.profiler import ProfilerActivity, profile
 

@@ -14,6 +14,8 @@ from opensapiens.inference.predictors import DepthPredictor, NormalPredictor, Po
 from opensapiens.inference.results import SegResult
 from opensapiens.inference.streams import Pending
 
+from conftest import make_official_state
+
 
 @pytest.mark.parametrize("chunk", [1, 2, 3])
 def test_pose_people_in_several_chunks_come_back_in_order(chunk):
@@ -202,3 +204,70 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
 
     done = batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
     assert done == len(frames) and encoded == list(range(len(frames)))
+
+
+def test_pin_leaves_what_it_cannot_pin_as_it_is():
+    from opensapiens.inference.streams import pin
+
+    floats, tensor = np.zeros((4, 4, 3), np.float32), torch.zeros(4, 4, 3, dtype=torch.uint8)
+    assert pin(floats) is floats and pin(tensor) is tensor
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory is CUDA's")
+
+
+@CUDA
+def test_pinned_images_are_uploaded_from_where_they_are(monkeypatch):
+    from opensapiens.inference.streams import pin, upload_images
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
+              np.ascontiguousarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))[:, ::-1]]  # a strided view
+    pinned = [pin(im) for im in images]
+    assert all(p.is_pinned() for p in pinned)
+    assert all(np.array_equal(p.numpy(), im) for p, im in zip(pinned, images))
+    empty = torch.empty
+
+    def no_staging(*args, **kwargs):
+        assert not kwargs.get("pin_memory"), "a pinned image was staged again"
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", no_staging)
+    uploaded = upload_images(pinned, torch.device("cuda"))
+    torch.cuda.current_stream().synchronize()
+    assert all(u.is_cuda and np.array_equal(u.cpu().numpy(), im) for u, im in zip(uploaded, images))
+
+
+@CUDA
+def test_run_batch_on_cuda_pins_on_the_readers_and_writes_what_staging_in_submit_writes(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (h, w) in enumerate(((70, 50), (64, 96), (33, 40))):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(paths[-1])
+    model, _ = make_official_state("seg", 5)
+    seen_by_model, seen_by_writers = [], []
+
+    class Recording(SegPredictor):
+        def submit(self, images, **kwargs):
+            seen_by_model.extend(images)
+            return super().submit(images, **kwargs)
+
+    write_result = batch.write_result
+
+    def recording_writer(task, out_dir, stem, image, *args):
+        seen_by_writers.append(image)
+        return write_result(task, out_dir, stem, image, *args)
+
+    monkeypatch.setattr(batch, "write_result", recording_writer)
+    predictor = Recording(model.cuda(), input_size=(64, 48), batch_size=2)
+    batch.run_batch(predictor, paths, tmp_path / "pinned", batch_size=2, workers=2, progress=False)
+    assert len(seen_by_model) == 3 and all(isinstance(im, torch.Tensor) and im.is_pinned() for im in seen_by_model)
+    assert len(seen_by_writers) == 3 and all(isinstance(im, np.ndarray) for im in seen_by_writers)
+    monkeypatch.setattr(batch, "pin", lambda image: image)  # staged in submit, as before the readers pinned
+    batch.run_batch(predictor, paths, tmp_path / "staged", batch_size=2, workers=2, progress=False)
+    assert all(isinstance(im, np.ndarray) for im in seen_by_model[3:])
+    for p in paths:
+        pinned, staged = (np.array(Image.open(tmp_path / d / f"{p.stem}_seg.png")) for d in ("pinned", "staged"))
+        assert pinned.shape == staged.shape == np.array(Image.open(p)).shape[:2]
+        assert np.array_equal(pinned, staged)

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_npy, save_png
 from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
-from .streams import submit_ahead
+from .streams import pin, submit_ahead
 
 OUTPUTS = {
     "pose": (".json", "_pose.jpg"),
@@ -120,6 +121,12 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def _read_and_pin(path: Path) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+    """(the image, its copy in page-locked memory for the upload: ``streams.pin``), made on a reader thread."""
+    image = read_image(path)
+    return image, pin(image)
+
+
 def _read(path: Path, reader: Callable = read_image) -> tuple[np.ndarray | None, str | None]:
     """(image, None), or (None, the error message) for a file that cannot be read: it must not stop the job."""
     try:
@@ -205,6 +212,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         from .device_decode import read_image_on_device
 
         reader = functools.partial(read_image_on_device, device=predictor.device)
+    elif str(getattr(predictor, "device", "cpu")).startswith("cuda"):  # pinned copies for the model, arrays to writers
+        reader = _read_and_pin
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
     def batches() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
@@ -215,13 +224,13 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
                     report.failed.append((todo_paths[i], err))
                     bar.write(f"skipped: {err}")
             bar.update(len(items))
-            good = [(i, im) for i, im, err in items if err is None]
+            good = [(i, read if isinstance(read, tuple) else (read, read)) for i, read, err in items if err is None]
             if good:
-                ids, images = [i for i, _ in good], [im for _, im in good]
+                ids, images, inputs = [i for i, _ in good], [r[0] for _, r in good], [r[1] for _, r in good]
                 kwargs = predict_kwargs([todo_paths[i] for i in ids], images) if predict_kwargs else {}
                 if raw and flag:
                     kwargs[flag] = True
-                yield (ids, images), images, kwargs
+                yield (ids, images), inputs, kwargs
 
     writes: list[tuple[Path, Future]] = []
     with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as writer:
