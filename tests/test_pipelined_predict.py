@@ -3,6 +3,8 @@ files blamed, and on CUDA no read of an output before the model that writes it h
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -223,7 +225,10 @@ def test_pinned_images_are_uploaded_from_where_they_are(monkeypatch):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (5, 7, 3), dtype=np.uint8),
               np.ascontiguousarray(rng.integers(0, 256, (4, 6, 3), dtype=np.uint8))[:, ::-1]]  # a strided view
-    pinned = [pin(im) for im in images]
+    images[0].setflags(write=False)  # as np.frombuffer gives: pinned without torch's non-writable warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pinned = [pin(im) for im in images]
     assert all(p.is_pinned() for p in pinned)
     assert all(np.array_equal(p.numpy(), im) for p, im in zip(pinned, images))
     empty = torch.empty

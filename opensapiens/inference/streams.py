@@ -45,7 +45,7 @@ def pin(image: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
         return image
     buffer = torch.empty(image.shape, dtype=torch.uint8, pin_memory=True)
-    buffer.copy_(torch.from_numpy(image if image.flags.c_contiguous else np.ascontiguousarray(image)))
+    buffer.numpy()[...] = image  # any strides, read-only too (torch.from_numpy warns on those)
     return buffer
 
 
