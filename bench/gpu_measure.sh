@@ -73,7 +73,7 @@ elif [ "$1" = fused ]; then
   # place, fc1 with cuBLASLt's GELU epilogue, Triton LayerNorm; head dims padded in the weights) beside eager and
   # the whole-model compile; its GPU tests first. (Its first version, before the Triton norm and the weight
   # padding, ran as commit d24ff5c: fused_v1_*.json, device_call7_output.txt.)
-  python -m pytest -q tests/test_fused.py 2>&1 | tail -3
+  python -m pytest tests/test_fused.py 2>&1 | tail -3
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/e2e > /dev/null
   B="timeout 170 python -m opensapiens.cli.main bench --iters 10 --compiled"
   $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fused_pose_1b.json" | grep -v '^{'
@@ -84,7 +84,7 @@ elif [ "$1" = fused ]; then
 elif [ "$1" = attention ]; then
   # our Triton attention kernel (bf16, FP8) against SDPA's backends, its GPU tests first; then the dense-head
   # models on the default fused path (depth, normal and seg 0.3B had only been measured on the compiled path)
-  python -m pytest -q tests/test_fused.py 2>&1 | tail -3  # (its attention tests then lived in the package)
+  python -m pytest tests/test_fused.py 2>&1 | tail -3  # (its attention tests then lived in the package)
   timeout 240 python bench/attention.py --out "$OUT/attention_h200.json" 2>&1 | grep -v Warn
   for t in depth normal seg; do
     timeout 100 python -m opensapiens.cli.main bench --task $t --arch 0.3b --batch 8 --iters 8 --compiled \
@@ -93,7 +93,7 @@ elif [ "$1" = attention ]; then
 elif [ "$1" = fp8 ]; then
   # FP8 on the fused blocks (norm/GELU kernels quantize the GEMM inputs) against bf16 and the compiled FP8 path;
   # cuDNN's FP8 attention through the cudnn frontend (a wheel in .whl/, see the script); our Triton attention again
-  python -m pytest -q --tb=short tests/test_fused.py tests/test_fp8.py 2>&1 | tail -40
+  python -m pytest --tb=short tests/test_fused.py tests/test_fp8.py 2>&1 | tail -40
   timeout 90 python bench/cudnn_fp8_attention.py --out "$OUT/cudnn_fp8_attention.json" 2>&1 | grep -v Warn
   timeout 90 python bench/attention.py --shapes 1b --out "$OUT/attention_1b_h200.json" 2>&1 | grep -v Warn
   timeout 120 python bench/fp8_agreement.py --checkpoint sapiens-nano --out "$OUT/fp8_agreement_fused_nano.json" \
@@ -102,7 +102,7 @@ elif [ "$1" = fp8 ]; then
     --profile --out "$OUT/fp8_pose_1b.json" | grep -v '^{'
 elif [ "$1" = fp8sizes ]; then
   # the FP8 fused path at every size beside bf16 (one row per program in the norms again), seg 1b in FP8 too
-  python -m pytest -q tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
+  python -m pytest tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
   B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8"
   $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fp8_pose_1b_rows1.json" | grep -v '^{'
   $B --task pose --arch 0.3b --batch 16 --out "$OUT/fp8_pose_0.3b.json" | grep -v '^{'
@@ -111,7 +111,7 @@ elif [ "$1" = fp8sizes ]; then
   $B --task seg --arch 1b --batch 8 --out "$OUT/fp8_seg_1b.json" | grep -v '^{'
 elif [ "$1" = quant ]; then
   # the FP8 blocks' quantization passes per launch configuration (GELU erf vs tanh), then pose 1b/2b in FP8
-  python -m pytest -q tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
+  python -m pytest tests/test_fused.py tests/test_fp8.py 2>&1 | tail -2
   timeout 120 python bench/quantize_kernels.py --out "$OUT/quantize_kernels_1b.json" 2>&1 | grep -v Warn
   B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8"
   $B --task pose --arch 1b --batch 8 --profile --out "$OUT/fp8_pose_1b_tanh.json" | grep -v '^{'
@@ -122,7 +122,7 @@ elif [ "$1" = flash ]; then
   # our Triton FlashAttention (forward + backward) at the MAE decoder's head dim 32: its tests; the launch-config sweep
   # (with and without TF32 products) against SDPA's backends; the MAE-0.3B and -1B steps with the decoder on it (the
   # sweep's configs) against SDPA (cuDNN), 0.3B profiled
-  python -m pytest -q --tb=short tests/test_flash_attention.py 2>&1 | tail -4
+  python -m pytest --tb=short tests/test_flash_attention.py 2>&1 | tail -4
   timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_mae-decoder.json" \
     2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
   FC=""; [ -f "$OUT/flash_attention_mae-decoder.json" ] && FC="--flash-config $OUT/flash_attention_mae-decoder.json"
@@ -135,7 +135,7 @@ elif [ "$1" = flash ]; then
 elif [ "$1" = flash-ab ]; then
   # the package's launch configs (the `flash` sweep's best): the MAE tests on the GPU (the pretraining loop runs the
   # decoder on our kernels there), then the MAE-0.3B step A/B/A against SDPA (cuDNN), 10 steps each
-  timeout 150 python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_mae.py tests/test_mae_pretrain.py \
+  timeout 150 python -m pytest --tb=short tests/test_flash_attention.py tests/test_mae.py tests/test_mae_pretrain.py \
     2>&1 | tail -4
   timeout 240 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
     --warmup 3 --variants optimized,optimized-sdpa,optimized --memory-limit-gib $CAP \
@@ -151,7 +151,7 @@ elif [ "$1" = pipeline ]; then
   # against Inductor's; MAE-0.3B with everything / with Inductor's GELU / with everything again, the first profiled
   # (call 25 ran commit f747c93; the pipelined kernel variants and their sweep rows were removed after it, so this
   # mode now sweeps the kept kernels only: `git checkout f747c93` reproduces the pipelined rows)
-  python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
+  python -m pytest --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
     -k "flash or gelu or non_finite" 2>&1 | tail -4
   timeout 200 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_pipeline.json" \
     2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
@@ -331,7 +331,7 @@ elif [ "$1" = predict-pipeline ]; then
   # the main thread's time by stage, one batch's submit and result() alone), seg-0.3b (batch 8; its pipelined pass
   # profiled without pictures) and pose-0.3b (batch 16), 1024 images without pictures, 512 with
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 150 python -m pytest -q -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
+  timeout 150 python -m pytest -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
     2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
   folder512_and_checkpoints
   mkdir -p /tmp/f1024 && for k in a b; do for f in /tmp/f512/*.jpg; do cp "$f" "/tmp/f1024/$(basename "$f" .jpg)$k.jpg"; done; done
@@ -349,7 +349,7 @@ elif [ "$1" = predict-final ]; then
   # model-only), with OpenCV's own pool as is and at 1; then `opensapiens predict` over 2048 1080p JPEGs as users run
   # it (process start and compile included), pose and seg 0.3b with and without pictures, as in call 67
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 150 python -m pytest -q -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
+  timeout 150 python -m pytest -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
     2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
   timeout 100 python bench/writer_scaling.py --out "$OUT/writer_scaling_seg.json"
   timeout 100 python bench/writer_scaling.py --cv2-threads 1 --out "$OUT/writer_scaling_seg_cv1.json"
@@ -382,7 +382,7 @@ elif [ "$1" = e2e-run-batch ]; then
   # predict --decode device (nvJPEG on the loader threads): first the tests that touch it under CUDA, then pose-0.3b
   # over 2048 1080p JPEGs and seg-1b over 1024, model-only beside each
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
-  timeout 200 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py \
+  timeout 200 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py \
     tests/test_pipelined_predict.py tests/test_shards.py tests/test_detector.py 2>&1 | tail -8
   e2e_images
   mkdir -p /tmp/e2e1024 && cp /tmp/e2e2048/*_[01].jpg /tmp/e2e1024/
@@ -395,7 +395,7 @@ elif [ "$1" = decode-suite ]; then
   # call 72 failed two device-decode tests under CUDA without showing why (its output cut): those tests in full
   # (tightened since), then the whole suite with each test's verdict logged as it ends (a cut run still shows where)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 120 python -m pytest -q -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -40
+  timeout 120 python -m pytest -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -40
   timeout 470 python -m pytest -v -rfE --tb=line -p no:cacheprovider --durations=10 > "$OUT/suite_log.txt" 2>&1
   grep -c PASSED "$OUT/suite_log.txt"; grep -E "FAILED|ERROR" "$OUT/suite_log.txt" | head -20; tail -16 "$OUT/suite_log.txt"
 elif [ "$1" = decode-rest ]; then
@@ -403,7 +403,7 @@ elif [ "$1" = decode-rest ]; then
   # new nvJPEG tests whose bounds were wrong (4:2:0 chroma: nvJPEG is 6 levels from libjpeg-turbo on a busy image)
   # and whose pose check compared different batches; those tests rewritten, then the suite's files not reached
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 120 python -m pytest -q -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 \
+  timeout 120 python -m pytest -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 \
     | grep -v "^skipped: cannot read" | tail -30
   timeout 330 python -m pytest -rA --tb=short -p no:cacheprovider --durations=5 tests/test_train_distributed.py \
     tests/test_transforms.py tests/test_visualize.py 2>&1 | grep -E "^(PASSED|FAILED|ERROR|SKIPPED)|passed|failed|s call" \
@@ -432,7 +432,7 @@ elif [ "$1" = after-calls-76 ]; then
   # pycocotools from .whlcoco/ (carried): `import opensapiens` needs it since the results moved (call 77 failed on it)
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
+  timeout 150 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
     tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -40  # call 78's tail -6 lost a failure's text
   e2e_images
   timeout 170 python -m opensapiens.cli.main bench --iters 10 --e2e-decode host,device --e2e /tmp/e2e2048 --task pose \
@@ -465,10 +465,10 @@ for _ in range(5):
     out = decode_jpeg(data, device='cuda'); torch.cuda.synchronize(); bad += int((copy != 7).any())
 print(f'torchvision decode_jpeg called directly: the queued copy read decoded pixels in {bad} of 5 tries')
 " 2>&1 | grep -v Warn | tail -3
-  for k in 1 2; do timeout 60 python -m pytest -q -rfE --tb=long -p no:cacheprovider \
+  for k in 1 2; do timeout 60 python -m pytest -rfE --tb=long -p no:cacheprovider \
     "tests/test_device_decode.py::test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels" 2>&1 \
     | grep -v Warn | tail -60; done
-  timeout 60 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -15
+  timeout 60 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -15
   # GIL contention in predict with pictures: the default path launches hundreds of kernels per batch from the main
   # thread while 8 writers draw; graphs launch one per batch. Side by side: default, then graphed
   folder512_and_checkpoints
@@ -485,7 +485,7 @@ elif [ "$1" = graphs-default ]; then
   # 0.651-0.789 without graphs, 0.895-0.941 with)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
-  timeout 210 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 4 tests/test_optimize.py \
+  timeout 210 python -m pytest -rfE --tb=short -p no:cacheprovider -n 4 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_fp8.py tests/test_predictors.py tests/test_pipelined_predict.py \
     tests/test_bundled.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -30
   timeout 190 python -m opensapiens.cli.main bench --iters 10 --fused-graphs --fp8 --task pose --arch 1b --batch 8 \
@@ -498,7 +498,7 @@ elif [ "$1" = graphs-optin ]; then
   # policy, threads sharing a graphed model) and of device decoding (the keypoint tolerance call 80 outgrew); then
   # pose-0.3B predict with pictures launched and graphed, a third pair (calls 79 and 80 disagreed)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 3 tests/test_optimize.py \
+  timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider -n 3 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -25
   folder512_and_checkpoints
   for G in "" --cuda-graphs; do timeout 90 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 \
@@ -510,7 +510,7 @@ elif [ "$1" = after-calls-81 ]; then
   # then pose-0.3B predict with pictures, launched and graphed (calls 79-81: 0.65-0.81 launched)
   # Also since call 81: pose with our detector detects on the crops' upload (tests under CUDA first)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider -n 3 tests/test_detector.py \
+  timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider -n 3 tests/test_detector.py \
     tests/test_visualize.py tests/test_bundled.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -25
   timeout 60 python bench/draw_contention.py --writers 8 --pictures-per-s 160 --rounds 2 \
     --out "$OUT/draw_contention_h200_host.json" 2>&1 | tail -5
@@ -526,11 +526,11 @@ elif [ "$1" = pose-detector ]; then
   # bench/pose_detector.py: side stream vs the model's stream vs each part alone, 3 and 1 people per image
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   T=tests/test_pipelined_predict.py::test_pose_with_our_detector_detects_the_next_batch_while_the_model_runs
-  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -8
+  timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -8
   if [ -f bench/old_predictors_py.txt ]; then
     cp opensapiens/inference/predictors.py /tmp/new_predictors.py && cp bench/old_predictors_py.txt opensapiens/inference/predictors.py
     echo "the same test on the code before (expected to fail):"
-    timeout 120 python -m pytest -q -rfE --tb=line -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -4 || true
+    timeout 120 python -m pytest -rfE --tb=line -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -4 || true
     cp /tmp/new_predictors.py opensapiens/inference/predictors.py
   fi
   src256_and_pose_checkpoint
@@ -543,7 +543,7 @@ elif [ "$1" = detector-profile ]; then
   # with detection (its random classifier kept no person, and the score filter then was 0.05 whatever ours was).
   # Where its time goes (batches of 4 and 16, one batch profiled), then pose with it at 3 people per image
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py 2>&1 | grep -v Warn | tail -4
+  timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   timeout 150 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --profile 2>&1 \
     | grep -v Warn | tee "$OUT/detector_profile.txt" | head -70
@@ -556,7 +556,7 @@ elif [ "$1" = detector-fold ]; then
   # sum of the parts, the side stream or not. Now its BatchNorms are folded into the convolutions. Tests under CUDA;
   # the fold measured; then a light detector (mobilenet), where the side stream has host time to hide
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 120 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
+  timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_pipelined_predict.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   pose_with_both_detectors people3_ 200
@@ -566,7 +566,7 @@ elif [ "$1" = detect-ahead ]; then
   # call 85: pose with a detector ran at or below the serial sum of the parts, the detection in submit on a side
   # stream or not (the host waits for its read-backs either way). Now run_batch detects a batch ahead on a thread
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
+  timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_detector.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   pose_with_both_detectors ahead_ 170
@@ -576,7 +576,7 @@ elif [ "$1" = detector-ab ]; then
   # the detector, exact but for rounding); pose with each; the CLI's --detector-arch under CUDA; then a folder of
   # mixed sizes (cudnn.benchmark, which the pose model turns on, autotunes the detector for each)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 100 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
+  timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   pose_with_both_detectors ab_ 170
@@ -605,7 +605,7 @@ elif [ "$1" = pin-readers ]; then
   # memory, then the copy); the reader threads now pin each image (streams.pin) and submit copies it from there. The
   # CUDA tests of it, then A B A B against staging in submit: pose and seg with pictures, pose without
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
+  timeout 150 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_device_decode.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -6
   folder512_and_checkpoints
   timeout 120 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --pin-ab \
@@ -618,13 +618,13 @@ elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 570 python -m pytest -q -rfE --tb=line -p no:cacheprovider --durations=10 2>&1 | tail -25
+  timeout 570 python -m pytest -rfE --tb=line -p no:cacheprovider --durations=10 2>&1 | tail -25
 elif [ "$1" = tenth-verify ]; then
   # what the tenth session changed after its last device call: the whole suite on the GPU (torchrun's workers now
   # find the package; pycocotools from .whlcoco/ where carried), then one-image predict (a lone image no longer padded
   # to batch_size: "second result" should drop from ~1 s; loading without the head's init on meta)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 420 python -m pytest -q -rfE --tb=line -p no:cacheprovider 2>&1 | tail -15
+  timeout 420 python -m pytest -rfE --tb=line -p no:cacheprovider 2>&1 | tail -15
   e2e_images
   random_seg_checkpoint
   predict_one_timed
@@ -653,7 +653,7 @@ print(' '.join(SMALL))")
   kill $WATCH 2> /dev/null
   tail -5 "$OUT/pretrain_torchrun.log"
   if grep -q "rc 0" "$OUT/pretrain_torchrun.log"; then
-    timeout 200 python -m pytest -q -rfE --tb=short -p no:cacheprovider --durations=3 \
+    timeout 200 python -m pytest -rfE --tb=short -p no:cacheprovider --durations=3 \
       tests/test_train_distributed.py tests/test_background_compile.py 2>&1 | tail -25
   fi
   overlap_then_predict_one default 0.0002
@@ -663,7 +663,7 @@ elif [ "$1" = eleventh-verify ]; then
   # 0.2 ms switch interval (the caller's forward raised NameError there in call 64) and at Python's 5 ms; one image
   # through the CLI (images read on threads, no loader processes; the compile now finishes at exit)
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
-  timeout 240 python -m pytest -q -rfE --tb=short -p no:cacheprovider --durations=5 tests/test_background_compile.py \
+  timeout 240 python -m pytest -rfE --tb=short -p no:cacheprovider --durations=5 tests/test_background_compile.py \
     tests/test_cli.py tests/test_fused.py tests/test_predictors.py tests/test_optimize.py tests/test_pipeline.py \
     tests/test_codec.py tests/test_topdown.py tests/test_fp8.py 2>&1 | tail -15
   overlap_then_predict_one 0.0002 0.0002 default
@@ -731,7 +731,7 @@ elif [ "$1" = mae-final ]; then
   # after call 25: the kept attention kernels (one FMA per score and the unmasked loop in the forward; the backward as
   # before), the fused bias + GELU op, the device-side skip. GPU tests; the attention sweep; the GELU kernels;
   # MAE-0.3B with everything / Inductor's GELU / SDPA in the decoder / everything again; MAE-1B SDPA / ours
-  python -m pytest -q --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
+  python -m pytest --tb=short tests/test_flash_attention.py tests/test_gelu_kernels.py \
     tests/test_mae.py tests/test_mae_pretrain.py tests/test_train.py::test_non_finite_loss_skips_the_step 2>&1 | tail -4
   timeout 150 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_final.json" \
     2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
@@ -748,7 +748,7 @@ elif [ "$1" = mae-encoder ]; then
   # the training tests on the GPU (fine-tuning and pretraining loops: the device-side skip with fused AdamW); the
   # attention sweep with more pipelining stages for the backward; the encoder's shape (head dim 64) swept; MAE-0.3B
   # with the decoder on our kernels / the encoder too / the decoder alone again
-  python -m pytest -q --tb=short tests/test_train.py tests/test_flash_attention.py tests/test_mae_pretrain.py \
+  python -m pytest --tb=short tests/test_train.py tests/test_flash_attention.py tests/test_mae_pretrain.py \
     2>&1 | tail -3
   timeout 130 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_stages.json" \
     2>&1 | grep -v Warn | grep -v "^ *aten::\|^ *cuda\|^---\|^ *Name "
@@ -762,7 +762,7 @@ elif [ "$1" = mae-encoder ]; then
     --out "$OUT/mae_0.3b_encoder.json" 2>&1 | grep -v Warn | grep "img/s\|peak\|configs"
 elif [ "$1" = final-fp8 ]; then
   # the whole test suite on a GPU (CUDA paths of every module), then the FP8 rows not yet run with the tanh GELU pass
-  timeout 200 python -m pytest -q -x -n 8 2>&1 | tail -4
+  timeout 200 python -m pytest -x -n 8 2>&1 | tail -4
   B="timeout 100 python -m opensapiens.cli.main bench --iters 10 --fp8"
   $B --task pose --arch 0.3b --batch 16 --out "$OUT/fp8_pose_0.3b_tanh.json" | grep -v '^{'
   $B --task pose --arch 0.6b --batch 8 --out "$OUT/fp8_pose_0.6b_tanh.json" | grep -v '^{'
