@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -614,6 +614,21 @@ elif [ "$1" = pin-readers ]; then
     --pin-ab --out "$OUT/predict_pipeline_seg_pictures_pin.json" 2>&1 | grep -v Warn | tail -7
   timeout 120 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 --no-vis \
     --pin-ab --out "$OUT/predict_pipeline_pose_pin.json" 2>&1 | grep -v Warn | tail -7
+elif [ "$1" = spy ]; then
+  # after call 90: with pictures predict's main thread still spends most of its time in submit, the upload gone from
+  # it. py-spy (its wheel carried in .whlspy/) samples every thread, native frames included (a wait for the GIL shows
+  # as take_gil), through the pipelined loop with pictures, pose then seg; bench/spy_summary.py splits the main
+  # thread's samples within submit by innermost frame
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  python -m pip install -q --no-deps .whlspy/*.whl 2>&1 | tail -1
+  folder512_and_checkpoints
+  for T in pose seg; do
+    A=$([ $T = pose ] && echo "--batch 16" || echo "--batch 8 --writers 16")
+    timeout 150 py-spy record -r 100 --threads --idle --native -f raw -o "$OUT/spy_${T}_pictures.txt" -- \
+      python bench/predict_pipeline.py $T /tmp/${T}_0.3b.safetensors /tmp/f512 $A --switch-intervals 5 \
+      2>&1 | grep -v Warn | tail -5
+    python bench/spy_summary.py "$OUT/spy_${T}_pictures.txt" --top 25 | tee "$OUT/spy_${T}_pictures_summary.txt"
+  done
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
