@@ -121,10 +121,10 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def _read_and_pin(path: Path) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
-    """(the image, its copy in page-locked memory for the upload: ``streams.pin``), made on a reader thread."""
-    image = read_image(path)
-    return image, pin(image)
+def _read_for_model(path: Path, read: Callable, prepare: Callable) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+    """(the image, what the model is given of it: ``prepare(image)``), both made on a reader thread."""
+    image = read(path)
+    return image, prepare(image)
 
 
 def _read(path: Path, reader: Callable = read_image) -> tuple[np.ndarray | None, str | None]:
@@ -139,8 +139,8 @@ def _read(path: Path, reader: Callable = read_image) -> tuple[np.ndarray | None,
 
 def _load(paths: Sequence[Path], batch_size: int, workers: int, reader: Callable = read_image
           ) -> Iterator[list[tuple[int, np.ndarray | None, str]]]:
-    """Batches of (index, image or None, error), in order; ``workers`` threads read (``reader``) up to two batches
-    ahead.
+    """Batches of (index, what ``reader`` returned or None, error), in order; ``workers`` threads read up to two
+    batches ahead.
 
     Threads, not processes: the decoders (OpenCV, Pillow) release the GIL, and a loader process starts by importing
     torch, seconds on the path to a job's first batch for what takes milliseconds per image (a one-image predict on
@@ -207,13 +207,14 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         raise ValueError(f"writers must be at least 1, got {writers}")
     if decode not in ("host", "device"):
         raise ValueError(f"decode must be 'host' or 'device', got {decode!r}")
-    reader = read_image
+    read, prepare = read_image, (lambda image: image)
     if decode == "device":
         from .device_decode import read_image_on_device
 
-        reader = functools.partial(read_image_on_device, device=predictor.device)
-    elif str(getattr(predictor, "device", "cpu")).startswith("cuda"):  # pinned copies for the model, arrays to writers
-        reader = _read_and_pin
+        read = functools.partial(read_image_on_device, device=predictor.device)
+    elif str(getattr(predictor, "device", "cpu")).startswith("cuda"):
+        prepare = pin  # the model gets pinned copies (their staging off the main thread), the writers the arrays
+    reader = functools.partial(_read_for_model, read=read, prepare=prepare)
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
     def batches() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
@@ -224,9 +225,9 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
                     report.failed.append((todo_paths[i], err))
                     bar.write(f"skipped: {err}")
             bar.update(len(items))
-            good = [(i, read if isinstance(read, tuple) else (read, read)) for i, read, err in items if err is None]
+            good = [(i, pair) for i, pair, err in items if err is None]  # pair: (image, the model's input)
             if good:
-                ids, images, inputs = [i for i, _ in good], [r[0] for _, r in good], [r[1] for _, r in good]
+                ids, images, inputs = [i for i, _ in good], [p[0] for _, p in good], [p[1] for _, p in good]
                 kwargs = predict_kwargs([todo_paths[i] for i in ids], images) if predict_kwargs else {}
                 if raw and flag:
                     kwargs[flag] = True
