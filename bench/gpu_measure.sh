@@ -621,6 +621,8 @@ elif [ "$1" = spy ]; then
   # thread's samples within submit by innermost frame
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   python -m pip install -q --no-deps .whlspy/*.whl 2>&1 | tail -1
+  timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
+    tests/test_device_decode.py 2>&1 | grep -v Warn | tail -3  # run_batch's reading restructured after call 90
   folder512_and_checkpoints
   for T in pose seg; do
     A=$([ $T = pose ] && echo "--batch 16" || echo "--batch 8 --writers 16")
