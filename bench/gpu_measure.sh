@@ -626,7 +626,7 @@ elif [ "$1" = spy ]; then
   folder512_and_checkpoints
   for T in pose seg; do
     A=$([ $T = pose ] && echo "--batch 16" || echo "--batch 8 --writers 16")
-    timeout 150 py-spy record -r 100 --threads --idle --native -f raw -o "$OUT/spy_${T}_pictures.txt" -- \
+    timeout 150 py-spy record -r 40 --threads --idle --native -f raw -o "$OUT/spy_${T}_pictures.txt" -- \
       python bench/predict_pipeline.py $T /tmp/${T}_0.3b.safetensors /tmp/f512 $A --switch-intervals 5 \
       2>&1 | grep -v Warn | tail -5
     python bench/spy_summary.py "$OUT/spy_${T}_pictures.txt" --top 25 | tee "$OUT/spy_${T}_pictures_summary.txt"
