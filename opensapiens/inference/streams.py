@@ -75,9 +75,7 @@ def upload_images(images: Sequence[np.ndarray | torch.Tensor], device: torch.dev
             staged.append((i, im))
             continue
         host = im.cpu().numpy() if isinstance(im, torch.Tensor) else im  # e.g. a PNG the device decoder left
-        buffer = torch.empty(host.shape, dtype=torch.uint8, pin_memory=True)
-        buffer.numpy()[...] = host
-        staged.append((i, buffer))
+        staged.append((i, pin(host)))  # uint8 arrays (check_image): always a pinned copy
     if staged:
         stream = side_stream(device, "upload")
         with torch.cuda.stream(stream):
