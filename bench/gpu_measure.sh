@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 OUT=${OUT:-bench/results}
 CAP=79.65
+install_coco_wheel() {  # pycocotools from .whlcoco/ where carried: the GPU image lacks it, `import opensapiens` needs it
+  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  return 0
+}
 e2e_images() {  # 512 1080p JPEGs in /tmp/src, and the same four times over in /tmp/e2e2048
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
   mkdir -p /tmp/e2e2048
@@ -286,7 +290,7 @@ elif [ "$1" = dark-kernel ]; then
   # (tenth session) DARK's rescale as one Triton pass (codecs/dark_kernel.py) and loading without a random init: the
   # affected tests on CUDA (pycocotools from .whlcoco/ where carried); the maxima alone, then pose-0.3B end to end over
   # 2048 1080p JPEGs with the Triton pass / the PyTorch blur / the blur skipped; where one-image predict's time goes
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   python -c "import pycocotools; print('pycocotools', pycocotools.__version__)"
   timeout 240 python -m pytest -rA --tb=short tests/test_codec.py tests/test_topdown.py tests/test_pipeline.py \
     tests/test_predictors.py tests/test_eval_pose.py tests/test_checkpoints.py 2>&1 | grep -i "passed\|failed\|error" \
@@ -330,7 +334,7 @@ elif [ "$1" = predict-pipeline ]; then
   # bench/predict_pipeline.py (pipelined vs one batch at a time vs the model alone, one process, outputs compared,
   # the main thread's time by stage, one batch's submit and result() alone), seg-0.3b (batch 8; its pipelined pass
   # profiled without pictures) and pose-0.3b (batch 16), 1024 images without pictures, 512 with
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 150 python -m pytest -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
     2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
   folder512_and_checkpoints
@@ -348,7 +352,7 @@ elif [ "$1" = predict-final ]; then
   # foreground); how run_batch's writing scales with threads on this host's CPU (seg pictures bound predict at 0.45 of
   # model-only), with OpenCV's own pool as is and at 1; then `opensapiens predict` over 2048 1080p JPEGs as users run
   # it (process start and compile included), pose and seg 0.3b with and without pictures, as in call 67
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 150 python -m pytest -rfs tests/test_pipelined_predict.py tests/test_predictors.py tests/test_cli.py \
     2>&1 | grep -v Warn | grep "passed\|failed\|FAILED\|SKIPPED\|Error" | tail -8
   timeout 100 python bench/writer_scaling.py --out "$OUT/writer_scaling_seg.json"
@@ -394,7 +398,7 @@ elif [ "$1" = e2e-run-batch ]; then
 elif [ "$1" = decode-suite ]; then
   # call 72 failed two device-decode tests under CUDA without showing why (its output cut): those tests in full
   # (tightened since), then the whole suite with each test's verdict logged as it ends (a cut run still shows where)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 120 python -m pytest -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 | tail -40
   timeout 470 python -m pytest -v -rfE --tb=line -p no:cacheprovider --durations=10 > "$OUT/suite_log.txt" 2>&1
   grep -c PASSED "$OUT/suite_log.txt"; grep -E "FAILED|ERROR" "$OUT/suite_log.txt" | head -20; tail -16 "$OUT/suite_log.txt"
@@ -402,7 +406,7 @@ elif [ "$1" = decode-rest ]; then
   # call 73: the suite passed on this host up to test_train_distributed (cut there by its time limit) but for two
   # new nvJPEG tests whose bounds were wrong (4:2:0 chroma: nvJPEG is 6 levels from libjpeg-turbo on a busy image)
   # and whose pose check compared different batches; those tests rewritten, then the suite's files not reached
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 120 python -m pytest -s -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py 2>&1 \
     | grep -v "^skipped: cannot read" | tail -30
   timeout 330 python -m pytest -rA --tb=short -p no:cacheprovider --durations=5 tests/test_train_distributed.py \
@@ -431,7 +435,7 @@ elif [ "$1" = after-calls-76 ]; then
   # new default writers (pose 8, seg 16) and the faster pose drawing (call 76: pose 0.755-0.776 with 8 writers).
   # pycocotools from .whlcoco/ (carried): `import opensapiens` needs it since the results moved (call 77 failed on it)
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 150 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_device_decode.py tests/test_bundled.py \
     tests/test_pipelined_predict.py tests/test_predictors.py tests/test_detector.py 2>&1 | tail -40  # call 78's tail -6 lost a failure's text
   e2e_images
@@ -448,7 +452,7 @@ elif [ "$1" = nvjpeg-test-graphs ]; then
   # decode_jpegs): the test twice with the whole traceback, the whole file (with the new race test); then
   # predict with pictures, default and graphed (--cuda-graphs); bench --e2e pose-0.3b through the graphed models
   # (--cuda-graphs: a Predictor over the fused path replayed as graphs, short chunks padded), host decode
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   # the hazard itself, with torchvision called directly (what decode_jpegs did before): a clone queued behind a GPU
   # sleep reads a freed block of the decoded image's size while nvJPEG decodes
@@ -483,7 +487,7 @@ elif [ "$1" = graphs-default ]; then
   # ask for the graphed path): the tests that touch it under CUDA; pose-1B model-only with and without graphs side by side
   # (call 42: 17.87 -> 18.28 ms/img with graphs), FP8 graphed too; pose-0.3B predict with pictures on the default path (call 79:
   # 0.651-0.789 without graphs, 0.895-0.941 with)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   timeout 210 python -m pytest -rfE --tb=short -p no:cacheprovider -n 4 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_fp8.py tests/test_predictors.py tests/test_pipelined_predict.py \
@@ -497,7 +501,7 @@ elif [ "$1" = graphs-optin ]; then
   # call 81: graphs opt-in again (reverted after call 80); under CUDA the tests of the graphed path (its capture
   # policy, threads sharing a graphed model) and of device decoding (the keypoint tolerance call 80 outgrew); then
   # pose-0.3B predict with pictures launched and graphed, a third pair (calls 79 and 80 disagreed)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider -n 3 tests/test_optimize.py \
     tests/test_background_compile.py tests/test_device_decode.py 2>&1 | grep -v Warn | tail -25
   folder512_and_checkpoints
@@ -509,7 +513,7 @@ elif [ "$1" = after-calls-81 ]; then
   # speed beside two drawing writers instead of 0.58-0.64). The same contention on this host's cores with 8 writers;
   # then pose-0.3B predict with pictures, launched and graphed (calls 79-81: 0.65-0.81 launched)
   # Also since call 81: pose with our detector detects on the crops' upload (tests under CUDA first)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider -n 3 tests/test_detector.py \
     tests/test_visualize.py tests/test_bundled.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -25
   timeout 60 python bench/draw_contention.py --writers 8 --pictures-per-s 160 --rounds 2 \
@@ -524,7 +528,7 @@ elif [ "$1" = pose-detector ]; then
   # the previous batch's pose model (its read-backs waited for that model on the model's stream). The new CUDA test,
   # then the same test against the code before (bench/old_predictors_py.txt, when present: it must fail), then
   # bench/pose_detector.py: side stream vs the model's stream vs each part alone, 3 and 1 people per image
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   T=tests/test_pipelined_predict.py::test_pose_with_our_detector_detects_the_next_batch_while_the_model_runs
   timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider "$T" 2>&1 | grep -v Warn | tail -8
   if [ -f bench/old_predictors_py.txt ]; then
@@ -542,7 +546,7 @@ elif [ "$1" = detector-profile ]; then
   # call 83: the detector alone ran 21 img/s on 1080p images, as fast under bf16 autocast, and set the pace of pose
   # with detection (its random classifier kept no person, and the score filter then was 0.05 whatever ours was).
   # Where its time goes (batches of 4 and 16, one batch profiled), then pose with it at 3 people per image
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
   timeout 150 python bench/pose_detector.py /tmp/pose_0.3b.safetensors /tmp/src --batch 16 --profile 2>&1 \
@@ -555,7 +559,7 @@ elif [ "$1" = detector-fold ]; then
   # call 84: the default detector is GPU-bound (~8 ms/img, a sixth of it BatchNorm) and pose with it ran at the serial
   # sum of the parts, the side stream or not. Now its BatchNorms are folded into the convolutions. Tests under CUDA;
   # the fold measured; then a light detector (mobilenet), where the side stream has host time to hide
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 120 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_pipelined_predict.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
@@ -565,7 +569,7 @@ elif [ "$1" = detect-ahead ]; then
   # runs at commit 9b044b0; since then it tests and times what is left)
   # call 85: pose with a detector ran at or below the serial sum of the parts, the detection in submit on a side
   # stream or not (the host waits for its read-backs either way). Now run_batch detects a batch ahead on a thread
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_detector.py 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
@@ -575,7 +579,7 @@ elif [ "$1" = detector-ab ]; then
   # only, and the light detector was slower folded), with cudnn.benchmark flipped and in channels_last (candidates for
   # the detector, exact but for rounding); pose with each; the CLI's --detector-arch under CUDA; then a folder of
   # mixed sizes (cudnn.benchmark, which the pose model turns on, autotunes the detector for each)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_detector.py \
     tests/test_cli.py -k "detector" 2>&1 | grep -v Warn | tail -4
   src256_and_pose_checkpoint
@@ -592,7 +596,7 @@ elif [ "$1" = gil-switch ]; then
   # submit. A thread that releases the GIL (each torch op does) waits up to Python's switch interval (5 ms) to get it
   # back from a writer running Python: the pipelined loop at 5, 1 and 0.2 ms, A B A B, with the upload's share of
   # submit; pose and seg with pictures, pose without (the targets' path) at 5 and 0.5 ms
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   folder512_and_checkpoints
   timeout 150 python bench/predict_pipeline.py pose /tmp/pose_0.3b.safetensors /tmp/f512 --batch 16 \
     --switch-intervals 5 1 0.2 --out "$OUT/predict_pipeline_pose_pictures_switch.json" 2>&1 | grep -v Warn | tail -9
@@ -604,7 +608,7 @@ elif [ "$1" = pin-readers ]; then
   # after call 89: the upload took 35-45 % of predict's main thread with pictures (staging each image into pinned
   # memory, then the copy); the reader threads now pin each image (streams.pin) and submit copies it from there. The
   # CUDA tests of it, then A B A B against staging in submit: pose and seg with pictures, pose without
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 150 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_device_decode.py tests/test_predictors.py 2>&1 | grep -v Warn | tail -6
   folder512_and_checkpoints
@@ -619,7 +623,7 @@ elif [ "$1" = spy ]; then
   # it. py-spy (its wheel carried in .whlspy/) samples every thread, native frames included (a wait for the GIL shows
   # as take_gil), through the pipelined loop with pictures, pose then seg; bench/spy_summary.py splits the main
   # thread's samples within submit by innermost frame
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   python -m pip install -q --no-deps .whlspy/*.whl 2>&1 | tail -1
   timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
     tests/test_device_decode.py 2>&1 | grep -v Warn | tail -3  # run_batch's reading restructured after call 90
@@ -631,16 +635,35 @@ elif [ "$1" = spy ]; then
       2>&1 | grep -v Warn | tail -5
     python bench/spy_summary.py "$OUT/spy_${T}_pictures.txt" --top 25 | tee "$OUT/spy_${T}_pictures_summary.txt"
   done
+elif [ "$1" = two-streams ]; then
+  # after call 91: the CUDA tests of the pin mend (upload_images stages with streams.pin); then the fused path with
+  # its batch split across 2 (4) CUDA streams against one stream, A B A B (bench/two_streams.py): whether one chunk's
+  # memory-bound passes and launch gaps hide behind another's GEMMs
+  install_coco_wheel
+  timeout 100 python -m pytest -rfE --tb=short -p no:cacheprovider tests/test_pipelined_predict.py \
+    tests/test_device_decode.py 2>&1 | grep -v Warn | tail -3
+  # the SM clock, power and throttle reasons every 200 ms beside them: does the card hold its clock under the model?
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 200 > "$OUT/two_streams_clocks.csv" 2>&1 &
+  SMI=$!
+  S="timeout 100 python bench/two_streams.py --memory-limit-gib $CAP"
+  $S --task pose --arch 1b --batch 8 --splits 1 2 4 --out "$OUT/two_streams_pose_1b.json" 2>&1 | grep -v Warn
+  $S --task pose --arch 0.3b --batch 16 --splits 1 2 4 --out "$OUT/two_streams_pose_0.3b.json" 2>&1 | grep -v Warn
+  $S --task pose --arch 2b --batch 4 --splits 1 2 --out "$OUT/two_streams_pose_2b.json" 2>&1 | grep -v Warn
+  $S --task pose --arch 1b --batch 8 --fp8 --splits 1 2 --out "$OUT/two_streams_fp8_pose_1b.json" 2>&1 | grep -v Warn
+  $S --task seg --arch 1b --batch 8 --splits 1 2 --out "$OUT/two_streams_seg_1b.json" 2>&1 | grep -v Warn
+  kill $SMI
+  python bench/clock_summary.py "$OUT/two_streams_clocks.csv"
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 570 python -m pytest -rfE --tb=line -p no:cacheprovider --durations=10 2>&1 | tail -25
 elif [ "$1" = tenth-verify ]; then
   # what the tenth session changed after its last device call: the whole suite on the GPU (torchrun's workers now
   # find the package; pycocotools from .whlcoco/ where carried), then one-image predict (a lone image no longer padded
   # to batch_size: "second result" should drop from ~1 s; loading without the head's init on meta)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 420 python -m pytest -rfE --tb=line -p no:cacheprovider 2>&1 | tail -15
   e2e_images
   random_seg_checkpoint
@@ -679,7 +702,7 @@ elif [ "$1" = eleventh-verify ]; then
   # 420 s on this host; its torchrun tests are CPU-only and ran here); the eager calls beside the head's compile at a
   # 0.2 ms switch interval (the caller's forward raised NameError there in call 64) and at Python's 5 ms; one image
   # through the CLI (images read on threads, no loader processes; the compile now finishes at exit)
-  ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
+  install_coco_wheel
   timeout 240 python -m pytest -rfE --tb=short -p no:cacheprovider --durations=5 tests/test_background_compile.py \
     tests/test_cli.py tests/test_fused.py tests/test_predictors.py tests/test_optimize.py tests/test_pipeline.py \
     tests/test_codec.py tests/test_topdown.py tests/test_fp8.py 2>&1 | tail -15
