@@ -47,6 +47,7 @@ import torch
 
 from opensapiens.benchmark import (
     H100_80GB_GIB,
+    GpuClocks,
     cap_memory,
     matmul_peak_tflops,
     sync,
@@ -309,17 +310,25 @@ def main() -> None:
                     "torch": torch.__version__, "memory_limit_gib": args.memory_limit_gib,
                     "compile": args.compile, "checkpointing": args.checkpointing}
     result["peak_matmul_tflops"] = matmul_peak_tflops(device)
+    with GpuClocks(device) as clocks:  # the clock under load: below the burst's where the card hits its power cap
+        sustained = matmul_peak_tflops(device, sustain_s=3.0) if device.type == "cuda" else None
+    result["peak_matmul_sustained_tflops"], result["matmul_sustained_clocks"] = sustained, clocks.summary()
     result["step_tflop"] = step_flops(args, device, images) / 1e12
     analytic = 3 * args.batch * mae_flops_per_image(model_config(args)) / 1e12  # forward + 2x for backward
-    print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.0f} TFLOP/s; "
+    print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.0f} TFLOP/s "
+          f"({sustained or float('nan'):.0f} sustained, {result['matmul_sustained_clocks']}); "
           f"one step = {result['step_tflop']:.3g} TFLOP counted ({analytic:.3g} analytic, matmuls only), "
           f"{result['step_tflop'] / args.batch * 1e3:.0f} GFLOP/image")
 
-    def report(name: str, sec: float, peak: float) -> dict:
+    def report(name: str, sec: float, peak: float, clocks: GpuClocks) -> dict:
         r = {"images_per_s": args.batch / sec, "step_ms": sec * 1e3, "peak_memory_gb": peak,
-             "mfu": result["step_tflop"] * 1e12 / sec / (result["peak_matmul_tflops"] * 1e12)}
+             "mfu": result["step_tflop"] * 1e12 / sec / (result["peak_matmul_tflops"] * 1e12),
+             "mfu_vs_sustained_peak": sustained and result["step_tflop"] / sec / sustained,
+             "clocks": clocks.summary()}
+        extra = f" ({r['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
+        extra += f"  {r['clocks']['sm_mhz']:.0f} MHz" if r["clocks"] else ""
         print(f"  {name:<22} {r['images_per_s']:8.1f} img/s  {r['step_ms']:8.1f} ms/step  "
-              f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}", flush=True)
+              f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}{extra}", flush=True)
         return r
 
     if args.attention and device.type == "cuda":
@@ -335,12 +344,13 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             model, step = build(args, device, *VARIANTS[variant])
-            sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
+            with GpuClocks(device) as clocks:
+                sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
         except (RuntimeError, ImportError, torch.OutOfMemoryError) as e:  # one failing variant must not lose the others
             result[key] = {"error": str(e).splitlines()[0][:200]}
             print(f"  {key:<22} failed: {result[key]['error']}", flush=True)
             continue
-        result[key] = report(key, sec, peak)
+        result[key] = report(key, sec, peak, clocks)
         result[key]["warmup_s"] = time.perf_counter() - t0 - sec * args.steps
         if args.profile and key == profiled:
             profile(step, images, device, args.out)
@@ -360,8 +370,9 @@ def main() -> None:
                                              multiprocessing_context="forkserver" if args.workers else None)
         feed = DevicePrefetcher(iter(loader), device, (H, W))
         try:
-            sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
-            result["loader"] = report(f"{key} + loader", sec, peak)  # the last variant's step
+            with GpuClocks(device) as clocks:
+                sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
+            result["loader"] = report(f"{key} + loader", sec, peak, clocks)  # the last variant's step
             sec, _ = timed(lambda b: None, lambda: next(feed).images, args.steps, 2, device)
             result["loader_only_images_per_s"] = args.batch / sec
             print(f"  {'loader alone':<22} {args.batch / sec:8.1f} img/s  ({args.workers} workers, "

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -654,6 +654,21 @@ elif [ "$1" = two-streams ]; then
   $S --task seg --arch 1b --batch 8 --splits 1 2 --out "$OUT/two_streams_seg_1b.json" 2>&1 | grep -v Warn
   kill $SMI
   python bench/clock_summary.py "$OUT/two_streams_clocks.csv"
+elif [ "$1" = power ]; then
+  # after call 92 (the card sat at its 700 W power cap, SM clock ~1650 of 1980 MHz, while every model ran; the matmul
+  # peak is a 35 ms burst at the boost clock): bench and bench_mae now also measure the peak after 3 s of load and
+  # the SM clock while each variant is timed. Pose 1b (+ FP8) and 2b, MAE-0.3B eager / optimized (no FA4 here)
+  nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
+    --format=csv -lms 200 > "$OUT/power_clocks.csv" 2>&1 &
+  SMI=$!
+  B="timeout 130 python -m opensapiens.cli.main bench --iters 10"
+  $B --task pose --arch 1b --batch 8 --fp8 --out "$OUT/power_pose_1b.json" | grep -v '^{'
+  $B --task pose --arch 2b --batch 4 --out "$OUT/power_pose_2b.json" | grep -v '^{'
+  timeout 300 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \
+    --in-memory --variants eager,optimized --memory-limit-gib $CAP --out "$OUT/power_mae_0.3b.json" 2>&1 \
+    | grep -v Warn | grep "img/s\|peak\|failed"
+  kill $SMI
+  python bench/clock_summary.py "$OUT/power_clocks.csv"
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own

@@ -76,3 +76,33 @@ def test_write_json_makes_the_folder_and_skips_without_a_path(tmp_path):
     assert json.loads(path.read_text()) == result
     write_json(None, result)  # no --out: nothing written, nothing raised
     assert [p.name for p in tmp_path.rglob("*.json")] == ["r.json"]
+
+
+def test_keep_busy_calls_back_to_back_until_the_time_is_up():
+    import time
+
+    from opensapiens.benchmark import keep_busy
+
+    calls = []
+    t0 = time.perf_counter()
+    n = keep_busy(lambda: (time.sleep(0.001), calls.append(time.perf_counter())), torch.device("cpu"), seconds=0.05)
+    assert n == len(calls) and n % 16 == 0 and n >= 32  # whole rounds of 16 calls between the waits
+    assert time.perf_counter() - t0 >= 0.05  # busy for the time asked
+    assert calls[-17] - t0 < 0.05  # and no round more than needed: the one before the last ended before the time
+
+
+def test_clock_summary_takes_medians_of_nvidia_smi_lines_and_skips_what_is_not_a_sample():
+    from opensapiens.benchmark import clock_summary
+
+    lines = ["1980, 121.70\n", "1650, 690.12\n", "1665, 688.00\n", "[N/A], [N/A]\n", "garbage\n", "1590, 694.5\n"]
+    assert clock_summary(lines) == {"sm_mhz": (1650 + 1665) / 2, "watts": round((688.00 + 690.12) / 2, 1),
+                                    "samples": 4}
+    assert clock_summary([]) is None and clock_summary(["[N/A], 80.1"]) is None
+
+
+def test_gpu_clocks_on_the_cpu_samples_nothing():
+    from opensapiens.benchmark import GpuClocks
+
+    with GpuClocks(torch.device("cpu")) as clocks:
+        torch.ones(4).sum()
+    assert clocks.summary() is None and clocks.lines == []

@@ -6,7 +6,9 @@
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
 (torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
 same run, peak memory, compile time; accuracy against the eager fp32 model on the same input; the share of time
-spent in the task head.
+spent in the task head. On CUDA also the matmul peak after 3 s of load (a card at its power cap lowers its clock
+within a second; the burst peak runs at the boost clock, the models mostly do not), MFU against that, and the SM clock
+and board power (nvidia-smi) while each variant was timed.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..benchmark import (
+        GpuClocks,
         count_flops,
         device_name,
         matmul_peak_tflops,
@@ -99,12 +102,18 @@ def run(args: argparse.Namespace) -> int:
             base = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16))
     base.eval()
     peak = matmul_peak_tflops(device)
+    with GpuClocks(device) as clocks:  # the clock the card holds under load (below its burst's, at a power cap)
+        sustained = matmul_peak_tflops(device, sustain_s=3.0) if device.type == "cuda" else None
     x = torch.randn(args.batch, 3, H, W, device=device)
     with torch.inference_mode():
         flops = count_flops(lambda: base(x[:1]))
     result = {"task": args.task, "arch": base.config.arch.name, "batch": args.batch, "input_size": [H, W],
               "dtype": args.dtype, "device": device_name(device), "software": software_versions(),
-              "matmul_peak_tflops": round(peak, 1), "flops_per_image": flops, "variants": {}}
+              "matmul_peak_tflops": round(peak, 1), "matmul_peak_sustained_tflops": _r(sustained, 1),
+              "matmul_sustained_clocks": clocks.summary(), "flops_per_image": flops, "variants": {}}
+    if sustained:
+        at = f" at {result['matmul_sustained_clocks']['sm_mhz']:.0f} MHz" if result["matmul_sustained_clocks"] else ""
+        print(f"bf16 matmul peak: {peak:.0f} TFLOP/s (burst), {sustained:.0f} sustained{at}")
 
     # Reference for accuracy: the eager model in fp32 on a small batch.
     x_acc = x[: min(2, args.batch)]
@@ -120,18 +129,22 @@ def run(args: argparse.Namespace) -> int:
         if compile_model is not None:
             compile_s = compile_model.warmup(xb)
         with torch.inference_mode():
-            ms = time_ms(lambda: model(xb), device, warmup=3, iters=args.iters)
+            with GpuClocks(device) as clocks:
+                ms = time_ms(lambda: model(xb), device, warmup=3, iters=args.iters)
             out = model(x_acc.to(cast)).float()
         tflops = flops * args.batch / (ms * 1e-3) / 1e12
         row = {"ms_per_batch": round(ms, 3), "ms_per_image": round(ms / args.batch, 3),
                "images_per_s": round(args.batch / (ms * 1e-3), 2), "tflops": round(tflops, 1),
-               "mfu": round(tflops / peak, 3), "peak_memory_gib": _r(peak_memory_gib(device)),
+               "mfu": round(tflops / peak, 3), "mfu_vs_sustained_peak": _r(sustained and tflops / sustained, 3),
+               "clocks": clocks.summary(), "peak_memory_gib": _r(peak_memory_gib(device)),
                "compile_s": _r(compile_s), "rel_error_vs_fp32": _r(_rel(out, ref_out), 6)}
         row.update(_task_agreement(args.task, out, ref_out, (H, W)))
         result["variants"][name] = row
+        sustained_mfu = f" ({row['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
+        clock = f"  {row['clocks']['sm_mhz']:.0f} MHz" if row["clocks"] else ""
         print(f"{name:>10}: {row['ms_per_image']:8.2f} ms/img  {row['images_per_s']:8.1f} img/s  "
-              f"MFU {row['mfu']:.3f}  mem {row['peak_memory_gib']} GiB  rel.err {row['rel_error_vs_fp32']}",
-              flush=True)
+              f"MFU {row['mfu']:.3f}{sustained_mfu}{clock}  mem {row['peak_memory_gib']} GiB  "
+              f"rel.err {row['rel_error_vs_fp32']}", flush=True)
         if args.profile:  # a graphed model's kernels launched one by one: the profiler sees each of them
             graphs = getattr(model, "graphs", None)
             with torch.inference_mode():
