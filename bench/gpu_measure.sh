@@ -658,6 +658,7 @@ elif [ "$1" = power ]; then
   # after call 92 (the card sat at its 700 W power cap, SM clock ~1650 of 1980 MHz, while every model ran; the matmul
   # peak is a 35 ms burst at the boost clock): bench and bench_mae now also measure the peak after 3 s of load and
   # the SM clock while each variant is timed. Pose 1b (+ FP8) and 2b, MAE-0.3B eager / optimized (no FA4 here)
+  install_coco_wheel
   nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active \
     --format=csv -lms 200 > "$OUT/power_clocks.csv" 2>&1 &
   SMI=$!
