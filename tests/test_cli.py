@@ -205,9 +205,11 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
 
 
-def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys):
+@pytest.mark.parametrize("flag", ["--detector", "--detector-weights"])
+def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys, flag):
     """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the
-    boxes that detector finds (COCO xywh); the same weights under the default architecture are a clear error."""
+    boxes that detector finds (COCO xywh); the same weights under the default architecture are a clear error.
+    ``--detector-weights W`` is the same option under curate's name for it."""
     import torch
     import torchvision
 
@@ -222,7 +224,7 @@ def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, ph
     torch.save(detector.state_dict(), tmp_path / "det.pth")
     ckpt = _checkpoint(tmp_path, "pose", 17)
     argv = ["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
-            "--device", "cpu", "--detector", str(tmp_path / "det.pth"), "--det-threshold", "0.3", "--no-vis",
+            "--device", "cpu", flag, str(tmp_path / "det.pth"), "--det-threshold", "0.3", "--no-vis",
             str(photos / "a.png"), "--out", str(tmp_path / "out")]
     assert main([*argv, "--detector-arch", arch]) == 0
     boxes, _ = PersonDetector(tmp_path / "det.pth", arch=arch, score_threshold=0.3)(read_image(photos / "a.png"))

@@ -60,8 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="skip inputs whose outputs already exist")
     g = p.add_argument_group("pose")
     g.add_argument("--detections", type=Path, help="COCO-style detections JSON with person boxes")
-    g.add_argument("--detector", default=None,
-                   help="torchvision person detector: a weights file, or 'torchvision' to use its download")
+    g.add_argument("--detector", "--detector-weights", dest="detector", default=None,
+                   help="detect people with a torchvision detector: its weights file, or 'torchvision' to use its "
+                        "download (--detector-weights: the same, as curate names it)")
     g.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn_v2",
                    help="its torchvision model: the default (46.7 box AP; ~100 1080p images/s on an H200), or e.g. "
                         "fasterrcnn_mobilenet_v3_large_fpn (32.8 AP; ~1.8x faster)")
