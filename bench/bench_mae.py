@@ -126,17 +126,20 @@ def step_flops(args, device: torch.device, images: torch.Tensor) -> float:
     return float(flops)
 
 
-def timed(step, batches, steps: int, warmup: int, device: torch.device) -> tuple[float, float]:
-    """(seconds per step, peak GiB) over ``steps`` after ``warmup`` steps; ``batches()`` gives each step's input."""
+def timed(step, batches, steps: int, warmup: int, device: torch.device,
+          clocks: GpuClocks | None = None) -> tuple[float, float]:
+    """(seconds per step, peak GiB) over ``steps`` after ``warmup`` steps; ``batches()`` gives each step's input.
+    ``clocks`` samples the timed steps only (not the warm-up's compile, when the card idles at its boost clock)."""
     for _ in range(warmup):
         step(batches())
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        step(batches())
-    sync(device)
+    with clocks or contextlib.nullcontext():
+        for _ in range(steps):
+            step(batches())
+        sync(device)
     sec = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return sec, peak
@@ -344,8 +347,8 @@ def main() -> None:
         t0 = time.perf_counter()
         try:
             model, step = build(args, device, *VARIANTS[variant])
-            with GpuClocks(device) as clocks:
-                sec, peak = timed(step, lambda: images, args.steps, args.warmup, device)
+            clocks = GpuClocks(device)
+            sec, peak = timed(step, lambda: images, args.steps, args.warmup, device, clocks)
         except (RuntimeError, ImportError, torch.OutOfMemoryError) as e:  # one failing variant must not lose the others
             result[key] = {"error": str(e).splitlines()[0][:200]}
             print(f"  {key:<22} failed: {result[key]['error']}", flush=True)
@@ -370,8 +373,8 @@ def main() -> None:
                                              multiprocessing_context="forkserver" if args.workers else None)
         feed = DevicePrefetcher(iter(loader), device, (H, W))
         try:
-            with GpuClocks(device) as clocks:
-                sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device)
+            clocks = GpuClocks(device)
+            sec, peak = timed(step, lambda: next(feed).images, args.steps, args.warmup, device, clocks)
             result["loader"] = report(f"{key} + loader", sec, peak, clocks)  # the last variant's step
             sec, _ = timed(lambda b: None, lambda: next(feed).images, args.steps, 2, device)
             result["loader_only_images_per_s"] = args.batch / sec
