@@ -49,6 +49,7 @@ from opensapiens.benchmark import (
     H100_80GB_GIB,
     GpuClocks,
     cap_memory,
+    count_flops,
     matmul_peak_tflops,
     sync,
     time_by_kind,
@@ -115,15 +116,13 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
 
 def step_flops(args, device: torch.device, images: torch.Tensor) -> float:
     """FLOPs of one training step (forward + backward), counted on the eager model."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model, _ = build(args, device, optimized=False)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=torch.bfloat16):
-        model(images, 0.75)[0].backward()
-    flops = counter.get_total_flops()
-    del model
-    return float(flops)
+
+    def forward_backward() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            model(images, 0.75)[0].backward()
+
+    return float(count_flops(forward_backward))  # the model is let go on return
 
 
 def timed(step, batches, steps: int, warmup: int, device: torch.device,

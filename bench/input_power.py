@@ -18,11 +18,19 @@ from pathlib import Path
 
 import torch
 
-from opensapiens.benchmark import GpuClocks, device_name, keep_busy, software_versions, sync, time_ms, write_json
+from opensapiens.benchmark import (
+    GpuClocks,
+    device_name,
+    keep_busy,
+    random_model,
+    software_versions,
+    sync,
+    time_ms,
+    write_json,
+)
 from opensapiens.cli.predict import parse_size
 from opensapiens.inference.optimize import optimize_for_inference
 from opensapiens.inference.transforms import MEAN, STD
-from opensapiens.models import build_model
 from opensapiens.synth.dataset import render_indices
 
 
@@ -52,9 +60,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     H, W = args.input_size
     torch.manual_seed(0)
-    out_ch = {"pose": 308, "seg": 28}.get(args.task)
-    with torch.device(device):
-        model = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16)).eval()
+    model = random_model(args.task, args.arch, (H, W), device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = optimize_for_inference(model.to(dtype))
     batches = {name: x.to(dtype) for name, x in inputs(args.batch, H, W, device).items()}

@@ -14,7 +14,6 @@ difference of the outputs from the one-stream run's (the same math on smaller ba
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 import torch
@@ -24,12 +23,13 @@ from opensapiens.benchmark import (
     count_flops,
     device_name,
     matmul_peak_tflops,
+    random_model,
     software_versions,
+    time_ms,
     write_json,
 )
 from opensapiens.cli.predict import parse_size
 from opensapiens.inference.optimize import optimize_for_inference
-from opensapiens.models import build_model
 
 
 def split_forward(model, x: torch.Tensor, streams: list[torch.cuda.Stream]) -> torch.Tensor:
@@ -49,22 +49,6 @@ def split_forward(model, x: torch.Tensor, streams: list[torch.cuda.Stream]) -> t
     return torch.cat(outs)
 
 
-def time_ms(fn, iters: int) -> float:
-    """Median ms per call, CUDA events on the current stream around each call."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="pose", choices=["pose", "seg", "depth", "normal"])
@@ -82,9 +66,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     H, W = args.input_size
     torch.manual_seed(0)
-    out_ch = {"pose": 308, "seg": 28}.get(args.task)
-    with torch.device(device):
-        model = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16)).eval()
+    model = random_model(args.task, args.arch, (H, W), device)
     x = torch.randn(args.batch, 3, H, W, device=device)
     with torch.inference_mode():
         flops = count_flops(lambda: model(x[:1]))
@@ -110,7 +92,7 @@ def main() -> None:
                   "flops_per_image": flops, "rows": []}
         for r in range(args.rounds):
             for s in args.splits:
-                ms = time_ms(lambda s=s: split_forward(model, xb, streams[s]), args.iters)
+                ms = time_ms(lambda s=s: split_forward(model, xb, streams[s]), device, iters=args.iters)
                 out = split_forward(model, xb, streams[s]).float()
                 row = {"round": r, "splits": s, "ms_per_batch": round(ms, 3),
                        "ms_per_image": round(ms / args.batch, 3),

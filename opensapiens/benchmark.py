@@ -14,12 +14,29 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
+
+
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# torch's counter knows SDPA's CUDA kernels (flash, memory-efficient, cuDNN) but not its CPU kernel, which it counts
+# as 0 FLOPs: a CPU run's MFU would leave attention out
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
 
 
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs of one call of ``fn`` (matmuls, convolutions and attention; 2 FLOPs per multiply-add)."""
-    counter = FlopCounterMode(display=False)
+    """FLOPs of one call of ``fn`` (matmuls, convolutions and attention, forward or backward, on any device; 2 FLOPs
+    per multiply-add)."""
+    counter = FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS)
     with counter:
         fn()
     return int(counter.get_total_flops())
@@ -64,6 +81,17 @@ def time_ms_or_error(fn: Callable[[], object], device: torch.device, iters: int 
         return {"ms": round(time_ms(fn, device, iters=iters), 4)}
     except Exception as e:  # noqa: BLE001 - any failure of one candidate is a result, not the end of the sweep
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"}
+
+
+def random_model(task: str, arch: str, input_size: tuple[int, int], device: torch.device) -> torch.nn.Module:
+    """``task``'s model at ``arch`` in the official shapes with random weights, its position grid fitted to
+    ``input_size``, in eval mode: what the benchmarks time. Made on ``device`` (a 2B model's init on the host takes
+    minutes)."""
+    from .models import build_model
+
+    H, W = input_size
+    with torch.device(device):
+        return build_model(task, arch, pos_grid=(H // 16, W // 16)).eval()
 
 
 def keep_busy(fn: Callable[[], object], device: torch.device, seconds: float) -> int:

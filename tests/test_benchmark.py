@@ -106,3 +106,52 @@ def test_gpu_clocks_on_the_cpu_samples_nothing():
     with GpuClocks(torch.device("cpu")) as clocks:
         torch.ones(4).sum()
     assert clocks.summary() is None and clocks.lines == []
+
+
+@pytest.mark.parametrize("task,channels,scale", [("pose", 308, 4), ("seg", 28, 2)])
+def test_random_model_has_the_official_outputs_at_the_input_size(task, channels, scale):
+    from opensapiens.benchmark import random_model
+
+    model = random_model(task, "nano", (64, 48), torch.device("cpu"))
+    assert not model.training and model.config.pos_grid == (4, 3)
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 64, 48)).shape == (1, channels, 64 // scale, 48 // scale)
+
+
+def test_bench_cli_counts_the_backbone_flops_of_the_closed_form_and_reports_its_rows(tmp_path, capsys):
+    """``opensapiens bench`` on the CPU (eager only): FLOPs per image equal the ViT's closed form (patch embedding,
+    24 N C^2 of GEMMs and 4 N^2 C of attention per block), and each row's rates follow from its time."""
+    from opensapiens.cli.main import main
+    from opensapiens.models.vit import get_arch
+
+    out = tmp_path / "r.json"
+    assert main(["bench", "--task", "features", "--arch", "nano", "--batch", "2", "--input-size", "64x48",
+                 "--iters", "1", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    a = get_arch("nano")
+    n, c = (64 // 16) * (48 // 16), a.embed_dim
+    gemms, attention = 2 * n * c * (3 * c + c + 2 * int(a.mlp_ratio * c)), 4 * n * n * c  # per block
+    closed_form = 2 * n * 3 * 16 * 16 * c + a.depth * (gemms + attention)
+    assert r["flops_per_image"] == closed_form
+    row = r["variants"]["eager"]
+    assert row["images_per_s"] == pytest.approx(2 / (row["ms_per_batch"] * 1e-3), rel=1e-3)
+    assert row["rel_error_vs_fp32"] < 0.05  # bf16 against the fp32 model
+    assert r["matmul_peak_sustained_tflops"] is None and row["clocks"] is None  # CPU: no power cap to measure
+    assert "eager" in capsys.readouterr().out
+
+
+def test_count_flops_counts_attention_on_the_cpu_as_on_cuda():
+    """torch's counter knows SDPA's CUDA kernels only; on the CPU ours counts it the same way: Q K^T and P V forward
+    (4 B H N^2 D), and backward what the matmuls' gradients take plus the recomputed Q K^T, as the flash kernels do."""
+    from opensapiens.benchmark import count_flops
+
+    b, h, n, d = 2, 3, 12, 8
+    q = torch.randn(b, h, n, d, requires_grad=True)
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, q, q)) == 4 * b * h * n * n * d
+
+    def by_matmuls():  # the same attention in explicit matmuls, which every counter knows
+        (torch.softmax(q @ q.transpose(-1, -2) / d**0.5, -1) @ q).sum().backward()
+
+    recompute = 2 * b * h * n * n * d
+    sdpa = count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward())
+    assert sdpa == count_flops(by_matmuls) + recompute

@@ -82,13 +82,13 @@ def run(args: argparse.Namespace) -> int:
         device_name,
         matmul_peak_tflops,
         peak_memory_gib,
+        random_model,
         software_versions,
         time_by_kind,
         time_ms,
     )
     from ..checkpoints import as_dtype, load_model
     from ..inference.optimize import optimize_for_inference
-    from ..models import build_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = as_dtype(args.dtype)
@@ -97,9 +97,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint:
         base = load_model(args.checkpoint, device=device, task=args.task)
     else:
-        out_ch = {"pose": 308, "seg": 28}.get(args.task)
-        with torch.device(device):  # initialise on the device: a 2B model's init on the host takes minutes
-            base = build_model(args.task, args.arch, out_channels=out_ch, pos_grid=(H // 16, W // 16))
+        base = random_model(args.task, args.arch, (H, W), device)
     base.eval()
     peak = matmul_peak_tflops(device)
     with GpuClocks(device) as clocks:  # the clock the card holds under load (below its burst's, at a power cap)
