@@ -327,8 +327,9 @@ def main() -> None:
              "mfu": result["step_tflop"] * 1e12 / sec / (result["peak_matmul_tflops"] * 1e12),
              "mfu_vs_sustained_peak": sustained and result["step_tflop"] / sec / sustained,
              "clocks": clocks.summary()}
+        r["joules_per_image"] = r["clocks"] and r["clocks"]["mean_watts"] * sec / args.batch
         extra = f" ({r['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
-        extra += f"  {r['clocks']['sm_mhz']:.0f} MHz" if r["clocks"] else ""
+        extra += f"  {r['clocks']['sm_mhz']:.0f} MHz {r['joules_per_image']:.2f} J/img" if r["clocks"] else ""
         print(f"  {name:<22} {r['images_per_s']:8.1f} img/s  {r['step_ms']:8.1f} ms/step  "
               f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}{extra}", flush=True)
         return r

@@ -7,6 +7,7 @@ the plain eager bf16 path, and achieved FLOP/s against the bf16 matmul peak of t
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import statistics
 import time
@@ -134,11 +135,26 @@ def matmul_peak_tflops(device: torch.device, n: int = 8192, dtype: torch.dtype =
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
+@functools.cache
+def power_field() -> str:
+    """nvidia-smi's instantaneous board power where the driver has it (``power.draw.instant``, drivers of 2023 on),
+    else ``power.draw``, which on recent drivers is a one-second average that lags the load."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=power.draw.instant", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10)
+        float(out.stdout.split()[0])
+        return "power.draw.instant"
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return "power.draw"
+
+
 class GpuClocks:
     """The SM clock and board power while a block runs, sampled by ``nvidia-smi -lms`` every ``interval_ms``.
 
-    ``with GpuClocks(device) as clocks: ...`` then ``clocks.summary()``: {"sm_mhz": median, "watts": median,
-    "samples": n}, or None where nvidia-smi is missing or saw nothing (a CPU run, a block shorter than a sample).
+    ``with GpuClocks(device) as clocks: ...`` then ``clocks.summary()`` (``clock_summary``), or None where nvidia-smi
+    is missing or saw nothing (a CPU run, a block shorter than a sample).
     """
 
     def __init__(self, device: torch.device, interval_ms: int = 100):
@@ -155,8 +171,9 @@ class GpuClocks:
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
         try:
             self._process = subprocess.Popen(
-                ["nvidia-smi", "-i", str(index), "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-                 "-lms", str(self.interval_ms)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                ["nvidia-smi", "-i", str(index), f"--query-gpu=clocks.sm,{power_field()}",
+                 "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError:  # no nvidia-smi on this host
             return self
         self._reader = threading.Thread(target=lambda: self.lines.extend(self._process.stdout), daemon=True)
@@ -174,7 +191,8 @@ class GpuClocks:
 
 
 def clock_summary(lines: list[str]) -> dict | None:
-    """nvidia-smi's "clocks.sm, power.draw" csv lines ("1650, 690.12") -> their medians; None without a sample."""
+    """nvidia-smi's "clocks.sm, power" csv lines ("1650, 690.12") -> {"sm_mhz": median, "watts": median,
+    "mean_watts": mean (times seconds = joules), "samples": n}; None without a sample."""
     samples = []
     for line in lines:
         with contextlib.suppress(ValueError):
@@ -183,7 +201,8 @@ def clock_summary(lines: list[str]) -> dict | None:
     if not samples:
         return None
     mhz, watts = zip(*samples, strict=True)
-    return {"sm_mhz": statistics.median(mhz), "watts": round(statistics.median(watts), 1), "samples": len(samples)}
+    return {"sm_mhz": statistics.median(mhz), "watts": round(statistics.median(watts), 1),
+            "mean_watts": round(statistics.fmean(watts), 1), "samples": len(samples)}
 
 
 # What an "80 GB" H100 offers to CUDA allocations (81,559 MiB): a larger card is capped to this to test what fits.

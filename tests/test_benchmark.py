@@ -95,8 +95,9 @@ def test_clock_summary_takes_medians_of_nvidia_smi_lines_and_skips_what_is_not_a
     from opensapiens.benchmark import clock_summary
 
     lines = ["1980, 121.70\n", "1650, 690.12\n", "1665, 688.00\n", "[N/A], [N/A]\n", "garbage\n", "1590, 694.5\n"]
+    watts = [121.70, 690.12, 688.00, 694.5]
     assert clock_summary(lines) == {"sm_mhz": (1650 + 1665) / 2, "watts": round((688.00 + 690.12) / 2, 1),
-                                    "samples": 4}
+                                    "mean_watts": round(sum(watts) / 4, 1), "samples": 4}
     assert clock_summary([]) is None and clock_summary(["[N/A], 80.1"]) is None
 
 
@@ -155,3 +156,24 @@ def test_count_flops_counts_attention_on_the_cpu_as_on_cuda():
     recompute = 2 * b * h * n * n * d
     sdpa = count_flops(lambda: F.scaled_dot_product_attention(q, q, q).sum().backward())
     assert sdpa == count_flops(by_matmuls) + recompute
+
+
+@pytest.mark.parametrize("reply,field", [("512.30\n", "power.draw.instant"), ("[N/A]\n", "power.draw"),
+                                         (OSError, "power.draw"),
+                                         ('Field "power.draw.instant" is not a valid field to query.', "power.draw")])
+def test_power_field_is_the_instant_reading_only_where_the_driver_gives_one(monkeypatch, reply, field):
+    import subprocess
+
+    from opensapiens import benchmark
+
+    def run(argv, **kwargs):
+        if reply is OSError:
+            raise OSError("nvidia-smi: not found")
+        return subprocess.CompletedProcess(argv, 0, stdout=reply, stderr="")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    benchmark.power_field.cache_clear()
+    try:
+        assert benchmark.power_field() == field
+    finally:
+        benchmark.power_field.cache_clear()

@@ -7,8 +7,8 @@ Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/i
 (torch.utils.flop_counter, attention included), achieved TFLOP/s and MFU against a bf16 matmul peak measured in the
 same run, peak memory, compile time; accuracy against the eager fp32 model on the same input; the share of time
 spent in the task head. On CUDA also the matmul peak after 3 s of load (a card at its power cap lowers its clock
-within a second; the burst peak runs at the boost clock, the models mostly do not), MFU against that, and the SM clock
-and board power (nvidia-smi) while each variant was timed.
+within a second; the burst peak runs at the boost clock, the models mostly do not), MFU against that, the SM clock
+and board power (nvidia-smi) while each variant was timed, and the energy per image they give.
 """
 
 from __future__ import annotations
@@ -135,11 +135,14 @@ def run(args: argparse.Namespace) -> int:
                "images_per_s": round(args.batch / (ms * 1e-3), 2), "tflops": round(tflops, 1),
                "mfu": round(tflops / peak, 3), "mfu_vs_sustained_peak": _r(sustained and tflops / sustained, 3),
                "clocks": clocks.summary(), "peak_memory_gib": _r(peak_memory_gib(device)),
+               "joules_per_image": None,
                "compile_s": _r(compile_s), "rel_error_vs_fp32": _r(_rel(out, ref_out), 6)}
+        if row["clocks"]:  # the board's mean power over the timed calls, per image
+            row["joules_per_image"] = round(row["clocks"]["mean_watts"] * ms / args.batch / 1e3, 3)
         row.update(_task_agreement(args.task, out, ref_out, (H, W)))
         result["variants"][name] = row
         sustained_mfu = f" ({row['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
-        clock = f"  {row['clocks']['sm_mhz']:.0f} MHz" if row["clocks"] else ""
+        clock = f"  {row['clocks']['sm_mhz']:.0f} MHz {row['joules_per_image']:.2f} J/img" if row["clocks"] else ""
         print(f"{name:>10}: {row['ms_per_image']:8.2f} ms/img  {row['images_per_s']:8.1f} img/s  "
               f"MFU {row['mfu']:.3f}{sustained_mfu}{clock}  mem {row['peak_memory_gib']} GiB  "
               f"rel.err {row['rel_error_vs_fp32']}", flush=True)
