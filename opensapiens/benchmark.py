@@ -192,7 +192,8 @@ class GpuClocks:
 
 def clock_summary(lines: list[str]) -> dict | None:
     """nvidia-smi's "clocks.sm, power" csv lines ("1650, 690.12") -> {"sm_mhz": median, "watts": median,
-    "mean_watts": mean (times seconds = joules), "samples": n}; None without a sample."""
+    "mean_watts": mean, "samples": n}; None without a sample. The mean (times seconds = joules, from instantaneous
+    readings) leaves out the first and last samples where there are more than two: taken as the load began or ended."""
     samples = []
     for line in lines:
         with contextlib.suppress(ValueError):
@@ -202,7 +203,7 @@ def clock_summary(lines: list[str]) -> dict | None:
         return None
     mhz, watts = zip(*samples, strict=True)
     return {"sm_mhz": statistics.median(mhz), "watts": round(statistics.median(watts), 1),
-            "mean_watts": round(statistics.fmean(watts), 1), "samples": len(samples)}
+            "mean_watts": round(statistics.fmean(watts[1:-1] if len(watts) > 2 else watts), 1), "samples": len(samples)}
 
 
 # What an "80 GB" H100 offers to CUDA allocations (81,559 MiB): a larger card is capped to this to test what fits.

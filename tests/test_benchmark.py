@@ -95,9 +95,10 @@ def test_clock_summary_takes_medians_of_nvidia_smi_lines_and_skips_what_is_not_a
     from opensapiens.benchmark import clock_summary
 
     lines = ["1980, 121.70\n", "1650, 690.12\n", "1665, 688.00\n", "[N/A], [N/A]\n", "garbage\n", "1590, 694.5\n"]
-    watts = [121.70, 690.12, 688.00, 694.5]
+    inner = [690.12, 688.00]  # the first and last samples (121.70 as the load began, 694.5) left out of the mean
     assert clock_summary(lines) == {"sm_mhz": (1650 + 1665) / 2, "watts": round((688.00 + 690.12) / 2, 1),
-                                    "mean_watts": round(sum(watts) / 4, 1), "samples": 4}
+                                    "mean_watts": round(sum(inner) / 2, 1), "samples": 4}
+    assert clock_summary(["1980, 100.0", "1700, 600.0"])["mean_watts"] == 350.0  # two samples: both
     assert clock_summary([]) is None and clock_summary(["[N/A], 80.1"]) is None
 
 
