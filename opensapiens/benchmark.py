@@ -160,6 +160,7 @@ class GpuClocks:
     def __init__(self, device: torch.device, interval_ms: int = 100):
         self.device, self.interval_ms = device, interval_ms
         self.lines: list[str] = []
+        self.power_field: str | None = None  # the nvidia-smi field read for the board's power
         self._process = self._reader = None
 
     def __enter__(self) -> GpuClocks:
@@ -169,9 +170,10 @@ class GpuClocks:
         if self.device.type != "cuda":
             return self
         index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        self.power_field = power_field()
         try:
             self._process = subprocess.Popen(
-                ["nvidia-smi", "-i", str(index), f"--query-gpu=clocks.sm,{power_field()}",
+                ["nvidia-smi", "-i", str(index), f"--query-gpu=clocks.sm,{self.power_field}",
                  "--format=csv,noheader,nounits", "-lms", str(self.interval_ms)],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         except OSError:  # no nvidia-smi on this host

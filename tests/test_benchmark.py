@@ -107,7 +107,7 @@ def test_gpu_clocks_on_the_cpu_samples_nothing():
 
     with GpuClocks(torch.device("cpu")) as clocks:
         torch.ones(4).sum()
-    assert clocks.summary() is None and clocks.lines == []
+    assert clocks.summary() is None and clocks.lines == [] and clocks.power_field is None
 
 
 @pytest.mark.parametrize("task,channels,scale", [("pose", 308, 4), ("seg", 28, 2)])
@@ -139,6 +139,7 @@ def test_bench_cli_counts_the_backbone_flops_of_the_closed_form_and_reports_its_
     assert row["images_per_s"] == pytest.approx(2 / (row["ms_per_batch"] * 1e-3), rel=1e-3)
     assert row["rel_error_vs_fp32"] < 0.05  # bf16 against the fp32 model
     assert r["matmul_peak_sustained_tflops"] is None and row["clocks"] is None  # CPU: no power cap to measure
+    assert r["power_reading"] is None and row["joules_per_image"] is None
     assert "eager" in capsys.readouterr().out
 
 

@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     result = {"task": args.task, "arch": base.config.arch.name, "batch": args.batch, "input_size": [H, W],
               "dtype": args.dtype, "device": device_name(device), "software": software_versions(),
               "matmul_peak_tflops": round(peak, 1), "matmul_peak_sustained_tflops": _r(sustained, 1),
-              "matmul_sustained_clocks": clocks.summary(), "flops_per_image": flops, "variants": {}}
+              "matmul_sustained_clocks": clocks.summary(), "power_reading": clocks.power_field,
+              "flops_per_image": flops, "variants": {}}
     if sustained:
         at = f" at {result['matmul_sustained_clocks']['sm_mhz']:.0f} MHz" if result["matmul_sustained_clocks"] else ""
         print(f"bf16 matmul peak: {peak:.0f} TFLOP/s (burst), {sustained:.0f} sustained{at}")
