@@ -179,3 +179,14 @@ def test_power_field_is_the_instant_reading_only_where_the_driver_gives_one(monk
         assert benchmark.power_field() == field
     finally:
         benchmark.power_field.cache_clear()
+
+
+@pytest.mark.parametrize("flags,no_compile", [([], False), (["--compile"], False), (["--no-compile"], True)])
+def test_bench_compiles_by_default_and_takes_compile_and_no_compile(flags, no_compile):
+    import argparse
+
+    from opensapiens.cli import bench
+
+    parser = argparse.ArgumentParser()
+    bench.register(parser.add_subparsers())
+    assert parser.parse_args(["bench", "--task", "pose", *flags]).no_compile is no_compile

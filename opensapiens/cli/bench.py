@@ -1,6 +1,6 @@
 """``opensapiens bench``: inference speed of the plain eager path and the optimized path, side by side.
 
-    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--no-compile] [--e2e DIR [--e2e-decode host,device]]
+    opensapiens bench --task pose --arch 1b --batch 8 [--fp8] [--compile | --no-compile] [--e2e DIR [--e2e-decode ...]]
         [--cuda-graphs] [--fused-graphs] [--compiled] [--compile-mode MODE] [--profile] [--out result.json]
 
 Reports per variant: ms per batch (median of CUDA-event timings), images/s, ms/image, model FLOPs per image
@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fa4", action="store_true", help="also measure the optimized path (and FP8 with --fp8) with "
                    "attention on FlashAttention-4's kernels (needs the flash-attn-4 package)")
     p.add_argument("--no-compile", action="store_true", help="optimized path without torch.compile")
+    p.add_argument("--compile", dest="no_compile", action="store_false",
+                   help="optimized path with torch.compile where it compiles: the default")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--e2e", type=Path, default=None, help="folder of images: also measure predict's file -> outputs "
