@@ -203,3 +203,63 @@ def test_official_names_resolve_offline(tmp_path, monkeypatch):
 
 def hub_normal_file() -> str:
     return "sapiens_0.3b_normal_render_people_epoch_66.pth"
+
+
+def test_coco_pose_files_live_in_the_third_party_repo_layout():
+    """noahcao/sapiens-pose-coco mirrors the official tree: sapiens_host/pose/... for .pth, and
+    sapiens_lite_host/$MODE/pose/... for the lite exports."""
+    pth, lite = parse_name("sapiens-pose-17-1b"), parse_name("sapiens-pose-133-0.3b-bfloat16")
+    assert pth.subfolder == "sapiens_host/pose/checkpoints/sapiens_1b"
+    assert lite.subfolder == "sapiens_lite_host/bfloat16/pose/checkpoints/sapiens_0.3b"
+    assert lite.filename == "sapiens_0.3b_coco_wholebody_best_coco_wholebody_AP_620_bfloat16.pt2"
+
+
+def test_checkpoint_folder_from_the_environment_expands_home(tmp_path, monkeypatch):
+    from opensapiens.checkpoints.hub import local_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", "~/ckpts")
+    assert local_dir() == tmp_path / "ckpts"
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", "")  # set but empty: the default
+    assert local_dir() == tmp_path / ".cache" / "opensapiens"
+
+
+@pytest.mark.parametrize("task", ["pose", "normal"])
+def test_a_task_files_backbone_loaded_as_features_keeps_its_patch_padding(tmp_path, task):
+    """Pose and normal backbones were fine-tuned with padding 2: as features they must keep it, from the official
+    .pth as from our safetensors."""
+    model, official = make_official_state(task, 308 if task == "pose" else None)
+    path = tmp_path / "official.pth"
+    torch.save({"state_dict": official}, path)
+    for src in (path, save_model(model, tmp_path / "ours.safetensors")):
+        features = load_model(src, task="features", num_heads=TINY.num_heads)
+        assert features.config.patch_padding == 2
+        assert _same_outputs(features, model.backbone)
+
+
+def test_official_export_refuses_what_the_layout_cannot_record(tmp_path):
+    from opensapiens.checkpoints.hub import BUNDLED
+    from opensapiens.cli.main import main
+
+    with pytest.raises(CheckpointError, match="one task"):
+        export_official(load_model(BUNDLED), tmp_path / "nano.pth")
+    assert main(["convert", str(BUNDLED), str(tmp_path / "nano.pth"), "--official"]) == 2
+    seg = load_model(BUNDLED, task="seg")  # one task of it: exported, and read back the same
+    assert _same_outputs(load_model(export_official(seg, tmp_path / "seg.pth"), num_heads=seg.config.arch.num_heads),
+                         seg)
+
+    model, official = make_official_state("pose", 17)
+    torch.save({"state_dict": official}, tmp_path / "pose.pth")
+    unofficial = load_model(tmp_path / "pose.pth", num_heads=TINY.num_heads, patch_padding=0)
+    with pytest.raises(CheckpointError, match="patch padding 0"):
+        export_official(unofficial, tmp_path / "out.pth")
+    landscape, _ = make_official_state("seg", 28, pos_grid=(6, 8))
+    with pytest.raises(CheckpointError, match=r"position grid \(6, 8\)"):
+        export_official(landscape, tmp_path / "out.pth")
+
+
+def test_a_multitask_files_task_takes_a_patch_padding_override():
+    from opensapiens.checkpoints.hub import BUNDLED
+
+    default = load_model(BUNDLED, task="pose").config.patch_padding
+    assert load_model(BUNDLED, task="pose", patch_padding=2 - default).config.patch_padding == 2 - default

@@ -71,7 +71,7 @@ def parse_name(name: str) -> HubFile | None:
     stem = stems[size]
     canonical = f"sapiens-{task}{'-' + str(kps) if kps else ''}-{size}{'-' + fmt if fmt else ''}"
     if task == "pose" and kps in (17, 133):  # hosted in the third-party repo the official docs link to
-        sub = f"sapiens_{'lite_' if fmt else ''}host/pose/checkpoints/sapiens_{size}"
+        sub = (f"sapiens_lite_host/{fmt}" if fmt else "sapiens_host") + f"/pose/checkpoints/sapiens_{size}"
         filename = f"{stem}_{fmt}.pt2" if fmt else f"{stem}.pth"
         return HubFile(canonical, task, size, "noahcao/sapiens-pose-coco", filename, sub)
     if task == "pretrain" and not fmt:
@@ -86,7 +86,7 @@ BUNDLED_NAMES = ("sapiens-nano", "nano", "bundled")
 
 
 def local_dir() -> Path:
-    return Path(os.environ.get("OPENSAPIENS_CHECKPOINTS", Path.home() / ".cache" / "opensapiens"))
+    return Path(os.environ.get("OPENSAPIENS_CHECKPOINTS") or Path.home() / ".cache" / "opensapiens").expanduser()
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from ..models.multitask import MultiTaskConfig, SapiensMultiTask
-from ..models.sapiens import ModelConfig, SapiensModel
+from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
+from ..models.vit import infer_grid
 from .hub import resolve_checkpoint
 from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
 from .reader import CheckpointError, read_state_dict
@@ -48,6 +49,8 @@ def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_p
             raise CheckpointError(f"{path}: has no {task} head (it has {', '.join(mt.outputs)})")
         cfg = mt.task_config(task) if task != "features" else ModelConfig(
             task="features", arch=mt.arch, patch_padding=mt.patch_padding, pos_grid=mt.pos_grid)
+        if patch_padding is not None:
+            cfg.patch_padding = patch_padding
         prefix = f"heads.{task}."
         sd = {("head." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()
               if k.startswith(("backbone.", prefix))}
@@ -160,8 +163,28 @@ def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,
 
 
 def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
-    """Write the weights in the official key layout (``{'state_dict': ...}`` .pth, or flat for a backbone)."""
+    """Write the weights in the official key layout (``{'state_dict': ...}`` .pth, or flat for a backbone).
+
+    The official layout records neither the patch padding nor the position grid: a reader infers them (the task's
+    official padding; a square or 4:3 portrait grid), so a model that a reader would rebuild otherwise is refused.
+    """
     path = Path(path)
+    if isinstance(model, SapiensMultiTask):
+        raise CheckpointError(f"{path}: the official layout holds one task; load one of this multi-task model's "
+                              f"tasks ({', '.join(model.config.outputs)}) with task=..., or save it with save_model")
+    cfg = model.config
+    official = official_patch_padding(cfg.task, cfg.out_channels)
+    if cfg.patch_padding != official:
+        raise CheckpointError(f"{path}: this {cfg.task} model has patch padding {cfg.patch_padding}, the official "
+                              f"layout implies {official}; keep it in our format (save_model), which records it")
+    grid = tuple(cfg.pos_grid)
+    try:
+        readable = infer_grid(grid[0] * grid[1]) == grid
+    except ValueError:
+        readable = False
+    if not readable:
+        raise CheckpointError(f"{path}: a reader of the official layout cannot recover the position grid {grid} "
+                              "(it takes square or 4:3 portrait grids); keep it in our format (save_model)")
     sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)
     obj = sd if model.task == "features" else {"state_dict": sd, "meta": {"source": "opensapiens"}}
     tmp = path.with_name(path.name + ".tmp")

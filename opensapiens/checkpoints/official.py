@@ -109,7 +109,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
 
     Task: no head -> "features"; 2 up-sampling layers -> pose; 4 -> depth; 3 -> normal if 3 outputs else seg.
     Architecture: width and depth from the tensors (heads from the official table). Patch padding: the official
-    per-task value (pose/normal 2, seg/depth/features 0) unless given.
+    per-task value (pose/normal 2, seg/depth/features 0) unless given; a task file's backbone loaded as features
+    keeps its task's padding (it was fine-tuned with it).
     """
     if "backbone.patch_embed.proj.weight" not in sd:
         raise CheckpointError(f"{source}: no Sapiens backbone found (missing patch_embed.projection.weight)")
@@ -119,11 +120,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
     has_head = "head.final.weight" in sd
     n_up = len([k for k in sd if re.match(r"head\.deconv_layers\.\d+\.weight$", k)])
     out_channels = sd["head.final.weight"].shape[0] if has_head else None
-    if task is None:
-        if not has_head:
-            task = "features"
-        else:
-            task = {2: "pose", 4: "depth"}.get(n_up, "normal" if out_channels == 3 else "seg")
+    head_task = {2: "pose", 4: "depth"}.get(n_up, "normal" if out_channels == 3 else "seg") if has_head else "features"
+    task = head_task if task is None else task
     if task != "features":
         if not has_head:
             raise CheckpointError(f"{source}: task {task!r} requested but the checkpoint has no head")
@@ -141,7 +139,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
         task=task,
         arch=arch,
         out_channels=out_channels if task != "features" else None,
-        patch_padding=official_patch_padding(task, out_channels) if patch_padding is None else patch_padding,
+        patch_padding=(official_patch_padding(head_task if task == "features" else task, out_channels)
+                       if patch_padding is None else patch_padding),
         pos_grid=infer_grid(n_pos),
         with_cls_token=with_cls,
         head_channels=None if head_channels is None else int(head_channels),
