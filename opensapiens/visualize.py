@@ -91,7 +91,7 @@ def _fixed(xy: np.ndarray) -> tuple[int, int]:
 
 def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keypoint_set: KeypointSet | str | int,
               threshold: float = 0.3, radius: int | None = None, thickness: int | None = None,
-              boxes: np.ndarray | None = None) -> np.ndarray:
+              boxes: np.ndarray | None = None, labels: Sequence[str] | None = None) -> np.ndarray:
     """Draw people's skeletons.
 
     Args:
@@ -101,6 +101,7 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
         keypoint_set: the layout of the K keypoints (a ``KeypointSet``, or "goliath"/308, "wholebody"/133, "coco"/17).
         radius, thickness: point radius and line width in pixels; default scales with the image size.
         boxes: optional (N, 4) xyxy boxes drawn under the skeletons.
+        labels: optional N texts (e.g. track ids) written inside the boxes' top-left corners.
 
     Per person the links are drawn first, then the points, one OpenCV call per colour (and point size): where
     elements of different colours overlap, the colour drawn later is on top.
@@ -125,6 +126,8 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
         for box in np.asarray(boxes, np.float64).reshape(-1, 4):
             if np.isfinite(box).all() and np.abs(box).max() < _LIMIT:
                 cv2.rectangle(canvas, _fixed(box[:2]), _fixed(box[2:]), BOX, thickness, cv2.LINE_AA, _SHIFT)
+        if labels is not None:
+            _box_labels(canvas, np.asarray(boxes, np.float64).reshape(-1, 4), labels, radius)
 
     shown = (sc > threshold) & np.isfinite(kp).all(-1) & (np.abs(kp) < _LIMIT).all(-1)  # (N, K)
     fixed = np.rint(np.where(shown[..., None], kp, 0) * (1 << _SHIFT)).astype(np.int32)  # (N, K, 2) cv2 fixed point
@@ -143,6 +146,23 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
                 diameter = 2 * (small_radius if small else radius)
                 cv2.polylines(canvas, xy[ks][:, None], True, color, diameter, cv2.LINE_AA, _SHIFT)
     return canvas
+
+
+def _box_labels(canvas: np.ndarray, boxes: np.ndarray, labels: Sequence[str], radius: int) -> None:
+    """Write each label on a dark patch inside its box's top-left corner (in place)."""
+    if len(labels) != len(boxes):
+        raise ValueError(f"{len(labels)} labels for {len(boxes)} boxes")
+    font, thick = cv2.FONT_HERSHEY_SIMPLEX, max(1, radius // 3)
+    scale = cv2.getFontScaleFromHeight(font, 6 * radius, thick)
+    h, w = canvas.shape[:2]
+    for box, text in zip(boxes, labels):
+        if not (np.isfinite(box).all() and np.abs(box).max() < _LIMIT):
+            continue
+        (tw, th), base = cv2.getTextSize(str(text), font, scale, thick)
+        x = int(np.clip(box[0], 0, max(0, w - tw - 2)))
+        y = int(np.clip(box[1], 0, max(0, h - th - base - 2)))
+        cv2.rectangle(canvas, (x, y), (x + tw + 2, y + th + base + 2), (0, 0, 0), -1)
+        cv2.putText(canvas, str(text), (x + 1, y + th + 1), font, scale, BOX, thick, cv2.LINE_AA)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -205,6 +205,25 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
 
 
+def test_predict_pose_on_a_video_writes_track_ids_unless_told_not_to(tmp_path, capsys):
+    pytest.importorskip("av")
+    from opensapiens.io import VideoWriter
+
+    video = tmp_path / "walk.mp4"
+    rng = np.random.default_rng(2)
+    with VideoWriter(video, fps=10) as writer:
+        for _ in range(3):
+            writer.write(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    for flags, tracked in (([], True), (["--no-track"], False)):
+        out = tmp_path / f"out{tracked}"
+        assert main(["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", str(video),
+                     "--out", str(out), "--no-vis", *flags]) == 0
+        people = [json.loads((out / "walk" / f"frame_{i:06d}.json").read_text())["people"] for i in range(3)]
+        assert all(len(p) == 1 for p in people)  # the whole frame, one box
+        assert all(("track_id" in p[0]) == tracked for p in people)
+
+
 @pytest.mark.parametrize("flag", ["--detector", "--detector-weights"])
 def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys, flag):
     """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the

@@ -68,6 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "fasterrcnn_mobilenet_v3_large_fpn (32.8 AP; ~1.8x faster)")
     g.add_argument("--det-threshold", type=float, default=0.5)
     g.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
+    g.add_argument("--no-track", action="store_true",
+                   help="videos: no track ids (by default each person keeps an id from frame to frame)")
     g = p.add_argument_group("depth / normal")
     g.add_argument("--seg-checkpoint", help="segmentation model whose foreground masks depth/normal outputs")
     g.add_argument("--masks", type=Path, help="folder of foreground masks STEM.png (non-zero = person)")
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=args.writers)
+                          writers=args.writers, track=not args.no_track)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

@@ -34,6 +34,7 @@ from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import pin, submit_ahead
+from .tracking import PoseTracker
 
 OUTPUTS = {
     "pose": (".json", "_pose.jpg"),
@@ -252,7 +253,9 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
     """The picture of one result: the pose drawn on the image, or the dense map's colours (which image and video
     outputs show beside the input)."""
     if isinstance(result, PoseResult):
-        return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes)
+        labels = None if result.track_ids is None else [f"id {i}" for i in result.track_ids]
+        return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes,
+                         labels=labels)
     if isinstance(result, SegResult):
         palette = seg_classes("goliath").palette if len(result.class_names) == 28 else None
         return seg_overlay(image, result.labels, palette)
@@ -264,10 +267,12 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
-              raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None) -> int:
+              raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None,
+              track: bool = True) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
     ``frame_000000...`` like images) and, with ``vis``, ``out_dir/STEM_<task>.mp4`` side by side with the input.
-    Returns the number of frames done.
+    Returns the number of frames done. With ``track``, pose gives each person a ``track_id`` that follows them
+    from frame to frame (``PoseTracker``), in the JSON and on the pictures.
 
     ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; the pictures
     are encoded in frame order.
@@ -284,6 +289,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     writer = VideoWriter(out_dir / f"{path.stem}_{predictor.task}.mp4", fps=info.fps / step) if vis else None
     done = 0
+    tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
     def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
         """((frame indices, frames), frames, {}) per chunk of ``batch_size`` frames."""
@@ -320,6 +326,9 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
             for (indices, frames), results, error in submit_ahead(predictor, chunks()):
                 if error is not None:
                     raise error
+                if tracker is not None:  # results arrive in frame order
+                    for result in results:
+                        tracker.update(result)
                 queued.extend(pool.submit(frame_outputs, *item) for item in zip(indices, frames, results))
                 encode(queued, keep=2 * batch_size + writers)
             encode(queued, keep=0)

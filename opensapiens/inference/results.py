@@ -20,23 +20,26 @@ class PoseResult:
     box_scores: np.ndarray  # (N,) float32 detector scores (1 for given or whole-image boxes)
     keypoint_set: str = "goliath"
     heatmaps: np.ndarray | None = None  # (N, K, h, w) raw heatmaps when requested
+    track_ids: np.ndarray | None = None  # (N,) int64 identities across video frames (``PoseTracker``), if tracked
 
     def convert(self, dst: str | int) -> PoseResult:
         """The same people in another keypoint layout (308 -> 133/17, 133 -> 17); missing channels score 0."""
         kp, sc = convert_keypoints(self.keypoints, self.scores, self.keypoint_set, dst)
-        return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name)
+        return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name, track_ids=self.track_ids)
 
     def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2) -> list[dict]:
         """COCO results entries; the person score is the official ``bbox_keypoint`` mode:
-        box score x mean of the keypoint scores above ``score_threshold``."""
+        box score x mean of the keypoint scores above ``score_threshold``. Tracked people also carry ``track_id``."""
         out = []
-        for kp, sc, box, bs in zip(self.keypoints, self.scores, self.boxes, self.box_scores):
+        for i, (kp, sc, box, bs) in enumerate(zip(self.keypoints, self.scores, self.boxes, self.box_scores)):
             good = sc[sc > score_threshold]
             flat = np.concatenate([kp, sc[:, None]], axis=1).reshape(-1)
             x0, y0, x1, y1 = (float(v) for v in box)
             out.append({"image_id": image_id, "category_id": 1, "keypoints": [round(float(v), 3) for v in flat],
                         "score": float(bs) * (float(good.mean()) if good.size else 0.0),
                         "bbox": [x0, y0, x1 - x0, y1 - y0]})
+            if self.track_ids is not None:
+                out[-1]["track_id"] = int(self.track_ids[i])
         return out
 
 
