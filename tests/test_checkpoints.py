@@ -157,6 +157,14 @@ def test_bad_files_give_clear_errors(tmp_path):
     torch.save({"state_dict": {"foo.weight": torch.zeros(2)}}, nohead)
     with pytest.raises(CheckpointError, match="no Sapiens backbone"):
         load_model(nohead)
+    good, cut = tmp_path / "good.pth", tmp_path / "cut.pth"
+    torch.save({"w": torch.zeros(64)}, good)
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(cut, "w") as dst:  # the storage loses half its bytes
+        for name in src.namelist():
+            data = src.read(name)
+            dst.writestr(name, data[: len(data) // 2] if name.endswith("data/0") else data)
+    with pytest.raises(CheckpointError, match="cut.pth: corrupt"):
+        read_state_dict(cut)
     _, official = make_official_state("seg", 4)
     segfile = tmp_path / "seg.pth"
     torch.save(official, segfile)

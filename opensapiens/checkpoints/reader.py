@@ -185,8 +185,9 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     try:
         with zipfile.ZipFile(path) as zf:
             return _read_zip(zf, str(path)), {}
-    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise CheckpointError(f"{path}: corrupt or unsupported checkpoint ({e})") from e
+    except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, TypeError) as e:
+        # RuntimeError / TypeError: a tensor record that does not fit its storage (a truncated or altered file)
+        raise CheckpointError(f"{path}: corrupt or unsupported checkpoint ({type(e).__name__}: {e})") from e
 
 
 def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
