@@ -203,6 +203,11 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert np.array(Image.open(frames[0])).shape == (64, 48)
     pictures = list(iter_video_frames(out / "clip_seg.mp4"))
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
+    raw_out = tmp_path / "raw"  # --raw: each frame's logits beside its labels, at the model's output size
+    assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--batch-size", "2",
+                 str(video), "--out", str(raw_out), "--raw", "--no-vis"]) == 0
+    logits = sorted((raw_out / "clip").glob("frame_*_seg_logits.npy"))
+    assert len(logits) == 5 and np.load(logits[0]).shape == (28, 32, 24)
 
 
 def test_predict_pose_on_a_video_writes_track_ids_unless_told_not_to(tmp_path, capsys):
@@ -347,3 +352,182 @@ def test_jobs_write_dense_pictures_on_up_to_16_threads_and_the_rest_on_up_to_8(t
     batch.run_batch(kind[0](model, input_size=(64, 48)), [tmp_path / "a.png"], tmp_path / "out2", vis=vis,
                     progress=False)
     assert sizes == [expected, 4]  # never more than the cores
+
+
+def _seg_argv(tmp_path, *inputs, out="out"):
+    ckpt = tmp_path / "seg.safetensors"
+    if not ckpt.is_file():
+        _checkpoint(tmp_path, "seg", 28)
+    return ["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+            "--device", "cpu", *map(str, inputs), "--out", str(tmp_path / out)]
+
+
+def _video(path, n=3, size=(64, 48)):
+    from opensapiens.io import VideoWriter
+
+    rng = np.random.default_rng(5)
+    with VideoWriter(path, fps=10) as writer:
+        for _ in range(n):
+            writer.write(rng.integers(0, 255, (*size, 3), dtype=np.uint8))
+    return path
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_predict_refuses_a_batch_size_below_one(tmp_path, photos, capsys, size):
+    with pytest.raises(SystemExit) as info:
+        main(_seg_argv(tmp_path, photos / "a.png") + ["--batch-size", size])
+    assert info.value.code == 2 and f"--batch-size: {size} must be at least 1" in capsys.readouterr().err
+
+
+def test_predict_names_images_sharing_a_stem_by_their_extension_or_says_what_clashes(tmp_path, capsys):
+    folder = tmp_path / "dup"
+    folder.mkdir()
+    Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(folder / "photo.jpg")
+    Image.fromarray(np.zeros((24, 16, 3), np.uint8)).save(folder / "photo.png")
+    assert main(_seg_argv(tmp_path, folder) + ["--no-vis"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["photo_jpg_seg.png", "photo_png_seg.png"]
+    assert np.array(Image.open(tmp_path / "out" / "photo_png_seg.png")).shape == (24, 16)  # each its own image
+    for name in ("x", "y"):
+        (tmp_path / name / "a").mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(tmp_path / name / "a" / "photo.jpg")
+    capsys.readouterr()
+    assert main(_seg_argv(tmp_path, tmp_path / "x/a/photo.jpg", tmp_path / "y/a/photo.jpg", out="o2")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: several inputs would write the same output names: photo_jpg") and "Traceback" \
+        not in err
+
+
+def test_predict_gives_videos_sharing_a_stem_with_each_other_or_an_image_their_own_outputs(tmp_path, capsys):
+    pytest.importorskip("av")
+    for folder, n in (("vids", 2), ("vids2", 3)):
+        (tmp_path / folder).mkdir()
+        _video(tmp_path / folder / "clip.mp4", n)
+    Image.fromarray(np.zeros((20, 16, 3), np.uint8)).save(tmp_path / "vids" / "clip.png")
+    assert main(_seg_argv(tmp_path, tmp_path / "vids", tmp_path / "vids2" / "clip.mp4")) == 0
+    out = tmp_path / "out"
+    assert len(list((out / "clip_mp4").glob("frame_*_seg.png"))) == 2  # vids/clip.mp4 and vids/clip.png
+    assert len(list((out / "vids2_clip").glob("frame_*_seg.png"))) == 3
+    assert (out / "clip_png_seg.png").is_file() and (out / "clip_mp4_seg.mp4").is_file()
+    assert (out / "vids2_clip_seg.mp4").is_file()
+
+
+def test_predict_resume_skips_a_finished_video(tmp_path, capsys):
+    pytest.importorskip("av")
+    video = _video(tmp_path / "walk.mp4")
+    argv = _seg_argv(tmp_path, video) + ["--resume"]
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    assert json.loads((out / "walk" / "video_seg.json").read_text())["frames"] == 3
+    mtime = (out / "walk_seg.mp4").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().out and (out / "walk_seg.mp4").stat().st_mtime_ns == mtime
+    (out / "walk_seg.mp4").unlink()  # its picture video lost: not finished
+    assert main(argv) == 0
+    assert "1 done, 0 skipped" in capsys.readouterr().out and (out / "walk_seg.mp4").is_file()
+
+
+def test_predict_pose_person_scores_include_their_detection_scores(tmp_path, photos):
+    from opensapiens.inference.predictors import load_predictor
+    from opensapiens.io import read_image
+
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    dets = [{"image_id": 1, "file_name": "a.png", "category_id": 1, "bbox": [5, 10, 30, 60], "score": 0.5}]
+    (tmp_path / "dets.json").write_text(json.dumps(dets))
+    assert main(["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+                 "--device", "cpu", "--detections", str(tmp_path / "dets.json"), "--no-vis", str(photos / "a.png"),
+                 "--out", str(tmp_path / "out")]) == 0
+    person, = json.loads((tmp_path / "out" / "a.json").read_text())["people"]
+    pose = load_predictor("pose", ckpt, device="cpu", input_size=(64, 48))
+    alone = pose(read_image(photos / "a.png"), boxes=np.array([[5, 10, 35, 70]], np.float32))  # box score 1
+    assert person["score"] == pytest.approx(0.5 * alone.to_coco(1)[0]["score"], rel=1e-5)
+
+
+def test_predict_pose_finds_coco_detections_by_numeric_image_id_and_warns_when_none_match(tmp_path, photos, capsys):
+    """COCO_val2017_detections_AP_H_70_person.json has integer image ids and no file names: 000000000139.jpg is
+    image 139."""
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    Image.open(photos / "a.png").save(coco / "000000000139.png")
+    for ids, people in (((139, 7), 1), ((7,), 0)):
+        dets = [{"image_id": i, "category_id": 1, "bbox": [5, 10, 30, 60], "score": 0.9} for i in ids]
+        (tmp_path / "dets.json").write_text(json.dumps(dets))
+        out = tmp_path / f"out{people}"
+        assert main(["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers",
+                     "0", "--device", "cpu", "--detections", str(tmp_path / "dets.json"), "--no-vis", str(coco),
+                     "--out", str(out)]) == 0
+        found = json.loads((out / "000000000139.json").read_text())["people"]
+        assert len(found) == people and all(p["bbox"] == pytest.approx([5, 10, 30, 60]) for p in found)
+        assert ("warning: no input image matches an entry of" in capsys.readouterr().err) == (people == 0)
+
+
+def test_predict_pose_raw_resume_skips_an_image_without_people(tmp_path, photos, capsys):
+    ckpt = _checkpoint(tmp_path, "pose", 17)
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "file_name": "other.png", "category_id": 1,
+                                                     "bbox": [5, 10, 30, 60], "score": 0.9}]))
+    argv = ["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+            "--device", "cpu", "--detections", str(tmp_path / "dets.json"), "--raw", "--resume", "--no-vis",
+            str(photos / "a.png"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    assert np.load(tmp_path / "out" / "a_heatmaps.npy").shape == (0, 17, 16, 12)
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().out
+
+
+def _normal_argv(tmp_path, masks, *inputs):
+    ckpt = tmp_path / "normal.safetensors"
+    if not ckpt.is_file():
+        _checkpoint(tmp_path, "normal")
+    return ["predict", "--task", "normal", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
+            "--device", "cpu", "--no-vis", "--masks", str(masks), *map(str, inputs), "--out", str(tmp_path / "out")]
+
+
+def test_predict_with_an_unreadable_mask_fails_only_its_image(tmp_path, photos, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    (masks / "a.png").write_bytes(b"not a png")
+    assert main(_normal_argv(tmp_path, masks, photos / "a.png", photos / "b.png", photos / "gray.jpg")) == 1
+    captured = capsys.readouterr()
+    assert "2 done, 0 skipped (already finished), 1 failed" in captured.out
+    assert f"failed: {photos / 'a.png'}: " in captured.err and "masks/a.png" in captured.err
+    assert (tmp_path / "out" / "b_normal.npy").is_file() and not (tmp_path / "out" / "a_normal.npy").exists()
+
+
+def test_predict_masks_count_any_non_zero_stored_value(tmp_path, photos):
+    """A 16-bit label mask (person = 1) and a palette mask whose person index is drawn green: 8-bit RGB reading
+    made both empty (normals zeroed everywhere)."""
+    import cv2
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    person_a, person_b = np.zeros((90, 60), bool), np.zeros((40, 130), bool)
+    person_a[20:70, 10:50], person_b[5:30, 40:100] = True, True
+    cv2.imwrite(str(masks / "a.png"), person_a.astype(np.uint16))
+    palette = Image.fromarray(person_b.astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 0, 200, 0] + [0] * 762)
+    palette.save(masks / "b.png")
+    assert main(_normal_argv(tmp_path, masks, photos / "a.png", photos / "b.png")) == 0
+    for stem, person in (("a", person_a), ("b", person_b)):
+        normals = np.load(tmp_path / "out" / f"{stem}_normal.npy")
+        assert (normals[~person] == 0).all()
+        assert np.allclose(np.linalg.norm(normals[person], axis=-1), 1, atol=1e-4), stem
+
+
+def test_predict_with_a_mask_of_another_size_fails_only_its_image_naming_both_sizes(tmp_path, photos, capsys):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(masks / "a.png")
+    Image.fromarray(np.full((40, 130), 255, np.uint8)).save(masks / "b.png")
+    assert main(_normal_argv(tmp_path, masks, photos / "a.png", photos / "b.png")) == 1
+    captured = capsys.readouterr()
+    assert "1 done, 0 skipped (already finished), 1 failed" in captured.out
+    assert f"mask {masks / 'a.png'} is 10x10 (HxW) but its image is 90x60" in captured.err
+    assert (tmp_path / "out" / "b_normal.npy").is_file()
+
+
+def test_predict_with_a_masks_folder_that_does_not_exist_is_a_clear_error(tmp_path, photos, capsys):
+    assert main(_normal_argv(tmp_path, tmp_path / "no_masks", photos / "a.png")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no_masks" in err and not (tmp_path / "out").exists()

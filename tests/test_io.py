@@ -21,6 +21,7 @@ from opensapiens.io import (
     iter_video_frames,
     list_inputs,
     read_image,
+    read_mask,
     save_jpg,
     save_json,
     save_npy,
@@ -292,6 +293,72 @@ def test_list_specs_matching_nothing_raise(tmp_path):
         list_inputs([])
 
 
+def test_list_of_no_entries_raises_naming_the_list(tmp_path):
+    """An empty or comments-only list matches nothing: it must say so, as any other spec that matches nothing."""
+    for name, text in (("empty.txt", ""), ("comments.txt", "# nothing yet\n\n   \n# still nothing\n")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(FileNotFoundError, match=rf"{name}.*no inputs"):
+            list_inputs([tmp_path / name])
+
+
+def test_a_folder_of_sub_folders_says_how_to_search_them_and_that_works(tmp_path):
+    for rel in ("2023/a.jpg", "2024/b.png", "2024/deep/c.jpg"):
+        _touch(tmp_path / "photos" / rel)
+    with pytest.raises(FileNotFoundError) as info:
+        list_inputs([tmp_path / "photos"])
+    message = str(info.value)
+    assert "recursive=True" not in message and "sub-folders are not searched" in message
+    pattern = message.split("pass '")[1].split("'")[0]  # the spec the message suggests, as a user would copy it
+    got = sorted(p.relative_to(tmp_path / "photos").as_posix() for p in list_inputs([pattern]))
+    assert got == ["2023/a.jpg", "2024/b.png", "2024/deep/c.jpg"]
+    _touch(tmp_path / "flat" / "notes.md")  # no sub-folder: nothing to suggest
+    with pytest.raises(FileNotFoundError, match=r"contains no image or video files$"):
+        list_inputs([tmp_path / "flat"])
+
+
+# ----------------------------------------------------------------------------------------------------------- masks
+
+def _mask_png(path: Path, values: np.ndarray) -> Path:
+    """PNG of ``values`` exactly as stored: 16-bit gray/colour through OpenCV (BGR order), else through Pillow."""
+    import cv2
+
+    if values.dtype == np.uint16:
+        assert cv2.imwrite(str(path), values[..., ::-1] if values.ndim == 3 else values)
+    else:
+        Image.fromarray(values).save(path)
+    return path
+
+
+def test_read_mask_takes_stored_values_of_any_channel_and_ignores_alpha(tmp_path):
+    person = np.zeros((12, 9), bool)
+    person[3:9, 2:6] = True
+    label16 = _mask_png(tmp_path / "label16.png", person.astype(np.uint16))  # value 1: 0 once scaled to 8 bits
+    rgb16 = np.zeros((12, 9, 3), np.uint16)
+    rgb16[person, 1] = 1  # green 1 of 65535
+    palette = Image.fromarray(person.astype(np.uint8), mode="P")
+    palette.putpalette([0, 0, 0, 0, 128, 0] + [0] * 762)  # index 1 drawn green: no red at all
+    palette.save(tmp_path / "palette.png")
+    green = np.zeros((12, 9, 3), np.uint8)
+    green[person] = (0, 255, 0)
+    rgba = np.zeros((12, 9, 4), np.uint8)
+    rgba[..., 3] = 255  # opaque everywhere: alpha is not the mask
+    rgba[person, 2] = 7
+    la = np.zeros((12, 9, 2), np.uint8)
+    la[..., 1] = 255
+    la[person, 0] = 1
+    files = [label16, _mask_png(tmp_path / "rgb16.png", rgb16), tmp_path / "palette.png",
+             _mask_png(tmp_path / "green.png", green), _mask_png(tmp_path / "rgba.png", rgba)]
+    Image.fromarray(la, mode="LA").save(tmp_path / "la.png")
+    for path in [*files, tmp_path / "la.png"]:
+        got = read_mask(path)
+        assert got.dtype == bool and np.array_equal(got, person), path.name
+    rotated = _with_orientation(tmp_path / "rot.png", (person * 255).astype(np.uint8), 6)
+    assert np.array_equal(read_mask(rotated), np.rot90(person, -1))  # shown rotated 90 clockwise, as images
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ImageReadError, match="bad.png"):
+        read_mask(tmp_path / "bad.png")
+
+
 # ----------------------------------------------------------------------------------------------------------- writing
 
 def test_writers_round_trip_and_leave_no_temporaries(tmp_path):
@@ -325,6 +392,16 @@ def test_save_json_converts_numpy_and_non_finite(tmp_path):
     save_json(tmp_path / "o.json", obj)
     assert json.loads((tmp_path / "o.json").read_text()) == {
         "a": 1.5, "b": [0, 1, 2], "c": [1.0, None, None], "3": True, "p": "x/y", "n": [7, None]}
+
+
+def test_save_json_writes_bf16_and_fp16_tensors(tmp_path):
+    import torch
+
+    values = [1.5, -2.25, 0.0078125]  # exact in bf16 and fp16
+    save_json(tmp_path / "t.json", {"bf16": torch.tensor(values, dtype=torch.bfloat16),
+                                    "fp16": torch.tensor(values, dtype=torch.float16),
+                                    "fp64": torch.tensor([0.1], dtype=torch.float64)})
+    assert json.loads((tmp_path / "t.json").read_text()) == {"bf16": values, "fp16": values, "fp64": [0.1]}
 
 
 def test_failed_write_keeps_old_file_and_no_temporary(tmp_path):

@@ -276,3 +276,164 @@ def test_run_batch_on_cuda_pins_on_the_readers_and_writes_what_staging_in_submit
         pinned, staged = (np.array(Image.open(tmp_path / d / f"{p.stem}_seg.png")) for d in ("pinned", "staged"))
         assert pinned.shape == staged.shape == np.array(Image.open(p)).shape[:2]
         assert np.array_equal(pinned, staged)
+
+
+class _Tagged:
+    """Seg stand-in whose labels are the ``tags`` it is given, one per image."""
+
+    task = "seg"
+
+    def __init__(self):
+        self.batches = []
+
+    def submit(self, images, tags):
+        self.batches.append([int(im[0, 0, 0]) for im in images])
+        results = [SegResult(np.full(im.shape[:2], t, np.uint8), ("a",) * 5) for im, t in zip(images, tags)]
+        return Pending(None, lambda: results)
+
+
+def test_run_batch_fails_only_the_images_whose_keyword_arguments_fail(tmp_path):
+    """A ``predict_kwargs`` that raises for one image (an unreadable mask file) fails that image, reported; the others
+    of its batch are predicted with their own arguments. One that raises only for the batch fails the batch."""
+    paths = _pngs(tmp_path, 6)  # pixel value = index
+
+    def tags(batch_paths, images):
+        for path in batch_paths:
+            if path.name in ("01.png", "04.png"):
+                raise ValueError(f"mask of {path.name} is unreadable")
+        return {"tags": [10 * int(im[0, 0, 0]) for im in images]}
+
+    seg, out = _Tagged(), tmp_path / "out"
+    report = batch.run_batch(seg, paths, out, batch_size=3, workers=0, progress=False, predict_kwargs=tags)
+    assert seg.batches == [[0, 2], [3, 5]]
+    assert [(p.name, e) for p, e in report.failed] == [
+        ("01.png", f"{paths[1]}: ValueError: mask of 01.png is unreadable"),
+        ("04.png", f"{paths[4]}: ValueError: mask of 04.png is unreadable")]
+    assert sorted(p.name for p in report.done) == ["00.png", "02.png", "03.png", "05.png"]
+    for k in (0, 2, 3, 5):
+        assert (np.array(Image.open(out / f"{k:02d}_seg.png")) == 10 * k).all()
+
+    def batch_only(batch_paths, images):
+        if len(batch_paths) > 1:
+            raise RuntimeError("too many at once")
+        return {"tags": [1] * len(images)}
+
+    report = batch.run_batch(_Tagged(), paths[:4], tmp_path / "out2", batch_size=2, workers=0, progress=False,
+                             predict_kwargs=batch_only)
+    assert not report.done and [p.name for p, _ in report.failed] == ["00.png", "01.png", "02.png", "03.png"]
+    assert all(e.endswith("RuntimeError: too many at once") for _, e in report.failed)
+
+
+def test_batch_sizes_below_one_are_refused(tmp_path):
+    paths = _pngs(tmp_path, 2)
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {size}"):
+            batch.run_batch(_Tagged(), paths, tmp_path / "out", batch_size=size, workers=0, progress=False)
+        with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {size}"):
+            batch.run_video(_Tagged(), tmp_path / "v.mp4", tmp_path / "out", batch_size=size, progress=False)
+
+
+def test_unique_stems_fall_back_to_the_parent_then_the_extension():
+    from pathlib import Path
+
+    paths = [Path("dup/photo.jpg"), Path("dup/photo.png"), Path("other/photo.jpg"), Path("a/x.png"),
+             Path("b/x.png"), Path("solo.mp4")]
+    assert batch.unique_stems(paths) == ["photo_jpg", "photo_png", "other_photo", "a_x", "b_x", "solo"]
+    with pytest.raises(ValueError, match="same output names: photo_jpg"):
+        batch.unique_stems([Path("x/a/photo.jpg"), Path("y/a/photo.jpg")])
+
+
+class _Seg0:
+    """Seg stand-in: background everywhere."""
+
+    task = "seg"
+
+    def submit(self, images):
+        results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
+        return Pending(None, lambda: results)
+
+
+def _fake_video(monkeypatch, frames, fps=10.0):
+    """``run_video``'s reads of a video served from ``frames``; returns the VideoWriters it makes (recorded)."""
+    from types import SimpleNamespace
+
+    import opensapiens.io as io
+
+    monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=fps))
+    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
+    made = []
+
+    class Writer:
+        def __init__(self, path, fps):
+            made.append(self)
+            self.path, self.fps, self.frames, self.state = path, fps, 0, "open"
+
+        def write(self, picture):
+            self.frames += 1
+
+        def close(self):
+            self.state = "closed"
+
+        def abort(self):
+            self.state = "aborted"
+
+    monkeypatch.setattr(io, "VideoWriter", Writer)
+    return made
+
+
+def test_a_features_video_writes_its_frames_and_no_picture_video(tmp_path, monkeypatch):
+    """Features have no picture: a video writer opened for them got no frame and failed every features video."""
+    from opensapiens.inference.results import FeatureResult
+
+    made = _fake_video(monkeypatch, [np.full((8, 6, 3), k, np.uint8) for k in range(5)])
+
+    class Features:
+        task = "features"
+
+        def submit(self, images):
+            results = [FeatureResult(np.full((4, 1, 1), im[0, 0, 0], np.float32)) for im in images]
+            return Pending(None, lambda: results)
+
+    assert batch.run_video(Features(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
+    assert made == []
+    assert [float(np.load(tmp_path / "out" / "v" / f"frame_{k:06d}_features.npy")[0, 0, 0]) for k in range(5)] == [
+        0, 1, 2, 3, 4]
+
+
+def test_a_video_without_a_frame_rate_gets_a_30_fps_picture_video(tmp_path, monkeypatch):
+    made = _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 3, fps=0.0)
+    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", progress=False) == 3
+    assert [(w.fps, w.frames, w.state) for w in made] == [(30.0, 3, "closed")]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_video_whose_inference_fails_raises_that_error_and_keeps_the_finished_video(tmp_path, fail_at):
+    """A failed batch (the first, or a later one) must end the video with its own error, not "no frames were
+    written", and the picture video written so far must not replace the one a finished run left."""
+    pytest.importorskip("av")
+    from opensapiens.io import VideoWriter, iter_video_frames
+
+    video = tmp_path / "v.mp4"
+    with VideoWriter(video, fps=10) as writer:
+        for k in range(6):
+            writer.write(np.full((8, 6, 3), 40 * k, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "v_seg.mp4").write_bytes(b"a finished run's video")
+
+    class Flaky(_Seg0):
+        calls = 0
+
+        def submit(self, images):
+            self.calls += 1
+            if self.calls == fail_at:
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return super().submit(images)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batch.run_video(Flaky(), video, out, batch_size=2, progress=False)
+    assert (out / "v_seg.mp4").read_bytes() == b"a finished run's video"
+    assert sorted(p.name for p in out.iterdir()) == ["v", "v_seg.mp4"]  # no temporary left either
+    assert not list((out / "v").glob("video_*.json"))  # not recorded as finished
+    batch.run_video(_Seg0(), video, out, batch_size=2, progress=False)  # and a run that finishes replaces it
+    assert len(list(iter_video_frames(out / "v_seg.mp4"))) == 6

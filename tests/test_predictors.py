@@ -120,6 +120,61 @@ def test_pose_whole_image_when_no_boxes_and_empty_when_no_people():
     assert empty.keypoints.shape == (0, 17, 2)
 
 
+def test_pose_with_no_people_returns_empty_heatmaps_when_asked_for_them():
+    """``--raw`` writes the heatmaps of every image; an image without people must get an empty (0, K, h, w) array,
+    as an image with people gets (N, K, h, w), or its outputs never all exist and ``--resume`` never skips it."""
+    predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT)
+    img = _image_with_dots(128, 96, [(50.0, 64.0)])
+    empty = predictor.predict_batch([img, img], boxes=[np.zeros((0, 4)), np.zeros((0, 5))], return_heatmaps=True)
+    for res in empty:
+        assert res.heatmaps is not None and res.heatmaps.shape == (0, 17, INPUT[0] // 4, INPUT[1] // 4)
+        assert res.heatmaps.dtype == np.float32
+    assert predictor(img, boxes=np.zeros((0, 4))).heatmaps is None  # not asked for
+
+
+def test_pose_drops_boxes_that_describe_no_region_with_one_warning():
+    """A zero-size or inverted (x2 < x1, y2 < y1) box has nothing to crop: it is dropped, with a warning naming how
+    many, and the other people of the batch come back as without it (the whole batch failed before)."""
+    predictor = PosePredictor(Stand_in("pose", 17, _dot_heatmaps), input_size=INPUT)
+    dots = [(60.3, 70.7)]
+    img_a, img_b = _image_with_dots(180, 260, dots), _image_with_dots(60, 50, [])
+    good = np.array([[30, 30, 95, 120, 0.7]], np.float32)
+    bad = np.array([[5, 5, 5, 5, 0.9], [10, 10, 5, 5, 0.9], [5, 5, 5, 20, 0.9]], np.float32)
+    with pytest.warns(UserWarning, match="dropped 4 person box") as record:
+        res_a, res_b = predictor.predict_batch([img_a, img_b], boxes=[np.concatenate([bad[:1], good]), bad])
+    assert len(record) == 1
+    assert res_a.boxes.tolist() == [[30, 30, 95, 120]] and res_a.box_scores.tolist() == pytest.approx([0.7])
+    assert np.abs(res_a.keypoints[0] - np.array(dots[0])).max() < 0.6
+    assert res_b.keypoints.shape == (0, 17, 2) and res_b.boxes.shape == (0, 4) and res_b.box_scores.shape == (0,)
+
+
+def test_masks_of_another_size_than_their_image_are_a_clear_error():
+    depth = DepthPredictor(Stand_in("depth", 1, lambda x: x[:, :1] * 0 + 1), input_size=INPUT)
+    img = np.zeros((40, 30, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"mask 1 has shape \(10, 10\), its image \(H, W\) \(40, 30\)"):
+        depth.predict_batch([img, img], masks=[np.ones((40, 30), bool), np.ones((10, 10), bool)])
+
+
+def test_images_without_a_given_mask_take_the_seg_predictors_foreground():
+    """Masks where given, the seg model's foreground for the images without one (None), and only those are
+    segmented."""
+    seg = SegPredictor(Stand_in("seg", 2, _red_logits), input_size=INPUT)
+    segmented = []
+    submit = seg.submit
+    seg.submit = lambda images, **kw: segmented.append(len(images)) or submit(images, **kw)
+    normal = NormalPredictor(Stand_in("normal", 3, lambda x: x[:, :3, ::2, ::2] * 0 + 1), input_size=INPUT, seg=seg)
+    img = np.full((60, 40, 3), 10, np.uint8)
+    img[10:50, 10:30, 0] = 250  # the seg stand-in's foreground: the red rectangle
+    given = np.zeros((60, 40), bool)
+    given[:5, :5] = True
+    with_mask, without = normal.predict_batch([img, img], masks=[given, None])
+    assert segmented == [1]
+    assert (with_mask.mask == given).all()
+    red = img[..., 0] > 128
+    assert without.mask is not None and (without.mask == red).mean() > 0.97
+    assert (without.normals[~without.mask] == 0).all()
+
+
 def test_pose_boxes_from_a_detector_batched_or_per_image():
     """A detector with ``detect_batch`` (ours) gets the whole batch in one call; a plain callable one image at a
     time; either way each person is cropped from its box and lands at its dot."""

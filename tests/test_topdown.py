@@ -212,3 +212,14 @@ def test_flip_test_formula_on_fixed_outputs():
     np.testing.assert_array_equal(seen[1].numpy(), crops.numpy()[..., ::-1])  # the second pass sees the mirror
     with pytest.raises(ValueError, match="flip_indices"):
         flip_test(forward, crops, [0, 1])
+
+
+def test_non_positive_scale_error_says_which_boxes_give_one():
+    """A box of zero width but some height still gets a positive scale (enlarged to the aspect): only boxes whose
+    width and height are both <= 0 reach the check, and its message must say so, not blame any zero side."""
+    center, scale = boxes_to_center_scale(torch.tensor([[5.0, 5.0, 5.0, 20.0], [5.0, 5.0, 5.0, 5.0],
+                                                        [10.0, 10.0, 5.0, 5.0], [0.0, 0.0, 8.0, -3.0]]))
+    assert (scale[[0, 3]] > 0).all() and (scale[[1, 2]] <= 0).all()
+    udp_affine(center[[0]], scale[[0]], OUT)
+    with pytest.raises(ValueError, match=r"2 of 4 \(w, h\).*width and height are both zero or negative"):
+        udp_affine(center, scale, OUT)

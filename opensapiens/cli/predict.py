@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input-size", type=parse_size, default=None, help="model input HxW (default 1024x768)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--fp8", action="store_true",
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
@@ -57,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stretch (official) or aspect-preserving pad")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
     p.add_argument("--no-vis", action="store_true", help="skip the visualization images")
-    p.add_argument("--resume", action="store_true", help="skip inputs whose outputs already exist")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose outputs already exist (videos: those a finished run recorded)")
     g = p.add_argument_group("pose")
     g.add_argument("--detections", type=Path, help="COCO-style detections JSON with person boxes")
     g.add_argument("--detector", "--detector-weights", dest="detector", default=None,
@@ -72,7 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="videos: no track ids (by default each person keeps an id from frame to frame)")
     g = p.add_argument_group("depth / normal")
     g.add_argument("--seg-checkpoint", help="segmentation model whose foreground masks depth/normal outputs")
-    g.add_argument("--masks", type=Path, help="folder of foreground masks STEM.png (non-zero = person)")
+    g.add_argument("--masks", type=Path,
+                   help="folder of foreground masks STEM.png (non-zero = person: any channel's stored value, palette "
+                        "index or 16-bit value; alpha ignored), each the size of its image")
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -99,14 +102,26 @@ def _load(args: argparse.Namespace):
                           input_size=args.input_size, fp8=args.fp8, **kwargs)
 
 
+def _detection_entry(dets: dict, path: Path) -> dict | None:
+    """``path``'s entry of ``load_detections``: by file name, by stem, or by a numeric stem as the COCO image_id
+    (000000000139.jpg is image 139 in files without file names, as COCO_val2017_detections_AP_H_70_person.json)."""
+    entry = dets.get(path.name) or dets.get(path.stem)
+    if entry is None and path.stem.isascii() and path.stem.isdigit():
+        entry = dets.get(int(path.stem))
+    return entry
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.batch import READER_THREADS, run_batch, run_video
-    from ..io.images import list_inputs, read_image
+    from ..inference.batch import READER_THREADS, run_batch, run_video, unique_stems, video_finished
+    from ..io.images import is_video, list_inputs, read_mask
 
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
         paths = list_inputs(args.inputs)
+        stems = dict(zip(paths, unique_stems(paths)))  # images and videos named together: no two write one name
+        if args.masks is not None and not args.masks.is_dir():
+            raise FileNotFoundError(f"--masks {str(args.masks)!r}: no such folder")
         dets = None
         if args.task == "pose" and args.detections:
             from ..inference.detector import load_detections  # (torchvision: only when asked for)
@@ -117,36 +132,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    videos = [p for p in paths if is_video(p)]
+    images = [p for p in paths if not is_video(p)]
     per_batch = None
     if dets is not None:
+        if images and not any(_detection_entry(dets, path) is not None for path in images):
+            print(f"warning: no input image matches an entry of {args.detections} (by file name, stem, or numeric "
+                  "stem as image_id): no people will be found", file=sys.stderr, flush=True)
+
         def per_batch(batch_paths, images):
             boxes = []
-            for path in batch_paths:
-                entry = dets.get(path.name) or dets.get(path.stem)
-                boxes.append(np.zeros((0, 4), np.float32) if entry is None else entry["boxes"])
+            for path in batch_paths:  # (N, 5): x1, y1, x2, y2 and the box score, which each person's score includes
+                entry = _detection_entry(dets, path)
+                boxes.append(np.zeros((0, 5), np.float32) if entry is None else
+                             np.concatenate([entry["boxes"], entry["scores"][:, None]], axis=1))
             return {"boxes": boxes}
     elif args.task in ("depth", "normal") and args.masks:
         def per_batch(batch_paths, images):
             masks = []
-            for path, _im in zip(batch_paths, images):
+            for path, image in zip(batch_paths, images):
                 mask_file = args.masks / f"{path.stem}.png"
-                masks.append(read_image(mask_file)[..., 0] > 0 if mask_file.is_file() else None)
+                mask = read_mask(mask_file) if mask_file.is_file() else None
+                if mask is not None and mask.shape != tuple(image.shape[:2]):
+                    raise ValueError(f"mask {mask_file} is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is "
+                                     f"{image.shape[0]}x{image.shape[1]}")
+                masks.append(mask)
             return {"masks": masks}
 
-    from ..io.images import is_video
-
-    videos = [p for p in paths if is_video(p)]
-    images = [p for p in paths if not is_video(p)]
     t0 = time.perf_counter()
     workers = READER_THREADS if args.workers is None else args.workers
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=workers,
                        writers=args.writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
-                       predict_kwargs=per_batch, decode=args.decode)
+                       predict_kwargs=per_batch, decode=args.decode, stems=[stems[p] for p in images])
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
+        if args.resume and video_finished(args.task, args.out, stems[video], vis=not args.no_vis, raw=args.raw):
+            report.skipped.append(video)
+            continue
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=args.writers, track=not args.no_track)
+                          writers=args.writers, track=not args.no_track, stem=stems[video])
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,6 +46,7 @@ OUTPUTS = {
 }
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
+RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}
 
 
 # run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
@@ -166,10 +168,14 @@ def _load(paths: Sequence[Path], batch_size: int, workers: int, reader: Callable
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:
-    """Output names: the file stem, or parent_stem where two inputs share a stem."""
-    stems = [p.stem for p in paths]
-    dup = {s for s in stems if stems.count(s) > 1}
-    out = [f"{p.parent.name}_{p.stem}" if p.stem in dup else p.stem for p in paths]
+    """Output names: the file stem; parent_stem where two inputs share a stem; stem_ext where those still clash
+    (photo.jpg and photo.png in one folder: photo_jpg, photo_png). A ``ValueError`` names what still clashes."""
+    def spread(names: list[str], fallback) -> list[str]:
+        counts = collections.Counter(names)
+        return [fallback(p) if counts[n] > 1 else n for p, n in zip(paths, names)]
+
+    out = spread([p.stem for p in paths], lambda p: f"{p.parent.name}_{p.stem}")
+    out = spread(out, lambda p: f"{p.stem}_{p.suffix.lstrip('.').lower()}")
     if len(set(out)) != len(out):
         clash = sorted({s for s in out if out.count(s) > 1})
         raise ValueError(f"several inputs would write the same output names: {', '.join(clash[:5])}")
@@ -179,10 +185,14 @@ def unique_stems(paths: Sequence[Path]) -> list[str]:
 def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_size: int = 4,
               workers: int = READER_THREADS,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
-              progress: bool = True, writers: int | None = None, decode: str = "host") -> BatchReport:
+              progress: bool = True, writers: int | None = None, decode: str = "host",
+              stems: Sequence[str] | None = None) -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
-    ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...).
+    ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...); where it
+    raises, each image of the batch is tried alone, those that still raise are reported as failed and the others go
+    on together. ``stems``: the output names (default ``unique_stems(paths)``; a caller that also writes videos names
+    both together).
     ``workers`` threads read the images, ``writers`` threads (default ``default_writers``) write the outputs.
     ``decode="device"`` decodes JPEGs on the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the
     reading threads.
@@ -191,9 +201,13 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     """
     from tqdm import tqdm
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    stems = unique_stems(paths) if stems is None else list(stems)
+    if len(stems) != len(paths):
+        raise ValueError(f"got {len(stems)} output names for {len(paths)} inputs")
     out_dir.mkdir(parents=True, exist_ok=True)
     task = predictor.task
-    stems = unique_stems(paths)
     report = BatchReport()
     todo = []
     for p, s in zip(paths, stems):
@@ -202,7 +216,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         else:
             todo.append((p, s))
     todo_paths = [p for p, _ in todo]
-    flag = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}.get(task)
+    flag = RAW_FLAG.get(task)
     writers = default_writers(task, vis) if writers is None else writers
     if writers < 1:
         raise ValueError(f"writers must be at least 1, got {writers}")
@@ -218,18 +232,42 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     reader = functools.partial(_read_for_model, read=read, prepare=prepare)
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
+    def fail(i: int, err: str) -> None:
+        report.failed.append((todo_paths[i], err))
+        bar.write(f"skipped: {err}")
+
+    def with_kwargs(good: list[tuple[int, tuple]]) -> tuple[list[tuple[int, tuple]], dict]:
+        """(the items that ``predict_kwargs`` serves, its keyword arguments for them); a bad mask file fails its
+        image, not the batch."""
+        if predict_kwargs is None or not good:
+            return good, {}
+        try:
+            return good, predict_kwargs([todo_paths[i] for i, _ in good], [p[0] for _, p in good])
+        except Exception as e:  # noqa: BLE001 - which image? each alone
+            batch_error = e
+        kept = []
+        for i, pair in good:
+            try:
+                predict_kwargs([todo_paths[i]], [pair[0]])
+                kept.append((i, pair))
+            except Exception as e:  # noqa: BLE001 - reported as this image's failure
+                fail(i, f"{todo_paths[i]}: {type(e).__name__}: {e}")
+        if len(kept) == len(good):  # no image fails alone: the batch does
+            for i, _ in good:
+                fail(i, f"{todo_paths[i]}: {type(batch_error).__name__}: {batch_error}")
+            return [], {}
+        return with_kwargs(kept) if kept else ([], {})
+
     def batches() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
         """((input indices, images), images, predict keyword arguments) per batch read; unreadable files reported."""
         for items in _load(todo_paths, batch_size, workers, reader):
             for i, _, err in items:
                 if err is not None:
-                    report.failed.append((todo_paths[i], err))
-                    bar.write(f"skipped: {err}")
+                    fail(i, err)
             bar.update(len(items))
-            good = [(i, pair) for i, pair, err in items if err is None]  # pair: (image, the model's input)
+            good, kwargs = with_kwargs([(i, pair) for i, pair, err in items if err is None])  # pair: (image, input)
             if good:
                 ids, images, inputs = [i for i, _ in good], [p[0] for _, p in good], [p[1] for _, p in good]
-                kwargs = predict_kwargs([todo_paths[i] for i in ids], images) if predict_kwargs else {}
                 if raw and flag:
                     kwargs[flag] = True
                 yield (ids, images), inputs, kwargs
@@ -266,47 +304,73 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
     raise TypeError(f"no picture for {type(result).__name__}")
 
 
+def video_manifest(out_dir: Path, stem: str, task: str) -> Path:
+    """Where ``run_video`` records a finished video: ``out_dir/STEM/video_<task>.json``."""
+    return out_dir / stem / f"video_{task}.json"
+
+
+def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> bool:
+    """Whether ``run_video`` finished the video named ``stem`` for ``task`` (``resume``): its manifest, written last,
+    says so (with the raw outputs when ``raw`` asks for them), and, with ``vis``, its picture video exists."""
+    try:
+        manifest = json.loads(video_manifest(out_dir, stem, task).read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("task") != task or (raw and not manifest.get("raw")):
+        return False
+    return not vis or task == "features" or (out_dir / f"{stem}_{task}.mp4").is_file()
+
+
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
               raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None,
-              track: bool = True) -> int:
+              track: bool = True, stem: str | None = None) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
-    ``frame_000000...`` like images) and, with ``vis``, ``out_dir/STEM_<task>.mp4`` side by side with the input.
-    Returns the number of frames done. With ``track``, pose gives each person a ``track_id`` that follows them
-    from frame to frame (``PoseTracker``), in the JSON and on the pictures.
+    ``frame_000000...`` like images) and, with ``vis`` (not for features), ``out_dir/STEM_<task>.mp4`` side by side
+    with the input. ``stem`` defaults to the file's. Returns the number of frames done. With ``track``, pose gives
+    each person a ``track_id`` that follows them from frame to frame (``PoseTracker``), in the JSON and on the
+    pictures.
 
     ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; the pictures
-    are encoded in frame order.
+    are encoded in frame order. The picture video replaces ``STEM_<task>.mp4`` only when every frame is done; on an
+    error it is discarded and the error raised. Last, ``video_manifest`` records the finished video
+    (``video_finished``).
     """
     from tqdm import tqdm
 
     from ..io import VideoWriter, iter_video_frames, video_info
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    stem = path.stem if stem is None else stem
     info = video_info(path)
-    frames_dir = out_dir / path.stem
+    fps = info.fps or 30.0  # a header without a frame rate: the picture video plays at 30 fps, a common camera rate
+    frames_dir = out_dir / stem
     writers = default_writers(predictor.task, vis) if writers is None else writers
     frames_dir.mkdir(parents=True, exist_ok=True)
     total = info.num_frames // step if info.num_frames else None
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
-    writer = VideoWriter(out_dir / f"{path.stem}_{predictor.task}.mp4", fps=info.fps / step) if vis else None
+    pictures = vis and predictor.task != "features"  # features have no picture
+    writer = VideoWriter(out_dir / f"{stem}_{predictor.task}.mp4", fps=fps / step) if pictures else None
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
     def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
-        """((frame indices, frames), frames, {}) per chunk of ``batch_size`` frames."""
+        """((frame indices, frames), frames, keyword arguments) per chunk of ``batch_size`` frames."""
+        kwargs = {RAW_FLAG[predictor.task]: True} if raw and predictor.task in RAW_FLAG else {}
         indices, frames = [], []
         for index, frame in iter_video_frames(path, step=step):
             indices.append(index)
             frames.append(frame)
             if len(frames) == batch_size:
-                yield (indices, frames), frames, {}
+                yield (indices, frames), frames, dict(kwargs)
                 indices, frames = [], []
         if frames:
-            yield (indices, frames), frames, {}
+            yield (indices, frames), frames, dict(kwargs)
 
     def frame_outputs(index: int, image: np.ndarray, result) -> np.ndarray | None:
         """Writer thread: the frame's files, and its picture for the video (None without one)."""
         write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw)
-        if writer is None or predictor.task == "features":
+        if writer is None:
             return None
         return side_by_side([image, visualize_result(image, result)])
 
@@ -332,10 +396,16 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
                 queued.extend(pool.submit(frame_outputs, *item) for item in zip(indices, frames, results))
                 encode(queued, keep=2 * batch_size + writers)
             encode(queued, keep=0)
-    finally:
         if writer is not None:
             writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()  # a truncated video must not take the finished one's name; the error is what is reported
+        raise
+    finally:
         bar.close()
+    save_json(video_manifest(out_dir, stem, predictor.task), {
+        "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw})
     return done
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from ..checkpoints.loading import native_input_size
 from ..codecs.heatmap import decode_udp_heatmaps
 from ..metadata import KeypointSet, keypoint_set, seg_classes
 from ..models import SapiensModel
+from ..models.heads import HEAD_SPECS
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
@@ -136,28 +138,40 @@ class _MaskedDense(Predictor):
 
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], masks=None, return_raw: bool = False) -> Pending:
-        """``masks``: per image an (H, W) foreground or None; None = from the seg predictor, if any."""
+        """``masks``: per image an (H, W) foreground or None (or None for all): where None, the seg predictor's
+        foreground, if there is one, else no mask."""
         images = upload_images(images, self.device)  # once: the seg predictor takes them as they are
-        masks = self._masks(images, masks)
+        given, segmented, seg_pending = self._masks(images, masks)
         raw, metas = self._dense(images)
 
         def finish() -> list:
-            foreground = [r.foreground for r in masks.result()] if isinstance(masks, Pending) else masks
+            foreground = given
+            if seg_pending is not None:
+                foreground = list(given)
+                for i, r in zip(segmented, seg_pending.result()):
+                    foreground[i] = r.foreground
             return [self._result(self._restored(raw, metas, i), None if foreground is None else foreground[i],
                                  raw[i].cpu().numpy() if return_raw else None) for i in range(len(metas))]
 
         return Pending(self.device, finish)
 
-    def _masks(self, images: list[np.ndarray], masks) -> list[np.ndarray | None] | Pending | None:
-        """The given masks checked, the seg predictor's batch submitted (its results' foregrounds), or None."""
-        if masks is not None:
+    def _masks(self, images: list[np.ndarray], masks
+               ) -> tuple[list[np.ndarray | None] | None, list[int], Pending | None]:
+        """(the given masks checked, the images the seg predictor masks instead, its submitted batch): it takes
+        every image without a given mask."""
+        if masks is None:
+            given = None if self.seg is None else [None] * len(images)
+        else:
             masks = [masks] if isinstance(masks, np.ndarray) and len(images) == 1 and masks.ndim == 2 else masks
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
-            return [None if m is None else np.asarray(m).astype(bool) for m in masks]
-        if self.seg is not None:
-            return self.seg.submit(images)
-        return None
+            given = [None if m is None else np.asarray(m).astype(bool) for m in masks]
+            for i, (m, image) in enumerate(zip(given, images)):
+                if m is not None and m.shape != tuple(image.shape[:2]):
+                    raise ValueError(f"mask {i} has shape {m.shape}, its image (H, W) {tuple(image.shape[:2])}")
+        segmented = [i for i, m in enumerate(given or []) if m is None] if self.seg is not None else []
+        pending = self.seg.submit([images[i] for i in segmented]) if segmented else None
+        return given, segmented, pending
 
     def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None):
         raise NotImplementedError
@@ -240,20 +254,38 @@ class PosePredictor(Predictor):
         whole = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in images]
         return whole, [np.ones(1, np.float32) for _ in images]
 
+    @staticmethod
+    def _drop_empty_boxes(box_list: list[np.ndarray], score_list: list[np.ndarray]
+                          ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Boxes without a positive width and height (x2 <= x1 or y2 <= y1, NaN) describe no region: dropped, with
+        one warning saying how many, instead of failing the whole batch at the crop."""
+        keep = [(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1]) for b in (np.asarray(b) for b in box_list)]
+        dropped = sum(int((~k).sum()) for k in keep)
+        if dropped:
+            warnings.warn(f"dropped {dropped} person box(es) without a positive width and height (x2 <= x1 or "
+                          "y2 <= y1): they describe no region to crop", stacklevel=4)
+            box_list = [np.asarray(b)[k] for b, k in zip(box_list, keep)]
+            score_list = [np.asarray(s)[k] for s, k in zip(score_list, keep)]
+        return box_list, score_list
+
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], boxes=None, return_heatmaps: bool = False) -> Pending:
-        """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image.
+        """``boxes``: per image an (N, 4) xyxy array (or (N, 5) with scores); None = detector or whole image. Boxes
+        without a positive width and height are dropped with a warning.
 
         All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
         uploaded = upload_images(images, self.device) if self.detector_takes_upload(boxes) else None
-        box_list, score_list = self._boxes(images if uploaded is None else uploaded, boxes)
+        box_list, score_list = self._drop_empty_boxes(*self._boxes(images if uploaded is None else uploaded, boxes))
         counts = [len(b) for b in box_list]
         if sum(counts) == 0:
             K = self.keypoint_set.num_keypoints
+            stride = HEAD_SPECS["pose"].stride()
+            heat_shape = (0, K, self.input_size[0] // stride, self.input_size[1] // stride)  # as the model's, empty
             empty = [PoseResult(np.zeros((0, K, 2), np.float32), np.zeros((0, K), np.float32),
-                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name)
+                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name,
+                                np.zeros(heat_shape, np.float32) if return_heatmaps else None)
                      for _ in images]
             return Pending(None, lambda: empty)
         if uploaded is None:

@@ -17,7 +17,7 @@ class PoseResult:
     keypoints: np.ndarray  # (N, K, 2) float32
     scores: np.ndarray  # (N, K) float32: heatmap maxima, ~0..1
     boxes: np.ndarray  # (N, 4) float32 xyxy person boxes that were cropped
-    box_scores: np.ndarray  # (N,) float32 detector scores (1 for given or whole-image boxes)
+    box_scores: np.ndarray  # (N,) float32 detector scores (1 for whole-image boxes and given boxes without scores)
     keypoint_set: str = "goliath"
     heatmaps: np.ndarray | None = None  # (N, K, h, w) raw heatmaps when requested
     track_ids: np.ndarray | None = None  # (N,) int64 identities across video frames (``PoseTracker``), if tracked

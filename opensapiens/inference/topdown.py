@@ -73,8 +73,9 @@ def udp_affine(
     """
     center = _as_float(center, "center", 2)
     scale = _as_float(scale, "scale", 2).to(center)
-    if (scale <= 0).any():  # reads the device: the inference paths keep boxes on the host, where this is free
-        raise ValueError("scale must be positive (boxes with zero width or height cannot be cropped)")
+    if (bad := int((scale <= 0).any(dim=1).sum())):  # reads the device: inference keeps boxes on the host (free)
+        raise ValueError(f"scale must be positive: {bad} of {len(scale)} (w, h) are not (boxes_to_center_scale "
+                         "gives that to a box whose width and height are both zero or negative)")
     H, W = output_size
     N = center.shape[0]
     rot = torch.zeros(N, dtype=center.dtype, device=center.device)

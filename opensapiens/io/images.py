@@ -87,8 +87,10 @@ def _expand(spec: str, recursive: bool, base: Path | None, open_lists: tuple[Pat
     if path.is_dir():
         found = _media_files(path.rglob("*") if recursive else path.iterdir(), root=path)
         if not found:
-            hint = "" if recursive else " (sub-folders are searched only with recursive=True)"
-            raise FileNotFoundError(f"folder {str(path)!r} contains no image or video files{hint}")
+            deeper = not recursive and any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
+            hint = f"; sub-folders are not searched (pass '{path / '**' / '*'}', quoted, for them)" if deeper else ""
+            raise FileNotFoundError(f"folder {str(path)!r} contains no image or video files{' directly' * deeper}"
+                                    f"{hint}")
         return found
     if any(c in spec for c in "*?["):
         found = _media_files(Path(p) for p in glob.glob(str(path), recursive=True))
@@ -117,6 +119,8 @@ def _read_list(list_file: Path, recursive: bool, open_lists: tuple[Path, ...]) -
             out += _expand(entry, recursive, list_file.parent, open_lists + (key,))
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{list_file}:{lineno}: {e}") from e
+    if not out:  # every entry raises when it matches nothing: only a list without entries gets here
+        raise FileNotFoundError(f"input list {str(list_file)!r} names no inputs (it is empty or only comments)")
     return out
 
 
@@ -340,6 +344,43 @@ def read_image(path: str | Path, jpeg_decoder: JpegDecoder = _decode_jpeg) -> np
     return np.ascontiguousarray(rgb) if isinstance(rgb, np.ndarray) else rgb.contiguous()
 
 
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a foreground mask as an upright (H, W) bool array: True where any channel's stored value is non-zero.
+
+    Stored values, not ``read_image``'s 8-bit RGB: a 16-bit label 1 would round to 0 and a palette's index 1 may be
+    drawn in a colour without red. Palette images give their indices, 16-bit images their raw values; alpha is
+    ignored; EXIF orientation is applied as for images. Raises ``ImageReadError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "no such file" if not path.exists() else "is not a file")
+    try:
+        data = path.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
+            if not im.mode.startswith("I") and _has_16bit_samples(im):  # Pillow would keep only the high byte
+                values = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # as stored, no rotation
+                if values is None:
+                    raise ImageReadError(path, "cannot decode 16-bit samples")
+                if values.ndim == 3 and values.shape[2] in (2, 4):  # gray + alpha, BGR + alpha: alpha ignored
+                    values = values[..., : values.shape[2] - 1]
+            else:
+                values = np.asarray(im)
+                values = values[..., :-1] if im.mode in ("LA", "La", "PA", "RGBA", "RGBa") else values
+            orientation = _exif_orientation(im)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError as e:
+        raise ImageReadError(path, "not an image in a format Pillow can read") from e
+    except Exception as e:  # damaged data raises many types, as in read_image
+        raise ImageReadError(path, f"damaged or unsupported image data ({type(e).__name__}: {e})") from e
+    foreground = np.nan_to_num(values) != 0 if values.dtype.kind == "f" else values != 0
+    if foreground.ndim == 3:
+        foreground = foreground.any(axis=2)
+    if foreground.ndim != 2 or 0 in foreground.shape:
+        raise ImageReadError(path, f"decoded to an unusable mask of shape {values.shape}")
+    return np.ascontiguousarray(upright(foreground, orientation))
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Atomic writers
 # ----------------------------------------------------------------------------------------------------------------
@@ -414,7 +455,10 @@ def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return to_jsonable(dataclasses.asdict(obj))
     if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch
-        obj = obj.detach().cpu().numpy()
+        obj = obj.detach().cpu()
+        if obj.is_floating_point() and obj.element_size() < 4:  # bf16, fp8: no numpy dtype; fp32 holds them exactly
+            obj = obj.float()
+        obj = obj.numpy()
     if isinstance(obj, (np.ndarray, np.generic)):
         if obj.dtype.kind == "f" and not np.isfinite(obj).all():
             return to_jsonable(obj.tolist())

@@ -94,7 +94,7 @@ class VideoWriter:
 
     ``size`` is (H, W); if omitted, the first frame sets it. Frames of another size raise ``ValueError``. H.264 with
     yuv420p needs even sides, so odd-sized frames are padded by one replicated row/column at the bottom/right.
-    If the ``with`` block raises, or nothing was written, no file is left at ``path``.
+    If the ``with`` block raises, ``abort()`` is called, or nothing was written, no file is left at ``path``.
     """
 
     def __init__(self, path: str | Path, fps: float = 30.0, size: tuple[int, int] | None = None, crf: int = 18):
@@ -155,6 +155,10 @@ class VideoWriter:
     def close(self) -> None:
         """Flush the encoder and move the finished file to ``path``."""
         self._finish(commit=True)
+
+    def abort(self) -> None:
+        """Discard what was written: nothing is left at ``path`` (a file already there stays as it was)."""
+        self._finish(commit=False)
 
     def _finish(self, commit: bool) -> None:
         if self._tmp is None:
