@@ -248,6 +248,26 @@ def test_maps_under_the_clip_skip_the_whole_map_blur_and_match_the_reference(mon
     assert calls == [1]  # the blur ran for the one map whose rescale matters
 
 
+def test_weak_peaks_on_negative_maps_match_the_reference():
+    """A peak under the clip on a map whose blur is negative everywhere: the official rescale ratio peak / blur max is
+    negative, flips the samples' signs and lifts some above the clip, so the step is not 0 (unlike for the weak maps
+    above, whose blur maximum is positive)."""
+    size, input_size = (32, 24), (128, 96)
+    maps, peaks = [], [(10, 6, 5e-4), (20, 15, 2e-4)]  # row, column, value
+    for y, x, peak in peaks:
+        m = -np.ones(size)
+        m[:, 18:] = -0.01
+        m[y, x], m[y, x + 1] = peak, -0.5
+        maps.append(m)
+    heat = torch.from_numpy(np.stack(maps)).float()
+    kp, _ = decode_udp_heatmaps(heat.view(1, 2, *size), input_size)
+    scale = np.array([(input_size[1] - 1) / (size[1] - 1), (input_size[0] - 1) / (size[0] - 1)])
+    for i, (y, x, _) in enumerate(peaks):
+        ref_kp, _ = ref_dark_udp(heat[i].double().numpy())
+        assert np.abs(ref_kp - [x, y]).max() > 0.1  # the official decode does move off the argmax
+        np.testing.assert_allclose(kp[0, i].numpy() / scale, ref_kp, atol=2e-3, err_msg=f"map {i}")
+
+
 DARK_KERNEL_CHECK = """
 import cv2
 import numpy as np

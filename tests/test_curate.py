@@ -180,6 +180,38 @@ def test_cli_names_a_missing_source_before_loading_the_detector(tmp_path, monkey
     assert f"{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
 
 
+def test_a_strip_too_thin_to_downscale_is_curated_and_a_failing_image_is_recorded(tmp_path, monkeypatch, capsys):
+    """A 3000 x 1 px strip, downscaled for the detector, keeps a 1 px side (it used to round to 0 and end the run);
+    an image whose hashing fails is recorded as unreadable, by the library and the CLI alike, and the run goes on."""
+    import importlib
+
+    import opensapiens.inference.detector as det
+
+    C = importlib.import_module("opensapiens.curation.curate")  # the module, not the function of the same name
+
+    src = tmp_path / "src"
+    src.mkdir()
+    save_jpg(src / "a_person.jpg", picture(1, code=1))
+    cv2.imwrite(str(src / "strip.png"), np.zeros((3000, 1, 3), np.uint8))  # tag code 0: no detection
+    seen, detector = [], FakeDetector()
+    curate(src, tmp_path / "out", lambda im: seen.append(im.shape) or detector(im), CurationConfig(workers=0))
+    recs = manifest(tmp_path / "out")
+    assert recs["strip"]["reason"] == "no_person" and (recs["strip"]["width"], recs["strip"]["height"]) == (1, 3000)
+    assert recs["a_person"]["reason"] == "kept" and (1333, 1, 3) in seen
+
+    real_phash = C.phash
+    monkeypatch.setattr(C, "phash", lambda im: real_phash(im) if im.shape[1] > 1 else 1 // 0)
+    report = curate(src, tmp_path / "out2", FakeDetector(), CurationConfig(workers=0))
+    recs = manifest(tmp_path / "out2")
+    assert recs["strip"]["reason"] == "unreadable" and "ZeroDivisionError" in recs["strip"]["error"]
+    assert report.kept == 1 and report.dropped["unreadable"] == 1
+
+    monkeypatch.setattr(det, "PersonDetector", lambda *a, **k: FakeDetector())
+    assert main(["curate", str(src), "--out", str(tmp_path / "cli"), "--workers", "0", "--device", "cpu"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["dropped"]["unreadable"] == 1 and "Traceback" not in err
+
+
 # --------------------------------------------------------------------------------------------------------- pHash
 
 

@@ -141,3 +141,49 @@ def test_bad_inputs_get_clear_errors_and_bad_files_are_skipped(toy, tmp_path):
         warnings.simplefilter("always")
         s = ds[0]
     assert s["labels"].max() < 5 and any("outside [0, 5)" in str(w.message) for w in caught)
+
+
+def test_palette_seg_labels_give_their_indices(tmp_path):
+    """A palette PNG stores class ids as indices into a colour table; the ids are the indices, as Pillow reads them."""
+    from PIL import Image
+
+    ids = np.tile(np.arange(6, dtype=np.uint8).repeat(4), (16, 1))  # (16, 24): six 4-px stripes
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([50, 50, 50, 255, 218, 0, 128, 200, 255, 200, 0, 0, 0, 200, 0, 0, 0, 200] + [0] * (250 * 3))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "seg").mkdir()
+    im.save(tmp_path / "seg" / "a.png")
+    Image.fromarray(np.zeros((16, 24, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    assert (np.asarray(Image.open(tmp_path / "seg" / "a.png")) == ids).all()  # what the file holds
+    sample = DenseDataset(tmp_path, "seg", (16, 24))[0]
+    np.testing.assert_array_equal(sample["labels"], ids)
+
+
+def test_goliath_coco_files_read_their_308_keypoints(tmp_path):
+    """The official Goliath files keep 17 body keypoints in ``keypoints`` (COCO-WholeBody style) and all 308 in
+    ``goliath_wholebody_kpts``; training reads the 308 as evaluation does."""
+    rng = np.random.default_rng(0)
+    kp = np.c_[rng.uniform(50, 250, (308, 2)), rng.integers(0, 3, 308)].astype(np.float32)
+    ann = {"id": 1, "image_id": 1, "bbox": [40, 40, 220, 300], "area": 66000, "iscrowd": 0, "category_id": 1,
+           "keypoints": kp[:17].ravel().tolist(), "foot_kpts": [0.0] * 18, "face_kpts": [0.0] * 204,
+           "lefthand_kpts": [0.0] * 63, "righthand_kpts": [0.0] * 63, "goliath_wholebody_kpts": kp.ravel().tolist()}
+    (tmp_path / "annotations.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "a.jpg", "width": 300, "height": 400}], "annotations": [ann]}))
+    ds = build_dataset("pose", tmp_path, train=False, keypoints="goliath")
+    np.testing.assert_array_equal(ds.instances[0][1], kp)
+
+
+def test_half_body_box_is_the_official_rule():
+    """mmpose RandomHalfBody._get_half_body_bbox: centre = mean of the chosen keypoints, scale = their box x 1.5
+    (aspect then fixed by widening the short side, as TopdownAffine does); a box flat in one direction is kept."""
+    from opensapiens.data.transforms import half_body_box
+
+    aug, upper, no_lower = PoseAugment(), np.arange(4), np.array([], int)
+    kp = np.array([[0, 0], [0, 10], [0, 20], [100, 100]], float)
+    c, s = half_body_box(kp, np.ones(4), upper, no_lower, aug, 0.75, np.random.default_rng(0))
+    np.testing.assert_allclose(c, [25.0, 32.5])  # (0 + 0 + 0 + 100) / 4, (0 + 10 + 20 + 100) / 4
+    np.testing.assert_allclose(s, [100 * 1.5, 100 / 0.75 * 1.5])  # 100 x 100 box, widened to w / h = 0.75
+    kp = np.array([[5, 0], [5, 10], [5, 30], [0, 0]], float)  # the three labelled ones on a vertical line
+    c, s = half_body_box(kp, np.array([1, 1, 1, 0]), upper, no_lower, aug, 0.75, np.random.default_rng(0))
+    np.testing.assert_allclose(c, [5.0, 40 / 3])
+    np.testing.assert_allclose(s, [30 * 0.75 * 1.5, 30 * 1.5])

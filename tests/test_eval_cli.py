@@ -14,7 +14,7 @@ from PIL import Image
 
 from opensapiens.cli import eval as eval_cli
 from opensapiens.cli.main import main
-from opensapiens.evaluation.runner import evaluate_model
+from opensapiens.evaluation.runner import evaluate_model, evaluate_saved
 from opensapiens.inference.results import DepthResult, NormalResult, PoseResult, SegResult
 from opensapiens.metadata import keypoint_set
 
@@ -184,3 +184,59 @@ def test_bad_invocations(tmp_path, capsys, monkeypatch):
         data = tmp_path / ("data" if task == "depth" else "nope")
         assert main(["eval", "--task", task, "--checkpoint", "sapiens-pose-308-0.3b", "--data", str(data)]) == 2
         assert missing in capsys.readouterr().err
+
+
+def test_saved_pose_limit_scores_the_first_images_only(dataset, tmp_path):
+    """--limit N: the first N GT images, their people and the results for them. Image 1 is predicted exactly, the
+    others far off: limited to image 1, AP is 1 over its 2 people; all images give less."""
+    root, truth = dataset
+    gt = json.loads((root / "annotations.json").read_text())
+    res = []
+    for a in gt["annotations"]:
+        kp = np.asarray(a["keypoints"]).reshape(308, 3)
+        kp[:, :2] += 0.0 if a["image_id"] == 1 else 500.0
+        res.append({"image_id": a["image_id"], "category_id": 1, "keypoints": kp.ravel().tolist(), "score": 1.0})
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    r = evaluate_saved("pose", tmp_path / "res.json", root / "annotations.json", limit=1)
+    assert r["AP"] == pytest.approx(1.0) and r["num_gt"] == 2 and r["num_predictions"] == 2
+    r = evaluate_saved("pose", tmp_path / "res.json", root / "annotations.json")
+    assert r["AP"] < 0.5 and r["num_gt"] == 2 * N and r["num_predictions"] == 2 * N
+
+
+class TaggedJpegPredictor(FakePredictor):
+    """FakePredictor for JPEG images: the index is the 8 x 8 corner block's level / 40 (JPEG keeps a flat block)."""
+
+    def predict_batch(self, images, boxes=None):
+        tagged = []
+        for im in images:
+            im = im.copy()
+            im[0, 0, 0] = round(float(im[:8, :8, 0].mean()) / 40)
+            tagged.append(im)
+        return super().predict_batch(tagged, boxes)
+
+
+def test_model_mode_dense_reads_jpg_images_and_refuses_to_score_nothing(dataset, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    root, truth = dataset
+    data = tmp_path / "jpg"
+    shutil.copytree(root, data)
+    for i, f in enumerate(sorted((data / "images").glob("*.png"))):
+        img = np.asarray(Image.open(f)).copy()
+        img[:8, :8] = 40 * i
+        Image.fromarray(img).save(f.with_suffix(".jpg"), quality=95)
+        f.unlink()
+    r = evaluate_model("seg", TaggedJpegPredictor("seg", truth), data)
+    assert r["mIoU"] == 1.0 and r["num_images"] == N and r["skipped"] == []
+
+    for f in (data / "images").iterdir():  # no images at all: an error before the model loads
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        evaluate_model("seg", TaggedJpegPredictor("seg", truth), data)
+    monkeypatch.setattr(eval_cli, "_load_predictor", lambda *a, **k: pytest.fail("model loaded for no images"))
+    assert main(["eval", "--task", "depth", "--checkpoint", "fake", "--data", str(data), "--quiet"]) == 2
+    assert "no images" in capsys.readouterr().err
+
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(data / "images" / "unlabelled.png")  # no GT for any image
+    with pytest.raises(ValueError, match="no sample could be scored .1 skipped; first: unlabelled: no ground truth"):
+        evaluate_model("seg", TaggedJpegPredictor("seg", truth), data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tracemalloc
 
 import numpy as np
@@ -264,3 +265,33 @@ def test_normal_metrics_single_image_known_angles():
     assert out["mean"] == pytest.approx((10.0 * ((h - 1) * w - 1) + 180.0) / ((h - 1) * w))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         normal_metrics(pred[..., :2], gt[..., :2])
+
+
+@pytest.mark.parametrize("c", [0.1, 0.7])
+def test_a_constant_prediction_fits_no_scale(c):
+    """0.1 and 0.7 are not exact binary fractions: the mean of [c, c, c] differs from c by rounding, which must not be
+    read as a spread. The best constant is then mean(gt) = 7/3, and the RMSE is the GT's standard deviation."""
+    gt = np.array([[1.0, 2.0, 4.0]])
+    assert fit_scale_shift(np.full((1, 3), c), gt) == (0.0, pytest.approx(7 / 3, abs=1e-15))
+    rmse = depth_metrics(np.full((1, 3), c), gt)["rmse"]
+    assert rmse == pytest.approx(math.sqrt(((4 / 3) ** 2 + (1 / 3) ** 2 + (5 / 3) ** 2) / 3), rel=1e-12)
+
+
+def test_label_pngs_are_read_as_class_ids(tmp_path):
+    """Palette PNGs give their indices (not the colours), grey pixels saved as RGB their value, colours an error."""
+    from PIL import Image
+
+    from opensapiens.evaluation.utils import read_label_png
+
+    ids = np.array([[0, 1, 2], [3, 4, 27]], np.uint8)
+    im = Image.fromarray(ids, mode="P")
+    im.putpalette([(7 * i + 50) % 256 for i in range(768)])
+    im.save(tmp_path / "p.png")
+    Image.fromarray(np.repeat(ids[..., None], 3, -1)).save(tmp_path / "grey.png")
+    colour = np.repeat(ids[..., None], 3, -1)
+    colour[0, 1] = (255, 218, 0)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    np.testing.assert_array_equal(read_label_png(tmp_path / "p.png"), ids)
+    np.testing.assert_array_equal(read_label_png(tmp_path / "grey.png"), ids)
+    with pytest.raises(ValueError, match="colour.png: a colour label PNG"):
+        read_label_png(tmp_path / "colour.png")

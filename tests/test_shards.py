@@ -170,3 +170,59 @@ def test_random_resized_crop_stays_in_range():
             fallback = c.height in (size[0],) or c.width in (size[1],)
             assert fallback or (0.2 - 0.02 <= area <= 1.0 and math.log(3 / 4) - 0.05 <= math.log(ratio)
                                 <= math.log(4 / 3) + 0.05)
+
+
+def test_a_slot_whose_samples_are_all_undecodable_raises_instead_of_spinning(tmp_path, monkeypatch):
+    for i in range(3):
+        (tmp_path / f"bad{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg \xff\xd9")
+    ds = StreamingImages(find_source(tmp_path), (16, 16), 2)
+    real, draws = ds._samples, []
+
+    def bounded(*args):  # a stream that spins would draw forever: stop it after 5 epochs' worth
+        for sample in real(*args):
+            draws.append(sample)
+            assert len(draws) <= 15, "the stream spins over undecodable samples"
+            yield sample
+
+    monkeypatch.setattr(ds, "_samples", bounded)
+    with pytest.raises(RuntimeError, match=r"slot 0 of 1: all 3 samples of its epoch 0 are undecodable"):
+        next(iter(ds))
+    # One decodable sample per epoch is enough to go on.
+    (tmp_path / "good.png").write_bytes(encode(np.zeros((20, 20, 3), np.uint8), "PNG"))
+    batch = next(iter(StreamingImages(find_source(tmp_path), (16, 16), 2)))
+    assert [k.rsplit("/", 1)[1] for k in batch.keys] == ["good.png", "good.png"] and batch.skipped >= 3
+
+
+def test_jpegs_with_bytes_after_the_end_marker_are_kept_and_truncated_ones_still_skipped(tmp_path):
+    rng = np.random.default_rng(4)
+    photo = encode(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    thumb = encode(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    motion = photo + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256))  # a motion photo's video after the JPEG
+    app15 = b"\xff\xef" + (len(thumb) + 2).to_bytes(2, "big") + thumb  # a header segment holding a whole JPEG
+    cut = (photo[:2] + app15 + photo[2:])[: len(app15) + len(photo) // 2]  # its own end marker is the thumbnail's
+    Image.open(io.BytesIO(motion)).load()  # Pillow reads the first as a whole image ...
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(cut)).load()  # ... and not the second
+    assert S._jpeg_complete(motion) and S._jpeg_complete(photo + b"\x00" * 7)
+    assert not S._jpeg_complete(cut) and not S._jpeg_complete(photo[:-2]) and not S._jpeg_complete(photo[:20])
+    for key, data in (("motion", motion), ("cut", cut), ("plain", photo)):
+        (tmp_path / f"{key}.jpg").write_bytes(data)
+    batch = next(iter(StreamingImages(find_source(tmp_path), (16, 16), 2, shuffle_buffer=1, gpu_jpeg=True)))
+    assert sorted(k.rsplit("/", 1)[1] for k in batch.keys) == ["motion.jpg", "plain.jpg"]
+    assert [k.rsplit("/", 1)[1] for k in batch.skipped_keys] == ["cut.jpg"]
+    images, failed = decode_batch(batch, "cpu", (16, 16))
+    assert failed == 0 and images.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("size", [-1, 0, 1])
+def test_a_shuffle_buffer_of_at_most_one_keeps_the_order(size):
+    assert list(S.shuffled(iter(range(7)), size, np.random.default_rng(0))) == list(range(7))
+
+
+def test_fewer_samples_than_slots_says_to_use_fewer_workers(tmp_path):
+    for i in range(3):
+        (tmp_path / f"im{i}.png").write_bytes(encode(np.zeros((20, 20, 3), np.uint8), "PNG"))
+    ds = StreamingImages(find_source(tmp_path), (16, 16), 2, num_workers=4)
+    assert [len(list(S.slot_stream(ds.source, s, 4, 0, 0))) for s in range(4)] == [1, 1, 1, 0]
+    with pytest.raises(RuntimeError, match=r"slot 3 of 4 .*fewer samples than there are slots.*fewer loader workers"):
+        next(ds._samples(3, 0, 0))

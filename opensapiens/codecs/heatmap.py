@@ -201,9 +201,11 @@ def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, peak
 
     The rescale multiplies all samples by one factor, which cancels in every finite difference, so it only matters
     where the clip is active. The blur is therefore evaluated at the 7 sample points alone, and the whole-map blur
-    (whose maximum the rescale needs) is computed only for maps with a sample under the clip and a peak over it:
-    ratio >= 1 (a normalized blur never exceeds the map's positive maximum), so samples >= 1e-3 stay unclipped after
-    rescaling, and none exceeds the map maximum, which is <= 50 unless the heatmap itself is.
+    (whose maximum the rescale needs) is computed only for maps with a sample under the clip and a peak over it, or
+    a peak over 50, or whose blur may be negative everywhere. Otherwise the blur's maximum is positive and so ratio
+    >= 1 (a normalized blur never exceeds the map's positive maximum): samples >= 1e-3 stay unclipped after
+    rescaling, none exceeds the map maximum, and a map whose peak is under the clip keeps every sample clipped. A
+    negative blur maximum makes the ratio negative and flips the samples' signs, which only the whole map can tell.
 
     ``maps`` may be bf16/fp16: only the gathered samples are upcast (exactly), never the whole maps.
     """
@@ -212,9 +214,11 @@ def _dark_udp_offsets(maps: torch.Tensor, x: torch.Tensor, y: torch.Tensor, peak
         return peak.new_zeros(0, 2)
     rows, cols = _sample_points(x, y, h, w)
     v = _blur_at(maps, rows, cols, blur_kernel)  # (M, 7) float32
-    # A map whose peak is under the clip (or not positive: its location becomes -1) has every sample clipped whatever
-    # the rescale (samples <= blur maximum <= peak), so its step is 0 without the whole-map blur.
-    clipped = (((v < 1e-3).any(dim=1) & (peak >= 1e-3)) | (peak > 50)).nonzero().flatten()
+    # A map whose peak is under the clip has every sample clipped (samples <= blur maximum <= peak, so its step is 0
+    # without the whole-map blur) unless that maximum is negative, which needs every sample negative. A peak <= 0
+    # gives location -1 anyway.
+    weak_negative = (peak > 0) & (peak < 1e-3) & (v < 0).all(dim=1)
+    clipped = (((v < 1e-3).any(dim=1) & (peak >= 1e-3)) | (peak > 50) | weak_negative).nonzero().flatten()
     if clipped.numel():  # weak or huge maps need the whole-map maximum of the blur
         ratio = peak[clipped] / (_blurred_maxima(maps, clipped, blur_kernel) + 1e-12)
         v[clipped] = v[clipped] * ratio[:, None]

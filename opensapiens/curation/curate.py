@@ -93,14 +93,15 @@ class _Reader(torch.utils.data.Dataset):
             data = path.read_bytes()
             item.update(bytes=data, sha256=hashlib.sha256(data).hexdigest())
             image = read_image(path)
-        except Exception as e:  # unreadable for any reason: recorded, not fatal
+            H, W = image.shape[:2]
+            if max(H, W) > self.max_side:  # each side at least 1 px: a 3000 x 1 strip must not become 0 px wide
+                scale = self.max_side / max(H, W)
+                image = cv2.resize(image, (max(1, round(W * scale)), max(1, round(H * scale))),
+                                   interpolation=cv2.INTER_AREA)
+            item.update(height=H, width=W, phash=phash(image), image=image,
+                        scale=(image.shape[1] / W, image.shape[0] / H))
+        except Exception as e:  # unusable for any reason (reading, resizing, hashing): recorded, not fatal
             item["error"] = f"{type(e).__name__}: {e}"
-            return item
-        H, W = image.shape[:2]
-        scale = min(1.0, self.max_side / max(H, W))
-        if scale < 1.0:
-            image = cv2.resize(image, (round(W * scale), round(H * scale)), interpolation=cv2.INTER_AREA)
-        item.update(height=H, width=W, phash=phash(image), image=image, scale=scale)
         return item
 
 
@@ -246,7 +247,8 @@ def _decide(chunk: list[dict], cfg: CurationConfig, detector: Detector, seen_sha
             rec["reason"] = "too_small"
     todo = [it for it in chunk if "reason" not in it["record"]]
     for it, (boxes, scores) in zip(todo, _detect(detector, [it["image"] for it in todo])):
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / it["scale"]  # back to original pixels
+        sx, sy = it["scale"]
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / [sx, sy, sx, sy]  # back to original pixels
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         it["record"]["detections"] = [[round(float(v), 1) for v in b] + [round(float(s), 4)]
                                       for b, s in zip(boxes, scores)]

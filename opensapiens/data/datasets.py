@@ -17,11 +17,12 @@ import json
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..io.images import ImageReadError, read_image
+from ..evaluation.pose import annotation_keypoints
+from ..evaluation.utils import read_label_png
+from ..io.images import ImageReadError, read_image, read_mask
 from ..metadata import SegClasses
 from .labels import DataError, PoseLayout
 from .sampler import SampleKey
@@ -40,7 +41,6 @@ from .transforms import (
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-_WHOLEBODY_PARTS = ("foot_kpts", "face_kpts", "lefthand_kpts", "righthand_kpts")  # after the 17 body keypoints
 
 
 def _key(item: SampleKey | int) -> SampleKey:
@@ -101,15 +101,12 @@ def list_backgrounds(folder: str | Path | None) -> list[Path]:
 
 
 def _instance_keypoints(ann: dict, K: int) -> np.ndarray:
-    """(K, 3) x, y, v of one COCO annotation (COCO-WholeBody part arrays appended after the 17 body keypoints)."""
-    flat = list(ann.get("keypoints", []))
-    if len(flat) // 3 != K and all(p in ann for p in _WHOLEBODY_PARTS):
-        for p in _WHOLEBODY_PARTS:
-            flat += ann[p]
-    kp = np.asarray(flat, dtype=np.float32).reshape(-1, 3)
-    if len(kp) != K:
-        raise DataError(f"annotation {ann.get('id')} has {len(kp)} keypoints, the keypoint set has {K}")
-    return kp
+    """(K, 3) x, y, v of one COCO annotation, read as evaluation reads it: flat ``keypoints``, the COCO-WholeBody part
+    arrays (K = 133) or the official Goliath ``goliath_wholebody_kpts`` (K = 308)."""
+    try:
+        return annotation_keypoints(ann, K, f"annotation {ann.get('id')}").astype(np.float32)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 class KeypointDataset(_Base):
@@ -184,12 +181,11 @@ def _stems(folder: Path, exts: tuple[str, ...]) -> dict[str, Path]:
 
 
 def _read_label_png(path: Path) -> np.ndarray:
-    """(H, W) uint8 ids from a single-channel PNG (a 3-channel grey PNG is accepted: its first channel)."""
-    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if a is None:
-        raise ImageReadError(path, "not a readable PNG label map")
-    if a.ndim == 3:
-        a = a[..., 0]
+    """(H, W) uint8 class ids (palette PNGs give their indices; see ``read_label_png``)."""
+    try:
+        a = read_label_png(path)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     if a.dtype != np.uint8:
         if a.max() > 255:
             raise DataError(f"{path}: label values above 255")
@@ -280,7 +276,7 @@ class DenseDataset(_Base):
             target = _load_npy(target_path, 3 if self.task == "normal" else None)
             valid = np.isfinite(target).all(-1) if target.ndim == 3 else np.isfinite(target)
             nonzero = np.abs(target).max(-1) > 0 if target.ndim == 3 else target > 0
-            fg = _read_label_png(mask_path) > 0 if mask_path is not None else nonzero
+            fg = read_mask(mask_path) if mask_path is not None else nonzero
             fg &= valid
             target = np.where(valid[..., None] if target.ndim == 3 else valid, target, 0).astype(np.float32)
         if target.shape[:2] != (H, W):

@@ -17,7 +17,8 @@ its own seed (seed, e, s, i), i = its index in the slot's epoch. A slot's positi
 Decoding. Workers read bytes and draw crop parameters from the header (no pixel decode). JPEGs are then decoded
 on the GPU by ``decode_batch`` with ``torchvision.io.decode_jpeg(device="cuda")`` when ``gpu_jpeg`` is set; anything
 else is decoded, cropped and resized on the worker's CPU with Pillow (bicubic, as the official pipeline).
-Unreadable samples are skipped (the batch is filled from the next ones) and counted in ``Batch.skipped``.
+Unreadable samples are skipped (the batch is filled from the next ones) and counted in ``Batch.skipped``; a slot
+whose samples of a whole epoch are all unreadable raises a RuntimeError instead of spinning over them forever.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def slot_stream(source: Source, slot: int, num_slots: int, epoch: int, seed: int
 
 
 def shuffled(samples: Iterator, size: int, rng: np.random.Generator) -> Iterator:
-    """A shuffle buffer of ``size`` items, drained in random order at the end."""
+    """A shuffle buffer of ``size`` items, drained in random order at the end; ``size`` <= 1 keeps the order."""
+    if size <= 1:
+        yield from samples
+        return
     buf: list = []
     for s in samples:
         if len(buf) < size:
@@ -197,8 +201,28 @@ def _header(data: bytes) -> tuple[tuple[int, int], int, str]:
 
 
 def _jpeg_complete(data: bytes) -> bool:
-    """A truncated JPEG lacks its end-of-image marker (the common corruption of a partial download)."""
-    return data[:2] == b"\xff\xd8" and data.rstrip(b"\x00")[-2:] == b"\xff\xd9"
+    """Whether a JPEG has its end-of-image marker after its first scan: a partial download does not.
+
+    Bytes after the marker (motion-photo videos, vendor trailers, padding) are fine, as for Pillow. The search starts
+    at the first scan, found by walking the header segments, so that the end marker of an EXIF thumbnail does not
+    count; scan data cannot hold FF D9 (a 0xFF byte there is followed by 00 or a restart marker).
+    """
+    if data[:2] != b"\xff\xd8":
+        return False
+    pos = 2
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker == 0xD9:  # the end before any scan: no pixels
+            return False
+        elif marker == 0xDA:  # start of scan
+            break
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return data.find(b"\xff\xd9", pos) != -1
 
 
 def decode_crop_cpu(data: bytes, crop: CropParams, out: tuple[int, int]) -> torch.Tensor:
@@ -260,6 +284,29 @@ class LoaderState:
         return LoaderState(self.num_slots, self.batches, {**self.cursors, **other.cursors})
 
 
+@dataclass
+class _FailedRun:
+    """The current run of consecutive undecodable samples of a slot, to tell when a whole epoch of it failed."""
+
+    epoch: int = -1  # epoch of the run's latest samples
+    count: int = 0  # samples of that epoch in the run
+    from_start: bool = False  # the run holds that epoch's first sample
+    key: str = ""
+
+    def add(self, epoch: int, i: int, key: str) -> None:
+        if self.count and epoch == self.epoch:
+            self.count += 1
+        else:
+            self.epoch, self.count, self.from_start, self.key = epoch, 1, i == 0, key
+
+    def clear(self) -> None:
+        self.count = 0
+
+    def whole_epoch(self, next_epoch: int) -> bool:
+        """Did the run cover a whole epoch, now that a sample of ``next_epoch`` comes?"""
+        return self.count > 0 and self.from_start and next_epoch != self.epoch
+
+
 class StreamingImages(torch.utils.data.IterableDataset):
     """Endless stream of ``Batch`` for one rank (use ``DataLoader(ds, batch_size=None, num_workers=W)``).
 
@@ -297,8 +344,9 @@ class StreamingImages(torch.utils.data.IterableDataset):
         slot = self.slot_of_worker(info.id if info else 0)
         epoch, start = self.state.cursors.get(slot, (0, 0))
         samples = self._samples(slot, epoch, start)
+        failing = _FailedRun()
         while True:
-            yield self._make_batch(slot, samples)
+            yield self._make_batch(slot, samples, failing)
 
     def _samples(self, slot: int, epoch: int, start: int) -> Iterator[tuple[int, int, str, bytes | None, str]]:
         while True:
@@ -310,16 +358,22 @@ class StreamingImages(torch.utils.data.IterableDataset):
                 if i >= start:
                     yield epoch, i, key, data, ext
             if n == 0:
-                raise RuntimeError(f"data slot {slot} of {self.num_slots} got no samples in epoch {epoch}: "
-                                   f"{len(self.source)} {self.source.kind} units")
+                raise RuntimeError(
+                    f"data slot {slot} of {self.num_slots} (ranks x loader workers) got no samples in epoch {epoch}: "
+                    f"the {len(self.source)} {self.source.kind} units hold fewer samples than there are slots, or "
+                    "this slot's units are empty or unreadable; use fewer loader workers (or ranks), or more data")
             epoch, start = epoch + 1, 0
 
-    def _make_batch(self, slot: int, samples: Iterator) -> Batch:
+    def _make_batch(self, slot: int, samples: Iterator, failing: _FailedRun) -> Batch:
         pixels, pixel_slots, jpegs, keys, epochs = [], [], [], [], []
         skipped, skipped_keys = 0, []
         cursor = (0, 0)
         while len(keys) < self.batch_size:
             epoch, i, key, data, ext = next(samples)
+            if failing.whole_epoch(epoch):  # else the loop would spin over unreadable samples forever
+                raise RuntimeError(f"data slot {slot} of {self.num_slots}: all {failing.count} samples of its epoch "
+                                   f"{failing.epoch} are undecodable and were skipped (the first: {failing.key}); "
+                                   "it can never fill a batch")
             cursor = (epoch, i + 1)
             try:
                 if data is None:
@@ -337,7 +391,9 @@ class StreamingImages(torch.utils.data.IterableDataset):
             except Exception:  # any undecodable sample: skip, count, go on
                 skipped += 1
                 skipped_keys.append(key)
+                failing.add(epoch, i, key)
                 continue
+            failing.clear()
             keys.append(key)
             epochs.append(epoch)
         H, W = self.input_size

@@ -72,7 +72,12 @@ def bbox_center_scale(bbox_xywh: np.ndarray, aspect: float, padding: float = 1.2
 def half_body_box(keypoints: np.ndarray, visible: np.ndarray, upper: np.ndarray, lower: np.ndarray,
                   aug: PoseAugment, aspect: float, rng: np.random.Generator
                   ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Center/scale around the upper or lower body's labelled keypoints (official RandomHalfBody), or None."""
+    """Center/scale around the upper or lower body's labelled keypoints (official RandomHalfBody), or None.
+
+    As mmpose's ``_get_half_body_bbox``: the centre is the keypoints' mean (not their box's middle), the scale their
+    box x padding, widened to ``aspect`` (TopdownAffine's rule). A box flat in one direction (keypoints on a line) is
+    kept; only one of zero size, which no crop can be made from, gives None.
+    """
     vis = visible > 0
     up, lo = upper[vis[upper]], lower[vis[lower]]
     if len(up) < 2 and len(lo) < 3:  # official minimums: 2 upper, 3 lower keypoints
@@ -82,10 +87,9 @@ def half_body_box(keypoints: np.ndarray, visible: np.ndarray, upper: np.ndarray,
     else:
         ids = lo
     pts = keypoints[ids]
-    lo_xy, hi_xy = pts.min(0), pts.max(0)
-    center = (lo_xy + hi_xy) / 2
-    w, h = hi_xy - lo_xy
-    if w <= 0 or h <= 0:
+    center = pts.mean(0)
+    w, h = pts.max(0) - pts.min(0)
+    if w <= 0 and h <= 0:
         return None
     if w > h * aspect:
         h = w / aspect

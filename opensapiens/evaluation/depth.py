@@ -37,7 +37,8 @@ def _as_2d(x, name: str) -> np.ndarray:
 def fit_scale_shift(pred, target, mask=None) -> tuple[float, float]:
     """(s, t) minimizing sum over mask of (s * pred + t - target)^2, over pixels where both are finite.
 
-    A constant prediction gives (0, mean(target)); no usable pixel gives (0, 0).
+    A constant prediction gives (0, mean(target)); no usable pixel gives (0, 0). Constant means a spread within
+    rounding of its values (a few ulps): there a fit would divide rounding noise by rounding noise.
     """
     p, g = _as_2d(pred, "pred"), _as_2d(target, "target")
     m = np.isfinite(p) & np.isfinite(g)
@@ -47,9 +48,11 @@ def fit_scale_shift(pred, target, mask=None) -> tuple[float, float]:
         return 0.0, 0.0
     p, g = p[m], g[m]
     p_mean, g_mean = p.mean(), g.mean()
+    if np.ptp(p) <= 8 * np.finfo(np.float64).eps * np.abs(p).max():
+        return 0.0, float(g_mean)
     pc = p - p_mean
     var = float(pc @ pc)
-    if var == 0.0:
+    if var == 0.0:  # a spread that underflows when squared
         return 0.0, float(g_mean)
     s = float(pc @ (g - g_mean)) / var
     return s, float(g_mean - s * p_mean)

@@ -2,11 +2,13 @@
 
 Both stream: one file (or one chunk of images) at a time goes through the metric accumulators, so memory does not
 grow with the dataset. A sample that cannot be scored (missing prediction or GT, unreadable file, shape mismatch,
-label out of range) is skipped and listed under ``skipped`` with the reason; it is never silently counted.
+label out of range) is skipped and listed under ``skipped`` with the reason; it is never silently counted. An
+evaluation that scores no sample at all is an error.
 
-Dataset folder (the synthetic-data layout, see ``opensapiens.synth``): ``images/NAME.png``, ``seg/NAME.png`` (class
-ids), ``masks/NAME.png`` (instance ids, 0 = background), ``depths/NAME.npy`` (metres, 0 = background),
-``normals/NAME.npy`` (H x W x 3, 0 = background), ``annotations.json`` (COCO keypoints, GT person boxes).
+Dataset folder (the synthetic-data layout, see ``opensapiens.synth``): ``images/NAME.png`` (or .jpg, .webp, ...: any
+format ``read_image`` reads), ``seg/NAME.png`` (class ids), ``masks/NAME.png`` (instance ids, 0 = background),
+``depths/NAME.npy`` (metres, 0 = background), ``normals/NAME.npy`` (H x W x 3, 0 = background), ``annotations.json``
+(COCO keypoints, GT person boxes).
 """
 
 from __future__ import annotations
@@ -22,22 +24,13 @@ from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, read_coco_json
 from .segmentation import SegConfusion
+from .utils import read_label_png
 
 TASKS = ("pose", "seg", "depth", "normal")
 GT_DIRS = {"seg": ("seg", ".png"), "depth": ("depths", ".npy"), "normal": ("normals", ".npy")}
 
 
 # ------------------------------------------------------------------------------------------------------ file reading
-
-
-def read_label_png(path: Path) -> np.ndarray:
-    """(H, W) integer class ids from a single-channel (or palette) PNG."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        if im.mode not in ("L", "P", "I", "I;16", "1"):
-            raise ValueError(f"{path}: expected a single-channel label PNG, got mode {im.mode}")
-        return np.asarray(im).astype(np.int64 if im.mode == "I" else np.uint16 if im.mode == "I;16" else np.uint8)
 
 
 def read_mask(path: Path) -> np.ndarray:
@@ -88,6 +81,29 @@ def _progress(items, total: int, enabled: bool, desc: str):
     return tqdm(items, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
+def _check_scored(acc, skipped: list[dict], where: Path) -> None:
+    """An evaluation that scored no sample has no numbers: an error, not a report of NaNs."""
+    if acc.num_images == 0:
+        first = f"; first: {skipped[0]['name']}: {skipped[0]['reason']}" if skipped else ""
+        raise ValueError(f"{where}: no sample could be scored ({len(skipped)} skipped{first})")
+
+
+def _dataset_images(folder: Path) -> tuple[dict[str, Path], list[dict]]:
+    """{name: file} of the images of a dataset folder (every extension ``read_image`` reads), and the names held by
+    several files (skipped: which one the GT belongs to is unknown)."""
+    from ..io.images import IMAGE_EXTENSIONS
+
+    by_name: dict[str, list[Path]] = {}
+    for f in sorted(folder.iterdir()):
+        if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file():
+            by_name.setdefault(f.stem, []).append(f)
+    if not by_name:
+        raise FileNotFoundError(f"{folder}: no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    skipped = [{"name": n, "reason": f"several images named {n}: {', '.join(f.name for f in fs)}"}
+               for n, fs in by_name.items() if len(fs) > 1]
+    return {n: fs[0] for n, fs in by_name.items() if len(fs) == 1}, skipped
+
+
 def _finish(task: str, metrics: dict, protocol: dict, skipped: list[dict]) -> dict:
     return {"task": task, **metrics, "protocol": protocol, "skipped": skipped}
 
@@ -126,6 +142,17 @@ def infer_keypoint_set(gt) -> str:
     return keypoint_set(n).name
 
 
+def _first_images(gt: dict, results: list, limit: int) -> tuple[dict, list]:
+    """The GT cut to its first ``limit`` images with their annotations, and the results for those images (results
+    for an image the GT does not have are kept, for evaluate_keypoints to report)."""
+    images = gt.get("images") or []
+    keep = {im.get("id") for im in images[:limit]}
+    drop = {im.get("id") for im in images} - keep
+    gt = {**gt, "images": images[:limit],
+          "annotations": [a for a in gt.get("annotations") or [] if a.get("image_id") not in drop]}
+    return gt, [r for r in results if not isinstance(r, dict) or r.get("image_id") not in drop]
+
+
 def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: str | None = None,
                    masks: str | Path | None = None, classes=None, align: str = "lstsq", ignore_index: int = 255,
                    limit: int | None = None, progress: bool = False) -> dict:
@@ -133,14 +160,18 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
 
     pose: ``pred`` and ``gt`` are COCO keypoint JSON files. seg: folders of PNG label maps. depth / normal: folders
     of ``.npy`` maps, foreground from ``masks`` (``NAME.png`` or ``NAME.npy``, nonzero = foreground) or, without it,
-    the GT's nonzero finite pixels. Files are paired by name; the GT folder decides which samples exist.
+    the GT's nonzero finite pixels. Files are paired by name; the GT folder decides which samples exist. ``limit``:
+    only the first GT files by name (pose: the first GT images of the file, their annotations and their results).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "pose":
         gt_data = read_coco_json(gt, "ground truth")
         name = keypoints or infer_keypoint_set(gt_data)
-        metrics = evaluate_keypoints(gt_data, pred, name)
+        results = read_coco_json(pred, "predictions")
+        if limit is not None and isinstance(gt_data, dict) and isinstance(results, list):
+            gt_data, results = _first_images(gt_data, results, limit)
+        metrics = evaluate_keypoints(gt_data, results, name)
         return _finish(task, metrics, {"keypoints": keypoint_set(name).name, "source": "saved"}, [])
     pred, gt = Path(pred), Path(gt)
     for what, d in (("prediction", pred), ("ground truth", gt)) + ((("mask", Path(masks)),) if masks else ()):
@@ -168,6 +199,7 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
                 acc.update(read_npy(p), read_npy(g), None if m is None else read_mask(m))
         except (OSError, ValueError, TypeError) as e:
             skipped.append({"name": g.stem, "reason": str(e)})
+    _check_scored(acc, skipped, gt)
     protocol = {**_protocol(task, acc, align), "source": "saved", "masks": str(masks) if masks else "gt nonzero"}
     return _finish(task, acc.compute(), protocol, skipped)
 
@@ -217,6 +249,8 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
             x, y, w, h = a["bbox"]
             by_image.setdefault(a["image_id"], []).append([x, y, x + w, y + h])
     images = [im for im in gt["images"] if im["id"] in by_image][:limit]
+    if not images:
+        raise ValueError(f"{data / 'annotations.json'}: no image with a non-crowd person with labelled keypoints")
     results, skipped, eval_name = [], [], keypoints
 
     def batches():  # (image records, images, boxes) per chunk read; read while the previous chunk runs
@@ -244,6 +278,9 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
             results += res.to_coco(im["id"])
     eval_name = eval_name or gt_name
     evaluated = {im["id"] for im in images} - {s["image_id"] for s in skipped}
+    if not evaluated:
+        raise ValueError(f"{data}: no image could be scored ({len(skipped)} skipped; first: {skipped[0]['name']}: "
+                         f"{skipped[0]['reason']})")
     gt_eval = _convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
     gt_eval["annotations"] = [a for a in gt_eval["annotations"] if a["image_id"] in evaluated]
     metrics = evaluate_keypoints(gt_eval, results, eval_name)
@@ -265,6 +302,8 @@ def check_dataset(task: str, data: str | Path) -> Path:
             raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
     elif not (data / GT_DIRS[task][0]).is_dir():
         raise FileNotFoundError(f"{data}: no {GT_DIRS[task][0]}/ folder with the {task} ground truth")
+    else:
+        _dataset_images(data / "images")  # none: an error now, not after the model loads
     return data
 
 
@@ -288,8 +327,8 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     if classes is None and task == "seg" and getattr(predictor, "class_names", None):
         classes = predictor.class_names
     acc = _dense_accumulator(task, classes, align, ignore_index)
-    names = sorted(p.stem for p in (data / "images").glob("*.png"))[:limit]
-    skipped: list[dict] = []
+    files, skipped = _dataset_images(data / "images")
+    names = sorted(files)[:limit]
 
     def batches():  # ((name, gt, mask) records, images, {}) per chunk read; read while the previous chunk runs
         for chunk in _progress(list(_chunks(names, batch_images)), -(-len(names) // batch_images), progress,
@@ -303,7 +342,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
                 try:
                     m = _mask_file(data / "masks", name) if task != "seg" else None
                     gt_map = read_label_png(g) if task == "seg" else read_npy(g)
-                    loaded.append((name, read_image(data / "images" / f"{name}.png"), gt_map,
+                    loaded.append((name, read_image(files[name]), gt_map,
                                    None if m is None else read_mask(m)))
                 except (OSError, ValueError) as e:
                     skipped.append({"name": name, "reason": str(e)})
@@ -321,5 +360,6 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
                     acc.update(res.depth if task == "depth" else res.normals, gt_map, mask)
             except (ValueError, TypeError) as e:
                 skipped.append({"name": name, "reason": str(e)})
+    _check_scored(acc, skipped, data)
     protocol = {**_protocol(task, acc, align), "source": "model", "masks": "masks/ (else gt nonzero)"}
     return _finish(task, acc.compute(), protocol, skipped)

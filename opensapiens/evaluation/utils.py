@@ -1,7 +1,9 @@
-"""Small helpers shared by the metric modules: array and mask conversion."""
+"""Small helpers shared by the metric modules and the training datasets: array and mask conversion, and the label-map
+reader (one for both, so that training and evaluation see the same class ids)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -26,3 +28,25 @@ def as_mask(mask: Any, shape: tuple[int, ...], name: str = "mask") -> np.ndarray
         raise ValueError(f"{name} has shape {m.shape}, expected {shape}")
     return m != 0 if m.dtype != np.bool_ else m
 
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """(H, W) integer class ids of a label PNG.
+
+    Read with Pillow so that a palette (P) PNG gives its indices (OpenCV would give the palette's BGR colours).
+    Single-channel PNGs (L, P, 1, I;16, I) are taken as they are; RGB(A) only when the colour channels are equal
+    (ids saved as grey pixels), since colour-coded labels have no class ids to read.
+    """
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode, a = im.mode, np.asarray(im)
+    if mode in ("RGB", "RGBA"):
+        if not (a[..., 1:3] == a[..., :1]).all():
+            raise ValueError(f"{path}: a colour label PNG (mode {mode}); save class ids as a single-channel or "
+                             "palette PNG")
+        a = a[..., 0]
+    elif mode == "LA":
+        a = a[..., 0]
+    elif mode not in ("L", "P", "1", "I", "I;16"):
+        raise ValueError(f"{path}: expected a single-channel label PNG, got mode {mode}")
+    return a.astype(np.int64 if mode == "I" else np.uint16 if mode == "I;16" else np.uint8)
