@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import shutil
 
 import numpy as np
@@ -46,9 +47,13 @@ def shards(tmp_path_factory):
     return out
 
 
-def losses(run) -> list[float]:
+def records(run, event: str = "train") -> list[dict]:
     lines = [json.loads(s) for s in (run / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in lines if r["event"] == "train"]
+    return [r for r in lines if r["event"] == event]
+
+
+def losses(run) -> list[float]:
+    return [r["loss"] for r in records(run)]
 
 
 def test_loss_falls_and_backbone_feeds_finetuning(tmp_path):
@@ -161,3 +166,61 @@ def test_compile_choices():
         PretrainConfig(data="x", out="y", compile="model", fsdp=True)
     with pytest.raises(ValueError, match="compile must be"):
         PretrainConfig(data="x", out="y", compile="graphs")
+
+
+def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(shards, tmp_path, one_thread):
+    common = ["--data", str(shards), "--steps", "6", "--batch-size", "2", "--workers", "0", "--warmup-steps", "2",
+              "--ckpt-interval", "3", "--keep-last", "0", *SMALL, "--log-interval", "4"]
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    assert main(["pretrain", "--out", str(straight), *common]) == 0
+    shutil.copytree(straight, crashed)  # as if killed after the step-3 checkpoint, a step into the record of 4
+    (crashed / "checkpoints" / "step_00000006.pt").unlink()
+    assert main(["pretrain", "--out", str(crashed), "--resume", *common]) == 0
+    fields = [[(r["step"], r["loss"], r["skipped"]) for r in records(run)] for run in (straight, crashed)]
+    assert [step for step, _, _ in fields[0]] == [4, 6] and fields[1] == fields[0]
+
+
+def test_the_default_warmup_is_fixed_at_the_start_and_a_longer_resume_extends_the_cosine(shards, tmp_path,
+                                                                                          one_thread):
+    run = tmp_path / "run"
+    common = ["--data", str(shards), "--batch-size", "2", "--workers", "0", "--lr", "1e-3", *SMALL]
+    assert main(["pretrain", "--out", str(run), "--steps", "2", *common]) == 0
+    assert json.loads((run / "config.json").read_text())["warmup_steps"] == 0  # 40/1600 of 2 steps
+    assert main(["pretrain", "--out", str(run), "--resume", "--steps", "30", *common]) == 0
+    # still no warm-up (40/1600 of 30 steps would be 1): the steps after the resume follow a 30-step cosine to 0
+    lrs = [r["lr"] for r in records(run)][2:]
+    assert lrs == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * i / 30)) for i in range(2, 30)], rel=1e-9)
+
+
+def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrite(shards, tmp_path, capsys,
+                                                                                   one_thread):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(shards), "--out", str(run), "--batch-size", "2", "--workers", "0", *SMALL]
+    assert main([*args, "--steps", "3"]) == 0
+    assert main([*args, "--steps", "2"]) == 2 and "--resume" in capsys.readouterr().err
+    assert main([*args, "--steps", "2", "--overwrite"]) == 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
+    assert [r["step"] for r in records(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.95, 1.0])  # a 64x64 input has 16 patches: 0.95 keeps int(0.8) = none
+def test_masking_must_remove_a_patch_and_keep_one(ratio):
+    with pytest.raises(ValueError, match="must mask at least one of the 16 patches"):
+        PretrainConfig(data="x", out="y", input_size=(64, 64), mask_ratio=ratio)
+    assert PretrainConfig(data="x", out="y", input_size=(64, 64), mask_ratio=0.01).mask_ratio == 0.01  # keeps 15
+
+
+@pytest.mark.parametrize("field", ["grad_accum", "batch_size"])
+def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
+    with pytest.raises(ValueError, match=f"{field} must be at least 1, got 0"):
+        PretrainConfig(data="x", out="y", **{field: 0})
+
+
+def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(shards, tmp_path, one_thread):
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(shards), "--out", str(run), "--steps", "3", "--batch-size", "2",
+                 "--workers", "0", *SMALL, "--log-interval", "0", "--ckpt-interval", "0"]) == 0
+    assert [r["step"] for r in records(run)] == [3]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    with pytest.raises(ValueError, match="log_interval must be 0 or more"):
+        PretrainConfig(data="x", out="y", log_interval=-1)

@@ -85,3 +85,23 @@ def test_a_non_finite_step_is_skipped_reported_and_counted(tmp_path, monkeypatch
                "--out", str(tmp_path / "run")])
     out = capsys.readouterr().out
     assert rc == 0 and "step 1: non-finite loss or gradient" in out and "3 steps (1 skipped)" in out
+
+
+def test_init_from_an_mae_backbone_drops_cls_and_resizes_positions(tmp_path):
+    import torch.nn.functional as F
+
+    from opensapiens.checkpoints import save_model
+    from opensapiens.models.mae import build_mae
+
+    torch.manual_seed(0)
+    mae = build_mae("nano", (64, 64), decoder_dim=32, decoder_depth=1, decoder_heads=2)  # cls token, 1 + 4x4 table
+    save_model(mae.backbone_model(), tmp_path / "backbone.safetensors")
+    rc = main(["--arch", "nano", "--input-size", "64x48", "--render-size", "96x64", "--batch-size", "2", "--views", "1",
+               "--head-channels", "16", "--steps", "1", "--lr", "0", "--init", str(tmp_path / "backbone.safetensors"),
+               "--device", "cpu", "--out", str(tmp_path / "run")])
+    assert rc == 0
+    got, src = load_multitask(tmp_path / "run" / "last.safetensors").backbone, mae.backbone
+    assert torch.equal(got.blocks[3].mlp.fc1.weight, src.blocks[3].mlp.fc1.weight)
+    grid = src.pos_embed[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)  # cls row dropped, 4x4 -> 4x3
+    expected = F.interpolate(grid, size=(4, 3), mode="bicubic", align_corners=False).flatten(2).transpose(1, 2)
+    assert torch.allclose(got.pos_embed, expected, atol=1e-6)

@@ -16,6 +16,7 @@ from test_data_toy import write_toy_dataset
 from opensapiens.models import build_model
 from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
 from opensapiens.training import finetune as finetune_module
+from opensapiens.training.config import resolve
 from opensapiens.training.logger import StepWindow
 from opensapiens.training.reproducibility import deterministic_kernels
 
@@ -362,6 +363,26 @@ def test_init_from_an_official_pretrain_file_drops_cls_and_resizes_positions(tmp
     assert all(torch.equal(v, head_before[k]) for k, v in model.head.state_dict().items())
 
 
+def test_architecture_defaults_to_the_init_checkpoints_and_the_recipe_follows(toy, tmp_path):
+    from opensapiens.checkpoints import ours_to_official, save_model
+    from opensapiens.models import SapiensViT
+
+    torch.manual_seed(0)
+    save_model(build_model("features", "tiny", pos_grid=(8, 8)), tmp_path / "tiny.safetensors")  # carries its config
+    pretrain = SapiensViT("nano", pos_grid=(8, 8), with_cls_token=True)  # an official _clean.pth: width and depth only
+    torch.save(ours_to_official({f"backbone.{k}": v for k, v in pretrain.state_dict().items()}, "features"),
+               tmp_path / "nano_clean.pth")
+    pose = dict(task="pose", data="synth", out="x", keypoints="goliath")
+    assert resolve(TrainConfig(**pose)).arch == "0.3b" and resolve(TrainConfig(**pose)).ohkm_topk == 128
+    tiny = resolve(TrainConfig(**pose, init=str(tmp_path / "tiny.safetensors")))
+    assert tiny.arch == "tiny" and tiny.ohkm_topk == 0  # Goliath OHKM is the 0.3b / 1b recipe
+    assert resolve(TrainConfig(**pose, init=str(tmp_path / "nano_clean.pth"))).arch == "nano"
+    assert resolve(TrainConfig(**pose, arch="1b", init=str(tmp_path / "tiny.safetensors"))).arch == "1b"  # as given
+    run = tmp_path / "run"
+    assert train(config(toy, run, arch=None, init=str(tmp_path / "nano_clean.pth"), steps=1))["step"] == 1
+    assert events(run, "init")[0]["backbone"] > 0
+
+
 # ------------------------------------------------------------------------------------------------------- learning
 
 
@@ -433,6 +454,63 @@ def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
     a = torch.load(full / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
     b = torch.load(part / "checkpoints" / "step_00000006.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(toy, tmp_path):
+    kw = dict(steps=6, log_interval=4, ckpt_interval=3, keep_last=0)
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    train(config(toy, straight, **kw))
+    shutil.copytree(straight, crashed)  # as if killed after the step-3 checkpoint, a step into the record of 4
+    for p in (crashed / "checkpoints").iterdir():
+        if p.name != "step_00000003.pt":
+            p.unlink()
+    train(config(toy, crashed, resume=True, **kw))
+    fields = [[(e["step"], e["loss"], e["skipped"]) for e in events(run)] for run in (straight, crashed)]
+    assert [step for step, _, _ in fields[0]] == [4, 6] and fields[1] == fields[0]
+
+
+def test_the_last_evaluation_reaches_the_final_checkpoint_and_runs_once(toy, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    scripted = iter([0.1, 0.9, 0.5])  # mIoU at steps 1, 2 (the end of the run) and 3 (the end of its extension)
+    monkeypatch.setattr(finetune_module, "evaluate", lambda *a, **k: {"mIoU": next(scripted)})
+    run = tmp_path / "run"
+    kw = dict(val_data=str(toy[1]), eval_interval=1)
+    train(config(toy, run, steps=2, **kw))
+    assert torch.load(run / "checkpoints" / "step_00000002.pt", weights_only=True)["best"] == {"value": 0.9, "step": 2}
+    assert train(config(toy, run, steps=3, resume=True, **kw))["best"] == {"value": 0.9, "step": 2}
+    with safe_open(str(run / "best.safetensors"), "pt") as f:
+        assert f.metadata()["step"] == "2"  # not replaced by step 3's worse model
+    train(config(toy, run, steps=3, resume=True, **kw))  # a finished run: nothing to train or to evaluate again
+    assert [(e["step"], e["mIoU"]) for e in events(run, "eval")] == [(1, 0.1), (2, 0.9), (3, 0.5)]
+
+
+def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrite(toy, tmp_path):
+    run = tmp_path / "run"
+    train(config(toy, run, steps=4, ckpt_interval=2, keep_last=0))
+    with pytest.raises(ValueError, match="--resume"):
+        train(config(toy, run, steps=2, ckpt_interval=1, keep_last=0))
+    train(config(toy, run, steps=2, ckpt_interval=1, keep_last=0, overwrite=True))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001.pt", "step_00000002.pt"]
+    assert [e["step"] for e in events(run, "checkpoint")] == [1, 2]
+    assert train(config(toy, run, steps=2, resume=True))["step"] == 2  # this run's last checkpoint, not step 4
+
+
+def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(toy, tmp_path):
+    train(config(toy, tmp_path / "per_step", steps=3))
+    losses = [e["loss"] for e in events(tmp_path / "per_step")]
+    run = tmp_path / "run"
+    train(config(toy, run, steps=3, log_interval=0, ckpt_interval=0, keep_last=0))
+    assert [(e["step"], e["loss"]) for e in events(run)] == [(3, pytest.approx(sum(losses) / 3, rel=1e-12))]
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
+    with pytest.raises(ValueError, match="ckpt_interval must be 0 or more"):
+        resolve(TrainConfig(task="seg", data="synth", out="x", ckpt_interval=-1))
+
+
+@pytest.mark.parametrize("field", ["grad_accum", "batch_size"])
+def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
+    with pytest.raises(ValueError, match=f"{field} must be at least 1, got 0"):
+        resolve(TrainConfig(task="seg", data="synth", out="x", **{field: 0}))
 
 
 def test_ranks_agree_to_stop_at_the_step_after_any_rank_is_signalled(monkeypatch):

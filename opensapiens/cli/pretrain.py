@@ -41,11 +41,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", help="continue from a pretrain checkpoint: official raw/_clean .pth or our "
                                   "mae/backbone .safetensors")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--overwrite", action="store_const", const=True,
+                   help="start afresh in an --out that holds an earlier run: delete its checkpoints, metrics.jsonl "
+                   "and tensorboard/ (without it, such an --out is refused)")
     p.add_argument("--steps", type=int, help="optimizer steps (default 1000)")
     p.add_argument("--batch-size", type=int, help="images per GPU per micro-batch (default 32)")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--input-size", type=parse_size, help="HxW, default 1024x1024")
-    p.add_argument("--mask-ratio", type=float, help="fraction of patches removed (default 0.75)")
+    p.add_argument("--mask-ratio", type=float, help="fraction of patches removed (default 0.75); at least one patch "
+                   "must be removed and one kept")
     g = p.add_argument_group("decoder (default: 512 wide, 8 blocks, 16 heads)")
     g.add_argument("--decoder-dim", type=int)
     g.add_argument("--decoder-depth", type=int)
@@ -77,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="deterministic kernels: a bit-identical --resume on GPUs too; slower")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int)
-    g.add_argument("--log-interval", type=int)
-    g.add_argument("--ckpt-interval", type=int)
+    g.add_argument("--log-interval", type=int, help="steps per train record (default 10; 0: one, at the end)")
+    g.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default 1000; 0: at the end only)")
     g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
     g.add_argument("--vis-interval", type=int, help="steps between reconstruction images (0: at the end only)")
     g.add_argument("--export-official", action="store_const", const=True,

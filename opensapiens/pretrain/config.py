@@ -19,6 +19,7 @@ class PretrainConfig:
     arch: str = "0.3b"
     init: str | None = None  # continue from a pretrain checkpoint (official raw/clean .pth or ours)
     resume: bool = False
+    overwrite: bool = False  # a fresh start deletes the checkpoints and metrics an earlier run left in ``out``
     steps: int = 1000
     batch_size: int = 32  # per GPU per micro-batch
     grad_accum: int = 1
@@ -34,7 +35,7 @@ class PretrainConfig:
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = 1.0
-    warmup_steps: int | None = None  # default: 40/1600 of the run, as the official schedule
+    warmup_steps: int | None = None  # default: 40/1600 of the run, as the official schedule (fixed at the start)
     warmup_start: float = 1e-4
     # data
     crop_scale: tuple[float, float] = (0.2, 1.0)
@@ -52,8 +53,8 @@ class PretrainConfig:
     attention: str = "auto"  # auto | sdpa | triton | fa4 (training.speed.use_fast_attention)
     # run management
     seed: int = 0
-    log_interval: int = 10
-    ckpt_interval: int = 1000
+    log_interval: int = 10  # 0: one record, at the end
+    ckpt_interval: int = 1000  # 0: checkpoint only at the end (and on a stop signal)
     keep_last: int = 3
     vis_interval: int = 0  # 0: reconstructions only at the end
     export_official: bool = False  # also write backbone_clean.pth in the official key layout
@@ -74,11 +75,20 @@ class PretrainConfig:
         from ..training.speed import check_attention_choice
 
         check_attention_choice(self.attention)
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
         H, W = self.input_size
         if H % 16 or W % 16:
             raise ValueError(f"input size {H}x{W} must be a multiple of 16 on both sides")
+        patches = H // 16 * (W // 16)
+        kept = int(patches * (1 - self.mask_ratio)) if 0 < self.mask_ratio < 1 else None
+        if kept is None or not 1 <= kept < patches:  # nothing masked: no loss (0/0); nothing kept: no encoder input
+            raise ValueError(f"mask_ratio {self.mask_ratio} must mask at least one of the {patches} patches of a "
+                             f"{H}x{W} input and keep at least one")
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("log_interval", "ckpt_interval", "keep_last", "vis_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
     def global_lr(self, world_size: int) -> float:
         if self.lr is not None:

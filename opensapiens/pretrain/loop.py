@@ -15,6 +15,7 @@ reconstructions, and at the end ``backbone.safetensors`` (a "features" model for
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -94,8 +95,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
-    checkpoints = ckpt.list_checkpoints(ckpt_dir)
-    resume_from = checkpoints[-1] if cfg.resume and checkpoints else None
+    resume_from = ckpt.checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
+    if resume_from is None:  # config.json keeps the warm-up: a resume with more --steps lengthens only the cosine
+        cfg = dataclasses.replace(cfg, warmup_steps=cfg.warmup())
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)
@@ -133,11 +135,11 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     warmup = cfg.warmup()
 
     # ---- resume ----------------------------------------------------------------------------------------------------
-    step, skipped_steps, skipped_samples = 0, 0, 0
+    step, skipped_samples, meta = 0, 0, None
     loader_meta = None
     if resume_from is not None:
         meta = ckpt.load_checkpoint(resume_from, model, optimizer, info)
-        step, skipped_steps = meta["step"], meta.get("skipped_steps", 0)
+        step = meta["step"]
         per_rank = meta.get("skipped_samples_per_rank", [])
         skipped_samples = per_rank[info.rank] if info.rank < len(per_rank) else 0
         loader_meta = meta["loader"]
@@ -185,13 +187,18 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         """Collective: unreadable samples skipped so far on all ranks."""
         return int(D.all_reduce_sum(torch.tensor([float(skipped_samples)], device=device)).item())
 
+    def due(interval: int) -> bool:
+        """Every ``interval`` steps (0: never) and at the last step."""
+        return step == cfg.steps or (interval > 0 and step % interval == 0)
+
     def save(reason: str) -> None:
-        window.settle()
+        partial = window.partial()  # reads every pending step, counting its skip
         ranks = D.gather_objects((state.to_dict(), skipped_samples))
         cursors = {s: c for d, _ in ranks for s, c in LoaderState.from_dict(d).cursors.items()}
         meta = {"step": step, "loader": LoaderState(num_slots, state.batches, cursors).to_dict(),
-                "skipped_steps": window.skipped_steps, "skipped_samples_per_rank": [n for _, n in ranks],
-                "config": cfg.to_dict(), "world_size": info.world_size}
+                "skipped_steps": window.skipped_steps, "window": partial,
+                "skipped_samples_per_rank": [n for _, n in ranks], "config": cfg.to_dict(),
+                "world_size": info.world_size}
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
             ckpt.prune_checkpoints(ckpt_dir, cfg.keep_last)
@@ -215,7 +222,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     result = None
     images = None
     stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
-    window = StepWindow(logger, skipped_steps)  # reads each step's loss two steps late: the GPU never waits
+    window = StepWindow.resumed(logger, meta)  # reads each step's loss two steps late: the GPU never waits
     try:
         while step < cfg.steps:
             cur_lr = lr * lr_factor(step, cfg.steps, warmup, cfg.warmup_start)
@@ -228,13 +235,13 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             step += 1
             window.add(step, result)
             logger.advance()
-            if step % cfg.log_interval == 0 or step == cfg.steps:
+            if due(cfg.log_interval):
                 logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
             stop_now = stop_vote(stop.requested)
-            if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
+            if stop_now or due(cfg.ckpt_interval):
                 save("signal" if stop_now else "interval" if step < cfg.steps else "final")
             if stop_now:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "

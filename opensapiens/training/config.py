@@ -31,6 +31,7 @@ class TrainConfig:
     image_root: str | None = None  # pose: image folder when it is not images/ beside the annotation file
     init: str | None = None  # pretrain / official task / our checkpoint to start from
     resume: bool = False
+    overwrite: bool = False  # a fresh start deletes the checkpoints and metrics an earlier run left in ``out``
     steps: int = 1000
     batch_size: int | None = None  # per GPU; official 4 (pose) / 2 (dense)
     grad_accum: int = 1
@@ -69,9 +70,9 @@ class TrainConfig:
     attention: str = "auto"  # auto | sdpa | triton | fa4 (speed.use_fast_attention)
     # run management
     seed: int = 0
-    log_interval: int = 10
+    log_interval: int = 10  # 0: one record, at the end
     eval_interval: int = 0  # 0: evaluate only at the end (when val_data is given)
-    ckpt_interval: int = 1000
+    ckpt_interval: int = 1000  # 0: checkpoint only at the end (and on a stop signal)
     keep_last: int = 3
     best_metric: str | None = None  # default per task: AP / mIoU / rmse / mean (angular error)
     best_mode: str | None = None  # max | min
@@ -92,11 +93,13 @@ class TrainConfig:
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
-    """Fill the unset (None) fields with the official recipe for the task, architecture and keypoint set."""
+    """Fill the unset (None) fields with the official recipe for the task, architecture (default: the ``init``
+    checkpoint's, else 0.3b) and keypoint set."""
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
     d = asdict(cfg)
-    arch = (cfg.arch or "0.3b").lower().removeprefix("sapiens_")
+    d["arch"] = cfg.arch or (init_arch(cfg.init) if cfg.init else "0.3b")
+    arch = d["arch"].lower().removeprefix("sapiens_")
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
@@ -123,6 +126,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     from .speed import check_attention_choice
 
     check_attention_choice(out.attention)
+    for name in ("batch_size", "grad_accum"):
+        if getattr(out, name) < 1:
+            raise ValueError(f"{name} must be at least 1, got {getattr(out, name)}")
+    for name in ("log_interval", "eval_interval", "ckpt_interval", "keep_last"):
+        if getattr(out, name) < 0:
+            raise ValueError(f"{name} must be 0 or more, got {getattr(out, name)}")
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")
@@ -130,3 +139,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("save_attention keeps the attention output of checkpointed blocks: it needs checkpointing "
                          f"blocks or blocks+head, got {out.checkpointing!r}")
     return out
+
+
+def init_arch(init: str) -> str:
+    """The architecture of the ``--init`` checkpoint: from the config our files carry, else from its width and
+    depth (the checkpoint loader's inference). Reads the file once more, before the model exists."""
+    from ..checkpoints import load_state
+    from ..models.vit import ARCHS
+
+    arch = load_state(init, task="features")[0].arch
+    if arch.name not in ARCHS:
+        raise ValueError(f"--init {init}: its backbone ({arch.embed_dim} wide, {arch.depth} blocks) is not one of the "
+                         f"architectures {', '.join(ARCHS)}")
+    return arch.name

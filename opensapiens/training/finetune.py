@@ -38,7 +38,7 @@ from .reproducibility import deterministic_kernels, seed_everything
 from .schedule import Schedule
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
-from .state import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from .state import checkpoint_path, checkpoint_to_resume, load_checkpoint, prune_checkpoints, save_checkpoint
 from .step import train_step
 
 
@@ -101,7 +101,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
-    resume_from = list_checkpoints(ckpt_dir)[-1] if cfg.resume and list_checkpoints(ckpt_dir) else None
+    resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)
@@ -121,7 +121,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     H, W = cfg.input_size
     if H % 16 or W % 16:
         raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
-    model = build_model(cfg.task, cfg.arch or "0.3b", out_channels=out_channels, head_channels=cfg.head_channels,
+    model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
                         pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
     model_config = model.config
     init_report = None
@@ -155,11 +155,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
                                 seg_loss_resolution=cfg.seg_loss_resolution)
 
     # ---- resume ----------------------------------------------------------------------------------------------------
-    step, position, skipped_total = 0, 0, 0
+    step, position, meta = 0, 0, None
     best = {"value": None, "step": None}
     if resume_from is not None:
         meta = load_checkpoint(resume_from, model, optimizer, info)
-        step, position, skipped_total = meta["step"], meta["data_position"], meta.get("skipped_steps", 0)
+        step, position = meta["step"], meta["data_position"]
         best = meta.get("best", best)
     else:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank dropout streams
@@ -186,6 +186,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             output = model(batch["image"])
         return criterion(output, batch)
 
+    def due(interval: int) -> bool:
+        """Every ``interval`` steps (0: never) and at the last step."""
+        return step == cfg.steps or (interval > 0 and step % interval == 0)
+
     def run_eval() -> dict | None:
         if val_set is None:
             return None
@@ -204,9 +208,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         return metrics
 
     def save(reason: str) -> None:
-        window.settle()
-        meta = {"step": step, "data_position": position, "skipped_steps": window.skipped_steps, "best": best,
-                "config": cfg.to_dict(), "world_size": info.world_size}
+        partial = window.partial()  # reads every pending step, counting its skip
+        meta = {"step": step, "data_position": position, "skipped_steps": window.skipped_steps, "window": partial,
+                "best": best, "config": cfg.to_dict(), "world_size": info.world_size}
         path = save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
             prune_checkpoints(ckpt_dir, cfg.keep_last)
@@ -216,7 +220,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     model.train()
     last_metrics, result = None, None
     stop_vote = D.StopVote(info, device)  # agreed across ranks one step late, without a sync
-    window = StepWindow(logger, skipped_total)  # reads each step's loss two steps late: the GPU never waits
+    window = StepWindow.resumed(logger, meta)  # reads each step's loss two steps late: the GPU never waits
     while step < cfg.steps:
         lr = cfg.lr * schedule.factor(step)
         set_lr(optimizer, lr)
@@ -227,12 +231,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         window.add(step, result)
         logger.advance()
 
-        if step % cfg.log_interval == 0 or step == cfg.steps:
+        if due(cfg.log_interval):
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
-        if cfg.eval_interval and step % cfg.eval_interval == 0 and step < cfg.steps:
+        if due(cfg.eval_interval):  # the last step's too, before the final save: its checkpoint holds the best
             last_metrics = run_eval()
         stop_now = stop_vote(stop.requested)
-        if stop_now or step % cfg.ckpt_interval == 0 or step == cfg.steps:
+        if stop_now or due(cfg.ckpt_interval):
             save("signal" if stop_now else "interval" if step < cfg.steps else "final")
         if stop_now:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
@@ -241,8 +245,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
 
-    # every step's loss was read by the final save
-    last_metrics = run_eval() or last_metrics
+    # every step's loss was read, and the last evaluation run, by the final save (a finished run resumed runs neither)
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
     logger.close()
     return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,

@@ -4,7 +4,8 @@ or one of ours.
 Pre-training checkpoints carry a cls token and a 64x64 (+1 cls slot) position table for 1024x1024 inputs; the
 official fine-tunes drop the cls token and the cls row and resize the table bicubically to the fine-tune grid
 (64x48 at 1024x768). The head is loaded only when the checkpoint has one of the same task and shape (a 308-keypoint
-head cannot start a 17-keypoint model; the backbone still can).
+head cannot start a 17-keypoint model; the backbone still can). The multi-task recipe's ``--init`` loads its
+backbone the same way (``fit_backbone``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,30 @@ from __future__ import annotations
 import torch
 
 from ..checkpoints import load_state
-from ..models.sapiens import SapiensModel
-from ..models.vit import resize_pos_embed
+from ..models.sapiens import ModelConfig, SapiensModel
+from ..models.vit import SapiensViT, resize_pos_embed
+
+
+def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: SapiensViT,
+                 source: str) -> dict[str, torch.Tensor]:
+    """The ``backbone.*`` tensors of a checkpoint's state dict ``sd``, keyed as in ``backbone`` and made to fit it:
+    cls token and cls row dropped, position table resized to its grid. Raises if width or depth differ."""
+    weights = {k.removeprefix("backbone."): v for k, v in sd.items()
+               if k.startswith("backbone.") and k != "backbone.cls_token"}
+    pos = weights.get("pos_embed")
+    if pos is not None:
+        if src_cfg.with_cls_token:
+            pos = pos[:, 1:]
+        elif pos.shape[1] == src_cfg.pos_grid[0] * src_cfg.pos_grid[1] + 1:
+            pos = pos[:, 1:]  # a pre-training table read without its cls token
+        weights["pos_embed"] = resize_pos_embed(pos.float(), tuple(src_cfg.pos_grid), backbone.pos_grid)
+    ours = backbone.state_dict()
+    missing = [k for k in ours if k not in weights]
+    wrong = [k for k, v in weights.items() if k in ours and ours[k].shape != v.shape]
+    if missing or wrong:
+        raise ValueError(f"{source}: its backbone ({src_cfg.arch.name}) does not fit the model "
+                         f"({backbone.arch.name}); missing {missing[:3]}, mismatched {wrong[:3]}")
+    return weights
 
 
 def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
@@ -21,20 +44,7 @@ def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth)."""
     src_cfg, sd = load_state(path_or_name)
     ours = model.state_dict()
-    backbone = {k: v for k, v in sd.items() if k.startswith("backbone.") and k != "backbone.cls_token"}
-    pos = backbone.get("backbone.pos_embed")
-    if pos is not None:
-        if src_cfg.with_cls_token:
-            pos = pos[:, 1:]
-        elif pos.shape[1] == src_cfg.pos_grid[0] * src_cfg.pos_grid[1] + 1:
-            pos = pos[:, 1:]  # a pre-training table read without its cls token
-        dst_grid = model.backbone.pos_grid
-        backbone["backbone.pos_embed"] = resize_pos_embed(pos.float(), tuple(src_cfg.pos_grid), dst_grid)
-    missing = [k for k in ours if k.startswith("backbone.") and k not in backbone]
-    wrong = [k for k, v in backbone.items() if k in ours and ours[k].shape != v.shape]
-    if missing or wrong:
-        raise ValueError(f"{path_or_name}: its backbone ({src_cfg.arch.name}) does not fit the model "
-                         f"({model.config.arch.name}); missing {missing[:3]}, mismatched {wrong[:3]}")
+    backbone = {f"backbone.{k}": v for k, v in fit_backbone(src_cfg, sd, model.backbone, path_or_name).items()}
     head = {k: v for k, v in sd.items() if k.startswith("head.")}
     reason = ""
     if not head:

@@ -32,12 +32,32 @@ class StepWindow:
     queued, which waits for it while the GPU still has those to run, or at ``settle``: at a log, a checkpoint, a stop
     or the end. So the host never idles the GPU between logs, and runs at most ``lag`` steps ahead of it. Reading
     writes a "skip" record for each skipped step and keeps the run's count of them, ``skipped_steps``.
+
+    Checkpoints save the open window (``partial``) and a resumed run starts from it (``resumed``): the first record
+    after a resume averages the same steps as in an uninterrupted run.
     """
 
     def __init__(self, logger: RunLogger, skipped_steps: int = 0, lag: int = 2) -> None:
         self.logger, self.skipped_steps, self.lag = logger, skipped_steps, lag
         self.pending: list[tuple[int, Any]] = []  # (step, StepResult) not read yet, oldest first
         self.reset()
+
+    @classmethod
+    def resumed(cls, logger: RunLogger, meta: dict[str, Any] | None) -> StepWindow:
+        """The window a checkpoint's metadata (None: a fresh start) left open; the run's skipped-step count with it."""
+        meta = meta or {}
+        window = cls(logger, meta.get("skipped_steps", 0))
+        if "window" in meta:  # checkpoints written before the window was saved start a new one
+            w = meta["window"]
+            window.loss, window.n, window.skipped, window.steps = w["loss"], w["n"], w["skipped"], w["steps"]
+            window.t0 -= w["seconds"]
+        return window
+
+    def partial(self) -> dict[str, Any]:
+        """The open window's sums, every pending step read, for a checkpoint."""
+        self.settle()
+        return {"loss": self.loss, "n": self.n, "skipped": self.skipped, "steps": self.steps,
+                "seconds": time.perf_counter() - self.t0}
 
     def reset(self) -> None:
         self.loss, self.n, self.skipped, self.steps, self.t0 = 0.0, 0, 0, 0, time.perf_counter()

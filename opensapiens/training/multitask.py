@@ -12,7 +12,8 @@ tasks), and trains one backbone with four heads on the sum of the official losse
 
 Writes RUN/metrics.jsonl, RUN/last.safetensors (multi-task, fp32) at intervals and at the end.
 ``--continue-from CKPT`` starts from a whole multi-task checkpoint (backbone and heads), e.g. to train the bundled
-model further.
+model further; ``--init`` starts the backbone from pretrained weights (an MAE ``backbone.safetensors``, an official
+``_clean.pth``) as ``opensapiens train --init`` does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from ..inference.transforms import MEAN, STD, normalization_tensors
 from ..metadata import keypoint_set, seg_classes
 from ..models.multitask import SapiensMultiTask, build_multitask
 from ..tasks import keypoint_mse_loss, normal_loss, relative_depth_target, seg_ce_loss, silog_loss
+from .init import fit_backbone
 from .logger import StepWindow
 from .optim import build_optimizer, set_lr
 from .schedule import Schedule
@@ -216,11 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"continuing from {args.continue_from}")
     else:
         model = build_multitask(args.arch, size, args.head_channels).to(device)
-    if args.init:
-        _, sd = load_state(args.init, task="features")
-        missing = model.backbone.load_state_dict({k[len("backbone."):]: v for k, v in sd.items()
-                                                  if k.startswith("backbone.")}, strict=False)
-        print(f"init from {args.init}: {missing}")
+    if args.init:  # as a fine-tune's --init: cls token and row dropped, position table resized to the input's grid
+        src_cfg, sd = load_state(args.init, task="features")
+        weights = fit_backbone(src_cfg, sd, model.backbone, args.init)
+        with torch.no_grad():
+            for k, v in model.backbone.state_dict().items():
+                v.copy_(weights[k])
+        print(f"init from {args.init}: {len(weights)} backbone tensors")
     optimizer = build_optimizer(model, args.lr, args.weight_decay, betas=(0.9, 0.999))
     schedule = Schedule(args.steps, warmup_steps=args.warmup, kind="cosine", min_factor=0.01)
     class_weight = torch.tensor(seg_classes("goliath").class_weight, device=device)

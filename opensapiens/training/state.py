@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,28 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+
+
+def checkpoint_to_resume(run: Path, resume: bool, overwrite: bool, info: DistInfo) -> Path | None:
+    """Collective: the newest checkpoint in ``run`` to resume from, or None for a fresh start.
+
+    A fresh start refuses a folder that holds another run's checkpoints: pruning by step number would delete the new
+    run's, and a later ``--resume`` would load the old one. ``overwrite`` deletes them, the old ``metrics.jsonl`` and
+    ``tensorboard/`` instead.
+    """
+    found = list_checkpoints(run / "checkpoints")
+    if resume or not found:
+        return found[-1] if found else None
+    if not overwrite:
+        raise ValueError(f"{run} already holds the checkpoints of a run (up to {found[-1].name}): continue it with "
+                         "--resume, write to another --out, or pass --overwrite to delete them")
+    if info.is_main:
+        for p in found:
+            p.unlink()
+        (run / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(run / "tensorboard", ignore_errors=True)
+    barrier()
+    return None
 
 
 def checkpoint_path(folder: str | Path, step: int) -> Path:
