@@ -463,3 +463,19 @@ def test_video_writer_failures_leave_nothing(tmp_path):
     (tmp_path / "bad.mp4").write_text("not a video")
     with pytest.raises(ImageReadError, match="bad.mp4"):
         list(iter_video_frames(tmp_path / "bad.mp4"))
+
+
+def test_video_writer_passes_the_x264_preset(tmp_path):
+    """x264 writes its settings into the stream: veryfast's subpixel refinement is 2, the default (medium) 7."""
+    pytest.importorskip("av")
+    from opensapiens.io import VideoWriter
+
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 48, 3), dtype=np.uint8)
+    sizes = {}
+    for preset in ("veryfast", None):
+        path = tmp_path / f"{preset}.mp4"
+        with VideoWriter(path, fps=10, preset=preset) as writer:
+            for f in frames:
+                writer.write(f)
+        sizes[preset] = path.read_bytes()
+    assert b"subme=2" in sizes["veryfast"] and b"subme=7" in sizes[None]

@@ -3,6 +3,7 @@ files blamed, and on CUDA no read of an output before the model that writes it h
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
     encoded = []
 
     class Writer:
-        def __init__(self, path, fps):
+        def __init__(self, path, fps, **options):
             pass
 
         def write(self, picture):
@@ -206,6 +207,56 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
 
     done = batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
     assert done == len(frames) and encoded == list(range(len(frames)))
+
+
+def test_a_pose_videos_pictures_are_the_drawn_frames_a_dense_ones_side_by_side(tmp_path, monkeypatch):
+    """As the images' pictures: pose drawn on the frame (the frame's size), seg beside the frame (twice as wide);
+    encoded on one thread in frame order, with x264's veryfast preset."""
+    from types import SimpleNamespace
+
+    import opensapiens.io as io
+    from opensapiens.inference.results import PoseResult
+    from opensapiens.metadata import keypoint_set
+
+    frames = [np.full((8, 6, 3), k, np.uint8) for k in range(5)]
+    monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=10.0))
+    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
+    written = []
+
+    class Writer:
+        def __init__(self, path, fps, **options):
+            written.append(("open", options))
+
+        def write(self, picture):
+            written.append((picture.shape, int(picture[-1, 0, 0]), threading.current_thread().name))
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(io, "VideoWriter", Writer)
+    coco = keypoint_set("coco")
+
+    class Pose:
+        task, keypoint_set = "pose", coco
+
+        def submit(self, images):
+            results = [PoseResult(np.zeros((0, 17, 2)), np.zeros((0, 17)), np.zeros((0, 4)), np.zeros(0), "coco")
+                       for _ in images]
+            return Pending(None, lambda: results)
+
+    class Seg:
+        task = "seg"
+
+        def submit(self, images):
+            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
+            return Pending(None, lambda: results)
+
+    for predictor, width in ((Pose(), 6), (Seg(), 12)):
+        written.clear()
+        batch.run_video(predictor, tmp_path / "v.mp4", tmp_path / predictor.task, batch_size=2, progress=False)
+        assert written[0] == ("open", {"preset": "veryfast"})
+        assert [w[:2] for w in written[1:]] == [((8, width, 3), k) for k in range(len(frames))]
+        assert {w[2] for w in written[1:]} == {"opensapiens-encode_0"}
 
 
 def test_pin_leaves_what_it_cannot_pin_as_it_is():
@@ -364,7 +415,7 @@ def _fake_video(monkeypatch, frames, fps=10.0):
     made = []
 
     class Writer:
-        def __init__(self, path, fps):
+        def __init__(self, path, fps, **options):
             made.append(self)
             self.path, self.fps, self.frames, self.state = path, fps, 0, "open"
 

@@ -325,13 +325,16 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
               raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None,
               track: bool = True, stem: str | None = None) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
-    ``frame_000000...`` like images) and, with ``vis`` (not for features), ``out_dir/STEM_<task>.mp4`` side by side
-    with the input. ``stem`` defaults to the file's. Returns the number of frames done. With ``track``, pose gives
+    ``frame_000000...`` like images) and, with ``vis`` (not for features), ``out_dir/STEM_<task>.mp4``: the pose
+    drawn on the frames, the dense maps side by side with them (as the images' pictures). ``stem`` defaults to the
+    file's. Returns the number of frames done. With ``track``, pose gives
     each person a ``track_id`` that follows them from frame to frame (``PoseTracker``), in the JSON and on the
     pictures.
 
-    ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; the pictures
-    are encoded in frame order. The picture video replaces ``STEM_<task>.mp4`` only when every frame is done; on an
+    ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; one encoder
+    thread puts the pictures into the video in frame order (x264's ``veryfast`` preset: the default ``medium`` held a
+    1080p pose video to ~14 frames/s on a 16-core host, call 100), so the main thread only feeds the GPU. The
+    picture video replaces ``STEM_<task>.mp4`` only when every frame is done; on an
     error it is discarded and the error raised. Last, ``video_manifest`` records the finished video
     (``video_finished``).
     """
@@ -350,7 +353,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     total = info.num_frames // step if info.num_frames else None
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     pictures = vis and predictor.task != "features"  # features have no picture
-    writer = VideoWriter(out_dir / f"{stem}_{predictor.task}.mp4", fps=fps / step) if pictures else None
+    writer = VideoWriter(out_dir / f"{stem}_{predictor.task}.mp4", fps=fps / step, preset="veryfast") if pictures \
+        else None
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
@@ -372,30 +376,37 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw)
         if writer is None:
             return None
-        return side_by_side([image, visualize_result(image, result)])
+        picture = visualize_result(image, result)
+        return picture if predictor.task == "pose" else side_by_side([image, picture])
 
-    def encode(queued: collections.deque, keep: int) -> None:
-        """Encode finished pictures in frame order; wait for the oldest while more than ``keep`` are queued."""
+    def encode(picture: Future) -> None:
+        """Encoder thread: the next frame's picture into the video (one thread, frames submitted in order)."""
+        if (p := picture.result()) is not None:
+            writer.write(p)
+
+    def settle(queued: collections.deque, keep: int) -> None:
+        """Count the frames done (outputs written, picture encoded), in order; wait for the oldest while more than
+        ``keep`` are queued (each holds its frame and picture)."""
         nonlocal done
         while queued and (len(queued) > keep or queued[0].done()):
-            picture = queued.popleft().result()
-            if picture is not None:
-                writer.write(picture)
+            queued.popleft().result()
             done += 1
             bar.update(1)
 
     queued: collections.deque[Future] = collections.deque()
     try:
-        with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as pool:
+        with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as pool, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="opensapiens-encode") as encoder:
             for (indices, frames), results, error in submit_ahead(predictor, chunks()):
                 if error is not None:
                     raise error
                 if tracker is not None:  # results arrive in frame order
                     for result in results:
                         tracker.update(result)
-                queued.extend(pool.submit(frame_outputs, *item) for item in zip(indices, frames, results))
-                encode(queued, keep=2 * batch_size + writers)
-            encode(queued, keep=0)
+                queued.extend(encoder.submit(encode, pool.submit(frame_outputs, *item))
+                              for item in zip(indices, frames, results))
+                settle(queued, keep=2 * batch_size + writers)
+            settle(queued, keep=0)
         if writer is not None:
             writer.close()
     except BaseException:

@@ -97,13 +97,15 @@ class VideoWriter:
     If the ``with`` block raises, ``abort()`` is called, or nothing was written, no file is left at ``path``.
     """
 
-    def __init__(self, path: str | Path, fps: float = 30.0, size: tuple[int, int] | None = None, crf: int = 18):
+    def __init__(self, path: str | Path, fps: float = 30.0, size: tuple[int, int] | None = None, crf: int = 18,
+                 preset: str | None = None):
         if fps <= 0:
             raise ValueError(f"fps must be positive, got {fps}")
         self.path = Path(path)
         self.fps = fps
         self.size = None if size is None else (int(size[0]), int(size[1]))
         self.crf = crf
+        self.preset = preset  # x264's speed/size trade-off (None: its default, "medium"); other encoders ignore it
         self.frames_written = 0
         self._av = _import_av()
         self._tmp: Path | None = temp_sibling(self.path)
@@ -125,6 +127,8 @@ class VideoWriter:
             stream.pix_fmt = "yuv420p"
             if codec in ("libx264", "libvpx-vp9"):
                 stream.options = {"crf": str(self.crf)}
+                if codec == "libx264" and self.preset:
+                    stream.options = {**stream.options, "preset": self.preset}
             else:  # bitrate-driven encoders: ~0.2 bit per pixel keeps people's edges sharp
                 stream.bit_rate = max(int(stream.width * stream.height * float(rate) * 0.2), 1_000_000)
             self._stream = stream
