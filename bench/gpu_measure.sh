@@ -696,8 +696,11 @@ elif [ "$1" = energy ]; then
 elif [ "$1" = suite ]; then
   # the whole test suite on the GPU host and nothing else: it outgrew 420 s there (call 63; each torchrun test starts
   # processes that import torch in 3-5 s), so it gets a call of its own
+  # (each verdict goes to $OUT/suite_log.txt as it ends: call 102, cut by the session's device time, kept nothing)
   install_coco_wheel
-  timeout 570 python -m pytest -rfE --tb=line -p no:cacheprovider --durations=10 2>&1 | tail -25
+  ls .whlav/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlav/*.whl 2>&1 | tail -1
+  timeout 570 python -m pytest -v -rfE --tb=line -p no:cacheprovider --durations=10 > "$OUT/suite_log.txt" 2>&1
+  grep -c PASSED "$OUT/suite_log.txt"; grep -E "FAILED|ERROR" "$OUT/suite_log.txt" | head -20; tail -16 "$OUT/suite_log.txt"
 elif [ "$1" = tenth-verify ]; then
   # what the tenth session changed after its last device call: the whole suite on the GPU (torchrun's workers now
   # find the package; pycocotools from .whlcoco/ where carried), then one-image predict (a lone image no longer padded
