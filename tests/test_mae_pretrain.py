@@ -222,5 +222,5 @@ def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(shards, tmp_path
                  "--workers", "0", *SMALL, "--log-interval", "0", "--ckpt-interval", "0"]) == 0
     assert [r["step"] for r in records(run)] == [3]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
-    with pytest.raises(ValueError, match="log_interval must be 0 or more"):
+    with pytest.raises(ValueError, match="log_interval must be at least 0"):
         PretrainConfig(data="x", out="y", log_interval=-1)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from ..training.config import check_counts
+
 
 @dataclass
 class PretrainConfig:
@@ -83,12 +85,8 @@ class PretrainConfig:
         if kept is None or not 1 <= kept < patches:  # nothing masked: no loss (0/0); nothing kept: no encoder input
             raise ValueError(f"mask_ratio {self.mask_ratio} must mask at least one of the {patches} patches of a "
                              f"{H}x{W} input and keep at least one")
-        for name in ("batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("log_interval", "ckpt_interval", "keep_last", "vis_interval"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        check_counts(self, positive=("batch_size", "grad_accum"),
+                     non_negative=("log_interval", "ckpt_interval", "keep_last", "vis_interval"))
 
     def global_lr(self, world_size: int) -> float:
         if self.lr is not None:

@@ -126,12 +126,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     from .speed import check_attention_choice
 
     check_attention_choice(out.attention)
-    for name in ("batch_size", "grad_accum"):
-        if getattr(out, name) < 1:
-            raise ValueError(f"{name} must be at least 1, got {getattr(out, name)}")
-    for name in ("log_interval", "eval_interval", "ckpt_interval", "keep_last"):
-        if getattr(out, name) < 0:
-            raise ValueError(f"{name} must be 0 or more, got {getattr(out, name)}")
+    check_counts(out, positive=("batch_size", "grad_accum"),
+                 non_negative=("log_interval", "eval_interval", "ckpt_interval", "keep_last"))
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")
@@ -152,3 +148,12 @@ def init_arch(init: str) -> str:
         raise ValueError(f"--init {init}: its backbone ({arch.embed_dim} wide, {arch.depth} blocks) is not one of the "
                          f"architectures {', '.join(ARCHS)}")
     return arch.name
+
+
+def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """A ValueError naming the first of ``cfg``'s counts below its least value: 1 for ``positive`` (a batch, an
+    accumulation), 0 for ``non_negative`` (intervals and kept checkpoints, where 0 means "at the end" or "all")."""
+    for names, least in ((positive, 1), (non_negative, 0)):
+        for name in names:
+            if getattr(cfg, name) < least:
+                raise ValueError(f"{name} must be at least {least}, got {getattr(cfg, name)}")
