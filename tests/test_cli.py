@@ -186,13 +186,9 @@ def test_predict_reports_missing_inputs(tmp_path, capsys):
 
 def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     pytest.importorskip("av")  # the optional video extra (installed with [test]; absent on the GPU image)
-    from opensapiens.io import VideoWriter, iter_video_frames
+    from opensapiens.io import iter_video_frames
 
-    video = tmp_path / "clip.mp4"
-    rng = np.random.default_rng(1)
-    with VideoWriter(video, fps=10) as writer:
-        for _ in range(5):
-            writer.write(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    video = _video(tmp_path / "clip.mp4", n=5)
     ckpt = _checkpoint(tmp_path, "seg", 28)
     out = tmp_path / "out"
     assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--batch-size", "2",
@@ -212,13 +208,7 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
 
 def test_predict_pose_on_a_video_writes_track_ids_unless_told_not_to(tmp_path, capsys):
     pytest.importorskip("av")
-    from opensapiens.io import VideoWriter
-
-    video = tmp_path / "walk.mp4"
-    rng = np.random.default_rng(2)
-    with VideoWriter(video, fps=10) as writer:
-        for _ in range(3):
-            writer.write(rng.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+    video = _video(tmp_path / "walk.mp4")
     ckpt = _checkpoint(tmp_path, "pose", 17)
     for flags, tracked in (([], True), (["--no-track"], False)):
         out = tmp_path / f"out{tracked}"

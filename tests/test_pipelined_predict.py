@@ -172,30 +172,14 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
     """``run_video`` writes frames' outputs and draws their pictures on writer threads; the early frames finish last
     here, and the video must still get its pictures in frame order, every frame once."""
     import time
-    from types import SimpleNamespace
-
-    import opensapiens.io as io
 
     frames = [np.full((8, 6, 3), k, np.uint8) for k in range(12)]
-    monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=10.0))
-    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
-    encoded = []
-
-    class Writer:
-        def __init__(self, path, fps, **options):
-            pass
-
-        def write(self, picture):
-            encoded.append(int(picture[0, 0, 0]))  # the left panel is the frame itself
-
-        def close(self):
-            pass
+    made = _fake_video(monkeypatch, frames)
 
     def slow_for_early_frames(task, folder, stem, image, result, **kwargs):
         time.sleep(0.01 * (len(frames) - int(image[0, 0, 0])))
         return []
 
-    monkeypatch.setattr(io, "VideoWriter", Writer)
     monkeypatch.setattr(batch, "write_result", slow_for_early_frames)
 
     class Seg:
@@ -206,34 +190,18 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
             return Pending(None, lambda: results)
 
     done = batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
+    encoded = [int(p[0, 0, 0]) for p in made[0].pictures]  # the left panel is the frame itself
     assert done == len(frames) and encoded == list(range(len(frames)))
 
 
 def test_a_pose_videos_pictures_are_the_drawn_frames_a_dense_ones_side_by_side(tmp_path, monkeypatch):
     """As the images' pictures: pose drawn on the frame (the frame's size), seg beside the frame (twice as wide);
     encoded on one thread in frame order, with x264's veryfast preset."""
-    from types import SimpleNamespace
-
-    import opensapiens.io as io
     from opensapiens.inference.results import PoseResult
     from opensapiens.metadata import keypoint_set
 
     frames = [np.full((8, 6, 3), k, np.uint8) for k in range(5)]
-    monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=10.0))
-    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
-    written = []
-
-    class Writer:
-        def __init__(self, path, fps, **options):
-            written.append(("open", options))
-
-        def write(self, picture):
-            written.append((picture.shape, int(picture[-1, 0, 0]), threading.current_thread().name))
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(io, "VideoWriter", Writer)
+    made = _fake_video(monkeypatch, frames)
     coco = keypoint_set("coco")
 
     class Pose:
@@ -252,11 +220,10 @@ def test_a_pose_videos_pictures_are_the_drawn_frames_a_dense_ones_side_by_side(t
             return Pending(None, lambda: results)
 
     for predictor, width in ((Pose(), 6), (Seg(), 12)):
-        written.clear()
         batch.run_video(predictor, tmp_path / "v.mp4", tmp_path / predictor.task, batch_size=2, progress=False)
-        assert written[0] == ("open", {"preset": "veryfast"})
-        assert [w[:2] for w in written[1:]] == [((8, width, 3), k) for k in range(len(frames))]
-        assert {w[2] for w in written[1:]} == {"opensapiens-encode_0"}
+        writer = made[-1]
+        assert writer.options == {"preset": "veryfast"} and writer.threads == {"opensapiens-encode_0"}
+        assert [(p.shape, int(p[-1, 0, 0])) for p in writer.pictures] == [((8, width, 3), k) for k in range(5)]
 
 
 def test_pin_leaves_what_it_cannot_pin_as_it_is():
@@ -417,10 +384,13 @@ def _fake_video(monkeypatch, frames, fps=10.0):
     class Writer:
         def __init__(self, path, fps, **options):
             made.append(self)
-            self.path, self.fps, self.frames, self.state = path, fps, 0, "open"
+            self.path, self.fps, self.options, self.frames, self.state = path, fps, options, 0, "open"
+            self.pictures, self.threads = [], set()
 
         def write(self, picture):
             self.frames += 1
+            self.pictures.append(picture.copy())
+            self.threads.add(threading.current_thread().name)
 
         def close(self):
             self.state = "closed"
