@@ -458,3 +458,59 @@ def test_a_video_whose_inference_fails_raises_that_error_and_keeps_the_finished_
     assert not list((out / "v").glob("video_*.json"))  # not recorded as finished
     batch.run_video(_Seg0(), video, out, batch_size=2, progress=False)  # and a run that finishes replaces it
     assert len(list(iter_video_frames(out / "v_seg.mp4"))) == 6
+
+
+def test_read_ahead_yields_in_order_raises_after_the_items_before_and_stops_its_thread():
+    from opensapiens.inference.streams import read_ahead
+
+    threads, closed = [], []
+
+    def source(n, fail_at=None):
+        try:
+            for k in range(n):
+                threads.append(threading.current_thread().name)
+                if k == fail_at:
+                    raise OSError(f"bad frame {k}")
+                yield k
+        finally:
+            closed.append(n)
+
+    assert list(read_ahead(source(7), depth=2, name="reader")) == list(range(7))
+    assert set(threads) == {"reader"} and closed == [7]
+    got = []
+    with pytest.raises(OSError, match="bad frame 3"):
+        for k in read_ahead(source(9, fail_at=3)):
+            got.append(k)
+    assert got == [0, 1, 2]
+    closed.clear()
+    threads.clear()
+    early = read_ahead(source(1000), depth=2)
+    assert next(early) == 0
+    early.close()  # the consumer stops: the producer stops at its next item and its source is closed
+    assert closed == [1000] and len(threads) <= 4  # the one taken, two queued, one waiting to be
+    assert not any(t.name == "opensapiens-read-ahead" for t in threading.enumerate())
+
+
+def test_run_video_decodes_frames_on_a_reader_thread(tmp_path, monkeypatch):
+    import opensapiens.io as io
+
+    frames = [np.full((8, 6, 3), k, np.uint8) for k in range(6)]
+    _fake_video(monkeypatch, frames)
+    decoders = set()
+
+    def frames_on_a_thread(path, step=1):
+        for k, frame in enumerate(frames):
+            decoders.add(threading.current_thread().name)
+            yield k, frame
+
+    monkeypatch.setattr(io, "iter_video_frames", frames_on_a_thread)
+
+    class Seg:
+        task = "seg"
+
+        def submit(self, images):
+            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
+            return Pending(None, lambda: results)
+
+    assert batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False) == 6
+    assert decoders == {"opensapiens-video-read"}

@@ -18,6 +18,7 @@ Files written per input stem (``--raw`` adds the raw head output):
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import json
 import os
@@ -34,7 +35,7 @@ from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
-from .streams import pin, submit_ahead
+from .streams import pin, read_ahead, submit_ahead
 from .tracking import PoseTracker
 
 OUTPUTS = {
@@ -331,7 +332,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     each person a ``track_id`` that follows them from frame to frame (``PoseTracker``), in the JSON and on the
     pictures.
 
-    ``writers`` threads (default ``default_writers``) write each frame's outputs and draw its picture; one encoder
+    A reader thread decodes the frames (``read_ahead``); ``writers`` threads (default ``default_writers``) write each
+    frame's outputs and draw its picture; one encoder
     thread puts the pictures into the video in frame order (x264's ``veryfast`` preset: the default ``medium`` held a
     1080p pose video to ~14 frames/s on a 16-core host, call 100), so the main thread only feeds the GPU. The
     picture video replaces ``STEM_<task>.mp4`` only when every frame is done; on an
@@ -358,18 +360,21 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
-    def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list[np.ndarray], dict]]:
-        """((frame indices, frames), frames, keyword arguments) per chunk of ``batch_size`` frames."""
+    prepare = pin if str(getattr(predictor, "device", "cpu")).startswith("cuda") else (lambda frame: frame)
+
+    def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list, dict]]:
+        """((frame indices, frames), the model's inputs, keyword arguments) per chunk of ``batch_size`` frames,
+        decoded on a reader thread (on CUDA the inputs pinned there too, as ``run_batch``'s readers do)."""
         kwargs = {RAW_FLAG[predictor.task]: True} if raw and predictor.task in RAW_FLAG else {}
         indices, frames = [], []
         for index, frame in iter_video_frames(path, step=step):
             indices.append(index)
             frames.append(frame)
             if len(frames) == batch_size:
-                yield (indices, frames), frames, dict(kwargs)
+                yield (indices, frames), [prepare(f) for f in frames], dict(kwargs)
                 indices, frames = [], []
         if frames:
-            yield (indices, frames), frames, dict(kwargs)
+            yield (indices, frames), [prepare(f) for f in frames], dict(kwargs)
 
     def frame_outputs(index: int, image: np.ndarray, result) -> np.ndarray | None:
         """Writer thread: the frame's files, and its picture for the video (None without one)."""
@@ -396,8 +401,9 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     queued: collections.deque[Future] = collections.deque()
     try:
         with ThreadPoolExecutor(max_workers=writers, thread_name_prefix="opensapiens-write") as pool, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="opensapiens-encode") as encoder:
-            for (indices, frames), results, error in submit_ahead(predictor, chunks()):
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="opensapiens-encode") as encoder, \
+                contextlib.closing(read_ahead(chunks(), name="opensapiens-video-read")) as decoded:
+            for (indices, frames), results, error in submit_ahead(predictor, decoded):
                 if error is not None:
                     raise error
                 if tracker is not None:  # results arrive in frame order

@@ -10,6 +10,8 @@ runner. On the CPU the same calls run in order.
 from __future__ import annotations
 
 import functools
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -121,6 +123,50 @@ class Pending:
                         self._stream.synchronize()
             self._finish = None
         return self._results
+
+
+def read_ahead(items: Iterable, depth: int = 2, name: str = "opensapiens-read-ahead") -> Iterator:
+    """``items``, produced on a thread of their own up to ``depth`` ahead of the consumer (a video's decode and RGB
+    conversion off the thread that feeds the GPU). An error of ``items`` is raised here, after the items before
+    it; when the consumer stops early the producer stops at its next item and ``items`` is closed."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put((end, e))
+        finally:
+            getattr(source, "close", lambda: None)()
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def submit_ahead(predictor, batches: Iterable[tuple[Any, list[np.ndarray], dict]]
