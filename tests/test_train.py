@@ -568,3 +568,31 @@ def test_on_the_fly_synthetic_data_trains_pose_and_resumes(tmp_path):
     second = train(cfg)
     assert first["step"] == 2 and second["step"] == 3 and np.isfinite(second["loss"])
     assert [e["step"] for e in events(tmp_path / "synth")] == [1, 2, 3]
+
+
+def test_ranks_beyond_the_saved_ones_get_streams_of_their_own():
+    """Resumed on 4 ranks from a 2-rank checkpoint: ranks 0 and 1 continue their saved streams exactly; ranks 2 and
+    3 start from ranks 0 and 1's states reseeded by their rank, so no two ranks draw the same dropout masks, and a
+    second resume draws the same again."""
+    import random
+
+    from opensapiens.training.state import restore_rng, rng_state
+
+    def draws() -> tuple:
+        return torch.rand(4).tolist(), float(np.random.rand()), random.random()
+
+    rngs, expected = [], []
+    for seed in (11, 12):  # the two saved ranks
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
+        rngs.append(rng_state())
+        expected.append(draws())
+    got = []
+    for rank in range(4):
+        restore_rng(rngs, rank)
+        got.append(draws())
+    assert got[:2] == expected
+    assert len({str(g) for g in got}) == 4
+    restore_rng(rngs, 3)
+    assert draws() == got[3]

@@ -30,6 +30,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from .distributed import DistInfo, barrier, gather_objects
+from .reproducibility import seed_everything
 
 _NAME = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -78,6 +79,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         torch.save({"model": model_sd, "optimizer": optim_sd, "rng": rngs, **meta}, tmp)
+        with open(tmp, "rb") as f:  # on disk before it takes the name: a power cut leaves the previous checkpoint
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     barrier()
     return path if info.is_main else None
@@ -95,9 +98,16 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     set_model_state_dict(model, ckpt.get("model", {}), options=opts)
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, ckpt.get("optimizer", {}), options=opts)
-    rngs = meta.pop("rng")
-    set_rng_state(rngs[info.rank % len(rngs)])
+    restore_rng(meta.pop("rng"), info.rank)
     return meta
+
+
+def restore_rng(rngs: list[dict], rank: int) -> None:
+    """Set this rank's saved RNG state. A rank the checkpoint has none for (resumed on more ranks than it was saved
+    from) takes rank ``rank % n``'s, reseeded by its rank: no two ranks replay one dropout stream."""
+    set_rng_state(rngs[rank % len(rngs)])
+    if rank >= len(rngs):
+        seed_everything(int(torch.randint(0, 2**62, ())) + rank)  # drawn from the restored state: reproducible
 
 
 def list_checkpoints(folder: str | Path) -> list[Path]:
