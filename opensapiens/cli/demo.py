@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints.hub import BUNDLED
     from ..inference.batch import write_result
     from ..inference.predictors import load_predictor
-    from ..io.images import ImageReadError, read_image, save_jpg
+    from ..io.images import ImageReadError, read_image
+    from ..io.writers import save_jpg
     from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 
     t0 = time.perf_counter()

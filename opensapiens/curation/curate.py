@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..data.shards import ShardWriter
-from ..io.images import IMAGE_EXTENSIONS, list_inputs, read_image, save_json
+from ..io.images import IMAGE_EXTENSIONS, list_inputs, read_image
+from ..io.writers import save_json
 from .phash import PHashIndex, phash
 
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # RGB uint8 -> (boxes xyxy (N, 4), scores (N,))

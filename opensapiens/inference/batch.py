@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io.images import ImageReadError, read_image, save_jpg, save_json, save_npy, save_png
+from ..io.images import ImageReadError, read_image
+from ..io.writers import save_jpg, save_json, save_npy, save_png
 from ..metadata import seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor

@@ -4,20 +4,14 @@ from .images import (
     IMAGE_EXTENSIONS,
     VIDEO_EXTENSIONS,
     ImageReadError,
-    atomic_path,
-    atomic_write_bytes,
     is_image,
     is_video,
     list_inputs,
     read_image,
     read_mask,
-    save_jpg,
-    save_json,
-    save_npy,
-    save_png,
-    to_jsonable,
 )
 from .video import VideoInfo, VideoWriter, iter_video_frames, video_info
+from .writers import atomic_path, atomic_write_bytes, save_jpg, save_json, save_npy, save_png, to_jsonable
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -1,4 +1,4 @@
-"""Image files in and out: reading any image a user has as RGB uint8, listing inputs, writing outputs atomically.
+"""Image files in: reading any image a user has as RGB uint8, foreground masks as stored, listing inputs.
 
 ``read_image`` conventions (the model contract is an (H, W, 3) uint8 RGB array):
 - EXIF orientation is applied, as a photo viewer (and ``cv2.imread``) would show the image.
@@ -15,26 +15,18 @@
 Anything that cannot be decoded raises ``ImageReadError`` naming the file and the reason.
 
 ``list_inputs`` turns what a user types (files, folders, glob patterns, ``.txt`` lists) into an ordered, duplicate-free
-list of paths. The writers never leave a half-written file under the final name: they write a hidden temporary file
-in the destination folder and ``os.replace`` it into place, so an interrupted job can resume by skipping existing
-outputs. Each writer returns the path it wrote.
+list of paths. Outputs are written by ``writers``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import functools
 import glob
 import io
-import json
-import math
-import os
 import re
-import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -379,129 +371,3 @@ def read_mask(path: str | Path) -> np.ndarray:
     if foreground.ndim != 2 or 0 in foreground.shape:
         raise ImageReadError(path, f"decoded to an unusable mask of shape {values.shape}")
     return np.ascontiguousarray(upright(foreground, orientation))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic writers
-# ----------------------------------------------------------------------------------------------------------------
-
-def _read_umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it; done once, at import, before any writer thread exists
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def temp_sibling(path: str | Path) -> Path:
-    """Create an empty hidden temporary file in ``path``'s folder (made if missing) and return its path.
-
-    The name keeps the suffix, so writers that pick a format from the extension work unchanged; the caller
-    ``os.replace``-s it onto ``path`` when done, or unlinks it on failure.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
-    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions a plain open() would give
-    os.close(fd)
-    return Path(tmp)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path``, on error it is removed."""
-    tmp = temp_sibling(path)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def _atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        yield f
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with _atomic_open(path) as f:
-        f.write(data)
-    return Path(path)
-
-
-def save_npy(path: str | Path, array: Any) -> Path:
-    """Save an array as ``.npy`` (never pickled, so it reloads with ``np.load(path)`` safely)."""
-    with _atomic_open(path) as f:
-        np.save(f, np.asarray(array), allow_pickle=False)
-    return Path(path)
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch values, paths and dataclasses to plain JSON types; NaN and inf become ``None``."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if obj is None or isinstance(obj, (str, int, bool)):
-        return obj
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if hasattr(obj, "detach") and hasattr(obj, "cpu"):  # torch.Tensor, without importing torch
-        obj = obj.detach().cpu()
-        if obj.is_floating_point() and obj.element_size() < 4:  # bf16, fp8: no numpy dtype; fp32 holds them exactly
-            obj = obj.float()
-        obj = obj.numpy()
-    if isinstance(obj, (np.ndarray, np.generic)):
-        if obj.dtype.kind == "f" and not np.isfinite(obj).all():
-            return to_jsonable(obj.tolist())
-        return obj.tolist()
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
-
-
-def save_json(path: str | Path, obj: Any, indent: int | None = None) -> Path:
-    """Write JSON atomically; numpy scalars/arrays and tensors become numbers/lists, NaN/inf become ``null``."""
-    text = json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
-    return atomic_write_bytes(path, text.encode())
-
-
-def _encode(path: str | Path, array: np.ndarray, ext: str, dtypes: tuple[type, ...], params: list[int]) -> bytes:
-    a = np.asarray(array)
-    if a.dtype not in dtypes or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3, 4))):
-        allowed = "/".join(np.dtype(d).name for d in dtypes)
-        raise ValueError(f"cannot save {str(path)!r} as {ext}: expected a {allowed} array of shape (H, W), "
-                         f"(H, W, 3) RGB or (H, W, 4) RGBA, got shape {a.shape} dtype {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 3:
-        a = a[..., ::-1]  # RGB -> BGR for OpenCV
-    elif a.ndim == 3 and a.shape[2] == 4:
-        a = a[..., [2, 1, 0, 3]]
-    ok, buf = cv2.imencode(ext, np.ascontiguousarray(a), params)
-    if not ok:
-        raise ValueError(f"OpenCV could not encode {str(path)!r} as {ext}")
-    return buf.tobytes()
-
-
-def save_png(path: str | Path, array: np.ndarray, compression: int = 1) -> Path:
-    """Save uint8 or uint16, (H, W) gray or (H, W, 3) RGB (or RGBA), as PNG, atomically.
-
-    (H, W) uint8 arrays (label maps, masks) skip PNG's row filters, made for photos: a 1080p label map encodes in
-    3.4 ms instead of 11.5 (OpenCV 5.0, this package's development machine), into ~33 kB instead of ~16."""
-    params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
-    if np.ndim(array) == 2 and np.asarray(array).dtype == np.uint8 and hasattr(cv2, "IMWRITE_PNG_FILTER"):
-        params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]  # (OpenCV >= 4.10 has the option)
-    return atomic_write_bytes(path, _encode(path, array, ".png", (np.uint8, np.uint16), params))
-
-
-def save_jpg(path: str | Path, array: np.ndarray, quality: int = 95) -> Path:
-    """Save uint8 (H, W) gray or (H, W, 3) RGB as JPEG, atomically."""
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[2] == 4:
-        raise ValueError(f"cannot save {str(path)!r} as JPEG: it has no alpha channel; drop it first")
-    return atomic_write_bytes(path, _encode(path, a, ".jpg", (np.uint8,), [cv2.IMWRITE_JPEG_QUALITY, quality]))

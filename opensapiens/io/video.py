@@ -17,7 +17,8 @@ from types import ModuleType, TracebackType
 
 import numpy as np
 
-from .images import ImageReadError, temp_sibling
+from .images import ImageReadError
+from .writers import temp_sibling
 
 
 def _import_av() -> ModuleType:

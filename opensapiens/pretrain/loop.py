@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from ..checkpoints import export_official, read_state_dict, resolve_checkpoint, save_model
 from ..data.shards import LoaderState, StreamingImages, find_source
 from ..inference.optimize import fast_attention, pad_attention_heads
-from ..io.images import save_json, save_png
+from ..io.writers import save_json, save_png
 from ..models.mae import MAE, MAEConfig
 from ..models.vit import get_arch
 from ..training import distributed as D

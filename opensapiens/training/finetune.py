@@ -24,7 +24,7 @@ from ..checkpoints import save_model, with_weights
 from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
 from ..data.synth_stream import SynthStream
 from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
-from ..io.images import save_json
+from ..io.writers import save_json
 from ..models import build_model
 from ..models.sapiens import SapiensModel
 from ..tasks import build_criterion, build_evaluator
