@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,10 @@ H200_KERNELS = {
                                                                                    "(Triton)",
     "_shifted_layer_norm_kernel": "fused elementwise/norm (Triton)",  # ours, opensapiens/inference/kernels.py
     "_rows_to_e4m3_kernel": "fused elementwise/norm (Triton)",
+    # a compiled head's InstanceNorm + SiLU: named after its ops, convolution among them, but not a convolution
+    "triton_red_fused__native_batch_norm_legit_convolution_silu_view_1": "fused elementwise/norm (Triton)",
+    "cpp_fused__native_batch_norm_legit_convolution_silu_0": "fused elementwise/norm (Triton)",
+    "aten::convolution": "convolution",
     "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<float>>": "other (eager "
                                                                                          "elementwise, copies, "
                                                                                          "reductions, optimizer)",
@@ -141,6 +146,38 @@ def test_bench_cli_counts_the_backbone_flops_of_the_closed_form_and_reports_its_
     assert r["matmul_peak_sustained_tflops"] is None and row["clocks"] is None  # CPU: no power cap to measure
     assert r["power_reading"] is None and row["joules_per_image"] is None
     assert "eager" in capsys.readouterr().out
+    # MFU against the peak of the dtype that ran (bf16 here), every rate kept to 4 significant digits: the JSON's
+    # own numbers give its MFU back (round(x, 1) had made a CPU's TFLOP/s 0.0)
+    assert r["matmul_peak_dtype"] == "bfloat16" and r["matmul_peak_tflops"] > 0
+    assert row["mfu"] == pytest.approx(row["tflops"] / r["matmul_peak_tflops"], rel=2e-3)
+
+
+def test_bench_refuses_cuda_variants_on_a_cpu_and_sizes_below_one(capsys):
+    from opensapiens.cli.main import main
+
+    base = ["bench", "--task", "features", "--arch", "nano", "--input-size", "64x48", "--device", "cpu"]
+    assert main([*base, "--fp8", "--cuda-graphs"]) == 2
+    assert "--fp8, --cuda-graphs" in capsys.readouterr().err
+    for flag in ("--batch", "--iters"):
+        with pytest.raises(SystemExit):
+            main([*base, flag, "0"])
+
+
+def test_bench_end_to_end_on_a_cpu_runs_predicts_loop_on_the_eager_model(tmp_path):
+    from PIL import Image
+
+    from opensapiens.cli.main import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(folder / f"{k}.jpg")
+    out = tmp_path / "r.json"
+    assert main(["bench", "--task", "seg", "--arch", "nano", "--batch", "2", "--input-size", "64x48", "--iters", "1",
+                 "--e2e", str(folder), "--out", str(out)]) == 0
+    e2e = json.loads(out.read_text())["end_to_end"]
+    assert e2e["images"] == 3 and e2e["images_per_s"] > 0
 
 
 def test_count_flops_counts_attention_on_the_cpu_as_on_cuda():

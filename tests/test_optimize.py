@@ -137,3 +137,22 @@ def test_fused_path_replayed_as_cuda_graphs_matches_it_and_keeps_earlier_results
         t.join()
     assert all(torch.equal(r, got4) for r in results["a"])
     assert all(torch.equal(r, expect_b) for r in results["b"])
+
+
+def test_optimize_for_inference_refuses_what_it_cannot_optimize():
+    """A multi-task model (its predictor runs it as it is), graphs with nothing to capture, and a model whose blocks
+    were fused already (optimizing works in place): each a clear error, on any device."""
+    from opensapiens.checkpoints import load_model
+    from opensapiens.checkpoints.hub import BUNDLED
+    from opensapiens.inference.fused import fuse_blocks
+    from opensapiens.inference.optimize import optimize_for_inference
+    from opensapiens.models import build_model
+
+    with pytest.raises(TypeError, match="single-task"):
+        optimize_for_inference(load_model(BUNDLED))
+    model = build_model("pose", "nano", out_channels=17, pos_grid=(4, 3)).eval()
+    with pytest.raises(ValueError, match="nothing to capture"):
+        optimize_for_inference(model, compile=False, cuda_graphs=True)
+    fuse_blocks(model.backbone)
+    with pytest.raises(ValueError, match="optimized already"):
+        optimize_for_inference(model)

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from .predict import parse_size
+from .predict import parse_size, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
     p.add_argument("--arch", default="0.3b", help="0.3b, 0.6b, 1b, 2b, or a small size")
     p.add_argument("--checkpoint", default=None, help="benchmark these weights instead of random ones")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--input-size", type=parse_size, default=(1024, 768))
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--fp8", action="store_true", help="also measure the FP8 mode (e4m3 GEMMs)")
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", dest="no_compile", action="store_false",
                    help="optimized path with torch.compile where it compiles: the default")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
-    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--iters", type=positive_int, default=10)
     p.add_argument("--e2e", type=Path, default=None, help="folder of images: also measure predict's file -> outputs "
                    "loop over it (run_batch, outputs written, no pictures) against the model alone")
     p.add_argument("--cuda-graphs", action="store_true",
@@ -101,7 +101,23 @@ def run(args: argparse.Namespace) -> int:
     else:
         base = random_model(args.task, args.arch, (H, W), device)
     base.eval()
-    peak = matmul_peak_tflops(device)
+    if device.type != "cuda":
+        options = (("--fp8", args.fp8), ("--fa4", args.fa4), ("--cuda-graphs", args.cuda_graphs),
+                   ("--fused-graphs", args.fused_graphs), ("--compiled", args.compiled),
+                   ("--compile-mode", args.compile_mode), ("--channels-last", args.channels_last))
+        cuda_only = [flag for flag, on in options if on]
+        if cuda_only:
+            print(f"error: {', '.join(cuda_only)}: variants of the optimized path, which runs on CUDA only "
+                  f"(device {device})", file=sys.stderr)
+            return 2
+    elif args.no_compile:
+        skipped = [flag for flag, on in (("--cuda-graphs", args.cuda_graphs), ("--compiled", args.compiled),
+                                         ("--compile-mode", args.compile_mode)) if on]
+        if skipped:
+            print(f"warning: {', '.join(skipped)} need torch.compile: not measured with --no-compile", file=sys.stderr)
+    # MFU's denominator: bf16 on CUDA (the convention, whatever --dtype), the benchmarked dtype on a CPU
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else dtype
+    peak = matmul_peak_tflops(device, dtype=peak_dtype)
     with GpuClocks(device) as clocks:  # the clock the card holds under load (below its burst's, at a power cap)
         sustained = matmul_peak_tflops(device, sustain_s=3.0) if device.type == "cuda" else None
     x = torch.randn(args.batch, 3, H, W, device=device)
@@ -109,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         flops = count_flops(lambda: base(x[:1]))
     result = {"task": args.task, "arch": base.config.arch.name, "batch": args.batch, "input_size": [H, W],
               "dtype": args.dtype, "device": device_name(device), "software": software_versions(),
-              "matmul_peak_tflops": round(peak, 1), "matmul_peak_sustained_tflops": _r(sustained, 1),
+              "matmul_peak_tflops": _sig(peak), "matmul_peak_dtype": str(peak_dtype).removeprefix("torch."),
+              "matmul_peak_sustained_tflops": _sig(sustained),
               "matmul_sustained_clocks": clocks.summary(), "power_reading": clocks.power_field,
               "flops_per_image": flops, "variants": {}}
     if sustained:
@@ -135,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
             out = model(x_acc.to(cast)).float()
         tflops = flops * args.batch / (ms * 1e-3) / 1e12
         row = {"ms_per_batch": round(ms, 3), "ms_per_image": round(ms / args.batch, 3),
-               "images_per_s": round(args.batch / (ms * 1e-3), 2), "tflops": round(tflops, 1),
-               "mfu": round(tflops / peak, 3), "mfu_vs_sustained_peak": _r(sustained and tflops / sustained, 3),
+               "images_per_s": _sig(args.batch / (ms * 1e-3)), "tflops": _sig(tflops),
+               "mfu": _sig(tflops / peak), "mfu_vs_sustained_peak": _sig(sustained and tflops / sustained),
                "clocks": clocks.summary(), "peak_memory_gib": _r(peak_memory_gib(device)),
                "joules_per_image": None,
                "compile_s": _r(compile_s), "rel_error_vs_fp32": _r(_rel(out, ref_out), 6)}
@@ -215,6 +232,18 @@ def run(args: argparse.Namespace) -> int:
                     print(f"end-to-end ({decode} decode) trace: {trace}")
     else:
         print("CUDA not available: only the eager path is measured (the optimized path is CUDA-only).")
+        if args.e2e is not None:  # predict's own loop over the folder, on the eager model
+            from ..benchmark import end_to_end
+            from ..inference.predictors import PREDICTORS
+
+            predictor = PREDICTORS[args.task](eager, input_size=(H, W), batch_size=args.batch)
+            eager_ips = result["variants"]["eager"]["images_per_s"]
+            for decode in args.e2e_decode:
+                e2e = end_to_end(predictor, args.e2e, decode=decode)
+                e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / eager_ips, 3)
+                result.setdefault("end_to_end", e2e)
+                result[f"end_to_end_{decode}_decode"] = e2e
+                print(f"end-to-end ({decode} decode, eager): {e2e}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
@@ -225,6 +254,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _r(v, nd: int = 2):
     return None if v is None else round(float(v), nd)
+
+
+def _sig(v, digits: int = 4):
+    """``v`` to ``digits`` significant digits: a CPU's 0.05 TFLOP/s survives, where round(v, 1) made it 0."""
+    return None if v is None else float(f"{float(v):.{digits}g}")
 
 
 def _rel(a, b) -> float:

@@ -32,10 +32,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..models.multitask import SapiensMultiTask
 from ..models.vit import Attention, pad_head_weights
 from .background_compile import BackgroundCompile
 from .fp8 import convert_to_fp8
-from .fused import fuse_blocks
+from .fused import FusedBlock, fuse_blocks
 from .graphs import CapturedShapes
 
 
@@ -193,13 +194,25 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     against cuBLAS, with elementwise epilogues fused into them; minutes of autotuning). ``attention="fa4"`` runs
     attention on FlashAttention-4's kernels (``models.fa4_attention``, the optional ``flash-attn-4`` package)
     instead of SDPA's.
+
+    On CUDA it works in place: ``model``'s blocks become inference-only ``FusedBlock``s (or its GEMMs FP8), its head
+    compiles, and cuDNN's autotuning is switched on; use the returned module, and optimize a model once.
     """
+    if isinstance(model, SapiensMultiTask):
+        raise TypeError("optimize_for_inference takes a single-task model (SapiensModel); a multi-task model runs as "
+                        "it is (MultiTaskPredictor), or load one task of it with task=...")
     if attention not in ("sdpa", "fa4"):
         raise ValueError(f"attention must be 'sdpa' or 'fa4', got {attention!r}")
     if fused and compile_mode is not None:
         raise ValueError("fused=True keeps the blocks out of torch.compile; compile_mode needs the whole-model "
                          "compile (fused=False)")
     fused = not (cuda_graphs or compile_mode is not None) if fused is None else fused
+    if cuda_graphs and not (fused or compile):
+        raise ValueError("cuda_graphs=True replays the whole-model compile (compile=True) or the fused blocks "
+                         "(fused=True); with neither there is nothing to capture")
+    if any(isinstance(m, FusedBlock) for m in model.modules()):
+        raise ValueError("this model was optimized already (its blocks are FusedBlocks): use the module that "
+                         "optimize_for_inference returned")
     device = next(model.parameters()).device
     if fp8:
         require_fp8_device(device)

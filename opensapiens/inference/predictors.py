@@ -410,6 +410,9 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = load_model(checkpoint, device=device, dtype=as_dtype(dtype), task=task)
     if isinstance(model, SapiensMultiTask):
+        if fp8:
+            raise ValueError(f"{checkpoint}: fp8 runs the single-task models' fused blocks; this multi-task model "
+                             "runs unoptimized (load one of its tasks with task=... for FP8)")
         return MultiTaskPredictor(model, **{k: v for k, v in kwargs.items() if k in ("batch_size", "flip",
                                                                                       "detector")})
     if input_size is None:
