@@ -10,7 +10,7 @@ colour map, near = bright; normals as RGB = (n + 1) / 2 * 255 (R = X right, G = 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache, lru_cache
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -30,26 +30,37 @@ FINGERS: dict[str, Color] = {"thumb": (255, 60, 60), "forefinger": (255, 90, 255
                              "ring_finger": (255, 255, 90), "pinky_finger": (60, 255, 160)}
 BOX: Color = (0, 255, 255)
 BACKGROUND_GREY: Color = (100, 100, 100)
+IGNORE = 255  # the "ignore" label id: black with the default palette
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Pose
 # ----------------------------------------------------------------------------------------------------------------
 
-@cache
-def _pose_style(name: str) -> tuple[list[tuple[Color, np.ndarray, np.ndarray]], list[tuple[Color, bool, np.ndarray]]]:
-    """A keypoint set's drawing groups: links by colour [(colour, start indices, end indices)], and points by colour
-    and size [(colour, small, keypoint indices)], each group in the order its first member appears."""
-    kps = get_keypoint_set(name)
-    face = set(kps.groups.get("face", ()))
-    feet = set(kps.groups.get("foot", ()))
-    hands = set(kps.groups.get("left_hand", ())) | set(kps.groups.get("right_hand", ()))
+Style = tuple[list[tuple[Color, np.ndarray, np.ndarray]], list[tuple[Color, bool, np.ndarray]]]
+
+
+def _pose_style(kps: KeypointSet) -> Style:
+    """A keypoint set's drawing groups, from its contents (not its name: a modified or custom set draws its own
+    skeleton), cached on them."""
+    groups = tuple(tuple(kps.groups.get(g, ())) for g in ("face", "foot", "left_hand", "right_hand"))
+    return _style(tuple(kps.names), tuple(map(tuple, kps.skeleton)), *groups)  # ~10 us for Goliath: a cheap key
+
+
+@lru_cache(maxsize=16)
+def _style(names: tuple[str, ...], skeleton: tuple[tuple[int, int], ...], face_ids: tuple[int, ...],
+           feet_ids: tuple[int, ...], left_hand: tuple[int, ...], right_hand: tuple[int, ...]) -> Style:
+    """Links by colour [(colour, start indices, end indices)], and points by colour and size [(colour, small,
+    keypoint indices)], each group in the order its first member appears."""
+    face, feet, hands = set(face_ids), set(feet_ids), set(left_hand) | set(right_hand)
+    if any(not (0 <= k < len(names)) for ab in skeleton for k in ab):
+        raise ValueError(f"keypoint_set's skeleton {skeleton} links keypoints outside 0..{len(names) - 1}")
 
     def finger(k: int) -> Color | None:
-        return next((c for f, c in FINGERS.items() if f in kps.names[k]), None) if k in hands else None
+        return next((c for f, c in FINGERS.items() if f in names[k]), None) if k in hands else None
 
     def side(k: int) -> Color:
-        n = kps.names[k]
+        n = names[k]
         return LEFT if n.startswith("left") else RIGHT if n.startswith("right") else CENTER
 
     def point(k: int) -> Color:
@@ -72,10 +83,10 @@ def _pose_style(name: str) -> tuple[list[tuple[Color, np.ndarray, np.ndarray]], 
         return sa if sa == sb else CENTER
 
     links: dict[Color, list[tuple[int, int]]] = {}
-    for a, b in kps.skeleton:
+    for a, b in skeleton:
         links.setdefault(link(a, b), []).append((a, b))
     points: dict[tuple[Color, bool], list[int]] = {}
-    for k in range(kps.num_keypoints):
+    for k in range(len(names)):
         points.setdefault((point(k), k in face), []).append(k)
     return ([(color, *np.array(ab, np.intp).reshape(-1, 2).T) for color, ab in links.items()],
             [(color, small, np.array(ks, np.intp)) for (color, small), ks in points.items()])
@@ -120,7 +131,7 @@ def draw_pose(image: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, keyp
     if radius < 1 or thickness < 1:
         raise ValueError(f"radius and thickness must be at least 1 pixel, got {radius} and {thickness}")
     small_radius = max(1, radius // 2)
-    link_groups, point_groups = _pose_style(kps.name)
+    link_groups, point_groups = _pose_style(kps)
 
     if boxes is not None:
         for box in np.asarray(boxes, np.float64).reshape(-1, 4):
@@ -177,9 +188,11 @@ def _rgb_copy(image: np.ndarray, what: str) -> np.ndarray:
 
 
 def _palette(palette: Sequence[Sequence[int]] | np.ndarray | SegClasses | None, needed: int) -> np.ndarray:
-    """(n, 3) uint8 palette; None = the 28 Goliath part colours, extended with generic colours if labels need more."""
+    """(n, 3) uint8 palette; None = the 28 Goliath part colours, extended with generic colours if labels need more,
+    up to id 254: 255 is "ignore" in every label map of this project, and stays black."""
     if palette is None:
         base = seg_classes("goliath").palette
+        needed = min(needed, IGNORE)
         extra = generic_palette(needed)[len(base):] if needed > len(base) else []
         palette = list(base) + list(extra)
     elif isinstance(palette, SegClasses):
@@ -201,7 +214,7 @@ def colorize_seg(labels: np.ndarray, palette: Sequence[Sequence[int]] | np.ndarr
     pal = _palette(palette, int(lab.max()) + 1 if lab.size else 0)
     lut = np.zeros((max(len(pal), 256), 3), np.uint8)
     lut[: len(pal)] = pal
-    if lab.dtype == np.uint8:  # OpenCV's per-channel table lookup: ~6x numpy's gather of 3-byte rows at 1080p
+    if lab.dtype == np.uint8 and lab.size:  # OpenCV's per-channel table lookup (~6x numpy's gather at 1080p); not 0x0
         lab = np.ascontiguousarray(lab)
         return cv2.LUT(cv2.merge([lab, lab, lab]), np.ascontiguousarray(lut[:256, None, :]))
     inside = (lab >= 0) & (lab < len(pal))
@@ -218,6 +231,8 @@ def seg_overlay(image: np.ndarray, labels: np.ndarray,
     if lab.shape != out.shape[:2]:
         raise ValueError(f"labels of shape {lab.shape} do not match the image size {out.shape[:2]}")
     colors = colorize_seg(lab, palette)
+    if not lab.size:  # 0 x 0: OpenCV rejects empty masks
+        return out
     if alpha == 0.5:  # the default: round(v / 2 + c / 2) is (v + c + 1) >> 1 exactly; 4 ms at 1080p, the table's 22
         blend = out.astype(np.uint16)
         blend += colors
@@ -296,6 +311,8 @@ def colorize_normals(normals: np.ndarray, mask: np.ndarray | None = None, backgr
         raise ValueError(f"normals must be an (H, W, 3) array, got shape {n.shape}")
     valid = _valid(n, mask, "normal map")
     rgb = np.empty(n.shape, np.uint8)
+    if not rgb.size:
+        return rgb
     rows = max(1, 65536 // (n.shape[1] * 3))  # float64 in blocks of ~0.5 MB, in place: 2.6x faster at 1080p
     for r in range(0, n.shape[0], rows):
         x = n[r:r + rows].astype(np.float64)

@@ -12,8 +12,12 @@ import torch
 from opensapiens.metadata import keypoint_set, seg_classes
 from opensapiens.synth import Camera, Scene, render_scenes, sample_person, sample_scenes
 from opensapiens.synth.background import sample_background
-from opensapiens.synth.raycast import Primitives, bin_tiles, cast_pixels
+from opensapiens.synth.body import build_primitives, pose_bodies
+from opensapiens.synth.landmarks import keypoints_3d
+from opensapiens.synth.people import stack_people
+from opensapiens.synth.raycast import Primitives, bin_tiles, cast_pixels, cast_rays, intersect, pixel_rays
 from opensapiens.synth.shading import sample_light
+from opensapiens.synth.skeleton import apply3, matmul3, rot_y
 
 KS = keypoint_set("goliath")
 CLASSES = seg_classes("goliath")
@@ -101,6 +105,70 @@ def test_ray_casting_is_exact_against_float64_geometry():
     assert both.sum() > 500
     np.testing.assert_allclose(depth[both], ref[both], atol=2e-4)
     assert set(np.unique(ids[both])) == {0, 1}
+
+
+def _capsule_and_spheres() -> tuple[Primitives, list]:
+    """A 4 m capsule from behind the camera (z = +0.5) to 3.5 m in front of it, a sphere beside the camera that
+    reaches behind its plane and a small far sphere: float32 primitives, and (a, b, ra, rb) of each in float64 (a
+    sphere is a round cone of zero length)."""
+    shapes = [(np.array([0.25, -0.1, 0.5]), np.array([0.25, -0.1, -3.5]), 0.05, 0.05),
+              *((np.array(c), np.array(c), r, r) for c, r in (([-0.3, 0.15, -0.1], 0.25), ([0.0, 0.0, -3.0], 0.1)))]
+    f32 = lambda v: torch.tensor(np.asarray(v), dtype=torch.float32)  # noqa: E731
+    zeros = torch.zeros(3, dtype=torch.long)
+    cone, spheres = shapes[0], shapes[1:]
+    prims = Primitives(f32([cone[0]]), f32([cone[1]]), f32([cone[2]]), f32([cone[3]]),
+                       f32([c for c, _, r, _ in spheres]), torch.eye(3).expand(2, 3, 3),
+                       f32([[r] * 3 for _, _, r, _ in spheres]), torch.arange(3), zeros, zeros, zeros,
+                       torch.zeros(3, dtype=torch.bool))
+    return prims, shapes
+
+
+def test_primitives_reaching_behind_the_camera_are_rendered():
+    """Primitives whose bounding spheres cross the camera plane are still drawn where they are in front of it."""
+    H, W = 48, 64
+    K = torch.tensor([[60.0, 60.0, (W - 1) / 2, (H - 1) / 2]])
+    prims, shapes = _capsule_and_spheres()
+    depth, ids = cast_pixels(prims, bin_tiles(prims, K, H, W), K, H, W)
+    depth, ids = depth[0].double().numpy(), ids[0].numpy()
+    ys, xs = np.mgrid[0:H, 0:W]
+    d = np.stack([(xs - (W - 1) / 2) / 60.0, -(ys - (H - 1) / 2) / 60.0, -np.ones_like(xs, float)], -1).reshape(-1, 3)
+    ts = np.stack([_swept_sphere_entry(d, *c) for c in shapes])  # float64, every pixel against every primitive
+    ts = np.where(ts > 1e-3, ts, np.inf)  # entries behind the camera are not seen
+    ref, ref_id = ts.min(0).reshape(H, W), ts.argmin(0).reshape(H, W)
+    hit = np.isfinite(ref)
+    assert (hit & (ref_id == 0)).sum() > 150 and (hit & (ref_id == 1)).sum() > 50  # both near ones in view
+    assert (np.isfinite(depth) != hit).mean() < 0.003
+    both = np.isfinite(depth) & hit
+    np.testing.assert_allclose(depth[both], ref[both], atol=2e-4)
+    assert (ids[both] == ref_id[both]).mean() > 0.997
+
+
+def test_cast_rays_is_the_first_hit_of_every_ray_or_none():
+    """Sub-pixel rays, including ones that miss everything binned to their tile, against a brute-force cast."""
+    H, W = 48, 64
+    K = torch.tensor([[60.0, 60.0, (W - 1) / 2, (H - 1) / 2]])
+    prims, _ = _capsule_and_spheres()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(2, 500, generator=g) * torch.tensor([[W - 1.0], [H - 1.0]])
+    x[:250], y[:250] = 28 + 8 * x[:250] / W, 20 + 8 * y[:250] / H  # around the far sphere, ~2 pixels in radius
+    t, hit = cast_rays(prims, bin_tiles(prims, K, H, W), K, x, y, torch.zeros(500, dtype=torch.long))
+    d = pixel_rays(x, y, K[0])  # (R, 3) against every primitive
+    t_all = intersect(prims, torch.arange(len(prims)), d[None].expand(len(prims), -1, -1).contiguous())
+    t_ref, id_ref = t_all.min(0)
+    id_ref = torch.where(t_ref.isfinite(), id_ref, -1)
+    assert (id_ref == -1).sum() > 100 and (id_ref == 2).sum() > 50 and (id_ref == 0).sum() > 10
+    assert torch.equal(hit, id_ref)
+    assert torch.equal(t.isfinite(), t_ref.isfinite()) and torch.allclose(t[hit >= 0], t_ref[hit >= 0])
+
+
+def test_scenes_without_people_render_empty_labels():
+    H, W = 32, 24
+    b = render_scenes([_scene([], H, W), _scene([], H, W, seed=1)], H, W)
+    assert b.image.shape == (2, 3, H, W) and b.keypoints.shape == (2, 4, 308, 3)
+    for name in ("seg", "instance", "depth", "normal", "keypoints", "boxes", "areas", "person_valid"):
+        assert not getattr(b, name).any(), name
+    with pytest.raises(ValueError, match="scenes"):
+        render_scenes([], H, W)
 
 
 # ------------------------------------------------------------------------------------------------ dense labels
@@ -211,8 +279,9 @@ def test_visible_keypoints_lie_on_their_person_at_the_right_depth():
     surface_err = surface_err[np.isfinite(surface_err)]
     assert len(surface_err) > 300 and len(inner) > 50
     assert np.median(surface_err) < 0.004 and np.percentile(surface_err, 90) < 0.02  # metres
-    # joint centres are behind the visible surface (to within two pixels of slope), by less than a body radius
-    assert (inner > -0.01 - 2 * pixel).all() and (inner < 0.2).all() and np.median(inner) > 0.01
+    # joint centres are behind the visible surface (to within two pixels of slope), by less than twice a body
+    # radius (their own limb, seen obliquely; hips ~0.11 m)
+    assert (inner > -0.01 - 2 * pixel).all() and (inner < 0.25).all() and np.median(inner) > 0.01
 
 
 def test_keypoints_hidden_by_another_person_are_invisible():
@@ -230,6 +299,73 @@ def test_keypoints_hidden_by_another_person_are_invisible():
     assert (s["depth"][px[:, 1], px[:, 0]] < z_back).all()  # the front person is nearer there...
     assert (kp[covered, 2] == 1).all()  # ...so those keypoints are marked hidden
     assert (kp[:, 2] == 2).sum() > 10  # while others stay visible
+
+
+def _geometry(scenes: list[Scene]) -> tuple[Primitives, torch.Tensor, torch.Tensor]:
+    """The primitives, 3-D keypoints (P, 308, 3) and image of each person (P,) of scenes, built as render_scenes
+    builds them."""
+    image_of = torch.tensor([i for i, s in enumerate(scenes) for _ in s.people])
+    f32 = lambda v: torch.tensor(np.asarray(v, np.float32))  # noqa: E731
+    Rw = f32([s.camera.world_to_camera()[0] for s in scenes])[image_of]
+    tw = f32([s.camera.world_to_camera()[1] for s in scenes])[image_of]
+    people = stack_people([p for s in scenes for p in s.people], "cpu")
+    ground = torch.stack([people["x"], torch.zeros_like(people["x"]), people["z"]], -1)
+    bodies = pose_bodies(people).moved(matmul3(Rw, rot_y(people["yaw"])), apply3(Rw, ground) + tw)
+    prims, joint_r = build_primitives(people, bodies, image_of)
+    return prims, keypoints_3d(bodies, people, joint_r)[0], image_of
+
+
+def _inside(prims: Primitives, i: int, p: np.ndarray) -> bool:
+    """Whether point p is inside primitive i, in float64: within a sphere swept along the cone, or the ellipsoid's
+    quadratic form."""
+    nc = prims.num_cones
+    if i < nc:
+        a, b, ra, rb = (v[i].double().numpy() for v in (prims.cone_a, prims.cone_b, prims.cone_ra, prims.cone_rb))
+        s = np.linspace(0, 1, 4001)[:, None]
+        return bool((np.linalg.norm(p - (a + s * (b - a)), axis=1) - (ra + s[:, 0] * (rb - ra))).min() <= 0)
+    c, rot, r = (v[i - nc].double().numpy() for v in (prims.ell_c, prims.ell_rot, prims.ell_r))
+    return bool(((((p - c) @ rot) / r) ** 2).sum() <= 1)
+
+
+def test_joint_centres_seen_through_their_own_limb_are_visible():
+    """A joint centre whose ray first meets a piece of the same body that contains it (brute force over all
+    primitives, containment in float64) is visible, as knees and elbows of people facing an eye-level camera are;
+    one whose ray first meets another person (here: a torso in front of the hips and shoulders) is hidden."""
+    H, W = 160, 120
+    f = 0.5 * H / np.tan(np.radians(22))
+    cam = Camera(f, f, (W - 1) / 2, (H - 1) / 2, 1.6, np.arctan2(1.0 - 1.6, 3.2))  # eye level, looking at the hips
+    scenes = [Scene(cam, [_person(60 + i, "standing", z=-3.2)], sample_background(np.random.default_rng(i)),
+                    sample_light(np.random.default_rng(i)), i) for i in range(6)]
+    scenes.append(Scene(cam, [_person(70, "standing", z=-5.0), _person(71, "standing", z=-3.2)],
+                        sample_background(np.random.default_rng(9)), sample_light(np.random.default_rng(9)), 9))
+    b = render_scenes(scenes, H, W)
+    prims, kp3d, image_of = _geometry(scenes)
+    kps = b.keypoints[b.person_valid]
+    slot_of = torch.tensor([k for s in scenes for k in range(len(s.people))])
+    joints = [KS.index(f"{side}_{j}") for side in ("left", "right")
+              for j in ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")] + [KS.index("neck")]
+    own, other = [], []
+    for p in range(len(kp3d)):
+        cand = torch.nonzero(prims.image == image_of[p])[:, 0]
+        for j in joints:
+            if kps[p, j, 2] == 0:
+                continue
+            d = pixel_rays(kps[p, j, :1], kps[p, j, 1:2], b.intrinsics[image_of[p]])  # (1, 3)
+            t = intersect(prims, cand, d.expand(len(cand), 3)[:, None].contiguous())[:, 0]
+            first = int(cand[t.argmin()])
+            if prims.person[first] != p:
+                other.append((p, j))
+                continue
+            px, py = kps[p, j, :2].round().long().tolist()
+            shows = b.instance[image_of[p], py, px] == slot_of[p] + 1  # the rounded pixel is not another person's
+            if shows and _inside(prims, first, kp3d[p, j].double().numpy()):
+                own.append((p, j))
+    knees_elbows = [(p, j) for p, j in own if p < 6 and KS.names[j].endswith(("knee", "elbow"))]
+    assert len(knees_elbows) >= 22  # of the 24 of the six people facing the camera
+    assert all(kps[p, j, 2] == 2 for p, j in own), [(p, KS.names[j]) for p, j in own if kps[p, j, 2] != 2]
+    behind = [j for p, j in other if p == 6]  # the back person of the last scene
+    assert len(behind) >= 3 and KS.index("left_hip") in behind
+    assert all(kps[p, j, 2] == 1 for p, j in other)
 
 
 def test_left_right_follow_the_person_not_the_image():

@@ -93,6 +93,10 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["synth", "--size", "64by48", "--out", str(out)])
     capsys.readouterr()
+    for bad in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            main(["synth", "--batch-size", bad, "--out", str(out)])
+        assert "--batch-size" in capsys.readouterr().err
     for args, named in ((["--n", "0"], "need n >= 1"), (["--size", "8x8"], "at least 16x16"),
                         (["--backgrounds", str(tmp_path / "none")], "does not exist")):  # error lines, no traceback
         assert main(["synth", *args, "--out", str(tmp_path / "bad")]) == 2
@@ -137,3 +141,17 @@ def test_background_folder_skips_bad_files(tmp_path):
     (folder / "b.jpg").unlink()
     with pytest.raises(ValueError, match="no readable images"), pytest.warns(UserWarning, match="broken.jpg"):
         write_dataset(tmp_path / "ds2", 1, 64, 48, seed=2, backgrounds=folder, progress=False)
+
+
+def test_truncated_background_photo_is_skipped(tmp_path):
+    """A JPEG cut in half passes PIL's verify() but cannot be decoded: it is reported and left out, up front."""
+    folder = tmp_path / "bg"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(folder / "a.jpg", quality=95)
+    data = (folder / "a.jpg").read_bytes()
+    (folder / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="cut.jpg"):
+        write_dataset(tmp_path / "ds", 4, 64, 48, seed=2, backgrounds=folder, progress=False)
+    settings = json.loads((tmp_path / "ds" / "synth.json").read_text())
+    assert [p.rsplit("/", 1)[-1] for p in settings["backgrounds"]] == ["a.jpg"]

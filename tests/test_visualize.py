@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
 
-from opensapiens.metadata import keypoint_set, seg_classes
+from opensapiens.metadata import KeypointSet, keypoint_set, seg_classes
 from opensapiens.visualize import (
     CENTER,
     FACE,
@@ -98,6 +100,23 @@ def test_boxes_and_bad_shapes():
         draw_pose(_canvas(), kp, sc, "coco", radius=0)
 
 
+def test_a_given_keypoint_set_draws_its_own_skeleton():
+    """The style comes from the set's contents, not its name: a COCO copy without links draws only points, and a
+    custom set (not a built-in name) draws its links, both as the one-by-one reference."""
+    kp = np.stack(np.meshgrid(np.arange(5) * 40.0 + 20.3, np.arange(4) * 40.0 + 20.6), -1).reshape(-1, 2)[:17]
+    sc = np.ones(17)  # points 40 pixels apart: none overlaps another
+    coco = keypoint_set("coco")
+    no_links = dataclasses.replace(coco, skeleton=())
+    expected = _drawn_one_by_one(_canvas(), kp, sc, no_links, _colors_of(coco), 3, 2)
+    np.testing.assert_array_equal(draw_pose(_canvas(), kp, sc, no_links, radius=3, thickness=2), expected)
+    custom = KeypointSet("hand5", tuple(f"p{i}" for i in range(5)), tuple(range(5)), (0.1,) * 5, ((0, 1), (1, 4)), {})
+    center = {"link": {(0, 1): CENTER, (1, 4): CENTER}, "point": dict.fromkeys(range(5), CENTER)}  # no sides
+    expected = _drawn_one_by_one(_canvas(), kp[:5], sc[:5], custom, center, 3, 2)
+    np.testing.assert_array_equal(draw_pose(_canvas(), kp[:5], sc[:5], custom, radius=3, thickness=2), expected)
+    with pytest.raises(ValueError, match="skeleton"):
+        draw_pose(_canvas(), kp[:5], sc[:5], dataclasses.replace(custom, skeleton=((0, 5),)))
+
+
 # ----------------------------------------------------------------------------------------------------------- seg
 
 def _drawn_one_by_one(image, kp, sc, ks, colors, radius, thickness, threshold=0.3):
@@ -169,6 +188,18 @@ def test_colorize_seg_uses_the_palette():
     assert wide.tolist() == [[[0, 0, 0], [0, 0, 200], [0, 0, 0]]]
     goliath = seg_classes("goliath").palette
     assert colorize_seg(np.array([[5]], np.uint8))[0, 0].tolist() == list(goliath[5])  # default palette
+    for dtype in (np.uint8, np.int32):  # 255 = ignore is black with the default palette too, next to a coloured id
+        out = colorize_seg(np.array([[255, 254, 5]], dtype))
+        assert out[0, 0].tolist() == [0, 0, 0] and out[0, 1].any() and out[0, 2].tolist() == list(goliath[5])
+
+
+def test_empty_images_give_empty_pictures():
+    for h, w in ((0, 0), (0, 4), (3, 0)):
+        assert colorize_seg(np.zeros((h, w), np.uint8)).shape == (h, w, 3)
+        assert colorize_normals(np.zeros((h, w, 3), np.float32)).shape == (h, w, 3)
+        out = seg_overlay(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8))
+        assert out.shape == (h, w, 3) and out.dtype == np.uint8
+        assert seg_overlay(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.uint8), alpha=0.3).shape == (h, w, 3)
 
 
 def test_seg_overlay_blends_foreground_only():

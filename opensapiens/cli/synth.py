@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .main import add_threads_option
+from .predict import positive_int
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, help="dataset seed (default 0)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--backgrounds", help="folder of background photos (used for 80%% of the images)")
-    p.add_argument("--batch-size", type=int, default=8, help="images rendered together (default 8)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="images rendered together (default 8)")
     p.add_argument("--workers", type=int, default=4, help="file-writing threads (default 4)")
     add_threads_option(p)
     p.set_defaults(func=run)

@@ -55,14 +55,16 @@ PRESETS = {p.name: p for p in (SYNTH_VAL,)}
 
 
 def background_files(folder: str | Path | None) -> list[Path]:
-    """Readable images of a background folder (sorted); unreadable files are skipped with a warning."""
+    """Readable images of a background folder (sorted); unreadable files are skipped with a warning.
+
+    Each file is decoded in full: ``Image.verify`` passes truncated JPEGs, which would fail later, mid-dataset."""
     from ..data.datasets import list_backgrounds
 
     good, bad = [], []
     for path in list_backgrounds(folder):
         try:
             with Image.open(path) as im:
-                im.verify()
+                im.load()
             good.append(path)
         except Exception as e:  # noqa: BLE001 - any decoding failure means: skip this file
             bad.append(f"{path}: {e}")

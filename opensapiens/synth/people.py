@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .poses import sample_pose
-from .skeleton import mirror_pose
+from .skeleton import mirror_pose, skeleton
 
 # Material slots of a person's colour table; the face decals (eyes, brows, lips) use the last three.
 SKIN, TOP, BOTTOM, SOCK, SHOE, HAIR, HAT, IRIS, LIPS = range(9)
@@ -143,7 +143,8 @@ def stack_people(people: list[Person], device: torch.device | str) -> dict[str, 
     f = lambda v: torch.tensor(np.asarray(v, dtype=np.float32), device=device)  # noqa: E731
     out = {k: f([p.shape[k] for p in people]) for k in SHAPE_KEYS}
     out.update({k: f([p.outfit[k] for p in people]) for k in OUTFIT_KEYS})
-    out.update(pose=f([p.pose for p in people]), colors=f([p.colors for p in people]),
-               colors2=f([p.colors2 for p in people]), patterns=f([p.patterns for p in people]),
+    tables = {k: f([getattr(p, k) for p in people]).reshape(-1, NUM_MATERIALS, 3)  # (0, ...) if nobody
+              for k in ("colors", "colors2", "patterns")}
+    out.update(pose=f([p.pose for p in people]).reshape(-1, skeleton().num_joints, 3), **tables,
                x=f([p.x for p in people]), z=f([p.z for p in people]), yaw=f([p.yaw for p in people]))
     return out

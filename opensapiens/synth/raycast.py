@@ -174,6 +174,27 @@ def normals_at(prims: Primitives, idx: Tensor, p: Tensor) -> Tensor:
     return n
 
 
+def contains(prims: Primitives, idx: Tensor, p: Tensor) -> Tensor:
+    """Whether points p (K, 3) lie inside (or on) primitives idx (K,) (-1: no primitive, False)."""
+    nc = prims.num_cones
+    inside = torch.zeros(p.shape[0], dtype=torch.bool, device=p.device)
+    cone, ell = (idx >= 0) & (idx < nc), idx >= nc
+    i = idx[cone]
+    a, b, ra, rb = prims.cone_a[i], prims.cone_b[i], prims.cone_ra[i], prims.cone_rb[i]
+    length = (b - a).norm(dim=-1).clamp_min(1e-9)
+    u = (b - a) / length[..., None]
+    s = ((ra - rb) / length).clamp(-0.999, 0.999)
+    w = p[cone] - a
+    h = dot(w, u)
+    q = (w - h[..., None] * u).norm(dim=-1)  # the hull of the end spheres: both spheres and the frustum between
+    frustum = (h >= ra * s) & (h <= length + rb * s) & (s * h + (1 - s * s).sqrt() * q <= ra)  # their tangent circles
+    inside[cone] = (w.norm(dim=-1) <= ra) | ((p[cone] - b).norm(dim=-1) <= rb) | frustum
+    i = idx[ell] - nc
+    local = _to_local(prims.ell_rot[i], p[ell] - prims.ell_c[i]) / prims.ell_r[i]
+    inside[ell] = dot(local, local) <= 1
+    return inside
+
+
 def pixel_rays(x: Tensor, y: Tensor, K: Tensor) -> Tensor:
     """Ray directions (..., 3) with unit depth for pixel coordinates x, y (...) and intrinsics K (..., 4)."""
     fx, fy, cx, cy = K.unbind(-1)
@@ -191,20 +212,30 @@ class TileBins:
 
 
 def bin_tiles(prims: Primitives, K: Tensor, height: int, width: int) -> TileBins:
-    """Pairs of every primitive with the tiles its projected bounding sphere (plus one pixel) overlaps."""
+    """Pairs of every primitive with the tiles its projected bounding sphere (plus one pixel) overlaps.
+
+    A sphere that reaches beside or behind the camera projects to an unbounded region; it goes to every tile on
+    that side (conservative: a primitive is never dropped while part of it is in front of the camera)."""
     c, r = prims.bounding_spheres()
     k = K[prims.image]
     depth = -c[:, 2]
-    ok = depth - r > T_MIN  # entirely in front of the camera
+    ok = depth + r > T_MIN  # partly in front of the camera
 
-    def extent(coord: Tensor, f: Tensor, centre: Tensor, sign: float) -> tuple[Tensor, Tensor]:
-        dist = torch.sqrt(coord * coord + depth * depth).clamp_min(1e-9)  # exact extent of a sphere's projection
-        theta, alpha = torch.atan2(coord, depth), torch.asin((r / dist).clamp(max=1.0))
-        lo, hi = centre + sign * f * torch.tan(theta - alpha), centre + sign * f * torch.tan(theta + alpha)
-        return torch.minimum(lo, hi) - 1, torch.maximum(lo, hi) + 1
+    def extent(coord: Tensor, f: Tensor, centre: Tensor, sign: float) -> tuple[Tensor, Tensor, Tensor]:
+        """Pixel range along one image axis, from the sphere's tangents in the plane of that axis and the optical
+        axis (exact), and whether any of it is in front of the camera."""
+        dist = torch.sqrt(coord * coord + depth * depth)
+        theta, alpha = torch.atan2(coord, depth), torch.asin((r / dist.clamp_min(1e-9)).clamp(max=1.0))
+        around = dist <= r  # the camera is inside the circle: every direction of the plane
+        a0, a1 = (theta - alpha).clamp_min(-torch.pi / 2), (theta + alpha).clamp_max(torch.pi / 2)
+        p0 = torch.where(around | (a0 <= -torch.pi / 2), -torch.inf, f * torch.tan(a0))
+        p1 = torch.where(around | (a1 >= torch.pi / 2), torch.inf, f * torch.tan(a1))
+        lo, hi = centre + sign * p0, centre + sign * p1
+        return torch.minimum(lo, hi) - 1, torch.maximum(lo, hi) + 1, around | (a0 < a1)
 
-    x0, x1 = extent(c[:, 0], k[:, 0], k[:, 2], 1.0)
-    y0, y1 = extent(c[:, 1], k[:, 1], k[:, 3], -1.0)
+    x0, x1, front_x = extent(c[:, 0], k[:, 0], k[:, 2], 1.0)
+    y0, y1, front_y = extent(c[:, 1], k[:, 1], k[:, 3], -1.0)
+    ok &= front_x & front_y
     ntx, nty = (width + TILE - 1) // TILE, (height + TILE - 1) // TILE
     tx0 = (x0.clamp(0, width - 1) / TILE).floor().long()
     tx1 = (x1.clamp(0, width - 1) / TILE).floor().long()
@@ -272,5 +303,5 @@ def cast_rays(prims: Primitives, bins: TileBins, K: Tensor, x: Tensor, y: Tensor
     p = bins.prim[pair]
     t = intersect(prims, p, pixel_rays(x[ray], y[ray], K[image[ray]])[:, None, :])[:, 0]
     best = torch.full((x.shape[0],), _NONE, dtype=torch.int64, device=x.device)
-    best.scatter_reduce_(0, ray, _pack(t, p), reduce="amin")
+    best.scatter_reduce_(0, ray, torch.where(t.isfinite(), _pack(t, p), _NONE), reduce="amin")  # a miss: no hit
     return _unpack(best)

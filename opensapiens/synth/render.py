@@ -6,8 +6,9 @@ winning primitive -> keypoint visibility by casting a ray through each keypoint.
 
 Keypoint visibility: v = 0 outside the image; v = 2 when the first surface on the ray through the keypoint
 belongs to the same person and lies no more than the keypoint's tolerance in front of it (0 for surface points,
-the body radius for joint centres), and the keypoint's pixel shows that person; v = 1 otherwise (hidden by
-another person or by the person's own body).
+the body radius for joint centres; ``OWN_FLESH`` times that when the surface is a piece of the body containing the
+joint centre: its own limb, seen obliquely), and the keypoint's pixel shows that person; v = 1 otherwise (hidden
+by another person or by the person's own body).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from .background import View, image_background, procedural_backgrounds
 from .body import Bodies, build_primitives, class_id, head_frame, pose_bodies
 from .landmarks import keypoints_3d
 from .people import stack_people
-from .raycast import Primitives, TileBins, bin_tiles, cast_pixels, cast_rays, normals_at, pixel_rays
+from .raycast import Primitives, TileBins, bin_tiles, cast_pixels, cast_rays, contains, normals_at, pixel_rays
 from .scene import Scene
 from .shading import Light, albedo, hash01, shade
 from .skeleton import apply3, matmul3, rot_y
 
 SURFACE_EPS = 2e-3  # metres: slack of the keypoint depth test
+OWN_FLESH = 2.0  # a joint centre is seen through up to this many body radii of its own limb (one 30 deg off the ray)
 BACKGROUND_KEYS = ("seed", "kind", "angle", "color0", "color1", "noise", "pattern", "freq", "pattern_amp", "wall",
                    "floor_color", "floor_color2", "floor_kind", "floor_scale", "floor_angle")
 
@@ -60,7 +62,9 @@ def _stack(values: list, device: torch.device | str) -> Tensor:
 
 def render_scenes(scenes: list[Scene], height: int, width: int, device: torch.device | str = "cpu",
                   max_people: int = 4, background_files: list[Path] | None = None) -> SynthBatch:
-    """Render a batch of scenes (all H x W) on ``device``."""
+    """Render a batch of scenes (all H x W) on ``device``; scenes may have no people."""
+    if not scenes:
+        raise ValueError("scenes is empty: nothing to render")
     if any(len(s.people) > max_people for s in scenes):
         raise ValueError(f"a scene has more than max_people={max_people} people")
     B = len(scenes)
@@ -167,6 +171,9 @@ def _keypoints(kp3d: Tensor, tol: Tensor, prims: Primitives, bins: TileBins, K: 
     pi, ki = torch.nonzero(inside, as_tuple=True)
     img, zk, tk = image_of[pi], z[pi, ki], tol[pi, ki]
     t_hit, hit = cast_rays(prims, bins, K, x[pi, ki], y[pi, ki], img)
+    # a joint centre seen through its own flesh only (the first surface is a piece that contains it): the surface of
+    # a limb oblique to the ray or tapered is more than its radius in front of the centre, up to r / sin(angle)
+    tk = torch.where(contains(prims, hit, kp3d[pi, ki]), OWN_FLESH * tk, tk)
     seen = (hit >= 0) & (prims.person[hit.clamp_min(0)] == pi) & (t_hit >= zk - tk - SURFACE_EPS)
     # ...and the keypoint's pixel agrees: it shows this person, no further in front of the keypoint than the
     # tolerance plus two pixel footprints (the surface's slope across the pixel)
