@@ -7,6 +7,7 @@ result dataclasses of ``opensapiens.inference.predictors``; the CLI's model load
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -240,3 +241,85 @@ def test_model_mode_dense_reads_jpg_images_and_refuses_to_score_nothing(dataset,
     Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(data / "images" / "unlabelled.png")  # no GT for any image
     with pytest.raises(ValueError, match="no sample could be scored .1 skipped; first: unlabelled: no ground truth"):
         evaluate_model("seg", TaggedJpegPredictor("seg", truth), data)
+
+
+# ------------------------------------------------------------------------ `opensapiens predict`'s outputs, as they are
+
+
+def predict(root, task, out, *extra):
+    """The real ``opensapiens predict`` (bundled sapiens-nano, small input) over the dataset's images."""
+    assert main(["predict", str(root / "images"), "--task", task, "--checkpoint", "sapiens-nano", "--out", str(out),
+                 "--input-size", "64x48", "--device", "cpu", "--no-vis", "--batch-size", "4", *extra]) == 0
+
+
+def eval_json(tmp_path, *args):
+    out = tmp_path / "metrics.json"
+    assert main(["eval", *args, "--out", str(out), "--quiet"]) == 0
+    r = strict_json(out)
+    r.pop("protocol")  # names the sources, which differ
+    return r
+
+
+@pytest.mark.parametrize("task", ["seg", "depth", "normal"])
+def test_saved_mode_reads_predict_dense_outputs(dataset, tmp_path, task):
+    """predict writes STEM_seg.png / STEM_depth.npy / STEM_normal.npy; eval pairs them with GT STEM.png / STEM.npy
+    and scores them as the same maps saved under the GT's names."""
+    import shutil
+
+    root, _ = dataset
+    out = tmp_path / "P"
+    predict(root, task, out)
+    gt = root / {"seg": "seg", "depth": "depths", "normal": "normals"}[task]
+    r = eval_json(tmp_path, "--task", task, "--pred", str(out), "--gt", str(gt))
+    assert r["skipped"] == [] and r["num_images"] == N
+
+    suffix = {"seg": "_seg.png", "depth": "_depth.npy", "normal": "_normal.npy"}[task]
+    renamed = tmp_path / "renamed"
+    renamed.mkdir()
+    for f in out.glob(f"*{suffix}"):
+        shutil.copy(f, renamed / (f.name[: -len(suffix)] + suffix[-4:]))
+    assert len(list(renamed.iterdir())) == N
+    assert eval_json(tmp_path, "--task", task, "--pred", str(renamed), "--gt", str(gt)) == r
+
+
+def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
+    """predict writes one STEM.json per image (people with image_id = the stem); eval maps each stem to the GT image
+    of that file name and scores them as the same people in a COCO results list with the GT ids."""
+    root, _ = dataset
+    out = tmp_path / "P"
+    predict(root, "pose", out, "--detections", str(root / "annotations.json"))
+    docs = {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("*.json"))}
+    assert sorted(docs) == [f"s{i:03d}" for i in range(N)]
+
+    # the synthetic GT (ids 1..N): the folder, and the same people as a COCO results list with the GT ids
+    gt_file = root / "annotations.json"
+    r = eval_json(tmp_path, "--task", "pose", "--pred", str(out), "--gt", str(gt_file))
+    assert r["num_predictions"] == 2 * N and r["num_gt"] == 2 * N
+    ids = {Path(im["file_name"]).stem: im["id"] for im in json.loads(gt_file.read_text())["images"]}
+    res = [{**p, "image_id": ids[stem]} for stem, d in docs.items() for p in d["people"]]
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    assert eval_json(tmp_path, "--task", "pose", "--pred", str(tmp_path / "res.json"), "--gt", str(gt_file)) == r
+
+    # a GT made of the predicted people, with ids in another order and file names in a folder: only the right
+    # pairing scores AP 1
+    gt = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "person"}]}
+    for i, (stem, d) in enumerate(docs.items()):
+        gid = 10 * (N - i)
+        gt["images"].append({"id": gid, "file_name": f"images/{stem}.png", "width": W, "height": H})
+        for p in d["people"]:
+            kp = np.asarray(p["keypoints"]).reshape(-1, 3)
+            kp[:, 2] = 2
+            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": gid, "category_id": 1,
+                                      "iscrowd": 0, "bbox": p["bbox"], "area": p["bbox"][2] * p["bbox"][3],
+                                      "keypoints": kp.ravel().tolist(), "num_keypoints": len(kp)})
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    r = eval_json(tmp_path, "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "gt.json"))
+    assert r["AP"] == pytest.approx(1.0) and r["num_predictions"] == 2 * N
+    one = evaluate_saved("pose", out / "s001.json", tmp_path / "gt.json")  # a single predict file
+    assert one["num_predictions"] == 2 and one["AP"] < 1.0
+
+    # a predict file for an image the GT does not have: an error naming it
+    (out / "stranger.json").write_text(json.dumps({**docs["s000"], "image": {"file_name": "stranger"}}))
+    assert main(["eval", "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "gt.json"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "stranger.json" in err and "no ground truth image" in err

@@ -3,6 +3,7 @@
     opensapiens eval --task pose --pred results.json --gt person_keypoints_val.json --keypoints coco
     opensapiens eval --task seg --pred preds/ --gt labels/ --out seg.json
     opensapiens eval --task depth --pred preds/ --gt depths/ --masks masks/ --align lstsq
+    opensapiens eval --task pose --pred predict_out/ --gt annotations.json     # predict's outputs as they are
     opensapiens eval --task normal --checkpoint sapiens-normal-1b --data synth_val/ --out normal.json
 """
 
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("saved predictions")
     g.add_argument("--pred", type=Path, help="pose: COCO results JSON; seg: folder of PNG label maps; "
-                                             "depth/normal: folder of NAME.npy")
+                                             "depth/normal: folder of NAME.npy; or `opensapiens predict`'s "
+                                             "output folder as it is (STEM.json, STEM_seg.png, STEM_depth.npy ...)")
     g.add_argument("--gt", type=Path, help="pose: COCO keypoint JSON; seg/depth/normal: folder like --pred")
     g.add_argument("--masks", type=Path, help="depth/normal: folder of NAME.png/.npy foreground masks "
                                               "(default: the GT's nonzero finite pixels)")

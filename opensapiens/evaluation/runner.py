@@ -153,22 +153,85 @@ def _first_images(gt: dict, results: list, limit: int) -> tuple[dict, list]:
     return gt, [r for r in results if not isinstance(r, dict) or r.get("image_id") not in drop]
 
 
+def predict_suffix(task: str) -> str:
+    """What ``opensapiens predict`` appends to an image's stem for its ``task`` map (``_seg.png``, ...)."""
+    from ..inference.batch import OUTPUTS  # here, not at the top: inference imports evaluation
+
+    return OUTPUTS[task][0]
+
+
+def _prediction_file(task: str, pred: Path, gt_file: Path) -> Path | None:
+    """The prediction for a GT file: the file of the same name, else the one ``opensapiens predict`` writes."""
+    for p in (pred / gt_file.name, pred / f"{gt_file.stem}{predict_suffix(task)}"):
+        if p.is_file():
+            return p
+    return None
+
+
+def _is_predict_doc(doc) -> bool:
+    return isinstance(doc, dict) and isinstance(doc.get("image"), dict) and "people" in doc
+
+
+def read_pose_predictions(pred: str | Path | list | dict, gt: dict) -> list | dict:
+    """COCO keypoint results from ``pred``: a COCO results JSON (list, returned as read), or the output of
+    ``opensapiens predict --task pose``: its folder of per-image ``STEM.json`` or one such file.
+
+    A predict file (``{"image": {"file_name": STEM, ...}, "keypoint_set", "people": [COCO results]}``) belongs to the
+    GT image whose ``file_name`` has that stem; its people become results with that image's id. A file whose stem
+    matches no GT image, or several, is an error naming it. GT images without a file have no predictions.
+    """
+    if isinstance(pred, (str, Path)) and Path(pred).is_dir():
+        files = sorted(Path(pred).glob("*.json"))
+        if not files:
+            raise FileNotFoundError(f"no .json predictions in {pred} (expected opensapiens predict's STEM.json files)")
+        docs = [(f, read_coco_json(f, "predictions")) for f in files]
+        for f, doc in docs:
+            if not _is_predict_doc(doc):
+                raise ValueError(f"predictions file {f} is not an opensapiens predict output (no 'image' and "
+                                 "'people'); pass a COCO results JSON file instead of a folder")
+    else:
+        doc = read_coco_json(pred, "predictions")
+        if not _is_predict_doc(doc):
+            return doc
+        docs = [(pred, doc)]
+    by_stem: dict[str, list] = {}
+    images = (gt.get("images") or []) if isinstance(gt, dict) else []  # a bad GT: evaluate_keypoints says why
+    for im in images:
+        if "file_name" in im:
+            by_stem.setdefault(Path(str(im["file_name"])).stem, []).append(im.get("id"))
+    results = []
+    for f, doc in docs:
+        stem = str(doc["image"].get("file_name", ""))
+        ids = by_stem.get(stem, [])
+        if len(ids) != 1:
+            why = "no ground truth image" if not ids else f"{len(ids)} ground truth images (ids {ids})"
+            raise ValueError(f"predictions file {f}: image {stem!r} matches {why} by file name stem")
+        people = doc["people"]
+        if not isinstance(people, list) or not all(isinstance(r, dict) for r in people):
+            raise ValueError(f"predictions file {f}: 'people' is not a list of COCO keypoint results")
+        results += [{**r, "image_id": ids[0]} for r in people]
+    return results
+
+
 def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: str | None = None,
                    masks: str | Path | None = None, classes=None, align: str = "lstsq", ignore_index: int = 255,
                    limit: int | None = None, progress: bool = False) -> dict:
     """Score saved predictions against ground truth.
 
-    pose: ``pred`` and ``gt`` are COCO keypoint JSON files. seg: folders of PNG label maps. depth / normal: folders
-    of ``.npy`` maps, foreground from ``masks`` (``NAME.png`` or ``NAME.npy``, nonzero = foreground) or, without it,
-    the GT's nonzero finite pixels. Files are paired by name; the GT folder decides which samples exist. ``limit``:
-    only the first GT files by name (pose: the first GT images of the file, their annotations and their results).
+    pose: ``gt`` is a COCO keypoint JSON file; ``pred`` a COCO results JSON file, or ``opensapiens predict``'s
+    output (its folder of per-image JSONs, or one of them; see ``read_pose_predictions``). seg: folders of PNG label
+    maps. depth / normal: folders of ``.npy`` maps, foreground from ``masks`` (``NAME.png`` or ``NAME.npy``, nonzero
+    = foreground) or, without it, the GT's nonzero finite pixels. Files are paired by name; the GT folder decides
+    which samples exist. The prediction for GT ``NAME.png`` / ``NAME.npy`` is the file of that name, else the one
+    ``opensapiens predict`` writes (``NAME_seg.png``, ``NAME_depth.npy``, ``NAME_normal.npy``). ``limit``: only the
+    first GT files by name (pose: the first GT images of the file, their annotations and their results).
     """
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "pose":
         gt_data = read_coco_json(gt, "ground truth")
         name = keypoints or infer_keypoint_set(gt_data)
-        results = read_coco_json(pred, "predictions")
+        results = read_pose_predictions(pred, gt_data)
         if limit is not None and isinstance(gt_data, dict) and isinstance(results, list):
             gt_data, results = _first_images(gt_data, results, limit)
         metrics = evaluate_keypoints(gt_data, results, name)
@@ -184,10 +247,11 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
     acc = _dense_accumulator(task, classes, align, ignore_index)
     skipped: list[dict] = []
     for g in _progress(gt_files, len(gt_files), progress, f"eval {task}"):
-        p = pred / g.name
+        p = _prediction_file(task, pred, g)
         m = _mask_file(Path(masks), g.stem) if masks else None
-        if not p.is_file():
-            skipped.append({"name": g.stem, "reason": f"no prediction {p.name} in {pred}"})
+        if p is None:
+            skipped.append({"name": g.stem, "reason": f"no prediction {g.name} or {g.stem}{predict_suffix(task)} "
+                                                      f"in {pred}"})
             continue
         if masks and m is None:
             skipped.append({"name": g.stem, "reason": f"no mask {g.stem}.png/.npy in {masks}"})
