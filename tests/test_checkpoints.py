@@ -271,3 +271,24 @@ def test_a_multitask_files_task_takes_a_patch_padding_override():
 
     default = load_model(BUNDLED, task="pose").config.patch_padding
     assert load_model(BUNDLED, task="pose", patch_padding=2 - default).config.patch_padding == 2 - default
+
+
+def test_saved_models_get_the_permissions_of_any_output(tmp_path):
+    """safetensors makes its file 0600; a model written for others to load gets what open() gives under the umask."""
+    model, _ = make_official_state("seg", 4)
+    old = os.umask(0o022)
+    try:
+        path = save_model(model, tmp_path / "m.safetensors")
+        official = export_official(model, tmp_path / "m_official.safetensors")
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(0o644) and oct(os.stat(official).st_mode & 0o777) == oct(0o644)
+
+
+def test_a_bare_official_file_name_is_found_in_the_checkpoint_folder(tmp_path, monkeypatch):
+    name = "sapiens_0.3b_normal_render_people_epoch_66.pth"
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "local").mkdir()
+    torch.save({"state_dict": make_official_state("normal")[1]}, tmp_path / "local" / name)
+    assert resolve_checkpoint(name) == tmp_path / "local" / name

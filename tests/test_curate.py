@@ -157,16 +157,30 @@ def test_cli_with_two_workers(collection, tmp_path, monkeypatch, capsys):
     assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
 
 
-@pytest.mark.parametrize("flag", ["--detector-arch", "--detector"])
-def test_cli_passes_the_detector_arch_under_both_names(collection, tmp_path, monkeypatch, capsys, flag):
+@pytest.mark.parametrize("flag", ["--detector-weights", "--detector"])
+def test_cli_passes_the_detector_weights_under_both_names_as_predict_does(collection, tmp_path, monkeypatch, capsys,
+                                                                         flag):
     import opensapiens.inference.detector as det
 
     built = []
     monkeypatch.setattr(det, "PersonDetector", lambda *a, **k: built.append((a, k)) or FakeDetector())
     args = ["curate", str(collection), "--out", str(tmp_path / "o"), "--workers", "0", "--device", "cpu"]
-    assert main([*args, flag, "fasterrcnn_mobilenet_v3_large_fpn", "--detector-weights", "w.pth"]) == 0
-    (weights,), kwargs = built[0]
-    assert weights == "w.pth" and kwargs["arch"] == "fasterrcnn_mobilenet_v3_large_fpn"
+    assert main([*args, "--detector-arch", "fasterrcnn_mobilenet_v3_large_fpn", flag, "w.pth"]) == 0
+    assert main([*args, flag, "torchvision", "--out", str(tmp_path / "o2")]) == 0
+    ((weights,), kwargs), ((default,), _) = built
+    assert weights == "w.pth" and kwargs["arch"] == "fasterrcnn_mobilenet_v3_large_fpn" and default is None
+
+
+def test_cli_reports_a_failed_detector_download_in_one_line(collection, tmp_path, monkeypatch, capsys):
+    import opensapiens.inference.detector as det
+
+    def offline(*a, **k):
+        raise ConnectionError("could not download the COCO weights ... pass its path with --detector-weights")
+
+    monkeypatch.setattr(det, "PersonDetector", offline)
+    assert main(["curate", str(collection), "--out", str(tmp_path / "o"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: could not download") and "Traceback" not in err
 
 
 def test_cli_names_a_missing_source_before_loading_the_detector(tmp_path, monkeypatch, capsys):

@@ -596,3 +596,26 @@ def test_ranks_beyond_the_saved_ones_get_streams_of_their_own():
     assert len({str(g) for g in got}) == 4
     restore_rng(rngs, 3)
     assert draws() == got[3]
+
+
+def test_metrics_jsonl_is_strict_json_with_null_for_what_is_not_finite(tmp_path):
+    from opensapiens.training.logger import RunLogger
+
+    logger = RunLogger(tmp_path, total_steps=2, tensorboard=False, progress=False)
+    logger.log("eval", 1, AP=0.5, APl=float("nan"), loss=torch.tensor(float("inf")))
+    logger.close()
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    record = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=refuse)
+    assert record["AP"] == 0.5 and record["APl"] is None and record["loss"] is None
+
+
+def test_the_synth_val_seed_is_refused_before_a_run_starts(tmp_path):
+    from opensapiens.synth.dataset import SYNTH_VAL
+    from opensapiens.training.config import TrainConfig, resolve
+
+    with pytest.raises(ValueError, match="synth-val seed"):
+        resolve(TrainConfig(task="seg", data="synth", out=str(tmp_path / "run"), seed=SYNTH_VAL.seed))
+    assert not (tmp_path / "run").exists()

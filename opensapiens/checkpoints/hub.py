@@ -94,6 +94,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if path.exists():
         return path
+    if path.name == str(name_or_path) and (local_dir() / path.name).is_file():  # a bare file name, where we keep them
+        return local_dir() / path.name
     if str(name_or_path).lower() in BUNDLED_NAMES:
         if not BUNDLED.is_file():
             raise FileNotFoundError(f"the bundled model is missing from this installation ({BUNDLED})")

@@ -11,6 +11,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from ..io.writers import atomic_path
 from ..models.multitask import MultiTaskConfig, SapiensMultiTask
 from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
 from ..models.vit import infer_grid
@@ -156,9 +157,8 @@ def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     key = MULTITASK_KEY if isinstance(model, SapiensMultiTask) else CONFIG_KEY
     meta = {key: json.dumps(model.config.to_dict()), "format": "pt", **(metadata or {})}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # (the permissions a plain open() would give, as every output)
+        save_file(sd, str(tmp), metadata=meta)
     return path
 
 
@@ -187,14 +187,13 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
                               "(it takes square or 4:3 portrait grids); keep it in our format (save_model)")
     sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)
     obj = sd if model.task == "features" else {"state_dict": sd, "meta": {"source": "opensapiens"}}
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    with atomic_path(path) as tmp:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
-    else:
-        torch.save(obj, tmp)
-    os.replace(tmp, path)
+            save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        else:
+            torch.save(obj, tmp)
     return path
 
 

@@ -28,9 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--phash-radius", type=int, default=6,
                    help="near duplicate when the 64-bit pHash differs in at most this many bits (-1: off)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
-    p.add_argument("--detector-arch", "--detector", dest="detector_arch", default="fasterrcnn_resnet50_fpn_v2",
+    p.add_argument("--detector-arch", dest="detector_arch", default="fasterrcnn_resnet50_fpn_v2",
                    help="torchvision detection model, as predict's --detector-arch (--detector: the older name)")
-    p.add_argument("--detector-weights", help="local detector weights (default: torchvision's COCO weights)")
+    p.add_argument("--detector-weights", "--detector", dest="detector_weights",
+                   help="local detector weights, or 'torchvision' (the default: torchvision's COCO weights, downloaded "
+                        "once); --detector is the same option, as in predict")
     p.add_argument("--device", help="detector device (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="images per detector call")
     p.add_argument("--workers", type=int, default=4, help="image reading processes")
@@ -51,10 +53,11 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, workers=args.workers)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         # The detector's own threshold only trims what is recorded; the keep rule uses --min-score.
-        detector = PersonDetector(args.detector_weights, arch=args.detector_arch, device=device,
+        weights = None if args.detector_weights in (None, "torchvision") else args.detector_weights
+        detector = PersonDetector(weights, arch=args.detector_arch, device=device,
                                   score_threshold=min(0.3, args.min_score))
         report = curate(sources, args.out, detector, cfg, log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # OSError: a detector download that failed (offline)
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict()))

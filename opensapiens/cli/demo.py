@@ -2,8 +2,9 @@
 
 With no image arguments it renders a few fresh synthetic scenes, runs pose, segmentation, depth and normals with
 ``sapiens-nano``, writes one side-by-side picture per image (input | skeleton | parts | depth | normals) plus the
-JSON/PNG/NPY outputs, and prints metrics against the exact synthetic labels. With images it runs on them (pose on
-the whole image, or on ``--detections`` boxes).
+JSON/PNG/NPY outputs, and prints metrics against the exact synthetic labels (pose on the scenes' true person
+boxes). With images it runs on them, pose on the whole image as one person (``opensapiens predict --detector`` finds
+people first).
 """
 
 from __future__ import annotations

@@ -38,12 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
     p.add_argument("--checkpoint", required=True, help="file (.pth/.pt2/.safetensors) or official name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--input-size", type=parse_size, default=None, help="model input HxW (default 1024x768)")
+    p.add_argument("--input-size", type=parse_size, default=None,
+                   help="model input HxW (default: the checkpoint's own, else 1024x768)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--fp8", action="store_true",
-                   help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): ~1.1x faster, keypoints "
+                   help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): 1.1-1.3x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
     p.add_argument("--workers", type=int, default=None,
                    help="image-reading threads (default: up to 8, at most one per core; 0: read in the main thread)")

@@ -63,7 +63,8 @@ def _download_weights(arch: str) -> dict[str, torch.Tensor]:
     except OSError as e:  # URLError, socket errors, read-only cache...
         raise ConnectionError(
             f"could not download the COCO weights of the {arch} person detector ({e}). Offline: download {url} "
-            f"elsewhere and either place it at {cached} or pass its path as the detector weights") from e
+            f"elsewhere and either place it at {cached} or pass its path with --detector-weights "
+            "(Python: PersonDetector(weights=...))") from e
 
 
 def fold_batch_norms(model: nn.Module) -> nn.Module:

@@ -126,7 +126,9 @@ def metric_depth(pred: np.ndarray, metric_points: np.ndarray | dict, mask: np.nd
     else:
         raise ValueError(f"metric_points has shape {pts.shape}; expected (M, 3) or {pred.shape}")
     if p.size < 2 or np.ptp(p) == 0:
-        raise ValueError(f"metric_depth needs at least 2 samples with distinct predictions, got {p.size}")
+        raise ValueError(f"metric_depth needs at least 2 samples with distinct predictions, got {p.size} of "
+                         f"{len(pts) if pts.shape[1:] == (3,) else int(np.isfinite(pts).sum())} (samples outside the "
+                         "image, outside ``mask``, non-finite or not positive are left out)")
     scale, shift = fit_scale_shift(p[None], (1.0 / t if inverse else t)[None])  # the evaluation's least squares
     fitted = scale * pred + shift
     if inverse:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..io.writers import atomic_path
 from .sapiens import ModelConfig, SapiensModel
 from .vit import Block, SapiensViT, ViTArch, get_arch
 
@@ -279,10 +280,9 @@ class MAE(nn.Module):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(sd, str(tmp), metadata={"opensapiens_mae_config": json.dumps(self.config.to_dict()),
-                                          **(metadata or {})})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(sd, str(tmp), metadata={"opensapiens_mae_config": json.dumps(self.config.to_dict()),
+                                              **(metadata or {})})
         return path
 
     def backbone_model(self) -> SapiensModel:

@@ -48,7 +48,7 @@ ARCHS: dict[str, ViTArch] = {
         ViTArch("2b", 1920, 48, 32),  # head dim 60
         ViTArch("small", 384, 12, 6),  # ~21M, for single-GPU experiments
         ViTArch("tiny", 192, 12, 3),  # ~5.5M, trains on a CPU
-        ViTArch("nano", 128, 6, 2),  # ~1.2M, unit tests and the bundled demo model
+        ViTArch("nano", 128, 6, 2),  # ~1.2M, unit tests
     )
 }
 

@@ -126,6 +126,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     from .speed import check_attention_choice
 
     check_attention_choice(out.attention)
+    if out.data == "synth":
+        from ..synth.dataset import SYNTH_VAL
+
+        if out.seed == SYNTH_VAL.seed:  # refused before the run starts, not by the generator once it has
+            raise ValueError(f"seed {out.seed} is the synth-val seed; training on it would leak the validation split")
     check_counts(out, positive=("batch_size", "grad_accum"),
                  non_negative=("log_interval", "eval_interval", "ckpt_interval", "keep_last"))
     if out.head_chunk is not None and "head" not in out.checkpointing:

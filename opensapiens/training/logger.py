@@ -21,7 +21,7 @@ def _scalar(v: Any) -> Any:
     if hasattr(v, "item"):
         v = v.item()
     if isinstance(v, float) and not math.isfinite(v):
-        return str(v)  # JSON has no NaN/inf
+        return None  # JSON has no NaN/inf: null, as in eval's JSON (a "skip" record says the step was not finite)
     return v
 
 
