@@ -318,6 +318,19 @@ def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
     one = evaluate_saved("pose", out / "s001.json", tmp_path / "gt.json")  # a single predict file
     assert one["num_predictions"] == 2 and one["AP"] < 1.0
 
+    # the same people as a COCO-17 GT, each keypoint taken by name from the 308: predict's files are converted to it
+    from opensapiens.metadata import keypoint_set
+
+    goliath, coco = keypoint_set("goliath"), keypoint_set("coco")
+    by_name = [goliath.names.index(n) for n in coco.names]
+    gt17 = {**gt, "annotations": []}
+    for ann in gt["annotations"]:
+        kp = np.asarray(ann["keypoints"]).reshape(-1, 3)[by_name]
+        gt17["annotations"].append({**ann, "keypoints": kp.ravel().tolist(), "num_keypoints": len(kp)})
+    (tmp_path / "gt17.json").write_text(json.dumps(gt17))
+    r17 = evaluate_saved("pose", out, tmp_path / "gt17.json")
+    assert r17["AP"] == pytest.approx(1.0) and r17["protocol"]["keypoints"] == "coco"
+
     # a predict file for an image the GT does not have: an error naming it
     (out / "stranger.json").write_text(json.dumps({**docs["s000"], "image": {"file_name": "stranger"}}))
     assert main(["eval", "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "gt.json"), "--quiet"]) == 2

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import conversion_indices, keypoint_set, seg_classes
+from ..metadata import conversion_indices, convert_keypoints, keypoint_set, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, read_coco_json
@@ -172,13 +172,15 @@ def _is_predict_doc(doc) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("image"), dict) and "people" in doc
 
 
-def read_pose_predictions(pred: str | Path | list | dict, gt: dict) -> list | dict:
+def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: str | None = None) -> list | dict:
     """COCO keypoint results from ``pred``: a COCO results JSON (list, returned as read), or the output of
     ``opensapiens predict --task pose``: its folder of per-image ``STEM.json`` or one such file.
 
     A predict file (``{"image": {"file_name": STEM, ...}, "keypoint_set", "people": [COCO results]}``) belongs to the
-    GT image whose ``file_name`` has that stem; its people become results with that image's id. A file whose stem
-    matches no GT image, or several, is an error naming it. GT images without a file have no predictions.
+    GT image whose ``file_name`` has that stem; its people become results with that image's id, their keypoints
+    converted to the ``keypoints`` layout where the file's differs (308 -> 133 / 17, 133 -> 17, by name, as model
+    mode does). A file whose stem matches no GT image, or several, is an error naming it. GT images without a file
+    have no predictions.
     """
     if isinstance(pred, (str, Path)) and Path(pred).is_dir():
         files = sorted(Path(pred).glob("*.json"))
@@ -209,8 +211,22 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict) -> list | di
         people = doc["people"]
         if not isinstance(people, list) or not all(isinstance(r, dict) for r in people):
             raise ValueError(f"predictions file {f}: 'people' is not a list of COCO keypoint results")
+        src = doc.get("keypoint_set")
+        if keypoints is not None and src is not None and keypoint_set(src).name != keypoint_set(keypoints).name:
+            people = [_converted(r, src, keypoints, f) for r in people]
         results += [{**r, "image_id": ids[0]} for r in people]
     return results
+
+
+def _converted(result: dict, src: str, dst: str, where: Path | str) -> dict:
+    """One COCO result's ``[x, y, score] * K`` in another keypoint layout (channels without a source score 0)."""
+    flat = np.asarray(result.get("keypoints", []), np.float64)
+    k = keypoint_set(src).num_keypoints
+    if flat.size != 3 * k:
+        raise ValueError(f"predictions file {where}: a person has {flat.size // 3} keypoints, its file's "
+                         f"keypoint_set {src!r} has {k}")
+    kp, sc = convert_keypoints(flat.reshape(k, 3)[:, :2], flat.reshape(k, 3)[:, 2], src, dst)
+    return {**result, "keypoints": np.concatenate([kp, sc[:, None]], axis=1).reshape(-1).tolist()}
 
 
 def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: str | None = None,
@@ -231,7 +247,7 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
     if task == "pose":
         gt_data = read_coco_json(gt, "ground truth")
         name = keypoints or infer_keypoint_set(gt_data)
-        results = read_pose_predictions(pred, gt_data)
+        results = read_pose_predictions(pred, gt_data, name)
         if limit is not None and isinstance(gt_data, dict) and isinstance(results, list):
             gt_data, results = _first_images(gt_data, results, limit)
         metrics = evaluate_keypoints(gt_data, results, name)
