@@ -417,3 +417,23 @@ def test_same_seed_same_pixels_any_batch():
         assert torch.equal(getattr(together, name)[2], getattr(alone, name)[0]), name
     other = render_scenes(sample_scenes([[8, 2]], 64, 48), 64, 48)
     assert not torch.equal(other.image[0], alone.image[0])
+
+
+def test_a_round_cone_of_zero_length_is_its_larger_end_sphere():
+    """a == b: no lateral surface; rays hit the sphere of the larger radius or nothing (its degenerate quadratic gave
+    hits at arbitrary depths)."""
+    from opensapiens.synth.raycast import intersect_round_cones
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(2000, 3, dtype=torch.float64, generator=g)
+    d[:, 2] = d[:, 2].abs() * 0.2 + 1
+    d = torch.nn.functional.normalize(d, dim=-1)
+    a = torch.tensor([0.3, -0.2, 3.0], dtype=torch.float64).expand(2000, 3)
+    for ra, rb in ((0.1, 0.1), (0.1, 0.05), (0.05, 0.1)):
+        t = intersect_round_cones(a, a.clone(), torch.full((2000,), ra, dtype=torch.float64),
+                                  torch.full((2000,), rb, dtype=torch.float64), d)
+        b = (d * a).sum(-1)
+        disc = b * b - ((a * a).sum(-1) - max(ra, rb) ** 2)
+        expected = torch.where(disc >= 0, b - disc.clamp_min(0).sqrt(), torch.inf)
+        assert torch.equal(t.isinf(), expected.isinf())
+        assert torch.allclose(t[t.isfinite()], expected[expected.isfinite()], atol=1e-9)

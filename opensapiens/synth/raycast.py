@@ -91,7 +91,8 @@ def intersect_round_cones(a: Tensor, b: Tensor, ra: Tensor, rb: Tensor, d: Tenso
     """Entry t of rays from the origin along d into round cones; shapes broadcast; inf where missed."""
     t0, o, dd = _shift(0.5 * (a + b), d)
     ba = b - a
-    length = ba.norm(dim=-1).clamp_min(1e-9)
+    axis = ba.norm(dim=-1)
+    length = axis.clamp_min(1e-9)
     u = ba / length[..., None]
     s = ((ra - rb) / length).clamp(-0.999, 0.999)  # lateral surface in the (axial h, radial q) plane:
     c = (1 - s * s).sqrt()  # s h + c q = ra, between the tangent points h = ra s and h = length + rb s
@@ -106,7 +107,8 @@ def intersect_round_cones(a: Tensor, b: Tensor, ra: Tensor, rb: Tensor, d: Tenso
     best = torch.minimum(_sphere_entry(w0, d, dd, ra), _sphere_entry(o - b, d, dd, rb))
     for t in (q / A, C / q):  # the two roots of A t^2 + 2 B t + C = 0, in a cancellation-free form
         h = h0 + t * hd
-        ok = (disc >= 0) & (h >= ra * s) & (h <= length + rb * s) & (k0 + k1 * t >= 0) & t.isfinite()
+        # (a == b has no lateral surface, only its end spheres: its degenerate quadratic has spurious roots)
+        ok = (disc >= 0) & (h >= ra * s) & (h <= length + rb * s) & (k0 + k1 * t >= 0) & t.isfinite() & (axis > 1e-9)
         best = torch.minimum(best, torch.where(ok, t, torch.inf))
     t = t0 + best
     return torch.where(t > T_MIN, t, torch.inf)
