@@ -182,8 +182,30 @@ def test_half_body_box_is_the_official_rule():
     kp = np.array([[0, 0], [0, 10], [0, 20], [100, 100]], float)
     c, s = half_body_box(kp, np.ones(4), upper, no_lower, aug, 0.75, np.random.default_rng(0))
     np.testing.assert_allclose(c, [25.0, 32.5])  # (0 + 0 + 0 + 100) / 4, (0 + 10 + 20 + 100) / 4
-    np.testing.assert_allclose(s, [100 * 1.5, 100 / 0.75 * 1.5])  # 100 x 100 box, widened to w / h = 0.75
+    np.testing.assert_allclose(s, [100 * 1.5, 100 * 1.5])  # their 100 x 100 box (pose_crop widens it last)
     kp = np.array([[5, 0], [5, 10], [5, 30], [0, 0]], float)  # the three labelled ones on a vertical line
     c, s = half_body_box(kp, np.array([1, 1, 1, 0]), upper, no_lower, aug, 0.75, np.random.default_rng(0))
     np.testing.assert_allclose(c, [5.0, 40 / 3])
-    np.testing.assert_allclose(s, [30 * 0.75 * 1.5, 30 * 1.5])
+    np.testing.assert_allclose(s, [0, 30 * 1.5])
+
+
+def test_the_box_shift_is_a_fraction_of_the_box_before_its_aspect_is_fixed():
+    """Official RandomBBoxTransform shifts by shift_factor x the padded box, whose aspect TopdownAffine fixes later:
+    a 100 x 400 box (padded 125 x 500) moves at most 0.16 x 125 = 20 px sideways, not 0.16 x its widened 375."""
+    from opensapiens.data.transforms import bbox_center_scale, pose_crop
+
+    aug = PoseAugment(flip_prob=0, half_body_prob=0, shift_prob=1, scale_range=(1, 1), rotate_prob=0)
+    center, box_scale = bbox_center_scale(np.array([200.0, 100.0, 100.0, 400.0]), None)
+    rng = np.random.default_rng(0)
+    shifts = []
+    for _ in range(400):
+        A, _, _ = pose_crop((800, 600), np.zeros((1, 2)), np.ones(1), center, box_scale, (256, 192), rng, aug)
+        M = np.vstack([A, [0, 0, 1]])
+        crop_centre = np.linalg.solve(M, [(192 - 1) / 2, (256 - 1) / 2, 1])[:2]  # UDP: centre at (size - 1) / 2
+        shifts.append(crop_centre - center)
+    dx, dy = np.abs(np.array(shifts)).max(0)
+    assert 15 < dx <= 0.16 * 125 + 1e-6 and 60 < dy <= 0.16 * 500 + 1e-6
+    A, _, _ = pose_crop((800, 600), np.zeros((1, 2)), np.ones(1), center, box_scale, (256, 192), None, None)
+    widened = bbox_center_scale(np.array([200.0, 100.0, 100.0, 400.0]), 0.75)[1]  # the validation crop is unchanged
+    A2, _, _ = pose_crop((800, 600), np.zeros((1, 2)), np.ones(1), center, widened, (256, 192), None, None)
+    np.testing.assert_allclose(A, A2)

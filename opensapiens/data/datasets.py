@@ -159,9 +159,10 @@ class KeypointDataset(_Base):
         info, kp, bbox = self.instances[index]
         image = read_image(self.image_root / info["file_name"])
         aug = self.augment if rng is not None else None
-        center, scale = bbox_center_scale(bbox, self.input_size[1] / self.input_size[0], self.padding)
+        center, scale = bbox_center_scale(bbox, self.input_size[1] / self.input_size[0], self.padding)  # the val crop's
+        box_scale = bbox_center_scale(bbox, None, self.padding)[1]  # not widened: the augmentation shifts by it
         A, keypoints, visible = pose_crop(image.shape[:2], kp[:, :2], (kp[:, 2] > 0).astype(np.float32), center,
-                                          scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
+                                          box_scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
         crop = warp(image, A, self.input_size, nearest=False)
         if aug is not None:
             crop = self.photometric(crop, rng, aug.photometric)

@@ -62,11 +62,21 @@ class PoseAugment:
     dropout_range: tuple[float, float] = (0.2, 0.4)
 
 
-def bbox_center_scale(bbox_xywh: np.ndarray, aspect: float, padding: float = 1.25) -> tuple[np.ndarray, np.ndarray]:
-    """COCO (x, y, w, h) box -> center (2,), scale (2,) padded and widened to ``aspect`` = W / H of the crop."""
+def bbox_center_scale(bbox_xywh: np.ndarray, aspect: float | None, padding: float = 1.25
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """COCO (x, y, w, h) box -> center (2,), scale (2,) padded and widened to ``aspect`` = W / H of the crop (None:
+    not widened, the box the augmentation shifts by)."""
     x, y, w, h = (float(v) for v in bbox_xywh)
+    if aspect is None:
+        return np.array([x + w / 2, y + h / 2]), np.array([w, h]) * padding
     c, s = boxes_to_center_scale(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float64), padding, aspect)
     return c[0].numpy(), s[0].numpy()
+
+
+def widen_to_aspect(scale: np.ndarray, aspect: float) -> np.ndarray:
+    """(w, h) grown along one axis to w / h = ``aspect`` (TopdownAffine's rule; never shrinks)."""
+    w, h = scale
+    return np.array([w, w / aspect]) if w > h * aspect else np.array([h * aspect, h])
 
 
 def half_body_box(keypoints: np.ndarray, visible: np.ndarray, upper: np.ndarray, lower: np.ndarray,
@@ -75,8 +85,8 @@ def half_body_box(keypoints: np.ndarray, visible: np.ndarray, upper: np.ndarray,
     """Center/scale around the upper or lower body's labelled keypoints (official RandomHalfBody), or None.
 
     As mmpose's ``_get_half_body_bbox``: the centre is the keypoints' mean (not their box's middle), the scale their
-    box x padding, widened to ``aspect`` (TopdownAffine's rule). A box flat in one direction (keypoints on a line) is
-    kept; only one of zero size, which no crop can be made from, gives None.
+    box x padding, not yet widened to ``aspect`` (``pose_crop`` does that last, as TopdownAffine). A box flat in one
+    direction (keypoints on a line) is kept; only one of zero size, which no crop can be made from, gives None.
     """
     vis = visible > 0
     up, lo = upper[vis[upper]], lower[vis[lower]]
@@ -91,10 +101,6 @@ def half_body_box(keypoints: np.ndarray, visible: np.ndarray, upper: np.ndarray,
     w, h = pts.max(0) - pts.min(0)
     if w <= 0 and h <= 0:
         return None
-    if w > h * aspect:
-        h = w / aspect
-    else:
-        w = h * aspect
     return center, np.array([w, h]) * aug.half_body_padding
 
 
@@ -105,7 +111,9 @@ def pose_crop(image_hw: tuple[int, int], keypoints: np.ndarray, visible: np.ndar
     """The image -> crop affine (2, 3) and the keypoints (K, 2) / visibility (K,) in crop pixels.
 
     With ``rng``/``aug`` None this is the plain validation crop. Flip mirrors the image (x -> W - 1 - x), the
-    keypoints and swaps left/right channels; it is folded into the matrix instead of flipping the image.
+    keypoints and swaps left/right channels; it is folded into the matrix instead of flipping the image. ``scale``
+    is the padded box, widened to the crop's aspect only after the augmentation (official: the shift is a fraction
+    of the box itself, the aspect fixed by TopdownAffine).
     """
     H_img, W_img = image_hw
     aspect = out_hw[1] / out_hw[0]
@@ -129,6 +137,7 @@ def pose_crop(image_hw: tuple[int, int], keypoints: np.ndarray, visible: np.ndar
         scale = scale * ((hi + lo) / 2 + truncnorm(rng) * (hi - lo) / 2)
         if rng.random() < aug.rotate_prob:
             rotation = truncnorm(rng) * aug.rotate_factor
+    scale = widen_to_aspect(scale, aspect)
     A = udp_affine(torch.from_numpy(center)[None], torch.from_numpy(scale)[None], out_hw, rotation)[0].numpy()
     kp_crop = kp @ A[:, :2].T + A[:, 2]  # (K, 2)
     if flip:  # the matrix applies to the mirrored image; fold the mirror x -> W - 1 - x in
