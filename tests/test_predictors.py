@@ -296,3 +296,10 @@ def test_optimized_model_pads_short_batches_only_where_a_size_would_compile_agai
     stand_in = Stand_in("seg", 2, _red_logits_recording(sizes))
     static = SegPredictor(FastModel(stand_in, compiled=stand_in), input_size=INPUT, batch_size=4)
     assert np.array_equal(static(img).labels, plain) and sizes == [4]
+
+
+def test_a_19_class_seg_model_is_named_with_the_face_vocabulary():
+    from opensapiens.metadata import seg_classes
+
+    seg = SegPredictor(Stand_in("seg", 19, lambda x: x[:, :1, ::2, ::2].repeat(1, 19, 1, 1)), input_size=INPUT)
+    assert seg.class_names == seg_classes("face").names and seg.class_names[1] == "Skin"

@@ -115,7 +115,8 @@ class SegPredictor(Predictor):
     def __init__(self, model: SapiensModel, class_names: tuple[str, ...] | None = None, **kwargs):
         super().__init__(model, **kwargs)
         n = model.config.out_channels
-        self.class_names = class_names or (seg_classes("goliath").names if n == 28 else tuple(
+        known = {28: "goliath", 19: "face"}  # the official vocabularies of these sizes
+        self.class_names = class_names or (seg_classes(known[n]).names if n in known else tuple(
             f"class_{i}" for i in range(n)))
 
     @torch.inference_mode()
