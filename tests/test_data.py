@@ -209,3 +209,12 @@ def test_the_box_shift_is_a_fraction_of_the_box_before_its_aspect_is_fixed():
     widened = bbox_center_scale(np.array([200.0, 100.0, 100.0, 400.0]), 0.75)[1]  # the validation crop is unchanged
     A2, _, _ = pose_crop((800, 600), np.zeros((1, 2)), np.ones(1), center, widened, (256, 192), None, None)
     np.testing.assert_allclose(A, A2)
+
+
+def test_coco_boxes_are_cut_to_their_image_before_they_become_crops():
+    from opensapiens.data.datasets import _clipped_box
+
+    # a 640 x 480 image: a box running past the right and bottom edges, and one starting left of the image
+    np.testing.assert_allclose(_clipped_box([500, 400, 300, 200], 640, 480), [500, 400, 139, 79])
+    np.testing.assert_allclose(_clipped_box([-20, 10, 100, 50], 640, 480), [0, 10, 80, 50])
+    np.testing.assert_allclose(_clipped_box([5, 6, 7, 8], None, None), [5, 6, 7, 8])  # no size: as given

@@ -100,6 +100,18 @@ def list_backgrounds(folder: str | Path | None) -> list[Path]:
 # ------------------------------------------------------------------------------------------------------------- pose
 
 
+def _clipped_box(bbox_xywh, width: int | None, height: int | None) -> np.ndarray:
+    """A COCO (x, y, w, h) box cut to the image, [0, W - 1] x [0, H - 1], as mmpose's COCO loading does before
+    the box becomes a crop (a box past the border would centre the crop outside the person)."""
+    x, y, w, h = (float(v) for v in bbox_xywh)
+    x1, y1, x2, y2 = x, y, x + w, y + h
+    if width:
+        x1, x2 = np.clip([x1, x2], 0, width - 1)
+    if height:
+        y1, y2 = np.clip([y1, y2], 0, height - 1)
+    return np.array([x1, y1, x2 - x1, y2 - y1], np.float32)
+
+
 def _instance_keypoints(ann: dict, K: int) -> np.ndarray:
     """(K, 3) x, y, v of one COCO annotation, read as evaluation reads it: flat ``keypoints``, the COCO-WholeBody part
     arrays (K = 133) or the official Goliath ``goliath_wholebody_kpts`` (K = 308)."""
@@ -142,10 +154,11 @@ class KeypointDataset(_Base):
             if ann.get("iscrowd", 0) or ann["image_id"] not in images:
                 continue
             kp = _instance_keypoints(ann, K)
-            x, y, w, h = ann["bbox"]
-            if (kp[:, 2] > 0).sum() == 0 or w <= 1 or h <= 1:
+            info = images[ann["image_id"]]
+            bbox = _clipped_box(ann["bbox"], info.get("width"), info.get("height"))
+            if (kp[:, 2] > 0).sum() == 0 or bbox[2] <= 1 or bbox[3] <= 1:
                 continue
-            self.instances.append((images[ann["image_id"]], kp, np.asarray(ann["bbox"], np.float32)))
+            self.instances.append((info, kp, bbox))
         if not self.instances:
             raise DataError(f"{self.ann_file}: no usable person annotation (need labelled keypoints and a box)")
         self.flip_indices = np.asarray(layout.keypoints.flip_indices)
