@@ -168,6 +168,16 @@ def test_results_of_batches_submitted_ahead_match_one_at_a_time(device):
                 assert np.allclose(x.keypoints, y.keypoints, atol=1e-4) and np.allclose(x.scores, y.scores), k
 
 
+class BlankSeg:
+    """A seg predictor stand-in: every pixel background, at once."""
+
+    task = "seg"
+
+    def submit(self, images):
+        results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
+        return Pending(None, lambda: results)
+
+
 def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, monkeypatch):
     """``run_video`` writes frames' outputs and draws their pictures on writer threads; the early frames finish last
     here, and the video must still get its pictures in frame order, every frame once."""
@@ -182,14 +192,7 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
 
     monkeypatch.setattr(batch, "write_result", slow_for_early_frames)
 
-    class Seg:
-        task = "seg"
-
-        def submit(self, images):
-            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
-            return Pending(None, lambda: results)
-
-    done = batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
+    done = batch.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
     encoded = [int(p[0, 0, 0]) for p in made[0].pictures]  # the left panel is the frame itself
     assert done == len(frames) and encoded == list(range(len(frames)))
 
@@ -212,14 +215,7 @@ def test_a_pose_videos_pictures_are_the_drawn_frames_a_dense_ones_side_by_side(t
                        for _ in images]
             return Pending(None, lambda: results)
 
-    class Seg:
-        task = "seg"
-
-        def submit(self, images):
-            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
-            return Pending(None, lambda: results)
-
-    for predictor, width in ((Pose(), 6), (Seg(), 12)):
+    for predictor, width in ((Pose(), 6), (BlankSeg(), 12)):
         batch.run_video(predictor, tmp_path / "v.mp4", tmp_path / predictor.task, batch_size=2, progress=False)
         writer = made[-1]
         assert writer.options == {"preset": "veryfast"} and writer.threads == {"opensapiens-encode_0"}
@@ -505,12 +501,5 @@ def test_run_video_decodes_frames_on_a_reader_thread(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "iter_video_frames", frames_on_a_thread)
 
-    class Seg:
-        task = "seg"
-
-        def submit(self, images):
-            results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
-            return Pending(None, lambda: results)
-
-    assert batch.run_video(Seg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False) == 6
+    assert batch.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False) == 6
     assert decoders == {"opensapiens-video-read"}
