@@ -331,6 +331,12 @@ def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
     r17 = evaluate_saved("pose", out, tmp_path / "gt17.json")
     assert r17["AP"] == pytest.approx(1.0) and r17["protocol"]["keypoints"] == "coco"
 
+    # a predict file of another picture size than its GT image: an error naming it
+    resized = {**gt, "images": [{**im, "width": W + 1} for im in gt["images"]]}
+    (tmp_path / "gt_resized.json").write_text(json.dumps(resized))
+    with pytest.raises(ValueError, match=r"s00\d.json: predicted on a .* not the same picture"):
+        evaluate_saved("pose", out, tmp_path / "gt_resized.json")
+
     # a predict file for an image the GT does not have: an error naming it
     (out / "stranger.json").write_text(json.dumps({**docs["s000"], "image": {"file_name": "stranger"}}))
     assert main(["eval", "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "gt.json"), "--quiet"]) == 2

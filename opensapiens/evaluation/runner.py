@@ -198,9 +198,11 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
         docs = [(pred, doc)]
     by_stem: dict[str, list] = {}
     images = (gt.get("images") or []) if isinstance(gt, dict) else []  # a bad GT: evaluate_keypoints says why
+    sizes = {}
     for im in images:
         if "file_name" in im:
             by_stem.setdefault(Path(str(im["file_name"])).stem, []).append(im.get("id"))
+            sizes[im.get("id")] = (im.get("height"), im.get("width"))
     results = []
     for f, doc in docs:
         stem = str(doc["image"].get("file_name", ""))
@@ -208,6 +210,10 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
         if len(ids) != 1:
             why = "no ground truth image" if not ids else f"{len(ids)} ground truth images (ids {ids})"
             raise ValueError(f"predictions file {f}: image {stem!r} matches {why} by file name stem")
+        seen, known = (doc["image"].get("height"), doc["image"].get("width")), sizes.get(ids[0], (None, None))
+        if None not in seen + known and tuple(map(int, seen)) != tuple(map(int, known)):
+            raise ValueError(f"predictions file {f}: predicted on a {seen[0]}x{seen[1]} image, the ground truth's "
+                             f"{stem!r} is {known[0]}x{known[1]} (HxW): not the same picture")
         people = doc["people"]
         if not isinstance(people, list) or not all(isinstance(r, dict) for r in people):
             raise ValueError(f"predictions file {f}: 'people' is not a list of COCO keypoint results")
