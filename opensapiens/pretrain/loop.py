@@ -34,7 +34,7 @@ from ..training import state as ckpt
 from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
 from ..training.reproducibility import deterministic_kernels, seed_everything
-from ..training.schedule import Schedule
+from ..training.schedule import Schedule, due
 from ..training.signals import StopRequest
 from ..training.speed import checkpoint_blocks, compile_blocks, use_fast_attention, use_fused_gelu
 from ..training.step import train_step
@@ -187,10 +187,6 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         """Collective: unreadable samples skipped so far on all ranks."""
         return int(D.all_reduce_sum(torch.tensor([float(skipped_samples)], device=device)).item())
 
-    def due(interval: int) -> bool:
-        """Every ``interval`` steps (0: never) and at the last step."""
-        return step == cfg.steps or (interval > 0 and step % interval == 0)
-
     def save(reason: str) -> None:
         partial = window.partial()  # reads every pending step, counting its skip
         ranks = D.gather_objects((state.to_dict(), skipped_samples))
@@ -235,13 +231,13 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             step += 1
             window.add(step, result)
             logger.advance()
-            if due(cfg.log_interval):
+            if due(step, cfg.steps, cfg.log_interval):
                 logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
             stop_now = stop_vote(stop.requested)
-            if stop_now or due(cfg.ckpt_interval):
+            if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
                 save("signal" if stop_now else "interval" if step < cfg.steps else "final")
             if stop_now:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "

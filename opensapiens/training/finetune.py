@@ -35,7 +35,7 @@ from .init import load_initial_weights
 from .logger import RunLogger, StepWindow
 from .optim import build_optimizer, set_lr
 from .reproducibility import deterministic_kernels, seed_everything
-from .schedule import Schedule
+from .schedule import Schedule, due
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from .state import checkpoint_path, checkpoint_to_resume, load_checkpoint, prune_checkpoints, save_checkpoint
@@ -186,10 +186,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             output = model(batch["image"])
         return criterion(output, batch)
 
-    def due(interval: int) -> bool:
-        """Every ``interval`` steps (0: never) and at the last step."""
-        return step == cfg.steps or (interval > 0 and step % interval == 0)
-
     def run_eval() -> dict | None:
         if val_set is None:
             return None
@@ -231,12 +227,12 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         window.add(step, result)
         logger.advance()
 
-        if due(cfg.log_interval):
+        if due(step, cfg.steps, cfg.log_interval):
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
-        if due(cfg.eval_interval):  # the last step's too, before the final save: its checkpoint holds the best
+        if due(step, cfg.steps, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
         stop_now = stop_vote(stop.requested)
-        if stop_now or due(cfg.ckpt_interval):
+        if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
             save("signal" if stop_now else "interval" if step < cfg.steps else "final")
         if stop_now:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "

@@ -47,3 +47,9 @@ class Schedule:
         else:
             main = self.min_factor + (1.0 - self.min_factor) * 0.5 * (1.0 + math.cos(math.pi * t))
         return warm * main
+
+
+def due(step: int, total: int, interval: int) -> bool:
+    """Whether a periodic event (a log record, an evaluation, a checkpoint) falls on ``step`` of ``total``: every
+    ``interval`` steps (0: never) and at the last step."""
+    return step == total or (interval > 0 and step % interval == 0)
