@@ -126,6 +126,12 @@ class BatchReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)
 
 
+def _model_input(predictor: Predictor) -> Callable:
+    """What a reader thread makes of a host image for the model: on CUDA a pinned copy (its staging off the main
+    thread; the writers keep the array), elsewhere the image itself."""
+    return pin if str(getattr(predictor, "device", "cpu")).startswith("cuda") else (lambda image: image)
+
+
 def _read_for_model(path: Path, read: Callable, prepare: Callable) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
     """(the image, what the model is given of it: ``prepare(image)``), both made on a reader thread."""
     image = read(path)
@@ -224,13 +230,11 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         raise ValueError(f"writers must be at least 1, got {writers}")
     if decode not in ("host", "device"):
         raise ValueError(f"decode must be 'host' or 'device', got {decode!r}")
-    read, prepare = read_image, (lambda image: image)
+    read, prepare = read_image, _model_input(predictor)
     if decode == "device":
         from .device_decode import read_image_on_device
 
-        read = functools.partial(read_image_on_device, device=predictor.device)
-    elif str(getattr(predictor, "device", "cpu")).startswith("cuda"):
-        prepare = pin  # the model gets pinned copies (their staging off the main thread), the writers the arrays
+        read, prepare = functools.partial(read_image_on_device, device=predictor.device), (lambda image: image)
     reader = functools.partial(_read_for_model, read=read, prepare=prepare)
     bar = tqdm(total=len(todo), unit="img", desc=f"{task}", disable=not progress)
 
@@ -361,7 +365,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
-    prepare = pin if str(getattr(predictor, "device", "cpu")).startswith("cuda") else (lambda frame: frame)
+    prepare = _model_input(predictor)
 
     def chunks() -> Iterator[tuple[tuple[list[int], list[np.ndarray]], list, dict]]:
         """((frame indices, frames), the model's inputs, keyword arguments) per chunk of ``batch_size`` frames,
