@@ -212,38 +212,28 @@ def run(args: argparse.Namespace) -> int:
         for _name, row in result["variants"].items():
             if "images_per_s" in row:
                 row["speedup_vs_eager"] = round(row["images_per_s"] / base_ips, 3)
-        if args.e2e is not None:
-            from ..benchmark import end_to_end
-            from ..inference.predictors import PREDICTORS
-
-            model_ips = result["variants"]["optimized"]["images_per_s"]  # the default path's, for every row
-            for (suffix, e2e_model), decode in itertools.product(e2e_models.items(), args.e2e_decode):
-                predictor = PREDICTORS[args.task](e2e_model, input_size=(H, W), batch_size=args.batch)
-                e2e = end_to_end(predictor, args.e2e, decode=decode)
-                e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / model_ips, 3)
-                # the default path's first decode mode under the historic key, every run under its own
-                if not suffix:
-                    result.setdefault("end_to_end", e2e)
-                result[f"end_to_end_{decode}_decode{suffix}"] = e2e
-                print(f"end-to-end ({decode} decode{suffix.replace('_', ' ')}): {e2e}")
-                if args.e2e_trace is not None and not suffix:  # a separate pass: the profiler slows what it watches
-                    trace = args.e2e_trace.with_name(f"{args.e2e_trace.stem}_{decode}{args.e2e_trace.suffix}")
-                    end_to_end(predictor, args.e2e, decode=decode, trace=trace)
-                    print(f"end-to-end ({decode} decode) trace: {trace}")
+        default_path = "optimized"
     else:
         print("CUDA not available: only the eager path is measured (the optimized path is CUDA-only).")
-        if args.e2e is not None:  # predict's own loop over the folder, on the eager model
-            from ..benchmark import end_to_end
-            from ..inference.predictors import PREDICTORS
+        e2e_models, default_path = {"": eager}, "eager"  # predict's own loop on the eager model
+    if args.e2e is not None:
+        from ..benchmark import end_to_end
+        from ..inference.predictors import PREDICTORS
 
-            predictor = PREDICTORS[args.task](eager, input_size=(H, W), batch_size=args.batch)
-            eager_ips = result["variants"]["eager"]["images_per_s"]
-            for decode in args.e2e_decode:
-                e2e = end_to_end(predictor, args.e2e, decode=decode)
-                e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / eager_ips, 3)
+        model_ips = result["variants"][default_path]["images_per_s"]  # the default path's, for every row
+        for (suffix, e2e_model), decode in itertools.product(e2e_models.items(), args.e2e_decode):
+            predictor = PREDICTORS[args.task](e2e_model, input_size=(H, W), batch_size=args.batch)
+            e2e = end_to_end(predictor, args.e2e, decode=decode)
+            e2e["fraction_of_model_only"] = round(e2e["images_per_s"] / model_ips, 3)
+            # the default path's first decode mode under the historic key, every run under its own
+            if not suffix:
                 result.setdefault("end_to_end", e2e)
-                result[f"end_to_end_{decode}_decode"] = e2e
-                print(f"end-to-end ({decode} decode, eager): {e2e}")
+            result[f"end_to_end_{decode}_decode{suffix}"] = e2e
+            print(f"end-to-end ({decode} decode{suffix.replace('_', ' ')}): {e2e}")
+            if args.e2e_trace is not None and not suffix:  # a separate pass: the profiler slows what it watches
+                trace = args.e2e_trace.with_name(f"{args.e2e_trace.stem}_{decode}{args.e2e_trace.suffix}")
+                end_to_end(predictor, args.e2e, decode=decode, trace=trace)
+                print(f"end-to-end ({decode} decode) trace: {trace}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2))
