@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..inference.topdown import boxes_to_center_scale, udp_affine
+from ..inference.topdown import udp_affine
 
 # ---------------------------------------------------------------------------------------------------- random helpers
 
@@ -67,10 +67,8 @@ def bbox_center_scale(bbox_xywh: np.ndarray, aspect: float | None, padding: floa
     """COCO (x, y, w, h) box -> center (2,), scale (2,) padded and widened to ``aspect`` = W / H of the crop (None:
     not widened, the box the augmentation shifts by)."""
     x, y, w, h = (float(v) for v in bbox_xywh)
-    if aspect is None:
-        return np.array([x + w / 2, y + h / 2]), np.array([w, h]) * padding
-    c, s = boxes_to_center_scale(torch.tensor([[x, y, x + w, y + h]], dtype=torch.float64), padding, aspect)
-    return c[0].numpy(), s[0].numpy()
+    center, scale = np.array([x + w / 2, y + h / 2]), np.array([w, h]) * padding
+    return center, scale if aspect is None else widen_to_aspect(scale, aspect)
 
 
 def widen_to_aspect(scale: np.ndarray, aspect: float) -> np.ndarray:
