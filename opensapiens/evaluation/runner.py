@@ -81,9 +81,9 @@ def _progress(items, total: int, enabled: bool, desc: str):
     return tqdm(items, total=total, desc=desc, file=sys.stderr, leave=False)
 
 
-def _check_scored(acc, skipped: list[dict], where: Path) -> None:
+def _check_scored(scored: int, skipped: list[dict], where: Path) -> None:
     """An evaluation that scored no sample has no numbers: an error, not a report of NaNs."""
-    if acc.num_images == 0:
+    if scored == 0:
         first = f"; first: {skipped[0]['name']}: {skipped[0]['reason']}" if skipped else ""
         raise ValueError(f"{where}: no sample could be scored ({len(skipped)} skipped{first})")
 
@@ -285,7 +285,7 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
                 acc.update(read_npy(p), read_npy(g), None if m is None else read_mask(m))
         except (OSError, ValueError, TypeError) as e:
             skipped.append({"name": g.stem, "reason": str(e)})
-    _check_scored(acc, skipped, gt)
+    _check_scored(acc.num_images, skipped, gt)
     protocol = {**_protocol(task, acc, align), "source": "saved", "masks": str(masks) if masks else "gt nonzero"}
     return _finish(task, acc.compute(), protocol, skipped)
 
@@ -364,9 +364,7 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
             results += res.to_coco(im["id"])
     eval_name = eval_name or gt_name
     evaluated = {im["id"] for im in images} - {s["image_id"] for s in skipped}
-    if not evaluated:
-        raise ValueError(f"{data}: no image could be scored ({len(skipped)} skipped; first: {skipped[0]['name']}: "
-                         f"{skipped[0]['reason']})")
+    _check_scored(len(evaluated), skipped, data)
     gt_eval = _convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
     gt_eval["annotations"] = [a for a in gt_eval["annotations"] if a["image_id"] in evaluated]
     metrics = evaluate_keypoints(gt_eval, results, eval_name)
@@ -446,6 +444,6 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
                     acc.update(res.depth if task == "depth" else res.normals, gt_map, mask)
             except (ValueError, TypeError) as e:
                 skipped.append({"name": name, "reason": str(e)})
-    _check_scored(acc, skipped, data)
+    _check_scored(acc.num_images, skipped, data)
     protocol = {**_protocol(task, acc, align), "source": "model", "masks": "masks/ (else gt nonzero)"}
     return _finish(task, acc.compute(), protocol, skipped)
