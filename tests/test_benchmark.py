@@ -133,7 +133,7 @@ def test_bench_cli_counts_the_backbone_flops_of_the_closed_form_and_reports_its_
 
     out = tmp_path / "r.json"
     assert main(["bench", "--task", "features", "--arch", "nano", "--batch", "2", "--input-size", "64x48",
-                 "--iters", "1", "--out", str(out)]) == 0
+                 "--iters", "1", "--device", "cpu", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     a = get_arch("nano")
     n, c = (64 // 16) * (48 // 16), a.embed_dim

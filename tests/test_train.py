@@ -457,7 +457,8 @@ def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
 
 
 def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(toy, tmp_path):
-    kw = dict(steps=6, log_interval=4, ckpt_interval=3, keep_last=0)
+    # deterministic kernels: on a GPU cuDNN's atomics would make the two runs differ in the last bits
+    kw = dict(steps=6, log_interval=4, ckpt_interval=3, keep_last=0, deterministic=True)
     straight, crashed = tmp_path / "straight", tmp_path / "crashed"
     train(config(toy, straight, **kw))
     shutil.copytree(straight, crashed)  # as if killed after the step-3 checkpoint, a step into the record of 4
@@ -497,10 +498,10 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
 
 
 def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(toy, tmp_path):
-    train(config(toy, tmp_path / "per_step", steps=3))
+    train(config(toy, tmp_path / "per_step", steps=3, deterministic=True))  # two runs that agree on a GPU too
     losses = [e["loss"] for e in events(tmp_path / "per_step")]
     run = tmp_path / "run"
-    train(config(toy, run, steps=3, log_interval=0, ckpt_interval=0, keep_last=0))
+    train(config(toy, run, steps=3, log_interval=0, ckpt_interval=0, keep_last=0, deterministic=True))
     assert [(e["step"], e["loss"]) for e in events(run)] == [(3, pytest.approx(sum(losses) / 3, rel=1e-12))]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
     with pytest.raises(ValueError, match="ckpt_interval must be at least 0"):
