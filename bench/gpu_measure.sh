@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -955,13 +955,14 @@ elif [ "$1" = train ]; then
   # MAE-0.3B at 1024^2: the optimized step fed by the streaming loader against the resident batch
   timeout 220 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
     --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6
-elif [ "$1" = video ]; then
+elif [ "$1" = video ] || [ "$1" = video-pictures ]; then
   # opensapiens predict on a 1080p H.264 video (FRAMES, default 900: 30 s at 30 fps), with the picture video and the
   # per-frame outputs, then with --no-vis; pose 0.3B (b16, whole frames, track ids) and seg 0.3B (b8), random
   # weights. Each run's wall time includes the process start and the model's load; a 32-frame clip run the same way
   # gives that fixed cost, so (FRAMES - 32) / (T_long - T_short) is the steady rate. Each task first runs the short
   # clip untimed (the head's compile cached on disk, as for any later run). The model alone (bench) after.
-  # (Call 100 ran 1800 frames before the encoder thread and the veryfast preset.)
+  # (Call 100 ran 1800 frames before the encoder thread and the veryfast preset.) video-pictures: the two runs with
+  # pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
   install_coco_wheel
   ls .whlav/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlav/*.whl 2>&1 | tail -1
   python bench/make_video.py --frames ${FRAMES:-900} --size 1080x1920 --out /tmp/clip.mp4
@@ -969,7 +970,9 @@ elif [ "$1" = video ]; then
   python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
 save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')
 save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"
-  for run in "pose 16" "pose 16 --no-vis" "seg 8" "seg 8 --no-vis"; do
+  runs=("pose 16" "pose 16 --no-vis" "seg 8" "seg 8 --no-vis")
+  [ "$1" = video-pictures ] && runs=("pose 16" "seg 8")
+  for run in "${runs[@]}"; do
     read -r task batch flag <<< "$run"
     [ "$flag" = "" ] && python -m opensapiens.cli.main predict --task $task --checkpoint /tmp/${task}_0.3b.safetensors \
       --batch-size $batch --no-vis /tmp/short.mp4 --out /tmp/vwarm > /dev/null 2>&1
@@ -980,10 +983,12 @@ save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetenso
       t1=$(date +%s.%N)
       echo "video $run $clip: $(python -c "print(f'{$t1 - $t0:.2f}')") s"
     done
-  done | tee "$OUT/video_predict.txt"
-  B="timeout 150 python -m opensapiens.cli.main bench --iters 10"
-  $B --task pose --arch 0.3b --batch 16 --out "$OUT/video_model_pose_0.3b.json" | grep -v '^{'
-  $B --task seg --arch 0.3b --batch 8 --out "$OUT/video_model_seg_0.3b.json" | grep -v '^{'
+  done | tee "$OUT/$1_predict.txt"
+  if [ "$1" = video ]; then
+    B="timeout 150 python -m opensapiens.cli.main bench --iters 10"
+    $B --task pose --arch 0.3b --batch 16 --out "$OUT/video_model_pose_0.3b.json" | grep -v '^{'
+    $B --task seg --arch 0.3b --batch 8 --out "$OUT/video_model_seg_0.3b.json" | grep -v '^{'
+  fi
 elif [ "$1" = infer ]; then
   # results land in one tar (a device call returns at most 8 files), re-packed after every step
   RES=/tmp/infer_results; mkdir -p $RES; cp "$OUT/gpu_$1.txt" $RES/

@@ -465,6 +465,32 @@ def test_video_writer_failures_leave_nothing(tmp_path):
         list(iter_video_frames(tmp_path / "bad.mp4"))
 
 
+def test_pictures_go_to_yuv420p_in_bt601_video_range_with_block_mean_chroma():
+    """The writer's own RGB -> yuv420p against the standard's float64 formulas (Kr 0.299, Kb 0.114; Y in 16..235,
+    chroma 128 +- 112, one sample per 2x2 block): a one-pixel coloured line keeps its share of its blocks' colour."""
+    from opensapiens.io.video import rgb_to_yuv420p
+
+    h, w = 48, 80
+    rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    rgb[10, :] = (255, 0, 0)  # a red line on one (even) row: a top-left sample alone would see half of it or all
+    r, g, b = (rgb[..., i].astype(np.float64) / 255 for i in range(3))
+    luma = 0.299 * r + 0.587 * g + 0.114 * b
+    y = 16 + 219 * luma
+    cb = 128 + 224 * (b - luma) / (2 * (1 - 0.114))
+    cr = 128 + 224 * (r - luma) / (2 * (1 - 0.299))
+
+    def block_mean(c: np.ndarray) -> np.ndarray:
+        return c.reshape(h // 2, 2, w // 2, 2).mean((1, 3))
+
+    planes = rgb_to_yuv420p(rgb).astype(np.float64)
+    assert planes.shape == (h * 3 // 2, w)
+    got_u = planes[h:h + h // 4].reshape(h // 2, w // 2)
+    got_v = planes[h + h // 4:].reshape(h // 2, w // 2)
+    assert np.abs(planes[:h] - y).max() <= 1
+    for got, want in ((got_u, block_mean(cb)), (got_v, block_mean(cr))):
+        assert np.abs(got - want).max() <= 1.5 and np.abs(got - want).mean() < 0.5
+
+
 def test_video_writer_passes_the_x264_preset(tmp_path):
     """x264 writes its settings into the stream: veryfast's subpixel refinement is 2, the default (medium) 7."""
     pytest.importorskip("av")
