@@ -56,6 +56,34 @@ folder512_and_checkpoints() {  # 512 1080p JPEGs in /tmp/f512; random pose and s
 save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')"
   random_seg_checkpoint
 }
+video_predict() {  # NAME RUN...: opensapiens predict on a 1080p H.264 video per RUN ("task batch [flag]")
+  # FRAMES (default 900: 30 s at 30 fps) frames, with the picture video and the per-frame outputs unless the flag is
+  # --no-vis; pose 0.3B (whole frames, track ids) and seg 0.3B, random weights. Each run's wall time includes the
+  # process start and the model's load; a 32-frame clip run the same way gives that fixed cost, so
+  # (FRAMES - 32) / (T_long - T_short) is the steady rate. Each task first runs the short clip untimed (the head's
+  # compile cached on disk, as for any later run). (Call 100 ran 1800 frames before the encoder thread and the
+  # veryfast preset.)
+  local name=$1; shift
+  install_coco_wheel
+  ls .whlav/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlav/*.whl 2>&1 | tail -1
+  python bench/make_video.py --frames ${FRAMES:-900} --size 1080x1920 --out /tmp/clip.mp4
+  python bench/make_video.py --frames 32 --size 1080x1920 --out /tmp/short.mp4
+  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
+save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')
+save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"
+  for run in "$@"; do
+    read -r task batch flag <<< "$run"
+    [ "$flag" = "" ] && python -m opensapiens.cli.main predict --task $task --checkpoint /tmp/${task}_0.3b.safetensors \
+      --batch-size $batch --no-vis /tmp/short.mp4 --out /tmp/vwarm > /dev/null 2>&1
+    for clip in short clip; do
+      rm -rf /tmp/vout; t0=$(date +%s.%N)
+      timeout 240 python -m opensapiens.cli.main predict --task $task --checkpoint /tmp/${task}_0.3b.safetensors \
+        --batch-size $batch $flag /tmp/$clip.mp4 --out /tmp/vout 2>&1 | grep -E "frames|failed|rror" | tail -3
+      t1=$(date +%s.%N)
+      echo "video $run $clip: $(python -c "print(f'{$t1 - $t0:.2f}')") s"
+    done
+  done | tee "$OUT/${name}_predict.txt"
+}
 # a mode this script does not have stops here (call 71 ran the old catch-all branch for a mode never added)
 grep -q "^elif \[ \"\$1\" = ${1:-none} \]\|^if \[ \"\$1\" = ${1:-none} \]" "$0" \
   || { echo "gpu_measure.sh: unknown mode '${1:-}' (see the usage line at the top)"; exit 2; }
@@ -955,40 +983,14 @@ elif [ "$1" = train ]; then
   # MAE-0.3B at 1024^2: the optimized step fed by the streaming loader against the resident batch
   timeout 220 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --variants optimized \
     --steps 6 --warmup 2 --memory-limit-gib $CAP --out "$OUT/mae_0.3b_loader.json" 2>&1 | grep -v Warning | tail -6
-elif [ "$1" = video ] || [ "$1" = video-pictures ]; then
-  # opensapiens predict on a 1080p H.264 video (FRAMES, default 900: 30 s at 30 fps), with the picture video and the
-  # per-frame outputs, then with --no-vis; pose 0.3B (b16, whole frames, track ids) and seg 0.3B (b8), random
-  # weights. Each run's wall time includes the process start and the model's load; a 32-frame clip run the same way
-  # gives that fixed cost, so (FRAMES - 32) / (T_long - T_short) is the steady rate. Each task first runs the short
-  # clip untimed (the head's compile cached on disk, as for any later run). The model alone (bench) after.
-  # (Call 100 ran 1800 frames before the encoder thread and the veryfast preset.) video-pictures: the two runs with
-  # pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
-  install_coco_wheel
-  ls .whlav/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlav/*.whl 2>&1 | tail -1
-  python bench/make_video.py --frames ${FRAMES:-900} --size 1080x1920 --out /tmp/clip.mp4
-  python bench/make_video.py --frames 32 --size 1080x1920 --out /tmp/short.mp4
-  python -c "from opensapiens.checkpoints import save_model; from opensapiens.models import build_model
-save_model(build_model('pose', '0.3b', out_channels=308), '/tmp/pose_0.3b.safetensors')
-save_model(build_model('seg', '0.3b', out_channels=28), '/tmp/seg_0.3b.safetensors')"
-  runs=("pose 16" "pose 16 --no-vis" "seg 8" "seg 8 --no-vis")
-  [ "$1" = video-pictures ] && runs=("pose 16" "seg 8")
-  for run in "${runs[@]}"; do
-    read -r task batch flag <<< "$run"
-    [ "$flag" = "" ] && python -m opensapiens.cli.main predict --task $task --checkpoint /tmp/${task}_0.3b.safetensors \
-      --batch-size $batch --no-vis /tmp/short.mp4 --out /tmp/vwarm > /dev/null 2>&1
-    for clip in short clip; do
-      rm -rf /tmp/vout; t0=$(date +%s.%N)
-      timeout 240 python -m opensapiens.cli.main predict --task $task --checkpoint /tmp/${task}_0.3b.safetensors \
-        --batch-size $batch $flag /tmp/$clip.mp4 --out /tmp/vout 2>&1 | grep -E "frames|failed|rror" | tail -3
-      t1=$(date +%s.%N)
-      echo "video $run $clip: $(python -c "print(f'{$t1 - $t0:.2f}')") s"
-    done
-  done | tee "$OUT/$1_predict.txt"
-  if [ "$1" = video ]; then
-    B="timeout 150 python -m opensapiens.cli.main bench --iters 10"
-    $B --task pose --arch 0.3b --batch 16 --out "$OUT/video_model_pose_0.3b.json" | grep -v '^{'
-    $B --task seg --arch 0.3b --batch 8 --out "$OUT/video_model_seg_0.3b.json" | grep -v '^{'
-  fi
+elif [ "$1" = video ]; then
+  video_predict video "pose 16" "pose 16 --no-vis" "seg 8" "seg 8 --no-vis"
+  B="timeout 150 python -m opensapiens.cli.main bench --iters 10"
+  $B --task pose --arch 0.3b --batch 16 --out "$OUT/video_model_pose_0.3b.json" | grep -v '^{'
+  $B --task seg --arch 0.3b --batch 8 --out "$OUT/video_model_seg_0.3b.json" | grep -v '^{'
+elif [ "$1" = video-pictures ]; then
+  # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
+  video_predict video-pictures "pose 16" "seg 8"
 elif [ "$1" = infer ]; then
   # results land in one tar (a device call returns at most 8 files), re-packed after every step
   RES=/tmp/infer_results; mkdir -p $RES; cp "$OUT/gpu_$1.txt" $RES/
