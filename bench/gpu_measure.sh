@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -988,6 +988,16 @@ elif [ "$1" = video ]; then
   B="timeout 150 python -m opensapiens.cli.main bench --iters 10"
   $B --task pose --arch 0.3b --batch 16 --out "$OUT/video_model_pose_0.3b.json" | grep -v '^{'
   $B --task seg --arch 0.3b --batch 8 --out "$OUT/video_model_seg_0.3b.json" | grep -v '^{'
+elif [ "$1" = video-spy ]; then
+  # call 106: seg with pictures at 26.7 frames/s against 85 without them (pose: 69 and 149); every thread of the seg
+  # clip's run sampled by py-spy (wheel in .whlspy/), native frames included; summarized by bench/spy_summary.py
+  python -m pip install -q --no-deps .whlspy/*.whl 2>&1 | tail -1
+  FRAMES=${FRAMES:-300} video_predict video-spy "seg 8"
+  timeout 150 py-spy record -r 50 --threads --idle --native -f raw -o "$OUT/spy_video_seg.txt" -- \
+    python -m opensapiens.cli.main predict --task seg --checkpoint /tmp/seg_0.3b.safetensors --batch-size 8 \
+    /tmp/clip.mp4 --out /tmp/vspy 2>&1 | tail -3
+  python bench/spy_summary.py "$OUT/spy_video_seg.txt" --thread opensapiens-encode --within encode --top 8
+  python bench/spy_summary.py "$OUT/spy_video_seg.txt" --thread MainThread --within run_video --top 8 | head -12
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
   video_predict video-pictures "pose 16" "seg 8"
