@@ -303,3 +303,62 @@ def test_a_19_class_seg_model_is_named_with_the_face_vocabulary():
 
     seg = SegPredictor(Stand_in("seg", 19, lambda x: x[:, :1, ::2, ::2].repeat(1, 19, 1, 1)), input_size=INPUT)
     assert seg.class_names == seg_classes("face").names and seg.class_names[1] == "Skin"
+
+
+def test_one_images_boxes_as_a_list_an_array_or_one_box_give_the_same_people():
+    from opensapiens.models import build_model
+
+    torch.manual_seed(0)
+    pose = PosePredictor(build_model("pose", "nano", out_channels=17), input_size=(64, 48))
+    img = np.random.default_rng(0).integers(0, 255, (90, 70, 3), dtype=np.uint8)
+    two = [[0, 0, 60, 80], [10, 10, 70, 90]]
+    want = pose.predict_batch([img], boxes=[np.array(two, np.float32)])[0].keypoints
+    np.testing.assert_array_equal(pose(img, boxes=two).keypoints, want)
+    np.testing.assert_array_equal(pose(img, boxes=np.array(two)).keypoints, want)
+    np.testing.assert_allclose(pose(img, boxes=two[0]).keypoints, want[:1], atol=1e-4)  # a batch of one crop
+    assert pose(img, boxes=[]).keypoints.shape == (0, 17, 2)
+    with pytest.raises(ValueError, match="boxes of image 1 is None"):
+        pose.predict_batch([img, img], boxes=[np.array(two), None])
+    with pytest.raises(ValueError, match="image 0: expected an RGB uint8 array"):
+        pose(img[..., 0])  # checked before its whole-image box reads the shape
+    with pytest.raises(ValueError, match="image 0: expected an RGB uint8 array"):
+        pose(img[..., 0], boxes=np.zeros((0, 4)))  # no people to pose: still a wrong image
+
+
+def test_a_detectors_lists_become_float32_arrays_and_empty_batches_give_no_results():
+    from opensapiens.models import build_model
+
+    pose = PosePredictor(build_model("pose", "nano", out_channels=17), input_size=(64, 48),
+                         detector=lambda image: ([[10, 20, 40, 60]], [0.9]))
+    r = pose(np.zeros((80, 60, 3), np.uint8))
+    assert r.boxes.dtype == np.float32 and r.box_scores.dtype == np.float32 and r.boxes.shape == (1, 4)
+    np.testing.assert_array_equal(r.box_scores, [np.float32(0.9)])
+    assert pose.predict_batch([]) == []
+    assert SegPredictor(build_model("seg", "nano", out_channels=28), input_size=(64, 48)).predict_batch([]) == []
+
+
+def test_a_torch_mask_masks_depth_like_its_numpy_twin():
+    from opensapiens.models import build_model
+
+    depth = DepthPredictor(build_model("depth", "nano", out_channels=1), input_size=(64, 48))
+    img = np.random.default_rng(1).integers(0, 255, (50, 40, 3), dtype=np.uint8)
+    mask = np.zeros((50, 40), bool)
+    mask[10:40, 5:30] = True
+    a, b = depth(img, masks=mask), depth(img, masks=torch.from_numpy(mask))
+    np.testing.assert_array_equal(a.mask, mask)
+    np.testing.assert_array_equal(b.mask, mask)
+    np.testing.assert_array_equal(a.depth, b.depth)
+
+
+def test_the_multitask_model_takes_resize_and_input_size_and_refuses_what_it_cannot_use():
+    import opensapiens
+
+    img = np.random.default_rng(0).integers(0, 255, (60, 200, 3), dtype=np.uint8)  # wide: pad and stretch differ
+    mt = opensapiens.load("sapiens-nano", resize="pad", input_size=(128, 96), device="cpu")
+    seg = opensapiens.load("sapiens-nano", task="seg", resize="pad", input_size=(128, 96), device="cpu")
+    assert mt.input_size == (128, 96) and mt.preprocess.resize == "pad"
+    np.testing.assert_array_equal(mt(img)["seg"].labels, seg(img).labels)
+    with pytest.raises(ValueError, match="not seg"):
+        opensapiens.load("sapiens-nano", seg=seg, device="cpu")
+    with pytest.raises(ValueError, match="unoptimized"):
+        opensapiens.load("sapiens-nano", optimize=True, device="cpu")

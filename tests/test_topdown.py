@@ -96,6 +96,14 @@ def test_image_crop_image_round_trip():
     assert (back.double() - pts_small).abs().max() < 1e-4
 
 
+def test_no_people_map_and_crop_to_empty_results():
+    center, scale = boxes_to_center_scale(torch.zeros(0, 4))
+    assert crop_to_image(torch.zeros(0, 17, 2), center, scale).shape == (0, 17, 2)
+    assert image_to_crop(torch.zeros(0, 17, 2), center, scale).shape == (0, 17, 2)
+    crops = crop_people([torch.zeros(3, 20, 20, dtype=torch.uint8)], [], center, scale, (64, 48))
+    assert crops.shape == (0, 3, 64, 48)
+
+
 def test_crop_people_matches_numpy_bilinear_and_opencv():
     rng = np.random.default_rng(1)
     noise = [rng.integers(0, 256, (90, 70, 3), dtype=np.uint8), rng.integers(0, 256, (50, 120, 3), dtype=np.uint8)]

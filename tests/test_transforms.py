@@ -109,8 +109,10 @@ def _reference_restore(out: np.ndarray, meta: ResizeMeta, nearest: bool = False)
 
 @pytest.mark.parametrize("mode", ["stretch", "pad"])
 @pytest.mark.parametrize("stride", [1, 2, 4])
-@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (4000, 30), (45, 101), (64, 48)])
+@pytest.mark.parametrize("shape", [(1, 1), (7, 3), (4000, 30), (45, 101), (64, 48), (33, 10)])
 def test_restore_matches_reference(mode, stride, shape):
+    # (33, 10) in pad mode at stride 2: content 19 input = 9.5 output pixels wide for 10 image columns (F.interpolate
+    # given that scale had kept the axis as it was)
     _, metas = Preprocessor((64, 48), mode)([_image(*shape)])
     out = torch.randn(1, 2, 64 // stride, 48 // stride, dtype=torch.float64)
     got = restore(out, metas)[0]

@@ -34,7 +34,7 @@ from .optimize import FastModel, optimize_for_inference, require_fp8_device
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import Pending, upload_images
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
-from .transforms import Preprocessor
+from .transforms import Preprocessor, check_image
 
 # -------------------------------------------------------------------------------------------------------- predictors
 
@@ -91,7 +91,7 @@ class Predictor:
 
     def predict_batch(self, images: list[np.ndarray], **kwargs) -> list:
         """One result per (H, W, 3) uint8 RGB image; keyword arguments as ``submit``'s."""
-        return self.submit(images, **kwargs).result()
+        return self.submit(images, **kwargs).result() if len(images) else []
 
     def submit(self, images: list[np.ndarray], **kwargs) -> Pending:
         """Queue the images' upload and model on the device and return at once (on CUDA); ``.result()`` of the
@@ -163,10 +163,12 @@ class _MaskedDense(Predictor):
         if masks is None:
             given = None if self.seg is None else [None] * len(images)
         else:
-            masks = [masks] if isinstance(masks, np.ndarray) and len(images) == 1 and masks.ndim == 2 else masks
+            one = isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 2
+            masks = [masks] if one and len(images) == 1 else masks
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
-            given = [None if m is None else np.asarray(m).astype(bool) for m in masks]
+            given = [None if m is None else (m.cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
+                                             ).astype(bool) for m in masks]
             for i, (m, image) in enumerate(zip(given, images)):
                 if m is not None and m.shape != tuple(image.shape[:2]):
                     raise ValueError(f"mask {i} has shape {m.shape}, its image (H, W) {tuple(image.shape[:2])}")
@@ -237,13 +239,20 @@ class PosePredictor(Predictor):
     def detector_sees_caller_images(self, boxes) -> bool:
         return boxes is None and self.detector is not None and not self.detector_takes_upload(boxes)
 
+    def __call__(self, image: np.ndarray, boxes=None, **kwargs) -> PoseResult:
+        """One image; ``boxes`` its people's boxes (an (N, 4) or (N, 5) array or list, one [x1, y1, x2, y2] box)."""
+        return self.predict_batch([image], boxes=None if boxes is None else [boxes], **kwargs)[0]
+
     def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
             boxes = [boxes] if len(images) == 1 and not isinstance(boxes, (list, tuple)) else boxes
             if len(boxes) != len(images):
                 raise ValueError(f"got box lists for {len(boxes)} images, expected {len(images)}")
             out_b, out_s = [], []
-            for b in boxes:
+            for i, b in enumerate(boxes):
+                if b is None:
+                    raise ValueError(f"boxes of image {i} is None: give each image's boxes (an empty (0, 4) array "
+                                     "for none), or boxes=None for the detector or whole images on all of them")
                 b = np.asarray(b, dtype=np.float32).reshape(-1, 5 if np.asarray(b).shape[-1:] == (5,) else 4)
                 out_b.append(b[:, :4])
                 out_s.append(b[:, 4] if b.shape[1] == 5 else np.ones(len(b), np.float32))
@@ -251,7 +260,8 @@ class PosePredictor(Predictor):
         if self.detector is not None:  # ours detects in batches; any callable image -> (boxes, scores) serves
             detect_batch = getattr(self.detector, "detect_batch", None)
             dets = detect_batch(images) if detect_batch is not None else [self.detector(im) for im in images]
-            return [d[0] for d in dets], [d[1] for d in dets]
+            return ([np.asarray(d[0], np.float32).reshape(-1, 4) for d in dets],
+                    [np.asarray(d[1], np.float32).reshape(-1) for d in dets])
         whole = [np.array([[0, 0, im.shape[1], im.shape[0]]], np.float32) for im in images]
         return whole, [np.ones(1, np.float32) for _ in images]
 
@@ -277,6 +287,8 @@ class PosePredictor(Predictor):
         All crops of all images go through the model in chunks of ``batch_size``; each chunk's heatmaps are decoded
         while the next chunk runs, so at most two chunks of heatmaps are held; the last is decoded in ``result()``.
         """
+        for i, image in enumerate(images):  # before the whole-image boxes read their shapes
+            check_image(i, image)
         uploaded = upload_images(images, self.device) if self.detector_takes_upload(boxes) else None
         box_list, score_list = self._drop_empty_boxes(*self._boxes(images if uploaded is None else uploaded, boxes))
         counts = [len(b) for b in box_list]
@@ -337,13 +349,14 @@ class MultiTaskPredictor:
 
     DENSE = ("seg", "depth", "normal")
 
-    def __init__(self, model: SapiensMultiTask, batch_size: int = 4, flip: bool = False, detector=None):
+    def __init__(self, model: SapiensMultiTask, batch_size: int = 4, flip: bool = False, detector=None,
+                 resize: str = "stretch", input_size: tuple[int, int] | None = None):
         self.model = model.eval()
-        size = tuple(model.config.input_size)
+        size = tuple(input_size or model.config.input_size)  # (H, W): the whole images' and the person crops'
         self.input_size = size
         self.pose = PosePredictor(model.task_model("pose"), input_size=size, batch_size=batch_size, flip=flip,
                                   detector=detector) if "pose" in model.tasks else None
-        self.seg = SegPredictor(model.task_model("seg"), input_size=size, batch_size=batch_size)
+        self.seg = SegPredictor(model.task_model("seg"), input_size=size, batch_size=batch_size, resize=resize)
         self.preprocess = self.seg.preprocess
 
     @property
@@ -355,7 +368,7 @@ class MultiTaskPredictor:
 
     def predict_batch(self, images: list[np.ndarray], boxes=None) -> list[dict]:
         """Per image {"pose": PoseResult, "seg": SegResult, "depth": DepthResult, "normal": NormalResult}."""
-        return self.submit(images, boxes=boxes).result()
+        return self.submit(images, boxes=boxes).result() if len(images) else []
 
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], boxes=None) -> Pending:
@@ -364,7 +377,8 @@ class MultiTaskPredictor:
         batch, metas = self.preprocess(uploaded, device=self.device)
         dtype = next(self.model.parameters()).dtype
         tasks = tuple(t for t in self.DENSE if t in self.model.tasks)
-        outs = self.model(batch.to(dtype), tasks=tasks)
+        chunks = [self.model(batch[sl].to(dtype), tasks=tasks) for sl in _chunks(len(batch), self.seg.batch_size)]
+        outs = {t: torch.cat([c[t] for c in chunks]) for t in tasks}
         poses = None
         if self.pose is not None:  # crops from the same upload, unless a user's detector is to see the caller's images
             poses = self.pose.submit(images if self.pose.detector_sees_caller_images(boxes) else uploaded, boxes=boxes)
@@ -414,8 +428,13 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         if fp8:
             raise ValueError(f"{checkpoint}: fp8 runs the single-task models' fused blocks; this multi-task model "
                              "runs unoptimized (load one of its tasks with task=... for FP8)")
-        return MultiTaskPredictor(model, **{k: v for k, v in kwargs.items() if k in ("batch_size", "flip",
-                                                                                      "detector")})
+        if optimize:
+            raise ValueError(f"{checkpoint}: this multi-task model runs unoptimized (load one of its tasks with "
+                             "task=... for the optimized path)")
+        if unknown := sorted(set(kwargs) - {"batch_size", "flip", "detector", "resize"}):
+            raise ValueError(f"{checkpoint}: a multi-task model's predictor takes batch_size, flip, detector, resize "
+                             f"and input_size, not {', '.join(unknown)}")
+        return MultiTaskPredictor(model, input_size=input_size, **kwargs)
     if input_size is None:
         input_size = native_input_size(checkpoint) or ((1024, 1024) if model.task == "features" else (1024, 768))
     if optimize is None:

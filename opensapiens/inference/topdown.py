@@ -99,7 +99,7 @@ def _apply(mats: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """(N, 2, 3) matrices applied to (N, ..., 2) points."""
     lin, trans = mats[:, :, :2], mats[:, :, 2]
     shape = points.shape
-    p = points.reshape(shape[0], -1, 2)
+    p = points.reshape(shape[0], math.prod(shape[1:-1]), 2)  # not -1: N may be 0
     return (p @ lin.transpose(1, 2) + trans[:, None, :]).reshape(shape)
 
 

@@ -187,10 +187,23 @@ def restore(outputs: torch.Tensor, metas: Sequence[ResizeMeta], mode: str = "bil
         if (y0, y1 + 1, x0, x1 + 1) == (0, h, 0, w) and (ch * ry, cw * rx) == (h, w):  # no fill: plain resize
             restored.append(F.interpolate(out, size=(h0, w0), **kwargs)[0])
             continue
-        # Crop the content, repeat its last row/column once (the clamp), then resample with the exact scale:
-        # F.interpolate maps output i to crop coordinate (i + 0.5) / scale - 0.5 when given scale_factor.
-        crop = F.pad(out[:, :, y0 : y1 + 1, x0 : x1 + 1], (0, 1, 0, 1), mode="replicate")
-        scale = (h0 / (ch * ry), w0 / (cw * rx))
-        up = F.interpolate(crop, scale_factor=scale, recompute_scale_factor=False, **kwargs)
-        restored.append(up[0, :, :h0, :w0])
+        # The content ends inside an output pixel: sample it explicitly, one axis at a time (F.interpolate with a
+        # scale_factor copies an axis whose length it would keep, whatever the scale: up to half a pixel off).
+        rows = _resample(out[0], 1, h0, ch * ry, y0, y1, mode)  # (C, h0, w)
+        restored.append(_resample(rows, 2, w0, cw * rx, x0, x1, mode))  # (C, h0, w0)
     return restored
+
+
+def _resample(x: torch.Tensor, dim: int, n: int, length: float, first: int, last: int, mode: str) -> torch.Tensor:
+    """``n`` samples along ``dim`` of the content that starts at pixel ``first`` and is ``length`` pixels long:
+    sample i sits at content coordinate (i + 0.5) * length / n - 0.5 (``align_corners=False``; nearest-exact rounds
+    it), reads clamped to pixels ``first..last``."""
+    centre = (torch.arange(n, device=x.device, dtype=torch.float64) + 0.5) * (length / n)
+    if mode == "nearest":
+        return x.index_select(dim, (centre.floor().long() + first).clamp_(max=last))
+    at = (centre - 0.5).clamp_(min=0) + first
+    below = at.floor()
+    weight = (at - below).to(x.dtype).view([-1] + [1] * (x.ndim - 1 - dim))
+    below = below.long()
+    return torch.lerp(x.index_select(dim, below.clamp(max=last)), x.index_select(dim, (below + 1).clamp_(max=last)),
+                      weight)
