@@ -219,6 +219,36 @@ def test_predict_pose_on_a_video_writes_track_ids_unless_told_not_to(tmp_path, c
         assert all(("track_id" in p[0]) == tracked for p in people)
 
 
+def test_predict_step_takes_every_nth_frame_and_resume_redoes_a_video_run_with_another_step(tmp_path, capsys):
+    pytest.importorskip("av")
+    from opensapiens.io import iter_video_frames, video_info
+
+    video = _video(tmp_path / "clip.mp4", n=7)
+    out = tmp_path / "out"
+    argv = _seg_argv(tmp_path, video) + ["--resume"]
+    assert main(argv + ["--step", "3"]) == 0
+    assert sorted(p.name for p in (out / "clip").glob("frame_*_seg.png")) == [
+        f"frame_{i:06d}_seg.png" for i in (0, 3, 6)]
+    assert len(list(iter_video_frames(out / "clip_seg.mp4"))) == 3
+    assert video_info(out / "clip_seg.mp4").fps == pytest.approx(10 / 3, rel=1e-3)
+    capsys.readouterr()
+    assert main(argv + ["--step", "3"]) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+    assert main(argv) == 0 and "1 done, 0 skipped" in capsys.readouterr().out  # every frame now: not that run
+    assert len(list((out / "clip").glob("frame_*_seg.png"))) == 7
+
+
+def test_predict_says_detections_do_not_apply_to_videos(tmp_path, capsys):
+    pytest.importorskip("av")
+    video = _video(tmp_path / "walk.mp4", n=2)
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "file_name": "walk.png", "category_id": 1,
+                                                       "bbox": [0, 0, 10, 10], "score": 0.9}]))
+    assert main(["predict", "--task", "pose", "--checkpoint", str(_checkpoint(tmp_path, "pose", 17)), "--input-size",
+                 "64x48", "--device", "cpu", "--no-vis", "--detections", str(tmp_path / "dets.json"), str(video),
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "warning: --detections apply to images only: the 1 video(s) run on whole frames" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flag", ["--detector", "--detector-weights"])
 def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys, flag):
     """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the

@@ -433,6 +433,31 @@ def test_video_round_trip(tmp_path):
     assert [i for i, _ in iter_video_frames(tmp_path / "v.mp4", step=3)] == [0, 3, 6]
 
 
+def test_a_damaged_packet_midway_is_skipped_with_a_warning_not_the_rest_of_the_video(tmp_path):
+    av = pytest.importorskip("av")
+    rng = np.random.default_rng(0)
+    with VideoWriter(tmp_path / "v.mp4", fps=10) as writer:
+        for _ in range(40):
+            writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    data = bytearray((tmp_path / "v.mp4").read_bytes())
+    data[packets[30][0]:packets[30][0] + 8] = b"\xff" * 8  # the 31st packet's NAL header
+    (tmp_path / "d.mp4").write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="d.mp4: skipped 1 damaged packet"):
+        frames = list(iter_video_frames(tmp_path / "d.mp4"))
+    assert len(frames) == 39  # every frame but the damaged one's
+
+
+def test_written_videos_are_tagged_with_the_matrix_and_range_they_were_converted_with(tmp_path):
+    av = pytest.importorskip("av")
+    with VideoWriter(tmp_path / "v.mp4", fps=10) as writer:
+        writer.write(np.zeros((16, 16, 3), np.uint8))
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        frame = next(c.decode(video=0))
+    assert (frame.colorspace, frame.color_range) == (6, 1)  # SMPTE 170M (BT.601), MPEG (video) range
+
+
 def test_video_display_rotation_is_applied(tmp_path):
     av = pytest.importorskip("av")
     frame = np.zeros((16, 32, 3), np.uint8)
@@ -465,12 +490,13 @@ def test_video_writer_failures_leave_nothing(tmp_path):
         list(iter_video_frames(tmp_path / "bad.mp4"))
 
 
-def test_pictures_go_to_yuv420p_in_bt601_video_range_with_block_mean_chroma():
+@pytest.mark.parametrize("h", [48, 66])  # 66: H/2 chroma rows that do not pack into whole rows of W
+def test_pictures_go_to_yuv420p_in_bt601_video_range_with_block_mean_chroma(h):
     """The writer's own RGB -> yuv420p against the standard's float64 formulas (Kr 0.299, Kb 0.114; Y in 16..235,
     chroma 128 +- 112, one sample per 2x2 block): a one-pixel coloured line keeps its share of its blocks' colour."""
     from opensapiens.io.video import rgb_to_yuv420p
 
-    h, w = 48, 80
+    w = 80
     rgb = np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)
     rgb[10, :] = (255, 0, 0)  # a red line on one (even) row: a top-left sample alone would see half of it or all
     r, g, b = (rgb[..., i].astype(np.float64) / 255 for i in range(3))
@@ -484,8 +510,8 @@ def test_pictures_go_to_yuv420p_in_bt601_video_range_with_block_mean_chroma():
 
     planes = rgb_to_yuv420p(rgb).astype(np.float64)
     assert planes.shape == (h * 3 // 2, w)
-    got_u = planes[h:h + h // 4].reshape(h // 2, w // 2)
-    got_v = planes[h + h // 4:].reshape(h // 2, w // 2)
+    chroma = planes.ravel()[h * w:]  # FFmpeg's layout: the U plane's (H/2, W/2) samples, then V's
+    got_u, got_v = chroma[:h * w // 4].reshape(h // 2, w // 2), chroma[h * w // 4:].reshape(h // 2, w // 2)
     assert np.abs(planes[:h] - y).max() <= 1
     for got, want in ((got_u, block_mean(cb)), (got_v, block_mean(cr))):
         assert np.abs(got - want).max() <= 1.5 and np.abs(got - want).mean() < 0.5

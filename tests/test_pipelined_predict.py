@@ -381,9 +381,10 @@ def _fake_video(monkeypatch, frames, fps=10.0):
         def __init__(self, path, fps, **options):
             made.append(self)
             self.path, self.fps, self.options, self.frames, self.state = path, fps, options, 0, "open"
-            self.pictures, self.threads = [], set()
+            self.pictures, self.threads, self.size = [], set(), None
 
         def write(self, picture):
+            self.size = self.size or picture.shape[:2]  # as VideoWriter: the first frame sets it
             self.frames += 1
             self.pictures.append(picture.copy())
             self.threads.add(threading.current_thread().name)
@@ -415,6 +416,38 @@ def test_a_features_video_writes_its_frames_and_no_picture_video(tmp_path, monke
     assert made == []
     assert [float(np.load(tmp_path / "out" / "v" / f"frame_{k:06d}_features.npy")[0, 0, 0]) for k in range(5)] == [
         0, 1, 2, 3, 4]
+
+
+def test_a_stream_whose_frame_size_changes_midway_keeps_its_first_picture_size(tmp_path, monkeypatch):
+    frames = [np.full((8, 6, 3), 10, np.uint8)] * 3 + [np.full((10, 16, 3), 200, np.uint8)] * 2
+    made = _fake_video(monkeypatch, frames)
+    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
+    writer, = made
+    assert writer.state == "closed" and [p.shape for p in writer.pictures] == [(8, 12, 3)] * 5  # side by side
+    assert writer.pictures[-1][0, 0].tolist() == [200, 200, 200]  # the later frames, scaled
+
+
+def test_a_new_run_of_a_video_drops_the_earlier_runs_record_and_extra_frames(tmp_path, monkeypatch):
+    """A run that stops midway must not pass for the finished run before it (``--resume`` would keep a mix of two
+    runs' frames), and a shorter video's run must not leave the longer one's last frames beside its own."""
+    out = tmp_path / "out"
+    (out / "v").mkdir(parents=True)
+    (out / "v" / "frame_000000.json").write_text("{}")  # another task's output in the same folder: kept
+    _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 5)
+    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 5
+    assert batch.video_finished("seg", out, "v", vis=False)  # (the stand-in writer writes no file)
+    _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 2)
+    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 2
+    assert sorted(p.name for p in (out / "v").glob("frame_*")) == [
+        "frame_000000.json", "frame_000000_seg.png", "frame_000001_seg.png"]
+
+    class Failing(_Seg0):
+        def submit(self, images):
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        batch.run_video(Failing(), tmp_path / "v.mp4", out, batch_size=2, progress=False)
+    assert not batch.video_finished("seg", out, "v", vis=False)
 
 
 def test_a_video_without_a_frame_rate_gets_a_30_fps_picture_video(tmp_path, monkeypatch):

@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-vis", action="store_true", help="skip the visualization images")
     p.add_argument("--resume", action="store_true",
                    help="skip inputs whose outputs already exist (videos: those a finished run recorded)")
+    p.add_argument("--step", type=positive_int, default=1,
+                   help="videos: every STEP-th frame (frames 0, STEP, 2 STEP, ...; the picture video plays at "
+                   "the source's rate / STEP)")
     g = p.add_argument_group("pose")
     g.add_argument("--detections", type=Path, help="COCO-style detections JSON with person boxes")
     g.add_argument("--detector", "--detector-weights", dest="detector", default=None,
@@ -135,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
 
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
+    given = [flag for flag, on in (("--detections", dets is not None),
+                                   ("--masks", args.masks is not None and args.task in ("depth", "normal"))) if on]
+    if videos and given:
+        print(f"warning: {' and '.join(given)} apply to images only: the {len(videos)} video(s) run on whole frames "
+              "(pose: the --detector if given)", file=sys.stderr, flush=True)
     per_batch = None
     if dets is not None:
         if images and not any(_detection_entry(dets, path) is not None for path in images):
@@ -167,12 +175,13 @@ def run(args: argparse.Namespace) -> int:
                        predict_kwargs=per_batch, decode=args.decode, stems=[stems[p] for p in images])
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
-        if args.resume and video_finished(args.task, args.out, stems[video], vis=not args.no_vis, raw=args.raw):
+        if args.resume and video_finished(args.task, args.out, stems[video], vis=not args.no_vis, raw=args.raw,
+                                           step=args.step, track=not args.no_track):
             report.skipped.append(video)
             continue
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=args.writers, track=not args.no_track, stem=stems[video])
+                          writers=args.writers, track=not args.no_track, stem=stems[video], step=args.step)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

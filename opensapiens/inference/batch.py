@@ -27,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -315,14 +316,18 @@ def video_manifest(out_dir: Path, stem: str, task: str) -> Path:
     return out_dir / stem / f"video_{task}.json"
 
 
-def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> bool:
+def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False, step: int = 1,
+                   track: bool = True) -> bool:
     """Whether ``run_video`` finished the video named ``stem`` for ``task`` (``resume``): its manifest, written last,
-    says so (with the raw outputs when ``raw`` asks for them), and, with ``vis``, its picture video exists."""
+    says so for the same ``step`` (and, for pose, tracking), with the raw outputs when ``raw`` asks for them, and,
+    with ``vis``, its picture video exists."""
     try:
         manifest = json.loads(video_manifest(out_dir, stem, task).read_text())
     except (OSError, ValueError):
         return False
-    if manifest.get("task") != task or (raw and not manifest.get("raw")):
+    if manifest.get("task") != task or (raw and not manifest.get("raw")) or manifest.get("step") != step:
+        return False
+    if task == "pose" and manifest.get("track") != track:
         return False
     return not vis or task == "features" or (out_dir / f"{stem}_{task}.mp4").is_file()
 
@@ -357,7 +362,12 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir = out_dir / stem
     writers = default_writers(predictor.task, vis) if writers is None else writers
     frames_dir.mkdir(parents=True, exist_ok=True)
-    total = info.num_frames // step if info.num_frames else None
+    # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
+    video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
+    for suffix in (*OUTPUTS[predictor.task], RAW_SUFFIX.get(predictor.task)):
+        for stale in frames_dir.glob(f"frame_*{suffix}") if suffix else ():
+            stale.unlink()
+    total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     pictures = vis and predictor.task != "features"  # features have no picture
     writer = VideoWriter(out_dir / f"{stem}_{predictor.task}.mp4", fps=fps / step, preset="veryfast") if pictures \
@@ -390,8 +400,11 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         return picture if predictor.task == "pose" else side_by_side([image, picture])
 
     def encode(picture: Future) -> None:
-        """Encoder thread: the next frame's picture into the video (one thread, frames submitted in order)."""
+        """Encoder thread: the next frame's picture into the video (one thread, frames submitted in order); a
+        stream whose frame size changes midway has its later pictures scaled to the first one's size."""
         if (p := picture.result()) is not None:
+            if writer.size is not None and p.shape[:2] != writer.size:
+                p = cv2.resize(p, writer.size[::-1], interpolation=cv2.INTER_AREA)
             writer.write(p)
 
     def settle(queued: collections.deque, keep: int) -> None:
@@ -427,7 +440,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     finally:
         bar.close()
     save_json(video_manifest(out_dir, stem, predictor.task), {
-        "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw})
+        "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw,
+        "track": tracker is not None})
     return done
 
 

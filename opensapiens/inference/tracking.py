@@ -12,7 +12,8 @@ pairs are taken greedily, most similar first, down to ``min_similarity`` (the ma
 Xiao et al. 2018, without their optical-flow propagation); a detection left over starts a new track; a track not
 matched for ``max_missed`` frames in a row is dropped. Ids are never reused. OKS is the COCO formula (pycocotools'
 ``computeOks``): the mean over the reference's visible keypoints of exp(-d^2 / (2 area (2 sigma)^2)), area = the
-reference's box area.
+reference's box area, taken over the 17 COCO body keypoints of any layout: Goliath's 238 face and hand points
+(sigma 0.01) would let a few pixels of jitter on a small person outvote the body and break the track.
 
     tracker = PoseTracker("goliath")
     for frame in frames:
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metadata import KeypointSet, keypoint_set
+from ..metadata import KeypointSet, conversion_indices, keypoint_set
 from .results import PoseResult
 
 
@@ -109,7 +110,8 @@ class PoseTracker:
         if max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {max_missed}")
         self.keypoint_set = keypoints if isinstance(keypoints, KeypointSet) else keypoint_set(keypoints)
-        self.sigmas = np.asarray(self.keypoint_set.sigmas, np.float64)
+        self.body = conversion_indices(self.keypoint_set.name, "coco")[1]  # (17,) the body keypoints' channels
+        self.sigmas = np.asarray(self.keypoint_set.sigmas, np.float64)[self.body]
         self.min_similarity = min_similarity
         self.max_missed = max_missed
         self.visible_threshold = visible_threshold
@@ -131,9 +133,9 @@ class PoseTracker:
         matched: set[int] = set()
         if self.tracks and len(keypoints):
             ref_keypoints, ref_boxes = zip(*(t.predicted() for t in self.tracks))
-            ref_scores = np.stack([t.scores for t in self.tracks])
-            similarity = pose_similarity(keypoints, boxes, np.stack(ref_keypoints), ref_scores, np.stack(ref_boxes),
-                                         self.sigmas, self.visible_threshold)
+            ref_scores = np.stack([t.scores for t in self.tracks])[:, self.body]
+            similarity = pose_similarity(keypoints[:, self.body], boxes, np.stack(ref_keypoints)[:, self.body],
+                                         ref_scores, np.stack(ref_boxes), self.sigmas, self.visible_threshold)
             for det, tr in greedy_match(similarity, self.min_similarity):
                 ids[det] = self.tracks[tr].id
                 matched.add(tr)

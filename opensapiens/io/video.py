@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -49,14 +50,12 @@ def video_info(path: str | Path) -> VideoInfo:
     av = _import_av()
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ImageReadError(path, "contains no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             rate = stream.average_rate or stream.guessed_rate or stream.base_rate
             duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else None
             if duration is None and container.duration:
                 duration = container.duration / 1e6  # container duration is in AV_TIME_BASE (microseconds)
-            first = next(container.decode(stream), None)
+            first = next(_decoded(av, container, stream, path), None)
             if first is None:
                 raise ImageReadError(path, "video stream has no decodable frames")
             turns = round(getattr(first, "rotation", 0) / 90) % 2
@@ -75,16 +74,43 @@ def iter_video_frames(path: str | Path, step: int = 1) -> Iterator[tuple[int, np
     index = -1
     try:
         with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise ImageReadError(path, "contains no video stream")
-            stream = container.streams.video[0]
+            stream = _video_stream(container, path)
             stream.thread_type = "AUTO"
-            for index, frame in enumerate(container.decode(stream)):
+            for index, frame in enumerate(_decoded(av, container, stream, path)):
                 if index % step == 0:
                     yield index, _upright(frame, frame.to_ndarray(format="rgb24"))
     except av.FFmpegError as e:
         where = "cannot open video" if index < 0 else f"decoding failed after frame {index}"
         raise ImageReadError(path, f"{where} ({e})") from e
+
+
+MAX_DAMAGED_IN_A_ROW = 25  # packets the decoder rejects in a row before the rest of a video counts as lost
+
+
+def _video_stream(container, path: str | Path):
+    """The main video stream: FFmpeg's best, which passes over cover art stored as a one-frame video stream."""
+    stream = container.streams.best("video")
+    if stream is None:
+        raise ImageReadError(path, "contains no video stream")
+    return stream
+
+
+def _decoded(av: ModuleType, container, stream, path: str | Path) -> Iterator:
+    """The stream's frames, packet by packet: a damaged packet (one the decoder rejects) is skipped with a warning,
+    as players do, instead of ending the video there; ``MAX_DAMAGED_IN_A_ROW`` in a row raise."""
+    damaged = in_a_row = 0
+    for packet in container.demux(stream):
+        try:
+            frames = packet.decode()
+        except av.InvalidDataError:
+            damaged, in_a_row = damaged + 1, in_a_row + 1
+            if in_a_row >= MAX_DAMAGED_IN_A_ROW:
+                raise
+            continue
+        in_a_row = 0
+        yield from frames
+    if damaged:
+        warnings.warn(f"{path}: skipped {damaged} damaged packet(s) the decoder rejected", stacklevel=2)
 
 
 def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
@@ -97,8 +123,9 @@ def rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     blocks = cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA)  # (H/2, W/2, 3): 2x2 block means
     ycrcb = cv2.cvtColor(blocks, cv2.COLOR_RGB2YCrCb)  # full-range chroma, 128 +- 127.5
     video = cv2.convertScaleAbs(ycrcb, alpha=224 / 255, beta=128 * (1 - 224 / 255))  # video range: 128 +- 112
-    planes[h:h + h // 4] = video[..., 2].reshape(h // 4, w)  # Cb
-    planes[h + h // 4:] = video[..., 1].reshape(h // 4, w)  # Cr
+    flat, quarter = planes.reshape(-1), h * w // 4  # the chroma planes are H/2 rows of W/2: not whole rows of W
+    flat[h * w:h * w + quarter] = video[..., 2].ravel()  # Cb
+    flat[h * w + quarter:] = video[..., 1].ravel()  # Cr
     return planes
 
 
@@ -142,6 +169,8 @@ class VideoWriter:
                 continue
             stream.width, stream.height = width + width % 2, height + height % 2
             stream.pix_fmt = "yuv420p"
+            # tagged as rgb_to_yuv420p converts (BT.601 matrix, video range): untagged HD is taken for BT.709
+            stream.codec_context.colorspace, stream.codec_context.color_range = 6, 1  # SMPTE 170M, MPEG range
             if codec in ("libx264", "libvpx-vp9"):
                 stream.options = {"crf": str(self.crf)}
                 if codec == "libx264" and self.preset:
@@ -187,9 +216,11 @@ class VideoWriter:
         tmp, self._tmp = self._tmp, None
         try:
             if self._container is not None:
-                if commit:
-                    self._container.mux(self._stream.encode())  # flush the encoder's delayed frames
-                self._container.close()
+                try:
+                    if commit:
+                        self._container.mux(self._stream.encode())  # flush the encoder's delayed frames
+                finally:
+                    self._container.close()
             if commit and self.frames_written == 0:
                 raise ValueError(f"no frames were written to {str(self.path)!r}")
             if commit:
