@@ -620,3 +620,40 @@ def test_the_synth_val_seed_is_refused_before_a_run_starts(tmp_path):
     with pytest.raises(ValueError, match="synth-val seed"):
         resolve(TrainConfig(task="seg", data="synth", out=str(tmp_path / "run"), seed=SYNTH_VAL.seed))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_fine_tune_with_its_own_keypoints_and_classes_predicts_with_them(toy, tmp_path):
+    """``train --keypoints FILE`` / ``--classes FILE``: the final model loads for prediction with the file's names,
+    mirror pairs and sigmas (a 5-keypoint model had been refused: "keypoint set goliath has 308 points")."""
+    from test_data_toy import CLASSES, KEYPOINTS
+
+    import opensapiens
+    from opensapiens.inference.batch import write_result
+
+    image = np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)
+    train(config(toy, tmp_path / "pose", task="pose", steps=1))
+    pose = opensapiens.load(str(tmp_path / "pose" / "final.safetensors"), device="cpu")
+    layout = pose.keypoint_set
+    assert layout.names == tuple(KEYPOINTS["names"]) and layout.sigmas == tuple(KEYPOINTS["sigmas"])
+    assert layout.flip_indices == (0, 2, 1, 4, 3)
+    result = pose(image)
+    assert result.keypoints.shape == (1, 5, 2) and result.keypoint_set_name == "keypoints"
+    write_result("pose", tmp_path / "out", "x", image, result)  # its JSON and its picture
+    assert json.loads((tmp_path / "out" / "x.json").read_text())["keypoint_set"] == "keypoints"
+    assert opensapiens.PoseTracker(layout).update(result).tolist() == [0]
+    train(config(toy, tmp_path / "seg", steps=1))
+    seg = opensapiens.load(str(tmp_path / "seg" / "final.safetensors"), device="cpu")
+    assert seg(image).class_names == tuple(CLASSES["names"])
+
+
+def test_init_from_the_bundled_multitask_model_takes_its_backbone_and_this_tasks_head(toy, tmp_path):
+    from opensapiens.checkpoints import load_state
+    from opensapiens.training.init import load_initial_weights
+
+    cfg, want = load_state("sapiens-nano", task="seg")
+    model = build_model("seg", "tiny", out_channels=28, head_channels=cfg.head_channels, pos_grid=(16, 12))
+    loaded = load_initial_weights(model, "sapiens-nano")
+    got = model.state_dict()
+    blocks = [k for k in want if k.startswith("backbone.blocks.")]
+    assert loaded["backbone"] > len(blocks) > 0 and all(torch.equal(got[k], want[k]) for k in blocks)
+    assert loaded["skipped_head"] == "" and all(torch.equal(got[k], want[k]) for k in want if k.startswith("head."))

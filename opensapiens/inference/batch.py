@@ -88,7 +88,7 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
     written: list[Path] = []
     if isinstance(result, PoseResult):
         doc = {"image": {"file_name": stem, "height": image.shape[0], "width": image.shape[1]},
-               "keypoint_set": result.keypoint_set,
+               "keypoint_set": result.keypoint_set_name,
                "people": result.to_coco(image_id if image_id is not None else stem)}
         written.append(save_json(p[".json"], doc))
         if vis:

@@ -116,8 +116,9 @@ class SegPredictor(Predictor):
         super().__init__(model, **kwargs)
         n = model.config.out_channels
         known = {28: "goliath", 19: "face"}  # the official vocabularies of these sizes
-        self.class_names = class_names or (seg_classes(known[n]).names if n in known else tuple(
-            f"class_{i}" for i in range(n)))
+        trained = (getattr(model.config, "extra", None) or {}).get("class_names")  # a fine-tune's (train --classes)
+        self.class_names = class_names or (tuple(trained) if trained and len(trained) == n else None) or (
+            seg_classes(known[n]).names if n in known else tuple(f"class_{i}" for i in range(n)))
 
     @torch.inference_mode()
     def submit(self, images: list[np.ndarray], return_logits: bool = False) -> Pending:
@@ -212,6 +213,19 @@ class FeaturePredictor(Predictor):
         return Pending(self.device, lambda: [FeatureResult(f) for f in features.cpu().numpy()])
 
 
+def _trained_keypoint_set(extra: dict) -> KeypointSet | None:
+    """The keypoint set a fine-tune defined in its own file (``train --keypoints FILE``), as its checkpoint keeps it
+    (None for the built-in sets). Checkpoints from before the flip pairs, sigmas and skeleton were kept get none of
+    those: keypoints that mirror to themselves, sigma 0.05, no lines drawn."""
+    names = extra.get("keypoint_names")
+    if not names or extra.get("keypoint_set") in ("goliath", "wholebody", "coco"):
+        return None
+    k = len(names)
+    return KeypointSet(str(extra.get("keypoint_set", "custom")), tuple(names),
+                       tuple(extra.get("flip_indices", range(k))), tuple(extra.get("sigmas", [0.05] * k)),
+                       tuple(tuple(pair) for pair in extra.get("skeleton", ())), {"all": tuple(range(k))})
+
+
 class PosePredictor(Predictor):
     """Top-down pose. Boxes per image: given (xyxy), from ``detector``, or the whole image."""
 
@@ -223,7 +237,10 @@ class PosePredictor(Predictor):
         self.detector = detector
         self.flip = flip
         k = model.config.out_channels
-        self.keypoint_set: KeypointSet = keypoint_set(keypoints or (k if k in (17, 133, 308) else "goliath"))
+        own = _trained_keypoint_set(getattr(model.config, "extra", None) or {}) if keypoints is None else None
+        self.keypoint_set: KeypointSet = own or keypoint_set(keypoints or (k if k in (17, 133, 308) else "goliath"))
+        # results name a built-in set, or carry a fine-tune's own
+        self.result_layout = self.keypoint_set if own is not None else self.keypoint_set.name
         if self.keypoint_set.num_keypoints != k:
             raise ValueError(f"keypoint set {self.keypoint_set.name} has {self.keypoint_set.num_keypoints} points, "
                              f"the model predicts {k}")
@@ -297,7 +314,7 @@ class PosePredictor(Predictor):
             stride = HEAD_SPECS["pose"].stride()
             heat_shape = (0, K, self.input_size[0] // stride, self.input_size[1] // stride)  # as the model's, empty
             empty = [PoseResult(np.zeros((0, K, 2), np.float32), np.zeros((0, K), np.float32),
-                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.keypoint_set.name,
+                                np.zeros((0, 4), np.float32), np.zeros(0, np.float32), self.result_layout,
                                 np.zeros(heat_shape, np.float32) if return_heatmaps else None)
                      for _ in images]
             return Pending(None, lambda: empty)
@@ -327,7 +344,7 @@ class PosePredictor(Predictor):
             out, start = [], 0
             for b, s, n in zip(box_list, score_list, counts):
                 sl = slice(start, start + n)
-                out.append(PoseResult(kp_all[sl], sc_all[sl], b, s, self.keypoint_set.name,
+                out.append(PoseResult(kp_all[sl], sc_all[sl], b, s, self.result_layout,
                                       None if hm_all is None else hm_all[sl]))
                 start += n
             return out

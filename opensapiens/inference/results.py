@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation.depth import fit_scale_shift
-from ..metadata import convert_keypoints, keypoint_set
+from ..metadata import KeypointSet, convert_keypoints, keypoint_set
 
 
 @dataclass
@@ -18,14 +18,20 @@ class PoseResult:
     scores: np.ndarray  # (N, K) float32: heatmap maxima, ~0..1
     boxes: np.ndarray  # (N, 4) float32 xyxy person boxes that were cropped
     box_scores: np.ndarray  # (N,) float32 detector scores (1 for whole-image boxes and given boxes without scores)
-    keypoint_set: str = "goliath"
+    keypoint_set: str | KeypointSet = "goliath"  # a built-in set's name, or a fine-tune's own (train --keypoints)
     heatmaps: np.ndarray | None = None  # (N, K, h, w) raw heatmaps when requested
     track_ids: np.ndarray | None = None  # (N,) int64 identities across video frames (``PoseTracker``), if tracked
 
     def convert(self, dst: str | int) -> PoseResult:
         """The same people in another keypoint layout (308 -> 133/17, 133 -> 17); missing channels score 0."""
+        if isinstance(self.keypoint_set, KeypointSet):
+            raise ValueError(f"no conversion from the {self.keypoint_set.name} keypoints a fine-tune defined")
         kp, sc = convert_keypoints(self.keypoints, self.scores, self.keypoint_set, dst)
         return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name, track_ids=self.track_ids)
+
+    @property
+    def keypoint_set_name(self) -> str:
+        return self.keypoint_set.name if isinstance(self.keypoint_set, KeypointSet) else self.keypoint_set
 
     def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2) -> list[dict]:
         """COCO results entries; the person score is the official ``bbox_keypoint`` mode:

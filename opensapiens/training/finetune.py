@@ -45,8 +45,10 @@ from .step import train_step
 def _out_channels(cfg: TrainConfig) -> tuple[int, dict]:
     """Output channels of the head and what the saved model should remember about its labels."""
     if cfg.task == "pose":
-        kps = load_keypoint_layout(cfg.keypoints).keypoints
-        return kps.num_keypoints, {"keypoint_set": kps.name, "keypoint_names": list(kps.names)}
+        kps = load_keypoint_layout(cfg.keypoints).keypoints  # a file's set whole: predict draws and flips with it
+        return kps.num_keypoints, {"keypoint_set": kps.name, "keypoint_names": list(kps.names),
+                                   "flip_indices": list(kps.flip_indices), "sigmas": list(kps.sigmas),
+                                   "skeleton": [list(pair) for pair in kps.skeleton]}
     if cfg.task == "seg":
         classes = load_classes(cfg.classes)
         return classes.num_classes, {"class_names": list(classes.names)}
