@@ -202,6 +202,9 @@ def test_official_names_resolve_offline(tmp_path, monkeypatch):
     (tmp_path / "hf" / "models--facebook--sapiens-normal-0.3b" / "refs" / "main").write_text("a" * 40)
     assert resolve_checkpoint("sapiens-normal-0.3b") == snap / hub_normal_file()
     assert _same_outputs(load_model("sapiens-normal-0.3b", num_heads=TINY.num_heads), model)
+    assert resolve_checkpoint(hub_normal_file()) == snap / hub_normal_file()  # the official file's own name too
+    with pytest.raises(FileNotFoundError, match="Download it from https://huggingface.co/facebook/sapiens-pose-1b"):
+        resolve_checkpoint("sapiens_1b_goliath_best_goliath_AP_639.pth")
 
     # ... and a file dropped into $OPENSAPIENS_CHECKPOINTS takes precedence.
     (tmp_path / "local").mkdir()
@@ -292,3 +295,13 @@ def test_a_bare_official_file_name_is_found_in_the_checkpoint_folder(tmp_path, m
     (tmp_path / "local").mkdir()
     torch.save({"state_dict": make_official_state("normal")[1]}, tmp_path / "local" / name)
     assert resolve_checkpoint(name) == tmp_path / "local" / name
+
+
+@pytest.mark.parametrize("damage", ["truncated", "png"])
+def test_a_truncated_pth_or_another_kind_of_file_is_not_called_a_corrupt_safetensors_file(tmp_path, damage):
+    path = tmp_path / "model.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x89PNG\r\n\x1a\n" + bytes(64))
+    with pytest.raises(CheckpointError, match="not a safetensors file nor a complete zip-format PyTorch checkpoint"):
+        read_state_dict(path)

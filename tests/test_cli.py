@@ -551,3 +551,22 @@ def test_predict_with_a_masks_folder_that_does_not_exist_is_a_clear_error(tmp_pa
     assert main(_normal_argv(tmp_path, tmp_path / "no_masks", photos / "a.png")) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_masks" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "pretrain"])
+def test_resume_of_a_run_that_is_not_there_says_so(tmp_path, capsys, command):
+    assert main([command, "--out", str(tmp_path / "typo"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume: no run to resume in {tmp_path / 'typo'}") and "Traceback" not in err
+
+
+def test_pretraining_on_images_none_of_which_decode_is_one_line_of_error_from_its_loader_workers(tmp_path, capsys):
+    (tmp_path / "bad").mkdir()
+    for name in ("a.jpg", "b.png"):
+        (tmp_path / "bad" / name).write_bytes(b"not an image")
+    assert main(["pretrain", "--data", str(tmp_path / "bad"), "--arch", "nano", "--input-size", "64x48", "--steps",
+                 "1", "--batch-size", "2", "--workers", "2", "--device", "cpu", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    err = err[err.index("error: "):]  # after the progress bar
+    assert err.startswith("error: data slot 0 of 2: all 1 samples of its epoch 0 are undecodable")
+    assert "Traceback" not in err and err.count("\n") == 1

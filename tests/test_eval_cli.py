@@ -330,6 +330,9 @@ def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
     (tmp_path / "gt17.json").write_text(json.dumps(gt17))
     r17 = evaluate_saved("pose", out, tmp_path / "gt17.json")
     assert r17["AP"] == pytest.approx(1.0) and r17["protocol"]["keypoints"] == "coco"
+    # ... and the 308 GT scored as COCO-17 (--keypoints coco): converted by name too, the same scores
+    as_17 = evaluate_saved("pose", out, tmp_path / "gt.json", keypoints="coco")
+    assert json.dumps(as_17, sort_keys=True) == json.dumps(r17, sort_keys=True)  # (NaN != NaN in a dict compare)
 
     # a predict file of another picture size than its GT image: an error naming it
     resized = {**gt, "images": [{**im, "width": W + 1} for im in gt["images"]]}

@@ -101,10 +101,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
             raise FileNotFoundError(f"the bundled model is missing from this installation ({BUNDLED})")
         return BUNDLED
     hub = parse_name(str(name_or_path))
+    if hub is None and path.name == str(name_or_path):  # an official file's own name: found or fetched as its model
+        hub = next((h for h in official_names() if h.filename == path.name), None)
     if hub is None:
-        raise FileNotFoundError(f"{name_or_path}: no such file, and not an official model name (e.g. "
-                                "sapiens-pose-1b, sapiens-seg-0.3b, sapiens-depth-2b, sapiens-normal-1b, "
-                                "sapiens-pretrain-0.6b; see `opensapiens models`)")
+        raise FileNotFoundError(f"{name_or_path}: no such file (nor in {local_dir()}, $OPENSAPIENS_CHECKPOINTS), and "
+                                "not an official model name (e.g. sapiens-pose-1b, sapiens-seg-0.3b, "
+                                "sapiens-depth-2b, sapiens-normal-1b, sapiens-pretrain-0.6b; see `opensapiens models`)")
     local = local_dir() / hub.filename
     if local.is_file():
         return local

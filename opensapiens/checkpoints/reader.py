@@ -175,13 +175,17 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
-        magic = f.read(8)
-    if path.suffix == ".safetensors" or (len(magic) == 8 and not zipfile.is_zipfile(path) and magic[:2] != b"\x80\x02"):
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length that fits the file, then the JSON header's "{"
+    header_fits = len(head) == 9 and 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8 and \
+        head[8:] == b"{"
+    if path.suffix == ".safetensors" or (header_fits and not zipfile.is_zipfile(path)):
         return _read_safetensors(path)
     if not zipfile.is_zipfile(path):
         raise CheckpointError(
-            f"{path}: not a safetensors file nor a zip-format PyTorch checkpoint (legacy torch<1.6 pickles are not "
-            "read, as they cannot be loaded without running pickled code); re-save it with a current torch.save")
+            f"{path}: not a safetensors file nor a complete zip-format PyTorch checkpoint (a truncated download? "
+            "legacy torch<1.6 pickles are not read either, as they cannot be loaded without running pickled code: "
+            "re-save those with a current torch.save)")
     try:
         with zipfile.ZipFile(path) as zf:
             return _read_zip(zf, str(path)), {}

@@ -10,6 +10,13 @@ import sys
 COMMANDS = ("predict", "convert", "models", "synth", "eval", "train", "pretrain", "curate", "bench", "demo")
 
 
+def error_text(e: BaseException) -> str:
+    """What a user is told of an error: its message; one re-raised from a DataLoader worker carries the worker's
+    traceback in its message, whose last line is the error's own."""
+    text = str(e)
+    return text.strip().splitlines()[-1].split(": ", 1)[-1] if "Original Traceback" in text else text
+
+
 def add_threads_option(p: argparse.ArgumentParser) -> None:
     """``--threads N``: CPU threads for PyTorch. On a laptop whose cores are busy, fewer threads than cores avoids
     threads spinning while they wait for each other (seen: 10-40x slower with 2 threads on 2 busy cores)."""

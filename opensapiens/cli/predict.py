@@ -76,7 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-track", action="store_true",
                    help="videos: no track ids (by default each person keeps an id from frame to frame)")
     g = p.add_argument_group("depth / normal")
-    g.add_argument("--seg-checkpoint", help="segmentation model whose foreground masks depth/normal outputs")
+    g.add_argument("--seg-checkpoint",
+                   help="segmentation model whose foreground masks the depth/normal pictures and the normals' "
+                   "background (STEM_depth.npy stays the whole map, as official)")
     g.add_argument("--masks", type=Path,
                    help="folder of foreground masks STEM.png (non-zero = person: any channel's stored value, palette "
                         "index or 16-bit value; alpha ignored), each the size of its image")

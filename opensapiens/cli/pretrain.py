@@ -100,6 +100,8 @@ def build_config(args: argparse.Namespace):
     saved = resumed_settings(args, given, RESUMABLE_OVERRIDES)
     if saved is not None:
         return PretrainConfig.from_dict(saved)
+    if "data" not in given and args.resume:
+        raise ValueError(f"--resume: no run to resume in {args.out} (it has no config.json); start one with --data")
     if "data" not in given:
         raise ValueError("--data required (or --resume an existing run)")
     return PretrainConfig(**given)
@@ -108,12 +110,13 @@ def build_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
     from ..pretrain import pretrain
+    from .main import error_text
 
     try:
         cfg = build_config(args)
         summary = pretrain(cfg)
     except (ValueError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":  # under torchrun: one summary, rank 0's (the others list no outputs)
         return 0

@@ -136,6 +136,9 @@ def build_config(args: argparse.Namespace):
     if saved is not None:
         return TrainConfig.from_dict(saved)
     missing = [f"--{k}" for k in ("task", "data") if k not in given]
+    if missing and args.resume:
+        raise ValueError(f"--resume: no run to resume in {args.out} (it has no config.json); start one with "
+                         f"{' and '.join(missing)}")
     if missing:
         raise ValueError(f"{' and '.join(missing)} required (or --resume an existing run)")
     return TrainConfig(**given)
@@ -145,12 +148,13 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError
     from ..data import DataError
     from ..training import train
+    from .main import error_text
 
     try:
         cfg = build_config(args)
         summary = train(cfg)
     except (ValueError, DataError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {error_text(e)}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":
         return 0

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from ..io.images import IMAGE_EXTENSIONS, decode_jpegs, list_inputs, upright
+from .labels import DataError
 
 MEAN = (123.675, 116.28, 103.53)
 STD = (58.395, 57.12, 57.375)
@@ -371,7 +372,7 @@ class StreamingImages(torch.utils.data.IterableDataset):
         while len(keys) < self.batch_size:
             epoch, i, key, data, ext = next(samples)
             if failing.whole_epoch(epoch):  # else the loop would spin over unreadable samples forever
-                raise RuntimeError(f"data slot {slot} of {self.num_slots}: all {failing.count} samples of its epoch "
+                raise DataError(f"data slot {slot} of {self.num_slots}: all {failing.count} samples of its epoch "
                                    f"{failing.epoch} are undecodable and were skipped (the first: {failing.key}); "
                                    "it can never fill a batch")
             cursor = (epoch, i + 1)

@@ -252,7 +252,9 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     if task == "pose":
         gt_data = read_coco_json(gt, "ground truth")
-        name = keypoints or infer_keypoint_set(gt_data)
+        name = keypoint_set(keypoints).name if keypoints else infer_keypoint_set(gt_data)
+        if keypoints and isinstance(gt_data, dict) and gt_data.get("annotations"):  # scored in --keypoints: a GT
+            gt_data = _convert_gt(gt_data, infer_keypoint_set(gt_data), name)  # in another layout mapped by name
         results = read_pose_predictions(pred, gt_data, name)
         if limit is not None and isinstance(gt_data, dict) and isinstance(results, list):
             gt_data, results = _first_images(gt_data, results, limit)
