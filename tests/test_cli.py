@@ -305,7 +305,7 @@ def test_predict_with_an_unknown_model_or_a_missing_file_is_a_clear_error(tmp_pa
     ckpt = _checkpoint(tmp_path, "pose", 17)
     cases = [  # (options, what the message must name)
         (["--task", "pose", "--checkpoint", str(ckpt), "--detector", "torchvision"], "could not download the COCO"),
-        (["--task", "seg", "--checkpoint", "sapiens-seg-1bb"], "sapiens-seg-1bb: no such file, and not an official"),
+        (["--task", "seg", "--checkpoint", "sapiens-seg-1bb"], "sapiens-seg-1bb: no such file"),
         (["--task", "depth", "--checkpoint", str(ckpt), "--seg-checkpoint", str(tmp_path / "nope.pth")], "nope.pth"),
         (["--task", "pose", "--checkpoint", str(ckpt), "--detections", str(tmp_path / "dets.json")], "dets.json"),
     ]
