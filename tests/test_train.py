@@ -641,6 +641,7 @@ def test_a_fine_tune_with_its_own_keypoints_and_classes_predicts_with_them(toy, 
     write_result("pose", tmp_path / "out", "x", image, result)  # its JSON and its picture
     assert json.loads((tmp_path / "out" / "x.json").read_text())["keypoint_set"] == "keypoints"
     assert opensapiens.PoseTracker(layout).update(result).tolist() == [0]
+    _scores_in_its_own_keypoints_as_pycocotools_with_their_sigmas(pose, toy[1])
     train(config(toy, tmp_path / "seg", steps=1))
     seg = opensapiens.load(str(tmp_path / "seg" / "final.safetensors"), device="cpu")
     assert seg(image).class_names == tuple(CLASSES["names"])
@@ -657,3 +658,46 @@ def test_init_from_the_bundled_multitask_model_takes_its_backbone_and_this_tasks
     blocks = [k for k in want if k.startswith("backbone.blocks.")]
     assert loaded["backbone"] > len(blocks) > 0 and all(torch.equal(got[k], want[k]) for k in blocks)
     assert loaded["skipped_head"] == "" and all(torch.equal(got[k], want[k]) for k in want if k.startswith("head."))
+
+
+def _scores_in_its_own_keypoints_as_pycocotools_with_their_sigmas(pose, val_dir) -> None:
+    """``evaluate_model`` of a model with its own keypoint set runs in that set; with a stand-in whose people are the
+    GT's moved by a few pixels (AP strictly between 0 and 1), its AP equals pycocotools' given that set's sigmas."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    from test_data_toy import KEYPOINTS
+
+    from opensapiens.evaluation.runner import evaluate_model
+    from opensapiens.inference.results import PoseResult
+
+    assert evaluate_model("pose", pose, val_dir)["protocol"]["keypoints"] == "keypoints"
+    gt = json.loads((val_dir / "annotations.json").read_text())
+    rng = np.random.default_rng(0)
+    moved = [np.asarray(a["keypoints"], np.float32).reshape(-1, 3)[:, :2] + rng.normal(0, 1.5, (5, 2))
+             for a in gt["annotations"]]
+    xyxy = np.array([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in gt["annotations"])])
+
+    class Moved:
+        result_layout = pose.keypoint_set
+
+        def predict_batch(self, images, boxes):
+            out = []
+            for b in boxes:
+                kp = np.stack([moved[np.abs(xyxy - box).sum(1).argmin()] for box in b]).astype(np.float32)
+                out.append(PoseResult(kp, np.full(kp.shape[:2], 0.9, np.float32), b, np.ones(len(b), np.float32),
+                                      pose.keypoint_set))
+            return out
+
+    got = evaluate_model("pose", Moved(), val_dir)
+    results = [{"image_id": a["image_id"], "category_id": 1, "score": 0.9,
+                "keypoints": np.concatenate([kp.astype(np.float32), np.full((5, 1), 0.9)], 1).ravel().tolist()}
+               for a, kp in zip(gt["annotations"], moved)]
+    coco_gt = COCO()
+    coco_gt.dataset = {**gt, "categories": [{"id": 1, "name": "person"}]}
+    coco_gt.createIndex()
+    ev = COCOeval(coco_gt, coco_gt.loadRes(results), "keypoints")
+    ev.params.kpt_oks_sigmas = np.asarray(KEYPOINTS["sigmas"])
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert 0 < ev.stats[0] < 1 and got["AP"] == pytest.approx(ev.stats[0], abs=1e-9)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import conversion_indices, convert_keypoints, keypoint_set, seg_classes
+from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, read_coco_json
@@ -328,8 +328,13 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     from ..io import read_image
 
     gt = read_coco_json(data / "annotations.json", "ground truth")
-    gt_name = infer_keypoint_set(gt)
-    k_gt = keypoint_set(gt_name).num_keypoints
+    own = getattr(predictor, "result_layout", None)  # a fine-tune's own keypoint set: its GT is in it, scored in it
+    own = own if isinstance(own, KeypointSet) else None
+    if own is not None and keypoints is not None and keypoint_set(keypoints).name != own.name:
+        raise ValueError(f"--keypoints {keypoints}: this model predicts its own {own.name} keypoints, which convert to "
+                         "no other layout; it is scored in them")
+    gt_name = own.name if own is not None else infer_keypoint_set(gt)
+    k_gt = own.num_keypoints if own is not None else keypoint_set(gt_name).num_keypoints
     by_image: dict = {}
     for a in gt["annotations"]:  # top-down with GT boxes: every non-crowd person with a labelled keypoint
         kp = annotation_keypoints(a, k_gt, f"ground truth annotation {a.get('id', '?')}")
@@ -358,6 +363,9 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
         if error is not None:
             raise error
         for im, res in zip(records, predictions):
+            if own is not None:
+                results += res.to_coco(im["id"])
+                continue
             model_name = keypoint_set(res.keypoint_set).name
             if eval_name is None:  # score in the smaller of the two layouts (conversions go 308 -> 133 -> 17)
                 eval_name = min((gt_name, model_name), key=lambda n: keypoint_set(n).num_keypoints)
@@ -369,7 +377,7 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     _check_scored(len(evaluated), skipped, data)
     gt_eval = _convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
     gt_eval["annotations"] = [a for a in gt_eval["annotations"] if a["image_id"] in evaluated]
-    metrics = evaluate_keypoints(gt_eval, results, eval_name)
+    metrics = evaluate_keypoints(gt_eval, results, own or eval_name)
     protocol = {"keypoints": eval_name, "boxes": "ground truth (top-down)", "instance_score": "bbox_keypoint, thr 0.2",
                 "num_images": len(evaluated)}
     return _finish("pose", metrics, protocol, skipped)
