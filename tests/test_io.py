@@ -449,6 +449,17 @@ def test_a_damaged_packet_midway_is_skipped_with_a_warning_not_the_rest_of_the_v
     assert len(frames) == 39  # every frame but the damaged one's
 
 
+def test_a_video_cut_before_its_index_is_called_truncated_not_streamless(tmp_path):
+    pytest.importorskip("av")
+    with VideoWriter(tmp_path / "v.mp4", fps=10) as writer:
+        for k in range(10):
+            writer.write(np.full((32, 32, 3), 20 * k, np.uint8))
+    data = (tmp_path / "v.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) * 2 // 3])  # mp4's index (moov) comes last
+    with pytest.raises(ImageReadError, match="cut.mp4.*no video stream .nor audio: a truncated or unfinished file"):
+        list(iter_video_frames(tmp_path / "cut.mp4"))
+
+
 def test_written_videos_are_tagged_with_the_matrix_and_range_they_were_converted_with(tmp_path):
     av = pytest.importorskip("av")
     with VideoWriter(tmp_path / "v.mp4", fps=10) as writer:

@@ -91,7 +91,9 @@ def _video_stream(container, path: str | Path):
     """The main video stream: FFmpeg's best, which passes over cover art stored as a one-frame video stream."""
     stream = container.streams.best("video")
     if stream is None:
-        raise ImageReadError(path, "contains no video stream")
+        media = any(s.type in ("video", "audio") for s in container.streams)
+        raise ImageReadError(path, "contains no video stream" + ("" if media else
+                                                                 " (nor audio: a truncated or unfinished file?)"))
     return stream
 
 
