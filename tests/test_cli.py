@@ -479,6 +479,7 @@ def test_predict_pose_finds_coco_detections_by_numeric_image_id_and_warns_when_n
                      "--out", str(out)]) == 0
         found = json.loads((out / "000000000139.json").read_text())["people"]
         assert len(found) == people and all(p["bbox"] == pytest.approx([5, 10, 30, 60]) for p in found)
+        assert all(p["image_id"] == 139 for p in found)  # COCO's number for its file, as pycocotools wants it
         assert ("warning: no input image matches an entry of" in capsys.readouterr().err) == (people == 0)
 
 

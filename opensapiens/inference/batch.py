@@ -78,6 +78,12 @@ def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw:
     return [out_dir / f"{stem}{s}" for s in suffixes]
 
 
+def _coco_image_id(stem: str) -> int | str:
+    """A person's ``image_id`` in predict's JSON: a numeric stem as the number COCO gives its image
+    (``000000000139.jpg`` -> 139), so the entries serve pycocotools as they are; any other stem as it is."""
+    return int(stem) if stem.isascii() and stem.isdigit() else stem
+
+
 def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result, vis: bool = True,
                  raw: bool = False, image_id: int | str | None = None) -> list[Path]:
     """Write the documented files for one input; returns their paths. ``image``: the input, (H, W, 3) uint8 (a
@@ -89,7 +95,7 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
     if isinstance(result, PoseResult):
         doc = {"image": {"file_name": stem, "height": image.shape[0], "width": image.shape[1]},
                "keypoint_set": result.keypoint_set_name,
-               "people": result.to_coco(image_id if image_id is not None else stem)}
+               "people": result.to_coco(image_id if image_id is not None else _coco_image_id(stem))}
         written.append(save_json(p[".json"], doc))
         if vis:
             written.append(save_jpg(p["_pose.jpg"], visualize_result(image, result)))
