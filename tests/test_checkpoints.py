@@ -205,6 +205,8 @@ def test_official_names_resolve_offline(tmp_path, monkeypatch):
     assert resolve_checkpoint(hub_normal_file()) == snap / hub_normal_file()  # the official file's own name too
     with pytest.raises(FileNotFoundError, match="Download it from https://huggingface.co/facebook/sapiens-pose-1b"):
         resolve_checkpoint("sapiens_1b_goliath_best_goliath_AP_639.pth")
+    with pytest.raises(FileNotFoundError, match="huggingface.co/facebook/sapiens-seg-1b-torchscript"):
+        resolve_checkpoint("sapiens_1b_goliath_best_goliath_mIoU_7994_epoch_151_torchscript.pt2")  # a lite export's
 
     # ... and a file dropped into $OPENSAPIENS_CHECKPOINTS takes precedence.
     (tmp_path / "local").mkdir()

@@ -345,3 +345,13 @@ def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
     assert main(["eval", "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "gt.json"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "stranger.json" in err and "no ground truth image" in err
+
+
+def test_the_gt_layout_is_read_from_an_annotation_with_keypoints_not_a_crowd_region_without():
+    from opensapiens.evaluation.runner import infer_keypoint_set
+
+    gt = {"images": [], "categories": [], "annotations": [
+        {"id": 1, "iscrowd": 1, "bbox": [0, 0, 5, 5]}, {"id": 2, "keypoints": [0] * 51, "bbox": [0, 0, 5, 5]}]}
+    assert infer_keypoint_set(gt) == "coco"
+    with pytest.raises(ValueError, match="no annotation with keypoints"):
+        infer_keypoint_set({**gt, "annotations": gt["annotations"][:1]})

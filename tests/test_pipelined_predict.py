@@ -450,6 +450,17 @@ def test_a_new_run_of_a_video_drops_the_earlier_runs_record_and_extra_frames(tmp
     assert not batch.video_finished("seg", out, "v", vis=False)
 
 
+def test_a_no_vis_run_does_not_pass_for_one_with_pictures_when_an_older_picture_video_is_there(tmp_path,
+                                                                                                monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "v_seg.mp4").write_bytes(b"an older run's picture video")
+    _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 3)
+    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, vis=False, progress=False) == 3
+    assert batch.video_finished("seg", out, "v", vis=False)
+    assert not batch.video_finished("seg", out, "v", vis=True)
+
+
 def test_a_video_without_a_frame_rate_gets_a_30_fps_picture_video(tmp_path, monkeypatch):
     made = _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 3, fps=0.0)
     assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", progress=False) == 3

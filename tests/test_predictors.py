@@ -362,3 +362,18 @@ def test_the_multitask_model_takes_resize_and_input_size_and_refuses_what_it_can
         opensapiens.load("sapiens-nano", seg=seg, device="cpu")
     with pytest.raises(ValueError, match="unoptimized"):
         opensapiens.load("sapiens-nano", optimize=True, device="cpu")
+
+
+def test_a_fine_tunes_own_keypoints_are_told_from_the_built_in_sets_by_their_names_and_mirror_by_name_when_old():
+    from opensapiens.inference.predictors import _trained_keypoint_set
+    from opensapiens.metadata import keypoint_set
+
+    names = ["nose", "left_eye", "right_eye", "left_ear_tip", "right_ear_tip"]
+    old = _trained_keypoint_set({"keypoint_set": "face5", "keypoint_names": names})  # saved before the pairs were
+    assert old.names == tuple(names) and old.flip_indices == (0, 2, 1, 4, 3) and old.sigmas == (0.05,) * 5
+    own_coco = _trained_keypoint_set({"keypoint_set": "coco", "keypoint_names": names,  # a file named coco.json
+                                      "flip_indices": [0, 2, 1, 4, 3], "sigmas": [0.1] * 5, "skeleton": [[0, 1]]})
+    assert own_coco.names == tuple(names) and own_coco.sigmas == (0.1,) * 5 and own_coco.skeleton == ((0, 1),)
+    coco = keypoint_set("coco")
+    assert _trained_keypoint_set({"keypoint_set": "coco", "keypoint_names": list(coco.names)}) is None  # built in
+    assert _trained_keypoint_set({}) is None

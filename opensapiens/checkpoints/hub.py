@@ -102,7 +102,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return BUNDLED
     hub = parse_name(str(name_or_path))
     if hub is None and path.name == str(name_or_path):  # an official file's own name: found or fetched as its model
-        hub = next((h for h in official_names() if h.filename == path.name), None)
+        hub = next((h for h in (parse_name(f"{o.name}{fmt}") for o in official_names()
+                                for fmt in ("", "-torchscript", "-bfloat16")) if h.filename == path.name), None)
     if hub is None:
         raise FileNotFoundError(f"{name_or_path}: no such file (nor in {local_dir()}, $OPENSAPIENS_CHECKPOINTS), and "
                                 "not an official model name (e.g. sapiens-pose-1b, sapiens-seg-0.3b, "

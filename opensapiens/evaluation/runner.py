@@ -128,9 +128,11 @@ def _protocol(task: str, acc, align: str) -> dict:
 
 def infer_keypoint_set(gt) -> str:
     """The layout of a COCO keypoint GT from its first annotation (17, 133 or 308 keypoints)."""
-    anns = read_coco_json(gt, "ground truth").get("annotations") or []
+    anns = [a for a in read_coco_json(gt, "ground truth").get("annotations") or []
+            if a.get("keypoints") or "goliath_wholebody_kpts" in a]  # crowd regions may come without keypoints
     if not anns:
-        raise ValueError("ground truth has no annotations to infer the keypoint layout from; pass --keypoints")
+        raise ValueError("ground truth has no annotation with keypoints to infer the keypoint layout from; pass "
+                         "--keypoints")
     a = anns[0]
     if "goliath_wholebody_kpts" in a:
         return "goliath"
@@ -138,7 +140,8 @@ def infer_keypoint_set(gt) -> str:
         return "wholebody"
     n = len(a.get("keypoints", [])) // 3
     if n not in (17, 133, 308):
-        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 (or pass --keypoints)")
+        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 (a fine-tune's own "
+                         "keypoints are scored with its model: eval --checkpoint ... --data ...)")
     return keypoint_set(n).name
 
 

@@ -335,6 +335,8 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
         return False
     if task == "pose" and manifest.get("track") != track:
         return False
+    if vis and task != "features" and not manifest.get("vis"):  # a --no-vis run: the .mp4 there is an older run's
+        return False
     return not vis or task == "features" or (out_dir / f"{stem}_{task}.mp4").is_file()
 
 
@@ -447,7 +449,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         bar.close()
     save_json(video_manifest(out_dir, stem, predictor.task), {
         "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw,
-        "track": tracker is not None})
+        "track": tracker is not None, "vis": pictures})
     return done
 
 

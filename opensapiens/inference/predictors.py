@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import warnings
 
 import numpy as np
@@ -215,15 +216,19 @@ class FeaturePredictor(Predictor):
 
 def _trained_keypoint_set(extra: dict) -> KeypointSet | None:
     """The keypoint set a fine-tune defined in its own file (``train --keypoints FILE``), as its checkpoint keeps it
-    (None for the built-in sets). Checkpoints from before the flip pairs, sigmas and skeleton were kept get none of
-    those: keypoints that mirror to themselves, sigma 0.05, no lines drawn."""
-    names = extra.get("keypoint_names")
-    if not names or extra.get("keypoint_set") in ("goliath", "wholebody", "coco"):
+    (None for a built-in set: the same names in the same order). Checkpoints from before the mirror pairs, sigmas and
+    skeleton were kept get the pairs their names give (left_X with right_X), sigma 0.05 and no lines drawn."""
+    names = tuple(extra.get("keypoint_names") or ())
+    if not names or any(names == keypoint_set(n).names for n in (17, 133, 308) if len(names) == n):
         return None
-    k = len(names)
-    return KeypointSet(str(extra.get("keypoint_set", "custom")), tuple(names),
-                       tuple(extra.get("flip_indices", range(k))), tuple(extra.get("sigmas", [0.05] * k)),
-                       tuple(tuple(pair) for pair in extra.get("skeleton", ())), {"all": tuple(range(k))})
+    flip = extra.get("flip_indices")
+    if flip is None:
+        index = {n: i for i, n in enumerate(names)}
+        flip = [index.get(re.sub(r"left|right", lambda m: {"left": "right", "right": "left"}[m.group()], n), i)
+                for i, n in enumerate(names)]
+    return KeypointSet(str(extra.get("keypoint_set", "custom")), names, tuple(flip),
+                       tuple(extra.get("sigmas", [0.05] * len(names))),
+                       tuple(tuple(pair) for pair in extra.get("skeleton", ())), {"all": tuple(range(len(names)))})
 
 
 class PosePredictor(Predictor):

@@ -81,7 +81,7 @@ def iter_video_frames(path: str | Path, step: int = 1) -> Iterator[tuple[int, np
                     yield index, _upright(frame, frame.to_ndarray(format="rgb24"))
     except av.FFmpegError as e:
         where = "cannot open video" if index < 0 else f"decoding failed after frame {index}"
-        raise ImageReadError(path, f"{where} ({e})") from e
+        raise ImageReadError(path, f"{where} ({e}; a truncated or damaged file?)") from e
 
 
 MAX_DAMAGED_IN_A_ROW = 25  # packets the decoder rejects in a row before the rest of a video counts as lost
