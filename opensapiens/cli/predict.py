@@ -32,9 +32,10 @@ def positive_int(text: str) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("predict", help="run pose / seg / depth / normal / features on images",
-                       description="Run a Sapiens model over images and write the documented outputs per input.")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders, globs or .txt lists")
+    p = sub.add_parser("predict", help="run pose / seg / depth / normal / features on images and videos",
+                       description="Run a Sapiens model over images and videos and write the documented outputs per "
+                       "input.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, globs or .txt lists")
     p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
     p.add_argument("--checkpoint", required=True, help="file (.pth/.pt2/.safetensors) or official name")
     p.add_argument("--out", required=True, type=Path, help="output folder")
