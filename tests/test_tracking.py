@@ -140,6 +140,19 @@ def test_a_still_goliath_person_whose_keypoints_jitter_keeps_one_id():
     assert ids == {0} and len(tracker.tracks) == 1
 
 
+def test_a_fine_tunes_own_set_named_like_a_built_in_one_is_tracked_on_all_its_keypoints():
+    from opensapiens.metadata import KeypointSet
+
+    own = KeypointSet("coco", ("a", "b", "c"), (0, 1, 2), (0.1, 0.1, 0.1), (), {"all": (0, 1, 2)})  # coco.json
+    tracker = PoseTracker(own)
+    assert tracker.body.tolist() == [0, 1, 2]
+    kp = np.array([[[10, 10], [20, 30], [15, 50]]], np.float32)
+    for shift in (0, 2, 4):
+        res = PoseResult(kp + shift, np.full((1, 3), 0.9, np.float32), np.array([[0, 0, 40, 60]], np.float32),
+                         np.ones(1, np.float32), own)
+        assert tracker.update(res).tolist() == [0]
+
+
 def test_a_new_person_far_from_every_track_gets_a_new_id():
     rng = np.random.default_rng(4)
     tracker = PoseTracker("coco")

@@ -110,9 +110,10 @@ class PoseTracker:
         if max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {max_missed}")
         self.keypoint_set = keypoints if isinstance(keypoints, KeypointSet) else keypoint_set(keypoints)
-        self.body = np.arange(self.keypoint_set.num_keypoints)  # a fine-tune's own set: all of its keypoints
-        if self.keypoint_set.name in ("goliath", "wholebody", "coco"):
-            self.body = conversion_indices(self.keypoint_set.name, "coco")[1]  # (17,) the body keypoints' channels
+        k = self.keypoint_set.num_keypoints
+        self.body = np.arange(k)  # a fine-tune's own set: all of its keypoints
+        if k in (17, 133, 308) and self.keypoint_set.names == keypoint_set(k).names:  # a built-in set
+            self.body = conversion_indices(k, "coco")[1]  # (17,) the body keypoints' channels
         self.sigmas = np.asarray(self.keypoint_set.sigmas, np.float64)[self.body]
         self.min_similarity = min_similarity
         self.max_missed = max_missed
