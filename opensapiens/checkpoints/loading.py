@@ -98,24 +98,26 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
     return model.to(device=device, dtype=as_dtype(dtype)).eval()
 
 
-def is_multitask(path_or_name: str | os.PathLike) -> bool:
+def multitask_config(path_or_name: str | os.PathLike) -> MultiTaskConfig | None:
+    """A multi-task checkpoint's config, read from its header alone (None for other checkpoints)."""
     path = resolve_checkpoint(path_or_name)
     if path.suffix != ".safetensors":
-        return False
+        return None
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
-        return MULTITASK_KEY in (f.metadata() or {})
+        meta = f.metadata() or {}
+    return MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY])) if MULTITASK_KEY in meta else None
+
+
+def is_multitask(path_or_name: str | os.PathLike) -> bool:
+    return multitask_config(path_or_name) is not None
 
 
 def native_input_size(path_or_name: str | os.PathLike) -> tuple[int, int] | None:
     """The input size a multi-task checkpoint was trained at (None for other checkpoints)."""
-    if not is_multitask(path_or_name):
-        return None
-    from safetensors import safe_open
-
-    with safe_open(str(resolve_checkpoint(path_or_name)), framework="pt") as f:
-        return tuple(json.loads(f.metadata()[MULTITASK_KEY])["input_size"])
+    config = multitask_config(path_or_name)
+    return None if config is None else tuple(config.input_size)
 
 
 def load_multitask(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",

@@ -373,8 +373,8 @@ class StreamingImages(torch.utils.data.IterableDataset):
             epoch, i, key, data, ext = next(samples)
             if failing.whole_epoch(epoch):  # else the loop would spin over unreadable samples forever
                 raise DataError(f"data slot {slot} of {self.num_slots}: all {failing.count} samples of its epoch "
-                                   f"{failing.epoch} are undecodable and were skipped (the first: {failing.key}); "
-                                   "it can never fill a batch")
+                                f"{failing.epoch} are undecodable and were skipped (the first: {failing.key}); "
+                                "it can never fill a batch")
             cursor = (epoch, i + 1)
             try:
                 if data is None:

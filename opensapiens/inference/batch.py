@@ -335,9 +335,8 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
         return False
     if task == "pose" and manifest.get("track") != track:
         return False
-    if vis and task != "features" and not manifest.get("vis"):  # a --no-vis run: the .mp4 there is an older run's
-        return False
-    return not vis or task == "features" or (out_dir / f"{stem}_{task}.mp4").is_file()
+    pictures = vis and task != "features"  # a --no-vis run's manifest: the .mp4 there is an older run's
+    return not pictures or (bool(manifest.get("vis")) and (out_dir / f"{stem}_{task}.mp4").is_file())
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
@@ -372,8 +371,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir.mkdir(parents=True, exist_ok=True)
     # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
     video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
-    for suffix in (*OUTPUTS[predictor.task], RAW_SUFFIX.get(predictor.task)):
-        for stale in frames_dir.glob(f"frame_*{suffix}") if suffix else ():
+    for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True):
+        for stale in frames_dir.glob(pattern.name):
             stale.unlink()
     total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)

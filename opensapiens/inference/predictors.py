@@ -27,7 +27,7 @@ import torch
 from ..checkpoints import as_dtype, load_model
 from ..checkpoints.loading import native_input_size
 from ..codecs.heatmap import decode_udp_heatmaps
-from ..metadata import KeypointSet, keypoint_set, seg_classes
+from ..metadata import KeypointSet, built_in_keypoint_set, keypoint_set, seg_classes
 from ..models import SapiensModel
 from ..models.heads import HEAD_SPECS
 from ..models.multitask import SapiensMultiTask
@@ -219,7 +219,7 @@ def _trained_keypoint_set(extra: dict) -> KeypointSet | None:
     (None for a built-in set: the same names in the same order). Checkpoints from before the mirror pairs, sigmas and
     skeleton were kept get the pairs their names give (left_X with right_X), sigma 0.05 and no lines drawn."""
     names = tuple(extra.get("keypoint_names") or ())
-    if not names or any(names == keypoint_set(n).names for n in (17, 133, 308) if len(names) == n):
+    if not names or built_in_keypoint_set(names) is not None:
         return None
     flip = extra.get("flip_indices")
     if flip is None:

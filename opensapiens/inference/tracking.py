@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..metadata import KeypointSet, conversion_indices, keypoint_set
+from ..metadata import KeypointSet, built_in_keypoint_set, conversion_indices, keypoint_set
 from .results import PoseResult
 
 
@@ -110,10 +110,10 @@ class PoseTracker:
         if max_missed < 0:
             raise ValueError(f"max_missed must be >= 0, got {max_missed}")
         self.keypoint_set = keypoints if isinstance(keypoints, KeypointSet) else keypoint_set(keypoints)
+        built_in = built_in_keypoint_set(self.keypoint_set.names)
+        # (17,) the body keypoints' channels; a fine-tune's own set: all of its keypoints
         k = self.keypoint_set.num_keypoints
-        self.body = np.arange(k)  # a fine-tune's own set: all of its keypoints
-        if k in (17, 133, 308) and self.keypoint_set.names == keypoint_set(k).names:  # a built-in set
-            self.body = conversion_indices(k, "coco")[1]  # (17,) the body keypoints' channels
+        self.body = conversion_indices(built_in.name, "coco")[1] if built_in else np.arange(k)
         self.sigmas = np.asarray(self.keypoint_set.sigmas, np.float64)[self.body]
         self.min_similarity = min_similarity
         self.max_missed = max_missed

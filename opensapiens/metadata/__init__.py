@@ -82,6 +82,12 @@ def keypoint_set(name: str | int) -> KeypointSet:
     )
 
 
+def built_in_keypoint_set(names: tuple[str, ...]) -> KeypointSet | None:
+    """The built-in set whose keypoints are ``names``, in this order; None for any other list (a fine-tune's own)."""
+    n = len(names)
+    return keypoint_set(n) if n in (17, 133, 308) and tuple(names) == keypoint_set(n).names else None
+
+
 @cache
 def goliath_half_body() -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(upper_body_ids, lower_body_ids) used by the half-body augmentation for the 308 layout."""

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..checkpoints import CheckpointError, load_state
-from ..checkpoints.loading import is_multitask
+from ..checkpoints import load_state
+from ..checkpoints.loading import multitask_config
 from ..models.sapiens import ModelConfig, SapiensModel
 from ..models.vit import SapiensViT, resize_pos_embed
 
@@ -43,13 +43,9 @@ def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: Sa
 def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     """Copy what fits from a checkpoint into ``model``; returns {"backbone": n_tensors, "head": n_tensors,
     "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth)."""
-    if is_multitask(path_or_name):  # the bundled model: its head for this task with the backbone, or the backbone
-        try:
-            src_cfg, sd = load_state(path_or_name, task=model.task)
-        except CheckpointError:  # no head for this task
-            src_cfg, sd = load_state(path_or_name, task="features")
-    else:
-        src_cfg, sd = load_state(path_or_name)
+    multitask = multitask_config(path_or_name)  # the bundled model: this task's head with the backbone, or the backbone
+    task = None if multitask is None else model.task if model.task in multitask.outputs else "features"
+    src_cfg, sd = load_state(path_or_name, task=task)
     ours = model.state_dict()
     backbone = {f"backbone.{k}": v for k, v in fit_backbone(src_cfg, sd, model.backbone, path_or_name).items()}
     head = {k: v for k, v in sd.items() if k.startswith("head.")}
