@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -10,6 +10,15 @@ CAP=79.65
 install_coco_wheel() {  # pycocotools from .whlcoco/ where carried: the GPU image lacks it, `import opensapiens` needs it
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   return 0
+}
+fa4_site() {  # FlashAttention-4 where bench/pack_fa4.sh's two halves reached this machine (the first kept in
+  # /tmp/fa4keep by mode fa4-half, the second carried as .fa4b): unpacked once, then on PYTHONPATH for this script
+  local S=/tmp/fa4keep/site
+  if [ ! -d $S ] && [ -f /tmp/fa4keep/part00 ] && [ -f .fa4b/part01 ]; then
+    mkdir -p $S && cat /tmp/fa4keep/part00 .fa4b/part01 | xz -d -T16 | tar -C $S -xf - || rm -rf $S
+  fi
+  [ -d $S ] && export PYTHONPATH=$S:$S/nvidia_cutlass_dsl/dsl_packages:$PYTHONPATH FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED=1
+  python -c "import flash_attn.cute" 2>/dev/null && echo "FlashAttention-4: installed" || echo "FlashAttention-4: absent"
 }
 e2e_images() {  # 512 1080p JPEGs in /tmp/src, and the same four times over in /tmp/e2e2048
   python bench/make_images.py --n 512 --size 1080x1920 --out /tmp/src > /dev/null
@@ -293,10 +302,23 @@ elif [ "$1" = fused-graphs ]; then
   timeout 100 $B --task pose --arch 0.3b --batch 1 --iters 20 --out "$OUT/graphs_pose_0.3b_b1.json" | grep -v '^{'
   timeout 300 $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e2048 --e2e-decode cpu \
     --out "$OUT/graphs_pose_0.3b_e2e.json" | grep -v '^{'
+elif [ "$1" = fa4-half ]; then
+  # the first half of FA4 kept on this machine for the next call (carry .fa4a, then .fa4b: bench/pack_fa4.sh); while
+  # here, the tests of the CUDA paths that changed since call 104 (the pad-mode resample, the multi-task predictor's
+  # chunks, uploaded-tensor checks, topdown/detector/tracking; the video tests skip without PyAV)
+  mkdir -p /tmp/fa4keep && cp .fa4a/part00 /tmp/fa4keep/ && ls -la /tmp/fa4keep
+  install_coco_wheel
+  timeout 300 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_predictors.py \
+    tests/test_pipelined_predict.py tests/test_optimize.py tests/test_device_decode.py tests/test_topdown.py \
+    tests/test_detector.py tests/test_tracking.py tests/test_multitask_recipe.py tests/test_codec.py tests/test_fused.py \
+    > "$OUT/fa4-half_tests.txt" 2>&1
+  grep -E "FAILED|ERROR" "$OUT/fa4-half_tests.txt" | head -20; tail -3 "$OUT/fa4-half_tests.txt"
 elif [ "$1" = targets-mae ]; then
-  # issue #6's done-when on the card that is lent (made for an H100; FA4 installed as bench/pack_fa4.sh says):
+  # issue #6's done-when on the card that is lent (made for an H100; FA4 from fa4_site where carried):
   # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by
   # the real streaming loader (1280x1024 JPEGs in tar shards, nvJPEG, 8 workers) beside its resident-batch run
+  install_coco_wheel
+  fa4_site
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
   timeout 560 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \
     --variants eager,optimized,optimized-fa4-model --memory-limit-gib $CAP --out "$OUT/targets_mae_0.3b_$C.json" \
@@ -305,6 +327,8 @@ elif [ "$1" = targets-infer ]; then
   # issue #7's done-when on the card that is lent: pose 0.3b/1b/2b eager / fused (+ FA4) / FP8, seg 1b, and pose-0.3b
   # and seg-1b end to end over 2048 1080p JPEGs (host decode and nvJPEG)
   C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  install_coco_wheel
+  fa4_site
   FA=""; python -c "import flash_attn.cute" 2>/dev/null && FA="--fa4"
   e2e_images
   B="timeout 110 python -m opensapiens.cli.main bench --iters 10 --fp8 $FA"

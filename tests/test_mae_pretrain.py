@@ -17,8 +17,10 @@ from opensapiens.checkpoints import load_model, read_state_dict
 from opensapiens.cli.main import main
 from opensapiens.data.shards import ShardWriter
 from opensapiens.models import build_model
+from opensapiens.pretrain import loop as pretrain_loop
 from opensapiens.pretrain.config import PretrainConfig
 from opensapiens.training.init import load_initial_weights
+from opensapiens.training.logger import RunLogger
 
 SMALL = ["--arch", "nano", "--input-size", "64x64", "--decoder-dim", "32", "--decoder-depth", "1",
          "--decoder-heads", "2", "--no-tensorboard", "--log-interval", "1"]
@@ -201,6 +203,20 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     assert main([*args, "--steps", "2", "--overwrite"]) == 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
     assert [r["step"] for r in records(run)] == [1, 2]
+
+
+def test_an_error_mid_run_closes_the_logger_before_it_propagates(shards, tmp_path, monkeypatch, one_thread):
+    closed = []
+    monkeypatch.setattr(RunLogger, "close", lambda self: closed.append(self))
+
+    def failing_step(*args, **kw):
+        raise RuntimeError("boom at step 1")
+
+    monkeypatch.setattr(pretrain_loop, "train_step", failing_step)
+    args = ["pretrain", "--data", str(shards), "--out", str(tmp_path / "run"), "--batch-size", "2", "--workers", "0"]
+    with pytest.raises(RuntimeError, match="boom at step 1"):
+        main([*args, *SMALL, "--steps", "2"])
+    assert len(closed) == 1 and isinstance(closed[0], RunLogger)
 
 
 @pytest.mark.parametrize("ratio", [0.0, 0.95, 1.0])  # a 64x64 input has 16 patches: 0.95 keeps int(0.8) = none

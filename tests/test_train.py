@@ -17,7 +17,7 @@ from opensapiens.models import build_model
 from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
 from opensapiens.training import finetune as finetune_module
 from opensapiens.training.config import resolve
-from opensapiens.training.logger import StepWindow
+from opensapiens.training.logger import RunLogger, StepWindow
 from opensapiens.training.reproducibility import deterministic_kernels
 
 SIZE = (128, 96)
@@ -484,6 +484,20 @@ def test_the_last_evaluation_reaches_the_final_checkpoint_and_runs_once(toy, tmp
         assert f.metadata()["step"] == "2"  # not replaced by step 3's worse model
     train(config(toy, run, steps=3, resume=True, **kw))  # a finished run: nothing to train or to evaluate again
     assert [(e["step"], e["mIoU"]) for e in events(run, "eval")] == [(1, 0.1), (2, 0.9), (3, 0.5)]
+
+
+def test_an_error_mid_run_closes_the_logger_before_it_propagates(toy, tmp_path, monkeypatch):
+    """The progress bar ends (and tensorboard flushes) before the traceback, as on a normal or a signalled exit."""
+    closed = []
+    monkeypatch.setattr(RunLogger, "close", lambda self: closed.append(self))
+
+    def failing_step(*args, **kw):
+        raise RuntimeError("boom at step 1")
+
+    monkeypatch.setattr(finetune_module, "train_step", failing_step)
+    with pytest.raises(RuntimeError, match="boom at step 1"):
+        train(config(toy, tmp_path / "run", steps=3))
+    assert len(closed) == 1 and isinstance(closed[0], RunLogger)
 
 
 def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrite(toy, tmp_path):

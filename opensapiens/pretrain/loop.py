@@ -71,12 +71,11 @@ def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) MAE pretraining; returns a summary (step, last loss, skipped steps and samples, outputs)."""
     info = D.setup(cfg.device)
     stop = StopRequest()
-    try:
-        with deterministic_kernels(cfg.deterministic):
-            return _pretrain(cfg, info, stop)
-    finally:
-        stop.close()
-        D.cleanup()
+    with contextlib.ExitStack() as exits:  # unwound last-in first-out on any exit, an exception's included
+        exits.callback(D.cleanup)
+        exits.callback(stop.close)
+        exits.enter_context(deterministic_kernels(cfg.deterministic))
+        return _pretrain(cfg, info, stop, exits)
 
 
 def _loader_state(meta: dict | None, num_slots: int, logger: RunLogger) -> LoaderState | None:
@@ -91,7 +90,8 @@ def _loader_state(meta: dict | None, num_slots: int, logger: RunLogger) -> Loade
     return LoaderState(num_slots, 0, {s: (epoch, 0) for s in range(num_slots)})
 
 
-def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
+def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: contextlib.ExitStack) -> dict:
+    """MAE pretraining itself; ``exits`` closes what it opens (the logger: its progress bar ends before a traceback)."""
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
@@ -145,7 +145,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         loader_meta = meta["loader"]
     else:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank masking streams
-    logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    logger = exits.enter_context(RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard))
     logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
@@ -242,7 +242,6 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
             if stop_now:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                              "resume with --resume")
-                logger.close()
                 return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                         "loss": result.loss if result else None}
     finally:
@@ -252,7 +251,6 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     if images is not None:
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
-    logger.close()
     return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
             "skipped_samples": total_skipped_samples(), "loss": result.loss if result else None, "outputs": outputs}
 

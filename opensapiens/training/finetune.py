@@ -91,15 +91,15 @@ def train(cfg: TrainConfig) -> dict:
     cfg = resolve(cfg)
     info = D.setup(cfg.device)
     stop = StopRequest()
-    try:
-        with deterministic_kernels(cfg.deterministic):
-            return _train(cfg, info, stop)
-    finally:
-        stop.close()
-        D.cleanup()
+    with contextlib.ExitStack() as exits:  # unwound last-in first-out on any exit, an exception's included
+        exits.callback(D.cleanup)
+        exits.callback(stop.close)
+        exits.enter_context(deterministic_kernels(cfg.deterministic))
+        return _train(cfg, info, stop, exits)
 
 
-def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
+def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: contextlib.ExitStack) -> dict:
+    """The fine-tune itself; ``exits`` closes what it opens (the logger: its progress bar ends before a traceback)."""
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
@@ -166,7 +166,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
     else:
         seed_everything(cfg.seed + 1_000_003 * info.rank)  # per-rank dropout streams
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
-    logger = RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard)
+    logger = exits.enter_context(RunLogger(run, info.is_main, cfg.steps, step, cfg.tensorboard))
     logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
@@ -239,13 +239,11 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest) -> dict:
         if stop_now:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                          f"resume with --resume")
-            logger.close()
             return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
 
     # every step's loss was read, and the last evaluation run, by the final save (a finished run resumed runs neither)
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
-    logger.close()
     return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 

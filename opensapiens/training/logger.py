@@ -163,9 +163,15 @@ class RunLogger:
             print(message, flush=True)
 
     def close(self) -> None:
-        if not self.enabled:
-            return
+        """Flush tensorboard and end the progress bar (idempotent: the loops' exits and ExitStack both call it)."""
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
             self._bar.close()
+        self._tb = self._bar = None
+
+    def __enter__(self) -> RunLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
