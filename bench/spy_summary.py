@@ -5,10 +5,11 @@ whose name starts with ``--thread`` and whose stack passes through a frame conta
 of the innermost frames (the native one where ``--native`` recorded it), of the innermost frames with a symbol (an
 unnamed libc address is often a wait: this names who waits, ``take_gil`` for the GIL) and of the innermost Python
 frames. Then every thread group's samples.
-Usage: python bench/spy_summary.py RAW [--thread MainThread] [--within Timed.submit] [--top 20]
+RAW may be gzipped (``.gz``). Usage: python bench/spy_summary.py RAW [--thread MainThread] [--within Timed.submit] [--top 20]
 """
 import argparse
 import collections
+import gzip
 import re
 from pathlib import Path
 
@@ -29,7 +30,9 @@ def main() -> None:
     args = p.parse_args()
     leaf, leaf_named, leaf_python, groups = (collections.Counter() for _ in range(4))
     total = 0
-    for line in Path(args.raw).read_text().splitlines():
+    raw = Path(args.raw)
+    text = gzip.decompress(raw.read_bytes()).decode() if raw.suffix == ".gz" else raw.read_text()
+    for line in text.splitlines():
         m = LINE.match(line)
         if m is None:
             continue
