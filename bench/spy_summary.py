@@ -4,8 +4,8 @@ Raw lines are ``thread (ID): NAME;frame;frame;... COUNT`` (outermost frame first
 whose name starts with ``--thread`` and whose stack passes through a frame containing ``--within``, prints the share
 of the innermost frames (the native one where ``--native`` recorded it), of the innermost frames with a symbol (an
 unnamed libc address is often a wait: this names who waits, ``take_gil`` for the GIL) and of the innermost Python
-frames. Then every thread group's samples.
-RAW may be gzipped (``.gz``). Usage: python bench/spy_summary.py RAW [--thread MainThread] [--within Timed.submit] [--top 20]
+frames. Then every thread group's samples. RAW may be gzipped (``.gz``).
+Usage: python bench/spy_summary.py RAW [--thread MainThread] [--within Timed.submit] [--top 20]
 """
 import argparse
 import collections
