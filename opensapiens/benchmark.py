@@ -212,14 +212,17 @@ H100_80GB_GIB = 81559 / 1024
 
 
 def cap_memory(device: torch.device, gib: float | None) -> None:
-    """Limit this process's CUDA caching allocator to ``gib`` (e.g. an 80 GB card's capacity on a 141 GB H200)."""
+    """Limit this process's CUDA caching allocator to ``gib`` (e.g. an 80 GB card's capacity on a 141 GB H200).
+
+    A card with no more than ``gib`` is left as it is: an 80 GB H100 offers CUDA 79.2 GiB of its 79.65."""
     if gib is None or device.type != "cuda":
         return
+    if gib <= 0:
+        raise ValueError(f"--memory-limit-gib {gib}: must be positive")
     index = device.index if device.index is not None else torch.cuda.current_device()
     total = torch.cuda.get_device_properties(index).total_memory / 2**30
-    if gib > total:
-        raise ValueError(f"--memory-limit-gib {gib}: the card has only {total:.1f} GiB")
-    torch.cuda.set_per_process_memory_fraction(gib / total, index)
+    if gib < total:
+        torch.cuda.set_per_process_memory_fraction(gib / total, index)
 
 
 def peak_memory_gib(device: torch.device) -> float | None:
