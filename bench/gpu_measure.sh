@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -302,6 +302,8 @@ elif [ "$1" = fused-graphs ]; then
   timeout 100 $B --task pose --arch 0.3b --batch 1 --iters 20 --out "$OUT/graphs_pose_0.3b_b1.json" | grep -v '^{'
   timeout 300 $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e2048 --e2e-decode cpu \
     --out "$OUT/graphs_pose_0.3b_e2e.json" | grep -v '^{'
+elif [ "$1" = fa4-keep ]; then
+  mkdir -p /tmp/fa4keep && cp .fa4a/part00 /tmp/fa4keep/ && ls -la /tmp/fa4keep  # fa4-half without the tests
 elif [ "$1" = fa4-half ]; then
   # the first half of FA4 kept on this machine for the next call (carry .fa4a, then .fa4b: bench/pack_fa4.sh); while
   # here, the tests of the CUDA paths that changed since call 104 (the pad-mode resample, the multi-task predictor's
@@ -323,6 +325,21 @@ elif [ "$1" = targets-mae ]; then
   timeout 560 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --steps 10 --warmup 3 \
     --variants eager,optimized,optimized-fa4-model --memory-limit-gib $CAP --out "$OUT/targets_mae_0.3b_$C.json" \
     2>&1 | grep -v Warn | grep "img/s\|peak\|failed"
+elif [ "$1" = mae-h100 ]; then
+  # (call 111: MAE-0.3B on the H100 at 0.532 MFU with FA4 + whole-model compile, batch 32) the same at batch 48 (fewer
+  # launch gaps per image; 46 GiB at 32) and as CUDA graphs, profiled; then batch 32 as CUDA graphs
+  install_coco_wheel
+  fa4_site
+  C=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' _)
+  timeout 300 python bench/bench_mae.py --arch 0.3b --batch 48 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --profile --profile-variant optimized-fa4-model \
+    --variants optimized-fa4-model,optimized-fa4-model-graphs --out "$OUT/mae_0.3b_b48_$C.json" 2>&1 \
+    | grep -v Warn | grep "img/s\|peak\|failed\|kind"
+  [ -f "$OUT/mae_0.3b_b48_$C.trace.json" ] && python bench/trace_summary.py "$OUT/mae_0.3b_b48_$C.trace.json" \
+    --top 12 && rm "$OUT/mae_0.3b_b48_$C.trace.json"
+  timeout 200 python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 \
+    --warmup 3 --variants optimized-fa4-model,optimized-fa4-model-graphs --out "$OUT/mae_0.3b_graphs_$C.json" 2>&1 \
+    | grep -v Warn | grep "img/s\|peak\|failed"
 elif [ "$1" = targets-infer ]; then
   # issue #7's done-when on the card that is lent: pose 0.3b/1b/2b eager / fused (+ FA4) / FP8, seg 1b, and pose-0.3b
   # and seg-1b end to end over 2048 1080p JPEGs (host decode and nvJPEG)

@@ -315,7 +315,8 @@ def test_one_images_boxes_as_a_list_an_array_or_one_box_give_the_same_people():
     want = pose.predict_batch([img], boxes=[np.array(two, np.float32)])[0].keypoints
     np.testing.assert_array_equal(pose(img, boxes=two).keypoints, want)
     np.testing.assert_array_equal(pose(img, boxes=np.array(two)).keypoints, want)
-    np.testing.assert_allclose(pose(img, boxes=two[0]).keypoints, want[:1], atol=1e-4)  # a batch of one crop
+    # a batch of one crop: on CUDA other kernels than for two crops (1.5e-3 px apart on the H100, call 108)
+    np.testing.assert_allclose(pose(img, boxes=two[0]).keypoints, want[:1], atol=1e-2)
     assert pose(img, boxes=[]).keypoints.shape == (0, 17, 2)
     with pytest.raises(ValueError, match="boxes of image 1 is None"):
         pose.predict_batch([img, img], boxes=[np.array(two), None])
