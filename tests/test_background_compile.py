@@ -182,6 +182,33 @@ def test_a_module_run_while_another_thread_fx_traces_runs_as_plain_eager():
     assert [n.target for n in graph.nodes if n.op == "call_module"] == ["0", "1"]  # this thread's trace records them
 
 
+def test_a_compiled_call_runs_while_another_thread_fx_traces():
+    """PyTorch 2.11 keeps "FX is tracing" in one process-wide flag that dynamo checks before running compiled code: the
+    worker's compiled call raised "Detected that you are using FX to symbolically trace a dynamo-optimized function"
+    while another thread traced, and the compile stayed eager (call 115, on CUDA). Newer PyTorch keeps the flag per
+    thread; isolate_fx_tracing makes an older one answer per thread too. A trace in this thread still sees it."""
+    isolate_fx_tracing()
+    compiled = torch.compile(lambda x: x * 2, backend="eager")
+    inside, release = threading.Event(), threading.Event()
+
+    def held_open(x):
+        inside.set()
+        assert release.wait(60)
+        return x + 1
+
+    tracer = threading.Thread(target=lambda: torch.fx.symbolic_trace(held_open))
+    tracer.start()
+    assert inside.wait(60)
+    try:
+        y = compiled(torch.ones(3))  # inside the other thread's trace window
+    finally:
+        release.set()
+        tracer.join()
+    assert y.tolist() == [2.0, 2.0, 2.0]
+    with pytest.raises(RuntimeError, match="symbolically trace a dynamo-optimized function"):
+        torch.fx.symbolic_trace(lambda x: compiled(x))  # nested in this thread's own trace: dynamo still refuses
+
+
 EXIT_DURING_COMPILE = """
 import atexit
 import time

@@ -28,6 +28,7 @@ from opensapiens.io import (
     save_png,
     video_info,
 )
+from opensapiens.io import video as video_module
 
 RNG = np.random.default_rng(0)
 RAW = RNG.integers(0, 256, (6, 10, 3), dtype=np.uint8)  # non-square so that rotations change the shape
@@ -433,20 +434,45 @@ def test_video_round_trip(tmp_path):
     assert [i for i, _ in iter_video_frames(tmp_path / "v.mp4", step=3)] == [0, 3, 6]
 
 
-def test_a_damaged_packet_midway_is_skipped_with_a_warning_not_the_rest_of_the_video(tmp_path):
+def _video_damaged_at(tmp_path, frames: int, damaged: int):
+    """A video of ``frames`` noise frames whose packet ``damaged`` has its NAL header overwritten."""
     av = pytest.importorskip("av")
     rng = np.random.default_rng(0)
     with VideoWriter(tmp_path / "v.mp4", fps=10) as writer:
-        for _ in range(40):
+        for _ in range(frames):
             writer.write(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
     with av.open(str(tmp_path / "v.mp4")) as c:
         packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
     data = bytearray((tmp_path / "v.mp4").read_bytes())
-    data[packets[30][0]:packets[30][0] + 8] = b"\xff" * 8  # the 31st packet's NAL header
+    data[packets[damaged][0]:packets[damaged][0] + 8] = b"\xff" * 8
     (tmp_path / "d.mp4").write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match="d.mp4: skipped 1 damaged packet"):
-        frames = list(iter_video_frames(tmp_path / "d.mp4"))
-    assert len(frames) == 39  # every frame but the damaged one's
+    return tmp_path / "d.mp4"
+
+
+@pytest.mark.parametrize("threads", [1, 16])  # 16 (as on a 16-core host) reports the damage 16 packets late
+def test_a_damaged_packet_midway_is_skipped_with_a_warning_not_the_rest_of_the_video(tmp_path, monkeypatch, threads):
+    monkeypatch.setattr(video_module, "DECODE_THREADS", threads)
+    damaged = _video_damaged_at(tmp_path, 80, 30)
+    with pytest.warns(UserWarning, match="d.mp4: skipped 1 damaged packet") as caught:
+        frames = list(iter_video_frames(damaged))
+    assert len(frames) == 79  # every frame but the damaged one's
+    assert not any("no frame" in str(w.message) for w in caught)
+
+
+def test_frames_lost_to_damage_near_the_end_on_many_threads_are_told(tmp_path, monkeypatch):
+    """On 16 threads a packet damaged among the last is not reported and the drain loses what the threads held."""
+    damaged = _video_damaged_at(tmp_path, 40, 30)
+    monkeypatch.setattr(video_module, "DECODE_THREADS", 16)
+    with pytest.warns(UserWarning) as caught:
+        frames = list(iter_video_frames(damaged))
+    told = " ".join(str(w.message) for w in caught)
+    if "damaged packet" in told:  # an FFmpeg that reports it: one frame short, nothing else lost
+        assert len(frames) == 39 and "no frame" not in told
+    else:
+        assert f"d.mp4: {40 - len(frames)} packet(s) near the end decoded to no frame" in told and len(frames) < 39
+    monkeypatch.setattr(video_module, "DECODE_THREADS", 1)
+    with pytest.warns(UserWarning, match="skipped 1 damaged packet"):
+        assert len(list(iter_video_frames(damaged))) == 39
 
 
 def test_a_video_cut_before_its_index_is_called_truncated_not_streamless(tmp_path):

@@ -20,7 +20,11 @@ standard library's such modules are imported here, with this module (~1 ms).
 
 While it traces, torch.fx patches ``nn.Module.__call__`` for every thread (PyTorch issue #126024), and Inductor traces
 with it on its first lowering in a process: a module the caller ran in that window raised NameError (call 64).
-``isolate_fx_tracing`` keeps those patches to the tracing thread; the worker installs it before it compiles.
+``isolate_fx_tracing`` keeps those patches to the tracing thread; the worker installs it before it compiles. Older
+PyTorch (2.11 among them) also keeps "an FX trace is running" in one process-wide flag that dynamo checks before it
+runs compiled code, so a compiled call in one thread while another traced raised "Detected that you are using FX to
+symbolically trace a dynamo-optimized function" and the compile stayed eager (call 115); that check is answered per
+thread there too.
 """
 
 from __future__ import annotations
@@ -77,6 +81,28 @@ def isolate_fx_tracing() -> None:
 
         Tracer.trace, Tracer.call_module, Tracer.getattr = counted_trace, call_module_if_tracing, getattr_if_tracing
         Tracer._isolated_to_its_thread = True
+        _per_thread_fx_tracing_check()
+
+
+def _per_thread_fx_tracing_check() -> None:
+    """Where PyTorch's "FX is tracing" flag is process-wide (before it became thread-local), answer its checks from
+    this thread's own traces: each check function is replaced where dynamo reads it."""
+    import torch._dynamo.eval_frame as eval_frame
+    import torch.fx._symbolic_trace as symbolic_trace
+
+    if hasattr(symbolic_trace, "_is_fx_tracing_tls"):  # thread-local already
+        return
+
+    def in_this_thread(check: Callable[[], bool]) -> Callable[[], bool]:
+        @functools.wraps(check)
+        def checked() -> bool:
+            return bool(getattr(_fx_tracing, "depth", 0)) and check()
+        return checked
+
+    for module in (symbolic_trace, eval_frame):
+        for name in ("is_fx_tracing", "is_fx_symbolic_tracing"):
+            if callable(getattr(module, name, None)):
+                setattr(module, name, in_this_thread(getattr(module, name)))
 
 
 class BackgroundCompile:
