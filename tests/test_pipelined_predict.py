@@ -459,6 +459,7 @@ def test_a_no_vis_run_does_not_pass_for_one_with_pictures_when_an_older_picture_
     assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, vis=False, progress=False) == 3
     assert batch.video_finished("seg", out, "v", vis=False)
     assert not batch.video_finished("seg", out, "v", vis=True)
+    assert not (out / "v_seg.mp4").exists()  # it showed the outputs this run replaced
 
 
 def test_a_video_without_a_frame_rate_gets_a_30_fps_picture_video(tmp_path, monkeypatch):

@@ -353,8 +353,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frame's outputs and draw its picture; one encoder
     thread puts the pictures into the video in frame order (x264's ``veryfast`` preset: the default ``medium`` held a
     1080p pose video to ~14 frames/s on a 16-core host, call 100), so the main thread only feeds the GPU. The
-    picture video replaces ``STEM_<task>.mp4`` only when every frame is done; on an
-    error it is discarded and the error raised. Last, ``video_manifest`` records the finished video
+    picture video replaces ``STEM_<task>.mp4`` only when every frame is done (a finished run without pictures
+    removes an older one); on an error it is discarded and the error raised. Last, ``video_manifest`` records the finished video
     (``video_finished``).
     """
     from tqdm import tqdm
@@ -440,6 +440,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
             settle(queued, keep=0)
         if writer is not None:
             writer.close()
+        else:  # an older run's picture video shows outputs this run has replaced
+            (out_dir / f"{stem}_{predictor.task}.mp4").unlink(missing_ok=True)
     except BaseException:
         if writer is not None:
             writer.abort()  # a truncated video must not take the finished one's name; the error is what is reported
