@@ -647,6 +647,7 @@ def test_a_fine_tune_with_its_own_keypoints_and_classes_predicts_with_them(toy, 
     image = np.random.default_rng(0).integers(0, 255, (70, 50, 3), dtype=np.uint8)
     train(config(toy, tmp_path / "pose", task="pose", steps=1))
     pose = opensapiens.load(str(tmp_path / "pose" / "final.safetensors"), device="cpu")
+    assert pose.input_size == SIZE  # the size it was trained at (it had run at 1024x768)
     layout = pose.keypoint_set
     assert layout.names == tuple(KEYPOINTS["names"]) and layout.sigmas == tuple(KEYPOINTS["sigmas"])
     assert layout.flip_indices == (0, 2, 1, 4, 3)

@@ -354,8 +354,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     thread puts the pictures into the video in frame order (x264's ``veryfast`` preset: the default ``medium`` held a
     1080p pose video to ~14 frames/s on a 16-core host, call 100), so the main thread only feeds the GPU. The
     picture video replaces ``STEM_<task>.mp4`` only when every frame is done (a finished run without pictures
-    removes an older one); on an error it is discarded and the error raised. Last, ``video_manifest`` records the finished video
-    (``video_finished``).
+    removes an older one); on an error it is discarded and the error raised. Last, ``video_manifest`` records the
+    finished video (``video_finished``).
     """
     from tqdm import tqdm
 

@@ -435,7 +435,9 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     """Load ``checkpoint`` (path or official name) and wrap it in the predictor of its task.
 
     ``device`` defaults to CUDA when available; ``dtype`` to bf16 on CUDA and fp32 on CPU. ``task=None`` takes the
-    task the checkpoint was trained for ("features" forces a bare backbone). ``optimize`` (default: on CUDA) runs the
+    task the checkpoint was trained for ("features" forces a bare backbone). ``input_size`` defaults to the size it
+    was trained at where the file records it (fine-tunes, multi-task files), else 1024x768 (1024x1024 for features).
+    ``optimize`` (default: on CUDA) runs the
     fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3 GEMMs in the transformer blocks; needs FP8
     tensor cores). Extra keyword arguments go to the predictor (``batch_size``, ``resize``, ``flip``, ``detector``,
     ``seg``...).
@@ -457,8 +459,10 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
             raise ValueError(f"{checkpoint}: a multi-task model's predictor takes batch_size, flip, detector, resize "
                              f"and input_size, not {', '.join(unknown)}")
         return MultiTaskPredictor(model, input_size=input_size, **kwargs)
-    if input_size is None:
-        input_size = native_input_size(checkpoint) or ((1024, 1024) if model.task == "features" else (1024, 768))
+    if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
+        trained = (getattr(model.config, "extra", None) or {}).get("input_size")
+        input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
+            (1024, 1024) if model.task == "features" else (1024, 768))
     if optimize is None:
         optimize = device.type == "cuda"
     if optimize or fp8:
