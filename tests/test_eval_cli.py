@@ -111,6 +111,45 @@ def test_model_mode_pose_with_gt_boxes(dataset, tmp_path, monkeypatch):
     assert r["left_hand_AP"] == 0.0 and r["body_AP"] == pytest.approx(1.0) and np.isnan(r["face_AP"])
 
 
+def test_a_person_category_other_than_1_is_matched(dataset, tmp_path):
+    """Predictions carry the ground truth's person category (they had carried COCO's 1: AP 0 on a file whose person
+    category is 2)."""
+    import shutil
+
+    root, truth = dataset
+    moved = tmp_path / "data"
+    shutil.copytree(root, moved)
+    gt = json.loads((moved / "annotations.json").read_text())
+    gt["categories"] = [{"id": 2, "name": "person"}]
+    for a in gt["annotations"]:
+        a["category_id"] = 2
+    (moved / "annotations.json").write_text(json.dumps(gt))
+    r = evaluate_model("pose", FakePredictor("pose", truth), moved)
+    assert r["AP"] == pytest.approx(0.9) and r["body_AP"] == pytest.approx(1.0)
+
+
+def test_the_training_evaluator_labels_its_results_with_the_ground_truths_person_category():
+    import torch
+
+    from opensapiens.tasks.pose import PoseEvaluator
+
+    gt = {"images": [{"id": 1}], "categories": [{"id": 4, "name": "person"}], "annotations": []}
+    evaluator = PoseEvaluator(gt, "coco", (64, 48))
+    batch = {"image_id": torch.tensor([1]), "center": torch.tensor([[24.0, 32.0]]),
+             "scale": torch.tensor([[48.0, 64.0]])}
+    evaluator.update(torch.rand(1, 17, 16, 12), batch)
+    assert [r["category_id"] for r in evaluator.state()] == [4]
+
+
+def test_the_person_category_is_the_only_one_the_one_named_person_or_the_one_used():
+    from opensapiens.evaluation.pose import person_category
+
+    assert person_category({"categories": [{"id": 7, "name": "human"}], "annotations": []}) == 7
+    assert person_category({"categories": [{"id": 1, "name": "car"}, {"id": 5, "name": "Person"}]}) == 5
+    assert person_category({"annotations": [{"category_id": 3}, {"category_id": 3}]}) == 3
+    assert person_category({"annotations": []}) == 1
+
+
 @pytest.mark.parametrize("task", ["seg", "depth", "normal"])
 def test_model_mode_dense(dataset, task):
     root, truth = dataset

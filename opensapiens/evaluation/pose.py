@@ -52,6 +52,19 @@ def read_coco_json(src: str | os.PathLike | dict | list, what: str) -> dict | li
         raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
 
 
+def person_category(gt: dict) -> int:
+    """The ground truth's person category id, which predictions must carry to be matched: its only category, else
+    the one named "person", else the only one its annotations use, else COCO's 1."""
+    categories = gt.get("categories") or []
+    if len(categories) == 1:
+        return categories[0]["id"]
+    named = [c["id"] for c in categories if str(c.get("name", "")).lower() == "person"]
+    if len(named) == 1:
+        return named[0]
+    used = {a["category_id"] for a in gt.get("annotations", []) if "category_id" in a}
+    return used.pop() if len(used) == 1 else 1
+
+
 def annotation_keypoints(ann: dict, k: int, what: str) -> np.ndarray:
     """(K, 3) [x, y, v-or-score] of one annotation: flat ``keypoints`` of length 3K, the COCO-WholeBody split
     fields (K = 133) or the official Goliath ``goliath_wholebody_kpts`` field (K = 308)."""

@@ -22,7 +22,7 @@ import numpy as np
 from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
-from .pose import annotation_keypoints, evaluate_keypoints, read_coco_json
+from .pose import annotation_keypoints, evaluate_keypoints, person_category, read_coco_json
 from .segmentation import SegConfusion
 from .utils import read_label_png
 
@@ -331,6 +331,7 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     from ..io import read_image
 
     gt = read_coco_json(data / "annotations.json", "ground truth")
+    category = person_category(gt)  # the id the predictions must carry to match the GT people
     own = getattr(predictor, "result_layout", None)  # a fine-tune's own keypoint set: its GT is in it, scored in it
     own = own if isinstance(own, KeypointSet) else None
     if own is not None and keypoints is not None and keypoint_set(keypoints).name != own.name:
@@ -367,14 +368,14 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
             raise error
         for im, res in zip(records, predictions):
             if own is not None:
-                results += res.to_coco(im["id"])
+                results += res.to_coco(im["id"], category_id=category)
                 continue
             model_name = keypoint_set(res.keypoint_set).name
             if eval_name is None:  # score in the smaller of the two layouts (conversions go 308 -> 133 -> 17)
                 eval_name = min((gt_name, model_name), key=lambda n: keypoint_set(n).num_keypoints)
             if model_name != eval_name:
                 res = res.convert(eval_name)
-            results += res.to_coco(im["id"])
+            results += res.to_coco(im["id"], category_id=category)
     eval_name = eval_name or gt_name
     evaluated = {im["id"] for im in images} - {s["image_id"] for s in skipped}
     _check_scored(len(evaluated), skipped, data)

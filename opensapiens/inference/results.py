@@ -33,15 +33,17 @@ class PoseResult:
     def keypoint_set_name(self) -> str:
         return self.keypoint_set.name if isinstance(self.keypoint_set, KeypointSet) else self.keypoint_set
 
-    def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2) -> list[dict]:
-        """COCO results entries; the person score is the official ``bbox_keypoint`` mode:
-        box score x mean of the keypoint scores above ``score_threshold``. Tracked people also carry ``track_id``."""
+    def to_coco(self, image_id: int | str = 0, score_threshold: float = 0.2, category_id: int = 1) -> list[dict]:
+        """COCO results entries (``category_id``: the ground truth's person category, COCO's 1 by default); the
+        person score is the official ``bbox_keypoint`` mode: box score x mean of the keypoint scores above
+        ``score_threshold``. Tracked people also carry ``track_id``."""
         out = []
         for i, (kp, sc, box, bs) in enumerate(zip(self.keypoints, self.scores, self.boxes, self.box_scores)):
             good = sc[sc > score_threshold]
             flat = np.concatenate([kp, sc[:, None]], axis=1).reshape(-1)
             x0, y0, x1, y1 = (float(v) for v in box)
-            out.append({"image_id": image_id, "category_id": 1, "keypoints": [round(float(v), 3) for v in flat],
+            out.append({"image_id": image_id, "category_id": category_id,
+                        "keypoints": [round(float(v), 3) for v in flat],
                         "score": float(bs) * (float(good.mean()) if good.size else 0.0),
                         "bbox": [x0, y0, x1 - x0, y1 - y0]})
             if self.track_ids is not None:

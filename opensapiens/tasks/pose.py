@@ -59,7 +59,10 @@ class PoseEvaluator:
     """Decodes heatmaps to image coordinates and scores them with COCO OKS AP against the ground-truth JSON."""
 
     def __init__(self, gt: dict, keypoint_set, input_size: tuple[int, int]):
+        from ..evaluation.pose import person_category  # (pycocotools: imported when evaluating)
+
         self.gt, self.keypoint_set, self.input_size = gt, keypoint_set, input_size
+        self.category = person_category(gt)  # the GT's person category, which a result must carry to be matched
         self.results: list[dict] = []
 
     def update(self, output: torch.Tensor, batch: dict) -> None:
@@ -69,8 +72,8 @@ class PoseEvaluator:
             s = scores[i].clamp(min=0)
             above = s > 0.2  # official score: mean keypoint score above 0.2, times the box score (1 for GT boxes)
             flat = torch.cat([kp[i], s[:, None]], dim=1).flatten().tolist()
-            self.results.append({"image_id": int(batch["image_id"][i]), "category_id": 1, "keypoints": flat,
-                                 "score": float(s[above].mean()) if above.any() else 0.0})
+            self.results.append({"image_id": int(batch["image_id"][i]), "category_id": self.category,
+                                 "keypoints": flat, "score": float(s[above].mean()) if above.any() else 0.0})
 
     def state(self) -> list[dict]:
         return self.results
