@@ -511,6 +511,18 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     assert train(config(toy, run, steps=2, resume=True))["step"] == 2  # this run's last checkpoint, not step 4
 
 
+def test_the_best_checkpoints_direction_follows_its_metric():
+    """Errors are kept at their lowest, scores at their highest, whatever the task's default metric (depth with
+    --best-metric delta1 had kept the worst delta1)."""
+    def mode(task, **kw):
+        return resolve(TrainConfig(task=task, data="synth", out="x", **kw)).best_mode
+
+    assert mode("depth") == "min" and mode("depth", best_metric="delta1") == "max"
+    assert mode("normal") == "min" and mode("normal", best_metric="within_11.25") == "max"
+    assert mode("seg") == "max" and mode("pose", best_metric="body_AP") == "max"
+    assert mode("depth", best_metric="delta1", best_mode="min") == "min"  # as given
+
+
 def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(toy, tmp_path):
     train(config(toy, tmp_path / "per_step", steps=3, deterministic=True))  # two runs that agree on a GPU too
     losses = [e["loss"] for e in events(tmp_path / "per_step")]

@@ -197,6 +197,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         with attention():
             metrics = evaluate(model, val_loader, evaluator, device, autocast_dtype, info.is_main)
         logger.log("eval", step, **metrics)
+        if cfg.best_metric not in metrics:
+            logger.write(f"warning: --best-metric {cfg.best_metric} is not among this evaluation's metrics "
+                         f"({', '.join(k for k, v in metrics.items() if isinstance(v, float))}): no best.safetensors")
         value = metrics.get(cfg.best_metric)
         if value is not None and math.isfinite(value) and (
                 best["value"] is None or (value > best["value"] if cfg.best_mode == "max" else value < best["value"])):
