@@ -511,6 +511,18 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     assert train(config(toy, run, steps=2, resume=True))["step"] == 2  # this run's last checkpoint, not step 4
 
 
+def test_a_pose_validation_file_without_what_oks_needs_is_refused_before_training(toy, tmp_path):
+    """A GT annotation without its area used to fail the first evaluation, at the end of a run, losing its weights."""
+    val = tmp_path / "val"
+    shutil.copytree(toy[1], val)
+    coco = json.loads((val / "annotations.json").read_text())
+    del coco["annotations"][1]["area"]
+    (val / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(ValueError, match=r"--val-data .*val: ground truth annotation #1 .*missing 'area'"):
+        train(config(toy, tmp_path / "run", task="pose", steps=2, val_data=str(val)))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_the_best_checkpoints_direction_follows_its_metric():
     """Errors are kept at their lowest, scores at their highest, whatever the task's default metric (depth with
     --best-metric delta1 had kept the worst delta1)."""

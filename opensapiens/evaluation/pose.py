@@ -107,6 +107,14 @@ def _prepare_gt(gt: dict, k: int) -> tuple[list[dict], list[dict], list[tuple[di
     return images, categories, anns
 
 
+def check_keypoint_gt(gt: dict, k: int, source: str) -> None:
+    """Raise ValueError, naming ``source``, where ``gt`` lacks what OKS AP needs (each annotation's box and area...)."""
+    try:
+        _prepare_gt(gt, k)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
 def _prepare_results(results: list[dict], k: int, image_ids: set, categories: list[dict]
                      ) -> tuple[list[tuple[dict, np.ndarray, np.ndarray]], int, int]:
     """([(result core, (K, 2) coordinates made finite, (K,) was-finite flags)], non-finite keypoint count,

@@ -116,6 +116,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     train_set = None if on_the_fly else build_dataset(cfg.task, cfg.data, train=True, augment=cfg.augment,
                                                       backgrounds=cfg.backgrounds, **data_kw)
     val_set = build_dataset(cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
+    if val_set is not None and cfg.task == "pose":  # what OKS needs, checked now: not after the training steps
+        from ..evaluation.pose import check_keypoint_gt
+
+        check_keypoint_gt(val_set.coco, val_set.layout.keypoints.num_keypoints, f"--val-data {cfg.val_data}")
 
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
