@@ -160,6 +160,18 @@ def test_device_decode_matches_pillow(orientation):
         assert failed == 0 and (dev - cpu).abs().mean() < 3.0  # resampling filters differ slightly
 
 
+def test_a_16_bit_gray_png_is_scaled_as_read_image_scales_it_not_clipped_white():
+    """Pillow's convert("RGB") clips 16-bit gray to 255 almost everywhere; a sample is scaled round(v * 255 / 65535)."""
+    ramp = np.tile(np.linspace(0, 65535, 48).round().astype(np.uint16), (40, 1))  # (40, 48)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    crop = S.CropParams(0, 0, 40, 48, False, 1)
+    got = S.decode_crop_cpu(buf.getvalue(), crop, (40, 48))  # the whole image at its own size: no resampling
+    want = np.floor(ramp.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert got.shape == (3, 40, 48) and all(np.abs(got[c].numpy().astype(int) - want).max() <= 1 for c in range(3))
+
+
 def test_random_resized_crop_stays_in_range():
     rng = np.random.default_rng(0)
     for size in [(100, 100), (60, 200), (300, 40)]:

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from ..io.images import IMAGE_EXTENSIONS, decode_jpegs, list_inputs, upright
+from ..io.images import IMAGE_EXTENSIONS, decode_high_bit_depth, decode_jpegs, high_bit_depth, list_inputs, upright
 from .labels import DataError
 
 MEAN = (123.675, 116.28, 103.53)
@@ -229,7 +229,10 @@ def _jpeg_complete(data: bytes) -> bool:
 def decode_crop_cpu(data: bytes, crop: CropParams, out: tuple[int, int]) -> torch.Tensor:
     """Decode, apply EXIF orientation, crop and resize (Pillow bicubic) and flip: (3, H, W) uint8."""
     with Image.open(io.BytesIO(data)) as im:
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        if high_bit_depth(im):  # 16-bit, 32-bit, float: scaled as read_image scales them, not clipped
+            im = Image.fromarray(decode_high_bit_depth(im, data, "a sample"))
+        else:
+            im = ImageOps.exif_transpose(im).convert("RGB")
         box = (crop.left, crop.top, crop.left + crop.width, crop.top + crop.height)
         im = im.resize((out[1], out[0]), Image.Resampling.BICUBIC, box=box)
         if crop.flip:

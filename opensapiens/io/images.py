@@ -304,6 +304,17 @@ def _decode(im: Image.Image, data: bytes, path: Path, jpeg_decoder: JpegDecoder)
     return np.asarray(im.convert("RGB"))
 
 
+def high_bit_depth(im: Image.Image) -> bool:
+    """Whether Pillow's own RGB conversion of ``im`` would clip or truncate it: 16-bit, 32-bit or float samples."""
+    return im.mode.startswith("I") or im.mode == "F" or (im.mode in ("RGB", "RGBA") and _has_16bit_samples(im))
+
+
+def decode_high_bit_depth(im: Image.Image, data: bytes, name: str) -> np.ndarray:
+    """Upright (H, W, 3) uint8 RGB of a ``high_bit_depth`` image Pillow opened on ``data``, scaled as ``read_image``
+    scales it (a 16-bit gray PNG through Pillow's ``convert("RGB")`` comes out almost all white)."""
+    return np.ascontiguousarray(upright(_decode(im, data, Path(name), _decode_jpeg), _exif_orientation(im)))
+
+
 def read_image(path: str | Path, jpeg_decoder: JpegDecoder = _decode_jpeg) -> np.ndarray | torch.Tensor:
     """Read an image file as an upright (H, W, 3) uint8 RGB array; raises ``ImageReadError`` if it can't.
 
