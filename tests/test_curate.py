@@ -146,6 +146,24 @@ def test_resume_after_a_crash(collection, tmp_path):
     assert not list(crashed.glob(".*tmp"))
 
 
+def test_a_manifest_line_cut_by_a_crash_is_redone_once_not_joined_to_the_next(collection, tmp_path):
+    """The cut last line had stayed in place; the resumed run's first record joined it, unreadable, so a third run
+    kept that image into a second shard."""
+    clean, out = tmp_path / "clean", tmp_path / "cut"
+    cfg = CurationConfig(workers=0, batch_size=2, shard_max_count=1)
+    curate(collection, clean, FakeDetector(), cfg)
+    curate(collection, out, FakeDetector(), cfg)
+    lines = (out / "manifest.jsonl").read_text().splitlines()
+    last = json.loads(lines[-1])
+    (out / "manifest.jsonl").write_text("".join(line + "\n" for line in lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    for shard in {last.get("shard")} - {None}:  # its image was kept into a shard the crash left unfinished
+        (out / shard).unlink()
+    curate(collection, out, FakeDetector(), cfg)
+    assert curate(collection, out, FakeDetector(), cfg).processed == 0  # everything done, nothing redone
+    assert sorted(shard_members(out)) == sorted(shard_members(clean))  # each kept image exactly once
+    assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
+
+
 def test_cli_with_two_workers(collection, tmp_path, monkeypatch, capsys):
     import opensapiens.inference.detector as det
 

@@ -120,12 +120,13 @@ def _load_manifest(out: Path) -> tuple[list[dict], int]:
     (e.g. a copy of an image that was kept into the shard a crash cut short): those are decided again."""
     path = out / "manifest.jsonl"
     records: list[dict] = []
+    cut = 0
     if path.exists():
         for line in path.read_text().splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
-                continue  # a line cut by a crash: that image is processed again
+                cut += 1  # a line cut by a crash: that image is processed again
     shards = {p.name for p in out.glob("shard-*.tar")}
     final = [r for r in records if not r["kept"] or r.get("shard") in shards]
     while True:
@@ -134,7 +135,8 @@ def _load_manifest(out: Path) -> tuple[list[dict], int]:
         if len(kept) == len(final):
             break
         final = kept
-    if len(final) != len(records):  # compact away the records that will be redone
+    if cut or len(final) != len(records):  # compact away the records that will be redone (and a cut line, which
+        # the next record appended would otherwise join: that record, unreadable, would count as not done)
         tmp = path.with_name(".manifest.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in final))
         os.replace(tmp, path)
