@@ -322,6 +322,11 @@ def video_manifest(out_dir: Path, stem: str, task: str) -> Path:
     return out_dir / stem / f"video_{task}.json"
 
 
+def picture_video(out_dir: Path, stem: str, task: str) -> Path:
+    """Where ``run_video`` writes a video's pictures: ``out_dir/STEM_<task>.mp4``."""
+    return out_dir / f"{stem}_{task}.mp4"
+
+
 def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False, step: int = 1,
                    track: bool = True) -> bool:
     """Whether ``run_video`` finished the video named ``stem`` for ``task`` (``resume``): its manifest, written last,
@@ -336,7 +341,7 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
     if task == "pose" and manifest.get("track") != track:
         return False
     pictures = vis and task != "features"  # a --no-vis run's manifest: the .mp4 there is an older run's
-    return not pictures or (bool(manifest.get("vis")) and (out_dir / f"{stem}_{task}.mp4").is_file())
+    return not pictures or (bool(manifest.get("vis")) and picture_video(out_dir, stem, task).is_file())
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
@@ -377,8 +382,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     pictures = vis and predictor.task != "features"  # features have no picture
-    writer = VideoWriter(out_dir / f"{stem}_{predictor.task}.mp4", fps=fps / step, preset="veryfast") if pictures \
-        else None
+    video = picture_video(out_dir, stem, predictor.task)
+    writer = VideoWriter(video, fps=fps / step, preset="veryfast") if pictures else None
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
 
@@ -441,7 +446,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         if writer is not None:
             writer.close()
         else:  # an older run's picture video shows outputs this run has replaced
-            (out_dir / f"{stem}_{predictor.task}.mp4").unlink(missing_ok=True)
+            video.unlink(missing_ok=True)
     except BaseException:
         if writer is not None:
             writer.abort()  # a truncated video must not take the finished one's name; the error is what is reported

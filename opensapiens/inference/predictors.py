@@ -110,6 +110,11 @@ class Predictor:
         return self.preprocess.restore(raw[i : i + 1], metas[i : i + 1])[0]
 
 
+def _recorded(model: SapiensModel) -> dict:
+    """What a model's file recorded beyond its shapes (a fine-tune's labels and input size); {} where nothing."""
+    return getattr(model.config, "extra", None) or {}
+
+
 class SegPredictor(Predictor):
     task = "seg"
 
@@ -117,7 +122,7 @@ class SegPredictor(Predictor):
         super().__init__(model, **kwargs)
         n = model.config.out_channels
         known = {28: "goliath", 19: "face"}  # the official vocabularies of these sizes
-        trained = (getattr(model.config, "extra", None) or {}).get("class_names")  # a fine-tune's (train --classes)
+        trained = _recorded(model).get("class_names")  # a fine-tune's (train --classes)
         self.class_names = class_names or (tuple(trained) if trained and len(trained) == n else None) or (
             seg_classes(known[n]).names if n in known else tuple(f"class_{i}" for i in range(n)))
 
@@ -242,7 +247,7 @@ class PosePredictor(Predictor):
         self.detector = detector
         self.flip = flip
         k = model.config.out_channels
-        own = _trained_keypoint_set(getattr(model.config, "extra", None) or {}) if keypoints is None else None
+        own = _trained_keypoint_set(_recorded(model)) if keypoints is None else None
         self.keypoint_set: KeypointSet = own or keypoint_set(keypoints or (k if k in (17, 133, 308) else "goliath"))
         # results name a built-in set, or carry a fine-tune's own
         self.result_layout = self.keypoint_set if own is not None else self.keypoint_set.name
@@ -460,7 +465,7 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
                              f"and input_size, not {', '.join(unknown)}")
         return MultiTaskPredictor(model, input_size=input_size, **kwargs)
     if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
-        trained = (getattr(model.config, "extra", None) or {}).get("input_size")
+        trained = _recorded(model).get("input_size")
         input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
             (1024, 1024) if model.task == "features" else (1024, 768))
     if optimize is None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from ..models.heads import TASKS
 
-BEST_METRICS = {"pose": ("AP", "max"), "seg": ("mIoU", "max"), "depth": ("rmse", "min"), "normal": ("mean", "min")}
+BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean"}  # each task's default
 LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median"}  # errors; the rest (AP, mIoU, delta1, within_*) up
 
 
@@ -112,7 +112,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                         sigma=6.0 * cfg.input_size[0] / 1024)
     else:
         defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
-    metric = cfg.best_metric or BEST_METRICS[cfg.task][0]  # the direction follows the metric, not the task
+    metric = cfg.best_metric or BEST_METRICS[cfg.task]  # the direction follows the metric, not the task
     defaults.update(best_metric=metric, best_mode="min" if metric in LOWER_IS_BETTER else "max")
     for k, v in defaults.items():
         if d.get(k) is None:

@@ -163,7 +163,7 @@ class RunLogger:
             print(message, flush=True)
 
     def close(self) -> None:
-        """Flush tensorboard and end the progress bar (idempotent: the loops' exits and ExitStack both call it)."""
+        """Flush tensorboard and end the progress bar (idempotent; the loops close it through their ExitStack)."""
         if self._tb is not None:
             self._tb.close()
         if self._bar is not None:
