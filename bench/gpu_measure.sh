@@ -11,6 +11,9 @@ install_coco_wheel() {  # pycocotools from .whlcoco/ where carried: the GPU imag
   ls .whlcoco/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlcoco/*.whl 2>&1 | tail -1
   return 0
 }
+keep_fa4_first_half() {  # FA4's first half (carried as .fa4a) kept on this machine for the next call's fa4_site
+  mkdir -p /tmp/fa4keep && cp .fa4a/part00 /tmp/fa4keep/ && ls -la /tmp/fa4keep
+}
 fa4_site() {  # FlashAttention-4 where bench/pack_fa4.sh's two halves reached this machine (the first kept in
   # /tmp/fa4keep by mode fa4-half, the second carried as .fa4b): unpacked once, then on PYTHONPATH for this script
   local S=/tmp/fa4keep/site
@@ -303,12 +306,12 @@ elif [ "$1" = fused-graphs ]; then
   timeout 300 $B --task pose --arch 0.3b --batch 16 --e2e /tmp/e2e2048 --e2e-decode cpu \
     --out "$OUT/graphs_pose_0.3b_e2e.json" | grep -v '^{'
 elif [ "$1" = fa4-keep ]; then
-  mkdir -p /tmp/fa4keep && cp .fa4a/part00 /tmp/fa4keep/ && ls -la /tmp/fa4keep  # fa4-half without the tests
+  keep_fa4_first_half  # fa4-half without the tests
 elif [ "$1" = fa4-half ]; then
   # the first half of FA4 kept on this machine for the next call (carry .fa4a, then .fa4b: bench/pack_fa4.sh); while
   # here, the tests of the CUDA paths that changed since call 104 (the pad-mode resample, the multi-task predictor's
   # chunks, uploaded-tensor checks, topdown/detector/tracking; the video tests skip without PyAV)
-  mkdir -p /tmp/fa4keep && cp .fa4a/part00 /tmp/fa4keep/ && ls -la /tmp/fa4keep
+  keep_fa4_first_half
   install_coco_wheel
   timeout 300 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_predictors.py \
     tests/test_pipelined_predict.py tests/test_optimize.py tests/test_device_decode.py tests/test_topdown.py \
