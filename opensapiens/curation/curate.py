@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..data.shards import ShardWriter
+from ..data.workers import WorkerInit, loader_context
 from ..io.images import IMAGE_EXTENSIONS, list_inputs, read_image
 from ..io.writers import save_json
 from .phash import PHashIndex, phash
@@ -186,10 +187,10 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     if log and done:
         log(f"resuming: {len(done)} images already in the manifest, {len(todo)} to go")
 
-    # Workers start from a fork server: a forked child of a process with live OpenCV/OpenMP pools can deadlock.
+    # Workers: data.workers (from a fork server, one thread each, ended with this process).
     loader = torch.utils.data.DataLoader(_Reader(todo, cfg.detect_max_side), batch_size=None, shuffle=False,
-                                         num_workers=cfg.workers, collate_fn=_identity,
-                                         multiprocessing_context="forkserver" if cfg.workers else None)
+                                         num_workers=cfg.workers, collate_fn=_identity, worker_init_fn=WorkerInit(),
+                                         multiprocessing_context=loader_context(cfg.workers))
     writer = ShardWriter(out, "shard", cfg.shard_max_count, cfg.shard_max_bytes, start_index=next_shard)
     pending: list[dict] = []  # records of images in the open shard
     with open(out / "manifest.jsonl", "a") as manifest:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoints import export_official, read_state_dict, resolve_checkpoint, save_model
 from ..data.shards import LoaderState, StreamingImages, find_source
+from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import fast_attention, pad_attention_heads
 from ..io.writers import save_json, save_png
 from ..models.mae import MAE, MAEConfig
@@ -160,11 +161,10 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
     dataset = StreamingImages(source, cfg.input_size, cfg.batch_size, cfg.seed, info.rank, info.world_size, workers,
                               cfg.crop_scale, cfg.flip_prob, cfg.shuffle_buffer, gpu_jpeg, state)
     # Its own generator: creating the loader must not draw from the global RNG (masking noise), or a resumed run
-    # would diverge from an uninterrupted one. Workers start from a fork server: forking a process with live
-    # OpenMP / OpenCV thread pools can deadlock the child.
+    # would diverge from an uninterrupted one. Workers: data.workers (from a fork server, ended with this process).
     loader = DataLoader(dataset, batch_size=None, num_workers=workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers else None, generator=torch.Generator(),
-                        multiprocessing_context="forkserver" if workers else None)
+                        worker_init_fn=WorkerInit(), multiprocessing_context=loader_context(workers))
     batches = DevicePrefetcher(iter(loader), device, cfg.input_size)
     global_batch = cfg.batch_size * cfg.grad_accum * info.world_size
 

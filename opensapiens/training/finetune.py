@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from ..checkpoints import save_model, with_weights
 from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
 from ..data.synth_stream import SynthStream
+from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
 from ..io.writers import save_json
 from ..models import build_model
@@ -66,24 +67,13 @@ def export_weights(model: torch.nn.Module, config, path: Path, info: D.DistInfo,
     D.barrier()
 
 
-def _worker_init(_: int) -> None:
-    """One thread per loader process: the parallelism is the number of workers, not threads inside each."""
-    import cv2
-
-    cv2.setNumThreads(1)
-    torch.set_num_threads(1)
-
-
 def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
-    """Background loading processes; a private generator so creating the loader never draws from the global RNG.
-
-    Workers start from a fork server, not a fork of this process: forking a process whose OpenMP / OpenCV thread
-    pools are running can deadlock the child (seen in ``cv2.setNumThreads`` inside the worker).
-    """
+    """Background loading processes (``data.workers``: from a fork server, ended with this process); a private
+    generator so creating the loader never draws from the global RNG."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
                       drop_last=drop_last, persistent_workers=False, generator=torch.Generator(),
-                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=_worker_init,
-                      multiprocessing_context="forkserver" if workers > 0 else None)
+                      prefetch_factor=4 if workers > 0 else None, worker_init_fn=WorkerInit(),
+                      multiprocessing_context=loader_context(workers))
 
 
 def train(cfg: TrainConfig) -> dict:
