@@ -18,9 +18,9 @@ from opensapiens.training.optim import build_optimizer
 ARCH = ViTArch("mae-test", 32, 2, 4)  # width 32, 2 blocks, 4 heads
 
 
-def make_mae(input_size=(64, 48), seed=0) -> MAE:
+def make_mae(input_size=(64, 48), seed=0, decoder_depth=2) -> MAE:
     torch.manual_seed(seed)
-    model = MAE(MAEConfig(ARCH, input_size, decoder_dim=16, decoder_depth=2, decoder_heads=2))
+    model = MAE(MAEConfig(ARCH, input_size, decoder_dim=16, decoder_depth=decoder_depth, decoder_heads=2))
     with torch.no_grad():  # random weights everywhere (the init leaves LayerNorms at identity and biases at 0)
         for name, p in model.named_parameters():
             if p.requires_grad:  # not the fixed sin-cos tables
@@ -162,6 +162,19 @@ def test_official_layout_round_trip_and_backbone_export():
         feats = model.backbone_model().eval()(x)
         direct = model.backbone(x)
     assert feats.shape == (1, 32, 4, 3) and torch.allclose(feats, direct)
+
+
+def test_a_decoder_of_another_depth_is_refused_not_half_loaded():
+    deeper = make_mae(seed=1, decoder_depth=3)
+    model = make_mae(seed=2)  # decoder depth 2: block 2 of the file has no place; fewer blocks would leave holes
+    with pytest.raises(ValueError, match="do not fit"):
+        model.load_pretrained(deeper.official_state_dict())
+    shallower = make_mae(seed=3, decoder_depth=1)
+    with pytest.raises(ValueError, match=r"decoder that lacks \d+ of this MAE's decoder tensors"):
+        model.load_pretrained(shallower.official_state_dict())
+    encoder_only = {k: v for k, v in shallower.official_state_dict().items() if not k.startswith("neck.")}
+    loaded = model.load_pretrained(encoder_only)  # no decoder at all: the encoder alone, as documented
+    assert loaded and not any(k.startswith("decoder.") for k in loaded)
 
 
 def test_no_weight_decay_set_lr_scaling_and_schedule():

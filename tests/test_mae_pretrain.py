@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -230,6 +232,57 @@ def test_masking_must_remove_a_patch_and_keep_one(ratio):
 def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
     with pytest.raises(ValueError, match=f"{field} must be at least 1, got 0"):
         PretrainConfig(data="x", out="y", **{field: 0})
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(steps=0), "steps must be at least 1, got 0"),
+    (dict(warmup_steps=-1), "warmup_steps must be at least 0, got -1"),
+    (dict(crop_scale=(1.0, 0.2)), r"crop_scale 1.0,0.2 must be two area fractions with 0 < low <= high <= 1"),
+    (dict(crop_scale=(0.0, 1.0)), "crop_scale 0.0,1.0 must be"),
+    (dict(decoder_heads=7), "decoder_dim 512 must be a multiple of decoder_heads 7"),
+    (dict(decoder_depth=0), "decoder_depth must be at least 1, got 0"),
+    (dict(export_official=True, input_size=(256, 320)), "cannot recover 16x20 .input 256x320."),
+])
+def test_settings_that_cannot_run_or_export_are_refused_before_the_run(kw, message):
+    with pytest.raises(ValueError, match=message):
+        PretrainConfig(data="x", out="y", **kw)
+    assert PretrainConfig(data="x", out="y", export_official=True, input_size=(256, 192)).export_official  # 4:3
+
+
+def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_export(shards, tmp_path, monkeypatch,
+                                                                              one_thread):
+    real = pretrain_loop.train_step
+    calls = []
+
+    def signalled_step(*args, **kw):  # SIGTERM arrives during the last of 3 steps
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pretrain_loop, "train_step", signalled_step)
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(shards), "--out", str(run), "--steps", "3", "--batch-size", "2",
+                 "--workers", "0", *SMALL]) == 0
+    assert (run / "backbone.safetensors").is_file() and (run / "mae.safetensors").is_file()
+    assert [r["reason"] for r in records(run, "checkpoint")] == ["final"]
+
+
+def test_fewer_images_than_loader_slots_is_an_error_naming_the_counts(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        Image.fromarray(smooth_image(rng)).save(tmp_path / f"im{i}.png")
+    assert main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--steps", "1",
+                 "--batch-size", "1", "--workers", "4", *SMALL]) == 2
+    assert "2 images for 4 data slots (1 ranks x 4 loader workers)" in capsys.readouterr().err
+
+
+def test_a_resume_names_the_options_it_ignores_as_they_are_typed(shards, tmp_path, capsys, one_thread):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(shards), "--out", str(run), "--workers", "0", *SMALL]
+    assert main([*args, "--steps", "1", "--batch-size", "2"]) == 0
+    assert main([*args, "--steps", "2", "--batch-size", "3", "--resume"]) == 0
+    assert "ignoring --batch-size" in capsys.readouterr().err
 
 
 def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(shards, tmp_path, one_thread):

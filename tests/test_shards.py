@@ -237,5 +237,30 @@ def test_fewer_samples_than_slots_says_to_use_fewer_workers(tmp_path):
         (tmp_path / f"im{i}.png").write_bytes(encode(np.zeros((20, 20, 3), np.uint8), "PNG"))
     ds = StreamingImages(find_source(tmp_path), (16, 16), 2, num_workers=4)
     assert [len(list(S.slot_stream(ds.source, s, 4, 0, 0))) for s in range(4)] == [1, 1, 1, 0]
-    with pytest.raises(RuntimeError, match=r"slot 3 of 4 .*fewer samples than there are slots.*fewer loader workers"):
+    with pytest.raises(DataError, match=r"slot 3 of 4 .*fewer samples than there are slots.*fewer loader workers"):
         next(ds._samples(3, 0, 0))
+
+
+def test_a_shard_cut_short_counts_its_unreadable_rest_as_a_skipped_sample(tmp_path):
+    rng = np.random.default_rng(4)
+    with ShardWriter(tmp_path, max_count=100) as w:
+        for i in range(4):
+            w.write(f"im{i}", encode(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)), ".jpg")
+    (shard,) = tmp_path.glob("*.tar")
+    data = shard.read_bytes()
+    cut = data.index(b"im2.jpg") + 512 + 100  # inside the third image's data
+    shard.write_bytes(data[:cut])
+    ds = StreamingImages(find_source(shard), (16, 16), 2, shuffle_buffer=1)
+    with pytest.warns(UserWarning, match="stopped reading"):
+        batches = iter(ds)
+        first, second = next(batches), next(batches)  # the second batch wraps into the next epoch
+    assert [k.split("/")[1] for k in first.keys] == ["im0", "im1"]
+    assert second.skipped == 1 and second.skipped_keys == [f"{shard.stem}/(unreadable rest)"]
+
+
+def test_a_tar_glob_that_matches_nothing_is_named_and_a_shard_given_twice_is_read_once(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no tar shards match .*nowhere/\*\.tar"):
+        find_source(str(tmp_path / "nowhere" / "*.tar"))
+    write_shards(tmp_path, [2, 3])
+    a, b = sorted(tmp_path.glob("*.tar"))
+    assert find_source([a, b, str(a), tmp_path / ".." / tmp_path.name / a.name]).units == (a, b)

@@ -14,7 +14,7 @@ from torch import nn
 from ..io.writers import atomic_path
 from ..models.multitask import MultiTaskConfig, SapiensMultiTask
 from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
-from ..models.vit import infer_grid
+from ..models.vit import grid_inferable
 from .hub import resolve_checkpoint
 from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
 from .reader import CheckpointError, read_state_dict
@@ -180,11 +180,7 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: this {cfg.task} model has patch padding {cfg.patch_padding}, the official "
                               f"layout implies {official}; keep it in our format (save_model), which records it")
     grid = tuple(cfg.pos_grid)
-    try:
-        readable = infer_grid(grid[0] * grid[1]) == grid
-    except ValueError:
-        readable = False
-    if not readable:
+    if not grid_inferable(grid):
         raise CheckpointError(f"{path}: a reader of the official layout cannot recover the position grid {grid} "
                               "(it takes square or 4:3 portrait grids); keep it in our format (save_model)")
     sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)

@@ -121,7 +121,8 @@ def resumed_settings(args: argparse.Namespace, given: dict, overrides: tuple[str
     ignored = sorted(k for k, v in given.items() if k not in (*overrides, "resume", "out")
                      and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
     if ignored:
-        print(f"note: resuming {args.out} with its saved settings; ignoring --{', --'.join(ignored)}", file=sys.stderr)
+        options = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        print(f"note: resuming {args.out} with its saved settings; ignoring {options}", file=sys.stderr)
     saved.update({k: v for k, v in given.items() if k in overrides}, resume=True, out=args.out)
     return saved
 

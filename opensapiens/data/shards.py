@@ -74,13 +74,18 @@ def find_source(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> Source
         elif p.suffix == ".tar" and p.is_file():
             tars.append(p)
         elif "*" in str(s) and str(s).endswith(".tar"):
-            tars += sorted(Path(x) for x in glob.glob(str(s)))
+            if not (found := sorted(Path(x) for x in glob.glob(str(s)))):
+                raise FileNotFoundError(f"no tar shards match {str(s)!r}")
+            tars += found
         else:
             rest.append(str(s))
     if tars and rest:
         raise ValueError(f"mix of tar shards and image inputs is not supported: {rest[:3]}")
-    if tars:
-        return Source("tar", tuple(tars))
+    if tars:  # a shard given twice is read once (its samples would be seen twice an epoch)
+        unique: dict[Path, Path] = {}
+        for t in tars:
+            unique.setdefault(t.resolve(), t)
+        return Source("tar", tuple(unique.values()))
     files = [f for f in list_inputs(rest, recursive=True) if f.suffix.lower() in IMAGE_EXTENSIONS]
     if not files:
         raise FileNotFoundError(f"no images or tar shards found in {specs}")
@@ -113,6 +118,7 @@ def _unit_members(source: Source, unit: int) -> Iterator[tuple[str, bytes | None
         yield from iter_tar(path)
     except (tarfile.TarError, OSError, EOFError) as e:
         warnings.warn(f"shard {path}: stopped reading ({e}); its remaining samples are skipped", stacklevel=2)
+        yield f"{path.stem}/(unreadable rest)", b"", ""  # no image: the batch skips it, counted as one sample
 
 
 def slot_stream(source: Source, slot: int, num_slots: int, epoch: int, seed: int
@@ -362,7 +368,7 @@ class StreamingImages(torch.utils.data.IterableDataset):
                 if i >= start:
                     yield epoch, i, key, data, ext
             if n == 0:
-                raise RuntimeError(
+                raise DataError(
                     f"data slot {slot} of {self.num_slots} (ranks x loader workers) got no samples in epoch {epoch}: "
                     f"the {len(self.source)} {self.source.kind} units hold fewer samples than there are slots, or "
                     "this slot's units are empty or unreadable; use fewer loader workers (or ranks), or more data")

@@ -315,7 +315,8 @@ class MAE(nn.Module):
 
     def load_pretrained(self, sd: dict[str, torch.Tensor]) -> list[str]:
         """Initialise from a pretrain checkpoint in the official raw or clean layout, or our own: the encoder always,
-        the decoder when ``neck.*`` keys are present. Position tables stay the fixed sin-cos of this model's grid.
+        the decoder when ``neck.*`` keys are present (all of it). Position tables stay the fixed sin-cos of this
+        model's grid.
         Returns the names of the tensors that were loaded."""
         from ..checkpoints.official import is_official_layout, official_to_ours
 
@@ -345,6 +346,11 @@ class MAE(nn.Module):
         missing = [k for k in own if k.startswith("backbone.") and not k.endswith("pos_embed") and k not in loaded]
         if missing:
             raise ValueError(f"pretrained weights lack encoder tensors: {missing[:5]}")
+        if any(k.startswith("decoder.") for k in loaded):  # a decoder loads whole or not at all, never half random
+            missing = [k for k in own if k.startswith("decoder.") and not k.endswith("pos_embed") and k not in loaded]
+            if missing:
+                raise ValueError(f"pretrained weights hold a decoder that lacks {len(missing)} of this MAE's decoder "
+                                 f"tensors ({missing[:3]}): its depth or width differs from this decoder's")
         self.load_state_dict(loaded, strict=False)
         return sorted(loaded)
 

@@ -256,6 +256,14 @@ def infer_grid(num_tokens: int) -> tuple[int, int]:
     raise ValueError(f"cannot infer the token grid of a position table with {num_tokens} tokens")
 
 
+def grid_inferable(grid: tuple[int, int]) -> bool:
+    """Would ``infer_grid`` recover ``grid`` (h, w) from its token count? (The official key layout stores none.)"""
+    try:
+        return infer_grid(grid[0] * grid[1]) == tuple(grid)
+    except ValueError:
+        return False
+
+
 class SapiensViT(nn.Module):
     """Sapiens v1 backbone. ``forward`` returns the final feature map (B, C, H/16, W/16).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from ..models.vit import grid_inferable
 from ..training.config import check_counts
 
 
@@ -85,8 +86,21 @@ class PretrainConfig:
         if kept is None or not 1 <= kept < patches:  # nothing masked: no loss (0/0); nothing kept: no encoder input
             raise ValueError(f"mask_ratio {self.mask_ratio} must mask at least one of the {patches} patches of a "
                              f"{H}x{W} input and keep at least one")
-        check_counts(self, positive=("batch_size", "grad_accum"),
-                     non_negative=("log_interval", "ckpt_interval", "keep_last", "vis_interval"))
+        check_counts(self, positive=("steps", "batch_size", "grad_accum", "decoder_dim", "decoder_depth",
+                                     "decoder_heads"),
+                     non_negative=("log_interval", "ckpt_interval", "keep_last", "vis_interval", "shuffle_buffer"))
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if self.decoder_dim % self.decoder_heads:
+            raise ValueError(f"decoder_dim {self.decoder_dim} must be a multiple of decoder_heads "
+                             f"{self.decoder_heads} (each head takes an equal share of the width)")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"crop_scale {low},{high} must be two area fractions with 0 < low <= high <= 1")
+        if self.export_official and not grid_inferable((H // 16, W // 16)):
+            raise ValueError(f"export_official: the official key layout records no position grid, and a reader "
+                             f"cannot recover {H // 16}x{W // 16} (input {H}x{W}) from its token count; it takes "
+                             "square or 4:3 portrait grids. Pretrain at such a size, or keep backbone.safetensors")
 
     def global_lr(self, world_size: int) -> float:
         if self.lr is not None:

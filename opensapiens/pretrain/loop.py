@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checkpoints import export_official, read_state_dict, resolve_checkpoint, save_model
+from ..data.labels import DataError
 from ..data.shards import LoaderState, StreamingImages, find_source
 from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import fast_attention, pad_attention_heads
@@ -103,6 +104,11 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)
     source = find_source(cfg.data)
+    num_slots = info.world_size * max(cfg.workers, 1)  # data slots: ranks x loader workers (data.shards)
+    if source.kind == "files" and len(source) < num_slots:  # some slots would get no image, found before the model
+        raise DataError(f"{cfg.data}: {len(source)} images for {num_slots} data slots ({info.world_size} ranks x "
+                        f"{max(cfg.workers, 1)} loader workers); every slot needs one: use fewer --workers, or more "
+                        "images")
 
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
@@ -156,7 +162,6 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
     # ---- data ------------------------------------------------------------------------------------------------------
     gpu_jpeg = device.type == "cuda" if cfg.gpu_jpeg is None else cfg.gpu_jpeg
     workers = max(cfg.workers, 0)
-    num_slots = info.world_size * max(workers, 1)
     state = _loader_state(loader_meta, num_slots, logger) or LoaderState(num_slots)
     dataset = StreamingImages(source, cfg.input_size, cfg.batch_size, cfg.seed, info.rank, info.world_size, workers,
                               cfg.crop_scale, cfg.flip_prob, cfg.shuffle_buffer, gpu_jpeg, state)
@@ -236,7 +241,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
                 visualize(images)
-            stop_now = stop_vote(stop.requested)
+            stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
             if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
                 save("signal" if stop_now else "interval" if step < cfg.steps else "final")
             if stop_now:

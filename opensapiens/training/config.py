@@ -132,8 +132,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
         if out.seed == SYNTH_VAL.seed:  # refused before the run starts, not by the generator once it has
             raise ValueError(f"seed {out.seed} is the synth-val seed; training on it would leak the validation split")
-    check_counts(out, positive=("batch_size", "grad_accum"),
-                 non_negative=("log_interval", "eval_interval", "ckpt_interval", "keep_last"))
+    check_counts(out, positive=("steps", "batch_size", "grad_accum"),
+                 non_negative=("warmup_steps", "log_interval", "eval_interval", "ckpt_interval", "keep_last"))
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")

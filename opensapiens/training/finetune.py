@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
         if due(step, cfg.steps, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
-        stop_now = stop_vote(stop.requested)
+        stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
         if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
             save("signal" if stop_now else "interval" if step < cfg.steps else "final")
         if stop_now:
