@@ -4,6 +4,8 @@ shards + manifest, resume after a crash; pHash against a float64 DCT written her
 from __future__ import annotations
 
 import json
+import os
+import signal
 import tarfile
 
 import cv2
@@ -162,6 +164,53 @@ def test_a_manifest_line_cut_by_a_crash_is_redone_once_not_joined_to_the_next(co
     assert curate(collection, out, FakeDetector(), cfg).processed == 0  # everything done, nothing redone
     assert sorted(shard_members(out)) == sorted(shard_members(clean))  # each kept image exactly once
     assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
+
+
+def test_a_resume_naming_the_source_another_way_redoes_nothing_and_the_summary_lists_every_shard(
+        collection, tmp_path, monkeypatch):
+    monkeypatch.chdir(collection.parent)
+    out = tmp_path / "out"
+    cfg = CurationConfig(workers=0, batch_size=2, shard_max_count=1)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        curate("src", out, FakeDetector(fail_after=3), cfg)  # relative paths in the manifest
+    report = curate(collection.resolve(), out, FakeDetector(), cfg)  # the same images, absolute
+    assert report.processed < len(EXPECTED)
+    assert curate(collection.resolve(), out, FakeDetector(), cfg).processed == 0
+    assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED  # each image recorded once
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary["shards"]) == sorted(p.name for p in out.glob("shard-*.tar")) and len(summary["shards"]) == 2
+
+
+def test_sigterm_finishes_the_batch_and_the_open_shard_and_a_rerun_completes(collection, tmp_path):
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    cfg = CurationConfig(workers=0, batch_size=2, shard_max_count=2)
+    curate(collection, clean, FakeDetector(), cfg)
+
+    class Signalling(FakeDetector):
+        def __call__(self, image):
+            if self.calls == 0:  # during the first batch's detections
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(image)
+
+    report = curate(collection, out, Signalling(), cfg)
+    assert report.stopped and report.processed == 2 and report.shards == ["shard-000000.tar"]
+    assert sorted(manifest(out)) == ["a_person", "b_exact_copy"]  # the batch's records, its kept image's shard
+    assert not list(out.glob(".*tmp"))
+    rest = curate(collection, out, FakeDetector(), cfg)
+    assert not rest.stopped and rest.processed == len(EXPECTED) - 2
+    assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
+    assert sorted(shard_members(out)) == sorted(shard_members(clean))
+
+
+@pytest.mark.parametrize("option, field", [("--batch-size", "batch_size"), ("--shard-size", "shard_max_count"),
+                                           ("--workers", "workers")])
+def test_cli_refuses_counts_below_their_least_value(collection, tmp_path, monkeypatch, capsys, option, field):
+    import opensapiens.inference.detector as det
+
+    monkeypatch.setattr(det, "PersonDetector", lambda *a, **k: FakeDetector())
+    bad = "-1" if option == "--workers" else "0"
+    assert main(["curate", str(collection), "--out", str(tmp_path / "o"), option, bad, "--device", "cpu"]) == 2
+    assert f"{field} must be at least" in capsys.readouterr().err and not (tmp_path / "o").exists()
 
 
 def test_cli_with_two_workers(collection, tmp_path, monkeypatch, capsys):

@@ -61,4 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_dict()))
+    if report.stopped:
+        print(f"stopped: {report.processed} images decided in this call; run the same command to go on",
+              file=sys.stderr)
     return 0

@@ -13,14 +13,16 @@ Each image, in input order, is dropped for the first reason that applies:
     person_too_small confident people, but none with a box side > ``min_box_side``
 and is otherwise kept: its original bytes go into a shard as ``KEY.EXT`` plus ``KEY.json`` (source, size, boxes).
 
-Resumable: ``manifest.jsonl`` gets one JSON line per image. Lines of kept images are written (and flushed) just
-before their shard is renamed into place, so after a crash every recorded kept image is in a finished shard; images
-of the unfinished shard are simply processed again. Workers read, hash and downscale images in parallel; the
-detector runs in the main process (on the GPU if it lives there).
+Resumable: ``manifest.jsonl`` gets one JSON line per image (matched on resume by its resolved path). Lines of kept
+images are written (and flushed) just before their shard is renamed into place, so after a crash every recorded kept
+image is in a finished shard; images of the unfinished shard are simply processed again. SIGTERM or Ctrl-C stops
+after the current batch of images and finishes the open shard. Workers read, hash and downscale images in parallel;
+the detector runs in the main process (on the GPU if it lives there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -38,6 +40,8 @@ from ..data.shards import ShardWriter
 from ..data.workers import WorkerInit, loader_context
 from ..io.images import IMAGE_EXTENSIONS, list_inputs, read_image
 from ..io.writers import save_json
+from ..training.config import check_counts
+from ..training.signals import StopRequest
 from .phash import PHashIndex, phash
 
 Detector = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # RGB uint8 -> (boxes xyxy (N, 4), scores (N,))
@@ -59,6 +63,8 @@ class CurationConfig:
     def __post_init__(self) -> None:
         if self.box_side not in ("long", "short"):
             raise ValueError(f"box_side must be 'long' or 'short', got {self.box_side!r}")
+        check_counts(self, positive=("detect_max_side", "shard_max_count", "shard_max_bytes", "batch_size"),
+                     non_negative=("workers",))
 
 
 @dataclass
@@ -67,8 +73,9 @@ class CurationReport:
     processed: int = 0  # processed in this call (the rest were in the manifest already)
     kept: int = 0
     dropped: Counter = field(default_factory=Counter)
-    shards: list[str] = field(default_factory=list)
-    seconds: float = 0.0
+    shards: list[str] = field(default_factory=list)  # every finished shard, earlier calls' included
+    seconds: float = 0.0  # of this call
+    stopped: bool = False  # by SIGTERM / Ctrl-C: what was decided is recorded; run again to go on
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,8 +121,8 @@ def _identity(x):
 # --------------------------------------------------------------------------------------------------- manifest
 
 
-def _load_manifest(out: Path) -> tuple[list[dict], int]:
-    """Records whose outcome is final, and the next shard index.
+def _load_manifest(out: Path) -> tuple[list[dict], list[str]]:
+    """Records whose outcome is final, and the names of the finished shards.
 
     Final: kept into a finished shard, or dropped, except duplicates of an image whose own record is not final
     (e.g. a copy of an image that was kept into the shard a crash cut short): those are decided again."""
@@ -141,8 +148,7 @@ def _load_manifest(out: Path) -> tuple[list[dict], int]:
         tmp = path.with_name(".manifest.jsonl.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in final))
         os.replace(tmp, path)
-    indices = [int(n[len("shard-"):-len(".tar")]) for n in shards]
-    return final, max(indices, default=-1) + 1
+    return final, sorted(shards)
 
 
 def _box_sides(boxes: np.ndarray, mode: str) -> np.ndarray:
@@ -170,8 +176,8 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     paths = [p for p in list_inputs(src, recursive=True) if p.suffix.lower() in IMAGE_EXTENSIONS]
-    done, next_shard = _load_manifest(out)
-    report = CurationReport(seen=len(paths))
+    done, shards = _load_manifest(out)
+    report = CurationReport(seen=len(paths), shards=shards)
     seen_sha: dict[str, str] = {}
     index = PHashIndex(max(cfg.phash_radius, 0))
     for r in done:
@@ -182,8 +188,8 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
             index.add(int(r["phash"], 16), r["path"])
         else:
             report.dropped[r["reason"]] += 1
-    finished = {r["path"] for r in done}
-    todo = [p for p in paths if str(p) not in finished]
+    finished = {Path(r["path"]).resolve() for r in done}  # "photos/a.jpg" then "/data/photos/a.jpg" is one image
+    todo = [p for p in paths if p.resolve() not in finished]
     if log and done:
         log(f"resuming: {len(done)} images already in the manifest, {len(todo)} to go")
 
@@ -191,9 +197,13 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     loader = torch.utils.data.DataLoader(_Reader(todo, cfg.detect_max_side), batch_size=None, shuffle=False,
                                          num_workers=cfg.workers, collate_fn=_identity, worker_init_fn=WorkerInit(),
                                          multiprocessing_context=loader_context(cfg.workers))
+    next_shard = max((int(n[len("shard-"):-len(".tar")]) for n in shards), default=-1) + 1
     writer = ShardWriter(out, "shard", cfg.shard_max_count, cfg.shard_max_bytes, start_index=next_shard)
     pending: list[dict] = []  # records of images in the open shard
-    with open(out / "manifest.jsonl", "a") as manifest:
+    stop = StopRequest()  # SIGTERM / Ctrl-C: finish the chunk and the open shard, then return
+    with contextlib.ExitStack() as exits:
+        exits.callback(stop.close)
+        manifest = exits.enter_context(open(out / "manifest.jsonl", "a"))
 
         def emit(records: list[dict]) -> None:
             manifest.write("".join(json.dumps(r) + "\n" for r in records))
@@ -225,6 +235,9 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
                 chunk = []
                 if log and (n // cfg.batch_size) % 50 == 0:
                     log(f"{report.processed}/{len(todo)} processed, {report.kept} kept in total")
+                if stop.requested:
+                    report.stopped = True
+                    break
         finish_shard()
     report.seconds = time.time() - t0
     save_json(out / "summary.json", report.to_dict(), indent=2)
