@@ -295,3 +295,15 @@ def test_label_pngs_are_read_as_class_ids(tmp_path):
     np.testing.assert_array_equal(read_label_png(tmp_path / "grey.png"), ids)
     with pytest.raises(ValueError, match="colour.png: a colour label PNG"):
         read_label_png(tmp_path / "colour.png")
+
+
+def test_a_class_list_json_gives_its_names_as_training_reads_them(tmp_path):
+    from opensapiens.data.labels import load_classes
+    from opensapiens.evaluation.runner import resolve_classes
+
+    spec = tmp_path / "classes.json"
+    spec.write_text('{"names": ["background", "person", "dog"], "class_weight": [0.5, 1, 1]}')
+    assert resolve_classes(str(spec)) == ("background", "person", "dog") == load_classes(str(spec)).names
+    listing = tmp_path / "classes.txt"
+    listing.write_text("a\nb\n\n")
+    assert resolve_classes(str(listing)) == ("a", "b")

@@ -472,6 +472,23 @@ def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_final_wei
     assert (tmp_path / "run" / "final.safetensors").is_file()
 
 
+def test_an_unreadable_validation_image_is_left_out_and_counted_not_replaced_by_its_neighbour(toy, tmp_path):
+    """The dataset stands the next readable sample in for an unreadable one (training goes on); an evaluation
+    counting that stand-in would score the neighbour twice."""
+    broken, without = tmp_path / "broken", tmp_path / "without"
+    shutil.copytree(toy[1], broken)
+    shutil.copytree(toy[1], without)
+    (broken / "images" / "00003.png").write_bytes(b"not a png")
+    for folder in ("images", "seg"):
+        (without / folder / "00003.png").unlink()
+    kw = dict(steps=1, eval_interval=1, deterministic=True)
+    with pytest.warns(UserWarning, match="skipping sample 3"):
+        got = train(config(toy, tmp_path / "a", val_data=str(broken), **kw))["metrics"]
+    want = train(config(toy, tmp_path / "b", val_data=str(without), **kw))["metrics"]
+    assert got["unreadable_samples"] == 1 and want["unreadable_samples"] == 0
+    assert got["mIoU"] == want["mIoU"] and got["aAcc"] == want["aAcc"]
+
+
 def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(toy, tmp_path):
     # deterministic kernels: on a GPU cuDNN's atomics would make the two runs differ in the last bits
     kw = dict(steps=6, log_interval=4, ckpt_interval=3, keep_last=0, deterministic=True)

@@ -48,7 +48,8 @@ def _key(item: SampleKey | int) -> SampleKey:
 
 
 class _Base(Dataset):
-    """Shared: bad-file replacement, augmentation RNG, background pictures, photometric steps."""
+    """Shared: bad-file replacement (training goes on with the next readable sample; ``stand_in`` marks it, so an
+    evaluation does not count that sample twice), augmentation RNG, background pictures, photometric steps."""
 
     def __init__(self, input_size: tuple[int, int], backgrounds: list[Path] | None):
         self.input_size = tuple(input_size)
@@ -73,6 +74,7 @@ class _Base(Dataset):
         else:
             raise DataError("no readable sample in the dataset")
         sample["valid"] = np.bool_(key.valid)
+        sample["stand_in"] = np.bool_(attempt > 0)  # the next readable sample's data: evaluation leaves it out
         return sample
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator | None, enabled: bool) -> np.ndarray:

@@ -50,11 +50,16 @@ def read_npy(path: Path) -> np.ndarray:
 
 
 def resolve_classes(spec: str | int | Sequence[str] | None) -> tuple[str, ...]:
-    """Class names from "goliath" (28), "face" (19), a class count, a comma list or a text file (one per line)."""
+    """Class names from "goliath" (28), "face" (19), a class count, a comma list, a class-list JSON (as training
+    takes, ``data.labels.load_classes``) or a text file (one per line)."""
     if spec is None:
         return seg_classes("goliath").names
     if not isinstance(spec, (str, int)):
         return tuple(spec)
+    if str(spec).endswith(".json"):
+        from ..data.labels import load_classes
+
+        return load_classes(spec).names
     if str(spec) in ("goliath", "28", "face", "19"):
         return seg_classes(spec).names
     if isinstance(spec, int) or spec.isdigit():

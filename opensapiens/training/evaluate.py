@@ -21,24 +21,30 @@ def evaluate(model: nn.Module, loader, evaluator, device: torch.device, autocast
     """Metrics of ``model`` over ``loader`` (an ``EvalSampler`` loader), the same dict on every rank.
 
     ``evaluator`` has ``update(output, batch)``, ``state()``, ``merge(state)`` and ``compute()`` (see
-    ``opensapiens.tasks``); padding samples (``valid`` False) are dropped before ``update``.
+    ``opensapiens.tasks``); padding samples (``valid`` False) are dropped before ``update``, and so are stand-ins
+    for unreadable samples (another sample's data), counted in ``metrics["unreadable_samples"]``.
     """
     was_training = model.training
     model.eval()
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else \
         contextlib.nullcontext()
+    unreadable = 0
     for host in loader:
+        valid = host["valid"].bool()
+        stand_in = host["stand_in"].bool() if "stand_in" in host else torch.zeros_like(valid)
+        unreadable += int((valid & stand_in).sum())
         batch = to_device(host, device)
         with amp:
             output = model(batch["image"])
-        keep = batch["valid"].bool()
+        keep = (valid & ~stand_in).to(output.device)
         if keep.any():
             evaluator.update(output.float()[keep], _select(batch, keep))
     model.train(was_training)
-    states = gather_objects(evaluator.state())
+    states = gather_objects((evaluator.state(), unreadable))
     metrics = None
     if is_main:
-        for other in states[1:]:
+        for other, _ in states[1:]:
             evaluator.merge(other)
         metrics = evaluator.compute()
+        metrics["unreadable_samples"] = sum(n for _, n in states)
     return broadcast_object(metrics)
