@@ -189,6 +189,28 @@ def test_half_body_box_is_the_official_rule():
     np.testing.assert_allclose(s, [0, 30 * 1.5])
 
 
+def test_half_body_fires_for_a_custom_set_smaller_than_the_official_minimum_and_ids_are_range_checked(tmp_path):
+    """The official RandomHalfBody needs 9 labelled keypoints; a 5-keypoint custom set with half-body ids declared
+    needs all 5 (with 9 its half-body could never fire)."""
+    from opensapiens.data.transforms import pose_crop
+
+    spec = {"names": ["head", "l_hand", "r_hand", "l_foot", "r_foot"], "upper_body": [0, 1, 2], "lower_body": [3, 4]}
+    (tmp_path / "five.json").write_text(json.dumps(spec))
+    layout = load_keypoint_layout(str(tmp_path / "five.json"))
+    assert (layout.upper_body, layout.lower_body) == ((0, 1, 2), (3, 4))
+    kp = np.array([[10, 10], [30, 40], [50, 10], [20, 200], [40, 200]], float)
+    aug = PoseAugment(flip_prob=0, half_body_prob=1, shift_prob=0, scale_range=(1, 1), rotate_prob=0)
+    halves = (np.array(layout.upper_body), np.array(layout.lower_body))
+    A, crop_kp, _ = pose_crop((300, 200), kp, np.ones(5), np.array([30.0, 100.0]), np.array([100.0, 250.0]),
+                              (64, 48), np.random.default_rng(0), aug, half_body=halves)
+    # the upper body (2 lower keypoints are below the official 3): centred on its keypoints' mean, (30, 20)
+    np.testing.assert_allclose(crop_kp[:3].mean(0), [(48 - 1) / 2, (64 - 1) / 2], atol=1e-4)
+    spec["lower_body"] = [3, 7]
+    (tmp_path / "bad.json").write_text(json.dumps(spec))
+    with pytest.raises(DataError, match=r"lower_body ids \[7\] outside \[0, 5\)"):
+        load_keypoint_layout(str(tmp_path / "bad.json"))
+
+
 def test_the_box_shift_is_a_fraction_of_the_box_before_its_aspect_is_fixed():
     """Official RandomBBoxTransform shifts by shift_factor x the padded box, whose aspect TopdownAffine fixes later:
     a 100 x 400 box (padded 125 x 500) moves at most 0.16 x 125 = 20 px sideways, not 0.16 x its widened 375."""

@@ -71,7 +71,13 @@ def load_keypoint_layout(spec: str | int | Path) -> PoseLayout:
             raise DataError(f"keypoint set file {path}: {len(sigmas)} sigmas for {K} keypoints")
         kps = KeypointSet(path.stem, names, tuple(flip), sigmas, tuple(tuple(p) for p in d.get("skeleton", [])),
                           {"all": tuple(range(K))})
-        return PoseLayout(kps, tuple(d.get("upper_body", ())), tuple(d.get("lower_body", ())))
+        halves = []
+        for part in ("upper_body", "lower_body"):
+            ids = tuple(int(i) for i in d.get(part, ()))
+            if bad := [i for i in ids if not 0 <= i < K]:
+                raise DataError(f"keypoint set file {path}: {part} ids {bad[:5]} outside [0, {K})")
+            halves.append(ids)
+        return PoseLayout(kps, *halves)
     kps = keypoint_set(spec)
     if kps.name == "goliath":
         upper, lower = goliath_half_body()

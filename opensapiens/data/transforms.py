@@ -47,7 +47,7 @@ class PoseAugment:
 
     flip_prob: float = 0.5
     half_body_prob: float = 0.3
-    half_body_min_keypoints: int = 9  # labelled keypoints needed to try half-body
+    half_body_min_keypoints: int = 9  # labelled keypoints needed to try half-body (at most all half-body ids)
     half_body_padding: float = 1.5
     upper_prioritized_prob: float = 0.7
     shift_factor: float = 0.16
@@ -124,7 +124,8 @@ def pose_crop(image_hw: tuple[int, int], keypoints: np.ndarray, visible: np.ndar
             center[0] = W_img - 1 - center[0]
             kp[:, 0] = W_img - 1 - kp[:, 0]
             kp, vis = kp[flip_indices], vis[flip_indices]
-        if half_body is not None and (vis > 0).sum() >= aug.half_body_min_keypoints \
+        # A set with fewer half-body keypoints than the official minimum of 9 (a custom one) needs them all
+        if half_body is not None and (vis > 0).sum() >= min(aug.half_body_min_keypoints, sum(map(len, half_body))) \
                 and rng.random() < aug.half_body_prob:
             hb = half_body_box(kp, vis, half_body[0], half_body[1], aug, aspect, rng)
             if hb is not None:
