@@ -307,3 +307,11 @@ def test_a_truncated_pth_or_another_kind_of_file_is_not_called_a_corrupt_safeten
     path.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x89PNG\r\n\x1a\n" + bytes(64))
     with pytest.raises(CheckpointError, match="not a safetensors file nor a complete zip-format PyTorch checkpoint"):
         read_state_dict(path)
+
+
+def test_a_checkpoint_loaded_as_another_task_names_the_task_its_head_has(tmp_path):
+    _, sd = make_official_state("seg", out_channels=5)
+    torch.save({"state_dict": sd}, tmp_path / "seg.pth")
+    with pytest.raises(CheckpointError, match=r"holds a seg head \(3 up-sampling layers\), not pose \(a pose head "
+                                              r"has 2\)"):
+        load_model(tmp_path / "seg.pth", task="pose")

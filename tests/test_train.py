@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_data_toy import write_toy_dataset
 
+from opensapiens.data import DataError
 from opensapiens.models import build_model
 from opensapiens.training import Schedule, TrainConfig, param_groups, train, train_step
 from opensapiens.training import finetune as finetune_module
@@ -487,6 +488,18 @@ def test_an_unreadable_validation_image_is_left_out_and_counted_not_replaced_by_
     want = train(config(toy, tmp_path / "b", val_data=str(without), **kw))["metrics"]
     assert got["unreadable_samples"] == 1 and want["unreadable_samples"] == 0
     assert got["mIoU"] == want["mIoU"] and got["aAcc"] == want["aAcc"]
+
+
+def test_bad_data_folders_are_named_by_option_and_leave_no_run_folder(toy, tmp_path):
+    with pytest.raises(DataError, match=r"^--val-data: dataset folder .*missing does not exist"):
+        train(config(toy, tmp_path / "a", val_data=str(tmp_path / "missing")))
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"^--data: .*empty/images holds no images"):
+        train(config(toy, tmp_path / "b", data=str(tmp_path / "empty")))
+    shutil.copytree(toy[0] / "images", tmp_path / "no_targets" / "images")
+    with pytest.raises(DataError, match=r"images/ has 24 images but there is no seg/ or labels/ folder beside it"):
+        train(config(toy, tmp_path / "c", data=str(tmp_path / "no_targets")))
+    assert not any((tmp_path / run).exists() for run in "abc")  # no config.json of a run that never started
 
 
 def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(toy, tmp_path):

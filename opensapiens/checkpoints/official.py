@@ -126,8 +126,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
         if not has_head:
             raise CheckpointError(f"{source}: task {task!r} requested but the checkpoint has no head")
         if n_up != HEAD_SPECS[task].num_deconv:
-            raise CheckpointError(f"{source}: a {task} head has {HEAD_SPECS[task].num_deconv} up-sampling layers, "
-                                  f"this checkpoint has {n_up}")
+            raise CheckpointError(f"{source}: holds a {head_task} head ({n_up} up-sampling layers), not {task} (a "
+                                  f"{task} head has {HEAD_SPECS[task].num_deconv})")
     with_cls = task == "features" and "backbone.cls_token" in sd
     n_pos = sd["backbone.pos_embed"].shape[1] - int(with_cls)
     if not with_cls and "backbone.cls_token" in sd and n_pos % 2 == 1:

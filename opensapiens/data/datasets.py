@@ -256,9 +256,13 @@ class DenseDataset(_Base):
                      s + "_seg" in flat]
             if pairs:
                 return pairs
+        want = " or ".join(f"{d}/" for d in self.TARGET_DIRS[self.task])
+        if not images and (self.root / "images").is_dir():
+            raise DataError(f"{self.root / 'images'} holds no images ({', '.join(IMAGE_EXTS)})")
+        if images and target_dir is None:
+            raise DataError(f"{self.root}: images/ has {len(images)} images but there is no {want} folder beside it")
         if not images or target_dir is None:
-            want = "/".join(self.TARGET_DIRS[self.task])
-            raise DataError(f"{self.root}: expected images/ and {want}/ folders (see docs/training.md)")
+            raise DataError(f"{self.root}: expected images/ and {want} folders (see docs/training.md)")
         targets = _stems(target_dir, (".png",) if self.task == "seg" else (".npy",))
         names = sorted(set(images) & set(targets))
         if self.task != "seg" and not masks and names:

@@ -21,7 +21,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checkpoints import save_model, with_weights
-from ..data import EvalSampler, TrainSampler, build_dataset, load_classes, load_keypoint_layout, to_device
+from ..data import (
+    DataError,
+    EvalSampler,
+    TrainSampler,
+    build_dataset,
+    load_classes,
+    load_keypoint_layout,
+    to_device,
+)
 from ..data.synth_stream import SynthStream
 from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
@@ -67,6 +75,14 @@ def export_weights(model: torch.nn.Module, config, path: Path, info: D.DistInfo,
     D.barrier()
 
 
+def _dataset(option: str, task: str, path: str, **kw):
+    """``build_dataset``, its errors naming the option that gave the path."""
+    try:
+        return build_dataset(task, path, **kw)
+    except DataError as e:
+        raise DataError(f"{option}: {e}") from None
+
+
 def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
     """Background loading processes (``data.workers``: from a fork server, ended with this process); a private
     generator so creating the loader never draws from the global RNG."""
@@ -94,22 +110,22 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     ckpt_dir = run / "checkpoints"
     device = info.device
     resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
-    if info.is_main:
-        run.mkdir(parents=True, exist_ok=True)
-        save_json(run / "config.json", cfg.to_dict(), indent=2)
 
-    # ---- data ------------------------------------------------------------------------------------------------------
+    # ---- data (checked before the run folder is written) -----------------------------------------------------------
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and load_keypoint_layout(cfg.keypoints).keypoints.name != "goliath":
         raise ValueError("--data synth renders the 308 Goliath keypoints; use --keypoints goliath")
-    train_set = None if on_the_fly else build_dataset(cfg.task, cfg.data, train=True, augment=cfg.augment,
-                                                      backgrounds=cfg.backgrounds, **data_kw)
-    val_set = build_dataset(cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
+    train_set = None if on_the_fly else _dataset("--data", cfg.task, cfg.data, train=True, augment=cfg.augment,
+                                                 backgrounds=cfg.backgrounds, **data_kw)
+    val_set = _dataset("--val-data", cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
     if val_set is not None and cfg.task == "pose":  # what OKS needs, checked now: not after the training steps
         from ..evaluation.pose import check_keypoint_gt
 
         check_keypoint_gt(val_set.coco, val_set.layout.keypoints.num_keypoints, f"--val-data {cfg.val_data}")
+    if info.is_main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_json(run / "config.json", cfg.to_dict(), indent=2)
 
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
