@@ -186,7 +186,7 @@ def test_predict_reports_missing_inputs(tmp_path, capsys):
 
 def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     pytest.importorskip("av")  # the optional video extra (installed with [test]; absent on the GPU image)
-    from opensapiens.io import iter_video_frames
+    from opensapiens.io import iter_video_frames, video_info
 
     video = _video(tmp_path / "clip.mp4", n=5)
     ckpt = _checkpoint(tmp_path, "seg", 28)
@@ -199,6 +199,9 @@ def test_predict_on_a_video_writes_frames_and_a_picture_video(tmp_path, capsys):
     assert np.array(Image.open(frames[0])).shape == (64, 48)
     pictures = list(iter_video_frames(out / "clip_seg.mp4"))
     assert len(pictures) == 5 and pictures[0][1].shape[0] == 64
+    manifest = json.loads((out / "clip" / "video_seg.json").read_text())
+    fps = video_info(video).fps
+    assert manifest["frames"] == 5 and manifest["frame_times"] == [[i, pytest.approx(i / fps)] for i in range(5)]
     raw_out = tmp_path / "raw"  # --raw: each frame's logits beside its labels, at the model's output size
     assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--input-size", "64x48", "--batch-size", "2",
                  str(video), "--out", str(raw_out), "--raw", "--no-vis"]) == 0

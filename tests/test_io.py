@@ -432,6 +432,8 @@ def test_video_round_trip(tmp_path):
         assert g.shape == (24, 32, 3) and g.dtype == np.uint8
         np.testing.assert_allclose(g.reshape(-1, 3).mean(0), f[0, 0], atol=4)
     assert [i for i, _ in iter_video_frames(tmp_path / "v.mp4", step=3)] == [0, 3, 6]
+    timed = [(i, t) for i, _, t in iter_video_frames(tmp_path / "v.mp4", step=3, times=True)]
+    assert [i for i, _ in timed] == [0, 3, 6] and [t for _, t in timed] == pytest.approx([0, 3 / 12, 6 / 12])
 
 
 def _video_damaged_at(tmp_path, frames: int, damaged: int):
@@ -457,6 +459,18 @@ def test_a_damaged_packet_midway_is_skipped_with_a_warning_not_the_rest_of_the_v
         frames = list(iter_video_frames(damaged))
     assert len(frames) == 79  # every frame but the damaged one's
     assert not any("no frame" in str(w.message) for w in caught)
+
+
+def test_after_a_damaged_packet_the_frame_times_still_place_each_frame(tmp_path, monkeypatch):
+    """Frame numbers count decoded frames, so the damaged frame 30 shifts the later numbers by one; their
+    presentation times do not shift."""
+    monkeypatch.setattr(video_module, "DECODE_THREADS", 1)
+    damaged = _video_damaged_at(tmp_path, 40, 30)
+    with pytest.warns(UserWarning, match="skipped 1 damaged packet"):
+        timed = [(i, t) for i, _, t in iter_video_frames(damaged, times=True)]
+    assert [i for i, _ in timed] == list(range(39))
+    times = [round(t * 10) for _, t in timed]  # 10 fps
+    assert len(set(times)) == 39 and set(range(40)) - set(times) == {30}  # ... the frame at 3.0 s is the one lost
 
 
 def test_frames_lost_to_damage_near_the_end_on_many_threads_are_told(tmp_path, monkeypatch):

@@ -360,7 +360,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     1080p pose video to ~14 frames/s on a 16-core host, call 100), so the main thread only feeds the GPU. The
     picture video replaces ``STEM_<task>.mp4`` only when every frame is done (a finished run without pictures
     removes an older one); on an error it is discarded and the error raised. Last, ``video_manifest`` records the
-    finished video (``video_finished``).
+    finished video (``video_finished``) and each frame's presentation time (``frame_times``: the frame numbers count
+    decoded frames, so after a damaged stretch the time is what places a frame in the video).
     """
     from tqdm import tqdm
 
@@ -386,6 +387,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     writer = VideoWriter(video, fps=fps / step, preset="veryfast") if pictures else None
     done = 0
     tracker = PoseTracker(predictor.keypoint_set) if track and predictor.task == "pose" else None
+    frame_times: list[list] = []  # [frame index, presentation time in seconds] of each frame processed
 
     prepare = _model_input(predictor)
 
@@ -394,9 +396,10 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         decoded on a reader thread (on CUDA the inputs pinned there too, as ``run_batch``'s readers do)."""
         kwargs = {RAW_FLAG[predictor.task]: True} if raw and predictor.task in RAW_FLAG else {}
         indices, frames = [], []
-        for index, frame in iter_video_frames(path, step=step):
+        for index, frame, seconds in iter_video_frames(path, step=step, times=True):
             indices.append(index)
             frames.append(frame)
+            frame_times.append([index, None if seconds is None else round(seconds, 6)])
             if len(frames) == batch_size:
                 yield (indices, frames), [prepare(f) for f in frames], dict(kwargs)
                 indices, frames = [], []
@@ -455,7 +458,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         bar.close()
     save_json(video_manifest(out_dir, stem, predictor.task), {
         "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw,
-        "track": tracker is not None, "vis": pictures})
+        "track": tracker is not None, "vis": pictures, "frame_times": frame_times})
     return done
 
 

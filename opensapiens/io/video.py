@@ -65,9 +65,10 @@ def video_info(path: str | Path) -> VideoInfo:
         raise ImageReadError(path, f"cannot open video ({e})") from e
 
 
-def iter_video_frames(path: str | Path, step: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+def iter_video_frames(path: str | Path, step: int = 1, times: bool = False) -> Iterator[tuple]:
     """Yield ``(index, frame)`` for every ``step``-th decoded frame: index counts decoded frames from 0, frame is an
-    upright (H, W, 3) uint8 RGB array."""
+    upright (H, W, 3) uint8 RGB array. With ``times``, ``(index, frame, seconds)``: the frame's presentation time
+    in the stream (None where the container gives none), which still names it after damaged frames were dropped."""
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     av = _import_av()
@@ -78,7 +79,8 @@ def iter_video_frames(path: str | Path, step: int = 1) -> Iterator[tuple[int, np
             stream.thread_type, stream.thread_count = "AUTO", DECODE_THREADS
             for index, frame in enumerate(_decoded(av, container, stream, path)):
                 if index % step == 0:
-                    yield index, _upright(frame, frame.to_ndarray(format="rgb24"))
+                    image = _upright(frame, frame.to_ndarray(format="rgb24"))
+                    yield (index, image, frame.time) if times else (index, image)
     except av.FFmpegError as e:
         where = "cannot open video" if index < 0 else f"decoding failed after frame {index}"
         raise ImageReadError(path, f"{where} ({e}; a truncated or damaged file?)") from e
