@@ -374,7 +374,8 @@ def _fake_video(monkeypatch, frames, fps=10.0):
     import opensapiens.io as io
 
     monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(frames), fps=fps))
-    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(frames)))
+    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1, times=False: (
+        (k, frame, k / (fps or 30)) if times else (k, frame) for k, frame in enumerate(frames)))
     made = []
 
     class Writer:
@@ -539,10 +540,10 @@ def test_run_video_decodes_frames_on_a_reader_thread(tmp_path, monkeypatch):
     _fake_video(monkeypatch, frames)
     decoders = set()
 
-    def frames_on_a_thread(path, step=1):
+    def frames_on_a_thread(path, step=1, times=False):
         for k, frame in enumerate(frames):
             decoders.add(threading.current_thread().name)
-            yield k, frame
+            yield (k, frame, k / 10) if times else (k, frame)
 
     monkeypatch.setattr(io, "iter_video_frames", frames_on_a_thread)
 

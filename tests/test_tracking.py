@@ -199,7 +199,8 @@ def test_run_video_writes_track_ids_that_follow_people(tmp_path, monkeypatch):
     frames = _frames(9, np.random.default_rng(5))
     images = [np.full((8, 6, 3), k, np.uint8) for k in range(len(frames))]
     monkeypatch.setattr(io, "video_info", lambda path: SimpleNamespace(num_frames=len(images), fps=10.0))
-    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1: iter(enumerate(images)))
+    monkeypatch.setattr(io, "iter_video_frames", lambda path, step=1, times=False: (
+        (k, image, k / 10) if times else (k, image) for k, image in enumerate(images)))
 
     class Pose:
         task = "pose"
