@@ -4,22 +4,12 @@
     TRITON_INTERPRET=1 python bench/flash_attention_train.py --smoke                       # CPU: tiny shape
 
 For each shape (the MAE-0.3B decoder at 1024x1024, head dim 32; its encoder, head dim 64; fine-tuning 0.3B at
-1024x768) it times SDPA's cuDNN and flash backends (and FlashAttention-4 where ``flash_attn.cute`` imports) forward and
-forward + backward, on q/k/v sliced from one qkv tensor as the model does; then our kernels: the forward over a grid
-of launch configs; the backward's dK/dV kernel over a grid with the dQ kernel fixed, then the dQ kernel with the best
-dK/dV config; the best backward's time by kernel. Accuracy: output and qkv gradient of SDPA's backends and of ours
-against float32 math on two images of the batch. The best configs are written under "best_config" (FlashConfig's
-fields as lists) and can be handed to ``bench_mae.py --flash-config``.
-
-On the --variants shapes (the decoder's by default) it also times the exponentials partly on the FMA units and the
-one-pass backward, from the grids' best (20 more compiles, ~30 s on an H200):
-    "forward_exp2"   the two fastest forward configs with 1, 2, 3 of 4 quarters of the exp2 on the FMA units
-    "dkdv_exp2"      the two-kernel backward: the best dK/dV config with 1, 2 quarters (the best dQ config), then
-    "dq_exp2"        the best dQ config with 1, 2 quarters (the best dK/dV config so far)
-    "atomic"         the one-pass backward (dQ by atomic adds) over ATOMIC with all exp2 on MUFU, then
-    "atomic_exp2"    its best config with 1, 2, 3 quarters
-and "best_config" takes the fastest forward and the faster backward of the two (``"dq": []``: the one-pass one).
-Every row's ms is the whole forward or backward call, so rows of one family compare directly.
+1024x768) it times SDPA's cuDNN and flash backends (and FlashAttention-4 where ``flash_attn.cute`` imports) forward
+and forward + backward, on q/k/v sliced from one qkv tensor as the model does; then our kernels: the forward over a
+grid of launch configs; the backward's dK/dV kernel over a grid with the dQ kernel fixed, then the dQ kernel with the
+best dK/dV config; the best backward's time by kernel. Accuracy: output and qkv gradient of SDPA's backends, FA4's
+and ours against float32 math on two images of the batch. The best configs are written under "best_config" and can
+be handed to ``bench_mae.py --flash-config``.
 """
 
 from __future__ import annotations
@@ -47,11 +37,6 @@ DKDV = [(128, 64, 4, 2), (32, 128, 4, 1), (64, 64, 4, 1), (64, 128, 4, 1), (64, 
         (64, 64, 4, 2), (64, 64, 4, 3), (128, 32, 4, 2), (128, 32, 4, 3), (256, 32, 8, 2)]
 DQ = [(128, 32, 4, 2), (64, 64, 4, 2), (128, 32, 4, 1), (64, 128, 4, 2), (128, 64, 8, 1), (128, 32, 4, 3),
       (64, 64, 4, 3), (64, 32, 4, 2), (128, 64, 4, 2)]
-QUARTERS = (1, 2, 3)  # of each score tile's exponentials on the FMA units (the backward's two-kernel rows: 1, 2)
-# the one-pass backward: (BLOCK_M queries, BLOCK_N keys, warps, stages), the fastest of two H200 runs (Triton 3.6; one
-# stage beat two and three, 8 warps at 128 x 64 took twice as long) and neighbours
-ATOMIC = [(64, 128, 4, 1), (64, 128, 4, 2), (64, 64, 4, 1), (64, 256, 8, 1), (32, 128, 4, 2), (128, 64, 4, 1),
-          (128, 128, 8, 1)]
 
 
 def sdpa(qkv: torch.Tensor, scale: float, backend: SDPBackend) -> torch.Tensor:
@@ -69,58 +54,17 @@ def fwd_bwd(fn, qkv: torch.Tensor, grad: torch.Tensor):
     return run
 
 
-def fastest(rows: list[dict]) -> dict | None:
-    return min((r for r in rows if "ms" in r), key=lambda r: r["ms"], default=None)
-
-
-def time_rows(rows: list[dict], make, configs, device, iters: int, flop: float) -> dict | None:
-    """Time ``make(config)()`` for every config into ``rows``; returns the fastest row of ``rows`` (None: none ran)."""
+def sweep(rows: list[dict], make, configs, device, iters: int, flop: float) -> dict:
+    """Time ``make(config)()`` for every config; returns the fastest row."""
     for config in configs:
         row = {"config": list(config), **time_ms_or_error(make(config), device, iters)}
         rows.append(row)
         if "ms" in row:
             row["tflops"] = tflops(flop, row["ms"])
-    return fastest(rows)
-
-
-def sweep(rows: list[dict], make, configs, device, iters: int, flop: float) -> dict:
-    """``time_rows`` over a grid that must give a config."""
-    best = time_rows(rows, make, configs, device, iters, flop)
-    if best is None:
+    timed = [r for r in rows if "ms" in r]
+    if not timed:
         raise RuntimeError(f"no config ran: {rows[:3]}")
-    return best
-
-
-def sweep_variants(row: dict, config: FlashConfig, forward, backward, grids, device, iters: int,
-                   flop: float) -> FlashConfig:
-    """The exponentials partly on the FMA units and the one-pass backward, from the launch-config sweep's best
-    ``config`` (module docstring; ``grids``: the quarters and the one-pass configs); returns the fastest config.
-    ``forward(config)`` and ``backward(dkdv_config, dq_config)`` make the calls to time."""
-    quarters, one_pass_grid = grids
-    top = sorted((r for r in row["forward"] if "ms" in r), key=lambda r: r["ms"])[:2]
-    time_rows(row.setdefault("forward_exp2", []), forward, [(*r["config"], q) for r in top for q in quarters],
-              device, iters, flop)
-    fwd = fastest(row["forward"] + row["forward_exp2"])["config"]
-    # the two-kernel backward from the dQ sweep's best row (the best dK/dV and dQ configs)
-    best, dkdv, dq = fastest(row["dq"]), config.dkdv, config.dq
-    exp2 = time_rows(row.setdefault("dkdv_exp2", []), lambda c: backward(c, dq), [(*dkdv, q) for q in quarters[:2]],
-                     device, iters, 2.5 * flop)
-    if exp2 and exp2["ms"] < best["ms"]:
-        best, dkdv = exp2, exp2["config"]
-    exp2 = time_rows(row.setdefault("dq_exp2", []), lambda c: backward(dkdv, c), [(*dq, q) for q in quarters[:2]],
-                     device, iters, 2.5 * flop)
-    if exp2 and exp2["ms"] < best["ms"]:
-        best, dq = exp2, exp2["config"]
-    one_pass = time_rows(row.setdefault("atomic", []), lambda c: backward(c, ()), one_pass_grid, device, iters,
-                         2.5 * flop)
-    if one_pass:
-        time_rows(row.setdefault("atomic_exp2", []), lambda c: backward(c, ()),
-                  [(*one_pass["config"], q) for q in quarters], device, iters, 2.5 * flop)
-        one_pass = fastest(row["atomic"] + row["atomic_exp2"])
-    row["backward_ms"] = {"two-kernel": best["ms"], "atomic": one_pass["ms"] if one_pass else None}
-    if one_pass and one_pass["ms"] < best["ms"]:
-        dkdv, dq = one_pass["config"], ()
-    return FlashConfig(tuple(fwd), tuple(dkdv), tuple(dq))
+    return min(timed, key=lambda r: r["ms"])
 
 
 def errors(out: torch.Tensor, grad_qkv: torch.Tensor, ref_out: torch.Tensor, ref_grad: torch.Tensor) -> dict:
@@ -130,10 +74,9 @@ def errors(out: torch.Tensor, grad_qkv: torch.Tensor, ref_out: torch.Tensor, ref
             "grad_rel_rms": float((grad_qkv.float() - ref_grad).norm() / ref_grad.norm())}
 
 
-def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device, grids, variant_grids,
-            backends, iters: int) -> None:
-    """Every timing and the accuracy of one shape, into ``row`` as they come (a timeout keeps what was done);
-    ``variant_grids`` (quarters, one-pass configs), or None: ``sweep_variants`` too."""
+def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device, grids, backends,
+            iters: int) -> None:
+    """Every timing and the accuracy of one shape, into ``row`` as they come (a timeout keeps what was done)."""
     qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype)
     grad = torch.randn(B, N, H, D, device=device, dtype=dtype)
     scale, flop = D**-0.5, 4 * B * H * N * N * D  # forward; the backward does 2.5x that
@@ -145,11 +88,8 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
         if "ms" in both:
             both["tflops"] = tflops(3.5 * flop, both["ms"])
     row["forward"], row["dkdv"], row["dq"] = [], [], []
-
-    def forward(config):
-        return lambda: flash_attention(qkv, scale, FlashConfig(forward=config))
-
-    fwd = sweep(row["forward"], forward, grids[0], device, iters, flop)
+    fwd = sweep(row["forward"], lambda c: lambda: flash_attention(qkv, scale, FlashConfig(forward=c)), grids[0],
+                device, iters, flop)
     out, lse = torch.ops.opensapiens.flash_attention_forward(qkv, scale, fwd["config"], [], [])
 
     def backward(dkdv_config, dq_config):
@@ -159,8 +99,6 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
     dkdv = sweep(row["dkdv"], lambda c: backward(c, FlashConfig().dq), grids[1], device, iters, 2.5 * flop)
     dq = sweep(row["dq"], lambda c: backward(dkdv["config"], c), grids[2], device, iters, 2.5 * flop)
     config = FlashConfig(forward=tuple(fwd["config"]), dkdv=tuple(dkdv["config"]), dq=tuple(dq["config"]))
-    if variant_grids is not None:
-        config = sweep_variants(row, config, forward, backward, variant_grids, device, iters, flop)
     row["best_config"] = {"forward": list(config.forward), "dkdv": list(config.dkdv), "dq": list(config.dq)}
     kernels = {"ours": lambda x: flash_attention(x, scale, config)}
     if device.type == "cuda" and fa4.available():
@@ -172,20 +110,13 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
             r["forward_backward"]["tflops"] = tflops(3.5 * flop, r["forward_backward"]["ms"])
     if device.type == "cuda":
         row["backward_kernels"] = top_kernels(backward(config.dkdv, config.dq), device, rows=8)
-    # accuracy on two images against float32 math: the best config; where the variants ran, the fastest one-pass
-    # config and the best configs with half the exponentials on the FMA units; FA4; SDPA's backends
+    # accuracy on two images against float32 math
     small, g = qkv[:2].float().requires_grad_(), grad[:2].float()
     ref_out = sdpa(small, scale, SDPBackend.MATH)
     ref_out.backward(g)
     ref_grad = small.grad
     row["accuracy"] = {}
     candidates = dict(kernels)
-    one_pass = fastest(row.get("atomic", []) + row.get("atomic_exp2", []))
-    if one_pass:
-        one_pass_config = FlashConfig(config.forward, tuple(one_pass["config"]), ())
-        half = FlashConfig(*((*c[:4], 2) if c else () for c in (config.forward, config.dkdv, config.dq)))
-        candidates["ours-one-pass"] = lambda x: flash_attention(x, scale, one_pass_config)
-        candidates["ours-fma-half"] = lambda x: flash_attention(x, scale, half)
     candidates.update({b.name.lower(): (lambda x, b=b: sdpa(x, scale, b)) for b in backends})
     for key, fn in candidates.items():
         x = qkv[:2].detach().clone().requires_grad_()
@@ -197,12 +128,6 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
         print(f"  {key:<18} forward {r['forward'].get('ms', r['forward'].get('error'))} ms, forward+backward "
               f"{r['forward_backward'].get('ms', r['forward_backward'].get('error'))} ms "
               f"({r['forward_backward'].get('tflops', '-')} TFLOP/s)", flush=True)
-    for family in ("forward_exp2", "dkdv_exp2", "dq_exp2", "atomic", "atomic_exp2"):
-        if family in row:
-            print(f"  {family:<12} " + ", ".join(f"{r['config']}: {r.get('ms', r.get('error'))}" for r in row[family]),
-                  flush=True)
-    if "backward_ms" in row:
-        print(f"  fastest backward, ms: {row['backward_ms']}", flush=True)
     print(f"  best {row['best_config']}", flush=True)
     if "backward_kernels" in row:
         print(row["backward_kernels"], flush=True)
@@ -213,8 +138,6 @@ def measure(row: dict, name: str, B: int, N: int, H: int, D: int, dtype, device,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
-    ap.add_argument("--variants", default="mae-decoder",
-                    help="shapes that also time the FMA exponentials and the one-pass backward ('' for none)")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--smoke", action="store_true", help="one tiny shape, one config per kernel (CPU, interpreter)")
     ap.add_argument("--out", type=Path, default=None)
@@ -224,8 +147,6 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float16  # the interpreter has no bf16 dot
     shapes = {"smoke": (2, 70, 2, 32)} if args.smoke else {k: SHAPES[k] for k in args.shapes.split(",")}
     grids = ([FORWARD[0]], [DKDV[0]], [DQ[0]]) if args.smoke else (FORWARD, DKDV, DQ)
-    variant_grids = ((2,), ATOMIC[:1]) if args.smoke else (QUARTERS, ATOMIC)
-    variants = {"smoke"} if args.smoke else set(args.variants.split(","))
     backends = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION] if device.type == "cuda" else []
     result = {"device": device_name(device), "software": software_versions(), "shapes": {}}
     print(result["device"], flush=True)
@@ -234,8 +155,7 @@ def main() -> None:
     try:
         for name, (B, N, H, D) in shapes.items():
             result["shapes"][name] = {}
-            measure(result["shapes"][name], name, B, N, H, D, dtype, device, grids,
-                    variant_grids if name in variants else None, backends, args.iters)
+            measure(result["shapes"][name], name, B, N, H, D, dtype, device, grids, backends, args.iters)
     finally:
         write_json(args.out, result)
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -329,6 +329,20 @@ elif [ "$1" = exp2-sweep ]; then
   grep -E "FAILED|ERROR" "$OUT/exp2-sweep_tests.txt" | head -20; tail -2 "$OUT/exp2-sweep_tests.txt"
   timeout 240 python bench/flash_attention_train.py --shapes mae-decoder --out "$OUT/flash_attention_exp2.json" 2>&1 \
     | grep -v Warn | tail -45
+elif [ "$1" = flash-configs ]; then
+  # (after call 118) our decoder kernels' launch configs from call 118's sweep, now the package's, against the ones
+  # before (bench/results/flash_configs_before_call118.json) in the MAE-0.3B step without FA4 (`optimized`): new / old
+  # / new, one process each (the configs are per process); first the flash-attention and MAE tests on the GPU
+  install_coco_wheel
+  timeout 150 python -m pytest -q -rfE --tb=short -p no:cacheprovider tests/test_flash_attention.py tests/test_mae.py \
+    > "$OUT/flash-configs_tests.txt" 2>&1
+  tail -2 "$OUT/flash-configs_tests.txt"
+  M="python bench/bench_mae.py --arch 0.3b --batch 32 --input-size 1024x1024 --in-memory --steps 10 --warmup 3 \
+    --variants optimized --memory-limit-gib $CAP"
+  for run in new old new2; do
+    FC=""; [ $run = old ] && FC="--flash-config bench/results/flash_configs_before_call118.json"
+    timeout 140 $M $FC --out "$OUT/mae_0.3b_flash_configs_$run.json" 2>&1 | grep -v Warn | grep "configs\|img/s\|failed"
+  done
 elif [ "$1" = targets-mae ]; then
   # issue #6's done-when on the card that is lent (made for an H100; FA4 from fa4_site where carried):
   # MAE-0.3B at 1024², batch 32, plain eager / ours without FA4 / FA4 + whole-model compile, then the last one fed by
