@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import types
 from pathlib import Path
@@ -89,3 +90,22 @@ def step_reads(monkeypatch):
         return queued, reads
 
     return watch
+
+
+@pytest.fixture
+def sigterm_during_step(monkeypatch):
+    """``install(module, n)``: ``module.train_step`` sends this process SIGTERM during its n-th call, as a
+    scheduler's pre-emption arriving mid-step (the loop's handler sees it after the step)."""
+
+    def install(module, n: int) -> None:
+        real, calls = module.train_step, []
+
+        def signalled_step(*args, **kw):
+            calls.append(1)
+            if len(calls) == n:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*args, **kw)
+
+        monkeypatch.setattr(module, "train_step", signalled_step)
+
+    return install

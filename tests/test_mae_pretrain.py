@@ -6,9 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
-import signal
 
 import numpy as np
 import pytest
@@ -249,18 +247,9 @@ def test_settings_that_cannot_run_or_export_are_refused_before_the_run(kw, messa
     assert PretrainConfig(data="x", out="y", export_official=True, input_size=(256, 192)).export_official  # 4:3
 
 
-def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_export(shards, tmp_path, monkeypatch,
+def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_export(shards, tmp_path, sigterm_during_step,
                                                                               one_thread):
-    real = pretrain_loop.train_step
-    calls = []
-
-    def signalled_step(*args, **kw):  # SIGTERM arrives during the last of 3 steps
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(pretrain_loop, "train_step", signalled_step)
+    sigterm_during_step(pretrain_loop, 3)  # the last of 3 steps
     run = tmp_path / "run"
     assert main(["pretrain", "--data", str(shards), "--out", str(run), "--steps", "3", "--batch-size", "2",
                  "--workers", "0", *SMALL]) == 0

@@ -457,17 +457,9 @@ def test_sigterm_then_resume_is_bit_identical(toy, tmp_path, monkeypatch):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_final_weights(toy, tmp_path, monkeypatch):
-    real = finetune_module.train_step
-    calls = []
-
-    def signalled_step(*args, **kw):  # SIGTERM arrives during the last of 3 steps
-        calls.append(1)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real(*args, **kw)
-
-    monkeypatch.setattr(finetune_module, "train_step", signalled_step)
+def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_final_weights(toy, tmp_path,
+                                                                                   sigterm_during_step):
+    sigterm_during_step(finetune_module, 3)  # the last of 3 steps
     summary = train(config(toy, tmp_path / "run", steps=3))
     assert not summary["stopped"] and summary["step"] == 3
     assert (tmp_path / "run" / "final.safetensors").is_file()
