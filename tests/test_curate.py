@@ -202,6 +202,29 @@ def test_sigterm_finishes_the_batch_and_the_open_shard_and_a_rerun_completes(col
     assert sorted(shard_members(out)) == sorted(shard_members(clean))
 
 
+def test_a_signal_during_the_last_batch_stopped_nothing(collection, tmp_path):
+    class Signalling(FakeDetector):
+        def __call__(self, image):
+            if self.calls == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().__call__(image)
+
+    report = curate(collection, tmp_path / "out", Signalling(), CurationConfig(workers=0, batch_size=len(EXPECTED)))
+    assert not report.stopped and report.processed == len(EXPECTED)
+
+
+def test_a_resume_from_another_directory_with_a_relative_source_redoes_nothing(collection, tmp_path, monkeypatch):
+    cfg = CurationConfig(workers=0, batch_size=2, shard_max_count=2)
+    monkeypatch.chdir(tmp_path)
+    first = curate("src", "out", FakeDetector(), cfg)
+    assert first.processed == len(EXPECTED)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = curate("../src", "../out", FakeDetector(), cfg)
+    assert again.processed == 0 and again.kept == first.kept
+    assert {k: r["reason"] for k, r in manifest(tmp_path / "out").items()} == EXPECTED
+
+
 @pytest.mark.parametrize("option, field", [("--batch-size", "batch_size"), ("--shard-size", "shard_max_count"),
                                            ("--workers", "workers")])
 def test_cli_refuses_counts_below_their_least_value(collection, tmp_path, monkeypatch, capsys, option, field):

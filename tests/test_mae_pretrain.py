@@ -200,6 +200,9 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     args = ["pretrain", "--data", str(shards), "--out", str(run), "--batch-size", "2", "--workers", "0", *SMALL]
     assert main([*args, "--steps", "3"]) == 0
     assert main([*args, "--steps", "2"]) == 2 and "--resume" in capsys.readouterr().err
+    missing = [a if a != str(shards) else str(tmp_path / "no-such-data") for a in args]
+    assert main([*missing, "--steps", "2", "--overwrite"]) == 2 and "no-such-data" in capsys.readouterr().err
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]  # bad data deleted nothing
     assert main([*args, "--steps", "2", "--overwrite"]) == 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
     assert [r["step"] for r in records(run)] == [1, 2]

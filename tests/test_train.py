@@ -543,6 +543,9 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     train(config(toy, run, steps=4, ckpt_interval=2, keep_last=0))
     with pytest.raises(ValueError, match="--resume"):
         train(config(toy, run, steps=2, ckpt_interval=1, keep_last=0))
+    with pytest.raises(DataError, match="--val-data"):  # bad data is found before --overwrite deletes anything
+        train(config(toy, run, steps=2, overwrite=True, val_data=str(tmp_path / "no-such-data")))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000004.pt"]
     train(config(toy, run, steps=2, ckpt_interval=1, keep_last=0, overwrite=True))
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000001.pt", "step_00000002.pt"]
     assert [e["step"] for e in events(run, "checkpoint")] == [1, 2]

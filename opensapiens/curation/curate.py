@@ -189,7 +189,8 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
         else:
             report.dropped[r["reason"]] += 1
     finished = {Path(r["path"]).resolve() for r in done}  # "photos/a.jpg" then "/data/photos/a.jpg" is one image
-    todo = [p for p in paths if p.resolve() not in finished]
+    # recorded as absolute paths: a resume from another working directory finds them
+    todo = [p.absolute() for p in paths if p.resolve() not in finished]
     if log and done:
         log(f"resuming: {len(done)} images already in the manifest, {len(todo)} to go")
 
@@ -236,7 +237,7 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
                 if log and (n // cfg.batch_size) % 50 == 0:
                     log(f"{report.processed}/{len(todo)} processed, {report.kept} kept in total")
                 if stop.requested:
-                    report.stopped = True
+                    report.stopped = n < len(todo)  # a signal during the last batch stopped nothing
                     break
         finish_shard()
     report.seconds = time.time() - t0

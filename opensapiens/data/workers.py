@@ -5,21 +5,33 @@ pools are running can deadlock the child. But a fork server's children are not t
 killed outright (SIGKILL, the OOM killer), PyTorch's worker watchdog, which checks the worker's parent, sees the fork
 server alive and the workers live on (~0.5 GB each, seen), and the fork server lives as long as they do. So each
 worker also watches the process that created its loader and exits when that one is gone.
+
+Workers ignore SIGINT and SIGTERM: Ctrl-C (or a scheduler's SIGTERM to the process group) reaches them too, and a
+worker that died of it would turn the trainer's graceful stop (finish the step, save, exit) into a "DataLoader worker
+exited unexpectedly" crash (so must the fork server: ``forkserver_init``). The loader ends them when it is done, and
+the watch above when the trainer is gone.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import select
+import signal
 import threading
 import time
 
 import torch
 
 
-def loader_context(workers: int) -> str | None:
-    """The DataLoader's ``multiprocessing_context``: a fork server when there are worker processes."""
-    return "forkserver" if workers > 0 else None
+def loader_context(workers: int) -> multiprocessing.context.BaseContext | None:
+    """The DataLoader's ``multiprocessing_context``: a fork server when there are worker processes, one that
+    ignores SIGTERM (``forkserver_init``; effective if this process has not started its fork server yet)."""
+    if workers == 0:
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", "opensapiens.data.forkserver_init"])  # "__main__": the default
+    return context
 
 
 class WorkerInit:
@@ -34,6 +46,8 @@ class WorkerInit:
 
         cv2.setNumThreads(1)
         torch.set_num_threads(1)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         threading.Thread(target=exit_with, args=(self.owner,), name="exit-with-owner", daemon=True).start()
 
 

@@ -97,15 +97,15 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
-    resume_from = ckpt.checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
-    if resume_from is None:  # config.json keeps the warm-up: a resume with more --steps lengthens only the cosine
-        cfg = dataclasses.replace(cfg, warmup_steps=cfg.warmup())
-    source = find_source(cfg.data)  # checked before the run folder is written
+    source = find_source(cfg.data)  # checked before the run folder is written, or an old one deleted (--overwrite)
     num_slots = info.world_size * max(cfg.workers, 1)  # data slots: ranks x loader workers (data.shards)
     if source.kind == "files" and len(source) < num_slots:  # some slots would get no image, found before the model
         raise DataError(f"{cfg.data}: {len(source)} images for {num_slots} data slots ({info.world_size} ranks x "
                         f"{max(cfg.workers, 1)} loader workers); every slot needs one: use fewer --workers, or more "
                         "images")
+    resume_from = ckpt.checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
+    if resume_from is None:  # config.json keeps the warm-up: a resume with more --steps lengthens only the cosine
+        cfg = dataclasses.replace(cfg, warmup_steps=cfg.warmup())
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)

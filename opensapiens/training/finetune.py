@@ -109,9 +109,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     run = Path(cfg.out)
     ckpt_dir = run / "checkpoints"
     device = info.device
-    resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
 
-    # ---- data (checked before the run folder is written) -----------------------------------------------------------
+    # ---- data (checked before the run folder is written, or an old one deleted by --overwrite) ---------------------
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and load_keypoint_layout(cfg.keypoints).keypoints.name != "goliath":
@@ -123,6 +122,10 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         from ..evaluation.pose import check_keypoint_gt
 
         check_keypoint_gt(val_set.coco, val_set.layout.keypoints.num_keypoints, f"--val-data {cfg.val_data}")
+    H, W = cfg.input_size
+    if H % 16 or W % 16:
+        raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
+    resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)
@@ -130,9 +133,6 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
     out_channels, label_info = _out_channels(cfg)
-    H, W = cfg.input_size
-    if H % 16 or W % 16:
-        raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
     model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
                         pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
     model_config = model.config
