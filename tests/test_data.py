@@ -211,6 +211,23 @@ def test_half_body_fires_for_a_custom_set_smaller_than_the_official_minimum_and_
         load_keypoint_layout(str(tmp_path / "bad.json"))
 
 
+def test_half_body_needs_each_shared_keypoint_once():
+    """Halves that share a keypoint (a custom set: the hips in both) have 5 distinct half-body ids, not 6: all 5
+    labelled is enough. The official sets (their halves disjoint, at least 9 ids) keep the threshold of 9."""
+    from opensapiens.data.transforms import pose_crop
+
+    kp = np.array([[10, 10], [30, 40], [50, 10], [20, 200], [40, 200]], float)
+    aug = PoseAugment(flip_prob=0, half_body_prob=1, shift_prob=0, scale_range=(1, 1), rotate_prob=0)
+    halves = (np.array([0, 1, 2]), np.array([2, 3, 4]))
+    crop = [pose_crop((300, 200), kp, np.ones(5), np.array([30.0, 100.0]), np.array([100.0, 250.0]), (64, 48),
+                      np.random.default_rng(0), aug, half_body=h)[0] for h in (halves, None)]
+    assert not np.allclose(crop[0], crop[1])  # the half-body box was taken
+    for name in ("coco", "wholebody", "goliath"):
+        layout = load_keypoint_layout(name)
+        assert len(np.union1d(layout.upper_body, layout.lower_body)) >= 9
+        assert not set(layout.upper_body) & set(layout.lower_body)
+
+
 def test_the_box_shift_is_a_fraction_of_the_box_before_its_aspect_is_fixed():
     """Official RandomBBoxTransform shifts by shift_factor x the padded box, whose aspect TopdownAffine fixes later:
     a 100 x 400 box (padded 125 x 500) moves at most 0.16 x 125 = 20 px sideways, not 0.16 x its widened 375."""

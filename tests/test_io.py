@@ -6,6 +6,7 @@ CMYK -> RGB), never from the reader itself.
 
 from __future__ import annotations
 
+import fractions
 import json
 import os
 import re
@@ -435,6 +436,26 @@ def test_video_round_trip(tmp_path):
     assert [i for i, _ in iter_video_frames(tmp_path / "v.mp4", step=3)] == [0, 3, 6]
     timed = [(i, t) for i, _, t in iter_video_frames(tmp_path / "v.mp4", step=3, times=True)]
     assert [i for i, _ in timed] == [0, 3, 6] and [t for _, t in timed] == pytest.approx([0, 3 / 12, 6 / 12])
+
+
+@pytest.mark.parametrize("ext", ["ts", "mp4"])
+def test_frame_times_count_from_the_start_of_the_video_as_players_do(tmp_path, ext):
+    """A stream whose first frame is stamped 2.0 s (MPEG-TS, a cut file): its frames are at 0, 0.1, ... s."""
+    av = pytest.importorskip("av")
+    path = tmp_path / f"late.{ext}"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.time_base = fractions.Fraction(1, 10)
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 20 + i, stream.time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with av.open(str(path)) as container:
+        assert [f.time for f in container.decode(video=0)] == pytest.approx([2.0, 2.1, 2.2, 2.3, 2.4])
+    timed = [(i, t) for i, _, t in iter_video_frames(path, times=True)]
+    assert [i for i, _ in timed] == list(range(5)) and [t for _, t in timed] == pytest.approx([0, .1, .2, .3, .4])
 
 
 def _video_damaged_at(tmp_path, frames: int, damaged: int):

@@ -273,8 +273,8 @@ def test_a_resume_names_the_options_it_ignores_as_they_are_typed(shards, tmp_pat
     run = tmp_path / "run"
     args = ["pretrain", "--data", str(shards), "--out", str(run), "--workers", "0", *SMALL]
     assert main([*args, "--steps", "1", "--batch-size", "2"]) == 0
-    assert main([*args, "--steps", "2", "--batch-size", "3", "--resume"]) == 0
-    assert "ignoring --batch-size" in capsys.readouterr().err
+    assert main([*args, "--steps", "2", "--batch-size", "3", "--cpu-jpeg", "--no-norm-pix", "--resume"]) == 0
+    assert "ignoring --batch-size, --cpu-jpeg, --no-norm-pix" in capsys.readouterr().err  # as typed, not gpu_jpeg
 
 
 def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(shards, tmp_path, one_thread):

@@ -16,7 +16,7 @@ import os
 import sys
 
 from .predict import parse_size
-from .train import add_attention_option
+from .train import add_attention_option, option_flags
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
@@ -88,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--export-official", action="store_const", const=True,
                    help="also write backbone_clean.pth in the official key layout")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=option_flags(p))
 
 
 def build_config(args: argparse.Namespace):

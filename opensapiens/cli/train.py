@@ -95,7 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--best-metric", help="eval metric for best.safetensors (AP, mIoU, rmse, mean)")
     g.add_argument("--best-mode", choices=["max", "min"])
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, flags=option_flags(p))
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Setting -> the option that sets it (``gpu_jpeg`` -> ``--cpu-jpeg``): how a note names what the user typed."""
+    return {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
 
 
 def add_attention_option(group: argparse._ArgumentGroup) -> None:
@@ -108,7 +113,7 @@ def add_attention_option(group: argparse._ArgumentGroup) -> None:
 
 def given_options(args: argparse.Namespace) -> dict:
     """The options the user set (argparse defaults are None, so the config's defaults stay the official ones)."""
-    return {k: v for k, v in vars(args).items() if k not in ("func", "command") and v is not None}
+    return {k: v for k, v in vars(args).items() if k not in ("func", "command", "flags") and v is not None}
 
 
 def resumed_settings(args: argparse.Namespace, given: dict, overrides: tuple[str, ...]) -> dict | None:
@@ -121,7 +126,7 @@ def resumed_settings(args: argparse.Namespace, given: dict, overrides: tuple[str
     ignored = sorted(k for k, v in given.items() if k not in (*overrides, "resume", "out")
                      and saved.get(k) != (list(v) if isinstance(v, tuple) else v))
     if ignored:
-        options = ", ".join("--" + k.replace("_", "-") for k in ignored)
+        options = ", ".join(args.flags[k] for k in ignored)
         print(f"note: resuming {args.out} with its saved settings; ignoring {options}", file=sys.stderr)
     saved.update({k: v for k, v in given.items() if k in overrides}, resume=True, out=args.out)
     return saved

@@ -124,8 +124,8 @@ def pose_crop(image_hw: tuple[int, int], keypoints: np.ndarray, visible: np.ndar
             center[0] = W_img - 1 - center[0]
             kp[:, 0] = W_img - 1 - kp[:, 0]
             kp, vis = kp[flip_indices], vis[flip_indices]
-        # A set with fewer half-body keypoints than the official minimum of 9 (a custom one) needs them all
-        if half_body is not None and (vis > 0).sum() >= min(aug.half_body_min_keypoints, sum(map(len, half_body))) \
+        # A set with fewer distinct half-body keypoints than the official minimum of 9 (a custom one) needs them all
+        if half_body is not None and (vis > 0).sum() >= min(aug.half_body_min_keypoints, len(np.union1d(*half_body))) \
                 and rng.random() < aug.half_body_prob:
             hb = half_body_box(kp, vis, half_body[0], half_body[1], aug, aspect, rng)
             if hb is not None:

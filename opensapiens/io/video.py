@@ -68,7 +68,9 @@ def video_info(path: str | Path) -> VideoInfo:
 def iter_video_frames(path: str | Path, step: int = 1, times: bool = False) -> Iterator[tuple]:
     """Yield ``(index, frame)`` for every ``step``-th decoded frame: index counts decoded frames from 0, frame is an
     upright (H, W, 3) uint8 RGB array. With ``times``, ``(index, frame, seconds)``: the frame's presentation time
-    in the stream (None where the container gives none), which still names it after damaged frames were dropped."""
+    from the start of the video, as players count it (the container's start time subtracted: MPEG-TS streams and
+    cut files start at seconds > 0), None where the container gives none; it still places a frame after damaged
+    frames were dropped."""
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}")
     av = _import_av()
@@ -77,10 +79,14 @@ def iter_video_frames(path: str | Path, step: int = 1, times: bool = False) -> I
         with av.open(str(path)) as container:
             stream = _video_stream(container, path)
             stream.thread_type, stream.thread_count = "AUTO", DECODE_THREADS
+            start = (container.start_time or 0) / 1e6  # in AV_TIME_BASE (microseconds)
             for index, frame in enumerate(_decoded(av, container, stream, path)):
                 if index % step == 0:
                     image = _upright(frame, frame.to_ndarray(format="rgb24"))
-                    yield (index, image, frame.time) if times else (index, image)
+                    if not times:
+                        yield index, image
+                    else:
+                        yield index, image, None if frame.time is None else frame.time - start
     except av.FFmpegError as e:
         where = "cannot open video" if index < 0 else f"decoding failed after frame {index}"
         raise ImageReadError(path, f"{where} ({e}; a truncated or damaged file?)") from e
