@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1068,6 +1068,20 @@ elif [ "$1" = video-spy ]; then
   python bench/spy_summary.py "$OUT/spy_video_seg.txt" --thread opensapiens-encode --within encode --top 8
   python bench/spy_summary.py "$OUT/spy_video_seg.txt" --thread MainThread --within run_video --top 8 | head -12
   gzip -9 "$OUT/spy_video_seg.txt"  # 12.5 MB of raw stacks -> 0.9 MB (spy_summary.py reads either)
+elif [ "$1" = x264-threads ]; then
+  # call 120: PyAV's encoders default to slice threading, which gives x264 its sliced threads (made for latency);
+  # VideoWriter now asks for frame threads. The encoder alone, both ways (bench/video_encode.py), then the seg clip
+  # with pictures (1080x3840 side-by-side frames, x264-bound in call 107) with frame threads and, the patch reversed,
+  # with sliced threads; and the tests of this session's changes on this host
+  install_coco_wheel
+  ls .whlav/*.whl > /dev/null 2>&1 && python -m pip install -q --no-deps .whlav/*.whl 2>&1 | tail -1
+  timeout 200 python bench/video_encode.py --frames 150 --out "$OUT/video_encode_h200.json"
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_loader_workers.py tests/test_curate.py \
+    tests/test_io.py 2>&1 | tail -4
+  video_predict x264-frame "seg 8"
+  sed -i '/frame threads: PyAV/,+1d' opensapiens/io/video.py  # the two lines that ask for frame threads
+  ! grep -q 'thread_type = "FRAME"' opensapiens/io/video.py && echo "removed: sliced threads again"
+  video_predict x264-slice "seg 8"
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
   video_predict video-pictures "pose 16" "seg 8"

@@ -606,3 +606,10 @@ def test_video_writer_passes_the_x264_preset(tmp_path):
                 writer.write(f)
         sizes[preset] = path.read_bytes()
     assert b"subme=2" in sizes["veryfast"] and b"subme=7" in sizes[None]
+
+    # frame threads (the throughput kind), not the sliced threads PyAV's default slice threading asks x264 for (on
+    # frames big enough for x264 to thread at all)
+    path = tmp_path / "vga.mp4"
+    with VideoWriter(path, fps=10, preset="veryfast") as writer:
+        writer.write(np.zeros((480, 640, 3), np.uint8))
+    assert re.search(rb"threads=\d+ lookahead_threads=\d+ sliced_threads=0", path.read_bytes())

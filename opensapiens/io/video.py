@@ -197,6 +197,8 @@ class VideoWriter:
                 stream.options = {"crf": str(self.crf)}
                 if codec == "libx264" and self.preset:
                     stream.options = {**stream.options, "preset": self.preset}
+                if codec == "libx264":  # x264's frame threads: PyAV's default (slice) asks for its sliced threads,
+                    stream.codec_context.thread_type = "FRAME"  # made for latency, slower in throughput
             else:  # bitrate-driven encoders: ~0.2 bit per pixel keeps people's edges sharp
                 stream.bit_rate = max(int(stream.width * stream.height * float(rate) * 0.2), 1_000_000)
             self._stream = stream
