@@ -72,6 +72,13 @@ def test_demo_command_writes_pictures_and_metrics(tmp_path, capsys):
     assert np.load(tmp_path / "synthetic_00_normal.npy").shape == (128, 96, 3)
 
 
+def test_demo_names_a_video_as_one_rather_than_as_an_unreadable_picture(tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert main(["demo", str(video), "--out", str(tmp_path / "out")]) == 1
+    assert f"{video} is a video; the demo takes images (opensapiens predict runs videos)" in capsys.readouterr().err
+
+
 def test_bundled_predictor_uploads_each_image_once_unless_a_detector_must_see_it(monkeypatch):
     """The pose crops come from the dense pass's upload (each upload stages the whole image in pinned memory on CUDA);
     a detector still gets the caller's arrays, the type a user's own detector was written for."""

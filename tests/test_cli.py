@@ -175,6 +175,7 @@ def test_models_lists_official_names(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "sapiens-pose-308-1b" in out and "facebook/sapiens-seg-2b" in out
+    assert any(line.startswith("sapiens-nano ") and "bundled" in line for line in out.splitlines())
 
 
 def test_predict_reports_missing_inputs(tmp_path, capsys):
@@ -574,3 +575,38 @@ def test_pretraining_on_images_none_of_which_decode_is_one_line_of_error_from_it
     err = err[err.index("error: "):]  # after the progress bar
     assert err.startswith("error: data slot 0 of 2: all 1 samples of its epoch 0 are undecodable")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "eval", "demo", "synth", "train", "pretrain", "curate", "bench"])
+def test_a_device_this_machine_lacks_is_refused_as_the_options_are_read(command, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device, told in (("cuda", "cuda: this machine has no CUDA device"), ("cdua", "'cdua' is not a device")):
+        with pytest.raises(SystemExit) as exit_:
+            main([command, "--device", device])
+        assert exit_.value.code == 2 and f"argument --device: {told}" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit):
+        main([command, "--device", "cuda:2"])
+    assert "cuda:2: this machine has 2 CUDA device(s), cuda:0 to cuda:1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["predict", "train", "pretrain", "synth", "curate", "demo", "eval", "bench"])
+def test_an_out_of_the_wrong_kind_is_refused_as_the_options_are_read(command, tmp_path, capsys):
+    """A file where a folder goes (or the reverse for eval's and bench's JSON) used to surface as a traceback, for
+    eval after every metric was computed."""
+    file, folder = tmp_path / "taken.png", tmp_path / "folder"
+    file.write_bytes(b"x")
+    folder.mkdir()
+    wants_file = command in ("eval", "bench")
+    inside = file / "m.json"
+    cases = [(folder, f"{folder} is a folder; --out names a file") if wants_file else
+             (file, f"{file} is a file; --out names a folder"), (inside, f"{inside}: {file} is a file, not a folder")]
+    extra = ["--task", "seg"] if command == "eval" else []
+    for out, told in cases:
+        with pytest.raises(SystemExit) as exit_:
+            main([command, *extra, "--out", str(out)])
+        assert exit_.value.code == 2 and f"argument --out: {told}" in capsys.readouterr().err

@@ -282,6 +282,21 @@ def test_cli_names_a_missing_source_before_loading_the_detector(tmp_path, monkey
     monkeypatch.setattr(det, "PersonDetector", no_detector)
     assert main(["curate", str(tmp_path / "missing"), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
     assert f"{tmp_path / 'missing'}' does not exist" in capsys.readouterr().err
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    assert main(["curate", str(video), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 2
+    assert f"{video}: no images to curate (" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_files_that_are_not_images_are_passed_over_and_told(collection, tmp_path, monkeypatch, capsys):
+    import opensapiens.inference.detector as det
+
+    monkeypatch.setattr(det, "PersonDetector", lambda *a, **k: FakeDetector())
+    (collection / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    out = tmp_path / "out"
+    assert main(["curate", str(collection), "--out", str(out), "--workers", "0", "--device", "cpu"]) == 0
+    assert "passing over 1 file(s) that are not images (videos, ...), such as" in capsys.readouterr().err
+    assert {k: r["reason"] for k, r in manifest(out).items()} == EXPECTED
 
 
 def test_a_strip_too_thin_to_downscale_is_curated_and_a_failing_image_is_recorded(tmp_path, monkeypatch, capsys):

@@ -306,3 +306,6 @@ def test_load_detections_coco_annotations_and_errors(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json"):
         load_detections(bad)
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42\xb5\xff\xfe")  # a video given as the detections
+    with pytest.raises(ValueError, match="detections file .*bad.json: not a JSON file"):
+        load_detections(bad)

@@ -214,6 +214,14 @@ def test_bad_invocations(tmp_path, capsys, monkeypatch):
     assert "either --pred and --gt" in capsys.readouterr().err
     assert main(["eval", "--task", "depth", "--pred", str(tmp_path), "--gt", str(tmp_path / "nope")]) == 2
     assert "not found" in capsys.readouterr().err
+    video, folder = tmp_path / "clip.mp4", tmp_path / "labels"
+    video.write_bytes(b"\x00\x00\x00\x18ftypmp42\xb5\xff\xfe")
+    folder.mkdir()
+    for args, told in ((["pose", "--pred", video, "--gt", video], f"ground truth file {video} is not a JSON file"),
+                       (["pose", "--pred", folder, "--gt", folder], f"ground truth {folder} is a folder; pose takes"),
+                       (["seg", "--pred", video, "--gt", folder], f"prediction {video} is a file; seg takes a folder")):
+        assert main(["eval", "--task", *map(str, args)]) == 2
+        assert told in capsys.readouterr().err
 
     def no_model(*a, **k):
         raise AssertionError("the model (maybe a download) was loaded for a dataset that is not there")

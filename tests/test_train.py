@@ -491,7 +491,11 @@ def test_bad_data_folders_are_named_by_option_and_leave_no_run_folder(toy, tmp_p
     shutil.copytree(toy[0] / "images", tmp_path / "no_targets" / "images")
     with pytest.raises(DataError, match=r"images/ has 24 images but there is no seg/ or labels/ folder beside it"):
         train(config(toy, tmp_path / "c", data=str(tmp_path / "no_targets")))
-    assert not any((tmp_path / run).exists() for run in "abc")  # no config.json of a run that never started
+    with pytest.raises(DataError, match=r"^--keypoints: keypoint set file .*nope.json"):
+        train(config(toy, tmp_path / "d", task="pose", keypoints=str(tmp_path / "nope.json")))
+    with pytest.raises(DataError, match=r"^--classes: class list file .*nope.json"):
+        train(config(toy, tmp_path / "e", classes=str(tmp_path / "nope.json")))
+    assert not any((tmp_path / run).exists() for run in "abcde")  # no config.json of a run that never started
 
 
 def test_a_resume_inside_a_record_window_logs_the_records_of_an_uninterrupted_run(toy, tmp_path):

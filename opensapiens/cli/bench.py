@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from .main import device_spec, out_file
 from .predict import parse_size, positive_int
 
 
@@ -61,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--e2e-trace", type=Path, default=None,
                    help="also run each --e2e pass once more under the profiler and write its Chrome trace here "
                         "(DECODE is put before the suffix; summarize with bench/trace_summary.py)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--out", type=Path, default=None, help="write the results as JSON")
+    p.add_argument("--device", type=device_spec, default=None)
+    p.add_argument("--out", type=out_file, default=None, help="write the results as JSON")
     p.set_defaults(func=run)
 
 

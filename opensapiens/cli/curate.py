@@ -13,6 +13,8 @@ import argparse
 import json
 import sys
 
+from .main import device_spec, out_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("curate", help="keep images with a large, confident person; drop duplicates; write shards",
@@ -20,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "--min-score and box side > --min-box-side, drop exact and near duplicates, "
                                    "and write tar shards plus manifest.jsonl (resumable).")
     p.add_argument("src", nargs="+", help="image folders (searched recursively), files, globs or .txt lists")
-    p.add_argument("--out", required=True, help="output folder for shard-*.tar, manifest.jsonl, summary.json")
+    p.add_argument("--out", required=True, type=out_folder,
+                   help="output folder for shard-*.tar, manifest.jsonl, summary.json")
     p.add_argument("--min-score", type=float, default=0.9, help="person detection score threshold (default 0.9)")
     p.add_argument("--min-box-side", type=float, default=300.0, help="box side threshold in pixels (default 300)")
     p.add_argument("--box-side", choices=["long", "short"], default="long",
@@ -29,11 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="near duplicate when the 64-bit pHash differs in at most this many bits (-1: off)")
     p.add_argument("--shard-size", type=int, default=1000, help="images per shard")
     p.add_argument("--detector-arch", dest="detector_arch", default="fasterrcnn_resnet50_fpn_v2",
-                   help="torchvision detection model, as predict's --detector-arch (--detector: the older name)")
+                   help="torchvision detection model, as predict's --detector-arch")
     p.add_argument("--detector-weights", "--detector", dest="detector_weights",
                    help="local detector weights, or 'torchvision' (the default: torchvision's COCO weights, downloaded "
                         "once); --detector is the same option, as in predict")
-    p.add_argument("--device", help="detector device (default: cuda if available)")
+    p.add_argument("--device", type=device_spec, help="detector device (default: cuda if available)")
     p.add_argument("--batch-size", type=int, default=8, help="images per detector call")
     p.add_argument("--workers", type=int, default=4, help="image reading processes")
     p.set_defaults(func=run)
@@ -42,12 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..curation import CurationConfig, curate
+    from ..curation import CurationConfig, curate, image_files
     from ..inference.detector import PersonDetector
-    from ..io.images import list_inputs
+
+    def say(message: str) -> None:
+        print(message, file=sys.stderr)
 
     try:
-        sources = list_inputs(args.src, recursive=True)  # a mistyped SRC fails here, before the detector loads
+        sources = image_files(args.src, say)  # a mistyped SRC, or one without images, fails here: before the detector
         cfg = CurationConfig(min_score=args.min_score, min_box_side=args.min_box_side, box_side=args.box_side,
                              phash_radius=args.phash_radius, shard_max_count=args.shard_size,
                              batch_size=args.batch_size, workers=args.workers)
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         weights = None if args.detector_weights in (None, "torchvision") else args.detector_weights
         detector = PersonDetector(weights, arch=args.detector_arch, device=device,
                                   score_threshold=min(0.3, args.min_score))
-        report = curate(sources, args.out, detector, cfg, log=lambda m: print(m, file=sys.stderr))
+        report = curate(sources, args.out, detector, cfg, log=say)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: a detector download that failed (offline)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .main import add_threads_option
+from .main import add_threads_option, device_spec, out_folder
 from .predict import parse_size
 
 DEMO_SEED = 7  # fresh scenes: not the synth-val seed, not the bundled model's training seed
@@ -23,12 +23,12 @@ DEMO_SEED = 7  # fresh scenes: not the synth-val seed, not the bundled model's t
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run all four tasks with the bundled model (synthetic scenes or your images)")
     p.add_argument("images", nargs="*", help="images to run on (default: fresh synthetic scenes)")
-    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--out", type=out_folder, default="demo_out")
     p.add_argument("--n", type=int, default=3, help="synthetic scenes to render")
     p.add_argument("--size", type=parse_size, default=(512, 384), help="synthetic scene size HxW")
     p.add_argument("--seed", type=int, default=DEMO_SEED)
     p.add_argument("--checkpoint", default="sapiens-nano", help="a multi-task checkpoint (default: bundled)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_spec, default="cpu")
     add_threads_option(p)
     p.set_defaults(func=run)
 
@@ -41,10 +41,11 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoints.hub import BUNDLED
     from ..inference.batch import write_result
     from ..inference.predictors import load_predictor
-    from ..io.images import ImageReadError, read_image
+    from ..io.images import ImageReadError, is_video, read_image
     from ..io.writers import save_jpg
     from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
 
+    args.out = Path(args.out)  # out_folder checked it and kept the text
     t0 = time.perf_counter()
     if args.checkpoint == "sapiens-nano" and not BUNDLED.is_file():
         print(f"error: the bundled model is missing ({BUNDLED}); reinstall the package or pass --checkpoint",
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     if args.images:
         names, images, boxes = [], [], []
         for spec in args.images:
+            if is_video(spec):
+                print(f"skipped: {spec} is a video; the demo takes images (opensapiens predict runs videos)",
+                      file=sys.stderr)
+                continue
             try:
                 images.append(read_image(spec))
                 names.append(Path(spec).stem)

@@ -14,7 +14,7 @@ import math
 import sys
 from pathlib import Path
 
-from .main import add_threads_option
+from .main import add_threads_option, device_spec, out_file
 
 TASKS = ("pose", "seg", "depth", "normal")
 
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "over a dataset folder and score it (--checkpoint/--data). Protocols: "
                                    "docs/evaluation.md.")
     p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--out", type=Path, help="write all metrics, the protocol and skipped samples to this JSON file")
+    p.add_argument("--out", type=out_file, help="write all metrics, the protocol and skipped samples to this JSON file")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (quick checks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("saved predictions")
@@ -38,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("model on a dataset folder (synthetic-data layout)")
     g.add_argument("--checkpoint", help="checkpoint file or official name")
     g.add_argument("--data", type=Path, help="folder with images/, annotations.json, seg/, masks/, depths/, normals/")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    g.add_argument("--device", type=device_spec, default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
     g.add_argument("--batch-size", type=int, default=4, help="images (pose: crops) per forward pass")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,

@@ -12,12 +12,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import official_names
-    from ..checkpoints.hub import local_dir
+    from ..checkpoints.hub import BUNDLED, BUNDLED_NAMES, local_dir
 
     rows = official_names()
     width = max(len(r.name) for r in rows)
     for r in rows:
         print(f"{r.name:<{width}}  {r.url}")
+    print(f"{BUNDLED_NAMES[0]:<{width}}  bundled with this package ({BUNDLED.name}): the multi-task demo model, "
+          "trained on synthetic people (docs/bundled_model.md)")
     print(f"\nAppend -torchscript or -bfloat16 for the official lite exports. Files are looked up in {local_dir()} "
           "(OPENSAPIENS_CHECKPOINTS), then the Hugging Face cache, then downloaded.")
     return 0

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from .main import add_threads_option
+from .main import add_threads_option, device_spec, out_folder
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -38,10 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, globs or .txt lists")
     p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
     p.add_argument("--checkpoint", required=True, help="file (.pth/.pt2/.safetensors) or official name")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=out_folder, help="output folder")
     p.add_argument("--input-size", type=parse_size, default=None,
                    help="model input HxW (default: the checkpoint's own, else 1024x768)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--device", type=device_spec, default=None,
+                   help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--fp8", action="store_true",
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference.batch import READER_THREADS, run_batch, run_video, unique_stems, video_finished
     from ..io.images import is_video, list_inputs, read_mask
 
+    args.out = Path(args.out)  # out_folder checked it and kept the text
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
         paths = list_inputs(args.inputs)
         stems = dict(zip(paths, unique_stems(paths)))  # images and videos named together: no two write one name

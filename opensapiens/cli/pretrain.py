@@ -15,6 +15,7 @@ import json
 import os
 import sys
 
+from .main import device_spec, out_folder
 from .predict import parse_size
 from .train import add_attention_option, option_flags
 
@@ -36,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Masked-autoencoder pretraining (official Sapiens recipe); writes checkpoints, "
                                    "metrics.jsonl, reconstructions and backbone.safetensors under --out.")
     p.add_argument("--data", help="tar shards (folder of *.tar, glob, file) or a folder of images")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=out_folder, help="run folder")
     p.add_argument("--arch", help="0.3b (default), 0.6b, 1b, 2b, or small / tiny / nano for CPU experiments")
     p.add_argument("--init", help="continue from a pretrain checkpoint: official raw/_clean .pth or our "
                                   "mae/backbone .safetensors")
@@ -75,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile: the whole model (forward + loss, fastest measured), each transformer block, "
                    "or (--compile alone: auto) the whole model except under FSDP or block checkpointing (blocks)")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
-    g.add_argument("--device")
+    g.add_argument("--device", type=device_spec)
     add_attention_option(g)
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels: a bit-identical --resume on GPUs too; slower")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .main import add_threads_option
+from .main import add_threads_option, device_spec, out_folder
 from .predict import positive_int
 
 
@@ -24,12 +24,12 @@ def register(subparsers) -> None:
                     "instance masks. Resumable: finished images are skipped. Example: opensapiens synth --n 1000 "
                     "--size 1024x768 --seed 1 --out data/synth; opensapiens synth --preset synth-val --out "
                     "data/synth-val")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", required=True, type=out_folder, help="output folder")
     p.add_argument("--preset", choices=["synth-val"], help="a fixed split (sets --n, --size and --seed)")
     p.add_argument("--n", type=int, help="number of images (default 100)")
     p.add_argument("--size", type=_size, help="image size HxW (default 1024x768)")
     p.add_argument("--seed", type=int, help="dataset seed (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--device", type=device_spec, default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--backgrounds", help="folder of background photos (used for 80%% of the images)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="images rendered together (default 8)")
     p.add_argument("--workers", type=int, default=4, help="file-writing threads (default 4)")

@@ -16,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from .main import device_spec, out_folder
 from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
@@ -37,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", choices=["pose", "seg", "depth", "normal"])
     p.add_argument("--data", help="training data: a folder (see docs/training.md) or a COCO keypoint JSON")
     p.add_argument("--val-data", help="validation data in the same layout")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", required=True, type=out_folder, help="run folder")
     p.add_argument("--arch", help="0.3b, 0.6b, 1b, 2b, or small / tiny / nano for CPU experiments (default: the "
                    "--init checkpoint's, else 0.3b)")
     p.add_argument("--init", help="weights to start from: official name (sapiens-pretrain-1b) or file")
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile blocks and head")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")
-    g.add_argument("--device")
+    g.add_argument("--device", type=device_spec)
     add_attention_option(g)
     g.add_argument("--deterministic", action="store_const", const=True,
                    help="deterministic kernels (no cuDNN autotuning): a bit-identical --resume on GPUs too; slower")

@@ -151,6 +151,23 @@ def _load_manifest(out: Path) -> tuple[list[dict], list[str]]:
     return final, sorted(shards)
 
 
+def image_files(src: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Path],
+                log: Callable[[str], None] | None = None) -> list[Path]:
+    """The image files of ``src`` (files, folders and their sub-folders, globs, .txt lists); videos and other files
+    are passed over, told through ``log``; none at all is an error naming ``src``."""
+    listed = list_inputs(src, recursive=True)
+    images = [p for p in listed if p.suffix.lower() in IMAGE_EXTENSIONS]
+    others = [p for p in listed if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    if not images:
+        specs = [src] if isinstance(src, (str, os.PathLike)) else list(src)
+        where = ", ".join(map(str, specs[:3])) + (" ..." if len(specs) > 3 else "")
+        raise ValueError(f"{where}: no images to curate ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+                         + (f"; {len(others)} other files, such as {others[0]}" if others else ""))
+    if others and log:
+        log(f"passing over {len(others)} file(s) that are not images (videos, ...), such as {others[0]}")
+    return images
+
+
 def _box_sides(boxes: np.ndarray, mode: str) -> np.ndarray:
     wh = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], axis=1) if len(boxes) else np.zeros((0, 2))
     return wh.max(1) if mode == "long" else wh.min(1)
@@ -175,7 +192,7 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    paths = [p for p in list_inputs(src, recursive=True) if p.suffix.lower() in IMAGE_EXTENSIONS]
+    paths = image_files(src, log)
     done, shards = _load_manifest(out)
     report = CurationReport(seen=len(paths), shards=shards)
     seen_sha: dict[str, str] = {}

@@ -43,11 +43,15 @@ def read_coco_json(src: str | os.PathLike | dict | list, what: str) -> dict | li
     if not isinstance(src, (str, os.PathLike)):
         return src
     path = Path(src)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; pose takes a COCO JSON file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
     try:
         with open(path) as f:
             return json.load(f)
+    except UnicodeDecodeError:  # a picture, a video, a .npy: named as what it is not, not as a codec error
+        raise ValueError(f"{what} file {path} is not a JSON file (not even text)") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} file {path} is not valid JSON: {e}") from None
 

@@ -270,6 +270,9 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
         return _finish(task, metrics, {"keypoints": keypoint_set(name).name, "source": "saved"}, [])
     pred, gt = Path(pred), Path(gt)
     for what, d in (("prediction", pred), ("ground truth", gt)) + ((("mask", Path(masks)),) if masks else ()):
+        if d.is_file():
+            raise ValueError(f"{what} {d} is a file; {task} takes a folder (of {GT_DIRS[task][1]} files and the "
+                             "like, see docs/evaluation.md)")
         if not d.is_dir():
             raise FileNotFoundError(f"{what} folder not found: {d}")
     ext = GT_DIRS[task][1]

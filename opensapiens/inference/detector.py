@@ -178,6 +178,8 @@ def load_detections(path: str | os.PathLike, score_threshold: float = 0.0,
     path = Path(path)
     try:
         data = json.loads(path.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"detections file {path}: not a JSON file (not even text)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"detections file {path}: cannot read JSON ({e})") from e
     names: dict[int, str] = {}
