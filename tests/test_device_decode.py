@@ -218,6 +218,7 @@ def test_run_batch_with_nvjpeg_writes_what_host_decode_writes_for_those_pixels(t
         assert device["image"]["height"] == host["image"]["height"]
         kp_device, kp_host = (np.array(r["people"][0]["keypoints"]).reshape(-1, 3) for r in (device, host))
         # the same pixels through the same model, up to the GPU's run-to-run rounding (cuDNN's algorithm choice: up
-        # to 0.016 px seen in call 80, on points far outside the image); a wrong or torn image moves them by pixels
-        np.testing.assert_allclose(kp_device[:, :2], kp_host[:, :2], atol=0.05)
+        # to 0.016 px seen in call 80, 0.07 px in call 121 on a point 400 px outside the 64 x 48 crop's image, where
+        # random weights put it; relative to the point's distance); a wrong or torn image moves them by pixels
+        np.testing.assert_allclose(kp_device[:, :2], kp_host[:, :2], atol=0.05, rtol=5e-4)
         np.testing.assert_allclose(kp_device[:, 2], kp_host[:, 2], atol=2e-3)
