@@ -151,7 +151,7 @@ def _load_manifest(out: Path) -> tuple[list[dict], list[str]]:
     return final, sorted(shards)
 
 
-def image_files(src: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Path],
+def image_files(src: str | os.PathLike | Sequence[str | os.PathLike],
                 log: Callable[[str], None] | None = None) -> list[Path]:
     """The image files of ``src`` (files, folders and their sub-folders, globs, .txt lists); videos and other files
     are passed over, told through ``log``; none at all is an error naming ``src``."""
