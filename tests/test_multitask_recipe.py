@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from opensapiens.checkpoints import load_multitask
@@ -67,6 +68,12 @@ def test_continue_from_the_bundled_model_trains_and_saves(tmp_path):
     assert before.config == after.config
     moved = [k for k, v in before.state_dict().items() if not torch.equal(v, after.state_dict()[k])]
     assert moved, "two optimizer steps changed no weight"
+
+
+def test_continuing_at_another_input_size_is_a_usage_error_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--continue-from", str(BUNDLED), "--input-size", "128x96", "--device", "cpu", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and "trained at (256, 192), not --input-size 128x96" in capsys.readouterr().err
 
 
 def test_a_non_finite_step_is_skipped_reported_and_counted(tmp_path, monkeypatch, capsys):

@@ -213,8 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.continue_from:
         model = load_multitask(args.continue_from).float().to(device).train()
         if tuple(model.config.input_size) != size:
-            raise ValueError(f"--continue-from {args.continue_from}: trained at {model.config.input_size}, "
-                             f"not --input-size {args.input_size}")
+            ap.error(f"--continue-from {args.continue_from}: trained at {model.config.input_size}, not --input-size "
+                     f"{args.input_size}")
         print(f"continuing from {args.continue_from}")
     else:
         model = build_multitask(args.arch, size, args.head_channels).to(device)
