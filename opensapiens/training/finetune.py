@@ -83,6 +83,18 @@ def _dataset(option: str, task: str, path: str, **kw):
         raise DataError(f"{option}: {e}") from None
 
 
+def _check_labels(cfg: TrainConfig) -> None:
+    """A keypoint set / class list file that cannot be read, named by its option (the datasets, which read it too,
+    would name it by --data)."""
+    try:
+        if cfg.task == "pose":
+            load_keypoint_layout(cfg.keypoints)
+        elif cfg.task == "seg":
+            load_classes(cfg.classes)
+    except DataError as e:
+        raise DataError(f"{'--keypoints' if cfg.task == 'pose' else '--classes'}: {e}") from None
+
+
 def make_loader(dataset, sampler, batch_size: int, workers: int, pin: bool, drop_last: bool) -> DataLoader:
     """Background loading processes (``data.workers``: from a fork server, ended with this process); a private
     generator so creating the loader never draws from the global RNG."""
@@ -112,14 +124,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
     # ---- data (checked before the run folder is written, or an old one deleted by --overwrite) ---------------------
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
-    label_option = {"pose": "--keypoints", "seg": "--classes"}.get(cfg.task)
-    try:  # a keypoint set / class list file that cannot be read is named as its option, not as the data's
-        if cfg.task == "pose":
-            load_keypoint_layout(cfg.keypoints)
-        elif cfg.task == "seg":
-            load_classes(cfg.classes)
-    except DataError as e:
-        raise DataError(f"{label_option}: {e}") from None
+    _check_labels(cfg)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and load_keypoint_layout(cfg.keypoints).keypoints.name != "goliath":
         raise ValueError("--data synth renders the 308 Goliath keypoints; use --keypoints goliath")
