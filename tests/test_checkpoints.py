@@ -315,3 +315,31 @@ def test_a_checkpoint_loaded_as_another_task_names_the_task_its_head_has(tmp_pat
     with pytest.raises(CheckpointError, match=r"holds a seg head \(3 up-sampling layers\), not pose \(a pose head "
                                               r"has 2\)"):
         load_model(tmp_path / "seg.pth", task="pose")
+
+
+def test_a_corrupt_or_empty_safetensors_file_is_a_checkpoint_error_wherever_it_is_opened(tmp_path):
+    """Loading without a task reads the header first (is it a multi-task file?): that read raised safetensors' own
+    error, a traceback in every command."""
+    empty, folder = tmp_path / "empty.safetensors", tmp_path / "folder.safetensors"
+    empty.write_bytes(b"")
+    folder.mkdir()
+    for path in (empty, folder):
+        with pytest.raises(CheckpointError, match=f"{path.name}: "):
+            load_model(path)
+
+
+def test_a_training_checkpoint_s_weights_are_found_beside_its_step_tensors(tmp_path):
+    _, sd = make_official_state("seg", out_channels=5)
+    path = tmp_path / "train.pth"
+    torch.save({"state_dict": sd, "epoch": torch.tensor(3)}, path)  # one tensor at the top: half of two entries
+    assert read_state_dict(path)[0].keys() == sd.keys()
+    torch.save({"model": sd, "step": torch.tensor(10), "lr": 0.1}, path)
+    assert read_state_dict(path)[0].keys() == sd.keys()
+
+
+def test_a_misspelled_official_name_gets_the_close_ones_suggested(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for typo, meant in (("sapiens-pos-1b", "sapiens-pose-1b"), ("sapiens-sge-2b", "sapiens-seg-2b")):
+        with pytest.raises(FileNotFoundError, match=f"did you mean {meant}"):
+            resolve_checkpoint(typo)

@@ -105,8 +105,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         hub = next((h for h in (parse_name(f"{o.name}{fmt}") for o in official_names()
                                 for fmt in ("", "-torchscript", "-bfloat16")) if h.filename == path.name), None)
     if hub is None:
+        close = _close_names(str(name_or_path))
+        hint = f"did you mean {' or '.join(close)}? " if close else ""
         raise FileNotFoundError(f"{name_or_path}: no such file (nor in {local_dir()}, $OPENSAPIENS_CHECKPOINTS), and "
-                                "not an official model name (e.g. sapiens-pose-1b, sapiens-seg-0.3b, "
+                                f"not an official model name ({hint}e.g. sapiens-pose-1b, sapiens-seg-0.3b, "
                                 "sapiens-depth-2b, sapiens-normal-1b, sapiens-pretrain-0.6b; see `opensapiens models`)")
     local = local_dir() / hub.filename
     if local.is_file():
@@ -124,6 +126,21 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
             f"{hub.name}: could not find or download {hub.filename} ({type(e).__name__}: {e}).\n"
             f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "
             f"or pass the file's path instead of the name.") from e
+
+
+def _close_names(name: str) -> list[str]:
+    """Official names (the full ones and the short ones ``parse_name`` takes) spelled like ``name``."""
+    import difflib
+
+    names = [o.name for o in official_names()]
+    for short in (f"sapiens-{t}-{a}" for t in ("pose", "seg", "depth", "normal", "pretrain")
+                  for a in ("0.3b", "0.6b", "1b", "2b")):
+        try:
+            if parse_name(short) is not None:
+                names.append(short)
+        except FileNotFoundError:  # a size that task was not released in
+            pass
+    return difflib.get_close_matches(name.lower(), list(dict.fromkeys(names)), n=3)
 
 
 def official_names() -> list[HubFile]:

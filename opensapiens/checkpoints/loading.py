@@ -17,7 +17,7 @@ from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
 from ..models.vit import grid_inferable
 from .hub import resolve_checkpoint
 from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
-from .reader import CheckpointError, read_state_dict
+from .reader import CheckpointError, read_state_dict, safetensors_metadata
 
 CONFIG_KEY = "opensapiens_config"
 MULTITASK_KEY = "opensapiens_multitask"
@@ -103,10 +103,7 @@ def multitask_config(path_or_name: str | os.PathLike) -> MultiTaskConfig | None:
     path = resolve_checkpoint(path_or_name)
     if path.suffix != ".safetensors":
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = safetensors_metadata(path)
     return MultiTaskConfig.from_dict(json.loads(meta[MULTITASK_KEY])) if MULTITASK_KEY in meta else None
 
 

@@ -158,14 +158,14 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
         _collect_tensors(obj, "", out, set())
         return out or None
     if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-        if tensors and len(tensors) >= len(obj) // 2:
-            return tensors
-        for key in ("state_dict", "model", "module", "model_state", "ema_state_dict", "params"):
-            if key in obj:
+        for key in ("state_dict", "model", "module", "model_state", "ema_state_dict", "params"):  # a training
+            if isinstance(obj.get(key), (dict, Opaque)):  # checkpoint's weights, beside its step / epoch tensors
                 found = _find_state_dict(obj[key])
                 if found:
                     return found
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) // 2:
+            return tensors
     return None
 
 
@@ -211,12 +211,21 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            if metadata_only:
+                return {}, meta
             return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is not iterable
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The header metadata of a safetensors file, without reading its tensors."""
+    return _read_safetensors(Path(path), metadata_only=True)[1]
