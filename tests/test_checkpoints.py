@@ -343,3 +343,16 @@ def test_a_misspelled_official_name_gets_the_close_ones_suggested(tmp_path, monk
     for typo, meant in (("sapiens-pos-1b", "sapiens-pose-1b"), ("sapiens-sge-2b", "sapiens-seg-2b")):
         with pytest.raises(FileNotFoundError, match=f"did you mean {meant}"):
             resolve_checkpoint(typo)
+
+
+def test_an_official_width_with_fewer_blocks_is_warned_about():
+    """Depth is counted from the block keys: a 0.3B file that lost its last blocks would load as a shallower model."""
+    import warnings
+
+    from opensapiens.models.vit import arch_from_width
+
+    with pytest.warns(UserWarning, match="width 1024 is Sapiens-0.3b's, but the checkpoint has 23 blocks, not 24"):
+        assert arch_from_width(1024, 23).depth == 23
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert arch_from_width(1024, 24).name == "0.3b" and arch_from_width(128, 6).name == "nano"

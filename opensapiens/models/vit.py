@@ -68,9 +68,15 @@ def arch_from_width(embed_dim: int, depth: int, num_heads: int | None = None) ->
     for a in ARCHS.values():
         if a.embed_dim == embed_dim and a.depth == depth and num_heads in (None, a.num_heads):
             return a
+    same_width = next((a for a in ARCHS.values() if a.embed_dim == embed_dim), None)
+    if same_width is not None and same_width.name[0].isdigit():  # an official width with another depth: the blocks
+        # are counted from the keys, so a file cut short would otherwise load as a shallower model without a word
+        warnings.warn(f"width {embed_dim} is Sapiens-{same_width.name}'s, but the checkpoint has {depth} blocks, not "
+                      f"{same_width.depth}: loaded as a {depth}-block model (a truncated or modified file?)",
+                      stacklevel=2)
     if num_heads is not None:
         return ViTArch(f"custom-{embed_dim}x{depth}", embed_dim, depth, num_heads)
-    heads = next((a.num_heads for a in ARCHS.values() if a.embed_dim == embed_dim), None)
+    heads = same_width.num_heads if same_width is not None else None
     if heads is None:
         heads = max(embed_dim // 64, 1)
         warnings.warn(f"width {embed_dim} is not an official Sapiens size: assuming {heads} attention heads "
