@@ -269,6 +269,11 @@ def test_official_export_refuses_what_the_layout_cannot_record(tmp_path):
     landscape, _ = make_official_state("seg", 28, pos_grid=(6, 8))
     with pytest.raises(CheckpointError, match=r"position grid \(6, 8\)"):
         export_official(landscape, tmp_path / "out.pth")
+    three, three_official = make_official_state("seg", 3)  # a reader of the layout makes normals of it
+    torch.save({"state_dict": three_official}, tmp_path / "three.pth")
+    assert load_model(tmp_path / "three.pth", num_heads=TINY.num_heads).task == "normal"
+    with pytest.raises(CheckpointError, match="3-class seg head has the shape of a normal head"):
+        export_official(three, tmp_path / "out.pth")
 
 
 def test_a_multitask_files_task_takes_a_patch_padding_override():

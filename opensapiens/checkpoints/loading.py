@@ -165,13 +165,18 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
     """Write the weights in the official key layout (``{'state_dict': ...}`` .pth, or flat for a backbone).
 
     The official layout records neither the patch padding nor the position grid: a reader infers them (the task's
-    official padding; a square or 4:3 portrait grid), so a model that a reader would rebuild otherwise is refused.
+    official padding; a square or 4:3 portrait grid; normals for a 3-channel seg-shaped head), so a model that a
+    reader would rebuild otherwise is refused.
     """
     path = Path(path)
     if isinstance(model, SapiensMultiTask):
         raise CheckpointError(f"{path}: the official layout holds one task; load one of this multi-task model's "
                               f"tasks ({', '.join(model.config.outputs)}) with task=..., or save it with save_model")
     cfg = model.config
+    if cfg.task == "seg" and cfg.out_channels == 3:
+        raise CheckpointError(f"{path}: a 3-class seg head has the shape of a normal head, and the official layout "
+                              "does not record the task: a reader would load it as normals; keep it in our format "
+                              "(save_model), which records it")
     official = official_patch_padding(cfg.task, cfg.out_channels)
     if cfg.patch_padding != official:
         raise CheckpointError(f"{path}: this {cfg.task} model has patch padding {cfg.patch_padding}, the official "
