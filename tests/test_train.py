@@ -365,7 +365,7 @@ def test_init_from_an_official_pretrain_file_drops_cls_and_resizes_positions(tmp
 
 
 def test_architecture_defaults_to_the_init_checkpoints_and_the_recipe_follows(toy, tmp_path):
-    from opensapiens.checkpoints import ours_to_official, save_model
+    from opensapiens.checkpoints import load_state, ours_to_official, save_model
     from opensapiens.models import SapiensViT
 
     torch.manual_seed(0)
@@ -379,6 +379,13 @@ def test_architecture_defaults_to_the_init_checkpoints_and_the_recipe_follows(to
     assert tiny.arch == "tiny" and tiny.ohkm_topk == 0  # Goliath OHKM is the 0.3b / 1b recipe
     assert resolve(TrainConfig(**pose, init=str(tmp_path / "nano_clean.pth"))).arch == "nano"
     assert resolve(TrainConfig(**pose, arch="1b", init=str(tmp_path / "tiny.safetensors"))).arch == "1b"  # as given
+    # the head width follows a checkpoint with this task's head (the bundled seg head is narrower than the recipe's
+    # 768: it used to be dropped for its shape), and the recipe's where the checkpoint has none
+    bundled_seg = load_state("sapiens-nano", task="seg")[0].head_channels
+    seg = dict(task="seg", data="synth", out="x", init="sapiens-nano")
+    assert bundled_seg != 768 and resolve(TrainConfig(**seg)).head_channels == bundled_seg
+    assert resolve(TrainConfig(**seg, head_channels=32)).head_channels == 32  # as given
+    assert resolve(TrainConfig(**pose, init=str(tmp_path / "nano_clean.pth"))).head_channels is None
     run = tmp_path / "run"
     assert train(config(toy, run, arch=None, init=str(tmp_path / "nano_clean.pth"), steps=1))["step"] == 1
     assert events(run, "init")[0]["backbone"] > 0

@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, help="images per GPU per micro-batch (official: pose 4, others 2)")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     p.add_argument("--input-size", type=parse_size, help="HxW, default 1024x768")
-    p.add_argument("--head-channels", type=int, help="head width (official 768, depth 384); smaller for small models")
+    p.add_argument("--head-channels", type=int, help="head width (default: the --init checkpoint's where it has this "
+                   "task's head, else official 768, depth 384); smaller for small models")
     g = p.add_argument_group("labels")
     g.add_argument("--keypoints", help="pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON")
     g.add_argument("--classes", help="seg: goliath/28, face/19 or a class-list JSON")

@@ -99,7 +99,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
     d = asdict(cfg)
-    d["arch"] = cfg.arch or (init_arch(cfg.init) if cfg.init else "0.3b")
+    if cfg.init:  # the architecture, and the head width where it has this task's head, of the --init checkpoint
+        arch, head_channels = init_shape(cfg.init, cfg.task)
+        d["arch"] = cfg.arch or arch
+        d["head_channels"] = cfg.head_channels or head_channels
+    d["arch"] = d["arch"] or "0.3b"
     arch = d["arch"].lower().removeprefix("sapiens_")
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
@@ -143,17 +147,18 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return out
 
 
-def init_arch(init: str) -> str:
-    """The architecture of the ``--init`` checkpoint: from the config our files carry, else from its width and
-    depth (the checkpoint loader's inference). Reads the file once more, before the model exists."""
-    from ..checkpoints import load_state
+def init_shape(init: str, task: str) -> tuple[str, int | None]:
+    """The architecture of the ``--init`` checkpoint (from the config our files carry, else from its width and depth)
+    and the width of its head where it has one for ``task`` (else None: the recipe's). Reads the file once more,
+    before the model exists."""
     from ..models.vit import ARCHS
+    from .init import read_init
 
-    arch = load_state(init, task="features")[0].arch
-    if arch.name not in ARCHS:
-        raise ValueError(f"--init {init}: its backbone ({arch.embed_dim} wide, {arch.depth} blocks) is not one of the "
-                         f"architectures {', '.join(ARCHS)}")
-    return arch.name
+    src = read_init(init, task)[0]
+    if src.arch.name not in ARCHS:
+        raise ValueError(f"--init {init}: its backbone ({src.arch.embed_dim} wide, {src.arch.depth} blocks) is not one "
+                         f"of the architectures {', '.join(ARCHS)}")
+    return src.arch.name, src.head_channels if src.task == task else None
 
 
 def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:

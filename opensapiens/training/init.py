@@ -40,12 +40,18 @@ def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: Sa
     return weights
 
 
+def read_init(path_or_name: str, task: str) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and weights of an ``--init`` checkpoint for a fine-tune of ``task``: a multi-task file (the
+    bundled model) gives that task's head with the backbone, or its backbone alone."""
+    multitask = multitask_config(path_or_name)
+    return load_state(path_or_name, task=None if multitask is None else task if task in multitask.outputs
+                      else "features")
+
+
 def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     """Copy what fits from a checkpoint into ``model``; returns {"backbone": n_tensors, "head": n_tensors,
     "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth)."""
-    multitask = multitask_config(path_or_name)  # the bundled model: this task's head with the backbone, or the backbone
-    task = None if multitask is None else model.task if model.task in multitask.outputs else "features"
-    src_cfg, sd = load_state(path_or_name, task=task)
+    src_cfg, sd = read_init(path_or_name, model.task)
     ours = model.state_dict()
     backbone = {f"backbone.{k}": v for k, v in fit_backbone(src_cfg, sd, model.backbone, path_or_name).items()}
     head = {k: v for k, v in sd.items() if k.startswith("head.")}
