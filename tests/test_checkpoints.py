@@ -361,3 +361,14 @@ def test_an_official_width_with_fewer_blocks_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert arch_from_width(1024, 24).name == "0.3b" and arch_from_width(128, 6).name == "nano"
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "model.", "module._orig_mod."])
+@pytest.mark.parametrize("layout", ["ours", "official"])
+def test_a_state_dict_saved_from_a_wrapped_model_loads(tmp_path, prefix, layout):
+    """DDP / FSDP (module.), torch.compile (_orig_mod.) and Lightning-style (model.) wrappers prefix every key."""
+    model, official = make_official_state("seg", 5)
+    sd = model.state_dict() if layout == "ours" else official
+    torch.save({prefix + k: v for k, v in sd.items()}, tmp_path / "wrapped.pth")
+    loaded = load_model(tmp_path / "wrapped.pth", task="seg", num_heads=TINY.num_heads)
+    assert _same_outputs(loaded, model)

@@ -66,10 +66,24 @@ def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_p
         if patch_padding is not None:
             cfg.patch_padding = patch_padding
     else:
+        sd = strip_wrapper_prefixes(sd)
         if is_official_layout(sd):
             sd = official_to_ours(sd)
         cfg = infer_config(sd, task=task, patch_padding=patch_padding, num_heads=num_heads, source=str(path))
     return cfg, prepare_for_config(sd, cfg)
+
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.", "model.")  # DDP / FSDP, torch.compile, Lightning-style containers
+
+
+def strip_wrapper_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict saved from a wrapped model (every key under ``module.``, ``_orig_mod.``, ...), unwrapped."""
+    while sd:
+        prefix = next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)
+        if prefix is None:
+            return sd
+        sd = {k[len(prefix):]: v for k, v in sd.items()}
+    return sd
 
 
 def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cpu",
