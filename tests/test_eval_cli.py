@@ -164,6 +164,15 @@ def test_model_mode_dense(dataset, task):
         assert r["num_pixels"] == N * 24 * 15
 
 
+def test_model_mode_seg_refuses_a_class_list_the_model_does_not_predict(dataset):
+    root, truth = dataset
+    predictor = FakePredictor("seg", truth)
+    predictor.class_names = tuple(f"part_{i}" for i in range(28))
+    assert evaluate_model("seg", predictor, root, classes="28")["mIoU"] == 1.0
+    with pytest.raises(ValueError, match="--classes lists 19 classes; this model predicts 28"):
+        evaluate_model("seg", predictor, root, classes="face")
+
+
 def test_saved_mode_all_tasks(dataset, tmp_path, capsys):
     root, truth = dataset
     # seg: one prediction missing (reported as skipped), one pixel block wrong
@@ -402,3 +411,18 @@ def test_the_gt_layout_is_read_from_an_annotation_with_keypoints_not_a_crowd_reg
     assert infer_keypoint_set(gt) == "coco"
     with pytest.raises(ValueError, match="no annotation with keypoints"):
         infer_keypoint_set({**gt, "annotations": gt["annotations"][:1]})
+
+
+def test_a_built_in_layout_model_on_data_in_a_set_of_its_own_says_which_is_which(tmp_path):
+    """The hint for saved predictions (run the fine-tune with --checkpoint) told a user who had just done that."""
+    from test_data_toy import write_toy_dataset
+
+    from opensapiens.evaluation.runner import evaluate_model
+    from opensapiens.inference.predictors import PosePredictor
+
+    from conftest import make_official_state
+
+    data = write_toy_dataset(tmp_path / "val", 2, (128, 96))  # 5 keypoints of its own
+    model, _ = make_official_state("pose", 17)
+    with pytest.raises(ValueError, match="have 5 points; expected 17, 133 or 308 .this model predicts the 17 coco"):
+        evaluate_model("pose", PosePredictor(model, input_size=(64, 48)), data, progress=False)

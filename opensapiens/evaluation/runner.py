@@ -131,8 +131,12 @@ def _protocol(task: str, acc, align: str) -> dict:
 # --------------------------------------------------------------------------------------------- saved predictions
 
 
-def infer_keypoint_set(gt) -> str:
-    """The layout of a COCO keypoint GT from its first annotation (17, 133 or 308 keypoints)."""
+SAVED_HINT = "a fine-tune's own keypoints are scored with its model: eval --checkpoint ... --data ..."
+
+
+def infer_keypoint_set(gt, hint: str = SAVED_HINT) -> str:
+    """The layout of a COCO keypoint GT from its first annotation (17, 133 or 308 keypoints); ``hint`` ends the
+    error for any other count."""
     anns = [a for a in read_coco_json(gt, "ground truth").get("annotations") or []
             if a.get("keypoints") or "goliath_wholebody_kpts" in a]  # crowd regions may come without keypoints
     if not anns:
@@ -145,8 +149,7 @@ def infer_keypoint_set(gt) -> str:
         return "wholebody"
     n = len(a.get("keypoints", [])) // 3
     if n not in (17, 133, 308):
-        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 (a fine-tune's own "
-                         "keypoints are scored with its model: eval --checkpoint ... --data ...)")
+        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 ({hint})")
     return keypoint_set(n).name
 
 
@@ -345,7 +348,10 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     if own is not None and keypoints is not None and keypoint_set(keypoints).name != own.name:
         raise ValueError(f"--keypoints {keypoints}: this model predicts its own {own.name} keypoints, which convert to "
                          "no other layout; it is scored in them")
-    gt_name = own.name if own is not None else infer_keypoint_set(gt)
+    layout = getattr(predictor, "keypoint_set", None)
+    gt_name = own.name if own is not None else infer_keypoint_set(
+        gt, f"this model predicts the {layout.num_keypoints} {layout.name} keypoints; ground truth in a set of its "
+            "own is scored by a model fine-tuned on that set" if layout is not None else SAVED_HINT)
     k_gt = own.num_keypoints if own is not None else keypoint_set(gt_name).num_keypoints
     by_image: dict = {}
     for a in gt["annotations"]:  # top-down with GT boxes: every non-crowd person with a labelled keypoint
@@ -430,9 +436,12 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     from ..io import read_image
 
     gt_dir, ext = GT_DIRS[task]
-    if classes is None and task == "seg" and getattr(predictor, "class_names", None):
-        classes = predictor.class_names
+    predicted = getattr(predictor, "class_names", None) if task == "seg" else None
+    if classes is None and predicted:
+        classes = predicted
     acc = _dense_accumulator(task, classes, align, ignore_index)
+    if predicted and acc.num_classes != len(predicted):  # classes it never predicts would score 0 IoU each
+        raise ValueError(f"--classes lists {acc.num_classes} classes; this model predicts {len(predicted)}")
     files, skipped = _dataset_images(data / "images")
     names = sorted(files)[:limit]
 
