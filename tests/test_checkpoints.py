@@ -145,6 +145,11 @@ def test_loading_takes_the_weights_without_a_random_init(tmp_path):
 def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         read_state_dict(tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="is a folder; give the checkpoint file in it"):
+        read_state_dict(tmp_path)
+    torch.save(nn.Linear(2, 2), tmp_path / "whole.pth")
+    with pytest.raises(CheckpointError, match=r"torch.save\(model\) cannot be read .* save model.state_dict"):
+        read_state_dict(tmp_path / "whole.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"this is not a checkpoint at all")
     with pytest.raises(CheckpointError, match="junk.pth"):

@@ -172,6 +172,8 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata, else {}."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     with open(path, "rb") as f:
@@ -207,7 +209,8 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
     sd = _find_state_dict(obj)
     if not sd:
         raise CheckpointError(f"{label}: no tensors found (expected a state dict, an mmengine checkpoint or a "
-                              "TorchScript module)")
+                              "TorchScript module; a whole module saved with torch.save(model) cannot be read "
+                              "without running its pickled code: save model.state_dict() instead)")
     return sd
 
 
