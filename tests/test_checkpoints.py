@@ -377,3 +377,15 @@ def test_a_state_dict_saved_from_a_wrapped_model_loads(tmp_path, prefix, layout)
     torch.save({prefix + k: v for k, v in sd.items()}, tmp_path / "wrapped.pth")
     loaded = load_model(tmp_path / "wrapped.pth", task="seg", num_heads=TINY.num_heads)
     assert _same_outputs(loaded, model)
+
+
+def test_tensors_of_dtypes_without_a_typed_storage_are_read(tmp_path):
+    """float8 and uint16 tensors are pickled with their dtype beside untyped bytes (_rebuild_tensor_v3): they used to
+    become inert records, dropped from the state dict and reported as missing keys."""
+    path = tmp_path / "fp8.pth"
+    fp8 = torch.randn(3, 4).to(torch.float8_e4m3fn)
+    view = torch.arange(6, dtype=torch.int32).to(torch.uint16).reshape(2, 3)[:, 1:]  # offset and strides kept
+    torch.save({"w": fp8, "v": view, "b": torch.randn(2)}, path)
+    sd, _ = read_state_dict(path)
+    assert sd["w"].dtype == torch.float8_e4m3fn and torch.equal(sd["w"].float(), fp8.float())
+    assert sd["v"].dtype == torch.uint16 and torch.equal(sd["v"].int(), view.int())

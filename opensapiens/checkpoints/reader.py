@@ -88,6 +88,13 @@ def _rebuild_tensor(storage: torch.Tensor, offset: int, size: tuple, stride: tup
     return torch.as_strided(storage, tuple(size), tuple(stride), offset)
 
 
+def _rebuild_tensor_v3(storage: torch.Tensor, offset: int, size: tuple, stride: tuple, requires_grad: bool,
+                       hooks: Any, dtype: torch.dtype, *_: Any) -> torch.Tensor:
+    """A tensor of a dtype without a typed storage (float8, uint16/32/64): bytes, and the dtype beside them."""
+    typed = storage.view(dtype) if storage.numel() else torch.empty(0, dtype=dtype)
+    return torch.as_strided(typed, tuple(size), tuple(stride), offset)
+
+
 def _rebuild_parameter(data: torch.Tensor, *_: Any) -> torch.Tensor:
     return data
 
@@ -103,8 +110,12 @@ class _SafeUnpickler(pickle.Unpickler):
             return _rebuild_tensor
         if module == "torch._utils" and name in ("_rebuild_parameter", "_rebuild_parameter_with_state"):
             return _rebuild_parameter
+        if module == "torch._utils" and name == "_rebuild_tensor_v3":
+            return _rebuild_tensor_v3
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(_STORAGE_DTYPES[name])
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):  # a dtype, for v3: data only
+            return getattr(torch, name)
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "builtins" and name in ("set", "frozenset", "list", "dict", "tuple"):
