@@ -57,7 +57,8 @@ from opensapiens.benchmark import (
     write_json,
 )
 from opensapiens.cli.predict import parse_size
-from opensapiens.data.shards import ShardWriter, StreamingImages, find_source
+from opensapiens.data.shard_writer import ShardWriter
+from opensapiens.data.shards import StreamingImages, find_source
 from opensapiens.inference.optimize import fast_attention, pad_attention_heads
 from opensapiens.models import fa4_attention, flash_attention
 from opensapiens.models.mae import MAE, MAEConfig, mae_flops_per_image

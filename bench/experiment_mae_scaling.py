@@ -50,7 +50,7 @@ def render(out: Path, n: int, size: tuple[int, int], seed: int, log: list[str], 
 
 def pool_shards(pool: Path, n: int, out: Path) -> Path:
     """The first ``n`` pool images as tar shards (the pretraining input format)."""
-    from opensapiens.data.shards import ShardWriter
+    from opensapiens.data.shard_writer import ShardWriter
 
     if not list(out.glob("*.tar")):
         files = sorted((pool / "images").iterdir())[:n]

@@ -15,7 +15,7 @@ from PIL import Image
 
 from opensapiens.checkpoints import load_model, read_state_dict
 from opensapiens.cli.main import main
-from opensapiens.data.shards import ShardWriter
+from opensapiens.data.shard_writer import ShardWriter
 from opensapiens.models import build_model
 from opensapiens.pretrain import loop as pretrain_loop
 from opensapiens.pretrain.config import PretrainConfig

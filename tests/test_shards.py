@@ -14,9 +14,9 @@ from PIL import Image
 
 from opensapiens.data import shards as S
 from opensapiens.data.labels import DataError
+from opensapiens.data.shard_writer import ShardWriter
 from opensapiens.data.shards import (
     LoaderState,
-    ShardWriter,
     StreamingImages,
     decode_batch,
     find_source,

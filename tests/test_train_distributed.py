@@ -114,7 +114,7 @@ def test_pretraining_on_two_ranks_resumes_exactly(tmp_path):
     import numpy as np
     from test_mae_pretrain import SMALL, jpeg, losses, smooth_image
 
-    from opensapiens.data.shards import ShardWriter
+    from opensapiens.data.shard_writer import ShardWriter
 
     rng = np.random.default_rng(0)
     with ShardWriter(tmp_path / "shards", max_count=5) as w:

@@ -36,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..data.shards import ShardWriter
+from ..data.shard_writer import ShardWriter
 from ..data.workers import WorkerInit, loader_context
 from ..io.images import IMAGE_EXTENSIONS, list_inputs, read_image
 from ..io.writers import save_json
