@@ -77,6 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
     g.add_argument("--no-track", action="store_true",
                    help="videos: no track ids (by default each person keeps an id from frame to frame)")
+    g.add_argument("--openpose", action="store_true",
+                   help="also write STEM_openpose.json (OpenPose's JSON: body 18, hands, face) and STEM_openpose.png "
+                   "(the skeletons on black, as ControlNet's OpenPose conditioning draws them)")
     g = p.add_argument_group("depth / normal")
     g.add_argument("--seg-checkpoint",
                    help="segmentation model whose foreground masks the depth/normal pictures and the normals' "
@@ -126,6 +129,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io.images import is_video, list_inputs, read_mask
 
     args.out = Path(args.out)  # out_folder checked it and kept the text
+    if args.openpose and args.task != "pose":
+        print(f"error: --openpose is for --task pose, not {args.task}", file=sys.stderr)
+        return 2
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
         paths = list_inputs(args.inputs)
         stems = dict(zip(paths, unique_stems(paths)))  # images and videos named together: no two write one name
@@ -177,16 +183,18 @@ def run(args: argparse.Namespace) -> int:
     workers = READER_THREADS if args.workers is None else args.workers
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=workers,
                        writers=args.writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
-                       predict_kwargs=per_batch, decode=args.decode, stems=[stems[p] for p in images])
+                       predict_kwargs=per_batch, decode=args.decode, stems=[stems[p] for p in images],
+                       openpose=args.openpose)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         if args.resume and video_finished(args.task, args.out, stems[video], vis=not args.no_vis, raw=args.raw,
-                                           step=args.step, track=not args.no_track):
+                                           step=args.step, track=not args.no_track, openpose=args.openpose):
             report.skipped.append(video)
             continue
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
-                          writers=args.writers, track=not args.no_track, stem=stems[video], step=args.step)
+                          writers=args.writers, track=not args.no_track, stem=stems[video], step=args.step,
+                          openpose=args.openpose)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

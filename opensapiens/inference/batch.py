@@ -13,6 +13,9 @@ Files written per input stem (``--raw`` adds the raw head output):
 | depth    | STEM_depth.npy (float32 HxW), STEM_depth.jpg                          | STEM_depth_raw.npy      |
 | normal   | STEM_normal.npy (float32 HxWx3), STEM_normal.jpg                      | STEM_normal_raw.npy     |
 | features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
+
+Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and STEM_openpose.png (the
+skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from ..io.images import ImageReadError, read_image
 from ..io.writers import save_jpg, save_json, save_npy, save_png
 from ..metadata import seg_classes
-from ..visualize import colorize_depth, colorize_normals, draw_pose, seg_overlay, side_by_side
+from ..visualize import colorize_depth, colorize_normals, draw_openpose, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
 from .streams import pin, read_ahead, submit_ahead
@@ -50,6 +53,7 @@ OUTPUTS = {
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
               "normal": "_normal_raw.npy"}
 RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}
+OPENPOSE_OUTPUTS = ("_openpose.json", "_openpose.png")  # pose with ``openpose``
 
 
 # run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
@@ -71,10 +75,13 @@ def default_writers(task: str, vis: bool) -> int:
     return min(16 if vis and task in ("seg", "depth", "normal") else 8, os.cpu_count() or 2)
 
 
-def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False) -> list[Path]:
+def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False,
+                     openpose: bool = False) -> list[Path]:
     suffixes = [s for s in OUTPUTS[task] if vis or not s.endswith(".jpg")]
     if raw and task in RAW_SUFFIX:
         suffixes.append(RAW_SUFFIX[task])
+    if openpose and task == "pose":
+        suffixes += OPENPOSE_OUTPUTS
     return [out_dir / f"{stem}{s}" for s in suffixes]
 
 
@@ -85,12 +92,12 @@ def _coco_image_id(stem: str) -> int | str:
 
 
 def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result, vis: bool = True,
-                 raw: bool = False, image_id: int | str | None = None) -> list[Path]:
+                 raw: bool = False, image_id: int | str | None = None, openpose: bool = False) -> list[Path]:
     """Write the documented files for one input; returns their paths. ``image``: the input, (H, W, 3) uint8 (a
-    tensor where it was decoded on the device)."""
+    tensor where it was decoded on the device). ``openpose``: pose also in OpenPose's JSON and picture."""
     if vis and not isinstance(image, np.ndarray):  # the pictures are drawn on host pixels
         image = image.cpu().numpy()
-    p = {s: out_dir / f"{stem}{s}" for s in (*OUTPUTS[task], RAW_SUFFIX.get(task, ""))}
+    p = {s: out_dir / f"{stem}{s}" for s in (*OUTPUTS[task], RAW_SUFFIX.get(task, ""), *OPENPOSE_OUTPUTS)}
     written: list[Path] = []
     if isinstance(result, PoseResult):
         doc = {"image": {"file_name": stem, "height": image.shape[0], "width": image.shape[1]},
@@ -101,6 +108,11 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
             written.append(save_jpg(p["_pose.jpg"], visualize_result(image, result)))
         if raw and result.heatmaps is not None:
             written.append(save_npy(p["_heatmaps.npy"], result.heatmaps.astype(np.float16)))
+        if openpose:
+            height, width = image.shape[:2]
+            people = result.to_openpose()
+            written.append(save_json(p["_openpose.json"], people.to_json(width, height)))
+            written.append(save_png(p["_openpose.png"], draw_openpose(people, height, width)))
     elif isinstance(result, SegResult):
         written.append(save_png(p["_seg.png"], result.labels))
         if vis:
@@ -201,13 +213,13 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
               workers: int = READER_THREADS,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
               progress: bool = True, writers: int | None = None, decode: str = "host",
-              stems: Sequence[str] | None = None) -> BatchReport:
+              stems: Sequence[str] | None = None, openpose: bool = False) -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
     ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...); where it
     raises, each image of the batch is tried alone, those that still raise are reported as failed and the others go
     on together. ``stems``: the output names (default ``unique_stems(paths)``; a caller that also writes videos names
-    both together).
+    both together). ``openpose``: pose also writes OpenPose's JSON and picture (``write_result``).
     ``workers`` threads read the images, ``writers`` threads (default ``default_writers``) write the outputs.
     ``decode="device"`` decodes JPEGs on the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the
     reading threads.
@@ -226,7 +238,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     report = BatchReport()
     todo = []
     for p, s in zip(paths, stems):
-        if resume and all(f.is_file() for f in expected_outputs(task, out_dir, s, vis, raw)):
+        if resume and all(f.is_file() for f in expected_outputs(task, out_dir, s, vis, raw, openpose)):
             report.skipped.append(p)
         else:
             todo.append((p, s))
@@ -292,7 +304,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
                 report.failed += [(todo_paths[i], f"{todo_paths[i]}: inference failed: {error}") for i in ids]
             else:
                 for i, image, res in zip(ids, images, results):
-                    future = writer.submit(write_result, task, out_dir, todo[i][1], image, res, vis, raw)
+                    future = writer.submit(write_result, task, out_dir, todo[i][1], image, res, vis, raw,
+                                           openpose=openpose)
                     writes.append((todo_paths[i], future))
             _collect(writes, report, keep=2 * batch_size + writers)
         _collect(writes, report)
@@ -328,9 +341,10 @@ def picture_video(out_dir: Path, stem: str, task: str) -> Path:
 
 
 def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False, step: int = 1,
-                   track: bool = True) -> bool:
+                   track: bool = True, openpose: bool = False) -> bool:
     """Whether ``run_video`` finished the video named ``stem`` for ``task`` (``resume``): its manifest, written last,
-    says so for the same ``step`` (and, for pose, tracking), with the raw outputs when ``raw`` asks for them, and,
+    says so for the same ``step`` (and, for pose, tracking), with the raw (OpenPose) outputs when ``raw``
+    (``openpose``) asks for them, and,
     with ``vis``, its picture video exists."""
     try:
         manifest = json.loads(video_manifest(out_dir, stem, task).read_text())
@@ -338,7 +352,7 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
         return False
     if manifest.get("task") != task or (raw and not manifest.get("raw")) or manifest.get("step") != step:
         return False
-    if task == "pose" and manifest.get("track") != track:
+    if task == "pose" and (manifest.get("track") != track or (openpose and not manifest.get("openpose"))):
         return False
     pictures = vis and task != "features"  # a --no-vis run's manifest: the .mp4 there is an older run's
     return not pictures or (bool(manifest.get("vis")) and picture_video(out_dir, stem, task).is_file())
@@ -346,13 +360,13 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
               raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None,
-              track: bool = True, stem: str | None = None) -> int:
+              track: bool = True, stem: str | None = None, openpose: bool = False) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
     ``frame_000000...`` like images) and, with ``vis`` (not for features), ``out_dir/STEM_<task>.mp4``: the pose
     drawn on the frames, the dense maps side by side with them (as the images' pictures). ``stem`` defaults to the
     file's. Returns the number of frames done. With ``track``, pose gives
     each person a ``track_id`` that follows them from frame to frame (``PoseTracker``), in the JSON and on the
-    pictures.
+    pictures; with ``openpose`` each frame also gets OpenPose's JSON and picture (``write_result``).
 
     A reader thread decodes the frames (``read_ahead``); ``writers`` threads (default ``default_writers``) write each
     frame's outputs and draw its picture; one encoder
@@ -377,7 +391,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir.mkdir(parents=True, exist_ok=True)
     # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
     video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
-    for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True):
+    for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True, openpose=True):
         for stale in frames_dir.glob(pattern.name):
             stale.unlink()
     total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
@@ -408,7 +422,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
 
     def frame_outputs(index: int, image: np.ndarray, result) -> np.ndarray | None:
         """Writer thread: the frame's files, and its picture for the video (None without one)."""
-        write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw)
+        write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw,
+                     openpose=openpose)
         if writer is None:
             return None
         picture = visualize_result(image, result)
@@ -458,7 +473,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
         bar.close()
     save_json(video_manifest(out_dir, stem, predictor.task), {
         "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw,
-        "track": tracker is not None, "vis": pictures, "frame_times": frame_times})
+        "track": tracker is not None, "vis": pictures, "openpose": openpose and predictor.task == "pose",
+        "frame_times": frame_times})
     return done
 
 

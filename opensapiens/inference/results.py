@@ -8,6 +8,7 @@ import numpy as np
 
 from ..evaluation.depth import fit_scale_shift
 from ..metadata import KeypointSet, convert_keypoints, keypoint_set
+from ..metadata.openpose import OpenPosePeople, to_openpose
 
 
 @dataclass
@@ -28,6 +29,11 @@ class PoseResult:
             raise ValueError(f"no conversion from the {self.keypoint_set.name} keypoints a fine-tune defined")
         kp, sc = convert_keypoints(self.keypoints, self.scores, self.keypoint_set, dst)
         return PoseResult(kp, sc, self.boxes, self.box_scores, keypoint_set(dst).name, track_ids=self.track_ids)
+
+    def to_openpose(self, body: str = "body18") -> OpenPosePeople:
+        """The people in OpenPose's layouts (body 18 or 25 points, 21-point hands, 70-point face) for ControlNet and
+        pose editors: ``.to_json(width, height)``, ``visualize.draw_openpose``. See ``metadata.openpose``."""
+        return to_openpose(self.keypoints, self.scores, self.keypoint_set, body, self.track_ids)
 
     @property
     def keypoint_set_name(self) -> str:
