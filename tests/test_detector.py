@@ -309,3 +309,21 @@ def test_load_detections_coco_annotations_and_errors(tmp_path):
     bad.write_bytes(b"\x00\x00\x00\x18ftypmp42\xb5\xff\xfe")  # a video given as the detections
     with pytest.raises(ValueError, match="detections file .*bad.json: not a JSON file"):
         load_detections(bad)
+
+
+def test_load_detections_takes_the_files_person_category(tmp_path):
+    """An annotation file's person category is its own (here 2, named "person"); a detections list holding one
+    category other than COCO's 1 is taken as that one; a list of several keeps COCO's 1."""
+    coco = {"images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "car"}, {"id": 2, "name": "person"}],
+            "annotations": [{"image_id": 1, "bbox": [1, 1, 10, 20], "category_id": 2},
+                            {"image_id": 1, "bbox": [5, 5, 5, 5], "category_id": 1}]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    np.testing.assert_allclose(load_detections(tmp_path / "gt.json")["a"]["boxes"], [[1, 1, 11, 21]])
+    np.testing.assert_allclose(load_detections(tmp_path / "gt.json", category_id=1)["a"]["boxes"], [[5, 5, 10, 10]])
+    only = [{"image_id": 3, "bbox": [0, 0, 4, 4], "score": 0.5, "category_id": 7}]
+    (tmp_path / "only.json").write_text(json.dumps(only))
+    assert 3 in load_detections(tmp_path / "only.json")
+    mixed = only + [{"image_id": 4, "bbox": [0, 0, 4, 4], "score": 0.5, "category_id": 1}]
+    (tmp_path / "mixed.json").write_text(json.dumps(mixed))
+    assert sorted(k for k in load_detections(tmp_path / "mixed.json") if isinstance(k, int)) == [4]

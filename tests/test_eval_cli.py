@@ -426,3 +426,48 @@ def test_a_built_in_layout_model_on_data_in_a_set_of_its_own_says_which_is_which
     model, _ = make_official_state("pose", 17)
     with pytest.raises(ValueError, match="have 5 points; expected 17, 133 or 308 .this model predicts the 17 coco"):
         evaluate_model("pose", PosePredictor(model, input_size=(64, 48)), data, progress=False)
+
+
+def test_predict_then_eval_on_ground_truth_whose_person_category_is_not_1(dataset, tmp_path):
+    """The documented flow (predict --detections GT, then eval --pred OUT --gt GT) on a file whose person category
+    is 2: the boxes are read (they were all dropped as "not a person") and predict's people, which carry COCO's 1,
+    are scored as the GT's persons (AP was 0). predict --openpose's files in the folder are not predictions."""
+    root, _ = dataset
+    gt = json.loads((root / "annotations.json").read_text())
+    gt2 = {**gt, "categories": [{"id": 2, "name": "person"}],
+           "annotations": [{**a, "category_id": 2} for a in gt["annotations"]]}
+    (tmp_path / "gt2.json").write_text(json.dumps(gt2))
+    out = tmp_path / "P"
+    predict(root, "pose", out, "--detections", str(tmp_path / "gt2.json"), "--openpose")
+    assert len(list(out.glob("*_openpose.json"))) == N
+    # a category-2 GT made of the predicted people: scored right, AP 1
+    ids = {Path(im["file_name"]).stem: im["id"] for im in gt["images"]}
+    truth = {**gt2, "annotations": []}
+    for f in sorted(out.glob("s???.json")):
+        for person in json.loads(f.read_text())["people"]:
+            kp = np.asarray(person["keypoints"]).reshape(-1, 3)
+            kp[:, 2] = 2
+            truth["annotations"].append({"id": len(truth["annotations"]) + 1, "image_id": ids[f.stem],
+                                         "category_id": 2, "iscrowd": 0, "bbox": person["bbox"],
+                                         "area": person["bbox"][2] * person["bbox"][3],
+                                         "keypoints": kp.ravel().tolist()})
+    assert len(truth["annotations"]) == 2 * N  # every GT box was read as a person
+    (tmp_path / "truth.json").write_text(json.dumps(truth))
+    r = eval_json(tmp_path, "--task", "pose", "--pred", str(out), "--gt", str(tmp_path / "truth.json"))
+    assert r["AP"] == pytest.approx(1.0) and r["num_predictions"] == 2 * N
+
+
+def test_eval_refuses_to_score_no_person_and_a_limit_below_one(dataset, tmp_path, capsys):
+    root, _ = dataset
+    gt = json.loads((root / "annotations.json").read_text())
+    unlabelled = {**gt, "annotations": [{**a, "keypoints": [0.0] * 3 * 308} for a in gt["annotations"]]}
+    (tmp_path / "gt.json").write_text(json.dumps(unlabelled))
+    (tmp_path / "res.json").write_text("[]")
+    assert main(["eval", "--task", "pose", "--pred", str(tmp_path / "res.json"), "--gt", str(tmp_path / "gt.json"),
+                 "--quiet"]) == 2
+    assert "no ground truth person with a labelled keypoint" in capsys.readouterr().err
+    for limit in ("0", "-1"):
+        with pytest.raises(SystemExit) as info:
+            main(["eval", "--task", "pose", "--pred", str(tmp_path / "res.json"), "--gt",
+                  str(root / "annotations.json"), "--limit", limit])
+        assert info.value.code == 2 and "--limit" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import math
 
 import numpy as np
@@ -250,3 +251,53 @@ def test_wholebody_split_format_and_errors():
     del no_area["annotations"][0]["area"]
     with pytest.raises(ValueError, match="area"):
         evaluate_keypoints(no_area, res, "wholebody")
+
+
+@pytest.mark.parametrize("field,value", [("area", float("nan")), ("area", float("inf")), ("area", -1.0),
+                                         ("area", None), ("area", "20000"), ("bbox", [0, 0, float("nan"), 5]),
+                                         ("bbox", [0, 0, 5])])
+def test_a_ground_truth_area_or_box_that_is_not_finite_numbers_is_refused(field, value):
+    """OKS divides by the GT area: a NaN, infinite or negative one makes every prediction a match (OKS NaN or >= 1),
+    so AP 1 for anything. Such a file is an error naming the annotation, not a score."""
+    rng = np.random.default_rng(2)
+    gt = gt_dict([[person(rng, 17)]])
+    far = [result(1, np.full((17, 2), 900.0), 0.9)]  # nowhere near the person
+    assert evaluate_keypoints(gt, far, "coco")["AP"] == 0.0
+    gt["annotations"][0][field] = value
+    with pytest.raises(ValueError, match=rf"annotation #0 .*'{field}' must be"):
+        evaluate_keypoints(gt, far, "coco")
+
+
+def test_a_null_score_is_a_non_finite_one_and_a_text_score_is_refused():
+    """save_json writes NaN as null: such a result is counted and ranked last, as a NaN score is."""
+    rng = np.random.default_rng(3)
+    people = [[person(rng, 17), person(rng, 17, box=(400.0, 80.0, 200.0, 300.0))]]
+    gt = gt_dict(people, boxes=[[(100.0, 80.0, 200.0, 300.0), (400.0, 80.0, 200.0, 300.0)]])
+    res = [result(1, people[0][0][:, :2], 0.5), result(1, people[0][1][:, :2], 0.6)]
+    nan_score = evaluate_keypoints(gt, [res[0], {**res[1], "score": float("nan")}], "coco")
+    null_score = evaluate_keypoints(gt, [res[0], {**res[1], "score": None}], "coco")
+    assert null_score["nonfinite_scores"] == nan_score["nonfinite_scores"] == 1
+    assert json.dumps(null_score, sort_keys=True) == json.dumps(nan_score, sort_keys=True)
+    with pytest.raises(ValueError, match=r"prediction #1 \(image 1\): 'score' must be a number, got 'high'"):
+        evaluate_keypoints(gt, [res[0], {**res[1], "score": "high"}], "coco")
+
+
+def test_a_crowd_region_without_keypoints_is_an_ignore_region_as_pycocotools_reads_one_with_zeros():
+    rng = np.random.default_rng(4)
+    people = [[person(rng, 17), person(rng, 17, box=(400.0, 80.0, 200.0, 300.0))]]
+    boxes = [[(100.0, 80.0, 200.0, 300.0), (400.0, 80.0, 200.0, 300.0)]]
+    gt = gt_dict(people, boxes=boxes, crowd={(0, 1)})
+    gt["annotations"][1]["keypoints"] = [0.0] * 51
+    res = [result(1, people[0][0][:, :2] + 3.0, 0.8), result(1, people[0][1][:, :2], 0.7)]
+    expected = pycocotools_stats(gt, res)
+    del gt["annotations"][1]["keypoints"]
+    ours = evaluate_keypoints(gt, res, "coco")
+    np.testing.assert_allclose([ours[n] for n in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm",
+                                                  "ARl")], expected, rtol=1e-12)
+
+
+def test_an_image_id_of_another_type_than_the_ground_truths_is_named_as_such():
+    rng = np.random.default_rng(6)
+    gt = gt_dict([[person(rng, 17)]])
+    with pytest.raises(ValueError, match=r"image '1'\): .* ids are ints, this one is a str"):
+        evaluate_keypoints(gt, [{**result(1, np.zeros((17, 2)), 0.5), "image_id": "1"}], "coco")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .main import add_threads_option, device_spec, out_file
+from .predict import positive_int
 
 TASKS = ("pose", "seg", "depth", "normal")
 
@@ -26,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "docs/evaluation.md.")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--out", type=out_file, help="write all metrics, the protocol and skipped samples to this JSON file")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples (quick checks)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N samples (quick checks)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     g = p.add_argument_group("saved predictions")
     g.add_argument("--pred", type=Path, help="pose: COCO results JSON; seg: folder of PNG label maps; "

@@ -69,6 +69,12 @@ def person_category(gt: dict) -> int:
     return used.pop() if len(used) == 1 else 1
 
 
+def _is_number(value, finite: bool = True) -> bool:
+    """A JSON number (not a bool, string or null); finite unless told otherwise."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return ok and (not finite or bool(np.isfinite(value)))
+
+
 def annotation_keypoints(ann: dict, k: int, what: str) -> np.ndarray:
     """(K, 3) [x, y, v-or-score] of one annotation: flat ``keypoints`` of length 3K, the COCO-WholeBody split
     fields (K = 133) or the official Goliath ``goliath_wholebody_kpts`` field (K = 308)."""
@@ -77,6 +83,8 @@ def annotation_keypoints(ann: dict, k: int, what: str) -> np.ndarray:
         kp = [v for f in WHOLEBODY_FIELDS for v in ann[f]]
     elif k == 308 and "goliath_wholebody_kpts" in ann:
         kp = ann["goliath_wholebody_kpts"]
+    if kp is None and ann.get("iscrowd"):  # a crowd region without keypoints: nothing labelled in it
+        return np.zeros((k, 3))
     if kp is None or len(kp) != 3 * k:
         n = "no" if kp is None else len(kp)
         raise ValueError(f"{what}: 'keypoints' has {n} values, expected {3 * k} ([x, y, v] for {k} keypoints)")
@@ -96,6 +104,10 @@ def _prepare_gt(gt: dict, k: int) -> tuple[list[dict], list[dict], list[tuple[di
         for field in ("image_id", "bbox", "area"):
             if field not in a:
                 raise ValueError(f"{what}: missing '{field}' (OKS needs the GT area and box)")
+        if not (_is_number(a["area"]) and a["area"] >= 0):  # a NaN area gives NaN OKS: a match for anything
+            raise ValueError(f"{what}: 'area' must be a finite number >= 0, got {a['area']!r}")
+        if not (isinstance(a["bbox"], (list, tuple)) and len(a["bbox"]) == 4 and all(map(_is_number, a["bbox"]))):
+            raise ValueError(f"{what}: 'bbox' must be 4 finite numbers [x, y, w, h], got {a['bbox']!r}")
         if a["image_id"] not in image_ids:
             raise ValueError(f"{what}: image_id is not among the ground truth images")
         kp = annotation_keypoints(a, k, what)
@@ -128,9 +140,12 @@ def _prepare_results(results: list[dict], k: int, image_ids: set, categories: li
     default_cat = categories[0]["id"] if len(categories) == 1 else None
     out, bad_kp, bad_score = [], 0, 0
     for i, r in enumerate(results):
-        what = f"prediction #{i} (image {r.get('image_id', '?')})"
+        what = f"prediction #{i} (image {r.get('image_id', '?')!r})"
         if r.get("image_id") not in image_ids:
-            raise ValueError(f"{what}: image_id is missing or not among the ground truth images")
+            kinds, kind = sorted({type(i).__name__ for i in image_ids}), type(r.get("image_id")).__name__
+            hint = (f" (the ground truth's ids are {' and '.join(kinds)}s, this one is a {kind})"
+                    if "image_id" in r and kind not in kinds else "")
+            raise ValueError(f"{what}: image_id is missing or not among the ground truth images{hint}")
         cat = r.get("category_id", default_cat)
         if cat is None:
             raise ValueError(f"{what}: missing 'category_id' and the ground truth has several categories")
@@ -140,7 +155,12 @@ def _prepare_results(results: list[dict], k: int, image_ids: set, categories: li
         finite = np.isfinite(xy).all(1)  # (K,)
         bad_kp += int((~finite).sum())
         xy[~finite] = FAR
-        score = float(r["score"])
+        score = r["score"]
+        if score is None:  # NaN as strict JSON writes it (save_json): non-finite, ranked last like NaN
+            score = float("nan")
+        if not _is_number(score, finite=False):
+            raise ValueError(f"{what}: 'score' must be a number, got {score!r}")
+        score = float(score)
         if not np.isfinite(score):
             bad_score += 1
             score = float("-inf")

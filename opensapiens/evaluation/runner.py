@@ -110,6 +110,9 @@ def _dataset_images(folder: Path) -> tuple[dict[str, Path], list[dict]]:
 
 
 def _finish(task: str, metrics: dict, protocol: dict, skipped: list[dict]) -> dict:
+    if task == "pose" and metrics["num_gt"] == 0:  # AP over nobody is 0/0: a table of NaNs
+        raise ValueError("no ground truth person with a labelled keypoint in the images scored (the ground truth's "
+                         "annotations, or --limit's first images): nothing to score")
     return {"task": task, **metrics, "protocol": protocol, "skipped": skipped}
 
 
@@ -183,6 +186,11 @@ def _is_predict_doc(doc) -> bool:
     return isinstance(doc, dict) and isinstance(doc.get("image"), dict) and "people" in doc
 
 
+def _is_openpose_doc(doc) -> bool:
+    """``predict --openpose``'s STEM_openpose.json, which sits beside STEM.json: the same people, another layout."""
+    return isinstance(doc, dict) and "canvas_width" in doc and "people" in doc and "image" not in doc
+
+
 def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: str | None = None) -> list | dict:
     """COCO keypoint results from ``pred``: a COCO results JSON (list, returned as read), or the output of
     ``opensapiens predict --task pose``: its folder of per-image ``STEM.json`` or one such file.
@@ -198,6 +206,7 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
         if not files:
             raise FileNotFoundError(f"no .json predictions in {pred} (expected opensapiens predict's STEM.json files)")
         docs = [(f, read_coco_json(f, "predictions")) for f in files]
+        docs = [(f, doc) for f, doc in docs if not _is_openpose_doc(doc)]
         for f, doc in docs:
             if not _is_predict_doc(doc):
                 raise ValueError(f"predictions file {f} is not an opensapiens predict output (no 'image' and "
@@ -209,6 +218,7 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
         docs = [(pred, doc)]
     by_stem: dict[str, list] = {}
     images = (gt.get("images") or []) if isinstance(gt, dict) else []  # a bad GT: evaluate_keypoints says why
+    category = person_category(gt) if isinstance(gt, dict) else 1
     sizes = {}
     for im in images:
         if "file_name" in im:
@@ -231,7 +241,8 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
         src = doc.get("keypoint_set")
         if keypoints is not None and src is not None and keypoint_set(src).name != keypoint_set(keypoints).name:
             people = [_converted(r, src, keypoints, f) for r in people]
-        results += [{**r, "image_id": ids[0]} for r in people]
+        # predict writes COCO's person category (1); the ground truth's may be another id
+        results += [{**r, "image_id": ids[0], "category_id": category} for r in people]
     return results
 
 

@@ -166,14 +166,16 @@ class PersonDetector:
 
 
 def load_detections(path: str | os.PathLike, score_threshold: float = 0.0,
-                    category_id: int = 1) -> dict[int | str, dict[str, np.ndarray]]:
+                    category_id: int | None = None) -> dict[int | str, dict[str, np.ndarray]]:
     """Read COCO-style person boxes into ``{key: {"boxes": (N, 4) float32 xyxy, "scores": (N,) float32}}``.
 
     Accepts a detections list ``[{image_id, bbox: [x, y, w, h], score, category_id, file_name?}, ...]`` (as
     ``COCO_val2017_detections_AP_H_70_person.json``) or a COCO annotation file (``{"images", "annotations"}``; boxes
-    get score 1, crowd regions are skipped). Each image's boxes are keyed by its integer ``image_id`` and, when a
-    file name is known, by the file name, its base name and its stem. Boxes keep the file's order; images without
-    boxes are absent.
+    get score 1, crowd regions are skipped). ``category_id``: the person category; by default an annotation file's
+    own (its only category, else the one named "person", ...: ``evaluation.pose.person_category``) and COCO's 1 in a
+    detections list (or the one category a list holds, if it has no 1). Each image's boxes are keyed by its integer
+    ``image_id`` and, when a file name is known, by the file name, its base name and its stem. Boxes keep the file's
+    order; images without boxes are absent.
     """
     path = Path(path)
     try:
@@ -184,10 +186,16 @@ def load_detections(path: str | os.PathLike, score_threshold: float = 0.0,
         raise ValueError(f"detections file {path}: cannot read JSON ({e})") from e
     names: dict[int, str] = {}
     if isinstance(data, dict):
+        from ..evaluation.pose import person_category
+
         names = {im["id"]: im["file_name"] for im in data.get("images", []) if "file_name" in im}
+        category_id = person_category(data) if category_id is None else category_id
         data = [a for a in data.get("annotations", []) if not a.get("iscrowd", 0)]
     if not isinstance(data, list):
         raise ValueError(f"detections file {path}: expected a list of detections or a COCO annotation dict")
+    if category_id is None:
+        used = {det.get("category_id", 1) for det in data if isinstance(det, dict)}
+        category_id = used.pop() if len(used) == 1 else 1
 
     grouped: dict[int | str, list[tuple[list[float], float]]] = {}
     for i, det in enumerate(data):
