@@ -153,6 +153,10 @@ def test_masks_of_another_size_than_their_image_are_a_clear_error():
     img = np.zeros((40, 30, 3), np.uint8)
     with pytest.raises(ValueError, match=r"mask 1 has shape \(10, 10\), its image \(H, W\) \(40, 30\)"):
         depth.predict_batch([img, img], masks=[np.ones((40, 30), bool), np.ones((10, 10), bool)])
+    with pytest.raises(ValueError, match=r"one \(H, W\) mask for 2 images"):  # was "got 40 masks"
+        depth.predict_batch([img, img], masks=np.ones((40, 30), bool))
+    with pytest.raises(ValueError, match=r"a batch of 2 images stacked"):
+        depth(np.stack([img, img]))
 
 
 def test_images_without_a_given_mask_take_the_seg_predictors_foreground():
@@ -324,6 +328,14 @@ def test_one_images_boxes_as_a_list_an_array_or_one_box_give_the_same_people():
         pose(img[..., 0])  # checked before its whole-image box reads the shape
     with pytest.raises(ValueError, match="image 0: expected an RGB uint8 array"):
         pose(img[..., 0], boxes=np.zeros((0, 4)))  # no people to pose: still a wrong image
+    # predict_batch of one image with one flat box, as the call takes it; misshapen boxes named as such
+    np.testing.assert_allclose(pose.predict_batch([img], boxes=two[0])[0].keypoints, want[:1], atol=1e-2)
+    with pytest.raises(ValueError, match=r"one box \[0, 0, 60, 80\] for 2 images"):
+        pose.predict_batch([img, img], boxes=two[0])
+    with pytest.raises(ValueError, match=r"boxes of image 0 must be \(N, 4\) .* got shape \(1, 6\)"):
+        pose(img, boxes=[[0, 0, 60, 80, 0.7, 3]])
+    with pytest.raises(ValueError, match=r"a batch of 2 images stacked .* call predict_batch"):
+        pose(np.stack([img, img]))
 
 
 def test_a_detectors_lists_become_float32_arrays_and_empty_batches_give_no_results():

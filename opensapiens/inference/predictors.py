@@ -49,6 +49,14 @@ def _chunks(n: int, size: int):
         yield slice(i, min(i + size, n))
 
 
+def _one_image(image):
+    """The one image a predictor's call takes; a batch stacked into one array is pointed to ``predict_batch``."""
+    if np.ndim(image) == 4:
+        raise ValueError(f"got a batch of {len(image)} images stacked in one {tuple(image.shape)} array: call "
+                         "predict_batch(images) for several, the predictor itself for one (H, W, 3) image")
+    return image
+
+
 class Predictor:
     """Holds a model, its input size and normalization; subclasses turn raw outputs into results."""
 
@@ -88,7 +96,7 @@ class Predictor:
         return self.model(x)[:n].float()
 
     def __call__(self, image: np.ndarray, **kwargs):
-        return self.predict_batch([image], **kwargs)[0]
+        return self.predict_batch([_one_image(image)], **kwargs)[0]
 
     def predict_batch(self, images: list[np.ndarray], **kwargs) -> list:
         """One result per (H, W, 3) uint8 RGB image; keyword arguments as ``submit``'s."""
@@ -171,7 +179,9 @@ class _MaskedDense(Predictor):
             given = None if self.seg is None else [None] * len(images)
         else:
             one = isinstance(masks, (np.ndarray, torch.Tensor)) and masks.ndim == 2
-            masks = [masks] if one and len(images) == 1 else masks
+            if one and len(images) > 1:
+                raise ValueError(f"one (H, W) mask for {len(images)} images: give a list, a mask (or None) per image")
+            masks = [masks] if one else masks
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             given = [None if m is None else (m.cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
@@ -268,19 +278,28 @@ class PosePredictor(Predictor):
 
     def __call__(self, image: np.ndarray, boxes=None, **kwargs) -> PoseResult:
         """One image; ``boxes`` its people's boxes (an (N, 4) or (N, 5) array or list, one [x1, y1, x2, y2] box)."""
-        return self.predict_batch([image], boxes=None if boxes is None else [boxes], **kwargs)[0]
+        return self.predict_batch([_one_image(image)], boxes=None if boxes is None else [boxes], **kwargs)[0]
 
     def _boxes(self, images: list[np.ndarray], boxes) -> tuple[list[np.ndarray], list[np.ndarray]]:
         if boxes is not None:
-            boxes = [boxes] if len(images) == 1 and not isinstance(boxes, (list, tuple)) else boxes
+            flat = isinstance(boxes, (list, tuple)) and len(boxes) > 0 and all(map(np.isscalar, boxes))  # one box
+            boxes = [boxes] if len(images) == 1 and (flat or not isinstance(boxes, (list, tuple))) else boxes
+            if flat and len(images) > 1:
+                raise ValueError(f"boxes is one box {list(boxes)} for {len(images)} images: give each image its "
+                                 "(N, 4) boxes, a list per image")
             if len(boxes) != len(images):
-                raise ValueError(f"got box lists for {len(boxes)} images, expected {len(images)}")
+                raise ValueError(f"got box lists for {len(boxes)} images, expected {len(images)} (a list of (N, 4) "
+                                 "boxes per image)")
             out_b, out_s = [], []
             for i, b in enumerate(boxes):
                 if b is None:
                     raise ValueError(f"boxes of image {i} is None: give each image's boxes (an empty (0, 4) array "
                                      "for none), or boxes=None for the detector or whole images on all of them")
-                b = np.asarray(b, dtype=np.float32).reshape(-1, 5 if np.asarray(b).shape[-1:] == (5,) else 4)
+                b = np.asarray(b, dtype=np.float32)
+                if b.size and (b.ndim > 2 or b.shape[-1] not in (4, 5)):
+                    raise ValueError(f"boxes of image {i} must be (N, 4) xyxy or (N, 5) xyxy + score, got shape "
+                                     f"{b.shape}")
+                b = b.reshape(-1, 5 if b.shape[-1:] == (5,) else 4)
                 out_b.append(b[:, :4])
                 out_s.append(b[:, 4] if b.shape[1] == 5 else np.ones(len(b), np.float32))
             return out_b, out_s
@@ -391,7 +410,7 @@ class MultiTaskPredictor:
         return next(self.model.parameters()).device
 
     def __call__(self, image: np.ndarray, boxes=None) -> dict:
-        return self.predict_batch([image], boxes=None if boxes is None else [boxes])[0]
+        return self.predict_batch([_one_image(image)], boxes=None if boxes is None else [boxes])[0]
 
     def predict_batch(self, images: list[np.ndarray], boxes=None) -> list[dict]:
         """Per image {"pose": PoseResult, "seg": SegResult, "depth": DepthResult, "normal": NormalResult}."""
