@@ -1,39 +1,63 @@
-"""``opensapiens convert IN OUT``: any supported checkpoint -> portable safetensors (or the official layout)."""
+"""``opensapiens convert IN OUT``: any supported checkpoint -> portable safetensors, the official layout, or ONNX."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 
+from .predict import parse_size
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert a checkpoint to portable safetensors",
+    p = sub.add_parser("convert", help="convert a checkpoint to portable safetensors (or ONNX)",
                        description="Read an official .pth/_clean.pth/TorchScript/bf16 .pt2 file, or an official name, "
                                    "and write our safetensors (config in its metadata). With --official, write the "
-                                   "official key layout instead (.pth or .safetensors).")
+                                   "official key layout instead (.pth or .safetensors). To OUT.onnx: the model as an "
+                                   "ONNX graph (normalized (B, 3, H, W) input, raw head output; B dynamic).")
     p.add_argument("src", help="checkpoint file or official name")
-    p.add_argument("dst", type=Path, help="output file (.safetensors, or .pth with --official)")
+    p.add_argument("dst", type=Path, help="output file (.safetensors; .pth with --official; .onnx)")
     p.add_argument("--task", choices=["pose", "seg", "depth", "normal", "features"], default=None)
     p.add_argument("--patch-padding", type=int, choices=[0, 2], default=None)
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads, only for non-official widths (official sizes are known)")
     p.add_argument("--official", action="store_true", help="write the official key layout")
+    g = p.add_argument_group("ONNX (OUT.onnx)")
+    g.add_argument("--input-size", type=parse_size, default=None,
+                   help="the graph's input HxW (default: the model's training size, 1024x768 for the official "
+                   "pose/seg/depth/normal models)")
+    g.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="the graph's weights and input")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoints import CheckpointError, convert_checkpoint, export_official, load_model
+    from ..checkpoints import CheckpointError, check_onnx, convert_checkpoint, export_official, export_onnx, load_model
 
+    onnx = args.dst.suffix == ".onnx"
+    if onnx and args.official:
+        print("error: --official writes a .pth or .safetensors, not .onnx", file=sys.stderr)
+        return 2
+    if not onnx and (args.input_size is not None or args.dtype != "fp32"):
+        print("error: --input-size and --dtype are for an ONNX export (OUT.onnx)", file=sys.stderr)
+        return 2
     try:
-        if args.official:
+        if args.official or onnx:
             model = load_model(args.src, task=args.task, patch_padding=args.patch_padding, num_heads=args.num_heads)
-            out = export_official(model, args.dst)
+            out = (export_onnx(model, args.dst, args.input_size, args.dtype) if onnx
+                   else export_official(model, args.dst))
         else:
             out = convert_checkpoint(args.src, args.dst, task=args.task, patch_padding=args.patch_padding,
                                      num_heads=args.num_heads)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, ImportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
+    if onnx:
+        if importlib.util.find_spec("onnxruntime") is None:
+            print("(install onnxruntime to have the export checked against the model)")
+        else:
+            errors = check_onnx(model, out)
+            print("onnxruntime vs PyTorch, largest difference relative to the output's largest value: "
+                  + ", ".join(f"{name} {err:.1e}" for name, err in errors.items()))
     return 0
