@@ -792,3 +792,55 @@ def _scores_in_its_own_keypoints_as_pycocotools_with_their_sigmas(pose, val_dir)
     ev.accumulate()
     ev.summarize()
     assert 0 < ev.stats[0] < 1 and got["AP"] == pytest.approx(ev.stats[0], abs=1e-9)
+
+
+def test_a_resume_needs_neither_the_init_file_nor_its_old_global_batch(toy, tmp_path, capsys):
+    """A resume takes the shape its run resolved at the start (the --init file may be gone by then: it is never
+    loaded again), and says so when another batch size makes its steps take another number of images; --batch-size
+    and --grad-accum may be given with --resume to keep that number."""
+    from opensapiens.checkpoints import save_model
+    from opensapiens.cli.main import main
+
+    torch.manual_seed(0)
+    init = save_model(build_model("seg", "nano", out_channels=3, head_channels=48, pos_grid=(8, 6)),
+                      tmp_path / "init.safetensors")  # its seg head 48 wide: the run's, not the recipe's 768
+    run = tmp_path / "run"
+    args = ["train", "--task", "seg", "--data", str(toy[0]), "--classes", str(toy[0] / "classes.json"), "--out",
+            str(run), "--input-size", "128x96", "--steps", "2", "--batch-size", "2", "--workers", "0", "--precision",
+            "fp32", "--no-tensorboard", "--init", str(init)]
+    assert main(args) == 0
+    assert json.loads((run / "config.json").read_text())["head_channels"] == 48
+    init.unlink()
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "3", "--batch-size", "1"]) == 0
+    out = capsys.readouterr()
+    assert "this run's steps took 2 images" in out.out + out.err and "they take 1" in out.out + out.err
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", "--batch-size", "1", "--grad-accum",
+                 "1"]) == 0  # the run's now: no note
+    out = capsys.readouterr()
+    assert "images" not in (out.out + out.err).split("resumed from")[-1].split("\n")[0]
+    assert "global batch" not in out.out + out.err
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 1
+
+
+def test_resumed_batch_note_compares_images_per_step():
+    from opensapiens.training.state import resumed_batch_note
+
+    meta = {"config": {"batch_size": 4, "grad_accum": 2}, "world_size": 8}  # 64 images a step
+    assert resumed_batch_note(meta, 4, 2, 8) is None
+    assert resumed_batch_note(meta, 8, 8, 1) is None  # one process, the same 64
+    note = resumed_batch_note(meta, 4, 2, 4)
+    assert "took 64 images (8 processes x batch 4 x accumulation 2)" in note and "they take 32" in note
+
+
+@pytest.mark.parametrize("kw,message", [(dict(arch="huge"), "unknown architecture 'huge'"),
+                                        (dict(head_channels=0), r"head_channels \(--head-channels\) must be at least"),
+                                        (dict(layer_decay=-0.5), r"layer_decay \(--layer-decay\) must be in \[0, 1\]"),
+                                        (dict(layer_decay=1.5), r"layer_decay \(--layer-decay\) must be in \[0, 1\]")])
+def test_settings_that_cannot_train_are_refused_before_a_run_folder_is_written(toy, tmp_path, kw, message):
+    """A negative layer decay gave every other block a negative learning rate (gradient ascent); a zero-wide head
+    and an unknown architecture failed after config.json was written."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=message):
+        train(config(toy, run, **kw))
+    assert not run.exists()

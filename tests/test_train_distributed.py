@@ -142,3 +142,35 @@ def test_a_rank_without_a_gpu_gets_a_clear_error(monkeypatch):
     monkeypatch.setattr(D.torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="LOCAL_RANK 1 has no GPU: this machine has 1"):
         D.setup()
+
+
+OVERWRITE_SKEW = """
+import datetime, os, sys, time
+from pathlib import Path
+import torch.distributed as dist
+from opensapiens.training.distributed import DistInfo
+from opensapiens.training.state import checkpoint_to_resume
+
+dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=20))
+rank = dist.get_rank()
+run = Path(sys.argv[1])
+if rank == 1:
+    time.sleep(2)  # starts late, as ranks do: rank 0 has long listed the old checkpoints
+found = checkpoint_to_resume(run, resume=False, overwrite=True, info=DistInfo(rank, 2))
+dist.barrier()  # the ranks still take their collectives in step
+print(rank, found, sorted(p.name for p in (run / "checkpoints").iterdir()))
+dist.destroy_process_group()
+"""
+
+
+def test_overwrite_with_ranks_that_start_apart_deletes_the_old_run_and_hangs_no_rank(tmp_path):
+    """Each rank listed the old checkpoints on its own and rank 0 deleted them: a rank that listed after the deletion
+    found none, skipped the barrier rank 0 waited in, and every later collective was out of step (a hang)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000002.pt").write_bytes(b"old")
+    (run / "metrics.jsonl").write_text("{}\n")
+    script = tmp_path / "skew.py"
+    script.write_text(OVERWRITE_SKEW)
+    _run([*TORCHRUN_2, str(script), str(run)], tmp_path)
+    assert not (run / "metrics.jsonl").exists() and not list((run / "checkpoints").iterdir())

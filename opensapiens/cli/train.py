@@ -21,7 +21,8 @@ from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
-                       "tensorboard", "val_data", "deterministic", "attention")
+                       "tensorboard", "val_data", "deterministic", "attention",
+                       "batch_size", "grad_accum")  # these two: to keep the global batch on another process count
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -58,7 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image-root", help="pose: image folder (default: images/ beside the annotation file)")
     g = p.add_argument_group("optimization (default: the official recipe)")
     g.add_argument("--lr", type=float)
-    g.add_argument("--layer-decay", type=float)
+    g.add_argument("--layer-decay", type=float,
+                   help="layer-wise LR decay in [0, 1]: block i (0 = first) of L learns at lr x decay^(L - i), the "
+                   "head at lr (0 freezes the backbone; default: the official recipe's)")
     g.add_argument("--weight-decay", type=float)
     g.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 1.0)")
     g.add_argument("--warmup-steps", type=int)

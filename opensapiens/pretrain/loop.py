@@ -156,6 +156,9 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
     logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
+        if note := ckpt.resumed_batch_note(meta, cfg.batch_size, cfg.grad_accum, info.world_size):
+            scaled = f", at a learning rate of {lr:.3g} (--blr x global batch / 256)" if cfg.lr is None else ""
+            logger.write(f"warning: {note}{scaled}")
     elif init_report is not None:
         logger.log("init", 0, source=str(cfg.init), **init_report)
 

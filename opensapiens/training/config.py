@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from ..models.heads import TASKS
 
@@ -99,7 +100,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
     d = asdict(cfg)
-    if cfg.init:  # the architecture, and the head width where it has this task's head, of the --init checkpoint
+    if (saved := _resumed_shape(cfg)) is not None:  # the run resumed: its shape, as resolved when it started (its
+        d["arch"] = cfg.arch or saved[0]  # --init need not be there any more)
+        d["head_channels"] = cfg.head_channels if cfg.head_channels is not None else saved[1]
+    elif cfg.init:  # the architecture, and the head width where it has this task's head, of the --init checkpoint
         arch, head_channels = init_shape(cfg.init, cfg.task)
         d["arch"] = cfg.arch or arch
         d["head_channels"] = cfg.head_channels or head_channels
@@ -124,6 +128,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.warmup_steps is None:  # a short run warms up for at most a tenth of its steps
         d["warmup_steps"] = min(d["warmup_steps"], max(cfg.steps // 10, 1))
     out = TrainConfig(**d)
+    from ..models.vit import get_arch
+
+    get_arch(out.arch)  # an unknown name, refused before a run folder is written
+    if out.head_channels is not None and out.head_channels < 1:
+        raise ValueError(f"head_channels (--head-channels) must be at least 1, got {out.head_channels}")
+    if not 0 <= out.layer_decay <= 1:
+        raise ValueError(f"layer_decay (--layer-decay) must be in [0, 1] (1: every layer at the full rate, 0: the "
+                         f"backbone frozen), got {out.layer_decay}")
     if out.precision not in ("bf16", "fp32"):
         raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
     if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
@@ -145,6 +157,18 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("save_attention keeps the attention output of checkpointed blocks: it needs checkpointing "
                          f"blocks or blocks+head, got {out.checkpointing!r}")
     return out
+
+
+def _resumed_shape(cfg: TrainConfig) -> tuple[str, int | None] | None:
+    """(arch, head_channels) of the run that ``cfg`` resumes, from its config.json; None for a fresh run."""
+    saved = Path(cfg.out) / "config.json"
+    if not (cfg.resume and saved.is_file()):
+        return None
+    try:
+        d = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return None  # resolved from the options; the resume itself says what is wrong with the run folder
+    return (d["arch"], d.get("head_channels")) if d.get("arch") and d.get("task") == cfg.task else None
 
 
 def init_shape(init: str, task: str) -> tuple[str, int | None]:

@@ -47,7 +47,14 @@ from .reproducibility import deterministic_kernels, seed_everything
 from .schedule import Schedule, due
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
-from .state import checkpoint_path, checkpoint_to_resume, load_checkpoint, prune_checkpoints, save_checkpoint
+from .state import (
+    checkpoint_path,
+    checkpoint_to_resume,
+    load_checkpoint,
+    prune_checkpoints,
+    resumed_batch_note,
+    save_checkpoint,
+)
 from .step import train_step
 
 
@@ -193,6 +200,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     logger.write(f"attention kernels: {attention_kernel}")
     if resume_from is not None:
         logger.write(f"resumed from {resume_from} at step {step}")
+        if note := resumed_batch_note(meta, cfg.batch_size, cfg.grad_accum, info.world_size):
+            logger.write(f"warning: {note} (to keep it, resume with --batch-size and --grad-accum whose product "
+                         f"with {info.world_size} processes is the saved one)")
     elif init_report is not None:
         logger.log("init", 0, source=str(cfg.init), **init_report)
         if init_report["skipped_head"]:  # said, not only recorded: a head trained from scratch is a choice to see

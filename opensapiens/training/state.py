@@ -126,6 +126,7 @@ def checkpoint_to_resume(run: Path, resume: bool, overwrite: bool, info: DistInf
     ``tensorboard/`` instead.
     """
     found = list_checkpoints(run / "checkpoints")
+    barrier()  # every rank has listed before rank 0 may delete: one listing after would find none and go its own way
     if resume or not found:
         return found[-1] if found else None
     if not overwrite:
@@ -138,6 +139,21 @@ def checkpoint_to_resume(run: Path, resume: bool, overwrite: bool, info: DistInf
         shutil.rmtree(run / "tensorboard", ignore_errors=True)
     barrier()
     return None
+
+
+def resumed_batch_note(meta: dict[str, Any], batch_size: int, grad_accum: int, world_size: int) -> str | None:
+    """What a resume changes in the global batch (images per optimizer step) the run was saved with, or None: another
+    number of processes multiplies the same per-process batch by another count."""
+    saved_cfg, saved_world = meta.get("config") or {}, meta.get("world_size")
+    if saved_world is None or "batch_size" not in saved_cfg:
+        return None
+    saved = saved_cfg["batch_size"] * saved_cfg.get("grad_accum", 1) * saved_world
+    now = batch_size * grad_accum * world_size
+    if now == saved:
+        return None
+    return (f"this run's steps took {saved} images ({saved_world} processes x batch {saved_cfg['batch_size']} x "
+            f"accumulation {saved_cfg.get('grad_accum', 1)}); resumed as {world_size} x {batch_size} x {grad_accum} "
+            f"they take {now}: the rest of the run trains on another global batch")
 
 
 def checkpoint_path(folder: str | Path, step: int) -> Path:
