@@ -17,6 +17,7 @@ import numpy as np
 
 from .metadata import KeypointSet, SegClasses, generic_palette, seg_classes
 from .metadata import keypoint_set as get_keypoint_set
+from .metadata.openpose import BODY_18, OpenPosePeople
 
 Color = tuple[int, int, int]
 
@@ -201,8 +202,8 @@ def _blend_polygon(canvas: np.ndarray, polygon: np.ndarray, color: Color, alpha:
     roi[covered] = (roi[covered] * (1 - alpha) + np.asarray(color) * alpha + 0.5).astype(np.uint8)
 
 
-def draw_openpose(people, height: int, width: int, image: np.ndarray | None = None, threshold: float = 0.3,
-                  stick_width: int | None = None) -> np.ndarray:
+def draw_openpose(people: OpenPosePeople, height: int, width: int, image: np.ndarray | None = None,
+                  threshold: float = 0.3, stick_width: int | None = None) -> np.ndarray:
     """Draw ``OpenPosePeople`` (``PoseResult.to_openpose()``) as ControlNet's OpenPose conditioning images look: on
     black (or on ``image``), BODY_18's limbs and joints in OpenPose's colours, the hands, the face points.
 
@@ -210,8 +211,6 @@ def draw_openpose(people, height: int, width: int, image: np.ndarray | None = No
     joints' radius, 4 px per 512 px of the shorter side by default (the annotator's 4 at its 512 px). A BODY_25 body
     is drawn by its BODY_18 points.
     """
-    from .metadata.openpose import BODY_18
-
     canvas = np.zeros((height, width, 3), np.uint8) if image is None else _rgb_copy(image, "image")
     if canvas.shape[:2] != (height, width):
         raise ValueError(f"image is {canvas.shape[1]}x{canvas.shape[0]}, the canvas {width}x{height}")

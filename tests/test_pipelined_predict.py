@@ -274,9 +274,9 @@ def test_run_batch_on_cuda_pins_on_the_readers_and_writes_what_staging_in_submit
 
     write_result = batch.write_result
 
-    def recording_writer(task, out_dir, stem, image, *args):
+    def recording_writer(task, out_dir, stem, image, *args, **kwargs):
         seen_by_writers.append(image)
-        return write_result(task, out_dir, stem, image, *args)
+        return write_result(task, out_dir, stem, image, *args, **kwargs)
 
     monkeypatch.setattr(batch, "write_result", recording_writer)
     predictor = Recording(model.cuda(), input_size=(64, 48), batch_size=2)
