@@ -613,3 +613,36 @@ def test_video_writer_passes_the_x264_preset(tmp_path):
     with VideoWriter(path, fps=10, preset="veryfast") as writer:
         writer.write(np.zeros((480, 640, 3), np.uint8))
     assert re.search(rb"threads=\d+ lookahead_threads=\d+ sliced_threads=0", path.read_bytes())
+
+
+def _png_row_filters(path) -> set[int]:
+    """The filter type byte of every row of an 8-bit RGB PNG (zlib over the concatenated IDAT chunks)."""
+    import struct
+    import zlib
+
+    data, pos, idat = path.read_bytes(), 8, b""
+    width = height = 0
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height = struct.unpack(">II", body[:8])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = 1 + 3 * width
+    return {raw[r * stride] for r in range(height)}
+
+
+def test_png_row_filters_are_skipped_where_asked_and_the_pixels_kept(tmp_path):
+    """Flat colours on black (an OpenPose picture) encode ~4x faster without PNG's row filters."""
+    picture = np.zeros((64, 80, 3), np.uint8)
+    picture[10:30, 5:60] = (255, 85, 0)
+    picture[40:, 30:] = RNG.integers(0, 256, (24, 50, 3), dtype=np.uint8)  # rows a filter would pay off on
+    save_png(tmp_path / "plain.png", picture, row_filters=False)
+    save_png(tmp_path / "filtered.png", picture)
+    for name in ("plain.png", "filtered.png"):
+        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / name)), picture)
+    assert _png_row_filters(tmp_path / "plain.png") == {0}
+    assert _png_row_filters(tmp_path / "filtered.png") != {0}

@@ -112,7 +112,7 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
             height, width = image.shape[:2]
             people = result.to_openpose()
             written.append(save_json(p["_openpose.json"], people.to_json(width, height)))
-            written.append(save_png(p["_openpose.png"], draw_openpose(people, height, width)))
+            written.append(save_png(p["_openpose.png"], draw_openpose(people, height, width), row_filters=False))
     elif isinstance(result, SegResult):
         written.append(save_png(p["_seg.png"], result.labels))
         if vis:

@@ -126,13 +126,17 @@ def _encode(path: str | Path, array: np.ndarray, ext: str, dtypes: tuple[type, .
     return buf.tobytes()
 
 
-def save_png(path: str | Path, array: np.ndarray, compression: int = 1) -> Path:
+def save_png(path: str | Path, array: np.ndarray, compression: int = 1, row_filters: bool | None = None) -> Path:
     """Save uint8 or uint16, (H, W) gray or (H, W, 3) RGB (or RGBA), as PNG, atomically.
 
-    (H, W) uint8 arrays (label maps, masks) skip PNG's row filters, made for photos: a 1080p label map encodes in
-    3.4 ms instead of 11.5 (OpenCV 5.0, this package's development machine), into ~33 kB instead of ~16."""
+    PNG's row filters are made for photos. ``row_filters=None`` skips them for (H, W) uint8 arrays (label maps,
+    masks): a 1080p label map encodes in 3.4 ms instead of 11.5 (OpenCV 5.0, this package's development machine),
+    into ~33 kB instead of ~16. ``False`` skips them for any picture of flat colours (an OpenPose drawing on black,
+    1080p: 12 ms instead of 51, 53 kB instead of 41)."""
     params = [cv2.IMWRITE_PNG_COMPRESSION, compression]
-    if np.ndim(array) == 2 and np.asarray(array).dtype == np.uint8 and hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    if row_filters is None:
+        row_filters = not (np.ndim(array) == 2 and np.asarray(array).dtype == np.uint8)
+    if not row_filters and hasattr(cv2, "IMWRITE_PNG_FILTER"):
         params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]  # (OpenCV >= 4.10 has the option)
     return atomic_write_bytes(path, _encode(path, array, ".png", (np.uint8, np.uint16), params))
 
