@@ -206,6 +206,9 @@ def test_a_fresh_run_refuses_an_earlier_runs_checkpoints_unless_told_to_overwrit
     assert main([*args, "--steps", "2", "--overwrite"]) == 0
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000002.pt"]
     assert [r["step"] for r in records(run)] == [1, 2]
+    saved = (run / "config.json").read_text()
+    assert main(["pretrain", "--out", str(run), "--resume", "--steps", "1"]) == 2  # fewer than it holds
+    assert "--steps 1 is below step 2" in capsys.readouterr().err and (run / "config.json").read_text() == saved
 
 
 def test_an_error_mid_run_closes_the_logger_before_it_propagates(shards, tmp_path, monkeypatch, one_thread):

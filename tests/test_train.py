@@ -844,3 +844,12 @@ def test_settings_that_cannot_train_are_refused_before_a_run_folder_is_written(t
     with pytest.raises(ValueError, match=message):
         train(config(toy, run, **kw))
     assert not run.exists()
+
+
+def test_a_resume_with_fewer_steps_than_its_checkpoint_is_refused_and_leaves_the_run_as_it_was(toy, tmp_path):
+    run = tmp_path / "run"
+    train(config(toy, run, steps=3, ckpt_interval=3))
+    saved = (run / "config.json").read_text()
+    with pytest.raises(ValueError, match="--steps 2 is below step 3"):
+        train(config(toy, run, steps=2, resume=True))
+    assert (run / "config.json").read_text() == saved

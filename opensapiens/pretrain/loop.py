@@ -104,6 +104,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
                         f"{max(cfg.workers, 1)} loader workers); every slot needs one: use fewer --workers, or more "
                         "images")
     resume_from = ckpt.checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
+    ckpt.check_resumed_steps(resume_from, cfg.steps)
     if resume_from is None:  # config.json keeps the warm-up: a resume with more --steps lengthens only the cosine
         cfg = dataclasses.replace(cfg, warmup_steps=cfg.warmup())
     if info.is_main:

@@ -48,6 +48,7 @@ from .schedule import Schedule, due
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from .state import (
+    check_resumed_steps,
     checkpoint_path,
     checkpoint_to_resume,
     load_checkpoint,
@@ -146,6 +147,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     if H % 16 or W % 16:
         raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
     resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
+    check_resumed_steps(resume_from, cfg.steps)
     if info.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_json(run / "config.json", cfg.to_dict(), indent=2)

@@ -118,6 +118,14 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
 
 
+def check_resumed_steps(resume_from: Path | None, steps: int) -> None:
+    """A resume asked for fewer steps than its checkpoint holds would train nothing and record the shorter run: an
+    error, before the run's config.json is rewritten."""
+    if resume_from is not None and (reached := int(_NAME.match(resume_from.name).group(1))) > steps:
+        raise ValueError(f"--steps {steps} is below step {reached}, where {resume_from.parent.parent} already is: "
+                         "give at least that many to continue it")
+
+
 def checkpoint_to_resume(run: Path, resume: bool, overwrite: bool, info: DistInfo) -> Path | None:
     """Collective: the newest checkpoint in ``run`` to resume from, or None for a fresh start.
 
