@@ -188,28 +188,15 @@ OPENPOSE_COLORS: tuple[Color, ...] = (
 OPENPOSE_HAND_BONES = tuple((0 if j == 0 else 1 + 4 * f + j - 1, 1 + 4 * f + j) for f in range(5) for j in range(4))
 
 
-def _blend_polygon(canvas: np.ndarray, polygon: np.ndarray, color: Color, alpha: float) -> None:
-    """Fill a convex polygon at ``alpha`` opacity (in place), touching only the pixels it covers."""
-    h, w = canvas.shape[:2]
-    x0, y0 = np.maximum(polygon.min(0), 0)
-    x1, y1 = np.minimum(polygon.max(0) + 1, (w, h))
-    if x1 <= x0 or y1 <= y0:
-        return
-    inside = np.zeros((y1 - y0, x1 - x0), np.uint8)
-    cv2.fillConvexPoly(inside, polygon - (x0, y0), 1)
-    roi = canvas[y0:y1, x0:x1]
-    covered = inside.astype(bool)
-    roi[covered] = (roi[covered] * (1 - alpha) + np.asarray(color) * alpha + 0.5).astype(np.uint8)
-
-
 def draw_openpose(people: OpenPosePeople, height: int, width: int, image: np.ndarray | None = None,
                   threshold: float = 0.3, stick_width: int | None = None) -> np.ndarray:
     """Draw ``OpenPosePeople`` (``PoseResult.to_openpose()``) as ControlNet's OpenPose conditioning images look: on
     black (or on ``image``), BODY_18's limbs and joints in OpenPose's colours, the hands, the face points.
 
-    Points scoring under ``threshold`` are left out, with their limbs. ``stick_width``: the limbs' half width and the
-    joints' radius, 4 px per 512 px of the shorter side by default (the annotator's 4 at its 512 px). A BODY_25 body
-    is drawn by its BODY_18 points.
+    In the annotator's passes: every person's limbs filled opaque (limb by limb), then shown at 0.6 opacity; then all
+    joints at full colour; then the hands; then the faces. Points scoring under ``threshold`` are left out, with their
+    limbs. ``stick_width``: the limbs' half width and the joints' radius, 4 px per 512 px of the shorter side by
+    default (the annotator's 4 at its 512 px). A BODY_25 body is drawn by its BODY_18 points.
     """
     canvas = np.zeros((height, width, 3), np.uint8) if image is None else _rgb_copy(image, "image")
     if canvas.shape[:2] != (height, width):
@@ -217,33 +204,38 @@ def draw_openpose(people: OpenPosePeople, height: int, width: int, image: np.nda
     stick = stick_width if stick_width is not None else max(1, round(4 * min(height, width) / 512))
     if stick < 1:
         raise ValueError(f"stick_width must be at least 1 pixel, got {stick}")
-    order = [people.body_names.index(n) for n in BODY_18]
 
     def usable(points: np.ndarray) -> np.ndarray:
         return (points[:, 2] >= threshold) & np.isfinite(points).all(1) & (np.abs(points[:, :2]) < _LIMIT).all(1)
 
-    for body, hands, face in zip(people.body, zip(people.left_hand, people.right_hand), people.face):
-        body = body[order]
-        shown = usable(body)
-        for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS):
-            if shown[a] and shown[b]:
+    bodies = people.body[:, [people.body_names.index(n) for n in BODY_18]]  # (N, 18, 3)
+    shown = [usable(b) for b in bodies]
+    limbs, covered = np.zeros_like(canvas), np.zeros((height, width), np.uint8)
+    for (a, b), color in zip(OPENPOSE_LIMBS, OPENPOSE_COLORS):
+        for body, visible in zip(bodies, shown):
+            if visible[a] and visible[b]:
                 (xa, ya), (xb, yb) = body[a, :2], body[b, :2]
                 length, angle = float(np.hypot(xb - xa, yb - ya)), float(np.degrees(np.arctan2(yb - ya, xb - xa)))
                 center = (int(round((xa + xb) / 2)), int(round((ya + yb) / 2)))
                 polygon = cv2.ellipse2Poly(center, (int(round(length / 2)), stick), int(round(angle)), 0, 360, 1)
-                _blend_polygon(canvas, polygon, color, 0.6)
-        for k in np.flatnonzero(shown):
+                cv2.fillConvexPoly(limbs, polygon, color)
+                cv2.fillConvexPoly(covered, polygon, 1)
+    on = covered.astype(bool)
+    canvas[on] = (0.4 * canvas[on] + 0.6 * limbs[on] + 0.5).astype(np.uint8)
+    for body, visible in zip(bodies, shown):
+        for k in np.flatnonzero(visible):
             cv2.circle(canvas, _fixed(body[k, :2]), stick << _SHIFT, OPENPOSE_COLORS[k], -1, cv2.LINE_8, _SHIFT)
-        for hand in hands:
-            shown = usable(hand)
-            for i, (a, b) in enumerate(OPENPOSE_HAND_BONES):
-                if shown[a] and shown[b]:
-                    hue = np.array([[[round(180 * i / len(OPENPOSE_HAND_BONES)), 255, 255]]], np.uint8)
-                    color = tuple(int(c) for c in cv2.cvtColor(hue, cv2.COLOR_HSV2RGB)[0, 0])
-                    cv2.line(canvas, _fixed(hand[a, :2]), _fixed(hand[b, :2]), color, max(1, stick // 2),
-                             cv2.LINE_8, _SHIFT)
-            for k in np.flatnonzero(shown):
-                cv2.circle(canvas, _fixed(hand[k, :2]), stick << _SHIFT, (0, 0, 255), -1, cv2.LINE_8, _SHIFT)
+    for hand in (*people.left_hand, *people.right_hand):
+        visible = usable(hand)
+        for i, (a, b) in enumerate(OPENPOSE_HAND_BONES):  # a rainbow: bone i at hue i / 20
+            if visible[a] and visible[b]:
+                hue = np.array([[[round(180 * i / len(OPENPOSE_HAND_BONES)), 255, 255]]], np.uint8)
+                color = tuple(int(c) for c in cv2.cvtColor(hue, cv2.COLOR_HSV2RGB)[0, 0])
+                cv2.line(canvas, _fixed(hand[a, :2]), _fixed(hand[b, :2]), color, max(1, stick // 2), cv2.LINE_8,
+                         _SHIFT)
+        for k in np.flatnonzero(visible):
+            cv2.circle(canvas, _fixed(hand[k, :2]), stick << _SHIFT, (0, 0, 255), -1, cv2.LINE_8, _SHIFT)
+    for face in people.face:
         for k in np.flatnonzero(usable(face)):
             cv2.circle(canvas, _fixed(face[k, :2]), max(1, round(3 * stick / 4)) << _SHIFT, (255, 255, 255), -1,
                        cv2.LINE_8, _SHIFT)

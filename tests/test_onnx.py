@@ -45,7 +45,10 @@ def test_another_input_size_a_multitask_model_and_fp16(tmp_path):
     from opensapiens.checkpoints import load_model
 
     model, _ = make_official_state("seg", 28)
+    model.train()  # as mid-training: exported in eval mode, and left training
     path = export_onnx(model, tmp_path / "seg.onnx", input_size=(64, 80))
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
     x = torch.randn(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert _relative(_run(path, x)["seg"], model(x)) < 1e-4
@@ -84,23 +87,29 @@ def test_large_weights_go_beside_the_graph_and_nothing_is_left_half_written(tmp_
     def broken(*args, **kwargs):
         raise RuntimeError("export failed midway")
 
+    monkeypatch.setattr(onnx_export, "PROTOBUF_LIMIT", 2 << 30)  # the same name again, weights inside the graph:
+    export_onnx(model, out / "depth.onnx")  # the earlier weights file goes, not left beside it unreferenced
+    assert sorted(p.name for p in out.iterdir()) == ["depth.onnx"]
+    with torch.no_grad():
+        assert _relative(_run(out / "depth.onnx", x)["depth"], model(x)) < 1e-4
+
     monkeypatch.setattr(torch.onnx, "export", broken)
     with pytest.raises(RuntimeError, match="midway"):
         export_onnx(model, out / "other.onnx")
-    assert sorted(p.name for p in out.iterdir()) == ["depth.onnx", "depth.onnx.data"]
+    assert sorted(p.name for p in out.iterdir()) == ["depth.onnx"]
 
 
 def test_convert_writes_and_checks_an_onnx_file_and_refuses_what_does_not_apply(tmp_path, capsys, monkeypatch):
     model, _ = make_official_state("pose", 17)
     ckpt = save_model(model, tmp_path / "pose.safetensors")
-    assert main(["convert", str(ckpt), str(tmp_path / "pose.onnx"), "--input-size", "64x48"]) == 0
+    assert main(["convert", str(ckpt), str(tmp_path / "pose.ONNX"), "--input-size", "64x48"]) == 0  # any case
     out = capsys.readouterr().out
     assert "wrote" in out and "onnxruntime vs PyTorch" in out
     err = float(out.split("pose ")[-1])
     assert err < 1e-4
     x = torch.randn(2, 3, 64, 48, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        assert _relative(_run(tmp_path / "pose.onnx", x)["pose"], model(x)) < 1e-4
+        assert _relative(_run(tmp_path / "pose.ONNX", x)["pose"], model(x)) < 1e-4
 
     assert main(["convert", str(ckpt), str(tmp_path / "x.onnx"), "--official"]) == 2
     assert main(["convert", str(ckpt), str(tmp_path / "x.safetensors"), "--dtype", "fp16"]) == 2

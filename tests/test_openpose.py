@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -188,3 +189,45 @@ def test_a_pose_video_with_openpose_writes_each_frames_files_and_resume_asks_for
         assert (out / "walk" / f"frame_{i:06d}_openpose.png").is_file()
     assert json.loads((out / "walk" / "video_pose.json").read_text())["openpose"] is True
     assert main(argv + ["--openpose"]) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+
+
+def test_openpose_json_writes_non_finite_points_as_not_detected_like_the_picture():
+    kps = keypoint_set("coco")
+    keypoints = np.full((1, 17, 2), 5.0, np.float32)
+    scores = np.full((1, 17), 0.9, np.float32)
+    scores[0, kps.index("nose")] = np.nan
+    keypoints[0, kps.index("right_eye")] = (np.inf, 5.0)
+    keypoints[0, kps.index("left_eye")] = np.nan
+    keypoints[0, kps.index("left_ear")] = (-3.0, -4.0)  # left of the image, and hidden by its score
+    scores[0, kps.index("left_ear")] = 0.1
+    body = to_openpose(keypoints, scores, "coco").to_json(10, 10)["people"][0]["pose_keypoints_2d"]
+    for point in (0, 14, 15, 17):  # nose, right eye, left eye, left ear in BODY_18
+        assert body[3 * point:3 * point + 3] == [0, 0, 0]
+        assert all(math.copysign(1, v) == 1 for v in body[3 * point:3 * point + 3])  # no -0.0
+    assert json.dumps(body).count("NaN") == 0 and "Infinity" not in json.dumps(body)
+
+
+def test_the_openpose_picture_dims_all_limbs_once_then_puts_every_joint_on_top():
+    """The annotator's passes: limbs opaque in limb order (a later limb over an earlier one, whoever's), the whole
+    layer at 0.6; then joints at full colour, so one person's limb never dims another's joint."""
+    kps = keypoint_set("coco")
+
+    def person(points):
+        kp, sc = np.zeros((17, 2), np.float32), np.zeros(17, np.float32)
+        for name, xy in points.items():
+            kp[kps.index(name)], sc[kps.index(name)] = xy, 0.9
+        return kp, sc
+
+    first = person({"left_shoulder": (60, 40), "right_shoulder": (20, 40), "left_elbow": (60, 80)})  # limbs 0, 1, 4
+    second = person({"left_shoulder": (110, 60), "right_shoulder": (80, 60), "right_elbow": (30, 60)})  # 0, 1, 2
+    third = person({"left_shoulder": (110, 80), "right_shoulder": (90, 80), "right_elbow": (30, 80)})  # its upper
+    # arm passes over the first's left elbow (60, 80)
+    people = [first, second, third]
+    keypoints, scores = np.stack([p[0] for p in people]), np.stack([p[1] for p in people])
+    picture = draw_openpose(to_openpose(keypoints, scores, "coco"), 100, 120, stick_width=3)
+    # the first's left elbow under the third's upper arm: the joint on top, at full colour
+    np.testing.assert_array_equal(picture[80, 60], OPENPOSE_COLORS[6])
+    # the first's left upper arm (limb 4, vertical at x = 60) crosses the second's right upper arm (limb 2,
+    # horizontal at y = 60): limb 4 is filled later and shows, at 0.6 of its colour
+    np.testing.assert_array_equal(picture[60, 60], np.round(0.6 * np.array(OPENPOSE_COLORS[4])))
+    np.testing.assert_array_equal(picture[60, 45], np.round(0.6 * np.array(OPENPOSE_COLORS[2])))  # limb 2 alone

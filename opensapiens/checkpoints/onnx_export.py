@@ -59,7 +59,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
         if importlib.util.find_spec(package) is None:
             raise ImportError(f"ONNX export needs the {package} package: pip install 'opensapiens[onnx]'")
     path = Path(path)
-    if path.suffix != ".onnx":
+    if path.suffix.lower() != ".onnx":
         raise ValueError(f"{path}: an ONNX file's name ends in .onnx")
     h, w = input_size or default_input_size(model)
     if h % 16 or w % 16 or h <= 0 or w <= 0:
@@ -70,7 +70,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     param = next(model.parameters())
     if (param.device.type, param.dtype) != ("cpu", dtype):  # a copy: the caller's model stays as it is
         model = copy.deepcopy(model).to(device="cpu", dtype=dtype)
-    model = model.eval()
+    was_training = model.training
     names = _output_names(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     example = torch.zeros(2, 3, h, w, dtype=dtype)
@@ -78,14 +78,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
         tmp_file = Path(tmp) / path.name
-        with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # its progress
-            torch.onnx.export(_Outputs(model, names).eval(), (example,), tmp_file, input_names=["image"],
-                              output_names=names, dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                              external_data=weight_bytes > PROTOBUF_LIMIT * 0.9, verbose=False)
-        written = sorted(Path(tmp).iterdir())
-        for f in written:  # the data file first: the graph's name appears last, with what it refers to in place
-            if f != tmp_file:
-                os.replace(f, path.parent / f.name)
+        try:
+            with torch.inference_mode(False), torch.no_grad(), contextlib.redirect_stdout(io.StringIO()):  # progress
+                torch.onnx.export(_Outputs(model, names).eval(), (example,), tmp_file, input_names=["image"],
+                                  output_names=names, dynamic_shapes=({0: batch},), opset_version=opset,
+                                  dynamo=True, external_data=weight_bytes > PROTOBUF_LIMIT * 0.9, verbose=False)
+        finally:
+            model.train(was_training)  # exported in eval mode; a model mid-training goes on training
+        data = [f for f in Path(tmp).iterdir() if f != tmp_file]
+        for f in data:  # the data file first: the graph's name appears last, with what it refers to in place
+            os.replace(f, path.parent / f.name)
+        if not data:  # an earlier export's weights beside the same name would be left unreferenced
+            (path.parent / f"{path.name}.data").unlink(missing_ok=True)
         os.replace(tmp_file, path)
     return path
 

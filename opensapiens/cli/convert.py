@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoints import CheckpointError, check_onnx, convert_checkpoint, export_official, export_onnx, load_model
 
-    onnx = args.dst.suffix == ".onnx"
+    onnx = args.dst.suffix.lower() == ".onnx"
     if onnx and args.official:
         print("error: --official writes a .pth or .safetensors, not .onnx", file=sys.stderr)
         return 2

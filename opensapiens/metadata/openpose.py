@@ -107,9 +107,10 @@ class OpenPosePeople:
     def to_json(self, width: int, height: int, threshold: float = 0.3) -> dict:
         """OpenPose's JSON (``pose_keypoints_2d`` = [x, y, c] * points per person, and the hands and face alike),
         with ``canvas_width`` / ``canvas_height`` as ControlNet's pose editors read them. Points scoring under
-        ``threshold`` are written as not detected (0, 0, 0)."""
+        ``threshold`` (or not finite) are written as not detected (0, 0, 0)."""
         def flat(points: np.ndarray) -> list[float]:
-            kept = points * (points[:, 2:] >= threshold)
+            keep = (points[:, 2] >= threshold) & np.isfinite(points).all(1)  # as draw_openpose draws them
+            kept = np.where(keep[:, None], points, 0.0) + 0.0  # + 0.0: no -0.0
             return [round(float(v), 3) for v in kept.reshape(-1)]
 
         ids = [-1] * len(self.body) if self.track_ids is None else [int(i) for i in self.track_ids]
