@@ -116,8 +116,10 @@ def build(args, device: torch.device, optimized: bool, compile_mode: str | None 
 
 
 def step_flops(args, device: torch.device, images: torch.Tensor) -> float:
-    """FLOPs of one training step (forward + backward), counted on the eager model."""
-    model, _ = build(args, device, optimized=False)
+    """FLOPs of one training step (forward + backward), counted on the eager model without activation checkpointing:
+    the forward a checkpointed backward runs again is not work the step needs (it counted, until 3 December 2026:
+    MAE-1B's MFU with --checkpointing was 1.23x too high)."""
+    model, _ = build(argparse.Namespace(**{**vars(args), "checkpointing": False}), device, optimized=False)
 
     def forward_backward() -> None:
         with torch.autocast(device.type, dtype=torch.bfloat16):
@@ -318,13 +320,13 @@ def main() -> None:
     result["peak_matmul_sustained_tflops"], result["matmul_sustained_clocks"] = sustained, clocks.summary()
     result["step_tflop"] = step_flops(args, device, images) / 1e12
     analytic = 3 * args.batch * mae_flops_per_image(model_config(args)) / 1e12  # forward + 2x for backward
-    print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.0f} TFLOP/s "
+    print(f"{result['device']}: measured bf16 matmul peak {result['peak_matmul_tflops']:.3g} TFLOP/s "
           f"({sustained or float('nan'):.0f} sustained, {result['matmul_sustained_clocks']}); "
           f"one step = {result['step_tflop']:.3g} TFLOP counted ({analytic:.3g} analytic, matmuls only), "
           f"{result['step_tflop'] / args.batch * 1e3:.0f} GFLOP/image")
 
     def report(name: str, sec: float, peak: float, clocks: GpuClocks) -> dict:
-        r = {"images_per_s": args.batch / sec, "step_ms": sec * 1e3, "peak_memory_gb": peak,
+        r = {"images_per_s": args.batch / sec, "step_ms": sec * 1e3, "peak_memory_gib": peak,
              "mfu": result["step_tflop"] * 1e12 / sec / (result["peak_matmul_tflops"] * 1e12),
              "mfu_vs_sustained_peak": sustained and result["step_tflop"] / sec / sustained,
              "clocks": clocks.summary()}
@@ -332,7 +334,7 @@ def main() -> None:
         extra = f" ({r['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
         extra += f"  {r['clocks']['sm_mhz']:.0f} MHz {r['joules_per_image']:.2f} J/img" if r["clocks"] else ""
         print(f"  {name:<22} {r['images_per_s']:8.1f} img/s  {r['step_ms']:8.1f} ms/step  "
-              f"{r['peak_memory_gb']:6.1f} GiB  MFU {r['mfu']:.3f}{extra}", flush=True)
+              f"{r['peak_memory_gib']:6.1f} GiB  MFU {r['mfu']:.3f}{extra}", flush=True)
         return r
 
     if args.attention and device.type == "cuda":

@@ -225,10 +225,6 @@ def cap_memory(device: torch.device, gib: float | None) -> None:
         torch.cuda.set_per_process_memory_fraction(gib / total, index)
 
 
-def peak_memory_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-
-
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

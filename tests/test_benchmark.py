@@ -227,3 +227,60 @@ def test_bench_compiles_by_default_and_takes_compile_and_no_compile(flags, no_co
     parser = argparse.ArgumentParser()
     bench.register(parser.add_subparsers())
     assert parser.parse_args(["bench", "--task", "pose", *flags]).no_compile is no_compile
+
+
+def test_bench_reads_power_over_the_timed_calls_only_and_needs_three_readings(monkeypatch, tmp_path, capsys):
+    """The power window wrapped the warm-up calls too (and a first call's compile): J/img mixed idle and load
+    readings. Now only the ``--iters`` timed calls run inside it, and fewer than 3 readings give no J/img."""
+    import opensapiens.benchmark as benchmark
+    from opensapiens.cli.main import main
+    from opensapiens.models.sapiens import SapiensModel
+
+    state = {"open": False, "inside": 0, "samples": 5}
+
+    class Window:
+        power_field = "power.draw.instant"
+
+        def __init__(self, device):
+            pass
+
+        def __enter__(self):
+            state["open"] = True
+            return self
+
+        def __exit__(self, *exc):
+            state["open"] = False
+
+        def summary(self):
+            return {"sm_mhz": 1000.0, "watts": 100.0, "mean_watts": 100.0, "samples": state["samples"]}
+
+    forward = SapiensModel.forward
+
+    def counted(self, x):
+        state["inside"] += state["open"]
+        return forward(self, x)
+
+    monkeypatch.setattr(benchmark, "GpuClocks", Window)
+    monkeypatch.setattr(SapiensModel, "forward", counted)
+    args = ["bench", "--task", "features", "--arch", "nano", "--batch", "2", "--input-size", "64x48", "--iters", "4",
+            "--device", "cpu", "--out", str(tmp_path / "r.json")]
+    assert main(args) == 0
+    row = json.loads((tmp_path / "r.json").read_text())["variants"]["eager"]
+    assert state["inside"] == 4  # the timed calls, no warm-up
+    assert row["joules_per_image"] == pytest.approx(100.0 * row["ms_per_batch"] / 2 / 1e3, rel=1e-2)
+    state.update(inside=0, samples=2)
+    assert main(args) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["variants"]["eager"]["joules_per_image"] is None
+
+
+def test_bench_checks_its_architecture_and_e2e_folder_before_measuring(tmp_path, capsys):
+    from opensapiens.cli.main import main
+
+    base = ["bench", "--task", "pose", "--device", "cpu"]
+    (tmp_path / "empty").mkdir()
+    for extra, message in ((["--arch", "bogus"], "unknown architecture 'bogus'"),
+                           (["--e2e", str(tmp_path / "missing")], "is not a folder of images"),
+                           (["--e2e", str(tmp_path / "empty")], "holds no images")):
+        with pytest.raises(SystemExit):
+            main([*base, *extra])
+        assert message in capsys.readouterr().err

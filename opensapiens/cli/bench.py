@@ -27,7 +27,7 @@ from .predict import parse_size, positive_int
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark inference: eager vs optimized (vs FP8), MFU, memory")
     p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
-    p.add_argument("--arch", default="0.3b", help="0.3b, 0.6b, 1b, 2b, or a small size")
+    p.add_argument("--arch", default="0.3b", type=_arch, help="0.3b, 0.6b, 1b, 2b, or a small size")
     p.add_argument("--checkpoint", default=None, help="benchmark these weights instead of random ones")
     p.add_argument("--batch", type=positive_int, default=8)
     p.add_argument("--input-size", type=parse_size, default=(1024, 768))
@@ -40,8 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="optimized path with torch.compile where it compiles: the default")
     p.add_argument("--channels-last", action="store_true", help="also measure the optimized path with NHWC heads")
     p.add_argument("--iters", type=positive_int, default=10)
-    p.add_argument("--e2e", type=Path, default=None, help="folder of images: also measure predict's file -> outputs "
-                   "loop over it (run_batch, outputs written, no pictures) against the model alone")
+    p.add_argument("--e2e", type=_image_folder, default=None,
+                   help="folder of images: also measure predict's file -> outputs loop over it (run_batch, outputs "
+                   "written, no pictures) against the model alone")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="also measure the whole-model compile replayed as CUDA graphs (compile mode reduce-overhead)")
     p.add_argument("--fused-graphs", action="store_true",
@@ -67,6 +68,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _arch(text: str) -> str:
+    from ..models.vit import get_arch
+
+    try:
+        get_arch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _image_folder(text: str) -> Path:
+    """--e2e's folder, checked before minutes of measuring: it exists and holds images."""
+    from ..io.images import IMAGE_EXTENSIONS
+
+    folder = Path(text)
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a folder of images")
+    if not any(f.suffix.lower() in IMAGE_EXTENSIONS for f in folder.iterdir()):
+        raise argparse.ArgumentTypeError(f"{text!r} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return folder
+
+
 def _decode_modes(text: str) -> list[str]:
     """'host,device' -> run_batch's decode modes; 'cpu' and 'gpu' (this flag's older names) mean host and device."""
     modes = [{"cpu": "host", "gpu": "device"}.get(m, m) for m in text.split(",")]
@@ -77,6 +100,8 @@ def _decode_modes(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import gc
+
     import torch
 
     from ..benchmark import (
@@ -84,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
         count_flops,
         device_name,
         matmul_peak_tflops,
-        peak_memory_gib,
         random_model,
         software_versions,
+        sync,
         time_by_kind,
         time_ms,
     )
@@ -139,31 +164,44 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         ref_out = base(x_acc.float())  # base stays fp32; every variant below is a converted copy
 
-    def measure(name: str, model, cast=dtype, compile_model=None):
+    def allocated() -> int:
+        """Bytes allocated on the device now, garbage of earlier variants collected first (a variant's peak is
+        counted above this, taken before its model is built: the models and tensors other variants hold are not its)."""
+        if device.type != "cuda":
+            return 0
+        gc.collect()
+        torch.cuda.empty_cache()
+        return torch.cuda.memory_allocated(device)
+
+    def measure(name: str, model, before: int, cast=dtype, compile_model=None):
         if device.type == "cuda":
-            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         xb = x.to(cast)
         compile_s = None
         if compile_model is not None:
             compile_s = compile_model.warmup(xb)
         with torch.inference_mode():
+            for _ in range(3):  # warm-up, before the power readings begin: they cover the timed calls only
+                model(xb)
+            sync(device)
             with GpuClocks(device) as clocks:
-                ms = time_ms(lambda: model(xb), device, warmup=3, iters=args.iters)
-            out = model(x_acc.to(cast)).float()
+                ms = time_ms(lambda: model(xb), device, warmup=0, iters=args.iters)
+            out = model(x_acc.to(cast)).float().cpu()
+        peak_gib = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda" else None
         tflops = flops * args.batch / (ms * 1e-3) / 1e12
         row = {"ms_per_batch": round(ms, 3), "ms_per_image": round(ms / args.batch, 3),
                "images_per_s": _sig(args.batch / (ms * 1e-3)), "tflops": _sig(tflops),
                "mfu": _sig(tflops / peak), "mfu_vs_sustained_peak": _sig(sustained and tflops / sustained),
-               "clocks": clocks.summary(), "peak_memory_gib": _r(peak_memory_gib(device)),
+               "clocks": clocks.summary(), "peak_memory_gib": _r(peak_gib),
                "joules_per_image": None,
                "compile_s": _r(compile_s), "rel_error_vs_fp32": _r(_rel(out, ref_out), 6)}
-        if row["clocks"]:  # the board's mean power over the timed calls, per image
+        if row["clocks"] and row["clocks"]["samples"] >= 3:  # the board's mean power over the timed calls, per image
             row["joules_per_image"] = round(row["clocks"]["mean_watts"] * ms / args.batch / 1e3, 3)
         row.update(_task_agreement(args.task, out, ref_out, (H, W)))
         result["variants"][name] = row
         sustained_mfu = f" ({row['mfu_vs_sustained_peak']:.3f} sustained)" if sustained else ""
-        clock = f"  {row['clocks']['sm_mhz']:.0f} MHz {row['joules_per_image']:.2f} J/img" if row["clocks"] else ""
+        energy = f" {row['joules_per_image']:.2f} J/img" if row["joules_per_image"] is not None else ""
+        clock = f"  {row['clocks']['sm_mhz']:.0f} MHz{energy}" if row["clocks"] else ""
         print(f"{name:>10}: {row['ms_per_image']:8.2f} ms/img  {row['images_per_s']:8.1f} img/s  "
               f"MFU {row['mfu']:.3f}{sustained_mfu}{clock}  mem {row['peak_memory_gib']} GiB  "
               f"rel.err {row['rel_error_vs_fp32']}", flush=True)
@@ -176,12 +214,17 @@ def run(args: argparse.Namespace) -> int:
 
     def optimized(name: str, cast=dtype, **options):
         """Measure ``optimize_for_inference(..., **options)`` of a fresh copy of the model; returns it."""
-        model = optimize_for_inference(copy.deepcopy(base).to(cast), compile=not args.no_compile, **options)
-        measure(name, model, cast=cast, compile_model=None if args.no_compile else model)
+        before = allocated()
+        model = optimize_for_inference(copy.deepcopy(base).to(device=device, dtype=cast), compile=not args.no_compile,
+                                       **options)
+        measure(name, model, before, cast=cast, compile_model=None if args.no_compile else model)
         return model
 
-    eager = copy.deepcopy(base).to(dtype)
-    measure("eager", eager)
+    base.to("cpu")  # the fp32 reference: its copies are made from the host, it holds no device memory while timed
+    ref_out = ref_out.cpu()
+    before = allocated()
+    eager = copy.deepcopy(base).to(device=device, dtype=dtype)
+    measure("eager", eager, before)
     if device.type == "cuda":
         fast = optimized("optimized")
         if args.channels_last and args.task != "features":
