@@ -315,7 +315,6 @@ def _task_agreement(task: str, out, ref, input_size) -> dict:
 
 def _head_share(eager, fast, x, device, iters: int) -> dict:
     """Fraction of the full model's time spent after the backbone, eager and optimized."""
-    import contextlib
 
     import torch
 
@@ -323,8 +322,12 @@ def _head_share(eager, fast, x, device, iters: int) -> dict:
     from ..inference.optimize import fast_attention
 
     out = {}
+    cudnn = torch.backends.cudnn
     for name, model in (("eager", eager), ("optimized", getattr(fast, "model", fast))):
-        with torch.inference_mode(), (fast_attention() if name == "optimized" else contextlib.nullcontext()):
+        # the eager model as its row ran it: without the cuDNN autotuning the optimized path turns on process-wide
+        plain = cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
+                            allow_tf32=cudnn.allow_tf32)
+        with torch.inference_mode(), (fast_attention() if name == "optimized" else plain):
             full = time_ms(lambda m=model: m(x), device, iters=iters)
             bb = time_ms(lambda m=model: m.backbone(x), device, iters=iters)
         out[name] = round(1 - bb / full, 3)
