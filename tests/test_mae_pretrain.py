@@ -234,17 +234,17 @@ def test_masking_must_remove_a_patch_and_keep_one(ratio):
 
 @pytest.mark.parametrize("field", ["grad_accum", "batch_size"])
 def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
-    with pytest.raises(ValueError, match=f"{field} must be at least 1, got 0"):
+    with pytest.raises(ValueError, match=rf"{field} \(--{field.replace('_', '-')}\) must be at least 1, got 0"):
         PretrainConfig(data="x", out="y", **{field: 0})
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(steps=0), "steps must be at least 1, got 0"),
+    (dict(steps=0), r"steps \(--steps\) must be at least 1, got 0"),
     (dict(warmup_steps=-1), "warmup_steps must be at least 0, got -1"),
     (dict(crop_scale=(1.0, 0.2)), r"crop_scale 1.0,0.2 must be two area fractions with 0 < low <= high <= 1"),
     (dict(crop_scale=(0.0, 1.0)), "crop_scale 0.0,1.0 must be"),
     (dict(decoder_heads=7), "decoder_dim 512 must be a multiple of decoder_heads 7"),
-    (dict(decoder_depth=0), "decoder_depth must be at least 1, got 0"),
+    (dict(decoder_depth=0), r"decoder_depth \(--decoder-depth\) must be at least 1, got 0"),
     (dict(export_official=True, input_size=(256, 320)), "cannot recover 16x20 .input 256x320."),
 ])
 def test_settings_that_cannot_run_or_export_are_refused_before_the_run(kw, message):
@@ -286,5 +286,5 @@ def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(shards, tmp_path
                  "--workers", "0", *SMALL, "--log-interval", "0", "--ckpt-interval", "0"]) == 0
     assert [r["step"] for r in records(run)] == [3]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
-    with pytest.raises(ValueError, match="log_interval must be at least 0"):
+    with pytest.raises(ValueError, match=r"log_interval \(--log-interval\) must be at least 0"):
         PretrainConfig(data="x", out="y", log_interval=-1)

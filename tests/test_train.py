@@ -594,13 +594,13 @@ def test_zero_log_and_checkpoint_intervals_mean_at_the_end_only(toy, tmp_path):
     train(config(toy, run, steps=3, log_interval=0, ckpt_interval=0, keep_last=0, deterministic=True))
     assert [(e["step"], e["loss"]) for e in events(run)] == [(3, pytest.approx(sum(losses) / 3, rel=1e-12))]
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000003.pt"]
-    with pytest.raises(ValueError, match="ckpt_interval must be at least 0"):
+    with pytest.raises(ValueError, match=r"ckpt_interval \(--ckpt-interval\) must be at least 0"):
         resolve(TrainConfig(task="seg", data="synth", out="x", ckpt_interval=-1))
 
 
 @pytest.mark.parametrize("field", ["grad_accum", "batch_size"])
 def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
-    with pytest.raises(ValueError, match=f"{field} must be at least 1, got 0"):
+    with pytest.raises(ValueError, match=rf"{field} \(--{field.replace('_', '-')}\) must be at least 1, got 0"):
         resolve(TrainConfig(task="seg", data="synth", out="x", **{field: 0}))
 
 

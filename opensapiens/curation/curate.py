@@ -64,7 +64,7 @@ class CurationConfig:
         if self.box_side not in ("long", "short"):
             raise ValueError(f"box_side must be 'long' or 'short', got {self.box_side!r}")
         check_counts(self, positive=("detect_max_side", "shard_max_count", "shard_max_bytes", "batch_size"),
-                     non_negative=("workers",))
+                     non_negative=("workers",), flags=False)  # (fields, not all named as curate's options)
 
 
 @dataclass

@@ -185,10 +185,12 @@ def init_shape(init: str, task: str) -> tuple[str, int | None]:
     return src.arch.name, src.head_channels if src.task == task else None
 
 
-def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (), flags: bool = True) -> None:
     """A ValueError naming the first of ``cfg``'s counts below its least value: 1 for ``positive`` (a batch, an
-    accumulation), 0 for ``non_negative`` (intervals and kept checkpoints, where 0 means "at the end" or "all")."""
+    accumulation), 0 for ``non_negative`` (intervals and kept checkpoints, where 0 means "at the end" or "all").
+    ``flags``: the field is also named as its command-line option (``batch_size`` as ``--batch-size``)."""
     for names, least in ((positive, 1), (non_negative, 0)):
         for name in names:
             if getattr(cfg, name) < least:
-                raise ValueError(f"{name} must be at least {least}, got {getattr(cfg, name)}")
+                option = f" (--{name.replace('_', '-')})" if flags else ""
+                raise ValueError(f"{name}{option} must be at least {least}, got {getattr(cfg, name)}")
