@@ -182,11 +182,7 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata, else {}."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    path = _checkpoint_file(path)
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length that fits the file, then the JSON header's "{"
@@ -225,11 +221,19 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _checkpoint_file(path: str | Path) -> Path:
+    """``path`` where it is a file; else a CheckpointError that says what it is instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    return path
+
+
 def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import SafetensorError, safe_open
 
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -242,4 +246,4 @@ def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The header metadata of a safetensors file, without reading its tensors."""
-    return _read_safetensors(Path(path), metadata_only=True)[1]
+    return _read_safetensors(_checkpoint_file(path), metadata_only=True)[1]
