@@ -225,7 +225,7 @@ def _checkpoint_file(path: str | Path) -> Path:
     """``path`` where it is a file; else a CheckpointError that says what it is instead."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path} is a folder; give the checkpoint file in it")
+        raise CheckpointError(f"{path}: this is a folder; give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     return path
