@@ -184,18 +184,17 @@ def load_detections(path: str | os.PathLike, score_threshold: float = 0.0,
         raise ValueError(f"detections file {path}: not a JSON file (not even text)") from None
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"detections file {path}: cannot read JSON ({e})") from e
-    names: dict[int, str] = {}
-    if isinstance(data, dict):
+    if category_id is None and isinstance(data, (dict, list)):  # the file's own, as evaluation finds it
         from ..evaluation.pose import person_category
 
+        category_id = person_category(data if isinstance(data, dict) else
+                                      {"annotations": [det for det in data if isinstance(det, dict)]})
+    names: dict[int, str] = {}
+    if isinstance(data, dict):
         names = {im["id"]: im["file_name"] for im in data.get("images", []) if "file_name" in im}
-        category_id = person_category(data) if category_id is None else category_id
         data = [a for a in data.get("annotations", []) if not a.get("iscrowd", 0)]
     if not isinstance(data, list):
         raise ValueError(f"detections file {path}: expected a list of detections or a COCO annotation dict")
-    if category_id is None:
-        used = {det.get("category_id", 1) for det in data if isinstance(det, dict)}
-        category_id = used.pop() if len(used) == 1 else 1
 
     grouped: dict[int | str, list[tuple[list[float], float]]] = {}
     for i, det in enumerate(data):
