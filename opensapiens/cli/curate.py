@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..curation import CurationConfig, curate, image_files
+    from ..curation import CurationConfig, curate_images, image_files
     from ..inference.detector import PersonDetector
 
     def say(message: str) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         weights = None if args.detector_weights in (None, "torchvision") else args.detector_weights
         detector = PersonDetector(weights, arch=args.detector_arch, device=device,
                                   score_threshold=min(0.3, args.min_score))
-        report = curate(sources, args.out, detector, cfg, log=say)
+        report = curate_images(sources, args.out, detector, cfg, log=say)
     except (ValueError, OSError, RuntimeError) as e:  # OSError: a detector download that failed (offline)
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -188,11 +188,16 @@ def curate(src: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.P
     ``detector(image)`` takes an RGB uint8 array and returns person boxes (N, 4) xyxy and scores (N,) in that image's
     pixels; an object with ``detect_batch(images)`` is called on batches. Running again on the same ``out`` resumes.
     """
+    return curate_images(image_files(src, log), out, detector, config, log)
+
+
+def curate_images(paths: Sequence[Path], out: str | os.PathLike, detector: Detector,
+                  config: CurationConfig | None = None, log: Callable[[str], None] | None = None) -> CurationReport:
+    """``curate`` of image files already listed (``image_files``)."""
     cfg = config or CurationConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    paths = image_files(src, log)
     done, shards = _load_manifest(out)
     report = CurationReport(seen=len(paths), shards=shards)
     seen_sha: dict[str, str] = {}
