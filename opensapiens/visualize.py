@@ -17,7 +17,7 @@ import numpy as np
 
 from .metadata import KeypointSet, SegClasses, generic_palette, seg_classes
 from .metadata import keypoint_set as get_keypoint_set
-from .metadata.openpose import BODY_18, OpenPosePeople
+from .metadata.openpose import BODY_18, OpenPosePeople, detected
 
 Color = tuple[int, int, int]
 
@@ -206,7 +206,7 @@ def draw_openpose(people: OpenPosePeople, height: int, width: int, image: np.nda
         raise ValueError(f"stick_width must be at least 1 pixel, got {stick}")
 
     def usable(points: np.ndarray) -> np.ndarray:
-        return (points[:, 2] >= threshold) & np.isfinite(points).all(1) & (np.abs(points[:, :2]) < _LIMIT).all(1)
+        return detected(points, threshold) & (np.abs(points[:, :2]) < _LIMIT).all(1)
 
     bodies = people.body[:, [people.body_names.index(n) for n in BODY_18]]  # (N, 18, 3)
     shown = [usable(b) for b in bodies]

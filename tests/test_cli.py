@@ -253,6 +253,57 @@ def test_predict_says_detections_do_not_apply_to_videos(tmp_path, capsys):
         capsys.readouterr().err
 
 
+@pytest.mark.parametrize("task, extra, message", [
+    ("seg", ["--flip"], "--flip is for --task pose, not seg"),
+    ("depth", ["--detections", "d.json", "--no-track"], "--detections is for --task pose; --no-track is for --task "
+     "pose, not depth"),
+    ("seg", ["--det-threshold", "0.7"], "--det-threshold is for --task pose, not seg"),
+    ("pose", ["--masks", "m"], "--masks is for --task depth / normal, not pose"),
+    ("seg", ["--seg-checkpoint", "s.pth"], "--seg-checkpoint is for --task depth / normal, not seg"),
+    ("pose", ["--resize", "pad"], "--resize is for --task depth / features / normal / seg, not pose"),
+    ("pose", ["--detector-arch", "fasterrcnn_mobilenet_v3_large_fpn"], "--detector-arch picks the --detector's model"),
+])
+def test_predict_refuses_options_its_task_would_ignore(tmp_path, photos, capsys, task, extra, message):
+    """An option the task does not read would change nothing, silently: the run stops before loading anything."""
+    assert main(["predict", "--task", task, "--checkpoint", str(tmp_path / "no.pth"), str(photos), "--out",
+                 str(tmp_path / "out"), *extra]) == 2
+    assert f"error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_pose_with_detections_and_a_detector_runs_the_detector_on_the_videos(tmp_path, photos, capsys):
+    """The detections file covers the images; the videos, which it cannot, get the detector's boxes."""
+    pytest.importorskip("av")
+    import torch
+    import torchvision
+
+    from opensapiens.inference.detector import PersonDetector
+    from opensapiens.io.video import iter_video_frames
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    detector = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] += 5.0  # people, so that there are boxes to check
+    torch.save(detector.state_dict(), tmp_path / "det.pth")
+    video = _video(tmp_path / "walk.mp4", n=2)
+    (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "file_name": "a.png", "category_id": 1,
+                                                       "bbox": [5, 6, 20, 30], "score": 0.9}]))
+    assert main(["predict", "--task", "pose", "--checkpoint", str(_checkpoint(tmp_path, "pose", 17)),
+                 "--input-size", "64x48", "--device", "cpu", "--no-vis", "--workers", "0", "--detections",
+                 str(tmp_path / "dets.json"), "--detector", str(tmp_path / "det.pth"), "--detector-arch", arch,
+                 "--det-threshold", "0.3", str(photos / "a.png"), str(video), "--out", str(tmp_path / "out")]) == 0
+    assert "the 1 video(s) run on the --detector's boxes" in capsys.readouterr().err
+    (person,) = json.loads((tmp_path / "out" / "a.json").read_text())["people"]
+    assert person["bbox"] == pytest.approx([5, 6, 20, 30])
+    _, frame = next(iter_video_frames(video))
+    boxes, _ = PersonDetector(tmp_path / "det.pth", arch=arch, score_threshold=0.3)(frame)
+    people = json.loads((tmp_path / "out" / "walk" / "frame_000000.json").read_text())["people"]
+    assert len(people) == len(boxes) > 0
+    for person, box in zip(people, boxes):
+        assert person["bbox"] == pytest.approx([box[0], box[1], box[2] - box[0], box[3] - box[1]], abs=1e-3)
+
+
 @pytest.mark.parametrize("flag", ["--detector", "--detector-weights"])
 def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, photos, capsys, flag):
     """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the

@@ -31,6 +31,35 @@ def positive_int(text: str) -> int:
     return value
 
 
+DETECTOR_ARCH = "fasterrcnn_resnet50_fpn_v2"
+DET_THRESHOLD = 0.5
+# Options that only some tasks read: (flag, its attribute, its default, the tasks it applies to). Given with another
+# task they would change nothing, silently; the run refuses them instead.
+TASK_OPTIONS = (
+    ("--detections", "detections", None, {"pose"}),
+    ("--detector", "detector", None, {"pose"}),
+    ("--detector-arch", "detector_arch", DETECTOR_ARCH, {"pose"}),
+    ("--det-threshold", "det_threshold", DET_THRESHOLD, {"pose"}),
+    ("--flip", "flip", False, {"pose"}),
+    ("--no-track", "no_track", False, {"pose"}),
+    ("--openpose", "openpose", False, {"pose"}),
+    ("--resize", "resize", "stretch", {"seg", "depth", "normal", "features"}),  # pose crops keep the aspect
+    ("--seg-checkpoint", "seg_checkpoint", None, {"depth", "normal"}),
+    ("--masks", "masks", None, {"depth", "normal"}),
+)
+
+
+def misplaced_options(args: argparse.Namespace) -> str | None:
+    """What is wrong with options given for a task that does not read them, or None."""
+    wrong = [f"{flag} is for --task {' / '.join(sorted(tasks))}" for flag, dest, default, tasks in TASK_OPTIONS
+             if args.task not in tasks and getattr(args, dest) != default]
+    if not wrong:
+        if args.task == "pose" and args.detector_arch != DETECTOR_ARCH and args.detector is None:
+            return "--detector-arch picks the --detector's model: give --detector too"
+        return None
+    return f"{'; '.join(wrong)}, not {args.task}"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="run pose / seg / depth / normal / features on images and videos",
                        description="Run a Sapiens model over images and videos and write the documented outputs per "
@@ -70,10 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--detector", "--detector-weights", dest="detector", default=None,
                    help="detect people with a torchvision detector: its weights file, or 'torchvision' to use its "
                         "download (--detector-weights: the same, as curate names it)")
-    g.add_argument("--detector-arch", default="fasterrcnn_resnet50_fpn_v2",
+    g.add_argument("--detector-arch", default=DETECTOR_ARCH,
                    help="its torchvision model: the default (46.7 box AP; ~100 1080p images/s on an H200), or e.g. "
                         "fasterrcnn_mobilenet_v3_large_fpn (32.8 AP; ~1.8x faster)")
-    g.add_argument("--det-threshold", type=float, default=0.5)
+    g.add_argument("--det-threshold", type=float, default=DET_THRESHOLD,
+                   help="keep person boxes scoring above this (--detector and --detections; default 0.5)")
     g.add_argument("--flip", action="store_true", help="flip test (average with the mirrored crop)")
     g.add_argument("--no-track", action="store_true",
                    help="videos: no track ids (by default each person keeps an id from frame to frame)")
@@ -99,7 +129,7 @@ def _load(args: argparse.Namespace):
     if args.task == "pose":
         kwargs.pop("resize")
         kwargs["flip"] = args.flip
-        if args.detector and not args.detections:
+        if args.detector:  # (with --detections too: the videos', which the detections do not cover)
             from ..inference.detector import PersonDetector
 
             weights = None if args.detector == "torchvision" else args.detector
@@ -129,8 +159,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io.images import is_video, list_inputs, read_mask
 
     args.out = Path(args.out)  # out_folder checked it and kept the text
-    if args.openpose and args.task != "pose":
-        print(f"error: --openpose is for --task pose, not {args.task}", file=sys.stderr)
+    if (wrong := misplaced_options(args)) is not None:
+        print(f"error: {wrong}", file=sys.stderr)
         return 2
     try:  # bad inputs first, then the model: an unknown name or missing file, a checkpoint that does not fit, ...
         paths = list_inputs(args.inputs)
@@ -149,11 +179,11 @@ def run(args: argparse.Namespace) -> int:
 
     videos = [p for p in paths if is_video(p)]
     images = [p for p in paths if not is_video(p)]
-    given = [flag for flag, on in (("--detections", dets is not None),
-                                   ("--masks", args.masks is not None and args.task in ("depth", "normal"))) if on]
+    given = [flag for flag, on in (("--detections", dets is not None), ("--masks", args.masks is not None)) if on]
     if videos and given:
-        print(f"warning: {' and '.join(given)} apply to images only: the {len(videos)} video(s) run on whole frames "
-              "(pose: the --detector if given)", file=sys.stderr, flush=True)
+        frames = "the --detector's boxes" if args.detector else "whole frames"
+        print(f"warning: {' and '.join(given)} apply to images only: the {len(videos)} video(s) run on {frames}",
+              file=sys.stderr, flush=True)
     per_batch = None
     if dets is not None:
         if images and not any(_detection_entry(dets, path) is not None for path in images):

@@ -109,8 +109,7 @@ class OpenPosePeople:
         with ``canvas_width`` / ``canvas_height`` as ControlNet's pose editors read them. Points scoring under
         ``threshold`` (or not finite) are written as not detected (0, 0, 0)."""
         def flat(points: np.ndarray) -> list[float]:
-            keep = (points[:, 2] >= threshold) & np.isfinite(points).all(1)  # as draw_openpose draws them
-            kept = np.where(keep[:, None], points, 0.0) + 0.0  # + 0.0: no -0.0
+            kept = np.where(detected(points, threshold)[:, None], points, 0.0) + 0.0  # + 0.0: no -0.0
             return [round(float(v), 3) for v in kept.reshape(-1)]
 
         ids = [-1] * len(self.body) if self.track_ids is None else [int(i) for i in self.track_ids]
@@ -118,6 +117,11 @@ class OpenPosePeople:
                    "hand_left_keypoints_2d": flat(lh), "hand_right_keypoints_2d": flat(rh)}
                   for i, b, lh, rh, f in zip(ids, self.body, self.left_hand, self.right_hand, self.face)]
         return {"version": 1.3, "people": people, "canvas_width": int(width), "canvas_height": int(height)}
+
+
+def detected(points: np.ndarray, threshold: float) -> np.ndarray:
+    """(P,) which of ``points`` (P, 3: x, y, score) count as detected: scored at least ``threshold``, all finite."""
+    return (points[:, 2] >= threshold) & np.isfinite(points).all(1)
 
 
 def to_openpose(keypoints: np.ndarray, scores: np.ndarray, keypoint_set_: KeypointSet | str | int,
