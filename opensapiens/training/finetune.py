@@ -24,6 +24,7 @@ from ..checkpoints import save_model, with_weights
 from ..data import (
     DataError,
     EvalSampler,
+    PoseLayout,
     TrainSampler,
     build_dataset,
     load_classes,
@@ -34,6 +35,7 @@ from ..data.synth_stream import SynthStream
 from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import channels_last_head, fast_attention, pad_attention_heads
 from ..io.writers import save_json
+from ..metadata import SegClasses
 from ..models import build_model
 from ..models.sapiens import SapiensModel
 from ..tasks import build_criterion, build_evaluator
@@ -59,16 +61,15 @@ from .state import (
 from .step import train_step
 
 
-def _out_channels(cfg: TrainConfig) -> tuple[int, dict]:
-    """Output channels of the head and what the saved model should remember about its labels."""
-    if cfg.task == "pose":
-        kps = load_keypoint_layout(cfg.keypoints).keypoints  # a file's set whole: predict draws and flips with it
+def _out_channels(cfg: TrainConfig, labels: PoseLayout | SegClasses | None) -> tuple[int, dict]:
+    """Output channels of the head and what the saved model should remember about its labels (``_labels``)."""
+    if isinstance(labels, PoseLayout):
+        kps = labels.keypoints  # a file's set whole: predict draws and flips with it
         return kps.num_keypoints, {"keypoint_set": kps.name, "keypoint_names": list(kps.names),
                                    "flip_indices": list(kps.flip_indices), "sigmas": list(kps.sigmas),
                                    "skeleton": [list(pair) for pair in kps.skeleton]}
-    if cfg.task == "seg":
-        classes = load_classes(cfg.classes)
-        return classes.num_classes, {"class_names": list(classes.names)}
+    if isinstance(labels, SegClasses):
+        return labels.num_classes, {"class_names": list(labels.names)}
     return {"depth": 1, "normal": 3}[cfg.task], {}
 
 
@@ -91,14 +92,15 @@ def _dataset(option: str, task: str, path: str, **kw):
         raise DataError(f"{option}: {e}") from None
 
 
-def _check_labels(cfg: TrainConfig) -> None:
-    """A keypoint set / class list file that cannot be read, named by its option (the datasets, which read it too,
-    would name it by --data)."""
+def _labels(cfg: TrainConfig) -> PoseLayout | SegClasses | None:
+    """The keypoint set (pose) or class list (seg), read once; a file that cannot be read is named by its option
+    (the datasets, which read it too, would name it by --data)."""
     try:
         if cfg.task == "pose":
-            load_keypoint_layout(cfg.keypoints)
-        elif cfg.task == "seg":
-            load_classes(cfg.classes)
+            return load_keypoint_layout(cfg.keypoints)
+        if cfg.task == "seg":
+            return load_classes(cfg.classes)
+        return None
     except DataError as e:
         raise DataError(f"{'--keypoints' if cfg.task == 'pose' else '--classes'}: {e}") from None
 
@@ -132,9 +134,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
     # ---- data (checked before the run folder is written, or an old one deleted by --overwrite) ---------------------
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
-    _check_labels(cfg)
+    labels = _labels(cfg)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
-    if on_the_fly and cfg.task == "pose" and load_keypoint_layout(cfg.keypoints).keypoints.name != "goliath":
+    if on_the_fly and cfg.task == "pose" and labels.keypoints.name != "goliath":
         raise ValueError("--data synth renders the 308 Goliath keypoints; use --keypoints goliath")
     train_set = None if on_the_fly else _dataset("--data", cfg.task, cfg.data, train=True, augment=cfg.augment,
                                                  backgrounds=cfg.backgrounds, **data_kw)
@@ -154,7 +156,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
-    out_channels, label_info = _out_channels(cfg)
+    out_channels, label_info = _out_channels(cfg, labels)
     model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
                         pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
     model_config = model.config
