@@ -258,9 +258,9 @@ def test_predict_says_detections_do_not_apply_to_videos(tmp_path, capsys):
     ("depth", ["--detections", "d.json", "--no-track"], "--detections is for --task pose; --no-track is for --task "
      "pose, not depth"),
     ("seg", ["--det-threshold", "0.7"], "--det-threshold is for --task pose, not seg"),
-    ("pose", ["--masks", "m"], "--masks is for --task depth / normal, not pose"),
-    ("seg", ["--seg-checkpoint", "s.pth"], "--seg-checkpoint is for --task depth / normal, not seg"),
-    ("pose", ["--resize", "pad"], "--resize is for --task depth / features / normal / seg, not pose"),
+    ("pose", ["--masks", "m"], "--masks is for --task depth / normal / pointmap, not pose"),
+    ("seg", ["--seg-checkpoint", "s.pth"], "--seg-checkpoint is for --task depth / normal / pointmap, not seg"),
+    ("pose", ["--resize", "pad"], "--resize is for --task depth / features / normal / pointmap / seg, not pose"),
     ("pose", ["--detector-arch", "fasterrcnn_mobilenet_v3_large_fpn"], "--detector-arch picks the --detector's model"),
 ])
 def test_predict_refuses_options_its_task_would_ignore(tmp_path, photos, capsys, task, extra, message):

@@ -6,6 +6,9 @@ Names read ``sapiens-{task}[-{keypoints}]-{size}[-{format}]``:
 and ``-torchscript`` / ``-bfloat16`` select the official "lite" exports of the same weights.
 The ``sapiens-`` prefix is optional ("pose-1b" works).
 
+Sapiens2 names read ``sapiens2-{task}-{size}``: pose (308 keypoints), seg (29 classes), normal and pointmap at 0.4b,
+0.8b, 1b and 5b; pretrain also at 0.1b (the 1b-4k backbone's windowed tokenizer is not supported).
+
 ``sapiens-nano`` is the small multi-task model shipped inside the package (docs/bundled_model.md).
 
 Lookup order: an existing path; ``$OPENSAPIENS_CHECKPOINTS/<file>`` (default ``~/.cache/opensapiens``); the Hugging
@@ -51,12 +54,22 @@ class HubFile:
         return f"https://huggingface.co/{self.repo_id}/blob/main/{sub}{self.filename}"
 
 
+SIZES2 = ("0.4b", "0.8b", "1b", "5b")
+TASKS2 = ("pose", "seg", "normal", "pointmap", "pretrain")
+_NAME2 = re.compile(r"^sapiens2[-_](pose|seg|normal|pointmap|pretrain)[-_](0\.1b|0\.4b|0\.8b|1b|5b)$")
 _NAME = re.compile(r"^(?:sapiens[-_])?(pose|seg|depth|normal|pretrain)(?:[-_](308|133|17))?[-_](0\.3b|0\.6b|1b|2b)"
                    r"(?:[-_](torchscript|bfloat16))?$")
 
 
 def parse_name(name: str) -> HubFile | None:
     """The Hub file behind an official model name, or None if ``name`` is not one."""
+    if m := _NAME2.match(name.strip().lower()):
+        task, size = m.groups()
+        if size == "0.1b" and task != "pretrain":
+            raise FileNotFoundError(f"{name}: no official Sapiens2 {task} checkpoint exists for size 0.1b (available: "
+                                    f"{', '.join(SIZES2)})")
+        return HubFile(f"sapiens2-{task}-{size}", task, size, f"facebook/sapiens2-{task}-{size}",
+                       f"sapiens2_{size}_{task}.safetensors")
     m = _NAME.match(name.strip().lower())
     if not m:
         return None
@@ -103,7 +116,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     hub = parse_name(str(name_or_path))
     if hub is None and path.name == str(name_or_path):  # an official file's own name: found or fetched as its model
         hub = next((h for h in (parse_name(f"{o.name}{fmt}") for o in official_names()
-                                for fmt in ("", "-torchscript", "-bfloat16")) if h.filename == path.name), None)
+                                for fmt in ("", "-torchscript", "-bfloat16"))
+                    if h is not None and h.filename == path.name), None)
     if hub is None:
         close = _close_names(str(name_or_path))
         hint = f"did you mean {' or '.join(close)}? " if close else ""
@@ -149,4 +163,7 @@ def official_names() -> list[HubFile]:
     for (task, kps), stems in _STEMS.items():
         for size in stems:
             out.append(parse_name(f"sapiens-{task}{'-' + str(kps) if kps else ''}-{size}"))
+    for task in TASKS2:
+        for size in (("0.1b",) if task == "pretrain" else ()) + SIZES2:
+            out.append(parse_name(f"sapiens2-{task}-{size}"))
     return out

@@ -187,6 +187,8 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
         raise CheckpointError(f"{path}: the official layout holds one task; load one of this multi-task model's "
                               f"tasks ({', '.join(model.config.outputs)}) with task=..., or save it with save_model")
     cfg = model.config
+    if cfg.generation == 2:  # the official Sapiens2 layout records no padding or grid, and tells heads apart
+        return _write_official(model, path)
     if cfg.task == "seg" and cfg.out_channels == 3:
         raise CheckpointError(f"{path}: a 3-class seg head has the shape of a normal head, and the official layout "
                               "does not record the task: a reader would load it as normals; keep it in our format "
@@ -199,6 +201,10 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
     if not grid_inferable(grid):
         raise CheckpointError(f"{path}: a reader of the official layout cannot recover the position grid {grid} "
                               "(it takes square or 4:3 portrait grids); keep it in our format (save_model)")
+    return _write_official(model, path)
+
+
+def _write_official(model: SapiensModel, path: Path) -> Path:
     sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)
     obj = sd if model.task == "features" else {"state_dict": sd, "meta": {"source": "opensapiens"}}
     with atomic_path(path) as tmp:

@@ -11,6 +11,13 @@ Official (mmpretrain/mmpose/mmseg)                ours
     decode_head.{deconv,conv}_layers.*        ->  head.{deconv,conv}_layers.*
 
 ``_clean.pth`` pretrain files hold the backbone keys with no prefix.
+
+Sapiens2 (safetensors; pretrain files flat, task files under ``backbone.`` / ``decode_head.``)
+    patch_embed.projection.*                  ->  backbone.patch_embed.proj.*
+    rope_embed.periods                        ->  backbone.rope.periods
+    blocks.{i}.ln1 / ln2 / ffn                ->  backbone.blocks.{i}.norm1 / norm2 / mlp
+    ln1                                       ->  backbone.norm
+    decode_head.conv_{pose,seg,normal,pointmap}  ->  head.final
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import re
 import torch
 
 from ..models.heads import HEAD_SPECS
+from ..models.heads2 import Head2Spec
 from ..models.sapiens import ModelConfig, official_patch_padding
+from ..models.sapiens2 import ARCHS2, Sapiens2Arch
 from ..models.vit import arch_from_width, infer_grid
 from .reader import CheckpointError
 
@@ -36,15 +45,28 @@ _BACKBONE_PREFIXES = [
 ]
 
 
-def _prefix_rules(to_ours: bool) -> list[tuple[re.Pattern, str]]:
+# Sapiens2's backbone names, official and ours: blocks keep their index and attention names.
+_BACKBONE2_PREFIXES = [
+    ("patch_embed.projection.", "patch_embed.proj."),
+    ("rope_embed.", "rope."),
+    ("blocks.{i}.ln1.", "blocks.{i}.norm1."),
+    ("blocks.{i}.ln2.", "blocks.{i}.norm2."),
+    ("blocks.{i}.ffn.", "blocks.{i}.mlp."),
+    ("ln1.", "norm."),
+]
+
+
+def _prefix_rules(to_ours: bool, table: list[tuple[str, str]] = _BACKBONE_PREFIXES) -> list[tuple[re.Pattern, str]]:
     rules = []
-    for official, ours in _BACKBONE_PREFIXES:
+    for official, ours in table:
         src, dst = (official, ours) if to_ours else (ours, official)
         rules.append((re.compile("^" + re.escape(src).replace(r"\{i\}", r"(\d+)")), dst.replace("{i}", r"\1")))
     return rules
 
 
 _TO_OURS, _TO_OFFICIAL = _prefix_rules(True), _prefix_rules(False)
+_TO_OURS2, _TO_OFFICIAL2 = _prefix_rules(True, _BACKBONE2_PREFIXES), _prefix_rules(False, _BACKBONE2_PREFIXES)
+_FINAL2 = {"pose": "conv_pose.", "seg": "conv_seg.", "normal": "conv_normal.", "pointmap": "conv_pointmap."}
 
 # Present in some official files but not part of the inference model (MAE decoder, preprocessor constants, ...).
 _IGNORED = re.compile(r"^(neck\.|data_preprocessor\.|mask_token|.*num_batches_tracked$|.*\.loss_decode\.|"
@@ -62,10 +84,17 @@ def is_official_layout(sd: dict[str, torch.Tensor]) -> bool:
     return any("patch_embed.projection" in k for k in sd)
 
 
+def is_sapiens2(sd: dict[str, torch.Tensor]) -> bool:
+    """Sapiens2 weights, in either key layout: storage tokens and separate q/k/v projections."""
+    return any(k.endswith("storage_tokens") or k.endswith(".attn.wq.weight") for k in sd)
+
+
 def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename an official state dict (any of the container flavours) to our module names; drop unused keys."""
+    """Rename an official state dict (any of the container flavours, either generation) to our module names; drop
+    unused keys."""
     out: dict[str, torch.Tensor] = {}
     flat = not any(k.startswith(("backbone.", "module.backbone.")) for k in sd)
+    rules = _TO_OURS2 if is_sapiens2(sd) else _TO_OURS
     for k, v in sd.items():
         k = k.removeprefix("module.")
         if flat:
@@ -73,10 +102,10 @@ def official_to_ours(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if _IGNORED.match(k) or _IGNORED.match(k.split(".", 1)[-1]):
             continue
         if k.startswith("backbone."):
-            out["backbone." + _map_backbone_key(k[len("backbone."):], _TO_OURS)] = v
+            out["backbone." + _map_backbone_key(k[len("backbone."):], rules)] = v
         elif k.startswith(("head.", "decode_head.")):
             rest = k.split(".", 1)[1]
-            rest = re.sub(r"^(final_layer|conv_seg)\.", "final.", rest)
+            rest = re.sub(r"^(final_layer|conv_seg|conv_pose|conv_normal|conv_pointmap)\.", "final.", rest)
             out["head." + rest] = v
         # anything else (preprocessor constants, auxiliary modules) is not part of the model: strict loading of
         # the model's own parameters still catches a missing or misnamed tensor.
@@ -89,11 +118,14 @@ def ours_to_official(sd: dict[str, torch.Tensor], task: str) -> dict[str, torch.
     Task models get ``backbone.`` + ``head.`` (pose) or ``decode_head.`` (seg/depth/normal) prefixes; a bare backbone
     (task "features") is written flat, like the official ``_clean.pth`` files.
     """
+    v2 = is_sapiens2(sd)
     head_prefix, final_name = ("head.", "final_layer.") if task == "pose" else ("decode_head.", "conv_seg.")
+    if v2:  # every Sapiens2 head under decode_head., its last conv named by its task
+        head_prefix, final_name = "decode_head.", _FINAL2.get(task, "")
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k.startswith("backbone."):
-            rest = _map_backbone_key(k[len("backbone."):], _TO_OFFICIAL)
+            rest = _map_backbone_key(k[len("backbone."):], _TO_OFFICIAL2 if v2 else _TO_OFFICIAL)
             out[rest if task == "features" else "backbone." + rest] = v
         elif k.startswith("head."):
             rest = re.sub(r"^final\.", final_name, k[len("head."):])
@@ -114,6 +146,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
     """
     if "backbone.patch_embed.proj.weight" not in sd:
         raise CheckpointError(f"{source}: no Sapiens backbone found (missing patch_embed.projection.weight)")
+    if is_sapiens2(sd):
+        return _infer_config2(sd, task, source)
     C = sd["backbone.patch_embed.proj.weight"].shape[0]
     depth = len({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
     arch = arch_from_width(C, depth, num_heads)
@@ -145,6 +179,68 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
         with_cls_token=with_cls,
         head_channels=None if head_channels is None else int(head_channels),
     )
+
+
+def _indexed(sd: dict[str, torch.Tensor], pattern: str) -> list[torch.Tensor]:
+    """The tensors whose keys match ``pattern`` (one ``(\\d+)`` group), ordered by that index."""
+    found = {int(m.group(1)): v for k, v in sd.items() if (m := re.fullmatch(pattern, k))}
+    return [found[i] for i in sorted(found)]
+
+
+def _infer_config2(sd: dict[str, torch.Tensor], task: str | None, source: str) -> ModelConfig:
+    """``infer_config`` for Sapiens2 weights (our key layout): the size from the tensors (head dim from the q norm,
+    the grouped-query blocks from the k projections), the task and head widths from the head's layers."""
+    if any(k.startswith("backbone.tokenizer.") for k in sd):
+        raise CheckpointError(f"{source}: a Sapiens2 4K backbone (its windowed tokenizer, backbone.tokenizer.*, is not "
+                              "supported); the 1K models load")
+    C = sd["backbone.patch_embed.proj.weight"].shape[0]
+    kv_rows = [w.shape[0] for w in _indexed(sd, r"backbone\.blocks\.(\d+)\.attn\.wk\.weight")]
+    depth = len(kv_rows)
+    if depth == 0 or "backbone.blocks.0.attn.q_norm.weight" not in sd:
+        raise CheckpointError(f"{source}: a Sapiens2 backbone without its attention layers (blocks.N.attn.wk / q_norm)")
+    head_dim = sd["backbone.blocks.0.attn.q_norm.weight"].shape[0]
+    heads = C // head_dim
+    dense = next((i for i, rows in enumerate(kv_rows) if rows != C), depth)
+    storage = sd["backbone.storage_tokens"].shape[1] if "backbone.storage_tokens" in sd else 0
+    arch = next((a for a in ARCHS2.values() if (a.embed_dim, a.depth, a.num_heads, a.storage_tokens) ==
+                 (C, depth, heads, storage) and (a.dense_blocks == dense or 2 * a.dense_blocks >= depth)), None)
+    if arch is None:
+        arch = Sapiens2Arch(f"sapiens2_custom-{C}x{depth}", C, depth, heads, dense_blocks=dense,
+                            storage_tokens=storage)
+    expected = [arch.kv_heads(i) * head_dim for i in range(depth)]
+    if kv_rows != expected:
+        raise CheckpointError(f"{source}: key/value widths per block {kv_rows} do not follow Sapiens2's layout (all "
+                              f"heads in the first and last {arch.dense_blocks} blocks, half between): {expected}")
+    has_head = "head.final.weight" in sd
+    if not has_head:
+        head_task = "features"
+    elif "head.upsample_blocks.0.0.weight" in sd:
+        head_task = "pointmap" if "head.scale_conv_layers.0.weight" in sd else "normal"
+    else:
+        head_task = "pose" if len(_indexed(sd, r"head\.deconv_layers\.(\d+)\.weight")) == 2 else "seg"
+    task = head_task if task is None else task
+    if task not in (head_task, "features"):
+        if task == "depth":
+            raise CheckpointError(f"{source}: a Sapiens2 {head_task} model; Sapiens2 has no depth head (its pointmap "
+                                  "models give depth)")
+        raise CheckpointError(f"{source}: holds a Sapiens2 {head_task} {'backbone' if not has_head else 'model'}, "
+                              f"not {task}")
+    spec = None
+    if task != "features":
+        convs = _indexed(sd, r"head\.conv_layers\.(\d+)\.weight")
+        if task in ("pose", "seg"):
+            up = tuple(w.shape[1] for w in _indexed(sd, r"head\.deconv_layers\.(\d+)\.weight"))
+        else:
+            up = tuple(w.shape[0] // 4 for w in _indexed(sd, r"head\.upsample_blocks\.(\d+)\.0\.weight"))
+        scale_conv = tuple(w.shape[0] for w in _indexed(sd, r"head\.scale_conv_layers\.(\d+)\.weight"))
+        linears = _indexed(sd, r"head\.scale_final_layer\.(\d+)\.weight")
+        scale_grid = (8, 6)
+        if scale_conv:
+            scale_grid = infer_grid(linears[0].shape[1] // scale_conv[-1])
+        spec = Head2Spec(up, tuple(w.shape[0] for w in convs), convs[0].shape[-1] if convs else 1, scale_conv,
+                         tuple(w.shape[0] for w in linears[:-1]), scale_grid)
+    return ModelConfig(task=task, arch=arch, out_channels=sd["head.final.weight"].shape[0] if spec else None,
+                       with_cls_token="backbone.cls_token" in sd, head_spec=spec)
 
 
 def prepare_for_config(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.sapiens2 import RotaryEmbedding2d
 from .loading import as_dtype
 
 PROTOBUF_LIMIT = 2 << 30  # bytes a single .onnx file can hold
@@ -29,7 +30,9 @@ PROTOBUF_LIMIT = 2 << 30  # bytes a single .onnx file can hold
 
 def _output_names(model: nn.Module) -> list[str]:
     tasks = getattr(model, "tasks", None)
-    return list(tasks) if tasks is not None else [model.config.task]
+    if tasks is not None:
+        return list(tasks)
+    return ["pointmap", "scale"] if model.config.task == "pointmap" else [model.config.task]
 
 
 class _Outputs(nn.Module):
@@ -41,12 +44,16 @@ class _Outputs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model(x)
-        return tuple(out[n] for n in self.names) if isinstance(out, dict) else (out,)
+        if isinstance(out, dict):
+            return tuple(out[n] for n in self.names)
+        return out if isinstance(out, tuple) else (out,)
 
 
 def default_input_size(model: nn.Module) -> tuple[int, int]:
     """The size the model's position embedding was made for: its training resolution (1024x768 for the official
-    pose/seg/depth/normal models, 1024x1024 for pretrain ones)."""
+    pose/seg/depth/normal models, 1024x1024 for pretrain ones; Sapiens2, which has none, 1024x768 throughout)."""
+    if getattr(model.config, "generation", 1) == 2:
+        return 1024, 768
     grid = model.config.pos_grid
     return grid[0] * 16, grid[1] * 16
 
@@ -68,8 +75,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"ONNX export takes fp32 or fp16 weights, not {dtype}")
     param = next(model.parameters())
-    if (param.device.type, param.dtype) != ("cpu", dtype):  # a copy: the caller's model stays as it is
+    rotary = [m for m in model.modules() if isinstance(m, RotaryEmbedding2d)]
+    if (param.device.type, param.dtype) != ("cpu", dtype) or rotary:  # a copy: the caller's model stays as it is
         model = copy.deepcopy(model).to(device="cpu", dtype=dtype)
+    for m in model.modules():  # Sapiens2's angles in the graph's dtype: runtimes have no bfloat16 arithmetic on CPUs
+        if isinstance(m, RotaryEmbedding2d):
+            m.dtype = dtype
     was_training = model.training
     names = _output_names(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "ONNX graph (normalized (B, 3, H, W) input, raw head output; B dynamic).")
     p.add_argument("src", help="checkpoint file or official name")
     p.add_argument("dst", type=Path, help="output file (.safetensors; .pth with --official; .onnx)")
-    p.add_argument("--task", choices=["pose", "seg", "depth", "normal", "features"], default=None)
+    p.add_argument("--task", choices=["pose", "seg", "depth", "normal", "pointmap", "features"], default=None)
     p.add_argument("--patch-padding", type=int, choices=[0, 2], default=None)
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads, only for non-official widths (official sizes are known)")

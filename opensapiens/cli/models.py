@@ -20,6 +20,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r.name:<{width}}  {r.url}")
     print(f"{BUNDLED_NAMES[0]:<{width}}  bundled with this package ({BUNDLED.name}): the multi-task demo model, "
           "trained on synthetic people (docs/bundled_model.md)")
-    print(f"\nAppend -torchscript or -bfloat16 for the official lite exports. Files are looked up in {local_dir()} "
-          "(OPENSAPIENS_CHECKPOINTS), then the Hugging Face cache, then downloaded.")
+    print(f"\nAppend -torchscript or -bfloat16 to a v1 name for the official lite exports. Files are looked up in "
+          f"{local_dir()} (OPENSAPIENS_CHECKPOINTS), then the Hugging Face cache, then downloaded.")
     return 0

@@ -43,9 +43,9 @@ TASK_OPTIONS = (
     ("--flip", "flip", False, {"pose"}),
     ("--no-track", "no_track", False, {"pose"}),
     ("--openpose", "openpose", False, {"pose"}),
-    ("--resize", "resize", "stretch", {"seg", "depth", "normal", "features"}),  # pose crops keep the aspect
-    ("--seg-checkpoint", "seg_checkpoint", None, {"depth", "normal"}),
-    ("--masks", "masks", None, {"depth", "normal"}),
+    ("--resize", "resize", None, {"seg", "depth", "normal", "pointmap", "features"}),  # pose crops keep the aspect
+    ("--seg-checkpoint", "seg_checkpoint", None, {"depth", "normal", "pointmap"}),
+    ("--masks", "masks", None, {"depth", "normal", "pointmap"}),
 )
 
 
@@ -65,7 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run a Sapiens model over images and videos and write the documented outputs per "
                        "input.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, folders, globs or .txt lists")
-    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
+    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "pointmap", "features"],
+                   help="pointmap: Sapiens2 models only (sapiens2-pointmap-*)")
     p.add_argument("--checkpoint", required=True, help="file (.pth/.pt2/.safetensors) or official name")
     p.add_argument("--out", required=True, type=out_folder, help="output folder")
     p.add_argument("--input-size", type=parse_size, default=None,
@@ -85,8 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--writers", type=positive_int, default=None,
                    help="output-writing threads (default: up to 16 for seg/depth/normal pictures, up to 8 "
                    "otherwise, at most one per core; a picture takes 20-90 ms)")
-    p.add_argument("--resize", default="stretch", choices=["stretch", "pad"],
-                   help="stretch (official) or aspect-preserving pad")
+    p.add_argument("--resize", default=None, choices=["stretch", "pad"],
+                   help="stretch or aspect-preserving pad (default: the official protocol: stretch, and pad for "
+                   "Sapiens2 normals and pointmaps)")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
     p.add_argument("--no-vis", action="store_true", help="skip the visualization images")
     p.add_argument("--resume", action="store_true",
@@ -110,10 +112,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--openpose", action="store_true",
                    help="also write STEM_openpose.json (OpenPose's JSON: body 18, hands, face) and STEM_openpose.png "
                    "(the skeletons on black, as ControlNet's OpenPose conditioning draws them)")
-    g = p.add_argument_group("depth / normal")
+    g = p.add_argument_group("depth / normal / pointmap")
     g.add_argument("--seg-checkpoint",
-                   help="segmentation model whose foreground masks the depth/normal pictures and the normals' "
-                   "background (STEM_depth.npy stays the whole map, as official)")
+                   help="segmentation model whose foreground masks the depth/normal/pointmap pictures, the normals' "
+                   "background and the pointmap's (NaN there; STEM_depth.npy stays the whole map, as official)")
     g.add_argument("--masks", type=Path,
                    help="folder of foreground masks STEM.png (non-zero = person: any channel's stored value, palette "
                         "index or 16-bit value; alpha ignored), each the size of its image")
@@ -136,7 +138,7 @@ def _load(args: argparse.Namespace):
             kwargs["detector"] = PersonDetector(weights, arch=args.detector_arch,
                                                 device=args.device or _default_device(),
                                                 score_threshold=args.det_threshold)
-    if args.task in ("depth", "normal") and args.seg_checkpoint:
+    if args.task in ("depth", "normal", "pointmap") and args.seg_checkpoint:
         kwargs["seg"] = load_predictor("seg", args.seg_checkpoint, device=args.device, dtype=args.dtype,
                                        batch_size=args.batch_size)
     return load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
@@ -197,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
                 boxes.append(np.zeros((0, 5), np.float32) if entry is None else
                              np.concatenate([entry["boxes"], entry["scores"][:, None]], axis=1))
             return {"boxes": boxes}
-    elif args.task in ("depth", "normal") and args.masks:
+    elif args.task in ("depth", "normal", "pointmap") and args.masks:
         def per_batch(batch_paths, images):
             masks = []
             for path, image in zip(batch_paths, images):

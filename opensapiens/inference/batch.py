@@ -12,6 +12,8 @@ Files written per input stem (``--raw`` adds the raw head output):
 | seg      | STEM_seg.png (uint8 class ids), STEM_seg.jpg (overlay)                | STEM_seg_logits.npy     |
 | depth    | STEM_depth.npy (float32 HxW), STEM_depth.jpg                          | STEM_depth_raw.npy      |
 | normal   | STEM_normal.npy (float32 HxWx3), STEM_normal.jpg                      | STEM_normal_raw.npy     |
+| pointmap | STEM_pointmap.npy (float32 HxWx3 metres), STEM_pointmap.json (focal,  | STEM_pointmap_raw.npy   |
+|          | intrinsics, scale), STEM_pointmap.jpg (its depth)                     |                         |
 | features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
 
 Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and STEM_openpose.png (the
@@ -36,10 +38,10 @@ import torch
 
 from ..io.images import ImageReadError, read_image
 from ..io.writers import save_jpg, save_json, save_npy, save_png
-from ..metadata import seg_classes
+from ..metadata import builtin_palette
 from ..visualize import colorize_depth, colorize_normals, draw_openpose, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
-from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
+from .results import DepthResult, FeatureResult, NormalResult, PointmapResult, PoseResult, SegResult
 from .streams import pin, read_ahead, submit_ahead
 from .tracking import PoseTracker
 
@@ -48,11 +50,13 @@ OUTPUTS = {
     "seg": ("_seg.png", "_seg.jpg"),
     "depth": ("_depth.npy", "_depth.jpg"),
     "normal": ("_normal.npy", "_normal.jpg"),
+    "pointmap": ("_pointmap.npy", "_pointmap.json", "_pointmap.jpg"),
     "features": ("_features.npy",),
 }
 RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_depth_raw.npy",
-              "normal": "_normal_raw.npy"}
-RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw"}
+              "normal": "_normal_raw.npy", "pointmap": "_pointmap_raw.npy"}
+RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw",
+            "pointmap": "return_raw"}
 OPENPOSE_OUTPUTS = ("_openpose.json", "_openpose.png")  # pose with ``openpose``
 
 
@@ -72,7 +76,7 @@ def default_writers(task: str, vis: bool) -> int:
     0.755-0.776 of model-only with 8 writers, 0.710-0.737 with 16). Each pending write holds an image and its
     result: run_batch's bound on them grows with the writers.
     """
-    return min(16 if vis and task in ("seg", "depth", "normal") else 8, os.cpu_count() or 2)
+    return min(16 if vis and task in ("seg", "depth", "normal", "pointmap") else 8, os.cpu_count() or 2)
 
 
 def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False,
@@ -131,6 +135,14 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
             written.append(save_jpg(p["_normal.jpg"], side_by_side([image, visualize_result(image, result)])))
         if raw and result.raw is not None:
             written.append(save_npy(p["_normal_raw.npy"], result.raw))
+    elif isinstance(result, PointmapResult):
+        written.append(save_npy(p["_pointmap.npy"], result.points.astype(np.float32)))
+        written.append(save_json(p["_pointmap.json"], {"focal": list(result.focal), "scale": result.scale,
+                                                        "intrinsics": result.intrinsics().tolist()}))
+        if vis:
+            written.append(save_jpg(p["_pointmap.jpg"], side_by_side([image, visualize_result(image, result)])))
+        if raw and result.raw is not None:
+            written.append(save_npy(p["_pointmap_raw.npy"], result.raw))
     elif isinstance(result, FeatureResult):
         written.append(save_npy(p["_features.npy"], result.features.astype(np.float32)))
     else:
@@ -321,9 +333,10 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
         return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes,
                          labels=labels)
     if isinstance(result, SegResult):
-        palette = seg_classes("goliath").palette if len(result.class_names) == 28 else None
-        return seg_overlay(image, result.labels, palette)
+        return seg_overlay(image, result.labels, builtin_palette(result.class_names))
     if isinstance(result, DepthResult):
+        return colorize_depth(result.depth, result.mask)
+    if isinstance(result, PointmapResult):
         return colorize_depth(result.depth, result.mask)
     if isinstance(result, NormalResult):
         return colorize_normals(result.normals, result.mask)

@@ -206,6 +206,12 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     if fused and compile_mode is not None:
         raise ValueError("fused=True keeps the blocks out of torch.compile; compile_mode needs the whole-model "
                          "compile (fused=False)")
+    v2 = getattr(getattr(model, "config", None), "generation", 1) == 2  # Sapiens2: the fused and FP8 blocks are v1's
+    if v2 and fp8:
+        raise ValueError("fp8 runs on Sapiens v1's fused blocks; Sapiens2 models run in bf16 (or fp16/fp32)")
+    if v2 and fused:
+        raise ValueError("fused=True rewrites Sapiens v1's blocks; a Sapiens2 model's blocks run as they are, its head "
+                         "compiled (the default), or in the whole-model compile (fused=False)")
     fused = not (cuda_graphs or compile_mode is not None) if fused is None else fused
     if cuda_graphs and not (fused or compile):
         raise ValueError("cuda_graphs=True replays the whole-model compile (compile=True) or the fused blocks "
@@ -227,7 +233,8 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
     if fused:
-        fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
+        if not v2:  # (a Sapiens2 model's blocks run as they are; its head compiles as a v1 model's)
+            fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
         background = None
         if compile and getattr(model, "head", None) is not None:  # the head's norms and activations
             # eager until compiled. compile_threads=1: Inductor's parallel compile starts a sidecar process (which

@@ -32,10 +32,10 @@ from ..models import SapiensModel
 from ..models.heads import HEAD_SPECS
 from ..models.multitask import SapiensMultiTask
 from .optimize import FastModel, optimize_for_inference, require_fp8_device
-from .results import DepthResult, FeatureResult, NormalResult, PoseResult, SegResult
+from .results import DepthResult, FeatureResult, NormalResult, PointmapResult, PoseResult, SegResult
 from .streams import Pending, upload_images
 from .topdown import boxes_to_center_scale, crop_to_image, flip_test, person_inputs
-from .transforms import Preprocessor, check_image
+from .transforms import Preprocessor, ResizeMeta, check_image
 
 # -------------------------------------------------------------------------------------------------------- predictors
 
@@ -93,7 +93,11 @@ class Predictor:
         x = x.to(self.device, self.dtype, non_blocking=True)
         if isinstance(self.model, FastModel) and (size := self.model.run_size(n, self.batch_size)) > n:
             x = torch.cat([x, x.new_zeros(size - n, *x.shape[1:])])
-        return self.model(x)[:n].float()
+        return self._as_map(self.model(x))[:n].float()
+
+    def _as_map(self, output) -> torch.Tensor:
+        """The head's output as one (B, C, h, w) tensor (batched, restored and kept as one map)."""
+        return output
 
     def __call__(self, image: np.ndarray, **kwargs):
         return self.predict_batch([_one_image(image)], **kwargs)[0]
@@ -129,7 +133,8 @@ class SegPredictor(Predictor):
     def __init__(self, model: SapiensModel, class_names: tuple[str, ...] | None = None, **kwargs):
         super().__init__(model, **kwargs)
         n = model.config.out_channels
-        known = {28: "goliath", 19: "face"}  # the official vocabularies of these sizes
+        v2 = getattr(model.config, "generation", 1) == 2
+        known = {29: "sapiens2"} if v2 else {28: "goliath", 19: "face"}  # the official vocabularies of these sizes
         trained = _recorded(model).get("class_names")  # a fine-tune's (train --classes)
         self.class_names = class_names or (tuple(trained) if trained and len(trained) == n else None) or (
             seg_classes(known[n]).names if n in known else tuple(f"class_{i}" for i in range(n)))
@@ -167,7 +172,7 @@ class _MaskedDense(Predictor):
                 for i, r in zip(segmented, seg_pending.result()):
                     foreground[i] = r.foreground
             return [self._result(self._restored(raw, metas, i), None if foreground is None else foreground[i],
-                                 raw[i].cpu().numpy() if return_raw else None) for i in range(len(metas))]
+                                 raw[i].cpu().numpy() if return_raw else None, metas[i]) for i in range(len(metas))]
 
         return Pending(self.device, finish)
 
@@ -193,22 +198,51 @@ class _MaskedDense(Predictor):
         pending = self.seg.submit([images[i] for i in segmented]) if segmented else None
         return given, segmented, pending
 
-    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None):
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None, meta: ResizeMeta):
         raise NotImplementedError
 
 
 class DepthPredictor(_MaskedDense):
     task = "depth"
 
-    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None) -> DepthResult:
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None,
+                meta: ResizeMeta) -> DepthResult:
         return DepthResult(output[0].cpu().numpy(), mask, raw)
 
 
 class NormalPredictor(_MaskedDense):
     task = "normal"
 
-    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None) -> NormalResult:
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None,
+                meta: ResizeMeta) -> NormalResult:
         return NormalResult(_unit_normals(output, mask), mask, raw)
+
+
+class PointmapPredictor(_MaskedDense):
+    """Sapiens2 pointmaps: per pixel a 3-D point in metres in the camera frame, and the camera's focal length.
+
+    The model predicts points in a canonical camera of focal length 768 (input pixels) and the scale 768 / f of the
+    real one; metric points = canonical points / scale, and f = 768 / scale input pixels, which the image's resize
+    turns into its own pixels. The scale travels as a fourth, constant channel of the map so that batching and the
+    resize back treat the two outputs as one.
+    """
+
+    task = "pointmap"
+    CANONICAL_FOCAL = 768.0
+
+    def _as_map(self, output: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        points, scale = output  # (B, 3, h, w), (B, 1)
+        return torch.cat([points, scale[:, :, None, None].expand(-1, 1, *points.shape[-2:])], dim=1)
+
+    def _result(self, output: torch.Tensor, mask: np.ndarray | None, raw: np.ndarray | None,
+                meta: ResizeMeta) -> PointmapResult:
+        scale = float(output[3].mean())
+        points = (output[:3] / scale).permute(1, 2, 0).cpu().numpy()  # (H, W, 3) metres
+        if mask is not None:
+            points[~mask] = np.nan
+        sy, sx = meta.scale  # resized / original
+        focal = self.CANONICAL_FOCAL / scale
+        return PointmapResult(points, (focal / sx, focal / sy), scale, mask, raw)
 
 
 def _unit_normals(output: torch.Tensor, mask: np.ndarray | None) -> np.ndarray:
@@ -449,7 +483,7 @@ class MultiTaskPredictor:
 
 PREDICTORS: dict[str, type[Predictor]] = {
     "pose": PosePredictor, "seg": SegPredictor, "depth": DepthPredictor, "normal": NormalPredictor,
-    "features": FeaturePredictor,
+    "features": FeaturePredictor, "pointmap": PointmapPredictor,
 }
 
 
@@ -464,9 +498,10 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     ``optimize`` (default: on CUDA) runs the
     fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3 GEMMs in the transformer blocks; needs FP8
     tensor cores). Extra keyword arguments go to the predictor (``batch_size``, ``resize``, ``flip``, ``detector``,
-    ``seg``...).
+    ``seg``...); ``resize`` defaults to the official protocol ("stretch"; "pad" for Sapiens2 normals and pointmaps).
     """
     device = torch.device(device) if device is not None else default_device()
+    resize = kwargs.pop("resize", None)  # None: the task's official protocol
     if fp8:
         require_fp8_device(device)  # before loading (perhaps downloading) the weights
     if dtype is None:
@@ -482,13 +517,17 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         if unknown := sorted(set(kwargs) - {"batch_size", "flip", "detector", "resize"}):
             raise ValueError(f"{checkpoint}: a multi-task model's predictor takes batch_size, flip, detector, resize "
                              f"and input_size, not {', '.join(unknown)}")
-        return MultiTaskPredictor(model, input_size=input_size, **kwargs)
+        return MultiTaskPredictor(model, input_size=input_size, **kwargs, **({"resize": resize} if resize else {}))
     if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
         trained = _recorded(model).get("input_size")
         input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
             (1024, 1024) if model.task == "features" else (1024, 768))
     if optimize is None:
         optimize = device.type == "cuda"
+    if model.config.generation == 2 and model.task in ("normal", "pointmap") and resize is None:
+        resize = "pad"  # Sapiens2's protocol for its 3-D tasks: aspect kept, centred, zero fill
+    if resize is not None:
+        kwargs["resize"] = resize
     if optimize or fp8:
         model = optimize_for_inference(model, fp8=fp8)
     return PREDICTORS[model.task](model, input_size=tuple(input_size), **kwargs)

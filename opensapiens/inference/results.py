@@ -96,6 +96,40 @@ class NormalResult:
 
 
 @dataclass
+class PointmapResult:
+    """Sapiens2 pointmap: per pixel a 3-D point in metres in the camera frame of the image (OpenCV's axes: X right, Y
+    down, Z forward, so ``depth`` is the distance along the optical axis), and the focal length the model found.
+
+    The points follow from the predicted focal length: a wrong focal scales the whole cloud (and its depth) with it.
+    """
+
+    points: np.ndarray  # (H, W, 3) float32 metres; NaN off ``mask``
+    focal: tuple[float, float]  # (fx, fy) in this image's pixels (they differ only where the image was stretched)
+    scale: float  # the model's canonical scale, 768 / f in model-input pixels
+    mask: np.ndarray | None = None  # (H, W) bool foreground, if one was given or segmented
+    raw: np.ndarray | None = None  # (4, h, w): the canonical points and the scale as a constant channel
+
+    @property
+    def depth(self) -> np.ndarray:
+        """(H, W) float32 metres along the optical axis (Z)."""
+        return self.points[..., 2]
+
+    def intrinsics(self) -> np.ndarray:
+        """(3, 3) pinhole camera matrix in this image's pixels: the predicted focal length, and the principal point
+        that places the points where they are seen (u = fx X/Z + cx, the median over pixels; the image centre where
+        no point is valid)."""
+        h, w = self.points.shape[:2]
+        (fx, fy), cx, cy = self.focal, (w - 1) / 2, (h - 1) / 2
+        X, Y, Z = (self.points[..., i].astype(np.float64) for i in range(3))
+        valid = np.isfinite(self.points).all(-1) & (Z > 0)
+        if valid.any():
+            v, u = np.nonzero(valid)
+            cx = float(np.median(u - fx * X[valid] / Z[valid]))
+            cy = float(np.median(v - fy * Y[valid] / Z[valid]))
+        return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+
+
+@dataclass
 class FeatureResult:
     features: np.ndarray  # (C, H/16, W/16) float32 backbone features after the final norm
 

@@ -120,8 +120,16 @@ class SegClasses:
 
 @cache
 def seg_classes(name: str | int = "goliath") -> SegClasses:
-    """28 Goliath body-part classes ("goliath"/28) or the 19 face classes ("face"/19)."""
+    """28 Goliath body-part classes ("goliath"/28), Sapiens2's 29 ("sapiens2"/29: the 28 with Eyeglass at 2, every
+    later id one higher) or the 19 face classes ("face"/19)."""
     raw = _raw()
+    if name in ("sapiens2", "goliath29", 29, "29"):
+        v1 = seg_classes("goliath")
+        shift = [0, 1, *range(3, 29)]  # v1 id -> v2 id
+        palette = list(v1.palette)
+        palette.insert(2, (255, 255, 255))  # (our colour: the official v2 palette is not in the reference)
+        return SegClasses(names=(*v1.names[:2], "Eyeglass", *v1.names[2:]), palette=tuple(palette),
+                          class_weight=None, flip_pairs=tuple((shift[a], shift[b]) for a, b in v1.flip_pairs))
     if name in ("goliath", 28, "28"):
         d = raw["seg28"]
         return SegClasses(
@@ -138,7 +146,34 @@ def seg_classes(name: str | int = "goliath") -> SegClasses:
             class_weight=None,
             flip_pairs=tuple(tuple(p) for p in d["flip_pairs"]),
         )
-    raise ValueError(f"unknown class list {name!r}; expected 'goliath' (28) or 'face' (19)")
+    raise ValueError(f"unknown class list {name!r}; expected 'goliath' (28), 'sapiens2' (29) or 'face' (19)")
+
+
+def seg28_to_29() -> np.ndarray:
+    """(256,) uint8 lookup table from Sapiens v1's 28 class ids to Sapiens2's 29 (ids from 2 up shift by one: v2 adds
+    Eyeglass at 2); 255 (ignore) and unknown ids stay themselves. Its inverse cannot name Eyeglass in v1: use
+    ``seg29_to_28``."""
+    lut = np.arange(256, dtype=np.uint8)
+    lut[2:28] = np.arange(3, 29)
+    return lut
+
+
+def seg29_to_28(eyeglass: int = 2) -> np.ndarray:
+    """(256,) uint8 lookup table from Sapiens2's 29 class ids to v1's 28; Eyeglass (v1 has none) becomes
+    ``eyeglass``: 2 (Face_Neck, where glasses sit) by default, or 255 to ignore those pixels."""
+    lut = np.arange(256, dtype=np.uint8)
+    lut[3:29] = np.arange(2, 28)
+    lut[2] = eyeglass
+    return lut
+
+
+def builtin_palette(class_names: tuple[str, ...]) -> tuple[tuple[int, int, int], ...] | None:
+    """The palette of the built-in class list named exactly ``class_names`` (Goliath 28, Sapiens2 29), else None."""
+    for name in ("goliath", "sapiens2"):
+        classes = seg_classes(name)
+        if tuple(class_names) == classes.names:
+            return classes.palette
+    return None
 
 
 def generic_palette(n: int, seed: int = 3) -> list[tuple[int, int, int]]:

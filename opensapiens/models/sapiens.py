@@ -7,14 +7,19 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .heads import TASKS, DeconvHead, build_head
+from .heads import TASKS, build_head
+from .heads2 import TASKS2, Head2Spec, build_head2, official_head2_spec
+from .sapiens2 import Sapiens2Arch, Sapiens2ViT
 from .vit import SapiensViT, ViTArch, get_arch
 
-#: Official patch-embed padding per task (pose/normal: 2; seg/depth/pretrain: 0; CIHP/LIP 20-class seg: 2).
+#: Official patch-embed padding per task (pose/normal: 2; seg/depth/pretrain: 0; CIHP/LIP 20-class seg: 2). Sapiens2
+#: has none.
 OFFICIAL_PATCH_PADDING = {"pose": 2, "normal": 2, "seg": 0, "depth": 0, "features": 0}
 
 
-def official_patch_padding(task: str, out_channels: int | None = None) -> int:
+def official_patch_padding(task: str, out_channels: int | None = None, generation: int = 1) -> int:
+    if generation == 2:
+        return 0
     if task == "seg" and out_channels == 20:  # CIHP / LIP configs set padding=2
         return 2
     return OFFICIAL_PATCH_PADDING[task]
@@ -24,42 +29,64 @@ def official_patch_padding(task: str, out_channels: int | None = None) -> int:
 class ModelConfig:
     """Everything needed to rebuild a model; stored in our safetensors metadata."""
 
-    task: str  # pose | seg | depth | normal | features
-    arch: ViTArch
+    task: str  # pose | seg | depth (v1) | normal | pointmap (Sapiens2) | features
+    arch: ViTArch | Sapiens2Arch
     out_channels: int | None = None  # keypoints (pose) / classes (seg); None for features
     patch_padding: int = 0
     pos_grid: tuple[int, int] = (64, 48)
     with_cls_token: bool = False
     head_channels: int | None = None  # None = official width (768, depth 384)
     extra: dict = field(default_factory=dict)  # e.g. keypoint set or class names
+    head_spec: Head2Spec | None = None  # Sapiens2 heads' widths (None: the official ones for the arch)
+
+    @property
+    def generation(self) -> int:
+        return getattr(self.arch, "generation", 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pos_grid"] = list(self.pos_grid)
+        d["head_spec"] = None if self.head_spec is None else self.head_spec.to_dict()
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
-        d["arch"] = ViTArch(**d["arch"]) if isinstance(d["arch"], dict) else get_arch(d["arch"])
+        arch = d["arch"]
+        if isinstance(arch, dict):
+            arch = Sapiens2Arch(**arch) if arch.get("generation", 1) == 2 else ViTArch(**arch)
+        d["arch"] = arch if isinstance(arch, (ViTArch, Sapiens2Arch)) else get_arch(arch)
         d["pos_grid"] = tuple(d["pos_grid"])
+        if d.get("head_spec") is not None:
+            d["head_spec"] = Head2Spec.from_dict(d["head_spec"])
         return cls(**d)
 
 
 class SapiensModel(nn.Module):
     """backbone + head. (B, 3, H, W) normalized RGB -> raw output:
 
-    pose (B, K, H/4, W/4) heatmaps · seg (B, N, H/2, W/2) logits · depth (B, 1, H, W) ·
+    Sapiens v1: pose (B, K, H/4, W/4) heatmaps · seg (B, N, H/2, W/2) logits · depth (B, 1, H, W) ·
     normal (B, 3, H/2, W/2) un-normalized vectors · features (B, C, H/16, W/16).
+    Sapiens2: pose (B, K, H/4, W/4) · seg (B, N, H, W) · normal (B, 3, H, W) · pointmap ((B, 3, H, W) points in the
+    canonical camera, (B, 1) scale; metric points = points / scale) · features (B, C, H/16, W/16).
     """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        self.config = config
+        self.head: nn.Module | None = None
+        if config.generation == 2:
+            if config.task not in (*TASKS2, "features"):
+                raise ValueError(f"unknown Sapiens2 task {config.task!r}; expected one of {', '.join(TASKS2)} or "
+                                 "features (Sapiens2 has no depth model: its pointmap gives depth)")
+            self.backbone = Sapiens2ViT(config.arch, config.with_cls_token)
+            if config.task != "features":
+                spec = config.head_spec or official_head2_spec(config.task, config.arch.name)
+                self.head = build_head2(config.task, config.arch.embed_dim, config.out_channels, spec)
+            return
         if config.task not in (*TASKS, "features"):
             raise ValueError(f"unknown task {config.task!r}")
-        self.config = config
         self.backbone = SapiensViT(config.arch, config.pos_grid, config.patch_padding, config.with_cls_token)
-        self.head: DeconvHead | None = None
         if config.task != "features":
             self.head = build_head(config.task, config.arch.embed_dim, config.out_channels,
                                    config.head_channels)
@@ -75,12 +102,24 @@ class SapiensModel(nn.Module):
 
 def build_model(task: str, arch: str | ViTArch = "tiny", out_channels: int | None = None,
                 patch_padding: int | None = None, pos_grid: tuple[int, int] = (64, 48),
-                head_channels: int | None = None, **extra) -> SapiensModel:
-    """A freshly initialised model (official head shapes, official padding unless given)."""
+                head_channels: int | None = None, head_spec: Head2Spec | None = None, **extra) -> SapiensModel:
+    """A freshly initialised model (official head shapes, official padding unless given). A Sapiens2 arch
+    ("sapiens2_1b", ...) builds a Sapiens2 model, its head's widths ``head_spec`` (default: the official ones);
+    ``head_channels``, ``patch_padding`` and ``pos_grid`` are v1's."""
+    arch = get_arch(arch)
+    if isinstance(arch, Sapiens2Arch):
+        if head_channels is not None or patch_padding:
+            raise ValueError("Sapiens2 models take neither head_channels nor a patch padding (see head_spec)")
+        if task != "features" and out_channels is None:
+            out_channels = {"pose": 308, "seg": 29, "normal": 3, "pointmap": 3}.get(task)
+        return SapiensModel(ModelConfig(task=task, arch=arch, out_channels=out_channels, with_cls_token=True,
+                                        extra=extra, head_spec=head_spec))
+    if head_spec is not None:
+        raise ValueError("head_spec sets a Sapiens2 head's widths; a v1 head takes head_channels")
     if patch_padding is None:
         patch_padding = official_patch_padding(task, out_channels)
     if task != "features" and out_channels is None:
-        out_channels = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}[task]
-    cfg = ModelConfig(task=task, arch=get_arch(arch), out_channels=out_channels, patch_padding=patch_padding,
+        out_channels = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}.get(task)
+    cfg = ModelConfig(task=task, arch=arch, out_channels=out_channels, patch_padding=patch_padding,
                       pos_grid=tuple(pos_grid), head_channels=head_channels, extra=extra)
     return SapiensModel(cfg)

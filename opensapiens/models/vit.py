@@ -53,10 +53,14 @@ ARCHS: dict[str, ViTArch] = {
 }
 
 
-def get_arch(name: str | ViTArch) -> ViTArch:
-    """Look up an architecture by name ("0.3b", "sapiens_1b", "2B", "tiny", ...)."""
-    if isinstance(name, ViTArch):
+def get_arch(name: str | ViTArch):
+    """Look up an architecture by name ("0.3b", "sapiens_1b", "2B", "tiny", ...; "sapiens2_1b" ... for Sapiens2)."""
+    if isinstance(name, ViTArch) or getattr(name, "generation", 1) == 2:
         return name
+    if name.lower().startswith("sapiens2"):
+        from .sapiens2 import get_arch2
+
+        return get_arch2(name)
     key = name.lower().removeprefix("sapiens_").removeprefix("sapiens-")
     if key not in ARCHS:
         raise ValueError(f"unknown architecture {name!r}; known: {', '.join(ARCHS)}")

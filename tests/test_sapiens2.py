@@ -1,0 +1,321 @@
+"""Sapiens2: the backbone and heads against an independent float64 re-statement of the published spec, the released
+sizes' parameter counts, the official key layout in and out, names, predictors and the command line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from opensapiens.checkpoints import load_model
+from opensapiens.checkpoints.hub import parse_name, resolve_checkpoint
+from opensapiens.checkpoints.loading import export_official
+from opensapiens.checkpoints.official import ours_to_official
+from opensapiens.checkpoints.reader import CheckpointError
+from opensapiens.cli.main import main
+from opensapiens.inference.optimize import optimize_for_inference
+from opensapiens.inference.predictors import PointmapPredictor, load_predictor
+from opensapiens.inference.results import PointmapResult
+from opensapiens.metadata import seg28_to_29, seg29_to_28, seg_classes
+from opensapiens.models import ARCHS2, Head2Spec, Sapiens2ViT, build_model
+
+import sapiens2_reference as ref
+
+# Small heads of each kind (the official widths make a nano model's head 20-70M parameters).
+SMALL = {
+    "pose": Head2Spec((24, 16), (16, 8), 1),
+    "seg": Head2Spec((16, 16, 8, 8), (8,), 1),
+    "normal": Head2Spec((16, 16, 8, 8), (8, 8), 3),
+    "pointmap": Head2Spec((16, 16, 8, 8), (8,), 3, scale_conv=(16, 8, 8), scale_hidden=(8, 8), scale_grid=(2, 2)),
+}
+SIZE = {"pointmap": (256, 192)}  # the scale branch flattens a fixed grid: 2x2 after three halvings of 16x12
+
+
+def _model(task: str, seed: int = 0):
+    """A nano Sapiens2 model with random weights that make every part matter (norm weights away from 1, a layer
+    scale of order 1, biases)."""
+    torch.manual_seed(seed)
+    model = build_model(task, "sapiens2_nano", head_spec=SMALL.get(task))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.3 * torch.randn_like(p))
+            elif name.endswith("gamma.weight"):
+                p.copy_(0.5 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.copy_(0.05 * torch.randn_like(p))
+    return model.eval()
+
+
+def _official_parts(model, task: str) -> tuple[dict, dict]:
+    """(backbone, head) state dicts in the official layout, without their prefixes, in float64."""
+    sd = ours_to_official(model.state_dict(), task)
+    if task == "features":
+        return {k: v.double() for k, v in sd.items()}, {}
+    backbone = {k.removeprefix("backbone."): v.double() for k, v in sd.items() if k.startswith("backbone.")}
+    head = {k.removeprefix("decode_head."): v.double() for k, v in sd.items() if k.startswith("decode_head.")}
+    assert len(backbone) + len(head) == len(sd)
+    return backbone, head
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b).abs().max() / b.abs().max())
+
+
+# ---------------------------------------------------------------------------------------------------- architecture
+
+
+@pytest.mark.parametrize("name, params", [  # the official class instantiated (reference/sapiens2.md, 1.1)
+    ("sapiens2_0.1b", 113_993_472), ("sapiens2_0.4b", 395_450_368), ("sapiens2_0.8b", 814_283_520),
+    ("sapiens2_1b", 1_455_474_176), ("sapiens2_5b", 5_066_902_976)])
+def test_each_released_size_has_the_official_parameter_count(name, params):
+    with torch.device("meta"):
+        backbone = Sapiens2ViT(name)
+    assert sum(p.numel() for p in backbone.parameters()) == params
+    keys = backbone.state_dict().keys()
+    assert len(keys) - 0 == ARCHS2[name].depth * 17 + 6  # 17 tensors per block; tokens, patch conv, periods, norm
+
+
+@pytest.mark.parametrize("task, millions", [("pose", 64.31), ("seg", 15.35), ("normal", 83.86),
+                                            ("pointmap", 174.12)])
+def test_the_1b_heads_have_the_official_parameter_counts(task, millions):
+    with torch.device("meta"):
+        model = build_model(task, "sapiens2_1b")
+    assert round(sum(p.numel() for p in model.head.parameters()) / 1e6, 2) == millions
+
+
+def test_grouped_query_blocks_are_the_middle_ones():
+    arch = ARCHS2["sapiens2_1b"]
+    kv = [arch.kv_heads(i) for i in range(arch.depth)]
+    assert kv == [24] * 8 + [12] * 24 + [24] * 8
+    assert [ARCHS2["sapiens2_0.1b"].kv_heads(i) for i in range(12)] == [12] * 12
+
+
+@pytest.mark.parametrize("task", ["features", "pose", "seg", "normal", "pointmap"])
+def test_backbone_and_heads_match_the_float64_reference(task):
+    """float32 model with float32 rotary angles against the float64 reference with float64 angles."""
+    model = _model(task)
+    model.backbone.rope.dtype = torch.float32
+    backbone_sd, head_sd = _official_parts(model, task)
+    h, w = SIZE.get(task, (64, 48))
+    x = torch.randn(2, 3, h, w)
+    with torch.no_grad():
+        feats = model.backbone(x)
+        out = model(x)
+    feats_ref = ref.backbone(backbone_sd, x.double(), num_heads=4)
+    assert _rel(feats, feats_ref) < 1e-5
+    if task == "features":
+        return
+    head_ref = {"pose": ref.pose_head, "seg": ref.seg_head, "normal": ref.normal_head,
+                "pointmap": ref.pointmap_head}[task](head_sd, feats_ref)
+    for got, want in zip(out if task == "pointmap" else (out,), head_ref if task == "pointmap" else (head_ref,)):
+        assert got.shape == want.shape
+        assert _rel(got, want) < 1e-4
+
+
+def test_bfloat16_rotary_angles_are_the_default_and_stay_close_to_the_reference_with_them():
+    """The official code computes the angles in bfloat16 even in a float32 model; so do we unless told otherwise,
+    and the result moves toward the reference computed with bfloat16 angles."""
+    model = _model("features")
+    assert model.backbone.rope.dtype == torch.bfloat16
+    backbone_sd, _ = _official_parts(model, "features")
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        bf16 = model.backbone(x)
+    exact = ref.backbone(backbone_sd, x.double(), num_heads=4)
+    with_bf16 = ref.backbone(backbone_sd, x.double(), num_heads=4, rope_dtype=torch.bfloat16)
+    assert _rel(bf16, with_bf16) < 2e-2  # (we also round q and k to bfloat16 around the rotation, as official)
+    assert _rel(bf16, with_bf16) < _rel(bf16, exact)
+
+
+def test_rotary_periods_and_the_identity_at_the_centre():
+    rope = Sapiens2ViT("sapiens2_nano").rope
+    hd = ARCHS2["sapiens2_nano"].head_dim
+    expected = 100.0 ** (2 * np.arange(hd // 4) / (hd // 2))
+    np.testing.assert_allclose(rope.periods.float().numpy(), expected, rtol=1e-2)  # stored in bfloat16
+    rope.dtype = torch.float32
+    cos, sin = rope(1, 1)  # one patch: its centre is (0, 0), no rotation
+    assert torch.equal(cos, torch.ones(1, hd)) and torch.equal(sin, torch.zeros(1, hd))
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint layout
+
+
+@pytest.mark.parametrize("task", ["features", "pose", "seg", "normal", "pointmap"])
+def test_an_official_layout_file_loads_as_its_task_with_its_head_widths(tmp_path, task):
+    model = _model(task)
+    path = export_official(model, tmp_path / f"sapiens2_{task}.safetensors")
+    with safe_open(path, "pt") as f:
+        keys = set(f.keys())
+    assert "rope_embed.periods" in keys if task == "features" else "backbone.rope_embed.periods" in keys
+    if task != "features":
+        final = {"pose": "conv_pose", "seg": "conv_seg", "normal": "conv_normal", "pointmap": "conv_pointmap"}[task]
+        assert f"decode_head.{final}.weight" in keys and "backbone.blocks.0.ln1.weight" in keys
+        assert "backbone.blocks.8.ffn.w12.weight" in keys and "backbone.ln1.weight" in keys
+    loaded = load_model(path)
+    assert loaded.config.task == task and loaded.config.arch == ARCHS2["sapiens2_nano"]
+    assert loaded.config.head_spec == SMALL.get(task)
+    x = torch.randn(1, 3, *SIZE.get(task, (64, 48)))
+    with torch.no_grad():
+        for a, b in zip(*(y if isinstance(y, tuple) else (y,) for y in (model(x), loaded(x)))):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_a_task_files_backbone_loads_as_features_and_other_tasks_are_refused(tmp_path):
+    model = _model("pose")
+    path = export_official(model, tmp_path / "pose.safetensors")
+    features = load_model(path, task="features")
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(features(x), model.backbone(x), rtol=0, atol=0)
+    with pytest.raises(CheckpointError, match="holds a Sapiens2 pose model, not seg"):
+        load_model(path, task="seg")
+    with pytest.raises(CheckpointError, match="Sapiens2 has no depth head"):
+        load_model(path, task="depth")
+
+
+def test_a_4k_backbone_and_a_broken_grouped_query_layout_are_clear_errors(tmp_path):
+    sd = ours_to_official(_model("features").state_dict(), "features")
+    save_file({**sd, "tokenizer.w_cls": torch.zeros(1, 1, 64)}, tmp_path / "4k.safetensors")
+    with pytest.raises(CheckpointError, match="4K backbone"):
+        load_model(tmp_path / "4k.safetensors")
+    wrong = dict(sd)
+    wrong["blocks.3.attn.wk.weight"] = wrong["blocks.3.attn.wk.weight"][:32]  # a grouped block among dense ones
+    wrong["blocks.3.attn.wk.bias"] = wrong["blocks.3.attn.wk.bias"][:32]
+    save_file(wrong, tmp_path / "odd.safetensors")
+    with pytest.raises(CheckpointError, match="do not follow Sapiens2's layout"):
+        load_model(tmp_path / "odd.safetensors")
+
+
+def test_official_names_and_local_files_by_those_names(tmp_path, monkeypatch):
+    hub = parse_name("sapiens2-pose-1b")
+    assert (hub.repo_id, hub.filename) == ("facebook/sapiens2-pose-1b", "sapiens2_1b_pose.safetensors")
+    assert parse_name("Sapiens2_pretrain_0.1b").filename == "sapiens2_0.1b_pretrain.safetensors"
+    with pytest.raises(FileNotFoundError, match="no official Sapiens2 seg checkpoint exists for size 0.1b"):
+        parse_name("sapiens2-seg-0.1b")
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "..")
+    path = export_official(_model("seg"), tmp_path / "sapiens2_0.4b_seg.safetensors")
+    assert resolve_checkpoint("sapiens2-seg-0.4b") == path  # found where we keep files, without the network
+    assert resolve_checkpoint("sapiens2_0.4b_seg.safetensors") == path  # and by the official file's own name
+    with pytest.raises(FileNotFoundError, match="did you mean sapiens2-pointmap-1b"):
+        resolve_checkpoint("sapiens2-pointmp-1b")
+
+
+# ------------------------------------------------------------------------------------------------------- predictors
+
+
+def test_the_29_classes_and_the_maps_between_generations():
+    v1, v2 = seg_classes("goliath"), seg_classes("sapiens2")
+    assert v2.num_classes == 29 and v2.names[2] == "Eyeglass" and len(set(v2.palette)) == 29
+    up, down = seg28_to_29(), seg29_to_28()
+    for i, name in enumerate(v1.names):
+        assert v2.names[up[i]] == name and down[up[i]] == i
+    assert down[2] == v1.names.index("Face_Neck") and seg29_to_28(255)[2] == 255
+    assert {(v2.names[a], v2.names[b]) for a, b in v2.flip_pairs} == {(v1.names[a], v1.names[b])
+                                                                     for a, b in v1.flip_pairs}
+
+
+def test_seg_predictor_names_the_29_classes_and_normals_default_to_the_padded_resize(tmp_path):
+    seg = load_predictor(None, export_official(_model("seg"), tmp_path / "seg.safetensors"), device="cpu",
+                         input_size=(64, 48))
+    result = seg(np.random.default_rng(0).integers(0, 255, (50, 40, 3), dtype=np.uint8))
+    assert seg.class_names == seg_classes("sapiens2").names and result.labels.shape == (50, 40)
+    normal = load_predictor(None, export_official(_model("normal"), tmp_path / "n.safetensors"), device="cpu",
+                            input_size=(64, 48))
+    assert normal.preprocess.resize == "pad"
+    assert load_predictor(None, tmp_path / "n.safetensors", device="cpu", input_size=(64, 48),
+                          resize="stretch").preprocess.resize == "stretch"
+
+
+class _PinholeHead(torch.nn.Module):
+    """A stand-in pointmap model: the canonical points of a plane 2 m away seen by a camera of focal 768 (in
+    model-input pixels, principal point at the input's centre), and a fixed scale."""
+
+    task = "pointmap"
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = scale
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # (device and dtype for the predictor)
+        self.config = type("Config", (), {"generation": 2})()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, _, H, W = x.shape
+        v, u = torch.meshgrid(torch.arange(H, dtype=x.dtype), torch.arange(W, dtype=x.dtype), indexing="ij")
+        Z = torch.full_like(u, 2.0)
+        points = torch.stack([(u - (W - 1) / 2) * Z / 768.0, (v - (H - 1) / 2) * Z / 768.0, Z])  # canonical
+        return points.expand(B, -1, -1, -1) + self.anchor, torch.full((B, 1), self.scale)
+
+
+def test_pointmap_predictor_divides_by_the_scale_and_maps_the_focal_length_to_the_image():
+    """Metric points = canonical / scale; the focal is 768 / scale input pixels, i.e. that over the resize factor
+    in the image's pixels; the principal point is where the points place it."""
+    scale = 0.5  # the real camera's focal is 768 / 0.5 = 1536 input pixels
+    predictor = PointmapPredictor(_PinholeHead(scale), input_size=(256, 192), resize="stretch")
+    image = np.zeros((128, 192, 3), np.uint8)  # stretch: rows x2, columns x1
+    result = predictor(image)
+    assert isinstance(result, PointmapResult) and result.points.shape == (128, 192, 3)
+    np.testing.assert_allclose(result.depth, 2.0 / scale, rtol=1e-6)
+    assert result.focal == pytest.approx((1536.0 / 1.0, 1536.0 / 2.0))
+    K = result.intrinsics()
+    # the canonical camera's principal point, (95.5, 127.5) input pixels, in the image: x the same, y halved
+    assert K[0, 2] == pytest.approx(95.5, abs=0.6) and K[1, 2] == pytest.approx((127.5 + 0.5) / 2 - 0.5, abs=0.6)
+    padded = PointmapPredictor(_PinholeHead(scale), input_size=(256, 192), resize="pad")(image)
+    assert padded.focal == pytest.approx((1536.0, 1536.0))  # one factor, 1: the image fits as it is
+
+
+def test_intrinsics_recover_a_pinhole_camera_from_its_points():
+    h, w, fx, fy, cx, cy = 60, 80, 500.0, 520.0, 37.0, 31.0
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    Z = 1.5 + 0.01 * u
+    points = np.stack([(u - cx) * Z / fx, (v - cy) * Z / fy, Z], axis=-1).astype(np.float32)
+    K = PointmapResult(points, (fx, fy), 1.0).intrinsics()
+    np.testing.assert_allclose(K, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], atol=1e-3)
+
+
+def test_sapiens2_models_refuse_the_v1_fp8_and_fused_blocks():
+    with pytest.raises(ValueError, match="Sapiens2 models run in bf16"):
+        optimize_for_inference(_model("pose"), fp8=True)
+    with pytest.raises(ValueError, match="fused=True rewrites Sapiens v1's blocks"):
+        optimize_for_inference(_model("pose"), fused=True)
+
+
+def test_predict_pointmap_writes_metric_points_focal_and_a_picture_then_resumes(tmp_path, capsys):
+    from PIL import Image
+
+    ckpt = export_official(_model("pointmap"), tmp_path / "pm.safetensors")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (90, 60, 3), dtype=np.uint8)).save(photos / "a.png")
+    argv = ["predict", "--task", "pointmap", "--checkpoint", str(ckpt), "--input-size", "256x192", "--device", "cpu",
+            "--workers", "0", str(photos), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    out = tmp_path / "out"
+    points = np.load(out / "a_pointmap.npy")
+    meta = json.loads((out / "a_pointmap.json").read_text())
+    image = np.asarray(Image.open(photos / "a.png"))
+    predicted = load_predictor(None, ckpt, device="cpu", input_size=(256, 192))(image)
+    np.testing.assert_allclose(points, predicted.points, rtol=1e-5, atol=1e-6)
+    assert meta["focal"] == pytest.approx(list(predicted.focal)) and np.shape(meta["intrinsics"]) == (3, 3)
+    assert (out / "a_pointmap.jpg").is_file()
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+
+
+def test_onnx_export_of_a_pointmap_model_gives_both_outputs_with_float_angles(tmp_path):
+    """The graph computes the rotary angles in its own dtype (runtimes have no bfloat16 arithmetic on CPUs); against
+    the model with float32 angles it agrees to float32 rounding. The caller's model keeps its bfloat16 angles."""
+    pytest.importorskip("onnxruntime")
+    from opensapiens.checkpoints import check_onnx, export_onnx
+
+    model = _model("pointmap")
+    path = export_onnx(model, tmp_path / "pm.onnx", input_size=(256, 192))
+    assert model.backbone.rope.dtype == torch.bfloat16
+    model.backbone.rope.dtype = torch.float32
+    errors = check_onnx(model, path)
+    assert set(errors) == {"pointmap", "scale"} and max(errors.values()) < 1e-4
