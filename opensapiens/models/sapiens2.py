@@ -83,6 +83,20 @@ def get_arch2(name: str | Sapiens2Arch) -> Sapiens2Arch:
     return ARCHS2[key]
 
 
+class RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm`` (eps 1e-6, weight only) that, handed a lower-precision input than its weight (under autocast,
+    which leaves rms_norm alone), normalizes in float32 as autocast does LayerNorm: the mixed-dtype call has no fused
+    kernel."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != self.weight.dtype:
+            return F.rms_norm(x.float(), self.normalized_shape, self.weight.float(), self.eps).to(x.dtype)
+        return super().forward(x)
+
+
 class RotaryEmbedding2d(nn.Module):
     """cos and sin of the 2-D axial rotary angles of an h x w patch grid, each (h*w, head_dim).
 
@@ -149,8 +163,8 @@ class GQAttention(nn.Module):
         self.wq = nn.Linear(dim, dim)
         self.wk = nn.Linear(dim, num_kv_heads * hd)
         self.wv = nn.Linear(dim, num_kv_heads * hd)
-        self.q_norm = nn.RMSNorm(hd, eps=1e-6)
-        self.k_norm = nn.RMSNorm(hd, eps=1e-6)
+        self.q_norm = RMSNorm(hd)
+        self.k_norm = RMSNorm(hd)
         self.proj = nn.Linear(dim, dim)
         self.gamma = LayerScale(dim)
 
@@ -183,9 +197,9 @@ class SwiGLU(nn.Module):
 class Block2(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, hidden: int):
         super().__init__()
-        self.norm1 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm1 = RMSNorm(dim)
         self.attn = GQAttention(dim, num_heads, num_kv_heads)
-        self.norm2 = nn.RMSNorm(dim, eps=1e-6)
+        self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, hidden)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], prefix: int) -> torch.Tensor:
@@ -214,7 +228,7 @@ class Sapiens2ViT(nn.Module):
         self.storage_tokens = nn.Parameter(torch.zeros(1, a.storage_tokens, C))
         self.rope = RotaryEmbedding2d(a.head_dim, dtype=rope_dtype)
         self.blocks = nn.ModuleList(Block2(C, a.num_heads, a.kv_heads(i), a.mlp_hidden) for i in range(a.depth))
-        self.norm = nn.RMSNorm(C, eps=1e-6)
+        self.norm = RMSNorm(C)
         self.grad_checkpointing = False
         self._init_weights()
 

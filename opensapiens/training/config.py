@@ -28,7 +28,7 @@ class TrainConfig:
     task: str
     data: str  # training data folder / annotation file, or "synth" for the on-the-fly generator
     out: str  # run folder: checkpoints, metrics.jsonl, best/final .safetensors
-    arch: str | None = None  # 0.3b / 0.6b / 1b / 2b / small / tiny / nano; default: from --init, else 0.3b
+    arch: str | None = None  # 0.3b / 0.6b / 1b / 2b / small / tiny / nano, sapiens2_*; default: --init's, else 0.3b
     val_data: str | None = None
     image_root: str | None = None  # pose: image folder when it is not images/ beside the annotation file
     init: str | None = None  # pretrain / official task / our checkpoint to start from
@@ -39,6 +39,7 @@ class TrainConfig:
     grad_accum: int = 1
     input_size: tuple[int, int] = (1024, 768)  # (H, W)
     head_channels: int | None = None  # narrower heads for small models (official 768, depth 384)
+    head_spec: dict | None = None  # Sapiens2: the head's widths (Head2Spec.to_dict); default --init's, else official
     # labels
     keypoints: str = "goliath"  # pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON
     classes: str = "goliath"  # seg: goliath/28, face/19 or a class-list JSON
@@ -103,16 +104,27 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if (saved := _resumed_shape(cfg)) is not None:  # the run resumed: its shape, as resolved when it started (its
         d["arch"] = cfg.arch or saved[0]  # --init need not be there any more)
         d["head_channels"] = cfg.head_channels if cfg.head_channels is not None else saved[1]
-    elif cfg.init:  # the architecture, and the head width where it has this task's head, of the --init checkpoint
-        arch, head_channels = init_shape(cfg.init, cfg.task)
+        d["head_spec"] = cfg.head_spec or saved[2]
+    elif cfg.init:  # the architecture, and the head's width(s) where it has this task's head, of the --init file
+        arch, head_channels, head_spec = init_shape(cfg.init, cfg.task)
         d["arch"] = cfg.arch or arch
         d["head_channels"] = cfg.head_channels or head_channels
+        d["head_spec"] = cfg.head_spec or (head_spec if (cfg.arch or arch) == arch else None)
     d["arch"] = d["arch"] or "0.3b"
     arch = d["arch"].lower().removeprefix("sapiens_")
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
-    if cfg.task == "pose":
+    if arch.startswith("sapiens2"):  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay by size, 500 steps of
+        # linear warm-up, then a linear decay to 0; plain MSE for pose (the losses stay v1's, see docs/training.md)
+        size = arch.removeprefix("sapiens2_").removeprefix("sapiens2-")
+        defaults = dict(lr=1e-4 if size == "5b" else 5e-4, warmup_steps=500, schedule="poly",
+                        layer_decay={"0.4b": 0.8, "0.8b": 0.85, "1b": 0.9, "5b": 0.94}.get(size, 0.85),
+                        batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=6.0 * cfg.input_size[0] / 1024)
+        if cfg.task == "depth":
+            raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
+                             "architecture, or normals / seg / pose from a Sapiens2 one")
+    elif cfg.task == "pose":
         lr = 5e-5 if goliath else 5e-4
         decay = 0.95 if (goliath and arch == "1b") else 0.75 if (wholebody and arch in ("0.3b", "0.6b")) else 0.85
         defaults = dict(lr=lr, layer_decay=decay, warmup_steps=500, schedule="step", batch_size=4,
@@ -159,8 +171,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     return out
 
 
-def _resumed_shape(cfg: TrainConfig) -> tuple[str, int | None] | None:
-    """(arch, head_channels) of the run that ``cfg`` resumes, from its config.json; None for a fresh run."""
+def _resumed_shape(cfg: TrainConfig) -> tuple[str, int | None, dict | None] | None:
+    """(arch, head_channels, head_spec) of the run that ``cfg`` resumes, from its config.json; None for a fresh
+    run."""
     saved = Path(cfg.out) / "config.json"
     if not (cfg.resume and saved.is_file()):
         return None
@@ -168,21 +181,26 @@ def _resumed_shape(cfg: TrainConfig) -> tuple[str, int | None] | None:
         d = json.loads(saved.read_text())
     except (OSError, ValueError):
         return None  # resolved from the options; the resume itself says what is wrong with the run folder
-    return (d["arch"], d.get("head_channels")) if d.get("arch") and d.get("task") == cfg.task else None
+    if not (d.get("arch") and d.get("task") == cfg.task):
+        return None
+    return d["arch"], d.get("head_channels"), d.get("head_spec")
 
 
-def init_shape(init: str, task: str) -> tuple[str, int | None]:
+def init_shape(init: str, task: str) -> tuple[str, int | None, dict | None]:
     """The architecture of the ``--init`` checkpoint (from the config our files carry, else from its width and depth)
-    and the width of its head where it has one for ``task`` (else None: the recipe's). Reads the file once more,
-    before the model exists."""
+    and the width of its head where it has one for ``task`` (Sapiens2: its widths, ``Head2Spec.to_dict``; else None:
+    the recipe's). Reads the file once more, before the model exists."""
+    from ..models.sapiens2 import ARCHS2
     from ..models.vit import ARCHS
     from .init import read_init
 
     src = read_init(init, task)[0]
-    if src.arch.name not in ARCHS:
+    if src.arch.name not in ARCHS and src.arch.name not in ARCHS2:
         raise ValueError(f"--init {init}: its backbone ({src.arch.embed_dim} wide, {src.arch.depth} blocks) is not one "
-                         f"of the architectures {', '.join(ARCHS)}")
-    return src.arch.name, src.head_channels if src.task == task else None
+                         f"of the architectures {', '.join([*ARCHS, *ARCHS2])}")
+    same = src.task == task
+    return (src.arch.name, src.head_channels if same else None,
+            src.head_spec.to_dict() if same and src.head_spec is not None else None)
 
 
 def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (), flags: bool = True) -> None:

@@ -37,6 +37,7 @@ from ..inference.optimize import channels_last_head, fast_attention, pad_attenti
 from ..io.writers import save_json
 from ..metadata import SegClasses
 from ..models import build_model
+from ..models.heads2 import Head2Spec
 from ..models.sapiens import SapiensModel
 from ..tasks import build_criterion, build_evaluator
 from . import distributed as D
@@ -138,6 +139,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and labels.keypoints.name != "goliath":
         raise ValueError("--data synth renders the 308 Goliath keypoints; use --keypoints goliath")
+    if on_the_fly and cfg.task == "seg" and labels.names != load_classes("goliath").names:
+        raise ValueError(f"--data synth labels the 28 Goliath classes, not the {labels.num_classes} of --classes "
+                         f"{cfg.classes}; use --classes goliath")
     train_set = None if on_the_fly else _dataset("--data", cfg.task, cfg.data, train=True, augment=cfg.augment,
                                                  backgrounds=cfg.backgrounds, **data_kw)
     val_set = _dataset("--val-data", cfg.task, cfg.val_data, train=False, **data_kw) if cfg.val_data else None
@@ -157,8 +161,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     # ---- model -----------------------------------------------------------------------------------------------------
     seed_everything(cfg.seed)  # identical initial weights on every rank
     out_channels, label_info = _out_channels(cfg, labels)
+    head_spec = Head2Spec.from_dict(cfg.head_spec) if cfg.head_spec else None
     model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
-                        pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
+                        head_spec=head_spec, pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
     model_config = model.config
     init_report = None
     if cfg.init and resume_from is None:
@@ -187,7 +192,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
                                 num_layers=model_config.arch.depth)
     schedule = Schedule(cfg.steps, cfg.warmup_steps, kind=cfg.schedule, milestones=cfg.milestones)
     criterion = build_criterion(cfg.task, sigma=cfg.sigma or 6.0, ohkm_topk=cfg.ohkm_topk,
-                                class_weight=load_classes(cfg.classes).class_weight if cfg.task == "seg" else None,
+                                class_weight=labels.class_weight if cfg.task == "seg" else None,
                                 seg_loss_resolution=cfg.seg_loss_resolution)
 
     # ---- resume ----------------------------------------------------------------------------------------------------
@@ -231,7 +236,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     def run_eval() -> dict | None:
         if val_set is None:
             return None
-        evaluator = build_evaluator(cfg.task, input_size=cfg.input_size, **_evaluator_kw(cfg, val_set))
+        evaluator = build_evaluator(cfg.task, input_size=cfg.input_size, **_evaluator_kw(cfg, val_set, labels))
         val_loader = make_loader(val_set, EvalSampler(len(val_set), info.rank, info.world_size), cfg.batch_size,
                                  cfg.workers, on_cuda, drop_last=False)
         with attention():
@@ -291,10 +296,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 
 
-def _evaluator_kw(cfg: TrainConfig, val_set) -> dict:
+def _evaluator_kw(cfg: TrainConfig, val_set, labels: SegClasses | None) -> dict:
     if cfg.task == "pose":
         return {"keypoint_gt": val_set.coco, "keypoint_set": val_set.layout.keypoints}
     if cfg.task == "seg":
-        classes = load_classes(cfg.classes)
-        return {"num_classes": classes.num_classes, "class_names": classes.names}
+        return {"num_classes": labels.num_classes, "class_names": labels.names}
     return {}

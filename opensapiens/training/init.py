@@ -21,9 +21,14 @@ from ..models.vit import SapiensViT, resize_pos_embed
 def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: SapiensViT,
                  source: str) -> dict[str, torch.Tensor]:
     """The ``backbone.*`` tensors of a checkpoint's state dict ``sd``, keyed as in ``backbone`` and made to fit it:
-    cls token and cls row dropped, position table resized to its grid. Raises if width or depth differ."""
+    (v1) cls token and cls row dropped, position table resized to its grid. Raises if width, depth or generation
+    differ."""
+    v2 = getattr(backbone.arch, "generation", 1) == 2  # Sapiens2: tokens kept as they are, no position table
+    if src_cfg.generation != (2 if v2 else 1):
+        raise ValueError(f"{source}: a {'Sapiens2' if src_cfg.generation == 2 else 'Sapiens v1'} backbone "
+                         f"({src_cfg.arch.name}) cannot start a {backbone.arch.name} model")
     weights = {k.removeprefix("backbone."): v for k, v in sd.items()
-               if k.startswith("backbone.") and k != "backbone.cls_token"}
+               if k.startswith("backbone.") and (v2 or k != "backbone.cls_token")}
     pos = weights.get("pos_embed")
     if pos is not None:
         if src_cfg.with_cls_token:

@@ -1,7 +1,7 @@
 """AdamW parameter groups with the official layer-wise learning-rate decay, and the optimizer built from them.
 
 Layer ids (Sapiens / BEiT rule, ``L`` = number of blocks):
-    0       embeddings: ``pos_embed``, ``cls_token``, ``mask_token``, ``patch_embed.*``
+    0       embeddings: ``pos_embed``, ``cls_token``, ``mask_token``, ``storage_tokens`` (Sapiens2), ``patch_embed.*``
     i + 1   ``blocks.i.*``
     L + 1   everything after the blocks: the final norm and the whole head
 lr_scale = layer_decay ** (L + 1 - id), so the head trains at the base LR and the patch embedding at decay^(L+1).
@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_checkpoint_wrapped_module.")
-_EMBEDDINGS = ("pos_embed", "cls_token", "mask_token")
+_EMBEDDINGS = ("pos_embed", "cls_token", "mask_token", "storage_tokens")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 

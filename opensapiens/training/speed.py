@@ -92,6 +92,19 @@ def checkpoint_head(head: DeconvHead, batch_chunk: int | None = None) -> None:
 
         head.forward = sliced
         return
+    if hasattr(head, "upsample_blocks"):  # Sapiens2's normal head: each stage (conv, pixel shuffle, norm, SiLU) is one
+        stages = [head.input_conv, *head.upsample_blocks, head.conv_layers]
+
+        def staged(x: torch.Tensor) -> torch.Tensor:
+            if not (head.training and torch.is_grad_enabled()):
+                return plain_forward(x)
+            for stage in stages:
+                x = checkpoint(stage, x, use_reentrant=False)
+            return head.final(x)
+
+        head.forward = staged
+        return
+    dropout = getattr(head, "dropout", nn.Identity())  # (Sapiens2's pose and seg heads have none)
     layers = [*head.deconv_layers, *head.conv_layers]
     convs, norms, acts = layers[0::3], layers[1::3], layers[2::3]  # Sequential of (conv, InstanceNorm, SiLU) stages
     save_convs = _saving(_CONV)
@@ -99,7 +112,7 @@ def checkpoint_head(head: DeconvHead, batch_chunk: int | None = None) -> None:
     def region(i: int) -> Callable[[torch.Tensor], torch.Tensor]:
         def run(x: torch.Tensor) -> torch.Tensor:
             x = acts[i](norms[i](x))
-            return convs[i + 1](x) if i + 1 < len(convs) else head.final(head.dropout(x))
+            return convs[i + 1](x) if i + 1 < len(convs) else head.final(dropout(x))
 
         return run
 

@@ -1,0 +1,121 @@
+"""Fine-tuning Sapiens2: the recipe's defaults, starting from an official-layout file, activation checkpointing of its
+blocks and heads against the plain graph, its norms under autocast, and a short run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from opensapiens.checkpoints import load_model
+from opensapiens.checkpoints.loading import export_official, save_model
+from opensapiens.cli.main import main
+from opensapiens.inference.predictors import load_predictor
+from opensapiens.models import Head2Spec, build_model
+from opensapiens.models.sapiens2 import RMSNorm
+from opensapiens.training.config import TrainConfig, resolve
+from opensapiens.training.init import load_initial_weights
+from opensapiens.training.optim import param_groups
+from opensapiens.training.speed import checkpoint_blocks, checkpoint_head
+
+SMALL = {"pose": Head2Spec((16, 8), (8,), 1), "seg": Head2Spec((16, 16, 8, 8), (8,), 1),
+         "normal": Head2Spec((16, 16, 8, 8), (8, 8), 3)}
+
+
+def _model(task: str, seed: int = 0, out_channels: int | None = None):
+    torch.manual_seed(seed)
+    model = build_model(task, "sapiens2_nano", head_spec=SMALL[task], out_channels=out_channels)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma.weight"):
+                p.fill_(0.3)  # attention that matters (the init's 1e-4 layer scale hides it)
+    return model
+
+
+@pytest.mark.parametrize("arch, lr, decay", [("sapiens2_0.4b", 5e-4, 0.8), ("sapiens2_1b", 5e-4, 0.9),
+                                             ("sapiens2_5b", 1e-4, 0.94)])
+def test_the_sapiens2_recipe_fills_what_is_not_given(tmp_path, arch, lr, decay):
+    cfg = resolve(TrainConfig(task="seg", data="d", out=str(tmp_path), arch=arch, steps=10000))
+    assert (cfg.lr, cfg.layer_decay, cfg.schedule, cfg.warmup_steps) == (lr, decay, "poly", 500)
+    pose = resolve(TrainConfig(task="pose", data="d", out=str(tmp_path), arch=arch, steps=10000))
+    assert pose.ohkm_topk == 0 and pose.sigma == 6.0
+    with pytest.raises(ValueError, match="Sapiens2 has no depth model"):
+        resolve(TrainConfig(task="depth", data="d", out=str(tmp_path), arch=arch))
+
+
+def test_an_official_sapiens2_file_starts_a_fine_tune_and_a_v1_one_cannot(tmp_path):
+    source = _model("seg", seed=1, out_channels=29)
+    path = export_official(source, tmp_path / "sapiens2_seg.safetensors")
+    model = _model("seg", seed=2, out_channels=29)
+    report = load_initial_weights(model, str(path))
+    assert report["skipped_head"] == "" and report["head"] > 0
+    for name, tensor in source.state_dict().items():  # every tensor, the cls and storage tokens included
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0)
+    other = _model("seg", seed=3, out_channels=5)
+    report = load_initial_weights(other, str(path))
+    assert report["head"] == 0 and "other shapes" in report["skipped_head"]
+    torch.testing.assert_close(other.backbone.storage_tokens, source.backbone.storage_tokens, rtol=0, atol=0)
+    v1 = save_model(build_model("seg", "nano", head_channels=8, pos_grid=(4, 3)), tmp_path / "v1.safetensors")
+    with pytest.raises(ValueError, match="a Sapiens v1 backbone .* cannot start a sapiens2_nano model"):
+        load_initial_weights(_model("seg"), str(v1))
+
+
+def test_storage_tokens_train_with_the_patch_embedding_and_without_weight_decay():
+    groups = param_groups(_model("pose").named_parameters(), 0.1, layer_decay=0.8, num_layers=18)
+    where = {n: g for g in groups for n in g["names"]}
+    for name in ("backbone.storage_tokens", "backbone.cls_token", "backbone.patch_embed.proj.weight"):
+        assert where[name]["layer_id"] == 0
+    assert where["backbone.storage_tokens"]["weight_decay"] == 0.0
+    assert where["backbone.blocks.9.attn.wk.weight"]["layer_id"] == 10
+
+
+@pytest.mark.parametrize("task", ["pose", "normal"])
+def test_checkpointed_blocks_and_head_give_the_plain_graphs_gradients(task):
+    """Recomputation in backward changes memory, not numbers: the checkpointed Sapiens2 blocks (which take the
+    rotary tables and the prefix length besides the tokens) and heads give the same loss and gradients."""
+    x = torch.randn(2, 3, 64, 48)
+    grads = []
+    for checkpointed in (False, True):
+        model = _model(task).train()
+        if checkpointed:
+            assert checkpoint_blocks(model.backbone.blocks) == 18
+            checkpoint_head(model.head)
+        loss = model(x).square().mean()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (plain_loss, plain), (ckpt_loss, ckpt) = grads
+    torch.testing.assert_close(ckpt_loss, plain_loss, rtol=0, atol=0)
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-6, atol=1e-9)
+
+
+def test_rms_norm_under_autocast_normalizes_in_float32():
+    norm = RMSNorm(64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 1.5, 64))
+    x = (torch.randn(4, 7, 64) * 3).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = norm(x)
+    x64 = x.double()
+    want = x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), want.to(torch.bfloat16).double(), rtol=0, atol=0)
+
+
+def test_a_short_sapiens2_normal_fine_tune_writes_a_sapiens2_model(tmp_path, capsys):
+    init = export_official(_model("normal"), tmp_path / "init.safetensors")
+    run = tmp_path / "run"
+    argv = ["train", "--task", "normal", "--data", "synth", "--init", str(init), "--steps", "3", "--input-size",
+            "64x48", "--batch-size", "2", "--device", "cpu", "--checkpointing", "blocks+head", "--out", str(run)]
+    assert main(argv) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["arch"] == "sapiens2_nano" and config["schedule"] == "poly"
+    model = load_model(run / "final.safetensors")
+    assert model.config.generation == 2 and model.config.head_spec == SMALL["normal"]
+    predictor = load_predictor(None, run / "final.safetensors", device="cpu")
+    assert predictor.input_size == (64, 48) and predictor.preprocess.resize == "pad"
+    capsys.readouterr()
+    assert main(["train", "--task", "seg", "--data", "synth", "--arch", "sapiens2_nano", "--classes", "sapiens2",
+                 "--steps", "1", "--input-size", "64x48", "--device", "cpu", "--out", str(tmp_path / "r2")]) == 2
+    assert "--data synth labels the 28 Goliath classes, not the 29" in capsys.readouterr().err
