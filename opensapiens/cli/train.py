@@ -40,9 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="training data: a folder (see docs/training.md) or a COCO keypoint JSON")
     p.add_argument("--val-data", help="validation data in the same layout")
     p.add_argument("--out", required=True, type=out_folder, help="run folder")
-    p.add_argument("--arch", help="0.3b, 0.6b, 1b, 2b, or small / tiny / nano for CPU experiments (default: the "
-                   "--init checkpoint's, else 0.3b)")
-    p.add_argument("--init", help="weights to start from: official name (sapiens-pretrain-1b) or file")
+    p.add_argument("--arch", help="0.3b, 0.6b, 1b, 2b, or small / tiny / nano for CPU experiments; Sapiens2: "
+                   "sapiens2_0.4b / 0.8b / 1b / 5b (default: the --init checkpoint's, else 0.3b)")
+    p.add_argument("--init", help="weights to start from: official name (sapiens-pretrain-1b, sapiens2-seg-1b) or "
+                   "file")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
     p.add_argument("--overwrite", action="store_const", const=True,
                    help="start afresh in an --out that holds an earlier run: delete its checkpoints, metrics.jsonl "
