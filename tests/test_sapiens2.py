@@ -227,7 +227,7 @@ def test_seg_predictor_names_the_29_classes_and_normals_default_to_the_padded_re
     assert seg.class_names == seg_classes("sapiens2").names and result.labels.shape == (50, 40)
     normal = load_predictor(None, export_official(_model("normal"), tmp_path / "n.safetensors"), device="cpu",
                             input_size=(64, 48))
-    assert normal.preprocess.resize == "pad"
+    assert normal.preprocess.resize == "center"
     assert load_predictor(None, tmp_path / "n.safetensors", device="cpu", input_size=(64, 48),
                           resize="stretch").preprocess.resize == "stretch"
 
@@ -319,3 +319,76 @@ def test_onnx_export_of_a_pointmap_model_gives_both_outputs_with_float_angles(tm
     model.backbone.rope.dtype = torch.float32
     errors = check_onnx(model, path)
     assert set(errors) == {"pointmap", "scale"} and max(errors.values()) < 1e-4
+
+
+def test_center_resize_centres_the_image_on_black_and_maps_outputs_back():
+    """Sapiens2's normal/pointmap protocol: aspect kept, centred, black around (pixel 0, normalized)."""
+    from opensapiens.inference.transforms import MEAN, STD, Preprocessor
+
+    pre = Preprocessor((64, 48), resize="center")
+    image = np.full((20, 40, 3), 200, np.uint8)  # 2:1 landscape into 4:3 portrait: 24 x 48 content, rows 20..43
+    batch, (meta,) = pre([image])
+    assert meta.pad == (20, 0, 20, 0) and meta.content_size == (24, 48)
+    black = -np.array(MEAN) / np.array(STD)
+    np.testing.assert_allclose(batch[0, :, :20].mean((1, 2)), black, rtol=1e-6)
+    np.testing.assert_allclose(batch[0, :, 44:].mean((1, 2)), black, rtol=1e-6)
+    np.testing.assert_allclose(batch[0, :, 20:44].mean((1, 2)), (200 - np.array(MEAN)) / np.array(STD), rtol=1e-5)
+    rows = torch.arange(64, dtype=torch.float32).view(1, 1, 64, 1).expand(1, 1, 64, 48)  # an output = its row
+    (back,) = pre.restore(rows, [meta])
+    # image row i (of 20) sits at input row 20 + (i + 0.5) * 24 / 20 - 0.5
+    expected = 20 + (np.arange(20) + 0.5) * 24 / 20 - 0.5
+    np.testing.assert_allclose(back[0, :, 0].numpy(), expected, atol=1e-5)
+
+
+def test_v2_defaults_for_each_task_and_clear_errors_for_v1_files_asked_as_pointmap(tmp_path):
+    normal = load_predictor(None, export_official(_model("normal"), tmp_path / "n.safetensors"), device="cpu",
+                            input_size=(64, 48))
+    assert normal.preprocess.resize == "center"
+    features = load_predictor("features", tmp_path / "n.safetensors", device="cpu")
+    assert features.input_size == (1024, 768)  # Sapiens2 was trained at 1024x768 throughout (v1 pretrain: 1024^2)
+    from conftest import make_official_state
+
+    v1, _ = make_official_state("normal")
+    path = export_official(v1, tmp_path / "v1.pth")
+    with pytest.raises(CheckpointError, match="a Sapiens v1 file; pointmap is a Sapiens2 task"):
+        load_model(path, task="pointmap")
+
+
+def test_v1_configs_are_written_as_before_and_exported_periods_stay_bfloat16(tmp_path):
+    from opensapiens.checkpoints.loading import CONFIG_KEY, save_model
+    from opensapiens.checkpoints.reader import safetensors_metadata
+
+    from conftest import make_official_state
+
+    v1, _ = make_official_state("seg")
+    meta = json.loads(safetensors_metadata(save_model(v1, tmp_path / "v1.safetensors"))[CONFIG_KEY])
+    assert "head_spec" not in meta  # a reader from before Sapiens2 takes the file
+    model = _model("features").float()
+    path = export_official(model, tmp_path / "pre.safetensors")
+    with safe_open(path, "pt") as f:
+        assert f.get_tensor("rope_embed.periods").dtype == torch.bfloat16
+    sd = ours_to_official(model.state_dict(), "features")
+    del sd["rope_embed.periods"]  # a buffer the official loader does not need: rebuilt by its formula
+    save_file(sd, tmp_path / "no_periods.safetensors")
+    rebuilt = load_model(tmp_path / "no_periods.safetensors")
+    torch.testing.assert_close(rebuilt.backbone.rope.periods.float(), model.backbone.rope.periods.float())
+
+
+def test_the_prefix_tokens_pass_through_the_rotary_dtype_as_official():
+    from opensapiens.models.sapiens2 import apply_rope
+
+    x = torch.randn(1, 2, 9 + 12, 16)
+    cos, sin = Sapiens2ViT("sapiens2_nano").rope(4, 3)  # bfloat16
+    out = apply_rope(x, cos, sin, prefix=9)
+    torch.testing.assert_close(out[:, :, :9], x[:, :, :9].to(torch.bfloat16).float(), rtol=0, atol=0)
+    assert not torch.equal(out[:, :, :9], x[:, :, :9])
+
+
+def test_a_pointmaps_tuple_survives_the_copy_of_a_replayed_output():
+    from opensapiens.inference.optimize import FastModel
+
+    model = _model("pointmap")
+    fast = FastModel(model, compiled=model, clone_outputs=True)
+    with torch.no_grad():
+        points, scale = fast(torch.randn(1, 3, 256, 192))
+    assert points.shape == (1, 3, 256, 192) and scale.shape == (1, 1)

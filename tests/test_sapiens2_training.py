@@ -114,7 +114,7 @@ def test_a_short_sapiens2_normal_fine_tune_writes_a_sapiens2_model(tmp_path, cap
     model = load_model(run / "final.safetensors")
     assert model.config.generation == 2 and model.config.head_spec == SMALL["normal"]
     predictor = load_predictor(None, run / "final.safetensors", device="cpu")
-    assert predictor.input_size == (64, 48) and predictor.preprocess.resize == "pad"
+    assert predictor.input_size == (64, 48) and predictor.preprocess.resize == "center"
     capsys.readouterr()
     assert main(["train", "--task", "seg", "--data", "synth", "--arch", "sapiens2_nano", "--classes", "sapiens2",
                  "--steps", "1", "--input-size", "64x48", "--device", "cpu", "--out", str(tmp_path / "r2")]) == 2

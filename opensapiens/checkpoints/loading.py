@@ -205,7 +205,10 @@ def export_official(model: SapiensModel, path: str | os.PathLike) -> Path:
 
 
 def _write_official(model: SapiensModel, path: Path) -> Path:
-    sd = ours_to_official({k: v.detach().cpu() for k, v in model.state_dict().items()}, model.task)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if "backbone.rope.periods" in sd:  # Sapiens2 stores its rotary periods in bfloat16, whatever the model's dtype
+        sd["backbone.rope.periods"] = sd["backbone.rope.periods"].to(torch.bfloat16)
+    sd = ours_to_official(sd, model.task)
     obj = sd if model.task == "features" else {"state_dict": sd, "meta": {"source": "opensapiens"}}
     with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":

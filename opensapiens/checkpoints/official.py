@@ -29,7 +29,7 @@ import torch
 from ..models.heads import HEAD_SPECS
 from ..models.heads2 import Head2Spec
 from ..models.sapiens import ModelConfig, official_patch_padding
-from ..models.sapiens2 import ARCHS2, Sapiens2Arch
+from ..models.sapiens2 import ARCHS2, RotaryEmbedding2d, Sapiens2Arch
 from ..models.vit import arch_from_width, infer_grid
 from .reader import CheckpointError
 
@@ -148,6 +148,8 @@ def infer_config(sd: dict[str, torch.Tensor], task: str | None = None, patch_pad
         raise CheckpointError(f"{source}: no Sapiens backbone found (missing patch_embed.projection.weight)")
     if is_sapiens2(sd):
         return _infer_config2(sd, task, source)
+    if task is not None and task not in (*HEAD_SPECS, "features"):
+        raise CheckpointError(f"{source}: a Sapiens v1 file; {task} is a Sapiens2 task (e.g. sapiens2-{task}-1b)")
     C = sd["backbone.patch_embed.proj.weight"].shape[0]
     depth = len({int(m.group(1)) for k in sd if (m := re.match(r"backbone\.blocks\.(\d+)\.", k))})
     arch = arch_from_width(C, depth, num_heads)
@@ -244,8 +246,12 @@ def _infer_config2(sd: dict[str, torch.Tensor], task: str | None, source: str) -
 
 
 def prepare_for_config(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Drop what the configured model does not use (head of a task file loaded as features, pretrain cls slot)."""
+    """Drop what the configured model does not use (head of a task file loaded as features, pretrain cls slot);
+    give a Sapiens2 file without its rotary periods (a buffer the official loader does not require) the
+    formula's."""
     sd = dict(sd)
+    if cfg.generation == 2 and "backbone.rope.periods" not in sd:
+        sd["backbone.rope.periods"] = RotaryEmbedding2d(cfg.arch.head_dim).periods
     if cfg.task == "features":
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
     if not cfg.with_cls_token and "backbone.cls_token" in sd:

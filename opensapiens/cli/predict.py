@@ -86,9 +86,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--writers", type=positive_int, default=None,
                    help="output-writing threads (default: up to 16 for seg/depth/normal pictures, up to 8 "
                    "otherwise, at most one per core; a picture takes 20-90 ms)")
-    p.add_argument("--resize", default=None, choices=["stretch", "pad"],
-                   help="stretch or aspect-preserving pad (default: the official protocol: stretch, and pad for "
-                   "Sapiens2 normals and pointmaps)")
+    p.add_argument("--resize", default=None, choices=["stretch", "pad", "center"],
+                   help="stretch; pad (aspect kept, the rest of the input the mean colour at the bottom/right); "
+                   "center (aspect kept, centred on black). Default: the official protocol: stretch, and center "
+                   "for Sapiens2 normals and pointmaps")
     p.add_argument("--raw", action="store_true", help="also save the raw head output as .npy")
     p.add_argument("--no-vis", action="store_true", help="skip the visualization images")
     p.add_argument("--resume", action="store_true",

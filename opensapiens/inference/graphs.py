@@ -19,6 +19,11 @@ import torch
 Captured = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.cuda.Stream]
 
 
+def cloned(out: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """A copy of a model's output: one tensor, or a tuple of them (Sapiens2's pointmap: points and scale)."""
+    return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+
 class CapturedShapes:
     """``fn`` replayed from a CUDA graph per input shape; CPU inputs run ``fn``.
 
@@ -65,9 +70,10 @@ class CapturedShapes:
         with torch.cuda.stream(stream):  # one stream: replays run in the order their calls took the lock
             static_in.copy_(x)
             graph.replay()
-            out = static_out.clone()
+            out = cloned(static_out)
         current.wait_stream(stream)
-        out.record_stream(current)  # made on the graph's stream, read on the caller's
+        for t in out if isinstance(out, tuple) else (out,):
+            t.record_stream(current)  # made on the graph's stream, read on the caller's
         return out
 
     def _capture(self, x: torch.Tensor) -> Captured:

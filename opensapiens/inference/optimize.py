@@ -37,7 +37,7 @@ from ..models.vit import Attention, pad_head_weights
 from .background_compile import BackgroundCompile
 from .fp8 import convert_to_fp8
 from .fused import FusedBlock, fuse_blocks
-from .graphs import CapturedShapes
+from .graphs import CapturedShapes, cloned
 
 
 def _heads_to_pad(model: nn.Module, multiple: int) -> Iterator[tuple[Attention, int]]:
@@ -152,7 +152,7 @@ class FastModel(nn.Module):
         if self.graphs is not None:
             return self.graphs(x)  # a copy of the graph's static output
         out = self._run(x)
-        return out.clone() if self._clone_outputs else out
+        return cloned(out) if self._clone_outputs else out
 
     def warmup(self, batch: torch.Tensor) -> float:
         """Run until ``batch``'s shape runs compiled (a background compile included) and, on the graphed path,

@@ -7,11 +7,11 @@
     results = pending.result()                               #   submit the next batch first to keep the GPU busy
     raw = predictor.predict_torch(batch)                     # normalized (B, 3, H, W) -> raw head output
 
-Dense tasks resize the whole image to the model input (``resize="stretch"``, the official protocol, or ``"pad"``,
-aspect-preserving letterbox) and map outputs back to the original size with bilinear interpolation. Pose is
-top-down: person boxes (given, detected or the whole image) are cropped with the UDP affine at 1024x768 (box padding
-1.25, aspect 0.75), all crops of all images go through the model in batches, heatmaps are decoded on the device
-(UDP + DARK) and keypoints mapped back to image coordinates.
+Dense tasks resize the whole image to the model input (``resize="stretch"``, the official protocol, ``"pad"``,
+aspect-preserving letterbox, or ``"center"``, Sapiens2's for normals and pointmaps) and map outputs back to the
+original size with bilinear interpolation. Pose is top-down: person boxes (given, detected or the whole image) are
+cropped with the UDP affine at 1024x768 (box padding 1.25, aspect 0.75), all crops of all images go through the
+model in batches, heatmaps are decoded on the device (UDP + DARK) and keypoints mapped back to image coordinates.
 """
 
 from __future__ import annotations
@@ -498,7 +498,8 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     ``optimize`` (default: on CUDA) runs the
     fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3 GEMMs in the transformer blocks; needs FP8
     tensor cores). Extra keyword arguments go to the predictor (``batch_size``, ``resize``, ``flip``, ``detector``,
-    ``seg``...); ``resize`` defaults to the official protocol ("stretch"; "pad" for Sapiens2 normals and pointmaps).
+    ``seg``...); ``resize`` defaults to the official protocol ("stretch"; "center" for Sapiens2 normals and
+    pointmaps).
     """
     device = torch.device(device) if device is not None else default_device()
     resize = kwargs.pop("resize", None)  # None: the task's official protocol
@@ -521,11 +522,11 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
         trained = _recorded(model).get("input_size")
         input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
-            (1024, 1024) if model.task == "features" else (1024, 768))
+            (1024, 1024) if model.task == "features" and model.config.generation == 1 else (1024, 768))
     if optimize is None:
         optimize = device.type == "cuda"
     if model.config.generation == 2 and model.task in ("normal", "pointmap") and resize is None:
-        resize = "pad"  # Sapiens2's protocol for its 3-D tasks: aspect kept, centred, zero fill
+        resize = "center"  # Sapiens2's protocol for its 3-D tasks: aspect kept, centred, black around
     if resize is not None:
         kwargs["resize"] = resize
     if optimize or fp8:

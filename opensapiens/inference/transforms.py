@@ -5,7 +5,8 @@ Model input: (B, 3, H, W) float32 RGB, normalized with ``MEAN``/``STD`` (0-255 s
 ``resize="stretch"`` is the official protocol: bilinear resize to H x W ignoring the aspect ratio. ``"pad"``
 letterboxes: the image is resized to fit H x W with its aspect ratio kept, and the bottom/right remainder is filled
 with the mean colour (0 after normalization). Padding only at the bottom/right keeps the image origin fixed, so
-input and original pixel coordinates differ by a scale only.
+input and original pixel coordinates differ by a scale only. ``"center"`` is Sapiens2's protocol for normals and
+pointmaps: the aspect kept, the image centred, the rest black (pixel value 0 before normalization).
 
 Resampling is bilinear with ``align_corners=False`` (pixel centres at integer coordinates, edges clamped), the
 convention of ``cv2.resize(INTER_LINEAR)`` and ``F.interpolate``; no anti-aliasing by default, like the official
@@ -30,7 +31,7 @@ STD = (58.395, 57.12, 57.375)
 LITE_MEAN = (123.5, 116.5, 103.5)  # rounded values of the official "lite" demos; for reproducing them only
 LITE_STD = (58.5, 57.0, 57.5)
 
-RESIZE_MODES = ("stretch", "pad")
+RESIZE_MODES = ("stretch", "pad", "center")
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def _placement(original: tuple[int, int], input_size: tuple[int, int], mode: str
         s = min(h / h0, w / w0)
         ch = min(h, max(1, math.floor(h0 * s + 0.5)))
         cw = min(w, max(1, math.floor(w0 * s + 0.5)))
-    return ResizeMeta((h0, w0), (h, w), (ch / h0, cw / w0), (0, 0, h - ch, w - cw), mode)
+    top, left = ((h - ch) // 2, (w - cw) // 2) if mode == "center" else (0, 0)
+    return ResizeMeta((h0, w0), (h, w), (ch / h0, cw / w0), (top, left, h - ch - top, w - cw - left), mode)
 
 
 class Preprocessor:
@@ -109,16 +111,19 @@ class Preprocessor:
         metas = [_placement(s, self.input_size, self.resize) for s in shapes]
         batch = torch.zeros(len(images), 3, h, w, dtype=torch.float32, device=device)  # 0 = mean colour
         mean, std = normalization_tensors(self.mean, self.std, device)
+        if self.resize == "center":
+            batch[:] = -mean / std  # black
+
         if len(set(shapes)) == 1:  # e.g. video frames: one upload and one resize for the whole batch
             groups = [(list(range(len(images))), metas[0])]
         else:
             groups = [([i], m) for i, m in enumerate(metas)]
         for ids, meta in groups:
             x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
-            ch, cw = meta.content_size
+            (ch, cw), (top, left) = meta.content_size, meta.pad[:2]
             if (ch, cw) != meta.original_size:
                 x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False, antialias=self.antialias)
-            batch[ids, :, :ch, :cw] = (x - mean) / std
+            batch[ids, :, top : top + ch, left : left + cw] = (x - mean) / std
         return batch, metas
 
     def restore(self, outputs: torch.Tensor, metas: Sequence[ResizeMeta], mode: str = "bilinear"

@@ -135,9 +135,9 @@ class ShuffleHead2(nn.Module):
             return y
         s = self.scale_conv_layers(x)
         if tuple(s.shape[-2:]) != self.scale_grid:
-            raise ValueError(f"the pointmap scale branch flattens a {self.scale_grid[0]}x{self.scale_grid[1]} grid "
-                             f"(a {16 * 8 * self.scale_grid[0]}x{16 * 8 * self.scale_grid[1]} input); this input gave "
-                             f"{s.shape[-2]}x{s.shape[-1]}")
+            raise ValueError(f"the pointmap scale branch flattens the {self.scale_grid[0]}x{self.scale_grid[1]} grid "
+                             f"of the input size it was trained at (1024x768 for the released models); this input "
+                             f"gave {s.shape[-2]}x{s.shape[-1]}: run it at its trained size")
         return y, self.scale_final_layer(s)  # (B, 3, H, W), (B, 1)
 
 

@@ -46,7 +46,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pos_grid"] = list(self.pos_grid)
-        d["head_spec"] = None if self.head_spec is None else self.head_spec.to_dict()
+        if self.head_spec is None:  # (v1 configs as before: readers from before Sapiens2 take them)
+            d.pop("head_spec")
+        else:
+            d["head_spec"] = self.head_spec.to_dict()
         return d
 
     @classmethod

@@ -129,11 +129,12 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, prefix: int) -> torch.Tensor:
-    """Rotate (B, heads, N, hd) queries or keys after the ``prefix`` tokens, in cos's dtype; the rest untouched."""
-    head, patches = x[:, :, :prefix], x[:, :, prefix:]
-    p = patches.to(cos.dtype)
-    rotated = (p * cos + rotate_half(p) * sin).to(x.dtype)
-    return torch.cat([head, rotated], dim=2) if prefix else rotated
+    """Rotate (B, heads, N, hd) queries or keys after the ``prefix`` tokens in cos's dtype. As the official code, all
+    of ``x`` passes through that dtype (the prefix tokens too, unrotated)."""
+    x_rope = x.to(cos.dtype)
+    head, patches = x_rope[:, :, :prefix], x_rope[:, :, prefix:]
+    rotated = patches * cos + rotate_half(patches) * sin
+    return (torch.cat([head, rotated], dim=2) if prefix else rotated).to(x.dtype)
 
 
 class LayerScale(nn.Module):
