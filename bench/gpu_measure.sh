@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1085,15 +1085,23 @@ elif [ "$1" = x264-threads ]; then
 elif [ "$1" = sapiens2 ]; then
   # Sapiens2 on the GPU for the first time (call 126): its tests on this host, grouped-query attention per SDPA
   # backend and the predictors on CUDA against fp32 on the CPU (bench/sapiens2_cuda.py), then opensapiens bench of
-  # each task: eager against the default path (the blocks as they are, the head compiled), profiled
+  # pose: eager against the default path (the blocks as they are, the head compiled) and the whole-model compile
   install_coco_wheel
-  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_sapiens2.py 2>&1 | tail -3
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_sapiens2.py tests/test_sapiens2_training.py 2>&1 \
+    | tail -3
   timeout 200 python bench/sapiens2_cuda.py --out "$OUT/sapiens2_cuda.json"
-  B="timeout 120 python -m opensapiens.cli.main bench --iters 10 --profile"
-  for run in "pose sapiens2_0.4b 16" "pose sapiens2_1b 8" "seg sapiens2_1b 8" "normal sapiens2_1b 8" \
-             "pose sapiens2_5b 4"; do
+  for run in "pose sapiens2_0.4b 16" "pose sapiens2_1b 8"; do
     read -r task arch batch <<< "$run"
-    $B --task $task --arch $arch --batch $batch --out "$OUT/sapiens2_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+    timeout 200 python -m opensapiens.cli.main bench --iters 10 --profile --compiled --task $task --arch $arch \
+      --batch $batch --out "$OUT/sapiens2_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+  done
+elif [ "$1" = sapiens2-dense ]; then
+  # Sapiens2's dense heads and its largest size (call 127): seg and normal 1B, pose 5B, eager against the default path
+  install_coco_wheel
+  for run in "seg sapiens2_1b 8" "normal sapiens2_1b 8" "pose sapiens2_5b 4"; do
+    read -r task arch batch <<< "$run"
+    timeout 150 python -m opensapiens.cli.main bench --iters 10 --profile --task $task --arch $arch --batch $batch \
+      --out "$OUT/sapiens2_${task}_${arch#sapiens2_}.json" | grep -v '^{'
   done
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
