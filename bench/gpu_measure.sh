@@ -1096,12 +1096,22 @@ elif [ "$1" = sapiens2 ]; then
       --batch $batch --out "$OUT/sapiens2_${task}_${arch#sapiens2_}.json" | grep -v '^{'
   done
 elif [ "$1" = sapiens2-dense ]; then
-  # Sapiens2's dense heads and its largest size (call 127): seg and normal 1B, pose 5B, eager against the default path
+  # call 127: Sapiens2's default CUDA path is now the whole model compiled in the background (eager until then):
+  # bench of pose 0.4B / 1B, seg and normal 1B against eager (bench waits for the compile: compile s), then
+  # predict on one image twice (a cold and a warm Inductor cache: what the first result and the exit wait cost)
   install_coco_wheel
-  for run in "seg sapiens2_1b 8" "normal sapiens2_1b 8" "pose sapiens2_5b 4"; do
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_sapiens2.py 2>&1 | tail -2
+  for run in "pose sapiens2_0.4b 16" "pose sapiens2_1b 8" "seg sapiens2_1b 8" "normal sapiens2_1b 8"; do
     read -r task arch batch <<< "$run"
-    timeout 150 python -m opensapiens.cli.main bench --iters 10 --profile --task $task --arch $arch --batch $batch \
-      --out "$OUT/sapiens2_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+    timeout 150 python -m opensapiens.cli.main bench --iters 10 --task $task --arch $arch --batch $batch \
+      --out "$OUT/sapiens2_default_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+  done
+  python -c "from opensapiens.models import build_model; from opensapiens.checkpoints import save_model; \
+save_model(build_model('seg', 'sapiens2_0.4b'), '/tmp/s2seg.safetensors')"
+  python bench/make_images.py --n 1 --size 1080x1920 --out /tmp/one > /dev/null
+  for pass in cold warm; do
+    /usr/bin/time -f "predict seg 0.4b one image ($pass cache): %e s" timeout 200 python -m opensapiens.cli.main \
+      predict --task seg --checkpoint /tmp/s2seg.safetensors /tmp/one --out /tmp/one_out_$pass 2>&1 | tail -3
   done
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)

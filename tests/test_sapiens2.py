@@ -128,8 +128,14 @@ def test_bfloat16_rotary_angles_are_the_default_and_stay_close_to_the_reference_
         bf16 = model.backbone(x)
     exact = ref.backbone(backbone_sd, x.double(), num_heads=4)
     with_bf16 = ref.backbone(backbone_sd, x.double(), num_heads=4, rope_dtype=torch.bfloat16)
-    assert _rel(bf16, with_bf16) < 2e-2  # (we also round q and k to bfloat16 around the rotation, as official)
-    assert _rel(bf16, with_bf16) < _rel(bf16, exact)
+    assert _rel(bf16, with_bf16) < 2e-2 and _rel(bf16, exact) < 2e-2  # (q and k also round to bf16, as official)
+    rope = model.backbone.rope
+    for h, w in ((4, 3), (64, 48), (17, 13)):  # the angles themselves, bit for bit
+        cos, sin = rope(h, w)
+        cos_ref, sin_ref = ref.rope_angles(h, w, rope.periods, torch.bfloat16)
+        assert cos.dtype == torch.bfloat16
+        assert torch.equal(cos.double(), cos_ref) and torch.equal(sin.double(), sin_ref)
+        assert not torch.equal(cos.double(), ref.rope_angles(h, w, rope.periods, torch.float64)[0])
 
 
 def test_rotary_periods_and_the_identity_at_the_centre():
