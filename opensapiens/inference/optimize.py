@@ -164,6 +164,8 @@ class FastModel(nn.Module):
         with torch.inference_mode():
             self(batch)
             if self.background is not None:
+                for _ in range(self.background.start_after - 1):  # the calls before its compile starts
+                    self(batch)
                 self.background.wait()
                 self(batch)
             elif self.graphs is not None:  # no compile to wait for: this second call captures the shape
@@ -235,9 +237,10 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
         channels_last_head(model.head)
     if fused and v2:
         # Sapiens2's blocks have no hand-fused form: eagerly their norms, rotations and SwiGLU are as much GPU time
-        # as their GEMMs (pose-0.4B, H200: 13.3 ms/img eager, 8.9 compiled; call 126). So the whole model compiles
-        # in the background (34-53 s) and runs eagerly until then
-        background = model.forward = BackgroundCompile(model.forward) if compile else None
+        # as their GEMMs (pose-0.4B, H200: 14.0 ms/img eager, 8.9 compiled; calls 126-127). So the whole model
+        # compiles in the background, eager until then; from a kind's second batch, so that a one-batch job (one
+        # image) does not wait at its exit for a compile of a minute it would not use
+        background = model.forward = BackgroundCompile(model.forward, start_after=2) if compile else None
         return FastModel(model, background=background, graphs=cuda_graphs)
     if fused:
         fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
