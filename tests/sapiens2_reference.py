@@ -163,11 +163,16 @@ def _deconv_conv_head(g, f, final):
         f = F.conv_transpose2d(f, wgt, g.get(f"deconv_layers.{i}.bias"), stride=2, padding=1)
         f = _silu(_instance_norm(f))
         i += 3
+    return _conv(g, final, _conv_layers(g, f))
+
+
+def _conv_layers(g: dict, f: torch.Tensor) -> torch.Tensor:
+    """conv_layers.{0,3,6,..}: each conv + InstanceNorm + SiLU."""
     i = 0
     while f"conv_layers.{i}.weight" in g:
         f = _silu(_instance_norm(_conv(g, f"conv_layers.{i}", f)))
         i += 3
-    return _conv(g, final, f)
+    return f
 
 
 def pose_head(sd: dict, feats: torch.Tensor) -> torch.Tensor:
@@ -189,11 +194,7 @@ def normal_head(sd: dict, feats: torch.Tensor, final: str = "conv_normal") -> to
     while f"upsample_blocks.{i}.0.weight" in g:
         f = _silu(_instance_norm(_pixel_shuffle(_conv(g, f"upsample_blocks.{i}.0", f), 2)))
         i += 1
-    i = 0
-    while f"conv_layers.{i}.weight" in g:
-        f = _silu(_instance_norm(_conv(g, f"conv_layers.{i}", f)))
-        i += 3
-    return _conv(g, final, f)
+    return _conv(g, final, _conv_layers(g, f))
 
 
 def pointmap_head(sd: dict, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,6 +28,15 @@ class Head(nn.Module):  # the shape of a Sapiens head stage: conv, InstanceNorm,
         return torch.nn.functional.silu(self.norm(self.conv(x)))
 
 
+class Model(nn.Module):  # a model whose head compiles in the background
+    def __init__(self):
+        super().__init__()
+        self.head = Head()
+
+    def forward(self, x):
+        return self.head(x)
+
+
 class CountingBackend:
     def __init__(self, fail: bool = False):
         self.graphs, self.calls, self.fail = 0, 0, fail
@@ -101,14 +110,6 @@ def test_a_failed_compile_warns_and_stays_eager():
 
 
 def test_warmup_returns_once_the_batch_runs_compiled():
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = Head()
-
-        def forward(self, x):
-            return self.head(x)
-
     model, backend = Model(), CountingBackend()
     background = model.head.forward = BackgroundCompile(model.head.forward, backend=backend)
     fast = FastModel(model, background=background)
@@ -292,14 +293,6 @@ def test_a_compile_that_starts_after_two_calls_leaves_a_one_batch_job_eager():
         assert background.wait(timeout=120) and backend.graphs == 1
     with pytest.raises(ValueError, match="start_after must be at least 1"):
         BackgroundCompile(head.forward, start_after=0)
-
-    class Model(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = Head()
-
-        def forward(self, x):
-            return self.head(x)
 
     model, backend = Model(), CountingBackend()
     later = model.head.forward = BackgroundCompile(model.head.forward, start_after=2, backend=backend)

@@ -31,6 +31,21 @@ def _checkpoint(tmp_path, task, out=None):
     return save_model(model, tmp_path / f"{task}.safetensors")
 
 
+def _person_detector(path) -> str:
+    """A small torchvision detector with random weights biased toward people (so that there are boxes to check),
+    saved to ``path``; returns its architecture."""
+    import torch
+    import torchvision
+
+    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
+    torch.manual_seed(0)
+    detector = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():
+        detector.roi_heads.box_predictor.cls_score.bias[1] += 5.0
+    torch.save(detector.state_dict(), path)
+    return arch
+
+
 def test_predict_seg_folder_with_corrupt_file_then_resume(tmp_path, photos, capsys):
     ckpt = _checkpoint(tmp_path, "seg", 28)
     out = tmp_path / "out"
@@ -274,18 +289,11 @@ def test_predict_refuses_options_its_task_would_ignore(tmp_path, photos, capsys,
 def test_predict_pose_with_detections_and_a_detector_runs_the_detector_on_the_videos(tmp_path, photos, capsys):
     """The detections file covers the images; the videos, which it cannot, get the detector's boxes."""
     pytest.importorskip("av")
-    import torch
-    import torchvision
 
     from opensapiens.inference.detector import PersonDetector
     from opensapiens.io.video import iter_video_frames
 
-    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
-    torch.manual_seed(0)
-    detector = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
-    with torch.no_grad():
-        detector.roi_heads.box_predictor.cls_score.bias[1] += 5.0  # people, so that there are boxes to check
-    torch.save(detector.state_dict(), tmp_path / "det.pth")
+    arch = _person_detector(tmp_path / "det.pth")
     video = _video(tmp_path / "walk.mp4", n=2)
     (tmp_path / "dets.json").write_text(json.dumps([{"image_id": 1, "file_name": "a.png", "category_id": 1,
                                                        "bbox": [5, 6, 20, 30], "score": 0.9}]))
@@ -309,18 +317,11 @@ def test_predict_pose_with_a_detector_of_the_architecture_asked_for(tmp_path, ph
     """``--detector W --detector-arch A`` runs torchvision's A with local weights W: the people written are the
     boxes that detector finds (COCO xywh); the same weights under the default architecture are a clear error.
     ``--detector-weights W`` is the same option under curate's name for it."""
-    import torch
-    import torchvision
 
     from opensapiens.inference.detector import PersonDetector
     from opensapiens.io.images import read_image
 
-    arch = "fasterrcnn_mobilenet_v3_large_320_fpn"
-    torch.manual_seed(0)
-    detector = torchvision.models.get_model(arch, weights=None, weights_backbone=None, num_classes=91)
-    with torch.no_grad():
-        detector.roi_heads.box_predictor.cls_score.bias[1] += 5.0  # people, so that there are boxes to check
-    torch.save(detector.state_dict(), tmp_path / "det.pth")
+    arch = _person_detector(tmp_path / "det.pth")
     ckpt = _checkpoint(tmp_path, "pose", 17)
     argv = ["predict", "--task", "pose", "--checkpoint", str(ckpt), "--input-size", "64x48", "--workers", "0",
             "--device", "cpu", flag, str(tmp_path / "det.pth"), "--det-threshold", "0.3", "--no-vis",
