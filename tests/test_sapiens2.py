@@ -398,3 +398,23 @@ def test_a_pointmaps_tuple_survives_the_copy_of_a_replayed_output():
     with torch.no_grad():
         points, scale = fast(torch.randn(1, 3, 256, 192))
     assert points.shape == (1, 3, 256, 192) and scale.shape == (1, 1)
+
+
+def test_a_pointmap_saves_as_a_coloured_ply_of_its_valid_points(tmp_path):
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(4, 5, 3)).astype(np.float32)
+    points[0, 0] = np.nan
+    mask = np.ones((4, 5), bool)
+    mask[3, 4] = False
+    image = rng.integers(0, 255, (4, 5, 3), dtype=np.uint8)
+    path = PointmapResult(points, (500.0, 500.0), 1.0, mask).save_ply(tmp_path / "cloud.ply", image)
+    data = path.read_bytes()
+    header, body = data.split(b"end_header\n", 1)
+    lines = header.decode("ascii").splitlines()
+    assert lines[:3] == ["ply", "format binary_little_endian 1.0", "element vertex 18"]
+    assert lines[3:] == [f"property float {a}" for a in "xyz"] + [f"property uchar {c}" for c in ("red", "green",
+                                                                                                  "blue")]
+    rows = np.frombuffer(body, dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3)])
+    keep = np.isfinite(points).all(-1) & mask
+    np.testing.assert_array_equal(rows["xyz"], points[keep])
+    np.testing.assert_array_equal(rows["rgb"], image[keep])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -113,6 +114,13 @@ class PointmapResult:
     def depth(self) -> np.ndarray:
         """(H, W) float32 metres along the optical axis (Z)."""
         return self.points[..., 2]
+
+    def save_ply(self, path, image: np.ndarray | None = None) -> Path:
+        """The valid points (finite; inside ``mask`` where there is one) as a binary PLY point cloud, coloured by
+        ``image`` (the (H, W, 3) uint8 RGB input) if given."""
+        from ..io.writers import save_ply
+
+        return save_ply(path, self.points, image, self.mask)
 
     def intrinsics(self) -> np.ndarray:
         """(3, 3) pinhole camera matrix in this image's pixels: the predicted focal length, and the principal point

@@ -147,3 +147,33 @@ def save_jpg(path: str | Path, array: np.ndarray, quality: int = 95) -> Path:
     if a.ndim == 3 and a.shape[2] == 4:
         raise ValueError(f"cannot save {str(path)!r} as JPEG: it has no alpha channel; drop it first")
     return atomic_write_bytes(path, _encode(path, a, ".jpg", (np.uint8,), [cv2.IMWRITE_JPEG_QUALITY, quality]))
+
+
+def save_ply(path: str | Path, points: np.ndarray, colors: np.ndarray | None = None,
+             mask: np.ndarray | None = None) -> Path:
+    """A point cloud as binary little-endian PLY (x, y, z float32; red, green, blue uint8 with ``colors``), atomically.
+
+    ``points`` (H, W, 3) or (N, 3); ``colors`` the same shape in uint8 (an image for a pointmap); only finite points
+    (and those inside ``mask``) are written, in row-major order. Meshlab, Open3D, CloudCompare and Blender read it.
+    """
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    keep = np.isfinite(points).all(1)
+    if mask is not None:
+        keep &= np.asarray(mask, dtype=bool).reshape(-1)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if colors is not None:
+        colors = np.asarray(colors).reshape(-1, 3)
+        if colors.shape != points.shape or colors.dtype != np.uint8:
+            raise ValueError(f"colors must be uint8 of the points' shape {points.shape}, got {colors.shape} "
+                             f"{colors.dtype}")
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    rows = np.empty(int(keep.sum()), dtype=fields)
+    for i, axis in enumerate("xyz"):
+        rows[axis] = points[keep, i]
+    if colors is not None:
+        for i, channel in enumerate(("red", "green", "blue")):
+            rows[channel] = colors[keep, i]
+    kinds = {"<f4": "float", "u1": "uchar"}
+    header = "ply\nformat binary_little_endian 1.0\n" + f"element vertex {len(rows)}\n" + "".join(
+        f"property {kinds[t]} {name}\n" for name, t in fields) + "end_header\n"
+    return atomic_write_bytes(path, header.encode("ascii") + rows.tobytes())
