@@ -418,3 +418,21 @@ def test_a_pointmap_saves_as_a_coloured_ply_of_its_valid_points(tmp_path):
     keep = np.isfinite(points).all(-1) & mask
     np.testing.assert_array_equal(rows["xyz"], points[keep])
     np.testing.assert_array_equal(rows["rgb"], image[keep])
+
+
+def test_center_offsets_are_even_so_half_resolution_outputs_map_back():
+    """v1 seg and normal heads output at half resolution: an odd offset would start the image inside an output
+    pixel. The offsets are rounded down to even pixels; every image of a mixed batch maps back."""
+    from opensapiens.inference.transforms import Preprocessor
+
+    pre = Preprocessor((64, 48), resize="center")
+    images = [np.zeros((30, 48, 3), np.uint8), np.zeros((64, 48, 3), np.uint8), np.zeros((50, 13, 3), np.uint8)]
+    _, metas = pre(images)
+    assert [m.pad[:2] for m in metas] == [(16, 0), (0, 0), (0, 14)]  # 34 // 2 = 17 -> 16; 31 // 2 = 15 -> 14
+    half = torch.arange(32, dtype=torch.float32).view(1, 1, 32, 1).expand(3, 1, 32, 24)  # an output = its row
+    back = pre.restore(half, metas)
+    # image 0's row i sits at input row 16 + i, output row (16 + i + 0.5) / 2 - 0.5, read within the output rows
+    # whose centres lie in the image (8..22: the fill never leaks in)
+    expected = np.clip((16 + np.arange(30) + 0.5) / 2 - 0.5, 8, 22)
+    np.testing.assert_allclose(back[0][0, :, 0].numpy(), expected, atol=1e-5)
+    assert [tuple(b.shape[-2:]) for b in back] == [(30, 48), (64, 48), (50, 13)]

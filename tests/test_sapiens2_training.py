@@ -73,17 +73,29 @@ def test_storage_tokens_train_with_the_patch_embedding_and_without_weight_decay(
 @pytest.mark.parametrize("task", ["pose", "normal"])
 def test_checkpointed_blocks_and_head_give_the_plain_graphs_gradients(task):
     """Recomputation in backward changes memory, not numbers: the checkpointed Sapiens2 blocks (which take the
-    rotary tables and the prefix length besides the tokens) and heads give the same loss and gradients."""
+    rotary tables and the prefix length besides the tokens) and heads give the same loss and gradients, and keep
+    far fewer tensors for backward (counted as autograd saves them), the head alone too."""
     x = torch.randn(2, 3, 64, 48)
-    grads = []
+    grads, saved = [], {}
     for checkpointed in (False, True):
         model = _model(task).train()
         if checkpointed:
             assert checkpoint_blocks(model.backbone.blocks) == 18
             checkpoint_head(model.head)
-        loss = model(x).square().mean()
+        for part, run in (("head", lambda m=model: m.head(torch.randn(2, 64, 4, 3))), ("all", lambda m=model: m(x))):
+            count = [0]
+
+            def pack(t, count=count):
+                count[0] += 1
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = run()
+            saved[part, checkpointed] = count[0]
+        loss = out.square().mean()
         loss.backward()
         grads.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert saved["head", True] * 2 < saved["head", False] and saved["all", True] * 2 < saved["all", False]
     (plain_loss, plain), (ckpt_loss, ckpt) = grads
     torch.testing.assert_close(ckpt_loss, plain_loss, rtol=0, atol=0)
     for name in plain:
@@ -91,11 +103,16 @@ def test_checkpointed_blocks_and_head_give_the_plain_graphs_gradients(task):
 
 
 def test_rms_norm_under_autocast_normalizes_in_float32():
+    """Under autocast (bf16 input, float32 weight) PyTorch's rms_norm has no fused kernel and says so; ours
+    normalizes in float32 as autocast does LayerNorm, and gives the float64 result rounded once."""
+    import warnings
+
     norm = RMSNorm(64)
     with torch.no_grad():
         norm.weight.copy_(torch.linspace(0.5, 1.5, 64))
     x = (torch.randn(4, 7, 64) * 3).to(torch.bfloat16)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Mismatch dtype between input and weight ... Cannot dispatch to fused"
         got = norm(x)
     x64 = x.double()
     want = x64 / torch.sqrt(x64.square().mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
@@ -119,3 +136,26 @@ def test_a_short_sapiens2_normal_fine_tune_writes_a_sapiens2_model(tmp_path, cap
     assert main(["train", "--task", "seg", "--data", "synth", "--arch", "sapiens2_nano", "--classes", "sapiens2",
                  "--steps", "1", "--input-size", "64x48", "--device", "cpu", "--out", str(tmp_path / "r2")]) == 2
     assert "--data synth labels the 28 Goliath classes, not the 29" in capsys.readouterr().err
+
+
+def test_a_sapiens2_run_resumes_with_its_heads_widths_after_its_init_file_is_gone(tmp_path):
+    init = export_official(_model("pose", out_channels=308), tmp_path / "init.safetensors")
+    run = tmp_path / "run"
+    argv = ["train", "--task", "pose", "--data", "synth", "--steps", "2", "--input-size", "64x48", "--batch-size", "1",
+            "--device", "cpu", "--ckpt-interval", "1", "--out", str(run)]
+    assert main([*argv, "--init", str(init)]) == 0
+    init.unlink()
+    argv[argv.index("--steps") + 1] = "3"
+    assert main([*argv, "--resume"]) == 0
+    assert json.loads((run / "config.json").read_text())["head_spec"] == SMALL["pose"].to_dict()
+    assert load_model(run / "final.safetensors").config.head_spec == SMALL["pose"]
+
+
+def test_arch_spellings_generations_and_head_options_resolve_or_are_refused_clearly(tmp_path):
+    init = export_official(_model("normal"), tmp_path / "init.safetensors")
+    cfg = resolve(TrainConfig(task="normal", data="d", out=str(tmp_path), arch="Sapiens2-Nano", init=str(init)))
+    assert cfg.head_spec == SMALL["normal"].to_dict()  # the same size, however it is written
+    with pytest.raises(ValueError, match="--head-channels narrows a Sapiens v1 head"):
+        resolve(TrainConfig(task="normal", data="d", out=str(tmp_path), arch="sapiens2_nano", head_channels=16))
+    with pytest.raises(ValueError, match="holds a Sapiens2 backbone .* --arch nano is the other generation"):
+        resolve(TrainConfig(task="normal", data="d", out=str(tmp_path), arch="nano", init=str(init)))

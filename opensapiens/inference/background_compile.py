@@ -115,7 +115,8 @@ class BackgroundCompile:
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], start_after: int = 1, **compile_kwargs) -> None:
         """``start_after``: the compile of an input kind starts at its ``start_after``-th call (2: a one-batch job,
-        which would wait at its exit for a compile it never uses, stays eager)."""
+        which would wait at its exit for a compile it never uses, stays eager; a job of two batches of a kind, e.g.
+        a padded last chunk of person crops, still starts one at its end)."""
         if start_after < 1:
             raise ValueError(f"start_after must be at least 1, got {start_after}")
         self.fn = fn
@@ -143,8 +144,10 @@ class BackgroundCompile:
         if key in self.ready:
             return self.compiled(x)
         if key not in self._requested and self.error is None:
-            self._calls[key] += 1
-            if self._calls[key] >= self.start_after:
+            with self._lock:
+                self._calls[key] += 1
+                due = self._calls[key] >= self.start_after
+            if due:
                 self._request(key, x)
         return self.fn(x)
 

@@ -6,7 +6,8 @@ Model input: (B, 3, H, W) float32 RGB, normalized with ``MEAN``/``STD`` (0-255 s
 letterboxes: the image is resized to fit H x W with its aspect ratio kept, and the bottom/right remainder is filled
 with the mean colour (0 after normalization). Padding only at the bottom/right keeps the image origin fixed, so
 input and original pixel coordinates differ by a scale only. ``"center"`` is Sapiens2's protocol for normals and
-pointmaps: the aspect kept, the image centred, the rest black (pixel value 0 before normalization).
+pointmaps: the aspect kept, the image centred (to an even pixel offset), the rest black (pixel value 0 before
+normalization).
 
 Resampling is bilinear with ``align_corners=False`` (pixel centres at integer coordinates, edges clamped), the
 convention of ``cv2.resize(INTER_LINEAR)`` and ``F.interpolate``; no anti-aliasing by default, like the official
@@ -76,7 +77,9 @@ def _placement(original: tuple[int, int], input_size: tuple[int, int], mode: str
         s = min(h / h0, w / w0)
         ch = min(h, max(1, math.floor(h0 * s + 0.5)))
         cw = min(w, max(1, math.floor(w0 * s + 0.5)))
-    top, left = ((h - ch) // 2, (w - cw) // 2) if mode == "center" else (0, 0)
+    # centred to the even pixel, so that half-resolution heads (v1 seg, normal) map back exactly; the official
+    # Sapiens2 code centres to the pixel, at most one pixel from this
+    top, left = ((h - ch) // 4 * 2, (w - cw) // 4 * 2) if mode == "center" else (0, 0)
     return ResizeMeta((h0, w0), (h, w), (ch / h0, cw / w0), (top, left, h - ch - top, w - cw - left), mode)
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.heads import TASKS
+from ..models.vit import get_arch
 
 BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean"}  # each task's default
 LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median"}  # errors; the rest (AP, mIoU, delta1, within_*) up
@@ -108,9 +109,16 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     elif cfg.init:  # the architecture, and the head's width(s) where it has this task's head, of the --init file
         arch, head_channels, head_spec = init_shape(cfg.init, cfg.task)
         d["arch"] = cfg.arch or arch
-        d["head_channels"] = cfg.head_channels or head_channels
-        d["head_spec"] = cfg.head_spec or (head_spec if (cfg.arch or arch) == arch else None)
+        if getattr(get_arch(d["arch"]), "generation", 1) != (2 if arch.startswith("sapiens2") else 1):
+            raise ValueError(f"--init {cfg.init} holds a {'Sapiens2' if arch.startswith('sapiens2') else 'Sapiens v1'} "
+                             f"backbone ({arch}); --arch {d['arch']} is the other generation")
+        same = get_arch(d["arch"]).name == arch  # the head's widths only fit the size (and generation) they came with
+        d["head_channels"] = cfg.head_channels or (head_channels if same else None)
+        d["head_spec"] = cfg.head_spec or (head_spec if same else None)
     d["arch"] = d["arch"] or "0.3b"
+    if getattr(get_arch(d["arch"]), "generation", 1) == 2 and d["head_channels"] is not None:
+        raise ValueError("--head-channels narrows a Sapiens v1 head; a Sapiens2 head's widths come from --init (or "
+                         "are the official ones)")
     arch = d["arch"].lower().removeprefix("sapiens_")
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
@@ -140,8 +148,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.warmup_steps is None:  # a short run warms up for at most a tenth of its steps
         d["warmup_steps"] = min(d["warmup_steps"], max(cfg.steps // 10, 1))
     out = TrainConfig(**d)
-    from ..models.vit import get_arch
-
     get_arch(out.arch)  # an unknown name, refused before a run folder is written
     if out.head_channels is not None and out.head_channels < 1:
         raise ValueError(f"head_channels (--head-channels) must be at least 1, got {out.head_channels}")
