@@ -159,3 +159,10 @@ def test_arch_spellings_generations_and_head_options_resolve_or_are_refused_clea
         resolve(TrainConfig(task="normal", data="d", out=str(tmp_path), arch="sapiens2_nano", head_channels=16))
     with pytest.raises(ValueError, match="holds a Sapiens2 backbone .* --arch nano is the other generation"):
         resolve(TrainConfig(task="normal", data="d", out=str(tmp_path), arch="nano", init=str(init)))
+
+
+def test_a_sapiens2_model_reports_the_attention_it_runs_on():
+    """The FA4 and Triton kernels replace v1's attention layers; a Sapiens2 model stays on SDPA and says so."""
+    from opensapiens.training.speed import use_fast_attention
+
+    assert use_fast_attention(_model("pose"), torch.device("cuda"), "fa4") == "sdpa"  # (returns before any CUDA call)

@@ -172,8 +172,8 @@ def use_fast_attention(model: nn.Module, device: torch.device, choice: str = "au
     layer on SDPA.
     """
     check_attention_choice(choice)
-    if device.type != "cuda" or choice == "sdpa":
-        return "sdpa"
+    if device.type != "cuda" or choice == "sdpa" or not any(isinstance(m, Attention) for m in model.modules()):
+        return "sdpa"  # (Sapiens2's grouped-query attention runs on SDPA's cuDNN kernel, which takes it as it is)
     if choice == "auto":
         choice = "triton"
         if torch.cuda.get_device_capability(device)[0] in (9, 10) and fa4_attention.available():
