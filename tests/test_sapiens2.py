@@ -436,3 +436,38 @@ def test_center_offsets_are_even_so_half_resolution_outputs_map_back():
     expected = np.clip((16 + np.arange(30) + 0.5) / 2 - 0.5, 8, 22)
     np.testing.assert_allclose(back[0][0, :, 0].numpy(), expected, atol=1e-5)
     assert [tuple(b.shape[-2:]) for b in back] == [(30, 48), (64, 48), (50, 13)]
+
+
+def test_a_sapiens2_seg_model_scores_on_goliath_classes_through_the_class_names(tmp_path):
+    """``--classes goliath`` for a 29-class Sapiens2 model: its labels are mapped to the 28 by name (Eyeglass as
+    Face_Neck) before scoring; the IoUs equal a count over the predictor's own labels mapped by name here."""
+    from PIL import Image
+
+    from opensapiens.evaluation.runner import evaluate_model
+    from opensapiens.io import read_image
+
+    assert main(["synth", "--n", "2", "--size", "64x48", "--seed", "5", "--out", str(tmp_path / "data")]) == 0
+    predictor = load_predictor(None, export_official(_model("seg"), tmp_path / "seg.safetensors"), device="cpu",
+                               input_size=(64, 48))
+    result = evaluate_model("seg", predictor, tmp_path / "data", classes="goliath")
+    assert result["protocol"]["predictions"].startswith("Sapiens2's 29 classes mapped")
+    v1, v2 = seg_classes("goliath"), seg_classes("sapiens2")
+    by_name = {i: v1.names.index("Face_Neck" if n == "Eyeglass" else n) for i, n in enumerate(v2.names)}
+    tp, pred_n, gt_n = np.zeros(28), np.zeros(28), np.zeros(28)
+    for image in sorted((tmp_path / "data" / "images").iterdir()):
+        labels = predictor(read_image(image)).labels
+        mapped = np.vectorize(by_name.get)(labels)
+        gt = np.array(Image.open(tmp_path / "data" / "seg" / f"{image.stem}.png"))
+        valid = gt != 255
+        for c in range(28):
+            tp[c] += ((mapped == c) & (gt == c) & valid).sum()
+            pred_n[c] += ((mapped == c) & valid).sum()
+            gt_n[c] += ((gt == c) & valid).sum()
+    union = pred_n + gt_n - tp
+    for c, name in enumerate(v1.names):
+        if union[c] > 0:
+            assert result["IoU"][name] == pytest.approx(tp[c] / union[c])
+        else:
+            assert np.isnan(result["IoU"][name])
+    with pytest.raises(ValueError, match="--classes lists 19 classes; this model predicts 29"):
+        evaluate_model("seg", predictor, tmp_path / "data", classes="face")

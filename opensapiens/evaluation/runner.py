@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg_classes
+from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg29_to_28, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, person_category, read_coco_json
@@ -451,7 +451,11 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     if classes is None and predicted:
         classes = predicted
     acc = _dense_accumulator(task, classes, align, ignore_index)
-    if predicted and acc.num_classes != len(predicted):  # classes it never predicts would score 0 IoU each
+    to_scored = None  # a Sapiens2 model (29 classes) scored on Goliath's 28: its labels mapped, Eyeglass as Face_Neck
+    if predicted and tuple(predicted) == seg_classes("sapiens2").names and \
+            tuple(acc.class_names) == seg_classes("goliath").names:
+        to_scored = seg29_to_28()
+    elif predicted and acc.num_classes != len(predicted):  # classes it never predicts would score 0 IoU each
         raise ValueError(f"--classes lists {acc.num_classes} classes; this model predicts {len(predicted)}")
     files, skipped = _dataset_images(data / "images")
     names = sorted(files)[:limit]
@@ -481,11 +485,13 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
         for (name, gt_map, mask), res in zip(records, predictions):
             try:
                 if task == "seg":
-                    acc.update(res.labels, gt_map)
+                    acc.update(res.labels if to_scored is None else to_scored[res.labels], gt_map)
                 else:
                     acc.update(res.depth if task == "depth" else res.normals, gt_map, mask)
             except (ValueError, TypeError) as e:
                 skipped.append({"name": name, "reason": str(e)})
     _check_scored(acc.num_images, skipped, data)
     protocol = {**_protocol(task, acc, align), "source": "model", "masks": "masks/ (else gt nonzero)"}
+    if to_scored is not None:
+        protocol["predictions"] = "Sapiens2's 29 classes mapped to the 28 (Eyeglass scored as Face_Neck)"
     return _finish(task, acc.compute(), protocol, skipped)
