@@ -273,6 +273,7 @@ def test_predict_says_detections_do_not_apply_to_videos(tmp_path, capsys):
     ("depth", ["--detections", "d.json", "--no-track"], "--detections is for --task pose; --no-track is for --task "
      "pose, not depth"),
     ("seg", ["--det-threshold", "0.7"], "--det-threshold is for --task pose, not seg"),
+    ("normal", ["--ply"], "--ply is for --task pointmap, not normal"),
     ("pose", ["--masks", "m"], "--masks is for --task depth / normal / pointmap, not pose"),
     ("seg", ["--seg-checkpoint", "s.pth"], "--seg-checkpoint is for --task depth / normal / pointmap, not seg"),
     ("pose", ["--resize", "pad"], "--resize is for --task depth / features / normal / pointmap / seg, not pose"),

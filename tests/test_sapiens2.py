@@ -311,6 +311,14 @@ def test_predict_pointmap_writes_metric_points_focal_and_a_picture_then_resumes(
     assert (out / "a_pointmap.jpg").is_file()
     capsys.readouterr()
     assert main(argv + ["--resume"]) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+    assert main(argv + ["--resume", "--ply"]) == 0 and "1 done, 0 skipped" in capsys.readouterr().out  # one more
+    header, body = (out / "a_pointmap.ply").read_bytes().split(b"end_header\n", 1)
+    finite = np.isfinite(points).all(-1)
+    assert f"element vertex {finite.sum()}" in header.decode()
+    rows = np.frombuffer(body, dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3)])
+    np.testing.assert_array_equal(rows["xyz"], points[finite])
+    np.testing.assert_array_equal(rows["rgb"], image[finite])
+    assert main(argv + ["--resume", "--ply"]) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
 
 
 def test_onnx_export_of_a_pointmap_model_gives_both_outputs_with_float_angles(tmp_path):

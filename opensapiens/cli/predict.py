@@ -46,6 +46,7 @@ TASK_OPTIONS = (
     ("--resize", "resize", None, {"seg", "depth", "normal", "pointmap", "features"}),  # pose crops keep the aspect
     ("--seg-checkpoint", "seg_checkpoint", None, {"depth", "normal", "pointmap"}),
     ("--masks", "masks", None, {"depth", "normal", "pointmap"}),
+    ("--ply", "ply", False, {"pointmap"}),
 )
 
 
@@ -117,6 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seg-checkpoint",
                    help="segmentation model whose foreground masks the depth/normal/pointmap pictures, the normals' "
                    "background and the pointmap's (NaN there; STEM_depth.npy stays the whole map, as official)")
+    g.add_argument("--ply", action="store_true",
+                   help="pointmap: also STEM_pointmap.ply, the valid points coloured by the image (binary PLY)")
     g.add_argument("--masks", type=Path,
                    help="folder of foreground masks STEM.png (non-zero = person: any channel's stored value, palette "
                         "index or 16-bit value; alpha ignored), each the size of its image")
@@ -217,17 +220,18 @@ def run(args: argparse.Namespace) -> int:
     report = run_batch(predictor, images, args.out, batch_size=args.batch_size, workers=workers,
                        writers=args.writers, vis=not args.no_vis, raw=args.raw, resume=args.resume,
                        predict_kwargs=per_batch, decode=args.decode, stems=[stems[p] for p in images],
-                       openpose=args.openpose)
+                       openpose=args.openpose, ply=args.ply)
     seconds, images_done = time.perf_counter() - t0, len(report.done)
     for video in videos:  # frames in batches; pose uses whole frames or the detector (per-image boxes do not apply)
         if args.resume and video_finished(args.task, args.out, stems[video], vis=not args.no_vis, raw=args.raw,
-                                           step=args.step, track=not args.no_track, openpose=args.openpose):
+                                           step=args.step, track=not args.no_track, openpose=args.openpose,
+                                           ply=args.ply):
             report.skipped.append(video)
             continue
         try:
             n = run_video(predictor, video, args.out, batch_size=args.batch_size, vis=not args.no_vis, raw=args.raw,
                           writers=args.writers, track=not args.no_track, stem=stems[video], step=args.step,
-                          openpose=args.openpose)
+                          openpose=args.openpose, ply=args.ply)
             report.done.append(video)
             print(f"{video.name}: {n} frames")
         except Exception as e:  # noqa: BLE001 - a bad video is reported like a bad image

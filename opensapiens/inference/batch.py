@@ -17,7 +17,8 @@ Files written per input stem (``--raw`` adds the raw head output):
 | features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
 
 Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and STEM_openpose.png (the
-skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``.
+skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``. Pointmaps with ``ply``
+(``--ply``) also write STEM_pointmap.ply, the valid points coloured by the image (``PointmapResult.save_ply``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ RAW_SUFFIX = {"pose": "_heatmaps.npy", "seg": "_seg_logits.npy", "depth": "_dept
 RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_raw", "normal": "return_raw",
             "pointmap": "return_raw"}
 OPENPOSE_OUTPUTS = ("_openpose.json", "_openpose.png")  # pose with ``openpose``
+PLY_OUTPUT = "_pointmap.ply"  # pointmap with ``ply``
 
 
 # run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
@@ -80,12 +82,14 @@ def default_writers(task: str, vis: bool) -> int:
 
 
 def expected_outputs(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False,
-                     openpose: bool = False) -> list[Path]:
+                     openpose: bool = False, ply: bool = False) -> list[Path]:
     suffixes = [s for s in OUTPUTS[task] if vis or not s.endswith(".jpg")]
     if raw and task in RAW_SUFFIX:
         suffixes.append(RAW_SUFFIX[task])
     if openpose and task == "pose":
         suffixes += OPENPOSE_OUTPUTS
+    if ply and task == "pointmap":
+        suffixes.append(PLY_OUTPUT)
     return [out_dir / f"{stem}{s}" for s in suffixes]
 
 
@@ -96,10 +100,12 @@ def _coco_image_id(stem: str) -> int | str:
 
 
 def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result, vis: bool = True,
-                 raw: bool = False, image_id: int | str | None = None, openpose: bool = False) -> list[Path]:
+                 raw: bool = False, image_id: int | str | None = None, openpose: bool = False,
+                 ply: bool = False) -> list[Path]:
     """Write the documented files for one input; returns their paths. ``image``: the input, (H, W, 3) uint8 (a
-    tensor where it was decoded on the device). ``openpose``: pose also in OpenPose's JSON and picture."""
-    if vis and not isinstance(image, np.ndarray):  # the pictures are drawn on host pixels
+    tensor where it was decoded on the device). ``openpose``: pose also in OpenPose's JSON and picture; ``ply``:
+    a pointmap also as a coloured point cloud."""
+    if (vis or ply) and not isinstance(image, np.ndarray):  # pictures and colours come from host pixels
         image = image.cpu().numpy()
     p = {s: out_dir / f"{stem}{s}" for s in (*OUTPUTS[task], RAW_SUFFIX.get(task, ""), *OPENPOSE_OUTPUTS)}
     written: list[Path] = []
@@ -143,6 +149,8 @@ def write_result(task: str, out_dir: Path, stem: str, image: np.ndarray, result,
             written.append(save_jpg(p["_pointmap.jpg"], side_by_side([image, visualize_result(image, result)])))
         if raw and result.raw is not None:
             written.append(save_npy(p["_pointmap_raw.npy"], result.raw))
+        if ply:
+            written.append(result.save_ply(out_dir / f"{stem}{PLY_OUTPUT}", image))
     elif isinstance(result, FeatureResult):
         written.append(save_npy(p["_features.npy"], result.features.astype(np.float32)))
     else:
@@ -225,13 +233,14 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
               workers: int = READER_THREADS,
               vis: bool = True, raw: bool = False, resume: bool = False, predict_kwargs: Callable | None = None,
               progress: bool = True, writers: int | None = None, decode: str = "host",
-              stems: Sequence[str] | None = None, openpose: bool = False) -> BatchReport:
+              stems: Sequence[str] | None = None, openpose: bool = False, ply: bool = False) -> BatchReport:
     """Run ``predictor`` over image files, writing the documented outputs under ``out_dir``.
 
     ``predict_kwargs(paths, images) -> dict`` supplies per-batch keyword arguments (boxes, masks, ...); where it
     raises, each image of the batch is tried alone, those that still raise are reported as failed and the others go
     on together. ``stems``: the output names (default ``unique_stems(paths)``; a caller that also writes videos names
-    both together). ``openpose``: pose also writes OpenPose's JSON and picture (``write_result``).
+    both together). ``openpose``: pose also writes OpenPose's JSON and picture, ``ply`` pointmaps their point
+    clouds (``write_result``).
     ``workers`` threads read the images, ``writers`` threads (default ``default_writers``) write the outputs.
     ``decode="device"`` decodes JPEGs on the predictor's device (nvJPEG on CUDA: ``device_decode``) instead of on the
     reading threads.
@@ -250,7 +259,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     report = BatchReport()
     todo = []
     for p, s in zip(paths, stems):
-        if resume and all(f.is_file() for f in expected_outputs(task, out_dir, s, vis, raw, openpose)):
+        if resume and all(f.is_file() for f in expected_outputs(task, out_dir, s, vis, raw, openpose, ply)):
             report.skipped.append(p)
         else:
             todo.append((p, s))
@@ -317,7 +326,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
             else:
                 for i, image, res in zip(ids, images, results):
                     future = writer.submit(write_result, task, out_dir, todo[i][1], image, res, vis, raw,
-                                           openpose=openpose)
+                                           openpose=openpose, ply=ply)
                     writes.append((todo_paths[i], future))
             _collect(writes, report, keep=2 * batch_size + writers)
         _collect(writes, report)
@@ -354,7 +363,7 @@ def picture_video(out_dir: Path, stem: str, task: str) -> Path:
 
 
 def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: bool = False, step: int = 1,
-                   track: bool = True, openpose: bool = False) -> bool:
+                   track: bool = True, openpose: bool = False, ply: bool = False) -> bool:
     """Whether ``run_video`` finished the video named ``stem`` for ``task`` (``resume``): its manifest, written last,
     says so for the same ``step`` (and, for pose, tracking), with the raw (OpenPose) outputs when ``raw``
     (``openpose``) asks for them, and,
@@ -367,13 +376,15 @@ def video_finished(task: str, out_dir: Path, stem: str, vis: bool = True, raw: b
         return False
     if task == "pose" and (manifest.get("track") != track or (openpose and not manifest.get("openpose"))):
         return False
+    if task == "pointmap" and ply and not manifest.get("ply"):
+        return False
     pictures = vis and task != "features"  # a --no-vis run's manifest: the .mp4 there is an older run's
     return not pictures or (bool(manifest.get("vis")) and picture_video(out_dir, stem, task).is_file())
 
 
 def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int = 4, vis: bool = True,
               raw: bool = False, step: int = 1, progress: bool = True, writers: int | None = None,
-              track: bool = True, stem: str | None = None, openpose: bool = False) -> int:
+              track: bool = True, stem: str | None = None, openpose: bool = False, ply: bool = False) -> int:
     """Run ``predictor`` over the frames of a video: per-frame outputs under ``out_dir/STEM/`` (named
     ``frame_000000...`` like images) and, with ``vis`` (not for features), ``out_dir/STEM_<task>.mp4``: the pose
     drawn on the frames, the dense maps side by side with them (as the images' pictures). ``stem`` defaults to the
@@ -404,7 +415,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir.mkdir(parents=True, exist_ok=True)
     # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
     video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
-    for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True, openpose=True):
+    for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True, openpose=True,
+                                    ply=True):
         for stale in frames_dir.glob(pattern.name):
             stale.unlink()
     total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
@@ -436,7 +448,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     def frame_outputs(index: int, image: np.ndarray, result) -> np.ndarray | None:
         """Writer thread: the frame's files, and its picture for the video (None without one)."""
         write_result(predictor.task, frames_dir, f"frame_{index:06d}", image, result, vis=False, raw=raw,
-                     openpose=openpose)
+                     openpose=openpose, ply=ply)
         if writer is None:
             return None
         picture = visualize_result(image, result)
@@ -487,6 +499,7 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     save_json(video_manifest(out_dir, stem, predictor.task), {
         "source": str(path), "task": predictor.task, "frames": done, "step": step, "fps": fps / step, "raw": raw,
         "track": tracker is not None, "vis": pictures, "openpose": openpose and predictor.task == "pose",
+        "ply": ply and predictor.task == "pointmap",
         "frame_times": frame_times})
     return done
 
