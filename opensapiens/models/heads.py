@@ -43,7 +43,8 @@ HEAD_SPECS: dict[str, HeadSpec] = {
 }
 
 
-def _block(layer: nn.Module, channels: int) -> list[nn.Module]:
+def norm_act(layer: nn.Module, channels: int) -> list[nn.Module]:
+    """``layer`` then InstanceNorm (no affine, no running statistics) and SiLU: one stage of every Sapiens head."""
     return [layer, nn.InstanceNorm2d(channels), nn.SiLU()]
 
 
@@ -57,12 +58,12 @@ class DeconvHead(nn.Module):
         up: list[nn.Module] = []
         c = in_channels
         for _ in range(spec.num_deconv):
-            up += _block(nn.ConvTranspose2d(c, spec.channels, 4, stride=2, padding=1, bias=False), spec.channels)
+            up += norm_act(nn.ConvTranspose2d(c, spec.channels, 4, stride=2, padding=1, bias=False), spec.channels)
             c = spec.channels
         self.deconv_layers = nn.Sequential(*up)
         convs: list[nn.Module] = []
         for _ in range(spec.num_conv):
-            convs += _block(nn.Conv2d(c, spec.channels, 1), spec.channels)
+            convs += norm_act(nn.Conv2d(c, spec.channels, 1), spec.channels)
         self.conv_layers = nn.Sequential(*convs)
         self.dropout = nn.Dropout2d(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.final = nn.Conv2d(c, out_channels, 1)

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .heads import norm_act
+
 TASKS2 = ("pose", "seg", "normal", "pointmap")
 OUTPUTS2 = {"pose": 308, "seg": 29, "normal": 3, "pointmap": 3}
 
@@ -61,14 +63,10 @@ def official_head2_spec(task: str, arch_name: str) -> Head2Spec:
     raise ValueError(f"unknown Sapiens2 task {task!r}; expected one of {', '.join(TASKS2)}")
 
 
-def _norm_act(layer: nn.Module, channels: int) -> list[nn.Module]:
-    return [layer, nn.InstanceNorm2d(channels), nn.SiLU()]
-
-
 def _convs(c: int, widths: tuple[int, ...], kernel: int) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     for w in widths:
-        layers += _norm_act(nn.Conv2d(c, w, kernel, padding=(kernel - 1) // 2), w)
+        layers += norm_act(nn.Conv2d(c, w, kernel, padding=(kernel - 1) // 2), w)
         c = w
     return nn.Sequential(*layers), c
 
@@ -81,7 +79,7 @@ class DeconvHead2(nn.Module):
         layers: list[nn.Module] = []
         c = in_channels
         for w in spec.up:
-            layers += _norm_act(nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=False), w)
+            layers += norm_act(nn.ConvTranspose2d(c, w, 4, stride=2, padding=1, bias=False), w)
             c = w
         self.deconv_layers = nn.Sequential(*layers)
         self.conv_layers, c = _convs(c, spec.conv, spec.conv_kernel)
@@ -99,7 +97,7 @@ class ShuffleHead2(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, spec: Head2Spec):
         super().__init__()
-        self.input_conv = nn.Sequential(*_norm_act(nn.Conv2d(in_channels, in_channels, 3, padding=1), in_channels))
+        self.input_conv = nn.Sequential(*norm_act(nn.Conv2d(in_channels, in_channels, 3, padding=1), in_channels))
         c = in_channels
         blocks = []
         for w in spec.up:
@@ -115,7 +113,7 @@ class ShuffleHead2(nn.Module):
             layers: list[nn.Module] = []
             c = in_channels
             for w in spec.scale_conv:
-                layers += _norm_act(nn.Conv2d(c, w, 1, stride=2), w)
+                layers += norm_act(nn.Conv2d(c, w, 1, stride=2), w)
                 c = w
             self.scale_conv_layers = nn.Sequential(*layers)
             mlp: list[nn.Module] = [nn.Flatten()]

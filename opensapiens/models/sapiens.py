@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .heads import TASKS, build_head
-from .heads2 import TASKS2, Head2Spec, build_head2, official_head2_spec
+from .heads2 import OUTPUTS2, TASKS2, Head2Spec, build_head2, official_head2_spec
 from .sapiens2 import Sapiens2Arch, Sapiens2ViT
 from .vit import SapiensViT, ViTArch, get_arch
 
@@ -17,9 +17,7 @@ from .vit import SapiensViT, ViTArch, get_arch
 OFFICIAL_PATCH_PADDING = {"pose": 2, "normal": 2, "seg": 0, "depth": 0, "features": 0}
 
 
-def official_patch_padding(task: str, out_channels: int | None = None, generation: int = 1) -> int:
-    if generation == 2:
-        return 0
+def official_patch_padding(task: str, out_channels: int | None = None) -> int:
     if task == "seg" and out_channels == 20:  # CIHP / LIP configs set padding=2
         return 2
     return OFFICIAL_PATCH_PADDING[task]
@@ -41,7 +39,7 @@ class ModelConfig:
 
     @property
     def generation(self) -> int:
-        return getattr(self.arch, "generation", 1)
+        return self.arch.generation
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -114,7 +112,7 @@ def build_model(task: str, arch: str | ViTArch = "tiny", out_channels: int | Non
         if head_channels is not None or patch_padding:
             raise ValueError("Sapiens2 models take neither head_channels nor a patch padding (see head_spec)")
         if task != "features" and out_channels is None:
-            out_channels = {"pose": 308, "seg": 29, "normal": 3, "pointmap": 3}.get(task)
+            out_channels = OUTPUTS2.get(task)
         return SapiensModel(ModelConfig(task=task, arch=arch, out_channels=out_channels, with_cls_token=True,
                                         extra=extra, head_spec=head_spec))
     if head_spec is not None:

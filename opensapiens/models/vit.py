@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,7 @@ class ViTArch:
     num_heads: int
     mlp_ratio: float = 4.0
     patch_size: int = 16
+    generation: ClassVar[int] = 1  # (Sapiens2Arch's is 2; not a field, so configs are written as before)
 
     @property
     def head_dim(self) -> int:
@@ -55,10 +57,10 @@ ARCHS: dict[str, ViTArch] = {
 
 def get_arch(name: str | ViTArch):
     """Look up an architecture by name ("0.3b", "sapiens_1b", "2B", "tiny", ...; "sapiens2_1b" ... for Sapiens2)."""
-    if isinstance(name, ViTArch) or getattr(name, "generation", 1) == 2:
+    if not isinstance(name, str):  # an arch already (ViTArch, Sapiens2Arch)
         return name
     if name.lower().startswith("sapiens2"):
-        from .sapiens2 import get_arch2
+        from .sapiens2 import get_arch2  # (sapiens2 imports this module)
 
         return get_arch2(name)
     key = name.lower().removeprefix("sapiens_").removeprefix("sapiens-")

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.heads import TASKS
-from ..models.vit import get_arch
+from ..models.sapiens2 import ARCHS2, Sapiens2Arch
+from ..models.vit import ARCHS, ViTArch, get_arch
 
 BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean"}  # each task's default
 LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median"}  # errors; the rest (AP, mIoU, delta1, within_*) up
@@ -107,25 +108,27 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         d["head_channels"] = cfg.head_channels if cfg.head_channels is not None else saved[1]
         d["head_spec"] = cfg.head_spec or saved[2]
     elif cfg.init:  # the architecture, and the head's width(s) where it has this task's head, of the --init file
-        arch, head_channels, head_spec = init_shape(cfg.init, cfg.task)
-        d["arch"] = cfg.arch or arch
-        if getattr(get_arch(d["arch"]), "generation", 1) != (2 if arch.startswith("sapiens2") else 1):
-            raise ValueError(f"--init {cfg.init} holds a {'Sapiens2' if arch.startswith('sapiens2') else 'Sapiens v1'} "
-                             f"backbone ({arch}); --arch {d['arch']} is the other generation")
-        same = get_arch(d["arch"]).name == arch  # the head's widths only fit the size (and generation) they came with
+        init_arch, head_channels, head_spec = init_shape(cfg.init, cfg.task)
+        d["arch"] = cfg.arch or init_arch.name
+        asked = get_arch(d["arch"])
+        if asked.generation != init_arch.generation:
+            raise ValueError(f"--init {cfg.init} holds a {'Sapiens2' if init_arch.generation == 2 else 'Sapiens v1'} "
+                             f"backbone ({init_arch.name}); --arch {d['arch']} is the other generation")
+        same = asked.name == init_arch.name  # the head's widths only fit the size they came with
         d["head_channels"] = cfg.head_channels or (head_channels if same else None)
         d["head_spec"] = cfg.head_spec or (head_spec if same else None)
     d["arch"] = d["arch"] or "0.3b"
-    if getattr(get_arch(d["arch"]), "generation", 1) == 2 and d["head_channels"] is not None:
+    chosen = get_arch(d["arch"])  # an unknown name, refused before a run folder is written
+    if chosen.generation == 2 and d["head_channels"] is not None:
         raise ValueError("--head-channels narrows a Sapiens v1 head; a Sapiens2 head's widths come from --init (or "
                          "are the official ones)")
-    arch = d["arch"].lower().removeprefix("sapiens_")
+    arch = chosen.name
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
-    if arch.startswith("sapiens2"):  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay by size, 500 steps of
+    if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay by size, 500 steps of
         # linear warm-up, then a linear decay to 0; plain MSE for pose (the losses stay v1's, see docs/training.md)
-        size = arch.removeprefix("sapiens2_").removeprefix("sapiens2-")
+        size = arch.removeprefix("sapiens2_")
         defaults = dict(lr=1e-4 if size == "5b" else 5e-4, warmup_steps=500, schedule="poly",
                         layer_decay={"0.4b": 0.8, "0.8b": 0.85, "1b": 0.9, "5b": 0.94}.get(size, 0.85),
                         batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=6.0 * cfg.input_size[0] / 1024)
@@ -148,7 +151,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if cfg.warmup_steps is None:  # a short run warms up for at most a tenth of its steps
         d["warmup_steps"] = min(d["warmup_steps"], max(cfg.steps // 10, 1))
     out = TrainConfig(**d)
-    get_arch(out.arch)  # an unknown name, refused before a run folder is written
     if out.head_channels is not None and out.head_channels < 1:
         raise ValueError(f"head_channels (--head-channels) must be at least 1, got {out.head_channels}")
     if not 0 <= out.layer_decay <= 1:
@@ -192,12 +194,10 @@ def _resumed_shape(cfg: TrainConfig) -> tuple[str, int | None, dict | None] | No
     return d["arch"], d.get("head_channels"), d.get("head_spec")
 
 
-def init_shape(init: str, task: str) -> tuple[str, int | None, dict | None]:
+def init_shape(init: str, task: str) -> tuple[ViTArch | Sapiens2Arch, int | None, dict | None]:
     """The architecture of the ``--init`` checkpoint (from the config our files carry, else from its width and depth)
     and the width of its head where it has one for ``task`` (Sapiens2: its widths, ``Head2Spec.to_dict``; else None:
     the recipe's). Reads the file once more, before the model exists."""
-    from ..models.sapiens2 import ARCHS2
-    from ..models.vit import ARCHS
     from .init import read_init
 
     src = read_init(init, task)[0]
@@ -205,7 +205,7 @@ def init_shape(init: str, task: str) -> tuple[str, int | None, dict | None]:
         raise ValueError(f"--init {init}: its backbone ({src.arch.embed_dim} wide, {src.arch.depth} blocks) is not one "
                          f"of the architectures {', '.join([*ARCHS, *ARCHS2])}")
     same = src.task == task
-    return (src.arch.name, src.head_channels if same else None,
+    return (src.arch, src.head_channels if same else None,
             src.head_spec.to_dict() if same and src.head_spec is not None else None)
 
 

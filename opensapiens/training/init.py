@@ -23,8 +23,8 @@ def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: Sa
     """The ``backbone.*`` tensors of a checkpoint's state dict ``sd``, keyed as in ``backbone`` and made to fit it:
     (v1) cls token and cls row dropped, position table resized to its grid. Raises if width, depth or generation
     differ."""
-    v2 = getattr(backbone.arch, "generation", 1) == 2  # Sapiens2: tokens kept as they are, no position table
-    if src_cfg.generation != (2 if v2 else 1):
+    v2 = backbone.arch.generation == 2  # Sapiens2: tokens kept as they are, no position table
+    if src_cfg.generation != backbone.arch.generation:
         raise ValueError(f"{source}: a {'Sapiens2' if src_cfg.generation == 2 else 'Sapiens v1'} backbone "
                          f"({src_cfg.arch.name}) cannot start a {backbone.arch.name} model")
     weights = {k.removeprefix("backbone."): v for k, v in sd.items()
