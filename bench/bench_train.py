@@ -58,7 +58,7 @@ from opensapiens.training.optim import build_optimizer
 from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from opensapiens.training.step import train_step
 
-OUT_CHANNELS = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}
+OUT_CHANNELS = {"pose": 308, "seg": 28, "depth": 1, "normal": 3, "pointmap": 3}  # pointmap: Sapiens2 archs
 
 
 @dataclass
@@ -74,6 +74,7 @@ class Variant:
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
+    fp32: bool = False  # float32 step, no autocast (the pointmap recipe's precision)
     attention: str = "sdpa"  # training.speed.use_fast_attention's choice (optimized variants on CUDA)
     shrink_on_oom: bool = False
 
@@ -94,21 +95,32 @@ def synthetic_batch(task: str, batch: int, size: tuple[int, int], device: torch.
         out["mask"] = (torch.rand(batch, H, W, generator=g) > 0.3).to(torch.uint8)
         if task == "depth":
             out["depth"] = 1 + 2 * torch.rand(batch, H, W, generator=g)
+        elif task == "pointmap":
+            from opensapiens.tasks.pointmap import camera_matrix, unproject
+
+            out["intrinsics"] = camera_matrix(torch.tensor([[768.0, 768.0, (W - 1) / 2, (H - 1) / 2]] * batch))
+            out["points"] = unproject(1 + 2 * torch.rand(batch, H, W, generator=g), out["intrinsics"])
         else:
             out["normals"] = torch.nn.functional.normalize(torch.randn(batch, H, W, 3, generator=g), dim=-1)
     return {k: v.to(device) for k, v in out.items()}
+
+
+def _model(args):
+    H, W = args.input_size
+    return build_model(args.task, args.arch, OUT_CHANNELS[args.task], head_channels=args.head_channels,
+                       pos_grid=(H // 16, W // 16))
 
 
 def model_flops_per_image(args) -> float:
     """Forward + backward FLOPs of one image through the eager model (meta device: no memory, no recompute)."""
     H, W = args.input_size
     with torch.device("meta"):
-        model = build_model(args.task, args.arch, OUT_CHANNELS[args.task], head_channels=args.head_channels,
-                            pos_grid=(H // 16, W // 16))
+        model = _model(args)
         x = torch.empty(1, 3, H, W)
 
     def step():
-        model(x).float().square().mean().backward()
+        out = model(x)
+        sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,))).backward()
 
     return float(count_flops(step))
 
@@ -118,8 +130,7 @@ def build_step(args, variant: Variant, info: D.DistInfo):
     device = info.device
     H, W = args.input_size
     torch.manual_seed(0)
-    model = build_model(args.task, args.arch, OUT_CHANNELS[args.task], head_channels=args.head_channels,
-                        pos_grid=(H // 16, W // 16)).to(device)
+    model = _model(args).to(device)
     if variant.checkpointing in ("blocks", "blocks+head"):
         checkpoint_blocks(model.backbone.blocks, variant.checkpoint_blocks, variant.save_attention)
     if variant.checkpointing in ("head", "blocks+head"):
@@ -140,7 +151,7 @@ def build_step(args, variant: Variant, info: D.DistInfo):
                                 if args.task == "seg" else None, seg_loss_resolution=variant.seg_loss_resolution)
     attention = fast_attention if (variant.optimized and on_cuda) else contextlib.nullcontext
     host = synthetic_batch(args.task, variant.batch, args.input_size, device)
-    autocast = None if variant.fsdp else torch.bfloat16
+    autocast = None if (variant.fsdp or variant.fp32) else torch.bfloat16
 
     def compute_loss(b: dict) -> torch.Tensor:
         batch = to_device(b, device)
@@ -223,6 +234,8 @@ def main() -> None:
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
+    p.add_argument("--fp32", action="store_true", help="the optimized variant in float32, without autocast (PyTorch's "
+                   "defaults: TF32 convolutions, full-precision matmuls), as the pointmap recipe trains")
     p.add_argument("--attention", type=lambda t: t.split(","), default=["sdpa"],
                    help="the optimized variant's attention kernels (auto, sdpa, triton, fa4, as `opensapiens train "
                    "--attention`); a comma-separated list times the optimized variant once per choice, e.g. "
@@ -251,7 +264,7 @@ def main() -> None:
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             head_chunk=args.head_chunk,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
-                            channels_last=args.channels_last, attention=args.attention[0]))
+                            channels_last=args.channels_last, fp32=args.fp32, attention=args.attention[0]))
     for name, kernel in zip(("optimized-2", "optimized-3"), args.attention[1:]):  # A/B in one process
         variants.append(Variant(**{**asdict(variants[-1]), "name": f"{name}-{kernel}", "attention": kernel}))
     rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]

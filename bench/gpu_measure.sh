@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1112,6 +1112,29 @@ save_model(build_model('seg', 'sapiens2_0.4b'), '/tmp/s2seg.safetensors')"
   for pass in cold warm; do
     /usr/bin/time -f "predict seg 0.4b one image ($pass cache): %e s" timeout 200 python -m opensapiens.cli.main \
       predict --task seg --checkpoint /tmp/s2seg.safetensors /tmp/one --out /tmp/one_out_$pass 2>&1 | tail -3
+  done
+elif [ "$1" = pointmap-train ]; then
+  # call 128: Sapiens2 pointmap fine-tuning on CUDA for the first time. bench_train: 0.4B at the official 8 images
+  # per GPU, eager bf16 against the optimized step in float32 (the recipe's precision) and in bf16; then a short
+  # `opensapiens train` on synthetic data rendered on the GPU, and `eval` of its model on a rendered folder
+  install_coco_wheel
+  BT="timeout 170 python bench/bench_train.py --task pointmap --arch sapiens2_0.4b --batch 8 --steps 6 --warmup 2"
+  $BT --fp32 --channels-last --out "$OUT/train_pointmap_0.4b_fp32.json" | grep -v '^{'
+  $BT --channels-last --skip-baseline --out "$OUT/train_pointmap_0.4b_bf16.json" | grep -v '^{'
+  timeout 150 python -m opensapiens.cli.main train --task pointmap --arch sapiens2_0.4b --data synth --steps 24 \
+    --batch-size 4 --log-interval 8 --ckpt-interval 0 --out /tmp/pm_run 2>&1 | grep -v 'step/s' | tail -4
+  grep '"train"' /tmp/pm_run/metrics.jsonl | cut -c1-220
+  timeout 60 python -m opensapiens.cli.main synth --out /tmp/pm_val --n 8 --device cuda --seed 9 > /dev/null
+  timeout 120 python -m opensapiens.cli.main eval --task pointmap --checkpoint /tmp/pm_run/final.safetensors \
+    --data /tmp/pm_val --quiet --out "$OUT/eval_pointmap_0.4b_24steps.json"
+elif [ "$1" = pointmap-infer ]; then
+  # call 129: pointmap inference speed (eager against the default path: the whole model compiled in the
+  # background), and the Sapiens2 rows' accuracy columns again, now taken from the compiled model
+  install_coco_wheel
+  for run in "pointmap sapiens2_1b 8" "pointmap sapiens2_0.4b 16" "pose sapiens2_0.4b 16" "seg sapiens2_1b 8"; do
+    read -r task arch batch <<< "$run"
+    timeout 150 python -m opensapiens.cli.main bench --iters 10 --task $task --arch $arch --batch $batch \
+      --out "$OUT/sapiens2_default_${task}_${arch#sapiens2_}.json" | grep -v '^{'
   done
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)

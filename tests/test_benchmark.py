@@ -284,3 +284,15 @@ def test_bench_checks_its_architecture_and_e2e_folder_before_measuring(tmp_path,
         with pytest.raises(SystemExit):
             main([*base, *extra])
         assert message in capsys.readouterr().err
+
+
+def test_bench_times_a_sapiens2_pointmap_model_and_judges_its_metric_points(tmp_path):
+    """The pointmap model's (points, scale) pair is compared with the fp32 reference as metric points (points /
+    scale), the scale branch sized for the benchmarked input."""
+    out = tmp_path / "pm.json"
+    assert main(["bench", "--task", "pointmap", "--arch", "sapiens2_nano", "--batch", "1", "--input-size", "256x192",
+                 "--iters", "1", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    eager = report["variants"]["eager"]
+    assert report["task"] == "pointmap" and report["flops_per_image"] > 0
+    assert 0 < eager["rel_error_vs_fp32"] < 0.1  # bf16 against fp32

@@ -26,7 +26,8 @@ from .predict import parse_size, positive_int
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark inference: eager vs optimized (vs FP8), MFU, memory")
-    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "features"])
+    p.add_argument("--task", required=True, choices=["pose", "seg", "depth", "normal", "pointmap", "features"],
+                   help="pointmap: Sapiens2 archs only")
     p.add_argument("--arch", default="0.3b", type=_arch, help="0.3b, 0.6b, 1b, 2b, or a small size")
     p.add_argument("--checkpoint", default=None, help="benchmark these weights instead of random ones")
     p.add_argument("--batch", type=positive_int, default=8)
@@ -162,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     # Reference for accuracy: the eager model in fp32 on a small batch.
     x_acc = x[: min(2, args.batch)]
     with torch.inference_mode():
-        ref_out = base(x_acc.float())  # base stays fp32; every variant below is a converted copy
+        ref_out = _comparable(base(x_acc.float()))  # base stays fp32; every variant below is a converted copy
 
     def allocated() -> int:
         """Bytes allocated on the device now, garbage of earlier variants collected first (a variant's peak is
@@ -188,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
             sync(device)
             with GpuClocks(device) as clocks:
                 ms = time_ms(lambda: model(xb), device, warmup=0, iters=args.iters)
-            out = model(xa).float().cpu()
+            out = _comparable(model(xa)).float().cpu()
         peak_gib = (torch.cuda.max_memory_allocated(device) - before) / 2**30 if device.type == "cuda" else None
         tflops = flops * args.batch / (ms * 1e-3) / 1e12
         row = {"ms_per_batch": round(ms, 3), "ms_per_image": round(ms / args.batch, 3),
@@ -295,6 +296,14 @@ def _r(v, nd: int = 2):
 def _sig(v, digits: int = 4):
     """``v`` to ``digits`` significant digits: a CPU's 0.05 TFLOP/s survives, where round(v, 1) made it 0."""
     return None if v is None else float(f"{float(v):.{digits}g}")
+
+
+def _comparable(out):
+    """The output a task's accuracy is judged on: pointmap's (points, scale) as metric points (points / scale)."""
+    if isinstance(out, tuple):
+        points, scale = out
+        return points.float() / scale.float()[:, :, None, None]
+    return out
 
 
 def _rel(a, b) -> float:

@@ -5,6 +5,7 @@
     opensapiens eval --task depth --pred preds/ --gt depths/ --masks masks/ --align lstsq
     opensapiens eval --task pose --pred predict_out/ --gt annotations.json     # predict's outputs as they are
     opensapiens eval --task normal --checkpoint sapiens-normal-1b --data synth_val/ --out normal.json
+    opensapiens eval --task pointmap --checkpoint sapiens2-pointmap-1b --data synth_val/
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 from .main import add_threads_option, device_spec, out_file
 from .predict import positive_int
 
-TASKS = ("pose", "seg", "depth", "normal")
+TASKS = ("pose", "seg", "depth", "normal", "pointmap")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,12 +34,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--pred", type=Path, help="pose: COCO results JSON; seg: folder of PNG label maps; "
                                              "depth/normal: folder of NAME.npy; or `opensapiens predict`'s "
                                              "output folder as it is (STEM.json, STEM_seg.png, STEM_depth.npy ...)")
-    g.add_argument("--gt", type=Path, help="pose: COCO keypoint JSON; seg/depth/normal: folder like --pred")
-    g.add_argument("--masks", type=Path, help="depth/normal: folder of NAME.png/.npy foreground masks "
+    g.add_argument("--gt", type=Path, help="pose: COCO keypoint JSON; seg/depth/normal: folder like --pred; "
+                                           "pointmap: folder of NAME.npy (H, W, 3) points in metres")
+    g.add_argument("--masks", type=Path, help="depth/normal/pointmap: folder of NAME.png/.npy foreground masks "
                                               "(default: the GT's nonzero finite pixels)")
     g = p.add_argument_group("model on a dataset folder (synthetic-data layout)")
     g.add_argument("--checkpoint", help="checkpoint file or official name")
-    g.add_argument("--data", type=Path, help="folder with images/, annotations.json, seg/, masks/, depths/, normals/")
+    g.add_argument("--data", type=Path, help="folder with images/, annotations.json, seg/, masks/, depths/, normals/ "
+                                             "(pointmap: and meta/ or camera_intrinsics/)")
     g.add_argument("--device", type=device_spec, default=None,
                    help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     g.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="default bf16 on CUDA, else fp32")
@@ -140,6 +143,11 @@ def format_report(result: dict) -> str:
         body = _table(cols, [[result[c] for c in cols]])
         counts = (f"align={result['align']}; {result['num_images']} images ({result['empty_images']} without "
                   f"foreground), {result['num_pixels']} pixels, {result['nonfinite_pred']} non-finite predictions")
+    elif task == "pointmap":
+        cols = ["l2_mean", "rmse", "z_mae", "within_5cm", "within_10cm", "within_20cm", "normal_mean"]
+        cols += ["focal_abs_rel"] if "focal_abs_rel" in result else []
+        body = _table(cols, [[result[c] for c in cols]])
+        counts = f"metres, metric points; {result['num_images']} images, {result['num_pixels']} pixels"
     else:
         cols = ["mean", "median", "within_11.25", "within_22.5", "within_30"]
         body = _table(cols, [[result[c] for c in cols]])

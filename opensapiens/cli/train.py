@@ -34,9 +34,10 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune a task model on your data",
-                       description="Fine-tune Sapiens for pose, seg, depth or normals; writes checkpoints, "
+                       description="Fine-tune Sapiens for pose, seg, depth, normals or (Sapiens2) pointmaps; "
+                                   "writes checkpoints, "
                                    "metrics.jsonl and best/final .safetensors under --out.")
-    p.add_argument("--task", choices=["pose", "seg", "depth", "normal"])
+    p.add_argument("--task", choices=["pose", "seg", "depth", "normal", "pointmap"])
     p.add_argument("--data", help="training data: a folder (see docs/training.md) or a COCO keypoint JSON")
     p.add_argument("--val-data", help="validation data in the same layout")
     p.add_argument("--out", required=True, type=out_folder, help="run folder")
@@ -76,7 +77,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     g.add_argument("--backgrounds", help="folder of people-free pictures for the random-background augmentation")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--precision", choices=["bf16", "fp32"])
+    g.add_argument("--precision", choices=["bf16", "fp32"],
+                   help="default bf16 (autocast); pointmap fp32, as its official configs (its metric scale is "
+                   "sensitive to bf16)")
     g.add_argument("--checkpointing", choices=["none", "blocks", "head", "blocks+head"],
                    help="activation checkpointing (recompute in backward)")
     g.add_argument("--checkpoint-blocks", type=int, help="checkpoint only the first N blocks")

@@ -17,6 +17,7 @@ DENSE_AUGMENT = {
     "seg": DenseAugment(cat_max_ratio=0.75, rotate_degree=45.0, background_prob=0.8),
     "depth": DenseAugment(rotate_degree=60.0, background_prob=0.5),
     "normal": DenseAugment(rotate_degree=0.0, background_prob=0.5),
+    "pointmap": DenseAugment(ratio_range=(0.5, 2.0), rotate_degree=0.0, background_prob=0.5),  # ours (see docs)
 }
 
 

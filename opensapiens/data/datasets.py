@@ -4,6 +4,8 @@
     seg     images/NAME.{png,jpg} + seg/NAME.png (or labels/NAME.png) class-id maps; or flat NAME.png + NAME_seg.png
     depth   images/ + masks/NAME.png (foreground > 0) + depths/NAME.npy (metres, 0 = none)
     normal  images/ + masks/ + normals/NAME.npy (H, W, 3 camera-space unit vectors)
+    pointmap images/ + masks/ + depths/NAME.npy (Z, metres) + the camera: camera_intrinsics/NAME.txt (3 x 3, the
+            official layout) or meta/NAME.json (``opensapiens synth``'s fx, fy, cx, cy)
 The synthetic-data layout (``opensapiens synth``) is all of these at once: one folder trains every task.
 
 Items are ``SampleKey``s from ``opensapiens.data.sampler``; a sample is a dict of numpy arrays at the network input
@@ -18,6 +20,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ..evaluation.pose import annotation_keypoints
@@ -33,11 +36,13 @@ from .transforms import (
     coarse_dropout,
     dense_affine,
     photometric_distortion,
+    pointmap_affine,
     pose_crop,
     random_blur,
     replace_background,
     transform_normals,
     warp,
+    warp_points,
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -220,31 +225,61 @@ def _load_npy(path: Path, channels: int | None) -> np.ndarray:
     return a
 
 
+def read_intrinsics(root: Path, name: str) -> np.ndarray:
+    """(3, 3) float64 camera matrix of image ``name`` of a dataset folder (pixel centres at integers), from
+    ``camera_intrinsics/NAME.txt`` (3 x 3, the official layout) or ``meta/NAME.json`` (``opensapiens synth``)."""
+    root = Path(root)
+    if (root / "camera_intrinsics").is_dir():
+        path = root / "camera_intrinsics" / f"{name}.txt"
+        try:
+            K = np.loadtxt(path, dtype=np.float64, ndmin=2)
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable 3 x 3 camera matrix ({e})") from None
+        if K.shape != (3, 3) or not np.isfinite(K).all() or not np.allclose(K[2], (0, 0, 1)):
+            raise DataError(f"{path}: expected a 3 x 3 camera matrix with last row 0 0 1, got {K.tolist()}")
+    else:
+        path = root / "meta" / f"{name}.json"
+        try:
+            image = json.loads(path.read_text())["image"]
+            fx, fy, cx, cy = (float(image[k]) for k in ("fx", "fy", "cx", "cy"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path}: no camera (image fx, fy, cx, cy) to read ({e!r})") from None
+        K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]])
+    if abs(np.linalg.det(K[:2, :2])) < 1e-9:
+        raise DataError(f"{path}: the camera matrix is singular")
+    return K
+
+
 class DenseDataset(_Base):
-    """Seg, depth or normal samples from a folder (see module docstring), resized / augmented to ``input_size``.
+    """Seg, depth, normal or pointmap samples from a folder (see module docstring), resized / augmented to
+    ``input_size``. Pointmap samples hold metric ``points`` (H, W, 3; OpenCV axes) and the input's ``intrinsics``.
 
     Args:
         root: the dataset folder.
-        task: "seg", "depth" or "normal".
+        task: "seg", "depth", "normal" or "pointmap".
         classes: seg vocabulary (flip swap pairs; label values must be < num_classes or 255).
         augment: ``DenseAugment`` for training, None for validation (a stretch to the input size, the official
             test resize).
         backgrounds: pictures pasted behind the foreground (label > 0 or mask > 0) with ``augment.background_prob``.
     """
 
-    TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",)}
+    TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",),
+                   "pointmap": ("depths", "depth")}
 
     def __init__(self, root: str | Path, task: str, input_size: tuple[int, int] = (1024, 768),
                  augment: DenseAugment | None = None, classes: SegClasses | None = None,
                  backgrounds: list[Path] | None = None):
         super().__init__(input_size, backgrounds)
         if task not in self.TARGET_DIRS:
-            raise ValueError(f"DenseDataset handles seg/depth/normal, not {task!r}")
+            raise ValueError(f"DenseDataset handles seg/depth/normal/pointmap, not {task!r}")
         self.root, self.task, self.augment, self.classes = Path(root), task, augment, classes
         if not self.root.is_dir():
             raise DataError(f"dataset folder {self.root} does not exist")
         self.flip_lut = classes.flip_lut() if classes is not None else np.arange(256, dtype=np.uint8)
         self.samples = self._pair_files()
+        if task == "pointmap" and not ((self.root / "camera_intrinsics").is_dir() or (self.root / "meta").is_dir()):
+            raise DataError(f"{self.root}: pointmaps need each image's camera: camera_intrinsics/NAME.txt (3 x 3) "
+                            "or meta/NAME.json (fx, fy, cx, cy, as opensapiens synth writes)")
 
     def _pair_files(self) -> list[tuple[Path, Path, Path | None]]:
         images = _stems(self.root / "images", IMAGE_EXTS)
@@ -307,6 +342,8 @@ class DenseDataset(_Base):
             bg = self.background(rng, aug.background_prob)
             if bg is not None:
                 image = replace_background(image, fg, bg)
+        if self.task == "pointmap":
+            return self._pointmap(image, target, fg, read_intrinsics(self.root, image_path.stem), rng, aug)
         M, angle, flip = dense_affine((H, W), self.input_size, rng, aug, target if self.task == "seg" else None)
         out["image"] = warp(image, M, self.input_size, nearest=False)
         if aug is not None:
@@ -322,4 +359,19 @@ class DenseDataset(_Base):
             else:
                 normals = warp(target, M, self.input_size, nearest=True)
                 out["normals"] = transform_normals(normals, angle, flip) if (angle or flip) else normals
+        return out
+
+    def _pointmap(self, image: np.ndarray, depth: np.ndarray, fg: np.ndarray, K: np.ndarray,
+                  rng: np.random.Generator | None, aug: DenseAugment | None) -> dict:
+        from ..tasks.pointmap import unproject
+
+        fg = fg & (depth > 0)
+        points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K)[None])[0].numpy()  # (H, W, 3)
+        M, G = pointmap_affine(image.shape[:2], self.input_size, rng, aug)
+        points, K_in = warp_points(points, K, M, G, self.input_size)
+        out = {"image": warp(image, M, self.input_size, nearest=False),
+               "mask": warp(fg.astype(np.uint8), M, self.input_size, nearest=True), "points": points,
+               "intrinsics": K_in.astype(np.float32)}
+        if aug is not None:
+            out["image"] = self.photometric(out["image"], rng, aug.photometric)
         return out

@@ -5,6 +5,7 @@ generator renders image i from its own stream (seed, i); so the stream is reprod
 resumes at any position without state. Batches come out on the rendering device (the GPU when training on one).
 
     seg / depth / normal   whole scenes (1-4 people) at the input size: labels, foreground mask, depth, normals
+    pointmap               the same scenes: metric points from the depth and the camera, and the camera matrix
     pose                   one person per scene (the largest visible one), cropped top-down with the UDP affine at
                            the input size (box padding 1.25, as the official validation crop); 308 keypoints
 The generator already varies people, poses, clothes, cameras, lighting and backgrounds, so no further
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from ..inference.topdown import boxes_to_center_scale, crop_people, image_to_crop
+from ..tasks.pointmap import camera_matrix, unproject
 
 
 class SynthStream:
@@ -47,6 +49,10 @@ class SynthStream:
                 out["mask"] = (b.instance > 0).to(torch.uint8)
                 if self.task == "depth":
                     out["depth"] = b.depth
+                elif self.task == "pointmap":
+                    out["intrinsics"] = camera_matrix(b.intrinsics)
+                    out["points"] = unproject(b.depth, out["intrinsics"])
+                    out["mask"] &= (b.depth > 0).to(torch.uint8)
                 else:
                     out["normals"] = b.normal.permute(0, 2, 3, 1)
             return out

@@ -8,7 +8,8 @@ evaluation that scores no sample at all is an error.
 Dataset folder (the synthetic-data layout, see ``opensapiens.synth``): ``images/NAME.png`` (or .jpg, .webp, ...: any
 format ``read_image`` reads), ``seg/NAME.png`` (class ids), ``masks/NAME.png`` (instance ids, 0 = background),
 ``depths/NAME.npy`` (metres, 0 = background), ``normals/NAME.npy`` (H x W x 3, 0 = background), ``annotations.json``
-(COCO keypoints, GT person boxes).
+(COCO keypoints, GT person boxes); pointmaps: the depths and each image's camera (``meta/NAME.json`` or
+``camera_intrinsics/NAME.txt``, see ``data.datasets``) give the GT points.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import numpy as np
 from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg29_to_28, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
+from .pointmap import PointmapAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, person_category, read_coco_json
 from .segmentation import SegConfusion
 from .utils import read_label_png
 
-TASKS = ("pose", "seg", "depth", "normal")
-GT_DIRS = {"seg": ("seg", ".png"), "depth": ("depths", ".npy"), "normal": ("normals", ".npy")}
+TASKS = ("pose", "seg", "depth", "normal", "pointmap")
+GT_DIRS = {"seg": ("seg", ".png"), "depth": ("depths", ".npy"), "normal": ("normals", ".npy"),
+           "pointmap": ("depths", ".npy")}  # (saved pointmaps: --gt holds (H, W, 3) points .npy)
 
 
 # ------------------------------------------------------------------------------------------------------ file reading
@@ -120,6 +123,8 @@ def _dense_accumulator(task: str, classes, align: str, ignore_index: int):
     if task == "seg":
         names = resolve_classes(classes)
         return SegConfusion(len(names), ignore_index, names)
+    if task == "pointmap":
+        return PointmapAccumulator()
     return DepthAccumulator(align) if task == "depth" else NormalAccumulator()
 
 
@@ -128,6 +133,9 @@ def _protocol(task: str, acc, align: str) -> dict:
         return {"classes": list(acc.class_names), "ignore_index": acc.ignore_index}
     if task == "depth":
         return {"align": align, "average": "per image, then over images"}
+    if task == "pointmap":
+        return {"space": "metric (the predicted points / the predicted scale), metres", "average": "pooled over all "
+                "pixels; focal per image", "normals": "5x5 Sobel, where the window is foreground"}
     return {"average": "pooled over all pixels", "median": f"histogram, {acc.bin_width} degree bins"}
 
 
@@ -425,6 +433,9 @@ def check_dataset(task: str, data: str | Path) -> Path:
             raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
     elif not (data / GT_DIRS[task][0]).is_dir():
         raise FileNotFoundError(f"{data}: no {GT_DIRS[task][0]}/ folder with the {task} ground truth")
+    elif task == "pointmap" and not ((data / "camera_intrinsics").is_dir() or (data / "meta").is_dir()):
+        raise FileNotFoundError(f"{data}: no cameras for the pointmap ground truth (camera_intrinsics/NAME.txt or "
+                                "meta/NAME.json)")
     else:
         _dataset_images(data / "images")  # none: an error now, not after the model loads
     return data
@@ -443,6 +454,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     data = check_dataset(task, data)
     if task == "pose":
         return _evaluate_pose_model(predictor, data, keypoints, limit, batch_images, progress)
+    from ..data.labels import DataError
     from ..inference.streams import submit_ahead
     from ..io import read_image
 
@@ -472,9 +484,11 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
                 try:
                     m = _mask_file(data / "masks", name) if task != "seg" else None
                     gt_map = read_label_png(g) if task == "seg" else read_npy(g)
-                    loaded.append((name, read_image(files[name]), gt_map,
-                                   None if m is None else read_mask(m)))
-                except (OSError, ValueError) as e:
+                    mask = None if m is None else read_mask(m)
+                    if task == "pointmap":  # the depth's points, and the focal length, from the image's camera
+                        gt_map, mask = _pointmap_gt(data, name, gt_map, mask)
+                    loaded.append((name, read_image(files[name]), gt_map, mask))
+                except (OSError, ValueError, DataError) as e:
                     skipped.append({"name": name, "reason": str(e)})
             if loaded:
                 yield [(name, gt_map, mask) for name, _, gt_map, mask in loaded], [x[1] for x in loaded], {}
@@ -486,6 +500,9 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
             try:
                 if task == "seg":
                     acc.update(res.labels if to_scored is None else to_scored[res.labels], gt_map)
+                elif task == "pointmap":
+                    acc.update(res.points, gt_map[0], mask)
+                    acc.add_focal(float(np.sqrt(res.focal[0] * res.focal[1])), gt_map[1])
                 else:
                     acc.update(res.depth if task == "depth" else res.normals, gt_map, mask)
             except (ValueError, TypeError) as e:
@@ -495,3 +512,17 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     if to_scored is not None:
         protocol["predictions"] = "Sapiens2's 29 classes mapped to the 28 (Eyeglass scored as Face_Neck)"
     return _finish(task, acc.compute(), protocol, skipped)
+
+
+def _pointmap_gt(data: Path, name: str, depth: np.ndarray, mask: np.ndarray | None):
+    """((H, W, 3) metric GT points, focal length in image pixels) and the foreground with a depth."""
+    import torch
+
+    from ..data.datasets import read_intrinsics
+    from ..tasks.pointmap import focal_length, unproject
+
+    K = torch.from_numpy(read_intrinsics(data, name))
+    depth = np.where(np.isfinite(depth), depth, 0).astype(np.float64)
+    points = unproject(torch.from_numpy(depth)[None], K[None])[0].numpy()
+    fg = depth > 0 if mask is None else mask & (depth > 0)
+    return (points, float(focal_length(K))), fg

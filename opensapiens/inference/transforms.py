@@ -69,7 +69,7 @@ class ResizeMeta:
         return np.array([self.pad[1], self.pad[0]], float), np.array([self.scale[1], self.scale[0]], float)
 
 
-def _placement(original: tuple[int, int], input_size: tuple[int, int], mode: str) -> ResizeMeta:
+def placement(original: tuple[int, int], input_size: tuple[int, int], mode: str) -> ResizeMeta:
     (h0, w0), (h, w) = original, input_size
     if mode == "stretch":
         ch, cw = h, w
@@ -111,7 +111,7 @@ class Preprocessor:
             raise ValueError("no images to preprocess")
         device = torch.device(device)
         h, w = self.input_size
-        metas = [_placement(s, self.input_size, self.resize) for s in shapes]
+        metas = [placement(s, self.input_size, self.resize) for s in shapes]
         batch = torch.zeros(len(images), 3, h, w, dtype=torch.float32, device=device)  # 0 = mean colour
         mean, std = normalization_tensors(self.mean, self.std, device)
         if self.resize == "center":

@@ -15,7 +15,7 @@ The widths differ by size and task (``official_head2_spec``); a checkpoint's are
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import nn
@@ -43,6 +43,16 @@ class Head2Spec:
     @classmethod
     def from_dict(cls, d: dict) -> Head2Spec:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+    def for_input(self, input_size: tuple[int, int], patch_size: int = 16) -> Head2Spec:
+        """The same widths, the scale branch flattening the grid that an (H, W) input gives (each stride-2 1x1
+        conv keeps ceil(n / 2) of n)."""
+        if not self.scale_conv:
+            return self
+        grid = [side // patch_size for side in input_size]
+        for _ in self.scale_conv:
+            grid = [(n + 1) // 2 for n in grid]
+        return replace(self, scale_grid=(grid[0], grid[1]))
 
 
 def official_head2_spec(task: str, arch_name: str) -> Head2Spec:
@@ -129,14 +139,16 @@ class ShuffleHead2(nn.Module):
         for block in self.upsample_blocks:
             y = block(y)
         y = self.final(self.conv_layers(y))
-        if self.scale_conv_layers is None:
-            return y
+        return y if self.scale_conv_layers is None else (y, self.scale(x))  # (B, 3, H, W), (B, 1)
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Pointmap's (B, 1) canonical scale from the backbone features."""
         s = self.scale_conv_layers(x)
         if tuple(s.shape[-2:]) != self.scale_grid:
             raise ValueError(f"the pointmap scale branch flattens the {self.scale_grid[0]}x{self.scale_grid[1]} grid "
                              f"of the input size it was trained at (1024x768 for the released models); this input "
                              f"gave {s.shape[-2]}x{s.shape[-1]}: run it at its trained size")
-        return y, self.scale_final_layer(s)  # (B, 3, H, W), (B, 1)
+        return self.scale_final_layer(s)
 
 
 def build_head2(task: str, in_channels: int, out_channels: int | None, spec: Head2Spec) -> nn.Module:

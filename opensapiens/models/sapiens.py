@@ -105,14 +105,16 @@ def build_model(task: str, arch: str | ViTArch = "tiny", out_channels: int | Non
                 patch_padding: int | None = None, pos_grid: tuple[int, int] = (64, 48),
                 head_channels: int | None = None, head_spec: Head2Spec | None = None, **extra) -> SapiensModel:
     """A freshly initialised model (official head shapes, official padding unless given). A Sapiens2 arch
-    ("sapiens2_1b", ...) builds a Sapiens2 model, its head's widths ``head_spec`` (default: the official ones);
-    ``head_channels``, ``patch_padding`` and ``pos_grid`` are v1's."""
+    ("sapiens2_1b", ...) builds a Sapiens2 model, its head's widths ``head_spec`` (default: the official ones, a
+    pointmap scale branch sized for the ``pos_grid`` tokens); ``head_channels`` and ``patch_padding`` are v1's."""
     arch = get_arch(arch)
     if isinstance(arch, Sapiens2Arch):
         if head_channels is not None or patch_padding:
             raise ValueError("Sapiens2 models take neither head_channels nor a patch padding (see head_spec)")
         if task != "features" and out_channels is None:
             out_channels = OUTPUTS2.get(task)
+        if task == "pointmap" and head_spec is None:  # its scale branch flattens the grid of the input size
+            head_spec = official_head2_spec(task, arch.name).for_input((16 * pos_grid[0], 16 * pos_grid[1]))
         return SapiensModel(ModelConfig(task=task, arch=arch, out_channels=out_channels, with_cls_token=True,
                                         extra=extra, head_spec=head_spec))
     if head_spec is not None:

@@ -10,6 +10,7 @@ import torch
 
 from .depth import DepthCriterion, DepthEvaluator, relative_depth_target, silog_loss
 from .normal import NormalCriterion, NormalEvaluator, normal_loss
+from .pointmap import PointmapCriterion, PointmapEvaluator, pointmap_loss
 from .pose import PoseCriterion, PoseEvaluator, keypoint_mse_loss, ohkm_mse_loss
 from .seg import SegCriterion, SegEvaluator, seg_ce_loss
 
@@ -26,12 +27,15 @@ def build_criterion(task: str, *, sigma: float = 6.0, ohkm_topk: int | None = No
         return DepthCriterion()
     if task == "normal":
         return NormalCriterion()
+    if task == "pointmap":
+        return PointmapCriterion()
     raise ValueError(f"unknown task {task!r}")
 
 
 def build_evaluator(task: str, *, input_size: tuple[int, int] = (1024, 768), keypoint_gt: dict | None = None,
                     keypoint_set=None, num_classes: int = 28, class_names=None):
-    """A fresh metric accumulator for ``task``: pose AP, seg mIoU, depth RMSE/AbsRel/delta, normal angular error."""
+    """A fresh metric accumulator for ``task``: pose AP, seg mIoU, depth RMSE/AbsRel/delta, normal angular error,
+    pointmap point and normal errors (canonical and metric)."""
     if task == "pose":
         return PoseEvaluator(keypoint_gt, keypoint_set, input_size)
     if task == "seg":
@@ -40,10 +44,12 @@ def build_evaluator(task: str, *, input_size: tuple[int, int] = (1024, 768), key
         return DepthEvaluator()
     if task == "normal":
         return NormalEvaluator()
+    if task == "pointmap":
+        return PointmapEvaluator()
     raise ValueError(f"unknown task {task!r}")
 
 
-__all__ = ["DepthCriterion", "DepthEvaluator", "NormalCriterion", "NormalEvaluator", "PoseCriterion",
-           "PoseEvaluator", "SegCriterion", "SegEvaluator", "build_criterion", "build_evaluator",
-           "keypoint_mse_loss", "normal_loss", "ohkm_mse_loss", "relative_depth_target", "seg_ce_loss",
-           "silog_loss"]
+__all__ = ["DepthCriterion", "DepthEvaluator", "NormalCriterion", "NormalEvaluator", "PointmapCriterion",
+           "PointmapEvaluator", "PoseCriterion", "PoseEvaluator", "SegCriterion", "SegEvaluator", "build_criterion",
+           "build_evaluator", "keypoint_mse_loss", "normal_loss", "ohkm_mse_loss", "pointmap_loss",
+           "relative_depth_target", "seg_ce_loss", "silog_loss"]

@@ -19,8 +19,11 @@ from ..models.heads import TASKS
 from ..models.sapiens2 import ARCHS2, Sapiens2Arch
 from ..models.vit import ARCHS, ViTArch, get_arch
 
-BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean"}  # each task's default
-LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median"}  # errors; the rest (AP, mIoU, delta1, within_*) up
+TRAIN_TASKS = (*TASKS, "pointmap")  # pointmap: Sapiens2 only
+BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean", "pointmap": "metric_l2_mean"}
+LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median", "l2_mean", "metric_l2_mean", "metric_rmse",
+                   "focal_abs_rel", "x_mae", "y_mae", "z_mae", "metric_z_mae", "normal_mean",
+                   "metric_normal_mean"}  # errors; the rest (AP, mIoU, delta1, within_*) go up
 
 
 @dataclass
@@ -62,7 +65,7 @@ class TrainConfig:
     augment: bool = True
     backgrounds: str | None = None  # folder of pictures without people for the random-background augmentation
     # speed / memory
-    precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
+    precision: str | None = None  # bf16 (autocast, or bf16 params under FSDP) | fp32; default bf16, pointmap fp32
     checkpointing: str = "none"  # none | blocks | head | blocks+head
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
     head_chunk: int | None = None  # with head checkpointing: run the head on slices of N images, keeping only inputs
@@ -100,8 +103,8 @@ class TrainConfig:
 def resolve(cfg: TrainConfig) -> TrainConfig:
     """Fill the unset (None) fields with the official recipe for the task, architecture (default: the ``init``
     checkpoint's, else 0.3b) and keypoint set."""
-    if cfg.task not in TASKS:
-        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TASKS)}")
+    if cfg.task not in TRAIN_TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; expected one of {', '.join(TRAIN_TASKS)}")
     d = asdict(cfg)
     if (saved := _resumed_shape(cfg)) is not None:  # the run resumed: its shape, as resolved when it started (its
         d["arch"] = cfg.arch or saved[0]  # --init need not be there any more)
@@ -134,7 +137,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                         batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=6.0 * cfg.input_size[0] / 1024)
         if cfg.task == "depth":
             raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
-                             "architecture, or normals / seg / pose from a Sapiens2 one")
+                             "architecture, or pointmaps / normals / seg / pose from a Sapiens2 one")
+        tokens = [side // 16 for side in cfg.input_size]
+        if cfg.task == "pointmap" and -(-tokens[0] // 8) * -(-tokens[1] // 8) < 2:  # InstanceNorm needs 2 values
+            raise ValueError(f"input size {cfg.input_size}: the pointmap scale branch reduces the {tokens[0]}x"
+                             f"{tokens[1]} token grid 8x, to a single value; train at more than 128 px on a side")
+    elif cfg.task == "pointmap":
+        raise ValueError(f"pointmaps are a Sapiens2 task; --arch {arch} is a v1 architecture (use e.g. "
+                         "--arch sapiens2_0.4b, or --init a Sapiens2 checkpoint)")
     elif cfg.task == "pose":
         lr = 5e-5 if goliath else 5e-4
         decay = 0.95 if (goliath and arch == "1b") else 0.75 if (wholebody and arch in ("0.3b", "0.6b")) else 0.85
@@ -143,6 +153,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                         sigma=6.0 * cfg.input_size[0] / 1024)
     else:
         defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
+    defaults["precision"] = "fp32" if cfg.task == "pointmap" else "bf16"  # as the official pointmap configs
     metric = cfg.best_metric or BEST_METRICS[cfg.task]  # the direction follows the metric, not the task
     defaults.update(best_metric=metric, best_mode="min" if metric in LOWER_IS_BETTER else "max")
     for k, v in defaults.items():

@@ -36,9 +36,10 @@ def evaluate(model: nn.Module, loader, evaluator, device: torch.device, autocast
         batch = to_device(host, device)
         with amp:
             output = model(batch["image"])
-        keep = (valid & ~stand_in).to(output.device)
-        if keep.any():
-            evaluator.update(output.float()[keep], _select(batch, keep))
+        keep = (valid & ~stand_in).to(batch["image"].device)
+        if keep.any():  # (pointmap models give a (points, scale) pair)
+            kept = tuple(o.float()[keep] for o in output) if isinstance(output, tuple) else output.float()[keep]
+            evaluator.update(kept, _select(batch, keep))
     model.train(was_training)
     states = gather_objects((evaluator.state(), unreadable))
     metrics = None

@@ -88,19 +88,25 @@ def checkpoint_head(head: DeconvHead, batch_chunk: int | None = None) -> None:
                 return plain_forward(x)
             # autograd runs the later slice's graph to the end before the earlier one (higher sequence numbers
             # first), so one slice's recomputed maps and their gradients are alive at a time
-            return torch.cat([checkpoint(plain_forward, part, use_reentrant=False) for part in x.split(batch_chunk)])
+            outs = [checkpoint(plain_forward, part, use_reentrant=False) for part in x.split(batch_chunk)]
+            if isinstance(outs[0], tuple):  # pointmap: (points, scale)
+                return tuple(torch.cat(parts) for parts in zip(*outs))
+            return torch.cat(outs)
 
         head.forward = sliced
         return
-    if hasattr(head, "upsample_blocks"):  # Sapiens2's normal head: each stage (conv, pixel shuffle, norm, SiLU) is one
-        stages = [head.input_conv, *head.upsample_blocks, head.conv_layers]
+    if hasattr(head, "upsample_blocks"):  # Sapiens2's normal / pointmap head: each stage (conv, pixel shuffle, norm,
+        stages = [head.input_conv, *head.upsample_blocks, head.conv_layers]  # SiLU) is one; the small scale branch
+        # of pointmap's runs as it is
 
-        def staged(x: torch.Tensor) -> torch.Tensor:
+        def staged(features: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
             if not (head.training and torch.is_grad_enabled()):
-                return plain_forward(x)
+                return plain_forward(features)
+            x = features
             for stage in stages:
                 x = checkpoint(stage, x, use_reentrant=False)
-            return head.final(x)
+            y = head.final(x)
+            return y if head.scale_conv_layers is None else (y, head.scale(features))
 
         head.forward = staged
         return

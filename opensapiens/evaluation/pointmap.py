@@ -1,0 +1,97 @@
+"""Pointmap errors on foreground pixels, pooled over all pixels of a set (see docs/evaluation.md).
+
+Per pixel e = pred - gt (3-D, in the space's units: metres for metric points): the mean and RMS of ||e||, the
+mean |e| per axis, and the share of pixels with ||e|| below 5 / 10 / 20 cm (the official ``within_*_cm``). Surface
+normals of both maps (per-channel 5x5 Sobel derivatives along the columns and rows, crossed; the official kernel)
+are scored with the normal metrics of ``evaluation.normals`` where the whole 5x5 window is foreground.
+Non-finite predictions count as errors of infinite length (never "within").
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .normals import NormalAccumulator
+from .utils import as_mask, as_numpy
+
+WITHIN_CM = (5, 10, 20)
+
+
+def _as_hw3(x, name: str) -> np.ndarray:
+    a = as_numpy(x)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"{name} must be an (H, W, 3) point map, got shape {a.shape}")
+    return a.astype(np.float64, copy=False)
+
+
+def sobel_normals(points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) points, (H, W) bool -> unit normals (H, W, 3) and where they are valid (5x5 window in the mask)."""
+    p = np.nan_to_num(points.astype(np.float64) * mask[..., None])
+    du = np.stack([cv2.Sobel(p[..., c], cv2.CV_64F, 1, 0, ksize=5) for c in range(3)], -1)
+    dv = np.stack([cv2.Sobel(p[..., c], cv2.CV_64F, 0, 1, ksize=5) for c in range(3)], -1)
+    n = np.cross(du, dv)
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-12)
+    inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                       borderValue=0) > 0
+    return n, inside
+
+
+class PointmapAccumulator:
+    """Streams (pred, gt, mask) point maps; keeps sums and counts only, so states merge across processes."""
+
+    def __init__(self):
+        self.num_pixels = self.num_images = 0
+        self.sum_l2 = self.sum_sq = 0.0
+        self.sum_abs = np.zeros(3)
+        self.within = np.zeros(len(WITHIN_CM), dtype=np.int64)
+        self.normals = NormalAccumulator()
+        self.focal_rel: list[float] = []  # per image |f^ - f| / f, where a focal length was added
+
+    def update(self, pred, gt, mask=None) -> None:
+        """Add one (H, W, 3) prediction / GT pair; mask (H, W) nonzero = foreground (also: GT finite)."""
+        p, g = _as_hw3(pred, "pred"), _as_hw3(gt, "gt")
+        if p.shape != g.shape:
+            raise ValueError(f"prediction shape {p.shape} differs from ground truth shape {g.shape}")
+        valid = np.isfinite(g).all(-1)
+        if mask is not None:
+            valid &= as_mask(mask, g.shape[:2])
+        e = p[valid] - g[valid]  # (n, 3)
+        length = np.linalg.norm(e, axis=-1)
+        length = np.where(np.isfinite(length), length, np.inf)
+        self.num_images += 1
+        self.num_pixels += e.shape[0]
+        self.sum_l2 += float(length.sum())
+        self.sum_sq += float((length ** 2).sum())
+        self.sum_abs += np.abs(e).sum(0)
+        self.within += np.array([(length < cm / 100).sum() for cm in WITHIN_CM], dtype=np.int64)
+        n_pred, _ = sobel_normals(p, valid)
+        n_gt, inside = sobel_normals(g, valid)
+        self.normals.update(n_pred, n_gt, inside)
+
+    def add_focal(self, pred: float, gt: float) -> None:
+        """One image's predicted and true focal length (any one unit)."""
+        self.focal_rel.append(abs(pred - gt) / gt)
+
+    def merge(self, other: PointmapAccumulator) -> PointmapAccumulator:
+        for k in ("num_pixels", "num_images", "sum_l2", "sum_sq"):
+            setattr(self, k, getattr(self, k) + getattr(other, k))
+        self.sum_abs = self.sum_abs + other.sum_abs
+        self.within = self.within + other.within
+        self.normals.merge(other.normals)
+        self.focal_rel = self.focal_rel + other.focal_rel
+        return self
+
+    def compute(self) -> dict:
+        n = self.num_pixels
+        mean = (lambda total: float(total / n)) if n else (lambda total: float("nan"))
+        out = {"l2_mean": mean(self.sum_l2), "rmse": float(np.sqrt(self.sum_sq / n)) if n else float("nan")}
+        out.update({f"{axis}_mae": mean(self.sum_abs[i]) for i, axis in enumerate("xyz")})
+        out.update({f"within_{cm}cm": mean(c) for cm, c in zip(WITHIN_CM, self.within)})
+        normals = self.normals.compute()
+        out.update({f"normal_{k}": normals[k] for k in ("mean", "median", "within_11.25", "within_22.5",
+                                                        "within_30")})
+        if self.focal_rel:
+            out["focal_abs_rel"] = float(np.mean(self.focal_rel))
+        out.update(num_images=self.num_images, num_pixels=n)
+        return out
