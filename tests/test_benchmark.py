@@ -289,6 +289,8 @@ def test_bench_checks_its_architecture_and_e2e_folder_before_measuring(tmp_path,
 def test_bench_times_a_sapiens2_pointmap_model_and_judges_its_metric_points(tmp_path):
     """The pointmap model's (points, scale) pair is compared with the fp32 reference as metric points (points /
     scale), the scale branch sized for the benchmarked input."""
+    from opensapiens.cli.main import main
+
     out = tmp_path / "pm.json"
     assert main(["bench", "--task", "pointmap", "--arch", "sapiens2_nano", "--batch", "1", "--input-size", "256x192",
                  "--iters", "1", "--device", "cpu", "--out", str(out)]) == 0
