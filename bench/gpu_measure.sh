@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1127,6 +1127,18 @@ elif [ "$1" = pointmap-train ]; then
   timeout 60 python -m opensapiens.cli.main synth --out /tmp/pm_val --n 8 --device cuda --seed 9 > /dev/null
   timeout 120 python -m opensapiens.cli.main eval --task pointmap --checkpoint /tmp/pm_run/final.safetensors \
     --data /tmp/pm_val --quiet --out "$OUT/eval_pointmap_0.4b_24steps.json"
+elif [ "$1" = pointmap-layout ]; then
+  # call 129: call 128's optimized bf16 step (NHWC head) was slower than eager: the same step with the head NCHW and
+  # NHWC, twice each in turn (noise), the fp32 step at batch 4 (8 did not fit), then pointmap inference speed
+  install_coco_wheel
+  BT="timeout 100 python bench/bench_train.py --task pointmap --arch sapiens2_0.4b --steps 6 --warmup 2"
+  for k in 1 2; do
+    $BT --batch 8 --out "$OUT/train_pointmap_0.4b_nchw_$k.json" | grep -v '^{'
+    $BT --batch 8 --skip-baseline --channels-last --out "$OUT/train_pointmap_0.4b_nhwc_$k.json" | grep -v '^{'
+  done
+  $BT --batch 4 --fp32 --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
+  timeout 170 python -m opensapiens.cli.main bench --iters 10 --task pointmap --arch sapiens2_1b --batch 8 \
+    --out "$OUT/sapiens2_default_pointmap_1b.json" | grep -v '^{'
 elif [ "$1" = pointmap-infer ]; then
   # call 129: pointmap inference speed (eager against the default path: the whole model compiled in the
   # background), and the Sapiens2 rows' accuracy columns again, now taken from the compiled model
