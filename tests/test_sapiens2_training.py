@@ -166,3 +166,14 @@ def test_a_sapiens2_model_reports_the_attention_it_runs_on():
     from opensapiens.training.speed import use_fast_attention
 
     assert use_fast_attention(_model("pose"), torch.device("cuda"), "fa4") == "sdpa"  # (returns before any CUDA call)
+
+
+def test_the_nhwc_head_layout_is_kept_for_deconvolution_heads_only():
+    """Measured (docs/performance.md): NHWC speeds v1's deconvolution heads' step, and slows the pixel-shuffle heads
+    of Sapiens2 normals and pointmaps; ``train`` asks ``channels_last_pays`` before applying it."""
+    from opensapiens.inference.optimize import channels_last_pays
+
+    assert channels_last_pays(build_model("seg", "nano", head_channels=8).head)
+    assert channels_last_pays(_model("pose").head)
+    assert not channels_last_pays(_model("normal").head)
+    assert not channels_last_pays(build_model("pointmap", "sapiens2_nano", head_spec=SMALL["normal"]).head)
