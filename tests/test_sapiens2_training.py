@@ -177,3 +177,26 @@ def test_the_nhwc_head_layout_is_kept_for_deconvolution_heads_only():
     assert channels_last_pays(_model("pose").head)
     assert not channels_last_pays(_model("normal").head)
     assert not channels_last_pays(build_model("pointmap", "sapiens2_nano", head_spec=SMALL["normal"]).head)
+
+
+def test_label_sets_default_to_the_init_heads_built_in_one(tmp_path):
+    """Without --classes / --keypoints a fine-tune predicts what its --init head predicts, where that is a built-in
+    set: a Sapiens2 seg file's 29 classes (so its head loads), a COCO-17 pose file's keypoints (and the COCO recipe's
+    LR, not Goliath's); an explicit option wins; a head with labels of its own leaves the default (goliath)."""
+    seg = export_official(_model("seg", out_channels=29), tmp_path / "s2seg.safetensors")
+    cfg = resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "a"), init=str(seg)))
+    assert cfg.classes == "sapiens2"
+    model = build_model("seg", cfg.arch, out_channels=29, head_spec=Head2Spec.from_dict(cfg.head_spec))
+    assert load_initial_weights(model, str(seg))["skipped_head"] == ""
+    assert resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "b"), init=str(seg),
+                               classes="goliath")).classes == "goliath"
+    assert resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "c"), arch="sapiens2_nano")).classes == \
+        "goliath"
+
+    coco = save_model(build_model("pose", "nano", out_channels=17, head_channels=8, pos_grid=(4, 3)),
+                      tmp_path / "coco.safetensors")
+    cfg = resolve(TrainConfig(task="pose", data="d", out=str(tmp_path / "d"), init=str(coco)))
+    assert (cfg.keypoints, cfg.lr) == ("coco", 5e-4)
+    own = save_model(build_model("pose", "nano", out_channels=3, head_channels=8, pos_grid=(4, 3),
+                                 keypoint_names=["a", "b", "c"]), tmp_path / "own.safetensors")
+    assert resolve(TrainConfig(task="pose", data="d", out=str(tmp_path / "e"), init=str(own))).keypoints == "goliath"
