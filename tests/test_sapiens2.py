@@ -451,7 +451,7 @@ def test_a_sapiens2_seg_model_scores_on_goliath_classes_through_the_class_names(
     Face_Neck) before scoring; the IoUs equal a count over the predictor's own labels mapped by name here."""
     from PIL import Image
 
-    from opensapiens.evaluation.runner import evaluate_model
+    from opensapiens.evaluation.runner import evaluate_model, evaluate_saved
     from opensapiens.io import read_image
 
     assert main(["synth", "--n", "2", "--size", "64x48", "--seed", "5", "--out", str(tmp_path / "data")]) == 0
@@ -479,3 +479,19 @@ def test_a_sapiens2_seg_model_scores_on_goliath_classes_through_the_class_names(
             assert np.isnan(result["IoU"][name])
     with pytest.raises(ValueError, match="--classes lists 19 classes; this model predicts 29"):
         evaluate_model("seg", predictor, tmp_path / "data", classes="face")
+    np.testing.assert_equal(evaluate_model("seg", predictor, tmp_path / "data")["IoU"], result["IoU"])  # (our data:
+    # Goliath's 28; assert_equal: NaN for the classes nobody has equals NaN)
+
+    # predict's label maps, scored as saved predictions: its classes.json says what the ids are
+    out = tmp_path / "pred"
+    assert main(["predict", "--task", "seg", "--checkpoint", str(tmp_path / "seg.safetensors"), "--device", "cpu",
+                 "--input-size", "64x48", "--no-vis", "--out", str(out), str(tmp_path / "data" / "images")]) == 0
+    assert json.loads((out / "classes.json").read_text())["class_names"] == list(v2.names)
+    saved = evaluate_saved("seg", out, tmp_path / "data" / "seg")
+    np.testing.assert_equal(saved["IoU"], result["IoU"])
+    assert saved["protocol"]["predictions"] == result["protocol"]["predictions"]
+    with pytest.raises(ValueError, match=r"--classes lists 19 classes; the predictions \(.*classes.json\) have 29"):
+        evaluate_saved("seg", out, tmp_path / "data" / "seg", classes="face")
+    (out / "classes.json").unlink()  # without it: the ids are taken as Goliath's, unmapped
+    unmapped = evaluate_saved("seg", out, tmp_path / "data" / "seg")
+    assert "predictions" not in unmapped["protocol"] and unmapped["mIoU"] != result["mIoU"]

@@ -14,6 +14,7 @@ format ``read_image`` reads), ``seg/NAME.png`` (class ids), ``masks/NAME.png`` (
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -301,7 +302,9 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
     gt_files = sorted(gt.glob(f"*{ext}"))[:limit]
     if not gt_files:
         raise FileNotFoundError(f"no {ext} ground truth files in {gt}")
-    acc = _dense_accumulator(task, classes, align, ignore_index)
+    predicted = _saved_class_names(pred) if task == "seg" else None
+    acc = _dense_accumulator(task, _scored_classes(classes, predicted), align, ignore_index)
+    to_scored = _label_mapping(predicted, acc, f"the predictions ({pred / SEG_CLASSES_FILE}) have")
     skipped: list[dict] = []
     for g in _progress(gt_files, len(gt_files), progress, f"eval {task}"):
         p = _prediction_file(task, pred, g)
@@ -315,14 +318,57 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
             continue
         try:
             if task == "seg":
-                acc.update(read_label_png(p), read_label_png(g))
+                labels = read_label_png(p)
+                acc.update(labels if to_scored is None else _mapped(to_scored, labels), read_label_png(g))
             else:
                 acc.update(read_npy(p), read_npy(g), None if m is None else read_mask(m))
         except (OSError, ValueError, TypeError) as e:
             skipped.append({"name": g.stem, "reason": str(e)})
     _check_scored(acc.num_images, skipped, gt)
     protocol = {**_protocol(task, acc, align), "source": "saved", "masks": str(masks) if masks else "gt nonzero"}
+    if to_scored is not None:
+        protocol["predictions"] = SAPIENS2_MAPPED
     return _finish(task, acc.compute(), protocol, skipped)
+
+
+SEG_CLASSES_FILE = "classes.json"  # (inference.batch.SEG_CLASSES_FILE: imported there from here would cycle)
+SAPIENS2_MAPPED = "Sapiens2's 29 classes mapped to the 28 (Eyeglass scored as Face_Neck)"
+
+
+def _saved_class_names(pred: Path) -> tuple[str, ...] | None:
+    """The class names ``opensapiens predict`` recorded beside its seg label maps (None where it wrote none)."""
+    f = pred / SEG_CLASSES_FILE
+    try:
+        names = json.loads(f.read_text())["class_names"] if f.is_file() else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{f}: not predict's class list ({e!r})") from None
+    return tuple(names) if names else None
+
+
+def _scored_classes(classes, predicted: Sequence[str] | None):
+    """``classes`` where given, else the predictions' own, except that a Sapiens2 model's 29 are scored on Goliath's
+    28 (mapped by ``_label_mapping``): the classes of the synthetic datasets and of v1's ground truth."""
+    if classes is not None or not predicted:
+        return classes
+    return "goliath" if tuple(predicted) == seg_classes("sapiens2").names else predicted
+
+
+def _label_mapping(predicted: Sequence[str] | None, acc, source: str) -> np.ndarray | None:
+    """How predicted label ids become scored ones: a Sapiens2 model's 29 classes scored on Goliath's 28 are mapped
+    by name (Eyeglass as Face_Neck); None where they are the scored ids; an error where the counts differ (classes
+    never predicted would score 0 IoU each)."""
+    if not predicted:
+        return None
+    if tuple(predicted) == seg_classes("sapiens2").names and tuple(acc.class_names) == seg_classes("goliath").names:
+        return seg29_to_28()
+    if acc.num_classes != len(predicted):
+        raise ValueError(f"--classes lists {acc.num_classes} classes; {source} {len(predicted)}")
+    return None
+
+
+def _mapped(lut: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Predicted ids through ``lut``; ids beyond it (not the model's) stay out of range, to be counted as such."""
+    return np.where(labels < len(lut), lut[np.minimum(labels, len(lut) - 1)], labels)
 
 
 # -------------------------------------------------------------------------------------------------- model on data
@@ -460,15 +506,8 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
 
     gt_dir, ext = GT_DIRS[task]
     predicted = getattr(predictor, "class_names", None) if task == "seg" else None
-    if classes is None and predicted:
-        classes = predicted
-    acc = _dense_accumulator(task, classes, align, ignore_index)
-    to_scored = None  # a Sapiens2 model (29 classes) scored on Goliath's 28: its labels mapped, Eyeglass as Face_Neck
-    if predicted and tuple(predicted) == seg_classes("sapiens2").names and \
-            tuple(acc.class_names) == seg_classes("goliath").names:
-        to_scored = seg29_to_28()
-    elif predicted and acc.num_classes != len(predicted):  # classes it never predicts would score 0 IoU each
-        raise ValueError(f"--classes lists {acc.num_classes} classes; this model predicts {len(predicted)}")
+    acc = _dense_accumulator(task, _scored_classes(classes, predicted), align, ignore_index)
+    to_scored = _label_mapping(predicted, acc, "this model predicts")
     files, skipped = _dataset_images(data / "images")
     names = sorted(files)[:limit]
 
@@ -499,7 +538,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
         for (name, gt_map, mask), res in zip(records, predictions):
             try:
                 if task == "seg":
-                    acc.update(res.labels if to_scored is None else to_scored[res.labels], gt_map)
+                    acc.update(res.labels if to_scored is None else _mapped(to_scored, res.labels), gt_map)
                 elif task == "pointmap":
                     acc.update(res.points, gt_map[0], mask)
                     acc.add_focal(float(np.sqrt(res.focal[0] * res.focal[1])), gt_map[1])
@@ -510,7 +549,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     _check_scored(acc.num_images, skipped, data)
     protocol = {**_protocol(task, acc, align), "source": "model", "masks": "masks/ (else gt nonzero)"}
     if to_scored is not None:
-        protocol["predictions"] = "Sapiens2's 29 classes mapped to the 28 (Eyeglass scored as Face_Neck)"
+        protocol["predictions"] = SAPIENS2_MAPPED
     return _finish(task, acc.compute(), protocol, skipped)
 
 

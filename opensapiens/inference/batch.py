@@ -16,9 +16,11 @@ Files written per input stem (``--raw`` adds the raw head output):
 |          | intrinsics, scale), STEM_pointmap.jpg (its depth)                     |                         |
 | features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
 
-Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and STEM_openpose.png (the
-skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``. Pointmaps with ``ply``
-(``--ply``) also write STEM_pointmap.ply, the valid points coloured by the image (``PointmapResult.save_ply``).
+Seg jobs also write ``classes.json`` (the model's class names, which its ids index), so that ``eval`` reads the
+ids as what they are. Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and
+STEM_openpose.png (the skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``.
+Pointmaps with ``ply`` (``--ply``) also write STEM_pointmap.ply, the valid points coloured by the image
+(``PointmapResult.save_ply``).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_
             "pointmap": "return_raw"}
 OPENPOSE_OUTPUTS = ("_openpose.json", "_openpose.png")  # pose with ``openpose``
 PLY_OUTPUT = "_pointmap.ply"  # pointmap with ``ply``
+SEG_CLASSES_FILE = "classes.json"  # seg: {"class_names": [...]} of the model whose ids the label maps hold
 
 
 # run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
@@ -256,6 +259,8 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         raise ValueError(f"got {len(stems)} output names for {len(paths)} inputs")
     out_dir.mkdir(parents=True, exist_ok=True)
     task = predictor.task
+    if task == "seg" and getattr(predictor, "class_names", None):
+        save_json(out_dir / SEG_CLASSES_FILE, {"class_names": list(predictor.class_names)})
     report = BatchReport()
     todo = []
     for p, s in zip(paths, stems):
