@@ -22,7 +22,7 @@ from opensapiens.evaluation.runner import evaluate_saved
 from opensapiens.models import Head2Spec, build_model
 from opensapiens.tasks import PointmapEvaluator, build_criterion
 from opensapiens.tasks.pointmap import WEIGHTS, pointmap_loss_terms, unproject
-from opensapiens.training.config import TrainConfig, resolve
+from opensapiens.training.config import TrainConfig, lower_is_better, resolve
 from opensapiens.training.speed import checkpoint_head
 
 SMALL = Head2Spec((16, 16, 8, 8), (8,), 3, scale_conv=(32, 16, 8), scale_hidden=(16,))
@@ -108,6 +108,25 @@ def test_metrics_match_the_float64_statement_in_both_spaces():
                                                                   R.pointmap_normals(g, m)[0][valid])]
                              for p, g, m in zip(preds, gts, masks) for valid in [R.pointmap_normals(g, m)[1]]])
     assert abs(got["normal_median"] - np.sort(errors)[(len(errors) + 1) // 2 - 1]) <= 0.01  # histogram median
+    assert got["nonfinite_pred"] == 0
+    error_keys = [k for k in got if not k.startswith(("within", "normal_within", "num_", "nonfinite"))]
+    assert error_keys and all(lower_is_better(k) for k in error_keys)  # --best-metric's direction
+    assert not any(lower_is_better(k) for k in got if "within" in k)
+
+    # a prediction cut by a segmentation (NaN) is counted, never within, left out of the means; without a mask the
+    # background's zero points are not scored
+    holed = [p.copy() for p in preds]
+    holed[0][10, 10] = np.nan
+    acc = PointmapAccumulator()
+    for p, g, m in zip(holed, gts, masks):
+        acc.update(p, np.where(m[..., None], g, 0.0))  # no mask: the GT's zeros are the background
+    cut = [m.copy() for m in masks]
+    cut[0][10, 10] = False
+    holed_got, without = acc.compute(), R.metrics(preds, gts, cut)
+    n = sum(m.sum() for m in masks)
+    assert holed_got["nonfinite_pred"] == 1 and holed_got["num_pixels"] == n
+    assert holed_got["l2_mean"] == pytest.approx(without["l2_mean"], rel=1e-9)
+    assert holed_got["within_10cm"] == pytest.approx(without["within_10cm"] * (n - 1) / n, rel=1e-9)
 
     # the training evaluator: canonical (as regressed) and metric (/ predicted scale) spaces, the focal's error
     evaluator = PointmapEvaluator()
@@ -125,13 +144,17 @@ def test_metrics_match_the_float64_statement_in_both_spaces():
     assert out["focal_abs_rel"] == pytest.approx(focal_err, rel=1e-5)
 
 
+def _plane(i: int, H: int, W: int) -> np.ndarray:
+    v, u = np.mgrid[:H, :W]
+    return 2 + 0.01 * (i + 1) * u + 0.02 * v  # a plane seen at an angle: bilinear resampling keeps it exact
+
+
 def _write_dataset(root, rng, n=2, H=40, W=30, official=True):
     from opensapiens.io import save_npy, save_png
 
     for i in range(n):
         name = f"s{i}"
-        v, u = np.mgrid[:H, :W]
-        depth = (2 + 0.4 * np.sin(u / 5 + i) + 0.2 * np.cos(v / 7)).astype(np.float32)
+        depth = _plane(i, H, W).astype(np.float32)
         mask = np.zeros((H, W), np.uint8)
         mask[5:35, 4:26] = 1
         depth[~mask.astype(bool)] = 0
@@ -149,29 +172,38 @@ def _write_dataset(root, rng, n=2, H=40, W=30, official=True):
 
 
 @pytest.mark.parametrize("official", [True, False])
-def test_augmented_samples_keep_points_and_camera_consistent(tmp_path, official):
-    """After a random resize, placement, rotation and mirror, each foreground point projects through the sample's
-    camera to (within the nearest-neighbour warp's reach of) its own pixel; the camera is the float64 statement's
-    K' = [M; 0 0 1] K G^-1, its focal the resize times the source's."""
+def test_augmented_samples_see_the_source_surface_through_the_warped_camera(tmp_path, official):
+    """After a random magnification, placement, rotation and mirror, a foreground pixel away from the silhouette
+    holds the source surface's point at the pixel's back-warped position, turned by G: G Z(x, y) K^-1 (x, y, 1)
+    (a planar depth, so the bilinear resampling is exact); the camera is the float64 statement's K' = [M; 0 0 1] K
+    G^-1, its focal the magnification times the source's; magnified surfaces are smooth (no steps of repeated points,
+    whose forward-difference normals a perfect prediction would be charged for)."""
     _write_dataset(tmp_path, np.random.default_rng(0), official=official)
     aug = DenseAugment(ratio_range=(1.5, 2.5), rotate_degree=40.0, rotate_prob=1.0, flip_prob=1.0, photometric=False)
     ds = DenseDataset(tmp_path, "pointmap", (64, 48), aug)
     K0 = read_intrinsics(tmp_path, "s1")
     for seed in range(3):
-        rng = np.random.default_rng(seed)
-        sample = ds.load(1, rng)
+        sample = ds.load(1, np.random.default_rng(seed))
         M, G = pointmap_affine((40, 30), (64, 48), np.random.default_rng(seed), aug)
         k = math.sqrt(abs(np.linalg.det(M[:, :2])))
+        assert k > 1.2
         np.testing.assert_allclose(sample["intrinsics"], R.warp_intrinsics(K0, M, G), rtol=1e-6, atol=1e-4)
         assert R.focal(sample["intrinsics"]) == pytest.approx(k * 56.0, rel=1e-6)
         assert abs(G[0, 0] * G[1, 1] - G[0, 1] * G[1, 0] + 1) < 1e-9  # rotation times mirror
         fg = sample["mask"].astype(bool)
-        assert fg.sum() > 100
-        P = sample["points"][fg].astype(np.float64)
-        uvw = P @ sample["intrinsics"].astype(np.float64).T
         v, u = np.nonzero(fg)
-        reach = k * math.sqrt(0.5) + 1e-3  # the source pixel nearest to the back-warped centre
-        assert np.abs(uvw[:, 0] / uvw[:, 2] - u).max() <= reach and np.abs(uvw[:, 1] / uvw[:, 2] - v).max() <= reach
+        back = np.linalg.inv(np.vstack([M, [0, 0, 1]])) @ np.stack([u, v, np.ones_like(u)]).astype(float)
+        x, y = back[0], back[1]
+        inner = (np.floor(x) >= 4) & (np.floor(x) + 1 <= 25) & (np.floor(y) >= 5) & (np.floor(y) + 1 <= 34)
+        assert inner.sum() > 200
+        Z = 2 + 0.02 * x + 0.02 * y  # image s1's plane at the back-warped positions
+        want = (G @ (Z * (np.linalg.inv(K0) @ np.stack([x, y, np.ones_like(x)]))))[:, inner].T
+        np.testing.assert_allclose(sample["points"][v[inner], u[inner]], want, atol=2e-3)  # (cv2's 1/32 px grid)
+        terms = pointmap_loss_terms(torch.tensor(sample["points"] * R.canonical_scale(sample["intrinsics"]))
+                                    .permute(2, 0, 1)[None], torch.tensor([[R.canonical_scale(sample["intrinsics"])]]),
+                                    torch.tensor(sample["points"])[None], torch.tensor(fg)[None],
+                                    torch.tensor(sample["intrinsics"])[None])
+        assert float(terms["normal"]) < 1e-3 and float(terms["intrinsics"]) < 1e-5  # the GT costs nothing
 
     val = DenseDataset(tmp_path, "pointmap", (64, 48), None)[0]  # the centred fit of predict's resize="center"
     K = read_intrinsics(tmp_path, "s0")
@@ -179,6 +211,13 @@ def test_augmented_samples_keep_points_and_camera_consistent(tmp_path, official)
     np.testing.assert_allclose(val["intrinsics"], [[K[0, 0] * sx, 0, (K[0, 2] + 0.5) * sx - 0.5],
                                                    [0, K[1, 1] * sy, (K[1, 2] + 0.5) * sy - 0.5], [0, 0, 1]],
                                rtol=1e-6)
+    from opensapiens.inference.transforms import MEAN, STD, Preprocessor
+    from opensapiens.io import read_image
+
+    x, _ = Preprocessor((64, 48), resize="center")([read_image(tmp_path / "images" / "s0.png")])
+    mean, std = torch.tensor(MEAN), torch.tensor(STD)
+    seen = (x[0].permute(1, 2, 0) * std + mean).numpy()
+    assert np.abs(seen - val["image"]).max() <= 1.01  # predict's input, to uint8 rounding: its edges too
 
 
 def test_cameras_that_cannot_be_read_are_named(tmp_path):
@@ -194,6 +233,10 @@ def test_cameras_that_cannot_be_read_are_named(tmp_path):
     (tmp_path / "depths" / "s0.npy").rename(empty / "depths" / "s0.npy")
     with pytest.raises(DataError, match="pointmaps need each image's camera"):
         DenseDataset(empty, "pointmap", (64, 48), None)
+    (empty / "meta").mkdir()  # a camera_intrinsics/ folder without the image's file: its meta/ JSON, if any
+    (empty / "camera_intrinsics").mkdir()
+    (empty / "meta" / "s0.json").write_text(json.dumps({"image": {"fx": 9.0, "fy": 9.0, "cx": 1.0, "cy": 2.0}}))
+    np.testing.assert_array_equal(read_intrinsics(empty, "s0"), [[9, 0, 1], [0, 9, 2], [0, 0, 1]])
 
 
 def test_on_the_fly_synthetic_points_are_the_depth_seen_through_the_camera():
@@ -241,6 +284,8 @@ def test_the_scale_branch_flattens_the_grid_its_input_gives(size):
 def test_pointmaps_are_refused_for_v1_and_for_inputs_the_scale_branch_cannot_normalize(tmp_path):
     with pytest.raises(ValueError, match="pointmaps are a Sapiens2 task; --arch 0.3b"):
         resolve(TrainConfig(task="pointmap", data="d", out=str(tmp_path), arch="0.3b"))
+    with pytest.raises(ValueError, match=r"'pointmap' is not a Sapiens v1 task .* \(pointmaps are Sapiens2 models"):
+        build_model("pointmap", "nano")  # (the benchmarks build models directly)
     with pytest.raises(ValueError, match="to a single value"):
         resolve(TrainConfig(task="pointmap", data="d", out=str(tmp_path), arch="sapiens2_nano",
                             input_size=(128, 96)))
@@ -299,3 +344,22 @@ def test_unproject_is_the_pinhole_inverse():
     K = np.stack([[[100.0, 3.0, 2.0], [0.0, 90.0, 2.5], [0, 0, 1]]] * 2)
     got = unproject(torch.tensor(depth), torch.tensor(K)).numpy()
     np.testing.assert_allclose(got, np.stack([R.unproject(d, k) for d, k in zip(depth, K)]), rtol=1e-12)
+
+
+def test_an_init_pointmap_head_from_another_input_size_loads_all_but_its_scale_linear(tmp_path):
+    """The scale branch flattens a grid that follows the input size: only its first Linear changes shape, so a
+    released 1024x768 head starts a 256x192 fine-tune with every other tensor (as the official loader skips only
+    mismatched shapes)."""
+    from opensapiens.checkpoints.loading import export_official
+    from opensapiens.training.init import load_initial_weights
+
+    torch.manual_seed(0)
+    source = build_model("pointmap", "sapiens2_nano", head_spec=SMALL)  # (8, 6): 1024 x 768
+    path = export_official(source, tmp_path / "pm.safetensors")
+    model = build_model("pointmap", "sapiens2_nano", head_spec=SMALL.for_input((256, 192)))
+    report = load_initial_weights(model, str(path))
+    n = len(model.head.state_dict())
+    assert report["head"] == n - 1 and report["skipped_head"].endswith("scale_final_layer.1.weight")
+    for name, tensor in model.head.state_dict().items():
+        if name != "scale_final_layer.1.weight":
+            torch.testing.assert_close(tensor, source.head.state_dict()[name], rtol=0, atol=0)

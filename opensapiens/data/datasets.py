@@ -42,7 +42,9 @@ from .transforms import (
     replace_background,
     transform_normals,
     warp,
-    warp_points,
+    warp_camera,
+    warp_depth,
+    warp_image,
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -227,9 +229,9 @@ def _load_npy(path: Path, channels: int | None) -> np.ndarray:
 
 def read_intrinsics(root: Path, name: str) -> np.ndarray:
     """(3, 3) float64 camera matrix of image ``name`` of a dataset folder (pixel centres at integers), from
-    ``camera_intrinsics/NAME.txt`` (3 x 3, the official layout) or ``meta/NAME.json`` (``opensapiens synth``)."""
+    ``camera_intrinsics/NAME.txt`` (3 x 3, the official layout), else ``meta/NAME.json`` (``opensapiens synth``)."""
     root = Path(root)
-    if (root / "camera_intrinsics").is_dir():
+    if (root / "camera_intrinsics" / f"{name}.txt").is_file() or not (root / "meta" / f"{name}.json").is_file():
         path = root / "camera_intrinsics" / f"{name}.txt"
         try:
             K = np.loadtxt(path, dtype=np.float64, ndmin=2)
@@ -365,13 +367,12 @@ class DenseDataset(_Base):
                   rng: np.random.Generator | None, aug: DenseAugment | None) -> dict:
         from ..tasks.pointmap import unproject
 
-        fg = fg & (depth > 0)
-        points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K)[None])[0].numpy()  # (H, W, 3)
         M, G = pointmap_affine(image.shape[:2], self.input_size, rng, aug)
-        points, K_in = warp_points(points, K, M, G, self.input_size)
-        out = {"image": warp(image, M, self.input_size, nearest=False),
-               "mask": warp(fg.astype(np.uint8), M, self.input_size, nearest=True), "points": points,
-               "intrinsics": K_in.astype(np.float32)}
+        depth, mask = warp_depth(depth, fg & (depth > 0), M, self.input_size)
+        K_in = warp_camera(K, M, G)
+        points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K_in)[None])[0].numpy()  # (H, W, 3)
+        out = {"image": warp_image(image, M, self.input_size), "mask": mask.astype(np.uint8),
+               "points": np.where(mask[..., None], points, 0).astype(np.float32), "intrinsics": K_in.astype(np.float32)}
         if aug is not None:
             out["image"] = self.photometric(out["image"], rng, aug.photometric)
         return out

@@ -227,7 +227,7 @@ def pointmap_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.
     Validation (``aug`` None): the centred aspect-keeping fit of ``predict`` (``resize="center"``), G = identity.
     Training: the fit scaled by a factor from ``aug.ratio_range``, placed at random (cropped where larger than the
     input, anywhere inside it where smaller), then ``_rotate_flip``; a similarity k R, so G turns X, Y by R (a
-    rotation, or one with a mirror) and the points stay the ones the pixels see (``warp_points``).
+    rotation, or one with a mirror) and the points stay the ones the pixels see (``warp_camera``).
     """
     from ..inference.transforms import placement
 
@@ -246,14 +246,33 @@ def pointmap_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.
     return M[:2], G
 
 
-def warp_points(points: np.ndarray, K: np.ndarray, M: np.ndarray, G: np.ndarray,
-                out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Metric points (H, W, 3) and intrinsics K (3, 3) of a source image -> those of its warp by M with frame turn G:
-    the points move with their pixels (nearest) and turn by G; K' = [M; 0 0 1] K G^-1 projects them to where they
-    land."""
-    moved = warp(points, M, out_hw, nearest=True) @ G.T.astype(np.float32)
-    K_new = np.vstack([M, [0.0, 0.0, 1.0]]) @ K @ np.linalg.inv(G)
-    return moved.astype(np.float32), K_new
+def warp_depth(depth: np.ndarray, fg: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Depth (H, W) and its foreground (H, W) bool warped by M: bilinear where the whole 2x2 source footprint is
+    foreground, nearest elsewhere, so a magnified surface stays smooth (nearest alone makes steps of repeated
+    points, whose normals are degenerate) and no depth is blended across a silhouette; the foreground nearest."""
+    d = np.where(fg, depth, 0).astype(np.float32)
+    smooth = warp(fg.astype(np.float32), M, out_hw, nearest=False) >= 1 - 1e-6
+    warped = np.where(smooth, warp(d, M, out_hw, nearest=False), warp(d, M, out_hw, nearest=True))
+    mask = warp(fg.astype(np.uint8), M, out_hw, nearest=True).astype(bool) & (warped > 0)
+    return warped, mask
+
+
+def warp_camera(K: np.ndarray, M: np.ndarray, G: np.ndarray) -> np.ndarray:
+    """The camera (3, 3) of an image warped by M whose frame turned by G: K' = [M; 0 0 1] K G^-1, through which the
+    turned points G P project to where their pixels landed (Z, which G keeps, is the warped depth)."""
+    return np.vstack([M, [0.0, 0.0, 1.0]]) @ K @ np.linalg.inv(G)
+
+
+def warp_image(image: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear warp whose content edge is not blended with the black outside (replicated, then cut), as a resize
+    then a paste would give: ``predict``'s centred input."""
+    inside = warp(np.ones(image.shape[:2], np.uint8), M, out_hw, nearest=True).astype(bool)
+    flags = cv2.INTER_LINEAR
+    out = cv2.warpAffine(image, M.astype(np.float64), (out_hw[1], out_hw[0]), flags=flags,
+                         borderMode=cv2.BORDER_REPLICATE)
+    out[~inside] = 0
+    return out
 
 
 def warp(array: np.ndarray, M: np.ndarray, out_hw: tuple[int, int], nearest: bool, border: float = 0) -> np.ndarray:

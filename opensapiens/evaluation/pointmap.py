@@ -1,10 +1,12 @@
 """Pointmap errors on foreground pixels, pooled over all pixels of a set (see docs/evaluation.md).
 
-Per pixel e = pred - gt (3-D, in the space's units: metres for metric points): the mean and RMS of ||e||, the
-mean |e| per axis, and the share of pixels with ||e|| below 5 / 10 / 20 cm (the official ``within_*_cm``). Surface
-normals of both maps (per-channel 5x5 Sobel derivatives along the columns and rows, crossed; the official kernel)
-are scored with the normal metrics of ``evaluation.normals`` where the whole 5x5 window is foreground.
-Non-finite predictions count as errors of infinite length (never "within").
+Valid pixels: foreground (the mask where one is given) whose GT point is finite and in front of the camera (Z > 0:
+the zeros of a background without a mask are not scored). Per pixel e = pred - gt (3-D, in the space's units: metres
+for metric points): the mean and RMS of ||e||, the mean |e| per axis, and the share of pixels with ||e|| below
+5 / 10 / 20 cm (the official ``within_*_cm``). A non-finite prediction (NaN where a segmentation cut the map) is
+counted (``nonfinite_pred``), never "within", and left out of the means. Surface normals of both maps (per-channel
+5x5 Sobel derivatives along the columns and rows, crossed; the official kernel) are scored with the normal metrics
+of ``evaluation.normals`` where the whole 5x5 window is valid.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class PointmapAccumulator:
     """Streams (pred, gt, mask) point maps; keeps sums and counts only, so states merge across processes."""
 
     def __init__(self):
-        self.num_pixels = self.num_images = 0
+        self.num_pixels = self.num_images = self.nonfinite_pred = 0
         self.sum_l2 = self.sum_sq = 0.0
         self.sum_abs = np.zeros(3)
         self.within = np.zeros(len(WITHIN_CM), dtype=np.int64)
@@ -53,17 +55,18 @@ class PointmapAccumulator:
         p, g = _as_hw3(pred, "pred"), _as_hw3(gt, "gt")
         if p.shape != g.shape:
             raise ValueError(f"prediction shape {p.shape} differs from ground truth shape {g.shape}")
-        valid = np.isfinite(g).all(-1)
+        valid = np.isfinite(g).all(-1) & (np.nan_to_num(g[..., 2]) > 0)
         if mask is not None:
             valid &= as_mask(mask, g.shape[:2])
         e = p[valid] - g[valid]  # (n, 3)
-        length = np.linalg.norm(e, axis=-1)
-        length = np.where(np.isfinite(length), length, np.inf)
+        finite = np.isfinite(e).all(-1)
+        length = np.linalg.norm(e[finite], axis=-1)
         self.num_images += 1
         self.num_pixels += e.shape[0]
+        self.nonfinite_pred += int((~finite).sum())
         self.sum_l2 += float(length.sum())
         self.sum_sq += float((length ** 2).sum())
-        self.sum_abs += np.abs(e).sum(0)
+        self.sum_abs += np.abs(e[finite]).sum(0)
         self.within += np.array([(length < cm / 100).sum() for cm in WITHIN_CM], dtype=np.int64)
         n_pred, _ = sobel_normals(p, valid)
         n_gt, inside = sobel_normals(g, valid)
@@ -74,7 +77,7 @@ class PointmapAccumulator:
         self.focal_rel.append(abs(pred - gt) / gt)
 
     def merge(self, other: PointmapAccumulator) -> PointmapAccumulator:
-        for k in ("num_pixels", "num_images", "sum_l2", "sum_sq"):
+        for k in ("num_pixels", "num_images", "nonfinite_pred", "sum_l2", "sum_sq"):
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.sum_abs = self.sum_abs + other.sum_abs
         self.within = self.within + other.within
@@ -83,15 +86,15 @@ class PointmapAccumulator:
         return self
 
     def compute(self) -> dict:
-        n = self.num_pixels
-        mean = (lambda total: float(total / n)) if n else (lambda total: float("nan"))
-        out = {"l2_mean": mean(self.sum_l2), "rmse": float(np.sqrt(self.sum_sq / n)) if n else float("nan")}
+        n, scored = self.num_pixels, self.num_pixels - self.nonfinite_pred
+        mean = (lambda total: float(total / scored)) if scored else (lambda total: float("nan"))
+        out = {"l2_mean": mean(self.sum_l2), "rmse": float(np.sqrt(mean(self.sum_sq)))}
         out.update({f"{axis}_mae": mean(self.sum_abs[i]) for i, axis in enumerate("xyz")})
-        out.update({f"within_{cm}cm": mean(c) for cm, c in zip(WITHIN_CM, self.within)})
+        out.update({f"within_{cm}cm": float(c / n) if n else float("nan") for cm, c in zip(WITHIN_CM, self.within)})
         normals = self.normals.compute()
         out.update({f"normal_{k}": normals[k] for k in ("mean", "median", "within_11.25", "within_22.5",
                                                         "within_30")})
         if self.focal_rel:
             out["focal_abs_rel"] = float(np.mean(self.focal_rel))
-        out.update(num_images=self.num_images, num_pixels=n)
+        out.update(num_images=self.num_images, num_pixels=n, nonfinite_pred=self.nonfinite_pred)
         return out

@@ -21,11 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import KeypointSet, conversion_indices, convert_keypoints, keypoint_set, seg29_to_28, seg_classes
+from ..metadata import KeypointSet, keypoint_set, seg29_to_28, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pointmap import PointmapAccumulator
 from .pose import annotation_keypoints, evaluate_keypoints, person_category, read_coco_json
+from .pose_files import SAVED_HINT, convert_gt, first_images, infer_keypoint_set, read_pose_predictions
 from .segmentation import SegConfusion
 from .utils import read_label_png
 
@@ -143,39 +144,6 @@ def _protocol(task: str, acc, align: str) -> dict:
 # --------------------------------------------------------------------------------------------- saved predictions
 
 
-SAVED_HINT = "a fine-tune's own keypoints are scored with its model: eval --checkpoint ... --data ..."
-
-
-def infer_keypoint_set(gt, hint: str = SAVED_HINT) -> str:
-    """The layout of a COCO keypoint GT from its first annotation (17, 133 or 308 keypoints); ``hint`` ends the
-    error for any other count."""
-    anns = [a for a in read_coco_json(gt, "ground truth").get("annotations") or []
-            if a.get("keypoints") or "goliath_wholebody_kpts" in a]  # crowd regions may come without keypoints
-    if not anns:
-        raise ValueError("ground truth has no annotation with keypoints to infer the keypoint layout from; pass "
-                         "--keypoints")
-    a = anns[0]
-    if "goliath_wholebody_kpts" in a:
-        return "goliath"
-    if "foot_kpts" in a:
-        return "wholebody"
-    n = len(a.get("keypoints", [])) // 3
-    if n not in (17, 133, 308):
-        raise ValueError(f"ground truth keypoints have {n} points; expected 17, 133 or 308 ({hint})")
-    return keypoint_set(n).name
-
-
-def _first_images(gt: dict, results: list, limit: int) -> tuple[dict, list]:
-    """The GT cut to its first ``limit`` images with their annotations, and the results for those images (results
-    for an image the GT does not have are kept, for evaluate_keypoints to report)."""
-    images = gt.get("images") or []
-    keep = {im.get("id") for im in images[:limit]}
-    drop = {im.get("id") for im in images} - keep
-    gt = {**gt, "images": images[:limit],
-          "annotations": [a for a in gt.get("annotations") or [] if a.get("image_id") not in drop]}
-    return gt, [r for r in results if not isinstance(r, dict) or r.get("image_id") not in drop]
-
-
 def predict_suffix(task: str) -> str:
     """What ``opensapiens predict`` appends to an image's stem for its ``task`` map (``_seg.png``, ...)."""
     from ..inference.batch import OUTPUTS  # here, not at the top: inference imports evaluation
@@ -189,81 +157,6 @@ def _prediction_file(task: str, pred: Path, gt_file: Path) -> Path | None:
         if p.is_file():
             return p
     return None
-
-
-def _is_predict_doc(doc) -> bool:
-    return isinstance(doc, dict) and isinstance(doc.get("image"), dict) and "people" in doc
-
-
-def _is_openpose_doc(doc) -> bool:
-    """``predict --openpose``'s STEM_openpose.json, which sits beside STEM.json: the same people, another layout."""
-    return isinstance(doc, dict) and "canvas_width" in doc and "people" in doc and "image" not in doc
-
-
-def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: str | None = None) -> list | dict:
-    """COCO keypoint results from ``pred``: a COCO results JSON (list, returned as read), or the output of
-    ``opensapiens predict --task pose``: its folder of per-image ``STEM.json`` or one such file.
-
-    A predict file (``{"image": {"file_name": STEM, ...}, "keypoint_set", "people": [COCO results]}``) belongs to the
-    GT image whose ``file_name`` has that stem; its people become results with that image's id, their keypoints
-    converted to the ``keypoints`` layout where the file's differs (308 -> 133 / 17, 133 -> 17, by name, as model
-    mode does). A file whose stem matches no GT image, or several, is an error naming it. GT images without a file
-    have no predictions.
-    """
-    if isinstance(pred, (str, Path)) and Path(pred).is_dir():
-        files = sorted(Path(pred).glob("*.json"))
-        if not files:
-            raise FileNotFoundError(f"no .json predictions in {pred} (expected opensapiens predict's STEM.json files)")
-        docs = [(f, read_coco_json(f, "predictions")) for f in files]
-        docs = [(f, doc) for f, doc in docs if not _is_openpose_doc(doc)]
-        for f, doc in docs:
-            if not _is_predict_doc(doc):
-                raise ValueError(f"predictions file {f} is not an opensapiens predict output (no 'image' and "
-                                 "'people'); pass a COCO results JSON file instead of a folder")
-    else:
-        doc = read_coco_json(pred, "predictions")
-        if not _is_predict_doc(doc):
-            return doc
-        docs = [(pred, doc)]
-    by_stem: dict[str, list] = {}
-    images = (gt.get("images") or []) if isinstance(gt, dict) else []  # a bad GT: evaluate_keypoints says why
-    category = person_category(gt) if isinstance(gt, dict) else 1
-    sizes = {}
-    for im in images:
-        if "file_name" in im:
-            by_stem.setdefault(Path(str(im["file_name"])).stem, []).append(im.get("id"))
-            sizes[im.get("id")] = (im.get("height"), im.get("width"))
-    results = []
-    for f, doc in docs:
-        stem = str(doc["image"].get("file_name", ""))
-        ids = by_stem.get(stem, [])
-        if len(ids) != 1:
-            why = "no ground truth image" if not ids else f"{len(ids)} ground truth images (ids {ids})"
-            raise ValueError(f"predictions file {f}: image {stem!r} matches {why} by file name stem")
-        seen, known = (doc["image"].get("height"), doc["image"].get("width")), sizes.get(ids[0], (None, None))
-        if None not in seen + known and tuple(map(int, seen)) != tuple(map(int, known)):
-            raise ValueError(f"predictions file {f}: predicted on a {seen[0]}x{seen[1]} image, the ground truth's "
-                             f"{stem!r} is {known[0]}x{known[1]} (HxW): not the same picture")
-        people = doc["people"]
-        if not isinstance(people, list) or not all(isinstance(r, dict) for r in people):
-            raise ValueError(f"predictions file {f}: 'people' is not a list of COCO keypoint results")
-        src = doc.get("keypoint_set")
-        if keypoints is not None and src is not None and keypoint_set(src).name != keypoint_set(keypoints).name:
-            people = [_converted(r, src, keypoints, f) for r in people]
-        # predict writes COCO's person category (1); the ground truth's may be another id
-        results += [{**r, "image_id": ids[0], "category_id": category} for r in people]
-    return results
-
-
-def _converted(result: dict, src: str, dst: str, where: Path | str) -> dict:
-    """One COCO result's ``[x, y, score] * K`` in another keypoint layout (channels without a source score 0)."""
-    flat = np.asarray(result.get("keypoints", []), np.float64)
-    k = keypoint_set(src).num_keypoints
-    if flat.size != 3 * k:
-        raise ValueError(f"predictions file {where}: a person has {flat.size // 3} keypoints, its file's "
-                         f"keypoint_set {src!r} has {k}")
-    kp, sc = convert_keypoints(flat.reshape(k, 3)[:, :2], flat.reshape(k, 3)[:, 2], src, dst)
-    return {**result, "keypoints": np.concatenate([kp, sc[:, None]], axis=1).reshape(-1).tolist()}
 
 
 def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: str | None = None,
@@ -285,10 +178,10 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
         gt_data = read_coco_json(gt, "ground truth")
         name = keypoint_set(keypoints).name if keypoints else infer_keypoint_set(gt_data)
         if keypoints and isinstance(gt_data, dict) and gt_data.get("annotations"):  # scored in --keypoints: a GT
-            gt_data = _convert_gt(gt_data, infer_keypoint_set(gt_data), name)  # in another layout mapped by name
+            gt_data = convert_gt(gt_data, infer_keypoint_set(gt_data), name)  # in another layout mapped by name
         results = read_pose_predictions(pred, gt_data, name)
         if limit is not None and isinstance(gt_data, dict) and isinstance(results, list):
-            gt_data, results = _first_images(gt_data, results, limit)
+            gt_data, results = first_images(gt_data, results, limit)
         metrics = evaluate_keypoints(gt_data, results, name)
         return _finish(task, metrics, {"keypoints": keypoint_set(name).name, "source": "saved"}, [])
     pred, gt = Path(pred), Path(gt)
@@ -379,21 +272,6 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i : i + size]
 
 
-def _convert_gt(gt: dict, src: str, dst: str) -> dict:
-    """A copy of a COCO keypoint GT with every annotation's keypoints converted to another layout (flat)."""
-    if src == dst:
-        return gt
-    dst_ids, src_ids = conversion_indices(src, dst)
-    k_src, k_dst = keypoint_set(src).num_keypoints, keypoint_set(dst).num_keypoints
-    anns = []
-    for a in gt["annotations"]:
-        kp = annotation_keypoints(a, k_src, f"ground truth annotation {a.get('id', '?')}")
-        out = np.zeros((k_dst, 3))
-        out[dst_ids] = kp[src_ids]
-        anns.append({**a, "keypoints": out.ravel().tolist(), "num_keypoints": int((out[:, 2] > 0).sum())})
-    return {**gt, "annotations": anns}
-
-
 def _image_path(data: Path, file_name: str) -> Path:
     for cand in (data / "images" / file_name, data / file_name, data / "images" / Path(file_name).name):
         if cand.is_file():
@@ -458,12 +336,18 @@ def _evaluate_pose_model(predictor, data: Path, keypoints: str | None, limit: in
     eval_name = eval_name or gt_name
     evaluated = {im["id"] for im in images} - {s["image_id"] for s in skipped}
     _check_scored(len(evaluated), skipped, data)
-    gt_eval = _convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
+    gt_eval = convert_gt({**gt, "images": [im for im in gt["images"] if im["id"] in evaluated]}, gt_name, eval_name)
     gt_eval["annotations"] = [a for a in gt_eval["annotations"] if a["image_id"] in evaluated]
     metrics = evaluate_keypoints(gt_eval, results, own or eval_name)
     protocol = {"keypoints": eval_name, "boxes": "ground truth (top-down)", "instance_score": "bbox_keypoint, thr 0.2",
                 "num_images": len(evaluated)}
     return _finish("pose", metrics, protocol, skipped)
+
+
+def _gt_dir(data: Path, task: str) -> Path:
+    """The ground-truth folder of a dataset (pointmaps: ``depths/``, or the official layout's ``depth/``)."""
+    folder = data / GT_DIRS[task][0]
+    return data / "depth" if task == "pointmap" and not folder.is_dir() and (data / "depth").is_dir() else folder
 
 
 def check_dataset(task: str, data: str | Path) -> Path:
@@ -477,7 +361,7 @@ def check_dataset(task: str, data: str | Path) -> Path:
     if task == "pose":
         if not (data / "annotations.json").is_file():
             raise FileNotFoundError(f"{data}: no annotations.json (needed for GT keypoints and boxes)")
-    elif not (data / GT_DIRS[task][0]).is_dir():
+    elif not _gt_dir(data, task).is_dir():
         raise FileNotFoundError(f"{data}: no {GT_DIRS[task][0]}/ folder with the {task} ground truth")
     elif task == "pointmap" and not ((data / "camera_intrinsics").is_dir() or (data / "meta").is_dir()):
         raise FileNotFoundError(f"{data}: no cameras for the pointmap ground truth (camera_intrinsics/NAME.txt or "
@@ -504,7 +388,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
     from ..inference.streams import submit_ahead
     from ..io import read_image
 
-    gt_dir, ext = GT_DIRS[task]
+    gt_dir, ext = _gt_dir(data, task), GT_DIRS[task][1]
     predicted = getattr(predictor, "class_names", None) if task == "seg" else None
     acc = _dense_accumulator(task, _scored_classes(classes, predicted), align, ignore_index)
     to_scored = _label_mapping(predicted, acc, "this model predicts")
@@ -516,7 +400,7 @@ def evaluate_model(task: str, predictor, data: str | Path, *, keypoints: str | N
                                f"eval {task}"):
             loaded = []
             for name in chunk:
-                g = data / gt_dir / f"{name}{ext}"
+                g = gt_dir / f"{name}{ext}"
                 if not g.is_file():
                     skipped.append({"name": name, "reason": f"no ground truth {g}"})
                     continue

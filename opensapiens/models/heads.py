@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 TASKS = ("pose", "seg", "depth", "normal")
+OUTPUTS = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}  # the official models' output channels
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,7 @@ def build_head(task: str, in_channels: int, out_channels: int | None = None, cha
     """
     if task not in HEAD_SPECS:
         raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    defaults = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}
-    out = out_channels if out_channels is not None else defaults[task]
+    out = out_channels if out_channels is not None else OUTPUTS[task]
     spec = HEAD_SPECS[task] if channels is None else replace(HEAD_SPECS[task], channels=channels)
     head = DeconvHead(in_channels, out, spec)
     init_head(head, task)

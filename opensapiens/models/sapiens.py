@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .heads import TASKS, build_head
+from .heads import OUTPUTS, TASKS, build_head
 from .heads2 import OUTPUTS2, TASKS2, Head2Spec, build_head2, official_head2_spec
 from .sapiens2 import Sapiens2Arch, Sapiens2ViT
 from .vit import SapiensViT, ViTArch, get_arch
@@ -119,10 +119,13 @@ def build_model(task: str, arch: str | ViTArch = "tiny", out_channels: int | Non
                                         extra=extra, head_spec=head_spec))
     if head_spec is not None:
         raise ValueError("head_spec sets a Sapiens2 head's widths; a v1 head takes head_channels")
+    if task not in (*TASKS, "features"):
+        raise ValueError(f"{task!r} is not a Sapiens v1 task ({', '.join(TASKS)}, features); arch {arch.name} is v1"
+                         f"{' (pointmaps are Sapiens2 models: sapiens2_0.4b ...)' if task in TASKS2 else ''}")
     if patch_padding is None:
         patch_padding = official_patch_padding(task, out_channels)
     if task != "features" and out_channels is None:
-        out_channels = {"pose": 308, "seg": 28, "depth": 1, "normal": 3}.get(task)
+        out_channels = OUTPUTS.get(task)
     cfg = ModelConfig(task=task, arch=arch, out_channels=out_channels, patch_padding=patch_padding,
                       pos_grid=tuple(pos_grid), head_channels=head_channels, extra=extra)
     return SapiensModel(cfg)

@@ -175,7 +175,7 @@ class PointmapEvaluator:
 
     def compute(self) -> dict:
         out, metric = self.canonical.compute(), self.metric.compute()
-        out.update({f"metric_{k}": v for k, v in metric.items()  # (normals: the canonical ones)
-                    if not k.startswith("normal_") and k not in ("num_images", "num_pixels", "focal_abs_rel")})
+        counts = ("num_images", "num_pixels", "nonfinite_pred", "focal_abs_rel")  # (the canonical ones, as normals)
+        out.update({f"metric_{k}": v for k, v in metric.items() if not k.startswith("normal_") and k not in counts})
         out["focal_abs_rel"] = metric.get("focal_abs_rel", float("nan"))
         return out

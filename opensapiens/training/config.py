@@ -21,9 +21,14 @@ from ..models.vit import ARCHS, ViTArch, get_arch
 
 TRAIN_TASKS = (*TASKS, "pointmap")  # pointmap: Sapiens2 only
 BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean", "pointmap": "metric_l2_mean"}
-LOWER_IS_BETTER = {"rmse", "absrel", "rmse_norm", "mean", "median", "l2_mean", "metric_l2_mean", "metric_rmse",
-                   "focal_abs_rel", "x_mae", "y_mae", "z_mae", "metric_z_mae", "normal_mean",
-                   "metric_normal_mean"}  # errors; the rest (AP, mIoU, delta1, within_*) go up
+ERROR_METRICS = ("rmse", "absrel", "rmse_norm", "mean", "median", "mae", "abs_rel", "l2_mean")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether ``metric`` is an error (its best value the least): depth's rmse / absrel, normals' mean / median
+    angle, pointmaps' (metric_) l2_mean / rmse / x_mae ... / normal_mean / focal_abs_rel; the others (AP, mIoU,
+    delta1, within_*) go up."""
+    return any(metric == e or metric.endswith("_" + e) for e in ERROR_METRICS)
 
 
 @dataclass
@@ -160,7 +165,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
     defaults["precision"] = "fp32" if cfg.task == "pointmap" else "bf16"  # as the official pointmap configs
     metric = cfg.best_metric or BEST_METRICS[cfg.task]  # the direction follows the metric, not the task
-    defaults.update(best_metric=metric, best_mode="min" if metric in LOWER_IS_BETTER else "max")
+    defaults.update(best_metric=metric, best_mode="min" if lower_is_better(metric) else "max")
     for k, v in defaults.items():
         if d.get(k) is None:
             d[k] = v

@@ -218,8 +218,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     elif init_report is not None:
         logger.log("init", 0, source=str(cfg.init), **init_report)
         if init_report["skipped_head"]:  # said, not only recorded: a head trained from scratch is a choice to see
-            logger.write(f"--init {cfg.init}: backbone loaded, head not ({init_report['skipped_head']}): it starts "
-                         "from random weights")
+            what = "head partly" if init_report["head"] else "head not"
+            logger.write(f"--init {cfg.init}: backbone loaded, {what} ({init_report['skipped_head']}): "
+                         f"{'those start' if init_report['head'] else 'it starts'} from random weights")
 
     if on_the_fly:
         batches = iter(SynthStream(cfg.task, cfg.input_size, cfg.batch_size, cfg.seed, device, cfg.backgrounds,

@@ -55,7 +55,11 @@ def read_init(path_or_name: str, task: str) -> tuple[ModelConfig, dict[str, torc
 
 def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     """Copy what fits from a checkpoint into ``model``; returns {"backbone": n_tensors, "head": n_tensors,
-    "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth)."""
+    "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth).
+
+    A head of the same task loads tensor by tensor, as the official fine-tunes load (shape mismatches skipped): a
+    head for other keypoints or classes keeps its trained layers and starts only its classifier fresh, a pointmap
+    head for another input size only the scale branch's first Linear. A head of another task is not loaded."""
     src_cfg, sd = read_init(path_or_name, model.task)
     ours = model.state_dict()
     backbone = {f"backbone.{k}": v for k, v in fit_backbone(src_cfg, sd, model.backbone, path_or_name).items()}
@@ -65,11 +69,14 @@ def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
         reason = "checkpoint has no head"
     elif src_cfg.task != model.task:
         reason = f"checkpoint head is for {src_cfg.task}, not {model.task}"
-    elif any(k not in ours or ours[k].shape != v.shape for k, v in head.items()) or \
-            len(head) != sum(k.startswith("head.") for k in ours):
-        reason = "checkpoint head has other shapes (different keypoints/classes or head width)"
-    if reason:
         head = {}
+    else:
+        fresh = [k for k in ours if k.startswith("head.") and (k not in head or head[k].shape != ours[k].shape)]
+        if fresh:  # (different keypoints / classes, head widths or input size)
+            reason = (f"{len(fresh)} of its {sum(k.startswith('head.') for k in ours)} tensors have other shapes in "
+                      f"the checkpoint: {', '.join(k.removeprefix('head.') for k in fresh[:4])}"
+                      f"{', ...' if len(fresh) > 4 else ''}")
+        head = {k: v for k, v in head.items() if k in ours and ours[k].shape == v.shape}
     with torch.no_grad():
         for k, v in {**backbone, **head}.items():
             ours[k].copy_(v.to(ours[k].dtype))
