@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1139,6 +1139,15 @@ elif [ "$1" = pointmap-layout ]; then
   $BT --batch 4 --fp32 --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
   timeout 170 python -m opensapiens.cli.main bench --iters 10 --task pointmap --arch sapiens2_1b --batch 8 \
     --out "$OUT/sapiens2_default_pointmap_1b.json" | grep -v '^{'
+elif [ "$1" = s2-layout ]; then
+  # call 131: does the NHWC head layout pay for Sapiens2's other heads? seg (deconvolution head, kept NHWC by
+  # train) and normal (pixel shuffle, kept NCHW since call 129) 0.4B fine-tune steps, NCHW then NHWC in turn
+  install_coco_wheel
+  BT="timeout 100 python bench/bench_train.py --arch sapiens2_0.4b --batch 8 --steps 6 --warmup 2 --skip-baseline"
+  for task in seg normal; do
+    $BT --task $task --out "$OUT/train_${task}_s2_0.4b_nchw.json" | grep -v '^{'
+    $BT --task $task --channels-last --out "$OUT/train_${task}_s2_0.4b_nhwc.json" | grep -v '^{'
+  done
 elif [ "$1" = pointmap-infer ]; then
   # call 130: the Sapiens2 rows' accuracy columns again, now taken from the compiled model (calls 126-127 compared
   # the eager fallback), and pointmap 0.4B inference speed (eager against the default path)
