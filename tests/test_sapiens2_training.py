@@ -174,14 +174,16 @@ def test_a_sapiens2_model_reports_the_attention_it_runs_on():
     assert use_fast_attention(_model("pose"), torch.device("cuda"), "fa4") == "sdpa"  # (returns before any CUDA call)
 
 
-def test_the_nhwc_head_layout_is_kept_for_deconvolution_heads_only():
-    """Measured (docs/performance.md): NHWC speeds v1's deconvolution heads' step, and slows the pixel-shuffle heads
-    of Sapiens2 normals and pointmaps; ``train`` asks ``channels_last_pays`` before applying it."""
+def test_the_nhwc_head_layout_is_kept_for_v1_heads_only():
+    """Measured (docs/performance.md): NHWC speeds v1's deconvolution heads' step, and slows every Sapiens2 head
+    measured (seg's deconvolutions, normal's and pointmap's pixel shuffles); ``train`` asks ``channels_last_pays``
+    before applying it."""
     from opensapiens.inference.optimize import channels_last_pays
 
     assert channels_last_pays(build_model("seg", "nano", head_channels=8).head)
-    assert channels_last_pays(_model("pose").head)
-    assert not channels_last_pays(_model("normal").head)
+    assert channels_last_pays(build_model("pose", "nano", head_channels=8).head)
+    for task in ("pose", "seg", "normal"):
+        assert not channels_last_pays(_model(task).head)
     assert not channels_last_pays(build_model("pointmap", "sapiens2_nano", head_spec=SMALL["normal"]).head)
 
 

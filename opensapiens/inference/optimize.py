@@ -33,6 +33,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..models.heads import DeconvHead
 from ..models.multitask import SapiensMultiTask
 from ..models.vit import Attention, pad_head_weights
 from .background_compile import BackgroundCompile
@@ -85,10 +86,10 @@ def channels_last_head(head: nn.Module) -> None:
 
 
 def channels_last_pays(head: nn.Module) -> bool:
-    """Whether ``channels_last_head`` speeds ``head``'s training step: yes for the deconvolution heads (v1 0.3B seg:
-    1.13x, 4.4 GiB less), no for heads that fold channels into space with PixelShuffle (Sapiens2 normal and
-    pointmap: 0.4B pointmap step 13 % slower NHWC, H200; docs/performance.md)."""
-    return not any(isinstance(m, nn.PixelShuffle) for m in head.modules())
+    """Whether ``channels_last_head`` speeds ``head``'s training step, as measured: yes for v1's wide deconvolution
+    heads (0.3B seg step 1.13x, 4.4 GiB less), no for Sapiens2's heads (0.4B steps NHWC: pointmap 13 %, seg 17 %,
+    normal 11 % slower; H200, calls 129 and 131; pose not measured, kept NCHW with them)."""
+    return isinstance(head, DeconvHead)
 
 
 def attention_backends():
