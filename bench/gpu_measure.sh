@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1148,6 +1148,17 @@ elif [ "$1" = s2-layout ]; then
     $BT --task $task --out "$OUT/train_${task}_s2_0.4b_nchw.json" | grep -v '^{'
     $BT --task $task --channels-last --out "$OUT/train_${task}_s2_0.4b_nhwc.json" | grep -v '^{'
   done
+elif [ "$1" = pointmap-folder ]; then
+  # call 132: a pointmap fine-tune from a folder (cameras from meta/, the resampled-depth augmentation, loader
+  # workers) on CUDA in bf16, validated on the same folder, then `eval` of the model it wrote
+  install_coco_wheel
+  timeout 60 python -m opensapiens.cli.main synth --out /tmp/pmf --n 16 --device cuda --seed 21 > /dev/null
+  timeout 200 python -m opensapiens.cli.main train --task pointmap --arch sapiens2_0.4b --data /tmp/pmf \
+    --val-data /tmp/pmf --steps 16 --batch-size 4 --precision bf16 --log-interval 8 --ckpt-interval 0 \
+    --out /tmp/pmf_run 2>&1 | grep -v 'step/s' | tail -3
+  grep '"eval"' /tmp/pmf_run/metrics.jsonl | cut -c1-400
+  timeout 120 python -m opensapiens.cli.main eval --task pointmap --checkpoint /tmp/pmf_run/final.safetensors \
+    --data /tmp/pmf --quiet --out "$OUT/eval_pointmap_folder_16steps.json"
 elif [ "$1" = pointmap-infer ]; then
   # call 130: the Sapiens2 rows' accuracy columns again, now taken from the compiled model (calls 126-127 compared
   # the eager fallback), and pointmap 0.4B inference speed (eager against the default path)
