@@ -389,3 +389,33 @@ def test_tensors_of_dtypes_without_a_typed_storage_are_read(tmp_path):
     sd, _ = read_state_dict(path)
     assert sd["w"].dtype == torch.float8_e4m3fn and torch.equal(sd["w"].float(), fp8.float())
     assert sd["v"].dtype == torch.uint16 and torch.equal(sd["v"].int(), view.int())
+
+
+def test_a_sapiens2_name_finds_its_file_in_the_repos_task_folder_or_where_the_listing_says(tmp_path, monkeypatch):
+    """Sapiens2's Hub layout is known only from its docs' local paths (pose/sapiens2_0.4b_pose.safetensors): the
+    file is found at the root, in its task's folder (offline, from the Hugging Face cache), or wherever the repo's
+    listing has it (online); the real huggingface_hub does the finding."""
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
+    repo = tmp_path / "hf" / "models--facebook--sapiens2-pose-0.4b"
+    snap = repo / "snapshots" / ("b" * 40)
+    (snap / "pose").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    (snap / "pose" / "sapiens2_0.4b_pose.safetensors").write_bytes(b"weights")
+    assert resolve_checkpoint("sapiens2-pose-0.4b") == snap / "pose" / "sapiens2_0.4b_pose.safetensors"
+
+    moved = snap / "checkpoints" / "sapiens2_0.4b_pose.safetensors"
+    moved.parent.mkdir()
+    (snap / "pose" / "sapiens2_0.4b_pose.safetensors").rename(moved)
+    with pytest.raises(FileNotFoundError, match="could not find or download sapiens2_0.4b_pose.safetensors"):
+        resolve_checkpoint("sapiens2-pose-0.4b")  # offline, where no listing can say where it went
+    listed = ["README.md", "checkpoints/sapiens2_0.4b_pose.safetensors"]
+    monkeypatch.setattr(huggingface_hub.HfApi, "list_repo_files", lambda self, repo_id, **kw: listed)
+    assert resolve_checkpoint("sapiens2-pose-0.4b") == moved
+    listed.append("old/sapiens2_0.4b_pose.safetensors")  # two candidates: which is meant is unknown
+    with pytest.raises(FileNotFoundError, match="could not find or download"):
+        resolve_checkpoint("sapiens2-pose-0.4b")

@@ -129,17 +129,36 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         return local
     from huggingface_hub import hf_hub_download
 
-    try:  # the Hugging Face cache first, so offline machines work without a round trip
-        return Path(hf_hub_download(hub.repo_id, hub.filename, subfolder=hub.subfolder, local_files_only=True))
-    except Exception:  # noqa: BLE001 - any miss falls through to a download
-        pass
+    # Sapiens2's repo layout is known from its docs' local paths (pose/sapiens2_1b_pose.safetensors), not from the
+    # Hub: the file at the root, in its task's folder, or (listed online) anywhere; the cache first, for offline use
+    names = [hub.filename] + ([f"{hub.task}/{hub.filename}"] if hub.name.startswith("sapiens2-") else [])
+    error: Exception | None = None
+    for offline in (True, False):
+        for name in names:
+            try:
+                return Path(hf_hub_download(hub.repo_id, name, subfolder=hub.subfolder, local_files_only=offline))
+            except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
+                if not offline and error is None:  # the first download's error tells the user why, not a cache miss
+                    error = e
+    if hub.name.startswith("sapiens2-") and (found := _listed_file(hub)) is not None:
+        return Path(hf_hub_download(hub.repo_id, found))
+    raise FileNotFoundError(
+        f"{hub.name}: could not find or download {hub.filename} ({type(error).__name__}: {error}).\n"
+        f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "
+        f"or pass the file's path instead of the name.") from error
+
+
+def _listed_file(hub: HubFile) -> str | None:
+    """The repo's one file named ``hub.filename`` in any folder (Sapiens2's layout is known from its docs' local
+    paths, e.g. ``pose/sapiens2_1b_pose.safetensors``, not from the Hub), else None (offline, or none or several)."""
+    from huggingface_hub import HfApi
+
     try:
-        return Path(hf_hub_download(hub.repo_id, hub.filename, subfolder=hub.subfolder))
-    except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
-        raise FileNotFoundError(
-            f"{hub.name}: could not find or download {hub.filename} ({type(e).__name__}: {e}).\n"
-            f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "
-            f"or pass the file's path instead of the name.") from e
+        files = HfApi().list_repo_files(hub.repo_id)
+    except Exception:  # noqa: BLE001 - offline or gated: the caller reports the download's own error
+        return None
+    found = [f for f in files if f.rsplit("/", 1)[-1] == hub.filename]
+    return found[0] if len(found) == 1 else None
 
 
 def _close_names(name: str) -> list[str]:
