@@ -463,7 +463,7 @@ def test_predict_names_images_sharing_a_stem_by_their_extension_or_says_what_cla
     Image.fromarray(np.zeros((24, 16, 3), np.uint8)).save(folder / "photo.png")
     assert main(_seg_argv(tmp_path, folder) + ["--no-vis"]) == 0
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert written == ["classes.json", "photo_jpg_seg.png", "photo_png_seg.png"]
+    assert written == ["photo_jpg_seg.png", "photo_png_seg.png", "seg_classes.json"]
     assert np.array(Image.open(tmp_path / "out" / "photo_png_seg.png")).shape == (24, 16)  # each its own image
     for name in ("x", "y"):
         (tmp_path / name / "a").mkdir(parents=True)

@@ -351,6 +351,9 @@ def test_saved_mode_reads_predict_pose_outputs(dataset, tmp_path, capsys):
     gt_file = root / "annotations.json"
     r = eval_json(tmp_path, "--task", "pose", "--pred", str(out), "--gt", str(gt_file))
     assert r["num_predictions"] == 2 * N and r["num_gt"] == 2 * N
+    (out / "seg_classes.json").write_text('{"class_names": ["a", "b"]}')  # a seg job's record in the same folder
+    assert eval_json(tmp_path, "--task", "pose", "--pred", str(out), "--gt", str(gt_file)) == r
+    (out / "seg_classes.json").unlink()
     ids = {Path(im["file_name"]).stem: im["id"] for im in json.loads(gt_file.read_text())["images"]}
     res = [{**p, "image_id": ids[stem]} for stem, d in docs.items() for p in d["people"]]
     (tmp_path / "res.json").write_text(json.dumps(res))

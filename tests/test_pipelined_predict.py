@@ -3,6 +3,7 @@ files blamed, and on CUDA no read of an output before the model that writes it h
 
 from __future__ import annotations
 
+import json
 import threading
 import warnings
 
@@ -172,6 +173,7 @@ class BlankSeg:
     """A seg predictor stand-in: every pixel background, at once."""
 
     task = "seg"
+    class_names = ("background",)
 
     def submit(self, images):
         results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
@@ -361,6 +363,7 @@ class _Seg0:
     """Seg stand-in: background everywhere."""
 
     task = "seg"
+    class_names = ("background",)
 
     def submit(self, images):
         results = [SegResult(np.zeros(im.shape[:2], np.uint8), ("background",)) for im in images]
@@ -423,6 +426,7 @@ def test_a_stream_whose_frame_size_changes_midway_keeps_its_first_picture_size(t
     frames = [np.full((8, 6, 3), 10, np.uint8)] * 3 + [np.full((10, 16, 3), 200, np.uint8)] * 2
     made = _fake_video(monkeypatch, frames)
     assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
+    assert json.loads((tmp_path / "out" / "v" / "seg_classes.json").read_text()) == {"class_names": ["background"]}
     writer, = made
     assert writer.state == "closed" and [p.shape for p in writer.pictures] == [(8, 12, 3)] * 5  # side by side
     assert writer.pictures[-1][0, 0].tolist() == [200, 200, 200]  # the later frames, scaled

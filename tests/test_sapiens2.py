@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from opensapiens.checkpoints import load_model
 from opensapiens.checkpoints.hub import parse_name, resolve_checkpoint
-from opensapiens.checkpoints.loading import export_official
+from opensapiens.checkpoints.loading import export_official, save_model
 from opensapiens.checkpoints.official import ours_to_official
 from opensapiens.checkpoints.reader import CheckpointError
 from opensapiens.cli.main import main
@@ -482,16 +482,28 @@ def test_a_sapiens2_seg_model_scores_on_goliath_classes_through_the_class_names(
     np.testing.assert_equal(evaluate_model("seg", predictor, tmp_path / "data")["IoU"], result["IoU"])  # (our data:
     # Goliath's 28; assert_equal: NaN for the classes nobody has equals NaN)
 
-    # predict's label maps, scored as saved predictions: its classes.json says what the ids are
+    # predict's label maps, scored as saved predictions: its seg_classes.json says what the ids are
     out = tmp_path / "pred"
     assert main(["predict", "--task", "seg", "--checkpoint", str(tmp_path / "seg.safetensors"), "--device", "cpu",
                  "--input-size", "64x48", "--no-vis", "--out", str(out), str(tmp_path / "data" / "images")]) == 0
-    assert json.loads((out / "classes.json").read_text())["class_names"] == list(v2.names)
+    assert json.loads((out / "seg_classes.json").read_text())["class_names"] == list(v2.names)
     saved = evaluate_saved("seg", out, tmp_path / "data" / "seg")
     np.testing.assert_equal(saved["IoU"], result["IoU"])
     assert saved["protocol"]["predictions"] == result["protocol"]["predictions"]
-    with pytest.raises(ValueError, match=r"--classes lists 19 classes; the predictions \(.*classes.json\) have 29"):
+    with pytest.raises(ValueError, match=r"--classes lists 19 classes; the predictions \(.*seg_classes.json\) have 29"):
         evaluate_saved("seg", out, tmp_path / "data" / "seg", classes="face")
-    (out / "classes.json").unlink()  # without it: the ids are taken as Goliath's, unmapped
-    unmapped = evaluate_saved("seg", out, tmp_path / "data" / "seg")
+    own = evaluate_saved("seg", out, out, classes="sapiens2")  # its own maps as a 29-class ground truth: all right
+    assert own["mIoU"] == 1.0 and "predictions" not in own["protocol"]
+
+    # a folder of this model's maps takes no other model's
+    v1_seg = save_model(build_model("seg", "nano", head_channels=8, pos_grid=(4, 3)), tmp_path / "v1.safetensors")
+    assert main(["predict", "--task", "seg", "--checkpoint", str(v1_seg), "--device", "cpu", "--input-size", "64x48",
+                 "--no-vis", "--out", str(out), str(tmp_path / "data" / "images")]) == 2
+    assert json.loads((out / "seg_classes.json").read_text())["class_names"] == list(v2.names)
+
+    (out / "seg_classes.json").write_text('{"class_names": "Background"}')  # not a record: refused, or with
+    with pytest.raises(ValueError, match="not predict's record of its classes"):  # --classes, ignored
+        evaluate_saved("seg", out, tmp_path / "data" / "seg")
+    with pytest.warns(UserWarning, match="ignored, the ids are scored as --classes"):
+        unmapped = evaluate_saved("seg", out, tmp_path / "data" / "seg", classes="goliath")
     assert "predictions" not in unmapped["protocol"] and unmapped["mIoU"] != result["mIoU"]

@@ -187,24 +187,27 @@ def test_the_nhwc_head_layout_is_kept_for_v1_heads_only():
     assert not channels_last_pays(build_model("pointmap", "sapiens2_nano", head_spec=SMALL["normal"]).head)
 
 
-def test_label_sets_default_to_the_init_heads_built_in_one(tmp_path):
-    """Without --classes / --keypoints a fine-tune predicts what its --init head predicts, where that is a built-in
-    set: a Sapiens2 seg file's 29 classes (so its head loads), a COCO-17 pose file's keypoints (and the COCO recipe's
-    LR, not Goliath's); an explicit option wins; a head with labels of its own leaves the default (goliath)."""
-    seg = export_official(_model("seg", out_channels=29), tmp_path / "s2seg.safetensors")
-    cfg = resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "a"), init=str(seg)))
-    assert cfg.classes == "sapiens2"
-    model = build_model("seg", cfg.arch, out_channels=29, head_spec=Head2Spec.from_dict(cfg.head_spec))
-    assert load_initial_weights(model, str(seg))["skipped_head"] == ""
-    assert resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "b"), init=str(seg),
-                               classes="goliath")).classes == "goliath"
-    assert resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "c"), arch="sapiens2_nano")).classes == \
-        "goliath"
+def test_a_sapiens2_seg_head_starts_a_goliath_fine_tune_with_its_classifier_rows_by_name(tmp_path):
+    """Labels are the data's (--classes goliath by default, whatever --init predicts); a Sapiens2 seg file still gives
+    a Goliath 28-class model its whole head: the classifier row of each class is the 29-class one of the same name
+    (Eyeglass left out). Classes of their own take no row."""
+    from opensapiens.metadata import seg_classes
 
-    coco = save_model(build_model("pose", "nano", out_channels=17, head_channels=8, pos_grid=(4, 3)),
-                      tmp_path / "coco.safetensors")
-    cfg = resolve(TrainConfig(task="pose", data="d", out=str(tmp_path / "d"), init=str(coco)))
-    assert (cfg.keypoints, cfg.lr) == ("coco", 5e-4)
-    own = save_model(build_model("pose", "nano", out_channels=3, head_channels=8, pos_grid=(4, 3),
-                                 keypoint_names=["a", "b", "c"]), tmp_path / "own.safetensors")
-    assert resolve(TrainConfig(task="pose", data="d", out=str(tmp_path / "e"), init=str(own))).keypoints == "goliath"
+    source = _model("seg", out_channels=29)
+    path = export_official(source, tmp_path / "s2seg.safetensors")
+    cfg = resolve(TrainConfig(task="seg", data="d", out=str(tmp_path / "a"), init=str(path)))
+    assert cfg.classes == "goliath" and cfg.head_spec == SMALL["seg"].to_dict()
+    v1, v2 = seg_classes("goliath").names, seg_classes("sapiens2").names
+    model = build_model("seg", "sapiens2_nano", out_channels=28, head_spec=SMALL["seg"], class_names=list(v1))
+    report = load_initial_weights(model, str(path))
+    assert report["skipped_head"] == "" and report["head"] == len(model.head.state_dict()) and report["mapped"]
+    for c, name in enumerate(v1):
+        for p in ("weight", "bias"):
+            torch.testing.assert_close(getattr(model.head.final, p)[c], getattr(source.head.final, p)[v2.index(name)],
+                                       rtol=0, atol=0)
+    own = build_model("seg", "sapiens2_nano", out_channels=28, head_spec=SMALL["seg"],
+                      class_names=[f"part_{i}" for i in range(28)])
+    report = load_initial_weights(own, str(path))
+    assert not report["mapped"] and "final.weight" in report["skipped_head"]
+
+

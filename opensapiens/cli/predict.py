@@ -179,6 +179,11 @@ def run(args: argparse.Namespace) -> int:
 
             dets = load_detections(args.detections, score_threshold=args.det_threshold)
         predictor = _load(args)
+        if args.task == "seg" and getattr(predictor, "class_names", None):  # a folder of another model's label maps
+            from ..metadata import record_seg_classes  # is refused before any work
+
+            args.out.mkdir(parents=True, exist_ok=True)
+            record_seg_classes(args.out, predictor.class_names)
     except (OSError, ValueError) as e:  # OSError: missing files, a detector download that failed
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,10 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--head-channels", type=int, help="head width (default: the --init checkpoint's where it has this "
                    "task's head, else official 768, depth 384); smaller for small models")
     g = p.add_argument_group("labels")
-    g.add_argument("--keypoints", help="pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON (default: "
-                   "--init's pose head's set where it is one of these, else goliath)")
-    g.add_argument("--classes", help="seg: goliath/28, sapiens2/29, face/19 or a class-list JSON (default: --init's "
-                   "seg head's classes where they are one of these, else goliath)")
+    g.add_argument("--keypoints", help="pose: goliath/308 (default), wholebody/133, coco/17 or a keypoint-set JSON: "
+                   "your data's")
+    g.add_argument("--classes", help="seg: goliath/28 (default), sapiens2/29, face/19 or a class-list JSON: your "
+                   "data's (a Sapiens2 seg --init scored on goliath keeps its classifier, mapped by name)")
     g.add_argument("--image-root", help="pose: image folder (default: images/ beside the annotation file)")
     g = p.add_argument_group("optimization (default: the official recipe)")
     g.add_argument("--lr", type=float)

@@ -127,7 +127,7 @@ def _instance_keypoints(ann: dict, K: int) -> np.ndarray:
     try:
         return annotation_keypoints(ann, K, f"annotation {ann.get('id')}").astype(np.float32)
     except ValueError as e:
-        raise DataError(str(e)) from None
+        raise DataError(f"{e}; --keypoints names the data's keypoint set (default goliath, 308)") from None
 
 
 class KeypointDataset(_Base):

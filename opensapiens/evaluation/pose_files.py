@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..metadata import conversion_indices, convert_keypoints, keypoint_set
+from ..metadata import SEG_CLASSES_FILE, conversion_indices, convert_keypoints, keypoint_set
 from .pose import annotation_keypoints, person_category, read_coco_json
 
 SAVED_HINT = "a fine-tune's own keypoints are scored with its model: eval --checkpoint ... --data ..."
@@ -65,7 +65,7 @@ def read_pose_predictions(pred: str | Path | list | dict, gt: dict, keypoints: s
     have no predictions.
     """
     if isinstance(pred, (str, Path)) and Path(pred).is_dir():
-        files = sorted(Path(pred).glob("*.json"))
+        files = [f for f in sorted(Path(pred).glob("*.json")) if f.name != SEG_CLASSES_FILE]  # (a seg job's)
         if not files:
             raise FileNotFoundError(f"no .json predictions in {pred} (expected opensapiens predict's STEM.json files)")
         docs = [(f, read_coco_json(f, "predictions")) for f in files]

@@ -14,14 +14,13 @@ format ``read_image`` reads), ``seg/NAME.png`` (class ids), ``masks/NAME.png`` (
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from ..metadata import KeypointSet, keypoint_set, seg29_to_28, seg_classes
+from ..metadata import SEG_CLASSES_FILE, KeypointSet, keypoint_set, read_seg_classes, seg29_to_28, seg_classes
 from .depth import DepthAccumulator
 from .normals import NormalAccumulator
 from .pointmap import PointmapAccumulator
@@ -55,8 +54,8 @@ def read_npy(path: Path) -> np.ndarray:
 
 
 def resolve_classes(spec: str | int | Sequence[str] | None) -> tuple[str, ...]:
-    """Class names from "goliath" (28), "face" (19), a class count, a comma list, a class-list JSON (as training
-    takes, ``data.labels.load_classes``) or a text file (one per line)."""
+    """Class names from "goliath" (28), "sapiens2" (29), "face" (19), a class count, a comma list, a class-list JSON
+    (as training takes, ``data.labels.load_classes``) or a text file (one per line)."""
     if spec is None:
         return seg_classes("goliath").names
     if not isinstance(spec, (str, int)):
@@ -65,8 +64,8 @@ def resolve_classes(spec: str | int | Sequence[str] | None) -> tuple[str, ...]:
         from ..data.labels import load_classes
 
         return load_classes(spec).names
-    if str(spec) in ("goliath", "28", "face", "19"):
-        return seg_classes(spec).names
+    if str(spec) in ("goliath", "28", "sapiens2", "goliath29", "29", "face", "19"):
+        return seg_classes(str(spec)).names
     if isinstance(spec, int) or spec.isdigit():
         return tuple(f"class_{i}" for i in range(int(spec)))
     if Path(spec).is_file():
@@ -195,7 +194,7 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
     gt_files = sorted(gt.glob(f"*{ext}"))[:limit]
     if not gt_files:
         raise FileNotFoundError(f"no {ext} ground truth files in {gt}")
-    predicted = _saved_class_names(pred) if task == "seg" else None
+    predicted = _saved_class_names(pred, given=classes is not None) if task == "seg" else None
     acc = _dense_accumulator(task, _scored_classes(classes, predicted), align, ignore_index)
     to_scored = _label_mapping(predicted, acc, f"the predictions ({pred / SEG_CLASSES_FILE}) have")
     skipped: list[dict] = []
@@ -224,18 +223,21 @@ def evaluate_saved(task: str, pred: str | Path, gt: str | Path, *, keypoints: st
     return _finish(task, acc.compute(), protocol, skipped)
 
 
-SEG_CLASSES_FILE = "classes.json"  # (inference.batch.SEG_CLASSES_FILE: imported there from here would cycle)
 SAPIENS2_MAPPED = "Sapiens2's 29 classes mapped to the 28 (Eyeglass scored as Face_Neck)"
 
 
-def _saved_class_names(pred: Path) -> tuple[str, ...] | None:
-    """The class names ``opensapiens predict`` recorded beside its seg label maps (None where it wrote none)."""
-    f = pred / SEG_CLASSES_FILE
+def _saved_class_names(pred: Path, given: bool) -> tuple[str, ...] | None:
+    """The class names ``opensapiens predict`` recorded beside its seg label maps (None where it wrote none); a record
+    that cannot be read is an error, or with ``--classes`` given (``given``) a warning."""
     try:
-        names = json.loads(f.read_text())["class_names"] if f.is_file() else None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{f}: not predict's class list ({e!r})") from None
-    return tuple(names) if names else None
+        return read_seg_classes(pred)
+    except ValueError as e:
+        if not given:
+            raise ValueError(f"{e}; pass --classes to score the label maps as that list's ids") from None
+        import warnings
+
+        warnings.warn(f"{e}: ignored, the ids are scored as --classes", stacklevel=3)
+        return None
 
 
 def _scored_classes(classes, predicted: Sequence[str] | None):

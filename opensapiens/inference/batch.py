@@ -16,9 +16,10 @@ Files written per input stem (``--raw`` adds the raw head output):
 |          | intrinsics, scale), STEM_pointmap.jpg (its depth)                     |                         |
 | features | STEM_features.npy (float32 C x H/16 x W/16)                           | -                       |
 
-Seg jobs also write ``classes.json`` (the model's class names, which its ids index), so that ``eval`` reads the
-ids as what they are. Pose with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and
-STEM_openpose.png (the skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``.
+Seg jobs also write ``seg_classes.json`` (the model's class names, which its ids index; per video in its frames'
+folder), so that ``eval`` reads the ids as what they are; a folder of another model's label maps is refused. Pose
+with ``openpose`` (``--openpose``) also writes STEM_openpose.json (OpenPose's JSON) and STEM_openpose.png (the
+skeletons on black as ControlNet's OpenPose conditioning draws them): ``metadata.openpose``.
 Pointmaps with ``ply`` (``--ply``) also write STEM_pointmap.ply, the valid points coloured by the image
 (``PointmapResult.save_ply``).
 """
@@ -41,7 +42,7 @@ import torch
 
 from ..io.images import ImageReadError, read_image
 from ..io.writers import save_jpg, save_json, save_npy, save_png
-from ..metadata import builtin_palette
+from ..metadata import builtin_palette, record_seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_openpose, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PointmapResult, PoseResult, SegResult
@@ -62,7 +63,6 @@ RAW_FLAG = {"pose": "return_heatmaps", "seg": "return_logits", "depth": "return_
             "pointmap": "return_raw"}
 OPENPOSE_OUTPUTS = ("_openpose.json", "_openpose.png")  # pose with ``openpose``
 PLY_OUTPUT = "_pointmap.ply"  # pointmap with ``ply``
-SEG_CLASSES_FILE = "classes.json"  # seg: {"class_names": [...]} of the model whose ids the label maps hold
 
 
 # run_batch's image-reading threads: decoding a 1080p JPEG takes one thread ~22 ms (H200 host: 365 img/s on 8 threads,
@@ -260,7 +260,7 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
     out_dir.mkdir(parents=True, exist_ok=True)
     task = predictor.task
     if task == "seg" and getattr(predictor, "class_names", None):
-        save_json(out_dir / SEG_CLASSES_FILE, {"class_names": list(predictor.class_names)})
+        record_seg_classes(out_dir, predictor.class_names)
     report = BatchReport()
     todo = []
     for p, s in zip(paths, stems):
@@ -418,6 +418,8 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir = out_dir / stem
     writers = default_writers(predictor.task, vis) if writers is None else writers
     frames_dir.mkdir(parents=True, exist_ok=True)
+    if predictor.task == "seg" and getattr(predictor, "class_names", None):
+        record_seg_classes(frames_dir, predictor.class_names)
     # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
     video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
     for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True, openpose=True,

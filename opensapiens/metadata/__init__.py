@@ -158,6 +158,40 @@ def seg28_to_29() -> np.ndarray:
     return lut
 
 
+SEG_CLASSES_FILE = "seg_classes.json"  # beside ``predict``'s label maps: {"class_names": [...]}, what their ids mean
+
+
+def record_seg_classes(folder: Path, names: tuple[str, ...] | list[str]) -> None:
+    """Write ``SEG_CLASSES_FILE`` into ``folder`` for label maps of these classes; a folder that holds label maps of
+    other classes is refused (its ids would be read as these)."""
+    from ..io.writers import save_json
+
+    path = Path(folder) / SEG_CLASSES_FILE
+    held = read_seg_classes(folder, strict=False)
+    if held is not None and held != tuple(names):
+        raise ValueError(f"{path}: this folder holds label maps of a model with other classes ({len(held)}: "
+                         f"{', '.join(held[:3])}, ...); write these ({len(names)} classes) to another --out")
+    if held is None:
+        save_json(path, {"class_names": list(names)})
+
+
+def read_seg_classes(folder: Path, strict: bool = True) -> tuple[str, ...] | None:
+    """The class names recorded by ``record_seg_classes`` in ``folder`` (None without the file); a file that is not
+    such a record raises (``strict``) or reads as None."""
+    path = Path(folder) / SEG_CLASSES_FILE
+    if not path.is_file():
+        return None
+    try:
+        names = json.loads(path.read_text())["class_names"]
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError("class_names is not a list of names")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        if strict:
+            raise ValueError(f"{path}: not predict's record of its classes ({e})") from None
+        return None
+    return tuple(names)
+
+
 def seg29_to_28(eyeglass: int = 2) -> np.ndarray:
     """(256,) uint8 lookup table from Sapiens2's 29 class ids to v1's 28; Eyeglass (v1 has none) becomes
     ``eyeglass``: 2 (Face_Neck, where glasses sit) by default, or 255 to ignore those pixels."""

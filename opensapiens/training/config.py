@@ -50,9 +50,9 @@ class TrainConfig:
     input_size: tuple[int, int] = (1024, 768)  # (H, W)
     head_channels: int | None = None  # narrower heads for small models (official 768, depth 384)
     head_spec: dict | None = None  # Sapiens2: the head's widths (Head2Spec.to_dict); default --init's, else official
-    # labels (default: the set of --init's head for this task where it is a built-in one, else goliath)
-    keypoints: str | None = None  # pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON
-    classes: str | None = None  # seg: goliath/28, sapiens2/29, face/19 or a class-list JSON
+    # labels: the data's (an --init head of other labels loads all but its classifier)
+    keypoints: str = "goliath"  # pose: goliath/308, wholebody/133, coco/17 or a keypoint-set JSON
+    classes: str = "goliath"  # seg: goliath/28, sapiens2/29, face/19 or a class-list JSON
     # optimization
     lr: float | None = None
     layer_decay: float | None = None
@@ -115,12 +115,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         d["arch"] = cfg.arch or saved["arch"]  # --init need not be there any more)
         d["head_channels"] = cfg.head_channels if cfg.head_channels is not None else saved.get("head_channels")
         d["head_spec"] = cfg.head_spec or saved.get("head_spec")
-        d["keypoints"] = cfg.keypoints or saved.get("keypoints")
-        d["classes"] = cfg.classes or saved.get("classes")
     elif cfg.init:  # the architecture, and the head's width(s) where it has this task's head, of the --init file
-        init_arch, head_channels, head_spec, labels = init_shape(cfg.init, cfg.task)
-        d["keypoints" if cfg.task == "pose" else "classes"] = \
-            getattr(cfg, "keypoints" if cfg.task == "pose" else "classes") or labels
+        init_arch, head_channels, head_spec = init_shape(cfg.init, cfg.task)
         d["arch"] = cfg.arch or init_arch.name
         asked = get_arch(d["arch"])
         if asked.generation != init_arch.generation:
@@ -130,13 +126,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         d["head_channels"] = cfg.head_channels or (head_channels if same else None)
         d["head_spec"] = cfg.head_spec or (head_spec if same else None)
     d["arch"] = d["arch"] or "0.3b"
-    d["keypoints"], d["classes"] = d["keypoints"] or "goliath", d["classes"] or "goliath"
     chosen = get_arch(d["arch"])  # an unknown name, refused before a run folder is written
     if chosen.generation == 2 and d["head_channels"] is not None:
         raise ValueError("--head-channels narrows a Sapiens v1 head; a Sapiens2 head's widths come from --init (or "
                          "are the official ones)")
     arch = chosen.name
-    kp = str(d["keypoints"]).lower()
+    kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
     if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay by size, 500 steps of
@@ -215,11 +210,10 @@ def _resumed_shape(cfg: TrainConfig) -> dict | None:
     return d
 
 
-def init_shape(init: str, task: str) -> tuple[ViTArch | Sapiens2Arch, int | None, dict | None, str | None]:
-    """The architecture of the ``--init`` checkpoint (from the config our files carry, else from its width and depth),
-    the width of its head where it has one for ``task`` (Sapiens2: its widths, ``Head2Spec.to_dict``; else None: the
-    recipe's) and that head's built-in keypoint set or class list (None: no such head, or labels of its own). Reads
-    the file once more, before the model exists."""
+def init_shape(init: str, task: str) -> tuple[ViTArch | Sapiens2Arch, int | None, dict | None]:
+    """The architecture of the ``--init`` checkpoint (from the config our files carry, else from its width and depth)
+    and the width of its head where it has one for ``task`` (Sapiens2: its widths, ``Head2Spec.to_dict``; else None:
+    the recipe's). Reads the file once more, before the model exists."""
     from .init import read_init
 
     src = read_init(init, task)[0]
@@ -228,27 +222,7 @@ def init_shape(init: str, task: str) -> tuple[ViTArch | Sapiens2Arch, int | None
                          f"of the architectures {', '.join([*ARCHS, *ARCHS2])}")
     same = src.task == task
     return (src.arch, src.head_channels if same else None,
-            src.head_spec.to_dict() if same and src.head_spec is not None else None,
-            _built_in_labels(src, task) if same else None)
-
-
-def _built_in_labels(src, task: str) -> str | None:
-    """"goliath" / "wholebody" / "coco" (pose) or "goliath" / "sapiens2" / "face" (seg) where the head of ``src`` (a
-    ``ModelConfig``) predicts that built-in set: by the names our files keep, else (official files) by its count."""
-    from ..metadata import built_in_keypoint_set, seg_classes
-
-    if task == "pose":
-        names = src.extra.get("keypoint_names")
-        if names:
-            known = built_in_keypoint_set(tuple(names))
-            return known.name if known is not None else None
-        return {308: "goliath", 133: "wholebody", 17: "coco"}.get(src.out_channels)
-    if task == "seg":
-        names = src.extra.get("class_names")
-        if names:
-            return next((k for k in ("goliath", "sapiens2", "face") if tuple(names) == seg_classes(k).names), None)
-        return {28: "goliath", 29: "sapiens2", 19: "face"}.get(src.out_channels)
-    return None
+            src.head_spec.to_dict() if same and src.head_spec is not None else None)
 
 
 def check_counts(cfg, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = (), flags: bool = True) -> None:

@@ -221,6 +221,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
             what = "head partly" if init_report["head"] else "head not"
             logger.write(f"--init {cfg.init}: backbone loaded, {what} ({init_report['skipped_head']}): "
                          f"{'those start' if init_report['head'] else 'it starts'} from random weights")
+        if init_report["mapped"]:
+            logger.write(f"--init {cfg.init}: loaded {init_report['mapped']}")
 
     if on_the_fly:
         batches = iter(SynthStream(cfg.task, cfg.input_size, cfg.batch_size, cfg.seed, device, cfg.backgrounds,

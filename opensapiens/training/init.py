@@ -3,9 +3,10 @@ or one of ours.
 
 Pre-training checkpoints carry a cls token and a 64x64 (+1 cls slot) position table for 1024x1024 inputs; the
 official fine-tunes drop the cls token and the cls row and resize the table bicubically to the fine-tune grid
-(64x48 at 1024x768). The head is loaded only when the checkpoint has one of the same task and shape (a 308-keypoint
-head cannot start a 17-keypoint model; the backbone still can). The multi-task recipe's ``--init`` loads its
-backbone the same way (``fit_backbone``).
+(64x48 at 1024x768). A head of the same task loads tensor by tensor, those of other shapes starting fresh (a
+308-keypoint head starts a 17-keypoint model with all but its classifier); a Sapiens2 seg head's 29-class classifier
+starts a Goliath 28-class one row by row, by class name. The multi-task recipe's ``--init`` loads its backbone the
+same way (``fit_backbone``).
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def read_init(path_or_name: str, task: str) -> tuple[ModelConfig, dict[str, torc
 
 def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     """Copy what fits from a checkpoint into ``model``; returns {"backbone": n_tensors, "head": n_tensors,
-    "skipped_head": reason or ""}. Raises if the backbone does not fit (different width or depth).
+    "skipped_head": reason or "", "mapped": what was loaded by name or ""}. Raises if the backbone does not fit
+    (different width or depth).
 
     A head of the same task loads tensor by tensor, as the official fine-tunes load (shape mismatches skipped): a
     head for other keypoints or classes keeps its trained layers and starts only its classifier fresh, a pointmap
@@ -64,7 +66,7 @@ def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
     ours = model.state_dict()
     backbone = {f"backbone.{k}": v for k, v in fit_backbone(src_cfg, sd, model.backbone, path_or_name).items()}
     head = {k: v for k, v in sd.items() if k.startswith("head.")}
-    reason = ""
+    reason = mapped = ""
     if not head:
         reason = "checkpoint has no head"
     elif src_cfg.task != model.task:
@@ -77,7 +79,30 @@ def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
                       f"the checkpoint: {', '.join(k.removeprefix('head.') for k in fresh[:4])}"
                       f"{', ...' if len(fresh) > 4 else ''}")
         head = {k: v for k, v in head.items() if k in ours and ours[k].shape == v.shape}
+        if rows := _goliath_rows_of_sapiens2(src_cfg, model, sd):  # its classifier, by class name
+            head.update(rows)
+            mapped = "Sapiens2's 29-class classifier, as the 28 Goliath classes by name (Eyeglass left out)"
+            fresh = [k for k in fresh if k not in rows]
+            reason = f"{len(fresh)} tensors of other shapes: {', '.join(fresh[:4])}" if fresh else ""
     with torch.no_grad():
         for k, v in {**backbone, **head}.items():
             ours[k].copy_(v.to(ours[k].dtype))
-    return {"backbone": len(backbone), "head": len(head), "skipped_head": reason}
+    return {"backbone": len(backbone), "head": len(head), "skipped_head": reason, "mapped": mapped}
+
+
+def _goliath_rows_of_sapiens2(src_cfg: ModelConfig, model: SapiensModel, sd: dict) -> dict[str, torch.Tensor]:
+    """A Sapiens2 seg checkpoint's classifier (29 classes) as the rows a Goliath 28-class seg model needs (the same
+    classes by name, Eyeglass left out); {} for any other pair."""
+    from ..metadata import seg28_to_29, seg_classes
+
+    w, b = sd.get("head.final.weight"), sd.get("head.final.bias")
+    names = tuple(model.config.extra.get("class_names") or ())
+    if not (model.task == "seg" and src_cfg.generation == 2 and w is not None and w.shape[0] == 29 and
+            model.head.final.weight.shape[0] == 28 and names == seg_classes("goliath").names and
+            tuple(src_cfg.extra.get("class_names") or seg_classes("sapiens2").names) == seg_classes("sapiens2").names):
+        return {}
+    rows = torch.from_numpy(seg28_to_29()[:28].astype("int64"))  # v1 id -> Sapiens2 id
+    out = {"head.final.weight": w[rows]}
+    if b is not None:
+        out["head.final.bias"] = b[rows]
+    return out
