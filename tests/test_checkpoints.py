@@ -396,10 +396,11 @@ def test_a_sapiens2_name_finds_its_file_in_the_repos_task_folder_or_where_the_li
     file is found at the root, in its task's folder (offline, from the Hugging Face cache), or wherever the repo's
     listing has it (online); the real huggingface_hub does the finding."""
     import huggingface_hub
+    from huggingface_hub import constants
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # (read from the environment once, at its import)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     repo = tmp_path / "hf" / "models--facebook--sapiens2-pose-0.4b"
     snap = repo / "snapshots" / ("b" * 40)
     (snap / "pose").mkdir(parents=True)
