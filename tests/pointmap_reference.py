@@ -1,7 +1,8 @@
 """Independent float64 numpy reference for the Sapiens2 pointmap targets, losses and metrics.
 
-Written from the specification alone (it restates /tmp/pm/spec.md's rules; no import from opensapiens), so
-tests can compare the torch implementation against it. Only numpy and cv2 are used; loops are explicit for
+Written by a separate author from the specification alone (below, verbatim; the same rules as docs/training.md's
+"Pointmaps" section and docs/evaluation.md's; no import from opensapiens), so tests can compare the torch
+implementation against it. Only numpy and cv2 are used; loops are explicit for
 clarity, inputs in tests are tiny. The specification, copied verbatim:
 
 # Sapiens2 pointmap fine-tuning: targets, losses, metrics (the specification)

@@ -177,7 +177,20 @@ def test_bad_files_give_clear_errors(tmp_path):
         load_model(segfile, task="pose", num_heads=TINY.num_heads)
 
 
-def test_official_names_resolve_offline(tmp_path, monkeypatch):
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An offline Hugging Face cache under tmp_path/hf and our checkpoint folder under tmp_path/local; huggingface_hub
+    reads its settings from the environment once, at its import, so its constants are set as well."""
+    from huggingface_hub import constants
+
+    for var, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", str(tmp_path / "hf")),
+                       ("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+def test_official_names_resolve_offline(tmp_path, offline_hub):
     hub = parse_name("sapiens-seg-1b")
     assert hub.repo_id == "facebook/sapiens-seg-1b"
     assert hub.filename == "sapiens_1b_goliath_best_goliath_mIoU_7994_epoch_151.pth"
@@ -188,9 +201,6 @@ def test_official_names_resolve_offline(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no official pose-308 checkpoint"):
         parse_name("sapiens-pose-308-2b")
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
-    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
     with pytest.raises(FileNotFoundError) as err:
         resolve_checkpoint("sapiens-normal-0.3b")
     msg = str(err.value)
@@ -391,16 +401,13 @@ def test_tensors_of_dtypes_without_a_typed_storage_are_read(tmp_path):
     assert sd["v"].dtype == torch.uint16 and torch.equal(sd["v"].int(), view.int())
 
 
-def test_a_sapiens2_name_finds_its_file_in_the_repos_task_folder_or_where_the_listing_says(tmp_path, monkeypatch):
+def test_a_sapiens2_name_finds_its_file_in_the_repos_task_folder_or_where_the_listing_says(tmp_path, monkeypatch,
+                                                                                            offline_hub):
     """Sapiens2's Hub layout is known only from its docs' local paths (pose/sapiens2_0.4b_pose.safetensors): the
     file is found at the root, in its task's folder (offline, from the Hugging Face cache), or wherever the repo's
     listing has it (online); the real huggingface_hub does the finding."""
     import huggingface_hub
-    from huggingface_hub import constants
 
-    monkeypatch.setenv("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # (read from the environment once, at its import)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     repo = tmp_path / "hf" / "models--facebook--sapiens2-pose-0.4b"
     snap = repo / "snapshots" / ("b" * 40)
     (snap / "pose").mkdir(parents=True)

@@ -189,6 +189,8 @@ def test_augmented_samples_see_the_source_surface_through_the_warped_camera(tmp_
         assert k > 1.2
         np.testing.assert_allclose(sample["intrinsics"], R.warp_intrinsics(K0, M, G), rtol=1e-6, atol=1e-4)
         assert R.focal(sample["intrinsics"]) == pytest.approx(k * 56.0, rel=1e-6)
+        # a square-pixel camera turned with its image stays one, upright: k f I (a wrong frame turn G shows here)
+        np.testing.assert_allclose(sample["intrinsics"][:2, :2], k * 56.0 * np.eye(2), atol=1e-3)
         assert abs(G[0, 0] * G[1, 1] - G[0, 1] * G[1, 0] + 1) < 1e-9  # rotation times mirror
         fg = sample["mask"].astype(bool)
         v, u = np.nonzero(fg)
@@ -296,9 +298,10 @@ def test_pointmaps_are_refused_for_v1_and_for_inputs_the_scale_branch_cannot_nor
 
 
 def test_a_short_pointmap_fine_tune_predicts_and_scores_as_its_own_evaluation_does(tmp_path, capsys):
-    """Folder data with cameras in, a model out; ``predict`` loads it and ``eval`` scores it on the same folder
-    (the predictor's centred resize is the validation's, and both run in float32 (the pointmap recipe's precision):
-    the metric error is the run's own evaluation's)."""
+    """Folder data with cameras in, a model out; ``predict`` loads it and ``eval`` scores it on the same folder:
+    images at the input size (so no resize either way) and float32 on both sides (the pointmap recipe's precision)
+    give the run's own evaluation's metric error. (The centred fit itself is compared with predict's input in the
+    augmentation test.)"""
     from opensapiens.synth.dataset import write_dataset
 
     data = tmp_path / "data"

@@ -209,5 +209,9 @@ def test_a_sapiens2_seg_head_starts_a_goliath_fine_tune_with_its_classifier_rows
                       class_names=[f"part_{i}" for i in range(28)])
     report = load_initial_weights(own, str(path))
     assert not report["mapped"] and "final.weight" in report["skipped_head"]
+    narrow = build_model("seg", "sapiens2_nano", out_channels=28, head_spec=Head2Spec((16, 16, 8, 8), (4,), 1),
+                         class_names=list(v1))  # the classifier's input width differs too: no rows to take
+    report = load_initial_weights(narrow, str(path))
+    assert not report["mapped"] and "final.weight" in report["skipped_head"]
 
 

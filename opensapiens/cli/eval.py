@@ -52,9 +52,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keypoints", choices=["coco", "wholebody", "goliath"],
                    help="pose layout to score (default: the GT's; with --checkpoint, the smaller of GT and model)")
     g.add_argument("--classes", default=None,
-                   help="seg classes: goliath (28, default), sapiens2 (29), face (19), a count, a comma list, a "
-                   "class-list .json (as train's --classes) or a text file; a Sapiens2 model with goliath: its 29 "
-                   "classes mapped to the 28 (Eyeglass as Face_Neck)")
+                   help="seg classes: goliath (28), sapiens2 (29), face (19), a count, a comma list, a class-list "
+                   ".json (as train's --classes) or a text file; default: the predictions' own (the model's, or "
+                   "predict's seg_classes.json), a Sapiens2 model's 29 scored as goliath's 28 (Eyeglass as "
+                   "Face_Neck), else goliath")
     g.add_argument("--ignore-index", type=int, default=255, help="seg GT label that is not scored")
     g.add_argument("--align", default="lstsq", choices=["lstsq", "minmax", "none"],
                    help="depth alignment per image: least-squares scale+shift, official min-max, or none (metric)")

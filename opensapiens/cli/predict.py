@@ -179,8 +179,8 @@ def run(args: argparse.Namespace) -> int:
 
             dets = load_detections(args.detections, score_threshold=args.det_threshold)
         predictor = _load(args)
-        if args.task == "seg" and getattr(predictor, "class_names", None):  # a folder of another model's label maps
-            from ..metadata import record_seg_classes  # is refused before any work
+        if args.task == "seg" and getattr(predictor, "class_names", None) and not all(map(is_video, paths)):
+            from ..metadata import record_seg_classes  # a folder of another model's label maps: refused before work
 
             args.out.mkdir(parents=True, exist_ok=True)
             record_seg_classes(args.out, predictor.class_names)

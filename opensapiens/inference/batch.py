@@ -42,7 +42,7 @@ import torch
 
 from ..io.images import ImageReadError, read_image
 from ..io.writers import save_jpg, save_json, save_npy, save_png
-from ..metadata import builtin_palette, record_seg_classes
+from ..metadata import SEG_CLASSES_FILE, builtin_palette, record_seg_classes
 from ..visualize import colorize_depth, colorize_normals, draw_openpose, draw_pose, seg_overlay, side_by_side
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PointmapResult, PoseResult, SegResult
@@ -418,14 +418,15 @@ def run_video(predictor: Predictor, path: Path, out_dir: Path, batch_size: int =
     frames_dir = out_dir / stem
     writers = default_writers(predictor.task, vis) if writers is None else writers
     frames_dir.mkdir(parents=True, exist_ok=True)
-    if predictor.task == "seg" and getattr(predictor, "class_names", None):
-        record_seg_classes(frames_dir, predictor.class_names)
     # an earlier run's record and frames go first: an interrupted run must not pass for it, nor keep its extra frames
     video_manifest(out_dir, stem, predictor.task).unlink(missing_ok=True)
     for pattern in expected_outputs(predictor.task, frames_dir, "frame_*", vis=True, raw=True, openpose=True,
                                     ply=True):
         for stale in frames_dir.glob(pattern.name):
             stale.unlink()
+    if predictor.task == "seg" and getattr(predictor, "class_names", None):  # (the earlier label maps are gone)
+        (frames_dir / SEG_CLASSES_FILE).unlink(missing_ok=True)
+        record_seg_classes(frames_dir, predictor.class_names)
     total = -(-info.num_frames // step) if info.num_frames else None  # frames 0, step, 2 step, ...
     bar = tqdm(total=total, unit="frame", desc=f"{predictor.task} {path.name}", disable=not progress)
     pictures = vis and predictor.task != "features"  # features have no picture

@@ -97,8 +97,10 @@ def _goliath_rows_of_sapiens2(src_cfg: ModelConfig, model: SapiensModel, sd: dic
 
     w, b = sd.get("head.final.weight"), sd.get("head.final.bias")
     names = tuple(model.config.extra.get("class_names") or ())
+    ours_w, ours_b = model.head.final.weight, model.head.final.bias
     if not (model.task == "seg" and src_cfg.generation == 2 and w is not None and w.shape[0] == 29 and
-            model.head.final.weight.shape[0] == 28 and names == seg_classes("goliath").names and
+            ours_w.shape[0] == 28 and w.shape[1:] == ours_w.shape[1:] and names == seg_classes("goliath").names and
+            (b is None) == (ours_b is None) and
             tuple(src_cfg.extra.get("class_names") or seg_classes("sapiens2").names) == seg_classes("sapiens2").names):
         return {}
     rows = torch.from_numpy(seg28_to_29()[:28].astype("int64"))  # v1 id -> Sapiens2 id
