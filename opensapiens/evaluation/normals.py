@@ -14,16 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .utils import as_mask, as_numpy
+from .utils import as_hw3, as_mask, as_numpy
 
 THRESHOLDS = (11.25, 22.5, 30.0)
-
-
-def _as_hw3(x, name: str) -> np.ndarray:
-    a = as_numpy(x)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"{name} must be an (H, W, 3) normal map, got shape {a.shape}")
-    return a.astype(np.float64, copy=False)
 
 
 def angular_error(pred, gt) -> np.ndarray:
@@ -49,7 +42,7 @@ class NormalAccumulator:
 
     def update(self, pred, gt, mask=None) -> None:
         """Add one (H, W, 3) prediction / GT pair; mask (H, W) nonzero = foreground."""
-        p, g = _as_hw3(pred, "pred"), _as_hw3(gt, "gt")
+        p, g = as_hw3(pred, "pred", "normal map"), as_hw3(gt, "gt", "normal map")
         if p.shape != g.shape:
             raise ValueError(f"prediction shape {p.shape} differs from ground truth shape {g.shape}")
         valid = np.isfinite(g).all(-1) & (np.abs(g).max(-1) > 0)

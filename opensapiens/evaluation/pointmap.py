@@ -15,16 +15,9 @@ import cv2
 import numpy as np
 
 from .normals import NormalAccumulator
-from .utils import as_mask, as_numpy
+from .utils import as_hw3, as_mask
 
 WITHIN_CM = (5, 10, 20)
-
-
-def _as_hw3(x, name: str) -> np.ndarray:
-    a = as_numpy(x)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"{name} must be an (H, W, 3) point map, got shape {a.shape}")
-    return a.astype(np.float64, copy=False)
 
 
 def sobel_normals(points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +45,7 @@ class PointmapAccumulator:
 
     def update(self, pred, gt, mask=None) -> None:
         """Add one (H, W, 3) prediction / GT pair; mask (H, W) nonzero = foreground (also: GT finite)."""
-        p, g = _as_hw3(pred, "pred"), _as_hw3(gt, "gt")
+        p, g = as_hw3(pred, "pred", "point map"), as_hw3(gt, "gt", "point map")
         if p.shape != g.shape:
             raise ValueError(f"prediction shape {p.shape} differs from ground truth shape {g.shape}")
         valid = np.isfinite(g).all(-1) & (np.nan_to_num(g[..., 2]) > 0)

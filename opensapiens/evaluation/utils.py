@@ -19,6 +19,15 @@ def as_numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def as_hw3(x: Any, name: str, kind: str) -> np.ndarray:
+    """A float64 (H, W, 3) array of an array-like or tensor; a ValueError naming ``name`` and ``kind`` (normal map,
+    point map) for another shape."""
+    a = as_numpy(x)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"{name} must be an (H, W, 3) {kind}, got shape {a.shape}")
+    return a.astype(np.float64, copy=False)
+
+
 def as_mask(mask: Any, shape: tuple[int, ...], name: str = "mask") -> np.ndarray:
     """A boolean foreground mask of ``shape`` (nonzero = foreground); a trailing channel axis is reduced with any()."""
     m = as_numpy(mask)
