@@ -1,6 +1,7 @@
 """Drawing results on RGB uint8 images with OpenCV: skeletons, part labels, depth and normal maps, panels.
 
-Every function returns a new (H, W, 3) uint8 RGB array and leaves its inputs untouched.
+Every function returns a new (H, W, 3) uint8 RGB array and leaves its inputs untouched; ``visualize_result`` picks
+the picture of a predictor's result (what ``predict`` writes beside its outputs).
 
 Colours: body keypoints and links are green on the person's left, orange on the right and blue in the middle; each
 finger has its own colour; feet are yellow; face points are small and white. Depth is shown with the INFERNO
@@ -15,7 +16,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .metadata import KeypointSet, SegClasses, generic_palette, seg_classes
+from .metadata import KeypointSet, SegClasses, builtin_palette, generic_palette, seg_classes
 from .metadata import keypoint_set as get_keypoint_set
 from .metadata.openpose import BODY_18, OpenPosePeople, detected
 
@@ -435,3 +436,23 @@ def _title_bar(panel: np.ndarray, title: str) -> np.ndarray:
     scale = cv2.getFontScaleFromHeight(font, max(1, int(bar_h * 0.6)), thick)
     cv2.putText(bar, title, (max(2, bar_h // 4), int(bar_h * 0.8)), font, scale, (255, 255, 255), thick, cv2.LINE_AA)
     return np.concatenate([bar, panel], axis=0)
+
+
+def visualize_result(image: np.ndarray, result) -> np.ndarray:
+    """The picture of one result: the pose drawn on the image, or the dense map's colours (which image and video
+    outputs show beside the input)."""
+    from .inference.results import DepthResult, NormalResult, PointmapResult, PoseResult, SegResult  # (lazy: they
+    # import the metrics)
+    if isinstance(result, PoseResult):
+        labels = None if result.track_ids is None else [f"id {i}" for i in result.track_ids]
+        return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes,
+                         labels=labels)
+    if isinstance(result, SegResult):
+        return seg_overlay(image, result.labels, builtin_palette(result.class_names))
+    if isinstance(result, DepthResult):
+        return colorize_depth(result.depth, result.mask)
+    if isinstance(result, PointmapResult):
+        return colorize_depth(result.depth, result.mask)
+    if isinstance(result, NormalResult):
+        return colorize_normals(result.normals, result.mask)
+    raise TypeError(f"no picture for {type(result).__name__}")

@@ -82,12 +82,13 @@ def test_demo_names_a_video_as_one_rather_than_as_an_unreadable_picture(tmp_path
 def test_bundled_predictor_uploads_each_image_once_unless_a_detector_must_see_it(monkeypatch):
     """The pose crops come from the dense pass's upload (each upload stages the whole image in pinned memory on CUDA);
     a detector still gets the caller's arrays, the type a user's own detector was written for."""
-    from opensapiens.inference import predictors, streams
+    from opensapiens.inference import multitask_predictor, predictors, streams
 
     host_arrays = []
     real = streams.upload_images
-    monkeypatch.setattr(predictors, "upload_images", lambda images, device: host_arrays.append(
-        sum(isinstance(im, np.ndarray) for im in images)) or real(images, device))
+    for module in (multitask_predictor, predictors):  # the dense pass's upload, the pose predictor's
+        monkeypatch.setattr(module, "upload_images", lambda images, device: host_arrays.append(
+            sum(isinstance(im, np.ndarray) for im in images)) or real(images, device))
     image = np.random.default_rng(0).integers(0, 255, (150, 100, 3), dtype=np.uint8)
     predictor = opensapiens.load("sapiens-nano", device="cpu")
     res = predictor(image)

@@ -42,8 +42,8 @@ import torch
 
 from ..io.images import ImageReadError, read_image
 from ..io.writers import save_jpg, save_json, save_npy, save_png
-from ..metadata import SEG_CLASSES_FILE, builtin_palette, record_seg_classes
-from ..visualize import colorize_depth, colorize_normals, draw_openpose, draw_pose, seg_overlay, side_by_side
+from ..metadata import SEG_CLASSES_FILE, record_seg_classes
+from ..visualize import draw_openpose, side_by_side, visualize_result
 from .predictors import Predictor
 from .results import DepthResult, FeatureResult, NormalResult, PointmapResult, PoseResult, SegResult
 from .streams import pin, read_ahead, submit_ahead
@@ -337,24 +337,6 @@ def run_batch(predictor: Predictor, paths: Sequence[Path], out_dir: Path, batch_
         _collect(writes, report)
     bar.close()
     return report
-
-
-def visualize_result(image: np.ndarray, result) -> np.ndarray:
-    """The picture of one result: the pose drawn on the image, or the dense map's colours (which image and video
-    outputs show beside the input)."""
-    if isinstance(result, PoseResult):
-        labels = None if result.track_ids is None else [f"id {i}" for i in result.track_ids]
-        return draw_pose(image, result.keypoints, result.scores, result.keypoint_set, boxes=result.boxes,
-                         labels=labels)
-    if isinstance(result, SegResult):
-        return seg_overlay(image, result.labels, builtin_palette(result.class_names))
-    if isinstance(result, DepthResult):
-        return colorize_depth(result.depth, result.mask)
-    if isinstance(result, PointmapResult):
-        return colorize_depth(result.depth, result.mask)
-    if isinstance(result, NormalResult):
-        return colorize_normals(result.normals, result.mask)
-    raise TypeError(f"no picture for {type(result).__name__}")
 
 
 def video_manifest(out_dir: Path, stem: str, task: str) -> Path:
