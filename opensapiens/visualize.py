@@ -449,9 +449,7 @@ def visualize_result(image: np.ndarray, result) -> np.ndarray:
                          labels=labels)
     if isinstance(result, SegResult):
         return seg_overlay(image, result.labels, builtin_palette(result.class_names))
-    if isinstance(result, DepthResult):
-        return colorize_depth(result.depth, result.mask)
-    if isinstance(result, PointmapResult):
+    if isinstance(result, (DepthResult, PointmapResult)):  # (a pointmap's picture is its depth)
         return colorize_depth(result.depth, result.mask)
     if isinstance(result, NormalResult):
         return colorize_normals(result.normals, result.mask)

@@ -268,18 +268,19 @@ def warp_image(image: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]) -> np.
     """Bilinear warp whose content edge is not blended with the black outside (replicated, then cut), as a resize
     then a paste would give: ``predict``'s centred input."""
     inside = warp(np.ones(image.shape[:2], np.uint8), M, out_hw, nearest=True).astype(bool)
-    flags = cv2.INTER_LINEAR
-    out = cv2.warpAffine(image, M.astype(np.float64), (out_hw[1], out_hw[0]), flags=flags,
-                         borderMode=cv2.BORDER_REPLICATE)
+    out = warp(image, M, out_hw, nearest=False, replicate=True)
     out[~inside] = 0
     return out
 
 
-def warp(array: np.ndarray, M: np.ndarray, out_hw: tuple[int, int], nearest: bool, border: float = 0) -> np.ndarray:
-    """cv2.warpAffine to (H, W) with a constant border (bilinear for images, nearest for labels/depth/normals)."""
+def warp(array: np.ndarray, M: np.ndarray, out_hw: tuple[int, int], nearest: bool, border: float = 0,
+         replicate: bool = False) -> np.ndarray:
+    """cv2.warpAffine to (H, W) (bilinear for images, nearest for labels/depth/normals) with a constant ``border``, or
+    with ``replicate`` the edge pixels continued."""
     flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(array, M.astype(np.float64), (out_hw[1], out_hw[0]), flags=flags,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
+    mode = cv2.BORDER_REPLICATE if replicate else cv2.BORDER_CONSTANT
+    return cv2.warpAffine(array, M.astype(np.float64), (out_hw[1], out_hw[0]), flags=flags, borderMode=mode,
+                          borderValue=border)
 
 
 def transform_normals(normals: np.ndarray, angle_deg: float, flip: bool) -> np.ndarray:

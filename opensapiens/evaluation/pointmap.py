@@ -33,14 +33,15 @@ def sobel_normals(points: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.
 
 
 class PointmapAccumulator:
-    """Streams (pred, gt, mask) point maps; keeps sums and counts only, so states merge across processes."""
+    """Streams (pred, gt, mask) point maps; keeps sums and counts only, so states merge across processes.
+    ``normals=False`` leaves the surface normals out (a second accumulator of the same maps at another scale)."""
 
-    def __init__(self):
+    def __init__(self, normals: bool = True):
         self.num_pixels = self.num_images = self.nonfinite_pred = 0
         self.sum_l2 = self.sum_sq = 0.0
         self.sum_abs = np.zeros(3)
         self.within = np.zeros(len(WITHIN_CM), dtype=np.int64)
-        self.normals = NormalAccumulator()
+        self.normals = NormalAccumulator() if normals else None
         self.focal_rel: list[float] = []  # per image |f^ - f| / f, where a focal length was added
 
     def update(self, pred, gt, mask=None) -> None:
@@ -61,9 +62,10 @@ class PointmapAccumulator:
         self.sum_sq += float((length ** 2).sum())
         self.sum_abs += np.abs(e[finite]).sum(0)
         self.within += np.array([(length < cm / 100).sum() for cm in WITHIN_CM], dtype=np.int64)
-        n_pred, _ = sobel_normals(p, valid)
-        n_gt, inside = sobel_normals(g, valid)
-        self.normals.update(n_pred, n_gt, inside)
+        if self.normals is not None:
+            n_pred, _ = sobel_normals(p, valid)
+            n_gt, inside = sobel_normals(g, valid)
+            self.normals.update(n_pred, n_gt, inside)
 
     def add_focal(self, pred: float, gt: float) -> None:
         """One image's predicted and true focal length (any one unit)."""
@@ -74,7 +76,8 @@ class PointmapAccumulator:
             setattr(self, k, getattr(self, k) + getattr(other, k))
         self.sum_abs = self.sum_abs + other.sum_abs
         self.within = self.within + other.within
-        self.normals.merge(other.normals)
+        if self.normals is not None:
+            self.normals.merge(other.normals)
         self.focal_rel = self.focal_rel + other.focal_rel
         return self
 
@@ -84,9 +87,10 @@ class PointmapAccumulator:
         out = {"l2_mean": mean(self.sum_l2), "rmse": float(np.sqrt(mean(self.sum_sq)))}
         out.update({f"{axis}_mae": mean(self.sum_abs[i]) for i, axis in enumerate("xyz")})
         out.update({f"within_{cm}cm": float(c / n) if n else float("nan") for cm, c in zip(WITHIN_CM, self.within)})
-        normals = self.normals.compute()
-        out.update({f"normal_{k}": normals[k] for k in ("mean", "median", "within_11.25", "within_22.5",
-                                                        "within_30")})
+        if self.normals is not None:
+            normals = self.normals.compute()
+            out.update({f"normal_{k}": normals[k] for k in ("mean", "median", "within_11.25", "within_22.5",
+                                                            "within_30")})
         if self.focal_rel:
             out["focal_abs_rel"] = float(np.mean(self.focal_rel))
         out.update(num_images=self.num_images, num_pixels=n, nonfinite_pred=self.nonfinite_pred)

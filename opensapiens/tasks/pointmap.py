@@ -151,7 +151,8 @@ class PointmapEvaluator:
     def __init__(self):
         from ..evaluation.pointmap import PointmapAccumulator
 
-        self.canonical, self.metric = PointmapAccumulator(), PointmapAccumulator()
+        # (normals are the same in both spaces: scaling does not turn them)
+        self.canonical, self.metric = PointmapAccumulator(), PointmapAccumulator(normals=False)
 
     def update(self, output: tuple[torch.Tensor, torch.Tensor], batch: dict) -> None:
         pred, pred_scale = output
@@ -175,7 +176,7 @@ class PointmapEvaluator:
 
     def compute(self) -> dict:
         out, metric = self.canonical.compute(), self.metric.compute()
-        counts = ("num_images", "num_pixels", "nonfinite_pred", "focal_abs_rel")  # (the canonical ones, as normals)
-        out.update({f"metric_{k}": v for k, v in metric.items() if not k.startswith("normal_") and k not in counts})
+        counts = ("num_images", "num_pixels", "nonfinite_pred", "focal_abs_rel")  # (the canonical ones)
+        out.update({f"metric_{k}": v for k, v in metric.items() if k not in counts})
         out["focal_abs_rel"] = metric.get("focal_abs_rel", float("nan"))
         return out

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from ..models.heads import TASKS
+from ..models.heads2 import Head2Spec, official_head2_spec
 from ..models.sapiens2 import ARCHS2, Sapiens2Arch
 from ..models.vit import ARCHS, ViTArch, get_arch
 
@@ -143,10 +144,13 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if cfg.task == "depth":
             raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
                              "architecture, or pointmaps / normals / seg / pose from a Sapiens2 one")
-        tokens = [side // 16 for side in cfg.input_size]
-        if cfg.task == "pointmap" and -(-tokens[0] // 8) * -(-tokens[1] // 8) < 2:  # InstanceNorm needs 2 values
-            raise ValueError(f"input size {cfg.input_size}: the pointmap scale branch reduces the {tokens[0]}x"
-                             f"{tokens[1]} token grid 8x, to a single value; train at more than 128 px on a side")
+        if cfg.task == "pointmap":
+            spec = Head2Spec.from_dict(d["head_spec"]) if d["head_spec"] else official_head2_spec("pointmap", arch)
+            grid = spec.for_input(cfg.input_size).scale_grid
+            if grid[0] * grid[1] < 2:  # its InstanceNorms need two values
+                raise ValueError(f"input size {cfg.input_size}: the pointmap scale branch reduces the "
+                                 f"{cfg.input_size[0] // 16}x{cfg.input_size[1] // 16} token grid 8x, to a single "
+                                 "value; train at more than 128 px on a side")
     elif cfg.task == "pointmap":
         raise ValueError(f"pointmaps are a Sapiens2 task; --arch {arch} is a v1 architecture (use e.g. "
                          "--arch sapiens2_0.4b, or --init a Sapiens2 checkpoint)")
@@ -196,8 +200,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def _resumed_shape(cfg: TrainConfig) -> dict | None:
-    """The config.json of the run that ``cfg`` resumes (arch, head widths and label sets as resolved when it
-    started); None for a fresh run."""
+    """The config.json of the run that ``cfg`` resumes (its arch and head widths as resolved when it started); None for
+    a fresh run."""
     saved = Path(cfg.out) / "config.json"
     if not (cfg.resume and saved.is_file()):
         return None

@@ -37,7 +37,7 @@ from ..inference.optimize import channels_last_head, channels_last_pays, fast_at
 from ..io.writers import save_json
 from ..metadata import SegClasses
 from ..models import build_model
-from ..models.heads2 import Head2Spec, official_head2_spec
+from ..models.heads2 import Head2Spec
 from ..models.sapiens import SapiensModel
 from ..tasks import build_criterion, build_evaluator
 from . import distributed as D
@@ -162,8 +162,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     seed_everything(cfg.seed)  # identical initial weights on every rank
     out_channels, label_info = _out_channels(cfg, labels)
     head_spec = Head2Spec.from_dict(cfg.head_spec) if cfg.head_spec else None
-    if cfg.task == "pointmap":  # its scale branch flattens a grid that follows the input size
-        head_spec = (head_spec or official_head2_spec("pointmap", cfg.arch)).for_input((H, W))
+    if cfg.task == "pointmap" and head_spec is not None:  # its scale branch flattens the input size's grid (the
+        head_spec = head_spec.for_input((H, W))  # official widths are sized so by build_model)
     model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
                         head_spec=head_spec, pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
     model_config = model.config

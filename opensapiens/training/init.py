@@ -73,17 +73,15 @@ def load_initial_weights(model: SapiensModel, path_or_name: str) -> dict:
         reason = f"checkpoint head is for {src_cfg.task}, not {model.task}"
         head = {}
     else:
-        fresh = [k for k in ours if k.startswith("head.") and (k not in head or head[k].shape != ours[k].shape)]
-        if fresh:  # (different keypoints / classes, head widths or input size)
-            reason = (f"{len(fresh)} of its {sum(k.startswith('head.') for k in ours)} tensors have other shapes in "
-                      f"the checkpoint: {', '.join(k.removeprefix('head.') for k in fresh[:4])}"
-                      f"{', ...' if len(fresh) > 4 else ''}")
         head = {k: v for k, v in head.items() if k in ours and ours[k].shape == v.shape}
         if rows := _goliath_rows_of_sapiens2(src_cfg, model, sd):  # its classifier, by class name
             head.update(rows)
             mapped = "Sapiens2's 29-class classifier, as the 28 Goliath classes by name (Eyeglass left out)"
-            fresh = [k for k in fresh if k not in rows]
-            reason = f"{len(fresh)} tensors of other shapes: {', '.join(fresh[:4])}" if fresh else ""
+        fresh = [k for k in ours if k.startswith("head.") and k not in head]
+        if fresh:  # (different keypoints / classes, head widths or input size)
+            reason = (f"{len(fresh)} of its {sum(k.startswith('head.') for k in ours)} tensors have other shapes in "
+                      f"the checkpoint: {', '.join(k.removeprefix('head.') for k in fresh[:4])}"
+                      f"{', ...' if len(fresh) > 4 else ''}")
     with torch.no_grad():
         for k, v in {**backbone, **head}.items():
             ours[k].copy_(v.to(ours[k].dtype))
