@@ -55,6 +55,7 @@ from opensapiens.models import build_model
 from opensapiens.tasks import build_criterion
 from opensapiens.training import distributed as D
 from opensapiens.training.optim import build_optimizer
+from opensapiens.training.reproducibility import float32_math
 from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from opensapiens.training.step import train_step
 
@@ -74,7 +75,7 @@ class Variant:
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
-    fp32: bool = False  # float32 step, no autocast (the pointmap recipe's precision)
+    precision: str = "bf16"  # bf16 autocast | tf32 / fp32: a float32 step without autocast (training.float32_math)
     attention: str = "sdpa"  # training.speed.use_fast_attention's choice (optimized variants on CUDA)
     shrink_on_oom: bool = False
 
@@ -144,14 +145,15 @@ def build_step(args, variant: Variant, info: D.DistInfo):
         channels_last_head(model.head)
     if variant.compile:
         compile_blocks(model.backbone.blocks, model.head)
-    depth = model.config.arch.depth
+    depth, generation = model.config.arch.depth, model.config.arch.generation
     model = D.shard_fsdp(model, model.backbone.blocks, info, bf16=True) if variant.fsdp else D.wrap_ddp(model, info)
     optimizer = build_optimizer(model, 5e-4, 0.1, 0.85, num_layers=depth, fused=variant.optimized and on_cuda)
-    criterion = build_criterion(args.task, sigma=6.0 * H / 1024, class_weight=seg_classes("goliath").class_weight
-                                if args.task == "seg" else None, seg_loss_resolution=variant.seg_loss_resolution)
+    criterion = build_criterion(args.task, generation=generation, sigma=6.0 * H / 1024,
+                                class_weight=seg_classes("goliath").class_weight if args.task == "seg" else None,
+                                seg_loss_resolution=variant.seg_loss_resolution)
     attention = fast_attention if (variant.optimized and on_cuda) else contextlib.nullcontext
     host = synthetic_batch(args.task, variant.batch, args.input_size, device)
-    autocast = None if (variant.fsdp or variant.fp32) else torch.bfloat16
+    autocast = None if (variant.fsdp or variant.precision != "bf16") else torch.bfloat16
 
     def compute_loss(b: dict) -> torch.Tensor:
         batch = to_device(b, device)
@@ -178,39 +180,40 @@ def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, pe
     """Time ``variant`` (halving its batch on OOM when allowed); returns its row of the report."""
     device = info.device
     tried = []
-    while True:
-        free(device)
-        model = optimizer = step = None
-        try:
-            model, optimizer, step = build_step(args, variant, info)
-            t_compile = time.perf_counter()
-            for _ in range(args.warmup):
-                step()
-            sync(device)
-            warmup_s = time.perf_counter() - t_compile
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            losses = []
-            t0 = time.perf_counter()
-            for _ in range(args.steps):
-                losses.append(step().loss)
-            sync(device)
-            dt = (time.perf_counter() - t0) / args.steps
-            break
-        except torch.OutOfMemoryError:
-            tried.append({"batch": variant.batch, "oom": True})
-            del model, optimizer, step
-            if not (variant.shrink_on_oom and variant.batch > 1 and not info.distributed):
-                return {**asdict(variant), "oom": True, "tried": tried}
-            variant = Variant(**{**asdict(variant), "batch": variant.batch // 2})
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    kernels = top_kernels(step, device, calls=1) if profile else None
-    by_kind = time_by_kind(step, device, calls=1) if profile else None
-    achieved = flops_per_image * variant.batch / dt  # per GPU
-    row = {**asdict(variant), "oom": False, "tried": tried, "step_ms": dt * 1e3,
-           "images_per_s": variant.batch * info.world_size / dt, "peak_memory_gib": peak_mem,
-           "tflops_per_gpu": achieved / 1e12, "mfu": achieved / (peak_tflops * 1e12), "warmup_s": warmup_s,
-           "loss_finite": all(math.isfinite(v) for v in losses), "profile": kernels, "ms_per_step_by_kind": by_kind}
+    with float32_math(variant.precision):  # the matmul and convolution precision of its float32 math
+        while True:
+            free(device)
+            model = optimizer = step = None
+            try:
+                model, optimizer, step = build_step(args, variant, info)
+                t_compile = time.perf_counter()
+                for _ in range(args.warmup):
+                    step()
+                sync(device)
+                warmup_s = time.perf_counter() - t_compile
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                losses = []
+                t0 = time.perf_counter()
+                for _ in range(args.steps):
+                    losses.append(step().loss)
+                sync(device)
+                dt = (time.perf_counter() - t0) / args.steps
+                break
+            except torch.OutOfMemoryError:
+                tried.append({"batch": variant.batch, "oom": True})
+                del model, optimizer, step
+                if not (variant.shrink_on_oom and variant.batch > 1 and not info.distributed):
+                    return {**asdict(variant), "oom": True, "tried": tried}
+                variant = Variant(**{**asdict(variant), "batch": variant.batch // 2})
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        kernels = top_kernels(step, device, calls=1) if profile else None
+        by_kind = time_by_kind(step, device, calls=1) if profile else None
+        achieved = flops_per_image * variant.batch / dt  # per GPU
+        row = {**asdict(variant), "oom": False, "tried": tried, "step_ms": dt * 1e3,
+               "images_per_s": variant.batch * info.world_size / dt, "peak_memory_gib": peak_mem,
+               "tflops_per_gpu": achieved / 1e12, "mfu": achieved / (peak_tflops * 1e12), "warmup_s": warmup_s,
+               "loss_finite": all(math.isfinite(v) for v in losses), "profile": kernels, "ms_per_step_by_kind": by_kind}
     del model, optimizer, step
     free(device)
     return row
@@ -234,8 +237,10 @@ def main() -> None:
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
-    p.add_argument("--fp32", action="store_true", help="the optimized variant in float32, without autocast (PyTorch's "
-                   "defaults: TF32 convolutions, full-precision matmuls), as the pointmap recipe trains")
+    p.add_argument("--precision", type=lambda t: t.split(","), default=["bf16"],
+                   help="the optimized variant's precision: bf16 (autocast), tf32 (float32 with TF32 matmuls and "
+                   "convolutions, the pointmap recipe's) or fp32 (full float32); a comma-separated list times the "
+                   "optimized variant once per choice, e.g. bf16,tf32,fp32")
     p.add_argument("--attention", type=lambda t: t.split(","), default=["sdpa"],
                    help="the optimized variant's attention kernels (auto, sdpa, triton, fa4, as `opensapiens train "
                    "--attention`); a comma-separated list times the optimized variant once per choice, e.g. "
@@ -264,9 +269,13 @@ def main() -> None:
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             head_chunk=args.head_chunk,
                             save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
-                            channels_last=args.channels_last, fp32=args.fp32, attention=args.attention[0]))
+                            channels_last=args.channels_last, precision=args.precision[0],
+                            attention=args.attention[0]))
+    first = asdict(variants[-1])
     for name, kernel in zip(("optimized-2", "optimized-3"), args.attention[1:]):  # A/B in one process
-        variants.append(Variant(**{**asdict(variants[-1]), "name": f"{name}-{kernel}", "attention": kernel}))
+        variants.append(Variant(**{**first, "name": f"{name}-{kernel}", "attention": kernel}))
+    for precision in args.precision[1:]:
+        variants.append(Variant(**{**first, "name": f"optimized-{precision}", "precision": precision}))
     rows = [measure(args, v, info, flops, peak, profile=args.profile and v.optimized) for v in variants]
     report = {"device": device_name(device), "memory_limit_gib": args.memory_limit_gib,
               "world_size": info.world_size, "software": software_versions(),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1119,7 +1119,7 @@ elif [ "$1" = pointmap-train ]; then
   # `opensapiens train` on synthetic data rendered on the GPU, and `eval` of its model on a rendered folder
   install_coco_wheel
   BT="timeout 170 python bench/bench_train.py --task pointmap --arch sapiens2_0.4b --batch 8 --steps 6 --warmup 2"
-  $BT --fp32 --channels-last --out "$OUT/train_pointmap_0.4b_fp32.json" | grep -v '^{'
+  $BT --precision fp32 --channels-last --out "$OUT/train_pointmap_0.4b_fp32.json" | grep -v '^{'
   $BT --channels-last --skip-baseline --out "$OUT/train_pointmap_0.4b_bf16.json" | grep -v '^{'
   timeout 150 python -m opensapiens.cli.main train --task pointmap --arch sapiens2_0.4b --data synth --steps 24 \
     --batch-size 4 --log-interval 8 --ckpt-interval 0 --out /tmp/pm_run 2>&1 | grep -v 'step/s' | tail -4
@@ -1136,7 +1136,7 @@ elif [ "$1" = pointmap-layout ]; then
     $BT --batch 8 --out "$OUT/train_pointmap_0.4b_nchw_$k.json" | grep -v '^{'
     $BT --batch 8 --skip-baseline --channels-last --out "$OUT/train_pointmap_0.4b_nhwc_$k.json" | grep -v '^{'
   done
-  $BT --batch 4 --fp32 --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
+  $BT --batch 4 --precision fp32 --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
   timeout 170 python -m opensapiens.cli.main bench --iters 10 --task pointmap --arch sapiens2_1b --batch 8 \
     --out "$OUT/sapiens2_default_pointmap_1b.json" | grep -v '^{'
 elif [ "$1" = s2-layout ]; then
@@ -1159,6 +1159,24 @@ elif [ "$1" = pointmap-folder ]; then
   grep '"eval"' /tmp/pmf_run/metrics.jsonl | cut -c1-400
   timeout 120 python -m opensapiens.cli.main eval --task pointmap --checkpoint /tmp/pmf_run/final.safetensors \
     --data /tmp/pmf --quiet --out "$OUT/eval_pointmap_folder_16steps.json"
+elif [ "$1" = s2-losses ]; then
+  # call 133: Sapiens2's own losses and the TF32 pointmap default. The 0.4B pointmap step at batch 4 in TF32, full
+  # float32 and bf16 side by side; the 0.4B seg step with its Dice term; then short runs from synthetic data on the
+  # GPU with the defaults (pointmap: TF32; seg: CE + Dice; pose: MSE x 10) and `eval` of the pointmap model
+  install_coco_wheel
+  BT="timeout 150 python bench/bench_train.py --arch sapiens2_0.4b --steps 6 --warmup 2 --skip-baseline"
+  $BT --task pointmap --batch 4 --precision tf32,fp32,bf16 --out "$OUT/train_pointmap_0.4b_precisions.json" \
+    | grep -v '^{'
+  $BT --task seg --batch 8 --out "$OUT/train_seg_s2_0.4b_dice.json" | grep -v '^{'
+  for task in pointmap seg pose; do
+    timeout 150 python -m opensapiens.cli.main train --task $task --arch sapiens2_0.4b --data synth --steps 24 \
+      --batch-size 4 --log-interval 8 --ckpt-interval 0 --out /tmp/s2_$task 2>&1 | grep -v 'step/s' | tail -2
+    grep '"train"' /tmp/s2_$task/metrics.jsonl | cut -c1-200
+    grep -o '"precision": "[a-z0-9]*"\|"clip_grad": [0-9.]*' /tmp/s2_$task/config.json | tr '\n' ' '; echo
+  done
+  timeout 60 python -m opensapiens.cli.main synth --out /tmp/pm_val --n 8 --device cuda --seed 9 > /dev/null
+  timeout 120 python -m opensapiens.cli.main eval --task pointmap --checkpoint /tmp/s2_pointmap/final.safetensors \
+    --data /tmp/pm_val --quiet --out "$OUT/eval_pointmap_0.4b_24steps_tf32.json"
 elif [ "$1" = pointmap-infer ]; then
   # call 130: the Sapiens2 rows' accuracy columns again, now taken from the compiled model (calls 126-127 compared
   # the eager fallback), and pointmap 0.4B inference speed (eager against the default path)

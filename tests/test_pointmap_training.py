@@ -72,10 +72,18 @@ def test_a_perfect_prediction_costs_nothing_and_no_counting_sample_gives_a_zero_
     rng = np.random.default_rng(1)
     points, mask, K = _scene(rng, B=2)
     s = torch.tensor([R.canonical_scale(k) for k in K])
-    pred = (torch.tensor(points) * s[:, None, None, None]).permute(0, 3, 1, 2)
-    terms = pointmap_loss_terms(pred, s[:, None], torch.tensor(points), torch.tensor(mask), torch.tensor(K))
+    true = (torch.tensor(points) * s[:, None, None, None]).permute(0, 3, 1, 2)
+    perfect = true * torch.tensor(mask)[:, None]  # as the GT: 0 off the mask
+    terms = pointmap_loss_terms(perfect, s[:, None], torch.tensor(points), torch.tensor(mask), torch.tensor(K))
     assert all(float(v) < 2e-6 for v in terms.values()), terms
-    pred = pred.float().requires_grad_()
+    # the true points off the mask too: the 2x bilinear map and the border normals see the GT's zeros there, as
+    # in the official statement
+    terms = pointmap_loss_terms(true, s[:, None], torch.tensor(points), torch.tensor(mask), torch.tensor(K))
+    want = R.loss_terms(true.numpy(), s.numpy(), points, mask, K)
+    assert float(terms["multiscale_l1"]) > 0.01 and float(terms["normal"]) > 0.01
+    for name in ("multiscale_l1", "normal"):
+        assert float(terms[name]) == pytest.approx(want[name], rel=1e-5), name
+    pred = perfect.float().requires_grad_()
     none = pointmap_loss_terms(pred, s[:, None].float(), torch.tensor(points), torch.zeros(mask.shape, dtype=bool),
                                torch.tensor(K))
     loss = sum(none.values())
@@ -293,7 +301,7 @@ def test_pointmaps_are_refused_for_v1_and_for_inputs_the_scale_branch_cannot_nor
                             input_size=(128, 96)))
     cfg = resolve(TrainConfig(task="pointmap", data="d", out=str(tmp_path), arch="sapiens2_1b", steps=1000))
     assert (cfg.best_metric, cfg.best_mode, cfg.lr, cfg.layer_decay) == ("metric_l2_mean", "min", 5e-4, 0.9)
-    assert cfg.precision == "fp32" and resolve(TrainConfig(task="normal", data="d", out=str(tmp_path),
+    assert cfg.precision == "tf32" and resolve(TrainConfig(task="normal", data="d", out=str(tmp_path),
                                                            arch="sapiens2_1b")).precision == "bf16"
 
 

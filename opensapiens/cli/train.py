@@ -67,7 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="layer-wise LR decay in [0, 1]: block i (0 = first) of L learns at lr x decay^(L - i), the "
                    "head at lr (0 freezes the backbone; default: the official recipe's)")
     g.add_argument("--weight-decay", type=float)
-    g.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 1.0)")
+    g.add_argument("--clip-grad", type=float, help="max gradient norm, 0 = off (default 1.0; Sapiens2 2 or 4)")
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--schedule", choices=["step", "poly", "cosine", "constant"])
     g.add_argument("--milestones", type=_floats, help="step schedule: fractions of the run, e.g. 0.81,0.95")
@@ -79,9 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--no-augment", dest="augment", action="store_const", const=False)
     g.add_argument("--backgrounds", help="folder of people-free pictures for the random-background augmentation")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--precision", choices=["bf16", "fp32"],
-                   help="default bf16 (autocast); pointmap fp32, as its official configs (its metric scale is "
-                   "sensitive to bf16)")
+    g.add_argument("--precision", choices=["bf16", "tf32", "fp32"],
+                   help="bf16 (autocast; the default), tf32 (float32 with TF32 matmuls and convolutions; the "
+                   "pointmap default, as official: its metric scale is sensitive to bf16) or fp32 (full float32)")
     g.add_argument("--checkpointing", choices=["none", "blocks", "head", "blocks+head"],
                    help="activation checkpointing (recompute in backward)")
     g.add_argument("--checkpoint-blocks", type=int, help="checkpoint only the first N blocks")

@@ -12,21 +12,22 @@ from .depth import DepthCriterion, DepthEvaluator, relative_depth_target, silog_
 from .normal import NormalCriterion, NormalEvaluator, normal_loss
 from .pointmap import PointmapCriterion, PointmapEvaluator, pointmap_loss
 from .pose import PoseCriterion, PoseEvaluator, keypoint_mse_loss, ohkm_mse_loss
-from .seg import SegCriterion, SegEvaluator, seg_ce_loss
+from .seg import SegCriterion, SegEvaluator, dice_loss, seg_ce_loss
 
 
-def build_criterion(task: str, *, sigma: float = 6.0, ohkm_topk: int | None = None,
+def build_criterion(task: str, *, generation: int = 1, sigma: float = 6.0, ohkm_topk: int | None = None,
                     class_weight: tuple[float, ...] | None = None, seg_loss_resolution: str = "labels"):
-    """The official loss of ``task`` (see each module), with the given options."""
+    """The official loss of ``task`` for a Sapiens (``generation`` 1) or Sapiens2 (2) model (see each module), with
+    the given options. Sapiens2: pose MSE x 10, seg cross-entropy + Dice, normals 10 cosine + L1 + 10 gradient."""
     if task == "pose":
-        return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None)
+        return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None, loss_weight=10.0 if generation == 2 else 1.0)
     if task == "seg":
         weight = torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None
-        return SegCriterion(class_weight=weight, resolution=seg_loss_resolution)
+        return SegCriterion(class_weight=weight, resolution=seg_loss_resolution, dice=generation == 2)
     if task == "depth":
         return DepthCriterion()
     if task == "normal":
-        return NormalCriterion()
+        return NormalCriterion(generation)
     if task == "pointmap":
         return PointmapCriterion()
     raise ValueError(f"unknown task {task!r}")
@@ -51,5 +52,5 @@ def build_evaluator(task: str, *, input_size: tuple[int, int] = (1024, 768), key
 
 __all__ = ["DepthCriterion", "DepthEvaluator", "NormalCriterion", "NormalEvaluator", "PointmapCriterion",
            "PointmapEvaluator", "PoseCriterion", "PoseEvaluator", "SegCriterion", "SegEvaluator", "build_criterion",
-           "build_evaluator", "keypoint_mse_loss", "normal_loss", "ohkm_mse_loss", "pointmap_loss",
+           "build_evaluator", "dice_loss", "keypoint_mse_loss", "normal_loss", "ohkm_mse_loss", "pointmap_loss",
            "relative_depth_target", "seg_ce_loss", "silog_loss"]

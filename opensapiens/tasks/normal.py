@@ -4,6 +4,8 @@ Official (``CosineSimilarityLoss`` + ``L1Loss``, both weight 1): the (B, 3, H/2,
 bilinearly to the target size; over foreground pixels,
     cosine = sum(1 - <pred/|pred|, gt/|gt|>) / n        L1 = sum over pixels and channels |pred - gt| / n
 with n the number of foreground pixels in the batch. The L1 term on the raw output pulls |pred| toward 1.
+Sapiens2 (full-resolution output): 10 cosine + 1 L1 + 10 grad, grad the squared error of the forward differences
+along x and along y (channels summed), each over the pixel pairs wholly in the foreground.
 Normals are camera-space unit vectors (X right, Y up, Z toward the camera).
 """
 
@@ -15,25 +17,44 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+WEIGHTS = {1: {"cosine": 1.0, "l1": 1.0}, 2: {"cosine": 10.0, "l1": 1.0, "grad": 10.0}}  # by model generation
 
-def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """pred (B, 3, h, w) raw; target (B, 3, H, W) unit normals; mask (B, H, W) foreground -> scalar."""
+
+def normal_loss_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                      grad: bool = True) -> dict[str, torch.Tensor]:
+    """pred (B, 3, h, w) raw; target (B, 3, H, W) unit normals; mask (B, H, W) foreground -> {term: scalar}, each
+    pooled over the batch's foreground pixels (``grad``: also the squared error of the forward differences)."""
     if pred.shape[-2:] != target.shape[-2:]:
         pred = F.interpolate(pred.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
     pred, target = pred.float(), target.float()
-    valid = (mask.bool() & torch.isfinite(target).all(dim=1)).float()  # (B, H, W)
-    target = torch.nan_to_num(target)
+    valid = mask.bool() & torch.isfinite(target).all(dim=1)  # (B, H, W)
+    target = torch.where(valid[:, None], target, 0.0)  # (an inf read as the largest float would square to inf)
+    valid = valid.float()
     n = valid.sum().clamp(min=1)
     cos = (F.normalize(pred, dim=1, eps=1e-6) * F.normalize(target, dim=1, eps=1e-6)).sum(dim=1)  # (B, H, W)
-    cosine = ((1 - cos) * valid).sum() / n
-    l1 = ((pred - target).abs().sum(dim=1) * valid).sum() / n
-    return cosine + l1
+    terms = {"cosine": ((1 - cos) * valid).sum() / n, "l1": ((pred - target).abs().sum(dim=1) * valid).sum() / n}
+    if grad:
+        e = pred - target  # the differences of pred and of target compared = the differences of the error
+        dx, dy = e[..., 1:] - e[..., :-1], e[..., 1:, :] - e[..., :-1, :]
+        vx, vy = valid[..., 1:] * valid[..., :-1], valid[..., 1:, :] * valid[..., :-1, :]
+        terms["grad"] = ((dx ** 2).sum(1) * vx).sum() / vx.sum().clamp(min=1) + \
+            ((dy ** 2).sum(1) * vy).sum() / vy.sum().clamp(min=1)
+    return terms
+
+
+def normal_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, generation: int = 1) -> torch.Tensor:
+    """The official loss of a Sapiens (1) or Sapiens2 (2) normal model -> scalar."""
+    weights = WEIGHTS[generation]
+    terms = normal_loss_terms(pred, target, mask, grad="grad" in weights)
+    return sum(weights[k] * v for k, v in terms.items())
 
 
 @dataclass
 class NormalCriterion:
+    generation: int = 1  # 2: Sapiens2's weights and its gradient term
+
     def __call__(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
-        return normal_loss(output, batch["normals"], batch["mask"])
+        return normal_loss(output, batch["normals"], batch["mask"], self.generation)
 
 
 class NormalEvaluator:

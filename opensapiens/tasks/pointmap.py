@@ -6,11 +6,14 @@ A sample carries metric ``points`` (B, H, W, 3), a foreground ``mask`` and the `
 image (pixel centres at integers; any 3x3 with last row 0 0 1: rotation augmentation makes it one), whose focal
 is f = sqrt(|det K[:2, :2]|).
 
-Loss terms (official names and weights; the exact per-term statements are ours, docs/training.md), each per
-sample, then averaged over the samples that count (mask of 16 px to 96 % of the image, nearest point >= 4 cm):
-    2 L1 / m   1 multi-scale (2x2 pooled) L1 / m   1 SiLog on Z   1 intrinsics consistency / m
-    1 shift-invariant L1 / m   2 normals of forward differences ((1 - cos) + L1)   4 |s^ - s|
-with m the canonical GT mean depth and every per-pixel "/ m" error clamped at 4.
+Loss terms and weights as the official Sapiens2 code states them (docs/training.md): the pixel terms are pooled
+over the batch (one sum over every counted pixel / one count), A = points / m with m the sample's canonical GT mean
+depth, and the terms marked "<= 4" are clamped at 4 as a whole:
+    2 L1(A) <= 4     1 L1 of A up-sampled 2x (bilinear) <= 4     1 SiLog on Z (per sample)
+    1 intrinsics consistency |X - r_x Z| + |Y - r_y Z|     1 shift-invariant L1(A) <= 4
+    2 normals of the differences to the right/lower neighbours at the GT scale, (1 - cos) + L1     4 |s^ - s|
+A sample counts only with a mask of 16 px to 96 % of the image whose nearest canonical depth is >= 0.04 (the
+official loader drops the others; here they leave every term).
 """
 
 from __future__ import annotations
@@ -58,76 +61,83 @@ def unproject(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
 
 
 def counting_samples(mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) foreground and GT Z -> (B,) bool: the samples the official loader would keep."""
+    """(B, H, W) foreground and canonical GT Z -> (B,) bool: the samples the official loader keeps (it checks the
+    canonical depth, s Z, against its 4 cm)."""
     n = mask.flatten(1).sum(1)
     nearest = torch.where(mask, z, torch.full_like(z, float("inf"))).flatten(1).amin(1)
     return (n >= MIN_PIXELS) & (n <= MAX_SHARE * mask[0].numel()) & (nearest >= MIN_DEPTH)
 
 
+def _pooled(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) per-pixel error, (B, H, W) 0/1 mask -> one mean over every masked pixel of the batch."""
+    return (err * mask).sum() / mask.sum().clamp(min=1)
+
+
 def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, ...) values, (B, ...) bool -> (B,) mean over the mask (0 where it is empty)."""
-    m = mask.to(x.dtype)
-    return (x * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp(min=1)
-
-
-def _pool2(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) -> (B, H/2, W/2, 3) 2x2 means."""
-    return F.avg_pool2d(x.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    """(B, ...) values, (B, ...) 0/1 -> (B,) mean over each sample's mask (0 where it is empty)."""
+    return (x * mask).flatten(1).sum(1) / mask.flatten(1).sum(1).clamp(min=1)
 
 
 def _centroid(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3), (B, H, W) -> (B, 1, 1, 3) mean point over the mask."""
-    m = mask[..., None].to(x.dtype)
-    return (x * m).sum((1, 2), keepdim=True) / m.sum((1, 2), keepdim=True).clamp(min=1)
+    """(B, 3, H, W), (B, H, W) 0/1 -> (B, 3, 1, 1) mean point over each sample's mask."""
+    return (x * mask[:, None]).sum((2, 3), keepdim=True) / mask[:, None].sum((2, 3), keepdim=True).clamp(min=1)
 
 
-def _forward_normals(q: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, 3) points -> (B, H-1, W-1, 3) unit normals of the forward differences' cross product."""
-    dx = q[:, :-1, 1:] - q[:, :-1, :-1]
-    dy = q[:, 1:, :-1] - q[:, :-1, :-1]
-    n = torch.linalg.cross(dx, dy, dim=-1)
-    return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+def _reflect_normals(q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, H, W) points -> unit normals (B, 3, H, W) of the cross product of the differences to the right and
+    lower neighbours at every pixel (reflected at the last row and column), 0 where that product vanishes or off
+    the mask; and where it does not vanish, on the mask (B, H, W)."""
+    padded = F.pad(q, (1, 1, 1, 1), mode="reflect")[:, :, 1:, 1:]
+    a = padded[:, :, :-1, 1:] - q  # right neighbour - centre
+    b = padded[:, :, 1:, :-1] - q  # lower neighbour - centre
+    c = torch.linalg.cross(a, b, dim=1)
+    length = c.norm(dim=1, keepdim=True)
+    valid = (length[:, 0] > 1e-10) & mask
+    return c / length.clamp(min=1e-10) * valid[:, None], valid
 
 
 def pointmap_loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
                         K: torch.Tensor) -> dict[str, torch.Tensor]:
     """pred (B, 3, h, w) canonical, pred_scale (B, 1); points (B, H, W, 3) metric GT, mask (B, H, W), K (B, 3, 3)
-    -> {term: scalar} (each averaged over the counting samples; unweighted)."""
+    -> {term: scalar} (unweighted; pixel terms pooled over the batch's counting samples, per-sample ones averaged
+    over them)."""
     H, W = points.shape[1:3]
     if pred.shape[-2:] != (H, W):
         pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)
-    p = pred.float().permute(0, 2, 3, 1)  # (B, H, W, 3)
+    p = pred.float()  # (B, 3, H, W)
     s = canonical_scale(K.float())  # (B,)
-    gt = points.float() * s[:, None, None, None]  # canonical GT
     mask = mask.bool() & torch.isfinite(points).all(-1)
-    gt = torch.where(mask[..., None], gt, torch.zeros_like(gt))
-    counts = counting_samples(mask, gt[..., 2] / s[:, None, None])
-    m = _masked_mean(gt[..., 2], mask).clamp(min=1e-6)[:, None, None]  # (B, 1, 1) canonical mean depth
+    gt = torch.where(mask[..., None], points.float() * s[:, None, None, None], 0.0).permute(0, 3, 1, 2)
+    counts = counting_samples(mask, gt[:, 2])  # (B,)
+    mask = mask & counts[:, None, None]
+    mk = mask.float()
+    m = _masked_mean(gt[:, 2], mk).clamp(min=1e-6)[:, None, None, None]  # (B, 1, 1, 1) canonical mean depth
+    a, ag = p / m, gt / m
 
-    def clamped(err: torch.Tensor) -> torch.Tensor:
-        return (err / m).clamp(max=CLAMP)
-
-    per_sample = {"l1": _masked_mean(clamped((p - gt).abs().mean(-1)), mask)}
-    full = F.avg_pool2d(mask[:, None].float(), 2)[:, 0] == 1  # cells whose 4 pixels are foreground
-    per_sample["multiscale_l1"] = _masked_mean(clamped((_pool2(p) - _pool2(gt)).abs().mean(-1)), full)
-    d = torch.log(gt[..., 2].clamp(min=1e-6)) - torch.log(p[..., 2].clamp(min=1e-6))
-    mean_d, mean_d2 = _masked_mean(d, mask), _masked_mean(d * d, mask)
-    per_sample["silog"] = (mean_d2 - 0.5 * mean_d * mean_d).clamp(min=1e-12).sqrt()
-    r = pixel_rays(K.float(), (H, W))  # (B, H, W, 3)
-    ic = (p[..., 0] - r[..., 0] * p[..., 2]).abs() + (p[..., 1] - r[..., 1] * p[..., 2]).abs()
-    per_sample["intrinsics"] = _masked_mean(clamped(ic), mask)
-    c_pred, c_gt = _centroid(p, mask), _centroid(gt, mask)  # (B, 1, 1, 3)
-    per_sample["shift_invariant"] = _masked_mean(clamped(((p - c_pred) - (gt - c_gt)).abs().mean(-1)), mask)
+    terms = {"l1": _pooled((a - ag).abs().sum(1), mk).clamp(max=CLAMP)}
+    up = F.interpolate(mk[:, None], scale_factor=2, mode="nearest")[:, 0]
+    a2, ag2 = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False) for x in (a, ag))
+    terms["multiscale_l1"] = _pooled((a2 - ag2).abs().sum(1), up).clamp(max=CLAMP)
+    d = torch.log(gt[:, 2].clamp(min=1e-4)) - torch.log(p[:, 2].clamp(min=1e-4))
+    mean_d, mean_d2 = _masked_mean(d, mk), _masked_mean(d * d, mk)
+    silog = (mean_d2 - 0.5 * mean_d * mean_d).clamp(min=1e-12).sqrt()  # (B,)
+    r = pixel_rays(K.float(), (H, W)).permute(0, 3, 1, 2)  # (B, 3, H, W)
+    terms["silog"] = (silog * counts).sum() / counts.sum().clamp(min=1)
+    ic = (p[:, 0] - r[:, 0] * p[:, 2]).abs() + (p[:, 1] - r[:, 1] * p[:, 2]).abs()
+    terms["intrinsics"] = _pooled(ic, mk)
+    c_a, c_g = _centroid(a, mk), _centroid(ag, mk)  # (B, 3, 1, 1)
+    terms["shift_invariant"] = _pooled(((a - c_a) - (ag - c_g)).abs().sum(1), mk).clamp(max=CLAMP)
     inv_s = (1 / s)[:, None, None, None]
-    n_pred, n_gt = _forward_normals(p * inv_s), _forward_normals(gt * inv_s)
-    both = mask[:, :-1, :-1] & mask[:, :-1, 1:] & mask[:, 1:, :-1]
-    normal_err = (1 - (n_pred * n_gt).sum(-1)) + (n_pred - n_gt).abs().sum(-1)
-    per_sample["normal"] = _masked_mean(normal_err, both)
-    per_sample["scale"] = (pred_scale.float().reshape(-1) - s).abs()
-
-    w = counts.float()
-    denom = w.sum().clamp(min=1)
-    return {k: (v * w).sum() / denom for k, v in per_sample.items()}
+    n_pred, _ = _reflect_normals(p * inv_s, mask)
+    # the GT's in float64: where both neighbours are off the mask (0) a = b, and a float32 cross product (with
+    # fused multiply-adds) leaves rounding noise above the threshold, a normal pointing anywhere; float64 products
+    # of float32 values are exact, so it is 0 there
+    n_gt, valid = _reflect_normals((gt * inv_s).double(), mask)
+    n_gt = n_gt.float()
+    cos = (n_pred * n_gt).sum(1).clamp(-1, 1)
+    terms["normal"] = _pooled((1 - cos) + (n_pred - n_gt).abs().mean(1), valid.float())
+    terms["scale"] = ((pred_scale.float().reshape(-1) - s).abs() * counts).sum() / counts.sum().clamp(min=1)
+    return terms
 
 
 def pointmap_loss(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,

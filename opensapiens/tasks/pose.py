@@ -5,7 +5,8 @@
                            sample's top-k keypoint losses, averaged over the batch (Goliath 0.3b/1b: k = 128)
 
 Keypoint weights are the visibility (0/1); optional per-keypoint weights multiply in (the official configs do not
-apply the dataset ``joint_weights``).
+apply the dataset ``joint_weights``). Sapiens2 trains with the plain MSE times 10 (``loss_weight``), which matters
+against its gradient clipping.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class PoseCriterion:
 
     sigma: float = 6.0  # heatmap pixels (official: 6 for 256x192 heatmaps)
     ohkm_topk: int | None = None  # None: plain weighted MSE
+    loss_weight: float = 1.0  # Sapiens2: 10
     keypoint_weights: torch.Tensor | None = None  # (K,) extra per-keypoint weights
 
     def targets(self, batch: dict, heatmap_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,8 +53,8 @@ class PoseCriterion:
     def __call__(self, output: torch.Tensor, batch: dict) -> torch.Tensor:
         target, weights = self.targets(batch, tuple(output.shape[-2:]))
         if self.ohkm_topk:
-            return ohkm_mse_loss(output, target, weights, self.ohkm_topk)
-        return keypoint_mse_loss(output, target, weights)
+            return self.loss_weight * ohkm_mse_loss(output, target, weights, self.ohkm_topk)
+        return self.loss_weight * keypoint_mse_loss(output, target, weights)
 
 
 class PoseEvaluator:

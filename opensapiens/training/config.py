@@ -1,7 +1,7 @@
 """Fine-tuning configuration: one dataclass, with the official Sapiens recipe filled in for whatever is left unset.
 
-Official recipe (reference/sapiens_v1_tasks.md): AdamW betas (0.9, 0.999), weight decay 0.1, gradient clipping
-1.0, layer-wise LR decay;
+Official recipe (reference/sapiens_v1_tasks.md; Sapiens2's in ``resolve``): AdamW betas (0.9, 0.999), weight
+decay 0.1, gradient clipping 1.0, layer-wise LR decay;
     pose    LR 5e-4 (COCO, COCO-WholeBody) / 5e-5 (Goliath 308); decay 0.85, except Goliath 1b 0.95 and
             WholeBody 0.3b/0.6b 0.75; warm-up 500 iterations; steps x0.1 at 170/210 and 200/210 of training;
             Goliath 0.3b/1b train with OHKM top-128, everything else with plain heatmap MSE; 4 images per GPU.
@@ -22,6 +22,7 @@ from ..models.vit import ARCHS, ViTArch, get_arch
 
 TRAIN_TASKS = (*TASKS, "pointmap")  # pointmap: Sapiens2 only
 BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean", "pointmap": "metric_l2_mean"}
+PRECISIONS = ("bf16", "tf32", "fp32")
 ERROR_METRICS = ("rmse", "absrel", "rmse_norm", "mean", "median", "mae", "abs_rel", "l2_mean")
 
 
@@ -59,7 +60,7 @@ class TrainConfig:
     layer_decay: float | None = None
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.999)
-    clip_grad: float = 1.0  # 0 disables clipping (the norm is still logged)
+    clip_grad: float | None = None  # 0 disables clipping (the norm is still logged); v1 1.0, Sapiens2 2 or 4
     warmup_steps: int | None = None
     schedule: str | None = None  # step | poly | cosine | constant
     milestones: tuple[float, ...] = (170 / 210, 200 / 210)  # "step": fractions of the run
@@ -71,7 +72,7 @@ class TrainConfig:
     augment: bool = True
     backgrounds: str | None = None  # folder of pictures without people for the random-background augmentation
     # speed / memory
-    precision: str | None = None  # bf16 (autocast, or bf16 params under FSDP) | fp32; default bf16, pointmap fp32
+    precision: str | None = None  # bf16 (autocast, or bf16 params under FSDP) | tf32 | fp32; bf16, pointmap tf32
     checkpointing: str = "none"  # none | blocks | head | blocks+head
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
     head_chunk: int | None = None  # with head checkpointing: run the head on slices of N images, keeping only inputs
@@ -135,11 +136,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
-    if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay by size, 500 steps of
-        # linear warm-up, then a linear decay to 0; plain MSE for pose (the losses stay v1's, see docs/training.md)
+    if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay and clipping by size, 500
+        # steps of linear warm-up, then a linear decay to 0; its own losses (tasks.build_criterion)
         size = arch.removeprefix("sapiens2_")
         defaults = dict(lr=1e-4 if size == "5b" else 5e-4, warmup_steps=500, schedule="poly",
                         layer_decay={"0.4b": 0.8, "0.8b": 0.85, "1b": 0.9, "5b": 0.94}.get(size, 0.85),
+                        clip_grad=2.0 if size == "0.4b" or (size == "0.8b" and cfg.task == "pointmap") else 4.0,
                         batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=6.0 * cfg.input_size[0] / 1024)
         if cfg.task == "depth":
             raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
@@ -162,7 +164,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                         sigma=6.0 * cfg.input_size[0] / 1024)
     else:
         defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
-    defaults["precision"] = "fp32" if cfg.task == "pointmap" else "bf16"  # as the official pointmap configs
+    defaults.setdefault("clip_grad", 1.0)
+    # the official pointmap configs train without autocast, under the TF32 matmuls their train.py sets
+    defaults["precision"] = "tf32" if cfg.task == "pointmap" else "bf16"
     metric = cfg.best_metric or BEST_METRICS[cfg.task]  # the direction follows the metric, not the task
     defaults.update(best_metric=metric, best_mode="min" if lower_is_better(metric) else "max")
     for k, v in defaults.items():
@@ -176,8 +180,8 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= out.layer_decay <= 1:
         raise ValueError(f"layer_decay (--layer-decay) must be in [0, 1] (1: every layer at the full rate, 0: the "
                          f"backbone frozen), got {out.layer_decay}")
-    if out.precision not in ("bf16", "fp32"):
-        raise ValueError(f"precision must be bf16 or fp32, got {out.precision!r}")
+    if out.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {out.precision!r}")
     if out.checkpointing not in ("none", "blocks", "head", "blocks+head"):
         raise ValueError(f"checkpointing must be none, blocks, head or blocks+head, got {out.checkpointing!r}")
     from .speed import check_attention_choice

@@ -46,7 +46,7 @@ from .evaluate import evaluate
 from .init import load_initial_weights
 from .logger import RunLogger, StepWindow
 from .optim import build_optimizer, set_lr
-from .reproducibility import deterministic_kernels, seed_everything
+from .reproducibility import deterministic_kernels, float32_math, seed_everything
 from .schedule import Schedule, due
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
@@ -124,6 +124,7 @@ def train(cfg: TrainConfig) -> dict:
         exits.callback(D.cleanup)
         exits.callback(stop.close)
         exits.enter_context(deterministic_kernels(cfg.deterministic))
+        exits.enter_context(float32_math(cfg.precision))
         return _train(cfg, info, stop, exits)
 
 
@@ -194,7 +195,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, cfg.betas,
                                 num_layers=model_config.arch.depth)
     schedule = Schedule(cfg.steps, cfg.warmup_steps, kind=cfg.schedule, milestones=cfg.milestones)
-    criterion = build_criterion(cfg.task, sigma=cfg.sigma or 6.0, ohkm_topk=cfg.ohkm_topk,
+    criterion = build_criterion(cfg.task, generation=model_config.arch.generation, sigma=cfg.sigma or 6.0,
+                                ohkm_topk=cfg.ohkm_topk,
                                 class_weight=labels.class_weight if cfg.task == "seg" else None,
                                 seg_loss_resolution=cfg.seg_loss_resolution)
 

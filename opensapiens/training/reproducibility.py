@@ -50,3 +50,20 @@ def deterministic_kernels(enabled: bool = True) -> Iterator[None]:
         cudnn.deterministic, cudnn.benchmark = saved[2], saved[3]
         if workspace is None:
             del os.environ["CUBLAS_WORKSPACE_CONFIG"]
+
+
+@contextlib.contextmanager
+def float32_math(precision: str) -> Iterator[None]:
+    """How float32 matmuls and convolutions run inside the block: "tf32" on TensorFloat-32 tensor cores (what the
+    official Sapiens2 train.py sets for every run, its fp32 pointmap runs included), "fp32" in full float32 (PyTorch
+    otherwise runs convolutions in TF32), "bf16" as PyTorch's defaults (autocast does the rest); then as before."""
+    cudnn = torch.backends.cudnn
+    saved = torch.get_float32_matmul_precision(), cudnn.allow_tf32
+    if precision in ("fp32", "tf32"):
+        torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+        cudnn.allow_tf32 = precision == "tf32"
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved[0])
+        cudnn.allow_tf32 = saved[1]
