@@ -13,6 +13,7 @@ from opensapiens.metadata import seg_classes
 from opensapiens.tasks import build_criterion, dice_loss
 from opensapiens.tasks.normal import normal_loss_terms
 from opensapiens.training.config import TrainConfig, resolve
+from opensapiens.training.optim import build_optimizer
 from opensapiens.training.reproducibility import float32_math
 
 rng = np.random.default_rng(7)
@@ -109,19 +110,23 @@ def test_float32_math_sets_tf32_or_full_float32_and_restores_the_settings():
     assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
 
 
-def test_the_engine_picks_the_loss_of_the_models_generation(tmp_path, monkeypatch):
+def test_the_engine_picks_the_loss_and_weight_decay_rule_of_the_models_generation(tmp_path, monkeypatch):
     from opensapiens.training import finetune
 
-    chosen = []
+    criteria, token_decay = [], []
 
-    def spy(task, **kw):
-        criterion = build_criterion(task, **kw)
-        chosen.append(criterion)
-        return criterion
+    def spy_criterion(task, **kw):
+        criteria.append(build_criterion(task, **kw))
+        return criteria[-1]
 
-    monkeypatch.setattr(finetune, "build_criterion", spy)
+    def spy_optimizer(*args, **kw):
+        token_decay.append(kw.get("decay_tokens", False))
+        return build_optimizer(*args, **kw)
+
+    monkeypatch.setattr(finetune, "build_criterion", spy_criterion)
+    monkeypatch.setattr(finetune, "build_optimizer", spy_optimizer)
     for arch in ("sapiens2_nano", "nano"):
         finetune.train(TrainConfig(task="seg", data="synth", arch=arch, steps=1, batch_size=1, input_size=(64, 48),
                                    device="cpu", workers=0, out=str(tmp_path / arch), tensorboard=False))
-    assert [c.dice for c in chosen] == [True, False]
-    assert chosen[0].class_weight.tolist() == pytest.approx(seg_classes("goliath").class_weight)  # the data's set
+    assert [c.dice for c in criteria] == [True, False] and token_decay == [True, False]
+    assert criteria[0].class_weight.tolist() == pytest.approx(seg_classes("goliath").class_weight)  # the data's set

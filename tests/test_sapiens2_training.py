@@ -67,13 +67,18 @@ def test_an_official_sapiens2_file_starts_a_fine_tune_and_a_v1_one_cannot(tmp_pa
         load_initial_weights(_model("seg"), str(v1))
 
 
-def test_storage_tokens_train_with_the_patch_embedding_and_without_weight_decay():
-    groups = param_groups(_model("pose").named_parameters(), 0.1, layer_decay=0.8, num_layers=18)
+def test_storage_tokens_train_with_the_patch_embedding_and_with_weight_decay_as_sapiens2s_configs():
+    model = _model("pose")
+    groups = param_groups(model.named_parameters(), 0.1, layer_decay=0.8, num_layers=18, decay_tokens=True)
     where = {n: g for g in groups for n in g["names"]}
     for name in ("backbone.storage_tokens", "backbone.cls_token", "backbone.patch_embed.proj.weight"):
         assert where[name]["layer_id"] == 0
-    assert where["backbone.storage_tokens"]["weight_decay"] == 0.0
+    assert where["backbone.storage_tokens"]["weight_decay"] == where["backbone.cls_token"]["weight_decay"] == 0.1
     assert where["backbone.blocks.9.attn.wk.weight"]["layer_id"] == 10
+    no_decay = [n for n, g in where.items() if g["weight_decay"] == 0]
+    assert no_decay and all(n.endswith(".bias") or dict(model.named_parameters())[n].ndim == 1 for n in no_decay)
+    v1_rule = {n: g for g in param_groups(model.named_parameters(), 0.1, 0.8, 18) for n in g["names"]}
+    assert v1_rule["backbone.storage_tokens"]["weight_decay"] == 0.0  # v1's rule spares the tokens
 
 
 @pytest.mark.parametrize("task", ["pose", "normal"])

@@ -193,7 +193,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         model = D.wrap_ddp(model, info)
     autocast_dtype = torch.bfloat16 if (bf16 and not cfg.fsdp) else None
     optimizer = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.layer_decay, cfg.betas,
-                                num_layers=model_config.arch.depth)
+                                num_layers=model_config.arch.depth, decay_tokens=model_config.arch.generation == 2)
     schedule = Schedule(cfg.steps, cfg.warmup_steps, kind=cfg.schedule, milestones=cfg.milestones)
     criterion = build_criterion(cfg.task, generation=model_config.arch.generation, sigma=cfg.sigma or 6.0,
                                 ohkm_topk=cfg.ohkm_topk,

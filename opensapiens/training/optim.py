@@ -5,7 +5,8 @@ Layer ids (Sapiens / BEiT rule, ``L`` = number of blocks):
     i + 1   ``blocks.i.*``
     L + 1   everything after the blocks: the final norm and the whole head
 lr_scale = layer_decay ** (L + 1 - id), so the head trains at the base LR and the patch embedding at decay^(L+1).
-No weight decay for 1-D tensors (norms, biases), ``*.bias`` and the position/cls/mask tokens.
+No weight decay for 1-D tensors (norms, biases), ``*.bias`` and the position/cls/mask tokens; Sapiens2's
+configs decay its cls and storage tokens (``decay_tokens``), sparing only 1-D tensors, biases and ``pos_embed``.
 """
 
 from __future__ import annotations
@@ -40,14 +41,16 @@ def layer_id(name: str, num_layers: int, prefix: str = "backbone.") -> int:
     return num_layers + 1
 
 
-def uses_weight_decay(name: str, param: torch.Tensor) -> bool:
-    """False for 1-D tensors, biases and the position/cls/mask tokens."""
+def uses_weight_decay(name: str, param: torch.Tensor, decay_tokens: bool = False) -> bool:
+    """False for 1-D tensors, biases and the position embedding, and unless ``decay_tokens`` the cls/mask/storage
+    tokens."""
     name = clean_name(name)
-    return not (param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in _EMBEDDINGS)
+    spared = ("pos_embed",) if decay_tokens else _EMBEDDINGS
+    return not (param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in spared)
 
 
 def param_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float, layer_decay: float = 1.0,
-                 num_layers: int | None = None, prefix: str = "backbone.") -> list[dict]:
+                 num_layers: int | None = None, prefix: str = "backbone.", decay_tokens: bool = False) -> list[dict]:
     """Group trainable parameters by (layer id, weight decay on/off).
 
     Each group carries ``lr_scale`` (multiplied into the scheduled LR by ``set_lr``), ``weight_decay``, ``layer_id``
@@ -61,7 +64,7 @@ def param_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay:
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in named:
         lid = layer_id(name, L, prefix) if layer_decay != 1.0 else L + 1
-        decay = uses_weight_decay(name, p)
+        decay = uses_weight_decay(name, p, decay_tokens)
         g = groups.setdefault((lid, decay), {
             "params": [], "names": [], "layer_id": lid, "weight_decay": weight_decay if decay else 0.0,
             "lr_scale": layer_decay ** (L + 1 - lid),
@@ -73,9 +76,10 @@ def param_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay:
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float = 0.1, layer_decay: float = 1.0,
                     betas: tuple[float, float] = (0.9, 0.999), num_layers: int | None = None,
-                    prefix: str = "backbone.", fused: bool | None = None) -> torch.optim.AdamW:
+                    prefix: str = "backbone.", fused: bool | None = None,
+                    decay_tokens: bool = False) -> torch.optim.AdamW:
     """AdamW over ``param_groups(model)``; fused kernels when the parameters live on CUDA (unless ``fused=False``)."""
-    groups = param_groups(model.named_parameters(), weight_decay, layer_decay, num_layers, prefix)
+    groups = param_groups(model.named_parameters(), weight_decay, layer_decay, num_layers, prefix, decay_tokens)
     for g in groups:
         g["lr"] = lr * g["lr_scale"]
     on_cuda = all(p.is_cuda for g in groups for p in g["params"])
