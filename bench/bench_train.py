@@ -54,6 +54,7 @@ from opensapiens.metadata import seg_classes
 from opensapiens.models import build_model
 from opensapiens.tasks import build_criterion
 from opensapiens.training import distributed as D
+from opensapiens.training.config import PRECISIONS
 from opensapiens.training.optim import build_optimizer
 from opensapiens.training.reproducibility import float32_math
 from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
@@ -75,7 +76,7 @@ class Variant:
     save_attention: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
-    precision: str = "bf16"  # bf16 autocast | tf32 / fp32: a float32 step without autocast (training.float32_math)
+    precision: str = "bf16"  # bf16 autocast | tf32 / fp32 / pytorch: a float32 step without autocast (float32_math)
     attention: str = "sdpa"  # training.speed.use_fast_attention's choice (optimized variants on CUDA)
     shrink_on_oom: bool = False
 
@@ -219,6 +220,14 @@ def measure(args, variant: Variant, info: D.DistInfo, flops_per_image: float, pe
     return row
 
 
+def _precisions(text: str) -> list[str]:
+    chosen = text.split(",")
+    if bad := [c for c in chosen if c not in (*PRECISIONS, "pytorch")]:
+        raise argparse.ArgumentTypeError(f"unknown precision {', '.join(bad)}; choose from "
+                                         f"{', '.join((*PRECISIONS, 'pytorch'))}")
+    return chosen
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=list(OUT_CHANNELS))
@@ -237,10 +246,11 @@ def main() -> None:
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
-    p.add_argument("--precision", type=lambda t: t.split(","), default=["bf16"],
+    p.add_argument("--precision", type=_precisions, default=["bf16"],
                    help="the optimized variant's precision: bf16 (autocast), tf32 (float32 with TF32 matmuls and "
-                   "convolutions, the pointmap recipe's) or fp32 (full float32); a comma-separated list times the "
-                   "optimized variant once per choice, e.g. bf16,tf32,fp32")
+                   "convolutions, the pointmap recipe's), fp32 (full float32) or pytorch (float32 under PyTorch's "
+                   "defaults: TF32 convolutions, float32 matmuls; what calls 128-129 measured as fp32); a "
+                   "comma-separated list times the optimized variant once per choice, e.g. bf16,tf32,fp32")
     p.add_argument("--attention", type=lambda t: t.split(","), default=["sdpa"],
                    help="the optimized variant's attention kernels (auto, sdpa, triton, fa4, as `opensapiens train "
                    "--attention`); a comma-separated list times the optimized variant once per choice, e.g. "

@@ -1119,7 +1119,7 @@ elif [ "$1" = pointmap-train ]; then
   # `opensapiens train` on synthetic data rendered on the GPU, and `eval` of its model on a rendered folder
   install_coco_wheel
   BT="timeout 170 python bench/bench_train.py --task pointmap --arch sapiens2_0.4b --batch 8 --steps 6 --warmup 2"
-  $BT --precision fp32 --channels-last --out "$OUT/train_pointmap_0.4b_fp32.json" | grep -v '^{'
+  $BT --precision pytorch --channels-last --out "$OUT/train_pointmap_0.4b_fp32.json" | grep -v '^{'
   $BT --channels-last --skip-baseline --out "$OUT/train_pointmap_0.4b_bf16.json" | grep -v '^{'
   timeout 150 python -m opensapiens.cli.main train --task pointmap --arch sapiens2_0.4b --data synth --steps 24 \
     --batch-size 4 --log-interval 8 --ckpt-interval 0 --out /tmp/pm_run 2>&1 | grep -v 'step/s' | tail -4
@@ -1136,7 +1136,7 @@ elif [ "$1" = pointmap-layout ]; then
     $BT --batch 8 --out "$OUT/train_pointmap_0.4b_nchw_$k.json" | grep -v '^{'
     $BT --batch 8 --skip-baseline --channels-last --out "$OUT/train_pointmap_0.4b_nhwc_$k.json" | grep -v '^{'
   done
-  $BT --batch 4 --precision fp32 --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
+  $BT --batch 4 --precision pytorch --skip-baseline --out "$OUT/train_pointmap_0.4b_fp32_b4.json" | grep -v '^{'
   timeout 170 python -m opensapiens.cli.main bench --iters 10 --task pointmap --arch sapiens2_1b --batch 8 \
     --out "$OUT/sapiens2_default_pointmap_1b.json" | grep -v '^{'
 elif [ "$1" = s2-layout ]; then

@@ -109,3 +109,16 @@ def sigterm_during_step(monkeypatch):
         monkeypatch.setattr(module, "train_step", signalled_step)
 
     return install
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An offline Hugging Face cache under tmp_path/hf and our checkpoint folder under tmp_path/local; huggingface_hub
+    reads its settings from the environment once, at its import, so its constants are set as well."""
+    from huggingface_hub import constants
+
+    for var, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", str(tmp_path / "hf")),
+                       ("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))):
+        monkeypatch.setenv(var, value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))

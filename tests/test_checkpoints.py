@@ -177,19 +177,6 @@ def test_bad_files_give_clear_errors(tmp_path):
         load_model(segfile, task="pose", num_heads=TINY.num_heads)
 
 
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An offline Hugging Face cache under tmp_path/hf and our checkpoint folder under tmp_path/local; huggingface_hub
-    reads its settings from the environment once, at its import, so its constants are set as well."""
-    from huggingface_hub import constants
-
-    for var, value in (("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", str(tmp_path / "hf")),
-                       ("OPENSAPIENS_CHECKPOINTS", str(tmp_path / "local"))):
-        monkeypatch.setenv(var, value)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
-
-
 def test_official_names_resolve_offline(tmp_path, offline_hub):
     hub = parse_name("sapiens-seg-1b")
     assert hub.repo_id == "facebook/sapiens-seg-1b"

@@ -51,7 +51,7 @@ def test_each_loss_term_and_the_total_match_the_float64_statement():
     B, H, W = mask.shape
     canonical = points * np.array([R.canonical_scale(k) for k in K])[:, None, None, None]
     pred = canonical.transpose(0, 3, 1, 2) * rng.uniform(0.7, 1.3, (B, 3, H, W)) + rng.normal(0, 0.2, (B, 3, H, W))
-    pred[0, :, 4:6, 3:5] += 60.0  # far off: the depth-normalized errors clamp at 4 there
+    pred[0, :, 4:6, 3:5] += 60.0  # far off (pooled, the clamped terms stay under 4 here; the next test binds them)
     scale = rng.uniform(1, 2, B)
     want = R.loss_terms(pred, scale, points, mask, K)
     pred_t = torch.tensor(pred, dtype=torch.float32, requires_grad=True)
@@ -66,6 +66,50 @@ def test_each_loss_term_and_the_total_match_the_float64_statement():
     assert sum(WEIGHTS.values()) == 12.0  # 2 + 1 + 1 + 1 + 1 + 2 + 4, as official
     total.backward()
     assert torch.isfinite(pred_t.grad).all() and pred_t.grad[2].abs().sum() == 0  # the sample that does not count
+
+
+def test_the_clamps_bind_on_the_pooled_terms_and_the_4cm_rule_reads_the_canonical_depth():
+    rng = np.random.default_rng(3)
+    points, mask, K = _scene(rng, B=2)
+    s = np.array([R.canonical_scale(k) for k in K])
+    pred = (points * s[:, None, None, None]).transpose(0, 3, 1, 2) * 3 + 50  # far off everywhere, and scattered
+    pred += rng.normal(0, 40, pred.shape)  # (a shift alone the shift-invariant term forgives)
+    args = (torch.tensor(s)[:, None], torch.tensor(points), torch.tensor(mask), torch.tensor(K))
+    got = pointmap_loss_terms(torch.tensor(pred), *args)
+    want = R.loss_terms(pred, s, points, mask, K)
+    for name in ("l1", "multiscale_l1", "shift_invariant"):
+        assert float(got[name]) == want[name] == 4.0, name
+    assert float(got["intrinsics"]) == pytest.approx(want["intrinsics"], rel=1e-5) and want["intrinsics"] > 4
+    # a sample 5 cm away through a camera of focal 1000 is 3.84 canonical cm away: the official rule drops it
+    near = points.copy()
+    near[1] *= 0.05 / points[1][mask[1]][:, 2].min()
+    K_near = K.copy()
+    K_near[1] = [[1000, 0, 5.5], [0, 1000, 7.5], [0, 0, 1]]
+    near[1] = R.unproject(near[1][..., 2], K_near[1])
+    assert (near[1][mask[1]][:, 2].min() >= 0.04) and not R.sample_counts(mask[1], near[1][..., 2] * 0.768)
+    s_near = np.array([R.canonical_scale(k) for k in K_near])
+    both = pointmap_loss_terms(torch.tensor(pred), torch.tensor(s_near)[:, None], torch.tensor(near),
+                               torch.tensor(mask), torch.tensor(K_near))
+    first = pointmap_loss_terms(torch.tensor(pred[:1]), torch.tensor(s_near[:1])[:, None], torch.tensor(near[:1]),
+                                torch.tensor(mask[:1]), torch.tensor(K_near[:1]))
+    assert all(float(both[k]) == pytest.approx(float(first[k]), rel=1e-6) for k in both)
+
+
+def test_the_loss_is_float32_under_bf16_autocast():
+    """Autocast would run the pixel rays' matmul in bf16, which cannot hold pixel coordinates above 256 exactly."""
+    H, W = 8, 300
+    K = torch.tensor([[[1100.0, 0, 150], [0, 1100, 4], [0, 0, 1]]], dtype=torch.float64)
+    v, u = np.mgrid[:H, :W]
+    points = torch.tensor(R.unproject(2 + 0.1 * np.sin(u / 30), K[0].numpy()))[None]
+    mask = torch.zeros(1, H, W, dtype=torch.bool)
+    mask[:, 2:6, 10:290] = True
+    s = torch.tensor([R.canonical_scale(K[0].numpy())])
+    perfect = (points * s * mask[..., None]).permute(0, 3, 1, 2).float()
+    plain = pointmap_loss_terms(perfect, s[:, None], points, mask, K)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = pointmap_loss_terms(perfect, s[:, None], points, mask, K)
+    assert float(autocast["intrinsics"]) < 1e-6 and float(plain["intrinsics"]) < 1e-6
+    assert all(float(autocast[k]) == pytest.approx(float(plain[k]), abs=1e-6) for k in plain)
 
 
 def test_a_perfect_prediction_costs_nothing_and_no_counting_sample_gives_a_zero_with_a_graph():

@@ -29,7 +29,7 @@ def test_sapiens2_pose_is_the_heatmap_mse_times_ten():
     target, weights = criterion.targets(batch, (16, 12))
     want = R.pose_loss(pred.double().numpy(), target.double().numpy(), weights.double().numpy())
     assert float(criterion(pred, batch)) == pytest.approx(want, rel=1e-5)
-    assert float(build_criterion("pose", sigma=1.5)(pred, batch)) == pytest.approx(want / 10, rel=1e-5)
+    assert float(build_criterion("pose", generation=1, sigma=1.5)(pred, batch)) == pytest.approx(want / 10, rel=1e-5)
 
 
 def _seg_case(C: int = 6, B: int = 4, H: int = 24, W: int = 18):
@@ -50,7 +50,7 @@ def test_sapiens2_seg_is_weighted_cross_entropy_plus_dice():
     assert float(dice_loss(x, y)) == pytest.approx(R.seg_dice(logits, labels), rel=1e-5)
     total = build_criterion("seg", generation=2, class_weight=weight)(x, {"labels": y})
     assert float(total) == pytest.approx(R.seg_loss(logits, labels, weight), rel=1e-5)
-    v1 = build_criterion("seg", class_weight=weight)(x, {"labels": y})
+    v1 = build_criterion("seg", generation=1, class_weight=weight)(x, {"labels": y})
     assert float(v1) == pytest.approx(R.seg_ce(logits, labels, weight), rel=1e-5)  # v1: no Dice
     total.backward()
     assert torch.isfinite(x.grad).all()
@@ -87,7 +87,7 @@ def test_sapiens2_normals_add_a_gradient_term_and_reweight():
     batch = {"normals": torch.tensor(gt), "mask": torch.tensor(mask)}
     assert float(build_criterion("normal", generation=2)(torch.tensor(pred), batch)) == pytest.approx(
         want["total"], rel=1e-6)
-    assert float(build_criterion("normal")(torch.tensor(pred), batch)) == pytest.approx(
+    assert float(build_criterion("normal", generation=1)(torch.tensor(pred), batch)) == pytest.approx(
         want["cosine"] + want["l1"], rel=1e-6)  # v1: cosine + L1, no gradient term
 
 
@@ -110,14 +110,14 @@ def test_float32_math_sets_tf32_or_full_float32_and_restores_the_settings():
     assert (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32) == before
 
 
-def test_the_engine_picks_the_loss_and_weight_decay_rule_of_the_models_generation(tmp_path, monkeypatch):
+def test_the_engine_picks_the_loss_weight_decay_and_float32_math_of_the_run(tmp_path, monkeypatch):
     from opensapiens.training import finetune
 
-    criteria, token_decay = [], []
+    built, token_decay = [], []
 
-    def spy_criterion(task, **kw):
-        criteria.append(build_criterion(task, **kw))
-        return criteria[-1]
+    def spy_criterion(task, **kw):  # (built inside the run's float32_math)
+        built.append((task, build_criterion(task, **kw), torch.get_float32_matmul_precision()))
+        return built[-1][1]
 
     def spy_optimizer(*args, **kw):
         token_decay.append(kw.get("decay_tokens", False))
@@ -125,8 +125,23 @@ def test_the_engine_picks_the_loss_and_weight_decay_rule_of_the_models_generatio
 
     monkeypatch.setattr(finetune, "build_criterion", spy_criterion)
     monkeypatch.setattr(finetune, "build_optimizer", spy_optimizer)
-    for arch in ("sapiens2_nano", "nano"):
-        finetune.train(TrainConfig(task="seg", data="synth", arch=arch, steps=1, batch_size=1, input_size=(64, 48),
-                                   device="cpu", workers=0, out=str(tmp_path / arch), tensorboard=False))
-    assert [c.dice for c in criteria] == [True, False] and token_decay == [True, False]
-    assert criteria[0].class_weight.tolist() == pytest.approx(seg_classes("goliath").class_weight)  # the data's set
+    before = torch.get_float32_matmul_precision()
+    runs = [("seg", "sapiens2_nano", "tf32"), ("seg", "nano", None), ("pose", "sapiens2_nano", None),
+            ("normal", "sapiens2_nano", "fp32")]
+    for task, arch, precision in runs:
+        finetune.train(TrainConfig(task=task, data="synth", arch=arch, steps=1, batch_size=1, input_size=(64, 48),
+                                   device="cpu", workers=0, out=str(tmp_path / f"{task}-{arch}"), tensorboard=False,
+                                   precision=precision))
+    (_, seg2, math2), (_, seg1, math1), (_, pose2, _), (_, normal2, math_fp32) = built
+    assert (seg2.dice, seg1.dice, pose2.loss_weight, normal2.generation) == (True, False, 10.0, 2)
+    assert token_decay == [True, False, True, True]
+    assert (math2, math1, math_fp32) == ("high", before, "highest")
+    assert torch.get_float32_matmul_precision() == before  # restored after each run
+    assert seg2.class_weight.tolist() == pytest.approx(seg_classes("goliath").class_weight)  # the data's set
+
+
+def test_losses_that_differ_by_generation_are_not_guessed():
+    for task in ("pose", "seg", "normal"):
+        with pytest.raises(ValueError, match="pass generation=1 .Sapiens. or 2"):
+            build_criterion(task)
+    assert build_criterion("pointmap") is not None and build_criterion("depth") is not None

@@ -7,7 +7,9 @@ and ``-torchscript`` / ``-bfloat16`` select the official "lite" exports of the s
 The ``sapiens-`` prefix is optional ("pose-1b" works).
 
 Sapiens2 names read ``sapiens2-{task}-{size}``: pose (308 keypoints), seg (29 classes), normal and pointmap at 0.4b,
-0.8b, 1b and 5b; pretrain also at 0.1b (the 1b-4k backbone's windowed tokenizer is not supported).
+0.8b, 1b and 5b; pretrain also at 0.1b (the 1b-4k backbone's windowed tokenizer is not supported). Their repos are
+searched for the official file (root, task folder, anywhere listed), then for ``model.safetensors``: Hugging Face
+transformers' file, which holds the same official keys (tests/test_transformers_parity.py).
 
 ``sapiens-nano`` is the small multi-task model shipped inside the package (docs/bundled_model.md).
 
@@ -140,10 +142,14 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
             except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
                 if not offline and error is None:  # the first download's error tells the user why, not a cache miss
                     error = e
-    if hub.name.startswith("sapiens2-") and (found := _listed_file(hub)) is not None:
-        return Path(hf_hub_download(hub.repo_id, found))
+    if hub.name.startswith("sapiens2-"):
+        if (found := _listed_file(hub)) is not None:
+            return Path(hf_hub_download(hub.repo_id, found))
+        if (weights := _transformers_weights(hub)) is not None:
+            return weights
+    also = " (nor transformers' model.safetensors)" if hub.name.startswith("sapiens2-") else ""
     raise FileNotFoundError(
-        f"{hub.name}: could not find or download {hub.filename} ({type(error).__name__}: {error}).\n"
+        f"{hub.name}: could not find or download {hub.filename}{also} ({type(error).__name__}: {error}).\n"
         f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "
         f"or pass the file's path instead of the name.") from error
 
@@ -159,6 +165,19 @@ def _listed_file(hub: HubFile) -> str | None:
         return None
     found = [f for f in files if f.rsplit("/", 1)[-1] == hub.filename]
     return found[0] if len(found) == 1 else None
+
+
+def _transformers_weights(hub: HubFile) -> Path | None:
+    """The repo's ``model.safetensors`` (what Hugging Face transformers' ``save_pretrained`` writes: the official key
+    layout under transformers' file name), the cache first; else None."""
+    from huggingface_hub import hf_hub_download
+
+    for offline in (True, False):
+        try:
+            return Path(hf_hub_download(hub.repo_id, "model.safetensors", local_files_only=offline))
+        except Exception:  # noqa: BLE001 - offline, gated, not there: the caller reports the first error
+            continue
+    return None
 
 
 def _close_names(name: str) -> list[str]:

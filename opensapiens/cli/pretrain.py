@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="decode JPEGs in the loader workers even on CUDA")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")
     g = p.add_argument_group("speed and memory")
-    g.add_argument("--precision", choices=["bf16", "fp32"])
+    g.add_argument("--precision", choices=["bf16", "tf32", "fp32"],
+                   help="bf16 autocast (default), or float32 with TF32 (tf32) or full-precision (fp32) matmuls")
     g.add_argument("--checkpointing", choices=["none", "blocks"], help="activation checkpointing")
     g.add_argument("--compile", nargs="?", const="auto", choices=["none", "auto", "blocks", "model"],
                    help="torch.compile: the whole model (forward + loss, fastest measured), each transformer block, "

@@ -21,7 +21,7 @@ from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
-                       "tensorboard", "val_data", "deterministic", "attention",
+                       "tensorboard", "val_data", "deterministic", "attention", "precision", "clip_grad",
                        "batch_size", "grad_accum")  # these two: to keep the global batch on another process count
 
 

@@ -47,7 +47,7 @@ class PretrainConfig:
     gpu_jpeg: bool | None = None  # None: on when training on CUDA
     workers: int = 4
     # speed / memory
-    precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | fp32
+    precision: str = "bf16"  # bf16 (autocast, or bf16 params under FSDP) | tf32 | fp32 (training.float32_math)
     checkpointing: str = "none"  # none | blocks (activation checkpointing of encoder and decoder blocks)
     compile: str = "none"  # none | auto (model, or blocks with FSDP or checkpointing) | blocks | model
     fsdp: bool = False
@@ -64,8 +64,8 @@ class PretrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in ("bf16", "fp32"):
-            raise ValueError(f"precision must be bf16 or fp32, got {self.precision!r}")
+        if self.precision not in ("bf16", "tf32", "fp32"):
+            raise ValueError(f"precision must be bf16, tf32 or fp32, got {self.precision!r}")
         if isinstance(self.compile, bool):  # configs written before the compile scopes: True compiled the blocks
             self.compile = "auto" if self.compile else "none"
         if self.compile not in ("none", "auto", "blocks", "model"):

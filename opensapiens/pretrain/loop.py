@@ -35,7 +35,7 @@ from ..training import distributed as D
 from ..training import state as ckpt
 from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
-from ..training.reproducibility import deterministic_kernels, seed_everything
+from ..training.reproducibility import deterministic_kernels, float32_math, seed_everything
 from ..training.schedule import Schedule, due
 from ..training.signals import StopRequest
 from ..training.speed import checkpoint_blocks, compile_blocks, use_fast_attention, use_fused_gelu
@@ -77,6 +77,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         exits.callback(D.cleanup)
         exits.callback(stop.close)
         exits.enter_context(deterministic_kernels(cfg.deterministic))
+        exits.enter_context(float32_math(cfg.precision))
         return _pretrain(cfg, info, stop, exits)
 
 

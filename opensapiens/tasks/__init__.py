@@ -1,6 +1,6 @@
 """Per-task training targets, losses and evaluators (kept apart from the models' ``forward``).
 
-    criterion = build_criterion("seg", class_weight=...)      # (output, device batch) -> scalar loss
+    criterion = build_criterion("seg", generation=2, class_weight=...)   # (output, device batch) -> scalar loss
     evaluator = build_evaluator("seg", num_classes=28)         # update(output, batch) ... compute() -> metrics
 """
 
@@ -15,10 +15,14 @@ from .pose import PoseCriterion, PoseEvaluator, keypoint_mse_loss, ohkm_mse_loss
 from .seg import SegCriterion, SegEvaluator, dice_loss, seg_ce_loss
 
 
-def build_criterion(task: str, *, generation: int = 1, sigma: float = 6.0, ohkm_topk: int | None = None,
+def build_criterion(task: str, *, generation: int | None = None, sigma: float = 6.0, ohkm_topk: int | None = None,
                     class_weight: tuple[float, ...] | None = None, seg_loss_resolution: str = "labels"):
     """The official loss of ``task`` for a Sapiens (``generation`` 1) or Sapiens2 (2) model (see each module), with
-    the given options. Sapiens2: pose MSE x 10, seg cross-entropy + Dice, normals 10 cosine + L1 + 10 gradient."""
+    the given options. Sapiens2: pose MSE x 10, seg cross-entropy + Dice, normals 10 cosine + L1 + 10 gradient (the
+    generation is asked for, not assumed: ``model.config.arch.generation``); depth is v1's, pointmaps Sapiens2's."""
+    if task in ("pose", "seg", "normal") and generation not in (1, 2):
+        raise ValueError(f"build_criterion({task!r}): pass generation=1 (Sapiens) or 2 (Sapiens2), e.g. "
+                         "model.config.arch.generation: the two train this task with different losses")
     if task == "pose":
         return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None, loss_weight=10.0 if generation == 2 else 1.0)
     if task == "seg":

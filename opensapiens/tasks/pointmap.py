@@ -100,7 +100,14 @@ def pointmap_loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: to
                         K: torch.Tensor) -> dict[str, torch.Tensor]:
     """pred (B, 3, h, w) canonical, pred_scale (B, 1); points (B, H, W, 3) metric GT, mask (B, H, W), K (B, 3, 3)
     -> {term: scalar} (unweighted; pixel terms pooled over the batch's counting samples, per-sample ones averaged
-    over them)."""
+    over them). Float32 math even under autocast, which would round the pixel rays' matmul to bf16 (pixel
+    coordinates above 256 included)."""
+    with torch.autocast(pred.device.type, enabled=False):
+        return _loss_terms(pred, pred_scale, points, mask, K)
+
+
+def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
+                K: torch.Tensor) -> dict[str, torch.Tensor]:
     H, W = points.shape[1:3]
     if pred.shape[-2:] != (H, W):
         pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)

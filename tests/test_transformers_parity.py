@@ -1,0 +1,83 @@
+"""Our Sapiens2 against Hugging Face transformers' independent implementation: the files transformers' save_pretrained
+writes (tests/data/transformers_sapiens2, by tools/make_transformers_fixtures.py: tiny models of each task with
+Sapiens2's block layout, random weights, and transformers 5.25's outputs for one input) load here and give its
+outputs; transformers keeps the official key layout in them, so a Hub repo's model.safetensors loads as the official
+file does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from opensapiens.checkpoints import load_model
+from opensapiens.checkpoints.hub import resolve_checkpoint
+from opensapiens.checkpoints.official import is_official_layout
+from opensapiens.checkpoints.reader import read_state_dict
+
+DATA = Path(__file__).parent / "data" / "transformers_sapiens2"
+OUTPUTS = {"pose": ("heatmaps",), "seg": ("logits",), "normal": ("normals",), "pointmap": ("pointmaps", "scales")}
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict[str, np.ndarray]:
+    return dict(np.load(DATA / "outputs.npz"))
+
+
+def _every_4th(x: torch.Tensor) -> np.ndarray:
+    return (x[..., ::4, ::4] if x.shape[-1] > 48 else x).numpy()  # (as the fixture stores full-resolution maps)
+
+
+def _run(model, image: np.ndarray) -> tuple[torch.Tensor, ...]:
+    model.backbone.rope.dtype = torch.float32  # transformers' rotary angles are float32 (the official bf16)
+    with torch.no_grad():
+        out = model(torch.tensor(image).float())
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.parametrize("task", list(OUTPUTS))
+def test_each_task_model_computes_what_transformers_computes(task, reference):
+    model = load_model(DATA / task / "model.safetensors")
+    assert model.config.task == task and model.config.generation == 2
+    assert model.config.arch.dense_blocks == 1 and model.config.arch.kv_heads(1) == 1  # grouped-query middle blocks
+    for name, got in zip(OUTPUTS[task], _run(model, reference["image"])):
+        want = reference[f"{task}.{name}"]
+        assert _every_4th(got).shape == want.shape, name
+        np.testing.assert_allclose(_every_4th(got), want, rtol=0, atol=2e-5 * np.abs(want).max() + 1e-6,
+                                   err_msg=f"{task} {name}")
+
+
+def test_a_backbone_file_gives_the_tokens_transformers_gives(reference):
+    model = load_model(DATA / "features" / "model.safetensors")
+    assert model.config.task == "features"
+    (features,) = _run(model, reference["image"])  # (1, C, 16, 12) patch tokens after the final norm
+    tokens = reference["features.last_hidden_state"]  # (1, 9 + 192, C): cls, 8 storage tokens, patches
+    want = tokens[:, 9:].reshape(1, 16, 12, -1).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(features.numpy(), want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_transformers_writes_the_official_keys_and_the_task_is_read_from_the_head():
+    for task in OUTPUTS:
+        sd, _ = read_state_dict(DATA / task / "model.safetensors")
+        assert is_official_layout(sd) and "backbone.blocks.0.ffn.w12.weight" in sd
+        assert f"decode_head.conv_{task}.weight" in sd  # the head named as the official files name it
+    features, _ = read_state_dict(DATA / "features" / "model.safetensors")
+    assert "blocks.0.attn.wq.weight" in features  # a backbone flat, as the official pretrain files
+
+
+def test_a_sapiens2_name_falls_back_to_the_repos_transformers_weights(tmp_path, offline_hub):
+    repo = tmp_path / "hf" / "models--facebook--sapiens2-seg-0.4b"
+    snap = repo / "snapshots" / ("c" * 40)
+    snap.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy(DATA / "seg" / name, snap / name)
+    assert resolve_checkpoint("sapiens2-seg-0.4b") == snap / "model.safetensors"
+    assert load_model("sapiens2-seg-0.4b").config.task == "seg"
+    (snap / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"sapiens2_0.4b_seg.safetensors \(nor transformers' model"):
+        resolve_checkpoint("sapiens2-seg-0.4b")

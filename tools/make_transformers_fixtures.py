@@ -1,0 +1,68 @@
+"""Write tests/data/transformers_sapiens2/: tiny Sapiens2 models in Hugging Face ``transformers``' layout, one per task
+(random weights, ``save_pretrained``: ``model.safetensors`` + ``config.json``), and what ``transformers`` computes for
+one input, so the tests check our loading of that layout against the library itself without installing it.
+
+    pip install "transformers>=5.25"    # in a separate environment
+    python tools/make_transformers_fixtures.py
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import (
+    Sapiens2Config,
+    Sapiens2ForNormalEstimation,
+    Sapiens2ForPointmapEstimation,
+    Sapiens2ForPoseEstimation,
+    Sapiens2ForSemanticSegmentation,
+    Sapiens2Model,
+)
+
+OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "transformers_sapiens2"
+SIZE = [256, 192]  # (H, W): the pointmap scale branch needs a 16 x 12 token grid to keep 2 x 2 values
+# Sapiens2's block layout in miniature: grouped-query attention (half the key/value heads) in the middle blocks
+BACKBONE = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
+                num_key_value_attention_heads=1, num_first_full_attention_layers=1, num_last_full_attention_layers=1,
+                num_register_tokens=8, image_size=SIZE, layerscale_value=0.3)
+PIXEL_SHUFFLE = dict(upsample_out_channels=[16, 16, 8, 8], upsample_kernel_sizes=[3] * 4, use_pixel_shuffle=True)
+MODELS = {
+    "pose": (Sapiens2ForPoseEstimation, dict(num_labels=5, head_config=dict(
+        upsample_out_channels=[16, 16], conv_out_channels=[16, 8], conv_kernel_sizes=[1, 1]))),
+    "seg": (Sapiens2ForSemanticSegmentation, dict(num_labels=6, head_config=dict(
+        upsample_out_channels=[16, 8, 8, 8], conv_out_channels=[8], conv_kernel_sizes=[1]))),
+    "normal": (Sapiens2ForNormalEstimation, dict(num_labels=3, head_config=dict(
+        **PIXEL_SHUFFLE, conv_out_channels=[8, 8], conv_kernel_sizes=[3, 3]))),
+    "pointmap": (Sapiens2ForPointmapEstimation, dict(num_labels=3, head_config=dict(
+        **PIXEL_SHUFFLE, conv_out_channels=[8], conv_kernel_sizes=[3], scale_conv_out_channels=[16, 16, 8],
+        scale_final_hidden_sizes=[16, 8]))),
+    "features": (Sapiens2Model, {}),
+}
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    image = torch.randn(1, 3, *SIZE).half().float()  # stored in float16: values that float16 holds exactly
+    outputs = {"image": image.half().numpy()}
+    for task, (cls, extra) in MODELS.items():
+        model = cls(Sapiens2Config(**BACKBONE, **extra)).eval()
+        with torch.no_grad():
+            for p in model.parameters():  # away from the init's zero biases and unit norms; float16 values
+                p.copy_((p + 0.05 * torch.randn_like(p)).half().float())
+            out = model(pixel_values=image)  # float32 arithmetic
+        model.half().save_pretrained(OUT / task)  # float16 files: the same weights in half the bytes
+        for name in ("heatmaps", "logits", "normals", "pointmaps", "scales", "last_hidden_state"):
+            value = getattr(out, name, None)
+            if value is not None:  # full-resolution maps every 4th pixel each way (any pixel sees every weight)
+                outputs[f"{task}.{name}"] = (value[..., ::4, ::4] if value.shape[-1] > 48 else value).numpy()
+    np.savez(OUT / "outputs.npz", **outputs)
+    (OUT / "README.txt").write_text(f"Written by tools/make_transformers_fixtures.py with transformers "
+                                    f"{transformers.__version__}; outputs.npz: {json.dumps(sorted(outputs))}\n")
+
+
+if __name__ == "__main__":
+    main()
