@@ -821,6 +821,10 @@ def test_a_resume_needs_neither_the_init_file_nor_its_old_global_batch(toy, tmp_
     assert "images" not in (out.out + out.err).split("resumed from")[-1].split("\n")[0]
     assert "global batch" not in out.out + out.err
     assert json.loads((run / "config.json").read_text())["batch_size"] == 1
+    assert main(["train", "--out", str(run), "--resume", "--steps", "5", "--precision", "tf32", "--clip-grad",
+                 "2"]) == 0  # the float32 math and clipping may change too
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["precision"], saved["clip_grad"]) == ("tf32", 2.0) and "ignoring" not in capsys.readouterr().err
 
 
 def test_resumed_batch_note_compares_images_per_step():
