@@ -17,6 +17,8 @@ from opensapiens.checkpoints import load_model
 from opensapiens.checkpoints.hub import resolve_checkpoint
 from opensapiens.checkpoints.official import is_official_layout
 from opensapiens.checkpoints.reader import read_state_dict
+from opensapiens.codecs.heatmap import decode_udp_heatmaps
+from opensapiens.inference.topdown import boxes_to_center_scale, crop_to_image
 
 DATA = Path(__file__).parent / "data" / "transformers_sapiens2"
 OUTPUTS = {"pose": ("heatmaps",), "seg": ("logits",), "normal": ("normals",), "pointmap": ("pointmaps", "scales")}
@@ -57,6 +59,18 @@ def test_a_backbone_file_gives_the_tokens_transformers_gives(reference):
     tokens = reference["features.last_hidden_state"]  # (1, 9 + 192, C): cls, 8 storage tokens, patches
     want = tokens[:, 9:].reshape(1, 16, 12, -1).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(features.numpy(), want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_pose_decoding_and_box_mapping_give_transformers_image_keypoints():
+    """DARK-UDP refinement of the heatmaps' peaks (blur 11) and the way back through each person's padded box, as
+    ``Sapiens2ImageProcessor.post_process_pose_estimation`` computes them."""
+    ref = np.load(DATA / "pose_decoding.npz")
+    kp, scores = decode_udp_heatmaps(torch.tensor(ref["heatmaps"]).float(), (1024, 768))
+    xywh = torch.tensor(ref["boxes_xywh"])
+    center, scale = boxes_to_center_scale(torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
+    image_kp = crop_to_image(kp, center, scale, (1024, 768))
+    assert (image_kp - torch.tensor(ref["keypoints"])).norm(dim=-1).max() < 1e-3  # pixels
+    assert torch.equal(scores, torch.tensor(ref["scores"]))
 
 
 def test_transformers_writes_the_official_keys_and_the_task_is_read_from_the_head():

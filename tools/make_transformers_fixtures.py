@@ -1,6 +1,7 @@
-"""Write tests/data/transformers_sapiens2/: tiny Sapiens2 models in Hugging Face ``transformers``' layout, one per task
-(random weights, ``save_pretrained``: ``model.safetensors`` + ``config.json``), and what ``transformers`` computes for
-one input, so the tests check our loading of that layout against the library itself without installing it.
+"""Write tests/data/transformers_sapiens2/: tiny Sapiens2 models saved by Hugging Face ``transformers`` (one per task,
+random weights, ``save_pretrained``: ``model.safetensors`` + ``config.json``), what ``transformers`` computes with them
+for one input, and its pose post-processing of given heatmaps, so the tests compare our Sapiens2 with that
+independent implementation without installing it.
 
     pip install "transformers>=5.25"    # in a separate environment
     python tools/make_transformers_fixtures.py
@@ -60,8 +61,33 @@ def main() -> None:
             if value is not None:  # full-resolution maps every 4th pixel each way (any pixel sees every weight)
                 outputs[f"{task}.{name}"] = (value[..., ::4, ::4] if value.shape[-1] > 48 else value).numpy()
     np.savez(OUT / "outputs.npz", **outputs)
+    pose_decoding()
     (OUT / "README.txt").write_text(f"Written by tools/make_transformers_fixtures.py with transformers "
-                                    f"{transformers.__version__}; outputs.npz: {json.dumps(sorted(outputs))}\n")
+                                    f"{transformers.__version__}; outputs.npz: {json.dumps(sorted(outputs))}; "
+                                    "pose_decoding.npz: heatmaps, boxes_xywh, keypoints, scores\n")
+
+
+def pose_decoding() -> None:
+    """Heatmaps with one sub-pixel peak per keypoint, person boxes, and the image keypoints and scores that
+    ``Sapiens2ImageProcessor.post_process_pose_estimation`` (DARK-UDP refinement, box mapping) decodes."""
+    from types import SimpleNamespace
+
+    from transformers import Sapiens2ImageProcessor
+
+    g = torch.Generator().manual_seed(1)
+    persons, keypoints, (h, w) = 3, 8, (64, 48)
+    peaks = torch.rand(persons, keypoints, 2, generator=g) * torch.tensor([w - 5.0, h - 5.0]) + 2  # (x, y)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    d2 = (xs - peaks[..., :1, None]) ** 2 + (ys - peaks[..., 1:, None]) ** 2  # (P, K, h, w)
+    heatmaps = torch.exp(-d2 / (2 * 2.0**2)) * (0.5 + 0.5 * torch.rand(persons, keypoints, 1, 1, generator=g))
+    heatmaps = heatmaps.half().float()  # values float16 holds exactly
+    boxes = [[[100.0, 50.0, 300.0, 500.0], [400.5, 20.25, 120.0, 90.0]], [[10.0, 30.0, 60.0, 200.0]]]
+    decoded = Sapiens2ImageProcessor().post_process_pose_estimation(SimpleNamespace(heatmaps=heatmaps), boxes)
+    people = [p for image in decoded for p in image]
+    np.savez(OUT / "pose_decoding.npz", heatmaps=heatmaps.half().numpy(),
+             boxes_xywh=np.array([b for image in boxes for b in image], dtype=np.float32),
+             keypoints=torch.stack([p["keypoints"] for p in people]).numpy(),
+             scores=torch.stack([p["scores"] for p in people]).numpy())
 
 
 if __name__ == "__main__":
