@@ -218,6 +218,7 @@ def test_official_names_and_local_files_by_those_names(tmp_path, monkeypatch):
 def test_the_29_classes_and_the_maps_between_generations():
     v1, v2 = seg_classes("goliath"), seg_classes("sapiens2")
     assert v2.num_classes == 29 and v2.names[2] == "Eyeglass" and len(set(v2.palette)) == 29
+    assert v2.palette[2] == (14, 204, 182)  # the official 29-class colours: v1's, and teal for Eyeglass
     up, down = seg28_to_29(), seg29_to_28()
     for i, name in enumerate(v1.names):
         assert v2.names[up[i]] == name and down[up[i]] == i

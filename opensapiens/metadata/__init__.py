@@ -127,7 +127,7 @@ def seg_classes(name: str | int = "goliath") -> SegClasses:
         v1 = seg_classes("goliath")
         shift = [0, 1, *range(3, 29)]  # v1 id -> v2 id
         palette = list(v1.palette)
-        palette.insert(2, (255, 255, 255))  # (our colour: the official v2 palette is not in the reference)
+        palette.insert(2, (14, 204, 182))  # the official DOME_CLASSES_29 colours: v1's, and Eyeglass teal
         weight = (*v1.class_weight[:2], 10.0, *v1.class_weight[2:])  # the Sapiens2 seg configs' CLASS_WEIGHT
         return SegClasses(names=(*v1.names[:2], "Eyeglass", *v1.names[2:]), palette=tuple(palette),
                           class_weight=weight, flip_pairs=tuple((shift[a], shift[b]) for a, b in v1.flip_pairs))
