@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from test_predictors import INPUT, Stand_in, _dot_heatmaps, _image_with_dots, _red_logits
 
-from opensapiens.inference import batch
+from opensapiens.inference import batch, video_job
 from opensapiens.inference.predictors import DepthPredictor, NormalPredictor, PosePredictor, SegPredictor
 from opensapiens.inference.results import SegResult
 from opensapiens.inference.streams import Pending
@@ -192,9 +192,10 @@ def test_video_frames_written_on_threads_are_encoded_in_frame_order(tmp_path, mo
         time.sleep(0.01 * (len(frames) - int(image[0, 0, 0])))
         return []
 
-    monkeypatch.setattr(batch, "write_result", slow_for_early_frames)
+    monkeypatch.setattr(video_job, "write_result", slow_for_early_frames)
 
-    done = batch.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False, writers=4)
+    done = video_job.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False,
+                               writers=4)
     encoded = [int(p[0, 0, 0]) for p in made[0].pictures]  # the left panel is the frame itself
     assert done == len(frames) and encoded == list(range(len(frames)))
 
@@ -218,7 +219,7 @@ def test_a_pose_videos_pictures_are_the_drawn_frames_a_dense_ones_side_by_side(t
             return Pending(None, lambda: results)
 
     for predictor, width in ((Pose(), 6), (BlankSeg(), 12)):
-        batch.run_video(predictor, tmp_path / "v.mp4", tmp_path / predictor.task, batch_size=2, progress=False)
+        video_job.run_video(predictor, tmp_path / "v.mp4", tmp_path / predictor.task, batch_size=2, progress=False)
         writer = made[-1]
         assert writer.options == {"preset": "veryfast"} and writer.threads == {"opensapiens-encode_0"}
         assert [(p.shape, int(p[-1, 0, 0])) for p in writer.pictures] == [((8, width, 3), k) for k in range(5)]
@@ -346,7 +347,7 @@ def test_batch_sizes_below_one_are_refused(tmp_path):
         with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {size}"):
             batch.run_batch(_Tagged(), paths, tmp_path / "out", batch_size=size, workers=0, progress=False)
         with pytest.raises(ValueError, match=f"batch_size must be at least 1, got {size}"):
-            batch.run_video(_Tagged(), tmp_path / "v.mp4", tmp_path / "out", batch_size=size, progress=False)
+            video_job.run_video(_Tagged(), tmp_path / "v.mp4", tmp_path / "out", batch_size=size, progress=False)
 
 
 def test_unique_stems_fall_back_to_the_parent_then_the_extension():
@@ -416,7 +417,7 @@ def test_a_features_video_writes_its_frames_and_no_picture_video(tmp_path, monke
             results = [FeatureResult(np.full((4, 1, 1), im[0, 0, 0], np.float32)) for im in images]
             return Pending(None, lambda: results)
 
-    assert batch.run_video(Features(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
+    assert video_job.run_video(Features(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
     assert made == []
     assert [float(np.load(tmp_path / "out" / "v" / f"frame_{k:06d}_features.npy")[0, 0, 0]) for k in range(5)] == [
         0, 1, 2, 3, 4]
@@ -425,7 +426,7 @@ def test_a_features_video_writes_its_frames_and_no_picture_video(tmp_path, monke
 def test_a_stream_whose_frame_size_changes_midway_keeps_its_first_picture_size(tmp_path, monkeypatch):
     frames = [np.full((8, 6, 3), 10, np.uint8)] * 3 + [np.full((10, 16, 3), 200, np.uint8)] * 2
     made = _fake_video(monkeypatch, frames)
-    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
+    assert video_job.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", batch_size=2, progress=False) == 5
     assert json.loads((tmp_path / "out" / "v" / "seg_classes.json").read_text()) == {"class_names": ["background"]}
     writer, = made
     assert writer.state == "closed" and [p.shape for p in writer.pictures] == [(8, 12, 3)] * 5  # side by side
@@ -439,10 +440,10 @@ def test_a_new_run_of_a_video_drops_the_earlier_runs_record_and_extra_frames(tmp
     (out / "v").mkdir(parents=True)
     (out / "v" / "frame_000000.json").write_text("{}")  # another task's output in the same folder: kept
     _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 5)
-    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 5
-    assert batch.video_finished("seg", out, "v", vis=False)  # (the stand-in writer writes no file)
+    assert video_job.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 5
+    assert video_job.video_finished("seg", out, "v", vis=False)  # (the stand-in writer writes no file)
     _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 2)
-    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 2
+    assert video_job.run_video(_Seg0(), tmp_path / "v.mp4", out, batch_size=2, progress=False) == 2
     assert sorted(p.name for p in (out / "v").glob("frame_*")) == [
         "frame_000000.json", "frame_000000_seg.png", "frame_000001_seg.png"]
 
@@ -451,8 +452,8 @@ def test_a_new_run_of_a_video_drops_the_earlier_runs_record_and_extra_frames(tmp
             raise RuntimeError("out of memory")
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        batch.run_video(Failing(), tmp_path / "v.mp4", out, batch_size=2, progress=False)
-    assert not batch.video_finished("seg", out, "v", vis=False)
+        video_job.run_video(Failing(), tmp_path / "v.mp4", out, batch_size=2, progress=False)
+    assert not video_job.video_finished("seg", out, "v", vis=False)
 
 
 def test_a_no_vis_run_does_not_pass_for_one_with_pictures_when_an_older_picture_video_is_there(tmp_path,
@@ -461,15 +462,15 @@ def test_a_no_vis_run_does_not_pass_for_one_with_pictures_when_an_older_picture_
     out.mkdir()
     (out / "v_seg.mp4").write_bytes(b"an older run's picture video")
     _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 3)
-    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", out, vis=False, progress=False) == 3
-    assert batch.video_finished("seg", out, "v", vis=False)
-    assert not batch.video_finished("seg", out, "v", vis=True)
+    assert video_job.run_video(_Seg0(), tmp_path / "v.mp4", out, vis=False, progress=False) == 3
+    assert video_job.video_finished("seg", out, "v", vis=False)
+    assert not video_job.video_finished("seg", out, "v", vis=True)
     assert not (out / "v_seg.mp4").exists()  # it showed the outputs this run replaced
 
 
 def test_a_video_without_a_frame_rate_gets_a_30_fps_picture_video(tmp_path, monkeypatch):
     made = _fake_video(monkeypatch, [np.zeros((8, 6, 3), np.uint8)] * 3, fps=0.0)
-    assert batch.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", progress=False) == 3
+    assert video_job.run_video(_Seg0(), tmp_path / "v.mp4", tmp_path / "out", progress=False) == 3
     assert [(w.fps, w.frames, w.state) for w in made] == [(30.0, 3, "closed")]
 
 
@@ -498,11 +499,11 @@ def test_a_video_whose_inference_fails_raises_that_error_and_keeps_the_finished_
             return super().submit(images)
 
     with pytest.raises(RuntimeError, match="out of memory"):
-        batch.run_video(Flaky(), video, out, batch_size=2, progress=False)
+        video_job.run_video(Flaky(), video, out, batch_size=2, progress=False)
     assert (out / "v_seg.mp4").read_bytes() == b"a finished run's video"
     assert sorted(p.name for p in out.iterdir()) == ["v", "v_seg.mp4"]  # no temporary left either
     assert not list((out / "v").glob("video_*.json"))  # not recorded as finished
-    batch.run_video(_Seg0(), video, out, batch_size=2, progress=False)  # and a run that finishes replaces it
+    video_job.run_video(_Seg0(), video, out, batch_size=2, progress=False)  # and a run that finishes replaces it
     assert len(list(iter_video_frames(out / "v_seg.mp4"))) == 6
 
 
@@ -551,5 +552,5 @@ def test_run_video_decodes_frames_on_a_reader_thread(tmp_path, monkeypatch):
 
     monkeypatch.setattr(io, "iter_video_frames", frames_on_a_thread)
 
-    assert batch.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False) == 6
+    assert video_job.run_video(BlankSeg(), tmp_path / "v.mp4", tmp_path / "out", batch_size=4, progress=False) == 6
     assert decoders == {"opensapiens-video-read"}

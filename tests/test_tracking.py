@@ -12,7 +12,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from torchvision.ops import box_iou as tv_box_iou
 
-from opensapiens.inference import batch
+from opensapiens.inference import video_job
 from opensapiens.inference.results import PoseResult
 from opensapiens.inference.streams import Pending
 from opensapiens.inference.tracking import PoseTracker, box_iou, greedy_match, pose_similarity
@@ -212,7 +212,8 @@ def test_run_video_writes_track_ids_that_follow_people(tmp_path, monkeypatch):
 
     for track in (True, False):
         out = tmp_path / f"track_{track}"
-        done = batch.run_video(Pose(), tmp_path / "v.mp4", out, batch_size=4, vis=False, progress=False, track=track)
+        done = video_job.run_video(Pose(), tmp_path / "v.mp4", out, batch_size=4, vis=False, progress=False,
+                                   track=track)
         assert done == len(frames)
         identity = {}
         for f, (_, truth) in enumerate(frames):

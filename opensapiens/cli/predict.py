@@ -161,7 +161,8 @@ def _detection_entry(dets: dict, path: Path) -> dict | None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..inference.batch import READER_THREADS, run_batch, run_video, unique_stems, video_finished
+    from ..inference.batch import READER_THREADS, run_batch, unique_stems
+    from ..inference.video_job import run_video, video_finished
     from ..io.images import is_video, list_inputs, read_mask
 
     args.out = Path(args.out)  # out_folder checked it and kept the text
