@@ -391,6 +391,20 @@ def test_a_short_pointmap_fine_tune_predicts_and_scores_as_its_own_evaluation_do
 
     synth = dict(cfg, data="synth", val_data=None, out=str(tmp_path / "synth_run"), steps=1)
     assert train(TrainConfig(**synth))["step"] == 1
+    records = [json.loads(line) for line in (tmp_path / "synth_run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples_left_out"] for r in records if r["event"] == "train"] == [0]
+
+    # people a few millimetres from the camera break the official rule (nearest point 4 cm or more, canonically):
+    # the run says so, not just a loss of 0
+    for depth in (data / "depths").iterdir():
+        np.save(depth, np.load(depth) * 1e-3)
+    capsys.readouterr()
+    full = dict(cfg, val_data=None, out=str(tmp_path / "full_run"), steps=1, augment=False)
+    assert train(TrainConfig(**full))["loss"] == 0
+    records = [json.loads(line) for line in (tmp_path / "full_run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["samples_left_out"] for r in records if r["event"] == "train"] == [2]
+    out = capsys.readouterr()
+    assert "all 2 samples since the last record were left out" in out.out + out.err
 
 
 def test_unproject_is_the_pinhole_inverse():

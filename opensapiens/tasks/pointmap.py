@@ -155,9 +155,29 @@ def pointmap_loss(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Te
 
 @dataclass
 class PointmapCriterion:
+    """The loss, and a count of the samples it left out by the official rule (``take_counts``: a training loop
+    reports them, since a dataset whose every sample breaks the rule trains on a loss of 0)."""
+
+    def __post_init__(self) -> None:
+        self._seen = self._left_out = None  # device tensors: counted without a host sync
+
     def __call__(self, output: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
         pred, pred_scale = output
-        return pointmap_loss(pred, pred_scale, batch["points"], batch["mask"], batch["intrinsics"])
+        points, mask, K = batch["points"], batch["mask"], batch["intrinsics"]
+        with torch.no_grad():
+            valid = mask.bool() & torch.isfinite(points).all(-1)
+            z = torch.where(valid, points[..., 2].float(), 0.0) * canonical_scale(K.float())[:, None, None]
+            left_out = (~counting_samples(valid, z)).sum()
+            seen = torch.tensor(len(points), device=left_out.device)
+            self._seen = seen if self._seen is None else self._seen + seen
+            self._left_out = left_out if self._left_out is None else self._left_out + left_out
+        return pointmap_loss(pred, pred_scale, points, mask, K)
+
+    def take_counts(self) -> tuple[int, int]:
+        """(samples seen, samples left out) since the last call."""
+        counts = (0, 0) if self._seen is None else (int(self._seen), int(self._left_out))
+        self._seen = self._left_out = None
+        return counts
 
 
 class PointmapEvaluator:

@@ -286,7 +286,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         logger.advance()
 
         if due(step, cfg.steps, cfg.log_interval):
-            logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device))
+            logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device),
+                       **_left_out(criterion, logger, step))
         if due(step, cfg.steps, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
         stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
@@ -302,6 +303,19 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
     return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
+
+
+def _left_out(criterion, logger: RunLogger, step: int) -> dict:
+    """A pointmap run's samples that the official sample rule left out since the last record (this process's);
+    a note when it was all of them (the loss was 0: masks or depths that do not fit the rule)."""
+    if not hasattr(criterion, "take_counts"):
+        return {}
+    seen, left_out = criterion.take_counts()
+    if seen and left_out == seen:
+        logger.write(f"step {step}: all {seen} samples since the last record were left out of the loss by the "
+                     "official pointmap sample rule (a mask of 16 px to 96 % of the image, nearest point at a "
+                     "canonical depth of 0.04 or more): check the masks and depths")
+    return {"samples_left_out": left_out}
 
 
 def _evaluator_kw(cfg: TrainConfig, val_set, labels: SegClasses | None) -> dict:
