@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from pointmap_reference import resize_bilinear  # (the same written-out float64 bilinear resampling)
 
 POSE_WEIGHT = 10.0
 IGNORE_INDEX = 255
@@ -67,35 +68,6 @@ SAPIENS2_CLASS_WEIGHT = (
 # ----------------------------------------------------------------------------------------------------------------
 # Resampling (PyTorch interpolate(mode="bilinear", align_corners=False), written out in float64)
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _bilinear_taps(n_in: int, n_out: int) -> list:
-    """Per output index i along one axis: (i0, i1, weight of i1). Source coordinate x = (i + 0.5) * n_in / n_out
-    - 0.5, clamped at 0 below (PyTorch clamps negative source coordinates to 0); i0 = floor(x),
-    i1 = min(i0 + 1, n_in - 1); the weight of i1 is x - i0 (that of i0 is 1 minus it)."""
-    taps = []
-    for i in range(n_out):
-        x = (i + 0.5) * n_in / n_out - 0.5
-        x = max(x, 0.0)
-        i0 = int(math.floor(x))
-        i1 = min(i0 + 1, n_in - 1)
-        taps.append((i0, i1, x - i0))
-    return taps
-
-
-def resize_bilinear(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
-    """Bilinear resample of x (..., h, w) to (..., out_h, out_w), align_corners=False, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    h, w = x.shape[-2:]
-    rows = _bilinear_taps(h, out_h)
-    cols = _bilinear_taps(w, out_w)
-    out = np.zeros(x.shape[:-2] + (out_h, out_w), dtype=np.float64)
-    for i, (r0, r1, wy) in enumerate(rows):
-        for j, (c0, c1, wx) in enumerate(cols):
-            top = (1.0 - wx) * x[..., r0, c0] + wx * x[..., r0, c1]
-            bottom = (1.0 - wx) * x[..., r1, c0] + wx * x[..., r1, c1]
-            out[..., i, j] = (1.0 - wy) * top + wy * bottom
-    return out
 
 
 def _to_size(x: np.ndarray, H: int, W: int) -> np.ndarray:
