@@ -68,6 +68,16 @@ def counting_samples(mask: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (n >= MIN_PIXELS) & (n <= MAX_SHARE * mask[0].numel()) & (nearest >= MIN_DEPTH)
 
 
+def canonical_targets(points: torch.Tensor, mask: torch.Tensor,
+                      K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Metric GT points (B, H, W, 3), mask (B, H, W), K (B, 3, 3) -> the scale s (B,), the canonical GT s * points
+    (B, 3, H, W; 0 off the mask), the mask of finite GT points and the samples that count (B,) bool."""
+    s = canonical_scale(K.float())
+    mask = mask.bool() & torch.isfinite(points).all(-1)
+    gt = torch.where(mask[..., None], points.float() * s[:, None, None, None], 0.0).permute(0, 3, 1, 2)
+    return s, gt, mask, counting_samples(mask, gt[:, 2])
+
+
 def _pooled(err: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, H, W) per-pixel error, (B, H, W) 0/1 mask -> one mean over every masked pixel of the batch."""
     return (err * mask).sum() / mask.sum().clamp(min=1)
@@ -112,10 +122,7 @@ def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tens
     if pred.shape[-2:] != (H, W):
         pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)
     p = pred.float()  # (B, 3, H, W)
-    s = canonical_scale(K.float())  # (B,)
-    mask = mask.bool() & torch.isfinite(points).all(-1)
-    gt = torch.where(mask[..., None], points.float() * s[:, None, None, None], 0.0).permute(0, 3, 1, 2)
-    counts = counting_samples(mask, gt[:, 2])  # (B,)
+    s, gt, mask, counts = canonical_targets(points, mask, K)
     mask = mask & counts[:, None, None]
     mk = mask.float()
     m = _masked_mean(gt[:, 2], mk).clamp(min=1e-6)[:, None, None, None]  # (B, 1, 1, 1) canonical mean depth
@@ -128,8 +135,8 @@ def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tens
     d = torch.log(gt[:, 2].clamp(min=1e-4)) - torch.log(p[:, 2].clamp(min=1e-4))
     mean_d, mean_d2 = _masked_mean(d, mk), _masked_mean(d * d, mk)
     silog = (mean_d2 - 0.5 * mean_d * mean_d).clamp(min=1e-12).sqrt()  # (B,)
-    r = pixel_rays(K.float(), (H, W)).permute(0, 3, 1, 2)  # (B, 3, H, W)
     terms["silog"] = (silog * counts).sum() / counts.sum().clamp(min=1)
+    r = pixel_rays(K.float(), (H, W)).permute(0, 3, 1, 2)  # (B, 3, H, W)
     ic = (p[:, 0] - r[:, 0] * p[:, 2]).abs() + (p[:, 1] - r[:, 1] * p[:, 2]).abs()
     terms["intrinsics"] = _pooled(ic, mk)
     c_a, c_g = _centroid(a, mk), _centroid(ag, mk)  # (B, 3, 1, 1)
@@ -165,9 +172,7 @@ class PointmapCriterion:
         pred, pred_scale = output
         points, mask, K = batch["points"], batch["mask"], batch["intrinsics"]
         with torch.no_grad():
-            valid = mask.bool() & torch.isfinite(points).all(-1)
-            z = torch.where(valid, points[..., 2].float(), 0.0) * canonical_scale(K.float())[:, None, None]
-            left_out = (~counting_samples(valid, z)).sum()
+            left_out = (~canonical_targets(points, mask, K)[3]).sum()
             seen = torch.tensor(len(points), device=left_out.device)
             self._seen = seen if self._seen is None else self._seen + seen
             self._left_out = left_out if self._left_out is None else self._left_out + left_out
