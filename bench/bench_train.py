@@ -148,7 +148,8 @@ def build_step(args, variant: Variant, info: D.DistInfo):
         compile_blocks(model.backbone.blocks, model.head)
     depth, generation = model.config.arch.depth, model.config.arch.generation
     model = D.shard_fsdp(model, model.backbone.blocks, info, bf16=True) if variant.fsdp else D.wrap_ddp(model, info)
-    optimizer = build_optimizer(model, 5e-4, 0.1, 0.85, num_layers=depth, fused=variant.optimized and on_cuda)
+    optimizer = build_optimizer(model, 5e-4, 0.1, 0.85, num_layers=depth, fused=variant.optimized and on_cuda,
+                                decay_tokens=generation == 2)
     criterion = build_criterion(args.task, generation=generation, sigma=6.0 * H / 1024,
                                 class_weight=seg_classes("goliath").class_weight if args.task == "seg" else None,
                                 seg_loss_resolution=variant.seg_loss_resolution)

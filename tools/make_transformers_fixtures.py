@@ -27,8 +27,9 @@ from transformers import (
 OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "transformers_sapiens2"
 SIZE = [256, 192]  # (H, W): the pointmap scale branch needs a 16 x 12 token grid to keep 2 x 2 values
 # Sapiens2's block layout in miniature: grouped-query attention (half the key/value heads) in the middle blocks
-BACKBONE = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                num_key_value_attention_heads=1, num_first_full_attention_layers=1, num_last_full_attention_layers=1,
+# (4 query heads to 2 key/value ones: which query heads share a key/value head matters, as it would not with 1)
+BACKBONE = dict(hidden_size=32, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+                num_key_value_attention_heads=2, num_first_full_attention_layers=1, num_last_full_attention_layers=1,
                 num_register_tokens=8, image_size=SIZE, layerscale_value=0.3)
 PIXEL_SHUFFLE = dict(upsample_out_channels=[16, 16, 8, 8], upsample_kernel_sizes=[3] * 4, use_pixel_shuffle=True)
 MODELS = {
@@ -54,7 +55,7 @@ def main() -> None:
         with torch.no_grad():
             for p in model.parameters():  # away from the init's zero biases and unit norms; float16 values
                 p.copy_((p + 0.05 * torch.randn_like(p)).half().float())
-            out = model(pixel_values=image)  # float32 arithmetic
+            out = model.double()(pixel_values=image.double())  # float64: what the weights compute, exactly
         model.half().save_pretrained(OUT / task)  # float16 files: the same weights in half the bytes
         for name in ("heatmaps", "logits", "normals", "pointmaps", "scales", "last_hidden_state"):
             value = getattr(out, name, None)

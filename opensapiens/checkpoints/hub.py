@@ -147,7 +147,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
             return Path(hf_hub_download(hub.repo_id, found))
         if (weights := _transformers_weights(hub)) is not None:
             return weights
-    also = " (nor transformers' model.safetensors)" if hub.name.startswith("sapiens2-") else ""
+    also = " (nor transformers' model.safetensors; its sharded saves, model-0000N-of-..., are not read)" \
+        if hub.name.startswith("sapiens2-") else ""
     raise FileNotFoundError(
         f"{hub.name}: could not find or download {hub.filename}{also} ({type(error).__name__}: {error}).\n"
         f"Download it from {hub.url} and put it at {local} (or set OPENSAPIENS_CHECKPOINTS to its folder), "

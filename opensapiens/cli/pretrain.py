@@ -21,7 +21,7 @@ from .train import add_attention_option, option_flags
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
 RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
-                       "tensorboard", "export_official", "deterministic", "attention")
+                       "tensorboard", "export_official", "deterministic", "attention", "precision")
 
 
 def _pair(text: str) -> tuple[float, float]:

@@ -52,7 +52,7 @@ def pixel_rays(K: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     v, u = torch.meshgrid(torch.arange(H, dtype=K.dtype, device=K.device),
                           torch.arange(W, dtype=K.dtype, device=K.device), indexing="ij")
     pix = torch.stack([u, v, torch.ones_like(u)], -1)  # (H, W, 3)
-    return torch.einsum("bij,hwj->bhwi", torch.linalg.inv(K), pix)
+    return torch.einsum("bij,hwj->bhwi", torch.linalg.inv_ex(K).inverse, pix)  # (inv_ex: no host sync)
 
 
 def unproject(depth: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -113,11 +113,12 @@ def pointmap_loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: to
     over them). Float32 math even under autocast, which would round the pixel rays' matmul to bf16 (pixel
     coordinates above 256 included)."""
     with torch.autocast(pred.device.type, enabled=False):
-        return _loss_terms(pred, pred_scale, points, mask, K)
+        return _loss_terms(pred, pred_scale, points, mask, K)[0]
 
 
 def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
-                K: torch.Tensor) -> dict[str, torch.Tensor]:
+                K: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``pointmap_loss_terms``, and which samples counted (B,) bool."""
     H, W = points.shape[1:3]
     if pred.shape[-2:] != (H, W):
         pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)
@@ -151,7 +152,7 @@ def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tens
     cos = (n_pred * n_gt).sum(1).clamp(-1, 1)
     terms["normal"] = _pooled((1 - cos) + (n_pred - n_gt).abs().mean(1), valid.float())
     terms["scale"] = ((pred_scale.float().reshape(-1) - s).abs() * counts).sum() / counts.sum().clamp(min=1)
-    return terms
+    return terms, counts
 
 
 def pointmap_loss(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
@@ -166,22 +167,21 @@ class PointmapCriterion:
     reports them, since a dataset whose every sample breaks the rule trains on a loss of 0)."""
 
     def __post_init__(self) -> None:
-        self._seen = self._left_out = None  # device tensors: counted without a host sync
+        self._seen, self._left_out = 0, None  # (left out: a device tensor, read when taken, not at every step)
 
     def __call__(self, output: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
         pred, pred_scale = output
-        points, mask, K = batch["points"], batch["mask"], batch["intrinsics"]
-        with torch.no_grad():
-            left_out = (~canonical_targets(points, mask, K)[3]).sum()
-            seen = torch.tensor(len(points), device=left_out.device)
-            self._seen = seen if self._seen is None else self._seen + seen
-            self._left_out = left_out if self._left_out is None else self._left_out + left_out
-        return pointmap_loss(pred, pred_scale, points, mask, K)
+        with torch.autocast(pred.device.type, enabled=False):
+            terms, counts = _loss_terms(pred, pred_scale, batch["points"], batch["mask"], batch["intrinsics"])
+        left_out = (~counts).sum()
+        self._seen += len(counts)
+        self._left_out = left_out if self._left_out is None else self._left_out + left_out
+        return sum(WEIGHTS[k] * v for k, v in terms.items())
 
     def take_counts(self) -> tuple[int, int]:
         """(samples seen, samples left out) since the last call."""
-        counts = (0, 0) if self._seen is None else (int(self._seen), int(self._left_out))
-        self._seen = self._left_out = None
+        counts = (self._seen, 0 if self._left_out is None else int(self._left_out))
+        self._seen, self._left_out = 0, None
         return counts
 
 

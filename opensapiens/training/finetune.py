@@ -287,7 +287,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
         if due(step, cfg.steps, cfg.log_interval):
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device),
-                       **_left_out(criterion, logger, step))
+                       **_left_out(criterion, logger, step, device))
         if due(step, cfg.steps, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
         stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
@@ -305,12 +305,13 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 
 
-def _left_out(criterion, logger: RunLogger, step: int) -> dict:
-    """A pointmap run's samples that the official sample rule left out since the last record (this process's);
-    a note when it was all of them (the loss was 0: masks or depths that do not fit the rule)."""
+def _left_out(criterion, logger: RunLogger, step: int, device: torch.device) -> dict:
+    """A pointmap run's samples that the official sample rule left out since the last record (summed over the
+    processes; every rank calls this at the same steps); a note when it was all of them (the loss was 0: masks or
+    depths that do not fit the rule)."""
     if not hasattr(criterion, "take_counts"):
         return {}
-    seen, left_out = criterion.take_counts()
+    seen, left_out = D.all_reduce_sum(torch.tensor(criterion.take_counts(), device=device)).tolist()
     if seen and left_out == seen:
         logger.write(f"step {step}: all {seen} samples since the last record were left out of the loss by the "
                      "official pointmap sample rule (a mask of 16 px to 96 % of the image, nearest point at a "
