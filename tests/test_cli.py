@@ -664,3 +664,27 @@ def test_an_out_of_the_wrong_kind_is_refused_as_the_options_are_read(command, tm
         with pytest.raises(SystemExit) as exit_:
             main([command, *extra, "--out", str(out)])
         assert exit_.value.code == 2 and f"argument --out: {told}" in capsys.readouterr().err
+
+
+def test_predict_no_compile_leaves_torch_compile_out_of_the_fast_path(tmp_path, photos, monkeypatch):
+    """``--no-compile`` reaches ``optimize_for_inference``: a short job on CUDA then has no background compile to
+    wait for at its exit (on this CPU host the fast path is asked for explicitly to see what it is given)."""
+    from opensapiens.inference import predictors
+
+    given = []
+    load = predictors.load_predictor
+
+    def spy(*args, **kwargs):
+        return load(*args, **{**kwargs, "optimize": True})
+
+    def optimize(model, **kwargs):
+        given.append(kwargs)
+        return model
+
+    monkeypatch.setattr(predictors, "load_predictor", spy)
+    monkeypatch.setattr(predictors, "optimize_for_inference", optimize)
+    ckpt = _checkpoint(tmp_path, "seg", 28)
+    for extra in ([], ["--no-compile"]):
+        assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--device", "cpu", "--no-vis",
+                     str(photos / "a.png"), "--out", str(tmp_path / f"out{len(extra)}"), *extra]) == 0
+    assert [g["compile"] for g in given] == [True, False]

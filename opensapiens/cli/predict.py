@@ -79,6 +79,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fp8", action="store_true",
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): 1.1-1.3x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="CUDA: no torch.compile (v1: the head's; Sapiens2: the whole model's, 1-2 min in the "
+                   "background, which an unfinished job's exit waits for): for short jobs")
     p.add_argument("--workers", type=int, default=None,
                    help="image-reading threads (default: up to 8, at most one per core; 0: read in the main thread)")
     p.add_argument("--decode", default="host", choices=["host", "device"],
@@ -146,7 +149,7 @@ def _load(args: argparse.Namespace):
         kwargs["seg"] = load_predictor("seg", args.seg_checkpoint, device=args.device, dtype=args.dtype,
                                        batch_size=args.batch_size)
     return load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
-                          input_size=args.input_size, fp8=args.fp8, **kwargs)
+                          input_size=args.input_size, fp8=args.fp8, compile=args.compile, **kwargs)
 
 
 def _detection_entry(dets: dict, path: Path) -> dict | None:
@@ -250,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
     background = getattr(predictor.model, "background", None)  # the head's compile (CUDA)
     if background is not None and not background.wait(timeout=0):
         print("every output is written; the model's compile is still running and the process ends when it does "
-              "(the next run finds it cached)", file=sys.stderr, flush=True)
+              "(the next run finds it cached; --no-compile skips it)", file=sys.stderr, flush=True)
     return 1 if report.failed else 0
 
 

@@ -435,17 +435,18 @@ PREDICTORS: dict[str, type[Predictor]] = {
 
 def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
                    dtype: str | torch.dtype | None = None, input_size: tuple[int, int] | None = None,
-                   optimize: bool | None = None, fp8: bool = False, **kwargs) -> Predictor | MultiTaskPredictor:
+                   optimize: bool | None = None, fp8: bool = False, compile: bool = True,
+                   **kwargs) -> Predictor | MultiTaskPredictor:
     """Load ``checkpoint`` (path or official name) and wrap it in the predictor of its task.
 
     ``device`` defaults to CUDA when available; ``dtype`` to bf16 on CUDA and fp32 on CPU. ``task=None`` takes the
     task the checkpoint was trained for ("features" forces a bare backbone). ``input_size`` defaults to the size it
     was trained at where the file records it (fine-tunes, multi-task files), else 1024x768 (1024x1024 for features).
-    ``optimize`` (default: on CUDA) runs the
-    fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3 GEMMs in the transformer blocks; needs FP8
-    tensor cores). Extra keyword arguments go to the predictor (``batch_size``, ``resize``, ``flip``, ``detector``,
-    ``seg``...); ``resize`` defaults to the official protocol ("stretch"; "center" for Sapiens2 normals and
-    pointmaps).
+    ``optimize`` (default: on CUDA) runs the fast path of ``optimize_for_inference``; ``fp8`` its FP8 mode (e4m3
+    GEMMs in the transformer blocks; needs FP8 tensor cores); ``compile=False`` leaves torch.compile out of it (a
+    short job's exit then need not wait for a background compile). Extra keyword arguments go to the predictor
+    (``batch_size``, ``resize``, ``flip``, ``detector``, ``seg``...); ``resize`` defaults to the official protocol
+    ("stretch"; "center" for Sapiens2 normals and pointmaps).
     """
     device = torch.device(device) if device is not None else default_device()
     resize = kwargs.pop("resize", None)  # None: the task's official protocol
@@ -478,7 +479,7 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
     if resize is not None:
         kwargs["resize"] = resize
     if optimize or fp8:
-        model = optimize_for_inference(model, fp8=fp8)
+        model = optimize_for_inference(model, fp8=fp8, compile=compile)
     return PREDICTORS[model.task](model, input_size=tuple(input_size), **kwargs)
 
 
