@@ -6,6 +6,7 @@ file does."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -101,3 +102,29 @@ def test_a_sapiens2_name_falls_back_to_the_repos_transformers_weights(tmp_path, 
     (snap / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"sapiens2_0.4b_seg.safetensors \(nor transformers' model"):
         resolve_checkpoint("sapiens2-seg-0.4b")
+
+
+@pytest.mark.parametrize("task", [*OUTPUTS, "features"])
+def test_an_export_for_transformers_is_what_transformers_itself_writes(task, tmp_path, capsys):
+    """``convert --transformers`` of the model transformers saved gives back its weights (same keys, same values)
+    and a config.json with its shape; what is ours: the labels' names and, for pointmaps, the scale branch's input
+    size written out (transformers derives it from image_size, which an official-layout file does not record)."""
+    from opensapiens.cli.main import main
+
+    assert main(["convert", str(DATA / task / "model.safetensors"), str(tmp_path / "hf"), "--transformers"]) == 0
+    theirs, _ = read_state_dict(DATA / task / "model.safetensors")
+    ours, _ = read_state_dict(tmp_path / "hf" / "model.safetensors")
+    assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k].float()) for k in theirs)
+    want = json.loads((DATA / task / "config.json").read_text())
+    got = json.loads((tmp_path / "hf" / "config.json").read_text())
+    for key in ("architectures", "model_type", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                "num_attention_heads", "num_key_value_heads_per_layer", "num_register_tokens", "rms_norm_eps",
+                "rope_theta", "use_gated_mlp", "use_qk_norm"):
+        assert got[key] == want[key], key
+    if task != "features":
+        for key, value in got["head_config"].items():
+            assert value == want["head_config"][key], key
+        assert len(got["id2label"]) == len(want["id2label"])
+    capsys.readouterr()
+    assert main(["convert", "sapiens-nano", str(tmp_path / "v1"), "--transformers"]) == 2
+    assert "transformers has Sapiens2 classes only" in capsys.readouterr().err

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-heads", type=int, default=None,
                    help="attention heads, only for non-official widths (official sizes are known)")
     p.add_argument("--official", action="store_true", help="write the official key layout")
+    p.add_argument("--transformers", action="store_true",
+                   help="Sapiens2: write OUT as a Hugging Face transformers model folder (model.safetensors and "
+                   "config.json, with the class or keypoint names), for Sapiens2For*.from_pretrained(OUT)")
     g = p.add_argument_group("ONNX (OUT.onnx)")
     g.add_argument("--input-size", type=parse_size, default=None,
                    help="the graph's input HxW (default: the model's training size, 1024x768 for the official "
@@ -32,7 +35,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoints import CheckpointError, check_onnx, convert_checkpoint, export_official, export_onnx, load_model
+    from ..checkpoints import (
+        CheckpointError,
+        check_onnx,
+        convert_checkpoint,
+        export_official,
+        export_onnx,
+        export_transformers,
+        load_model,
+    )
 
     onnx = args.dst.suffix.lower() == ".onnx"
     if onnx and args.official:
@@ -41,8 +52,22 @@ def run(args: argparse.Namespace) -> int:
     if not onnx and (args.input_size is not None or args.dtype != "fp32"):
         print("error: --input-size and --dtype are for an ONNX export (OUT.onnx)", file=sys.stderr)
         return 2
+    if args.transformers and (onnx or args.official):
+        print("error: --transformers writes a model folder, not --official or .onnx", file=sys.stderr)
+        return 2
     try:
-        if args.official or onnx:
+        if args.transformers:
+            from ..inference.predictors import load_predictor
+
+            try:  # the predictor knows the names its outputs carry, and the input size
+                predictor = load_predictor(args.task, args.src, device="cpu", dtype="fp32", optimize=False)
+                model, size = predictor.model, predictor.input_size
+                names = getattr(predictor, "class_names", None) or getattr(
+                    getattr(predictor, "keypoint_set", None), "names", None)
+            except ValueError:  # outputs no built-in set names (a head of another size, its names not recorded)
+                model, size, names = load_model(args.src, task=args.task), (1024, 768), None
+            out = export_transformers(model, args.dst, size, names)
+        elif args.official or onnx:
             model = load_model(args.src, task=args.task, patch_padding=args.patch_padding, num_heads=args.num_heads)
             out = (export_onnx(model, args.dst, args.input_size, args.dtype) if onnx
                    else export_official(model, args.dst))
