@@ -688,3 +688,8 @@ def test_predict_no_compile_leaves_torch_compile_out_of_the_fast_path(tmp_path, 
         assert main(["predict", "--task", "seg", "--checkpoint", str(ckpt), "--device", "cpu", "--no-vis",
                      str(photos / "a.png"), "--out", str(tmp_path / f"out{len(extra)}"), *extra]) == 0
     assert [g["compile"] for g in given] == [True, False]
+    given.clear()  # the foreground model of --seg-checkpoint too
+    assert main(["predict", "--task", "normal", "--checkpoint", str(_checkpoint(tmp_path, "normal")), "--device",
+                 "cpu", "--no-vis", "--seg-checkpoint", str(ckpt), str(photos / "a.png"), "--out",
+                 str(tmp_path / "normals"), "--no-compile"]) == 0
+    assert [g["compile"] for g in given] == [False, False]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from opensapiens.checkpoints import load_model
+from opensapiens.checkpoints import export_official, load_model
 from opensapiens.checkpoints.hub import resolve_checkpoint
 from opensapiens.checkpoints.official import is_official_layout
 from opensapiens.checkpoints.reader import read_state_dict
@@ -108,23 +108,51 @@ def test_a_sapiens2_name_falls_back_to_the_repos_transformers_weights(tmp_path, 
 def test_an_export_for_transformers_is_what_transformers_itself_writes(task, tmp_path, capsys):
     """``convert --transformers`` of the model transformers saved gives back its weights (same keys, same values)
     and a config.json with its shape; what is ours: the labels' names and, for pointmaps, the scale branch's input
-    size written out (transformers derives it from image_size, which an official-layout file does not record)."""
+    size written out (transformers derives it from image_size), and the image processor's settings."""
     from opensapiens.cli.main import main
 
-    assert main(["convert", str(DATA / task / "model.safetensors"), str(tmp_path / "hf"), "--transformers"]) == 0
+    out = tmp_path / "hf"
+    assert main(["convert", str(DATA / task / "model.safetensors"), str(out), "--transformers",
+                 "--input-size", "256x192"]) == 0
     theirs, _ = read_state_dict(DATA / task / "model.safetensors")
-    ours, _ = read_state_dict(tmp_path / "hf" / "model.safetensors")
+    ours, _ = read_state_dict(out / "model.safetensors")
     assert set(ours) == set(theirs) and all(torch.equal(ours[k], theirs[k].float()) for k in theirs)
     want = json.loads((DATA / task / "config.json").read_text())
-    got = json.loads((tmp_path / "hf" / "config.json").read_text())
+    got = json.loads((out / "config.json").read_text())
     for key in ("architectures", "model_type", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                "num_attention_heads", "num_key_value_heads_per_layer", "num_register_tokens", "rms_norm_eps",
-                "rope_theta", "use_gated_mlp", "use_qk_norm"):
+                "num_attention_heads", "num_key_value_heads_per_layer", "num_register_tokens", "image_size",
+                "rms_norm_eps", "rope_theta", "use_gated_mlp", "use_qk_norm"):
         assert got[key] == want[key], key
-    if task != "features":
-        for key, value in got["head_config"].items():
-            assert value == want["head_config"][key], key
-        assert len(got["id2label"]) == len(want["id2label"])
+    if task == "features":
+        assert not (out / "preprocessor_config.json").exists()
+        return
+    defaults = {"model_type", "conv_kernel_size", "upsample_kernel_size", "scale_conv_kernel_size"}  # transformers'
+    for key, value in want["head_config"].items():
+        if key not in defaults:
+            assert got["head_config"].get(key) == value, key
+    assert len(got["id2label"]) == len(want["id2label"])
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["size"] == {"height": 256, "width": 192}
+    assert processor["do_pad"] == (task in ("normal", "pointmap"))  # Sapiens2's padded resize for its 3-D tasks
     capsys.readouterr()
+    assert main(["convert", str(DATA / task / "model.safetensors"), str(out), "--transformers"]) == 2
+    assert "exists and is not an empty folder" in capsys.readouterr().err  # nothing is overwritten
     assert main(["convert", "sapiens-nano", str(tmp_path / "v1"), "--transformers"]) == 2
-    assert "transformers has Sapiens2 classes only" in capsys.readouterr().err
+    assert "Sapiens v1 multi-task model" in capsys.readouterr().err
+
+
+def test_an_exported_pose_model_names_its_keypoints_and_their_mirror_pairs_and_odd_heads_are_refused(tmp_path):
+    from opensapiens.checkpoints import CheckpointError, export_transformers
+    from opensapiens.cli.main import main
+    from opensapiens.metadata import keypoint_set
+    from opensapiens.models import Head2Spec, build_model
+
+    export_official(build_model("pose", "sapiens2_nano"), tmp_path / "pose.safetensors")
+    assert main(["convert", str(tmp_path / "pose.safetensors"), str(tmp_path / "hf"), "--transformers"]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    goliath = keypoint_set("goliath")
+    assert [config["id2label"][str(i)] for i in range(308)] == list(goliath.names)
+    assert {(a, b) for a, b in config["flip_pairs"]} == {(i, j) for i, j in enumerate(goliath.flip_indices) if i < j}
+    odd = build_model("seg", "sapiens2_nano", head_spec=Head2Spec((16, 8), (8,), 3))  # 3x3 convolutions
+    with pytest.raises(CheckpointError, match="take 1x1 ones only"):
+        export_transformers(odd, tmp_path / "odd")

@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
         convert_checkpoint,
         export_official,
         export_onnx,
-        export_transformers,
         load_model,
     )
 
@@ -49,24 +48,16 @@ def run(args: argparse.Namespace) -> int:
     if onnx and args.official:
         print("error: --official writes a .pth or .safetensors, not .onnx", file=sys.stderr)
         return 2
-    if not onnx and (args.input_size is not None or args.dtype != "fp32"):
-        print("error: --input-size and --dtype are for an ONNX export (OUT.onnx)", file=sys.stderr)
+    if not onnx and (args.dtype != "fp32" or (args.input_size is not None and not args.transformers)):
+        print("error: --input-size is for an ONNX export (OUT.onnx) or --transformers, --dtype for ONNX",
+              file=sys.stderr)
         return 2
     if args.transformers and (onnx or args.official):
         print("error: --transformers writes a model folder, not --official or .onnx", file=sys.stderr)
         return 2
     try:
         if args.transformers:
-            from ..inference.predictors import load_predictor
-
-            try:  # the predictor knows the names its outputs carry, and the input size
-                predictor = load_predictor(args.task, args.src, device="cpu", dtype="fp32", optimize=False)
-                model, size = predictor.model, predictor.input_size
-                names = getattr(predictor, "class_names", None) or getattr(
-                    getattr(predictor, "keypoint_set", None), "names", None)
-            except ValueError:  # outputs no built-in set names (a head of another size, its names not recorded)
-                model, size, names = load_model(args.src, task=args.task), (1024, 768), None
-            out = export_transformers(model, args.dst, size, names)
+            out = _export_transformers(args)
         elif args.official or onnx:
             model = load_model(args.src, task=args.task, patch_padding=args.patch_padding, num_heads=args.num_heads)
             out = (export_onnx(model, args.dst, args.input_size, args.dtype) if onnx
@@ -86,3 +77,25 @@ def run(args: argparse.Namespace) -> int:
             print("onnxruntime vs PyTorch, largest difference relative to the output's largest value: "
                   + ", ".join(f"{name} {err:.1e}" for name, err in errors.items()))
     return 0
+
+
+def _export_transformers(args: argparse.Namespace) -> Path:
+    """The model with the names its predictor gives its outputs (classes, keypoints and their mirror pairs) and
+    the input size it was trained at (or --input-size), as a transformers folder."""
+    from ..checkpoints import export_transformers, load_model
+    from ..inference.predictors import load_predictor
+
+    try:
+        predictor = load_predictor(args.task, args.src, device="cpu", dtype="fp32", optimize=False,
+                                   input_size=args.input_size)
+        model, size = predictor.model, predictor.input_size
+    except ValueError:  # outputs no built-in set names (a head of another size whose names were not recorded)
+        model = load_model(args.src, task=args.task)
+        predictor, size = None, args.input_size or tuple(model.config.extra.get("input_size") or (1024, 768))
+    names = getattr(predictor, "class_names", None)
+    keypoints = getattr(predictor, "keypoint_set", None)
+    pairs = None
+    if keypoints is not None:
+        names = keypoints.names
+        pairs = [(i, j) for i, j in enumerate(keypoints.flip_indices) if i < j]
+    return export_transformers(model, args.dst, size, names, pairs)

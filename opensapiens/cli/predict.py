@@ -147,7 +147,7 @@ def _load(args: argparse.Namespace):
                                                 score_threshold=args.det_threshold)
     if args.task in ("depth", "normal", "pointmap") and args.seg_checkpoint:
         kwargs["seg"] = load_predictor("seg", args.seg_checkpoint, device=args.device, dtype=args.dtype,
-                                       batch_size=args.batch_size)
+                                       batch_size=args.batch_size, compile=args.compile)
     return load_predictor(args.task, args.checkpoint, device=args.device, dtype=args.dtype,
                           input_size=args.input_size, fp8=args.fp8, compile=args.compile, **kwargs)
 
@@ -250,8 +250,8 @@ def run(args: argparse.Namespace) -> int:
           f"{rate} -> {args.out}", flush=True)
     for _path, err in report.failed:
         print(f"  failed: {err}", file=sys.stderr)
-    background = getattr(predictor.model, "background", None)  # the head's compile (CUDA)
-    if background is not None and not background.wait(timeout=0):
+    compiles = [getattr(p.model, "background", None) for p in (predictor, getattr(predictor, "seg", None)) if p]
+    if any(c is not None and not c.wait(timeout=0) for c in compiles):  # (CUDA: the head's or the whole model's)
         print("every output is written; the model's compile is still running and the process ends when it does "
               "(the next run finds it cached; --no-compile skips it)", file=sys.stderr, flush=True)
     return 1 if report.failed else 0
