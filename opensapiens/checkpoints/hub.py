@@ -134,19 +134,15 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     # Sapiens2's repo layout is known from its docs' local paths (pose/sapiens2_1b_pose.safetensors), not from the
     # Hub: the file at the root, in its task's folder, or (listed online) anywhere; the cache first, for offline use
     names = [hub.filename] + ([f"{hub.task}/{hub.filename}"] if hub.name.startswith("sapiens2-") else [])
-    error: Exception | None = None
-    for offline in (True, False):
-        for name in names:
-            try:
-                return Path(hf_hub_download(hub.repo_id, name, subfolder=hub.subfolder, local_files_only=offline))
-            except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
-                if not offline and error is None:  # the first download's error tells the user why, not a cache miss
-                    error = e
+    path, error = _fetch(hub.repo_id, names, hub.subfolder)
+    if path is not None:
+        return path
     if hub.name.startswith("sapiens2-"):
         if (found := _listed_file(hub)) is not None:
             return Path(hf_hub_download(hub.repo_id, found))
-        if (weights := _transformers_weights(hub)) is not None:
-            return weights
+        # transformers' save_pretrained file: the official key layout under its own name
+        if (path := _fetch(hub.repo_id, ["model.safetensors"])[0]) is not None:
+            return path
     also = " (nor transformers' model.safetensors; its sharded saves, model-0000N-of-..., are not read)" \
         if hub.name.startswith("sapiens2-") else ""
     raise FileNotFoundError(
@@ -168,17 +164,20 @@ def _listed_file(hub: HubFile) -> str | None:
     return found[0] if len(found) == 1 else None
 
 
-def _transformers_weights(hub: HubFile) -> Path | None:
-    """The repo's ``model.safetensors`` (what Hugging Face transformers' ``save_pretrained`` writes: the official key
-    layout under transformers' file name), the cache first; else None."""
+def _fetch(repo_id: str, names: list[str], subfolder: str | None = None) -> tuple[Path | None, Exception | None]:
+    """The first of ``names`` in the repo, from the Hugging Face cache (offline machines, no round trip), else
+    downloaded; else (None, the first download's error, which tells the user why, not a cache miss)."""
     from huggingface_hub import hf_hub_download
 
+    error: Exception | None = None
     for offline in (True, False):
-        try:
-            return Path(hf_hub_download(hub.repo_id, "model.safetensors", local_files_only=offline))
-        except Exception:  # noqa: BLE001 - offline, gated, not there: the caller reports the first error
-            continue
-    return None
+        for name in names:
+            try:
+                return Path(hf_hub_download(repo_id, name, subfolder=subfolder, local_files_only=offline)), None
+            except Exception as e:  # noqa: BLE001 - offline, gated repo, renamed file...
+                if not offline and error is None:
+                    error = e
+    return None, error
 
 
 def _close_names(name: str) -> list[str]:

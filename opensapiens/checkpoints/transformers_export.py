@@ -12,7 +12,6 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..models.heads2 import official_head2_spec
 from ..models.sapiens import SapiensModel
 from .official import ours_to_official
 from .reader import CheckpointError
@@ -36,7 +35,7 @@ def transformers_config(model: SapiensModel, input_size: tuple[int, int] = (1024
               "rope_theta": 100.0, "use_gated_mlp": True, "use_qk_norm": True}
     if cfg.task == "features":
         return config
-    spec = cfg.head_spec or official_head2_spec(cfg.task, arch.name)
+    spec = cfg.head2_spec
     shuffle = cfg.task in ("normal", "pointmap")  # pixel-shuffle blocks (3x3 convs) instead of 4x4 deconvolutions
     if not shuffle and spec.conv_kernel != 1:  # transformers pads a deconvolution head's convolutions by 0
         raise CheckpointError(f"a {cfg.task} head with {spec.conv_kernel}x{spec.conv_kernel} convolutions: "

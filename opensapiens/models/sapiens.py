@@ -41,6 +41,11 @@ class ModelConfig:
     def generation(self) -> int:
         return self.arch.generation
 
+    @property
+    def head2_spec(self) -> Head2Spec:
+        """A Sapiens2 head's widths: the recorded ones, else the released models' for the arch."""
+        return self.head_spec or official_head2_spec(self.task, self.arch.name)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["pos_grid"] = list(self.pos_grid)
@@ -82,8 +87,7 @@ class SapiensModel(nn.Module):
                                  "features (Sapiens2 has no depth model: its pointmap gives depth)")
             self.backbone = Sapiens2ViT(config.arch, config.with_cls_token)
             if config.task != "features":
-                spec = config.head_spec or official_head2_spec(config.task, config.arch.name)
-                self.head = build_head2(config.task, config.arch.embed_dim, config.out_channels, spec)
+                self.head = build_head2(config.task, config.arch.embed_dim, config.out_channels, config.head2_spec)
             return
         if config.task not in (*TASKS, "features"):
             raise ValueError(f"unknown task {config.task!r}")

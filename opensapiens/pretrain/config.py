@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 
 from ..models.vit import grid_inferable
-from ..training.config import check_counts
+from ..training.config import PRECISIONS, check_counts
 
 
 @dataclass
@@ -64,8 +64,8 @@ class PretrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in ("bf16", "tf32", "fp32"):
-            raise ValueError(f"precision must be bf16, tf32 or fp32, got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if isinstance(self.compile, bool):  # configs written before the compile scopes: True compiled the blocks
             self.compile = "auto" if self.compile else "none"
         if self.compile not in ("none", "auto", "blocks", "model"):

@@ -112,52 +112,55 @@ def pointmap_loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: to
     -> {term: scalar} (unweighted; pixel terms pooled over the batch's counting samples, per-sample ones averaged
     over them). Float32 math even under autocast, which would round the pixel rays' matmul to bf16 (pixel
     coordinates above 256 included)."""
-    with torch.autocast(pred.device.type, enabled=False):
-        return _loss_terms(pred, pred_scale, points, mask, K)[0]
+    return _loss_terms(pred, pred_scale, points, mask, K)[0]
 
 
 def _loss_terms(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
                 K: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """``pointmap_loss_terms``, and which samples counted (B,) bool."""
-    H, W = points.shape[1:3]
-    if pred.shape[-2:] != (H, W):
-        pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)
-    p = pred.float()  # (B, 3, H, W)
-    s, gt, mask, counts = canonical_targets(points, mask, K)
-    mask = mask & counts[:, None, None]
-    mk = mask.float()
-    m = _masked_mean(gt[:, 2], mk).clamp(min=1e-6)[:, None, None, None]  # (B, 1, 1, 1) canonical mean depth
-    a, ag = p / m, gt / m
+    with torch.autocast(pred.device.type, enabled=False):  # (see pointmap_loss_terms)
+        H, W = points.shape[1:3]
+        if pred.shape[-2:] != (H, W):
+            pred = F.interpolate(pred.float(), size=(H, W), mode="bilinear", align_corners=False)
+        p = pred.float()  # (B, 3, H, W)
+        s, gt, mask, counts = canonical_targets(points, mask, K)
+        mask = mask & counts[:, None, None]
+        mk = mask.float()
+        m = _masked_mean(gt[:, 2], mk).clamp(min=1e-6)[:, None, None, None]  # (B, 1, 1, 1) canonical mean depth
+        a, ag = p / m, gt / m
 
-    terms = {"l1": _pooled((a - ag).abs().sum(1), mk).clamp(max=CLAMP)}
-    up = F.interpolate(mk[:, None], scale_factor=2, mode="nearest")[:, 0]
-    a2, ag2 = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False) for x in (a, ag))
-    terms["multiscale_l1"] = _pooled((a2 - ag2).abs().sum(1), up).clamp(max=CLAMP)
-    d = torch.log(gt[:, 2].clamp(min=1e-4)) - torch.log(p[:, 2].clamp(min=1e-4))
-    mean_d, mean_d2 = _masked_mean(d, mk), _masked_mean(d * d, mk)
-    silog = (mean_d2 - 0.5 * mean_d * mean_d).clamp(min=1e-12).sqrt()  # (B,)
-    terms["silog"] = (silog * counts).sum() / counts.sum().clamp(min=1)
-    r = pixel_rays(K.float(), (H, W)).permute(0, 3, 1, 2)  # (B, 3, H, W)
-    ic = (p[:, 0] - r[:, 0] * p[:, 2]).abs() + (p[:, 1] - r[:, 1] * p[:, 2]).abs()
-    terms["intrinsics"] = _pooled(ic, mk)
-    c_a, c_g = _centroid(a, mk), _centroid(ag, mk)  # (B, 3, 1, 1)
-    terms["shift_invariant"] = _pooled(((a - c_a) - (ag - c_g)).abs().sum(1), mk).clamp(max=CLAMP)
-    inv_s = (1 / s)[:, None, None, None]
-    n_pred, _ = _reflect_normals(p * inv_s, mask)
-    # the GT's in float64: where both neighbours are off the mask (0) a = b, and a float32 cross product (with
-    # fused multiply-adds) leaves rounding noise above the threshold, a normal pointing anywhere; float64 products
-    # of float32 values are exact, so it is 0 there
-    n_gt, valid = _reflect_normals((gt * inv_s).double(), mask)
-    n_gt = n_gt.float()
-    cos = (n_pred * n_gt).sum(1).clamp(-1, 1)
-    terms["normal"] = _pooled((1 - cos) + (n_pred - n_gt).abs().mean(1), valid.float())
-    terms["scale"] = ((pred_scale.float().reshape(-1) - s).abs() * counts).sum() / counts.sum().clamp(min=1)
-    return terms, counts
+        terms = {"l1": _pooled((a - ag).abs().sum(1), mk).clamp(max=CLAMP)}
+        up = F.interpolate(mk[:, None], scale_factor=2, mode="nearest")[:, 0]
+        a2, ag2 = (F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False) for x in (a, ag))
+        terms["multiscale_l1"] = _pooled((a2 - ag2).abs().sum(1), up).clamp(max=CLAMP)
+        d = torch.log(gt[:, 2].clamp(min=1e-4)) - torch.log(p[:, 2].clamp(min=1e-4))
+        mean_d, mean_d2 = _masked_mean(d, mk), _masked_mean(d * d, mk)
+        silog = (mean_d2 - 0.5 * mean_d * mean_d).clamp(min=1e-12).sqrt()  # (B,)
+        terms["silog"] = (silog * counts).sum() / counts.sum().clamp(min=1)
+        r = pixel_rays(K.float(), (H, W)).permute(0, 3, 1, 2)  # (B, 3, H, W)
+        ic = (p[:, 0] - r[:, 0] * p[:, 2]).abs() + (p[:, 1] - r[:, 1] * p[:, 2]).abs()
+        terms["intrinsics"] = _pooled(ic, mk)
+        c_a, c_g = _centroid(a, mk), _centroid(ag, mk)  # (B, 3, 1, 1)
+        terms["shift_invariant"] = _pooled(((a - c_a) - (ag - c_g)).abs().sum(1), mk).clamp(max=CLAMP)
+        inv_s = (1 / s)[:, None, None, None]
+        n_pred, _ = _reflect_normals(p * inv_s, mask)
+        # the GT's in float64: where both neighbours are off the mask (0) a = b, and a float32 cross product (with
+        # fused multiply-adds) leaves rounding noise above the threshold, a normal pointing anywhere; float64 products
+        # of float32 values are exact, so it is 0 there
+        n_gt, valid = _reflect_normals((gt * inv_s).double(), mask)
+        n_gt = n_gt.float()
+        cos = (n_pred * n_gt).sum(1).clamp(-1, 1)
+        terms["normal"] = _pooled((1 - cos) + (n_pred - n_gt).abs().mean(1), valid.float())
+        terms["scale"] = ((pred_scale.float().reshape(-1) - s).abs() * counts).sum() / counts.sum().clamp(min=1)
+        return terms, counts
 
 
 def pointmap_loss(pred: torch.Tensor, pred_scale: torch.Tensor, points: torch.Tensor, mask: torch.Tensor,
                   K: torch.Tensor) -> torch.Tensor:
-    terms = pointmap_loss_terms(pred, pred_scale, points, mask, K)
+    return _weighted(pointmap_loss_terms(pred, pred_scale, points, mask, K))
+
+
+def _weighted(terms: dict[str, torch.Tensor]) -> torch.Tensor:
     return sum(WEIGHTS[k] * v for k, v in terms.items())
 
 
@@ -171,12 +174,11 @@ class PointmapCriterion:
 
     def __call__(self, output: tuple[torch.Tensor, torch.Tensor], batch: dict) -> torch.Tensor:
         pred, pred_scale = output
-        with torch.autocast(pred.device.type, enabled=False):
-            terms, counts = _loss_terms(pred, pred_scale, batch["points"], batch["mask"], batch["intrinsics"])
+        terms, counts = _loss_terms(pred, pred_scale, batch["points"], batch["mask"], batch["intrinsics"])
         left_out = (~counts).sum()
         self._seen += len(counts)
         self._left_out = left_out if self._left_out is None else self._left_out + left_out
-        return sum(WEIGHTS[k] * v for k, v in terms.items())
+        return _weighted(terms)
 
     def take_counts(self) -> tuple[int, int]:
         """(samples seen, samples left out) since the last call."""
