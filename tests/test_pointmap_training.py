@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from opensapiens.cli.main import main
-from opensapiens.data import DataError, DenseAugment, DenseDataset
+from opensapiens.data import DataError, DenseDataset, Fit2Augment
 from opensapiens.data.datasets import read_intrinsics
+from opensapiens.data.sapiens2_transforms import fit_plan
 from opensapiens.data.synth_stream import SynthStream
-from opensapiens.data.transforms import pointmap_affine
 from opensapiens.evaluation.pointmap import PointmapAccumulator
 from opensapiens.evaluation.runner import evaluate_saved
 from opensapiens.models import Head2Spec, build_model
@@ -225,25 +225,27 @@ def _write_dataset(root, rng, n=2, H=40, W=30, official=True):
 
 @pytest.mark.parametrize("official", [True, False])
 def test_augmented_samples_see_the_source_surface_through_the_warped_camera(tmp_path, official):
-    """After a random magnification, placement, rotation and mirror, a foreground pixel away from the silhouette
-    holds the source surface's point at the pixel's back-warped position, turned by G: G Z(x, y) K^-1 (x, y, 1)
-    (a planar depth, so the bilinear resampling is exact); the camera is the float64 statement's K' = [M; 0 0 1] K
-    G^-1, its focal the magnification times the source's; magnified surfaces are smooth (no steps of repeated points,
-    whose forward-difference normals a perfect prediction would be charged for)."""
+    """After Sapiens2's random scale, crop, mirror and centred fit, a foreground pixel away from the silhouette holds
+    the source surface's point at the pixel's back-warped position, mirrored by G: G Z(x, y) K^-1 (x, y, 1) (a
+    planar depth, so the bilinear resampling is exact); the camera is the float64 statement's K' = [M; 0 0 1] K G^-1,
+    its focal the warp's magnification times the source's; magnified surfaces are smooth (no steps of repeated
+    points, whose forward-difference normals a perfect prediction would be charged for)."""
     _write_dataset(tmp_path, np.random.default_rng(0), official=official)
-    aug = DenseAugment(ratio_range=(1.5, 2.5), rotate_degree=40.0, rotate_prob=1.0, flip_prob=1.0, photometric=False)
+    aug = Fit2Augment(scale_prob=1.0, scale_range=(1.5, 2.5), crop_prob=1.0, crop_area=(0.3, 0.6), flip_prob=1.0,
+                      photometric=False)
     ds = DenseDataset(tmp_path, "pointmap", (64, 48), aug)
     K0 = read_intrinsics(tmp_path, "s1")
     for seed in range(3):
         sample = ds.load(1, np.random.default_rng(seed))
-        M, G = pointmap_affine((40, 30), (64, 48), np.random.default_rng(seed), aug)
+        plan = fit_plan((40, 30), (64, 48), np.random.default_rng(seed), aug)
+        M, G = plan.M[:2], np.diag([-1.0, 1.0, 1.0])
+        assert plan.flip and plan.scaled_hw is not None
+        assert M[0, 1] == M[1, 0] == 0 and M[0, 0] < 0 < M[1, 1]  # axis-aligned and mirrored: no turn, no shear
         k = math.sqrt(abs(np.linalg.det(M[:, :2])))
-        assert k > 1.2
+        assert k > 1.6  # a crop of at most 60 % of the image, fitted to a larger input: magnified
         np.testing.assert_allclose(sample["intrinsics"], R.warp_intrinsics(K0, M, G), rtol=1e-6, atol=1e-4)
         assert R.focal(sample["intrinsics"]) == pytest.approx(k * 56.0, rel=1e-6)
-        # a square-pixel camera turned with its image stays one, upright: k f I (a wrong frame turn G shows here)
-        np.testing.assert_allclose(sample["intrinsics"][:2, :2], k * 56.0 * np.eye(2), atol=1e-3)
-        assert abs(G[0, 0] * G[1, 1] - G[0, 1] * G[1, 0] + 1) < 1e-9  # rotation times mirror
+        np.testing.assert_allclose(sample["intrinsics"][0, 1], 0, atol=1e-9)
         fg = sample["mask"].astype(bool)
         v, u = np.nonzero(fg)
         back = np.linalg.inv(np.vstack([M, [0, 0, 1]])) @ np.stack([u, v, np.ones_like(u)]).astype(float)

@@ -29,6 +29,17 @@ from ..io.images import ImageReadError, read_image, read_mask
 from ..metadata import SegClasses
 from .labels import DataError, PoseLayout
 from .sampler import SampleKey
+from .sapiens2_transforms import (
+    Fit2Augment,
+    SampleRejected,
+    Seg2Augment,
+    check_foreground,
+    check_mask,
+    fit2_image,
+    fit_plan,
+    paste_background,
+    seg2_sample,
+)
 from .transforms import (
     DenseAugment,
     PoseAugment,
@@ -36,7 +47,6 @@ from .transforms import (
     coarse_dropout,
     dense_affine,
     photometric_distortion,
-    pointmap_affine,
     pose_crop,
     random_blur,
     replace_background,
@@ -44,10 +54,10 @@ from .transforms import (
     warp,
     warp_camera,
     warp_depth,
-    warp_image,
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+MAX_REJECTED = 100  # draws in a row that Sapiens2's sample rules may drop before the data is called unusable
 
 
 def _key(item: SampleKey | int) -> SampleKey:
@@ -69,20 +79,31 @@ class _Base(Dataset):
     def __getitem__(self, item: SampleKey | int) -> dict:
         key = _key(item)
         rng = np.random.default_rng(key.seed) if key.seed is not None else None
-        for attempt in range(len(self)):
-            index = (key.index + attempt) % len(self)
+        index, unreadable, rejected = key.index, 0, 0
+        while True:
             try:
                 sample = self.load(index, rng)
                 break
+            except SampleRejected as e:  # training only: another sample at random, as Sapiens2's loader
+                rejected += 1
+                if rejected >= MAX_REJECTED:
+                    raise DataError(f"{MAX_REJECTED} samples in a row were dropped by Sapiens2's rule, the last "
+                                    f"({self.describe(index)}) for its {e}; see docs/training.md") from None
+                index = int(rng.integers(len(self)))
             except (ImageReadError, OSError, DataError) as e:
                 if str(e) not in self._reported:
                     self._reported.add(str(e))
                     warnings.warn(f"skipping sample {index}: {e}", stacklevel=2)
-        else:
-            raise DataError("no readable sample in the dataset")
+                unreadable += 1
+                if unreadable >= len(self):
+                    raise DataError("no readable sample in the dataset") from None
+                index = (index + 1) % len(self)
         sample["valid"] = np.bool_(key.valid)
-        sample["stand_in"] = np.bool_(attempt > 0)  # the next readable sample's data: evaluation leaves it out
+        sample["stand_in"] = np.bool_(index != key.index)  # another sample's data: evaluation leaves it out
         return sample
+
+    def describe(self, index: int) -> str:
+        return f"sample {index}"
 
     def photometric(self, image: np.ndarray, rng: np.random.Generator | None, enabled: bool) -> np.ndarray:
         return photometric_distortion(image, rng) if (rng is not None and enabled) else image
@@ -187,7 +208,8 @@ class KeypointDataset(_Base):
                                           box_scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
         crop = warp(image, A, self.input_size, nearest=False)
         if aug is not None:
-            crop = self.photometric(crop, rng, aug.photometric)
+            photometric = aug.photometric and (aug.photometric_prob >= 1 or rng.random() < aug.photometric_prob)
+            crop = self.photometric(crop, rng, photometric)
             crop = random_blur(crop, rng, aug.blur_prob, aug.median_blur_prob)
             if rng.random() < aug.dropout_prob:
                 crop = coarse_dropout(crop, rng, aug.dropout_range)
@@ -260,21 +282,31 @@ class DenseDataset(_Base):
         root: the dataset folder.
         task: "seg", "depth", "normal" or "pointmap".
         classes: seg vocabulary (flip swap pairs; label values must be < num_classes or 255).
-        augment: ``DenseAugment`` for training, None for validation (a stretch to the input size, the official
-            test resize).
+        augment: for training, ``DenseAugment`` (Sapiens's pipelines), ``Seg2Augment`` or ``Fit2Augment``
+            (Sapiens2's: seg; normal and pointmap); None for validation.
         backgrounds: pictures pasted behind the foreground (label > 0 or mask > 0) with ``augment.background_prob``.
+        resize: validation's resize, "stretch" (Sapiens's, Sapiens2's seg) or "center" (the centred aspect-keeping
+            fit of Sapiens2's normals and pointmaps; pointmaps always).
     """
 
     TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",),
                    "pointmap": ("depths", "depth")}
 
     def __init__(self, root: str | Path, task: str, input_size: tuple[int, int] = (1024, 768),
-                 augment: DenseAugment | None = None, classes: SegClasses | None = None,
-                 backgrounds: list[Path] | None = None):
+                 augment: DenseAugment | Seg2Augment | Fit2Augment | None = None, classes: SegClasses | None = None,
+                 backgrounds: list[Path] | None = None, resize: str = "stretch"):
         super().__init__(input_size, backgrounds)
         if task not in self.TARGET_DIRS:
             raise ValueError(f"DenseDataset handles seg/depth/normal/pointmap, not {task!r}")
+        if resize not in ("stretch", "center"):
+            raise ValueError(f"resize must be 'stretch' or 'center', got {resize!r}")
+        wants = {"seg": (DenseAugment, Seg2Augment), "depth": (DenseAugment,), "normal": (DenseAugment, Fit2Augment),
+                 "pointmap": (Fit2Augment,)}[task]
+        if augment is not None and not isinstance(augment, wants):
+            raise ValueError(f"{task} augmentation is a {' or '.join(w.__name__ for w in wants)}, not "
+                             f"{type(augment).__name__}")
         self.root, self.task, self.augment, self.classes = Path(root), task, augment, classes
+        self.centred = resize == "center" or task == "pointmap"  # validation's fit
         if not self.root.is_dir():
             raise DataError(f"dataset folder {self.root} does not exist")
         self.flip_lut = classes.flip_lut() if classes is not None else np.arange(256, dtype=np.uint8)
@@ -316,6 +348,9 @@ class DenseDataset(_Base):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def describe(self, index: int) -> str:
+        return str(self.samples[index][0])
+
     def load(self, index: int, rng: np.random.Generator | None) -> dict:
         image_path, target_path, mask_path = self.samples[index]
         image = read_image(image_path)
@@ -340,12 +375,15 @@ class DenseDataset(_Base):
             raise DataError(f"{target_path}: size {target.shape[:2]} differs from its image's {(H, W)}")
 
         aug = self.augment if rng is not None else None
+        if isinstance(aug, Fit2Augment) or (aug is None and self.centred):
+            K = read_intrinsics(self.root, image_path.stem) if self.task == "pointmap" else None
+            return self._fit2(image, target, fg, K, rng, aug)
+        if isinstance(aug, Seg2Augment):
+            return self._seg2(image, target, rng, aug)
         if aug is not None:
             bg = self.background(rng, aug.background_prob)
             if bg is not None:
                 image = replace_background(image, fg, bg)
-        if self.task == "pointmap":
-            return self._pointmap(image, target, fg, read_intrinsics(self.root, image_path.stem), rng, aug)
         M, angle, flip = dense_affine((H, W), self.input_size, rng, aug, target if self.task == "seg" else None)
         out["image"] = warp(image, M, self.input_size, nearest=False)
         if aug is not None:
@@ -363,16 +401,33 @@ class DenseDataset(_Base):
                 out["normals"] = transform_normals(normals, angle, flip) if (angle or flip) else normals
         return out
 
-    def _pointmap(self, image: np.ndarray, depth: np.ndarray, fg: np.ndarray, K: np.ndarray,
-                  rng: np.random.Generator | None, aug: DenseAugment | None) -> dict:
+    def _seg2(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator, aug: Seg2Augment) -> dict:
+        bg = self.background(rng, aug.background_prob)
+        if bg is not None:
+            image = paste_background(image, labels > 0, bg)
+        image, labels = seg2_sample(image, labels, self.input_size, rng, aug, self.flip_lut)
+        check_foreground(labels, aug.min_foreground)
+        return {"image": image, "labels": labels}
+
+    def _fit2(self, image: np.ndarray, target: np.ndarray, fg: np.ndarray, K: np.ndarray | None,
+              rng: np.random.Generator | None, aug: Fit2Augment | None) -> dict:
+        """A normal or pointmap sample through ``fit_plan``: the targets warped from the source once; a pointmap's
+        camera follows the warp and its mirror (G), and its points are the warped depth seen through that camera."""
         from ..tasks.pointmap import unproject
 
-        M, G = pointmap_affine(image.shape[:2], self.input_size, rng, aug)
-        depth, mask = warp_depth(depth, fg & (depth > 0), M, self.input_size)
-        K_in = warp_camera(K, M, G)
-        points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K_in)[None])[0].numpy()  # (H, W, 3)
-        out = {"image": warp_image(image, M, self.input_size), "mask": mask.astype(np.uint8),
-               "points": np.where(mask[..., None], points, 0).astype(np.float32), "intrinsics": K_in.astype(np.float32)}
+        plan = fit_plan(image.shape[:2], self.input_size, rng, aug)
+        M = plan.M[:2]
+        out = {"image": fit2_image(image, plan, self.input_size, rng, aug)}
+        if self.task == "pointmap":
+            depth, mask = warp_depth(target, fg & (target > 0), M, self.input_size)
+            K_in = warp_camera(K, M, np.diag([-1.0, 1.0, 1.0]) if plan.flip else np.eye(3))
+            points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K_in)[None])[0].numpy()  # (H, W, 3)
+            out.update(mask=mask.astype(np.uint8), points=np.where(mask[..., None], points, 0).astype(np.float32),
+                       intrinsics=K_in.astype(np.float32))
+            return out
+        out["mask"] = warp(fg.astype(np.uint8), M, self.input_size, nearest=True)
+        normals = warp(target, M, self.input_size, nearest=True)
+        out["normals"] = transform_normals(normals, 0.0, True) if plan.flip else normals
         if aug is not None:
-            out["image"] = self.photometric(out["image"], rng, aug.photometric)
+            check_mask(out["mask"], aug)
         return out

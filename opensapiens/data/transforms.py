@@ -7,10 +7,9 @@ Geometry is one affine warp per sample (image bilinear; labels, masks, depth and
     pose:  box (+ half-body, shift, scale, rotation, flip) -> UDP crop           (official TopdownAffine, use_udp)
     dense: random resize (keep ratio) -> random crop -> stretch to the input size -> rotation -> flip
            (official RandomResize + RandomCrop + Resize + RandomRotate + RandomFlip composed into one matrix)
-    pointmap: random resize of the centred fit -> random placement -> rotation -> flip, never a stretch (a
-           similarity moves the camera's principal point and focal, which the targets follow exactly)
 Photometric: brightness / contrast / saturation / hue (official PhotoMetricDistortion), box and median blur,
 one coarse dropout hole (pose), random background behind the foreground (seg, depth, normal).
+Sapiens2's dense pipelines (seg, normal, pointmap) are in ``sapiens2_transforms``.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class PoseAugment:
     rotate_factor: float = 80.0
     rotate_prob: float = 0.6
     photometric: bool = True
+    photometric_prob: float = 1.0  # Sapiens2: 0.8
     blur_prob: float = 0.1
     median_blur_prob: float = 0.1
     dropout_prob: float = 1.0  # one hole, sides in [0.2, 0.4] of the crop
@@ -218,32 +218,6 @@ def _rotate_flip(M: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generato
     if flip:
         M = np.array([[-1.0, 0, ow - 1], [0, 1, 0], [0, 0, 1]]) @ M
     return M, angle, flip
-
-
-def pointmap_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.Generator | None,
-                    aug: DenseAugment | None) -> tuple[np.ndarray, np.ndarray]:
-    """The source -> input affine (2, 3) of a pointmap sample and the turn G (3, 3) of its camera frame.
-
-    Validation (``aug`` None): the centred aspect-keeping fit of ``predict`` (``resize="center"``), G = identity.
-    Training: the fit scaled by a factor from ``aug.ratio_range``, placed at random (cropped where larger than the
-    input, anywhere inside it where smaller), then ``_rotate_flip``; a similarity k R, so G turns X, Y by R (a
-    rotation, or one with a mirror) and the points stay the ones the pixels see (``warp_camera``).
-    """
-    from ..inference.transforms import placement
-
-    (H, W), (oh, ow) = image_hw, out_hw
-    if aug is None or rng is None:
-        meta = placement((H, W), (oh, ow), "center")
-        (sy, sx), (top, left) = meta.scale, meta.pad[:2]
-        return np.array([[sx, 0, 0.5 * sx - 0.5 + left], [0, sy, 0.5 * sy - 0.5 + top]]), np.eye(3)
-    k = min(oh / H, ow / W) * rng.uniform(*aug.ratio_range)
-    x0 = rng.uniform(min(0.0, ow - W * k), max(0.0, ow - W * k))  # where the scaled image's corner lands
-    y0 = rng.uniform(min(0.0, oh - H * k), max(0.0, oh - H * k))
-    M = np.array([[k, 0.0, 0.5 * k - 0.5 + x0], [0.0, k, 0.5 * k - 0.5 + y0], [0.0, 0.0, 1.0]])
-    M, _, _ = _rotate_flip(M, out_hw, rng, aug)
-    G = np.eye(3)
-    G[:2, :2] = M[:2, :2] / k
-    return M[:2], G
 
 
 def warp_depth(depth: np.ndarray, fg: np.ndarray, M: np.ndarray, out_hw: tuple[int, int]

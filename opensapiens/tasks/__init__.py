@@ -24,7 +24,8 @@ def build_criterion(task: str, *, generation: int | None = None, sigma: float = 
         raise ValueError(f"build_criterion({task!r}): pass generation=1 (Sapiens) or 2 (Sapiens2), e.g. "
                          "model.config.arch.generation: the two train this task with different losses")
     if task == "pose":
-        return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None, loss_weight=10.0 if generation == 2 else 1.0)
+        return PoseCriterion(sigma=sigma, ohkm_topk=ohkm_topk or None, loss_weight=10.0 if generation == 2 else 1.0,
+                             inside_only=generation == 2)
     if task == "seg":
         weight = torch.tensor(class_weight, dtype=torch.float32) if class_weight is not None else None
         return SegCriterion(class_weight=weight, resolution=seg_loss_resolution, dice=generation == 2)

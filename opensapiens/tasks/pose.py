@@ -6,7 +6,7 @@
 
 Keypoint weights are the visibility (0/1); optional per-keypoint weights multiply in (the official configs do not
 apply the dataset ``joint_weights``). Sapiens2 trains with the plain MSE times 10 (``loss_weight``), which matters
-against its gradient clipping.
+against its gradient clipping, and gives weight 0 to keypoints outside the crop (``inside_only``).
 """
 
 from __future__ import annotations
@@ -40,12 +40,16 @@ class PoseCriterion:
     ohkm_topk: int | None = None  # None: plain weighted MSE
     loss_weight: float = 1.0  # Sapiens2: 10
     keypoint_weights: torch.Tensor | None = None  # (K,) extra per-keypoint weights
+    inside_only: bool = False  # Sapiens2: weight 0 for a keypoint outside the crop (v1: only once its Gaussian is)
 
     def targets(self, batch: dict, heatmap_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, K, h, w) Gaussian heatmaps and (B, K) weights from the crop keypoints and visibility."""
         input_size = tuple(batch["image"].shape[-2:])
         heatmaps, weights = encode_udp_heatmaps(batch["keypoints"], batch["visible"], input_size, heatmap_size,
                                                 self.sigma)
+        if self.inside_only:
+            x, y = batch["keypoints"].to(weights.device).unbind(-1)  # (B, K) crop pixels
+            weights = weights * ((x >= 0) & (x < input_size[1]) & (y >= 0) & (y < input_size[0]))
         if self.keypoint_weights is not None:
             weights = weights * self.keypoint_weights.to(weights.device)
         return heatmaps, weights

@@ -36,7 +36,7 @@ from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import channels_last_head, channels_last_pays, fast_attention, pad_attention_heads
 from ..io.writers import save_json
 from ..metadata import SegClasses
-from ..models import build_model
+from ..models import build_model, get_arch
 from ..models.heads2 import Head2Spec
 from ..models.sapiens import SapiensModel
 from ..tasks import build_criterion, build_evaluator
@@ -135,7 +135,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     device = info.device
 
     # ---- data (checked before the run folder is written, or an old one deleted by --overwrite) ---------------------
-    data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root)
+    data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root,
+                   generation=get_arch(cfg.arch).generation)  # Sapiens's or Sapiens2's augmentation and resize
     labels = _labels(cfg)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and labels.keypoints.name != "goliath":
