@@ -260,7 +260,7 @@ def _write_normals(root, share: float, n: int = 2):
 
 def test_normal_flips_negate_x_and_masks_outside_16_px_to_96_percent_are_replaced(tmp_path):
     root = _write_normals(tmp_path / "ok", 0.5)
-    aug = Fit2Augment(flip_prob=1.0, scale_prob=0.0, crop_prob=0.0, photometric=False, mask_pixels=(16, 0.96))
+    aug = Fit2Augment(flip_prob=1.0, scale_prob=0.0, crop_prob=0.0, photometric=False, mask_rule=True)
     for flip, sign in ((1.0, -1), (0.0, 1)):
         s = DenseDataset(root, "normal", (64, 48), replace(aug, flip_prob=flip)).load(0, np.random.default_rng(0))
         n, m = s["normals"], s["mask"] > 0
@@ -268,6 +268,28 @@ def test_normal_flips_negate_x_and_masks_outside_16_px_to_96_percent_are_replace
     full = DenseDataset(_write_normals(tmp_path / "full", 1.0), "normal", (64, 48), aug)
     with pytest.raises(DataError, match=r"mask of 3072 pixels \(100\.0% of the input\), outside Sapiens2's 16"):
         full[SampleKey(0, seed=0)]
+
+
+def test_pointmap_samples_the_official_loader_drops_are_replaced(tmp_path):
+    """Sapiens2's pointmap rule in the loader: a mask of 16 pixels to 96 % and the nearest canonical depth
+    (768 / f x Z) at least 4 cm; the others are replaced, and all-failing data stops with the rule named."""
+    H, W = 40, 30
+    for name, share, z in (("full", 1.0, 2.0), ("near", 0.5, 0.002), ("ok", 0.5, 2.0)):
+        mask = np.zeros((H, W), np.uint8)
+        mask[: int(H * share)] = 1
+        save_png(tmp_path / name / "images" / "a.png", np.full((H, W, 3), 90, np.uint8))
+        save_png(tmp_path / name / "masks" / "a.png", mask)
+        save_npy(tmp_path / name / "depths" / "a.npy", np.where(mask, z, 0).astype(np.float32))
+        (tmp_path / name / "camera_intrinsics").mkdir()
+        np.savetxt(tmp_path / name / "camera_intrinsics" / "a.txt", [[60.0, 0, 14.5], [0, 60.0, 19.5], [0, 0, 1]])
+    quiet = Fit2Augment(scale_prob=0.0, crop_prob=0.0, photometric=False)
+    ok = DenseDataset(tmp_path / "ok", "pointmap", (40, 30), quiet)[SampleKey(0, seed=0)]
+    assert ok["mask"].mean() == pytest.approx(0.5)
+    with pytest.raises(DataError, match=r"mask of 1200 pixels \(100\.0% of the input\)"):
+        DenseDataset(tmp_path / "full", "pointmap", (40, 30), quiet)[SampleKey(0, seed=0)]
+    with pytest.raises(DataError, match=r"nearest canonical depth 0\.026, outside"):  # 768 / 60 x 0.002
+        DenseDataset(tmp_path / "near", "pointmap", (40, 30), quiet)[SampleKey(0, seed=0)]
+    assert DenseDataset(tmp_path / "full", "pointmap", (40, 30), None)[0]["mask"].all()  # validation keeps it
 
 
 def test_sapiens2_normal_validation_is_the_centred_fit_predict_uses(tmp_path):

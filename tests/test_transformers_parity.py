@@ -17,7 +17,7 @@ import torch
 from opensapiens.checkpoints import export_official, load_model
 from opensapiens.checkpoints.hub import resolve_checkpoint
 from opensapiens.checkpoints.official import is_official_layout
-from opensapiens.checkpoints.reader import read_state_dict
+from opensapiens.checkpoints.reader import CheckpointError, read_state_dict
 from opensapiens.codecs.heatmap import decode_udp_heatmaps
 from opensapiens.inference.topdown import boxes_to_center_scale, crop_to_image
 from opensapiens.models.sapiens2 import RotaryEmbedding2d
@@ -100,8 +100,43 @@ def test_a_sapiens2_name_falls_back_to_the_repos_transformers_weights(tmp_path, 
     assert resolve_checkpoint("sapiens2-seg-0.4b") == snap / "model.safetensors"
     assert load_model("sapiens2-seg-0.4b").config.task == "seg"
     (snap / "model.safetensors").unlink()
+    for file in (DATA / "seg_sharded").iterdir():  # transformers' shards in the cache: found and loaded whole
+        shutil.copy(file, snap / file.name)
+    assert resolve_checkpoint("sapiens2-seg-0.4b") == snap / "model.safetensors.index.json"
+    assert load_model("sapiens2-seg-0.4b").config.task == "seg"
+    next(snap.glob("model-00003-*")).unlink()  # an interrupted download: not a model without its shard
+    (snap / "model.safetensors.index.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"sapiens2_0.4b_seg.safetensors \(nor transformers' model"):
         resolve_checkpoint("sapiens2-seg-0.4b")
+
+
+def test_a_sharded_save_and_a_save_pretrained_folder_load_as_the_single_file(reference, tmp_path):
+    """transformers' sharded save of the seg model (its index and five shards, tools/make_transformers_fixtures.py
+    --sharded): the same tensors as its one-file save, and transformers' outputs; a folder loads as its files."""
+    whole, _ = read_state_dict(DATA / "seg" / "model.safetensors")
+    index = DATA / "seg_sharded" / "model.safetensors.index.json"
+    assert len(list(index.parent.glob("model-*-of-*.safetensors"))) == 5
+    for path in (index, DATA / "seg_sharded"):
+        sharded, _ = read_state_dict(path)
+        assert sharded.keys() == whole.keys() and all(torch.equal(sharded[k], whole[k]) for k in whole)
+    assert read_state_dict(DATA / "seg")[0].keys() == whole.keys()  # a one-file folder
+    (got,) = _run(load_model(DATA / "seg_sharded"), reference["image"])
+    want = reference["seg.logits"]
+    np.testing.assert_allclose(_every_4th(got), want, rtol=0, atol=3e-7 * np.abs(want).max())
+    broken = tmp_path / "broken"
+    shutil.copytree(DATA / "seg_sharded", broken)
+    next(broken.glob("model-00002-*")).unlink()
+    with pytest.raises(CheckpointError, match=r"its shard model-00002-of-00005\.safetensors is missing"):
+        load_model(broken)
+    (broken / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"decode_head.extra.weight": "model-00001-of-00005.safetensors"}}))
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) it lists are not in their shards"):
+        read_state_dict(broken)
+    (broken / "model.safetensors.index.json").write_text('{"weights": {}}')
+    with pytest.raises(CheckpointError, match="not a shard index"):
+        read_state_dict(broken)
+    with pytest.raises(CheckpointError, match="folder without model.safetensors"):
+        read_state_dict(tmp_path)
 
 
 @pytest.mark.parametrize("task", [*OUTPUTS, "features"])

@@ -4,7 +4,7 @@ for one input, and its pose post-processing of given heatmaps, so the tests comp
 independent implementation without installing it.
 
     pip install "transformers>=5.25"    # in a separate environment
-    python tools/make_transformers_fixtures.py
+    python tools/make_transformers_fixtures.py [--sharded]
 """
 
 from __future__ import annotations
@@ -63,9 +63,18 @@ def main() -> None:
                 outputs[f"{task}.{name}"] = (value[..., ::4, ::4] if value.shape[-1] > 48 else value).numpy()
     np.savez(OUT / "outputs.npz", **outputs)
     pose_decoding()
+    sharded()
     (OUT / "README.txt").write_text(f"Written by tools/make_transformers_fixtures.py with transformers "
                                     f"{transformers.__version__}; outputs.npz: {json.dumps(sorted(outputs))}; "
-                                    "pose_decoding.npz: heatmaps, boxes_xywh, keypoints, scores\n")
+                                    "pose_decoding.npz: heatmaps, boxes_xywh, keypoints, scores; seg_sharded: seg "
+                                    "saved again in shards of at most 60 kB\n")
+
+
+def sharded() -> None:
+    """The seg model saved again by transformers in shards (``model-0000N-of-0000M.safetensors`` plus
+    ``model.safetensors.index.json``), as it saves a model over ``max_shard_size`` (a 5B one in float32)."""
+    Sapiens2ForSemanticSegmentation.from_pretrained(OUT / "seg").save_pretrained(OUT / "seg_sharded",
+                                                                                max_shard_size="60KB")
 
 
 def pose_decoding() -> None:
@@ -92,4 +101,6 @@ def pose_decoding() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    sharded() if sys.argv[1:] == ["--sharded"] else main()  # --sharded: that fixture alone, from the seg one

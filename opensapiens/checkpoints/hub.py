@@ -8,8 +8,9 @@ The ``sapiens-`` prefix is optional ("pose-1b" works).
 
 Sapiens2 names read ``sapiens2-{task}-{size}``: pose (308 keypoints), seg (29 classes), normal and pointmap at 0.4b,
 0.8b, 1b and 5b; pretrain also at 0.1b (the 1b-4k backbone's windowed tokenizer is not supported). Their repos are
-searched for the official file (root, task folder, anywhere listed), then for ``model.safetensors``: Hugging Face
-transformers' file, which holds the same official keys (tests/test_transformers_parity.py).
+searched for the official file (root, task folder, anywhere listed), then for ``model.safetensors`` or the shards of
+``model.safetensors.index.json``: Hugging Face transformers' files, which hold the same official keys
+(tests/test_transformers_parity.py). A local save_pretrained folder loads as its files do.
 
 ``sapiens-nano`` is the small multi-task model shipped inside the package (docs/bundled_model.md).
 
@@ -19,6 +20,7 @@ Face cache (offline); a Hub download (online).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -140,10 +142,12 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
     if hub.name.startswith("sapiens2-"):
         if (found := _listed_file(hub)) is not None:
             return Path(hf_hub_download(hub.repo_id, found))
-        # transformers' save_pretrained file: the official key layout under its own name
+        # transformers' save_pretrained files: the official key layout under its own names, whole or in shards
         if (path := _fetch(hub.repo_id, ["model.safetensors"])[0]) is not None:
             return path
-    also = " (nor transformers' model.safetensors; its sharded saves, model-0000N-of-..., are not read)" \
+        if (path := _fetch_sharded(hub.repo_id)) is not None:
+            return path
+    also = " (nor transformers' model.safetensors or model.safetensors.index.json)" \
         if hub.name.startswith("sapiens2-") else ""
     raise FileNotFoundError(
         f"{hub.name}: could not find or download {hub.filename}{also} ({type(error).__name__}: {error}).\n"
@@ -178,6 +182,22 @@ def _fetch(repo_id: str, names: list[str], subfolder: str | None = None) -> tupl
                 if not offline and error is None:
                     error = e
     return None, error
+
+
+def _fetch_sharded(repo_id: str) -> Path | None:
+    """A sharded save's ``model.safetensors.index.json`` with every shard it lists beside it (in the Hugging Face
+    cache's snapshot folder), fetched as ``_fetch`` does; None when the repo has no index or a shard cannot be had."""
+    index, _ = _fetch(repo_id, ["model.safetensors.index.json"])
+    if index is None:
+        return None
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return index  # the reader names what is wrong with it
+    for shard in shards:
+        if _fetch(repo_id, [shard])[0] is None:
+            return None
+    return index
 
 
 def _close_names(name: str) -> list[str]:

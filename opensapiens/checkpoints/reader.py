@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import pickle
 import zipfile
 from pathlib import Path
@@ -181,8 +182,13 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata, else {}."""
+    """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata, else {}.
+
+    A folder is read as Hugging Face ``save_pretrained`` writes one: its ``model.safetensors``, or the shards that
+    ``model.safetensors.index.json`` lists (also given directly)."""
     path = _checkpoint_file(path)
+    if path.name.endswith(SHARD_INDEX_SUFFIX):
+        return _read_sharded(path)
     with open(path, "rb") as f:
         head = f.read(9)
     # safetensors: an 8-byte little-endian header length that fits the file, then the JSON header's "{"
@@ -222,13 +228,46 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
 
 
 def _checkpoint_file(path: str | Path) -> Path:
-    """``path`` where it is a file; else a CheckpointError that says what it is instead."""
+    """``path`` where it is a file, a save_pretrained folder's weights (``model.safetensors``, else its shard
+    index); else a CheckpointError that says what it is instead."""
     path = Path(path)
     if path.is_dir():
-        raise CheckpointError(f"{path}: this is a folder; give the checkpoint file in it")
+        for name in ("model.safetensors", "model" + SHARD_INDEX_SUFFIX):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: this is a folder without model.safetensors or model{SHARD_INDEX_SUFFIX} "
+                              "(a Hugging Face save); give the checkpoint file in it")
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     return path
+
+
+SHARD_INDEX_SUFFIX = ".safetensors.index.json"
+
+
+def _read_sharded(index: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of every shard a ``*.safetensors.index.json`` lists (its ``weight_map``: name -> shard file beside
+    it), each name found in its shard; metadata: the first shard's."""
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"{index}: not a shard index (a JSON object with a weight_map): {e!r}") from None
+    sd: dict[str, torch.Tensor] = {}
+    meta: dict[str, str] | None = None
+    for shard in shards:
+        file = index.parent / shard
+        if not file.is_file():
+            raise CheckpointError(f"{index}: its shard {shard} is missing (an interrupted download?)")
+        tensors, shard_meta = _read_safetensors(file, metadata_only)
+        meta = shard_meta if meta is None else meta
+        if metadata_only:
+            break
+        sd.update(tensors)
+    missing = [k for k in weight_map if k not in sd]
+    if missing and not metadata_only:
+        raise CheckpointError(f"{index}: {len(missing)} tensor(s) it lists are not in their shards, e.g. {missing[0]}")
+    return sd, meta or {}
 
 
 def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -245,5 +284,8 @@ def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str
 
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
-    """The header metadata of a safetensors file, without reading its tensors."""
-    return _read_safetensors(_checkpoint_file(path), metadata_only=True)[1]
+    """The header metadata of a safetensors file (a sharded save's first shard), without reading its tensors."""
+    path = _checkpoint_file(path)
+    if path.name.endswith(SHARD_INDEX_SUFFIX):
+        return _read_sharded(path, metadata_only=True)[1]
+    return _read_safetensors(path, metadata_only=True)[1]

@@ -35,6 +35,7 @@ from .sapiens2_transforms import (
     Seg2Augment,
     check_foreground,
     check_mask,
+    check_pointmap,
     fit2_image,
     fit_plan,
     paste_background,
@@ -421,6 +422,8 @@ class DenseDataset(_Base):
         if self.task == "pointmap":
             depth, mask = warp_depth(target, fg & (target > 0), M, self.input_size)
             K_in = warp_camera(K, M, np.diag([-1.0, 1.0, 1.0]) if plan.flip else np.eye(3))
+            if aug is not None:
+                check_pointmap(depth, mask, K_in)
             points = unproject(torch.from_numpy(depth)[None], torch.from_numpy(K_in)[None])[0].numpy()  # (H, W, 3)
             out.update(mask=mask.astype(np.uint8), points=np.where(mask[..., None], points, 0).astype(np.float32),
                        intrinsics=K_in.astype(np.float32))
@@ -428,6 +431,6 @@ class DenseDataset(_Base):
         out["mask"] = warp(fg.astype(np.uint8), M, self.input_size, nearest=True)
         normals = warp(target, M, self.input_size, nearest=True)
         out["normals"] = transform_normals(normals, 0.0, True) if plan.flip else normals
-        if aug is not None:
-            check_mask(out["mask"], aug)
+        if aug is not None and aug.mask_rule:
+            check_mask(out["mask"])
         return out

@@ -6,8 +6,9 @@
               -> stretch to the input. A sample with under 1 % foreground is replaced by another (drawn at random).
     normal /  photometric distortion -> [normal: down-up resampling, p 0.2] -> random scale (p 0.3, 0.5-2x) ->
     pointmap  crop of random aspect (0.5-2) and area (40-100 %) (p 0.3) -> flip (p 0.3) -> centred aspect-keeping fit
-              -> [normal: Gaussian blur, Gaussian noise, solarize, p 0.3 each]. A normal sample whose mask has under
-              16 pixels or covers over 96 % of the input is replaced by another (pointmaps: see ``PointmapCriterion``).
+              -> [normal: Gaussian blur, Gaussian noise, solarize, p 0.3 each]. A sample whose mask has under 16
+              pixels or covers over 96 % of the input (a pointmap's also: nearest canonical depth under 4 cm) is
+              replaced by another.
 
 The seg pipeline runs step by step as the official one (its resizes and the rotation each resample: the
 resolution a small r leaves is part of the augmentation). The normal / pointmap geometry is axis-aligned (scale,
@@ -69,10 +70,10 @@ class Fit2Augment:
     noise_var: tuple[float, float] = (5.0, 20.0)
     solarize_prob: float = 0.0  # normal 0.3
     solarize_threshold: int = 128
-    mask_pixels: tuple[int, float] | None = None  # normal (16, 0.96): least pixels, largest share of the input
+    mask_rule: bool = False  # normal: drop a mask of under 16 pixels or over 96 % of the input (pointmaps: always)
 
 
-NORMAL2 = Fit2Augment(down_up_prob=0.2, blur_prob=0.3, noise_prob=0.3, solarize_prob=0.3, mask_pixels=(16, 0.96))
+NORMAL2 = Fit2Augment(down_up_prob=0.2, blur_prob=0.3, noise_prob=0.3, solarize_prob=0.3, mask_rule=True)
 POINTMAP2 = Fit2Augment()
 
 # ------------------------------------------------------------------------------------------------ pixel operations
@@ -311,12 +312,28 @@ def fit2_image(image: np.ndarray, plan: FitPlan, out_hw: tuple[int, int], rng: n
     return image
 
 
-def check_mask(mask: np.ndarray, aug: Fit2Augment) -> None:
-    """``SampleRejected`` when the mask breaks ``aug.mask_pixels`` (fewer pixels, or a larger share of the input)."""
-    if aug.mask_pixels is None:
-        return
-    least, most = aug.mask_pixels
+def check_mask(mask: np.ndarray) -> None:
+    """``SampleRejected`` for a mask of under 16 pixels or over 96 % of the input (Sapiens2's normal and pointmap
+    loaders; the numbers are ``tasks.pointmap``'s)."""
+    from ..tasks.pointmap import MAX_SHARE, MIN_PIXELS
+
     n = int(np.count_nonzero(mask))
-    if n < least or n > most * mask.size:
+    if n < MIN_PIXELS or n > MAX_SHARE * mask.size:
         raise SampleRejected(f"mask of {n} pixels ({n / mask.size:.1%} of the input), outside Sapiens2's "
-                             f"{least} pixels to {most:.0%}")
+                             f"{MIN_PIXELS} pixels to {MAX_SHARE:.0%}")
+
+
+def check_pointmap(depth: np.ndarray, mask: np.ndarray, K: np.ndarray) -> None:
+    """``SampleRejected`` for a pointmap sample Sapiens2's loader drops (``tasks.pointmap.counting_samples``: a mask
+    of 16 pixels to 96 % of the input, its nearest canonical depth 4 cm or more)."""
+    import torch
+
+    from ..tasks.pointmap import canonical_scale, counting_samples
+
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None]
+    z = torch.from_numpy(depth)[None] * canonical_scale(torch.from_numpy(K))
+    if not bool(counting_samples(m, z)[0]):
+        n = int(m.sum())
+        nearest = float(z[m].min()) if n else float("nan")
+        raise SampleRejected(f"mask of {n} pixels ({n / mask.size:.1%} of the input) with its nearest canonical depth "
+                             f"{nearest:.3f}, outside Sapiens2's 16 pixels to 96 % and 0.04")

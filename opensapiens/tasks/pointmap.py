@@ -13,7 +13,8 @@ depth, and the terms marked "<= 4" are clamped at 4 as a whole:
     1 intrinsics consistency |X - r_x Z| + |Y - r_y Z|     1 shift-invariant L1(A) <= 4
     2 normals of the differences to the right/lower neighbours at the GT scale, (1 - cos) + L1     4 |s^ - s|
 A sample counts only with a mask of 16 px to 96 % of the image whose nearest canonical depth is >= 0.04 (the
-official loader drops the others; here they leave every term).
+official loader drops the others, as ``DenseDataset`` does; any that reach the loss, e.g. from the on-the-fly
+synthetic stream, leave every term).
 """
 
 from __future__ import annotations
