@@ -95,20 +95,23 @@ def _apply_rope(x, cos, sin):
     return torch.cat([prefix, patches], dim=2)
 
 
-def _attention(g, p, x, num_heads, cos, sin):
-    """Multi-head attention with GQA, QK-RMSNorm and RoPE of block prefix ``p``; x is the ln1-normalized input."""
+def _attention(g, p, x, num_heads, cos=None, sin=None):
+    """Multi-head attention with GQA, QK-RMSNorm and RoPE of block prefix ``p``; x is the ln1-normalized input.
+    The 4K tokenizer's blocks have no q/k norm weights and no angles: plain attention."""
     B, N, C = x.shape
     hd = C // num_heads
     kv_heads = g[p + "attn.wk.weight"].shape[0] // hd
     q = _linear(x, g, p + "attn.wq").reshape(B, N, num_heads, hd).transpose(1, 2)  # (B, heads, N, hd)
     k = _linear(x, g, p + "attn.wk").reshape(B, N, kv_heads, hd).transpose(1, 2)  # (B, kv_heads, N, hd)
     v = _linear(x, g, p + "attn.wv").reshape(B, N, kv_heads, hd).transpose(1, 2)
-    q = _rms_norm(q, g[p + "attn.q_norm.weight"])  # per head, before the kv repeat and RoPE
-    k = _rms_norm(k, g[p + "attn.k_norm.weight"])
+    if p + "attn.q_norm.weight" in g:
+        q = _rms_norm(q, g[p + "attn.q_norm.weight"])  # per head, before the kv repeat and RoPE
+        k = _rms_norm(k, g[p + "attn.k_norm.weight"])
     k = k.repeat_interleave(num_heads // kv_heads, dim=1)  # query head j uses kv head j // (heads / kv_heads)
     v = v.repeat_interleave(num_heads // kv_heads, dim=1)
-    q = _apply_rope(q, cos, sin)
-    k = _apply_rope(k, cos, sin)
+    if cos is not None:
+        q = _apply_rope(q, cos, sin)
+        k = _apply_rope(k, cos, sin)
     a = _softmax(q @ k.transpose(-1, -2) / math.sqrt(hd)) @ v  # (B, heads, N, hd)
     a = a.transpose(1, 2).reshape(B, N, C)
     return _linear(a, g, p + "attn.proj")
@@ -123,6 +126,8 @@ def backbone(sd: dict, x: torch.Tensor, num_heads: int, rope_dtype: torch.dtype 
     t = F.conv2d(x, g["patch_embed.projection.weight"], g["patch_embed.projection.bias"], stride=16, padding=0)
     B, C, h, w = t.shape
     t = t.flatten(2).transpose(1, 2)  # (B, h*w, C), row-major over the grid
+    if "tokenizer.w_cls" in g:  # the 4K model: one token per 4 x 4 window of patches
+        t, h, w = _window_tokens(g, t, h, w, num_heads)
     prefix = []
     if "cls_token" in g:
         prefix.append(g["cls_token"].expand(B, -1, -1))
@@ -134,17 +139,38 @@ def backbone(sd: dict, x: torch.Tensor, num_heads: int, rope_dtype: torch.dtype 
     cos, sin = rope_angles(h, w, sd["rope_embed.periods"], rope_dtype)
     depth = len({k.split(".")[1] for k in g if k.startswith("blocks.")})
     for i in range(depth):
-        p = f"blocks.{i}."
-        a = _attention(g, p, _rms_norm(t, g[p + "ln1.weight"]), num_heads, cos, sin)
-        if p + "attn.gamma.weight" in g:
-            a = a * g[p + "attn.gamma.weight"]
-        t = t + a
-        y = _linear(_rms_norm(t, g[p + "ln2.weight"]), g, p + "ffn.w12")
-        hidden = y.shape[-1] // 2
-        gate, value = y[..., :hidden], y[..., hidden:]
-        t = t + _linear(_silu(gate) * value, g, p + "ffn.w3")
+        t = _block(g, f"blocks.{i}.", t, num_heads, cos, sin)
     t = _rms_norm(t, g["ln1.weight"])[:, n_prefix:]
     return t.transpose(1, 2).reshape(B, C, h, w)
+
+
+def _block(g, p, t, num_heads, cos=None, sin=None):
+    a = _attention(g, p, _rms_norm(t, g[p + "ln1.weight"]), num_heads, cos, sin)
+    if p + "attn.gamma.weight" in g:
+        a = a * g[p + "attn.gamma.weight"]
+    t = t + a
+    y = _linear(_rms_norm(t, g[p + "ln2.weight"]), g, p + "ffn.w12")
+    hidden = y.shape[-1] // 2
+    gate, value = y[..., :hidden], y[..., hidden:]
+    return t + _linear(_silu(gate) * value, g, p + "ffn.w3")
+
+
+def _window_tokens(g, t, h, w, num_heads, ws=4):
+    """The 4K tokenizer, window by window: the 16 patch tokens of window (r, c) (rows 4r..4r+3, columns 4c..4c+3,
+    row-major), after the shared w_cls token, plus local_pos_embed, through every tokenizer block; w_cls's output
+    is that window's token. Windows come out row-major over the (h/4, w/4) grid."""
+    B, _, C = t.shape
+    grid = t.reshape(B, h, w, C)
+    n_blocks = len({k.split(".")[2] for k in g if k.startswith("tokenizer.blocks.")})
+    out = torch.empty(B, (h // ws) * (w // ws), C, dtype=t.dtype)
+    for r in range(h // ws):
+        for c in range(w // ws):
+            patches = grid[:, ws * r:ws * r + ws, ws * c:ws * c + ws].reshape(B, ws * ws, C)
+            x = torch.cat([g["tokenizer.w_cls"].expand(B, -1, -1), patches], dim=1) + g["tokenizer.local_pos_embed"]
+            for i in range(n_blocks):
+                x = _block(g, f"tokenizer.blocks.{i}.", x, num_heads)
+            out[:, r * (w // ws) + c] = x[:, 0]
+    return out, h // ws, w // ws
 
 
 def _conv(g, name, x, stride=1):

@@ -35,11 +35,11 @@ SMALL = {
 SIZE = {"pointmap": (256, 192)}  # the scale branch flattens a fixed grid: 2x2 after three halvings of 16x12
 
 
-def _model(task: str, seed: int = 0):
+def _model(task: str, seed: int = 0, arch: str = "sapiens2_nano"):
     """A nano Sapiens2 model with random weights that make every part matter (norm weights away from 1, a layer
     scale of order 1, biases)."""
     torch.manual_seed(seed)
-    model = build_model(task, "sapiens2_nano", head_spec=SMALL.get(task))
+    model = build_model(task, arch, head_spec=SMALL.get(task))
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -71,13 +71,15 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name, params", [  # the official class instantiated (reference/sapiens2.md, 1.1)
     ("sapiens2_0.1b", 113_993_472), ("sapiens2_0.4b", 395_450_368), ("sapiens2_0.8b", 814_283_520),
-    ("sapiens2_1b", 1_455_474_176), ("sapiens2_5b", 5_066_902_976)])
+    ("sapiens2_1b", 1_455_474_176), ("sapiens2_5b", 5_066_902_976), ("sapiens2_1b_4k", 1_606_588_928)])
 def test_each_released_size_has_the_official_parameter_count(name, params):
     with torch.device("meta"):
         backbone = Sapiens2ViT(name)
     assert sum(p.numel() for p in backbone.parameters()) == params
-    keys = backbone.state_dict().keys()
-    assert len(keys) - 0 == ARCHS2[name].depth * 17 + 6  # 17 tensors per block; tokens, patch conv, periods, norm
+    official = ours_to_official({"backbone." + k: v for k, v in backbone.state_dict().items()}, "features")
+    # 17 tensors per block; tokens, patch conv, periods, norm; the 4K model's 58 tokenizer.* keys
+    assert len(official) == ARCHS2[name].depth * 17 + 6 + (58 if name.endswith("4k") else 0)
+    assert sum(k.startswith("tokenizer.") for k in official) == (58 if name.endswith("4k") else 0)
 
 
 @pytest.mark.parametrize("task, millions", [("pose", 64.31), ("seg", 15.35), ("normal", 83.86),
@@ -184,11 +186,49 @@ def test_a_task_files_backbone_loads_as_features_and_other_tasks_are_refused(tmp
         load_model(path, task="depth")
 
 
-def test_a_4k_backbone_and_a_broken_grouped_query_layout_are_clear_errors(tmp_path):
+def test_the_4k_backbone_pools_windows_as_the_float64_reference_and_loads_from_the_official_layout(tmp_path):
+    """The 4K model (window tokenizer: each 4 x 4 patch window through plain blocks behind a shared token) against
+    the float64 statement, window by window; its official file (``tokenizer.local_pos_embed``, ``w_cls``,
+    ``tokenizer.blocks.N.ln1`` ...) loads as that size, and an input off the 64-pixel grid is refused."""
+    model = _model("features", arch="sapiens2_nano_4k")
+    model.backbone.rope.dtype = torch.float32
+    with torch.no_grad():
+        model.backbone.tokenizer.local_pos_embed.normal_(0, 0.5)  # positions that matter
+    sd = ours_to_official(model.state_dict(), "features")
+    assert {"tokenizer.local_pos_embed", "tokenizer.w_cls", "tokenizer.blocks.1.ln1.weight",
+            "tokenizer.blocks.1.ffn.w12.weight"} <= sd.keys()
+    assert not any(k.startswith("tokenizer.") and ("q_norm" in k or "gamma" in k) for k in sd)
+    x = torch.randn(2, 3, 256, 192)
+    with torch.no_grad():
+        feats = model(x)
+    assert feats.shape == (2, 64, 4, 3)  # a 16 x 12 patch grid pooled to 4 x 3
+    assert _rel(feats, ref.backbone({k: v.double() for k, v in sd.items()}, x.double(), num_heads=4)) < 1e-5
+    save_file(sd, tmp_path / "4k.safetensors")
+    loaded = load_model(tmp_path / "4k.safetensors")
+    assert loaded.config.arch.name == "sapiens2_nano_4k" and loaded.config.arch.stride == 64
+    loaded.backbone.rope.dtype = torch.float32
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), feats)
+        with pytest.raises(ValueError, match="multiples of 64, got a 16 x 13 patch grid"):
+            loaded(torch.randn(1, 3, 256, 208))
+
+
+def test_the_4k_backbone_fine_tunes_on_its_64_pixel_grid_and_is_not_exported_to_transformers(tmp_path, capsys):
+    from opensapiens.checkpoints.transformers_export import transformers_config
+
+    base = ["train", "--task", "seg", "--arch", "sapiens2_nano_4k", "--data", "synth", "--steps", "2",
+            "--batch-size", "2", "--workers", "0", "--log-interval", "1"]
+    assert main([*base, "--input-size", "128x96", "--out", str(tmp_path / "odd")]) == 2
+    assert "must be a multiple of 64 on both sides" in capsys.readouterr().err
+    assert main([*base, "--input-size", "128x128", "--out", str(tmp_path / "run")]) == 0
+    model = load_model(tmp_path / "run" / "final.safetensors")
+    assert model.config.arch.name == "sapiens2_nano_4k" and model(torch.randn(1, 3, 128, 128)).shape[-2:] == (32, 32)
+    with pytest.raises(CheckpointError, match="no window tokenizer"):
+        transformers_config(model)
+
+
+def test_a_broken_grouped_query_layout_is_a_clear_error(tmp_path):
     sd = ours_to_official(_model("features").state_dict(), "features")
-    save_file({**sd, "tokenizer.w_cls": torch.zeros(1, 1, 64)}, tmp_path / "4k.safetensors")
-    with pytest.raises(CheckpointError, match="4K backbone"):
-        load_model(tmp_path / "4k.safetensors")
     wrong = dict(sd)
     wrong["blocks.3.attn.wk.weight"] = wrong["blocks.3.attn.wk.weight"][:32]  # a grouped block among dense ones
     wrong["blocks.3.attn.wk.bias"] = wrong["blocks.3.attn.wk.bias"][:32]

@@ -7,7 +7,7 @@ and ``-torchscript`` / ``-bfloat16`` select the official "lite" exports of the s
 The ``sapiens-`` prefix is optional ("pose-1b" works).
 
 Sapiens2 names read ``sapiens2-{task}-{size}``: pose (308 keypoints), seg (29 classes), normal and pointmap at 0.4b,
-0.8b, 1b and 5b; pretrain also at 0.1b (the 1b-4k backbone's windowed tokenizer is not supported). Their repos are
+0.8b, 1b and 5b; pretrain also at 0.1b and 1b-4k (4096 x 3072 inputs through a window tokenizer). Their repos are
 searched for the official file (root, task folder, anywhere listed), then for ``model.safetensors`` or the shards of
 ``model.safetensors.index.json``: Hugging Face transformers' files, which hold the same official keys
 (tests/test_transformers_parity.py). A local save_pretrained folder loads as its files do.
@@ -60,7 +60,7 @@ class HubFile:
 
 SIZES2 = ("0.4b", "0.8b", "1b", "5b")
 TASKS2 = ("pose", "seg", "normal", "pointmap", "pretrain")
-_NAME2 = re.compile(r"^sapiens2[-_](pose|seg|normal|pointmap|pretrain)[-_](0\.1b|0\.4b|0\.8b|1b|5b)$")
+_NAME2 = re.compile(r"^sapiens2[-_](pose|seg|normal|pointmap|pretrain)[-_](0\.1b|0\.4b|0\.8b|1b[-_]4k|1b|5b)$")
 _NAME = re.compile(r"^(?:sapiens[-_])?(pose|seg|depth|normal|pretrain)(?:[-_](308|133|17))?[-_](0\.3b|0\.6b|1b|2b)"
                    r"(?:[-_](torchscript|bfloat16))?$")
 
@@ -69,11 +69,12 @@ def parse_name(name: str) -> HubFile | None:
     """The Hub file behind an official model name, or None if ``name`` is not one."""
     if m := _NAME2.match(name.strip().lower()):
         task, size = m.groups()
-        if size == "0.1b" and task != "pretrain":
-            raise FileNotFoundError(f"{name}: no official Sapiens2 {task} checkpoint exists for size 0.1b (available: "
-                                    f"{', '.join(SIZES2)})")
+        size = size.replace("_", "-")
+        if size in ("0.1b", "1b-4k") and task != "pretrain":
+            raise FileNotFoundError(f"{name}: no official Sapiens2 {task} checkpoint exists for size {size} "
+                                    f"(available: {', '.join(SIZES2)})")
         return HubFile(f"sapiens2-{task}-{size}", task, size, f"facebook/sapiens2-{task}-{size}",
-                       f"sapiens2_{size}_{task}.safetensors")
+                       f"sapiens2_{size.replace('-', '_')}_{task}.safetensors")
     m = _NAME.match(name.strip().lower())
     if not m:
         return None
@@ -222,6 +223,6 @@ def official_names() -> list[HubFile]:
         for size in stems:
             out.append(parse_name(f"sapiens-{task}{'-' + str(kps) if kps else ''}-{size}"))
     for task in TASKS2:
-        for size in (("0.1b",) if task == "pretrain" else ()) + SIZES2:
+        for size in (("0.1b",) if task == "pretrain" else ()) + SIZES2 + (("1b-4k",) if task == "pretrain" else ()):
             out.append(parse_name(f"sapiens2-{task}-{size}"))
     return out

@@ -52,6 +52,9 @@ _BACKBONE2_PREFIXES = [
     ("blocks.{i}.ln1.", "blocks.{i}.norm1."),
     ("blocks.{i}.ln2.", "blocks.{i}.norm2."),
     ("blocks.{i}.ffn.", "blocks.{i}.mlp."),
+    ("tokenizer.blocks.{i}.ln1.", "tokenizer.blocks.{i}.norm1."),  # the 4K model's window blocks
+    ("tokenizer.blocks.{i}.ln2.", "tokenizer.blocks.{i}.norm2."),
+    ("tokenizer.blocks.{i}.ffn.", "tokenizer.blocks.{i}.mlp."),
     ("ln1.", "norm."),
 ]
 
@@ -192,10 +195,8 @@ def _indexed(sd: dict[str, torch.Tensor], pattern: str) -> list[torch.Tensor]:
 def _infer_config2(sd: dict[str, torch.Tensor], task: str | None, source: str) -> ModelConfig:
     """``infer_config`` for Sapiens2 weights (our key layout): the size from the tensors (head dim from the q norm,
     the grouped-query blocks from the k projections), the task and head widths from the head's layers."""
-    if any(k.startswith("backbone.tokenizer.") for k in sd):
-        raise CheckpointError(f"{source}: a Sapiens2 4K backbone (its windowed tokenizer, backbone.tokenizer.*, is not "
-                              "supported); the 1K models load")
     C = sd["backbone.patch_embed.proj.weight"].shape[0]
+    tokenizer_layers = len(_indexed(sd, r"backbone\.tokenizer\.blocks\.(\d+)\.attn\.wq\.weight"))
     kv_rows = [w.shape[0] for w in _indexed(sd, r"backbone\.blocks\.(\d+)\.attn\.wk\.weight")]
     depth = len(kv_rows)
     if depth == 0 or "backbone.blocks.0.attn.q_norm.weight" not in sd:
@@ -204,11 +205,12 @@ def _infer_config2(sd: dict[str, torch.Tensor], task: str | None, source: str) -
     heads = C // head_dim
     dense = next((i for i, rows in enumerate(kv_rows) if rows != C), depth)
     storage = sd["backbone.storage_tokens"].shape[1] if "backbone.storage_tokens" in sd else 0
-    arch = next((a for a in ARCHS2.values() if (a.embed_dim, a.depth, a.num_heads, a.storage_tokens) ==
-                 (C, depth, heads, storage) and (a.dense_blocks == dense or 2 * a.dense_blocks >= depth)), None)
+    arch = next((a for a in ARCHS2.values() if (a.embed_dim, a.depth, a.num_heads, a.storage_tokens,
+                                                 a.tokenizer_layers) == (C, depth, heads, storage, tokenizer_layers)
+                 and (a.dense_blocks == dense or 2 * a.dense_blocks >= depth)), None)
     if arch is None:
         arch = Sapiens2Arch(f"sapiens2_custom-{C}x{depth}", C, depth, heads, dense_blocks=dense,
-                            storage_tokens=storage)
+                            storage_tokens=storage, tokenizer_layers=tokenizer_layers)
     expected = [arch.kv_heads(i) * head_dim for i in range(depth)]
     if kv_rows != expected:
         raise CheckpointError(f"{source}: key/value widths per block {kv_rows} do not follow Sapiens2's layout (all "

@@ -27,6 +27,9 @@ def transformers_config(model: SapiensModel, input_size: tuple[int, int] = (1024
     """The ``Sapiens2Config`` (as JSON) of ``model``: its backbone's shape, its head's widths, its output labels
     (``labels``: class or keypoint names; default LABEL_i) and a pose model's mirror pairs (for flip tests)."""
     cfg, arch = model.config, model.config.arch
+    if getattr(arch, "tokenizer_layers", 0):
+        raise CheckpointError(f"{arch.name}: transformers' Sapiens2 has no window tokenizer (the 4K model's); it "
+                              "would load without it")
     config = {"architectures": [ARCHITECTURES[cfg.task]], "model_type": "sapiens2", "patch_size": arch.patch_size,
               "hidden_size": arch.embed_dim, "intermediate_size": arch.mlp_hidden,
               "num_hidden_layers": arch.depth, "num_attention_heads": arch.num_heads,

@@ -58,7 +58,7 @@ class Head2Spec:
 def official_head2_spec(task: str, arch_name: str) -> Head2Spec:
     """The released models' widths (their configs) for ``task`` on backbone size ``arch_name``; sizes without a
     released task model (0.1b, test sizes) take the 0.4b/0.8b ones."""
-    size = arch_name.lower().removeprefix("sapiens2_")
+    size = arch_name.lower().removeprefix("sapiens2_").removesuffix("_4k")  # (no 4K task model: the 1b's widths)
     if task == "pose":
         return (Head2Spec((1536, 1024), (768, 512, 256), 1) if size == "1b" else
                 Head2Spec((1024, 768), (512, 512, 256), 1))

@@ -1,6 +1,7 @@
 """The Sapiens2 backbone: a pre-norm ViT at patch 16 with RMSNorm, SwiGLU, grouped-query attention and 2-D RoPE.
 
     x (B, 3, H, W) -> patch conv -> [cls, 8 storage tokens, patches] -> L x Block2 -> RMSNorm -> (B, C, H/16, W/16)
+    (the 4K model: patch conv -> WindowTokenizer, one token per 4 x 4 patches -> the same, (B, C, H/64, W/64))
 
     Block2:  x = x + gamma * proj(attention(RMSNorm(x)))      q, k RMS-normed per head, then RoPE on patch tokens
              x = x + w3(silu(a) * b),  [a, b] = w12(RMSNorm(x))
@@ -44,7 +45,14 @@ class Sapiens2Arch:
     dense_blocks: int = 8  # all heads attend with their own k/v in this many blocks at each end; half between
     storage_tokens: int = 8
     patch_size: int = 16
+    tokenizer_layers: int = 0  # the 4K model: blocks that pool each 4 x 4 window of patches into one token
+    window: int = 4
     generation: int = 2  # (read by ModelConfig.from_dict to tell the two families apart)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token along each axis: 16, or 64 behind the 4K model's window tokenizer."""
+        return self.patch_size * (self.window if self.tokenizer_layers else 1)
 
     @property
     def head_dim(self) -> int:
@@ -67,8 +75,10 @@ ARCHS2: dict[str, Sapiens2Arch] = {
         Sapiens2Arch("sapiens2_0.4b", 1024, 24, 16),
         Sapiens2Arch("sapiens2_0.8b", 1280, 32, 16),  # head dim 80
         Sapiens2Arch("sapiens2_1b", 1536, 40, 24),
+        Sapiens2Arch("sapiens2_1b_4k", 1536, 40, 24, tokenizer_layers=4),  # 4096 x 3072 inputs, a 64 x 48 grid
         Sapiens2Arch("sapiens2_5b", 2432, 56, 32),  # head dim 76
         Sapiens2Arch("sapiens2_nano", 64, 18, 4),  # ~1M, unit tests: grouped-query blocks 8 and 9
+        Sapiens2Arch("sapiens2_nano_4k", 64, 18, 4, tokenizer_layers=2),  # unit tests of the window tokenizer
     )
 }
 
@@ -152,10 +162,10 @@ class GQAttention(nn.Module):
     """Self-attention with ``num_kv_heads`` key/value heads shared by groups of query heads; (B, N, C) -> (B, N, C).
 
     q and k are RMS-normed per head, then rotated (``apply_rope``) where ``rope`` is given; the output projection is
-    scaled by ``gamma`` (LayerScale).
+    scaled by ``gamma`` (LayerScale). The 4K tokenizer's blocks have neither the norms nor the scale (``plain``).
     """
 
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, plain: bool = False):
         super().__init__()
         if num_heads % num_kv_heads:
             raise ValueError(f"{num_heads} query heads do not split into groups over {num_kv_heads} key/value heads")
@@ -164,10 +174,10 @@ class GQAttention(nn.Module):
         self.wq = nn.Linear(dim, dim)
         self.wk = nn.Linear(dim, num_kv_heads * hd)
         self.wv = nn.Linear(dim, num_kv_heads * hd)
-        self.q_norm = RMSNorm(hd)
-        self.k_norm = RMSNorm(hd)
+        self.q_norm = nn.Identity() if plain else RMSNorm(hd)
+        self.k_norm = nn.Identity() if plain else RMSNorm(hd)
         self.proj = nn.Linear(dim, dim)
-        self.gamma = LayerScale(dim)
+        self.gamma = nn.Identity() if plain else LayerScale(dim)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 prefix: int = 0) -> torch.Tensor:
@@ -196,17 +206,49 @@ class SwiGLU(nn.Module):
 
 
 class Block2(nn.Module):
-    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, hidden: int):
+    def __init__(self, dim: int, num_heads: int, num_kv_heads: int, hidden: int, plain: bool = False):
         super().__init__()
         self.norm1 = RMSNorm(dim)
-        self.attn = GQAttention(dim, num_heads, num_kv_heads)
+        self.attn = GQAttention(dim, num_heads, num_kv_heads, plain)
         self.norm2 = RMSNorm(dim)
         self.mlp = SwiGLU(dim, hidden)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], prefix: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                prefix: int = 0) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), rope, prefix)
         x = x + self.mlp(self.norm2(x))
         return x
+
+
+class WindowTokenizer(nn.Module):
+    """The 4K model's front: each ``window`` x ``window`` group of patch tokens (row-major windows, row-major within
+    one) runs behind a shared query token, with a learned position per slot, through ``layers`` plain blocks (full
+    attention inside the window, no q/k norms, no RoPE, no LayerScale); the query token's output is the window's
+    token. (B, h*w, C) on the (h, w) grid -> (B, h/window * w/window, C): a 4096 x 3072 input gives the 64 x 48
+    grid of a 1K one."""
+
+    def __init__(self, dim: int, num_heads: int, hidden: int, layers: int, window: int = 4):
+        super().__init__()
+        self.window = window
+        self.local_pos_embed = nn.Parameter(torch.zeros(1, 1 + window * window, dim))  # (official names)
+        self.w_cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = nn.ModuleList(Block2(dim, num_heads, num_heads, hidden, plain=True) for _ in range(layers))
+        self.grad_checkpointing = False
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        (h, w), s = grid, self.window
+        if h % s or w % s:
+            raise ValueError(f"a Sapiens2 4K backbone pools {s} x {s} windows of 16-pixel patches: the input's sides "
+                             f"must be multiples of {16 * s}, got a {h} x {w} patch grid")
+        B, _, C = x.shape
+        x = x.view(B, h // s, s, w // s, s, C).transpose(2, 3).reshape(-1, s * s, C)  # (B * windows, s*s, C)
+        x = torch.cat([self.w_cls.expand(len(x), -1, -1), x], dim=1) + self.local_pos_embed
+        for blk in self.blocks:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        return x[:, 0].reshape(B, (h // s) * (w // s), C), (h // s, w // s)
 
 
 class Sapiens2ViT(nn.Module):
@@ -228,6 +270,8 @@ class Sapiens2ViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, C)) if with_cls_token else None
         self.storage_tokens = nn.Parameter(torch.zeros(1, a.storage_tokens, C))
         self.rope = RotaryEmbedding2d(a.head_dim, dtype=rope_dtype)
+        self.tokenizer = WindowTokenizer(C, a.num_heads, a.mlp_hidden, a.tokenizer_layers, a.window) \
+            if a.tokenizer_layers else None
         self.blocks = nn.ModuleList(Block2(C, a.num_heads, a.kv_heads(i), a.mlp_hidden) for i in range(a.depth))
         self.norm = RMSNorm(C)
         self.grad_checkpointing = False
@@ -237,7 +281,8 @@ class Sapiens2ViT(nn.Module):
         """Official initialization: trunc-normal(0.02) tokens and weights, zero biases (norms and scales as built)."""
         if self.storage_tokens.is_meta:  # built to take a checkpoint's weights
             return
-        for p in (self.cls_token, self.storage_tokens):
+        tokenizer = (self.tokenizer.local_pos_embed, self.tokenizer.w_cls) if self.tokenizer is not None else ()
+        for p in (self.cls_token, self.storage_tokens, *tokenizer):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
         for m in self.modules():
@@ -248,13 +293,18 @@ class Sapiens2ViT(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+        if self.tokenizer is not None:
+            self.tokenizer.grad_checkpointing = enable
 
     def no_weight_decay(self) -> set[str]:
         return set()  # the official recipe decays the cls and storage tokens (only 1-D tensors and biases are spared)
 
     def tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Patch tokens after the cls and storage tokens: (B, extra + h*w, C), grid (h, w)."""
+        """Patch tokens (the 4K model's: window tokens) after the cls and storage tokens: (B, extra + h*w, C), grid
+        (h, w)."""
         x, grid = self.patch_embed(x)
+        if self.tokenizer is not None:
+            x, grid = self.tokenizer(x, grid)
         prefix = [self.storage_tokens.expand(x.shape[0], -1, -1)]
         if self.cls_token is not None:
             prefix.insert(0, self.cls_token.expand(x.shape[0], -1, -1))

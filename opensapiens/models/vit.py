@@ -40,6 +40,11 @@ class ViTArch:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    @property
+    def stride(self) -> int:
+        """Input pixels per output token along each axis."""
+        return self.patch_size
+
 
 ARCHS: dict[str, ViTArch] = {
     a.name: a

@@ -148,11 +148,11 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
                              "architecture, or pointmaps / normals / seg / pose from a Sapiens2 one")
         if cfg.task == "pointmap":
             spec = Head2Spec.from_dict(d["head_spec"]) if d["head_spec"] else official_head2_spec("pointmap", arch)
-            grid = spec.for_input(cfg.input_size).scale_grid
+            grid = spec.for_input(cfg.input_size, chosen.stride).scale_grid
             if grid[0] * grid[1] < 2:  # its InstanceNorms need two values
                 raise ValueError(f"input size {cfg.input_size}: the pointmap scale branch reduces the "
-                                 f"{cfg.input_size[0] // 16}x{cfg.input_size[1] // 16} token grid 8x, to a single "
-                                 "value; train at more than 128 px on a side")
+                                 f"{cfg.input_size[0] // chosen.stride}x{cfg.input_size[1] // chosen.stride} token "
+                                 f"grid 8x, to a single value; train at more than {8 * chosen.stride} px on a side")
     elif cfg.task == "pointmap":
         raise ValueError(f"pointmaps are a Sapiens2 task; --arch {arch} is a v1 architecture (use e.g. "
                          "--arch sapiens2_0.4b, or --init a Sapiens2 checkpoint)")

@@ -152,8 +152,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
         check_keypoint_gt(val_set.coco, val_set.layout.keypoints.num_keypoints, f"--val-data {cfg.val_data}")
     H, W = cfg.input_size
-    if H % 16 or W % 16:
-        raise ValueError(f"input size {cfg.input_size} must be a multiple of 16 on both sides")
+    stride = get_arch(cfg.arch).stride  # 16; 64 for the 4K model's window tokens
+    if H % stride or W % stride:
+        raise ValueError(f"input size {cfg.input_size} must be a multiple of {stride} on both sides")
     resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
     check_resumed_steps(resume_from, cfg.steps)
     if info.is_main:
@@ -165,9 +166,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     out_channels, label_info = _out_channels(cfg, labels)
     head_spec = Head2Spec.from_dict(cfg.head_spec) if cfg.head_spec else None
     if cfg.task == "pointmap" and head_spec is not None:  # its scale branch flattens the input size's grid (the
-        head_spec = head_spec.for_input((H, W))  # official widths are sized so by build_model)
+        head_spec = head_spec.for_input((H, W), stride)  # official widths are sized so by build_model)
     model = build_model(cfg.task, cfg.arch, out_channels=out_channels, head_channels=cfg.head_channels,
-                        head_spec=head_spec, pos_grid=(H // 16, W // 16), input_size=[H, W], **label_info)
+                        head_spec=head_spec, pos_grid=(H // stride, W // stride), input_size=[H, W], **label_info)
     model_config = model.config
     init_report = None
     if cfg.init and resume_from is None:
