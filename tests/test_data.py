@@ -257,3 +257,35 @@ def test_coco_boxes_are_cut_to_their_image_before_they_become_crops():
     np.testing.assert_allclose(_clipped_box([500, 400, 300, 200], 640, 480), [500, 400, 139, 79])
     np.testing.assert_allclose(_clipped_box([-20, 10, 100, 50], 640, 480), [0, 10, 80, 50])
     np.testing.assert_allclose(_clipped_box([5, 6, 7, 8], None, None), [5, 6, 7, 8])  # no size: as given
+
+
+@pytest.mark.parametrize("task", ["depth", "normal"])
+def test_targets_without_masks_count_their_finite_nonzero_pixels(tmp_path, task):
+    """No masks/: the foreground is where the target is finite and nonzero (depth: positive); non-finite values are
+    zeroed, so no NaN reaches a loss."""
+    from opensapiens.io import save_npy, save_png
+
+    H, W = 16, 12
+    rng = np.random.default_rng(0)
+    target = rng.uniform(0.5, 2.0, (H, W, 3) if task == "normal" else (H, W)).astype(np.float32)
+    bad = np.zeros((H, W), bool)
+    bad[2, 3] = bad[5, 7] = bad[9, 1] = True
+    zero = np.zeros((H, W), bool)
+    zero[0, :4] = True
+    if task == "normal":
+        target[2, 3, 1], target[5, 7, 0], target[9, 1, 2] = np.nan, np.inf, -np.inf
+        target[zero] = 0
+    else:
+        target[2, 3], target[5, 7], target[9, 1] = np.nan, np.inf, -np.inf
+        target[zero] = 0
+        target[15, 11] = -1.0  # a negative depth: not foreground
+        zero[15, 11] = True
+    save_png(tmp_path / "images" / "a.png", rng.integers(0, 255, (H, W, 3), dtype=np.uint8))
+    save_npy(tmp_path / ("normals" if task == "normal" else "depths") / "a.npy", target)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (no masks/ folder: said once)
+        s = DenseDataset(tmp_path, task, (H, W), None)[0]
+    values = s["normals"] if task == "normal" else s["depth"]
+    assert np.isfinite(values).all()
+    np.testing.assert_array_equal(s["mask"].astype(bool), ~bad & ~zero)
+    assert np.all(values[bad] == 0)

@@ -367,11 +367,15 @@ class DenseDataset(_Base):
                                 "and not 255 (ignore); pass the matching --classes")
         else:
             target = _load_npy(target_path, 3 if self.task == "normal" else None)
-            valid = np.isfinite(target).all(-1) if target.ndim == 3 else np.isfinite(target)
-            nonzero = np.abs(target).max(-1) > 0 if target.ndim == 3 else target > 0
-            fg = read_mask(mask_path) if mask_path is not None else nonzero
+            channels = [target[..., c] for c in range(target.shape[-1])] if target.ndim == 3 else [target]
+            valid = np.logical_and.reduce([np.isfinite(c) for c in channels])  # (per channel: numpy's reductions
+            if mask_path is not None:
+                fg = read_mask(mask_path)
+            else:  # over a last axis of 3 are ~10x slower)
+                fg = np.logical_or.reduce([c != 0 for c in channels]) if target.ndim == 3 else target > 0
             fg &= valid
-            target = np.where(valid[..., None] if target.ndim == 3 else valid, target, 0).astype(np.float32)
+            if not valid.all():
+                target = np.where(valid[..., None] if target.ndim == 3 else valid, target, 0).astype(np.float32)
         if target.shape[:2] != (H, W):
             raise DataError(f"{target_path}: size {target.shape[:2]} differs from its image's {(H, W)}")
 
