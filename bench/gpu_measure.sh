@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1184,6 +1184,14 @@ elif [ "$1" = pointmap-precisions ]; then
   timeout 500 python bench/bench_train.py --arch sapiens2_0.4b --steps 6 --warmup 2 --skip-baseline \
     --task pointmap --batch 4 --precision tf32,fp32,bf16 --out "$OUT/train_pointmap_0.4b_precisions.json" \
     | grep -v '^{'
+elif [ "$1" = s2-4k ]; then
+  # call 136: the 4K Sapiens2 backbone (window tokenizer, 4096x3072 inputs) beside the 1K one it feeds (1024x768):
+  # features at batch 1, eager against the default path, and where the 4K run's time goes
+  install_coco_wheel
+  timeout 330 python -m opensapiens.cli.main bench --iters 10 --task features --arch sapiens2_1b_4k --batch 1 \
+    --input-size 4096x3072 --profile --out "$OUT/sapiens2_features_1b_4k.json" | grep -v '^{'
+  timeout 200 python -m opensapiens.cli.main bench --iters 10 --task features --arch sapiens2_1b --batch 1 \
+    --out "$OUT/sapiens2_features_1b.json" | grep -v '^{'
 elif [ "$1" = s2-5b ]; then
   # call 135: the 5B Sapiens2 models, unmeasured so far: pose and seg, eager against the default path (the whole
   # model compiled in the background; bench waits for it: compile s)

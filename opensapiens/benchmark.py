@@ -88,11 +88,11 @@ def random_model(task: str, arch: str, input_size: tuple[int, int], device: torc
     """``task``'s model at ``arch`` in the official shapes with random weights, its position grid fitted to
     ``input_size``, in eval mode: what the benchmarks time. Made on ``device`` (a 2B model's init on the host takes
     minutes)."""
-    from .models import build_model
+    from .models import build_model, get_arch
 
-    H, W = input_size
+    (H, W), stride = input_size, get_arch(arch).stride
     with torch.device(device):
-        return build_model(task, arch, pos_grid=(H // 16, W // 16)).eval()
+        return build_model(task, arch, pos_grid=(H // stride, W // stride)).eval()
 
 
 def keep_busy(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
