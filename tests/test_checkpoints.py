@@ -145,7 +145,7 @@ def test_loading_takes_the_weights_without_a_random_init(tmp_path):
 def test_bad_files_give_clear_errors(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         read_state_dict(tmp_path / "missing.pth")
-    with pytest.raises(CheckpointError, match="is a folder; give the checkpoint file in it"):
+    with pytest.raises(CheckpointError, match="is a folder without model.safetensors .*; give the checkpoint file"):
         read_state_dict(tmp_path)
     torch.save(nn.Linear(2, 2), tmp_path / "whole.pth")
     with pytest.raises(CheckpointError, match=r"torch.save\(model\) cannot be read .* save model.state_dict"):

@@ -227,6 +227,65 @@ def test_the_4k_backbone_fine_tunes_on_its_64_pixel_grid_and_is_not_exported_to_
         transformers_config(model)
 
 
+def test_the_4k_tokenizer_trains_as_the_official_recipe_and_checkpoints_its_windows():
+    """Its parameters get layer id 0 (the embedding's rate, not the head's), its position table no weight decay; the
+    4K 1b takes the 1b's recipe; its pose heatmaps (1/16 of the input) get sigma 6 per 256 heatmap rows; its
+    blocks recompute in training (as the official code always does), with the same gradients."""
+    from opensapiens.training.config import TrainConfig, resolve
+    from opensapiens.training.optim import layer_id, uses_weight_decay
+
+    model = _model("features", arch="sapiens2_nano_4k").train()
+    for name in ("backbone.tokenizer.blocks.1.attn.wq.weight", "backbone.tokenizer.local_pos_embed",
+                 "backbone.tokenizer.w_cls"):
+        assert layer_id(name, 18) == 0
+    params = dict(model.named_parameters())
+    assert not uses_weight_decay("backbone.tokenizer.local_pos_embed", params["backbone.tokenizer.local_pos_embed"],
+                                 decay_tokens=True)
+    assert uses_weight_decay("backbone.tokenizer.w_cls", params["backbone.tokenizer.w_cls"], decay_tokens=True)
+    cfg = resolve(TrainConfig(task="pose", data="x", out="y", arch="sapiens2_1b_4k"))
+    assert (cfg.layer_decay, cfg.clip_grad, cfg.lr) == (0.9, 4.0, 5e-4)
+    assert cfg.sigma == pytest.approx(1.5)  # a 1024-row input: 64 heatmap rows behind the 4K tokenizer
+    x = torch.randn(1, 3, 128, 128)
+    runs = []
+    for recompute in (True, False):
+        model.zero_grad()
+        model.backbone.tokenizer.grad_checkpointing = recompute
+        saved: list[int] = []
+
+        def pack(t: torch.Tensor, saved=saved) -> torch.Tensor:
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(x).square().mean()
+        loss.backward()
+        runs.append((sum(saved), {n: p.grad.clone() for n, p in model.named_parameters() if "tokenizer" in n}))
+    assert runs[0][0] < runs[1][0]  # fewer activations kept
+    for name, g in runs[0][1].items():
+        torch.testing.assert_close(g, runs[1][1][name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_4k_backbone_does_not_start_a_1k_model_and_1k_configs_read_as_before(tmp_path):
+    from opensapiens.training.init import load_initial_weights
+
+    save_model(_model("features", arch="sapiens2_nano_4k"), tmp_path / "4k.safetensors")
+    with pytest.raises(ValueError, match=r"not in the model \['tokenizer\."):
+        load_initial_weights(build_model("seg", "sapiens2_nano", head_spec=SMALL["seg"]),
+                             str(tmp_path / "4k.safetensors"))
+    assert "tokenizer_layers" not in build_model("seg", "sapiens2_nano").config.to_dict()["arch"]  # older readers
+    assert load_model(tmp_path / "4k.safetensors").config.arch.tokenizer_layers == 2
+
+
+def test_4k_predictors_and_exports_size_their_inputs_by_64(tmp_path):
+    from opensapiens.checkpoints.onnx_export import default_input_size
+
+    save_model(_model("features", arch="sapiens2_nano_4k"), tmp_path / "4k.safetensors")
+    assert load_predictor(None, tmp_path / "4k.safetensors", device="cpu").input_size == (4096, 3072)
+    with pytest.raises(ValueError, match="must be divisible by 64"):
+        load_predictor(None, tmp_path / "4k.safetensors", device="cpu", input_size=(144, 128))
+    assert default_input_size(load_model(tmp_path / "4k.safetensors")) == (4096, 3072)
+
+
 def test_a_broken_grouped_query_layout_is_a_clear_error(tmp_path):
     sd = ours_to_official(_model("features").state_dict(), "features")
     wrong = dict(sd)

@@ -3,14 +3,16 @@ a closed form or a float64 statement in the test, not against our code's own ari
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from dataclasses import replace
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from test_data_toy import write_toy_dataset
+from test_data_toy import CLASSES, write_toy_dataset
 
 from opensapiens.data import AUGMENT, AUGMENT2, DataError, DenseDataset, SampleKey, build_dataset, load_classes
 from opensapiens.data.datasets import MAX_REJECTED
@@ -143,6 +145,56 @@ def test_seg_samples_with_under_one_percent_foreground_are_replaced(tmp_path):
         empty[SampleKey(0, seed=0)]
 
 
+def test_seg_steps_resample_rotate_both_ways_flip_and_redraw_crops_as_the_official_pipeline(tmp_path):
+    """The resizes' interpolation (area when shrinking, bicubic when enlarging), turns of both signs, a flip that
+    moves and swaps the sides' classes, and the crop redrawn while one class fills it (and a sample whose only
+    foreground is ignore labels dropped)."""
+    from opensapiens.data.sapiens2_transforms import SampleRejected, check_foreground, resize_image
+
+    img = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    assert np.array_equal(resize_image(img, (20, 15)), cv2.resize(img, (15, 20), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(resize_image(img, (80, 60)), cv2.resize(img, (60, 80), interpolation=cv2.INTER_CUBIC))
+    lab = np.zeros((64, 48), np.uint8)
+    lab[:, :6] = 255
+    lab[30:31, 20:21] = 1  # 1 px of foreground: 255 is not foreground
+    with pytest.raises(SampleRejected):
+        check_foreground(lab, 0.01)
+
+    stripes = np.zeros(SIZE, np.uint8)
+    stripes[:, :20] = 2  # the person's left arm class on the image's left
+    stripes[60:, 40:] = 1
+    root = _write_seg(tmp_path / "s", [stripes], {1: (200, 0, 0), 2: (0, 200, 0)})
+    (tmp_path / "classes.json").write_text(json.dumps(CLASSES))  # arms 2 and 3 swap sides
+    classes = load_classes(tmp_path / "classes.json")
+    flip = Seg2Augment(ratio_range=(1.0, 1.0), crop_prob=0.0, rotate_prob=0.0, flip_prob=1.0, **QUIET)
+    out = DenseDataset(root, "seg", SIZE, flip, classes).load(0, np.random.default_rng(0))["labels"]
+    assert np.all(out[:, -20:] == 3) and not np.any(out == 2)  # mirrored to the right, and renamed
+
+    turn = Seg2Augment(ratio_range=(1.0, 1.0), crop_prob=0.0, rotate_prob=1.0, flip_prob=0.0, **QUIET)
+    ds = DenseDataset(root, "seg", SIZE, turn, classes)
+    # a turn's sign: the left stripe's top edge moves right (clockwise) or left (counter-clockwise) of its bottom
+    signs = set()
+    for seed in range(12):
+        m = ds.load(0, np.random.default_rng(seed))["labels"] == 2
+        rows = np.nonzero(m.any(1))[0]
+        top, bottom = np.nonzero(m[rows[5]])[0].mean(), np.nonzero(m[rows[-6]])[0].mean()
+        signs.add(np.sign(top - bottom))
+    assert signs >= {-1.0, 1.0}
+
+    quarter = np.ones((256, 192), np.uint8)
+    quarter[:128, :96] = 4  # a quarter of the picture: one window in four is class 4 alone, one class 1 alone
+    root1 = _write_seg(tmp_path / "quarter", [quarter], {1: (200, 0, 0), 4: (0, 0, 200)})
+    crop = dict(ratio_range=(2.0, 2.0), crop_prob=1.0, rotate_prob=0.0, flip_prob=0.0, **QUIET)
+
+    def mixed(cat_max_ratio: float) -> int:  # windows with no class over 75 %, of 20
+        ds = DenseDataset(root1, "seg", (64, 48), Seg2Augment(**crop, cat_max_ratio=cat_max_ratio), classes)
+        shares = [np.bincount(ds.load(0, np.random.default_rng(s))["labels"].ravel()).max() / (64 * 48)
+                  for s in range(20)]
+        return sum(share < 0.75 for share in shares)
+
+    assert mixed(0.75) >= 18 and mixed(1.0) <= 12  # redrawn until mixed (at most 11 draws), or the first draw
+
+
 def test_colour_transfer_gives_the_foreground_the_backgrounds_lab_statistics():
     rng = np.random.default_rng(0)
     img = np.empty((80, 60, 3), np.uint8)
@@ -258,6 +310,29 @@ def _write_normals(root, share: float, n: int = 2):
     return root
 
 
+@pytest.mark.parametrize("task", ["normal", "pointmap"])
+def test_the_image_stays_on_its_targets_through_scale_crop_and_mirror(tmp_path, task):
+    """A picture that is its mask (white on black): after Sapiens2's random scale (a resampling of the image alone),
+    crop, mirror and fit, the white pixels are the mask's."""
+    H, W = 90, 70
+    yy, xx = np.mgrid[:H, :W]
+    mask = ((yy - 40) ** 2 / 900 + (xx - 25) ** 2 / 300 <= 1).astype(np.uint8)  # off-centre: a mirror shows
+    save_png(tmp_path / "images" / "a.png", np.repeat(mask[..., None] * 255, 3, -1).astype(np.uint8))
+    save_png(tmp_path / "masks" / "a.png", mask)
+    if task == "normal":
+        save_npy(tmp_path / "normals" / "a.npy", np.dstack([np.zeros((H, W, 2)), -np.ones((H, W))]).astype(np.float32))
+    else:
+        save_npy(tmp_path / "depths" / "a.npy", (2.0 * mask).astype(np.float32))
+        (tmp_path / "camera_intrinsics").mkdir()
+        np.savetxt(tmp_path / "camera_intrinsics" / "a.txt", [[80.0, 0, 34.5], [0, 80.0, 44.5], [0, 0, 1]])
+    aug = Fit2Augment(scale_prob=1.0, scale_range=(0.5, 2.0), crop_prob=1.0, flip_prob=0.5, photometric=False)
+    ds = DenseDataset(tmp_path, task, (64, 48), aug)
+    for seed in range(12):
+        s = ds.load(0, np.random.default_rng(seed))
+        white, m = s["image"][..., 0] > 127, s["mask"] > 0
+        assert m.sum() > 30 and (white & m).sum() / (white | m).sum() > 0.85
+
+
 def test_normal_flips_negate_x_and_masks_outside_16_px_to_96_percent_are_replaced(tmp_path):
     root = _write_normals(tmp_path / "ok", 0.5)
     aug = Fit2Augment(flip_prob=1.0, scale_prob=0.0, crop_prob=0.0, photometric=False, mask_rule=True)
@@ -336,6 +411,20 @@ def test_pose_photometric_distortion_runs_with_its_probability(toy):
     assert 0.25 * always < distorted(replace(quiet, photometric_prob=0.5)) < 0.75 * always  # ~half, binomially
 
 
+def test_a_skipped_file_and_dropped_samples_are_told_apart(tmp_path):
+    """A refetch that lands on an unreadable file again does not make "no readable sample" of readable ones."""
+    tiny = np.zeros(SIZE, np.uint8)
+    tiny[:2, :2] = 1
+    root = _write_seg(tmp_path, [tiny, tiny, tiny], {1: (200, 0, 0)})
+    (root / "images" / "s2.png").write_bytes(b"not a png")
+    aug = Seg2Augment(ratio_range=(1.0, 1.0), crop_prob=0.0, rotate_prob=0.0, flip_prob=0.0, **QUIET)
+    ds = DenseDataset(root, "seg", SIZE, aug, load_classes("goliath"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match="samples in a row were dropped"):
+            ds[SampleKey(0, seed=3)]
+
+
 def test_the_recipes_by_generation(toy, tmp_path):
     seg2 = build_dataset("seg", toy, train=True, input_size=SIZE, classes=str(toy / "classes.json"), generation=2)
     assert seg2.augment == Seg2Augment() and seg2.augment == AUGMENT2["seg"]
@@ -344,3 +433,6 @@ def test_the_recipes_by_generation(toy, tmp_path):
     assert AUGMENT2["pose"].photometric_prob == 0.8 and AUGMENT["pose"].photometric_prob == 1.0
     with pytest.raises(ValueError, match="Sapiens2 normal recipe pastes no backgrounds"):
         build_dataset("normal", toy, train=True, input_size=SIZE, generation=2, backgrounds=str(tmp_path))
+    with pytest.raises(ValueError, match="no Sapiens2 depth recipe"):
+        build_dataset("depth", toy, train=False, input_size=SIZE, generation=2)
+    assert DenseDataset(toy, "normal", SIZE, NORMAL2).centred  # its validation: the fit it trains with

@@ -105,9 +105,33 @@ def test_a_sapiens2_name_falls_back_to_the_repos_transformers_weights(tmp_path, 
     assert resolve_checkpoint("sapiens2-seg-0.4b") == snap / "model.safetensors.index.json"
     assert load_model("sapiens2-seg-0.4b").config.task == "seg"
     next(snap.glob("model-00003-*")).unlink()  # an interrupted download: not a model without its shard
+    with pytest.raises(FileNotFoundError, match=r"index.json was found but its shard model-00003-of-00005"):
+        resolve_checkpoint("sapiens2-seg-0.4b")
     (snap / "model.safetensors.index.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"sapiens2_0.4b_seg.safetensors \(nor transformers' model"):
         resolve_checkpoint("sapiens2-seg-0.4b")
+
+
+def test_a_sharded_repo_is_downloaded_index_and_every_shard(tmp_path, offline_hub, monkeypatch):
+    """A cold cache: the official name and transformers' one-file name are not in the repo, its index is; the
+    index and each of the five shards it lists are downloaded, and the model loads from them."""
+    import huggingface_hub
+
+    served, asked = DATA / "seg_sharded", []
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+
+    def download(repo_id, filename, subfolder=None, local_files_only=False, **_):
+        asked.append((filename, local_files_only))
+        if local_files_only or subfolder or not (served / filename).is_file():
+            raise FileNotFoundError(f"{repo_id}: no {filename}")
+        return str(shutil.copy(served / filename, downloads / filename))
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    assert resolve_checkpoint("sapiens2-seg-0.4b") == downloads / "model.safetensors.index.json"
+    fetched = {name for name, cached in asked if not cached and (served / name).is_file()}
+    assert fetched == {p.name for p in served.glob("*.safetensors*")}  # the index and all five shards
+    assert load_model("sapiens2-seg-0.4b").config.task == "seg"
 
 
 def test_a_sharded_save_and_a_save_pretrained_folder_load_as_the_single_file(reference, tmp_path):
@@ -132,11 +156,21 @@ def test_a_sharded_save_and_a_save_pretrained_folder_load_as_the_single_file(ref
         {"weight_map": {"decode_head.extra.weight": "model-00001-of-00005.safetensors"}}))
     with pytest.raises(CheckpointError, match=r"1 tensor\(s\) it lists are not in their shards"):
         read_state_dict(broken)
+    (broken / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {"decode_head.conv_seg.weight": "../seg/model.safetensors"}}))
+    with pytest.raises(CheckpointError, match="is not a file beside the index"):
+        read_state_dict(broken)
     (broken / "model.safetensors.index.json").write_text('{"weights": {}}')
     with pytest.raises(CheckpointError, match="not a shard index"):
         read_state_dict(broken)
     with pytest.raises(CheckpointError, match="folder without model.safetensors"):
         read_state_dict(tmp_path)
+    from opensapiens.checkpoints.hub import BUNDLED
+    from opensapiens.models.multitask import SapiensMultiTask
+
+    (tmp_path / "multi").mkdir()
+    shutil.copy(BUNDLED, tmp_path / "multi" / "model.safetensors")  # our multi-task file, saved as a folder
+    assert isinstance(load_model(tmp_path / "multi"), SapiensMultiTask)
 
 
 @pytest.mark.parametrize("task", [*OUTPUTS, "features"])

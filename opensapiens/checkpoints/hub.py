@@ -146,8 +146,11 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         # transformers' save_pretrained files: the official key layout under its own names, whole or in shards
         if (path := _fetch(hub.repo_id, ["model.safetensors"])[0]) is not None:
             return path
-        if (path := _fetch_sharded(hub.repo_id)) is not None:
+        path, shard_error = _fetch_sharded(hub.repo_id)
+        if path is not None:
             return path
+        if shard_error is not None:
+            raise FileNotFoundError(f"{hub.name}: the repo's model.safetensors.index.json was found but {shard_error}")
     also = " (nor transformers' model.safetensors or model.safetensors.index.json)" \
         if hub.name.startswith("sapiens2-") else ""
     raise FileNotFoundError(
@@ -185,20 +188,22 @@ def _fetch(repo_id: str, names: list[str], subfolder: str | None = None) -> tupl
     return None, error
 
 
-def _fetch_sharded(repo_id: str) -> Path | None:
+def _fetch_sharded(repo_id: str) -> tuple[Path | None, str | None]:
     """A sharded save's ``model.safetensors.index.json`` with every shard it lists beside it (in the Hugging Face
-    cache's snapshot folder), fetched as ``_fetch`` does; None when the repo has no index or a shard cannot be had."""
+    cache's snapshot folder), fetched as ``_fetch`` does; (None, None) when the repo has no index, (None, what
+    failed) when a shard cannot be had."""
     index, _ = _fetch(repo_id, ["model.safetensors.index.json"])
     if index is None:
-        return None
+        return None, None
     try:
         shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return index  # the reader names what is wrong with it
+        return index, None  # the reader names what is wrong with it
     for shard in shards:
-        if _fetch(repo_id, [shard])[0] is None:
-            return None
-    return index
+        path, error = _fetch(repo_id, [str(shard)])
+        if path is None:
+            return None, f"its shard {shard} could not be had ({type(error).__name__}: {error})"
+    return index, None
 
 
 def _close_names(name: str) -> list[str]:

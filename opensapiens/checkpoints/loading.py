@@ -17,7 +17,7 @@ from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
 from ..models.vit import grid_inferable
 from .hub import resolve_checkpoint
 from .official import infer_config, is_official_layout, official_to_ours, ours_to_official, prepare_for_config
-from .reader import CheckpointError, read_state_dict, safetensors_metadata
+from .reader import CheckpointError, checkpoint_file, read_state_dict, safetensors_metadata
 
 CONFIG_KEY = "opensapiens_config"
 MULTITASK_KEY = "opensapiens_multitask"
@@ -114,7 +114,7 @@ def load_model(path_or_name: str | os.PathLike, device: str | torch.device = "cp
 
 def multitask_config(path_or_name: str | os.PathLike) -> MultiTaskConfig | None:
     """A multi-task checkpoint's config, read from its header alone (None for other checkpoints)."""
-    path = resolve_checkpoint(path_or_name)
+    path = checkpoint_file(resolve_checkpoint(path_or_name))  # (a save_pretrained folder: the file in it)
     if path.suffix != ".safetensors":
         return None
     meta = safetensors_metadata(path)

@@ -51,9 +51,10 @@ class _Outputs(nn.Module):
 
 def default_input_size(model: nn.Module) -> tuple[int, int]:
     """The size the model's position embedding was made for: its training resolution (1024x768 for the official
-    pose/seg/depth/normal models, 1024x1024 for pretrain ones; Sapiens2, which has none, 1024x768 throughout)."""
+    pose/seg/depth/normal models, 1024x1024 for pretrain ones; Sapiens2, which has none, 1024x768 throughout, its 4K
+    backbone 4096x3072)."""
     if getattr(model.config, "generation", 1) == 2:
-        return 1024, 768
+        return 64 * model.config.arch.stride, 48 * model.config.arch.stride
     grid = model.config.pos_grid
     return grid[0] * 16, grid[1] * 16
 
@@ -69,8 +70,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: tuple[int
     if path.suffix.lower() != ".onnx":
         raise ValueError(f"{path}: an ONNX file's name ends in .onnx")
     h, w = input_size or default_input_size(model)
-    if h % 16 or w % 16 or h <= 0 or w <= 0:
-        raise ValueError(f"input_size {h}x{w} must be positive and divisible by 16")
+    stride = model.config.arch.stride  # input pixels per token: 16, the 4K backbone's 64
+    if h % stride or w % stride or h <= 0 or w <= 0:
+        raise ValueError(f"input_size {h}x{w} must be positive and divisible by {stride}")
     dtype = as_dtype(dtype)
     if dtype not in (torch.float32, torch.float16):
         raise ValueError(f"ONNX export takes fp32 or fp16 weights, not {dtype}")

@@ -186,7 +186,7 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
 
     A folder is read as Hugging Face ``save_pretrained`` writes one: its ``model.safetensors``, or the shards that
     ``model.safetensors.index.json`` lists (also given directly)."""
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path)
     if path.name.endswith(SHARD_INDEX_SUFFIX):
         return _read_sharded(path)
     with open(path, "rb") as f:
@@ -227,7 +227,7 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _checkpoint_file(path: str | Path) -> Path:
+def checkpoint_file(path: str | Path) -> Path:
     """``path`` where it is a file, a save_pretrained folder's weights (``model.safetensors``, else its shard
     index); else a CheckpointError that says what it is instead."""
     path = Path(path)
@@ -251,8 +251,12 @@ def _read_sharded(index: Path, metadata_only: bool = False) -> tuple[dict[str, t
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
+        if not all(isinstance(s, str) for s in shards):
+            raise TypeError("shard names must be strings")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CheckpointError(f"{index}: not a shard index (a JSON object with a weight_map): {e!r}") from None
+    if bad := [s for s in shards if Path(s).is_absolute() or ".." in Path(s).parts]:
+        raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file beside the index")
     sd: dict[str, torch.Tensor] = {}
     meta: dict[str, str] | None = None
     for shard in shards:
@@ -285,7 +289,7 @@ def _read_safetensors(path: Path, metadata_only: bool = False) -> tuple[dict[str
 
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The header metadata of a safetensors file (a sharded save's first shard), without reading its tensors."""
-    path = _checkpoint_file(path)
+    path = checkpoint_file(path)
     if path.name.endswith(SHARD_INDEX_SUFFIX):
         return _read_sharded(path, metadata_only=True)[1]
     return _read_safetensors(path, metadata_only=True)[1]

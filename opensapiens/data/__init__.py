@@ -44,7 +44,11 @@ def build_dataset(task: str, path: str | Path, train: bool, input_size: tuple[in
     """The dataset for ``task`` at ``path``: training with the official augmentation of a Sapiens (``generation``
     1) or Sapiens2 (2) model, or validation with its resize."""
     generation = 2 if task == "pointmap" else generation
-    recipe = (AUGMENT2 if generation == 2 else AUGMENT)[task]
+    recipes = AUGMENT2 if generation == 2 else AUGMENT
+    if task not in recipes:
+        family = "Sapiens2" if generation == 2 else "Sapiens"
+        raise ValueError(f"no {family} {task} recipe (its tasks: {', '.join(recipes)})")
+    recipe = recipes[task]
     aug = recipe if (train and augment) else None
     if backgrounds is not None and aug is not None and getattr(aug, "background_prob", 0) == 0:
         raise ValueError(f"backgrounds {backgrounds}: the {'Sapiens2' if generation == 2 else 'Sapiens'} {task} "

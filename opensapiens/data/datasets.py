@@ -80,7 +80,7 @@ class _Base(Dataset):
     def __getitem__(self, item: SampleKey | int) -> dict:
         key = _key(item)
         rng = np.random.default_rng(key.seed) if key.seed is not None else None
-        index, unreadable, rejected = key.index, 0, 0
+        index, unreadable, rejected = key.index, set(), 0
         while True:
             try:
                 sample = self.load(index, rng)
@@ -95,8 +95,8 @@ class _Base(Dataset):
                 if str(e) not in self._reported:
                     self._reported.add(str(e))
                     warnings.warn(f"skipping sample {index}: {e}", stacklevel=2)
-                unreadable += 1
-                if unreadable >= len(self):
+                unreadable.add(index)
+                if len(unreadable) >= len(self):
                     raise DataError("no readable sample in the dataset") from None
                 index = (index + 1) % len(self)
         sample["valid"] = np.bool_(key.valid)
@@ -307,7 +307,7 @@ class DenseDataset(_Base):
             raise ValueError(f"{task} augmentation is a {' or '.join(w.__name__ for w in wants)}, not "
                              f"{type(augment).__name__}")
         self.root, self.task, self.augment, self.classes = Path(root), task, augment, classes
-        self.centred = resize == "center" or task == "pointmap"  # validation's fit
+        self.centred = resize == "center" or task == "pointmap" or isinstance(augment, Fit2Augment)  # validation's
         if not self.root.is_dir():
             raise DataError(f"dataset folder {self.root} does not exist")
         self.flip_lut = classes.flip_lut() if classes is not None else np.arange(256, dtype=np.uint8)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .transforms import _crop_ratio_ok, photometric_distortion
+from .transforms import crop_ratio_ok, photometric_distortion, replace_background, warp_image
 
 
 class SampleRejected(Exception):  # noqa: N818 (a signal, not a fault)
@@ -70,7 +70,8 @@ class Fit2Augment:
     noise_var: tuple[float, float] = (5.0, 20.0)
     solarize_prob: float = 0.0  # normal 0.3
     solarize_threshold: int = 128
-    mask_rule: bool = False  # normal: drop a mask of under 16 pixels or over 96 % of the input (pointmaps: always)
+    mask_rule: bool = False  # normals: drop a mask of under 16 pixels or over 96 % of the input (pointmaps always
+    # drop those, and a nearest canonical depth under 4 cm: ``check_pointmap``)
 
 
 NORMAL2 = Fit2Augment(down_up_prob=0.2, blur_prob=0.3, noise_prob=0.3, solarize_prob=0.3, mask_rule=True)
@@ -164,8 +165,7 @@ def reinhard_transfer(img: np.ndarray, foreground: np.ndarray) -> np.ndarray:
 
 def paste_background(img: np.ndarray, foreground: np.ndarray, background: np.ndarray) -> np.ndarray:
     """The foreground kept, the rest from ``background`` (``fit_background``), then ``reinhard_transfer``."""
-    bg = fit_background(background, img.shape[:2])
-    return reinhard_transfer(np.where(foreground[..., None], img, bg), foreground)
+    return reinhard_transfer(replace_background(img, foreground, fit_background(background, img.shape[:2])), foreground)
 
 
 # ------------------------------------------------------------------------------------------------------------ seg
@@ -199,8 +199,9 @@ def seg2_sample(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], 
 
 def _crop(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generator,
           cat_max_ratio: float, ignore: int) -> tuple[np.ndarray, np.ndarray]:
-    """An input-sized window; a smaller image padded below and right first (black, labelled ``ignore``). While one
-    class covers more than ``cat_max_ratio`` of the window, another is drawn (10 more at most)."""
+    """An input-sized window; a smaller image padded below and right first (black, labelled ``ignore``). While the
+    window holds one class only, or one covers more than ``cat_max_ratio`` of it (counted on a ~256 x 256
+    subsample, ``crop_ratio_ok``), another is drawn (10 more at most)."""
     oh, ow = out_hw
     ph, pw = max(oh - labels.shape[0], 0), max(ow - labels.shape[1], 0)
     if ph or pw:
@@ -209,7 +210,7 @@ def _crop(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], rng: n
     H, W = labels.shape
     for _ in range(11 if cat_max_ratio < 1.0 else 1):
         y0, x0 = int(rng.integers(0, H - oh + 1)), int(rng.integers(0, W - ow + 1))
-        if cat_max_ratio >= 1.0 or _crop_ratio_ok(labels, (y0, y0 + oh, x0, x0 + ow), cat_max_ratio, ignore):
+        if cat_max_ratio >= 1.0 or crop_ratio_ok(labels, (y0, y0 + oh, x0, x0 + ow), cat_max_ratio, ignore):
             break
     return image[y0:y0 + oh, x0:x0 + ow], labels[y0:y0 + oh, x0:x0 + ow]
 
@@ -295,8 +296,6 @@ def fit2_image(image: np.ndarray, plan: FitPlan, out_hw: tuple[int, int], rng: n
                aug: Fit2Augment | None) -> np.ndarray:
     """The image through the pixel steps and ``plan`` (photometric, down-up and scale before the warp; blur, noise
     and solarize after it)."""
-    from .transforms import warp_image
-
     source_hw = image.shape[:2]
     if aug is not None and rng is not None:
         if aug.photometric:
@@ -328,7 +327,7 @@ def check_pointmap(depth: np.ndarray, mask: np.ndarray, K: np.ndarray) -> None:
     of 16 pixels to 96 % of the input, its nearest canonical depth 4 cm or more)."""
     import torch
 
-    from ..tasks.pointmap import canonical_scale, counting_samples
+    from ..tasks.pointmap import MAX_SHARE, MIN_DEPTH, MIN_PIXELS, canonical_scale, counting_samples
 
     m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))[None]
     z = torch.from_numpy(depth)[None] * canonical_scale(torch.from_numpy(K))
@@ -336,4 +335,5 @@ def check_pointmap(depth: np.ndarray, mask: np.ndarray, K: np.ndarray) -> None:
         n = int(m.sum())
         nearest = float(z[m].min()) if n else float("nan")
         raise SampleRejected(f"mask of {n} pixels ({n / mask.size:.1%} of the input) with its nearest canonical depth "
-                             f"{nearest:.3f}, outside Sapiens2's 16 pixels to 96 % and 0.04")
+                             f"{nearest:.3f}, outside Sapiens2's {MIN_PIXELS} pixels to {MAX_SHARE:.0%} and "
+                             f"{MIN_DEPTH}")

@@ -162,7 +162,7 @@ class DenseAugment:
     background_prob: float = 0.0  # seg 0.8, depth/normal 0.5 when a background folder is given
 
 
-def _crop_ratio_ok(labels: np.ndarray, box: tuple[int, int, int, int], max_ratio: float, ignore: int = 255) -> bool:
+def crop_ratio_ok(labels: np.ndarray, box: tuple[int, int, int, int], max_ratio: float, ignore: int = 255) -> bool:
     """Official cat_max_ratio test: more than one class in the crop and none above ``max_ratio`` of it."""
     y0, y1, x0, x1 = box
     step = max(1, int(math.sqrt((y1 - y0) * (x1 - x0) / 65536)))  # a ~256x256 subsample is enough for a ratio
@@ -194,7 +194,7 @@ def dense_affine(image_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.ran
         if labels is None or aug.cat_max_ratio >= 1.0:
             break
         box = (int(y0 / fy), int(math.ceil((y0 + ch) / fy)), int(x0 / fx), int(math.ceil((x0 + cw) / fx)))
-        if _crop_ratio_ok(labels, box, aug.cat_max_ratio):
+        if crop_ratio_ok(labels, box, aug.cat_max_ratio):
             break
     ky, kx = oh / ch, ow / cw  # stretch the crop to the input size
     # x_out = ((x + 0.5) fx - 0.5 - x0 + 0.5) kx - 0.5

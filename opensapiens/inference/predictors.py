@@ -72,8 +72,9 @@ class Predictor:
             raise ValueError(f"{type(self).__name__} needs a {self.task} model, got a {model.task} model")
         self.model = model.eval()
         self.input_size = tuple(input_size)
-        if self.input_size[0] % 16 or self.input_size[1] % 16:
-            raise ValueError(f"input size {self.input_size} must be divisible by 16")
+        stride = getattr(getattr(model.config, "arch", None), "stride", 16)  # pixels per token: 16, the 4K model's 64
+        if self.input_size[0] % stride or self.input_size[1] % stride:
+            raise ValueError(f"input size {self.input_size} must be divisible by {stride}")
         self.batch_size = batch_size
         self.preprocess = Preprocessor(self.input_size, resize=resize)
 
@@ -470,8 +471,9 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         return MultiTaskPredictor(model, input_size=input_size, **kwargs, **({"resize": resize} if resize else {}))
     if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
         trained = _recorded(model).get("input_size")
+        stride = model.config.arch.stride
         input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
-            (1024, 1024) if model.task == "features" and model.config.generation == 1 else (1024, 768))
+            (1024, 1024) if model.task == "features" and model.config.generation == 1 else (64 * stride, 48 * stride))
     if optimize is None:
         optimize = device.type == "cuda"
     if model.config.generation == 2 and model.task in ("normal", "pointmap") and resize is None:

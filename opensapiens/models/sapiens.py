@@ -53,6 +53,8 @@ class ModelConfig:
             d.pop("head_spec")
         else:
             d["head_spec"] = self.head_spec.to_dict()
+        if not d["arch"].get("tokenizer_layers", 1):  # (1K Sapiens2 configs as before the 4K model: older readers)
+            del d["arch"]["tokenizer_layers"], d["arch"]["window"]
         return d
 
     @classmethod

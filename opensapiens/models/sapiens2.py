@@ -233,7 +233,7 @@ class WindowTokenizer(nn.Module):
         self.local_pos_embed = nn.Parameter(torch.zeros(1, 1 + window * window, dim))  # (official names)
         self.w_cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.blocks = nn.ModuleList(Block2(dim, num_heads, num_heads, hidden, plain=True) for _ in range(layers))
-        self.grad_checkpointing = False
+        self.grad_checkpointing = True  # in training, as the official code always does: 16x the encoder's tokens
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
         (h, w), s = grid, self.window
@@ -292,9 +292,7 @@ class Sapiens2ViT(nn.Module):
                     nn.init.zeros_(m.bias)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        self.grad_checkpointing = enable
-        if self.tokenizer is not None:
-            self.tokenizer.grad_checkpointing = enable
+        self.grad_checkpointing = enable  # (the blocks; the 4K tokenizer checkpoints its own in training)
 
     def no_weight_decay(self) -> set[str]:
         return set()  # the official recipe decays the cls and storage tokens (only 1-D tensors and biases are spared)

@@ -138,11 +138,12 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
     if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay and clipping by size, 500
         # steps of linear warm-up, then a linear decay to 0; its own losses (tasks.build_criterion)
-        size = arch.removeprefix("sapiens2_")
+        size = arch.removeprefix("sapiens2_").removesuffix("_4k")  # (the 4K backbone: the 1b's recipe)
         defaults = dict(lr=1e-4 if size == "5b" else 5e-4, warmup_steps=500, schedule="poly",
                         layer_decay={"0.4b": 0.8, "0.8b": 0.85, "1b": 0.9, "5b": 0.94}.get(size, 0.85),
                         clip_grad=2.0 if size == "0.4b" or (size == "0.8b" and cfg.task == "pointmap") else 4.0,
-                        batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=6.0 * cfg.input_size[0] / 1024)
+                        batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0,
+                        sigma=6.0 * (4 * cfg.input_size[0] / chosen.stride) / 256)  # 6 on a 256-row heatmap
         if cfg.task == "depth":
             raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
                              "architecture, or pointmaps / normals / seg / pose from a Sapiens2 one")

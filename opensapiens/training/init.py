@@ -40,9 +40,11 @@ def fit_backbone(src_cfg: ModelConfig, sd: dict[str, torch.Tensor], backbone: Sa
     ours = backbone.state_dict()
     missing = [k for k in ours if k not in weights]
     wrong = [k for k, v in weights.items() if k in ours and ours[k].shape != v.shape]
-    if missing or wrong:
+    extra = [k for k in weights if k not in ours]  # e.g. a 4K backbone's window tokenizer for a 1K model
+    if missing or wrong or extra:
         raise ValueError(f"{source}: its backbone ({src_cfg.arch.name}) does not fit the model "
-                         f"({backbone.arch.name}); missing {missing[:3]}, mismatched {wrong[:3]}")
+                         f"({backbone.arch.name}); missing {missing[:3]}, mismatched {wrong[:3]}, not in the model "
+                         f"{extra[:3]} (leave --arch out to take the checkpoint's)")
     return weights
 
 

@@ -33,7 +33,7 @@ def layer_id(name: str, num_layers: int, prefix: str = "backbone.") -> int:
     if not name.startswith(prefix):
         return num_layers + 1
     rest = name[len(prefix):]
-    if rest.split(".")[0] in _EMBEDDINGS or rest.startswith("patch_embed."):
+    if rest.split(".")[0] in _EMBEDDINGS or rest.startswith(("patch_embed.", "tokenizer.")):  # (4K: its windows)
         return 0
     m = _BLOCK.match(rest)
     if m:
@@ -45,8 +45,9 @@ def uses_weight_decay(name: str, param: torch.Tensor, decay_tokens: bool = False
     """False for 1-D tensors, biases and the position embedding, and unless ``decay_tokens`` the cls/mask/storage
     tokens."""
     name = clean_name(name)
-    spared = ("pos_embed",) if decay_tokens else _EMBEDDINGS
-    return not (param.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in spared)
+    last = name.split(".")[-1]  # (any position table, the 4K tokenizer's local_pos_embed too, as the official rule)
+    return not (param.ndim <= 1 or name.endswith(".bias") or "pos_embed" in last or
+                (not decay_tokens and last in _EMBEDDINGS))
 
 
 def param_groups(named_params: Iterable[tuple[str, torch.Tensor]], weight_decay: float, layer_decay: float = 1.0,
