@@ -276,6 +276,15 @@ def test_a_4k_backbone_does_not_start_a_1k_model_and_1k_configs_read_as_before(t
     assert load_model(tmp_path / "4k.safetensors").config.arch.tokenizer_layers == 2
 
 
+def test_sapiens2_seg_predictors_resize_as_its_official_code_and_the_others_bilinear(tmp_path):
+    for name, model in (("s2seg", _model("seg")), ("s2normal", _model("normal")),
+                        ("v1seg", build_model("seg", "nano", out_channels=28))):
+        save_model(model, tmp_path / f"{name}.safetensors")
+    interpolation = {name: load_predictor(None, tmp_path / f"{name}.safetensors", device="cpu").preprocess.interpolation
+                     for name in ("s2seg", "s2normal", "v1seg")}
+    assert interpolation == {"s2seg": "area-cubic", "s2normal": "bilinear", "v1seg": "bilinear"}
+
+
 def test_4k_predictors_and_exports_size_their_inputs_by_64(tmp_path):
     from opensapiens.checkpoints.onnx_export import default_input_size
 

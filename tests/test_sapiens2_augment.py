@@ -384,6 +384,25 @@ def test_sapiens2_normal_validation_is_the_centred_fit_predict_uses(tmp_path):
     assert v1["mask"][:, :left].any()  # Sapiens's validation stretches
 
 
+@pytest.mark.parametrize("generation", [1, 2])
+def test_seg_validation_is_the_resize_its_predictor_does(tmp_path, generation):
+    """Sapiens2: OpenCV's area / bicubic resize (its seg predictor's, as its official code); Sapiens: bilinear."""
+    from opensapiens.inference.transforms import MEAN, STD, Preprocessor
+
+    rng = np.random.default_rng(1)
+    for i, shape in enumerate([(300, 200), (50, 60)]):  # one shrunk, one enlarged
+        save_png(tmp_path / "images" / f"v{i}.png", rng.integers(0, 255, (*shape, 3), dtype=np.uint8))
+        save_png(tmp_path / "seg" / f"v{i}.png", np.ones(shape, np.uint8))
+    ds = build_dataset("seg", tmp_path, train=False, input_size=(128, 96), generation=generation)
+    pre = Preprocessor((128, 96), interpolation="area-cubic" if generation == 2 else "bilinear")
+    for i in range(2):
+        from opensapiens.io import read_image
+
+        x, _ = pre([read_image(ds.samples[i][0])])
+        seen = (x[0].permute(1, 2, 0) * torch.tensor(STD) + torch.tensor(MEAN)).numpy()
+        assert np.abs(seen - ds[i]["image"]).max() <= 1.01
+
+
 def test_sapiens2_pose_weights_only_keypoints_inside_the_crop():
     kp = torch.tensor([[[10.0, 10.0], [-0.5, 10.0], [47.9, 63.9], [48.0, 5.0], [5.0, 64.0]]])  # (1, 5, 2) in 64 x 48
     batch = {"image": torch.zeros(1, 3, 64, 48), "keypoints": kp, "visible": torch.ones(1, 5)}

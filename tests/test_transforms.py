@@ -41,6 +41,20 @@ def test_stretch_is_cv2_bilinear(shape):
     assert m.scale == pytest.approx((64 / shape[0], 48 / shape[1]))
 
 
+@pytest.mark.parametrize("shape", [(2000, 1500), (1080, 1920), (900, 1000), (500, 1500), (700, 800), (50, 40),
+                                   (1500, 768), (1024, 768)])
+def test_area_cubic_is_opencvs_resize_of_sapiens2_seg(shape):
+    """Sapiens2's seg resize: cv2.resize of the uint8 image, INTER_AREA when the width shrinks (an average when both
+    sides do, two taps when the height grows), INTER_CUBIC otherwise; ours is float (no uint8 rounding)."""
+    img = _image(*shape)
+    batch, _ = Preprocessor((1024, 768), "stretch", interpolation="area-cubic")([img])
+    ref = cv2.resize(img, (768, 1024), interpolation=cv2.INTER_AREA if shape[1] > 768 else cv2.INTER_CUBIC)
+    got = _unnormalize(batch)
+    assert np.abs(np.rint(got) - ref).max() <= 1 and np.abs(got - ref).mean() < 0.3
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        Preprocessor((64, 48), interpolation="lanczos")
+
+
 def test_normalization_and_custom_mean():
     img = np.full((4, 4, 3), (10, 128, 250), np.uint8)
     batch, _ = Preprocessor((4, 4), mean=LITE_MEAN, std=LITE_STD)([img])

@@ -58,7 +58,8 @@ def build_dataset(task: str, path: str | Path, train: bool, input_size: tuple[in
         return KeypointDataset(pose_annotation_file(path), load_keypoint_layout(keypoints), image_root, input_size,
                                aug, backgrounds=bgs)
     return DenseDataset(path, task, input_size, aug, load_classes(classes) if task == "seg" else None, bgs,
-                        resize="center" if generation == 2 and task == "normal" else "stretch")
+                        resize="center" if generation == 2 and task == "normal" else "stretch",
+                        interpolation="area-cubic" if generation == 2 and task == "seg" else "bilinear")
 
 
 __all__ = ["AUGMENT", "AUGMENT2", "DataError", "DenseAugment", "DenseDataset", "EvalSampler", "Fit2Augment",

@@ -39,6 +39,7 @@ from .sapiens2_transforms import (
     fit2_image,
     fit_plan,
     paste_background,
+    resize_image,
     seg2_sample,
 )
 from .transforms import (
@@ -55,6 +56,7 @@ from .transforms import (
     warp,
     warp_camera,
     warp_depth,
+    warp_image,
 )
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -288,6 +290,8 @@ class DenseDataset(_Base):
         backgrounds: pictures pasted behind the foreground (label > 0 or mask > 0) with ``augment.background_prob``.
         resize: validation's resize, "stretch" (Sapiens's, Sapiens2's seg) or "center" (the centred aspect-keeping
             fit of Sapiens2's normals and pointmaps; pointmaps always).
+        interpolation: validation's stretch of the image, "bilinear" (Sapiens's) or "area-cubic" (Sapiens2's seg:
+            ``resize_image``, what its predictor does); default: the latter with ``Seg2Augment``.
     """
 
     TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",),
@@ -295,7 +299,7 @@ class DenseDataset(_Base):
 
     def __init__(self, root: str | Path, task: str, input_size: tuple[int, int] = (1024, 768),
                  augment: DenseAugment | Seg2Augment | Fit2Augment | None = None, classes: SegClasses | None = None,
-                 backgrounds: list[Path] | None = None, resize: str = "stretch"):
+                 backgrounds: list[Path] | None = None, resize: str = "stretch", interpolation: str | None = None):
         super().__init__(input_size, backgrounds)
         if task not in self.TARGET_DIRS:
             raise ValueError(f"DenseDataset handles seg/depth/normal/pointmap, not {task!r}")
@@ -308,6 +312,7 @@ class DenseDataset(_Base):
                              f"{type(augment).__name__}")
         self.root, self.task, self.augment, self.classes = Path(root), task, augment, classes
         self.centred = resize == "center" or task == "pointmap" or isinstance(augment, Fit2Augment)  # validation's
+        self.area_cubic = interpolation == "area-cubic" or (interpolation is None and isinstance(augment, Seg2Augment))
         if not self.root.is_dir():
             raise DataError(f"dataset folder {self.root} does not exist")
         self.flip_lut = classes.flip_lut() if classes is not None else np.arange(256, dtype=np.uint8)
@@ -390,7 +395,10 @@ class DenseDataset(_Base):
             if bg is not None:
                 image = replace_background(image, fg, bg)
         M, angle, flip = dense_affine((H, W), self.input_size, rng, aug, target if self.task == "seg" else None)
-        out["image"] = warp(image, M, self.input_size, nearest=False)
+        if aug is None and self.area_cubic:  # (validation's stretch; M is the same resize, for the labels)
+            out["image"] = resize_image(image, self.input_size)
+        else:  # edges continued, not blended with the black beyond them, as cv2.resize and predict's resize
+            out["image"] = warp_image(image, M, self.input_size)
         if aug is not None:
             out["image"] = self.photometric(out["image"], rng, aug.photometric)
         if self.task == "seg":

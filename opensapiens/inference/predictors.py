@@ -67,7 +67,7 @@ class Predictor:
     task = ""
 
     def __init__(self, model: SapiensModel | FastModel, input_size: tuple[int, int] = (1024, 768), batch_size: int = 4,
-                 resize: str = "stretch"):
+                 resize: str = "stretch", interpolation: str | None = None):
         if model.task != self.task:
             raise ValueError(f"{type(self).__name__} needs a {self.task} model, got a {model.task} model")
         self.model = model.eval()
@@ -76,7 +76,10 @@ class Predictor:
         if self.input_size[0] % stride or self.input_size[1] % stride:
             raise ValueError(f"input size {self.input_size} must be divisible by {stride}")
         self.batch_size = batch_size
-        self.preprocess = Preprocessor(self.input_size, resize=resize)
+        if interpolation is None:  # Sapiens2's seg models were trained and are run on area / bicubic resizes
+            sapiens2_seg = self.task == "seg" and getattr(model.config, "generation", 1) == 2
+            interpolation = "area-cubic" if sapiens2_seg and resize == "stretch" else "bilinear"
+        self.preprocess = Preprocessor(self.input_size, resize=resize, interpolation=interpolation)
 
     @property
     def device(self) -> torch.device:

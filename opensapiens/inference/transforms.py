@@ -11,8 +11,9 @@ normalization).
 
 Resampling is bilinear with ``align_corners=False`` (pixel centres at integer coordinates, edges clamped), the
 convention of ``cv2.resize(INTER_LINEAR)`` and ``F.interpolate``; no anti-aliasing by default, like the official
-``cv2.resize``. It runs in float32 torch on the target device (uint8 pixels are uploaded, then converted), so CPU
-and GPU give the same numbers up to float rounding. Unlike the official pipeline, the resized image is not rounded
+``cv2.resize``. ``interpolation="area-cubic"`` is Sapiens2's seg resize instead (``resize_area_cubic``). Either
+runs in float32 torch on the target device (uint8 pixels are uploaded, then converted), so CPU and GPU give the
+same numbers up to float rounding. Unlike the official pipeline, the resized image is not rounded
 back to uint8 before normalization (a difference of at most half a grey level).
 """
 
@@ -33,6 +34,7 @@ LITE_MEAN = (123.5, 116.5, 103.5)  # rounded values of the official "lite" demos
 LITE_STD = (58.5, 57.0, 57.5)
 
 RESIZE_MODES = ("stretch", "pad", "center")
+INTERPOLATIONS = ("bilinear", "area-cubic")
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,13 @@ class Preprocessor:
     """RGB uint8 images -> normalized model batch plus the ``ResizeMeta`` needed to map outputs back."""
 
     def __init__(self, input_size: tuple[int, int] = (1024, 768), resize: str = "stretch",
-                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD, antialias: bool = False):
+                 mean: Sequence[float] = MEAN, std: Sequence[float] = STD, antialias: bool = False,
+                 interpolation: str = "bilinear"):
         if resize not in RESIZE_MODES:
             raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = interpolation
         if len(input_size) != 2 or min(input_size) < 1:
             raise ValueError(f"input_size must be (H, W) with positive sides, got {input_size}")
         self.input_size = (int(input_size[0]), int(input_size[1]))
@@ -124,7 +130,9 @@ class Preprocessor:
         for ids, meta in groups:
             x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
             (ch, cw), (top, left) = meta.content_size, meta.pad[:2]
-            if (ch, cw) != meta.original_size:
+            if (ch, cw) != meta.original_size and self.interpolation == "area-cubic":
+                x = resize_area_cubic(x, (ch, cw))
+            elif (ch, cw) != meta.original_size:
                 x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False, antialias=self.antialias)
             batch[ids, :, top : top + ch, left : left + cw] = (x - mean) / std
         return batch, metas
@@ -133,6 +141,51 @@ class Preprocessor:
                 ) -> list[torch.Tensor]:
         """See ``restore``."""
         return restore(outputs, metas, mode)
+
+
+def resize_area_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(b, C, H0, W0) float (0-255) -> (b, C, h, w) as Sapiens2's seg resize, ``cv2.resize`` of its uint8 image with
+    INTER_AREA when the width shrinks, else INTER_CUBIC (within a grey level of it: no uint8 rounding here). OpenCV's
+    area interpolation averages the source pixels under each output pixel, weighted by overlap, when both sides
+    shrink; when one side grows it is a two-tap interpolation with area-derived weights on both."""
+    (H0, W0), (h, w) = x.shape[-2:], size
+    if w >= W0:
+        return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255)  # (cv2 saturates)
+    weights = _area_weights if h <= H0 else _area_linear_weights
+    (ix, wx), (iy, wy) = weights(W0, w, x.device), weights(H0, h, x.device)
+    return _along(_along(x, -1, ix, wx), -2, iy, wy)
+
+
+def _along(x: torch.Tensor, dim: int, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Resample ``x`` along ``dim``: output i = sum_k weight[i, k] x[index[i, k]]."""
+    x = x.movedim(dim, -1)
+    return (x[..., index] * weight.to(x.dtype)).sum(-1).movedim(-1, dim)
+
+
+@functools.cache
+def _area_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_out, k) source indices and weights: output pixel i covers [i s, (i + 1) s) of the source, s = n_in / n_out
+    >= 1; each source pixel j weighs its overlap with it, over s."""
+    s = n_in / n_out
+    start = torch.arange(n_out, dtype=torch.float64) * s
+    j = start.floor().long()[:, None] + torch.arange(math.ceil(s) + 1)  # (n_out, k)
+    overlap = torch.minimum(start[:, None] + s, j + 1.0) - torch.maximum(start[:, None], j.double())
+    weight = torch.where(j < n_in, overlap.clamp(min=0) / s, 0.0)
+    return j.clamp(max=n_in - 1).to(device), weight.float().to(device)
+
+
+@functools.cache
+def _area_linear_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n_out, 2) indices and weights of OpenCV's INTER_AREA where it does not average (a side grows): output pixel
+    i reads source pixels floor(i s) and the next, the second weighted by the fractional part of
+    (i + 1) - (floor(i s) + 1) / s where that is positive (else 0)."""
+    s = n_in / n_out
+    i = torch.arange(n_out, dtype=torch.float64)
+    first = torch.floor(i * s)
+    f = (i + 1) - (first + 1) / s
+    f = torch.where(f <= 0, 0.0, f - torch.floor(f))
+    index = torch.stack([first, first + 1], 1).long().clamp(0, n_in - 1)
+    return index.to(device), torch.stack([1 - f, f], 1).float().to(device)
 
 
 def check_image(i: int, img: np.ndarray | torch.Tensor) -> tuple[int, int]:
