@@ -455,3 +455,7 @@ def test_the_recipes_by_generation(toy, tmp_path):
     with pytest.raises(ValueError, match="no Sapiens2 depth recipe"):
         build_dataset("depth", toy, train=False, input_size=SIZE, generation=2)
     assert DenseDataset(toy, "normal", SIZE, NORMAL2).centred  # its validation: the fit it trains with
+    for generation in (1, 2):  # Sapiens2's pose crops: bicubic where they magnify (crop_people's test)
+        pose = build_dataset("pose", toy / "annotations.json", train=False, input_size=SIZE,
+                             keypoints=str(toy / "keypoints.json"), generation=generation)
+        assert pose.cubic_enlarging == (generation == 2)

@@ -231,3 +231,25 @@ def test_non_positive_scale_error_says_which_boxes_give_one():
     udp_affine(center[[0]], scale[[0]], OUT)
     with pytest.raises(ValueError, match=r"2 of 4 \(w, h\).*width and height are both zero or negative"):
         udp_affine(center, scale, OUT)
+
+
+def test_sapiens2_crops_are_bicubic_where_they_magnify_as_opencv_warps_them():
+    """``cubic_enlarging`` (Sapiens2's PoseTopdownAffine): a box smaller than the crop is warped as
+    cv2.warpAffine(INTER_CUBIC) of the uint8 image (saturated), a larger one as INTER_LINEAR, both in one image."""
+    import cv2
+
+    from opensapiens.inference.topdown import crop_people, udp_affine
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    boxes = torch.tensor([[150.0, 100.0], [200.0, 150.0], [60.0, 50.0]])  # centres
+    scale = torch.tensor([[24.0, 32.0], [300.0, 400.0], [36.0, 48.0]])  # (w, h): magnified, shrunk, magnified
+    crops = crop_people([torch.from_numpy(img).permute(2, 0, 1)], [0, 0, 0], boxes, scale, (64, 48),
+                        cubic_enlarging=True)
+    plain = crop_people([torch.from_numpy(img).permute(2, 0, 1)], [0, 0, 0], boxes, scale, (64, 48))
+    A = udp_affine(boxes.double(), scale.double(), (64, 48)).numpy()
+    for i, flag in enumerate((cv2.INTER_CUBIC, cv2.INTER_LINEAR, cv2.INTER_CUBIC)):
+        ref = cv2.warpAffine(img, A[i], (48, 64), flags=flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        got = crops[i].permute(1, 2, 0).numpy()
+        assert np.abs(np.rint(got) - ref).max() <= 1 and np.abs(got - ref).mean() < 0.3, i
+    assert torch.equal(crops[1], plain[1]) and not torch.allclose(crops[0], plain[0], atol=1)

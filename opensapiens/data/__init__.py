@@ -56,7 +56,7 @@ def build_dataset(task: str, path: str | Path, train: bool, input_size: tuple[in
     bgs = list_backgrounds(backgrounds) if aug is not None else []
     if task == "pose":
         return KeypointDataset(pose_annotation_file(path), load_keypoint_layout(keypoints), image_root, input_size,
-                               aug, backgrounds=bgs)
+                               aug, backgrounds=bgs, cubic_enlarging=generation == 2)
     return DenseDataset(path, task, input_size, aug, load_classes(classes) if task == "seg" else None, bgs,
                         resize="center" if generation == 2 and task == "normal" else "stretch",
                         interpolation="area-cubic" if generation == 2 and task == "seg" else "bilinear")

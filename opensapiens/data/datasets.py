@@ -19,6 +19,7 @@ import json
 import warnings
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -163,12 +164,14 @@ class KeypointDataset(_Base):
         layout: keypoint set and half-body ids (``load_keypoint_layout``).
         input_size: (H, W) crop, 1024x768 officially.
         augment: ``PoseAugment`` for training, None for validation crops.
+        cubic_enlarging: crops that magnify are bicubic (Sapiens2's), else bilinear, as ``crop_people``.
     """
 
     def __init__(self, ann_file: str | Path, layout: PoseLayout, image_root: str | Path | None = None,
                  input_size: tuple[int, int] = (1024, 768), augment: PoseAugment | None = None,
-                 padding: float = 1.25, backgrounds: list[Path] | None = None):
+                 padding: float = 1.25, backgrounds: list[Path] | None = None, cubic_enlarging: bool = False):
         super().__init__(input_size, backgrounds)
+        self.cubic_enlarging = cubic_enlarging  # Sapiens2: a crop that magnifies is bicubic (its PoseTopdownAffine)
         self.ann_file = Path(ann_file)
         try:
             self.coco = json.loads(self.ann_file.read_text())
@@ -209,7 +212,10 @@ class KeypointDataset(_Base):
         box_scale = bbox_center_scale(bbox, None, self.padding)[1]  # not widened: the augmentation shifts by it
         A, keypoints, visible = pose_crop(image.shape[:2], kp[:, :2], (kp[:, 2] > 0).astype(np.float32), center,
                                           box_scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
-        crop = warp(image, A, self.input_size, nearest=False)
+        if self.cubic_enlarging and min(np.linalg.norm(A[0, :2]), np.linalg.norm(A[1, :2])) >= 1:
+            crop = cv2.warpAffine(image, A, self.input_size[::-1], flags=cv2.INTER_CUBIC)  # Sapiens2's magnified crops
+        else:
+            crop = warp(image, A, self.input_size, nearest=False)
         if aug is not None:
             photometric = aug.photometric and (aug.photometric_prob >= 1 or rng.random() < aug.photometric_prob)
             crop = self.photometric(crop, rng, photometric)

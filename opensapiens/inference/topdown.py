@@ -133,8 +133,11 @@ def crop_people(
     scale: torch.Tensor,
     output_size: tuple[int, int] = (1024, 768),
     rotation_deg: torch.Tensor | float | None = None,
+    cubic_enlarging: bool = False,
 ) -> torch.Tensor:
-    """Warp every person box to a UDP crop: bilinear, zeros outside the image (cv2.warpAffine INTER_LINEAR).
+    """Warp every person box to a UDP crop: bilinear, zeros outside the image (cv2.warpAffine INTER_LINEAR); with
+    ``cubic_enlarging`` (Sapiens2's PoseTopdownAffine) bicubic where the crop magnifies (both scale factors >= 1;
+    clamped to 0-255 for uint8 images, as OpenCV saturates).
 
     Args:
         images: B tensors (3, H_b, W_b), uint8 or float, on one device; sizes may differ.
@@ -174,23 +177,42 @@ def crop_people(
     in_order = torch.equal(order, torch.arange(N))  # the usual case: callers list people image by image
     if not in_order:
         src = src[to_device_async(order, device)]
+    cubic = torch.zeros(N, dtype=torch.bool)
+    if cubic_enlarging:  # crop pixels per image pixel: (W - 1) / w and (H - 1) / h of each box
+        box = torch.as_tensor(scale, dtype=torch.float64).cpu()
+        cubic = torch.minimum((W - 1) / box[:, 0], (H - 1) / box[:, 1])[order] >= 1
     pieces, start = [], 0
     for b, n in enumerate(torch.bincount(index, minlength=len(images)).tolist()):  # one grid_sample per image
         if n == 0:
             continue
-        src_b = src[start:start + n]
+        src_b, cubic_b = src[start:start + n], cubic[start:start + n]
         start += n
         img = images[b].float()[None]  # (1, 3, Hb, Wb)
         Hb, Wb = img.shape[-2:]
         # align_corners=False: normalized -1 / +1 are the outer pixel edges, so pixel x sits at (2x + 1) / W - 1.
         grid = torch.stack([(2 * src_b[..., 0] + 1) / Wb - 1, (2 * src_b[..., 1] + 1) / Hb - 1], dim=-1)
-        out = F.grid_sample(img, grid.reshape(1, n * H, W, 2), mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (1, 3, n * H, W)
-        pieces.append(out.view(3, n, H, W).transpose(0, 1))
+        if not cubic_b.any():
+            pieces.append(_sample(img, grid, "bilinear"))
+            continue
+        out = torch.empty(n, 3, H, W, device=device)
+        for mode, people in (("bicubic", cubic_b), ("bilinear", ~cubic_b)):
+            if people.any():
+                rows = to_device_async(torch.nonzero(people)[:, 0], device)
+                out[rows] = _sample(img, grid[rows], mode)
+        if images[b].dtype == torch.uint8:
+            out.clamp_(0, 255)  # (only bicubic overshoots)
+        pieces.append(out)
     crops = torch.cat(pieces) if pieces else torch.zeros(0, 3, H, W, device=device)
     if not in_order:  # back to the callers' order
         crops = crops[to_device_async(torch.argsort(order), device)]
     return crops
+
+
+def _sample(img: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """(1, 3, Hb, Wb) image at (n, H, W, 2) normalized points -> (n, 3, H, W), one grid_sample for all n."""
+    n, H, W, _ = grid.shape
+    out = F.grid_sample(img, grid.reshape(1, n * H, W, 2), mode=mode, padding_mode="zeros", align_corners=False)
+    return out.view(3, n, H, W).transpose(0, 1)
 
 
 def person_inputs(
@@ -200,12 +222,13 @@ def person_inputs(
     scale: torch.Tensor,
     input_size: tuple[int, int],
     dtype: torch.dtype,
+    cubic_enlarging: bool = False,
 ) -> torch.Tensor:
-    """The pose model's input for each person: the UDP crop (``crop_people``), normalized with the Sapiens mean and
-    std, in the model's ``dtype``; (N, 3, H, W)."""
+    """The pose model's input for each person: the UDP crop (``crop_people``; ``cubic_enlarging`` for Sapiens2),
+    normalized with the Sapiens mean and std, in the model's ``dtype``; (N, 3, H, W)."""
     from .transforms import MEAN, STD, normalization_tensors
 
-    crops = crop_people(images, image_index, center, scale, input_size)
+    crops = crop_people(images, image_index, center, scale, input_size, cubic_enlarging=cubic_enlarging)
     mean, std = normalization_tensors(MEAN, STD, crops.device)
     return ((crops - mean) / std).to(dtype)
 
