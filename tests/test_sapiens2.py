@@ -285,8 +285,8 @@ def test_sapiens2_seg_predictors_resize_as_its_official_code_and_the_others_bili
     assert interpolation == {"s2seg": "area-cubic", "s2normal": "bilinear", "v1seg": "bilinear"}
     save_model(_model("pose"), tmp_path / "s2pose.safetensors")  # and its pose crops bicubic where they magnify
     save_model(build_model("pose", "nano", out_channels=17), tmp_path / "v1pose.safetensors")
-    assert load_predictor(None, tmp_path / "s2pose.safetensors", device="cpu").cubic_crops
-    assert not load_predictor(None, tmp_path / "v1pose.safetensors", device="cpu").cubic_crops
+    assert load_predictor(None, tmp_path / "s2pose.safetensors", device="cpu").cubic_enlarging
+    assert not load_predictor(None, tmp_path / "v1pose.safetensors", device="cpu").cubic_enlarging
 
 
 def test_4k_predictors_and_exports_size_their_inputs_by_64(tmp_path):

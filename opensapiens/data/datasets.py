@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 
 from ..evaluation.pose import annotation_keypoints
 from ..evaluation.utils import read_label_png
+from ..inference.topdown import magnifies
 from ..io.images import ImageReadError, read_image, read_mask
 from ..metadata import SegClasses
 from .labels import DataError, PoseLayout
@@ -212,7 +213,7 @@ class KeypointDataset(_Base):
         box_scale = bbox_center_scale(bbox, None, self.padding)[1]  # not widened: the augmentation shifts by it
         A, keypoints, visible = pose_crop(image.shape[:2], kp[:, :2], (kp[:, 2] > 0).astype(np.float32), center,
                                           box_scale, self.input_size, rng, aug, self.flip_indices, self.half_body)
-        if self.cubic_enlarging and min(np.linalg.norm(A[0, :2]), np.linalg.norm(A[1, :2])) >= 1:
+        if self.cubic_enlarging and bool(magnifies(torch.from_numpy(A))):
             crop = cv2.warpAffine(image, A, self.input_size[::-1], flags=cv2.INTER_CUBIC)  # Sapiens2's magnified crops
         else:
             crop = warp(image, A, self.input_size, nearest=False)
@@ -311,6 +312,8 @@ class DenseDataset(_Base):
             raise ValueError(f"DenseDataset handles seg/depth/normal/pointmap, not {task!r}")
         if resize not in ("stretch", "center"):
             raise ValueError(f"resize must be 'stretch' or 'center', got {resize!r}")
+        if interpolation not in (None, "bilinear", "area-cubic"):
+            raise ValueError(f"interpolation must be 'bilinear' or 'area-cubic', got {interpolation!r}")
         wants = {"seg": (DenseAugment, Seg2Augment), "depth": (DenseAugment,), "normal": (DenseAugment, Fit2Augment),
                  "pointmap": (Fit2Augment,)}[task]
         if augment is not None and not isinstance(augment, wants):
@@ -378,11 +381,12 @@ class DenseDataset(_Base):
                                 "and not 255 (ignore); pass the matching --classes")
         else:
             target = _load_npy(target_path, 3 if self.task == "normal" else None)
+            # per channel: numpy's reductions over a last axis of 3 are ~10x slower
             channels = [target[..., c] for c in range(target.shape[-1])] if target.ndim == 3 else [target]
-            valid = np.logical_and.reduce([np.isfinite(c) for c in channels])  # (per channel: numpy's reductions
+            valid = np.logical_and.reduce([np.isfinite(c) for c in channels])
             if mask_path is not None:
                 fg = read_mask(mask_path)
-            else:  # over a last axis of 3 are ~10x slower)
+            else:
                 fg = np.logical_or.reduce([c != 0 for c in channels]) if target.ndim == 3 else target > 0
             fg &= valid
             if not valid.all():

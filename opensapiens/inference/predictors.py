@@ -298,7 +298,7 @@ class PosePredictor(Predictor):
         super().__init__(model, **kwargs)
         self.detector = detector
         self.flip = flip
-        self.cubic_crops = getattr(model.config, "generation", 1) == 2  # Sapiens2's: bicubic where a crop magnifies
+        self.cubic_enlarging = getattr(model.config, "generation", 1) == 2  # Sapiens2's: bicubic where crops magnify
         k = model.config.out_channels
         own = _trained_keypoint_set(_recorded(model)) if keypoints is None else None
         self.keypoint_set: KeypointSet = own or keypoint_set(keypoints or (k if k in (17, 133, 308) else "goliath"))
@@ -400,7 +400,7 @@ class PosePredictor(Predictor):
         chunks: list[Pending] = []
         for sl in _chunks(len(all_boxes), self.batch_size):
             crops = person_inputs(tensors, image_index[sl], center[sl], scale[sl], self.input_size, self.dtype,
-                                  self.cubic_crops)
+                                  self.cubic_enlarging)
             if self.flip:
                 heat = flip_test(self._forward, crops, self.keypoint_set.flip_indices)
             else:

@@ -178,9 +178,8 @@ def crop_people(
     if not in_order:
         src = src[to_device_async(order, device)]
     cubic = torch.zeros(N, dtype=torch.bool)
-    if cubic_enlarging:  # crop pixels per image pixel: (W - 1) / w and (H - 1) / h of each box
-        box = torch.as_tensor(scale, dtype=torch.float64).cpu()
-        cubic = torch.minimum((W - 1) / box[:, 0], (H - 1) / box[:, 1])[order] >= 1
+    if cubic_enlarging:  # (boxes are on the host in inference: no device round trip)
+        cubic = magnifies(udp_affine(center, scale, output_size, rotation_deg).cpu())[order]
     pieces, start = [], 0
     for b, n in enumerate(torch.bincount(index, minlength=len(images)).tolist()):  # one grid_sample per image
         if n == 0:
@@ -206,6 +205,12 @@ def crop_people(
     if not in_order:  # back to the callers' order
         crops = crops[to_device_async(torch.argsort(order), device)]
     return crops
+
+
+def magnifies(image_to_crop: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 3) image -> crop affines -> (...,) whether the crop magnifies along both axes (each row's scale, the
+    norm of its 2 x 2 part, at least 1): where Sapiens2's PoseTopdownAffine warps bicubically."""
+    return image_to_crop[..., :2].norm(dim=-1).amin(dim=-1) >= 1
 
 
 def _sample(img: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
