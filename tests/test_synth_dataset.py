@@ -155,3 +155,23 @@ def test_truncated_background_photo_is_skipped(tmp_path):
         write_dataset(tmp_path / "ds", 4, 64, 48, seed=2, backgrounds=folder, progress=False)
     settings = json.loads((tmp_path / "ds" / "synth.json").read_text())
     assert [p.rsplit("/", 1)[-1] for p in settings["backgrounds"]] == ["a.jpg"]
+
+
+def test_on_the_fly_pose_crops_for_sapiens2_are_bicubic_where_they_magnify():
+    """``--data synth`` for a Sapiens2 pose model crops as its loader does (cv2.warpAffine INTER_CUBIC where the crop
+    magnifies); the keypoints are the same either way."""
+    from opensapiens.data.synth_stream import SynthStream
+    from opensapiens.inference.topdown import magnifies, udp_affine
+
+    cubic = SynthStream("pose", (256, 192), 2, seed=5, cubic_enlarging=True)
+    plain = SynthStream("pose", (256, 192), 2, seed=5)
+    a, b = next(iter(cubic)), next(iter(plain))
+    torch.testing.assert_close(a["keypoints"], b["keypoints"])
+    A = udp_affine(a["center"].double(), a["scale"].double(), (256, 192))
+    assert magnifies(A).all()  # people in 256 x 192 scenes are smaller than the crop
+    image = cubic.source.batch(0).image  # (B, 3, H, W) float 0-255, what both cropped
+    for i in range(2):
+        src = image[i].permute(1, 2, 0).numpy().astype(np.float32)
+        ref = cv2.warpAffine(src, A[i].numpy(), (192, 256), flags=cv2.INTER_CUBIC, borderValue=0).clip(0, 255)
+        got = a["image"][i].numpy().astype(np.float64)
+        assert np.abs(got - ref).max() <= 1.0 and not torch.equal(a["image"][i], b["image"][i])

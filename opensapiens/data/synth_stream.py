@@ -7,7 +7,8 @@ resumes at any position without state. Batches come out on the rendering device 
     seg / depth / normal   whole scenes (1-4 people) at the input size: labels, foreground mask, depth, normals
     pointmap               the same scenes: metric points from the depth and the camera, and the camera matrix
     pose                   one person per scene (the largest visible one), cropped top-down with the UDP affine at
-                           the input size (box padding 1.25, as the official validation crop); 308 keypoints
+                           the input size (box padding 1.25, as the official validation crop; for a Sapiens2 model
+                           bicubic where the crop magnifies, ``cubic_enlarging``); 308 keypoints
 The generator already varies people, poses, clothes, cameras, lighting and backgrounds, so no further
 augmentation is applied.
 """
@@ -25,10 +26,10 @@ from ..tasks.pointmap import camera_matrix, unproject
 class SynthStream:
     def __init__(self, task: str, input_size: tuple[int, int], batch_size: int, seed: int = 0,
                  device: torch.device | str = "cpu", backgrounds: str | None = None, rank: int = 0,
-                 world_size: int = 1, start: int = 0):
+                 world_size: int = 1, start: int = 0, cubic_enlarging: bool = False):
         from ..synth import SyntheticHumans
 
-        self.task, self.input_size = task, tuple(input_size)
+        self.task, self.input_size, self.cubic_enlarging = task, tuple(input_size), cubic_enlarging
         self.rank, self.world, self.start = rank, world_size, start
         self.source = SyntheticHumans(*self.input_size, batch_size=batch_size, seed=seed, device=device,
                                       backgrounds=backgrounds)
@@ -62,7 +63,8 @@ class SynthStream:
         x, y, w, h = b.boxes[idx, slot].unbind(-1)
         H, W = self.input_size
         center, scale = boxes_to_center_scale(torch.stack([x, y, x + w, y + h], -1), 1.25, W / H)
-        crops = crop_people(list(b.image), idx, center, scale, self.input_size)  # (B, 3, H, W) float 0-255
+        crops = crop_people(list(b.image), idx, center, scale, self.input_size,  # (B, 3, H, W) float 0-255
+                            cubic_enlarging=self.cubic_enlarging)
         kp = b.keypoints[idx, slot]  # (B, 308, 3)
         return {"image": crops.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1), "valid": valid,
                 "keypoints": image_to_crop(kp[..., :2], center, scale, self.input_size),

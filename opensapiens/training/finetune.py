@@ -230,7 +230,8 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
     if on_the_fly:
         batches = iter(SynthStream(cfg.task, cfg.input_size, cfg.batch_size, cfg.seed, device, cfg.backgrounds,
-                                   info.rank, info.world_size, start=position // (cfg.batch_size * info.world_size)))
+                                   info.rank, info.world_size, start=position // (cfg.batch_size * info.world_size),
+                                   cubic_enlarging=data_kw["generation"] == 2))
     else:
         sampler = TrainSampler(len(train_set), cfg.seed, info.rank, info.world_size, start=position)
         batches = iter(make_loader(train_set, sampler, cfg.batch_size, cfg.workers, on_cuda, drop_last=True))
