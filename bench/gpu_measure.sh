@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1184,6 +1184,12 @@ elif [ "$1" = pointmap-precisions ]; then
   timeout 500 python bench/bench_train.py --arch sapiens2_0.4b --steps 6 --warmup 2 --skip-baseline \
     --task pointmap --batch 4 --precision tf32,fp32,bf16 --out "$OUT/train_pointmap_0.4b_precisions.json" \
     | grep -v '^{'
+elif [ "$1" = resize-cost ]; then
+  # call 137: what Sapiens2's official resampling costs on the device: the seg input resize (area / bicubic)
+  # against bilinear at 1080p and 12 MP, and bicubic against bilinear pose crops; the device path against OpenCV
+  install_coco_wheel
+  timeout 200 python bench/bench_resize.py --device cuda --iters 20 --out "$OUT/resize_cost_cuda.json"
+  timeout 100 python -m pytest -x -q -p no:cacheprovider tests/test_transforms.py tests/test_topdown.py 2>&1 | tail -3
 elif [ "$1" = s2-4k ]; then
   # call 136: the 4K Sapiens2 backbone (window tokenizer, 4096x3072 inputs) beside the 1K one it feeds (1024x768):
   # features at batch 1, eager against the default path, and where the 4K run's time goes

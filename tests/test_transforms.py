@@ -47,10 +47,11 @@ def test_area_cubic_is_opencvs_resize_of_sapiens2_seg(shape):
     """Sapiens2's seg resize: cv2.resize of the uint8 image, INTER_AREA when the width shrinks (an average when both
     sides do, two taps when the height grows), INTER_CUBIC otherwise; ours is float (no uint8 rounding)."""
     img = _image(*shape)
-    batch, _ = Preprocessor((1024, 768), "stretch", interpolation="area-cubic")([img])
     ref = cv2.resize(img, (768, 1024), interpolation=cv2.INTER_AREA if shape[1] > 768 else cv2.INTER_CUBIC)
-    got = _unnormalize(batch)
+    pre = Preprocessor((1024, 768), "stretch", interpolation="area-cubic")
+    got = _unnormalize(pre([torch.from_numpy(img)])[0])  # a tensor: the device path (resize_area_cubic)
     assert np.abs(np.rint(got) - ref).max() <= 1 and np.abs(got - ref).mean() < 0.3
+    np.testing.assert_allclose(_unnormalize(pre([img])[0]), ref, atol=1e-3)  # an array on the CPU: OpenCV itself
     with pytest.raises(ValueError, match="interpolation must be one of"):
         Preprocessor((64, 48), interpolation="lanczos")
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..inference.transforms import cv2_area_cubic as resize_image  # the official seg resize, for the pipeline
 from .transforms import crop_ratio_ok, photometric_distortion, replace_background, warp_image
 
 
@@ -117,14 +118,6 @@ def down_up_sample(img: np.ndarray, rng: np.random.Generator, prob: float, facto
     down, up = (INTERPOLATIONS[int(i)] for i in rng.integers(len(INTERPOLATIONS), size=2))
     small = cv2.resize(img, (max(1, int(W * f)), max(1, int(H * f))), interpolation=down)
     return cv2.resize(small, (W, H), interpolation=up)
-
-
-def resize_image(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """The official seg resize: area averaging when the width shrinks, bicubic otherwise."""
-    h, w = hw
-    if img.shape[:2] == (h, w):
-        return img
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if w < img.shape[1] else cv2.INTER_CUBIC)
 
 
 def resize_labels(labels: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -128,8 +129,13 @@ class Preprocessor:
         else:
             groups = [([i], m) for i, m in enumerate(metas)]
         for ids, meta in groups:
-            x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
             (ch, cw), (top, left) = meta.content_size, meta.pad[:2]
+            on_host = device.type == "cpu" and all(isinstance(images[i], np.ndarray) for i in ids)
+            if self.interpolation == "area-cubic" and on_host:  # OpenCV itself: the official pixels, and fast
+                x = _upload([cv2_area_cubic(images[i], (ch, cw)) for i in ids], device)
+                batch[ids, :, top : top + ch, left : left + cw] = (x - mean) / std
+                continue
+            x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
             if (ch, cw) != meta.original_size and self.interpolation == "area-cubic":
                 x = resize_area_cubic(x, (ch, cw))
             elif (ch, cw) != meta.original_size:
@@ -143,17 +149,38 @@ class Preprocessor:
         return restore(outputs, metas, mode)
 
 
+def cv2_area_cubic(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Sapiens2's seg resize of a uint8 (H, W, 3) image (its ``SegResize``): ``cv2.resize`` with INTER_AREA when the
+    width shrinks, else INTER_CUBIC."""
+    h, w = hw
+    if img.shape[:2] == (h, w):
+        return img
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if w < img.shape[1] else cv2.INTER_CUBIC)
+
+
 def resize_area_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(b, C, H0, W0) float (0-255) -> (b, C, h, w) as Sapiens2's seg resize, ``cv2.resize`` of its uint8 image with
-    INTER_AREA when the width shrinks, else INTER_CUBIC (within a grey level of it: no uint8 rounding here). OpenCV's
+    """(b, C, H0, W0) float (0-255) -> (b, C, h, w) as ``cv2_area_cubic`` on the device (within a grey level of it: no
+    uint8 rounding here). OpenCV's
     area interpolation averages the source pixels under each output pixel, weighted by overlap, when both sides
     shrink; when one side grows it is a two-tap interpolation with area-derived weights on both."""
     (H0, W0), (h, w) = x.shape[-2:], size
     if w >= W0:
         return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255)  # (cv2 saturates)
-    weights = _area_weights if h <= H0 else _area_linear_weights
-    (ix, wx), (iy, wy) = weights(W0, w, x.device), weights(H0, h, x.device)
+    if h <= H0:
+        return _area_mean(_area_mean(x, -1, w), -2, h)
+    (ix, wx), (iy, wy) = _area_linear_weights(W0, w, x.device), _area_linear_weights(H0, h, x.device)
     return _along(_along(x, -1, ix, wx), -2, iy, wy)
+
+
+def _area_mean(x: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    """``x`` along ``dim`` (n_in >= n_out samples) to n_out box means: output pixel i is the mean of the source over
+    [i s, (i + 1) s), s = n_in / n_out, fractional pixels counted by their overlap; taken as differences of the
+    running sum at those edges (memory and work O(n_in), whatever s)."""
+    x = x.movedim(dim, -1)
+    first, frac = _area_edges(x.shape[-1], n_out, x.device)
+    total = F.pad(x.cumsum(-1), (1, 0))  # total[j]: the sum of the first j source pixels
+    at_edges = total[..., first] + frac * F.pad(x, (0, 1))[..., first]  # (..., n_out + 1)
+    return ((at_edges[..., 1:] - at_edges[..., :-1]) * (n_out / x.shape[-1])).movedim(-1, dim)
 
 
 def _along(x: torch.Tensor, dim: int, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -163,15 +190,11 @@ def _along(x: torch.Tensor, dim: int, index: torch.Tensor, weight: torch.Tensor)
 
 
 @functools.cache
-def _area_weights(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(n_out, k) source indices and weights: output pixel i covers [i s, (i + 1) s) of the source, s = n_in / n_out
-    >= 1; each source pixel j weighs its overlap with it, over s."""
-    s = n_in / n_out
-    start = torch.arange(n_out, dtype=torch.float64) * s
-    j = start.floor().long()[:, None] + torch.arange(math.ceil(s) + 1)  # (n_out, k)
-    overlap = torch.minimum(start[:, None] + s, j + 1.0) - torch.maximum(start[:, None], j.double())
-    weight = torch.where(j < n_in, overlap.clamp(min=0) / s, 0.0)
-    return j.clamp(max=n_in - 1).to(device), weight.float().to(device)
+def _area_edges(n_in: int, n_out: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n_out + 1 box edges i n_in / n_out as (whole source pixels before them, fraction of the next)."""
+    edges = torch.arange(n_out + 1, dtype=torch.float64) * (n_in / n_out)
+    first = edges.floor().clamp(max=n_in)
+    return first.long().to(device), (edges - first).float().to(device)
 
 
 @functools.cache
