@@ -11,10 +11,11 @@ normalization).
 
 Resampling is bilinear with ``align_corners=False`` (pixel centres at integer coordinates, edges clamped), the
 convention of ``cv2.resize(INTER_LINEAR)`` and ``F.interpolate``; no anti-aliasing by default, like the official
-``cv2.resize``. ``interpolation="area-cubic"`` is Sapiens2's seg resize instead (``resize_area_cubic``). Either
-runs in float32 torch on the target device (uint8 pixels are uploaded, then converted), so CPU and GPU give the
-same numbers up to float rounding. Unlike the official pipeline, the resized image is not rounded
-back to uint8 before normalization (a difference of at most half a grey level).
+``cv2.resize``. It runs in float32 torch on the target device (uint8 pixels are uploaded, then converted), so CPU
+and GPU give the same numbers up to float rounding. Unlike the official pipeline, the resized image is not rounded
+back to uint8 before normalization (a difference of at most half a grey level). ``interpolation="area-cubic"`` is
+Sapiens2's seg resize instead: OpenCV's own for arrays bound for the CPU (``cv2_area_cubic``), its restatement in
+torch on other devices (``resize_area_cubic``, within a grey level of it).
 """
 
 from __future__ import annotations
@@ -133,13 +134,13 @@ class Preprocessor:
             on_host = device.type == "cpu" and all(isinstance(images[i], np.ndarray) for i in ids)
             if self.interpolation == "area-cubic" and on_host:  # OpenCV itself: the official pixels, and fast
                 x = _upload([cv2_area_cubic(images[i], (ch, cw)) for i in ids], device)
-                batch[ids, :, top : top + ch, left : left + cw] = (x - mean) / std
-                continue
-            x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
-            if (ch, cw) != meta.original_size and self.interpolation == "area-cubic":
-                x = resize_area_cubic(x, (ch, cw))
-            elif (ch, cw) != meta.original_size:
-                x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False, antialias=self.antialias)
+            else:
+                x = _upload([images[i] for i in ids], device)  # (b, 3, H0, W0) float32, 0-255
+                if (ch, cw) != meta.original_size and self.interpolation == "area-cubic":
+                    x = resize_area_cubic(x, (ch, cw))
+                elif (ch, cw) != meta.original_size:
+                    x = F.interpolate(x, size=(ch, cw), mode="bilinear", align_corners=False,
+                                      antialias=self.antialias)
             batch[ids, :, top : top + ch, left : left + cw] = (x - mean) / std
         return batch, metas
 
@@ -159,10 +160,10 @@ def cv2_area_cubic(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 
 def resize_area_cubic(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(b, C, H0, W0) float (0-255) -> (b, C, h, w) as ``cv2_area_cubic`` on the device (within a grey level of it: no
-    uint8 rounding here). OpenCV's
-    area interpolation averages the source pixels under each output pixel, weighted by overlap, when both sides
-    shrink; when one side grows it is a two-tap interpolation with area-derived weights on both."""
+    """(b, C, H0, W0) float (0-255) -> (b, C, h, w) as ``cv2_area_cubic`` on the device (within a grey level of it:
+    no uint8 rounding here). OpenCV's area interpolation averages the source pixels under each output pixel,
+    weighted by overlap, when both sides shrink; when one side grows it is a two-tap interpolation with
+    area-derived weights on both."""
     (H0, W0), (h, w) = x.shape[-2:], size
     if w >= W0:
         return F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 255)  # (cv2 saturates)
