@@ -149,7 +149,8 @@ def test_seg_steps_resample_rotate_both_ways_flip_and_redraw_crops_as_the_offici
     """The resizes' interpolation (area when shrinking, bicubic when enlarging), turns of both signs, a flip that
     moves and swaps the sides' classes, and the crop redrawn while one class fills it (and a sample whose only
     foreground is ignore labels dropped)."""
-    from opensapiens.data.sapiens2_transforms import SampleRejected, check_foreground, resize_image
+    from opensapiens.data.sapiens2_transforms import SampleRejected, check_foreground
+    from opensapiens.inference.transforms import cv2_area_cubic as resize_image
 
     img = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
     assert np.array_equal(resize_image(img, (20, 15)), cv2.resize(img, (15, 20), interpolation=cv2.INTER_AREA))

@@ -20,7 +20,6 @@ Face cache (offline); a Hub download (online).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -192,15 +191,17 @@ def _fetch_sharded(repo_id: str) -> tuple[Path | None, str | None]:
     """A sharded save's ``model.safetensors.index.json`` with every shard it lists beside it (in the Hugging Face
     cache's snapshot folder), fetched as ``_fetch`` does; (None, None) when the repo has no index, (None, what
     failed) when a shard cannot be had."""
+    from .reader import CheckpointError, shard_index
+
     index, _ = _fetch(repo_id, ["model.safetensors.index.json"])
     if index is None:
         return None, None
     try:
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = shard_index(index)[1]
+    except CheckpointError:
         return index, None  # the reader names what is wrong with it
     for shard in shards:
-        path, error = _fetch(repo_id, [str(shard)])
+        path, error = _fetch(repo_id, [shard])
         if path is None:
             return None, f"its shard {shard} could not be had ({type(error).__name__}: {error})"
     return index, None

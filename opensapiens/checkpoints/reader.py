@@ -245,9 +245,9 @@ def checkpoint_file(path: str | Path) -> Path:
 SHARD_INDEX_SUFFIX = ".safetensors.index.json"
 
 
-def _read_sharded(index: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """The tensors of every shard a ``*.safetensors.index.json`` lists (its ``weight_map``: name -> shard file beside
-    it), each name found in its shard; metadata: the first shard's."""
+def shard_index(index: Path) -> tuple[dict[str, str], list[str]]:
+    """A ``*.safetensors.index.json``'s ``weight_map`` (tensor name -> shard file beside it) and its shard files,
+    sorted; a CheckpointError for a malformed index or a shard name that leaves its folder."""
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
         shards = sorted(set(weight_map.values()))
@@ -257,6 +257,13 @@ def _read_sharded(index: Path, metadata_only: bool = False) -> tuple[dict[str, t
         raise CheckpointError(f"{index}: not a shard index (a JSON object with a weight_map): {e!r}") from None
     if bad := [s for s in shards if Path(s).is_absolute() or ".." in Path(s).parts]:
         raise CheckpointError(f"{index}: shard {bad[0]!r} is not a file beside the index")
+    return weight_map, shards
+
+
+def _read_sharded(index: Path, metadata_only: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors of every shard an index lists (``shard_index``), each name found in its shard; metadata: the
+    first shard's."""
+    weight_map, shards = shard_index(index)
     sd: dict[str, torch.Tensor] = {}
     meta: dict[str, str] | None = None
     for shard in shards:

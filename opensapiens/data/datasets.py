@@ -27,6 +27,7 @@ from torch.utils.data import Dataset
 from ..evaluation.pose import annotation_keypoints
 from ..evaluation.utils import read_label_png
 from ..inference.topdown import magnifies
+from ..inference.transforms import cv2_area_cubic
 from ..io.images import ImageReadError, read_image, read_mask
 from ..metadata import SegClasses
 from .labels import DataError, PoseLayout
@@ -41,7 +42,6 @@ from .sapiens2_transforms import (
     fit2_image,
     fit_plan,
     paste_background,
-    resize_image,
     seg2_sample,
 )
 from .transforms import (
@@ -298,7 +298,7 @@ class DenseDataset(_Base):
         resize: validation's resize, "stretch" (Sapiens's, Sapiens2's seg) or "center" (the centred aspect-keeping
             fit of Sapiens2's normals and pointmaps; pointmaps always).
         interpolation: validation's stretch of the image, "bilinear" (Sapiens's) or "area-cubic" (Sapiens2's seg:
-            ``resize_image``, what its predictor does); default: the latter with ``Seg2Augment``.
+            ``cv2_area_cubic``, what its predictor does); default: the latter with ``Seg2Augment``.
     """
 
     TARGET_DIRS = {"seg": ("seg", "labels"), "depth": ("depths",), "normal": ("normals",),
@@ -406,7 +406,7 @@ class DenseDataset(_Base):
                 image = replace_background(image, fg, bg)
         M, angle, flip = dense_affine((H, W), self.input_size, rng, aug, target if self.task == "seg" else None)
         if aug is None and self.area_cubic:  # (validation's stretch; M is the same resize, for the labels)
-            out["image"] = resize_image(image, self.input_size)
+            out["image"] = cv2_area_cubic(image, self.input_size)
         else:  # edges continued, not blended with the black beyond them, as cv2.resize and predict's resize
             out["image"] = warp_image(image, M, self.input_size)
         if aug is not None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..inference.transforms import cv2_area_cubic as resize_image  # the official seg resize, for the pipeline
-from .transforms import crop_ratio_ok, photometric_distortion, replace_background, warp_image
+from ..inference.transforms import cv2_area_cubic
+from .transforms import crop_ratio_ok, mirror, photometric_distortion, replace_background, warp_image
 
 
 class SampleRejected(Exception):  # noqa: N818 (a signal, not a fault)
@@ -80,7 +80,7 @@ POINTMAP2 = Fit2Augment()
 
 # ------------------------------------------------------------------------------------------------ pixel operations
 
-INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4)
+DOWN_UP_INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_CUBIC, cv2.INTER_AREA, cv2.INTER_LANCZOS4)
 
 
 def gaussian_blur(img: np.ndarray, rng: np.random.Generator, prob: float, sigma: tuple[float, float]) -> np.ndarray:
@@ -115,7 +115,7 @@ def down_up_sample(img: np.ndarray, rng: np.random.Generator, prob: float, facto
         return img
     H, W = img.shape[:2]
     f = rng.uniform(*factor)
-    down, up = (INTERPOLATIONS[int(i)] for i in rng.integers(len(INTERPOLATIONS), size=2))
+    down, up = (DOWN_UP_INTERPOLATIONS[int(i)] for i in rng.integers(len(DOWN_UP_INTERPOLATIONS), size=2))
     small = cv2.resize(img, (max(1, int(W * f)), max(1, int(H * f))), interpolation=down)
     return cv2.resize(small, (W, H), interpolation=up)
 
@@ -172,7 +172,7 @@ def seg2_sample(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], 
     r = rng.uniform(*aug.ratio_range)
     s = min(int(ow * r) / W, int(oh * r) / H)  # keep-ratio resize into r x the input
     hw = (max(1, round(H * s)), max(1, round(W * s)))
-    image, labels = resize_image(image, hw), resize_labels(labels, hw)
+    image, labels = cv2_area_cubic(image, hw), resize_labels(labels, hw)
     if rng.random() < aug.crop_prob:
         image, labels = _crop(image, labels, out_hw, rng, aug.cat_max_ratio, ignore)
     image = gaussian_blur(image, rng, aug.blur_prob, aug.blur_sigma)
@@ -187,7 +187,7 @@ def seg2_sample(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], 
     image = np.ascontiguousarray(image)
     if aug.photometric:
         image = photometric_distortion(image, rng)
-    return resize_image(image, out_hw), resize_labels(np.ascontiguousarray(labels), out_hw)
+    return cv2_area_cubic(image, out_hw), resize_labels(np.ascontiguousarray(labels), out_hw)
 
 
 def _crop(image: np.ndarray, labels: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generator,
@@ -281,7 +281,7 @@ def fit_plan(image_hw: tuple[int, int], out_hw: tuple[int, int], rng: np.random.
             M, hw = _translation(-x0, -y0) @ M, (h, w)
         flip = bool(rng.random() < aug.flip_prob)
         if flip:
-            M = np.array([[-1.0, 0.0, hw[1] - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) @ M
+            M = mirror(hw[1]) @ M
     return FitPlan(centred_fit(hw, out_hw) @ M, scaled, flip)
 
 

@@ -64,6 +64,11 @@ class PoseAugment:
     dropout_range: tuple[float, float] = (0.2, 0.4)
 
 
+def mirror(width: int) -> np.ndarray:
+    """(3, 3) horizontal mirror of an image ``width`` pixels wide: x -> width - 1 - x (cv2.flip)."""
+    return np.array([[-1.0, 0.0, width - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+
+
 def bbox_center_scale(bbox_xywh: np.ndarray, aspect: float | None, padding: float = 1.25
                       ) -> tuple[np.ndarray, np.ndarray]:
     """COCO (x, y, w, h) box -> center (2,), scale (2,) padded and widened to ``aspect`` = W / H of the crop (None:
@@ -142,7 +147,7 @@ def pose_crop(image_hw: tuple[int, int], keypoints: np.ndarray, visible: np.ndar
     A = udp_affine(torch.from_numpy(center)[None], torch.from_numpy(scale)[None], out_hw, rotation)[0].numpy()
     kp_crop = kp @ A[:, :2].T + A[:, 2]  # (K, 2)
     if flip:  # the matrix applies to the mirrored image; fold the mirror x -> W - 1 - x in
-        A = A @ np.array([[-1.0, 0.0, W_img - 1], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        A = A @ mirror(W_img)
     return A, kp_crop.astype(np.float32), vis
 
 
@@ -216,7 +221,7 @@ def _rotate_flip(M: np.ndarray, out_hw: tuple[int, int], rng: np.random.Generato
         M = np.vstack([R, [0, 0, 1]]) @ M
     flip = bool(rng.random() < aug.flip_prob)
     if flip:
-        M = np.array([[-1.0, 0, ow - 1], [0, 1, 0], [0, 0, 1]]) @ M
+        M = mirror(ow) @ M
     return M, angle, flip
 
 

@@ -136,14 +136,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     kp = str(cfg.keypoints).lower()
     goliath = kp in ("goliath", "308")
     wholebody = kp in ("wholebody", "133", "coco_wholebody", "coco-wholebody")
+    sigma = 6.0 * (4 * cfg.input_size[0] / chosen.stride) / 256  # 6 on a 256-row heatmap (4x the token grid)
     if chosen.generation == 2:  # Sapiens2's configs: AdamW 5e-4 (5b: 1e-4), layer decay and clipping by size, 500
         # steps of linear warm-up, then a linear decay to 0; its own losses (tasks.build_criterion)
         size = arch.removeprefix("sapiens2_").removesuffix("_4k")  # (the 4K backbone: the 1b's recipe)
         defaults = dict(lr=1e-4 if size == "5b" else 5e-4, warmup_steps=500, schedule="poly",
                         layer_decay={"0.4b": 0.8, "0.8b": 0.85, "1b": 0.9, "5b": 0.94}.get(size, 0.85),
                         clip_grad=2.0 if size == "0.4b" or (size == "0.8b" and cfg.task == "pointmap") else 4.0,
-                        batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0,
-                        sigma=6.0 * (4 * cfg.input_size[0] / chosen.stride) / 256)  # 6 on a 256-row heatmap
+                        batch_size=4 if cfg.task == "pose" else 2, ohkm_topk=0, sigma=sigma)
         if cfg.task == "depth":
             raise ValueError("Sapiens2 has no depth model (its pointmap gives depth); fine-tune depth from a v1 "
                              "architecture, or pointmaps / normals / seg / pose from a Sapiens2 one")
@@ -161,8 +161,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         lr = 5e-5 if goliath else 5e-4
         decay = 0.95 if (goliath and arch == "1b") else 0.75 if (wholebody and arch in ("0.3b", "0.6b")) else 0.85
         defaults = dict(lr=lr, layer_decay=decay, warmup_steps=500, schedule="step", batch_size=4,
-                        ohkm_topk=128 if (goliath and arch in ("0.3b", "1b")) else 0,
-                        sigma=6.0 * cfg.input_size[0] / 1024)
+                        ohkm_topk=128 if (goliath and arch in ("0.3b", "1b")) else 0, sigma=sigma)
     else:
         defaults = dict(lr=5e-4, layer_decay=0.85, warmup_steps=400, schedule="poly", batch_size=2)
     defaults.setdefault("clip_grad", 1.0)

@@ -135,8 +135,9 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     device = info.device
 
     # ---- data (checked before the run folder is written, or an old one deleted by --overwrite) ---------------------
+    arch = get_arch(cfg.arch)
     data_kw = dict(input_size=cfg.input_size, keypoints=cfg.keypoints, classes=cfg.classes, image_root=cfg.image_root,
-                   generation=get_arch(cfg.arch).generation)  # Sapiens's or Sapiens2's augmentation and resize
+                   generation=arch.generation)  # Sapiens's or Sapiens2's augmentation and resize
     labels = _labels(cfg)
     on_the_fly = cfg.data == "synth"  # rendered by opensapiens.synth on this rank's device
     if on_the_fly and cfg.task == "pose" and labels.keypoints.name != "goliath":
@@ -152,7 +153,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
         check_keypoint_gt(val_set.coco, val_set.layout.keypoints.num_keypoints, f"--val-data {cfg.val_data}")
     H, W = cfg.input_size
-    stride = get_arch(cfg.arch).stride  # 16; 64 for the 4K model's window tokens
+    stride = arch.stride  # 16; 64 for the 4K model's window tokens
     if H % stride or W % stride:
         raise ValueError(f"input size {cfg.input_size} must be a multiple of {stride} on both sides")
     resume_from = checkpoint_to_resume(run, cfg.resume, cfg.overwrite, info)
@@ -231,7 +232,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     if on_the_fly:
         batches = iter(SynthStream(cfg.task, cfg.input_size, cfg.batch_size, cfg.seed, device, cfg.backgrounds,
                                    info.rank, info.world_size, start=position // (cfg.batch_size * info.world_size),
-                                   cubic_enlarging=data_kw["generation"] == 2))
+                                   cubic_enlarging=arch.generation == 2))
     else:
         sampler = TrainSampler(len(train_set), cfg.seed, info.rank, info.world_size, start=position)
         batches = iter(make_loader(train_set, sampler, cfg.batch_size, cfg.workers, on_cuda, drop_last=True))
