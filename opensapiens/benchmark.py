@@ -287,7 +287,7 @@ _KINDS = (
     # Inductor's pointwise / reduction / persistent kernels (named after the ops they fuse: a compiled head's
     # "triton_red_fused_..._convolution_silu" is a norm, not a convolution), its CPU kernels, ours
     (_FUSED, ("triton_poi", "triton_red", "triton_per", "cpp_fused", "_shifted_layer_norm", "_rows_to_e4m3",
-              "_bias_gelu")),
+              "_bias_gelu", "_qk_norm_rope", "_swiglu")),
     ("convolution", ("conv", "implicit_gemm", "dgrad", "wgrad", "nchwtonhwc", "nhwctonchw")),
     ("GEMM", ("gemm", "nvjet", "cutlass", "xmma", "aten::mm", "aten::addmm", "aten::bmm", "_scaled_mm")),
     (_FUSED, ("triton",)),  # any other Triton kernel

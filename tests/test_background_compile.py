@@ -278,23 +278,3 @@ print("ok")
 """
     done = _in_a_fresh_process(script)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
-
-
-def test_a_compile_that_starts_after_two_calls_leaves_a_one_batch_job_eager():
-    """``start_after=2`` (Sapiens2's whole-model compile): the first call of a kind requests nothing, so a job of
-    one batch ends without waiting for a compile; the second starts it; warmup makes the calls it takes."""
-    head, backend = Head(), CountingBackend()
-    background = head.forward = BackgroundCompile(head.forward, start_after=2, backend=backend)
-    x = torch.randn(2, 4, 8, 6)
-    with torch.inference_mode():
-        head(x)
-        assert background.wait(timeout=0) and backend.graphs == 0 and background._worker is None
-        head(x)
-        assert background.wait(timeout=120) and backend.graphs == 1
-    with pytest.raises(ValueError, match="start_after must be at least 1"):
-        BackgroundCompile(head.forward, start_after=0)
-
-    model, backend = Model(), CountingBackend()
-    later = model.head.forward = BackgroundCompile(model.head.forward, start_after=2, backend=backend)
-    FastModel(model, background=later).warmup(torch.randn(4, 4, 8, 6))
-    assert backend.graphs == 1 and later.ready

@@ -28,6 +28,8 @@ H200_KERNELS = {
                                                                                    "(Triton)",
     "_shifted_layer_norm_kernel": "fused elementwise/norm (Triton)",  # ours, opensapiens/inference/kernels.py
     "_rows_to_e4m3_kernel": "fused elementwise/norm (Triton)",
+    "_qk_norm_rope_kernel": "fused elementwise/norm (Triton)",  # Sapiens2's, the same file
+    "_swiglu_kernel": "fused elementwise/norm (Triton)",
     # a compiled head's InstanceNorm + SiLU: named after its ops, convolution among them, but not a convolution
     "triton_red_fused__native_batch_norm_legit_convolution_silu_view_1": "fused elementwise/norm (Triton)",
     "cpp_fused__native_batch_norm_legit_convolution_silu_0": "fused elementwise/norm (Triton)",

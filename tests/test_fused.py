@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from opensapiens.inference.fused import FusedBlock, ShiftedLayerNorm, fuse_blocks
+from opensapiens.inference.fused import FusedBlock, ShiftedNorm, fuse_blocks
 from opensapiens.inference.optimize import pad_attention_heads, pad_attention_weights
 from opensapiens.models import build_model
 from opensapiens.models.vit import ViTArch
@@ -33,7 +33,7 @@ def test_fused_model_equals_plain_model_in_float64(task):
     fused = copy.deepcopy(model)
     fuse_blocks(fused.backbone)
     assert all(isinstance(b, FusedBlock) for b in fused.backbone.blocks)
-    assert isinstance(fused.backbone.norm, ShiftedLayerNorm)
+    assert isinstance(fused.backbone.norm, ShiftedNorm)
     x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
     with torch.inference_mode():
         ref, out = model(x), fused(x)

@@ -17,7 +17,6 @@ from opensapiens.checkpoints.loading import export_official, save_model
 from opensapiens.checkpoints.official import ours_to_official
 from opensapiens.checkpoints.reader import CheckpointError
 from opensapiens.cli.main import main
-from opensapiens.inference.optimize import optimize_for_inference
 from opensapiens.inference.predictors import PointmapPredictor, load_predictor
 from opensapiens.inference.results import PointmapResult
 from opensapiens.metadata import seg28_to_29, seg29_to_28, seg_classes
@@ -396,12 +395,6 @@ def test_intrinsics_recover_a_pinhole_camera_from_its_points():
     K = PointmapResult(points, (fx, fy), 1.0).intrinsics()
     np.testing.assert_allclose(K, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]], atol=1e-3)
 
-
-def test_sapiens2_models_refuse_the_v1_fp8_and_fused_blocks():
-    with pytest.raises(ValueError, match="Sapiens2 models run in bf16"):
-        optimize_for_inference(_model("pose"), fp8=True)
-    with pytest.raises(ValueError, match="fused=True rewrites Sapiens v1's blocks"):
-        optimize_for_inference(_model("pose"), fused=True)
 
 
 def test_predict_pointmap_writes_metric_points_focal_and_a_picture_then_resumes(tmp_path, capsys):

@@ -334,10 +334,7 @@ def _head_share(eager, fast, x, device, iters: int) -> dict:
 
     out = {}
     cudnn = torch.backends.cudnn
-    models = [("eager", eager), ("optimized", getattr(fast, "model", fast))]
-    if getattr(eager.config, "generation", 1) == 2:  # its default path compiles backbone and head as one
-        models = models[:1]
-    for name, model in models:
+    for name, model in (("eager", eager), ("optimized", getattr(fast, "model", fast))):
         # the eager model as its row ran it: without the cuDNN autotuning the optimized path turns on process-wide
         plain = cudnn.flags(enabled=cudnn.enabled, benchmark=False, deterministic=cudnn.deterministic,
                             allow_tf32=cudnn.allow_tf32)
@@ -345,6 +342,5 @@ def _head_share(eager, fast, x, device, iters: int) -> dict:
             full = time_ms(lambda m=model: m(x), device, iters=iters)
             bb = time_ms(lambda m=model: m.backbone(x), device, iters=iters)
         out[name] = round(1 - bb / full, 3)
-    out["note"] = ("optimized: the default path's model without the whole-model compile (fused blocks, compiled head)"
-                   if len(models) == 2 else "Sapiens2: eager only (the default path compiles the whole model)")
+    out["note"] = "optimized: the default path's model (fused blocks, compiled head)"
     return out

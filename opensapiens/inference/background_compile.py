@@ -113,16 +113,9 @@ class BackgroundCompile:
     on-disk cache for the next run) and drops the queued ones.
     """
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], start_after: int = 1, **compile_kwargs) -> None:
-        """``start_after``: the compile of an input kind starts at its ``start_after``-th call (2: a one-batch job,
-        which would wait at its exit for a compile it never uses, stays eager; a job of two batches of a kind, e.g.
-        a padded last chunk of person crops, still starts one at its end)."""
-        if start_after < 1:
-            raise ValueError(f"start_after must be at least 1, got {start_after}")
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], **compile_kwargs) -> None:
         self.fn = fn
-        self.start_after = start_after
         self.compile_kwargs = compile_kwargs
-        self._calls: collections.Counter = collections.Counter()  # calls per input kind not yet requested
         self.compiled: Callable[[torch.Tensor], torch.Tensor] | None = None  # made by the worker (torch.compile's
         # import of its machinery, ~5 s on the GPU host in call 54, is off the caller's path too)
         self.ready: set[Hashable] = set()  # input kinds the compiled code serves
@@ -144,11 +137,7 @@ class BackgroundCompile:
         if key in self.ready:
             return self.compiled(x)
         if key not in self._requested and self.error is None:
-            with self._lock:
-                self._calls[key] += 1
-                due = self._calls[key] >= self.start_after
-            if due:
-                self._request(key, x)
+            self._request(key, x)
         return self.fn(x)
 
     def wait(self, timeout: float | None = None) -> bool:

@@ -26,23 +26,27 @@ from ..models.vit import Block, SapiensViT
 from .fp8 import Fp8Linear, quantize_rows, takes_fp8
 
 
-def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                        eps: float, delta: torch.Tensor | None = None, fp8: bool = False):
-    """LayerNorm(x + shift) over the last dim, computed in float32 (or x's wider dtype), returned in x's dtype.
+def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                        eps: float, delta: torch.Tensor | None = None, fp8: bool = False, rms: bool = False):
+    """LayerNorm(x + shift) over the last dim (``rms``: RMSNorm(x + shift), no bias), computed in float32 (or x's
+    wider dtype), returned in x's dtype.
 
     ``delta``: x += delta first, in place. ``fp8``: e4m3 values and float32 row scales instead (``quantize_rows``).
     """
     if delta is not None:
         x.add_(delta)
     dtype = torch.promote_types(x.dtype, torch.float32)
-    y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
+    if rms:
+        y = F.rms_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), eps)
+    else:
+        y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
     if fp8:
         return quantize_rows(y.reshape(-1, y.shape[-1]))
     return y.to(x.dtype)
 
 
-def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                       eps: float, delta: torch.Tensor | None = None, fp8: bool = False):
+def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       eps: float, delta: torch.Tensor | None = None, fp8: bool = False, rms: bool = False):
     """``_shifted_layer_norm`` as one Triton kernel on CUDA (``kernels.py``: one read and one write per row);
     where Triton is missing (PyTorch builds without it), the plain PyTorch ops."""
     if x.is_cuda:
@@ -51,20 +55,23 @@ def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tenso
         except ImportError:
             pass
         else:
-            return triton_shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8)
-    return _shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8)
+            return triton_shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8, rms)
+    return _shifted_layer_norm(x, shift, weight, bias, eps, delta, fp8, rms)
 
 
-class ShiftedLayerNorm(nn.Module):
-    """LayerNorm(x~ + shift) for a stream carried without its folded biases; shares the wrapped norm's parameters."""
+class ShiftedNorm(nn.Module):
+    """LayerNorm or RMSNorm of (x~ + shift), for a stream carried without its folded biases; shares the wrapped
+    norm's parameters."""
 
-    def __init__(self, norm: nn.LayerNorm, shift: torch.Tensor):
+    def __init__(self, norm: nn.LayerNorm | nn.RMSNorm, shift: torch.Tensor):
         super().__init__()
-        self.norm = norm
+        self.norm, self.rms = norm, isinstance(norm, nn.RMSNorm)
+        self.eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps  # (RMSNorm's default)
         self.register_buffer("shift", shift.detach().clone())
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None, fp8: bool = False):
-        return shifted_layer_norm(x, self.shift, self.norm.weight, self.norm.bias, self.norm.eps, delta, fp8)
+        return shifted_layer_norm(x, self.shift, self.norm.weight, getattr(self.norm, "bias", None), self.eps, delta,
+                                  fp8, self.rms)
 
 
 # GELU's form in the FP8 blocks' quantization pass: the tanh form is within 5e-4 of erf (the bf16 blocks' cuBLASLt
@@ -93,8 +100,8 @@ class FusedBlock(nn.Module):
         super().__init__()
         self.attn, self.mlp, self.fp8 = block.attn, block.mlp, fp8
         after_attn = shift + _bias(block.attn.proj).to(shift.dtype)
-        self.norm1 = ShiftedLayerNorm(block.norm1, shift)
-        self.norm2 = ShiftedLayerNorm(block.norm2, after_attn)
+        self.norm1 = ShiftedNorm(block.norm1, shift)
+        self.norm2 = ShiftedNorm(block.norm2, after_attn)
         self.register_buffer("shift_out", after_attn + _bias(block.mlp.fc2).to(shift.dtype))
         if fp8:  # the proj and fc2 biases live in the shifts
             attn, mlp = self.attn, self.mlp
@@ -134,7 +141,7 @@ class FusedBlock(nn.Module):
 
 
 def fuse_blocks(backbone: SapiensViT, fp8: bool = False) -> SapiensViT:
-    """Swap the backbone's blocks for ``FusedBlock``s and its final norm for the matching ``ShiftedLayerNorm``.
+    """Swap the backbone's blocks for ``FusedBlock``s and its final norm for the matching ``ShiftedNorm``.
 
     In place; parameters are shared, not copied (``fp8``: the blocks' Linears become e4m3 copies). The backbone's
     ``forward`` is unchanged: its token tensor (patch embedding + position, a fresh tensor every call) becomes the
@@ -147,5 +154,5 @@ def fuse_blocks(backbone: SapiensViT, fp8: bool = False) -> SapiensViT:
         fused.append(FusedBlock(block, shift, fp8))
         shift = fused[-1].shift_out
     backbone.blocks = nn.ModuleList(fused)
-    backbone.norm = ShiftedLayerNorm(backbone.norm, shift)
+    backbone.norm = ShiftedNorm(backbone.norm, shift)
     return backbone

@@ -19,7 +19,8 @@
 * ``fp8=True`` swaps every Linear of the transformer blocks for an e4m3 GEMM with per-row activation scales and
   per-output-channel weight scales (``torch._scaled_mm``, Hopper and newer); on the fused path their inputs are
   quantized by the norm and GELU kernels; attention and the heads stay in bf16;
-* Sapiens2 models (no fused or FP8 blocks): the whole model compiles in a background thread, eager until then.
+* Sapiens2 models take the same two paths: ``fused2.py``'s blocks (RMSNorms, q/k norms with the rotary embedding,
+  SwiGLU as Triton passes around the GEMMs) with the head compiled, or the whole model compiled; FP8 on either.
 
 On CPU it returns the model unchanged.
 """
@@ -35,10 +36,12 @@ from torch import nn
 
 from ..models.heads import DeconvHead
 from ..models.multitask import SapiensMultiTask
+from ..models.sapiens2 import Sapiens2ViT
 from ..models.vit import Attention, pad_head_weights
 from .background_compile import BackgroundCompile
 from .fp8 import convert_to_fp8
 from .fused import FusedBlock, fuse_blocks
+from .fused2 import FusedBlock2, fuse_blocks2
 from .graphs import CapturedShapes, cloned
 
 
@@ -172,8 +175,6 @@ class FastModel(nn.Module):
         with torch.inference_mode():
             self(batch)
             if self.background is not None:
-                for _ in range(self.background.start_after - 1):  # the calls before its compile starts
-                    self(batch)
                 self.background.wait()
                 self(batch)
             elif self.graphs is not None:  # no compile to wait for: this second call captures the shape
@@ -217,17 +218,11 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     if fused and compile_mode is not None:
         raise ValueError("fused=True keeps the blocks out of torch.compile; compile_mode needs the whole-model "
                          "compile (fused=False)")
-    v2 = getattr(getattr(model, "config", None), "generation", 1) == 2  # Sapiens2: the fused and FP8 blocks are v1's
-    if v2 and fp8:
-        raise ValueError("fp8 runs on Sapiens v1's fused blocks; Sapiens2 models run in bf16 (or fp16/fp32)")
-    if v2 and fused:
-        raise ValueError("fused=True rewrites Sapiens v1's blocks; a Sapiens2 model's blocks run as they are, its head "
-                         "compiled (the default), or in the whole-model compile (fused=False)")
     fused = not (cuda_graphs or compile_mode is not None) if fused is None else fused
     if cuda_graphs and not (fused or compile):
         raise ValueError("cuda_graphs=True replays the whole-model compile (compile=True) or the fused blocks "
                          "(fused=True); with neither there is nothing to capture")
-    if any(isinstance(m, FusedBlock) for m in model.modules()):
+    if any(isinstance(m, (FusedBlock, FusedBlock2)) for m in model.modules()):
         raise ValueError("this model was optimized already (its blocks are FusedBlocks): use the module that "
                          "optimize_for_inference returned")
     device = next(model.parameters()).device
@@ -243,15 +238,9 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     use_fast_attention(model, device, attention)  # "fa4": every head dim, all padded to multiples of 16 by now
     if channels_last and hasattr(model, "head"):
         channels_last_head(model.head)
-    if fused and v2:
-        # Sapiens2's blocks have no hand-fused form: eagerly their norms, rotations and SwiGLU are as much GPU time
-        # as their GEMMs (pose-0.4B, H200: 14.0 ms/img eager, 8.9 compiled; calls 126-127). So the whole model
-        # compiles in the background, eager until then; from a kind's second batch, so that a one-batch job (one
-        # image) does not wait at its exit for a compile of a minute it would not use
-        background = model.forward = BackgroundCompile(model.forward, start_after=2) if compile else None
-        return FastModel(model, background=background, graphs=cuda_graphs)
     if fused:
-        fuse_blocks(model.backbone if hasattr(model, "backbone") else model, fp8=fp8)
+        backbone = model.backbone if hasattr(model, "backbone") else model
+        (fuse_blocks2 if isinstance(backbone, Sapiens2ViT) else fuse_blocks)(backbone, fp8=fp8)
         background = None
         if compile and getattr(model, "head", None) is not None:  # the head's norms and activations
             # eager until compiled. compile_threads=1: Inductor's parallel compile starts a sidecar process (which
