@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost|s2-fused|s2-fused-more
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1216,6 +1216,30 @@ elif [ "$1" = pointmap-infer ]; then
     timeout 150 python -m opensapiens.cli.main bench --iters 10 --task $task --arch $arch --batch $batch \
       --out "$OUT/sapiens2_default_${task}_${arch#sapiens2_}.json" | grep -v '^{'
   done
+elif [ "$1" = s2-fused ]; then
+  # call 138: Sapiens2's fused blocks (inference/fused2.py), the new default CUDA path: the GPU tests of the fused
+  # blocks (bf16 and FP8 against fp32, the Triton kernels), then pose 0.4B / 1B: eager, the default (fused blocks,
+  # head compiled), the whole-model compile (the previous default) and FP8 on the fused blocks, profiled
+  install_coco_wheel
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_fused2.py tests/test_fused.py tests/test_optimize.py \
+    tests/test_sapiens2.py 2>&1 | tail -4
+  for run in "pose sapiens2_0.4b 16" "pose sapiens2_1b 8"; do
+    read -r task arch batch <<< "$run"
+    timeout 240 python -m opensapiens.cli.main bench --iters 10 --profile --compiled --fp8 --task $task --arch $arch \
+      --batch $batch --out "$OUT/s2_fused_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+  done
+elif [ "$1" = s2-fused-more ]; then
+  # call 139: the fused default on seg (and FP8) / normal / pointmap 1B, the 4K backbone and pose 5B (and FP8)
+  install_coco_wheel
+  for run in "seg sapiens2_1b 8 --fp8" "normal sapiens2_1b 8" "pointmap sapiens2_1b 8"; do
+    read -r task arch batch fp8 <<< "$run"
+    timeout 120 python -m opensapiens.cli.main bench --iters 10 $fp8 --task $task --arch $arch --batch $batch \
+      --out "$OUT/s2_fused_${task}_${arch#sapiens2_}.json" | grep -v '^{'
+  done
+  timeout 150 python -m opensapiens.cli.main bench --iters 10 --task features --arch sapiens2_1b_4k --batch 1 \
+    --input-size 4096x3072 --out "$OUT/s2_fused_features_1b_4k.json" | grep -v '^{'
+  timeout 200 python -m opensapiens.cli.main bench --iters 10 --fp8 --task pose --arch sapiens2_5b --batch 4 \
+    --out "$OUT/s2_fused_pose_5b.json" | grep -v '^{'
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
   video_predict video-pictures "pose 16" "seg 8"

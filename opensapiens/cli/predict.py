@@ -80,8 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): 1.1-1.3x faster, keypoints "
                    "within ~0.14 px of bf16 (docs/performance.md)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="CUDA: no torch.compile (v1: the head's; Sapiens2: the whole model's, 1-2 min in the "
-                   "background, which an unfinished job's exit waits for): for short jobs")
+                   help="CUDA: no torch.compile of the head (it compiles in the background, 10-20 s, which an "
+                   "unfinished job's exit waits for): for short jobs")
     p.add_argument("--workers", type=int, default=None,
                    help="image-reading threads (default: up to 8, at most one per core; 0: read in the main thread)")
     p.add_argument("--decode", default="host", choices=["host", "device"],
