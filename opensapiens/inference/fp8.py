@@ -68,6 +68,16 @@ class Fp8Linear(nn.Module):
         return self.matmul(xq, x_scale).reshape(*shape[:-1], self.out_features)
 
 
+def fp8_block_linears(qkv: nn.Linear, proj: nn.Linear, up: nn.Linear, down: nn.Linear) -> tuple[Fp8Linear, ...]:
+    """A fused block's four GEMMs in e4m3; proj's and down's biases are left out (the fused blocks carry them in the
+    stream's shifts). Raises ``ValueError`` for sizes FP8 tensor cores do not take."""
+    refused = [(m.in_features, m.out_features) for m in (qkv, proj, up, down) if not takes_fp8(m)]
+    if refused:
+        raise ValueError(f"FP8 blocks need GEMM sizes that are multiples of 16 (FP8 tensor cores); this block has "
+                         f"Linears of (in, out) {refused}")
+    return Fp8Linear(qkv), Fp8Linear(proj, bias=False), Fp8Linear(up), Fp8Linear(down, bias=False)
+
+
 def convert_to_fp8(model: nn.Module) -> nn.Module:
     """Replace the Linear layers inside transformer blocks (qkv, proj, fc1, fc2) by ``Fp8Linear``, in place."""
     blocks = model.backbone.blocks if hasattr(model, "backbone") else model.blocks

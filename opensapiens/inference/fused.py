@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.vit import Block, SapiensViT
-from .fp8 import Fp8Linear, quantize_rows, takes_fp8
+from .fp8 import fp8_block_linears, quantize_rows
 
 
 def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -105,13 +105,7 @@ class FusedBlock(nn.Module):
         self.register_buffer("shift_out", after_attn + _bias(block.mlp.fc2).to(shift.dtype))
         if fp8:  # the proj and fc2 biases live in the shifts
             attn, mlp = self.attn, self.mlp
-            refused = [(m.in_features, m.out_features) for m in (attn.qkv, attn.proj, mlp.fc1, mlp.fc2)
-                       if not takes_fp8(m)]
-            if refused:
-                raise ValueError(f"FP8 blocks need GEMM sizes that are multiples of 16 (FP8 tensor cores); this "
-                                 f"block has Linears of (in, out) {refused}")
-            attn.qkv, attn.proj = Fp8Linear(attn.qkv), Fp8Linear(attn.proj, bias=False)
-            mlp.fc1, mlp.fc2 = Fp8Linear(mlp.fc1), Fp8Linear(mlp.fc2, bias=False)
+            attn.qkv, attn.proj, mlp.fc1, mlp.fc2 = fp8_block_linears(attn.qkv, attn.proj, mlp.fc1, mlp.fc2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.sapiens2 import Block2, LayerScale, RMSNorm, Sapiens2ViT, apply_rope
-from .fp8 import Fp8Linear, quantize_rows, takes_fp8
+from .fp8 import fp8_block_linears, quantize_rows
 from .fused import ShiftedNorm, _bias
 
 
@@ -107,13 +107,7 @@ class FusedBlock2(nn.Module):
         self.norm2 = ShiftedNorm(block.norm2, after_attn)
         self.register_buffer("shift_out", after_attn + _bias(mlp.w3).to(shift.dtype))
         if fp8:  # the proj and w3 biases live in the shifts
-            refused = [(m.in_features, m.out_features) for m in (self.qkv, self.proj, self.w12, self.w3)
-                       if not takes_fp8(m)]
-            if refused:
-                raise ValueError(f"FP8 blocks need GEMM sizes that are multiples of 16 (FP8 tensor cores); this "
-                                 f"block has Linears of (in, out) {refused}")
-            self.qkv, self.proj = Fp8Linear(self.qkv), Fp8Linear(self.proj, bias=False)
-            self.w12, self.w3 = Fp8Linear(self.w12), Fp8Linear(self.w3, bias=False)
+            self.qkv, self.proj, self.w12, self.w3 = fp8_block_linears(self.qkv, self.proj, self.w12, self.w3)
 
     def _attend(self, qkv: torch.Tensor, batch: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 prefix: int) -> torch.Tensor:
