@@ -32,7 +32,7 @@ def test_fused_model_equals_plain_model_in_float64(task, arch):
     fuse_blocks2(fused.backbone)
     assert all(isinstance(b, FusedBlock2) for b in fused.backbone.blocks)
     assert isinstance(fused.backbone.norm, ShiftedNorm) and fused.backbone.norm.rms
-    assert {b.num_kv_heads for b in fused.backbone.blocks} == {4, 2}  # grouped-query blocks among them
+    assert {b.heads[1] for b in fused.backbone.blocks} == {4, 2}  # grouped-query blocks among them
     if arch.endswith("4k"):
         assert isinstance(fused.backbone.tokenizer.blocks[-1], RestoreBiases)
     x = torch.randn(2, 3, *(SIZE.get(task) or ((128, 128) if arch.endswith("4k") else (64, 48))),
@@ -153,7 +153,9 @@ CASES = ((torch.bfloat16, torch.bfloat16, 64, 4, 2), (torch.float32, torch.bfloa
 for dtype, rope_dtype, hd, nq, nk in CASES:
     B, h, w, prefix = 2, 3, 4, 3
     N = prefix + h * w
-    qkv = (torch.randn(B * N, (nq + 2 * nk) * hd) * 2).to(dtype)
+    qkv = torch.randn(B * N, (nq + 2 * nk) * hd) * 2
+    qkv[::5, hd:2 * hd] *= 1e-4  # heads whose mean square is below the norm's eps: it must count
+    qkv = qkv.to(dtype)
     qw, kw = (1 + 0.3 * torch.randn(hd)).to(dtype), (1 + 0.3 * torch.randn(hd)).to(dtype)
     cos, sin = RotaryEmbedding2d(hd, dtype=rope_dtype)(h, w)
     ref = qk_reference(qkv, nq, nk, qw, kw, 1e-6, cos, sin, N, prefix)
@@ -176,6 +178,10 @@ for C, dtype in ((1536, torch.bfloat16), (120, torch.float32)):
     ref_values, ref_scale = e4m3_of(F.rms_norm(stream.double() + shift.double(), (C,), w.double(), 1e-6).view(15, C))
     assert torch.allclose(scale.double(), ref_scale, rtol=2**-18)
     assert (values.double() == ref_values).float().mean() > 0.99
+
+x, shift, w = torch.randn(4, 96), torch.randn(96), torch.randn(96)  # a LayerNorm without a bias adds none
+ref = F.layer_norm(x.double() + shift.double(), (96,), w.double(), None, 1e-6)
+assert ((shifted_layer_norm(x, shift, w, None, 1e-6).double() - ref).abs() <= 2**-18 * ref.abs().clamp_min(1)).all()
 
 for H, dtype in ((6144, torch.bfloat16), (100, torch.float32), (9728, torch.float16)):
     gated = torch.randn(7, 2 * H, dtype=dtype) * 3
@@ -252,3 +258,31 @@ def test_fp8_on_sapiens2_warns_that_its_accuracy_is_unmeasured():
     with pytest.warns(UserWarning, match="has not been measured"):
         fast = optimize_for_inference(model, fp8=True, compile=False)
     assert all(isinstance(b, FusedBlock2) and b.fp8 for b in fast.model.backbone.blocks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton q/k pass runs on CUDA")
+@pytest.mark.parametrize("rope_dtype", [torch.bfloat16, torch.float32])
+def test_the_cuda_qk_pass_equals_the_models_own_ops(rope_dtype):
+    """The CUDA branch of ``normed_rotated_qkv`` (the Triton pass with the block's own weights, eps and angles)
+    against its CPU branch (the model's ops) on the same float32 GEMM output: each query and key head with its own
+    norm weight, grouped heads, the prefix unrotated."""
+    from opensapiens.inference.fused2 import normed_rotated_qkv
+
+    model = _model("pose").float().eval()
+    block = copy.deepcopy(model.backbone.blocks[8]).cuda()  # a grouped-query block
+    attn = block.attn
+    assert attn.num_kv_heads < attn.num_heads
+    with torch.no_grad():
+        attn.k_norm.weight.copy_(1 + torch.randn_like(attn.k_norm.weight))  # q and k weights far apart
+    model.backbone.rope.dtype = rope_dtype
+    grid, prefix = (4, 3), model.backbone.num_extra_tokens
+    cos, sin = model.backbone.rope(*grid)
+    qkv = torch.randn(2 * (prefix + 12), (attn.num_heads + 2 * attn.num_kv_heads) * 16) * 3
+    heads = (attn.num_heads, attn.num_kv_heads)
+    with torch.inference_mode():
+        ref = normed_rotated_qkv(qkv.clone(), 2, heads, attn.q_norm.cpu(), attn.k_norm.cpu(), (cos, sin), prefix)
+        attn.cuda()
+        got = normed_rotated_qkv(qkv.cuda(), 2, heads, attn.q_norm, attn.k_norm, (cos.cuda(), sin.cuda()), prefix)
+    for r, g in zip(ref, got, strict=True):
+        tol = 1e-5 if rope_dtype == torch.float32 else 2**-7  # bf16 angles: one rounding apart at most
+        assert (g.cpu() - r).abs().max() <= tol * r.abs().max(), (g.cpu() - r).abs().max()

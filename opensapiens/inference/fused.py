@@ -39,7 +39,8 @@ def _shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tens
     if rms:
         y = F.rms_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), eps)
     else:
-        y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype), bias.to(dtype), eps)
+        y = F.layer_norm(x.to(dtype) + shift, x.shape[-1:], weight.to(dtype),
+                         None if bias is None else bias.to(dtype), eps)
     if fp8:
         return quantize_rows(y.reshape(-1, y.shape[-1]))
     return y.to(x.dtype)

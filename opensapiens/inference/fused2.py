@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.sapiens2 import Block2, LayerScale, RMSNorm, Sapiens2ViT, apply_rope
+from ..models.sapiens2 import Block2, LayerScale, RMSNorm, Sapiens2ViT, normed_rotated
 from .fp8 import fp8_block_linears, quantize_rows
 from .fused import ShiftedNorm, _bias
 
@@ -37,30 +37,27 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     return linear
 
 
-def normed_rotated_qkv(qkv: torch.Tensor, batch: int, num_heads: int, num_kv_heads: int, q_norm: RMSNorm | None,
-                       k_norm: RMSNorm | None, rope: tuple[torch.Tensor, torch.Tensor] | None, prefix: int):
-    """q, k, v (B, heads, N, hd) from the stacked GEMM's (B*N, (heads + 2 kv heads) * hd) output: q and k
-    RMS-normed per head and rotated after the ``prefix`` tokens, as ``GQAttention`` does. On CUDA one Triton pass
-    in place (``kernels.qk_norm_rope``) and views; elsewhere the model's own ops."""
-    M, width = qkv.shape
-    N, hd = M // batch, width // (num_heads + 2 * num_kv_heads)
-    if qkv.is_cuda and (q_norm is not None or rope is not None):
+def normed_rotated_qkv(qkv: torch.Tensor, batch: int, heads: tuple[int, int], q_norm: nn.Module, k_norm: nn.Module,
+                       rope: tuple[torch.Tensor, torch.Tensor] | None, prefix: int):
+    """q, k, v (B, heads, N, hd) from the stacked GEMM's (B*N, (heads + 2 kv heads) * hd) output (``heads``: query
+    and key/value heads): q and k normed per head and rotated after the ``prefix`` tokens, as
+    ``sapiens2.normed_rotated``. On CUDA one Triton pass in place (``kernels.qk_norm_rope``: float32 inside, rounded
+    to the angles' dtype before and after the rotation, where the official bf16 code rounds each product too) and
+    views of ``qkv``; elsewhere the model's own ops."""
+    (nh, nkv), (M, width) = heads, qkv.shape
+    N = M // batch
+    q, k, v = qkv.view(batch, N, -1, width // (nh + 2 * nkv)).split([nh, nkv, nkv], dim=2)  # B N h hd
+    normed = isinstance(q_norm, RMSNorm)  # (the 4K tokenizer's blocks have no q/k norms and no rotation)
+    if qkv.is_cuda and (normed or rope is not None):
         try:
             from .kernels import qk_norm_rope
         except ImportError:
             pass
         else:
-            normed = q_norm is not None
-            qk_norm_rope(qkv, num_heads, num_kv_heads, q_norm.weight if normed else None,
-                         k_norm.weight if normed else None, q_norm.eps if normed else 0.0, rope, N, prefix)
-            q_norm = k_norm = rope = None  # done
-    q, k, v = qkv.view(batch, N, -1, hd).split([num_heads, num_kv_heads, num_kv_heads], dim=2)  # B N h hd
-    if q_norm is not None:
-        q, k = q_norm(q), k_norm(k)
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if rope is not None:
-        q, k = apply_rope(q, *rope, prefix), apply_rope(k, *rope, prefix)
-    return q, k, v
+            qk_norm_rope(qkv, nh, nkv, q_norm.weight if normed else None, k_norm.weight if normed else None,
+                         q_norm.eps if normed else 0.0, rope, N, prefix)
+            return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    return *normed_rotated(q, k, q_norm, k_norm, rope, prefix), v.transpose(1, 2)
 
 
 def swiglu(gated: torch.Tensor, fp8: bool = False):
@@ -88,9 +85,8 @@ class FusedBlock2(nn.Module):
     def __init__(self, block: Block2, shift: torch.Tensor, fp8: bool = False):
         super().__init__()
         attn, mlp = block.attn, block.mlp
-        self.num_heads, self.num_kv_heads, self.fp8 = attn.num_heads, attn.num_kv_heads, fp8
-        self.q_norm = attn.q_norm if isinstance(attn.q_norm, RMSNorm) else None  # (the 4K tokenizer's have none)
-        self.k_norm = attn.k_norm if isinstance(attn.k_norm, RMSNorm) else None
+        self.heads = (attn.num_heads, attn.num_kv_heads)  # query, key/value
+        self.q_norm, self.k_norm, self.fp8 = attn.q_norm, attn.k_norm, fp8
         with torch.no_grad():
             self.qkv = _linear(torch.cat([attn.wq.weight, attn.wk.weight, attn.wv.weight]),
                                torch.cat([_bias(attn.wq), _bias(attn.wk), _bias(attn.wv)]))
@@ -112,9 +108,8 @@ class FusedBlock2(nn.Module):
     def _attend(self, qkv: torch.Tensor, batch: int, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 prefix: int) -> torch.Tensor:
         """(B*N, stacked q/k/v) -> the heads' outputs (B*N, C) before proj."""
-        q, k, v = normed_rotated_qkv(qkv, batch, self.num_heads, self.num_kv_heads, self.q_norm, self.k_norm, rope,
-                                     prefix)
-        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=self.num_kv_heads != self.num_heads)  # B nh N hd
+        q, k, v = normed_rotated_qkv(qkv, batch, self.heads, self.q_norm, self.k_norm, rope, prefix)
+        out = F.scaled_dot_product_attention(q, k, v, enable_gqa=q.shape[1] != k.shape[1])  # B nh N hd
         return out.transpose(1, 2).reshape(qkv.shape[0], -1)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,

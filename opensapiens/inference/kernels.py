@@ -23,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def _shifted_layer_norm_kernel(x_ptr, delta_ptr, shift_ptr, w_ptr, b_ptr, y_ptr, scale_ptr, M, C, eps,
                                BLOCK: tl.constexpr, ROWS: tl.constexpr, HAS_DELTA: tl.constexpr, FP8: tl.constexpr,
-                               RMS: tl.constexpr):
+                               RMS: tl.constexpr, HAS_BIAS: tl.constexpr):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK)
     mask = (rows[:, None] < M) & (cols[None, :] < C)
@@ -40,7 +40,7 @@ def _shifted_layer_norm_kernel(x_ptr, delta_ptr, shift_ptr, w_ptr, b_ptr, y_ptr,
     rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / C + eps)
     w = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
     y = centered * rstd[:, None] * w[None, :]
-    if not RMS:
+    if HAS_BIAS:
         y += tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)[None, :]
     if FP8:  # e4m3 with one scale per row, amax / 448: the input of the next row-scaled FP8 GEMM
         amax = tl.maximum(tl.max(tl.where(mask, tl.abs(y), 0.0), axis=1), 1e-30)
@@ -59,7 +59,7 @@ def _row_launch(C: int) -> tuple[int, int, int]:
 def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                        eps: float, delta: torch.Tensor | None = None, fp8: bool = False, rms: bool = False):
     """LayerNorm(x + shift) over the last dim of a contiguous CUDA tensor, float32 inside, x's dtype out; ``rms``:
-    RMSNorm(x + shift) (``bias`` unused).
+    RMSNorm(x + shift). ``bias`` None: none added.
 
     ``delta``: first x += delta in place (x's dtype), then normalize. ``fp8``: return (e4m3 values, float32 row
     scales (rows, 1)) instead, ready for ``torch._scaled_mm``.
@@ -75,7 +75,8 @@ def shifted_layer_norm(x: torch.Tensor, shift: torch.Tensor, weight: torch.Tenso
     block, rows, warps = _row_launch(C)
     _shifted_layer_norm_kernel[(triton.cdiv(M, rows),)](
         x, x if delta is None else delta, shift, weight, weight if bias is None else bias, y, scale, M, C, eps,
-        BLOCK=block, ROWS=rows, HAS_DELTA=delta is not None, FP8=fp8, RMS=rms, num_warps=warps)
+        BLOCK=block, ROWS=rows, HAS_DELTA=delta is not None, FP8=fp8, RMS=rms, HAS_BIAS=bias is not None,
+        num_warps=warps)
     return (y.view(M, C), scale) if fp8 else y
 
 
@@ -136,7 +137,7 @@ def _qk_norm_rope_kernel(qkv_ptr, qw_ptr, kw_ptr, cos_ptr, sin_ptr, N, prefix, r
                       tl.load(kw_ptr + partner, mask=d < HD, other=0.0).to(tl.float32)[None, :])
         x = (x * rstd[:, None] * w).to(qkv_ptr.dtype.element_ty).to(tl.float32)
         xp = (xp * rstd[:, None] * wp).to(qkv_ptr.dtype.element_ty).to(tl.float32)
-    if ROPE:  # in the angles' dtype, as the official code: every token passes through it, patches turn
+    if ROPE:  # every token through the angles' dtype (as the official code), patches turned in float32, rounded
         x = x.to(cos_ptr.dtype.element_ty).to(tl.float32)
         xp = xp.to(cos_ptr.dtype.element_ty).to(tl.float32)
         patch = row % N - prefix
@@ -161,11 +162,17 @@ def qk_norm_rope(qkv: torch.Tensor, q_heads: int, k_heads: int, q_weight: torch.
     if not qkv.is_contiguous() or hd * (q_heads + 2 * k_heads) != width or M % tokens or hd % 2:
         raise ValueError(f"qk_norm_rope: needs a contiguous (B*N, (q + 2 k heads) * even head dim) input, got "
                          f"{tuple(qkv.shape)} for {q_heads} + 2 x {k_heads} heads of {tokens}-token sequences")
-    if rope is not None and (rope[0].shape != (tokens - prefix, hd) or not rope[0].is_contiguous()
+    if rope is not None and (rope[0].shape != (tokens - prefix, hd) or rope[1].shape != rope[0].shape
+                             or rope[1].dtype != rope[0].dtype or not rope[0].is_contiguous()
                              or not rope[1].is_contiguous()):
         raise ValueError(f"qk_norm_rope: rope tables must be contiguous ({tokens - prefix}, {hd}), got "
                          f"{tuple(rope[0].shape)}")
     norm = q_weight is not None
+    if norm != (k_weight is not None) or (norm and (q_weight.shape != (hd,) or k_weight.shape != (hd,)
+                                                      or not q_weight.is_contiguous() or not k_weight.is_contiguous())):
+        raise ValueError(f"qk_norm_rope: q and k norm weights must both be given, contiguous ({hd},), or both None")
+    if not 0 <= prefix <= tokens:
+        raise ValueError(f"qk_norm_rope: prefix {prefix} outside a {tokens}-token sequence")
     cos, sin = rope if rope is not None else (qkv, qkv)
     head_block, dim_block = triton.next_power_of_2(heads), triton.next_power_of_2(hd)
     warps = min(max(head_block * dim_block // 512, 1), 8)
@@ -198,6 +205,6 @@ def swiglu(gated: torch.Tensor, fp8: bool = False):
         raise ValueError(f"swiglu: needs a contiguous (M, 2H) input with H <= 16384, got {tuple(gated.shape)}")
     y = torch.empty(M, H, device=gated.device, dtype=torch.float8_e4m3fn if fp8 else gated.dtype)
     scale = torch.empty(M, 1, device=gated.device, dtype=torch.float32) if fp8 else y
-    block = triton.next_power_of_2(H)
-    _swiglu_kernel[(M,)](gated, y, scale, H, BLOCK=block, FP8=fp8, num_warps=min(max(block // 256, 4), 16))
+    block, _, warps = _row_launch(H)
+    _swiglu_kernel[(M,)](gated, y, scale, H, BLOCK=block, FP8=fp8, num_warps=warps)
     return (y, scale) if fp8 else y

@@ -147,6 +147,16 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, prefix: in
     return (torch.cat([head, rotated], dim=2) if prefix else rotated).to(x.dtype)
 
 
+def normed_rotated(q: torch.Tensor, k: torch.Tensor, q_norm: nn.Module, k_norm: nn.Module,
+                   rope: tuple[torch.Tensor, torch.Tensor] | None, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, heads, hd) queries and keys -> (B, heads, N, hd): normed per head (``q_norm``, ``k_norm``), then
+    rotated after the ``prefix`` tokens where ``rope`` is given."""
+    q, k = q_norm(q).transpose(1, 2), k_norm(k).transpose(1, 2)
+    if rope is not None:
+        q, k = apply_rope(q, *rope, prefix), apply_rope(k, *rope, prefix)
+    return q, k
+
+
 class LayerScale(nn.Module):
     """Multiply by a learned per-channel scale (``weight``, as the official key names it)."""
 
@@ -183,11 +193,9 @@ class GQAttention(nn.Module):
                 prefix: int = 0) -> torch.Tensor:
         B, N, C = x.shape
         nh, nkv = self.num_heads, self.num_kv_heads
-        q = self.q_norm(self.wq(x).view(B, N, nh, -1)).transpose(1, 2)  # B nh N hd
-        k = self.k_norm(self.wk(x).view(B, N, nkv, -1)).transpose(1, 2)  # B nkv N hd
+        q, k = normed_rotated(self.wq(x).view(B, N, nh, -1), self.wk(x).view(B, N, nkv, -1), self.q_norm,
+                              self.k_norm, rope, prefix)
         v = self.wv(x).view(B, N, nkv, -1).transpose(1, 2)
-        if rope is not None:
-            q, k = apply_rope(q, *rope, prefix), apply_rope(k, *rope, prefix)
         x = F.scaled_dot_product_attention(q, k, v, enable_gqa=nkv != nh)  # query head i reads k/v head i // (nh/nkv)
         return self.gamma(self.proj(x.transpose(1, 2).reshape(B, N, C)))
 
