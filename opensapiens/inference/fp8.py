@@ -79,7 +79,8 @@ def fp8_block_linears(qkv: nn.Linear, proj: nn.Linear, up: nn.Linear, down: nn.L
 
 
 def convert_to_fp8(model: nn.Module) -> nn.Module:
-    """Replace the Linear layers inside transformer blocks (qkv, proj, fc1, fc2) by ``Fp8Linear``, in place."""
+    """Replace the Linear layers inside the backbone's transformer blocks (v1: qkv, proj, fc1, fc2; Sapiens2: wq, wk,
+    wv, proj, w12, w3; not the 4K tokenizer's, which the fused FP8 path converts) by ``Fp8Linear``, in place."""
     blocks = model.backbone.blocks if hasattr(model, "backbone") else model.blocks
     for block in blocks:
         for _name, child in list(block.named_modules()):

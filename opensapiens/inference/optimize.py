@@ -229,7 +229,7 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     device = next(model.parameters()).device
     if fp8:
         require_fp8_device(device)
-        if getattr(getattr(model, "config", None), "generation", 1) == 2:
+        if any(isinstance(m, Sapiens2ViT) for m in model.modules()):
             warnings.warn("fp8 on a Sapiens2 model: its accuracy on trained Sapiens2 weights has not been measured "
                           "(on random weights its outputs are 2-6x farther from float32 than v1's; "
                           "docs/performance.md)", stacklevel=2)
