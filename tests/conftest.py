@@ -26,6 +26,32 @@ def subprocess_env(*paths: str | Path, **variables: str) -> dict[str, str]:
     return {**os.environ, **variables, "PYTHONPATH": path}
 
 
+def bf16_distances(reference: torch.nn.Module, models: list[torch.nn.Module], x: torch.Tensor) -> list[float]:
+    """How far each (bf16) model's output on ``x`` lies from the float32 ``reference``'s: relative L2 distances."""
+    with torch.inference_mode():
+        ref = reference(x).double()
+        return [float((m(x.bfloat16()).double() - ref).norm() / ref.norm()) for m in models]
+
+
+def assert_fp8_fused_tracks_fp8_linears(model, reference, fused, x: torch.Tensor, *block_args) -> None:
+    """Each FP8 fused block's update of the stream (it carries x - shift) against the same block with its Linears
+    as ``Fp8Linear`` (``reference``) and the exact one (``model``): e4m3 visible and bounded, the fused block within
+    half the quantization error of the reference; then the whole models (head included) on a 64 x 48 image."""
+    with torch.inference_mode():
+        for plain, ref, fb in zip(model.backbone.blocks, reference.backbone.blocks, fused.backbone.blocks,
+                                  strict=True):
+            exact = plain(x.clone(), *block_args) - x
+            quantized = ref(x.clone(), *block_args) - x
+            out = fb(x.clone() - fb.norm1.shift, *block_args) + fb.shift_out - x
+            quantization = (quantized - exact).norm() / exact.norm()
+            assert 1e-3 < quantization < 0.2  # e4m3 is visible, and bounded
+            assert (out - quantized).norm() / exact.norm() < 0.5 * quantization
+            assert (out - exact).norm() / exact.norm() < 1.3 * quantization
+        images = torch.randn(2, 3, 64, 48)
+        exact, quantized, out = (m(images).double() for m in (model, reference, fused))
+    assert (out - exact).norm() <= 1.3 * (quantized - exact).norm()
+
+
 def make_official_state(task: str, out_channels: int | None = None, seed: int = 0, pos_grid=(8, 6)):
     """(model, official-layout state dict) with random weights, as an official task checkpoint would hold."""
     torch.manual_seed(seed)

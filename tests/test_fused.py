@@ -14,7 +14,7 @@ from opensapiens.inference.optimize import pad_attention_heads, pad_attention_we
 from opensapiens.models import build_model
 from opensapiens.models.vit import ViTArch
 
-from conftest import TESTS, subprocess_env
+from conftest import TESTS, assert_fp8_fused_tracks_fp8_linears, bf16_distances, subprocess_env
 
 
 def perturbed_model(task: str, arch, dtype=torch.float64, seed: int = 0):
@@ -94,11 +94,7 @@ def test_fused_bf16_on_cuda_is_as_close_to_float32_as_the_plain_bf16_path():
     model = perturbed_model("pose", "small", dtype=torch.float32).cuda()
     plain, fused = copy.deepcopy(model).bfloat16(), copy.deepcopy(model).bfloat16()
     fuse_blocks(fused.backbone)
-    x = torch.randn(2, 3, 64, 48, device="cuda")
-    with torch.inference_mode():
-        ref = model(x).double()
-        err_plain = (plain(x.bfloat16()).double() - ref).norm() / ref.norm()
-        err_fused = (fused(x.bfloat16()).double() - ref).norm() / ref.norm()
+    err_plain, err_fused = bf16_distances(model, [plain, fused], torch.randn(2, 3, 64, 48, device="cuda"))
     assert err_fused <= 1.5 * err_plain + 1e-3, (err_fused, err_plain)
     gelu_gap = (F.gelu(torch.linspace(-8, 8, 10001)) - F.gelu(torch.linspace(-8, 8, 10001), approximate="tanh"))
     assert gelu_gap.abs().max() < 5e-4  # the epilogue's tanh GELU, the only approximation of the fused path
@@ -120,11 +116,7 @@ def test_fp8_fused_on_cuda_is_as_close_to_float32_as_fp8_linears():
     model = perturbed_model("pose", "small", dtype=torch.float32).cuda()
     linears, fused = convert_to_fp8(copy.deepcopy(model).bfloat16()), copy.deepcopy(model).bfloat16()
     fuse_blocks(fused.backbone, fp8=True)
-    x = torch.randn(2, 3, 256, 192, device="cuda")
-    with torch.inference_mode():
-        ref = model(x).double()
-        err_linears = (linears(x.bfloat16()).double() - ref).norm() / ref.norm()
-        err_fused = (fused(x.bfloat16()).double() - ref).norm() / ref.norm()
+    err_linears, err_fused = bf16_distances(model, [linears, fused], torch.randn(2, 3, 256, 192, device="cuda"))
     assert err_fused <= 1.5 * err_linears + 1e-3, (err_fused, err_linears)
 
 
@@ -201,16 +193,4 @@ def test_fp8_fused_blocks_against_fp8_linears_on_the_plain_model():
     fuse_blocks(fused.backbone, fp8=True)
     assert all(isinstance(m, Fp8Linear) for b in fused.backbone.blocks for m in (b.attn.qkv, b.attn.proj,
                                                                                 b.mlp.fc1, b.mlp.fc2))
-    x = torch.randn(2, 12, 128)
-    with torch.inference_mode():
-        for plain, ref, fb in zip(model.backbone.blocks, reference.backbone.blocks, fused.backbone.blocks,
-                                  strict=True):
-            exact, quantized = plain(x.clone()) - x, ref(x.clone()) - x  # each block's update of the stream
-            out = fb(x.clone() - fb.norm1.shift) + fb.shift_out - x  # the fused block carries x - shift
-            quantization = (quantized - exact).norm() / exact.norm()
-            assert 1e-3 < quantization < 0.2  # e4m3 is visible, and bounded
-            assert (out - quantized).norm() / exact.norm() < 0.5 * quantization
-            assert (out - exact).norm() / exact.norm() < 1.3 * quantization
-        images = torch.randn(2, 3, 64, 48)
-        exact, quantized, out = (m(images).double() for m in (model, reference, fused))
-    assert (out - exact).norm() <= 1.3 * (quantized - exact).norm()  # the whole model, head included
+    assert_fp8_fused_tracks_fp8_linears(model, reference, fused, torch.randn(2, 12, 128))

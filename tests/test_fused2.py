@@ -15,7 +15,7 @@ from opensapiens.inference.fused import ShiftedNorm
 from opensapiens.inference.fused2 import FusedBlock2, RestoreBiases, fuse_blocks2
 from opensapiens.inference.optimize import optimize_for_inference
 
-from conftest import TESTS, subprocess_env
+from conftest import TESTS, assert_fp8_fused_tracks_fp8_linears, bf16_distances, subprocess_env
 
 
 def _float64(task: str, arch: str = "sapiens2_nano", rope_dtype: torch.dtype = torch.float64):
@@ -97,18 +97,7 @@ def test_fp8_fused_blocks_against_fp8_linears_on_the_plain_model():
     grid, prefix = (4, 3), model.backbone.num_extra_tokens
     rope = model.backbone.rope(*grid)
     x = torch.randn(2, prefix + 12, model.backbone.embed_dim)
-    with torch.inference_mode():
-        for plain, ref, fb in zip(model.backbone.blocks, reference.backbone.blocks, fused.backbone.blocks,
-                                  strict=True):
-            exact, quantized = plain(x.clone(), rope, prefix) - x, ref(x.clone(), rope, prefix) - x
-            out = fb(x.clone() - fb.norm1.shift, rope, prefix) + fb.shift_out - x  # the stream carries x - shift
-            quantization = (quantized - exact).norm() / exact.norm()
-            assert 1e-3 < quantization < 0.2  # e4m3 is visible, and bounded
-            assert (out - quantized).norm() / exact.norm() < 0.5 * quantization
-            assert (out - exact).norm() / exact.norm() < 1.3 * quantization
-        images = torch.randn(2, 3, 64, 48)
-        exact, quantized, out = (m(images).double() for m in (model, reference, fused))
-    assert (out - exact).norm() <= 1.3 * (quantized - exact).norm()  # the whole model, head included
+    assert_fp8_fused_tracks_fp8_linears(model, reference, fused, x, rope, prefix)
 
 
 KERNEL_CHECK = """
@@ -220,11 +209,7 @@ def test_fused_bf16_on_cuda_is_as_close_to_float32_as_the_plain_bf16_path(task):
     model = _model(task).float().cuda().eval()
     plain, fused = copy.deepcopy(model).bfloat16(), copy.deepcopy(model).bfloat16()
     fuse_blocks2(fused.backbone)
-    x = torch.randn(2, 3, 128, 96, device="cuda")
-    with torch.inference_mode():
-        ref = model(x).double()
-        err_plain = (plain(x.bfloat16()).double() - ref).norm() / ref.norm()
-        err_fused = (fused(x.bfloat16()).double() - ref).norm() / ref.norm()
+    err_plain, err_fused = bf16_distances(model, [plain, fused], torch.randn(2, 3, 128, 96, device="cuda"))
     assert err_fused <= 1.5 * err_plain + 1e-3, (err_fused, err_plain)
 
 
@@ -234,11 +219,7 @@ def test_fp8_fused_on_cuda_is_as_close_to_float32_as_fp8_linears():
     model = _model("pose").float().cuda().eval()
     linears, fused = convert_to_fp8(copy.deepcopy(model).bfloat16()), copy.deepcopy(model).bfloat16()
     fuse_blocks2(fused.backbone, fp8=True)
-    x = torch.randn(2, 3, 128, 96, device="cuda")
-    with torch.inference_mode():
-        ref = model(x).double()
-        err_linears = (linears(x.bfloat16()).double() - ref).norm() / ref.norm()
-        err_fused = (fused(x.bfloat16()).double() - ref).norm() / ref.norm()
+    err_linears, err_fused = bf16_distances(model, [linears, fused], torch.randn(2, 3, 128, 96, device="cuda"))
     assert err_fused <= 1.5 * err_linears + 1e-3, (err_fused, err_linears)
 
 
