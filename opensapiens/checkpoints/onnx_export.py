@@ -54,7 +54,7 @@ def default_input_size(model: nn.Module) -> tuple[int, int]:
     pose/seg/depth/normal models, 1024x1024 for pretrain ones; Sapiens2, which has none, 1024x768 throughout, its 4K
     backbone 4096x3072)."""
     if getattr(model.config, "generation", 1) == 2:
-        return 64 * model.config.arch.stride, 48 * model.config.arch.stride
+        return model.config.task_input_size
     grid = model.config.pos_grid
     return grid[0] * 16, grid[1] * 16
 

@@ -18,6 +18,8 @@ stream is updated in place, so these blocks refuse to run while autograd records
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,6 +137,17 @@ class FusedBlock(nn.Module):
         return x
 
 
+def fuse_run(blocks: nn.ModuleList, shift: torch.Tensor, fuse: Callable[[nn.Module, torch.Tensor], nn.Module]
+             ) -> tuple[list[nn.Module], torch.Tensor]:
+    """``fuse(block, shift)`` of each block in turn, each given the sum of the biases folded before it (``shift``
+    at the first); the fused blocks and the sum after the last (their ``shift_out``)."""
+    fused = []
+    for block in blocks:
+        fused.append(fuse(block, shift))
+        shift = fused[-1].shift_out
+    return fused, shift
+
+
 def fuse_blocks(backbone: SapiensViT, fp8: bool = False) -> SapiensViT:
     """Swap the backbone's blocks for ``FusedBlock``s and its final norm for the matching ``ShiftedNorm``.
 
@@ -144,10 +157,7 @@ def fuse_blocks(backbone: SapiensViT, fp8: bool = False) -> SapiensViT:
     """
     dtype = torch.promote_types(backbone.pos_embed.dtype, torch.float32)  # biases summed in float32 at least
     shift = torch.zeros(backbone.embed_dim, device=backbone.pos_embed.device, dtype=dtype)
-    fused = []
-    for block in backbone.blocks:
-        fused.append(FusedBlock(block, shift, fp8))
-        shift = fused[-1].shift_out
+    fused, shift = fuse_run(backbone.blocks, shift, lambda block, shift: FusedBlock(block, shift, fp8))
     backbone.blocks = nn.ModuleList(fused)
     backbone.norm = ShiftedNorm(backbone.norm, shift)
     return backbone

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..models.sapiens2 import Block2, LayerScale, RMSNorm, Sapiens2ViT, normed_rotated
 from .fp8 import fp8_block_linears, quantize_rows
-from .fused import ShiftedNorm, _bias
+from .fused import ShiftedNorm, _bias, fuse_run
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
@@ -144,24 +144,19 @@ class RestoreBiases(nn.Module):
         return x.add_(self.shift.to(x.dtype))
 
 
-def _fused_run(blocks: nn.ModuleList, shift: torch.Tensor, fp8: bool) -> tuple[list[nn.Module], torch.Tensor]:
-    fused = []
-    for block in blocks:
-        fused.append(FusedBlock2(block, shift, fp8))
-        shift = fused[-1].shift_out
-    return fused, shift
-
-
 def fuse_blocks2(backbone: Sapiens2ViT, fp8: bool = False) -> Sapiens2ViT:
     """Swap a Sapiens2 backbone's blocks (the 4K tokenizer's too) for ``FusedBlock2``s and its final norm for the
     matching ``ShiftedNorm``. In place; the backbone's ``forward`` is unchanged: its token tensor (a fresh tensor
     every call) becomes the stream the blocks update."""
     dtype = torch.promote_types(backbone.storage_tokens.dtype, torch.float32)  # biases summed in float32 at least
     zero = torch.zeros(backbone.embed_dim, device=backbone.storage_tokens.device, dtype=dtype)
+    def fuse(block: Block2, shift: torch.Tensor) -> FusedBlock2:
+        return FusedBlock2(block, shift, fp8)
+
     if backbone.tokenizer is not None:  # its window tokens are read after its last block, without a norm
-        fused, shift = _fused_run(backbone.tokenizer.blocks, zero, fp8)
+        fused, shift = fuse_run(backbone.tokenizer.blocks, zero, fuse)
         backbone.tokenizer.blocks = nn.ModuleList([*fused, RestoreBiases(shift)])
-    fused, shift = _fused_run(backbone.blocks, zero, fp8)
+    fused, shift = fuse_run(backbone.blocks, zero, fuse)
     backbone.blocks = nn.ModuleList(fused)
     backbone.norm = ShiftedNorm(backbone.norm, shift)
     return backbone

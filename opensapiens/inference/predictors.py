@@ -476,9 +476,8 @@ def load_predictor(task: str | None, checkpoint: str | os.PathLike, device: str 
         return MultiTaskPredictor(model, input_size=input_size, **kwargs, **({"resize": resize} if resize else {}))
     if input_size is None:  # the size it was trained at: a multi-task file's, a fine-tune's (train --input-size)
         trained = _recorded(model).get("input_size")
-        stride = model.config.arch.stride
         input_size = native_input_size(checkpoint) or (tuple(trained) if trained else None) or (
-            (1024, 1024) if model.task == "features" and model.config.generation == 1 else (64 * stride, 48 * stride))
+            (1024, 1024) if model.task == "features" and model.config.generation == 1 else model.config.task_input_size)
     if optimize is None:
         optimize = device.type == "cuda"
     if model.config.generation == 2 and model.task in ("normal", "pointmap") and resize is None:

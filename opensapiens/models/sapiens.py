@@ -42,6 +42,11 @@ class ModelConfig:
         return self.arch.generation
 
     @property
+    def task_input_size(self) -> tuple[int, int]:
+        """The official task models' input, a 64 x 48 token grid: 1024x768 (the 4K backbone's 4096x3072)."""
+        return 64 * self.arch.stride, 48 * self.arch.stride
+
+    @property
     def head2_spec(self) -> Head2Spec:
         """A Sapiens2 head's widths: the recorded ones, else the released models' for the arch."""
         return self.head_spec or official_head2_spec(self.task, self.arch.name)
