@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost|s2-fused|s2-fused-more
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost|s2-fused|s2-fused-more|s2-fp8acc
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1240,6 +1240,24 @@ elif [ "$1" = s2-fused-more ]; then
     --input-size 4096x3072 --out "$OUT/s2_fused_features_1b_4k.json" | grep -v '^{'
   timeout 200 python -m opensapiens.cli.main bench --iters 10 --fp8 --task pose --arch sapiens2_5b --batch 4 \
     --out "$OUT/s2_fused_pose_5b.json" | grep -v '^{'
+elif [ "$1" = s2-fp8acc ]; then
+  # call 143: FP8 against bf16 on trained Sapiens2 weights. sapiens2_0.1b fine-tuned from random init on the
+  # on-the-fly synthetic stream at 1024x768, pose and seg side by side on the one GPU, then bench/fp8_agreement.py
+  # (synth-val: keypoint displacement, seg label agreement) on the fused blocks and on the Fp8Linear path
+  install_coco_wheel
+  for task in pose seg; do
+    timeout 420 python -m opensapiens.cli.main train --task $task --arch sapiens2_0.1b --data synth \
+      --steps ${S2_STEPS:-450} --batch-size 24 --layer-decay 1 --warmup-steps 50 --schedule cosine \
+      --eval-interval 0 --ckpt-interval 0 --log-interval 25 --no-tensorboard --out /tmp/s2_$task \
+      > "$OUT/s2_fp8acc_train_$task.log" 2>&1 &
+  done
+  wait
+  for task in pose seg; do tail -3 "$OUT/s2_fp8acc_train_$task.log"; cp /tmp/s2_$task/metrics.jsonl \
+    "$OUT/s2_fp8acc_metrics_$task.jsonl"; done
+  for mode in optimized linears; do
+    timeout 150 python bench/fp8_agreement.py --pose-checkpoint /tmp/s2_pose/final.safetensors \
+      --seg-checkpoint /tmp/s2_seg/final.safetensors --mode $mode --out "$OUT/fp8_agreement_s2_0.1b_$mode.json" | tail -12
+  done
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)
   video_predict video-pictures "pose 16" "seg 8"
