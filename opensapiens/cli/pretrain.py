@@ -20,7 +20,7 @@ from .predict import parse_size
 from .train import add_attention_option, option_flags
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
-RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
+RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
                        "tensorboard", "export_official", "deterministic", "attention", "precision")
 
 
@@ -86,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--log-interval", type=int, help="steps per train record (default 10; 0: one, at the end)")
     g.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default 1000; 0: at the end only)")
     g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
+    g.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="end the run at the first step that finishes past this many seconds (weights written; "
+                   "--resume continues the schedule), e.g. a job's wall-clock allowance less a margin")
     g.add_argument("--vis-interval", type=int, help="steps between reconstruction images (0: at the end only)")
     g.add_argument("--export-official", action="store_const", const=True,
                    help="also write backbone_clean.pth in the official key layout")

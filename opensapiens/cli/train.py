@@ -20,7 +20,7 @@ from .main import device_spec, out_folder
 from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
-RESUMABLE_OVERRIDES = ("steps", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
+RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
                        "tensorboard", "val_data", "deterministic", "attention", "precision", "clip_grad",
                        "batch_size", "grad_accum")  # these two: to keep the global batch on another process count
 
@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--eval-interval", type=int, help="steps between evaluations (0: at the end only)")
     g.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default 1000; 0: at the end only)")
     g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
+    g.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="end the run at the first step that finishes past this many seconds (final weights written; "
+                   "--resume continues the schedule), e.g. a job's wall-clock allowance less a margin")
     g.add_argument("--best-metric", help="eval metric for best.safetensors (AP, mIoU, rmse, mean)")
     g.add_argument("--best-mode", choices=["max", "min"])
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)

@@ -58,6 +58,7 @@ class PretrainConfig:
     seed: int = 0
     log_interval: int = 10  # 0: one record, at the end
     ckpt_interval: int = 1000  # 0: checkpoint only at the end (and on a stop signal)
+    time_limit: float | None = None  # seconds: the step that ends past it is the last (weights written)
     keep_last: int = 3
     vis_interval: int = 0  # 0: reconstructions only at the end
     export_official: bool = False  # also write backbone_clean.pth in the official key layout

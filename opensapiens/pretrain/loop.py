@@ -72,7 +72,7 @@ def mae_config(cfg: PretrainConfig) -> MAEConfig:
 def pretrain(cfg: PretrainConfig) -> dict:
     """Run (or resume) MAE pretraining; returns a summary (step, last loss, skipped steps and samples, outputs)."""
     info = D.setup(cfg.device)
-    stop = StopRequest()
+    stop = StopRequest(time_limit=cfg.time_limit)
     with contextlib.ExitStack() as exits:  # unwound last-in first-out on any exit, an exception's included
         exits.callback(D.cleanup)
         exits.callback(stop.close)
@@ -241,19 +241,24 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
             step += 1
             window.add(step, result)
             logger.advance()
-            if due(step, cfg.steps, cfg.log_interval):
+            signalled, out_of_time = stop_vote(stop.requested, stop.out_of_time)
+            end = step if out_of_time else cfg.steps  # past --time-limit this step is the run's last
+            if due(step, end, cfg.log_interval):
                 logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
-            if cfg.vis_interval and step % cfg.vis_interval == 0 and step < cfg.steps:
+            if cfg.vis_interval and step % cfg.vis_interval == 0 and step < end:
                 visualize(images)
-            stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
-            if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
-                save("signal" if stop_now else "interval" if step < cfg.steps else "final")
+            stop_now = signalled and step < end  # on the last step: finish, export included
+            if stop_now or due(step, end, cfg.ckpt_interval):
+                save("signal" if stop_now else "interval" if step < end else "final" if end == cfg.steps
+                     else "time limit")
             if stop_now:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                              "resume with --resume")
                 return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                         "loss": result.loss if result else None}
+            if step == end:
+                break
     finally:
         batches.close()
 
@@ -261,7 +266,10 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
     if images is not None:
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
-    return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
+    if step < cfg.steps:
+        logger.write(f"time limit ({cfg.time_limit:g} s) reached at step {step} of {cfg.steps}: weights written; "
+                     "--resume continues the schedule")
+    return {"step": step, "stopped": False, "out_of_time": step < cfg.steps, "skipped_steps": window.skipped_steps,
             "skipped_samples": total_skipped_samples(), "loss": result.loss if result else None, "outputs": outputs}
 
 

@@ -88,6 +88,7 @@ class TrainConfig:
     log_interval: int = 10  # 0: one record, at the end
     eval_interval: int = 0  # 0: evaluate only at the end (when val_data is given)
     ckpt_interval: int = 1000  # 0: checkpoint only at the end (and on a stop signal)
+    time_limit: float | None = None  # seconds: the step that ends past it is the last (final weights written)
     keep_last: int = 3
     best_metric: str | None = None  # default per task: AP / mIoU / rmse / mean (angular error)
     best_mode: str | None = None  # max | min

@@ -114,21 +114,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 class StopVote:
-    """Whether any rank was asked to stop (SIGTERM), agreed by all ranks without the host waiting for the GPU.
+    """Whether any rank was asked to stop (SIGTERM) or ran out of time, agreed by all ranks without the host waiting
+    for the GPU.
 
-    Each step's votes are summed by an all-reduce queued behind the step and read at the next step, so every rank
-    stops at the same step: the one after the signal (one process: at once).
+    Each step's votes (one count per reason) are summed by an all-reduce queued behind the step and read at the next
+    step, so every rank stops at the same step: the one after the first rank's request (one process: at once).
     """
 
     def __init__(self, info: DistInfo, device: torch.device) -> None:
         self.info, self.device = info, device
         self._last: Readback | None = None  # the previous step's summed votes
 
-    def __call__(self, requested: bool) -> bool:
+    def __call__(self, *requested: bool) -> tuple[bool, ...]:
         if not self.info.distributed:
             return requested
-        agreed = self._last is not None and self._last.tolist()[0] > 0
-        self._last = Readback(all_reduce_sum(torch.full((1,), float(requested), device=self.device)))
+        agreed = (tuple(v > 0 for v in self._last.tolist()) if self._last is not None
+                  else (False,) * len(requested))
+        votes = torch.zeros(len(requested), device=self.device)  # filled on the device: no host-to-device copy
+        for i in (i for i, r in enumerate(requested) if r):
+            votes[i] = 1.0
+        self._last = Readback(all_reduce_sum(votes))
         return agreed
 
 

@@ -119,7 +119,7 @@ def train(cfg: TrainConfig) -> dict:
     """Run (or resume) a fine-tune; returns a summary (final step, last loss, skipped steps, last/best metrics)."""
     cfg = resolve(cfg)
     info = D.setup(cfg.device)
-    stop = StopRequest()
+    stop = StopRequest(time_limit=cfg.time_limit)
     with contextlib.ExitStack() as exits:  # unwound last-in first-out on any exit, an exception's included
         exits.callback(D.cleanup)
         exits.callback(stop.close)
@@ -289,23 +289,30 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         window.add(step, result)
         logger.advance()
 
-        if due(step, cfg.steps, cfg.log_interval):
+        signalled, out_of_time = stop_vote(stop.requested, stop.out_of_time)
+        end = step if out_of_time else cfg.steps  # past --time-limit this step is the run's last
+        if due(step, end, cfg.log_interval):
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device),
                        **_left_out(criterion, logger, step, device))
-        if due(step, cfg.steps, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
+        if due(step, end, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
-        stop_now = stop_vote(stop.requested) and step < cfg.steps  # on the last step: finish, export included
-        if stop_now or due(step, cfg.steps, cfg.ckpt_interval):
-            save("signal" if stop_now else "interval" if step < cfg.steps else "final")
+        stop_now = signalled and step < end  # on the last step: finish, export included
+        if stop_now or due(step, end, cfg.ckpt_interval):
+            save("signal" if stop_now else "interval" if step < end else "final" if end == cfg.steps else "time limit")
         if stop_now:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                          f"resume with --resume")
             return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
+        if step == end:
+            break
 
     # every step's loss was read, and the last evaluation run, by the final save (a finished run resumed runs neither)
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
-    return {"step": step, "stopped": False, "skipped_steps": window.skipped_steps,
+    if step < cfg.steps:
+        logger.write(f"time limit ({cfg.time_limit:g} s) reached at step {step} of {cfg.steps}: final weights "
+                     "written; --resume continues the schedule")
+    return {"step": step, "stopped": False, "out_of_time": step < cfg.steps, "skipped_steps": window.skipped_steps,
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 
 
