@@ -263,6 +263,20 @@ def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_export(sh
     assert [r["reason"] for r in records(run, "checkpoint")] == ["final"]
 
 
+def test_a_time_limit_ends_pretraining_with_its_export_and_a_resume_continues(shards, tmp_path, one_thread):
+    run = tmp_path / "run"
+    args = ["pretrain", "--data", str(shards), "--out", str(run), "--steps", "3", "--batch-size", "2", "--workers",
+            "0", *SMALL]
+    assert main([*args, "--time-limit", "0"]) == 0  # out of time as soon as the first step is done
+    assert [(r["step"], r["reason"]) for r in records(run, "checkpoint")] == [(1, "time limit")]
+    _, meta = read_state_dict(run / "backbone.safetensors")
+    assert json.loads(meta["step"]) == 1 and (run / "mae.safetensors").is_file()
+    assert main([*args, "--resume", "--time-limit", "1000"]) == 0  # a resumed run may be given another limit
+    assert [r["step"] for r in records(run, "checkpoint")] == [1, 3]
+    _, meta = read_state_dict(run / "backbone.safetensors")
+    assert json.loads(meta["step"]) == 3
+
+
 def test_fewer_images_than_loader_slots_is_an_error_naming_the_counts(tmp_path, capsys):
     rng = np.random.default_rng(1)
     for i in range(2):

@@ -472,6 +472,36 @@ def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_final_wei
     assert (tmp_path / "run" / "final.safetensors").is_file()
 
 
+def test_a_time_limit_ends_the_run_with_its_final_weights_and_a_resume_continues_as_if_uninterrupted(toy, tmp_path):
+    from opensapiens.checkpoints import read_state_dict
+
+    common = dict(steps=4, deterministic=True, val_data=str(toy[1]), eval_interval=0)  # evaluated at the end only
+    full = tmp_path / "full"
+    train(config(toy, full, **common))
+    part = tmp_path / "part"
+    ended = train(config(toy, part, time_limit=0, **common))  # out of time as soon as the first step is done
+    assert ended["out_of_time"] and not ended["stopped"] and ended["step"] == 1
+    assert [(e["step"], e["reason"]) for e in events(part, "checkpoint")] == [(1, "time limit")]
+    assert [e["step"] for e in events(part, "eval")] == [1]  # the run's last step: evaluated, the best kept
+    assert (part / "best.safetensors").is_file()
+    weights, meta = read_state_dict(part / "final.safetensors")
+    saved = torch.load(part / "checkpoints" / "step_00000001.pt", weights_only=True)["model"]
+    assert json.loads(meta["step"]) == 1 and all(torch.equal(weights[k], saved[k]) for k in weights)
+
+    resumed = train(config(toy, part, resume=True, **common))  # no time limit now: on to step 4
+    assert resumed["step"] == 4 and not resumed["out_of_time"]
+    assert {e["step"]: e["loss"] for e in events(part)} == {e["step"]: e["loss"] for e in events(full)}
+    a, _ = read_state_dict(full / "final.safetensors")
+    b, _ = read_state_dict(part / "final.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_negative_time_limit_is_refused_before_the_run_folder_is_written(toy, tmp_path):
+    with pytest.raises(ValueError, match=r"time_limit \(--time-limit\) must be a number of seconds >= 0, got -1"):
+        train(config(toy, tmp_path / "run", time_limit=-1))
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unreadable_validation_image_is_left_out_and_counted_not_replaced_by_its_neighbour(toy, tmp_path):
     """The dataset stands the next readable sample in for an unreadable one (training goes on); an evaluation
     counting that stand-in would score the neighbour twice."""
@@ -607,11 +637,15 @@ def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
 def test_ranks_agree_to_stop_at_the_step_after_any_rank_is_signalled(monkeypatch):
     from opensapiens.training import distributed as D
 
-    other_rank = iter([0.0, 0.0, 1.0, 1.0, 1.0])  # the other rank is signalled during step 3
+    # the other rank's votes (signal, out of time): signalled during step 3, out of time from step 4
+    other_rank = iter(torch.tensor(v) for v in [(0.0, 0.0), (0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (1.0, 1.0)])
     monkeypatch.setattr(D, "all_reduce_sum", lambda t: t + next(other_rank))
     vote = D.StopVote(D.DistInfo(rank=0, world_size=2), torch.device("cpu"))
-    assert [vote(False) for _ in range(5)] == [False, False, False, True, True]  # read one step late, same on all
-    assert [D.StopVote(D.DistInfo(), torch.device("cpu"))(r) for r in (False, True)] == [False, True]  # one process
+    own = [(False, False), (False, False), (False, False), (False, False), (False, True)]
+    assert [vote(*v) for v in own] == [(False, False), (False, False), (False, False), (True, False), (True, True)]
+    one = D.StopVote(D.DistInfo(), torch.device("cpu"))  # one process: at once
+    assert [one(*v) for v in ((False, False), (True, False), (False, True))] == [(False, False), (True, False),
+                                                                                (False, True)]
 
 
 def test_deterministic_kernels_are_set_inside_and_restored_after():

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import warnings
 from collections.abc import Iterator
 
 import torch
@@ -229,10 +228,6 @@ def optimize_for_inference(model: nn.Module, compile: bool = True, fp8: bool = F
     device = next(model.parameters()).device
     if fp8:
         require_fp8_device(device)
-        if any(isinstance(m, Sapiens2ViT) for m in model.modules()):
-            warnings.warn("fp8 on a Sapiens2 model: its accuracy on trained Sapiens2 weights has not been measured "
-                          "(on random weights its outputs are 2-6x farther from float32 than v1's; "
-                          "docs/performance.md)", stacklevel=2)
     if device.type != "cuda":
         return model
     model.eval()
