@@ -69,12 +69,12 @@ class ShiftedNorm(nn.Module):
     def __init__(self, norm: nn.LayerNorm | nn.RMSNorm, shift: torch.Tensor):
         super().__init__()
         self.norm, self.rms = norm, isinstance(norm, nn.RMSNorm)
-        self.eps = norm.eps if norm.eps is not None else torch.finfo(norm.weight.dtype).eps  # (RMSNorm's default)
         self.register_buffer("shift", shift.detach().clone())
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None, fp8: bool = False):
-        return shifted_layer_norm(x, self.shift, self.norm.weight, getattr(self.norm, "bias", None), self.eps, delta,
-                                  fp8, self.rms)
+        eps = self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps  # RMSNorm(eps=None): the input's
+        return shifted_layer_norm(x, self.shift, self.norm.weight, getattr(self.norm, "bias", None), eps, delta, fp8,
+                                  self.rms)
 
 
 # GELU's form in the FP8 blocks' quantization pass: the tanh form is within 5e-4 of erf (the bf16 blocks' cuBLASLt
