@@ -16,7 +16,8 @@ loss, backward, gradient clipping, AdamW with layer-wise LR decay) on a resident
                the flags: --fsdp (FSDP2 bf16 parameters and activations, fp32 master weights and reductions; on
                one GPU too), --compile (each block and the head), --checkpointing none|blocks|head|blocks+head
                (blocks keep their input; the head keeps one conv output per stage and recomputes norm + SiLU),
-               --checkpoint-blocks N (only the first N blocks), --save-attention, --seg-loss-resolution logits.
+               --checkpoint-blocks N (only the first N blocks), --save-attention, --save-matmuls, --seg-loss-resolution
+               logits.
 
 Reported per variant: images/s (all GPUs), step time, peak memory, and MFU = model FLOPs per step per GPU (counted
 with ``torch.utils.flop_counter`` on one forward + backward of the eager model on the meta device: recomputation
@@ -74,6 +75,7 @@ class Variant:
     checkpoint_blocks: int | None = None
     head_chunk: int | None = None
     save_attention: bool = False
+    save_matmuls: bool = False
     seg_loss_resolution: str = "labels"
     channels_last: bool = False
     precision: str = "bf16"  # bf16 autocast | tf32 / fp32 / pytorch: a float32 step without autocast (float32_math)
@@ -134,7 +136,8 @@ def build_step(args, variant: Variant, info: D.DistInfo):
     torch.manual_seed(0)
     model = _model(args).to(device)
     if variant.checkpointing in ("blocks", "blocks+head"):
-        checkpoint_blocks(model.backbone.blocks, variant.checkpoint_blocks, variant.save_attention)
+        checkpoint_blocks(model.backbone.blocks, variant.checkpoint_blocks, variant.save_attention,
+                          variant.save_matmuls)
     if variant.checkpointing in ("head", "blocks+head"):
         checkpoint_head(model.head, variant.head_chunk)
     on_cuda = device.type == "cuda"
@@ -245,6 +248,8 @@ def main() -> None:
     p.add_argument("--checkpoint-blocks", type=int, default=None)
     p.add_argument("--head-chunk", type=int, default=None, help="head checkpointing by slices of N images")
     p.add_argument("--save-attention", action="store_true", help="selective checkpointing keeps attention outputs")
+    p.add_argument("--save-matmuls", action="store_true",
+                   help="selective checkpointing keeps GEMM and attention outputs")
     p.add_argument("--seg-loss-resolution", choices=["labels", "logits"], default="labels")
     p.add_argument("--channels-last", action="store_true", help="the head's convolutions in NHWC")
     p.add_argument("--precision", type=_precisions, default=["bf16"],
@@ -264,6 +269,9 @@ def main() -> None:
                    help=f"cap the CUDA allocator (an 80 GB H100 offers {H100_80GB_GIB:.2f}) to test what fits there")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/train_T_A.json)")
     args = p.parse_args()
+    if (args.save_attention or args.save_matmuls) and "blocks" not in args.checkpointing:
+        p.error("--save-attention / --save-matmuls keep outputs of checkpointed blocks: add --checkpointing blocks "
+                "(or blocks+head)")
 
     info = D.setup()
     device = info.device
@@ -279,7 +287,8 @@ def main() -> None:
     variants.append(Variant("optimized", args.batch, optimized=True, fsdp=args.fsdp, compile=args.compile,
                             checkpointing=args.checkpointing, checkpoint_blocks=args.checkpoint_blocks,
                             head_chunk=args.head_chunk,
-                            save_attention=args.save_attention, seg_loss_resolution=args.seg_loss_resolution,
+                            save_attention=args.save_attention, save_matmuls=args.save_matmuls,
+                            seg_loss_resolution=args.seg_loss_resolution,
                             channels_last=args.channels_last, precision=args.precision[0],
                             attention=args.attention[0]))
     first = asdict(variants[-1])

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measurements that earlier sessions left unrun (see docs/performance.md). One GPU; memory capped to an 80 GB
-# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost|s2-fused|s2-fused-more|s2-fp8acc|s2-fp8pose
+# H100's 79.65 GiB where the target speaks of an 80 GB card. Usage: bash bench/gpu_measure.sh train|infer|extra|mae|next|final|last|closing|profile|roofline|fused|steady|latency|attention|fp8|fp8sizes|quant|final-fp8|flash|flash-ab|flash-ba|pipeline|mae-final|mae-encoder|fa4|fa4-more|fa4-profile|fa4-tiles|fa4-step|fa4-final|fa4-cli|readback|readback-tests|fa4-2b|e2e-profile|fused-graphs|targets-mae|mae-h100|targets-infer|dark-kernel|dark-ring|e2e-targets|predict-e2e|fa4-keep|fa4-half|tenth-verify|eleventh-diag|eleventh-verify|predict-folder|predict-exit|suite|predict-pipeline|predict-final|predict-writers|e2e-run-batch|decode-suite|decode-rest|writers16|pose-writers|after-calls-76|nvjpeg-test-graphs|graphs-default|graphs-optin|after-calls-81|pose-detector|detector-profile|detector-fold|detect-ahead|detector-ab|gil-switch|pin-readers|spy|two-streams|power|input-power|power-again|energy|infer|video|video-pictures|video-spy|exp2-sweep|flash-configs|x264-threads|sapiens2|sapiens2-dense|pointmap-train|pointmap-infer|pointmap-layout|s2-layout|pointmap-folder|s2-losses|pointmap-precisions|s2-5b|s2-4k|resize-cost|s2-fused|s2-fused-more|s2-fp8acc|s2-fp8pose|save-matmuls
 set -uo pipefail
 failed=0
 trap 'failed=$((failed + 1))' ERR  # each step that fails (a pipeline fails with its first failing command) counts
@@ -1273,6 +1273,17 @@ elif [ "$1" = s2-fp8pose ]; then
   for mode in optimized linears; do
     timeout 60 python bench/fp8_agreement.py --pose-checkpoint /tmp/s2_pose/final.safetensors \
       --seg-checkpoint sapiens-nano --mode $mode --out "$OUT/fp8_agreement_s2_0.1b_pose512_$mode.json" | tail -12
+  done
+elif [ "$1" = save-matmuls ]; then
+  # (written in the eighth 3-Dec session, not run yet) the step time and peak memory of --save-matmuls (block
+  # checkpointing that keeps GEMM and attention outputs) against no checkpointing and plain block checkpointing
+  install_coco_wheel
+  for run in "seg sapiens2_0.4b 8" "seg 0.3b 8"; do
+    read -r task arch batch <<< "$run"
+    for ck in "--checkpointing none" "--checkpointing blocks" "--checkpointing blocks --save-matmuls"; do
+      timeout 150 python bench/bench_train.py --task $task --arch $arch --batch $batch --skip-baseline $ck \
+        --out "$OUT/train_${task}_${arch}_$(echo $ck | tr -d ' -').json" 2>&1 | tail -3
+    done
   done
 elif [ "$1" = video-pictures ]; then
   # the two runs with pictures only (call 105: RGB -> yuv420p in OpenCV, was swscale's on the encoder thread)

@@ -43,6 +43,37 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
+def held_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+    """``fn()``'s result and the bytes of the tensor storages made during ``fn`` that are still alive after it: for a
+    training forward, what autograd keeps for backward (checkpointing's saved outputs included) plus the result.
+    Counts storages (a view, or an op writing into its input, makes none), tracked by weak references, so a storage
+    freed during ``fn`` is not confused with a later one at the same address."""
+    import weakref
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    made: dict[int, weakref.ref] = {}  # id of a live storage made during fn -> weak reference to it
+
+    def storages(tree) -> list:
+        return [t.untyped_storage() for t in torch.utils._pytree.tree_leaves(tree) if isinstance(t, torch.Tensor)]
+
+    class Made(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            if not func.is_view:
+                given = {id(s) for s in storages((args, kwargs))}
+                for s in storages(out):
+                    key = id(s)
+                    if key not in given and key not in made:  # (an entry leaves with its storage: ids are reused)
+                        made[key] = weakref.ref(s, lambda _, key=key: made.pop(key, None))
+            return out
+
+    with Made():
+        result = fn()
+    return result, sum(s.nbytes() for r in list(made.values()) if (s := r()) is not None)
+
+
 def cuda_time_ms(fn: Callable[[], object], warmup: int = 3, iters: int = 10) -> float:
     """Median milliseconds per call, timed with CUDA events around each call (after ``warmup`` calls)."""
     for _ in range(warmup):

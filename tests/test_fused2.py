@@ -223,19 +223,21 @@ def test_fp8_fused_on_cuda_is_as_close_to_float32_as_fp8_linears():
     assert err_fused <= 1.5 * err_linears + 1e-3, (err_fused, err_linears)
 
 
-def test_a_shifted_rms_norm_without_eps_takes_the_inputs_epsilon_as_torch_does():
-    """nn.RMSNorm(eps=None) adds finfo(input dtype).eps: for a bf16 stream (eps 2^-7) under float32 weights that is
-    not the weight's (2^-23), and on small activations the two differ by far more than bf16's rounding."""
+@pytest.mark.parametrize("x_dtype,weight_dtype", [(torch.bfloat16, torch.bfloat16), (torch.bfloat16, torch.float32),
+                                                  (torch.float64, torch.float32), (torch.float32, torch.float32)])
+def test_a_shifted_rms_norm_without_eps_adds_the_epsilon_torch_adds(x_dtype, weight_dtype):
+    """nn.RMSNorm(eps=None) adds the epsilon of the type it computes in (float32 for a bf16 input, float64 for a
+    float64 one), neither the weight's nor the input's own; on activations this small that epsilon moves the
+    output by far more than bf16's rounding."""
     torch.manual_seed(0)
-    norm = torch.nn.RMSNorm(64, eps=None)
+    norm = torch.nn.RMSNorm(64, eps=None).to(weight_dtype)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
-    x = (0.05 * torch.randn(4, 64)).bfloat16()
-    shift = 0.01 * torch.randn(64)
-    out = ShiftedNorm(norm, shift)(x)
-    s = x.double() + shift.double()  # float64 statement of RMSNorm(x + shift) with bf16's epsilon
-    want = s / torch.sqrt(s.pow(2).mean(-1, keepdim=True) + torch.finfo(torch.bfloat16).eps) * norm.weight.double()
-    assert out.dtype == torch.bfloat16 and torch.allclose(out.double(), want, rtol=2e-2, atol=1e-3)
+    x = (3e-4 * torch.randn(4, 64)).to(x_dtype)
+    with torch.no_grad():
+        want = norm(x)  # torch's own (the shift is zero, so x + shift is x exactly)
+        got = ShiftedNorm(norm, torch.zeros(64, dtype=weight_dtype))(x)
+    assert got.dtype == x_dtype and torch.allclose(got.double(), want.double(), rtol=2e-2, atol=1e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the optimized path is CUDA-only")

@@ -251,11 +251,72 @@ def test_saved_attention_is_not_recomputed_and_gradients_are_exact():
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads[0], g))
 
 
+@pytest.mark.parametrize("arch", ["nano", "sapiens2_nano"])
+def test_saved_matmuls_rerun_only_the_memory_bound_ops_keep_less_and_give_the_same_gradients(arch):
+    """checkpoint_blocks(save_matmuls=True): backward redoes no GEMM or attention of the forward (it runs as many as
+    the plain model's backward), but reruns the norms; the blocks keep less than plain blocks, more than blocks that
+    keep only their input."""
+    import copy
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from opensapiens.benchmark import held_bytes
+    from opensapiens.training.speed import _ATTENTION, _MATMUL, checkpoint_blocks
+
+    class Calls(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.gemm = self.attention = self.norm = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.gemm += func in _MATMUL
+            self.attention += func in _ATTENTION
+            self.norm += func.overloadpacket.__name__ in ("native_layer_norm", "_fused_rms_norm", "rsqrt")  # (rms_norm
+            # is composite on the CPU: its rsqrt)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    plain = build_model("seg", arch).train()
+    x = torch.randn(2, 3, 64, 48)
+    grads, calls, held = {}, {}, {}
+    for mode in ("plain", "blocks", "matmuls"):
+        model = copy.deepcopy(plain)
+        if mode != "plain":
+            checkpoint_blocks(model.backbone.blocks, save_matmuls=mode == "matmuls")
+        out, held[mode] = held_bytes(lambda: model.backbone(x))  # noqa: B023 (called at once)
+        with Calls() as calls[mode]:
+            out.square().mean().backward()
+        grads[mode] = [p.grad for p in model.backbone.parameters()]
+    assert calls["matmuls"].gemm == calls["plain"].gemm and calls["matmuls"].attention == 0  # none redone
+    assert calls["blocks"].gemm > calls["plain"].gemm and calls["blocks"].attention > 0  # (the counter sees reruns)
+    assert calls["matmuls"].norm > calls["plain"].norm  # the norms are recomputed
+    assert held["blocks"] < held["matmuls"] < held["plain"], held
+    for mode in ("blocks", "matmuls"):
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads["plain"], grads[mode]))
+
+
+def test_train_hands_its_block_checkpointing_choices_to_the_blocks(toy, tmp_path, monkeypatch):
+    from opensapiens.training.speed import checkpoint_blocks
+
+    seen = []
+
+    def recording(blocks, num_blocks=None, save_attention=False, save_matmuls=False):
+        seen.append((num_blocks, save_attention, save_matmuls))
+        return checkpoint_blocks(blocks, num_blocks, save_attention, save_matmuls)
+
+    monkeypatch.setattr(finetune_module, "checkpoint_blocks", recording)
+    summary = train(config(toy, tmp_path / "run", steps=1, checkpointing="blocks", checkpoint_blocks=3,
+                           save_matmuls=True))
+    assert seen == [(3, False, True)] and math.isfinite(summary["loss"])
+
+
 def test_save_attention_needs_block_checkpointing():
     from opensapiens.training.config import TrainConfig, resolve
 
     with pytest.raises(ValueError, match="save_attention keeps the attention output of checkpointed blocks"):
         resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="head", save_attention=True))
+    with pytest.raises(ValueError, match="save_matmuls keeps the GEMM outputs of checkpointed blocks: it needs"):
+        resolve(TrainConfig(task="seg", data="synth", out="x", save_matmuls=True))
     assert resolve(TrainConfig(task="seg", data="synth", out="x", checkpointing="blocks+head",
                                save_attention=True)).save_attention
 
@@ -475,7 +536,8 @@ def test_a_stop_request_during_the_last_step_finishes_the_run_with_its_final_wei
 def test_a_time_limit_ends_the_run_with_its_final_weights_and_a_resume_continues_as_if_uninterrupted(toy, tmp_path):
     from opensapiens.checkpoints import read_state_dict
 
-    common = dict(steps=4, deterministic=True, val_data=str(toy[1]), eval_interval=0)  # evaluated at the end only
+    # evaluated at the end only; records of 3 steps, so the cut (at step 1) falls inside the first record's window
+    common = dict(steps=4, deterministic=True, val_data=str(toy[1]), eval_interval=0, log_interval=3)
     full = tmp_path / "full"
     train(config(toy, full, **common))
     part = tmp_path / "part"
@@ -490,7 +552,9 @@ def test_a_time_limit_ends_the_run_with_its_final_weights_and_a_resume_continues
 
     resumed = train(config(toy, part, resume=True, **common))  # no time limit now: on to step 4
     assert resumed["step"] == 4 and not resumed["out_of_time"]
-    assert {e["step"]: e["loss"] for e in events(part)} == {e["step"]: e["loss"] for e in events(full)}
+    records = [(e["step"], e["loss"]) for e in events(full)]
+    assert [e["step"] for e in events(full)] == [3, 4]
+    assert [(e["step"], e["loss"]) for e in events(part)] == records  # each record averages the same steps
     a, _ = read_state_dict(full / "final.safetensors")
     b, _ = read_state_dict(part / "final.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -637,12 +701,13 @@ def test_a_step_needs_at_least_one_micro_batch_of_one_image(field):
 def test_ranks_agree_to_stop_at_the_step_after_any_rank_is_signalled(monkeypatch):
     from opensapiens.training import distributed as D
 
-    # the other rank's votes (signal, out of time): signalled during step 3, out of time from step 4
-    other_rank = iter(torch.tensor(v) for v in [(0.0, 0.0), (0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (1.0, 1.0)])
+    # votes (signal, out of time): this rank out of time at step 2 only, the other rank signalled at step 3 only
+    other_rank = iter(torch.tensor(v) for v in [(0.0, 0.0), (0.0, 0.0), (1.0, 0.0), (0.0, 0.0), (0.0, 0.0)])
     monkeypatch.setattr(D, "all_reduce_sum", lambda t: t + next(other_rank))
     vote = D.StopVote(D.DistInfo(rank=0, world_size=2), torch.device("cpu"))
-    own = [(False, False), (False, False), (False, False), (False, False), (False, True)]
-    assert [vote(*v) for v in own] == [(False, False), (False, False), (False, False), (True, False), (True, True)]
+    own = [(False, False), (False, True), (False, False), (False, False), (False, False)]
+    # each call answers with the sums of the step before: both ranks' votes, each reason in its place
+    assert [vote(*v) for v in own] == [(False, False), (False, False), (False, True), (True, False), (False, False)]
     one = D.StopVote(D.DistInfo(), torch.device("cpu"))  # one process: at once
     assert [one(*v) for v in ((False, False), (True, False), (False, True))] == [(False, False), (True, False),
                                                                                 (False, True)]

@@ -78,8 +78,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--fp8", action="store_true",
                    help="e4m3 GEMMs in the transformer blocks (CUDA, Hopper or newer): 1.1-1.3x faster, keypoints "
-                   "within ~0.14 px of bf16 on the bundled v1 model, ~0.11 px on a small Sapiens2 trained here "
-                   "(docs/performance.md)")
+                   "within ~0.14 px of bf16 on the bundled v1 model, ~0.11 px on a 0.1B Sapiens2 trained here (the "
+                   "released Sapiens2 sizes unmeasured; docs/performance.md)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="CUDA: no torch.compile of the head (it compiles in the background, 10-50 s, which an "
                    "unfinished job's exit waits for): for short jobs")

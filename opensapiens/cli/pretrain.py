@@ -20,8 +20,8 @@ from .predict import parse_size
 from .train import add_attention_option, option_flags
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
-RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "ckpt_interval", "keep_last", "vis_interval",
-                       "tensorboard", "export_official", "deterministic", "attention", "precision")
+RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "ckpt_interval", "keep_last",
+                       "vis_interval", "tensorboard", "export_official", "deterministic", "attention", "precision")
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -87,8 +87,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default 1000; 0: at the end only)")
     g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
     g.add_argument("--time-limit", type=float, metavar="SECONDS",
-                   help="end the run at the first step that finishes past this many seconds (weights written; "
-                   "--resume continues the schedule), e.g. a job's wall-clock allowance less a margin")
+                   help="end the run at the first step that finishes past this many seconds after it started "
+                   "(weights written; under torchrun the step after; --resume continues the schedule, with this "
+                   "invocation's --time-limit or none): a job's wall-clock allowance less a margin that covers the "
+                   "final checkpoint and export")
     g.add_argument("--vis-interval", type=int, help="steps between reconstruction images (0: at the end only)")
     g.add_argument("--export-official", action="store_const", const=True,
                    help="also write backbone_clean.pth in the official key layout")

@@ -20,8 +20,8 @@ from .main import device_spec, out_folder
 from .predict import parse_size
 
 # Options that may change when a run is resumed; the others come from the run's config.json.
-RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "eval_interval", "ckpt_interval", "keep_last",
-                       "tensorboard", "val_data", "deterministic", "attention", "precision", "clip_grad",
+RESUMABLE_OVERRIDES = ("steps", "time_limit", "workers", "device", "log_interval", "eval_interval", "ckpt_interval",
+                       "keep_last", "tensorboard", "val_data", "deterministic", "attention", "precision", "clip_grad",
                        "batch_size", "grad_accum")  # these two: to keep the global batch on another process count
 
 
@@ -90,6 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--save-attention", action="store_const", const=True,
                    help="with block checkpointing: keep each block's attention output (B x N x C), so backward "
                    "does not run fused attention a second time")
+    g.add_argument("--save-matmuls", action="store_const", const=True,
+                   help="with block checkpointing: keep each block's GEMM and attention outputs, so backward "
+                   "recomputes only norms, rotary embedding and activations (no GEMM or attention redone; less "
+                   "memory than no checkpointing, more than plain block checkpointing)")
     g.add_argument("--compile", action="store_const", const=True, help="torch.compile blocks and head")
     g.add_argument("--fsdp", action="store_const", const=True, help="FSDP2 sharding (1b / 2b)")
     g.add_argument("--workers", type=int, help="data-loading processes per GPU (default 4)")
@@ -104,8 +108,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-interval", type=int, help="steps between checkpoints (default 1000; 0: at the end only)")
     g.add_argument("--keep-last", type=int, help="checkpoints to keep (0 = all)")
     g.add_argument("--time-limit", type=float, metavar="SECONDS",
-                   help="end the run at the first step that finishes past this many seconds (final weights written; "
-                   "--resume continues the schedule), e.g. a job's wall-clock allowance less a margin")
+                   help="end the run at the first step that finishes past this many seconds after it started "
+                   "(final weights written; under torchrun the step after; --resume continues the schedule, with this "
+                   "invocation's --time-limit or none): a job's wall-clock allowance less a margin that covers the "
+                   "final evaluation, checkpoint and export")
     g.add_argument("--best-metric", help="eval metric for best.safetensors (AP, mIoU, rmse, mean)")
     g.add_argument("--best-mode", choices=["max", "min"])
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False)
@@ -142,6 +148,7 @@ def resumed_settings(args: argparse.Namespace, given: dict, overrides: tuple[str
     if ignored:
         options = ", ".join(args.flags[k] for k in ignored)
         print(f"note: resuming {args.out} with its saved settings; ignoring {options}", file=sys.stderr)
+    saved.pop("time_limit", None)  # a wall-clock budget is one invocation's (a job's allowance), not the run's
     saved.update({k: v for k, v in given.items() if k in overrides}, resume=True, out=args.out)
     return saved
 

@@ -72,7 +72,10 @@ class ShiftedNorm(nn.Module):
         self.register_buffer("shift", shift.detach().clone())
 
     def forward(self, x: torch.Tensor, delta: torch.Tensor | None = None, fp8: bool = False):
-        eps = self.norm.eps if self.norm.eps is not None else torch.finfo(x.dtype).eps  # RMSNorm(eps=None): the input's
+        # RMSNorm(eps=None), as torch: the epsilon of the type it computes in (float32 for bf16/fp16 inputs)
+        eps = self.norm.eps
+        if eps is None:
+            eps = torch.finfo(torch.promote_types(x.dtype, torch.float32)).eps
         return shifted_layer_norm(x, self.shift, self.norm.weight, getattr(self.norm, "bias", None), eps, delta, fp8,
                                   self.rms)
 

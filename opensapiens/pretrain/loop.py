@@ -36,7 +36,7 @@ from ..training import state as ckpt
 from ..training.logger import RunLogger, StepWindow
 from ..training.optim import build_optimizer, set_lr
 from ..training.reproducibility import deterministic_kernels, float32_math, seed_everything
-from ..training.schedule import Schedule, due
+from ..training.schedule import Schedule, checkpoint_reason, due
 from ..training.signals import StopRequest
 from ..training.speed import checkpoint_blocks, compile_blocks, use_fast_attention, use_fused_gelu
 from ..training.step import train_step
@@ -243,19 +243,18 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
             logger.advance()
             signalled, out_of_time = stop_vote(stop.requested, stop.out_of_time)
             end = step if out_of_time else cfg.steps  # past --time-limit this step is the run's last
-            if due(step, end, cfg.log_interval):
+            if due(step, cfg.steps, cfg.log_interval):  # (a time-limited end's open window goes into the checkpoint)
                 logger.log("train", step, lr=cur_lr, grad_norm=result.grad_norm,
                            skipped_samples=total_skipped_samples(), **window.record(global_batch, device))
             if cfg.vis_interval and step % cfg.vis_interval == 0 and step < end:
                 visualize(images)
             stop_now = signalled and step < end  # on the last step: finish, export included
-            if stop_now or due(step, end, cfg.ckpt_interval):
-                save("signal" if stop_now else "interval" if step < end else "final" if end == cfg.steps
-                     else "time limit")
+            if reason := checkpoint_reason(step, end, cfg.steps, cfg.ckpt_interval, stop_now):
+                save(reason)
             if stop_now:
                 logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                              "resume with --resume")
-                return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
+                return {"step": step, "stopped": True, "out_of_time": False, "skipped_steps": window.skipped_steps,
                         "loss": result.loss if result else None}
             if step == end:
                 break
@@ -267,8 +266,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
         visualize(images)
     outputs = export_backbone(model, mcfg, run, info, cfg.export_official, {"step": step, "pretrain": "mae"})
     if step < cfg.steps:
-        logger.write(f"time limit ({cfg.time_limit:g} s) reached at step {step} of {cfg.steps}: weights written; "
-                     "--resume continues the schedule")
+        logger.write(stop.time_limit_note(step, cfg.steps))
     return {"step": step, "stopped": False, "out_of_time": step < cfg.steps, "skipped_steps": window.skipped_steps,
             "skipped_samples": total_skipped_samples(), "loss": result.loss if result else None, "outputs": outputs}
 

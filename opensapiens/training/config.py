@@ -77,6 +77,7 @@ class TrainConfig:
     checkpoint_blocks: int | None = None  # checkpoint only the first N blocks (None: all)
     head_chunk: int | None = None  # with head checkpointing: run the head on slices of N images, keeping only inputs
     save_attention: bool = False  # checkpointed blocks keep their attention output: fused attention runs once
+    save_matmuls: bool = False  # checkpointed blocks keep GEMM and attention outputs: only elementwise ops rerun
     compile: bool = False
     fsdp: bool = False
     workers: int = 4
@@ -198,9 +199,10 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")
-    if out.save_attention and "blocks" not in out.checkpointing:
-        raise ValueError("save_attention keeps the attention output of checkpointed blocks: it needs checkpointing "
-                         f"blocks or blocks+head, got {out.checkpointing!r}")
+    for option, kept in (("save_attention", "the attention output"), ("save_matmuls", "the GEMM outputs")):
+        if getattr(out, option) and "blocks" not in out.checkpointing:
+            raise ValueError(f"{option} keeps {kept} of checkpointed blocks: it needs checkpointing blocks or "
+                             f"blocks+head, got {out.checkpointing!r}")
     return out
 
 

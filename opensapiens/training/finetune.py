@@ -47,7 +47,7 @@ from .init import load_initial_weights
 from .logger import RunLogger, StepWindow
 from .optim import build_optimizer, set_lr
 from .reproducibility import deterministic_kernels, float32_math, seed_everything
-from .schedule import Schedule, due
+from .schedule import Schedule, checkpoint_reason, due
 from .signals import StopRequest
 from .speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
 from .state import (
@@ -185,7 +185,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
             channels_last_head(model.head)
     bf16 = cfg.precision == "bf16"
     if cfg.checkpointing in ("blocks", "blocks+head"):
-        checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks, cfg.save_attention)
+        checkpoint_blocks(model.backbone.blocks, cfg.checkpoint_blocks, cfg.save_attention, cfg.save_matmuls)
     if cfg.checkpointing in ("head", "blocks+head"):
         checkpoint_head(model.head, cfg.head_chunk)
     if cfg.compile:
@@ -291,18 +291,19 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
 
         signalled, out_of_time = stop_vote(stop.requested, stop.out_of_time)
         end = step if out_of_time else cfg.steps  # past --time-limit this step is the run's last
-        if due(step, end, cfg.log_interval):
+        if due(step, cfg.steps, cfg.log_interval):  # (a time-limited end leaves its record's window in the checkpoint,
+            # so that a resumed run's records average the same steps as an uninterrupted run's)
             logger.log("train", step, lr=lr, grad_norm=result.grad_norm, **window.record(global_batch, device),
                        **_left_out(criterion, logger, step, device))
         if due(step, end, cfg.eval_interval):  # the last step's too, before the final save (it keeps the best)
             last_metrics = run_eval()
         stop_now = signalled and step < end  # on the last step: finish, export included
-        if stop_now or due(step, end, cfg.ckpt_interval):
-            save("signal" if stop_now else "interval" if step < end else "final" if end == cfg.steps else "time limit")
+        if reason := checkpoint_reason(step, end, cfg.steps, cfg.ckpt_interval, stop_now):
+            save(reason)
         if stop_now:
             logger.write(f"stopped by {stop.signal_name or 'a signal on another rank'} at step {step}; "
                          f"resume with --resume")
-            return {"step": step, "stopped": True, "skipped_steps": window.skipped_steps,
+            return {"step": step, "stopped": True, "out_of_time": False, "skipped_steps": window.skipped_steps,
                     "loss": result.loss if result else None}
         if step == end:
             break
@@ -310,8 +311,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
     # every step's loss was read, and the last evaluation run, by the final save (a finished run resumed runs neither)
     export_weights(model, model_config, run / "final.safetensors", info, {"step": step})
     if step < cfg.steps:
-        logger.write(f"time limit ({cfg.time_limit:g} s) reached at step {step} of {cfg.steps}: final weights "
-                     "written; --resume continues the schedule")
+        logger.write(stop.time_limit_note(step, cfg.steps))
     return {"step": step, "stopped": False, "out_of_time": step < cfg.steps, "skipped_steps": window.skipped_steps,
             "loss": result.loss if result else None, "metrics": last_metrics, "best": best}
 

@@ -53,3 +53,13 @@ def due(step: int, total: int, interval: int) -> bool:
     """Whether a periodic event (a log record, an evaluation, a checkpoint) falls on ``step`` of ``total``: every
     ``interval`` steps (0: never) and at the last step."""
     return step == total or (interval > 0 and step % interval == 0)
+
+
+def checkpoint_reason(step: int, end: int, steps: int, interval: int, stopping: bool) -> str | None:
+    """Why the loop saves a checkpoint after ``step`` (None: it does not): a stop signal, the ``interval``, or the
+    run's last step ``end``, which is ``steps`` ("final") or the step a time limit cut the run at ("time limit")."""
+    if stopping:
+        return "signal"
+    if step == end:
+        return "final" if end == steps else "time limit"
+    return "interval" if interval > 0 and step % interval == 0 else None

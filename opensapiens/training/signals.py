@@ -34,6 +34,10 @@ class StopRequest:
     def out_of_time(self) -> bool:
         return self._deadline is not None and time.monotonic() >= self._deadline
 
+    def time_limit_note(self, step: int, steps: int) -> str:
+        return (f"time limit ({self.time_limit:g} s) reached at step {step} of {steps}: its weights are written; "
+                "--resume continues the schedule")
+
     def close(self) -> None:
         for s, handler in self._previous.items():
             signal.signal(s, handler)

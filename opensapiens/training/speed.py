@@ -1,7 +1,8 @@
 """Activation checkpointing and torch.compile, applied in place (parameter names and state dicts are unchanged).
 
 Blocks: each checkpointed block keeps only its input (B, N, C) and recomputes the rest in backward; ``save_attention``
-keeps the attention output too (selective checkpointing), so flash attention is not run twice.
+keeps the attention output too (selective checkpointing), so flash attention is not run twice; ``save_matmuls`` keeps
+every GEMM's output as well, so only the memory-bound ops between them are recomputed.
 
 Head: at 1024x768 the 768-channel head's activations dominate memory (each (B, 768, 512, 384) map is 300 MB per
 image in bf16, and every stage stores conv output, InstanceNorm output and SiLU output). ``checkpoint_head`` splits
@@ -37,6 +38,7 @@ _ATTENTION = {getattr(torch.ops.aten, name).default
               for name in ("_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
                            "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention_for_cpu")
               if hasattr(torch.ops.aten, name)} | {torch.ops.opensapiens.fa4_attention_forward.default}
+_MATMUL = {torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.bmm.default}  # nn.Linear's
 ATTENTION_CHOICES = ("auto", "sdpa", "triton", "fa4")
 
 
@@ -66,10 +68,15 @@ def _checkpointed(module: nn.Module, fn: Callable, context_fn: Callable | None =
     return forward
 
 
-def checkpoint_blocks(blocks: nn.ModuleList, num_blocks: int | None = None, save_attention: bool = False) -> int:
-    """Checkpoint the first ``num_blocks`` blocks (all if None); returns how many were wrapped."""
+def checkpoint_blocks(blocks: nn.ModuleList, num_blocks: int | None = None, save_attention: bool = False,
+                      save_matmuls: bool = False) -> int:
+    """Checkpoint the first ``num_blocks`` blocks (all if None); returns how many were wrapped. ``save_matmuls``:
+    keep every GEMM's and the attention's output, so backward recomputes only the memory-bound ops between them
+    (norms, rotary embedding, activations, LayerScale): no FLOPs redone, and the outputs of those ops, which a
+    plain block also keeps (a Sapiens2 block's in float32), are not stored."""
     n = len(blocks) if num_blocks is None else max(0, min(num_blocks, len(blocks)))
-    ctx = _saving(_ATTENTION) if save_attention else None
+    kept = (_ATTENTION if save_attention or save_matmuls else set()) | (_MATMUL if save_matmuls else set())
+    ctx = _saving(kept) if kept else None
     for block in list(blocks)[:n]:
         block.forward = _checkpointed(block, block.forward, ctx)
     return n
