@@ -62,4 +62,4 @@ def checkpoint_reason(step: int, end: int, steps: int, interval: int, stopping: 
         return "signal"
     if step == end:
         return "final" if end == steps else "time limit"
-    return "interval" if interval > 0 and step % interval == 0 else None
+    return "interval" if due(step, end, interval) else None
