@@ -566,6 +566,24 @@ def test_a_negative_time_limit_is_refused_before_the_run_folder_is_written(toy, 
     assert not (tmp_path / "run").exists()
 
 
+def test_a_training_checkpoint_loads_and_converts_as_the_model_it_holds(toy, tmp_path):
+    """A run stopped before its end leaves checkpoints, not final.safetensors: each one carries the model config
+    (the keypoint set of the data's JSON, the input size), so load_model / predict / convert take it as it is."""
+    from opensapiens.checkpoints import load_model, read_state_dict
+    from opensapiens.cli.main import main
+
+    run = tmp_path / "run"
+    train(config(toy, run, task="pose", steps=2, ckpt_interval=1))
+    step1 = run / "checkpoints" / "step_00000001.pt"
+    want = load_model(run / "final.safetensors").config.to_dict()  # the same model, exported at the end
+    assert want["extra"]["keypoint_names"] and load_model(step1).config.to_dict() == want
+    assert main(["convert", str(step1), str(tmp_path / "step1.safetensors")]) == 0
+    weights, _ = read_state_dict(tmp_path / "step1.safetensors")
+    saved = torch.load(step1, weights_only=True)["model"]
+    assert load_model(tmp_path / "step1.safetensors").config.to_dict() == want
+    assert weights.keys() == saved.keys() and all(torch.equal(weights[k], saved[k]) for k in saved)
+
+
 def test_an_unreadable_validation_image_is_left_out_and_counted_not_replaced_by_its_neighbour(toy, tmp_path):
     """The dataset stands the next readable sample in for an unreadable one (training goes on); an evaluation
     counting that stand-in would score the neighbour twice."""

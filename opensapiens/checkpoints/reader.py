@@ -203,13 +203,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             "re-save those with a current torch.save)")
     try:
         with zipfile.ZipFile(path) as zf:
-            return _read_zip(zf, str(path)), {}
+            return _read_zip(zf, str(path))
     except (pickle.UnpicklingError, EOFError, zipfile.BadZipFile, KeyError, RuntimeError, TypeError) as e:
         # RuntimeError / TypeError: a tensor record that does not fit its storage (a truncated or altered file)
         raise CheckpointError(f"{path}: corrupt or unsupported checkpoint ({type(e).__name__}: {e})") from e
 
 
-def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
+def _read_zip(zf: zipfile.ZipFile, label: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(state dict, metadata): the string entries of a checkpoint dict are its metadata, as a safetensors header's
+    (our training checkpoints keep the model config so, so that they load and convert like exported weights)."""
     names = zf.namelist()
     nested = [n for n in names if n.endswith("serialized_state_dict.pt")]
     if nested:  # torch.export archive: the weights are a torch.save inside the zip
@@ -224,7 +226,8 @@ def _read_zip(zf: zipfile.ZipFile, label: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{label}: no tensors found (expected a state dict, an mmengine checkpoint or a "
                               "TorchScript module; a whole module saved with torch.save(model) cannot be read "
                               "without running its pickled code: save model.state_dict() instead)")
-    return sd
+    meta = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(obj, dict) else {}
+    return sd, meta
 
 
 def checkpoint_file(path: str | Path) -> Path:
