@@ -277,6 +277,26 @@ def test_a_time_limit_ends_pretraining_with_its_export_and_a_resume_continues(sh
     assert json.loads(meta["step"]) == 3
 
 
+def test_mae_weights_and_pretrain_checkpoints_load_as_the_encoder_they_hold(shards, tmp_path, one_thread):
+    """mae.safetensors and a pretraining checkpoint (the run's config in it) load, predict features and convert
+    as backbone.safetensors does: the encoder, the decoder left out; asked for a task model, they say what they hold."""
+    from opensapiens.checkpoints import CheckpointError
+
+    run = tmp_path / "run"
+    assert main(["pretrain", "--data", str(shards), "--out", str(run), "--steps", "2", "--batch-size", "2",
+                 "--workers", "0", "--ckpt-interval", "1", *SMALL]) == 0
+    want = load_model(run / "backbone.safetensors")
+    step2 = run / "checkpoints" / "step_00000002.pt"
+    assert main(["convert", str(step2), str(tmp_path / "converted.safetensors")]) == 0
+    for source in (run / "mae.safetensors", step2, tmp_path / "converted.safetensors"):
+        got = load_model(source)
+        assert got.config.to_dict() == want.config.to_dict(), source
+        a, b = want.state_dict(), got.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), source
+    with pytest.raises(CheckpointError, match="holds an MAE-pretrained backbone \\(features\\), not a seg model"):
+        load_model(run / "mae.safetensors", task="seg")
+
+
 def test_fewer_images_than_loader_slots_is_an_error_naming_the_counts(tmp_path, capsys):
     rng = np.random.default_rng(1)
     for i in range(2):

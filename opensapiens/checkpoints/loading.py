@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..io.writers import atomic_path
+from ..models.mae import MAE_CONFIG_KEY, MAEConfig
 from ..models.multitask import MultiTaskConfig, SapiensMultiTask
 from ..models.sapiens import ModelConfig, SapiensModel, official_patch_padding
 from ..models.vit import grid_inferable
@@ -56,6 +57,12 @@ def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_p
         sd = {("head." + k[len(prefix):] if k.startswith(prefix) else k): v for k, v in sd.items()
               if k.startswith(("backbone.", prefix))}
         return cfg, sd
+    if MAE_CONFIG_KEY in meta:  # an MAE (mae.safetensors, a pretrain checkpoint): its encoder, as features
+        if task not in (None, "features"):
+            raise CheckpointError(f"{path}: holds an MAE-pretrained backbone (features), not a {task} model; "
+                                  f"fine-tune one from it with opensapiens train --init {path}")
+        cfg = MAEConfig.from_dict(json.loads(meta[MAE_CONFIG_KEY])).features_config()
+        return cfg, {k: v for k, v in sd.items() if k.startswith("backbone.")}  # (the decoder left out)
     if CONFIG_KEY in meta:
         cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))
         if task is not None and task != cfg.task:

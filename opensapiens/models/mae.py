@@ -110,6 +110,9 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (per_patch * mask).sum() / mask.sum()
 
 
+MAE_CONFIG_KEY = "opensapiens_mae_config"  # the metadata entry of a saved MAE (mae.safetensors, a pretrain checkpoint)
+
+
 @dataclass(frozen=True)
 class MAEConfig:
     """Everything needed to rebuild an ``MAE``; the defaults are the official Sapiens recipe."""
@@ -140,6 +143,11 @@ class MAEConfig:
         if H % p or W % p:
             raise ValueError(f"MAE input size {H}x{W} must be a multiple of the patch size {p}")
         return H // p, W // p
+
+    def features_config(self) -> ModelConfig:
+        """The encoder as a "features" model (cls token and the (1, 1 + N, C) sin-cos table of this input size)."""
+        return ModelConfig(task="features", arch=self.arch, patch_padding=0, pos_grid=self.grid, with_cls_token=True,
+                           extra={"pretrain": "mae"})
 
 
 class MAEDecoder(nn.Module):
@@ -281,16 +289,14 @@ class MAE(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
-            save_file(sd, str(tmp), metadata={"opensapiens_mae_config": json.dumps(self.config.to_dict()),
+            save_file(sd, str(tmp), metadata={MAE_CONFIG_KEY: json.dumps(self.config.to_dict()),
                                               **(metadata or {})})
         return path
 
     def backbone_model(self) -> SapiensModel:
         """A "features" ``SapiensModel`` holding a copy of the encoder (cls token and (1, 1 + N, C) sin-cos table),
         ready for ``save_model`` / ``export_official`` and fine-tuning with ``--init``."""
-        cfg = ModelConfig(task="features", arch=self.config.arch, patch_padding=0, pos_grid=self.config.grid,
-                          with_cls_token=True, extra={"pretrain": "mae"})
-        model = SapiensModel(cfg)
+        model = SapiensModel(self.config.features_config())
         sd = {k: v.detach().float().cpu() for k, v in self.backbone.state_dict().items()}
         model.backbone.load_state_dict(sd, strict=True)
         return model
