@@ -73,6 +73,20 @@ def test_two_processes_match_one(tmp_path, mode):
     assert worst < 1e-2 * 1e-3, worst  # under 1% of one step's AdamW update (lr 1e-3)
 
 
+def test_a_time_limit_ends_both_ranks_at_one_step_with_the_final_weights(tmp_path):
+    """--time-limit 0 under torchrun: each rank is out of time after its first step; the ranks read their summed
+    votes one step late, so both end at step 2 together: one checkpoint ("time limit"), the collective export of
+    final.safetensors, a clean exit (a rank leaving the loop alone would hang the other in a collective)."""
+    data = write_toy_dataset(tmp_path / "toy", 12, SIZE, seed=0)
+    run = tmp_path / "run"
+    _run([*TORCHRUN_2, *_pose_train_args(data, 5), "--batch-size", "2", "--time-limit", "0", "--out", str(run)],
+         tmp_path)
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["reason"]) for e in events if e["event"] == "checkpoint"] == [(2, "time limit")]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_00000002.pt"]
+    assert load_file(run / "final.safetensors")
+
+
 def test_sigterm_to_one_rank_stops_both_at_one_step_and_resume_matches(tmp_path):
     """SIGTERM reaches one worker only (as when a scheduler signals one process): both ranks agree on the step, save
     one checkpoint and exit cleanly; the resumed run ends with the weights of an uninterrupted one."""
