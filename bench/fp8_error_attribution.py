@@ -22,6 +22,7 @@ from torch import nn
 from opensapiens.benchmark import software_versions, write_json
 from opensapiens.inference.fp8 import Fp8Linear, takes_fp8
 from opensapiens.models import build_model
+from opensapiens.models.sapiens2 import LayerScale
 
 
 def relative(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -55,9 +56,13 @@ def network(model: nn.Module, x: torch.Tensor, ref: torch.Tensor, kinds: set[str
         return relative(m(x.bfloat16()), ref)
 
 
-def measure(arch: str, size: tuple[int, int]) -> dict:
+def measure(arch: str, size: tuple[int, int], layer_scale: float | None = None) -> dict:
     torch.manual_seed(0)
     model = build_model("features", arch, pos_grid=(size[0] // 16, size[1] // 16)).eval()
+    if layer_scale is not None:  # Sapiens2's LayerScale (init 1e-4) set by hand: the attention branches' weight
+        for m in model.modules():
+            if isinstance(m, LayerScale):
+                m.weight.data.fill_(layer_scale)
     x = torch.randn(1, 3, *size)
     with torch.no_grad():
         ref = copy.deepcopy(model).double()(x.double())
@@ -73,11 +78,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", nargs="+", default=["sapiens2_0.4b", "0.3b"])
     ap.add_argument("--input-size", default="256x192")
+    ap.add_argument("--layer-scale", type=float, default=None, help="Sapiens2: every LayerScale weight set to this")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     size = tuple(int(v) for v in args.input_size.split("x"))
     result = {"benchmark": "fp8_error_attribution", "input_size": size, "device": "cpu", "weights": "random (seed 0)",
-              "relative_error": {a: measure(a, size) for a in args.arch}, **software_versions()}
+              "layer_scale": args.layer_scale,
+              "relative_error": {a: measure(a, size, args.layer_scale) for a in args.arch}, **software_versions()}
     write_json(args.out, result)
 
 
