@@ -1,6 +1,7 @@
 """Where FP8 (e4m3) error comes from on random weights: each block Linear alone, then the whole network.
 
-    python bench/fp8_error_attribution.py --arch sapiens2_0.4b 0.3b --out bench/results/fp8_error_attribution_cpu.json
+    python bench/fp8_error_attribution.py --arch sapiens2_0.4b 0.3b sapiens2_1b \\
+        --out bench/results/fp8_error_attribution_cpu.json
 
 For each architecture (random init, seed 0, one 256x192 image, CPU): (1) one GEMM of block 5 per Linear kind, bf16
 and Fp8Linear (e4m3, per-row activation and per-channel weight scales) against float64, on random inputs; (2) the

@@ -289,10 +289,12 @@ def test_mae_weights_and_pretrain_checkpoints_load_as_the_encoder_they_hold(shar
     step2 = run / "checkpoints" / "step_00000002.pt"
     assert main(["convert", str(step2), str(tmp_path / "converted.safetensors")]) == 0
     for source in (run / "mae.safetensors", step2, tmp_path / "converted.safetensors"):
-        got = load_model(source)
-        assert got.config.to_dict() == want.config.to_dict(), source
-        a, b = want.state_dict(), got.state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), source
+        for task in (None, "features"):
+            got = load_model(source, task=task)
+            assert got.config.to_dict() == want.config.to_dict(), source
+            a, b = want.state_dict(), got.state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k].to(a[k].dtype)) for k in a), source
+    assert load_model(step2, patch_padding=2).config.patch_padding == 2  # as for backbone.safetensors
     with pytest.raises(CheckpointError, match="holds an MAE-pretrained backbone \\(features\\), not a seg model"):
         load_model(run / "mae.safetensors", task="seg")
 

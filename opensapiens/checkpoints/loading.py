@@ -62,6 +62,8 @@ def load_state(path_or_name: str | os.PathLike, task: str | None = None, patch_p
             raise CheckpointError(f"{path}: holds an MAE-pretrained backbone (features), not a {task} model; "
                                   f"fine-tune one from it with opensapiens train --init {path}")
         cfg = MAEConfig.from_dict(json.loads(meta[MAE_CONFIG_KEY])).features_config()
+        if patch_padding is not None:
+            cfg.patch_padding = patch_padding
         return cfg, {k: v for k, v in sd.items() if k.startswith("backbone.")}  # (the decoder left out)
     if CONFIG_KEY in meta:
         cfg = ModelConfig.from_dict(json.loads(meta[CONFIG_KEY]))

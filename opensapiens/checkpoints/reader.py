@@ -182,7 +182,8 @@ def _find_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata, else {}.
+    """Read ``path`` and return (state_dict, metadata). Metadata is the safetensors header metadata; of a zip
+    checkpoint, the plain strings at the top of its dict (our training checkpoints' model config); else {}.
 
     A folder is read as Hugging Face ``save_pretrained`` writes one: its ``model.safetensors``, or the shards that
     ``model.safetensors.index.json`` lists (also given directly)."""
