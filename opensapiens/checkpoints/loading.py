@@ -164,6 +164,11 @@ def with_weights(build: Callable[[], M], state_dict: dict[str, torch.Tensor]) ->
     return model
 
 
+def config_metadata(config: ModelConfig | MultiTaskConfig) -> dict[str, str]:
+    """The metadata entry that makes a file load as this model (safetensors header; our training checkpoints)."""
+    return {MULTITASK_KEY if isinstance(config, MultiTaskConfig) else CONFIG_KEY: json.dumps(config.to_dict())}
+
+
 def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,
                metadata: dict[str, str] | None = None, dtype: torch.dtype | None = None) -> Path:
     """Write a portable safetensors checkpoint (our key layout + the model config as metadata), atomically.
@@ -177,8 +182,7 @@ def save_model(model: SapiensModel | SapiensMultiTask, path: str | os.PathLike,
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
-    key = MULTITASK_KEY if isinstance(model, SapiensMultiTask) else CONFIG_KEY
-    meta = {key: json.dumps(model.config.to_dict()), "format": "pt", **(metadata or {})}
+    meta = {**config_metadata(model.config), "format": "pt", **(metadata or {})}
     with atomic_path(path) as tmp:  # (the permissions a plain open() would give, as every output)
         save_file(sd, str(tmp), metadata=meta)
     return path

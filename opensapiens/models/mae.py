@@ -144,6 +144,10 @@ class MAEConfig:
             raise ValueError(f"MAE input size {H}x{W} must be a multiple of the patch size {p}")
         return H // p, W // p
 
+    def metadata(self) -> dict[str, str]:
+        """The metadata entry that makes a file load as this MAE (mae.safetensors; pretraining checkpoints)."""
+        return {MAE_CONFIG_KEY: json.dumps(self.to_dict())}
+
     def features_config(self) -> ModelConfig:
         """The encoder as a "features" model (cls token and the (1, 1 + N, C) sin-cos table of this input size)."""
         return ModelConfig(task="features", arch=self.arch, patch_padding=0, pos_grid=self.grid, with_cls_token=True,
@@ -289,7 +293,7 @@ class MAE(nn.Module):
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         with atomic_path(path) as tmp:
-            save_file(sd, str(tmp), metadata={MAE_CONFIG_KEY: json.dumps(self.config.to_dict()),
+            save_file(sd, str(tmp), metadata={**self.config.metadata(),
                                               **(metadata or {})})
         return path
 

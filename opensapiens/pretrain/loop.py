@@ -29,7 +29,7 @@ from ..data.shards import LoaderState, StreamingImages, find_source
 from ..data.workers import WorkerInit, loader_context
 from ..inference.optimize import fast_attention, pad_attention_heads
 from ..io.writers import save_json, save_png
-from ..models.mae import MAE, MAE_CONFIG_KEY, MAEConfig
+from ..models.mae import MAE, MAEConfig
 from ..models.vit import get_arch
 from ..training import distributed as D
 from ..training import state as ckpt
@@ -204,7 +204,7 @@ def _pretrain(cfg: PretrainConfig, info: D.DistInfo, stop: StopRequest, exits: c
         meta = {"step": step, "loader": LoaderState(num_slots, state.batches, cursors).to_dict(),
                 "skipped_steps": window.skipped_steps, "window": partial,
                 "skipped_samples_per_rank": [n for _, n in ranks], "config": cfg.to_dict(),
-                "world_size": info.world_size, MAE_CONFIG_KEY: json.dumps(mcfg.to_dict())}  # loads as its encoder
+                "world_size": info.world_size, **mcfg.metadata()}  # loads as its encoder
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
             ckpt.prune_checkpoints(ckpt_dir, cfg.keep_last)

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..checkpoints import save_model, with_weights
-from ..checkpoints.loading import CONFIG_KEY
+from ..checkpoints.loading import config_metadata
 from ..data import (
     DataError,
     EvalSampler,
@@ -270,7 +270,7 @@ def _train(cfg: TrainConfig, info: D.DistInfo, stop: StopRequest, exits: context
         partial = window.partial()  # reads every pending step, counting its skip
         meta = {"step": step, "data_position": position, "skipped_steps": window.skipped_steps, "window": partial,
                 "best": best, "config": cfg.to_dict(), "world_size": info.world_size,
-                CONFIG_KEY: json.dumps(model_config.to_dict())}  # so that the file loads and converts as a model
+                **config_metadata(model_config)}  # so that the file loads and converts as the model it holds
         path = save_checkpoint(checkpoint_path(ckpt_dir, step), model, optimizer, meta, info)
         if info.is_main:
             prune_checkpoints(ckpt_dir, cfg.keep_last)
