@@ -58,7 +58,13 @@ from opensapiens.training import distributed as D
 from opensapiens.training.config import PRECISIONS
 from opensapiens.training.optim import build_optimizer
 from opensapiens.training.reproducibility import float32_math
-from opensapiens.training.speed import checkpoint_blocks, checkpoint_head, compile_blocks, use_fast_attention
+from opensapiens.training.speed import (
+    check_saved_outputs,
+    checkpoint_blocks,
+    checkpoint_head,
+    compile_blocks,
+    use_fast_attention,
+)
 from opensapiens.training.step import train_step
 
 OUT_CHANNELS = {"pose": 308, "seg": 28, "depth": 1, "normal": 3, "pointmap": 3}  # pointmap: Sapiens2 archs
@@ -269,9 +275,10 @@ def main() -> None:
                    help=f"cap the CUDA allocator (an 80 GB H100 offers {H100_80GB_GIB:.2f}) to test what fits there")
     p.add_argument("--out", type=Path, default=None, help="JSON report (default bench/results/train_T_A.json)")
     args = p.parse_args()
-    if (args.save_attention or args.save_matmuls) and "blocks" not in args.checkpointing:
-        p.error("--save-attention / --save-matmuls keep outputs of checkpointed blocks: add --checkpointing blocks "
-                "(or blocks+head)")
+    try:
+        check_saved_outputs(args.checkpointing, args.save_attention, args.save_matmuls)
+    except ValueError as e:
+        p.error(str(e))
 
     info = D.setup()
     device = info.device

@@ -19,6 +19,7 @@ from ..models.heads import TASKS
 from ..models.heads2 import Head2Spec, official_head2_spec
 from ..models.sapiens2 import ARCHS2, Sapiens2Arch
 from ..models.vit import ARCHS, ViTArch, get_arch
+from .speed import check_saved_outputs
 
 TRAIN_TASKS = (*TASKS, "pointmap")  # pointmap: Sapiens2 only
 BEST_METRICS = {"pose": "AP", "seg": "mIoU", "depth": "rmse", "normal": "mean", "pointmap": "metric_l2_mean"}
@@ -199,10 +200,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     if out.head_chunk is not None and "head" not in out.checkpointing:
         raise ValueError(f"head_chunk={out.head_chunk} slices the checkpointed head: it needs checkpointing head or "
                          f"blocks+head, got {out.checkpointing!r}")
-    for option, kept in (("save_attention", "the attention output"), ("save_matmuls", "the GEMM outputs")):
-        if getattr(out, option) and "blocks" not in out.checkpointing:
-            raise ValueError(f"{option} keeps {kept} of checkpointed blocks: it needs checkpointing blocks or "
-                             f"blocks+head, got {out.checkpointing!r}")
+    check_saved_outputs(out.checkpointing, out.save_attention, out.save_matmuls)
     return out
 
 

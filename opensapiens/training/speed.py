@@ -68,12 +68,21 @@ def _checkpointed(module: nn.Module, fn: Callable, context_fn: Callable | None =
     return forward
 
 
+def check_saved_outputs(checkpointing: str, save_attention: bool, save_matmuls: bool) -> None:
+    """``save_attention`` / ``save_matmuls`` keep outputs of checkpointed blocks: a ``ValueError`` without them."""
+    for option, on, kept in (("save_attention", save_attention, "the attention output"),
+                             ("save_matmuls", save_matmuls, "the GEMM outputs")):
+        if on and "blocks" not in checkpointing:
+            raise ValueError(f"{option} keeps {kept} of checkpointed blocks: it needs checkpointing blocks or "
+                             f"blocks+head, got {checkpointing!r}")
+
+
 def checkpoint_blocks(blocks: nn.ModuleList, num_blocks: int | None = None, save_attention: bool = False,
                       save_matmuls: bool = False) -> int:
     """Checkpoint the first ``num_blocks`` blocks (all if None); returns how many were wrapped. ``save_matmuls``:
     keep every GEMM's and the attention's output, so backward recomputes only the memory-bound ops between them
-    (norms, rotary embedding, activations, LayerScale): no FLOPs redone, and the outputs of those ops, which a
-    plain block also keeps (a Sapiens2 block's in float32), are not stored."""
+    (norms, rotary embedding, activations, LayerScale): no GEMM or attention redone, and the outputs of those ops,
+    which a plain block also keeps (a Sapiens2 block's in float32), are not stored."""
     n = len(blocks) if num_blocks is None else max(0, min(num_blocks, len(blocks)))
     kept = (_ATTENTION if save_attention or save_matmuls else set()) | (_MATMUL if save_matmuls else set())
     ctx = _saving(kept) if kept else None
