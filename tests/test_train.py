@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from test_data_toy import write_toy_dataset
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from opensapiens.data import DataError
 from opensapiens.models import build_model
@@ -214,22 +215,25 @@ def test_activation_checkpointing_keeps_results_and_never_reruns_head_convolutio
     assert "aten.addmm" in ops2 and "aten.addmm" not in ops1  # checkpointed blocks are recomputed
 
 
+class OpCalls(TorchDispatchMode):
+    """``counts[kind]``: the aten ops of each kind run inside ``with OpCalls(kind=ops, ...)``; a kind's ops are op
+    overloads or packet names (``rsqrt``)."""
+
+    def __init__(self, **kinds: set):
+        super().__init__()
+        self.kinds, self.counts = kinds, dict.fromkeys(kinds, 0)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for kind, ops in self.kinds.items():
+            self.counts[kind] += func in ops or func.overloadpacket.__name__ in ops
+        return func(*args, **(kwargs or {}))
+
+
 def test_saved_attention_is_not_recomputed_and_gradients_are_exact():
     """checkpoint_blocks(save_attention=True): backward reruns each block's GEMMs but not its fused attention."""
     import copy
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from opensapiens.training.speed import _ATTENTION, checkpoint_blocks
-
-    class AttentionCalls(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.count = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.count += func in _ATTENTION
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     plain = build_model("normal", "nano", head_channels=16, pos_grid=(4, 3))
@@ -241,10 +245,10 @@ def test_saved_attention_is_not_recomputed_and_gradients_are_exact():
         if save is not None:
             checkpoint_blocks(model.backbone.blocks, save_attention=save)
         out = model(x)
-        with AttentionCalls() as calls:
+        with OpCalls(attention=_ATTENTION) as calls:
             out.square().mean().backward()
         grads.append([p.grad for p in model.parameters()])
-        backward_calls.append(calls.count)
+        backward_calls.append(calls.counts["attention"])
     depth = len(plain.backbone.blocks)
     assert backward_calls == [0, depth, 0]  # plain: none; recomputed blocks: one per block; saved: none
     for g in grads[1:]:
@@ -258,23 +262,10 @@ def test_saved_matmuls_rerun_only_the_memory_bound_ops_keep_less_and_give_the_sa
     keep only their input."""
     import copy
 
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from opensapiens.benchmark import held_bytes
     from opensapiens.training.speed import _ATTENTION, _MATMUL, checkpoint_blocks
 
-    class Calls(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.gemm = self.attention = self.norm = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.gemm += func in _MATMUL
-            self.attention += func in _ATTENTION
-            self.norm += func.overloadpacket.__name__ in ("native_layer_norm", "_fused_rms_norm", "rsqrt")  # (rms_norm
-            # is composite on the CPU: its rsqrt)
-            return func(*args, **(kwargs or {}))
-
+    norms = {"native_layer_norm", "_fused_rms_norm", "rsqrt"}  # (rms_norm is composite on the CPU: its rsqrt)
     torch.manual_seed(0)
     plain = build_model("seg", arch).train()
     x = torch.randn(2, 3, 64, 48)
@@ -284,12 +275,13 @@ def test_saved_matmuls_rerun_only_the_memory_bound_ops_keep_less_and_give_the_sa
         if mode != "plain":
             checkpoint_blocks(model.backbone.blocks, save_matmuls=mode == "matmuls")
         out, held[mode] = held_bytes(lambda: model.backbone(x))  # noqa: B023 (called at once)
-        with Calls() as calls[mode]:
+        with OpCalls(gemm=_MATMUL, attention=_ATTENTION, norm=norms) as calls[mode]:
             out.square().mean().backward()
         grads[mode] = [p.grad for p in model.backbone.parameters()]
-    assert calls["matmuls"].gemm == calls["plain"].gemm and calls["matmuls"].attention == 0  # none redone
-    assert calls["blocks"].gemm > calls["plain"].gemm and calls["blocks"].attention > 0  # (the counter sees reruns)
-    assert calls["matmuls"].norm > calls["plain"].norm  # the norms are recomputed
+    counts = {mode: c.counts for mode, c in calls.items()}
+    assert counts["matmuls"]["gemm"] == counts["plain"]["gemm"] and counts["matmuls"]["attention"] == 0  # none redone
+    assert counts["blocks"]["gemm"] > counts["plain"]["gemm"] and counts["blocks"]["attention"] > 0  # (sees reruns)
+    assert counts["matmuls"]["norm"] > counts["plain"]["norm"]  # the norms are recomputed
     assert held["blocks"] < held["matmuls"] < held["plain"], held
     for mode in ("blocks", "matmuls"):
         assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(grads["plain"], grads[mode]))
